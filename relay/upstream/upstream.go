@@ -179,3 +179,12 @@ func Status(err error) string {
 	}
 	return Classify(err).Error()
 }
+
+// TokenSource gives OAuth 2.0 access tokens for XOAUTH2 and Graph. It caches
+// and renews on its own; Token returns a token valid for at least a few
+// minutes, or an error that is temporary unless the identity provider
+// refused the credentials for good (in which case it is an *Error with
+// Permanent set and a Hint).
+type TokenSource interface {
+	Token(ctx context.Context) (string, error)
+}
