@@ -188,3 +188,11 @@ func Status(err error) string {
 type TokenSource interface {
 	Token(ctx context.Context) (string, error)
 }
+
+// RecipientChecker is implemented by upstreams that can deliver only to some
+// recipients (direct send reaches only the tenant's own mailboxes). The front
+// end asks at RCPT, so the device hears the refusal at once instead of a
+// bounce later. The error is an *smtp.SMTPError with an enhanced code.
+type RecipientChecker interface {
+	CheckRecipient(rcpt string) error
+}
