@@ -1,0 +1,272 @@
+package spool
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/siterelay/siterelay/relay/relaytest"
+)
+
+func open(t *testing.T, dir string, opts Options) *Spool {
+	t.Helper()
+	if opts.statfs == nil {
+		opts.statfs = func(string) (int64, error) { return 1 << 40, nil }
+	}
+	s, err := Open(dir, opts)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func put(t *testing.T, s *Spool, content []byte, rcpts ...string) string {
+	t.Helper()
+	m := s.NewMessage()
+	if _, err := m.Write(content); err != nil {
+		t.Fatal(err)
+	}
+	env := Envelope{From: "printer@plant.example", Received: time.Unix(1700000000, 0).UTC(), ClientIP: "10.0.0.7", MessageID: "<x@y>"}
+	for _, r := range rcpts {
+		env.To = append(env.To, Rcpt{Addr: r})
+	}
+	id, err := m.Commit(env)
+	if err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	return id
+}
+
+func content(t *testing.T, s *Spool, id string) []byte {
+	t.Helper()
+	c, err := s.Open(id)
+	if err != nil {
+		t.Fatalf("Open(%s): %v", id, err)
+	}
+	defer c.Close()
+	b := make([]byte, c.Size)
+	if _, err := c.ReadAt(b, 0); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestCommitSurvivesReopen(t *testing.T) {
+	dir := relaytest.StateDir(t)
+	small := []byte("Subject: small\r\n\r\nhello\r\n")
+	large := bytes.Repeat([]byte("0123456789abcdef"), 40000) // 640 KB: own file
+	s := open(t, dir, Options{})
+	idSmall := put(t, s, small, "a@x.example", "b@x.example")
+	idLarge := put(t, s, large, "c@x.example")
+	if err := s.Update(idSmall, 1, Delivered, "250 ok"); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	s = open(t, dir, Options{})
+	for _, tc := range []struct {
+		id   string
+		want []byte
+	}{{idSmall, small}, {idLarge, large}} {
+		if got := content(t, s, tc.id); !bytes.Equal(got, tc.want) {
+			t.Errorf("%s: content differs after reopen (%d vs %d bytes)", tc.id, len(got), len(tc.want))
+		}
+	}
+	info, ok := s.Get(idSmall)
+	if !ok {
+		t.Fatal("small message lost")
+	}
+	got := []State{info.Envelope.To[0].State, info.Envelope.To[1].State}
+	if want := []State{Pending, Delivered}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("states = %v, want %v", got, want)
+	}
+	if got, want := info.Envelope.To[1].Reply, "250 ok"; got != want {
+		t.Errorf("reply = %q, want %q", got, want)
+	}
+	if got, want := info.Envelope.ClientIP, "10.0.0.7"; got != want {
+		t.Errorf("client ip = %q, want %q", got, want)
+	}
+	if err := s.Done(idLarge); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "msg", idLarge)); !os.IsNotExist(err) {
+		t.Errorf("large message file still there after Done: %v", err)
+	}
+	s.Close()
+	s = open(t, dir, Options{})
+	if got, want := len(s.List()), 1; got != want {
+		t.Errorf("messages after Done and reopen = %d, want %d", got, want)
+	}
+}
+
+func TestTornTailIsDropped(t *testing.T) {
+	dir := relaytest.StateDir(t)
+	s := open(t, dir, Options{})
+	id := put(t, s, []byte("one\r\n"), "a@x.example")
+	s.Close()
+	// A crash mid-write leaves part of a frame after the last good one.
+	segs, _ := filepath.Glob(filepath.Join(dir, "log", "*.seg"))
+	last := segs[len(segs)-1]
+	good, _ := os.ReadFile(last)
+	torn := frame(nil, encodeDone(nil, id))
+	for cut := 1; cut < len(torn); cut++ {
+		os.WriteFile(last, append(bytes.Clone(good), torn[:cut]...), 0o600)
+		s := open(t, dir, Options{})
+		if _, ok := s.Get(id); !ok {
+			t.Fatalf("cut %d: message lost although its Done record was torn", cut)
+		}
+		s.Close()
+		// Recovery truncated the tail; put the good bytes back for the next cut.
+		segs, _ := filepath.Glob(filepath.Join(dir, "log", "*.seg"))
+		for _, g := range segs {
+			if g != last {
+				os.Remove(g)
+			}
+		}
+	}
+}
+
+func TestLeftoversAreCleaned(t *testing.T) {
+	dir := relaytest.StateDir(t)
+	s := open(t, dir, Options{})
+	m := s.NewMessage()
+	m.Write(bytes.Repeat([]byte("x"), 300<<10)) // spills to a temporary file, never committed
+	s.Close()
+	s = open(t, dir, Options{})
+	left, _ := os.ReadDir(filepath.Join(dir, "msg"))
+	if len(left) != 0 {
+		t.Errorf("leftover files after recovery: %v", left)
+	}
+	if got := len(s.List()); got != 0 {
+		t.Errorf("half-written message recovered: %d messages", got)
+	}
+}
+
+func TestLimits(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts Options
+		size int
+	}{
+		{"max messages", Options{MaxMessages: 1}, 10},
+		{"max bytes", Options{MaxBytes: 100}, 60},
+		{"free space floor", Options{MinFreeBytes: 1 << 20, statfs: func(string) (int64, error) { return 1<<20 + 100, nil }}, 60},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := open(t, relaytest.StateDir(t), tc.opts)
+			put(t, s, bytes.Repeat([]byte("a"), tc.size), "a@x.example")
+			m := s.NewMessage()
+			m.Write(bytes.Repeat([]byte("b"), tc.size))
+			_, err := m.Commit(Envelope{To: []Rcpt{{Addr: "a@x.example"}}})
+			if !errors.Is(err, ErrFull) {
+				t.Fatalf("second commit: got %v, want ErrFull", err)
+			}
+			if got, want := len(s.List()), 1; got != want {
+				t.Errorf("messages = %d, want %d", got, want)
+			}
+		})
+	}
+}
+
+func TestCompactionKeepsLingeringMessages(t *testing.T) {
+	dir := relaytest.StateDir(t)
+	opts := Options{SegmentBytes: 8 << 10}
+	s := open(t, dir, opts)
+	body := bytes.Repeat([]byte("z"), 1000)
+	var ids []string
+	for i := 0; i < 60; i++ {
+		ids = append(ids, put(t, s, body, "a@x.example"))
+	}
+	// All but the first are delivered: the first lingers in the oldest segment.
+	for _, id := range ids[1:] {
+		if err := s.Done(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.compact(); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Stats().Segments; got > 2 {
+		t.Errorf("segments after compaction = %d, want at most 2", got)
+	}
+	if got := content(t, s, ids[0]); !bytes.Equal(got, body) {
+		t.Error("lingering message content changed by compaction")
+	}
+	s.Update(ids[0], 0, Pending, "451 4.7.500 try later")
+	s.Close()
+	s = open(t, dir, opts)
+	list := s.List()
+	if len(list) != 1 || list[0].ID != ids[0] {
+		t.Fatalf("after reopen: %v, want only %s", list, ids[0])
+	}
+	if got, want := list[0].Envelope.To[0].Reply, "451 4.7.500 try later"; got != want {
+		t.Errorf("reply after compaction and reopen = %q, want %q", got, want)
+	}
+}
+
+func TestConcurrentCommits(t *testing.T) {
+	dir := relaytest.StateDir(t)
+	s := open(t, dir, Options{SegmentBytes: 64 << 10})
+	const workers, each = 8, 50
+	var wg sync.WaitGroup
+	ids := make(chan string, workers*each)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				m := s.NewMessage()
+				fmt.Fprintf(m, "worker %d message %d\r\n", w, i)
+				id, err := m.Commit(Envelope{To: []Rcpt{{Addr: "a@x.example"}}})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				ids <- id
+			}
+		}()
+	}
+	wg.Wait()
+	close(ids)
+	seen := map[string]bool{}
+	for id := range ids {
+		if seen[id] {
+			t.Errorf("duplicate queue id %s", id)
+		}
+		seen[id] = true
+	}
+	s.Close()
+	s = open(t, dir, Options{SegmentBytes: 64 << 10})
+	if got, want := len(s.List()), workers*each; got != want {
+		t.Errorf("recovered %d messages, want %d", got, want)
+	}
+}
+
+func FuzzReplay(f *testing.F) {
+	f.Add(frame(nil, encodeMessage(nil, &messageRec{ID: "A", Env: Envelope{From: "a@b", To: []Rcpt{{Addr: "c@d"}}}, Data: []byte("hi")})))
+	f.Add(frame(nil, encodeUpdate(nil, &updateRec{ID: "A", Index: 0, State: Delivered, Reply: "250"})))
+	f.Add(frame(nil, encodeDone(nil, "A")))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		dir := t.TempDir()
+		os.MkdirAll(filepath.Join(dir, "log"), 0o700)
+		os.WriteFile(filepath.Join(dir, "log", "0000000000000001.seg"), data, 0o600)
+		s, err := Open(dir, Options{statfs: func(string) (int64, error) { return 1 << 40, nil }})
+		if err != nil {
+			return
+		}
+		for _, info := range s.List() {
+			if c, err := s.Open(info.ID); err == nil {
+				b := make([]byte, c.Size)
+				c.ReadAt(b, 0)
+				c.Close()
+			}
+		}
+		s.Close()
+	})
+}

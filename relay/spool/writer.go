@@ -1,0 +1,234 @@
+package spool
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// writer appends frames to the current segment with group commit: callers
+// add frames to a pending list and wait on the batch that will cover them;
+// one goroutine writes the whole list and fdatasyncs once. While it syncs,
+// the next batch fills.
+type writer struct {
+	s       *Spool
+	mu      sync.Mutex
+	seg     *segment
+	pend    []chunk
+	cur     *batch
+	broken  map[*segment]bool
+	kick    chan struct{}
+	stop    chan struct{}
+	stopped chan error
+	rotated chan struct{}
+}
+
+// chunk is a run of frames for one segment starting at off.
+type chunk struct {
+	seg  *segment
+	off  int64
+	data []byte
+}
+
+type batch struct {
+	done chan struct{}
+	err  error
+}
+
+func newBatch() *batch { return &batch{done: make(chan struct{})} }
+
+func (b *batch) wait() error {
+	<-b.done
+	return b.err
+}
+
+func (w *writer) init(s *Spool, seg *segment) {
+	w.s, w.seg = s, seg
+	w.cur = newBatch()
+	w.broken = map[*segment]bool{}
+	w.kick = make(chan struct{}, 1)
+	w.stop = make(chan struct{})
+	w.stopped = make(chan error, 1)
+	w.rotated = make(chan struct{}, 1)
+}
+
+// append adds one record and returns the batch that will make it durable.
+func (w *writer) append(body []byte) (*batch, error) {
+	b, _, _, err := w.appendFrame(body)
+	return b, err
+}
+
+func (w *writer) appendFrame(body []byte) (*batch, *segment, int64, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.cur == nil {
+		return nil, nil, 0, errors.New("spool is closed")
+	}
+	n := int64(frameHeader + len(body))
+	if w.broken[w.seg] || (w.seg.size > 0 && w.seg.size+n > w.s.opts.SegmentBytes) {
+		if err := w.rotate(); err != nil {
+			return nil, nil, 0, err
+		}
+	}
+	g := w.seg
+	off := g.size
+	g.size += n
+	if k := len(w.pend); k > 0 && w.pend[k-1].seg == g {
+		w.pend[k-1].data = frame(w.pend[k-1].data, body)
+	} else {
+		w.pend = append(w.pend, chunk{seg: g, off: off, data: frame(make([]byte, 0, max(4096, n)), body)})
+	}
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
+	return w.cur, g, off, nil
+}
+
+// rotate starts a new segment; called with w.mu held.
+func (w *writer) rotate() error {
+	g, err := w.s.createSegment(w.seg.seq + 1)
+	if err != nil {
+		return mapNoSpace(err)
+	}
+	g.rotated = w.s.opts.Clock()
+	w.s.segMu.Lock()
+	w.s.segments = append(w.s.segments, g)
+	w.s.segMu.Unlock()
+	w.seg = g
+	select {
+	case w.rotated <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// appendMessage appends a new message and waits until it is durable. It
+// returns the segment and the offset of the inline content; the segment's
+// inflight count stays raised for the caller to drop once the message is
+// adopted.
+func (w *writer) appendMessage(m *messageRec) (*segment, int64, error) {
+	body := encodeMessage(nil, m)
+	b, g, off, err := w.appendFrame(body)
+	if err != nil {
+		return nil, 0, err
+	}
+	g.inflight.Add(1)
+	if err := b.wait(); err != nil {
+		g.inflight.Add(-1)
+		return nil, 0, fmt.Errorf("writing to the spool: %w", err)
+	}
+	return g, off + frameHeader + int64(len(body)-len(m.Data)), nil
+}
+
+// appendCopy appends a compaction copy without waiting; compaction syncs
+// before it removes the old segment.
+func (w *writer) appendCopy(m *messageRec) (*segment, int64, error) {
+	body := encodeMessage(nil, m)
+	_, g, off, err := w.appendFrame(body)
+	if err != nil {
+		return nil, 0, err
+	}
+	return g, off + frameHeader + int64(len(body)-len(m.Data)), nil
+}
+
+// sync waits until everything appended so far is durable.
+func (w *writer) sync() error {
+	w.mu.Lock()
+	if w.cur == nil {
+		w.mu.Unlock()
+		return errors.New("spool is closed")
+	}
+	b := w.cur
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
+	w.mu.Unlock()
+	return b.wait()
+}
+
+func (w *writer) run() {
+	defer w.s.wg.Done()
+	var lastErr error
+	for {
+		stopping := false
+		select {
+		case <-w.kick:
+		case <-w.stop:
+			stopping = true
+		}
+		w.mu.Lock()
+		chunks, b := w.pend, w.cur
+		w.pend = nil
+		if stopping {
+			w.cur = nil
+		} else {
+			w.cur = newBatch()
+		}
+		w.mu.Unlock()
+		b.err = w.flush(chunks)
+		if b.err != nil {
+			lastErr = b.err
+		}
+		close(b.done)
+		if stopping {
+			w.stopped <- lastErr
+			return
+		}
+	}
+}
+
+// flush writes chunks and syncs every segment they touched. A segment that
+// fails a write or sync is never written again: frames queued behind the
+// failure would otherwise land after a hole.
+func (w *writer) flush(chunks []chunk) error {
+	var err error
+	var touched []*segment
+	for _, c := range chunks {
+		if w.isBroken(c.seg) {
+			err = errors.Join(err, errors.New("segment failed earlier"))
+			continue
+		}
+		if _, werr := c.seg.f.WriteAt(c.data, c.off); werr != nil {
+			w.markBroken(c.seg)
+			err = errors.Join(err, mapNoSpace(werr))
+			continue
+		}
+		if len(touched) == 0 || touched[len(touched)-1] != c.seg {
+			touched = append(touched, c.seg)
+		}
+	}
+	for _, g := range touched {
+		if serr := unix.Fdatasync(int(g.f.Fd())); serr != nil {
+			w.markBroken(g)
+			err = errors.Join(err, fmt.Errorf("fdatasync: %w", mapNoSpace(serr)))
+		}
+	}
+	return err
+}
+
+func (w *writer) isBroken(g *segment) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.broken[g]
+}
+
+func (w *writer) markBroken(g *segment) {
+	w.mu.Lock()
+	w.broken[g] = true
+	w.mu.Unlock()
+	w.s.log.Error("spool: a segment failed to write; new records go to a fresh segment", "segment", g.path)
+}
+
+func (w *writer) close() error {
+	close(w.stop)
+	return <-w.stopped
+}
+
+func le32(b []byte) uint32   { return binary.LittleEndian.Uint32(b) }
+func crc(body []byte) uint32 { return crc32.Checksum(body, castagnoli) }
