@@ -1,0 +1,158 @@
+package trace
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+	"unicode/utf8"
+)
+
+// Kind says what happened to a message (or to some of its recipients).
+type Kind string
+
+// The kinds of event. Received is written once per accepted message; the
+// others once per delivery attempt outcome, for the recipients in Event.To.
+const (
+	Received  Kind = "received"  // accepted from a device and spooled
+	Deferred  Kind = "deferred"  // temporary failure; will retry
+	Delivered Kind = "delivered" // accepted by the upstream
+	Bounced   Kind = "bounced"   // permanent failure; a DSN went to the sender
+	Expired   Kind = "expired"   // lifetime ran out while deferred
+	Failed    Kind = "failed"    // permanent failure with no DSN (unroutable sender)
+)
+
+// Kinds lists every kind, in the order a message usually meets them.
+var Kinds = []Kind{Received, Deferred, Delivered, Bounced, Expired, Failed}
+
+// Event is one line of the trace. The field names in JSON are the ones
+// relayctl and the documentation use (docs/trace.md).
+type Event struct {
+	Time      time.Time `json:"time"`
+	Kind      Kind      `json:"kind"`
+	QueueID   string    `json:"queue_id,omitempty"`
+	MessageID string    `json:"message_id,omitempty"`
+	ClientIP  string    `json:"client_ip,omitempty"`
+	From      string    `json:"from"`
+	To        []string  `json:"to,omitempty"`
+	Subject   string    `json:"subject,omitempty"`
+	Size      int64     `json:"size,omitempty"`
+	Attempt   int       `json:"attempt,omitempty"`
+	Reply     string    `json:"reply,omitempty"`
+	Hint      string    `json:"hint,omitempty"`
+	Upstream  string    `json:"upstream,omitempty"`
+}
+
+// maxField caps each string field on disk, so one odd message (a 100 kB
+// subject) cannot crowd out everything else in the buffer.
+const maxField = 2000
+
+// appendEvent writes e as one JSON line (with the trailing newline). It is
+// hand-written instead of encoding/json because it runs on the hot path and
+// must not allocate; parseLine reads it back with encoding/json.
+func appendEvent(b []byte, e *Event) []byte {
+	b = append(b, `{"time":"`...)
+	b = e.Time.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","kind":`...)
+	b = appendString(b, string(e.Kind))
+	b = appendField(b, `,"queue_id":`, e.QueueID)
+	b = appendField(b, `,"message_id":`, e.MessageID)
+	b = appendField(b, `,"client_ip":`, e.ClientIP)
+	b = append(b, `,"from":`...)
+	b = appendString(b, e.From)
+	if len(e.To) > 0 {
+		b = append(b, `,"to":[`...)
+		for i, to := range e.To {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendString(b, to)
+		}
+		b = append(b, ']')
+	}
+	b = appendField(b, `,"subject":`, e.Subject)
+	if e.Size != 0 {
+		b = append(b, `,"size":`...)
+		b = strconv.AppendInt(b, e.Size, 10)
+	}
+	if e.Attempt != 0 {
+		b = append(b, `,"attempt":`...)
+		b = strconv.AppendInt(b, int64(e.Attempt), 10)
+	}
+	b = appendField(b, `,"reply":`, e.Reply)
+	b = appendField(b, `,"hint":`, e.Hint)
+	b = appendField(b, `,"upstream":`, e.Upstream)
+	return append(b, "}\n"...)
+}
+
+func appendField(b []byte, key, s string) []byte {
+	if s == "" {
+		return b
+	}
+	b = append(b, key...)
+	return appendString(b, s)
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendString appends s as a JSON string: control characters escaped,
+// invalid UTF-8 replaced by U+FFFD (as encoding/json does), at most maxField
+// bytes of input.
+func appendString(b []byte, s string) []byte {
+	if len(s) > maxField {
+		s = s[:maxField]
+	}
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c == '\n':
+				b = append(b, '\\', 'n')
+			case c == '\r':
+				b = append(b, '\\', 'r')
+			case c == '\t':
+				b = append(b, '\\', 't')
+			case c < 0x20 || c == 0x7f:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			default:
+				b = append(b, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, `\ufffd`...)
+		} else {
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
+}
+
+var (
+	errNoTime = errors.New("trace line has no time")
+	errNoKind = errors.New("trace line has no kind")
+)
+
+// parseLine reads one line written by appendEvent. Lines cut short by a
+// crash, or damaged on disk, give an error; the caller skips them.
+func parseLine(line []byte) (Event, error) {
+	var e Event
+	if err := json.Unmarshal(line, &e); err != nil {
+		return Event{}, fmt.Errorf("parsing trace line: %w", err)
+	}
+	if e.Time.IsZero() {
+		return Event{}, errNoTime
+	}
+	if e.Kind == "" {
+		return Event{}, errNoKind
+	}
+	e.Time = e.Time.UTC()
+	return e, nil
+}
