@@ -1,0 +1,266 @@
+package m365
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/siterelay/siterelay/relay/upstream"
+)
+
+// TokenOptions configure a client-credentials token source.
+type TokenOptions struct {
+	// BaseURL is the identity platform, e.g. https://login.microsoftonline.com.
+	BaseURL  string
+	Tenant   string
+	ClientID string
+	Scope    string
+	// Either ClientSecret, or Certificate and Key (an RSA key) for a signed
+	// client assertion with Alg "PS256" (default) or "RS256".
+	ClientSecret []byte
+	Certificate  *x509.Certificate
+	Key          crypto.Signer
+	Alg          string
+	HTTPClient   *http.Client
+	Clock        func() time.Time
+	Logger       *slog.Logger
+	// RenewBefore is how long before expiry a token is replaced. Default 5m.
+	RenewBefore time.Duration
+	// FirstBackoff and MaxBackoff space out attempts while the endpoint
+	// fails. Defaults 5s and 5m.
+	FirstBackoff, MaxBackoff time.Duration
+}
+
+// TokenSource obtains access tokens by the OAuth 2.0 client credentials
+// grant from the Entra token endpoint, caches them and renews them ahead of
+// expires_in. While the endpoint fails it answers with a temporary
+// *upstream.Error carrying RetryAfter and a hint, and asks again only after
+// a backoff: mail waits for the admin's fix instead of bouncing, and a
+// misconfigured relay does not hammer Entra.
+type TokenSource struct {
+	o        TokenOptions
+	endpoint string
+
+	mu        sync.Mutex
+	token     string
+	expires   time.Time
+	lastErr   *upstream.Error
+	nextTry   time.Time
+	backoff   time.Duration
+	requested int
+}
+
+// NewTokenSource checks the options; it does not contact the endpoint.
+func NewTokenSource(o TokenOptions) (*TokenSource, error) {
+	if o.Tenant == "" || o.ClientID == "" || o.Scope == "" {
+		return nil, errors.New("token source: tenant, client id and scope are needed")
+	}
+	if (len(o.ClientSecret) == 0) == (o.Key == nil) {
+		return nil, errors.New("token source: give either a client secret or a certificate key")
+	}
+	if o.Key != nil && o.Certificate == nil {
+		return nil, errors.New("token source: a certificate key needs its certificate")
+	}
+	if o.BaseURL == "" {
+		o.BaseURL = "https://login.microsoftonline.com"
+	}
+	if o.Alg == "" {
+		o.Alg = "PS256"
+	}
+	if o.HTTPClient == nil {
+		o.HTTPClient = &http.Client{Timeout: 30 * time.Second}
+	}
+	if o.Clock == nil {
+		o.Clock = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.RenewBefore == 0 {
+		o.RenewBefore = 5 * time.Minute
+	}
+	if o.FirstBackoff == 0 {
+		o.FirstBackoff = 5 * time.Second
+	}
+	if o.MaxBackoff == 0 {
+		o.MaxBackoff = 5 * time.Minute
+	}
+	return &TokenSource{o: o, endpoint: TokenEndpoint(o.BaseURL, o.Tenant)}, nil
+}
+
+// TokenEndpoint is the v2.0 token URL of a tenant.
+func TokenEndpoint(base, tenant string) string {
+	return strings.TrimRight(base, "/") + "/" + url.PathEscape(tenant) + "/oauth2/v2.0/token"
+}
+
+// Requested reports how many token requests were sent (for figures).
+func (s *TokenSource) Requested() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.requested
+}
+
+// Token returns a token valid for at least RenewBefore/2, fetching a new
+// one when needed. Concurrent callers share one request.
+func (s *TokenSource) Token(ctx context.Context) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.o.Clock()
+	if s.token != "" && now.Before(s.expires.Add(-s.o.RenewBefore)) {
+		return s.token, nil
+	}
+	stillGood := s.token != "" && now.Before(s.expires.Add(-s.o.RenewBefore/2))
+	if now.Before(s.nextTry) {
+		if stillGood {
+			return s.token, nil
+		}
+		e := *s.lastErr
+		e.RetryAfter = s.nextTry.Sub(now)
+		return "", &e
+	}
+	s.requested++
+	tok, ttl, err := s.fetch(ctx)
+	now = s.o.Clock()
+	if err != nil {
+		if s.backoff == 0 {
+			s.backoff = s.o.FirstBackoff
+		} else {
+			s.backoff = min(2*s.backoff, s.o.MaxBackoff)
+		}
+		wait := max(s.backoff, err.RetryAfter)
+		s.nextTry = now.Add(wait)
+		err.RetryAfter = wait
+		s.lastErr = err
+		s.o.Logger.Warn("token request failed", "endpoint", s.endpoint, "error", err.Error(), "hint", err.Hint, "retry_in", wait)
+		if stillGood {
+			return s.token, nil
+		}
+		return "", err
+	}
+	s.backoff, s.lastErr, s.nextTry = 0, nil, time.Time{}
+	s.token, s.expires = tok, now.Add(ttl)
+	s.o.Logger.Info("token obtained", "client_id", s.o.ClientID, "scope", s.o.Scope, "expires_in", ttl)
+	return tok, nil
+}
+
+// TokenError is a refusal from the token endpoint: the OAuth error and the
+// AADSTS code (0 when there was none). Description never holds secrets:
+// Entra does not echo them.
+type TokenError struct {
+	Status      int
+	Code        string
+	AADSTS      int
+	Description string
+}
+
+func (e *TokenError) Error() string {
+	s := fmt.Sprintf("token endpoint: HTTP %d", e.Status)
+	if e.Code != "" {
+		s += " " + e.Code
+	}
+	if e.Description != "" {
+		s += ": " + e.Description
+	}
+	return s
+}
+
+var aadstsRE = regexp.MustCompile(`AADSTS(\d+)`)
+
+func (s *TokenSource) fetch(ctx context.Context) (string, time.Duration, *upstream.Error) {
+	form := url.Values{
+		"grant_type": {"client_credentials"},
+		"client_id":  {s.o.ClientID},
+		"scope":      {s.o.Scope},
+	}
+	if s.o.Key != nil {
+		a, err := ClientAssertion(s.o.Certificate, s.o.Key, s.o.Alg, s.o.ClientID, s.endpoint, s.o.Clock())
+		if err != nil {
+			return "", 0, &upstream.Error{Err: err, Hint: "the certificate's private key could not sign the client assertion: check certificate_key_secret"}
+		}
+		form.Set("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+		form.Set("client_assertion", a)
+	} else {
+		form.Set("client_secret", string(s.o.ClientSecret))
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.endpoint, strings.NewReader(form.Encode()))
+	if err != nil {
+		return "", 0, &upstream.Error{Err: fmt.Errorf("token request: %w", err)}
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := s.o.HTTPClient.Do(req)
+	if err != nil {
+		// url.Error repeats the URL but never the body: no secret leaks.
+		e := &upstream.Error{Err: fmt.Errorf("token request: %w", err)}
+		e.Hint = Explain(e)
+		return "", 0, e
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	var r struct {
+		AccessToken string          `json:"access_token"`
+		ExpiresIn   json.RawMessage `json:"expires_in"`
+		TokenType   string          `json:"token_type"`
+		Error       string          `json:"error"`
+		Description string          `json:"error_description"`
+		ErrorCodes  []int           `json:"error_codes"`
+	}
+	jerr := json.Unmarshal(body, &r)
+	if resp.StatusCode != http.StatusOK || r.AccessToken == "" {
+		te := &TokenError{Status: resp.StatusCode, Code: r.Error, Description: firstLine(r.Description)}
+		if len(r.ErrorCodes) > 0 {
+			te.AADSTS = r.ErrorCodes[0]
+		} else if m := aadstsRE.FindStringSubmatch(r.Description); m != nil {
+			te.AADSTS, _ = strconv.Atoi(m[1])
+		}
+		if jerr != nil && te.Code == "" {
+			te.Code = "unreadable answer"
+		}
+		e := &upstream.Error{Err: te, RetryAfter: retryAfter(resp.Header.Get("Retry-After"))}
+		e.Hint = Explain(e)
+		return "", 0, e
+	}
+	ttl, err := expiresIn(r.ExpiresIn)
+	if err != nil || ttl <= 0 {
+		return "", 0, &upstream.Error{Err: fmt.Errorf("token endpoint: bad expires_in %s", r.ExpiresIn)}
+	}
+	return r.AccessToken, ttl, nil
+}
+
+// expiresIn accepts a number or a numeric string (v1 endpoints send one).
+func expiresIn(raw json.RawMessage) (time.Duration, error) {
+	s := strings.Trim(string(raw), `"`)
+	n, err := strconv.Atoi(s)
+	return time.Duration(n) * time.Second, err
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\r")
+	s, _, _ = strings.Cut(s, "\n")
+	if len(s) > 300 {
+		s = s[:300]
+	}
+	return s
+}
+
+// retryAfter parses a Retry-After header given in seconds.
+func retryAfter(v string) time.Duration {
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil || n < 0 {
+		return 0
+	}
+	return time.Duration(n) * time.Second
+}

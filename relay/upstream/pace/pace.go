@@ -1,0 +1,307 @@
+// Package pace keeps an upstream below its sender's published limits
+// (messages per rolling minute, concurrent deliveries, recipients per
+// rolling 24 hours) so that the far end never has to throttle, and cools
+// down as a throttling reply says when it throttles anyway.
+//
+// Waits short enough happen inside Deliver; a longer one is answered with a
+// temporary *upstream.Error wrapping ErrPaced and carrying RetryAfter, so the
+// scheduler defers the message instead of blocking a worker. A quota refusal
+// (554 5.2.0 SubmissionQuotaExceeded) becomes temporary here: the mail
+// waits out the window and is not bounced.
+package pace
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/siterelay/siterelay/relay/upstream"
+)
+
+// ErrPaced marks a deferral by the pacer: no attempt was made.
+var ErrPaced = errors.New("paced")
+
+// Options are the limits; zero means no limit.
+type Options struct {
+	MessagesPerMinute int
+	Concurrency       int
+	RecipientsPerDay  int
+	// MaxWait is the longest wait inside Deliver. Default 10s.
+	MaxWait time.Duration
+	// Cooldowns after throttling replies; defaults 1m (432 4.3.2, too
+	// many connections), 5m (4.7.5xx/4.7.6xx, IP throttling), 1h
+	// (5.2.0 submission quota: the 24-hour window must move on).
+	ConnectionCooldown, RateCooldown, QuotaCooldown time.Duration
+	Now                                             func() time.Time
+	// Sleep waits d or until ctx ends; tests pass a fake clock's.
+	Sleep  func(ctx context.Context, d time.Duration) error
+	Logger *slog.Logger
+}
+
+// Paced is an upstream behind a pacer.
+type Paced struct {
+	up  upstream.Upstream
+	o   Options
+	sem chan struct{}
+
+	mu        sync.Mutex
+	minute    []*slot
+	day       []*slot
+	coolUntil time.Time
+	coolWhy   string
+	deferred  int
+	throttled int
+}
+
+type slot struct {
+	t time.Time
+	n int
+}
+
+// Wrap puts up behind a pacer with the given limits.
+func Wrap(up upstream.Upstream, o Options) *Paced {
+	if o.MaxWait == 0 {
+		o.MaxWait = 10 * time.Second
+	}
+	if o.ConnectionCooldown == 0 {
+		o.ConnectionCooldown = time.Minute
+	}
+	if o.RateCooldown == 0 {
+		o.RateCooldown = 5 * time.Minute
+	}
+	if o.QuotaCooldown == 0 {
+		o.QuotaCooldown = time.Hour
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Sleep == nil {
+		o.Sleep = sleep
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	p := &Paced{up: up, o: o}
+	if o.Concurrency > 0 {
+		p.sem = make(chan struct{}, o.Concurrency)
+	}
+	return p
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Limits are the inner upstream's, narrowed by the pacer's.
+func (p *Paced) Limits() upstream.Limits {
+	l := p.up.Limits()
+	if c := p.o.Concurrency; c > 0 && (l.Concurrency == 0 || c < l.Concurrency) {
+		l.Concurrency = c
+	}
+	if p.o.MessagesPerMinute > 0 {
+		l.MessagesPerMinute = p.o.MessagesPerMinute
+	}
+	if p.o.RecipientsPerDay > 0 {
+		l.RecipientsPerDay = p.o.RecipientsPerDay
+	}
+	return l
+}
+
+// Close closes the inner upstream.
+func (p *Paced) Close() error { return p.up.Close() }
+
+// Unwrap returns the inner upstream.
+func (p *Paced) Unwrap() upstream.Upstream { return p.up }
+
+// CheckRecipient passes through to an inner upstream.RecipientChecker.
+func (p *Paced) CheckRecipient(rcpt string) error {
+	if rc, ok := p.up.(upstream.RecipientChecker); ok {
+		return rc.CheckRecipient(rcpt)
+	}
+	return nil
+}
+
+// Probe passes through to an inner upstream.Prober.
+func (p *Paced) Probe(ctx context.Context) ([]upstream.Step, error) {
+	if pr, ok := p.up.(upstream.Prober); ok {
+		return pr.Probe(ctx)
+	}
+	return nil, errors.New("this upstream cannot be probed")
+}
+
+// Stats are counts since Wrap.
+type Stats struct{ Deferred, Throttled int }
+
+func (p *Paced) Stats() Stats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return Stats{p.deferred, p.throttled}
+}
+
+// Deliver waits for a slot, delivers, and learns from throttling replies.
+func (p *Paced) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.RcptResult, error) {
+	if p.sem != nil {
+		select {
+		case p.sem <- struct{}{}:
+		case <-ctx.Done():
+			return nil, &upstream.Error{Err: ctx.Err()}
+		}
+		defer func() { <-p.sem }()
+	}
+	n := len(msg.To)
+	var ms, ds *slot
+	for {
+		p.mu.Lock()
+		now := p.o.Now()
+		wait, why := p.waitLocked(now, n)
+		if wait <= 0 {
+			if p.o.MessagesPerMinute > 0 {
+				ms = &slot{t: now, n: 1}
+				p.minute = append(p.minute, ms)
+			}
+			if p.o.RecipientsPerDay > 0 {
+				ds = &slot{t: now, n: n}
+				p.day = append(p.day, ds)
+			}
+			p.mu.Unlock()
+			break
+		}
+		if wait > p.o.MaxWait {
+			p.deferred++
+			p.mu.Unlock()
+			return nil, &upstream.Error{
+				Err:        fmt.Errorf("%w: %s; next attempt in %v", ErrPaced, why, wait.Round(time.Second)),
+				RetryAfter: wait,
+				Hint:       "The relay holds the mail back to stay within Microsoft's sending limits (" + why + "); it is sent when the limit allows, nothing is lost.",
+			}
+		}
+		p.mu.Unlock()
+		if err := p.o.Sleep(ctx, wait); err != nil {
+			return nil, &upstream.Error{Err: err}
+		}
+	}
+	res, err := p.up.Deliver(ctx, msg)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	end := p.o.Now()
+	if ms != nil && end.After(ms.t) {
+		// Count the message at its end so that two messages' acceptances
+		// are never closer than the window allows.
+		ms.t = end
+	}
+	if ds != nil && err == nil {
+		ds.n = 0
+		for _, r := range res {
+			if r.Err == nil {
+				ds.n++
+			}
+		}
+	}
+	err = p.learnLocked(end, err)
+	for i := range res {
+		res[i].Err = p.learnLocked(end, res[i].Err)
+	}
+	return res, err
+}
+
+// waitLocked is how long until a message of n recipients may start.
+func (p *Paced) waitLocked(now time.Time, n int) (time.Duration, string) {
+	var wait time.Duration
+	var why string
+	if now.Before(p.coolUntil) {
+		wait, why = p.coolUntil.Sub(now), p.coolWhy
+	}
+	if lim := p.o.MessagesPerMinute; lim > 0 {
+		p.minute = prune(p.minute, now.Add(-time.Minute))
+		if len(p.minute) >= lim {
+			ts := make([]time.Time, len(p.minute))
+			for i, s := range p.minute {
+				ts[i] = s.t
+			}
+			slices.SortFunc(ts, time.Time.Compare)
+			if w := ts[len(ts)-lim].Add(time.Minute).Sub(now); w > wait {
+				wait, why = w, fmt.Sprintf("%d messages a minute", lim)
+			}
+		}
+	}
+	if lim := p.o.RecipientsPerDay; lim > 0 {
+		p.day = prune(p.day, now.Add(-24*time.Hour))
+		sum := 0
+		for _, s := range p.day {
+			sum += s.n
+		}
+		if sum+n > lim && sum > 0 {
+			ss := slices.Clone(p.day)
+			slices.SortFunc(ss, func(a, b *slot) int { return a.t.Compare(b.t) })
+			for _, s := range ss {
+				sum -= s.n
+				if sum+n <= lim {
+					if w := s.t.Add(24 * time.Hour).Sub(now); w > wait {
+						wait, why = w, fmt.Sprintf("%d recipients a day", lim)
+					}
+					break
+				}
+			}
+		}
+	}
+	return wait, why
+}
+
+func prune(s []*slot, before time.Time) []*slot {
+	return slices.DeleteFunc(s, func(x *slot) bool { return !x.t.After(before) })
+}
+
+// learnLocked starts a cooldown for a throttling reply and returns the
+// error as the scheduler should see it (temporary, with RetryAfter).
+func (p *Paced) learnLocked(now time.Time, err error) error {
+	if err == nil {
+		return nil
+	}
+	ue := upstream.Classify(err)
+	cool, why, quota := p.throttle(ue)
+	if cool <= 0 {
+		return err
+	}
+	p.throttled++
+	if until := now.Add(cool); until.After(p.coolUntil) {
+		p.coolUntil, p.coolWhy = until, why
+		p.o.Logger.Warn("upstream throttled: cooling down", "reply", ue.Error(), "cooldown", cool)
+	}
+	c := *ue
+	c.RetryAfter = max(c.RetryAfter, p.coolUntil.Sub(now))
+	if quota {
+		c.Permanent = false
+	}
+	return &c
+}
+
+func (p *Paced) throttle(ue *upstream.Error) (time.Duration, string, bool) {
+	if r := ue.Reply; r != nil {
+		c := r.EnhancedCode
+		switch {
+		case r.Code == 432 || c == (smtp.EnhancedCode{4, 3, 2}):
+			return p.o.ConnectionCooldown, "too many connections, cooling down", false
+		case c[0] == 4 && c[1] == 7 && c[2] >= 500 && c[2] <= 699:
+			return p.o.RateCooldown, "the upstream throttles this IP, cooling down", false
+		case c == (smtp.EnhancedCode{5, 2, 0}) && strings.Contains(strings.ToLower(r.Message), "quota"):
+			return p.o.QuotaCooldown, "the mailbox's daily recipient quota is used up", true
+		}
+	}
+	if !ue.Permanent && ue.RetryAfter > 0 {
+		return ue.RetryAfter, "the upstream asked to wait", false
+	}
+	return 0, "", false
+}
