@@ -1,0 +1,889 @@
+package mdns
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+const (
+	hostTTL     = 120  // RFC 6762 §10: records with a host name
+	otherTTL    = 4500 // RFC 6762 §10: everything else
+	cacheFlush  = 1 << 15
+	unicastResp = 1 << 15
+	maxMsg      = 1440 // fits an Ethernet frame with IPv6 and UDP headers
+	probes      = 3
+	servicesPTR = "_services._dns-sd._udp.local."
+)
+
+type svcState struct {
+	Service        // Instance is the name in use
+	base    string // the configured instance name
+}
+
+type ifState struct {
+	netIface
+}
+
+// probeState is one round of RFC 6762 §8.1 probing for some names on some interfaces.
+type probeState struct {
+	names  map[string]bool // lower-case owner names
+	ifaces map[int]bool
+	sent   int
+	next   time.Time
+}
+
+type announceState struct {
+	ifaces map[int]bool
+	left   int
+	next   time.Time
+}
+
+type engine struct {
+	r      *Responder
+	tr     transport
+	list   func() ([]netIface, error)
+	log    *slog.Logger
+	t      timing
+	host   string // label in use
+	base   string // configured label
+	svcs   []*svcState
+	ifs    map[int]*ifState
+	own    addrSet
+	probe  *probeState
+	ann    *announceState
+	told   map[string]bool // names announced at least once
+	losses []time.Time     // recent conflicts, for the RFC 6762 §8.1 rate limit
+}
+
+func newEngine(r *Responder, tr transport, list func() ([]netIface, error), svcs []Service) *engine {
+	e := &engine{r: r, tr: tr, list: list, log: r.log, t: r.timing, host: r.Name(), base: r.Name(),
+		ifs: map[int]*ifState{}, own: addrSet{}, told: map[string]bool{}}
+	for _, s := range svcs {
+		e.svcs = append(e.svcs, &svcState{Service: s, base: s.Instance})
+	}
+	return e
+}
+
+func (e *engine) event(s string) {
+	if e.r.opts.onEvent != nil {
+		e.r.opts.onEvent(s)
+	}
+}
+
+func (e *engine) run(ctx context.Context) error {
+	defer e.tr.close()
+	pkts := make(chan packet, 16)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		defer close(pkts)
+		for {
+			p, err := e.tr.recv()
+			if err != nil {
+				return
+			}
+			select {
+			case pkts <- p:
+			case <-done:
+				return
+			}
+		}
+	}()
+
+	if err := e.poll(time.Now()); err != nil {
+		return err
+	}
+	if len(e.ifs) == 0 {
+		e.log.Warn("mdns: no interface to answer on yet", "configured", e.r.opts.Interfaces)
+	}
+	ticker := time.NewTicker(e.t.poll)
+	defer ticker.Stop()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		now := time.Now()
+		if wake, ok := e.nextWake(); ok {
+			timer.Reset(max(wake.Sub(now), 0))
+		} else {
+			timer.Reset(time.Hour)
+		}
+		select {
+		case <-ctx.Done():
+			e.goodbyeAll()
+			e.event("stopped")
+			return nil
+		case p, ok := <-pkts:
+			if !ok {
+				return fmt.Errorf("mdns: socket closed")
+			}
+			e.handle(p, time.Now())
+		case svcs := <-e.r.svcCh:
+			e.setServices(svcs, time.Now())
+		case <-ticker.C:
+			if err := e.poll(time.Now()); err != nil {
+				e.log.Warn("mdns: reading interfaces", "err", err)
+			}
+		case <-timer.C:
+			e.tick(time.Now())
+		}
+	}
+}
+
+func (e *engine) nextWake() (time.Time, bool) {
+	var w time.Time
+	if e.probe != nil {
+		w = e.probe.next
+	}
+	if e.ann != nil && (w.IsZero() || e.ann.next.Before(w)) {
+		w = e.ann.next
+	}
+	return w, !w.IsZero()
+}
+
+// Names.
+
+func (e *engine) hostName() string { return e.host + ".local." }
+
+func instanceName(instance, typ string) string {
+	b := append([]byte{byte(len(instance))}, instance...)
+	rest := make([]byte, 256)
+	n, err := dns.PackDomainName(typ+".local.", rest, 0, nil, false)
+	if err != nil {
+		return ""
+	}
+	name, _, err := dns.UnpackDomainName(append(b, rest[:n]...), 0)
+	if err != nil {
+		return ""
+	}
+	return name
+}
+
+func (s *svcState) name() string { return instanceName(s.Instance, s.Type) }
+
+// uniqueNames are the names this host must own alone (host and instances).
+func (e *engine) uniqueNames() []string {
+	out := []string{strings.ToLower(e.hostName())}
+	for _, s := range e.svcs {
+		out = append(out, strings.ToLower(s.name()))
+	}
+	return out
+}
+
+// nextLabel gives the name to try after a conflict: relay → relay-2 → relay-3,
+// "Plant A" → "Plant A (2)"; as Avahi and Apple's responder do.
+func nextLabel(s string, host bool) string {
+	if host {
+		if i := strings.LastIndexByte(s, '-'); i > 0 {
+			if n, err := strconv.Atoi(s[i+1:]); err == nil && n >= 2 {
+				return s[:i] + "-" + strconv.Itoa(n+1)
+			}
+		}
+		if len(s) > 61 {
+			s = s[:61]
+		}
+		return s + "-2"
+	}
+	if strings.HasSuffix(s, ")") {
+		if i := strings.LastIndex(s, " ("); i >= 0 {
+			if n, err := strconv.Atoi(s[i+2 : len(s)-1]); err == nil && n >= 2 {
+				return s[:i] + " (" + strconv.Itoa(n+1) + ")"
+			}
+		}
+	}
+	if len(s) > 58 {
+		s = s[:58]
+	}
+	return s + " (2)"
+}
+
+// Records.
+
+func hdr(name string, t uint16, unique bool, ttl uint32) dns.RR_Header {
+	c := uint16(dns.ClassINET)
+	if unique {
+		c |= cacheFlush
+	}
+	return dns.RR_Header{Name: name, Rrtype: t, Class: c, Ttl: ttl}
+}
+
+// records are every record this host has on one interface, built from that
+// interface's own addresses only.
+func (e *engine) records(ni *ifState) []dns.RR {
+	host := e.hostName()
+	var rrs []dns.RR
+	var types []uint16
+	for _, a := range ni.Addrs {
+		if a.Is4() {
+			rrs = append(rrs, &dns.A{Hdr: hdr(host, dns.TypeA, true, hostTTL), A: a.AsSlice()})
+			if !slices.Contains(types, dns.TypeA) {
+				types = append(types, dns.TypeA)
+			}
+		} else {
+			rrs = append(rrs, &dns.AAAA{Hdr: hdr(host, dns.TypeAAAA, true, hostTTL), AAAA: a.AsSlice()})
+			if !slices.Contains(types, dns.TypeAAAA) {
+				types = append(types, dns.TypeAAAA)
+			}
+		}
+	}
+	slices.Sort(types)
+	rrs = append(rrs, &dns.NSEC{Hdr: hdr(host, dns.TypeNSEC, true, hostTTL), NextDomain: host, TypeBitMap: types})
+	for _, s := range e.svcs {
+		inst := s.name()
+		typ := s.Type + ".local."
+		txt := s.TXT
+		if len(txt) == 0 {
+			txt = []string{""} // RFC 6763 §6.1: an empty TXT record holds one empty string
+		}
+		rrs = append(rrs,
+			&dns.PTR{Hdr: hdr(typ, dns.TypePTR, false, otherTTL), Ptr: inst},
+			&dns.PTR{Hdr: hdr(servicesPTR, dns.TypePTR, false, otherTTL), Ptr: typ},
+			&dns.SRV{Hdr: hdr(inst, dns.TypeSRV, true, hostTTL), Port: uint16(s.Port), Target: host},
+			&dns.TXT{Hdr: hdr(inst, dns.TypeTXT, true, otherTTL), Txt: txt},
+			&dns.NSEC{Hdr: hdr(inst, dns.TypeNSEC, true, hostTTL), NextDomain: inst, TypeBitMap: []uint16{dns.TypeTXT, dns.TypeSRV}},
+		)
+	}
+	return dedupe(rrs)
+}
+
+func dedupe(rrs []dns.RR) []dns.RR {
+	var out []dns.RR
+	for _, rr := range rrs {
+		if !slices.ContainsFunc(out, func(o dns.RR) bool { return sameRR(o, rr) }) {
+			out = append(out, rr)
+		}
+	}
+	return out
+}
+
+// subject is the unique name a record speaks for: its owner, or for a PTR its target.
+func subject(rr dns.RR) string {
+	switch v := rr.(type) {
+	case *dns.PTR:
+		return strings.ToLower(v.Ptr)
+	}
+	return strings.ToLower(rr.Header().Name)
+}
+
+// served are the records answered on ni: those whose names are not being probed there.
+func (e *engine) served(ni *ifState) []dns.RR {
+	all := e.records(ni)
+	if e.probe == nil || !e.probe.ifaces[ni.Index] {
+		return all
+	}
+	return slices.DeleteFunc(all, func(rr dns.RR) bool {
+		if e.probe.names[subject(rr)] {
+			return true
+		}
+		p, ok := rr.(*dns.PTR)
+		return ok && strings.EqualFold(p.Hdr.Name, servicesPTR) && !e.typeClaimed(p.Ptr)
+	})
+}
+
+// typeClaimed: some instance of this type is not being probed.
+func (e *engine) typeClaimed(typ string) bool {
+	for _, s := range e.svcs {
+		if strings.EqualFold(s.Type+".local.", typ) && !e.probe.names[strings.ToLower(s.name())] {
+			return true
+		}
+	}
+	return false
+}
+
+// sameRR compares records as RFC 6762 does: name (any case), type, class
+// without the cache-flush bit, and data; not the TTL.
+func sameRR(a, b dns.RR) bool {
+	ha, hb := a.Header(), b.Header()
+	if ha.Rrtype != hb.Rrtype || ha.Class&^cacheFlush != hb.Class&^cacheFlush || !strings.EqualFold(ha.Name, hb.Name) {
+		return false
+	}
+	return slices.Equal(rdata(a), rdata(b))
+}
+
+func rdata(rr dns.RR) []byte {
+	buf := make([]byte, dns.Len(rr)+16)
+	off, err := dns.PackRR(rr, buf, 0, nil, false)
+	if err != nil {
+		return nil
+	}
+	nameBuf := make([]byte, 256)
+	n, err := dns.PackDomainName(rr.Header().Name, nameBuf, 0, nil, false)
+	if err != nil || n+10 > off {
+		return nil
+	}
+	return buf[n+10 : off]
+}
+
+func withTTL(rrs []dns.RR, ttl uint32) []dns.RR {
+	out := make([]dns.RR, len(rrs))
+	for i, rr := range rrs {
+		c := dns.Copy(rr)
+		c.Header().Ttl = ttl
+		out[i] = c
+	}
+	return out
+}
+
+// Sending.
+
+// send packs m, splitting its answers over several messages when they do
+// not fit one packet; additional records go where there is room.
+func (e *engine) send(m *dns.Msg, ifIndex int, dst netip.AddrPort) {
+	m.Compress = true
+	msgs := []*dns.Msg{}
+	cur := m.Copy()
+	cur.Answer, cur.Extra = nil, nil
+	for _, rr := range m.Answer {
+		cur.Answer = append(cur.Answer, rr)
+		if cur.Len() > maxMsg && len(cur.Answer) > 1 {
+			cur.Answer = cur.Answer[:len(cur.Answer)-1]
+			msgs = append(msgs, cur)
+			cur = m.Copy()
+			cur.Answer, cur.Extra, cur.Ns = []dns.RR{rr}, nil, nil
+		}
+	}
+	for _, rr := range m.Extra {
+		cur.Extra = append(cur.Extra, rr)
+		if cur.Len() > maxMsg {
+			cur.Extra = cur.Extra[:len(cur.Extra)-1]
+			break
+		}
+	}
+	msgs = append(msgs, cur)
+	for _, msg := range msgs {
+		b, err := msg.Pack()
+		if err != nil {
+			e.log.Warn("mdns: packing a message", "err", err)
+			continue
+		}
+		if err := e.tr.send(b, ifIndex, dst); err != nil {
+			e.log.Debug("mdns: sending", "ifindex", ifIndex, "dst", dst, "err", err)
+			continue
+		}
+		e.r.sent.Add(1)
+	}
+}
+
+func (e *engine) sendRecords(ni *ifState, rrs []dns.RR) {
+	if len(rrs) == 0 {
+		return
+	}
+	m := new(dns.Msg)
+	m.Response, m.Authoritative = true, true
+	m.Answer = rrs
+	e.send(m, ni.Index, netip.AddrPort{})
+}
+
+func (e *engine) goodbyeAll() {
+	for _, ni := range e.ifs {
+		var rrs []dns.RR
+		for _, rr := range e.served(ni) {
+			p, isPTR := rr.(*dns.PTR)
+			if e.told[subject(rr)] || isPTR && strings.EqualFold(p.Hdr.Name, servicesPTR) {
+				rrs = append(rrs, rr)
+			}
+		}
+		e.sendRecords(ni, withTTL(rrs, 0))
+	}
+	e.log.Info("mdns: said goodbye", "name", e.host)
+}
+
+// Probing and announcing.
+
+func (e *engine) startProbe(names []string, ifaces []int, now time.Time) {
+	if len(names) == 0 || len(ifaces) == 0 {
+		return
+	}
+	if e.probe == nil {
+		e.probe = &probeState{names: map[string]bool{}, ifaces: map[int]bool{},
+			next: now.Add(rand.N(e.t.probeWait + 1))}
+	}
+	for _, n := range names {
+		e.probe.names[strings.ToLower(n)] = true
+	}
+	for _, i := range ifaces {
+		e.probe.ifaces[i] = true
+	}
+	e.probe.sent = 0
+}
+
+func (e *engine) allIfaces() []int {
+	var out []int
+	for i := range e.ifs {
+		out = append(out, i)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (e *engine) announce(ifaces []int, now time.Time) {
+	if len(ifaces) == 0 {
+		return
+	}
+	if e.ann == nil {
+		e.ann = &announceState{ifaces: map[int]bool{}, next: now}
+	}
+	for _, i := range ifaces {
+		e.ann.ifaces[i] = true
+	}
+	e.ann.left = 2 // RFC 6762 §8.3: at least two, one second apart
+	e.ann.next = now
+}
+
+// probeRecords are the records that go in a probe's authority section for
+// the names being probed on ni (RFC 6762 §8.2).
+func (e *engine) probeRecords(ni *ifState) []dns.RR {
+	var out []dns.RR
+	for _, rr := range e.records(ni) {
+		h := rr.Header()
+		if h.Rrtype == dns.TypePTR || h.Rrtype == dns.TypeNSEC || !e.probe.names[strings.ToLower(h.Name)] {
+			continue
+		}
+		c := dns.Copy(rr)
+		c.Header().Class &^= cacheFlush
+		out = append(out, c)
+	}
+	return out
+}
+
+func (e *engine) tick(now time.Time) {
+	if p := e.probe; p != nil && !now.Before(p.next) {
+		if p.sent < probes {
+			for _, i := range e.allIfaces() {
+				if !p.ifaces[i] {
+					continue
+				}
+				m := new(dns.Msg)
+				for n := range p.names {
+					qc := uint16(dns.ClassINET)
+					if p.sent == 0 {
+						qc |= unicastResp
+					}
+					m.Question = append(m.Question, dns.Question{Name: e.displayName(n), Qtype: dns.TypeANY, Qclass: qc})
+				}
+				slices.SortFunc(m.Question, func(a, b dns.Question) int { return strings.Compare(a.Name, b.Name) })
+				m.Ns = e.probeRecords(e.ifs[i])
+				e.send(m, i, netip.AddrPort{})
+			}
+			p.sent++
+			p.next = now.Add(e.t.probeInterval)
+		} else {
+			var ifaces []int
+			for i := range p.ifaces {
+				if _, ok := e.ifs[i]; ok {
+					ifaces = append(ifaces, i)
+				}
+			}
+			for n := range p.names {
+				e.told[n] = true
+			}
+			e.probe = nil
+			e.log.Info("mdns: names claimed", "host", e.host+".local", "services", len(e.svcs))
+			e.event("claimed " + e.host)
+			e.announce(ifaces, now)
+		}
+	}
+	if a := e.ann; a != nil && !now.Before(a.next) {
+		for _, i := range e.allIfaces() {
+			if a.ifaces[i] {
+				e.sendRecords(e.ifs[i], e.served(e.ifs[i]))
+			}
+		}
+		a.left--
+		a.next = now.Add(e.t.announceGap)
+		if a.left <= 0 {
+			e.ann = nil
+			e.event("announced")
+		}
+	}
+}
+
+// displayName maps a lower-case probed name back to the name as configured.
+func (e *engine) displayName(lower string) string {
+	if lower == strings.ToLower(e.hostName()) {
+		return e.hostName()
+	}
+	for _, s := range e.svcs {
+		if n := s.name(); strings.ToLower(n) == lower {
+			return n
+		}
+	}
+	return lower
+}
+
+// conflict renames the owner of name and probes the new name everywhere.
+func (e *engine) conflict(name string, now time.Time) {
+	var newName string
+	if name == strings.ToLower(e.hostName()) {
+		if e.told[name] {
+			e.goodbyeSubject(name)
+		}
+		from := e.host
+		e.host = nextLabel(e.host, true)
+		e.r.name.Store(e.host)
+		newName = e.hostName()
+		e.log.Warn("mdns: host name in use by another host on the link, renamed", "from", from+".local", "to", newName)
+		e.event("renamed " + from + " " + e.host)
+	} else {
+		for _, s := range e.svcs {
+			if strings.ToLower(s.name()) != name {
+				continue
+			}
+			if e.told[name] {
+				e.goodbyeSubject(name)
+			}
+			from := s.Instance
+			s.Instance = nextLabel(s.Instance, false)
+			newName = s.name()
+			e.log.Warn("mdns: service name in use by another host on the link, renamed", "from", from, "to", s.Instance, "type", s.Type)
+			e.event("renamed " + from + " " + s.Instance)
+		}
+	}
+	if newName == "" {
+		return
+	}
+	delete(e.told, name)
+	if e.probe != nil {
+		delete(e.probe.names, name)
+	}
+	e.losses = append(slices.DeleteFunc(e.losses, func(t time.Time) bool { return now.Sub(t) > 10*time.Second }), now)
+	e.startProbe([]string{newName}, e.allIfaces(), now)
+	if len(e.losses) >= 15 { // RFC 6762 §8.1: more than 15 conflicts in 10 s, wait 5 s
+		e.probe.next = now.Add(5 * time.Second)
+	}
+}
+
+func (e *engine) goodbyeSubject(name string) {
+	for _, i := range e.allIfaces() {
+		ni := e.ifs[i]
+		var rrs []dns.RR
+		for _, rr := range e.records(ni) {
+			if subject(rr) == name {
+				rrs = append(rrs, rr)
+			}
+		}
+		e.sendRecords(ni, withTTL(rrs, 0))
+	}
+}
+
+// Interfaces and services.
+
+func (e *engine) poll(now time.Time) error {
+	all, err := e.list()
+	if err != nil {
+		return err
+	}
+	own := addrSet{}
+	for _, ni := range all {
+		for _, a := range ni.Addrs {
+			own[a.WithZone("").Unmap()] = true
+		}
+	}
+	e.own = own
+	sel := selectInterfaces(all, e.r.opts.Interfaces)
+	seen := map[int]bool{}
+	var added []int
+	for _, ni := range sel {
+		seen[ni.Index] = true
+		cur, ok := e.ifs[ni.Index]
+		if !ok {
+			if err := e.tr.join(ni); err != nil {
+				e.log.Warn("mdns: cannot use interface", "iface", ni.Name, "err", err)
+				continue
+			}
+			e.ifs[ni.Index] = &ifState{netIface: ni}
+			e.log.Info("mdns: answering on interface", "iface", ni.Name, "addrs", ni.Addrs)
+			added = append(added, ni.Index)
+			continue
+		}
+		if slices.Equal(cur.Addrs, ni.Addrs) {
+			continue
+		}
+		var gone []dns.RR
+		for _, rr := range e.records(cur) {
+			switch v := rr.(type) {
+			case *dns.A:
+				if a, _ := netip.AddrFromSlice(v.A); !slices.Contains(ni.Addrs, a.Unmap()) {
+					gone = append(gone, rr)
+				}
+			case *dns.AAAA:
+				if a, _ := netip.AddrFromSlice(v.AAAA); !slices.Contains(ni.Addrs, a) {
+					gone = append(gone, rr)
+				}
+			}
+		}
+		if e.told[strings.ToLower(e.hostName())] {
+			e.sendRecords(cur, withTTL(gone, 0))
+		}
+		cur.netIface = ni
+		e.log.Info("mdns: addresses changed, announcing", "iface", ni.Name, "addrs", ni.Addrs)
+		e.announce([]int{ni.Index}, now)
+	}
+	for i, cur := range e.ifs {
+		if !seen[i] {
+			e.tr.leave(cur.netIface)
+			delete(e.ifs, i)
+			if e.probe != nil {
+				delete(e.probe.ifaces, i)
+			}
+			if e.ann != nil {
+				delete(e.ann.ifaces, i)
+			}
+			e.log.Info("mdns: interface gone or excluded", "iface", cur.Name)
+		}
+	}
+	e.startProbe(e.uniqueNames(), added, now)
+	return nil
+}
+
+func (e *engine) setServices(svcs []Service, now time.Time) {
+	key := func(instance, typ string) string { return strings.ToLower(instance + "\x00" + typ) }
+	old := map[string]*svcState{}
+	for _, s := range e.svcs {
+		old[key(s.base, s.Type)] = s
+	}
+	var next []*svcState
+	var probeNames []string
+	changed := false
+	for _, s := range svcs {
+		if o, ok := old[key(s.Instance, s.Type)]; ok {
+			delete(old, key(s.Instance, s.Type))
+			if o.Port != s.Port || !slices.Equal(o.TXT, s.TXT) {
+				o.Port, o.TXT = s.Port, s.TXT
+				changed = true
+			}
+			next = append(next, o)
+			continue
+		}
+		st := &svcState{Service: s, base: s.Instance}
+		next = append(next, st)
+		probeNames = append(probeNames, st.name())
+	}
+	// Goodbye for removed services, before they leave the record set.
+	for _, ni := range e.ifs {
+		var bye []dns.RR
+		for _, o := range old {
+			inst := strings.ToLower(o.name())
+			if !e.told[inst] {
+				continue
+			}
+			for _, rr := range e.records(ni) {
+				if subject(rr) == inst {
+					bye = append(bye, rr)
+				}
+				if p, ok := rr.(*dns.PTR); ok && strings.EqualFold(p.Hdr.Name, servicesPTR) &&
+					strings.EqualFold(p.Ptr, o.Type+".local.") &&
+					!slices.ContainsFunc(next, func(s *svcState) bool { return strings.EqualFold(s.Type, o.Type) }) {
+					bye = append(bye, rr)
+				}
+			}
+		}
+		e.sendRecords(ni, withTTL(dedupe(bye), 0))
+	}
+	for _, o := range old {
+		delete(e.told, strings.ToLower(o.name()))
+		e.log.Info("mdns: service withdrawn", "instance", o.Instance, "type", o.Type)
+	}
+	e.svcs = next
+	e.startProbe(probeNames, e.allIfaces(), now)
+	if changed {
+		e.announce(e.allIfaces(), now)
+	}
+}
+
+// Receiving.
+
+func (e *engine) handle(p packet, now time.Time) {
+	ni, ok := e.ifs[p.ifIndex]
+	if !ok || e.own.has(p.src.Addr()) {
+		return // not a plant-side interface, or our own packet looped back
+	}
+	m := new(dns.Msg)
+	if err := m.Unpack(p.data); err != nil {
+		e.log.Debug("mdns: ignoring malformed packet", "src", p.src, "err", err)
+		return
+	}
+	if m.Opcode != dns.OpcodeQuery || m.Rcode != dns.RcodeSuccess {
+		return // RFC 6762 §18.3, §18.11
+	}
+	if m.Response {
+		e.handleResponse(ni, m, now)
+		return
+	}
+	e.handleQuery(ni, p, m, now)
+}
+
+func (e *engine) handleResponse(ni *ifState, m *dns.Msg, now time.Time) {
+	mine := e.records(ni)
+	uniq := e.uniqueNames()
+	for _, rr := range slices.Concat(m.Answer, m.Ns, m.Extra) {
+		name := strings.ToLower(rr.Header().Name)
+		if e.probe != nil && e.probe.ifaces[ni.Index] && e.probe.names[name] {
+			e.conflict(name, now) // RFC 6762 §8.1: any answer for a probed name
+			continue
+		}
+		t := rr.Header().Rrtype
+		if !slices.Contains(uniq, name) || rr.Header().Ttl == 0 ||
+			(t != dns.TypeA && t != dns.TypeAAAA && t != dns.TypeSRV && t != dns.TypeTXT) {
+			continue
+		}
+		if slices.ContainsFunc(mine, func(o dns.RR) bool { return sameRR(o, rr) }) {
+			continue
+		}
+		// RFC 6762 §9: someone else claims a name we hold; probe again and
+		// rename if they answer.
+		e.log.Warn("mdns: conflicting record from another host, probing again", "name", rr.Header().Name, "record", rr.String())
+		e.startProbe([]string{name}, e.allIfaces(), now)
+	}
+}
+
+func (e *engine) handleQuery(ni *ifState, p packet, m *dns.Msg, now time.Time) {
+	// RFC 6762 §8.2: a simultaneous probe for a name we are probing.
+	if pr := e.probe; pr != nil && pr.ifaces[ni.Index] && len(m.Ns) > 0 {
+		for _, q := range m.Question {
+			name := strings.ToLower(q.Name)
+			if !pr.names[name] {
+				continue
+			}
+			var ours, theirs []dns.RR
+			for _, rr := range e.probeRecords(ni) {
+				if strings.EqualFold(rr.Header().Name, name) {
+					ours = append(ours, rr)
+				}
+			}
+			for _, rr := range m.Ns {
+				if strings.EqualFold(rr.Header().Name, name) {
+					theirs = append(theirs, rr)
+				}
+			}
+			if compareRecordSets(ours, theirs) < 0 {
+				e.log.Info("mdns: lost a simultaneous probe, waiting a second", "name", q.Name)
+				pr.sent = 0
+				pr.next = now.Add(e.t.deferOnLoss)
+			}
+		}
+	}
+	e.answer(ni, p, m)
+}
+
+func (e *engine) answer(ni *ifState, p packet, m *dns.Msg) {
+	served := e.served(ni)
+	legacy := p.src.Port() != mdnsPort
+	allQU := len(m.Question) > 0
+	var ans []dns.RR
+	for _, q := range m.Question {
+		if q.Qclass&unicastResp == 0 {
+			allQU = false
+		}
+		if q.Qclass&^unicastResp != dns.ClassINET && q.Qclass&^unicastResp != dns.ClassANY {
+			continue
+		}
+		for _, rr := range served {
+			h := rr.Header()
+			if !strings.EqualFold(h.Name, q.Name) || (q.Qtype != dns.TypeANY && q.Qtype != h.Rrtype) {
+				continue
+			}
+			if h.Rrtype == dns.TypeNSEC && q.Qtype != dns.TypeNSEC {
+				continue // NSEC goes with the additional records
+			}
+			if knownAnswer(m.Answer, rr) || slices.Contains(ans, rr) {
+				continue
+			}
+			ans = append(ans, rr)
+		}
+	}
+	if len(ans) == 0 {
+		return
+	}
+	// RFC 6763 §12: what the asker will want next.
+	want := map[string]bool{}
+	for _, rr := range ans {
+		switch v := rr.(type) {
+		case *dns.PTR:
+			want[strings.ToLower(v.Ptr)] = true
+			want[strings.ToLower(e.hostName())] = true
+		case *dns.SRV:
+			want[strings.ToLower(v.Target)] = true
+			want[strings.ToLower(v.Hdr.Name)] = true
+		case *dns.A, *dns.AAAA, *dns.TXT:
+			want[strings.ToLower(v.Header().Name)] = true
+		}
+	}
+	var extra []dns.RR
+	for _, rr := range served {
+		if rr.Header().Rrtype == dns.TypePTR || !want[strings.ToLower(rr.Header().Name)] || slices.Contains(ans, rr) {
+			continue
+		}
+		extra = append(extra, rr)
+	}
+	resp := new(dns.Msg)
+	resp.Response, resp.Authoritative = true, true
+	dst := netip.AddrPort{}
+	switch {
+	case legacy: // RFC 6762 §6.7: a plain DNS resolver asking port 5353
+		resp.Id = m.Id
+		resp.Question = m.Question
+		ans, extra = legacyTTL(ans), legacyTTL(extra)
+		dst = p.src
+	case allQU && len(m.Ns) == 0: // QU question; probes are answered by multicast so all hear the defence
+		dst = p.src
+	}
+	resp.Answer, resp.Extra = ans, extra
+	e.send(resp, ni.Index, dst)
+}
+
+func legacyTTL(rrs []dns.RR) []dns.RR {
+	out := make([]dns.RR, len(rrs))
+	for i, rr := range rrs {
+		c := dns.Copy(rr)
+		c.Header().Class &^= cacheFlush
+		c.Header().Ttl = min(c.Header().Ttl, 10)
+		out[i] = c
+	}
+	return out
+}
+
+// knownAnswer: the asker already holds rr with at least half its TTL (RFC 6762 §7.1).
+func knownAnswer(known []dns.RR, rr dns.RR) bool {
+	for _, k := range known {
+		if sameRR(k, rr) && k.Header().Ttl >= rr.Header().Ttl/2 {
+			return true
+		}
+	}
+	return false
+}
+
+// compareRecordSets orders two probes' authority records as RFC 6762 §8.2
+// says: sorted, then compared record by record by class, type and data; a
+// set that runs out first is the lesser.
+func compareRecordSets(a, b []dns.RR) int {
+	key := func(rr dns.RR) []byte {
+		h := rr.Header()
+		c := h.Class &^ cacheFlush
+		return append([]byte{byte(c >> 8), byte(c), byte(h.Rrtype >> 8), byte(h.Rrtype)}, rdata(rr)...)
+	}
+	ka, kb := make([][]byte, len(a)), make([][]byte, len(b))
+	for i, rr := range a {
+		ka[i] = key(rr)
+	}
+	for i, rr := range b {
+		kb[i] = key(rr)
+	}
+	cmp := func(x, y []byte) int { return strings.Compare(string(x), string(y)) }
+	slices.SortFunc(ka, cmp)
+	slices.SortFunc(kb, cmp)
+	for i := 0; i < len(ka) && i < len(kb); i++ {
+		if c := cmp(ka[i], kb[i]); c != 0 {
+			return c
+		}
+	}
+	return len(ka) - len(kb)
+}
