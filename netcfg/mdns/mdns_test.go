@@ -221,7 +221,6 @@ func TestBrowseServices(t *testing.T) {
 	}
 }
 
-
 func TestOtherInterfaceHearsNothing(t *testing.T) {
 	mn := &memNet{}
 	// A listener on the excluded link hears everything the box ever sends there.
@@ -253,9 +252,9 @@ func TestDefaultInterfacesSkipLoopbackAndTailnet(t *testing.T) {
 		{Index: 2, Name: "eth0", Flags: up, Addrs: []netip.Addr{lanAddr}},
 		{Index: 3, Name: "tailscale0", Flags: up, Addrs: []netip.Addr{tsAddr}},
 		{Index: 4, Name: "ts-odd", Flags: up, Addrs: []netip.Addr{netip.MustParseAddr("fd7a:115c:a1e0::1")}},
-		{Index: 5, Name: "eth1", Flags: net.FlagMulticast, Addrs: []netip.Addr{otherAddr}},          // down
+		{Index: 5, Name: "eth1", Flags: net.FlagMulticast, Addrs: []netip.Addr{otherAddr}},                // down
 		{Index: 6, Name: "wg0", Flags: net.FlagUp | net.FlagPointToPoint, Addrs: []netip.Addr{otherAddr}}, // no multicast
-		{Index: 7, Name: "eth2", Flags: up},                                                         // no address yet
+		{Index: 7, Name: "eth2", Flags: up}, // no address yet
 		{Index: 8, Name: "eth3", Flags: up, Addrs: []netip.Addr{otherAddr}},
 	}
 	tests := []struct {

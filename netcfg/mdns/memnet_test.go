@@ -91,8 +91,8 @@ func (ep *memEP) send(b []byte, ifIndex int, dst netip.AddrPort) error {
 
 // client is a test resolver on one link.
 type client struct {
-	t  *testing.T
-	ep *memEP
+	t   *testing.T
+	ep  *memEP
 	if_ int
 }
 
