@@ -369,19 +369,25 @@ func (s *Spool) newID() string {
 	return fmt.Sprintf("%012X%05X", ms&0xFFFFFFFFFFFF, s.idSeq.Add(1)&0xFFFFF)
 }
 
-// NewMessage starts receiving one message's content.
+// NewMessage starts receiving one message's content. Its queue id is
+// known from the start, so that headers written into the content (Received,
+// Message-ID) can carry it.
 func (s *Spool) NewMessage() *Message {
-	return &Message{s: s}
+	return &Message{s: s, id: s.newID()}
 }
 
 // Message collects one message's content: in memory while it is small,
 // in a temporary file once it grows past InlineMax.
 type Message struct {
 	s   *Spool
+	id  string
 	buf []byte
 	tmp *os.File
 	n   int64
 }
+
+// ID is the queue id the message will have once committed.
+func (m *Message) ID() string { return m.id }
 
 func (m *Message) Write(p []byte) (int, error) {
 	if m.tmp == nil && len(m.buf)+len(p) <= m.s.opts.InlineMax {
@@ -437,7 +443,7 @@ func (m *Message) Commit(env Envelope) (string, error) {
 		return "", err
 	}
 	defer s.unreserve(m.n)
-	id := s.newID()
+	id := m.id
 	rec := messageRec{ID: id, Env: env, Size: m.n}
 	rec.Env.To = slices.Clone(env.To)
 	if m.tmp != nil {

@@ -1,0 +1,113 @@
+// Package certs gives the plant-side listeners a certificate: the one the
+// admin configured, or a self-signed one made on first start and kept in
+// the state directory, so that STARTTLS always works even on a box nobody
+// has provisioned yet (devices that check certificates can be given the
+// configured one later).
+package certs
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// LoadOrCreate returns the pair in certFile/keyFile when both are given;
+// otherwise the self-signed pair in dir (relay.crt, relay.key), creating it
+// for hostname when absent.
+func LoadOrCreate(dir, certFile, keyFile, hostname string, now time.Time) (tls.Certificate, error) {
+	if certFile != "" {
+		c, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return tls.Certificate{}, fmt.Errorf("loading tls.cert_file/tls.key_file: %w", err)
+		}
+		return c, nil
+	}
+	cf, kf := filepath.Join(dir, "relay.crt"), filepath.Join(dir, "relay.key")
+	c, err := tls.LoadX509KeyPair(cf, kf)
+	if err == nil {
+		return c, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return tls.Certificate{}, fmt.Errorf("loading the self-signed certificate in %s (delete both files to make a new one): %w", dir, err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return tls.Certificate{}, fmt.Errorf("creating %s: %w", dir, err)
+	}
+	certPEM, keyPEM, err := SelfSigned(hostname, now)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	// Key first: a crash between the two leaves a key without a
+	// certificate, which the next start replaces.
+	if err := writeFile(kf, keyPEM, 0o600); err != nil {
+		return tls.Certificate{}, err
+	}
+	if err := writeFile(cf, certPEM, 0o644); err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.X509KeyPair(certPEM, keyPEM)
+}
+
+// SelfSigned makes a P-256 certificate for hostname valid for ten years.
+func SelfSigned(hostname string, now time.Time) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("generating key: %w", err)
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: hostname, Organization: []string{"siterelay (self-signed)"}},
+		DNSNames:     []string{hostname},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.AddDate(10, 0, 0),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("creating certificate: %w", err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), nil
+}
+
+func writeFile(path string, b []byte, mode os.FileMode) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
+}

@@ -1,0 +1,455 @@
+// Package delivery moves spooled messages to the upstream: it retries what
+// is temporary with exponential backoff and jitter, bounces only what is
+// permanent or has outlived its lifetime, and records every outcome per
+// recipient so that a partial success is never repeated.
+package delivery
+
+import (
+	"container/heap"
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/siterelay/siterelay/relay/spool"
+	"github.com/siterelay/siterelay/relay/trace"
+	"github.com/siterelay/siterelay/relay/upstream"
+)
+
+// Options wire a scheduler. Spool and Upstream are required.
+type Options struct {
+	Spool    *spool.Spool
+	Upstream upstream.Upstream
+	// Name of the upstream in traces, e.g. "smtp mail.example.com:587".
+	UpstreamName string
+	// Record receives every trace event; nil drops them.
+	Record func(trace.Event)
+	// Explain adds a plain-language hint to an upstream failure; nil means
+	// the upstream's own Hint only.
+	Explain func(error) string
+	// Bounce queues a delivery status notification for recipients that
+	// failed for good; nil means failures are only traced. It is called
+	// before the message is marked done, so a crash repeats a bounce rather
+	// than losing it.
+	Bounce func(ctx context.Context, msg spool.Info, failed []Failure, expired bool) error
+	// FirstRetry doubles per attempt up to MaxRetry; Lifetime bounds the
+	// whole life of a message. Defaults 1m, 1h, 120h.
+	FirstRetry, MaxRetry, Lifetime time.Duration
+	// Concurrency is the number of attempts in flight; default the
+	// upstream's own limit, else 4.
+	Concurrency int
+	// Delivered, when set, is told each message's time from receipt to
+	// its last recipient's delivery (metrics).
+	Delivered func(time.Duration)
+	Clock     func() time.Time
+	Logger    *slog.Logger
+}
+
+// Failure is a recipient that will not be delivered.
+type Failure struct {
+	Rcpt  string
+	Reply string // the upstream's reply, or why it expired
+	Hint  string
+	index int
+}
+
+// Scheduler runs the delivery loop. Enqueue and Kick are safe to call from
+// any goroutine, also before Run.
+type Scheduler struct {
+	o   Options
+	log *slog.Logger
+
+	mu       sync.Mutex
+	ready    []string        // ids to attempt now, FIFO
+	queued   map[string]bool // ids in ready, waiting or in flight
+	waiting  waitHeap        // ids waiting for their retry time
+	attempts map[string]int  // attempts so far, by id
+	wake     chan struct{}   // a worker should look at ready
+	timer    chan struct{}   // the earliest retry time changed
+	limits   upstream.Limits
+}
+
+// New makes a scheduler; Run starts it.
+func New(o Options) *Scheduler {
+	if o.FirstRetry <= 0 {
+		o.FirstRetry = time.Minute
+	}
+	if o.MaxRetry < o.FirstRetry {
+		o.MaxRetry = max(time.Hour, o.FirstRetry)
+	}
+	if o.Lifetime <= 0 {
+		o.Lifetime = 5 * 24 * time.Hour
+	}
+	if o.Clock == nil {
+		o.Clock = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Record == nil {
+		o.Record = func(trace.Event) {}
+	}
+	lim := o.Upstream.Limits()
+	if o.Concurrency <= 0 {
+		o.Concurrency = lim.Concurrency
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = 4
+	}
+	return &Scheduler{
+		o:        o,
+		log:      o.Logger,
+		queued:   map[string]bool{},
+		attempts: map[string]int{},
+		wake:     make(chan struct{}, 1),
+		timer:    make(chan struct{}, 1),
+		limits:   lim,
+	}
+}
+
+// Enqueue asks for an attempt on a newly spooled message.
+func (s *Scheduler) Enqueue(id string) {
+	s.mu.Lock()
+	if !s.queued[id] {
+		s.queued[id] = true
+		s.ready = append(s.ready, id)
+	}
+	s.mu.Unlock()
+	signal(s.wake)
+}
+
+// Kick makes every waiting message due now (an admin's "flush", or a test
+// that moved its clock).
+func (s *Scheduler) Kick() {
+	s.mu.Lock()
+	for s.waiting.Len() > 0 {
+		w := heap.Pop(&s.waiting).(waitItem)
+		s.ready = append(s.ready, w.id)
+	}
+	s.mu.Unlock()
+	signal(s.wake)
+	signal(s.timer)
+}
+
+// Run resumes every message in the spool and delivers until ctx ends.
+func (s *Scheduler) Run(ctx context.Context) error {
+	for _, m := range s.o.Spool.List() {
+		s.Enqueue(m.ID)
+	}
+	var wg sync.WaitGroup
+	for range s.o.Concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.worker(ctx)
+		}()
+	}
+	s.timers(ctx)
+	wg.Wait()
+	return nil
+}
+
+func (s *Scheduler) worker(ctx context.Context) {
+	for {
+		s.mu.Lock()
+		var id string
+		if len(s.ready) > 0 {
+			id = s.ready[0]
+			s.ready[0] = ""
+			s.ready = s.ready[1:]
+		}
+		more := len(s.ready) > 0
+		s.mu.Unlock()
+		if more {
+			signal(s.wake) // let another worker take the next one
+		}
+		if id == "" {
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.wake:
+				continue
+			}
+		}
+		s.attempt(ctx, id)
+	}
+}
+
+// timers moves waiting messages to ready when their time comes.
+func (s *Scheduler) timers(ctx context.Context) {
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
+	for {
+		s.mu.Lock()
+		now := s.o.Clock()
+		moved := false
+		for s.waiting.Len() > 0 && !s.waiting[0].due.After(now) {
+			w := heap.Pop(&s.waiting).(waitItem)
+			s.ready = append(s.ready, w.id)
+			moved = true
+		}
+		next := time.Hour
+		if s.waiting.Len() > 0 {
+			next = s.waiting[0].due.Sub(now)
+		}
+		s.mu.Unlock()
+		if moved {
+			signal(s.wake)
+		}
+		t.Reset(next)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-s.timer:
+		}
+	}
+}
+
+// defer schedules id for another attempt at due.
+func (s *Scheduler) retryAt(id string, due time.Time) {
+	s.mu.Lock()
+	heap.Push(&s.waiting, waitItem{id: id, due: due})
+	s.mu.Unlock()
+	signal(s.timer)
+}
+
+func (s *Scheduler) forget(id string) {
+	s.mu.Lock()
+	delete(s.queued, id)
+	delete(s.attempts, id)
+	s.mu.Unlock()
+}
+
+// attempt makes one delivery attempt for every pending recipient of id.
+func (s *Scheduler) attempt(ctx context.Context, id string) {
+	info, ok := s.o.Spool.Get(id)
+	if !ok {
+		s.forget(id)
+		return
+	}
+	s.mu.Lock()
+	s.attempts[id]++
+	n := s.attempts[id]
+	s.mu.Unlock()
+	log := s.log.With("queue_id", id)
+	now := s.o.Clock()
+	env := info.Envelope
+	expired := now.Sub(env.Received) >= s.o.Lifetime
+
+	var pending []int
+	for i, r := range env.To {
+		if r.State == spool.Pending {
+			pending = append(pending, i)
+		}
+	}
+	var failed []Failure
+	var deferredTo []string
+	var lastTemp *upstream.Error
+	var retryAfter time.Duration
+
+	if expired {
+		for _, i := range pending {
+			r := env.To[i]
+			reply := "expired after " + s.o.Lifetime.String() + " of retrying"
+			if r.Reply != "" {
+				reply += "; last reply: " + r.Reply
+			}
+			failed = append(failed, Failure{Rcpt: r.Addr, Reply: reply, Hint: s.hint(nil, r.Reply), index: i})
+		}
+		s.event(trace.Expired, info, n, addrs(failed), "", "expired", "")
+		log.Warn("message expired", "recipients", len(failed), "age", now.Sub(env.Received).Round(time.Second))
+	} else if len(pending) > 0 {
+		content, err := s.o.Spool.Open(id)
+		if err != nil {
+			log.Error("cannot read spooled message", "err", err)
+			s.retryAt(id, now.Add(s.backoff(n)))
+			return
+		}
+		msg := &upstream.Message{QueueID: id, From: env.From, Size: content.Size, Body: content, UTF8: env.UTF8, EightBit: env.EightBit}
+		for _, batch := range split(pending, s.limits.MaxRecipients) {
+			msg.To = msg.To[:0]
+			for _, i := range batch {
+				msg.To = append(msg.To, env.To[i].Addr)
+			}
+			results, err := s.o.Upstream.Deliver(ctx, msg)
+			var delivered []string
+			var deliveredReply string
+			for k, i := range batch {
+				rerr := err
+				if err == nil {
+					rerr = resultFor(results, k, msg.To[k])
+				}
+				rcpt := env.To[i].Addr
+				if rerr == nil {
+					delivered = append(delivered, rcpt)
+					deliveredReply = "250 accepted"
+					s.o.Spool.Update(id, i, spool.Delivered, deliveredReply)
+					continue
+				}
+				ue := upstream.Classify(rerr)
+				status := upstream.Status(rerr)
+				if ue.Permanent {
+					failed = append(failed, Failure{Rcpt: rcpt, Reply: status, Hint: s.hint(rerr, status), index: i})
+					continue
+				}
+				if ctx.Err() != nil {
+					// Shutting down: not the upstream's fault, no trace.
+					continue
+				}
+				lastTemp = ue
+				retryAfter = max(retryAfter, ue.RetryAfter)
+				deferredTo = append(deferredTo, rcpt)
+				s.o.Spool.Update(id, i, spool.Pending, status)
+			}
+			if len(delivered) > 0 {
+				s.event(trace.Delivered, info, n, delivered, deliveredReply, "", "")
+			}
+		}
+		content.Close()
+	}
+
+	if len(failed) > 0 {
+		kind := trace.Bounced
+		if s.o.Bounce != nil {
+			if err := s.o.Bounce(ctx, info, failed, expired); err != nil {
+				// Keep the message: the bounce is retried with it.
+				log.Error("cannot queue the bounce; will try again", "err", err)
+				s.retryAt(id, now.Add(s.backoff(n)))
+				return
+			}
+		} else {
+			kind = trace.Failed
+		}
+		// Only now, with the bounce safely queued, are they final.
+		for _, f := range failed {
+			s.o.Spool.Update(id, f.index, spool.Failed, f.Reply)
+		}
+		if !expired {
+			for _, f := range failed {
+				s.event(kind, info, n, []string{f.Rcpt}, f.Reply, f.Hint, "")
+				log.Warn("recipient failed", "rcpt", f.Rcpt, "reply", f.Reply, "hint", f.Hint)
+			}
+		}
+	}
+	if len(deferredTo) > 0 || (ctx.Err() != nil && !expired) {
+		if ctx.Err() != nil {
+			return // resumed from the spool at the next start
+		}
+		wait := max(s.backoff(n), retryAfter)
+		due := now.Add(wait)
+		if end := env.Received.Add(s.o.Lifetime); due.After(end) {
+			due = end // expire on time, not an interval late
+		}
+		status := lastTemp.Error()
+		hint := s.hint(lastTemp, status)
+		s.event(trace.Deferred, info, n, deferredTo, status, hint, "next attempt "+due.UTC().Format(time.RFC3339))
+		log.Info("deferred", "recipients", len(deferredTo), "reply", status, "hint", hint, "attempt", n, "retry_in", wait.Round(time.Millisecond))
+		s.retryAt(id, due)
+		return
+	}
+	if err := s.o.Spool.Done(id); err != nil {
+		log.Error("cannot mark message done; it may be attempted again", "err", err)
+	}
+	if s.o.Delivered != nil {
+		s.o.Delivered(s.o.Clock().Sub(env.Received))
+	}
+	s.forget(id)
+}
+
+// hint prefers the upstream's own hint, then Explain's.
+func (s *Scheduler) hint(err error, status string) string {
+	if err != nil {
+		if ue := upstream.Classify(err); ue.Hint != "" {
+			return ue.Hint
+		}
+		if s.o.Explain != nil {
+			return s.o.Explain(err)
+		}
+	}
+	return ""
+}
+
+func (s *Scheduler) event(k trace.Kind, info spool.Info, attempt int, to []string, reply, hint, note string) {
+	if note != "" {
+		hint = strings.TrimSpace(hint + " (" + note + ")")
+	}
+	env := info.Envelope
+	s.o.Record(trace.Event{
+		Time: s.o.Clock(), Kind: k, QueueID: info.ID, MessageID: env.MessageID, ClientIP: env.ClientIP,
+		From: env.From, To: to, Subject: env.Subject, Size: info.Size, Attempt: attempt,
+		Reply: reply, Hint: hint, Upstream: s.o.UpstreamName,
+	})
+}
+
+// backoff is FirstRetry doubled per attempt, capped at MaxRetry, with up
+// to a fifth of jitter so that a fleet of devices' mail does not retry in
+// lockstep.
+func (s *Scheduler) backoff(attempt int) time.Duration {
+	d := s.o.FirstRetry
+	for i := 1; i < attempt && d < s.o.MaxRetry; i++ {
+		d *= 2
+	}
+	d = min(d, s.o.MaxRetry)
+	return d - time.Duration(rand.Int64N(int64(d)/5+1))
+}
+
+func resultFor(results []upstream.RcptResult, k int, rcpt string) error {
+	if k < len(results) && results[k].Rcpt == rcpt {
+		return results[k].Err
+	}
+	for _, r := range results {
+		if r.Rcpt == rcpt {
+			return r.Err
+		}
+	}
+	return &upstream.Error{Err: fmt.Errorf("upstream gave no result for %s", rcpt)}
+}
+
+func split(idx []int, n int) [][]int {
+	if n <= 0 || len(idx) <= n {
+		return [][]int{idx}
+	}
+	var out [][]int
+	for len(idx) > n {
+		out = append(out, idx[:n])
+		idx = idx[n:]
+	}
+	return append(out, idx)
+}
+
+func addrs(f []Failure) []string {
+	out := make([]string, len(f))
+	for i, x := range f {
+		out[i] = x.Rcpt
+	}
+	return out
+}
+
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+type waitItem struct {
+	id  string
+	due time.Time
+}
+
+type waitHeap []waitItem
+
+func (h waitHeap) Len() int           { return len(h) }
+func (h waitHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h waitHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *waitHeap) Push(x any)        { *h = append(*h, x.(waitItem)) }
+func (h *waitHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
