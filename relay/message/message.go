@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/tls"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -287,13 +288,13 @@ func (p *preparer) run(src io.Reader) (Info, error) {
 }
 
 func hasEightBit(b []byte) bool {
-	for len(b) >= 8 {
-		v := uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
-			uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
+	for len(b) >= 32 {
+		v := binary.LittleEndian.Uint64(b) | binary.LittleEndian.Uint64(b[8:]) |
+			binary.LittleEndian.Uint64(b[16:]) | binary.LittleEndian.Uint64(b[24:])
 		if v&0x8080808080808080 != 0 {
 			return true
 		}
-		b = b[8:]
+		b = b[32:]
 	}
 	for _, c := range b {
 		if c >= 0x80 {
@@ -307,6 +308,15 @@ func hasEightBit(b []byte) bool {
 // waits for the next byte to tell CRLF from a bare CR.
 func (p *preparer) feed(b []byte) {
 	for len(b) > 0 && p.err == nil {
+		if p.inBody && !p.cr {
+			// Fast path: whole CRLF lines are copied in one write.
+			n := p.crlfLines(b)
+			if n > 0 {
+				p.w.write(b[:n])
+				b = b[n:]
+				continue
+			}
+		}
 		if p.cr {
 			p.cr = false
 			if b[0] == '\n' {
@@ -342,6 +352,26 @@ func (p *preparer) feed(b []byte) {
 			p.eol(true)
 			b = b[i+1:]
 		}
+	}
+}
+
+// crlfLines returns the length of the run of complete, well-formed CRLF
+// lines at the start of b that are within the line length limit, counting
+// them.
+func (p *preparer) crlfLines(b []byte) int {
+	end := 0
+	max := p.opts.MaxLineLength
+	for {
+		j := bytes.IndexByte(b[end:], '\n')
+		if j < 1 || b[end+j-1] != '\r' || bytes.IndexByte(b[end:end+j-1], '\r') >= 0 {
+			return end
+		}
+		if max > 0 && p.lineLen+j-1 > max {
+			return end
+		}
+		p.lineLen = 0
+		p.line++
+		end += j + 1
 	}
 }
 
@@ -541,6 +571,13 @@ func (p *preparer) startBody() {
 
 func appendFrom(b []byte, display, addr string) []byte {
 	b = append(b, "From: "...)
+	if _, _, ok := simpleMailbox(display + " <" + addr + ">"); ok && display != "" {
+		b = append(b, '"')
+		b = append(b, display...)
+		b = append(b, "\" <"...)
+		b = append(b, addr...)
+		return append(b, ">\r\n"...)
+	}
 	if display != "" {
 		b = append(b, (&mail.Address{Name: display, Address: addr}).String()...)
 	} else {
@@ -634,6 +671,9 @@ func newMessageID(queueID, domain string) string {
 // name.
 func parseMailbox(v []byte) (addr, display string, ok bool) {
 	s := unfold(v)
+	if addr, display, ok := simpleMailbox(s); ok {
+		return addr, display, true
+	}
 	if a, err := mail.ParseAddress(s); err == nil {
 		return a.Address, a.Name, true
 	}
@@ -641,6 +681,45 @@ func parseMailbox(v []byte) (addr, display string, ok bool) {
 		return l[0].Address, l[0].Name, true
 	}
 	return "", "", false
+}
+
+// simpleMailbox parses the forms devices use ("a@b", "Name <a@b>",
+// "\"Name\" <a@b>") without net/mail's allocations; anything else is left
+// to net/mail.
+func simpleMailbox(s string) (addr, display string, ok bool) {
+	lt := strings.IndexByte(s, '<')
+	if lt < 0 {
+		return s, "", simpleAddr(s)
+	}
+	if !strings.HasSuffix(s, ">") || !simpleAddr(s[lt+1:len(s)-1]) {
+		return "", "", false
+	}
+	display = strings.TrimSpace(s[:lt])
+	if len(display) >= 2 && display[0] == '"' && display[len(display)-1] == '"' {
+		display = display[1 : len(display)-1]
+	}
+	if strings.Contains(display, "=?") || strings.ContainsAny(display, "\"\\()<>@,;:[]") {
+		return "", "", false
+	}
+	for i := 0; i < len(display); i++ {
+		if display[i] < ' ' || display[i] > '~' {
+			return "", "", false
+		}
+	}
+	return s[lt+1 : len(s)-1], display, true
+}
+
+func simpleAddr(s string) bool {
+	at := strings.IndexByte(s, '@')
+	if at < 1 || at == len(s)-1 || strings.IndexByte(s[at+1:], '@') >= 0 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c > '~' || strings.IndexByte("\"(),:;<>[]\\", c) >= 0 {
+			return false
+		}
+	}
+	return true
 }
 
 func unfold(v []byte) string {
