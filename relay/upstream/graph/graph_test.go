@@ -1,0 +1,154 @@
+package graph_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/siterelay/siterelay/relay/upstream"
+	"github.com/siterelay/siterelay/relay/upstream/graph"
+	"github.com/siterelay/siterelay/relay/upstream/m365"
+	"github.com/siterelay/siterelay/relay/upstream/m365test"
+)
+
+const mailbox = "scanner@contoso.test"
+
+func setup(t *testing.T, grant bool) (*graph.Upstream, *m365test.Graph) {
+	clock := m365test.NewClock()
+	entra := m365test.NewEntra(t, "contoso.test", clock.Now)
+	entra.AddApp(m365test.App{ClientID: "app1", Secret: "s3cret"})
+	g := m365test.NewGraph(t, entra)
+	if grant {
+		g.Grant("app1", mailbox)
+	}
+	ts, err := m365.NewTokenSource(m365.TokenOptions{BaseURL: entra.URL, Tenant: "contoso.test", ClientID: "app1",
+		Scope: m365test.GraphScope, ClientSecret: []byte("s3cret"), HTTPClient: entra.Client(), Clock: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up, err := graph.New(graph.Options{BaseURL: g.URL, Mailbox: mailbox, Tokens: ts, HTTPClient: g.Client()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return up, g
+}
+
+func message(to []string, body string) *upstream.Message {
+	b := []byte(body)
+	return &upstream.Message{QueueID: "q1", From: mailbox, To: to, Size: int64(len(b)), Body: bytes.NewReader(b)}
+}
+
+func simple(to string) string {
+	return "From: " + mailbox + "\r\nTo: " + to + "\r\nSubject: scan\r\nMessage-ID: <1@x>\r\n\r\nhello\r\n"
+}
+
+func TestSendMailSmall(t *testing.T) {
+	up, g := setup(t, true)
+	res, err := up.Deliver(context.Background(), message([]string{"bob@fabrikam.test"}, simple("bob@fabrikam.test")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 1 || res[0].Err != nil {
+		t.Fatalf("results %+v", res)
+	}
+	sent := g.Sent()
+	if len(sent) != 1 || sent[0].Route != "sendMail" || string(sent[0].MIME) != simple("bob@fabrikam.test") {
+		t.Fatalf("sent %+v", sent)
+	}
+}
+
+func TestEnvelopeRecipientsWin(t *testing.T) {
+	up, g := setup(t, true)
+	// Header names bob and carol; the envelope is bob and dave (a Bcc).
+	body := "From: " + mailbox + "\r\nTo: bob@fabrikam.test, carol@fabrikam.test\r\nSubject: x\r\n\r\nhi\r\n"
+	if _, err := up.Deliver(context.Background(), message([]string{"bob@fabrikam.test", "dave@fabrikam.test"}, body)); err != nil {
+		t.Fatal(err)
+	}
+	sent := g.Sent()
+	if len(sent) != 1 || sent[0].Route != "draft" {
+		t.Fatalf("sent %+v", sent)
+	}
+	if got, want := strings.Join(sent[0].Recipients, ","), "bob@fabrikam.test,dave@fabrikam.test"; got != want {
+		t.Errorf("recipients %s, want %s", got, want)
+	}
+}
+
+func multipart(atts map[string][]byte) string {
+	var b strings.Builder
+	b.WriteString("From: " + mailbox + "\r\nTo: bob@fabrikam.test\r\nSubject: big scan\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"XYZ\"\r\n\r\npreamble\r\n")
+	b.WriteString("--XYZ\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n")
+	for name, data := range atts {
+		fmt.Fprintf(&b, "--XYZ\r\nContent-Type: application/pdf; name=%q\r\nContent-Disposition: attachment; filename=%q\r\nContent-Transfer-Encoding: base64\r\n\r\n", name, name)
+		enc := base64.StdEncoding.EncodeToString(data)
+		for len(enc) > 76 {
+			b.WriteString(enc[:76] + "\r\n")
+			enc = enc[76:]
+		}
+		b.WriteString(enc + "\r\n")
+	}
+	b.WriteString("--XYZ--\r\n")
+	return b.String()
+}
+
+func TestLargeMessageUploads(t *testing.T) {
+	up, g := setup(t, true)
+	big, small := make([]byte, 6<<20), make([]byte, 1<<20)
+	rand.Read(big)
+	rand.Read(small)
+	body := multipart(map[string][]byte{"scan.pdf": big, "small.pdf": small})
+	if _, err := up.Deliver(context.Background(), message([]string{"bob@fabrikam.test"}, body)); err != nil {
+		t.Fatal(err)
+	}
+	sent := g.Sent()
+	if len(sent) != 1 || sent[0].Route != "draft" {
+		t.Fatalf("sent %d, route %v", len(sent), sent)
+	}
+	got := map[string]m365test.GraphAttachment{}
+	for _, a := range sent[0].Attachments {
+		got[a.Name] = a
+	}
+	if a := got["scan.pdf"]; !bytes.Equal(a.Data, big) || !a.Uploaded || a.ContentType != "application/pdf" {
+		t.Errorf("scan.pdf: %d bytes, uploaded %v, type %s", len(a.Data), a.Uploaded, a.ContentType)
+	}
+	// The draft MIME had to shrink below 4 MB; the 1 MiB attachment may stay in it.
+	if len(sent[0].MIME) > 3_000_000 || !strings.Contains(string(sent[0].MIME), "see attached") {
+		t.Errorf("draft MIME is %d bytes", len(sent[0].MIME))
+	}
+	if _, inDraft := got["small.pdf"]; !inDraft && !strings.Contains(string(sent[0].MIME), "small.pdf") {
+		t.Error("small.pdf lost")
+	}
+}
+
+func TestTooLargeSinglePart(t *testing.T) {
+	up, _ := setup(t, true)
+	body := simple("bob@fabrikam.test") + strings.Repeat("x", 4<<20)
+	_, err := up.Deliver(context.Background(), message([]string{"bob@fabrikam.test"}, body))
+	if !upstream.IsPermanent(err) || !strings.Contains(upstream.Status(err), "552 5.3.4") {
+		t.Fatalf("got %v, want a permanent 552 5.3.4", err)
+	}
+}
+
+func TestErrors(t *testing.T) {
+	t.Run("429 Retry-After", func(t *testing.T) {
+		up, g := setup(t, true)
+		g.Throttle(7 * time.Second)
+		_, err := up.Deliver(context.Background(), message([]string{"bob@fabrikam.test"}, simple("bob@fabrikam.test")))
+		ue := upstream.Classify(err)
+		if ue.Permanent || ue.RetryAfter != 7*time.Second || ue.Hint == "" {
+			t.Fatalf("got %+v", ue)
+		}
+	})
+	t.Run("403 waits", func(t *testing.T) {
+		up, _ := setup(t, false)
+		_, err := up.Deliver(context.Background(), message([]string{"bob@fabrikam.test"}, simple("bob@fabrikam.test")))
+		ue := upstream.Classify(err)
+		if ue.Permanent || !strings.Contains(ue.Hint, "Mail.Send") || !strings.Contains(ue.Error(), "ErrorAccessDenied") {
+			t.Fatalf("got %+v", ue)
+		}
+	})
+}

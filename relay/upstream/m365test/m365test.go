@@ -1,0 +1,46 @@
+// Package m365test is an in-process Microsoft 365 for tests: an Entra-like
+// token endpoint, an Exchange-like SMTP server (client submission with
+// XOAUTH2, or the MX host with connectors and direct send), a Graph-like
+// sendMail endpoint, a DNS server with crafted records, a test CA and a
+// virtual clock. Everything listens on 127.0.0.1 with port 0.
+//
+// The fakes answer with Microsoft's documented replies (M365.md) so that
+// the relay's hints and pacing are tested against what it will meet.
+package m365test
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// Clock is virtual time shared by the relay's parts and the fakes. Sleep
+// moves it forward at once, so a test covers hours in milliseconds.
+type Clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+// NewClock starts at a fixed instant.
+func NewClock() *Clock { return &Clock{now: time.Date(2026, 11, 2, 8, 0, 0, 0, time.UTC)} }
+
+func (c *Clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *Clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// Sleep advances the clock by d (unless ctx is done).
+func (c *Clock) Sleep(ctx context.Context, d time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c.Advance(d)
+	return nil
+}
