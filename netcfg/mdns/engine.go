@@ -364,11 +364,11 @@ func (e *engine) send(m *dns.Msg, ifIndex int, dst netip.AddrPort) {
 			e.log.Warn("mdns: packing a message", "err", err)
 			continue
 		}
-		if err := e.tr.send(b, ifIndex, dst); err != nil {
+		n, err := e.tr.send(b, ifIndex, dst)
+		e.r.sent.Add(int64(n))
+		if err != nil {
 			e.log.Debug("mdns: sending", "ifindex", ifIndex, "dst", dst, "err", err)
-			continue
 		}
-		e.r.sent.Add(1)
 	}
 }
 

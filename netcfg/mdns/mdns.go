@@ -125,7 +125,7 @@ func New(opts Options) (*Responder, error) {
 // the one chosen after another host on the link already had it.
 func (r *Responder) Name() string { return r.name.Load().(string) }
 
-// PacketsSent counts the mDNS packets sent so far.
+// PacketsSent counts the mDNS datagrams sent so far (a multicast over IPv4 and IPv6 counts two).
 func (r *Responder) PacketsSent() int64 { return r.sent.Load() }
 
 // SetServices replaces the advertised services: removed ones get goodbye

@@ -58,7 +58,7 @@ func (ep *memEP) close() error {
 	return nil
 }
 
-func (ep *memEP) send(b []byte, ifIndex int, dst netip.AddrPort) error {
+func (ep *memEP) send(b []byte, ifIndex int, dst netip.AddrPort) (int, error) {
 	var from memPort
 	for _, p := range ep.ports {
 		if p.ifIndex == ifIndex {
@@ -66,7 +66,7 @@ func (ep *memEP) send(b []byte, ifIndex int, dst netip.AddrPort) error {
 		}
 	}
 	if from.link == "" {
-		return errClosed
+		return 0, errClosed
 	}
 	src := netip.AddrPortFrom(from.addr, ep.port)
 	ep.net.mu.Lock()
@@ -86,7 +86,7 @@ func (ep *memEP) send(b []byte, ifIndex int, dst netip.AddrPort) error {
 			}
 		}
 	}
-	return nil
+	return 1, nil
 }
 
 // client is a test resolver on one link.
@@ -105,7 +105,7 @@ func (c *client) ask(name string, qtype uint16, qclass uint16) {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	if err := c.ep.send(b, c.if_, netip.AddrPort{}); err != nil {
+	if _, err := c.ep.send(b, c.if_, netip.AddrPort{}); err != nil {
 		c.t.Fatal(err)
 	}
 }

@@ -37,8 +37,8 @@ type transport interface {
 	// recv blocks until a packet arrives or the transport is closed.
 	recv() (packet, error)
 	// send multicasts b on ifIndex (both families) when dst is invalid,
-	// otherwise sends it to dst by unicast.
-	send(b []byte, ifIndex int, dst netip.AddrPort) error
+	// otherwise sends it to dst by unicast; it says how many datagrams left.
+	send(b []byte, ifIndex int, dst netip.AddrPort) (int, error)
 	close() error
 }
 
@@ -181,28 +181,37 @@ func (t *udpTransport) recv() (packet, error) {
 	}
 }
 
-func (t *udpTransport) send(b []byte, ifIndex int, dst netip.AddrPort) error {
+func (t *udpTransport) send(b []byte, ifIndex int, dst netip.AddrPort) (int, error) {
 	if dst.IsValid() {
 		if dst.Addr().Is4() || dst.Addr().Is4In6() {
-			_, err := t.p4.WriteTo(b, &ipv4.ControlMessage{IfIndex: ifIndex}, net.UDPAddrFromAddrPort(dst))
-			return err
+			if _, err := t.p4.WriteTo(b, &ipv4.ControlMessage{IfIndex: ifIndex}, net.UDPAddrFromAddrPort(dst)); err != nil {
+				return 0, err
+			}
+			return 1, nil
 		}
 		if t.p6 == nil {
-			return errors.New("no IPv6 socket")
+			return 0, errors.New("no IPv6 socket")
 		}
-		_, err := t.p6.WriteTo(b, &ipv6.ControlMessage{IfIndex: ifIndex}, net.UDPAddrFromAddrPort(dst))
-		return err
+		if _, err := t.p6.WriteTo(b, &ipv6.ControlMessage{IfIndex: ifIndex}, net.UDPAddrFromAddrPort(dst)); err != nil {
+			return 0, err
+		}
+		return 1, nil
 	}
+	n := 0
 	_, err := t.p4.WriteTo(b, &ipv4.ControlMessage{IfIndex: ifIndex}, &net.UDPAddr{IP: group4.AsSlice(), Port: mdnsPort})
 	if err != nil {
 		err = fmt.Errorf("IPv4 multicast: %w", err)
+	} else {
+		n++
 	}
 	if t.p6 != nil {
 		if _, err6 := t.p6.WriteTo(b, &ipv6.ControlMessage{IfIndex: ifIndex}, &net.UDPAddr{IP: group6.AsSlice(), Port: mdnsPort}); err6 != nil {
 			err = errors.Join(err, fmt.Errorf("IPv6 multicast: %w", err6))
+		} else {
+			n++
 		}
 	}
-	return err
+	return n, err
 }
 
 func (t *udpTransport) close() error {
