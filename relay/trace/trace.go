@@ -26,6 +26,9 @@ type Options struct {
 	// RetentionDays is how many UTC days of files are kept, today included
 	// (default 30).
 	RetentionDays int
+	// MaxBytes, if set, also removes the oldest day files (never today's)
+	// while all of them together are larger; checked every minute.
+	MaxBytes int64
 	// BufferBytes bounds the memory holding events not yet written
 	// (default 1 MiB). Beyond it events are dropped.
 	BufferBytes int
@@ -77,9 +80,9 @@ type Store struct {
 	recorded, dropped, writeErrors atomic.Uint64
 
 	// Owned by the writer goroutine.
-	file     *os.File
-	fileDay  int64
-	pruneDay int64
+	file      *os.File
+	fileDay   int64
+	lastPrune time.Time
 }
 
 // Open starts a Store on dir (created if missing) and removes day files past
@@ -100,6 +103,9 @@ func newStore(dir string, opts Options) (*Store, error) {
 	}
 	if opts.RetentionDays < 0 {
 		return nil, fmt.Errorf("opening trace: RetentionDays %d is negative", opts.RetentionDays)
+	}
+	if opts.MaxBytes < 0 {
+		return nil, fmt.Errorf("opening trace: MaxBytes %d is negative", opts.MaxBytes)
 	}
 	if opts.BufferBytes == 0 {
 		opts.BufferBytes = 1 << 20
@@ -260,7 +266,7 @@ func (s *Store) writer() {
 			s.write(c)
 		case <-tick.C:
 			s.drain()
-			if dayOf(s.opts.Now()) != s.pruneDay {
+			if now := s.opts.Now(); dayOf(now) != dayOf(s.lastPrune) || s.opts.MaxBytes > 0 && now.Sub(s.lastPrune) >= time.Minute {
 				if err := s.prune(); err != nil {
 					s.opts.Logger.Warn("trace retention", "err", err)
 				}
@@ -355,20 +361,38 @@ func openDay(path string) (*os.File, error) {
 	return f, nil
 }
 
-// prune removes day files older than RetentionDays.
+// prune removes day files older than RetentionDays, then the oldest ones
+// while they are over MaxBytes.
 func (s *Store) prune() error {
-	today := dayOf(s.opts.Now())
-	s.pruneDay = today
+	now := s.opts.Now()
+	s.lastPrune = now
+	today := dayOf(now)
 	days, err := listDays(s.dir)
 	if err != nil {
 		return err
 	}
 	var errs []error
-	for _, d := range days {
-		if d <= today-int64(s.opts.RetentionDays) {
-			if err := os.Remove(filepath.Join(s.dir, dayName(d))); err != nil && !errors.Is(err, os.ErrNotExist) {
-				errs = append(errs, fmt.Errorf("trace retention: %w", err))
+	remove := func(d int64) {
+		if err := os.Remove(filepath.Join(s.dir, dayName(d))); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("trace retention: %w", err))
+		}
+	}
+	for len(days) > 0 && days[0] <= today-int64(s.opts.RetentionDays) {
+		remove(days[0])
+		days = days[1:]
+	}
+	if s.opts.MaxBytes > 0 {
+		var total int64
+		sizes := make([]int64, len(days))
+		for i, d := range days {
+			if st, err := os.Stat(filepath.Join(s.dir, dayName(d))); err == nil {
+				sizes[i] = st.Size()
+				total += st.Size()
 			}
+		}
+		for i := 0; total > s.opts.MaxBytes && i < len(days) && days[i] < today; i++ {
+			remove(days[i])
+			total -= sizes[i]
 		}
 	}
 	return errors.Join(errs...)

@@ -183,6 +183,30 @@ func TestRetention(t *testing.T) {
 	}
 }
 
+func TestRetentionMaxBytes(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"2026-11-20.jsonl", "2026-11-21.jsonl", "2026-11-22.jsonl", "2026-11-23.jsonl"} {
+		if err := os.WriteFile(filepath.Join(dir, name), make([]byte, 100), 0o640); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tt := range []struct {
+		max  int64
+		want []string
+	}{
+		{400, []string{"2026-11-20.jsonl", "2026-11-21.jsonl", "2026-11-22.jsonl", "2026-11-23.jsonl"}},
+		{250, []string{"2026-11-22.jsonl", "2026-11-23.jsonl"}},
+		{10, []string{"2026-11-23.jsonl"}}, // today's file stays
+	} {
+		if _, err := newStore(dir, Options{Now: (&clock{t0}).now, MaxBytes: tt.max}); err != nil {
+			t.Fatal(err)
+		}
+		if got := names(t, dir); !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("MaxBytes %d: %v, want %v", tt.max, got, tt.want)
+		}
+	}
+}
+
 func names(t *testing.T, dir string) []string {
 	t.Helper()
 	entries, err := os.ReadDir(dir)
@@ -287,6 +311,7 @@ func TestErrors(t *testing.T) {
 		want string
 	}{
 		{"negative retention", t.TempDir(), Options{RetentionDays: -1}, "RetentionDays -1 is negative"},
+		{"negative max bytes", t.TempDir(), Options{MaxBytes: -1}, "MaxBytes -1 is negative"},
 		{"small buffer", t.TempDir(), Options{BufferBytes: 100}, "BufferBytes 100 is below 4096"},
 		{"negative interval", t.TempDir(), Options{FlushInterval: -time.Second}, "FlushInterval -1s is negative"},
 		{"dir is a file", file, Options{}, "not a directory"},
