@@ -138,3 +138,25 @@ func value(t *testing.T, c prometheus.Counter) float64 {
 	}
 	return d.GetCounter().GetValue()
 }
+
+// The way the relay wires them: metrics observe the trace.
+func TestFedByTrace(t *testing.T) {
+	store, err := trace.Open(t.TempDir(), trace.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	m := New(Gauges{TraceDropped: func() uint64 { return store.Stats().Dropped }})
+	store.Subscribe(m.Observe)
+	store.Record(trace.Event{Kind: trace.Received, To: []string{"a", "b"}, Size: 50})
+	store.Record(trace.Event{Kind: trace.Bounced, To: []string{"b"}})
+	if got := value(t, m.messages[trace.Received]) + value(t, m.messages[trace.Bounced]); got != 2 {
+		t.Errorf("messages %v, want 2", got)
+	}
+	if got := value(t, m.receivedBytes); got != 50 {
+		t.Errorf("received bytes %v, want 50", got)
+	}
+	if body := scrape(t, m); !strings.Contains(body, "siterelay_trace_dropped_events_total 0") {
+		t.Error("scrape lacks the trace drop counter")
+	}
+}
