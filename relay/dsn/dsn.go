@@ -213,22 +213,24 @@ func humanPart(r *Report, rcpts []Recipient, subject string, allDelayed bool) []
 	var t strings.Builder
 	host := strings.TrimSuffix(r.ReportingMTA, ".")
 	fmt.Fprintf(&t, "This is the mail relay %s.\n\n", host)
+	var what string
 	switch {
 	case allDelayed:
-		t.WriteString("Your message has not been delivered yet to the recipients below. The relay keeps " +
-			"trying; you do not need to send it again. This is only a warning.\n")
+		what = "Your message has not been delivered yet to the recipients below. The relay keeps " +
+			"trying; you do not need to send it again. This is only a warning."
 	case r.Expired:
-		t.WriteString("Your message could not be delivered to the recipients below. The relay kept " +
+		what = "Your message could not be delivered to the recipients below. The relay kept " +
 			"trying, but the receiving side kept answering with a temporary error until the " +
-			"message's time limit ran out, so the relay has given up. The message was not delivered.\n")
+			"message's time limit ran out, so the relay has given up. The message was not delivered."
 	default:
-		t.WriteString("Your message could not be delivered to the recipients below: the receiving " +
-			"side refused it permanently. The relay will not try again. The message was not delivered.\n")
+		what = "Your message could not be delivered to the recipients below: the receiving " +
+			"side refused it permanently. The relay will not try again. The message was not delivered."
 	}
+	t.WriteString(wrap(what, "", 72) + "\n")
 	t.WriteString("\n")
 	row := func(k, v string) {
 		if v != "" {
-			fmt.Fprintf(&t, "  %-14s%s\n", k+":", v)
+			t.WriteString(wrap(fmt.Sprintf("  %-14s%s", k+":", v), strings.Repeat(" ", 16), 72) + "\n")
 		}
 	}
 	row("Sender", bare(oneLine(r.EnvelopeFrom, 320)))
@@ -259,8 +261,8 @@ func humanPart(r *Report, rcpts []Recipient, subject string, allDelayed bool) []
 		}
 		row("What to do", oneLine(rc.Hint, 2000))
 	}
-	t.WriteString("\nThe technical report and the headers of your message are attached. " +
-		"The message itself is not included.\n")
+	t.WriteString("\n" + wrap("The technical report and the headers of your message are attached. "+
+		"The message itself is not included.", "", 72) + "\n")
 	return qp([]byte(t.String()))
 }
 
@@ -333,6 +335,27 @@ func originalSubject(h []byte) string {
 		s = raw
 	}
 	return oneLine(s, maxSubject)
+}
+
+// wrap breaks s at spaces into lines of at most width bytes where it can
+// (a longer word stays whole), continuing with indent.
+func wrap(s, indent string, width int) string {
+	var b strings.Builder
+	line := 0
+	for i, word := range strings.Split(s, " ") {
+		if i > 0 {
+			if line > len(indent) && line+1+len(word) > width {
+				b.WriteString("\n" + indent)
+				line = len(indent)
+			} else {
+				b.WriteByte(' ')
+				line++
+			}
+		}
+		b.WriteString(word)
+		line += len(word)
+	}
+	return b.String()
 }
 
 // bare strips the angle brackets of an envelope address.

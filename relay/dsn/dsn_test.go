@@ -10,6 +10,7 @@ import (
 	"net/mail"
 	"net/textproto"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -41,6 +42,11 @@ type parsed struct {
 	boundary  string
 	rawLength int
 }
+
+var (
+	contRE = regexp.MustCompile(`\n {16}`)
+	paraRE = regexp.MustCompile(`([^\n])\n([^\n ])`)
+)
 
 func parse(t testing.TB, b []byte) parsed {
 	t.Helper()
@@ -88,7 +94,9 @@ func parse(t testing.TB, b []byte) parsed {
 		}
 		switch ct {
 		case "text/plain":
-			p.human = string(body)
+			// Undo the word wrap, so tests can look for whole sentences.
+			p.human = contRE.ReplaceAllString(strings.ReplaceAll(string(body), "\r\n", "\n"), " ")
+			p.human = paraRE.ReplaceAllString(p.human, "$1 $2")
 		case "message/delivery-status":
 			r := textproto.NewReader(bufio.NewReader(bytes.NewReader(body)))
 			p.perMsg, err = r.ReadMIMEHeader()
