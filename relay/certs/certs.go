@@ -6,9 +6,8 @@
 package certs
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -58,9 +57,11 @@ func LoadOrCreate(dir, certFile, keyFile, hostname string, now time.Time) (tls.C
 	return tls.X509KeyPair(certPEM, keyPEM)
 }
 
-// SelfSigned makes a P-256 certificate for hostname valid for ten years.
+// SelfSigned makes an RSA-2048 certificate for hostname valid for ten
+// years. RSA rather than ECDSA because the old printers that need TLS 1.0
+// often support nothing else.
 func SelfSigned(hostname string, now time.Time) (certPEM, keyPEM []byte, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		return nil, nil, fmt.Errorf("generating key: %w", err)
 	}
@@ -74,19 +75,19 @@ func SelfSigned(hostname string, now time.Time) (certPEM, keyPEM []byte, err err
 		DNSNames:     []string{hostname},
 		NotBefore:    now.Add(-time.Hour),
 		NotAfter:     now.AddDate(10, 0, 0),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
 		return nil, nil, fmt.Errorf("creating certificate: %w", err)
 	}
-	kder, err := x509.MarshalECPrivateKey(key)
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
 		return nil, nil, err
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), nil
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), nil
 }
 
 func writeFile(path string, b []byte, mode os.FileMode) error {

@@ -79,6 +79,21 @@ type Options struct {
 	Logger        *slog.Logger
 }
 
+// TLSConfig is the STARTTLS configuration for a listener whose oldest TLS
+// version is min. Below TLS 1.2 it adds the RSA key exchange CBC suites:
+// the printers and scanners that still speak TLS 1.0 rarely know anything
+// else, and the relay speaks only TLS 1.2+ upstream anyway.
+func TLSConfig(cert tls.Certificate, min uint16) *tls.Config {
+	c := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: min}
+	if min < tls.VersionTLS12 {
+		for _, cs := range tls.CipherSuites() {
+			c.CipherSuites = append(c.CipherSuites, cs.ID)
+		}
+		c.CipherSuites = append(c.CipherSuites, tls.TLS_RSA_WITH_AES_128_CBC_SHA, tls.TLS_RSA_WITH_AES_256_CBC_SHA)
+	}
+	return c
+}
+
 // Server is one listener.
 type Server struct {
 	o   Options
@@ -145,7 +160,7 @@ func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	ip := remoteIP(c.Conn().RemoteAddr())
 	relay, release, err := s.o.Policy.Connect(ip)
 	if err != nil {
-		s.o.Refused("too_many_connections")
+		s.o.Refused("rate_limited")
 		return nil, err
 	}
 	return &session{s: s, c: c, ip: ip, netRelay: relay, release: release,
@@ -211,11 +226,11 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	o := ss.s.o
 	if _, ok := ss.tlsState(); o.RequireTLS && !ok {
-		return ss.refuse("tls_required", &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0},
+		return ss.refuse("not_allowed", &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0},
 			Message: "this port requires STARTTLS first; turn on TLS in the device's mail settings"})
 	}
 	if o.RequireAuth && ss.login == "" {
-		return ss.refuse("auth_required", &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0},
+		return ss.refuse("not_allowed", &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0},
 			Message: "this port requires login; set the device's SMTP user name and password"})
 	}
 	if opts != nil && opts.Size > 0 && o.MaxMessageBytes > 0 && opts.Size > o.MaxMessageBytes {
@@ -335,7 +350,7 @@ func (ss *session) dataError(log *slog.Logger, err error) error {
 			Message: "relay storage is full; the message was not accepted, try again later"})
 	}
 	if reply, ok := message.Reply(err); ok {
-		reason := "bad_message"
+		reason := "other"
 		if reply.EnhancedCode == (smtp.EnhancedCode{5, 6, 11}) {
 			reason = "smuggling"
 		}
