@@ -1,0 +1,249 @@
+// Package doctor checks a site's path to Microsoft 365 the way an admin
+// would by hand (DNS records, reaching the upstream, TLS, token, login, a
+// test message) and says for each failing step what to change.
+package doctor
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/upstream"
+	"github.com/siterelay/siterelay/relay/upstream/m365"
+)
+
+// Deps are what doctor works with.
+type Deps struct {
+	// Resolver is the DNS server's host:port; "" means the system's.
+	Resolver string
+	// Upstream is the configured upstream (from m365.New); when it is an
+	// upstream.Prober its probe steps are included. Nil skips them.
+	Upstream upstream.Upstream
+	// TestTo, when set, sends a test message to this address (from
+	// TestFrom, default the configured mailbox).
+	TestTo, TestFrom string
+	Now              func() time.Time
+}
+
+// Run performs every check that applies to cfg's upstream kind.
+func Run(ctx context.Context, cfg *config.Config, d Deps) []upstream.Step {
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	u := cfg.Upstream
+	m := u.M365
+	r := &m365.Resolver{Server: d.Resolver}
+	var steps []upstream.Step
+	domain := m.Domain
+	if domain == "" {
+		if _, dom, ok := strings.Cut(m.Mailbox, "@"); ok {
+			domain = dom
+		}
+	}
+	if domain == "" && u.Kind == "smtp" {
+		if _, dom, ok := strings.Cut(cfg.Senders.RewriteFrom, "@"); ok {
+			domain = dom
+		}
+	}
+	mxKind := u.Kind == "m365-connector" || u.Kind == "m365-direct"
+	if domain != "" {
+		steps = append(steps, checkMX(ctx, r, domain, mxKind))
+		steps = append(steps, checkSPF(ctx, r, domain, mxKind, m.PublicIP))
+		if strings.HasPrefix(u.Kind, "m365") || u.Kind == "graph" {
+			for _, sel := range m.DKIMSelectors {
+				steps = append(steps, checkDKIM(ctx, r, domain, sel))
+			}
+		}
+		steps = append(steps, checkDMARC(ctx, r, domain))
+	} else {
+		steps = append(steps, upstream.Step{Name: "DNS", OK: false, Detail: "no domain to check: set upstream.m365.domain or upstream.m365.mailbox"})
+	}
+	if d.Upstream == nil {
+		return steps
+	}
+	if p, ok := d.Upstream.(upstream.Prober); ok {
+		ps, err := p.Probe(ctx)
+		steps = append(steps, ps...)
+		if err != nil {
+			steps = append(steps, upstream.Step{Name: "upstream", OK: false, Detail: withHint(err)})
+		}
+	}
+	if d.TestTo != "" {
+		steps = append(steps, sendTest(ctx, d, cfg))
+	}
+	return steps
+}
+
+func withHint(err error) string {
+	s := upstream.Status(err)
+	if h := m365.Explain(err); h != "" {
+		s += " — " + h
+	}
+	return s
+}
+
+func checkMX(ctx context.Context, r *m365.Resolver, domain string, mxKind bool) upstream.Step {
+	st := upstream.Step{Name: "MX " + domain}
+	hosts, err := r.MX(ctx, domain)
+	if err != nil {
+		st.Detail = fmt.Sprintf("%v — add the MX record Microsoft 365 shows for %s (Admin center, Settings, Domains), e.g. %s.mail.protection.outlook.com", err, domain, strings.ReplaceAll(domain, ".", "-"))
+		return st
+	}
+	st.Detail = strings.Join(hosts, ", ")
+	ms := isMicrosoftMX(hosts[0])
+	st.OK = ms || !mxKind
+	if !ms {
+		st.Detail += " — the first MX host is not Microsoft 365's"
+		if mxKind {
+			st.Detail += ": connector relay and direct send need the tenant's MX host; set upstream.m365.mx_host if mail for this domain is routed elsewhere first"
+		}
+	}
+	return st
+}
+
+func isMicrosoftMX(h string) bool {
+	h = strings.ToLower(h)
+	return strings.HasSuffix(h, ".mail.protection.outlook.com") || strings.HasSuffix(h, ".mx.microsoft") ||
+		strings.HasSuffix(h, ".mail.protection.outlook.de") || strings.HasSuffix(h, ".mail.protection.partner.outlook.cn") ||
+		strings.HasSuffix(h, ".mail.protection.office365.us")
+}
+
+func checkSPF(ctx context.Context, r *m365.Resolver, domain string, mxKind bool, publicIP string) upstream.Step {
+	st := upstream.Step{Name: "SPF " + domain}
+	txts, err := r.TXT(ctx, domain)
+	var spf []string
+	for _, t := range txts {
+		if strings.HasPrefix(strings.ToLower(t), "v=spf1") {
+			spf = append(spf, t)
+		}
+	}
+	want := "v=spf1 include:spf.protection.outlook.com -all"
+	if mxKind && publicIP != "" {
+		want = "v=spf1 ip4:" + publicIP + " include:spf.protection.outlook.com ~all"
+	}
+	switch {
+	case err != nil && !errors.Is(err, m365.ErrNoRecords):
+		st.Detail = err.Error()
+		return st
+	case len(spf) == 0:
+		st.Detail = "no SPF record — add TXT \"" + want + "\" at " + domain
+		return st
+	case len(spf) > 1:
+		st.Detail = fmt.Sprintf("%d SPF records (receivers treat that as an error) — merge them into one: \"%s\"", len(spf), want)
+		return st
+	}
+	rec := spf[0]
+	st.Detail = rec
+	var missing []string
+	if !hasTerm(rec, "include:spf.protection.outlook.com") {
+		missing = append(missing, "include:spf.protection.outlook.com")
+	}
+	if mxKind {
+		if publicIP == "" {
+			missing = append(missing, "the site's public IP (set upstream.m365.public_ip so doctor can check it)")
+		} else if !spfHasIP(rec, publicIP) {
+			missing = append(missing, "ip4:"+publicIP)
+		}
+	}
+	if len(missing) > 0 {
+		st.Detail += " — add " + strings.Join(missing, " and ") + ", e.g. \"" + want + "\""
+		return st
+	}
+	st.OK = true
+	return st
+}
+
+func hasTerm(rec, term string) bool {
+	for _, f := range strings.Fields(strings.ToLower(rec)) {
+		if strings.TrimLeft(f, "+") == term {
+			return true
+		}
+	}
+	return false
+}
+
+func spfHasIP(rec, ip string) bool {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return false
+	}
+	for _, f := range strings.Fields(strings.ToLower(rec)) {
+		v, ok := strings.CutPrefix(strings.TrimLeft(f, "+"), "ip4:")
+		if !ok {
+			continue
+		}
+		if !strings.Contains(v, "/") {
+			v += "/32"
+		}
+		if p, err := netip.ParsePrefix(v); err == nil && p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+func checkDKIM(ctx context.Context, r *m365.Resolver, domain, sel string) upstream.Step {
+	name := sel + "._domainkey." + domain
+	st := upstream.Step{Name: "DKIM " + name}
+	target, err := r.CNAME(ctx, name)
+	if err != nil {
+		st.Detail = fmt.Sprintf("%v — publish the CNAME records that Get-DkimSigningConfig -Identity %s | fl Selector1CNAME,Selector2CNAME shows, then Set-DkimSigningConfig -Identity %s -Enabled $true", err, domain, domain)
+		return st
+	}
+	st.Detail = name + " -> " + target
+	st.OK = strings.Contains(strings.ToLower(target), "._domainkey.")
+	if !st.OK {
+		st.Detail += " — the target is not a DKIM key name; compare with Get-DkimSigningConfig"
+	}
+	return st
+}
+
+func checkDMARC(ctx context.Context, r *m365.Resolver, domain string) upstream.Step {
+	st := upstream.Step{Name: "DMARC _dmarc." + domain}
+	txts, err := r.TXT(ctx, "_dmarc."+domain)
+	for _, t := range txts {
+		if strings.HasPrefix(strings.ToUpper(t), "V=DMARC1") {
+			st.OK, st.Detail = true, t
+			if strings.Contains(strings.ReplaceAll(strings.ToLower(t), " ", ""), "p=none") {
+				st.Detail += " (policy none: reports only)"
+			}
+			return st
+		}
+	}
+	if err != nil && !errors.Is(err, m365.ErrNoRecords) {
+		st.Detail = err.Error()
+		return st
+	}
+	st.Detail = "no DMARC record — add TXT \"v=DMARC1; p=none; rua=mailto:dmarc@" + domain + "\" at _dmarc." + domain + " and tighten p= once reports are clean"
+	return st
+}
+
+func sendTest(ctx context.Context, d Deps, cfg *config.Config) upstream.Step {
+	from := d.TestFrom
+	if from == "" {
+		from = cfg.Upstream.M365.Mailbox
+	}
+	if from == "" {
+		from = cfg.Senders.RewriteFrom
+	}
+	st := upstream.Step{Name: "test message to " + d.TestTo}
+	now := d.Now()
+	body := []byte("From: " + from + "\r\nTo: " + d.TestTo + "\r\nSubject: siterelay doctor test\r\nDate: " +
+		now.Format(time.RFC1123Z) + "\r\nMessage-ID: <doctor." + fmt.Sprint(now.UnixNano()) + "@siterelay>\r\n\r\nThis test message was sent by relayd doctor.\r\n")
+	msg := &upstream.Message{QueueID: "doctor", From: from, To: []string{d.TestTo}, Size: int64(len(body)), Body: bytes.NewReader(body)}
+	res, err := d.Upstream.Deliver(ctx, msg)
+	if err == nil && len(res) == 1 {
+		err = res[0].Err
+	}
+	if err != nil {
+		st.Detail = withHint(err)
+		return st
+	}
+	st.OK, st.Detail = true, "accepted"
+	return st
+}
