@@ -22,6 +22,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/siterelay/siterelay/relay/message"
+	"github.com/siterelay/siterelay/relay/policy"
 	"github.com/siterelay/siterelay/relay/spool"
 	"github.com/siterelay/siterelay/relay/trace"
 )
@@ -33,13 +34,13 @@ type Policy interface {
 	// without logging in; release is called when the session ends.
 	Connect(ip netip.Addr) (relayAllowed bool, release func(), err error)
 	// Login checks a device account.
-	Login(ip netip.Addr, user, pass string) error
-	// Sender checks the envelope sender (login is "" when not logged in)
+	Login(ip netip.Addr, user, pass string) (*policy.Account, error)
+	// Sender checks the envelope sender (acct is nil when not logged in)
 	// and takes one message from the client's rate allowance.
-	Sender(ip netip.Addr, login, from string) error
+	Sender(ip netip.Addr, acct *policy.Account, from string) error
 	// Recipient checks one recipient; relayAllowed is true for a client in
 	// an allowed network or logged in.
-	Recipient(rcpt string, relayAllowed bool) error
+	Recipient(ip netip.Addr, rcpt string, relayAllowed bool) error
 }
 
 // Options configure one listener.
@@ -174,6 +175,7 @@ type session struct {
 	netRelay bool
 	release  func()
 	login    string
+	acct     *policy.Account
 	log      *slog.Logger
 
 	from  string
@@ -200,12 +202,13 @@ func (ss *session) AuthMechanisms() []string {
 // Auth implements smtp.AuthSession.
 func (ss *session) Auth(mech string) (sasl.Server, error) {
 	check := func(user, pass string) error {
-		if err := ss.s.o.Policy.Login(ss.ip, user, pass); err != nil {
+		acct, err := ss.s.o.Policy.Login(ss.ip, user, pass)
+		if err != nil {
 			ss.s.o.Refused("auth_failed")
 			ss.log.Info("login refused", "user", user)
 			return err
 		}
-		ss.login = user
+		ss.login, ss.acct = user, acct
 		ss.log = ss.log.With("login", user)
 		return nil
 	}
@@ -236,7 +239,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	if opts != nil && opts.Size > 0 && o.MaxMessageBytes > 0 && opts.Size > o.MaxMessageBytes {
 		return ss.refuse("too_big", tooBig(o.MaxMessageBytes))
 	}
-	if err := o.Policy.Sender(ss.ip, ss.login, from); err != nil {
+	if err := o.Policy.Sender(ss.ip, ss.acct, from); err != nil {
 		reason := "bad_sender"
 		var se *smtp.SMTPError
 		if errors.As(err, &se) && se.Code >= 400 && se.Code < 500 {
@@ -255,7 +258,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	o := ss.s.o
 	relay := ss.netRelay || ss.login != ""
-	if err := o.Policy.Recipient(to, relay); err != nil {
+	if err := o.Policy.Recipient(ss.ip, to, relay); err != nil {
 		reason := "bad_recipient"
 		if !relay {
 			reason = "not_allowed"

@@ -18,6 +18,7 @@ import (
 
 	"github.com/siterelay/siterelay/relay/certs"
 	"github.com/siterelay/siterelay/relay/message"
+	"github.com/siterelay/siterelay/relay/policy"
 	"github.com/siterelay/siterelay/relay/relaytest"
 	"github.com/siterelay/siterelay/relay/spool"
 )
@@ -26,14 +27,14 @@ import (
 type testPolicy struct{ open bool }
 
 func (p testPolicy) Connect(ip netip.Addr) (bool, func(), error) { return p.open, func() {}, nil }
-func (p testPolicy) Login(ip netip.Addr, user, pass string) error {
+func (p testPolicy) Login(ip netip.Addr, user, pass string) (*policy.Account, error) {
 	if user == "printer" && pass == "s3cret" {
-		return nil
+		return &policy.Account{Username: user}, nil
 	}
-	return &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "bad login"}
+	return nil, &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "bad login"}
 }
-func (p testPolicy) Sender(ip netip.Addr, login, from string) error { return nil }
-func (p testPolicy) Recipient(rcpt string, relay bool) error {
+func (p testPolicy) Sender(ip netip.Addr, acct *policy.Account, from string) error { return nil }
+func (p testPolicy) Recipient(ip netip.Addr, rcpt string, relay bool) error {
 	if !relay {
 		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Relay access denied"}
 	}
