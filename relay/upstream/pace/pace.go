@@ -59,9 +59,12 @@ type Paced struct {
 	throttled int
 }
 
+// slot is one message in the rolling windows; an in-flight one (done
+// false) never expires, since its acceptance is still to come.
 type slot struct {
-	t time.Time
-	n int
+	t    time.Time
+	n    int
+	done bool
 }
 
 // Wrap puts up behind a pacer with the given limits.
@@ -197,10 +200,13 @@ func (p *Paced) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	end := p.o.Now()
-	if ms != nil && end.After(ms.t) {
+	if ms != nil {
 		// Count the message at its end so that two messages' acceptances
 		// are never closer than the window allows.
-		ms.t = end
+		ms.t, ms.done = later(ms.t, end), true
+	}
+	if ds != nil {
+		ds.t, ds.done = later(ds.t, end), true
 	}
 	if ds != nil && err == nil {
 		ds.n = 0
@@ -230,6 +236,9 @@ func (p *Paced) waitLocked(now time.Time, n int) (time.Duration, string) {
 			ts := make([]time.Time, len(p.minute))
 			for i, s := range p.minute {
 				ts[i] = s.t
+				if !s.done {
+					ts[i] = later(s.t, now)
+				}
 			}
 			slices.SortFunc(ts, time.Time.Compare)
 			if w := ts[len(ts)-lim].Add(time.Minute).Sub(now); w > wait {
@@ -249,7 +258,11 @@ func (p *Paced) waitLocked(now time.Time, n int) (time.Duration, string) {
 			for _, s := range ss {
 				sum -= s.n
 				if sum+n <= lim {
-					if w := s.t.Add(24 * time.Hour).Sub(now); w > wait {
+					t := s.t
+					if !s.done {
+						t = later(t, now)
+					}
+					if w := t.Add(24 * time.Hour).Sub(now); w > wait {
 						wait, why = w, fmt.Sprintf("%d recipients a day", lim)
 					}
 					break
@@ -261,7 +274,14 @@ func (p *Paced) waitLocked(now time.Time, n int) (time.Duration, string) {
 }
 
 func prune(s []*slot, before time.Time) []*slot {
-	return slices.DeleteFunc(s, func(x *slot) bool { return !x.t.After(before) })
+	return slices.DeleteFunc(s, func(x *slot) bool { return x.done && !x.t.After(before) })
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // learnLocked starts a cooldown for a throttling reply and returns the
