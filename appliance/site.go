@@ -1,0 +1,213 @@
+package appliance
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/siterelay/siterelay/netcfg"
+)
+
+// The files an image carries in its bootstrap directory (/etc/siterelay,
+// written by images/sitegen). The first boot moves them into the state
+// directory, where management can change them later; the image's copies
+// are never read again once the state directory has its own.
+const (
+	SiteFile        = "site.json"       // Site: host name, network, NTP, admins
+	ConfigFileName  = "config.json"     // the relay's configuration document
+	TailnetKeyFile  = "tailnet-authkey" // the tailnet join key (optional)
+	TailnetKeyState = "secrets/tailnet-authkey"
+)
+
+// Site is the box's bootstrap facts (site.json).
+type Site struct {
+	Hostname string        `json:"hostname"`
+	Network  netcfg.Config `json:"network"`
+	NTP      []string      `json:"ntp,omitempty"`
+	// Admins are the tailnet identities that may administer the box.
+	Admins []string `json:"admins"`
+}
+
+// BoxOptions say where the box's parts are.
+type BoxOptions struct {
+	// BootstrapDir is the image's read-only bootstrap directory.
+	BootstrapDir string
+	// StateDir is the persistent state directory (/perm/relay).
+	StateDir string
+	// PermDir, when set, is the mount point StateDir must live on; a
+	// StateDir on anything else (gokrazy's read-only root, or a tmpfs)
+	// is unusable. Empty skips the mount check (development).
+	PermDir string
+	// Mounts is the mount table to read ("" means /proc/self/mountinfo).
+	Mounts string
+	// ResolvConf is where DNS servers go (gokrazy: /tmp/resolv.conf).
+	ResolvConf string
+	// ApplyNetwork applies the site's network settings; nil means
+	// netcfg.Apply. Tests replace it.
+	ApplyNetwork func(context.Context, *netcfg.Config, netcfg.Options) error
+	Logger       *slog.Logger
+	Now          func() time.Time
+}
+
+// Box is what PrepareBox found.
+type Box struct {
+	Site *Site
+	// ConfigFile is the relay's configuration in the state directory.
+	ConfigFile string
+	// TailnetKeyFile is the join key in the state directory ("" if the
+	// image carried none).
+	TailnetKeyFile string
+	// FirstBoot is true when this start moved the bootstrap files.
+	FirstBoot bool
+}
+
+// ErrStateUnusable marks a state directory the relay cannot keep mail in.
+// A box in that state must not crash-loop: it reports the reason (see
+// HoldUnusable) and waits for a technician.
+var ErrStateUnusable = errors.New("state directory unusable")
+
+// PrepareBox readies the box before the relay starts: it checks that the
+// state directory is on working persistent storage, moves the image's
+// bootstrap files into it on first boot, and applies the site's network
+// settings and host name. Network trouble is logged, not returned: the
+// relay still serves on whatever addresses the box has.
+func PrepareBox(ctx context.Context, o BoxOptions) (*Box, error) {
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	if err := CheckState(o.StateDir, o.PermDir, o.Mounts); err != nil {
+		return nil, err
+	}
+	first, err := MoveBootstrap(o.BootstrapDir, o.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	b := &Box{ConfigFile: filepath.Join(o.StateDir, ConfigFileName), FirstBoot: first}
+	if _, err := os.Stat(filepath.Join(o.StateDir, TailnetKeyState)); err == nil {
+		b.TailnetKeyFile = filepath.Join(o.StateDir, TailnetKeyState)
+	}
+	if first {
+		log.Info("first boot: bootstrap settings moved into the state directory", "from", o.BootstrapDir, "to", o.StateDir)
+	}
+	site, err := LoadSite(filepath.Join(o.StateDir, SiteFile))
+	if err != nil {
+		return nil, err
+	}
+	b.Site = site
+	apply := o.ApplyNetwork
+	if apply == nil {
+		apply = netcfg.Apply
+	}
+	nctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := apply(nctx, &site.Network, netcfg.Options{Hostname: site.Hostname, ResolvConf: o.ResolvConf, Logger: log}); err != nil {
+		log.Error("applying the site's network settings failed; serving on the addresses the box has", "err", err)
+	}
+	return b, nil
+}
+
+// LoadSite reads site.json.
+func LoadSite(path string) (*Site, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading site settings: %w", err)
+	}
+	var s Site
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("site settings %s: %w", path, err)
+	}
+	if !netcfg.ValidHostname(s.Hostname) {
+		return nil, fmt.Errorf("site settings %s: hostname %q is not a host name", path, s.Hostname)
+	}
+	if errs := s.Network.Validate("network."); len(errs) > 0 {
+		return nil, fmt.Errorf("site settings %s: %w", path, errs)
+	}
+	return &s, nil
+}
+
+// MoveBootstrap copies each bootstrap file into stateDir unless the state
+// directory already has its own, and reports whether this was the first
+// boot (config.json was absent). Each copy is written to a temporary
+// name, synced and renamed, config.json last, so a power cut in the
+// middle leaves a state directory that the next boot completes.
+func MoveBootstrap(bootstrapDir, stateDir string) (bool, error) {
+	first := false
+	for _, f := range []struct {
+		from, to string
+		perm     os.FileMode
+	}{
+		{SiteFile, SiteFile, 0o644},
+		{TailnetKeyFile, TailnetKeyState, 0o600},
+		{ConfigFileName, ConfigFileName, 0o644},
+	} {
+		dst := filepath.Join(stateDir, f.to)
+		if _, err := os.Lstat(dst); err == nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(bootstrapDir, f.from))
+		if errors.Is(err, fs.ErrNotExist) && f.from == TailnetKeyFile {
+			continue // an image built without a join key
+		}
+		if err != nil {
+			return false, fmt.Errorf("first boot: reading the image's %s: %w", f.from, err)
+		}
+		if err := writeDurable(dst, b, f.perm); err != nil {
+			return false, fmt.Errorf("first boot: %w", err)
+		}
+		if f.to == ConfigFileName {
+			first = true
+		}
+	}
+	return first, nil
+}
+
+// writeDurable writes path so that it is either absent or complete after
+// a power cut: temporary file, fsync, rename, fsync of the directory.
+func writeDurable(path string, b []byte, perm os.FileMode) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("creating %s: %w", dir, err)
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	tmp := f.Name()
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Chmod(perm)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("syncing %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", dir, err)
+	}
+	return nil
+}

@@ -1,0 +1,135 @@
+package appliance
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/siterelay/siterelay/netcfg"
+)
+
+var quiet = slog.New(slog.DiscardHandler)
+
+const testSite = `{"hostname": "relay-test", "network": {"ipv4": {"address": "10.0.2.15/24", "gateway": "10.0.2.2"}, "dns": ["10.0.2.3"]}, "admins": ["alice@example.com"]}`
+
+func writeBootstrap(t *testing.T, withKey bool) string {
+	t.Helper()
+	dir := t.TempDir()
+	files := map[string]string{SiteFile: testSite, ConfigFileName: `{"listeners": []}`}
+	if withKey {
+		files[TailnetKeyFile] = "tskey-auth-test\n"
+	}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func TestPrepareBoxFirstAndLaterBoots(t *testing.T) {
+	boot := writeBootstrap(t, true)
+	state := filepath.Join(t.TempDir(), "relay")
+	var applied []string
+	o := BoxOptions{
+		Logger: quiet, BootstrapDir: boot, StateDir: state, ResolvConf: "/x/resolv.conf",
+		ApplyNetwork: func(_ context.Context, c *netcfg.Config, no netcfg.Options) error {
+			applied = append(applied, no.Hostname+" "+c.IPv4.Address+" "+no.ResolvConf)
+			return nil
+		},
+	}
+	b, err := PrepareBox(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !b.FirstBoot || b.Site.Hostname != "relay-test" || b.ConfigFile != filepath.Join(state, "config.json") {
+		t.Errorf("first boot: %+v", b)
+	}
+	if want := filepath.Join(state, TailnetKeyState); b.TailnetKeyFile != want {
+		t.Errorf("TailnetKeyFile = %q, want %q", b.TailnetKeyFile, want)
+	}
+	st, err := os.Stat(b.TailnetKeyFile)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("join key in state: %v %v, want mode 0600", st, err)
+	}
+	if got, want := strings.Join(applied, ";"), "relay-test 10.0.2.15/24 /x/resolv.conf"; got != want {
+		t.Errorf("network applied %q, want %q", got, want)
+	}
+
+	// The state directory's copy wins from now on: management may change it.
+	if err := os.WriteFile(filepath.Join(state, "config.json"), []byte(`{"changed": true}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b, err = PrepareBox(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.FirstBoot {
+		t.Error("second boot reported as first")
+	}
+	if got, _ := os.ReadFile(b.ConfigFile); string(got) != `{"changed": true}` {
+		t.Errorf("config.json = %s, want the state directory's own", got)
+	}
+	entries, _ := os.ReadDir(state)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") {
+			t.Errorf("left-over temporary file %s", e.Name())
+		}
+	}
+}
+
+func TestPrepareBoxNetworkFailureIsNotFatal(t *testing.T) {
+	o := BoxOptions{
+		Logger: quiet, BootstrapDir: writeBootstrap(t, false), StateDir: t.TempDir(),
+		ApplyNetwork: func(context.Context, *netcfg.Config, netcfg.Options) error { return errors.New("no eth0") },
+	}
+	b, err := PrepareBox(context.Background(), o)
+	if err != nil {
+		t.Fatalf("PrepareBox = %v, want the relay to start anyway", err)
+	}
+	if b.TailnetKeyFile != "" {
+		t.Errorf("TailnetKeyFile = %q for an image without a key", b.TailnetKeyFile)
+	}
+}
+
+func TestPrepareBoxErrors(t *testing.T) {
+	noop := func(context.Context, *netcfg.Config, netcfg.Options) error { return nil }
+	for _, tc := range []struct {
+		name  string
+		setup func(boot string)
+		want  string
+	}{
+		{"no config", func(boot string) { os.Remove(filepath.Join(boot, ConfigFileName)) }, "reading the image's config.json"},
+		{"no site", func(boot string) { os.Remove(filepath.Join(boot, SiteFile)) }, "reading the image's site.json"},
+		{"bad site", func(boot string) { os.WriteFile(filepath.Join(boot, SiteFile), []byte("{"), 0o644) }, "site settings"},
+		{"bad hostname", func(boot string) {
+			os.WriteFile(filepath.Join(boot, SiteFile), []byte(`{"hostname": "a.b", "network": {"dhcp": true}}`), 0o644)
+		}, "not a host name"},
+		{"bad network", func(boot string) {
+			os.WriteFile(filepath.Join(boot, SiteFile), []byte(`{"hostname": "ab", "network": {}}`), 0o644)
+		}, "network.dhcp"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			boot := writeBootstrap(t, false)
+			tc.setup(boot)
+			_, err := PrepareBox(context.Background(), BoxOptions{Logger: quiet, BootstrapDir: boot, StateDir: t.TempDir(), ApplyNetwork: noop})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("PrepareBox = %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestPrepareBoxUnusableState(t *testing.T) {
+	// A state directory that cannot be created: its parent is a file.
+	parent := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(parent, nil, 0o644)
+	_, err := PrepareBox(context.Background(), BoxOptions{BootstrapDir: writeBootstrap(t, false), StateDir: filepath.Join(parent, "relay")})
+	if !errors.Is(err, ErrStateUnusable) {
+		t.Errorf("PrepareBox = %v, want ErrStateUnusable", err)
+	}
+}

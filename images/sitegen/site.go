@@ -1,0 +1,217 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/siterelay/siterelay/netcfg"
+	"github.com/siterelay/siterelay/relay/config"
+)
+
+// Site is one site file: everything a box needs to come up on its plant
+// network, and nothing secret except the path of the tailnet join key.
+type Site struct {
+	// Hostname is the box's host name and mDNS name (relay-plant-a ->
+	// relay-plant-a.local).
+	Hostname string          `json:"hostname"`
+	Network  netcfg.Config   `json:"network"`
+	NTP      []string        `json:"ntp,omitempty"`
+	Tailnet  Tailnet         `json:"tailnet"`
+	Relay    json.RawMessage `json:"relay"`
+}
+
+// Tailnet is how the box joins the management tailnet.
+type Tailnet struct {
+	// AuthKeyFile is the path (relative to the site file) of a file that
+	// holds the join key. The file is never committed; its content is
+	// baked into the image and never printed.
+	AuthKeyFile string `json:"auth_key_file,omitempty"`
+	// Admins are the tailnet identities that may administer the box:
+	// login names (alice@example.com) or tags (tag:relay-admins).
+	Admins []string `json:"admins"`
+}
+
+// KeyError is one bad key of a site file.
+type KeyError struct {
+	Key     string
+	Problem string
+}
+
+func (e *KeyError) Error() string { return e.Key + ": " + e.Problem }
+
+// Errors is every problem found in a site file.
+type Errors []error
+
+func (e Errors) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d site file error(s):", len(e))
+	for _, err := range e {
+		b.WriteString("\n  ")
+		b.WriteString(err.Error())
+	}
+	return b.String()
+}
+
+// Bootstrap is the site's part that goes onto the box as site.json (the
+// relay settings go separately, as config.json).
+type Bootstrap struct {
+	Hostname string        `json:"hostname"`
+	Network  netcfg.Config `json:"network"`
+	NTP      []string      `json:"ntp,omitempty"`
+	Admins   []string      `json:"admins"`
+}
+
+var (
+	tagRE   = regexp.MustCompile(`^tag:[a-z0-9][a-z0-9-]*$`)
+	loginRE = regexp.MustCompile(`^[^@\s<>"]+@[A-Za-z0-9.-]+$`)
+	hostRE  = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$`)
+)
+
+// ParseSite decodes a site file strictly and validates every key; the
+// relay section is checked by the relay's own configuration rules.
+func ParseSite(b []byte) (*Site, *config.Config, error) {
+	var s Site
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&s); err != nil {
+		return nil, nil, Errors{decodeError(b, err)}
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, nil, Errors{&KeyError{"(document)", "extra data after the JSON object"}}
+	}
+	var errs Errors
+	bad := func(key, format string, a ...any) {
+		errs = append(errs, &KeyError{key, fmt.Sprintf(format, a...)})
+	}
+	if s.Hostname == "" {
+		bad("hostname", "missing: the box's name on the plant network, e.g. \"relay-plant-a\"")
+	} else if !netcfg.ValidHostname(s.Hostname) {
+		bad("hostname", "%q: want one DNS label (letters, digits, hyphens; no dots), e.g. \"relay-plant-a\"", s.Hostname)
+	}
+	for _, e := range s.Network.Validate("network.") {
+		var ke *netcfg.KeyError
+		if errors.As(e, &ke) {
+			bad(ke.Key, "%s", ke.Problem)
+		} else {
+			bad("network", "%v", e)
+		}
+	}
+	for i, n := range s.NTP {
+		if !hostRE.MatchString(n) || len(n) > 253 {
+			bad(fmt.Sprintf("ntp[%d]", i), "%q is not a host name or address", n)
+		}
+	}
+	if len(s.Tailnet.Admins) == 0 {
+		bad("tailnet.admins", "missing: at least one tailnet identity (alice@example.com or tag:relay-admins) must be able to administer the box")
+	}
+	seen := map[string]bool{}
+	for i, a := range s.Tailnet.Admins {
+		k := fmt.Sprintf("tailnet.admins[%d]", i)
+		switch {
+		case !tagRE.MatchString(a) && !loginRE.MatchString(a):
+			bad(k, "%q: want a tailnet login name (alice@example.com) or a tag (tag:relay-admins)", a)
+		case seen[a]:
+			bad(k, "%q appears twice", a)
+		}
+		seen[a] = true
+	}
+	var relay *config.Config
+	if len(s.Relay) == 0 || string(s.Relay) == "null" {
+		bad("relay", "missing: the relay's initial settings (listeners, allowed networks, limits, upstream)")
+	} else {
+		c, err := config.Parse(s.Relay)
+		var ce config.Errors
+		switch {
+		case errors.As(err, &ce):
+			for _, e := range ce {
+				var ke *config.KeyError
+				if errors.As(e, &ke) {
+					bad("relay."+ke.Key, "%s", ke.Problem)
+				} else {
+					bad("relay", "%v", e)
+				}
+			}
+		case err != nil:
+			bad("relay", "%v", err)
+		default:
+			relay = c
+		}
+	}
+	if len(errs) > 0 {
+		return nil, nil, errs
+	}
+	return &s, relay, nil
+}
+
+// LoadSite reads and validates a site file, and checks that the join key
+// file it names (if any) can be read. keyOverride, when not empty,
+// replaces tailnet.auth_key_file.
+func LoadSite(path, keyOverride string) (*Site, *config.Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading site file: %w", err)
+	}
+	s, c, err := ParseSite(b)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if keyOverride != "" {
+		s.Tailnet.AuthKeyFile = keyOverride
+	} else if s.Tailnet.AuthKeyFile != "" && !filepath.IsAbs(s.Tailnet.AuthKeyFile) {
+		s.Tailnet.AuthKeyFile = filepath.Join(filepath.Dir(path), s.Tailnet.AuthKeyFile)
+	}
+	if s.Tailnet.AuthKeyFile != "" {
+		if _, err := readKey(s.Tailnet.AuthKeyFile); err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", path, Errors{&KeyError{"tailnet.auth_key_file", err.Error()}})
+		}
+	}
+	return s, c, nil
+}
+
+// readKey reads the join key; its errors name the file, never the key.
+func readKey(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return nil, fmt.Errorf("cannot read the join key file %s: %v", path, err)
+	}
+	k := bytes.TrimSpace(b)
+	switch {
+	case len(k) == 0:
+		return nil, fmt.Errorf("the join key file %s is empty", path)
+	case bytes.ContainsAny(k, " \t\r\n"):
+		return nil, fmt.Errorf("the join key file %s holds more than one line or word (want just the key)", path)
+	}
+	return k, nil
+}
+
+func decodeError(b []byte, err error) error {
+	var te *json.UnmarshalTypeError
+	var se *json.SyntaxError
+	switch {
+	case errors.As(err, &te):
+		key := te.Field
+		if key == "" {
+			key = "(document)"
+		}
+		return &KeyError{key, fmt.Sprintf("want %s, got JSON %s", te.Type, te.Value)}
+	case errors.As(err, &se):
+		line := 1 + bytes.Count(b[:min(int(se.Offset), len(b))], []byte("\n"))
+		return &KeyError{"(document)", fmt.Sprintf("line %d: %v", line, se)}
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		f, _ := strconv.Unquote(strings.TrimPrefix(err.Error(), "json: unknown field "))
+		return &KeyError{f, "unknown key (misspelt?)"}
+	}
+	return &KeyError{"(document)", err.Error()}
+}

@@ -1,0 +1,136 @@
+// Command sitegen turns a site file into a flashable siterelay image: it
+// validates the site file (every bad key named, before anything is
+// built), writes the gokrazy instance with a web password and machine id
+// of its own, bakes the site's bootstrap settings into the image, runs
+// gok with the builddir pinned in images/<target>/builddir, formats /perm,
+// and checks the partitions and files of the result.
+//
+//	go run ./images/sitegen -check images/sites/example.json
+//	go run ./images/sitegen -target pi -out images/out images/sites/plant-a.json
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	var (
+		target   = flag.String("target", "pi", "what the image boots on: pi (Raspberry Pi 4 and 5, arm64) or vm (amd64, QEMU)")
+		out      = flag.String("out", "images/out", "directory for the image and its work files")
+		check    = flag.Bool("check", false, "only validate the site file")
+		keyFile  = flag.String("auth-key-file", "", "tailnet join key file, instead of the site file's tailnet.auth_key_file")
+		size     = flag.Int64("size", 0, "image size in bytes (default: 2 GiB for pi, 1200 MiB for vm); /perm gets what is left after 1.1 GB")
+		repo     = flag.String("repo", ".", "the siterelay checkout (holds images/<target>/builddir)")
+		timeout  = flag.Duration("timeout", 20*time.Minute, "give up building after this long")
+		imgFlag  = flag.String("image", "", "image file to write (default OUT/SITE-TARGET.img)")
+		workFlag = flag.String("work", "", "work directory (default OUT/SITE-TARGET.work)")
+	)
+	flag.Usage = func() {
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: sitegen [flags] SITE.json\n")
+		flag.PrintDefaults()
+	}
+	flag.Parse()
+	if flag.NArg() != 1 {
+		flag.Usage()
+		os.Exit(2)
+	}
+	if err := run(flag.Arg(0), *target, *out, *check, *keyFile, *size, *repo, *timeout, *imgFlag, *workFlag); err != nil {
+		fmt.Fprintf(os.Stderr, "sitegen: %v\n", err)
+		var se Errors
+		if errors.As(err, &se) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+func run(sitePath, targetName, out string, checkOnly bool, keyFile string, size int64, repo string, timeout time.Duration, img, work string) error {
+	site, relay, err := LoadSite(sitePath, keyFile)
+	if err != nil {
+		return err
+	}
+	if checkOnly {
+		fmt.Printf("%s: valid site file for %s\n", sitePath, site.Hostname)
+		return nil
+	}
+	t, ok := targets[targetName]
+	if !ok {
+		return fmt.Errorf("-target %q: want pi or vm", targetName)
+	}
+	if size == 0 {
+		size = t.Bytes
+	}
+	if size < 1300<<20 {
+		return fmt.Errorf("-size %d: at least 1300 MiB (gokrazy's boot and two root partitions take 1.1 GB)", size)
+	}
+	if site.Tailnet.AuthKeyFile == "" {
+		fmt.Fprintf(os.Stderr, "sitegen: note: no tailnet.auth_key_file: the box will not join the tailnet until provisioned by hand\n")
+	}
+	name := strings.TrimSuffix(filepath.Base(sitePath), filepath.Ext(sitePath)) + "-" + t.Name
+	if img == "" {
+		img = filepath.Join(out, name+".img")
+	}
+	if work == "" {
+		work = filepath.Join(out, name+".work")
+	}
+	if repo, err = filepath.Abs(repo); err != nil {
+		return err
+	}
+	if img, err = filepath.Abs(img); err != nil {
+		return err
+	}
+	if work, err = filepath.Abs(work); err != nil {
+		return err
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	ctx, cancel = context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	w, err := Generate(repo, work, site, relay, t)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("building %s image for %s (log: %s)\n", t.Name, site.Hostname, filepath.Join(work, "gok.log"))
+	im, err := Build(ctx, repo, w, t, img, size, site)
+	if err != nil {
+		return err
+	}
+	printSummary(im, w, t, site)
+	return nil
+}
+
+func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+func printSummary(im *Image, w *Work, t Target, site *Site) {
+	fmt.Printf("image:         %s\n", im.Path)
+	fmt.Printf("image size:    %s (%d bytes)\n", mib(im.Bytes), im.Bytes)
+	fmt.Printf("rootfs size:   %s (%d bytes, squashfs)\n", mib(im.RootfsBytes), im.RootfsBytes)
+	fmt.Printf("/perm:         ext4, %s, formatted\n", mib(im.PermKiB<<10))
+	fmt.Printf("web password:  in %s (user gokrazy)\n", w.PasswordFile)
+	fmt.Printf("built in:      %.1f s\n", im.BuildTime.Seconds())
+	switch t.Name {
+	case "pi":
+		fmt.Printf(`
+To write it to an SD card (find the card's device with lsblk; everything on it is replaced):
+  sudo dd if=%s of=/dev/sdX bs=4M conv=fsync status=progress
+Then put the card in the Raspberry Pi 4 or 5 of site %q, connect it to the plant network, and power it on.
+Its status page: http://%s/ (user gokrazy, password from the file above).
+`, im.Path, site.Hostname, site.Hostname)
+	case "vm":
+		fmt.Printf(`
+To boot it (amd64, QEMU; SMTP forwarded to 127.0.0.1:2525):
+  qemu-system-x86_64 -m 512 -nographic -drive file=%s,format=raw \
+    -netdev user,id=n,hostfwd=tcp:127.0.0.1:2525-:25 -device e1000,netdev=n
+`, im.Path)
+	}
+}
