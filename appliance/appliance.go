@@ -1,0 +1,130 @@
+// Package appliance is the composition root of the box: it finds the
+// configuration and the secrets in the state directory, starts the relay and
+// the HTTP endpoints, and stops them cleanly. It is the only package that
+// knows about files like /perm and the process's surroundings.
+package appliance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/siterelay/siterelay/relay"
+	"github.com/siterelay/siterelay/relay/config"
+)
+
+// Options say where things are.
+type Options struct {
+	// StateDir holds everything mutable: spool, trace, config.json,
+	// secrets/, tls/.
+	StateDir string
+	// ConfigFile overrides StateDir/config.json.
+	ConfigFile string
+	// Dev runs the embedded development configuration (no tenant needed).
+	Dev bool
+	// HTTPAddr serves /metrics (and later the status page); "" turns it off.
+	HTTPAddr string
+	Logger   *slog.Logger
+	// Discovery, when set, announces the relay by mDNS/DNS-SD.
+	Discovery *Discovery
+	// Ready, when set, is called once the listeners are bound.
+	Ready func(smtp []net.Addr, http net.Addr)
+}
+
+// LoadConfig returns the configuration Options point at.
+func LoadConfig(o Options) (*config.Config, error) {
+	if o.Dev {
+		return config.Default(), nil
+	}
+	path := o.ConfigFile
+	if path == "" {
+		path = filepath.Join(o.StateDir, "config.json")
+	}
+	c, err := config.Load(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("no configuration at %s: write one (see docs/config.md) or start with -dev", path)
+	}
+	return c, err
+}
+
+// Run starts the relay and serves until ctx ends.
+func Run(ctx context.Context, o Options) error {
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	cfg, err := LoadConfig(o)
+	if err != nil {
+		return err
+	}
+	r, err := relay.New(cfg, o.StateDir, relay.Deps{Logger: log, Secret: SecretStore(filepath.Join(o.StateDir, "secrets"))})
+	if err != nil {
+		return err
+	}
+	var httpAddr net.Addr
+	if o.HTTPAddr != "" {
+		l, err := net.Listen("tcp", o.HTTPAddr)
+		if err != nil {
+			return fmt.Errorf("http listener: %w", err)
+		}
+		httpAddr = l.Addr()
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", r.Metrics())
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go srv.Serve(l)
+		defer srv.Close()
+	}
+	if o.Discovery != nil {
+		d := *o.Discovery
+		if ta, ok := httpAddr.(*net.TCPAddr); ok && !ta.IP.IsLoopback() {
+			d.HTTPPort = ta.Port
+		}
+		dctx, stop := context.WithCancel(ctx)
+		resp, done, err := runDiscovery(dctx, d, cfg, r.Addrs(), log)
+		if err != nil {
+			stop()
+			return err
+		}
+		defer func() { stop(); <-done }() // goodbyes go out before we exit
+		log.Info("announcing by mDNS", "name", resp.Name()+".local")
+	}
+	if o.Ready != nil {
+		o.Ready(r.Addrs(), httpAddr)
+	}
+	return r.Run(ctx)
+}
+
+// SecretStore reads secrets from files in dir, one file per secret name,
+// refusing files that others could read: a secret that leaked through file
+// permissions is not a secret.
+func SecretStore(dir string) func(name string) ([]byte, error) {
+	return func(name string) ([]byte, error) {
+		if name == "" || strings.ContainsAny(name, `/\`) || strings.HasPrefix(name, ".") {
+			return nil, fmt.Errorf("secret name %q: use letters, digits, dashes", name)
+		}
+		path := filepath.Join(dir, name)
+		st, err := os.Stat(path)
+		if err != nil {
+			return nil, fmt.Errorf("secret %q: %w", name, err)
+		}
+		if st.Mode().Perm()&0o077 != 0 {
+			return nil, fmt.Errorf("secret %q: %s is readable by others (mode %v); chmod 600 it", name, path, st.Mode().Perm())
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("secret %q: %w", name, err)
+		}
+		return []byte(strings.TrimRight(string(b), "\r\n")), nil
+	}
+}

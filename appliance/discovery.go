@@ -1,0 +1,90 @@
+package appliance
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/siterelay/siterelay/netcfg/mdns"
+	"github.com/siterelay/siterelay/relay/config"
+)
+
+// Discovery says how the box announces itself on the plant network.
+type Discovery struct {
+	// Hostname is the label answered as <Hostname>.local, e.g. "relay".
+	Hostname string
+	// Site goes into every service's TXT as site=<Site>.
+	Site string
+	// Interfaces are the plant-side interfaces; empty means every one that
+	// is up except loopback and the tailnet's.
+	Interfaces []string
+	// HTTPPort, when not 0, announces the status page as _http._tcp.
+	HTTPPort int
+}
+
+// services are the DNS-SD services for what the relay really listens on:
+// a listener bound to loopback is not announced, and TXT says whether TLS
+// and login are offered or required, which is what a technician setting up
+// a printer needs to know.
+func services(cfg *config.Config, addrs []net.Addr, httpPort int) []mdns.Service {
+	var out []mdns.Service
+	for i, l := range cfg.Listeners {
+		if i >= len(addrs) {
+			break
+		}
+		ta, ok := addrs[i].(*net.TCPAddr)
+		if !ok || ta.IP.IsLoopback() {
+			continue
+		}
+		typ := "_smtp._tcp"
+		if l.Mode == "submission" {
+			typ = "_submission._tcp"
+		}
+		tls := "none"
+		switch {
+		case l.RequireTLS:
+			tls = "required"
+		case *l.StartTLS:
+			tls = "starttls"
+		}
+		auth := "none"
+		switch {
+		case *l.RequireAuth:
+			auth = "required"
+		case *l.Auth:
+			auth = "offered"
+		}
+		out = append(out, mdns.Service{Type: typ, Port: ta.Port, TXT: []string{
+			"tls=" + tls, "auth=" + auth, "listener=" + l.Name, "maxsize=" + strconv.FormatInt(cfg.Limits.MaxMessageBytes, 10),
+		}})
+	}
+	if httpPort != 0 {
+		out = append(out, mdns.Service{Type: "_http._tcp", Port: httpPort, TXT: []string{"path=/"}})
+	}
+	return out
+}
+
+// runDiscovery announces until ctx ends, then sends goodbyes; done closes
+// once they are out. The responder tells the name in use after a conflict.
+func runDiscovery(ctx context.Context, d Discovery, cfg *config.Config, addrs []net.Addr, log *slog.Logger) (r *mdns.Responder, done <-chan struct{}, err error) {
+	host := strings.TrimSuffix(d.Hostname, ".local")
+	if i := strings.IndexByte(host, '.'); i > 0 {
+		host = host[:i]
+	}
+	r, err = mdns.New(mdns.Options{Hostname: host, Site: d.Site, Interfaces: d.Interfaces,
+		Services: services(cfg, addrs, d.HTTPPort), Logger: log.With("part", "mdns")})
+	if err != nil {
+		return nil, nil, fmt.Errorf("discovery: %w", err)
+	}
+	ch := make(chan struct{})
+	go func() {
+		defer close(ch)
+		if err := r.Run(ctx); err != nil {
+			log.Error("mDNS responder stopped", "err", err)
+		}
+	}()
+	return r, ch, nil
+}

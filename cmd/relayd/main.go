@@ -1,0 +1,93 @@
+// Command relayd is the siterelay daemon: it wires flags and signals to
+// appliance.Run.
+//
+//	relayd -dev [-state DIR]            development default, no tenant needed
+//	relayd -config FILE -state DIR      the real thing
+//	relayd check-config FILE            validate a configuration and exit
+//	relayd hash-password                read a password on stdin, print its bcrypt hash
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/siterelay/siterelay/appliance"
+	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/policy"
+)
+
+func main() {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "check-config":
+			os.Exit(checkConfig(os.Args[2:]))
+		case "hash-password":
+			os.Exit(hashPassword())
+		}
+	}
+	var o appliance.Options
+	flag.BoolVar(&o.Dev, "dev", false, "run the embedded development configuration: SMTP on 127.0.0.1:2525, mail written to STATE/outbox")
+	flag.StringVar(&o.ConfigFile, "config", "", "configuration file (default STATE/config.json)")
+	flag.StringVar(&o.StateDir, "state", "./var", "state directory: spool, trace, secrets, certificates")
+	flag.StringVar(&o.HTTPAddr, "http", "", "address for /metrics, e.g. 127.0.0.1:8025 (default off)")
+	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
+	flag.Parse()
+
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(os.Stderr, "relayd: -log-level: %v\n", err)
+		os.Exit(2)
+	}
+	o.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	o.Ready = func(smtp []net.Addr, http net.Addr) {
+		for _, a := range smtp {
+			fmt.Fprintf(os.Stderr, "relayd: SMTP listening on %s\n", a)
+		}
+		if http != nil {
+			fmt.Fprintf(os.Stderr, "relayd: metrics on http://%s/metrics\n", http)
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := appliance.Run(ctx, o); err != nil {
+		fmt.Fprintf(os.Stderr, "relayd: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func checkConfig(args []string) int {
+	if len(args) != 1 {
+		fmt.Fprintln(os.Stderr, "usage: relayd check-config FILE")
+		return 2
+	}
+	if _, err := config.Load(args[0]); err != nil {
+		fmt.Fprintf(os.Stderr, "%v\n", err)
+		return 1
+	}
+	fmt.Println("configuration is valid")
+	return 0
+}
+
+func hashPassword() int {
+	fmt.Fprint(os.Stderr, "password (read from stdin): ")
+	line, err := bufio.NewReader(os.Stdin).ReadString('\n')
+	if err != nil && line == "" {
+		fmt.Fprintf(os.Stderr, "relayd: reading password: %v\n", err)
+		return 1
+	}
+	h, err := policy.HashPassword(strings.TrimRight(line, "\r\n"))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "relayd: %v\n", err)
+		return 1
+	}
+	fmt.Println(h)
+	return 0
+}

@@ -1,0 +1,59 @@
+package relay
+
+import (
+	"crypto/x509"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/upstream"
+	"github.com/siterelay/siterelay/relay/upstream/capture"
+	"github.com/siterelay/siterelay/relay/upstream/pace"
+	"github.com/siterelay/siterelay/relay/upstream/smtpup"
+)
+
+// newUpstream builds the configured upstream and a name for traces.
+func newUpstream(cfg *config.Config, dir string, d Deps) (upstream.Upstream, string, error) {
+	u := cfg.Upstream
+	switch u.Kind {
+	case "capture":
+		out := filepath.Join(dir, u.Capture.Directory)
+		up, err := capture.New(out)
+		return up, "capture " + out, err
+	case "smtp":
+		s := u.SMTP
+		opts := smtpup.Options{
+			Addr: s.Address, TLS: s.TLS, MinTLS: config.TLSVersions[s.MinTLS], ServerName: s.ServerName,
+			LocalName: cfg.Hostname, Concurrency: s.Concurrency, MaxRecipients: s.MaxRecipients,
+			MaxSize: s.MaxMessageBytes, MessagesPerMinute: s.MessagesPerMinute, Clock: d.Clock, Logger: d.Logger,
+		}
+		if s.CAFile != "" {
+			pem, err := os.ReadFile(s.CAFile)
+			if err != nil {
+				return nil, "", fmt.Errorf("upstream.smtp.ca_file: %w", err)
+			}
+			opts.RootCAs = x509.NewCertPool()
+			if !opts.RootCAs.AppendCertsFromPEM(pem) {
+				return nil, "", fmt.Errorf("upstream.smtp.ca_file: no PEM certificate in %s", s.CAFile)
+			}
+		}
+		if s.Auth != "" {
+			pw, err := d.Secret(s.PasswordSecret)
+			if err != nil {
+				return nil, "", fmt.Errorf("upstream.smtp.password_secret: %w", err)
+			}
+			opts.Auth = smtpup.Auth{Mechanism: s.Auth, Username: s.Username, Password: string(pw)}
+		}
+		up, err := smtpup.New(opts)
+		if err != nil {
+			return nil, "", fmt.Errorf("upstream.smtp: %w", err)
+		}
+		if s.MessagesPerMinute > 0 {
+			// Pace below the smarthost's limit rather than be throttled.
+			return pace.Wrap(up, pace.Options{MessagesPerMinute: s.MessagesPerMinute, Now: d.Clock, Logger: d.Logger}), "smtp " + s.Address, nil
+		}
+		return up, "smtp " + s.Address, nil
+	}
+	return newM365(cfg, d)
+}
