@@ -1,0 +1,355 @@
+// Command relaybench is the harness behind `make bench`: it sends N
+// messages of SIZE bytes over C concurrent SMTP sessions through relayd to
+// Postfix's smtp-sink, then does the same through a private Postfix
+// instance configured as a plain relay, and prints both with the ratio.
+//
+//	go run ./cmd/relaybench -n 5000 -c 10 -size 4096
+//
+// Everything runs on 127.0.0.1 with ports chosen at run time; processes
+// and temporary directories are removed on every exit path. See
+// docs/bench.md for what each figure means and how it is measured.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+type options struct {
+	N, C, Size   int
+	PerConn      int
+	UpConc       int
+	Targets      []string
+	Timeout      time.Duration
+	Dir          string
+	Keep         bool
+	RelaydBin    string
+	SinkBin      string
+	SampleEvery  time.Duration
+	AllowTmpfs   bool
+	TargetRatio  float64
+	TargetRSSMiB float64
+}
+
+func main() {
+	var o options
+	var targets string
+	flag.IntVar(&o.N, "n", 5000, "messages to send through each relay")
+	flag.IntVar(&o.C, "c", 10, "concurrent SMTP sessions")
+	flag.IntVar(&o.Size, "size", 4096, "bytes per message, headers included")
+	flag.IntVar(&o.PerConn, "per-conn", 0, "messages per connection before reconnecting (0: keep each session's connection for the whole run)")
+	flag.IntVar(&o.UpConc, "upstream-concurrency", 10, "relayd's upstream.smtp.concurrency")
+	flag.StringVar(&targets, "targets", "relayd,postfix", "comma-separated relays to measure: relayd, postfix")
+	flag.DurationVar(&o.Timeout, "timeout", 10*time.Minute, "limit for the whole run; exceeding it fails")
+	flag.StringVar(&o.Dir, "dir", os.TempDir(), "where the temporary spool and queue go (must be a real disk: fsync is what is measured)")
+	flag.BoolVar(&o.Keep, "keep", false, "keep the temporary directory (logs, spool) and print its path")
+	flag.StringVar(&o.RelaydBin, "relayd", "", "a relayd binary to use instead of building ./cmd/relayd")
+	flag.StringVar(&o.SinkBin, "sink", "", "smtp-sink binary (default: from PATH or /usr/sbin)")
+	flag.DurationVar(&o.SampleEvery, "sample", 100*time.Millisecond, "memory sampling interval")
+	flag.BoolVar(&o.AllowTmpfs, "allow-tmpfs", false, "allow -dir on tmpfs (fsync is then free: figures mean nothing for durability)")
+	flag.Float64Var(&o.TargetRatio, "target-ratio", 4, "issue 2's target: relayd/postfix end-to-end at least this")
+	flag.Float64Var(&o.TargetRSSMiB, "target-rss", 40, "issue 2's target: relayd peak RSS under this many MiB")
+	flag.Parse()
+	o.Targets = strings.Split(targets, ",")
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o); err != nil {
+		fmt.Fprintf(os.Stderr, "relaybench: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, o options) error {
+	if o.N < 1 || o.C < 1 || o.C > o.N || o.Size < 512 {
+		return fmt.Errorf("want -n >= 1, 1 <= -c <= -n, -size >= 512 (got -n %d -c %d -size %d)", o.N, o.C, o.Size)
+	}
+	for _, t := range o.Targets {
+		if t != "relayd" && t != "postfix" {
+			return fmt.Errorf("-targets: unknown relay %q (want relayd, postfix)", t)
+		}
+	}
+	sinkBin, err := findBin(o.SinkBin, "smtp-sink")
+	if err != nil {
+		return fmt.Errorf("%w (Debian package postfix; `make bench` installs it through .ci/install)", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+
+	tmp, err := os.MkdirTemp(o.Dir, "relaybench-")
+	if err != nil {
+		return err
+	}
+	if o.Keep {
+		defer fmt.Printf("kept %s\n", tmp)
+	} else {
+		defer os.RemoveAll(tmp)
+	}
+	// Postfix's unprivileged daemons must reach their queue below here.
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return err
+	}
+	if err := checkDisk(tmp, o.AllowTmpfs); err != nil {
+		return err
+	}
+
+	fmt.Printf("relaybench: %d messages of %d bytes over %d sessions, per relay; %s, %d CPUs, %s\n",
+		o.N, o.Size, o.C, runtime.GOOS+"/"+runtime.GOARCH, runtime.NumCPU(), tmp)
+	var results []result
+	var failed []string
+	for _, name := range o.Targets {
+		dir := filepath.Join(tmp, name)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			return err
+		}
+		var start func(sinkAddr string) (target, error)
+		switch name {
+		case "relayd":
+			bin := o.RelaydBin
+			if bin == "" {
+				bin = filepath.Join(dir, "relayd")
+				fmt.Println("building ./cmd/relayd")
+				if err := buildRelayd(ctx, moduleDir(), bin); err != nil {
+					results = append(results, result{Name: name, Err: err})
+					failed = append(failed, name)
+					continue
+				}
+			}
+			start = func(sinkAddr string) (target, error) { return startRelayd(ctx, bin, dir, sinkAddr, o.UpConc) }
+		case "postfix":
+			if why := postfixMissing(); why != "" {
+				fmt.Printf("postfix: skipped: %s\n", why)
+				results = append(results, result{Name: name, Skipped: why})
+				continue
+			}
+			start = func(sinkAddr string) (target, error) { return startPostfix(ctx, dir, sinkAddr) }
+		}
+		fmt.Printf("%s: running\n", name)
+		r := measure(ctx, o, name, sinkBin, start)
+		if r.Err != nil {
+			failed = append(failed, name)
+			fmt.Printf("%s: FAILED: %v\n", name, r.Err)
+		}
+		results = append(results, r)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	fmt.Println()
+	printTable(os.Stdout, results)
+	printVerdict(os.Stdout, results, o.TargetRatio, o.TargetRSSMiB)
+	if ctx.Err() != nil {
+		return fmt.Errorf("stopped: %w", context.Cause(ctx))
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("failed: %s", strings.Join(failed, ", "))
+	}
+	return nil
+}
+
+// result is one relay's figures.
+type result struct {
+	Name    string
+	Skipped string
+	Err     error
+
+	N               int
+	AcceptRate      float64 // msg/s, first connect to last 250
+	E2ERate         float64 // msg/s, first connect to the sink's Nth message
+	P50, P99, Max   time.Duration
+	CPUmsPerMsg     float64
+	PeakRSSMiB      float64
+	RSSIsHWM        bool // PeakRSSMiB is the root's VmHWM (single process), else a sampled sum
+	PeakPSSMiB      float64
+	DiskBytesPerMsg float64
+	PeakProcs       int
+	SinkCount       int
+	Elapsed, Accept time.Duration
+}
+
+// measure runs the load through one relay started by start and reads its
+// processes' counters before and after.
+func measure(ctx context.Context, o options, name, sinkBin string, start func(string) (target, error)) (r result) {
+	r = result{Name: name, N: o.N}
+	sk, err := startSink(ctx, sinkBin)
+	if err != nil {
+		r.Err = err
+		return r
+	}
+	defer sk.Stop()
+	t, err := start(sk.Addr)
+	if err != nil {
+		r.Err = err
+		return r
+	}
+	defer t.Stop()
+
+	before, err := treeUsage(t.Root(), false)
+	if err != nil {
+		r.Err = fmt.Errorf("reading counters before: %w", err)
+		return r
+	}
+	logBefore := t.LogBytes()
+	smp := startSampler(t.Root(), o.SampleEvery)
+	defer smp.stop()
+
+	deadline, _ := ctx.Deadline()
+	e2e := sk.When(o.N)
+	lr, err := runLoad(ctx, loadOptions{Addr: t.Addr(), N: o.N, C: o.C, Size: o.Size, PerConn: o.PerConn, Deadline: deadline})
+	if err != nil {
+		r.Err = fmt.Errorf("load: %d of %d accepted: %w", lr.Accepted, o.N, err)
+		return r
+	}
+	var end time.Time
+	select {
+	case end = <-e2e:
+	case <-sk.Done():
+		r.Err = fmt.Errorf("smtp-sink exited after %d of %d messages: %s", sk.Count(), o.N, sk.stderr.String())
+		return r
+	case <-ctx.Done():
+		r.Err = fmt.Errorf("the sink got %d of %d messages before %v", sk.Count(), o.N, context.Cause(ctx))
+		return r
+	}
+	after, err := treeUsage(t.Root(), false)
+	if err != nil {
+		r.Err = fmt.Errorf("reading counters after: %w", err)
+		return r
+	}
+	peak := smp.stop()
+
+	r.Elapsed, r.Accept = end.Sub(lr.Start), lr.LastAccept.Sub(lr.Start)
+	r.AcceptRate = float64(o.N) / r.Accept.Seconds()
+	r.E2ERate = float64(o.N) / r.Elapsed.Seconds()
+	r.P50, r.P99, r.Max = percentile(lr.Latencies, 0.50), percentile(lr.Latencies, 0.99), slices.Max(lr.Latencies)
+	r.CPUmsPerMsg = float64(after.CPUTicks-before.CPUTicks) * 1000 / clockTicks / float64(o.N)
+	logBytes := t.LogBytes() - logBefore
+	r.DiskBytesPerMsg = (float64(after.WriteBytes-before.WriteBytes) - float64(logBytes)) / float64(o.N)
+	if peak.Procs == 1 {
+		r.PeakRSSMiB, r.RSSIsHWM = float64(after.HWMKiB)/1024, true
+	} else {
+		r.PeakRSSMiB = float64(peak.RSSKiB) / 1024
+	}
+	r.PeakPSSMiB = float64(peak.PSSKiB) / 1024
+	r.PeakProcs = peak.Procs
+	r.SinkCount = sk.Count()
+	return r
+}
+
+// sampler records the largest memory sums seen in a process tree.
+type sampler struct {
+	once sync.Once
+	quit chan struct{}
+	done chan struct{}
+	root int
+	mu   sync.Mutex
+	peak usage
+}
+
+func startSampler(root int, every time.Duration) *sampler {
+	s := &sampler{quit: make(chan struct{}), done: make(chan struct{}), root: root}
+	s.sample()
+	go func() {
+		defer close(s.done)
+		tk := time.NewTicker(every)
+		defer tk.Stop()
+		for {
+			select {
+			case <-s.quit:
+				return
+			case <-tk.C:
+				s.sample()
+			}
+		}
+	}()
+	return s
+}
+
+func (s *sampler) sample() {
+	u, err := treeUsage(s.root, true)
+	if err != nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.peak.RSSKiB = max(s.peak.RSSKiB, u.RSSKiB)
+	s.peak.PSSKiB = max(s.peak.PSSKiB, u.PSSKiB)
+	s.peak.Procs = max(s.peak.Procs, u.Procs)
+}
+
+// stop ends sampling after one last sample and returns the peaks.
+func (s *sampler) stop() usage {
+	s.once.Do(func() {
+		close(s.quit)
+		<-s.done
+		s.sample()
+	})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.peak
+}
+
+// percentile is the nearest-rank percentile of d (which it sorts).
+func percentile(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	slices.Sort(d)
+	i := int(math.Ceil(p*float64(len(d)))) - 1
+	return d[min(max(i, 0), len(d)-1)]
+}
+
+// findBin looks name up in PATH and then in the sbin directories, which a
+// non-root PATH often lacks.
+func findBin(explicit, name string) (string, error) {
+	if explicit != "" {
+		return explicit, nil
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	for _, d := range []string{"/usr/sbin", "/usr/local/sbin", "/sbin"} {
+		p := filepath.Join(d, name)
+		if fi, err := os.Stat(p); err == nil && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s not found", name)
+}
+
+// moduleDir is the directory of the go.mod that holds ./cmd/relayd.
+func moduleDir() string {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err == nil {
+		if m := strings.TrimSpace(string(out)); m != "" && m != os.DevNull {
+			return filepath.Dir(m)
+		}
+	}
+	return "."
+}
+
+// checkDisk refuses a tmpfs (or ramfs) spool directory: there fsync costs
+// nothing and the comparison would not be at equal durability.
+func checkDisk(dir string, allow bool) error {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	const tmpfsMagic, ramfsMagic = 0x01021994, 0x858458f6
+	if (st.Type == tmpfsMagic || st.Type == ramfsMagic) && !allow {
+		return errors.New(dir + " is on tmpfs, where fsync is free: give -dir on a real disk (or -allow-tmpfs)")
+	}
+	return nil
+}

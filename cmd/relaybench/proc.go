@@ -1,0 +1,182 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// clockTicks is USER_HZ, the unit of the CPU times in /proc/PID/stat; the
+// kernel fixes it at 100 for user space on every Linux architecture.
+const clockTicks = 100
+
+// procStat is what the harness needs from /proc/PID/stat.
+type procStat struct {
+	PPID                         int
+	UTime, STime, CUTime, CSTime uint64 // clock ticks
+}
+
+// parseStat reads /proc/PID/stat. The command name sits in parentheses and
+// may itself hold spaces and parentheses, so fields are counted from the
+// last ')'.
+func parseStat(b []byte) (procStat, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return procStat{}, fmt.Errorf("stat: no ')' closing the command name")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// f[0] is field 3 (state); utime is field 14, so f[11].
+	if len(f) < 15 {
+		return procStat{}, fmt.Errorf("stat: %d fields after the command name, want at least 15", len(f))
+	}
+	var s procStat
+	var err error
+	if s.PPID, err = strconv.Atoi(f[1]); err != nil {
+		return procStat{}, fmt.Errorf("stat: ppid %q: %w", f[1], err)
+	}
+	for j, p := range []*uint64{&s.UTime, &s.STime, &s.CUTime, &s.CSTime} {
+		v, err := strconv.ParseUint(f[11+j], 10, 64)
+		if err != nil {
+			// cutime and cstime are signed in the kernel's format; they are
+			// never negative in practice.
+			return procStat{}, fmt.Errorf("stat: field %d %q: %w", 14+j, f[11+j], err)
+		}
+		*p = v
+	}
+	return s, nil
+}
+
+// parseKV reads "Key:   value kB" files (/proc/PID/status, smaps_rollup)
+// and /proc/PID/io's "key: value" lines; values are returned as written
+// (kB for the first two, bytes for io).
+func parseKV(b []byte, keys ...string) (map[string]uint64, error) {
+	want := map[string]bool{}
+	for _, k := range keys {
+		want[k] = true
+	}
+	got := map[string]uint64{}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || !want[k] {
+			continue
+		}
+		v = strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB"))
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %q is not a number", k, v)
+		}
+		got[k] = n
+	}
+	for _, k := range keys {
+		if _, ok := got[k]; !ok {
+			return nil, fmt.Errorf("no %s line", k)
+		}
+	}
+	return got, nil
+}
+
+// usage is a process tree's resource use at one moment.
+type usage struct {
+	CPUTicks   uint64 // utime+stime+cutime+cstime over the live tree
+	WriteBytes uint64 // write_bytes over the live tree
+	RSSKiB     uint64 // sum of VmRSS
+	PSSKiB     uint64 // sum of Pss (smaps_rollup)
+	HWMKiB     uint64 // the root's VmHWM
+	Procs      int
+}
+
+// treeUsage sums the use of root and its live descendants. A process that
+// exited and was reaped by a process of the tree is still counted: the
+// kernel adds its CPU time to the reaper's cutime/cstime and its I/O to the
+// reaper's /proc/PID/io. Exited processes of Postfix are reaped by master,
+// which lives throughout. withMem also reads each process's memory
+// (smaps_rollup is not free, so only the sampler asks for it).
+func treeUsage(root int, withMem bool) (usage, error) {
+	pids, err := descendants(root)
+	if err != nil {
+		return usage{}, err
+	}
+	var u usage
+	for i, pid := range pids {
+		dir := filepath.Join("/proc", strconv.Itoa(pid))
+		b, err := os.ReadFile(filepath.Join(dir, "stat"))
+		if err != nil {
+			if i == 0 {
+				return usage{}, fmt.Errorf("process %d: %w", pid, err)
+			}
+			continue // a child that just went away
+		}
+		st, err := parseStat(b)
+		if err != nil {
+			return usage{}, fmt.Errorf("process %d: %w", pid, err)
+		}
+		io, err := readKV(filepath.Join(dir, "io"), "write_bytes")
+		if err != nil {
+			if i == 0 {
+				return usage{}, fmt.Errorf("process %d: %w", pid, err)
+			}
+			continue
+		}
+		u.CPUTicks += st.UTime + st.STime + st.CUTime + st.CSTime
+		u.WriteBytes += io["write_bytes"]
+		u.Procs++
+		if i == 0 {
+			if s, err := readKV(filepath.Join(dir, "status"), "VmHWM"); err == nil {
+				u.HWMKiB = s["VmHWM"]
+			}
+		}
+		if withMem {
+			if s, err := readKV(filepath.Join(dir, "status"), "VmRSS"); err == nil {
+				u.RSSKiB += s["VmRSS"]
+			}
+			if s, err := readKV(filepath.Join(dir, "smaps_rollup"), "Pss"); err == nil {
+				u.PSSKiB += s["Pss"]
+			}
+		}
+	}
+	return u, nil
+}
+
+func readKV(path string, keys ...string) (map[string]uint64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	m, err := parseKV(b, keys...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return m, nil
+}
+
+// descendants lists root first, then every live process below it.
+func descendants(root int) ([]int, error) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, fmt.Errorf("listing /proc: %w", err)
+	}
+	children := map[int][]int{}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		st, err := parseStat(b)
+		if err != nil {
+			continue
+		}
+		children[st.PPID] = append(children[st.PPID], pid)
+	}
+	out := []int{root}
+	for i := 0; i < len(out); i++ {
+		out = append(out, children[out[i]]...)
+	}
+	return out, nil
+}
