@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/emersion/go-smtp"
@@ -89,8 +90,20 @@ func Explain(err error) string {
 	if ue.Hint != "" {
 		return ue.Hint
 	}
+	if ue.Reply == nil {
+		// A reply that reached us only as text (a probe's detail, a
+		// wrapped error that lost its type).
+		if m := replyRE.FindStringSubmatch(err.Error()); m != nil {
+			code, _ := strconv.Atoi(m[1])
+			if h := explainReply(&smtp.SMTPError{Code: code, EnhancedCode: smtp.NoEnhancedCode, Message: m[2]}); h != "" {
+				return h
+			}
+		}
+	}
 	return explainNetwork(err)
 }
+
+var replyRE = regexp.MustCompile(`\b([245]\d\d)[ -]([245]\.\d{1,3}\.\d{1,3}\b.*)`)
 
 func explainToken(te *TokenError) string {
 	if h, ok := AADSTSHints[te.AADSTS]; ok {

@@ -135,7 +135,10 @@ func TestTokenErrorsExplained(t *testing.T) {
 		{"expired secret", m365test.App{ClientID: "app1", Secret: "s", SecretExpired: true}, func(o *m365.TokenOptions) { o.ClientSecret = []byte("s") }, "expired"},
 		{"unknown app", m365test.App{ClientID: "other", Secret: "s"}, func(o *m365.TokenOptions) { o.ClientSecret = []byte("s") }, "not found in this tenant"},
 		{"unknown tenant", m365test.App{ClientID: "app1", Secret: "s"}, func(o *m365.TokenOptions) { o.ClientSecret = []byte("s"); o.Tenant = "nope.test" }, "tenant was not found"},
-		{"bad scope", m365test.App{ClientID: "app1", Secret: "s"}, func(o *m365.TokenOptions) { o.ClientSecret = []byte("s"); o.Scope = "https://outlook.office.com/SMTP.Send" }, "scope is not valid"},
+		{"bad scope", m365test.App{ClientID: "app1", Secret: "s"}, func(o *m365.TokenOptions) {
+			o.ClientSecret = []byte("s")
+			o.Scope = "https://outlook.office.com/SMTP.Send"
+		}, "scope is not valid"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -32,6 +32,9 @@ type Options struct {
 	MessagesPerMinute int
 	Concurrency       int
 	RecipientsPerDay  int
+	// MaxRecipients, when set, counts a Deliver with more recipients as
+	// the several transactions the upstream will split it into.
+	MaxRecipients int
 	// MaxWait is the longest wait inside Deliver. Default 10s.
 	MaxWait time.Duration
 	// Cooldowns after throttling replies; defaults 1m (432 4.3.2, too
@@ -165,15 +168,23 @@ func (p *Paced) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.
 		defer func() { <-p.sem }()
 	}
 	n := len(msg.To)
-	var ms, ds *slot
+	txns := 1
+	if k := p.o.MaxRecipients; k > 0 && n > k {
+		txns = (n + k - 1) / k
+	}
+	var ms []*slot
+	var ds *slot
 	for {
 		p.mu.Lock()
 		now := p.o.Now()
-		wait, why := p.waitLocked(now, n)
+		wait, why := p.waitLocked(now, n, txns)
 		if wait <= 0 {
 			if p.o.MessagesPerMinute > 0 {
-				ms = &slot{t: now, n: 1}
-				p.minute = append(p.minute, ms)
+				for range txns {
+					s := &slot{t: now, n: 1}
+					ms = append(ms, s)
+					p.minute = append(p.minute, s)
+				}
 			}
 			if p.o.RecipientsPerDay > 0 {
 				ds = &slot{t: now, n: n}
@@ -200,10 +211,10 @@ func (p *Paced) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	end := p.o.Now()
-	if ms != nil {
+	for _, s := range ms {
 		// Count the message at its end so that two messages' acceptances
 		// are never closer than the window allows.
-		ms.t, ms.done = later(ms.t, end), true
+		s.t, s.done = later(s.t, end), true
 	}
 	if ds != nil {
 		ds.t, ds.done = later(ds.t, end), true
@@ -224,7 +235,7 @@ func (p *Paced) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.
 }
 
 // waitLocked is how long until a message of n recipients may start.
-func (p *Paced) waitLocked(now time.Time, n int) (time.Duration, string) {
+func (p *Paced) waitLocked(now time.Time, n, txns int) (time.Duration, string) {
 	var wait time.Duration
 	var why string
 	if now.Before(p.coolUntil) {
@@ -232,7 +243,7 @@ func (p *Paced) waitLocked(now time.Time, n int) (time.Duration, string) {
 	}
 	if lim := p.o.MessagesPerMinute; lim > 0 {
 		p.minute = prune(p.minute, now.Add(-time.Minute))
-		if len(p.minute) >= lim {
+		if len(p.minute)+txns > lim && len(p.minute) > 0 {
 			ts := make([]time.Time, len(p.minute))
 			for i, s := range p.minute {
 				ts[i] = s.t
@@ -241,7 +252,9 @@ func (p *Paced) waitLocked(now time.Time, n int) (time.Duration, string) {
 				}
 			}
 			slices.SortFunc(ts, time.Time.Compare)
-			if w := ts[len(ts)-lim].Add(time.Minute).Sub(now); w > wait {
+			// The oldest entries must leave until txns more fit.
+			k := min(len(ts)-1, max(0, len(ts)+txns-lim-1))
+			if w := ts[k].Add(time.Minute).Sub(now); w > wait {
 				wait, why = w, fmt.Sprintf("%d messages a minute", lim)
 			}
 		}

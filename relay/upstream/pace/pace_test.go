@@ -225,3 +225,19 @@ func TestPermanentPassesThrough(t *testing.T) {
 		t.Errorf("got %v, want permanent", err)
 	}
 }
+
+func TestSplitCountsAsSeveral(t *testing.T) {
+	c := &clock{now: time.Unix(1e9, 0)}
+	f := &fake{c: c}
+	p := Wrap(f, Options{MessagesPerMinute: 5, MaxRecipients: 2, Now: c.Now, Sleep: c.Sleep, MaxWait: time.Second})
+	// 5 recipients = 3 transactions; then only 2 more fit in the minute.
+	if _, err := p.Deliver(context.Background(), msg(5)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Deliver(context.Background(), msg(4)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Deliver(context.Background(), msg(1)); !errors.Is(err, ErrPaced) {
+		t.Fatalf("got %v, want a deferral", err)
+	}
+}

@@ -1,0 +1,253 @@
+// Package m365 builds the Microsoft 365 upstreams: client submission with
+// XOAUTH2 (client secret or certificate), client submission with a
+// password (legacy), connector relay and direct send to the tenant's MX
+// host, and Graph. Each comes wrapped so that Microsoft's replies carry a
+// plain-language hint, refusals of the relay's own identity wait for the
+// admin's fix instead of bouncing, and delivery is paced below Microsoft's
+// published limits (M365.md).
+package m365
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/upstream"
+	"github.com/siterelay/siterelay/relay/upstream/graph"
+	"github.com/siterelay/siterelay/relay/upstream/pace"
+)
+
+// Deps are what the composition provides.
+type Deps struct {
+	// Secret returns a secret by name from the secret store.
+	Secret func(name string) ([]byte, error)
+	// Clock defaults to time.Now; Sleep (pacing waits) to a real timer.
+	Clock func() time.Time
+	Sleep func(ctx context.Context, d time.Duration) error
+	// Logger never receives secrets or tokens.
+	Logger *slog.Logger
+	// HTTPClient talks to Entra and Graph; default a client with timeouts.
+	HTTPClient *http.Client
+	// Resolver is a DNS server host:port for MX and host lookups; "" means
+	// the system's.
+	Resolver string
+	// Dir resolves relative file names in the configuration (the state
+	// directory).
+	Dir string
+	// RootCAs verify the SMTP upstream; nil means the system roots.
+	RootCAs *x509.CertPool
+	// LocalName is the EHLO name.
+	LocalName string
+}
+
+func (d *Deps) defaults() {
+	if d.Clock == nil {
+		d.Clock = time.Now
+	}
+	if d.Logger == nil {
+		d.Logger = slog.New(slog.DiscardHandler)
+	}
+	if d.HTTPClient == nil {
+		d.HTTPClient = &http.Client{Timeout: 2 * time.Minute}
+	}
+}
+
+func (d *Deps) readFile(name string) ([]byte, error) {
+	if !filepath.IsAbs(name) && d.Dir != "" {
+		name = filepath.Join(d.Dir, name)
+	}
+	return os.ReadFile(name)
+}
+
+func (d *Deps) secret(key, name string) ([]byte, error) {
+	if d.Secret == nil {
+		return nil, fmt.Errorf("%s: no secret store", key)
+	}
+	b, err := d.Secret(name)
+	if err != nil {
+		// The store's error names the secret, never its value.
+		return nil, fmt.Errorf("%s: reading secret %q: %w", key, name, err)
+	}
+	return b, nil
+}
+
+// New builds the upstream of a Microsoft 365 kind from a validated
+// configuration, already behind pace with the configured limits.
+func New(kind string, cfg config.M365, d Deps) (upstream.Upstream, error) {
+	d.defaults()
+	log := d.Logger.With("upstream", kind)
+	var inner upstream.Upstream
+	var tokens *TokenSource
+	var check func(string) error
+	var err error
+	switch kind {
+	case "m365-oauth", "graph":
+		tokens, err = newTokens(cfg, d, log)
+		if err != nil {
+			return nil, err
+		}
+		if kind == "graph" {
+			inner, err = graph.New(graph.Options{BaseURL: cfg.GraphURL, Mailbox: cfg.Mailbox, Tokens: tokens,
+				HTTPClient: d.HTTPClient, Concurrency: cfg.Limits.Concurrency, MaxRecipients: cfg.Limits.MaxRecipients,
+				MaxSize: cfg.Limits.MaxMessageBytes, Logger: log})
+		} else {
+			inner, err = newSubmission(cfg, d, log, tokens, nil)
+		}
+	case "m365-password":
+		var pw []byte
+		pw, err = d.secret("upstream.m365.password_secret", cfg.PasswordSecret)
+		if err == nil {
+			inner, err = newSubmission(cfg, d, log, nil, pw)
+		}
+	case "m365-connector", "m365-direct":
+		inner, err = newMX(cfg, d, log, kind)
+		if kind == "m365-direct" {
+			check = DirectSendChecker(cfg.AcceptedDomains)
+		}
+	default:
+		return nil, fmt.Errorf("m365: unknown kind %q", kind)
+	}
+	if err != nil {
+		return nil, err
+	}
+	e := &explained{inner: inner, tokens: tokens, check: check, log: log}
+	l := cfg.Limits
+	return pace.Wrap(e, pace.Options{MessagesPerMinute: l.MessagesPerMinute, Concurrency: l.Concurrency,
+		RecipientsPerDay: l.RecipientsPerDay, MaxRecipients: l.MaxRecipients, Now: d.Clock, Sleep: d.Sleep, Logger: log}), nil
+}
+
+func newTokens(cfg config.M365, d Deps, log *slog.Logger) (*TokenSource, error) {
+	o := TokenOptions{BaseURL: cfg.TokenURL, Tenant: cfg.Tenant, ClientID: cfg.ClientID, Scope: cfg.Scope,
+		Alg: cfg.AssertionAlg, HTTPClient: d.HTTPClient, Clock: d.Clock, Logger: log}
+	if cfg.ClientSecretSecret != "" {
+		s, err := d.secret("upstream.m365.client_secret_secret", cfg.ClientSecretSecret)
+		if err != nil {
+			return nil, err
+		}
+		o.ClientSecret = []byte(strings.TrimSpace(string(s)))
+	} else {
+		c, err := d.readFile(cfg.CertificateFile)
+		if err != nil {
+			return nil, fmt.Errorf("upstream.m365.certificate_file: %w", err)
+		}
+		if o.Certificate, err = ParseCertificate(c); err != nil {
+			return nil, fmt.Errorf("upstream.m365.certificate_file: %w", err)
+		}
+		k, err := d.secret("upstream.m365.certificate_key_secret", cfg.CertificateKeySecret)
+		if err != nil {
+			return nil, err
+		}
+		if o.Key, err = ParsePrivateKey(k); err != nil {
+			return nil, fmt.Errorf("upstream.m365.certificate_key_secret: %w", err)
+		}
+	}
+	return NewTokenSource(o)
+}
+
+// DirectSendChecker refuses recipients outside the tenant's domains at
+// RCPT: direct send cannot reach them, and a refusal now beats a bounce.
+func DirectSendChecker(domains []string) func(string) error {
+	return func(rcpt string) error {
+		at := strings.LastIndexByte(rcpt, '@')
+		dom := strings.ToLower(strings.TrimSuffix(rcpt[at+1:], "."))
+		for _, d := range domains {
+			if strings.EqualFold(d, dom) {
+				return nil
+			}
+		}
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 54},
+			Message: fmt.Sprintf("This relay sends by Microsoft 365 direct send, which reaches only %s; %s cannot be reached this way (ask the admin for a connector)", strings.Join(domains, ", "), dom)}
+	}
+}
+
+// explained adds hints, keeps relay-side refusals temporary, and offers a
+// token step in probes.
+type explained struct {
+	inner  upstream.Upstream
+	tokens *TokenSource
+	check  func(string) error
+	log    *slog.Logger
+}
+
+func (e *explained) Limits() upstream.Limits { return e.inner.Limits() }
+func (e *explained) Close() error            { return e.inner.Close() }
+
+func (e *explained) CheckRecipient(rcpt string) error {
+	if e.check == nil {
+		return nil
+	}
+	return e.check(rcpt)
+}
+
+// identityRefusals are replies about the relay's own credentials or
+// connector, not about the message: the mail waits for the admin's fix
+// (and its lifetime), it does not bounce.
+var identityRefusals = []string{"5.7.3", "5.7.139", "5.7.30", "5.7.57", "5.7.64", "5.7.68", "5.7.708", "5.7.705"}
+
+func (e *explained) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.RcptResult, error) {
+	res, err := e.inner.Deliver(ctx, msg)
+	if err != nil {
+		ue := upstream.Classify(WithHint(err))
+		if ue.Permanent && ue.Reply != nil {
+			for _, c := range identityRefusals {
+				if enhanced(ue.Reply) == c {
+					c := *ue
+					c.Permanent = false
+					ue = &c
+					break
+				}
+			}
+		}
+		e.log.Warn("delivery failed", "queue_id", msg.QueueID, "status", ue.Error(), "permanent", ue.Permanent, "hint", ue.Hint)
+		return res, ue
+	}
+	for i := range res {
+		if res[i].Err != nil {
+			res[i].Err = WithHint(res[i].Err)
+			ue := upstream.Classify(res[i].Err)
+			e.log.Warn("recipient refused", "queue_id", msg.QueueID, "rcpt", res[i].Rcpt, "status", ue.Error(), "hint", ue.Hint)
+		}
+	}
+	return res, nil
+}
+
+func (e *explained) Probe(ctx context.Context) ([]upstream.Step, error) {
+	var steps []upstream.Step
+	if e.tokens != nil {
+		st := upstream.Step{Name: "token from " + e.tokens.endpoint}
+		if _, err := e.tokens.Token(ctx); err != nil {
+			st.Detail = upstream.Status(err)
+			if h := Explain(err); h != "" {
+				st.Detail += " — " + h
+			}
+			return append(steps, st), nil
+		}
+		st.OK, st.Detail = true, "obtained for client "+e.tokens.o.ClientID+", scope "+e.tokens.o.Scope
+		steps = append(steps, st)
+	}
+	p, ok := e.inner.(upstream.Prober)
+	if !ok {
+		return steps, nil
+	}
+	ps, err := p.Probe(ctx)
+	for i := range ps {
+		if !ps[i].OK && !strings.Contains(ps[i].Detail, " — ") {
+			if h := Explain(errors.New(ps[i].Detail)); h != "" {
+				ps[i].Detail += " — " + h
+			}
+		}
+	}
+	if err != nil {
+		err = WithHint(err)
+	}
+	return append(steps, ps...), err
+}

@@ -1,0 +1,581 @@
+package m365_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/upstream"
+	"github.com/siterelay/siterelay/relay/upstream/m365"
+	"github.com/siterelay/siterelay/relay/upstream/m365test"
+	"github.com/siterelay/siterelay/relay/upstream/pace"
+)
+
+const (
+	tenant  = "contoso.test"
+	mailbox = "scanner@contoso.test"
+	secret  = "Xy7~client.secret-VALUE-0123456789"
+	pw      = "hunter2-mailbox-password"
+)
+
+// env is a whole fake Microsoft 365 with a log sink for the secrets test.
+type env struct {
+	t       *testing.T
+	clock   *m365test.Clock
+	ca      *m365test.CA
+	entra   *m365test.Entra
+	x       *m365test.Exchange
+	logs    *syncBuffer
+	secrets map[string][]byte
+	dir     string
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+func newEnv(t *testing.T, xo m365test.ExchangeOptions) *env {
+	e := &env{t: t, clock: m365test.NewClock(), ca: m365test.NewCA(t), logs: &syncBuffer{}, secrets: map[string][]byte{}, dir: t.TempDir()}
+	e.entra = m365test.NewEntra(t, tenant, e.clock.Now)
+	e.entra.AddApp(m365test.App{ClientID: "app1", Secret: secret})
+	xo.CA, xo.Clock, xo.Entra = e.ca, e.clock.Now, e.entra
+	e.x = m365test.NewExchange(t, xo)
+	e.x.Grant("app1", mailbox)
+	e.secrets["m365-secret"] = []byte(secret + "\n")
+	e.secrets["pw"] = []byte(pw)
+	return e
+}
+
+func (e *env) port() int {
+	_, p, _ := net.SplitHostPort(e.x.Addr)
+	n, _ := strconv.Atoi(p)
+	return n
+}
+
+func (e *env) deps(resolver string) m365.Deps {
+	return m365.Deps{
+		Secret: func(name string) ([]byte, error) {
+			if b, ok := e.secrets[name]; ok {
+				return b, nil
+			}
+			return nil, errors.New("no such secret")
+		},
+		Clock: e.clock.Now, Sleep: e.clock.Sleep,
+		Logger:     slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		HTTPClient: e.entra.Client(), Resolver: resolver, Dir: e.dir, RootCAs: e.ca.Pool, LocalName: "relay.test",
+	}
+}
+
+// validated runs the configuration through the real parser.
+func validated(t *testing.T, kind string, m config.M365) config.M365 {
+	c := config.Default()
+	c.Upstream = config.Upstream{Kind: kind, M365: m}
+	c.SetDefaults()
+	if errs := c.Validate(); len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	return c.Upstream.M365
+}
+
+func (e *env) oauth(m config.M365) config.M365 {
+	m.Tenant, m.ClientID, m.Mailbox = tenant, "app1", mailbox
+	if m.ClientSecretSecret == "" && m.CertificateFile == "" {
+		m.ClientSecretSecret = "m365-secret"
+	}
+	m.TokenURL, m.SMTPHost, m.SMTPPort = e.entra.URL, "127.0.0.1", e.port()
+	return validated(e.t, "m365-oauth", m)
+}
+
+func newMsg(i int, from string, to ...string) *upstream.Message {
+	b := []byte(fmt.Sprintf("From: %s\r\nTo: %s\r\nSubject: alarm %d\r\nMessage-ID: <%d@plant>\r\n\r\nline 4 stopped\r\n", from, strings.Join(to, ", "), i, i))
+	return &upstream.Message{QueueID: fmt.Sprint("q", i), From: from, To: to, Size: int64(len(b)), Body: bytes.NewReader(b)}
+}
+
+// deliverAll works like the scheduler: workers take messages, a deferral
+// or temporary failure puts the message back after RetryAfter (virtual
+// time), a permanent failure fails the test.
+func deliverAll(t *testing.T, e *env, up upstream.Upstream, msgs []*upstream.Message, workers int) (temporary int) {
+	t.Helper()
+	queue := make(chan *upstream.Message, len(msgs))
+	for _, m := range msgs {
+		queue <- m
+	}
+	var mu sync.Mutex
+	left := len(msgs)
+	var wg sync.WaitGroup
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for range workers {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				var m *upstream.Message
+				select {
+				case m = <-queue:
+				default:
+					mu.Lock()
+					done := left == 0
+					mu.Unlock()
+					if done {
+						return
+					}
+					runtimeYield()
+					continue
+				}
+				res, err := up.Deliver(ctx, m)
+				if err == nil {
+					for _, r := range res {
+						if r.Err != nil {
+							err = r.Err
+						}
+					}
+				}
+				if err == nil {
+					mu.Lock()
+					left--
+					mu.Unlock()
+					continue
+				}
+				ue := upstream.Classify(err)
+				if ue.Permanent {
+					t.Errorf("message %s: permanent failure %v", m.QueueID, err)
+					mu.Lock()
+					left--
+					mu.Unlock()
+					continue
+				}
+				mu.Lock()
+				if !errors.Is(err, pace.ErrPaced) {
+					temporary++
+				}
+				mu.Unlock()
+				e.clock.Sleep(ctx, max(ue.RetryAfter, time.Second))
+				queue <- m
+			}
+		})
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		t.Fatalf("not all messages delivered in time (%d left)", left)
+	}
+	return temporary
+}
+
+func runtimeYield() { time.Sleep(0) }
+
+func maxPerMinute(rs []m365test.Received) int {
+	most := 0
+	for i := range rs {
+		n := 0
+		for j := range rs {
+			if d := rs[j].At.Sub(rs[i].At); d >= 0 && d < time.Minute {
+				n++
+			}
+		}
+		most = max(most, n)
+	}
+	return most
+}
+
+// TestOAuthThousandMessages is the issue's proof: 1,000 messages through
+// XOAUTH2 with tokens expiring every 10 (virtual) minutes, at most 30
+// accepted per minute, at most 3 sessions, nothing lost.
+func TestOAuthThousandMessages(t *testing.T) {
+	e := newEnv(t, m365test.ExchangeOptions{})
+	e.entra.TTL = 10 * time.Minute
+	up, err := m365.New("m365-oauth", e.oauth(config.M365{}), e.deps(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	if l := up.Limits(); l.Concurrency != 3 || l.MessagesPerMinute != 30 || l.RecipientsPerDay != 10000 || l.MaxRecipients != 500 {
+		t.Errorf("limits %+v", l)
+	}
+	const n = 1000
+	var msgs []*upstream.Message
+	for i := range n {
+		msgs = append(msgs, newMsg(i, mailbox, "ops@fabrikam.test"))
+	}
+	start := e.clock.Now()
+	temporary := deliverAll(t, e, up, msgs, 3)
+	elapsed := e.clock.Now().Sub(start)
+	got := e.x.Received()
+	seen := map[string]bool{}
+	for _, r := range got {
+		seen[string(r.Data[bytes.Index(r.Data, []byte("Message-ID")):][:20])] = true
+	}
+	if len(got) != n || len(seen) != n {
+		t.Fatalf("received %d (%d distinct), want %d", len(got), len(seen), n)
+	}
+	if v := e.x.Violations(); len(v) > 0 {
+		t.Errorf("the fake had to enforce limits: %v", v[:min(3, len(v))])
+	}
+	if m := maxPerMinute(got); m > 30 {
+		t.Errorf("%d messages accepted within one minute, want at most 30", m)
+	}
+	if p := e.x.PeakSessions(mailbox); p > 3 {
+		t.Errorf("%d sessions at once, want at most 3", p)
+	}
+	if temporary > 0 {
+		t.Errorf("%d temporary failures (throttling or auth), want none", temporary)
+	}
+	tokens := e.entra.Issued()
+	t.Logf("FIGURES: %d messages in %v virtual time; tokens issued %d (%.1f per hour, token lifetime %v); upstream connections %d per 1000 messages",
+		n, elapsed.Round(time.Second), tokens, float64(tokens)/elapsed.Hours(), e.entra.TTL, e.x.Connections()*1000/n)
+	if tokens < 2 {
+		t.Errorf("tokens %d: want renewals during the run", tokens)
+	}
+	assertNoSecrets(t, e)
+}
+
+func TestTokenEndpointDownMailWaits(t *testing.T) {
+	e := newEnv(t, m365test.ExchangeOptions{})
+	up, err := m365.New("m365-oauth", e.oauth(config.M365{}), e.deps(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	e.entra.SetDown(true)
+	for i := range 3 {
+		_, err := up.Deliver(context.Background(), newMsg(i, mailbox, "ops@fabrikam.test"))
+		ue := upstream.Classify(err)
+		if err == nil || ue.Permanent || ue.Hint == "" {
+			t.Fatalf("attempt %d while Entra is down: got %v (permanent %v, hint %q), want temporary with a hint", i, err, ue.Permanent, ue.Hint)
+		}
+		e.clock.Advance(ue.RetryAfter)
+	}
+	e.entra.SetDown(false)
+	var msgs []*upstream.Message
+	for i := range 10 {
+		msgs = append(msgs, newMsg(i, mailbox, "ops@fabrikam.test"))
+	}
+	deliverAll(t, e, up, msgs, 3)
+	if got := len(e.x.Received()); got != 10 {
+		t.Fatalf("received %d, want 10", got)
+	}
+}
+
+func TestThrottlingKeepsMail(t *testing.T) {
+	e := newEnv(t, m365test.ExchangeOptions{})
+	up, err := m365.New("m365-oauth", e.oauth(config.M365{}), e.deps(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	e.x.Script(m365test.AtMail, m365test.ErrThreadLimit)
+	e.x.Script(m365test.AtData, m365test.ErrIPThrottled, m365test.ErrQuota)
+	var msgs []*upstream.Message
+	for i := range 60 {
+		msgs = append(msgs, newMsg(i, mailbox, "ops@fabrikam.test"))
+	}
+	temporary := deliverAll(t, e, up, msgs, 3)
+	if got := len(e.x.Received()); got != 60 {
+		t.Fatalf("received %d, want 60", got)
+	}
+	if temporary != 3 {
+		t.Errorf("%d temporary failures, want the 3 scripted ones", temporary)
+	}
+	if v := e.x.Violations(); len(v) > 0 {
+		t.Errorf("violations after cooling down: %v", v)
+	}
+}
+
+// TestRepliesExplained: each scripted Exchange reply reaches the caller
+// with its hint, and refusals of the relay's own identity stay temporary.
+func TestRepliesExplained(t *testing.T) {
+	tests := []struct {
+		stage     string
+		reply     *smtp.SMTPError
+		permanent bool
+		hint      string
+	}{
+		{m365test.AtAuth, m365test.ErrAuthFailed, false, "New-ServicePrincipal"},
+		{m365test.AtAuth, m365test.ErrBasicOff, false, "move to OAuth"},
+		{m365test.AtAuth, m365test.ErrBasicRetired, false, "move to OAuth"},
+		{m365test.AtMail, m365test.ErrNotAuthed, false, "m365-oauth"},
+		{m365test.AtMail, m365test.ErrSendAs, true, "SendAs"},
+		{m365test.AtMail, m365test.ErrTenantAttr, false, "connector"},
+		{m365test.AtMail, m365test.ErrRejectDirect, false, "RejectDirectSend"},
+		{m365test.AtMail, m365test.ErrThreadLimit, false, "3 connections"},
+		{m365test.AtData, m365test.ErrIPThrottled, false, "throttling"},
+		{m365test.AtData, m365test.ErrQuota, false, "10,000"},
+		{m365test.AtData, m365test.ErrTooBig, true, "too large"},
+		{m365test.AtRcpt, &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 10}, Message: "RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup"}, true, "does not exist"},
+		{m365test.AtRcpt, &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 4, 1}, Message: "Recipient address rejected: Access denied"}, true, "edge blocking"},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%s %d %v", tt.stage, tt.reply.Code, tt.reply.EnhancedCode), func(t *testing.T) {
+			e := newEnv(t, m365test.ExchangeOptions{})
+			up, err := m365.New("m365-oauth", e.oauth(config.M365{}), e.deps(""))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer up.Close()
+			e.x.Script(tt.stage, tt.reply)
+			res, err := up.Deliver(context.Background(), newMsg(1, mailbox, "ops@fabrikam.test"))
+			if err == nil && len(res) == 1 {
+				err = res[0].Err
+			}
+			ue := upstream.Classify(err)
+			if ue == nil {
+				t.Fatal("delivered despite the scripted reply")
+			}
+			if ue.Permanent != tt.permanent || !strings.Contains(ue.Hint, tt.hint) {
+				t.Errorf("got %v permanent=%v hint %q; want permanent=%v and %q", err, ue.Permanent, ue.Hint, tt.permanent, tt.hint)
+			}
+			if !strings.Contains(upstream.Status(err), strconv.Itoa(tt.reply.Code)) {
+				t.Errorf("status %q lost the reply", upstream.Status(err))
+			}
+		})
+	}
+}
+
+func TestCertificateAssertionUpstream(t *testing.T) {
+	e := newEnv(t, m365test.ExchangeOptions{})
+	certPEM, keyPEM, cert := e.ca.RSA(t, "relay-app")
+	e.entra.AddApp(m365test.App{ClientID: "app2", Cert: cert.Leaf})
+	e.x.Grant("app2", mailbox)
+	os.WriteFile(filepath.Join(e.dir, "app.pem"), certPEM, 0o644)
+	e.secrets["app-key"] = keyPEM
+	m := e.oauth(config.M365{CertificateFile: "app.pem", CertificateKeySecret: "app-key"})
+	m.ClientID = "app2"
+	up, err := m365.New("m365-oauth", m, e.deps(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	if _, err := up.Deliver(context.Background(), newMsg(1, mailbox, "ops@fabrikam.test")); err != nil {
+		t.Fatal(err)
+	}
+	assertNoSecrets(t, e)
+}
+
+func TestPasswordLegacy(t *testing.T) {
+	e := newEnv(t, m365test.ExchangeOptions{Passwords: map[string]string{mailbox: pw}})
+	m := validated(t, "m365-password", config.M365{Mailbox: mailbox, PasswordSecret: "pw", SMTPHost: "127.0.0.1", SMTPPort: e.port()})
+	up, err := m365.New("m365-password", m, e.deps(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	if _, err := up.Deliver(context.Background(), newMsg(1, mailbox, "ops@fabrikam.test")); err != nil {
+		t.Fatal(err)
+	}
+	// The tenant turns basic auth off.
+	e2 := newEnv(t, m365test.ExchangeOptions{})
+	m.SMTPPort = e2.port()
+	up2, _ := m365.New("m365-password", m, e2.deps(""))
+	defer up2.Close()
+	_, err = up2.Deliver(context.Background(), newMsg(1, mailbox, "ops@fabrikam.test"))
+	if ue := upstream.Classify(err); ue == nil || ue.Permanent || !strings.Contains(ue.Hint, "move to OAuth") {
+		t.Fatalf("got %v, want a temporary 5.7.139 with the OAuth hint", err)
+	}
+	e.secrets, e2.secrets = nil, nil
+	assertNoSecrets(t, e)
+	assertNoSecrets(t, e2)
+}
+
+func mxEnv(t *testing.T, xo m365test.ExchangeOptions) (*env, *m365test.DNS) {
+	xo.MX, xo.Hostname = true, "contoso-test.mail.protection.outlook.test"
+	e := newEnv(t, xo)
+	d := m365test.NewDNS(t,
+		"contoso.test. 300 IN MX 0 contoso-test.mail.protection.outlook.test.",
+		"contoso-test.mail.protection.outlook.test. 300 IN A 127.0.0.1")
+	return e, d
+}
+
+func TestConnectorCertificate(t *testing.T) {
+	e, d := mxEnv(t, m365test.ExchangeOptions{ConnectorDomains: []string{"contoso.test"}, RequireConnector: true})
+	client := e.ca.Client(t, "contoso.test")
+	der, _ := x509MarshalKey(client.PrivateKey)
+	os.WriteFile(filepath.Join(e.dir, "connector.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: client.Certificate[0]}), 0o644)
+	e.secrets["connector-key"] = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	m := validated(t, "m365-connector", config.M365{Domain: "contoso.test", SMTPPort: e.port(),
+		ConnectorCertificateFile: "connector.pem", ConnectorKeySecret: "connector-key"})
+	up, err := m365.New("m365-connector", m, e.deps(d.Addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	if _, err := up.Deliver(context.Background(), newMsg(1, "printer@fabrikam-plant.test", "ops@elsewhere.test")); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.x.Received(); len(got) != 1 || got[0].Connector != "certificate:contoso.test" {
+		t.Fatalf("received %+v", got)
+	}
+	// Without the certificate the connector does not match: 5.7.64, kept.
+	m.ConnectorCertificateFile, m.ConnectorKeySecret = "", ""
+	up2, _ := m365.New("m365-connector", m, e.deps(d.Addr))
+	defer up2.Close()
+	_, err = up2.Deliver(context.Background(), newMsg(2, "printer@fabrikam-plant.test", "ops@elsewhere.test"))
+	if ue := upstream.Classify(err); ue == nil || ue.Permanent || !strings.Contains(ue.Hint, "connector") {
+		t.Fatalf("got %v, want a temporary 5.7.64 with the connector hint", err)
+	}
+	assertNoSecrets(t, e)
+}
+
+func TestDirectSend(t *testing.T) {
+	e, d := mxEnv(t, m365test.ExchangeOptions{TenantDomains: []string{"contoso.test"}})
+	m := validated(t, "m365-direct", config.M365{Domain: "contoso.test", SMTPPort: e.port()})
+	up, err := m365.New("m365-direct", m, e.deps(d.Addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	rc, ok := up.(upstream.RecipientChecker)
+	if !ok {
+		t.Fatal("direct send must be a RecipientChecker")
+	}
+	if err := rc.CheckRecipient("ops@contoso.test"); err != nil {
+		t.Errorf("tenant recipient refused: %v", err)
+	}
+	err = rc.CheckRecipient("someone@fabrikam.test")
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) || se.Code != 550 || se.EnhancedCode != (smtp.EnhancedCode{5, 7, 54}) || !strings.Contains(se.Message, "contoso.test") {
+		t.Errorf("outside recipient: got %v", err)
+	}
+	if _, err := up.Deliver(context.Background(), newMsg(1, "printer@contoso.test", "ops@contoso.test")); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.x.Received(); len(got) != 1 || got[0].Connector != "" {
+		t.Fatalf("received %+v", got)
+	}
+}
+
+func TestMXNotFoundWaits(t *testing.T) {
+	e, _ := mxEnv(t, m365test.ExchangeOptions{})
+	empty := m365test.NewDNS(t)
+	m := validated(t, "m365-connector", config.M365{Domain: "contoso.test", SMTPPort: e.port()})
+	up, err := m365.New("m365-connector", m, e.deps(empty.Addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	_, err = up.Deliver(context.Background(), newMsg(1, "a@contoso.test", "b@contoso.test"))
+	if ue := upstream.Classify(err); ue == nil || ue.Permanent || !strings.Contains(ue.Hint, "MX") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestGraphThroughNew(t *testing.T) {
+	e := newEnv(t, m365test.ExchangeOptions{})
+	g := m365test.NewGraph(t, e.entra)
+	g.Grant("app1", mailbox)
+	m := validated(t, "graph", config.M365{Tenant: tenant, ClientID: "app1", ClientSecretSecret: "m365-secret", Mailbox: mailbox,
+		TokenURL: e.entra.URL, GraphURL: g.URL})
+	d := e.deps("")
+	d.HTTPClient = g.Client() // the fakes share httptest's certificate
+	up, err := m365.New("graph", m, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	if l := up.Limits(); l.Concurrency != 4 {
+		t.Errorf("limits %+v", l)
+	}
+	var msgs []*upstream.Message
+	for i := range 20 {
+		msgs = append(msgs, newMsg(i, mailbox, "ops@fabrikam.test"))
+	}
+	g.Throttle(30 * time.Second)
+	deliverAll(t, e, up, msgs, 4)
+	if got := len(g.Sent()); got != 20 {
+		t.Fatalf("sent %d, want 20", got)
+	}
+	if p := g.Peak(); p > 4 {
+		t.Errorf("peak %d concurrent Graph requests", p)
+	}
+	assertNoSecrets(t, e)
+}
+
+func TestNewErrors(t *testing.T) {
+	e := newEnv(t, m365test.ExchangeOptions{})
+	tests := []struct {
+		name string
+		kind string
+		m    config.M365
+		want string
+	}{
+		{"missing secret", "m365-oauth", e.oauth(config.M365{ClientSecretSecret: "nope"}), `reading secret "nope"`},
+		{"missing certificate", "m365-oauth", e.oauth(config.M365{CertificateFile: "none.pem", CertificateKeySecret: "k"}), "certificate_file"},
+		{"missing password", "m365-password", config.M365{Mailbox: mailbox, PasswordSecret: "nope", SMTPHost: "h", SMTPPort: 1}, "password_secret"},
+		{"bad connector pair", "m365-connector", config.M365{Domain: "c.test", ConnectorCertificateFile: "none.pem", ConnectorKeySecret: "k"}, "connector_certificate_file"},
+		{"unknown kind", "m365-carrier-pigeon", config.M365{}, "unknown kind"},
+	}
+	for _, tt := range tests {
+		if _, err := m365.New(tt.kind, tt.m, e.deps("")); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: got %v, want %q", tt.name, err, tt.want)
+		}
+	}
+}
+
+// assertNoSecrets greps the logs for every secret and token.
+func assertNoSecrets(t *testing.T, e *env) {
+	t.Helper()
+	logs := e.logs.String()
+	if logs == "" {
+		t.Error("no logs written: the test proves nothing")
+	}
+	needles := []string{secret, pw}
+	for _, b := range e.secrets {
+		if s := strings.TrimSpace(string(b)); len(s) > 8 {
+			needles = append(needles, s)
+			if blk, _ := pem.Decode(b); blk != nil {
+				needles = append(needles, string(pem.EncodeToMemory(blk))[40:80])
+			}
+		}
+	}
+	needles = append(needles, e.entra.Tokens()...)
+	for _, n := range needles {
+		if strings.Contains(logs, n) {
+			t.Errorf("a secret or token appears in the logs: %.12s…", n)
+		}
+	}
+}
+
+// TestFigureSteadyLoad measures tokens per hour with Entra's usual
+// lifetime (3599 s) under three hours of steady load at the pacing limit.
+func TestFigureSteadyLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("figure")
+	}
+	e := newEnv(t, m365test.ExchangeOptions{})
+	up, err := m365.New("m365-oauth", e.oauth(config.M365{}), e.deps(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	const n = 5400 // three hours at 30 a minute
+	var msgs []*upstream.Message
+	for i := range n {
+		msgs = append(msgs, newMsg(i, mailbox, "ops@fabrikam.test"))
+	}
+	start := e.clock.Now()
+	deliverAll(t, e, up, msgs, 3)
+	hours := e.clock.Now().Sub(start).Hours()
+	if got := len(e.x.Received()); got != n {
+		t.Fatalf("received %d", got)
+	}
+	t.Logf("FIGURES: steady load %d messages over %.1f h: %d tokens (%.2f per hour, lifetime 3599 s), %d connections (%.1f per 1000 messages), %d limit violations",
+		n, hours, e.entra.Issued(), float64(e.entra.Issued())/hours, e.x.Connections(), float64(e.x.Connections())*1000/n, len(e.x.Violations()))
+}

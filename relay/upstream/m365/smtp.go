@@ -1,0 +1,161 @@
+package m365
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/upstream"
+	"github.com/siterelay/siterelay/relay/upstream/smtpup"
+)
+
+// newSubmission is client submission to smtp.office365.com:587 with
+// STARTTLS and TLS 1.2+, authenticated by XOAUTH2 (tokens) or, legacy, by
+// AUTH LOGIN with a password.
+func newSubmission(cfg config.M365, d Deps, log *slog.Logger, tokens *TokenSource, password []byte) (upstream.Upstream, error) {
+	o := smtpOptions(cfg, d, log, net.JoinHostPort(cfg.SMTPHost, strconv.Itoa(cfg.SMTPPort)), cfg.SMTPHost)
+	o.Auth.Username = cfg.Mailbox
+	if tokens != nil {
+		o.Auth.Mechanism, o.Auth.TokenSource = "xoauth2", tokens
+	} else {
+		o.Auth.Mechanism, o.Auth.Password = "login", string(password)
+	}
+	u, err := smtpup.New(o)
+	if err != nil {
+		return nil, fmt.Errorf("m365: %w", err)
+	}
+	return u, nil
+}
+
+func smtpOptions(cfg config.M365, d Deps, log *slog.Logger, addr, serverName string) smtpup.Options {
+	o := smtpup.Options{
+		Addr:          addr,
+		TLS:           "starttls",
+		MinTLS:        tls.VersionTLS12,
+		RootCAs:       d.RootCAs,
+		ServerName:    serverName,
+		LocalName:     d.LocalName,
+		Concurrency:   cfg.Limits.Concurrency,
+		MaxRecipients: cfg.Limits.MaxRecipients,
+		MaxSize:       cfg.Limits.MaxMessageBytes,
+		Clock:         d.Clock,
+		Logger:        log,
+		// Pacing pauses up to a minute between bursts; keeping
+		// connections that long saves a TLS handshake and a login per
+		// burst (smtpup retries once when the server closed one).
+		IdleTimeout: 90 * time.Second,
+	}
+	if d.Resolver != "" {
+		r := &Resolver{Server: d.Resolver}
+		o.Dialer = r.Dial
+	}
+	return o
+}
+
+// newMX is connector relay or direct send to the tenant's MX host, found
+// in DNS on first use (a relay that starts while DNS is down waits rather
+// than fails), STARTTLS required, with the connector's client certificate
+// when one is configured.
+func newMX(cfg config.M365, d Deps, log *slog.Logger, kind string) (upstream.Upstream, error) {
+	var cert *tls.Certificate
+	if cfg.ConnectorCertificateFile != "" {
+		c, err := d.readFile(cfg.ConnectorCertificateFile)
+		if err != nil {
+			return nil, fmt.Errorf("upstream.m365.connector_certificate_file: %w", err)
+		}
+		k, err := d.secret("upstream.m365.connector_key_secret", cfg.ConnectorKeySecret)
+		if err != nil {
+			return nil, err
+		}
+		pair, err := tls.X509KeyPair(c, k)
+		if err != nil {
+			// tls's messages describe the mismatch, never the key.
+			return nil, fmt.Errorf("upstream.m365.connector_certificate_file: certificate and key do not form a pair: %w", err)
+		}
+		cert = &pair
+	}
+	return &mxUpstream{cfg: cfg, d: d, log: log, cert: cert}, nil
+}
+
+type mxUpstream struct {
+	cfg  config.M365
+	d    Deps
+	log  *slog.Logger
+	cert *tls.Certificate
+
+	mu    sync.Mutex
+	inner *smtpup.Upstream
+	host  string
+}
+
+func (m *mxUpstream) get(ctx context.Context) (*smtpup.Upstream, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.inner != nil {
+		return m.inner, nil
+	}
+	host := m.cfg.MXHost
+	if host == "" {
+		r := &Resolver{Server: m.d.Resolver}
+		hosts, err := r.MX(ctx, m.cfg.Domain)
+		if err != nil {
+			return nil, &upstream.Error{Err: fmt.Errorf("finding the MX host of %s: %w", m.cfg.Domain, err),
+				Hint: "The tenant's MX host could not be found in DNS: check the relay's DNS servers and the domain's MX record, or set upstream.m365.mx_host."}
+		}
+		host = hosts[0]
+	}
+	o := smtpOptions(m.cfg, m.d, m.log, net.JoinHostPort(host, strconv.Itoa(m.cfg.SMTPPort)), host)
+	o.ClientCertificate = m.cert
+	u, err := smtpup.New(o)
+	if err != nil {
+		return nil, &upstream.Error{Err: fmt.Errorf("m365: %w", err)}
+	}
+	m.inner, m.host = u, host
+	m.log.Info("MX host found", "domain", m.cfg.Domain, "host", host)
+	return u, nil
+}
+
+func (m *mxUpstream) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.RcptResult, error) {
+	u, err := m.get(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return u.Deliver(ctx, msg)
+}
+
+func (m *mxUpstream) Limits() upstream.Limits {
+	l := m.cfg.Limits
+	return upstream.Limits{Concurrency: l.Concurrency, MaxRecipients: l.MaxRecipients, MaxSize: l.MaxMessageBytes}
+}
+
+func (m *mxUpstream) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.inner != nil {
+		return m.inner.Close()
+	}
+	return nil
+}
+
+func (m *mxUpstream) Probe(ctx context.Context) ([]upstream.Step, error) {
+	st := upstream.Step{Name: "MX host of " + m.cfg.Domain}
+	u, err := m.get(ctx)
+	if err != nil {
+		st.Detail = upstream.Status(err) + " — " + Explain(err)
+		return []upstream.Step{st}, nil
+	}
+	st.OK, st.Detail = true, m.host
+	steps := []upstream.Step{st}
+	var p upstream.Upstream = u
+	if pr, ok := p.(upstream.Prober); ok {
+		ps, err := pr.Probe(ctx)
+		return append(steps, ps...), err
+	}
+	return steps, nil
+}
