@@ -194,7 +194,11 @@ func (r *Relay) Flush() { r.sched.Kick() }
 // Run serves until ctx ends, then stops the listeners (waiting up to 10 s
 // for sessions in DATA), lets attempts in flight end and closes the state.
 func (r *Relay) Run(ctx context.Context) error {
-	r.log.Info("relay starting", "listeners", r.Addrs(), "upstream", r.upName, "queued", r.spool.Stats().Messages)
+	addrs := make([]string, len(r.listeners))
+	for i, a := range r.Addrs() {
+		addrs[i] = a.String()
+	}
+	r.log.Info("relay starting", "listeners", addrs, "upstream", r.upName, "queued", r.spool.Stats().Messages)
 	var wg sync.WaitGroup
 	errc := make(chan error, len(r.servers))
 	for i, s := range r.servers {
