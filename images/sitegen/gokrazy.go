@@ -57,8 +57,20 @@ var targets = map[string]Target{
 		Serial:     "ttyS0,115200",
 		KernelArgs: []string{"rootdelay=0", "rootwait"},
 		BootFiles:  []string{"vmlinuz", "cmdline.txt"},
-		Bytes:      1200 << 20,
+		Bytes:      1280 << 20,
 	},
+}
+
+// relaydFlags are relayd's flags on the box. Once the appliance calls
+// PrepareBox (first-boot move into the state directory), the state
+// directory's config.json is the relay's; until then the image's copy is
+// named directly so that the box still relays.
+func relaydFlags(repo string) []string {
+	flags := []string{"-state", stateDir}
+	if b, err := os.ReadFile(filepath.Join(repo, "appliance", "appliance.go")); err != nil || !strings.Contains(string(b), "PrepareBox(") {
+		flags = append(flags, "-config", bootstrapDir+"/config.json")
+	}
+	return flags
 }
 
 // gokrazyPackageConfig mirrors the part of gokrazy's instance config
@@ -190,7 +202,7 @@ func Generate(repo, dir string, site *Site, relay *config.Config, t Target) (*Wo
 		Packages:    []string{relaydPkg},
 		PackageConfig: map[string]gokrazyPackageConfig{
 			relaydPkg: {
-				CommandLineFlags: []string{"-state", stateDir},
+				CommandLineFlags: relaydFlags(repo),
 				ExtraFilePaths:   files,
 			},
 			// A machine id of its own per image: the image is flashed to

@@ -28,7 +28,7 @@ func main() {
 		out      = flag.String("out", "images/out", "directory for the image and its work files")
 		check    = flag.Bool("check", false, "only validate the site file")
 		keyFile  = flag.String("auth-key-file", "", "tailnet join key file, instead of the site file's tailnet.auth_key_file")
-		size     = flag.Int64("size", 0, "image size in bytes (default: 2 GiB for pi, 1200 MiB for vm); /perm gets what is left after 1.1 GB")
+		size     = flag.Int64("size", 0, "image size in bytes (default: 2 GiB for pi, 1280 MiB for vm); /perm gets what is left after 1104 MiB")
 		repo     = flag.String("repo", ".", "the siterelay checkout (holds images/<target>/builddir)")
 		timeout  = flag.Duration("timeout", 20*time.Minute, "give up building after this long")
 		imgFlag  = flag.String("image", "", "image file to write (default OUT/SITE-TARGET.img)")
@@ -69,8 +69,8 @@ func run(sitePath, targetName, out string, checkOnly bool, keyFile string, size 
 	if size == 0 {
 		size = t.Bytes
 	}
-	if size < 1300<<20 {
-		return fmt.Errorf("-size %d: at least 1300 MiB (gokrazy's boot and two root partitions take 1.1 GB)", size)
+	if size < 1200<<20 {
+		return fmt.Errorf("-size %d: at least 1200 MiB (gokrazy's boot and two root partitions take the first 1104 MiB)", size)
 	}
 	if site.Tailnet.AuthKeyFile == "" {
 		fmt.Fprintf(os.Stderr, "sitegen: note: no tailnet.auth_key_file: the box will not join the tailnet until provisioned by hand\n")
