@@ -18,7 +18,7 @@ import (
 
 // run starts a relay on cfg with its listeners on free loopback ports and
 // returns the first listener's address.
-func run(t *testing.T, cfg *config.Config, dir string) (*Relay, string) {
+func run(t testing.TB, cfg *config.Config, dir string) (*Relay, string) {
 	t.Helper()
 	for i := range cfg.Listeners {
 		cfg.Listeners[i].Address = "127.0.0.1:0"
@@ -39,7 +39,7 @@ func run(t *testing.T, cfg *config.Config, dir string) (*Relay, string) {
 	return r, r.Addrs()[0].String()
 }
 
-func send(t *testing.T, addr, from string, to []string, body string) error {
+func send(t testing.TB, addr, from string, to []string, body string) error {
 	t.Helper()
 	c, err := smtp.Dial(addr)
 	if err != nil {

@@ -270,3 +270,28 @@ func FuzzReplay(f *testing.F) {
 		s.Close()
 	})
 }
+
+// BenchmarkCommit10 commits 4 KiB messages from 10 writers at once, as 10
+// device sessions would: the figure shows what group commit buys.
+func BenchmarkCommit10(b *testing.B) {
+	s, err := Open(b.TempDir(), Options{statfs: func(string) (int64, error) { return 1 << 40, nil }})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	body := bytes.Repeat([]byte("x"), 4096)
+	b.SetParallelism(5) // 2 CPUs x 5 = 10 writers
+	b.SetBytes(int64(len(body)))
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			m := s.NewMessage()
+			m.Write(body)
+			if _, err := m.Commit(Envelope{From: "a@b", To: []Rcpt{{Addr: "c@d"}}}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
+}
