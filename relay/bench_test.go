@@ -60,4 +60,3 @@ func BenchmarkEndToEnd(b *testing.B) {
 	b.ReportMetric(float64(b.N)/accepted.Seconds(), "accepted-msg/s")
 	b.ReportMetric(float64(b.N)/total.Seconds(), "e2e-msg/s")
 }
-
