@@ -42,9 +42,11 @@ fuzz:
 integration:
 	$(GO) test -tags integration -count=1 -timeout 30m ./...
 
-## bench: load through relayd, printed figures
-bench:
-	@echo "bench: not yet"
+## bench: load through relayd and through a private Postfix 3.7 relay to smtp-sink; prints both and the ratio
+## (Postfix part needs root; see docs/bench.md). Override e.g. BENCH_ARGS="-n 20000 -c 20 -size 65536".
+BENCH_ARGS ?= -n 5000 -c 10 -size 4096
+bench: deps
+	$(GO) run ./cmd/relaybench $(BENCH_ARGS)
 
 ## ---- images: flashable gokrazy images from a site file (docs/image.md) ----
 SITE     ?= images/sites/example.json

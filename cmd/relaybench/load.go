@@ -220,7 +220,9 @@ func readReply(r *bufio.Reader) (int, string, error) {
 		switch line[3] {
 		case '-':
 			continue
-		case ' ', '\r':
+		case '\r': // a bare code, e.g. "354\r\n"
+			return code, "", nil
+		case ' ':
 			return code, string(line[4 : len(line)-2]), nil
 		default:
 			return 0, "", fmt.Errorf("malformed reply line %q", line)

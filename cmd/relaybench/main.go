@@ -52,7 +52,7 @@ func main() {
 	flag.IntVar(&o.Size, "size", 4096, "bytes per message, headers included")
 	flag.IntVar(&o.PerConn, "per-conn", 0, "messages per connection before reconnecting (0: keep each session's connection for the whole run)")
 	flag.IntVar(&o.UpConc, "upstream-concurrency", 10, "relayd's upstream.smtp.concurrency")
-	flag.StringVar(&targets, "targets", "relayd,postfix", "comma-separated relays to measure: relayd, postfix")
+	flag.StringVar(&targets, "targets", "relayd,postfix", "comma-separated relays to measure: relayd, postfix, and direct (load straight into the sink: the harness's ceiling)")
 	flag.DurationVar(&o.Timeout, "timeout", 10*time.Minute, "limit for the whole run; exceeding it fails")
 	flag.StringVar(&o.Dir, "dir", os.TempDir(), "where the temporary spool and queue go (must be a real disk: fsync is what is measured)")
 	flag.BoolVar(&o.Keep, "keep", false, "keep the temporary directory (logs, spool) and print its path")
@@ -78,8 +78,8 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("want -n >= 1, 1 <= -c <= -n, -size >= 512 (got -n %d -c %d -size %d)", o.N, o.C, o.Size)
 	}
 	for _, t := range o.Targets {
-		if t != "relayd" && t != "postfix" {
-			return fmt.Errorf("-targets: unknown relay %q (want relayd, postfix)", t)
+		if t != "relayd" && t != "postfix" && t != "direct" {
+			return fmt.Errorf("-targets: unknown relay %q (want relayd, postfix, direct)", t)
 		}
 	}
 	sinkBin, err := findBin(o.SinkBin, "smtp-sink")
@@ -117,6 +117,8 @@ func run(ctx context.Context, o options) error {
 		}
 		var start func(sinkAddr string) (target, error)
 		switch name {
+		case "direct":
+			start = func(string) (target, error) { return nil, nil } // measure uses the sink itself
 		case "relayd":
 			bin := o.RelaydBin
 			if bin == "" {
@@ -177,7 +179,10 @@ type result struct {
 	DiskBytesPerMsg float64
 	PeakProcs       int
 	SinkCount       int
-	Elapsed, Accept time.Duration
+	// HarnessCPUmsPerMsg is this process's own CPU (the load generator
+	// and the sampler): on two cores it competes with the relay.
+	HarnessCPUmsPerMsg float64
+	Elapsed, Accept    time.Duration
 }
 
 // measure runs the load through one relay started by start and reads its
@@ -190,12 +195,16 @@ func measure(ctx context.Context, o options, name, sinkBin string, start func(st
 		return r
 	}
 	defer sk.Stop()
-	t, err := start(sk.Addr)
+	t, err := start(sk.addr)
 	if err != nil {
 		r.Err = err
 		return r
 	}
-	defer t.Stop()
+	if t == nil {
+		t = sk // "direct": the load goes straight to the sink, the harness's own ceiling
+	} else {
+		defer t.Stop()
+	}
 
 	before, err := treeUsage(t.Root(), false)
 	if err != nil {
@@ -203,6 +212,7 @@ func measure(ctx context.Context, o options, name, sinkBin string, start func(st
 		return r
 	}
 	logBefore := t.LogBytes()
+	selfBefore, _ := selfCPUTicks()
 	smp := startSampler(t.Root(), o.SampleEvery)
 	defer smp.stop()
 
@@ -229,6 +239,8 @@ func measure(ctx context.Context, o options, name, sinkBin string, start func(st
 		return r
 	}
 	peak := smp.stop()
+	selfAfter, _ := selfCPUTicks()
+	r.HarnessCPUmsPerMsg = float64(selfAfter-selfBefore) * 1000 / clockTicks / float64(o.N)
 
 	r.Elapsed, r.Accept = end.Sub(lr.Start), lr.LastAccept.Sub(lr.Start)
 	r.AcceptRate = float64(o.N) / r.Accept.Seconds()

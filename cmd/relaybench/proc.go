@@ -180,3 +180,16 @@ func descendants(root int) ([]int, error) {
 	}
 	return out, nil
 }
+
+// selfCPUTicks is this process's own utime+stime.
+func selfCPUTicks() (uint64, error) {
+	b, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return 0, err
+	}
+	st, err := parseStat(b)
+	if err != nil {
+		return 0, err
+	}
+	return st.UTime + st.STime, nil
+}

@@ -11,21 +11,21 @@ import (
 // printTable writes one row per relay.
 func printTable(w io.Writer, rs []result) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "relay\taccepted msg/s\tend-to-end msg/s\tp50 accept\tp99 accept\tCPU-ms/msg\tpeak RSS MiB\tpeak PSS MiB\tdisk B/msg\tprocs\t")
+	fmt.Fprintln(tw, "relay\taccepted msg/s\tend-to-end msg/s\tp50 accept\tp99 accept\tCPU-ms/msg\tpeak RSS MiB\tpeak PSS MiB\tdisk B/msg\tprocs\tgen CPU-ms/msg\t")
 	for _, r := range rs {
 		switch {
 		case r.Skipped != "":
-			fmt.Fprintf(tw, "%s\tskipped\t\t\t\t\t\t\t\t\t\n", r.Name)
+			fmt.Fprintf(tw, "%s\tskipped\t\t\t\t\t\t\t\t\t\t\n", r.Name)
 		case r.Err != nil:
-			fmt.Fprintf(tw, "%s\tFAILED\t\t\t\t\t\t\t\t\t\n", r.Name)
+			fmt.Fprintf(tw, "%s\tFAILED\t\t\t\t\t\t\t\t\t\t\n", r.Name)
 		default:
 			rss := fmt.Sprintf("%.1f", r.PeakRSSMiB)
 			if !r.RSSIsHWM {
 				rss += "*"
 			}
-			fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%s\t%s\t%.2f\t%s\t%.1f\t%.0f\t%d\t\n",
+			fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%s\t%s\t%.2f\t%s\t%.1f\t%.0f\t%d\t%.2f\t\n",
 				r.Name, r.AcceptRate, r.E2ERate, fmtDur(r.P50), fmtDur(r.P99), r.CPUmsPerMsg,
-				rss, r.PeakPSSMiB, r.DiskBytesPerMsg, r.PeakProcs)
+				rss, r.PeakPSSMiB, r.DiskBytesPerMsg, r.PeakProcs, r.HarnessCPUmsPerMsg)
 		}
 	}
 	tw.Flush()

@@ -19,7 +19,7 @@ import (
 // a session ends or a message's final dot arrives. Counting those lines is
 // how the harness knows exactly when the last message got through.
 type sink struct {
-	Addr string
+	addr string
 	cmd  *exec.Cmd
 
 	mu      sync.Mutex
@@ -47,7 +47,7 @@ func startSink(ctx context.Context, bin string) (*sink, error) {
 		args = append(args, "-u", "nobody") // required as root: it drops to this user
 	}
 	args = append(args, addr, "256")
-	s := &sink{Addr: addr, done: make(chan struct{})}
+	s := &sink{addr: addr, done: make(chan struct{})}
 	s.cmd = exec.Command(bin, args...)
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	s.cmd.Stderr = &s.stderr
@@ -110,6 +110,12 @@ func (s *sink) When(n int) <-chan time.Time {
 	s.waiters = append(s.waiters, sinkWaiter{n, ch})
 	return ch
 }
+
+// Addr, Root and LogBytes make the sink a target of its own: the
+// harness's ceiling, measured with -targets direct.
+func (s *sink) Addr() string    { return s.addr }
+func (s *sink) Root() int       { return s.cmd.Process.Pid }
+func (s *sink) LogBytes() int64 { return 0 }
 
 // Done is closed when smtp-sink's output ends (it exited).
 func (s *sink) Done() <-chan struct{} { return s.done }
