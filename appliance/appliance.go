@@ -19,6 +19,7 @@ import (
 
 	"github.com/siterelay/siterelay/relay"
 	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/upstream"
 )
 
 // Options say where things are.
@@ -127,4 +128,20 @@ func SecretStore(dir string) func(name string) ([]byte, error) {
 		}
 		return []byte(strings.TrimRight(string(b), "\r\n")), nil
 	}
+}
+
+// Doctor runs the upstream checks for the configuration Options point at,
+// with the secrets of the state directory; resolver is a DNS server
+// (host:port, "" for the system's) and testTo, when set, gets a test message.
+func Doctor(ctx context.Context, o Options, resolver, testTo string) ([]upstream.Step, error) {
+	cfg, err := LoadConfig(o)
+	if err != nil {
+		return nil, err
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return relay.Doctor(ctx, cfg, o.StateDir, relay.Deps{Logger: log, Resolver: resolver,
+		Secret: SecretStore(filepath.Join(o.StateDir, "secrets"))}, testTo)
 }

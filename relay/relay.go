@@ -40,6 +40,26 @@ type Deps struct {
 	Secret func(name string) ([]byte, error)
 	// Listen binds a listener; default net.Listen.
 	Listen func(network, addr string) (net.Listener, error)
+	// Resolver is the DNS server (host:port) for MX lookups; "" means the
+	// system's.
+	Resolver string
+}
+
+func (d *Deps) defaults() {
+	if d.Clock == nil {
+		d.Clock = time.Now
+	}
+	if d.Logger == nil {
+		d.Logger = slog.New(slog.DiscardHandler)
+	}
+	if d.Secret == nil {
+		d.Secret = func(name string) ([]byte, error) {
+			return nil, fmt.Errorf("secret %q: no secret store", name)
+		}
+	}
+	if d.Listen == nil {
+		d.Listen = net.Listen
+	}
 }
 
 // Relay is one running relay.
@@ -60,20 +80,7 @@ type Relay struct {
 
 // New opens the state in dir and binds the listeners; Run serves.
 func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
-	if d.Clock == nil {
-		d.Clock = time.Now
-	}
-	if d.Logger == nil {
-		d.Logger = slog.New(slog.DiscardHandler)
-	}
-	if d.Secret == nil {
-		d.Secret = func(name string) ([]byte, error) {
-			return nil, fmt.Errorf("secret %q: no secret store", name)
-		}
-	}
-	if d.Listen == nil {
-		d.Listen = net.Listen
-	}
+	d.defaults()
 	hostname := cfg.Hostname
 	if hostname == "" {
 		hostname, _ = os.Hostname()

@@ -55,5 +55,5 @@ func newUpstream(cfg *config.Config, dir string, d Deps) (upstream.Upstream, str
 		}
 		return up, "smtp " + s.Address, nil
 	}
-	return newM365(cfg, d)
+	return newM365(cfg, dir, d)
 }

@@ -4,6 +4,8 @@
 //	relayd -dev [-state DIR]            development default, no tenant needed
 //	relayd -config FILE -state DIR      the real thing
 //	relayd check-config FILE            validate a configuration and exit
+//	relayd doctor [-config FILE] [-state DIR] [-dns HOST:PORT] [-to ADDR]
+//	                                    check DNS, connection, TLS, login to the upstream
 //	relayd hash-password                read a password on stdin, print its bcrypt hash
 package main
 
@@ -18,6 +20,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/siterelay/siterelay/appliance"
 	"github.com/siterelay/siterelay/relay/config"
@@ -31,6 +34,8 @@ func main() {
 			os.Exit(checkConfig(os.Args[2:]))
 		case "hash-password":
 			os.Exit(hashPassword())
+		case "doctor":
+			os.Exit(runDoctor(os.Args[2:]))
 		}
 	}
 	var o appliance.Options
@@ -89,5 +94,38 @@ func hashPassword() int {
 		return 1
 	}
 	fmt.Println(h)
+	return 0
+}
+
+func runDoctor(args []string) int {
+	fs := flag.NewFlagSet("doctor", flag.ExitOnError)
+	var o appliance.Options
+	fs.StringVar(&o.ConfigFile, "config", "", "configuration file (default STATE/config.json)")
+	fs.StringVar(&o.StateDir, "state", "./var", "state directory (for secrets)")
+	dns := fs.String("dns", "", "DNS server to ask, host:port (default the system's)")
+	to := fs.String("to", "", "send a test message to this address")
+	timeout := fs.Duration("timeout", 2*time.Minute, "give up after this long")
+	fs.Parse(args)
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	steps, err := appliance.Doctor(ctx, o, *dns, *to)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "relayd doctor: %v\n", err)
+		return 1
+	}
+	failed := 0
+	for _, s := range steps {
+		mark := "ok  "
+		if !s.OK {
+			mark = "FAIL"
+			failed++
+		}
+		fmt.Printf("%s %-28s %s\n", mark, s.Name, s.Detail)
+	}
+	if failed > 0 {
+		fmt.Printf("\n%d of %d checks failed; each says what to change.\n", failed, len(steps))
+		return 1
+	}
+	fmt.Printf("\nall %d checks passed\n", len(steps))
 	return 0
 }

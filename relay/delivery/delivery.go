@@ -7,6 +7,7 @@ package delivery
 import (
 	"container/heap"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -17,6 +18,7 @@ import (
 	"github.com/siterelay/siterelay/relay/spool"
 	"github.com/siterelay/siterelay/relay/trace"
 	"github.com/siterelay/siterelay/relay/upstream"
+	"github.com/siterelay/siterelay/relay/upstream/pace"
 )
 
 // Options wire a scheduler. Spool and Upstream are required.
@@ -250,6 +252,10 @@ func (s *Scheduler) attempt(ctx context.Context, id string) {
 	var deferredTo []string
 	var lastTemp *upstream.Error
 	var retryAfter time.Duration
+	// Recipients the pacer held back: no attempt was made, so no trace
+	// and no longer backoff, just a later turn.
+	var paced int
+	var pacedWait time.Duration
 
 	if expired {
 		for _, i := range pending {
@@ -300,6 +306,11 @@ func (s *Scheduler) attempt(ctx context.Context, id string) {
 					// Shutting down: not the upstream's fault, no trace.
 					continue
 				}
+				if errors.Is(rerr, pace.ErrPaced) {
+					paced++
+					pacedWait = max(pacedWait, ue.RetryAfter)
+					continue
+				}
 				lastTemp = ue
 				retryAfter = max(retryAfter, ue.RetryAfter)
 				deferredTo = append(deferredTo, rcpt)
@@ -335,10 +346,17 @@ func (s *Scheduler) attempt(ctx context.Context, id string) {
 			}
 		}
 	}
-	if len(deferredTo) > 0 || (ctx.Err() != nil && !expired) {
-		if ctx.Err() != nil {
-			return // resumed from the spool at the next start
-		}
+	if ctx.Err() != nil && !expired {
+		return // resumed from the spool at the next start
+	}
+	if paced > 0 && len(deferredTo) == 0 {
+		s.mu.Lock()
+		s.attempts[id]--
+		s.mu.Unlock()
+		s.retryAt(id, now.Add(max(pacedWait, time.Second)))
+		return
+	}
+	if len(deferredTo) > 0 {
 		wait := max(s.backoff(n), retryAfter)
 		due := now.Add(wait)
 		if end := env.Received.Add(s.o.Lifetime); due.After(end) {

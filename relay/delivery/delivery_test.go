@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/siterelay/siterelay/relay/spool"
 	"github.com/siterelay/siterelay/relay/trace"
 	"github.com/siterelay/siterelay/relay/upstream"
+	"github.com/siterelay/siterelay/relay/upstream/pace"
 )
 
 // scripted answers each recipient from a script of replies per attempt
@@ -227,4 +229,32 @@ func TestBackoffDoublesAndCaps(t *testing.T) {
 			}
 		}
 	}
+}
+
+func TestPacerHoldIsNotAFailure(t *testing.T) {
+	h := newHarness(t, nil, 0)
+	held := &pacedOnce{scripted: h.up}
+	h.sched.o.Upstream = held
+	id := h.put(t, "a@x")
+	relaytest.Eventually(t, "the pacer was asked", func() bool { return held.calls.Load() >= 1 })
+	h.advance(2 * time.Second)
+	relaytest.Eventually(t, "message done", func() bool { _, ok := h.sp.Get(id); return !ok })
+	for len(h.events) > 0 {
+		if e := <-h.events; e.Kind == trace.Deferred {
+			t.Errorf("a pacing hold was traced as a deferral: %+v", e)
+		}
+	}
+}
+
+// pacedOnce holds the first attempt back as the pacer does.
+type pacedOnce struct {
+	*scripted
+	calls atomic.Int32
+}
+
+func (p *pacedOnce) Deliver(ctx context.Context, m *upstream.Message) ([]upstream.RcptResult, error) {
+	if p.calls.Add(1) == 1 {
+		return nil, &upstream.Error{Err: pace.ErrPaced, RetryAfter: time.Second}
+	}
+	return p.scripted.Deliver(ctx, m)
 }
