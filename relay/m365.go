@@ -51,5 +51,9 @@ func Doctor(ctx context.Context, cfg *config.Config, dir string, d Deps, testTo 
 	if !ok {
 		return []upstream.Step{{Name: "upstream", OK: true, Detail: "the " + cfg.Upstream.Kind + " upstream has nothing to check"}}, nil
 	}
-	return p.Probe(ctx)
+	steps, err := p.Probe(ctx)
+	if err != nil && (len(steps) == 0 || steps[len(steps)-1].OK) {
+		steps = append(steps, upstream.Step{Name: "upstream", Detail: err.Error()})
+	}
+	return steps, nil
 }
