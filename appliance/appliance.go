@@ -31,6 +31,10 @@ type Options struct {
 	ConfigFile string
 	// Dev runs the embedded development configuration (no tenant needed).
 	Dev bool
+	// Box prepares the gokrazy box first: /perm checked, the image's
+	// bootstrap settings moved into the state directory on first boot, the
+	// site's network applied, discovery started for the site's host name.
+	Box bool
 	// HTTPAddr serves /metrics (and later the status page); "" turns it off.
 	HTTPAddr string
 	Logger   *slog.Logger
@@ -61,6 +65,27 @@ func Run(ctx context.Context, o Options) error {
 	log := o.Logger
 	if log == nil {
 		log = slog.Default()
+	}
+	if o.Box {
+		bo := GokrazyBoxOptions(log)
+		box, err := PrepareBox(ctx, bo)
+		if errors.Is(err, ErrStateUnusable) {
+			// Say so on the status port and in the log, and stay up:
+			// gokrazy would restart a process that exits, over and over.
+			var ln net.Listener
+			if o.HTTPAddr != "" {
+				ln, _ = net.Listen("tcp", o.HTTPAddr)
+			}
+			HoldUnusable(ctx, err, ln, log, 5*time.Minute)
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		o.StateDir, o.ConfigFile = bo.StateDir, box.ConfigFile
+		if o.Discovery == nil && box.Site != nil && box.Site.Hostname != "" {
+			o.Discovery = &Discovery{Hostname: box.Site.Hostname}
+		}
 	}
 	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)

@@ -60,6 +60,12 @@ func main() {
 			fmt.Fprintf(os.Stderr, "relayd: metrics on http://%s/metrics\n", http)
 		}
 	}
+	if appliance.OnGokrazy() {
+		o.Box = true
+		if o.HTTPAddr == "" {
+			o.HTTPAddr = ":8025"
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := appliance.Run(ctx, o); err != nil {

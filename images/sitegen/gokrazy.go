@@ -61,16 +61,10 @@ var targets = map[string]Target{
 	},
 }
 
-// relaydFlags are relayd's flags on the box. Once the appliance calls
-// PrepareBox (first-boot move into the state directory), the state
-// directory's config.json is the relay's; until then the image's copy is
-// named directly so that the box still relays.
-func relaydFlags(repo string) []string {
-	flags := []string{"-state", stateDir}
-	if b, err := os.ReadFile(filepath.Join(repo, "appliance", "appliance.go")); err != nil || !strings.Contains(string(b), "PrepareBox(") {
-		flags = append(flags, "-config", bootstrapDir+"/config.json")
-	}
-	return flags
+// relaydFlags are relayd's flags on the box: the state directory on /perm.
+// On first boot relayd moves the image's bootstrap config.json there.
+func relaydFlags() []string {
+	return []string{"-state", stateDir}
 }
 
 // gokrazyPackageConfig mirrors the part of gokrazy's instance config
@@ -202,7 +196,7 @@ func Generate(repo, dir string, site *Site, relay *config.Config, t Target) (*Wo
 		Packages:    []string{relaydPkg},
 		PackageConfig: map[string]gokrazyPackageConfig{
 			relaydPkg: {
-				CommandLineFlags: relaydFlags(repo),
+				CommandLineFlags: relaydFlags(),
 				ExtraFilePaths:   files,
 			},
 			// A machine id of its own per image: the image is flashed to

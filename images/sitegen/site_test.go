@@ -218,7 +218,7 @@ func TestGenerate(t *testing.T) {
 		t.Errorf("ntp flags %v", got)
 	}
 	rd := g1.PackageConfig[relaydPkg]
-	if strings.Join(rd.CommandLineFlags, " ") != "-state /perm/relay -config /etc/siterelay/config.json" {
+	if strings.Join(rd.CommandLineFlags, " ") != "-state /perm/relay" {
 		t.Errorf("relayd flags %v", rd.CommandLineFlags)
 	}
 	for _, f := range []string{"/etc/siterelay/site.json", "/etc/siterelay/config.json", "/etc/siterelay/tailnet-authkey"} {
@@ -251,11 +251,8 @@ func TestGenerate(t *testing.T) {
 		t.Errorf("go.sum %q", gs)
 	}
 
-	// Once the appliance calls PrepareBox, relayd reads the state
-	// directory's config.
-	os.WriteFile(filepath.Join(repo, "appliance", "appliance.go"), []byte("PrepareBox(ctx, o)"), 0o644)
-	if got := strings.Join(relaydFlags(repo), " "); got != "-state /perm/relay" {
-		t.Errorf("relayd flags with PrepareBox wired: %q", got)
+	if got := strings.Join(relaydFlags(), " "); got != "-state /perm/relay" {
+		t.Errorf("relayd flags: %q", got)
 	}
 }
 

@@ -319,12 +319,8 @@ func TestVM(t *testing.T) {
 	fmt.Sscan(portStr, &port)
 
 	// Static addressing in QEMU's user network exercises netcfg on a real
-	// kernel once the appliance applies the site's network (PrepareBox);
-	// before that, gokrazy's DHCP client addresses the box.
-	network := `{"dhcp": true}`
-	if b, err := os.ReadFile(filepath.Join(repoRoot(t), "appliance", "appliance.go")); err == nil && strings.Contains(string(b), "PrepareBox(") {
-		network = `{"ipv4": {"address": "10.0.2.15/24", "gateway": "10.0.2.2"}, "dns": ["10.0.2.3"]}`
-	}
+	// kernel (the appliance applies the site's network at start).
+	network := `{"ipv4": {"address": "10.0.2.15/24", "gateway": "10.0.2.2"}, "dns": ["10.0.2.3"]}`
 	site := filepath.Join(dir, "site.json")
 	if err := os.WriteFile(site, fmt.Appendf(nil, siteTemplate, network, port), 0o644); err != nil {
 		t.Fatal(err)
