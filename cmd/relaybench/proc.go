@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // clockTicks is USER_HZ, the unit of the CPU times in /proc/PID/stat; the
@@ -92,9 +95,8 @@ type usage struct {
 // exited and was reaped by a process of the tree is still counted: the
 // kernel adds its CPU time to the reaper's cutime/cstime and its I/O to the
 // reaper's /proc/PID/io. Exited processes of Postfix are reaped by master,
-// which lives throughout. withMem also reads each process's memory
-// (smaps_rollup is not free, so only the sampler asks for it).
-func treeUsage(root int, withMem bool) (usage, error) {
+// which lives throughout.
+func treeUsage(root int) (usage, error) {
 	pids, err := descendants(root)
 	if err != nil {
 		return usage{}, err
@@ -126,14 +128,6 @@ func treeUsage(root int, withMem bool) (usage, error) {
 		if i == 0 {
 			if s, err := readKV(filepath.Join(dir, "status"), "VmHWM"); err == nil {
 				u.HWMKiB = s["VmHWM"]
-			}
-		}
-		if withMem {
-			if s, err := readKV(filepath.Join(dir, "status"), "VmRSS"); err == nil {
-				u.RSSKiB += s["VmRSS"]
-			}
-			if s, err := readKV(filepath.Join(dir, "smaps_rollup"), "Pss"); err == nil {
-				u.PSSKiB += s["Pss"]
 			}
 		}
 	}
@@ -192,4 +186,45 @@ func selfCPUTicks() (uint64, error) {
 		return 0, err
 	}
 	return st.UTime + st.STime, nil
+}
+
+// memUsage sums VmRSS and Pss over pids, skipping those that are gone.
+func memUsage(pids []int) usage {
+	var u usage
+	for _, pid := range pids {
+		dir := filepath.Join("/proc", strconv.Itoa(pid))
+		st, err := readKV(filepath.Join(dir, "status"), "VmRSS")
+		if err != nil {
+			continue // gone, or a zombie without memory
+		}
+		u.RSSKiB += st["VmRSS"]
+		if r, err := readKV(filepath.Join(dir, "smaps_rollup"), "Pss"); err == nil {
+			u.PSSKiB += r["Pss"]
+		}
+		u.Procs++
+	}
+	return u
+}
+
+// startPinned starts cmd so that the kernel kills it if this harness dies
+// (even by SIGKILL), and not before. Linux sends the parent-death signal
+// when the creating thread exits, and Go may retire threads
+// (go.dev/issue/27505), so cmd is started from a locked thread that stays
+// until release is closed.
+func startPinned(cmd *exec.Cmd, release <-chan struct{}) error {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		err := cmd.Start()
+		errc <- err
+		if err == nil {
+			<-release
+		}
+	}()
+	return <-errc
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"strconv"
 	"sync"
 	"syscall"
@@ -22,11 +23,15 @@ type sink struct {
 	addr string
 	cmd  *exec.Cmd
 
-	mu      sync.Mutex
-	count   int
-	waiters []sinkWaiter
-	done    chan struct{} // closed when stdout ends
-	stderr  bytes.Buffer
+	mu       sync.Mutex
+	count    int
+	waiters  []sinkWaiter
+	done     chan struct{} // closed when stdout ends
+	released chan struct{} // closed after the process is reaped
+	stderr   bytes.Buffer
+
+	stopOnce sync.Once
+	waitErr  error
 }
 
 type sinkWaiter struct {
@@ -42,20 +47,24 @@ func startSink(ctx context.Context, bin string) (*sink, error) {
 		return nil, err
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	args := []string{"-c"}
+	s := &sink{addr: addr, done: make(chan struct{}), released: make(chan struct{})}
+	s.cmd = exec.Command(bin, "-c", addr, "256")
 	if os.Geteuid() == 0 {
-		args = append(args, "-u", "nobody") // required as root: it drops to this user
+		// As root, smtp-sink insists on -u and then changes user itself,
+		// which clears the parent-death signal; starting it as nobody
+		// keeps that signal armed.
+		cred, err := nobody()
+		if err != nil {
+			return nil, err
+		}
+		s.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	}
-	args = append(args, addr, "256")
-	s := &sink{addr: addr, done: make(chan struct{})}
-	s.cmd = exec.Command(bin, args...)
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	s.cmd.Stderr = &s.stderr
 	out, err := s.cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
 	}
-	if err := s.cmd.Start(); err != nil {
+	if err := startPinned(s.cmd, s.released); err != nil {
 		return nil, fmt.Errorf("starting smtp-sink: %w", err)
 	}
 	go s.read(out)
@@ -121,10 +130,32 @@ func (s *sink) LogBytes() int64 { return 0 }
 func (s *sink) Done() <-chan struct{} { return s.done }
 
 func (s *sink) Stop() {
-	if s.cmd.Process != nil {
-		s.cmd.Process.Kill()
-		s.cmd.Wait()
+	s.stopOnce.Do(func() {
+		if s.cmd.Process != nil {
+			s.cmd.Process.Kill()
+			s.waitErr = s.cmd.Wait()
+		}
+		close(s.released)
+	})
+}
+
+// exitStatus reaps an exited sink and says how it ended.
+func (s *sink) exitStatus() string {
+	s.Stop() // it has exited already: this only reaps it
+	return fmt.Sprint(s.cmd.ProcessState)
+}
+
+func nobody() (*syscall.Credential, error) {
+	u, err := user.Lookup("nobody")
+	if err != nil {
+		return nil, fmt.Errorf("user to run smtp-sink as: %w", err)
 	}
+	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
+	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
+	if err1 != nil || err2 != nil {
+		return nil, fmt.Errorf("user nobody: uid %q gid %q", u.Uid, u.Gid)
+	}
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}, nil
 }
 
 // parseSinkCounter finds mesg=N in one counter line.

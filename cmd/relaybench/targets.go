@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -33,9 +34,11 @@ type target interface {
 
 // relayd is the relay built from this tree.
 type relayd struct {
-	addr string
-	cmd  *exec.Cmd
-	done chan struct{}
+	addr     string
+	cmd      *exec.Cmd
+	done     chan struct{} // closed when its stderr ends
+	released chan struct{} // closed after it is reaped
+	once     sync.Once
 }
 
 // buildRelayd compiles ./cmd/relayd from the module in modDir.
@@ -85,15 +88,14 @@ func startRelayd(ctx context.Context, bin, dir, sinkAddr string, concurrency int
 	if err != nil {
 		return nil, err
 	}
-	r := &relayd{done: make(chan struct{})}
+	r := &relayd{done: make(chan struct{}), released: make(chan struct{})}
 	r.cmd = exec.Command(bin, "-config", cfgFile, "-state", state)
-	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stderr, err := r.cmd.StderrPipe()
 	if err != nil {
 		logf.Close()
 		return nil, err
 	}
-	if err := r.cmd.Start(); err != nil {
+	if err := startPinned(r.cmd, r.released); err != nil {
 		logf.Close()
 		return nil, fmt.Errorf("starting relayd: %w", err)
 	}
@@ -144,16 +146,19 @@ func (r *relayd) LogBytes() int64 { return 0 }
 
 // Stop asks relayd to shut down cleanly and kills it if it takes too long.
 func (r *relayd) Stop() {
-	if r.cmd.Process == nil {
-		return
-	}
-	r.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-r.done:
-	case <-time.After(15 * time.Second):
-		r.cmd.Process.Kill()
-	}
-	r.cmd.Wait()
+	r.once.Do(func() {
+		defer close(r.released)
+		if r.cmd.Process == nil {
+			return
+		}
+		r.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-r.done:
+		case <-time.After(15 * time.Second):
+			r.cmd.Process.Kill()
+		}
+		r.cmd.Wait()
+	})
 }
 
 // postfix is a private Postfix instance: its own config and queue
