@@ -157,6 +157,8 @@ type FakeServer struct {
 	commands   int
 	rsets      int
 	maxBatch   int
+	peakOpen   int
+	live       map[*fakeConn]bool
 	closeOnce  sync.Once
 	serveErr   chan error
 	tlsVersion uint16
@@ -234,6 +236,7 @@ func (f *FakeServer) Close() {
 	f.closeOnce.Do(func() {
 		close(f.done)
 		f.srv.Close()
+		f.ln.Close() // in case Serve had not registered it yet
 		<-f.serveErr
 	})
 }
@@ -374,6 +377,23 @@ func (f *FakeServer) Resets() int { f.w.mu.Lock(); defer f.w.mu.Unlock(); return
 // fake sees clear text (TLS "none" or "implicit").
 func (f *FakeServer) MaxPipelined() int { f.w.mu.Lock(); defer f.w.mu.Unlock(); return f.maxBatch }
 
+// PeakOpen is the most connections that were open at once.
+func (f *FakeServer) PeakOpen() int { f.w.mu.Lock(); defer f.w.mu.Unlock(); return f.peakOpen }
+
+// DropAll closes every open connection without a word, as a server does
+// that times out idle clients or restarts.
+func (f *FakeServer) DropAll() {
+	f.w.mu.Lock()
+	var live []*fakeConn
+	for c := range f.live {
+		live = append(live, c)
+	}
+	f.w.mu.Unlock()
+	for _, c := range live {
+		c.Close()
+	}
+}
+
 // TLSVersion is the version negotiated on the latest TLS connection.
 func (f *FakeServer) TLSVersion() uint16 { f.w.mu.Lock(); defer f.w.mu.Unlock(); return f.tlsVersion }
 
@@ -393,9 +413,14 @@ func (l *fakeListener) Accept() (net.Conn, error) {
 	f.w.mu.Lock()
 	f.conns++
 	f.open++
+	f.peakOpen = max(f.peakOpen, f.open)
 	id := f.conns
-	f.w.mu.Unlock()
 	fc := &fakeConn{f: f, id: id, noPipe: f.o.NoPipelining, count: f.o.TLS != TLSStartTLS}
+	if f.live == nil {
+		f.live = map[*fakeConn]bool{}
+	}
+	f.live[fc] = true
+	f.w.mu.Unlock()
 	if l.tls {
 		tc := tls.Server(c, l.config)
 		fc.Conn, fc.tls = tc, tc
@@ -476,6 +501,7 @@ func (c *fakeConn) Close() error {
 	c.closed.Do(func() {
 		c.f.w.mu.Lock()
 		c.f.open--
+		delete(c.f.live, c)
 		c.f.w.broadcast()
 		c.f.w.mu.Unlock()
 	})
