@@ -30,6 +30,7 @@ import (
 
 type options struct {
 	N, C, Size   int
+	Rounds       int
 	PerConn      int
 	UpConc       int
 	Targets      []string
@@ -50,6 +51,7 @@ func main() {
 	flag.IntVar(&o.N, "n", 5000, "messages to send through each relay")
 	flag.IntVar(&o.C, "c", 10, "concurrent SMTP sessions")
 	flag.IntVar(&o.Size, "size", 4096, "bytes per message, headers included")
+	flag.IntVar(&o.Rounds, "rounds", 1, "measure each relay this many times, alternating; the verdict uses the medians")
 	flag.IntVar(&o.PerConn, "per-conn", 0, "messages per connection before reconnecting (0: keep each session's connection for the whole run)")
 	flag.IntVar(&o.UpConc, "upstream-concurrency", 10, "relayd's upstream.smtp.concurrency")
 	flag.StringVar(&targets, "targets", "relayd,postfix", "comma-separated relays to measure: relayd, postfix, and direct (load straight into the sink: the harness's ceiling)")
@@ -58,7 +60,7 @@ func main() {
 	flag.BoolVar(&o.Keep, "keep", false, "keep the temporary directory (logs, spool) and print its path")
 	flag.StringVar(&o.RelaydBin, "relayd", "", "a relayd binary to use instead of building ./cmd/relayd")
 	flag.StringVar(&o.SinkBin, "sink", "", "smtp-sink binary (default: from PATH or /usr/sbin)")
-	flag.DurationVar(&o.SampleEvery, "sample", 250*time.Millisecond, "memory sampling interval")
+	flag.DurationVar(&o.SampleEvery, "sample", 500*time.Millisecond, "memory sampling interval")
 	flag.BoolVar(&o.AllowTmpfs, "allow-tmpfs", false, "allow -dir on tmpfs (fsync is then free: figures mean nothing for durability)")
 	flag.Float64Var(&o.TargetRatio, "target-ratio", 4, "issue 2's target: relayd/postfix end-to-end at least this")
 	flag.Float64Var(&o.TargetRSSMiB, "target-rss", 40, "issue 2's target: relayd peak RSS under this many MiB")
@@ -74,8 +76,8 @@ func main() {
 }
 
 func run(ctx context.Context, o options) error {
-	if o.N < 1 || o.C < 1 || o.C > o.N || o.Size < 512 {
-		return fmt.Errorf("want -n >= 1, 1 <= -c <= -n, -size >= 512 (got -n %d -c %d -size %d)", o.N, o.C, o.Size)
+	if o.N < 1 || o.C < 1 || o.C > o.N || o.Size < 512 || o.Rounds < 1 {
+		return fmt.Errorf("want -n >= 1, 1 <= -c <= -n, -size >= 512, -rounds >= 1 (got -n %d -c %d -size %d -rounds %d)", o.N, o.C, o.Size, o.Rounds)
 	}
 	for _, t := range o.Targets {
 		if t != "relayd" && t != "postfix" && t != "direct" {
@@ -110,44 +112,59 @@ func run(ctx context.Context, o options) error {
 		o.N, o.Size, o.C, runtime.GOOS+"/"+runtime.GOARCH, runtime.NumCPU(), tmp)
 	var results []result
 	var failed []string
+	starters := map[string]func(dir, sinkAddr string) (target, error){}
 	for _, name := range o.Targets {
-		dir := filepath.Join(tmp, name)
-		if err := os.Mkdir(dir, 0o755); err != nil {
-			return err
-		}
-		var start func(sinkAddr string) (target, error)
 		switch name {
 		case "direct":
-			start = func(string) (target, error) { return nil, nil } // measure uses the sink itself
+			starters[name] = func(string, string) (target, error) { return nil, nil } // measure uses the sink itself
 		case "relayd":
 			bin := o.RelaydBin
 			if bin == "" {
-				bin = filepath.Join(dir, "relayd")
+				bin = filepath.Join(tmp, "relayd")
 				fmt.Println("building ./cmd/relayd")
 				if err := buildRelayd(ctx, moduleDir(), bin); err != nil {
 					results = append(results, result{Name: name, Err: err})
 					failed = append(failed, name)
+					fmt.Printf("relayd: FAILED: %v\n", err)
 					continue
 				}
 			}
-			start = func(sinkAddr string) (target, error) { return startRelayd(ctx, bin, dir, sinkAddr, o.UpConc) }
+			starters[name] = func(dir, sinkAddr string) (target, error) {
+				return startRelayd(ctx, bin, dir, sinkAddr, o.UpConc)
+			}
 		case "postfix":
 			if why := postfixMissing(); why != "" {
 				fmt.Printf("postfix: skipped: %s\n", why)
 				results = append(results, result{Name: name, Skipped: why})
 				continue
 			}
-			start = func(sinkAddr string) (target, error) { return startPostfix(ctx, dir, sinkAddr) }
+			starters[name] = func(dir, sinkAddr string) (target, error) { return startPostfix(ctx, dir, sinkAddr) }
 		}
-		fmt.Printf("%s: running\n", name)
-		r := measure(ctx, o, name, sinkBin, start)
-		if r.Err != nil {
-			failed = append(failed, name)
-			fmt.Printf("%s: FAILED: %v\n", name, r.Err)
-		}
-		results = append(results, r)
-		if ctx.Err() != nil {
-			break
+	}
+	// Rounds alternate the relays so that a burst of other load on a shared
+	// machine hits both; the verdict uses each relay's median.
+rounds:
+	for round := 1; round <= o.Rounds; round++ {
+		for _, name := range o.Targets {
+			startFn, ok := starters[name]
+			if !ok {
+				continue
+			}
+			dir := filepath.Join(tmp, fmt.Sprintf("%s-%d", name, round))
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				return err
+			}
+			fmt.Printf("%s: round %d of %d\n", name, round, o.Rounds)
+			r := measure(ctx, o, name, sinkBin, func(sinkAddr string) (target, error) { return startFn(dir, sinkAddr) })
+			r.Round = round
+			if r.Err != nil {
+				failed = append(failed, name)
+				fmt.Printf("%s: FAILED: %v\n", name, r.Err)
+			}
+			results = append(results, r)
+			if ctx.Err() != nil {
+				break rounds
+			}
 		}
 	}
 	fmt.Println()
@@ -165,6 +182,7 @@ func run(ctx context.Context, o options) error {
 // result is one relay's figures.
 type result struct {
 	Name    string
+	Round   int
 	Skipped string
 	Err     error
 

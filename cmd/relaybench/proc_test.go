@@ -226,6 +226,15 @@ func TestPrintTable(t *testing.T) {
 		}
 	}
 	b.Reset()
+	more := append(rs, result{Name: "relayd", Round: 2, E2ERate: 1000, PeakRSSMiB: 45},
+		result{Name: "relayd", Round: 3, E2ERate: 3100, PeakRSSMiB: 20})
+	printVerdict(&b, more, 4, 40)
+	for _, want := range []string{"relayd 2900 msg/s (3 runs)", "4.46x", "45.0 MiB (target < 40 MiB: NOT met)"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("verdict over rounds lacks %q: %s", want, b.String())
+		}
+	}
+	b.Reset()
 	printVerdict(&b, rs[1:], 4, 40)
 	if !strings.Contains(b.String(), "n/a") {
 		t.Errorf("verdict without relayd: %s", b.String())
