@@ -9,12 +9,16 @@ import (
 
 // On disk a segment is a sequence of frames:
 //
-//	[uint32 LE body length][uint32 LE CRC-32C of body][body]
+//	[uint32 LE body length][uint32 LE CRC-32C of (segment seq, body)][body]
 //
 // and a body is one record: a type byte, then fields as uvarints and
-// length-prefixed strings. A torn or corrupt frame marks the end of what a
-// crash left behind; everything before it is intact because frames are only
-// acknowledged after an fsync that covers them.
+// length-prefixed strings. Segment files are preallocated (zero-filled or
+// recycled from an old segment), so the log ends at the first frame that
+// does not check: a zero length, or a checksum that fails. Seeding the
+// checksum with the segment's sequence number makes frames left over from a
+// recycled file's previous life fail it. Everything before the end is
+// intact because frames are only acknowledged after an fsync that covers
+// them.
 
 const (
 	recMessage byte = 1 // a whole message: envelope, recipient states, content
@@ -92,11 +96,17 @@ type updateRec struct {
 
 var errCorrupt = errors.New("corrupt record")
 
-// frame wraps a record body in its length and checksum.
-func frame(dst, body []byte) []byte {
+// frame wraps a record body in its length and checksum for segment seq.
+func frame(dst []byte, seq uint64, body []byte) []byte {
 	dst = binary.LittleEndian.AppendUint32(dst, uint32(len(body)))
-	dst = binary.LittleEndian.AppendUint32(dst, crc32.Checksum(body, castagnoli))
+	dst = binary.LittleEndian.AppendUint32(dst, checksum(seq, body))
 	return append(dst, body...)
+}
+
+func checksum(seq uint64, body []byte) uint32 {
+	var s [8]byte
+	binary.LittleEndian.PutUint64(s[:], seq)
+	return crc32.Update(crc32.Checksum(s[:], castagnoli), castagnoli, body)
 }
 
 func appendString(b []byte, s string) []byte {

@@ -46,7 +46,7 @@ type Options struct {
 	MaxBytes     int64 // live content bytes; default 1 GiB
 	MaxMessages  int   // live messages; default 100000
 	MinFreeBytes int64 // keep this much of the file system free; default 64 MiB
-	// SegmentBytes is when the log moves to a new segment; default 32 MiB.
+	// SegmentBytes is the size of a segment file; default 8 MiB.
 	SegmentBytes int64
 	// InlineMax is the largest message kept in the log itself; larger ones
 	// get a file each. Default 256 KiB.
@@ -68,7 +68,7 @@ func (o *Options) setDefaults() {
 		o.MinFreeBytes = 64 << 20
 	}
 	if o.SegmentBytes == 0 {
-		o.SegmentBytes = 32 << 20
+		o.SegmentBytes = 8 << 20
 	}
 	if o.InlineMax == 0 {
 		o.InlineMax = 256 << 10
@@ -92,6 +92,10 @@ type Spool struct {
 
 	mu      sync.Mutex // entries, segments' live counts, totals
 	entries map[string]*entry
+
+	// spareMu serialises taking, preparing and recycling the spare file.
+	spareMu   sync.Mutex
+	needSpare chan struct{}
 
 	// segMu guards segments; it is a leaf lock, taken under mu or under
 	// the writer's lock.
@@ -153,13 +157,14 @@ func (g *segment) release() {
 func Open(dir string, opts Options) (*Spool, error) {
 	opts.setDefaults()
 	s := &Spool{
-		dir:     dir,
-		logDir:  filepath.Join(dir, "log"),
-		msgDir:  filepath.Join(dir, "msg"),
-		opts:    opts,
-		log:     opts.Logger,
-		entries: map[string]*entry{},
-		done:    make(chan struct{}),
+		dir:       dir,
+		logDir:    filepath.Join(dir, "log"),
+		msgDir:    filepath.Join(dir, "msg"),
+		opts:      opts,
+		log:       opts.Logger,
+		entries:   map[string]*entry{},
+		done:      make(chan struct{}),
+		needSpare: make(chan struct{}, 1),
 	}
 	for _, d := range []string{dir, s.logDir, s.msgDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -180,25 +185,127 @@ func Open(dir string, opts Options) (*Spool, error) {
 	s.segments = append(s.segments, seg)
 	s.w.init(s, seg)
 	s.idSeq.Store(uint32(opts.Clock().UnixNano()))
-	s.wg.Add(2)
+	s.wg.Add(3)
 	go s.w.run()
 	go s.maintain()
+	go s.prepareSpares()
 	return s, nil
 }
 
+// createSegment makes segment seq from the spare file when one is ready,
+// else by zero-filling a new one. Either way the file's blocks are
+// allocated and written before any record goes in, so that fdatasync after
+// an append has only data to flush, no file size or extent changes: on ext4
+// that avoids a journal commit per sync, several times cheaper under load
+// and on SD cards.
 func (s *Spool) createSegment(seq uint64) (*segment, error) {
 	path := filepath.Join(s.logDir, fmt.Sprintf("%016x.seg", seq))
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	s.spareMu.Lock()
+	err := os.Rename(s.sparePath(), path)
+	s.spareMu.Unlock()
 	if err != nil {
-		return nil, fmt.Errorf("creating segment: %w", err)
+		if err := s.zeroFill(path); err != nil {
+			return nil, fmt.Errorf("creating segment: %w", err)
+		}
 	}
 	if err := syncDir(s.logDir); err != nil {
-		f.Close()
 		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening segment: %w", err)
 	}
 	g := &segment{seq: seq, path: path, f: f}
 	g.refs.Store(1)
 	return g, nil
+}
+
+func (s *Spool) sparePath() string { return filepath.Join(s.logDir, "spare") }
+
+// zeroFill writes a file of SegmentBytes zeros (via a temporary name, so a
+// crash never leaves a half-filled segment) and syncs it.
+func (s *Spool) zeroFill(path string) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	zero := make([]byte, 1<<20)
+	for left := s.opts.SegmentBytes; left > 0 && err == nil; left -= int64(len(zero)) {
+		_, err = f.Write(zero[:min(left, int64(len(zero)))])
+	}
+	if err == nil {
+		err = unix.Fdatasync(int(f.Fd()))
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return mapNoSpace(err)
+	}
+	return nil
+}
+
+// prepareSpares keeps one spare segment ready, so that rotation is a rename
+// rather than a pause to write SegmentBytes of zeros.
+func (s *Spool) prepareSpares() {
+	defer s.wg.Done()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-s.needSpare:
+		}
+		s.spareMu.Lock()
+		_, err := os.Stat(s.sparePath())
+		s.spareMu.Unlock()
+		if err == nil {
+			continue
+		}
+		tmp := s.sparePath() + ".new"
+		if err := s.zeroFill(tmp); err != nil {
+			s.log.Warn("spool: cannot prepare a spare segment", "err", err)
+			continue
+		}
+		s.spareMu.Lock()
+		if _, err := os.Stat(s.sparePath()); err != nil {
+			os.Rename(tmp, s.sparePath())
+		} else {
+			os.Remove(tmp) // a recycled segment got there first
+		}
+		s.spareMu.Unlock()
+	}
+}
+
+// retire removes a segment nothing refers to any more. When no spare is
+// waiting and no reader still has the file open, the file becomes the
+// spare: its blocks are already written, and its old frames cannot pass
+// the checksum of the sequence number it will get.
+func (s *Spool) retire(g *segment) error {
+	s.spareMu.Lock()
+	defer s.spareMu.Unlock()
+	_, err := os.Stat(s.sparePath())
+	if err != nil && g.refs.Load() == 1 {
+		if fi, ferr := g.f.Stat(); ferr == nil && fi.Size() == s.opts.SegmentBytes {
+			g.release()
+			return os.Rename(g.path, s.sparePath())
+		}
+	}
+	g.release()
+	return os.Remove(g.path)
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // recover rebuilds entries from the segments on disk.
@@ -225,18 +332,13 @@ func (s *Spool) recover() error {
 			// A torn tail is what a crash leaves in the newest segment;
 			// anywhere else it is damage worth shouting about. Either way
 			// what is before it is intact and what is after it was never
-			// acknowledged (or cannot be read).
+			// acknowledged (or cannot be read). Nothing is appended to a
+			// recovered segment, so the tail is simply never read again.
 			lvl := slog.LevelInfo
 			if i != len(names)-1 {
 				lvl = slog.LevelError
 			}
-			s.log.Log(context.Background(), lvl, "spool: segment ends in a torn or corrupt record; truncating", "segment", name, "offset", end, "err", rerr)
-			if err := f.Truncate(end); err != nil {
-				return fmt.Errorf("truncating %s: %w", name, err)
-			}
-			if err := f.Sync(); err != nil {
-				return err
-			}
+			s.log.Log(context.Background(), lvl, "spool: segment ends in a torn or corrupt record", "segment", name, "offset", end, "err", rerr)
 		}
 		g.size = end
 		s.segments = append(s.segments, g)
@@ -257,6 +359,11 @@ func (s *Spool) recover() error {
 	if err != nil {
 		return err
 	}
+	// Half-made segment files from a crash during zero-filling.
+	tmps, _ := filepath.Glob(filepath.Join(s.logDir, "*.tmp"))
+	for _, t := range tmps {
+		os.Remove(t)
+	}
 	for _, de := range files {
 		if e, ok := s.entries[de.Name()]; ok && e.file == de.Name() {
 			continue
@@ -268,8 +375,9 @@ func (s *Spool) recover() error {
 	keep := s.segments[:0]
 	for _, g := range s.segments {
 		if g.live == 0 {
-			g.release()
-			os.Remove(g.path)
+			if err := s.retire(g); err != nil {
+				return err
+			}
 			continue
 		}
 		keep = append(keep, g)
@@ -289,14 +397,20 @@ func (s *Spool) replay(g *segment) (int64, error) {
 	for off < int64(len(data)) {
 		rest := data[off:]
 		if len(rest) < frameHeader {
+			if allZero(rest) {
+				return off, nil
+			}
 			return off, fmt.Errorf("%w: torn frame header", errCorrupt)
 		}
 		n := int64(le32(rest[0:]))
+		if n == 0 && le32(rest[4:]) == 0 {
+			return off, nil // preallocated space: the clean end of the log
+		}
 		if n == 0 || n > maxFrame || int64(len(rest)) < frameHeader+n {
 			return off, fmt.Errorf("%w: frame of %d bytes", errCorrupt, n)
 		}
 		body := rest[frameHeader : frameHeader+n]
-		if crc(body) != le32(rest[4:]) {
+		if checksum(g.seq, body) != le32(rest[4:]) {
 			return off, fmt.Errorf("%w: checksum mismatch", errCorrupt)
 		}
 		typ, m, u, id, err := decodeRecord(body)
@@ -721,10 +835,9 @@ func (s *Spool) compact() error {
 		s.segments = s.segments[1:]
 		s.segMu.Unlock()
 		s.mu.Unlock()
-		if err := os.Remove(g.path); err != nil {
-			return fmt.Errorf("removing segment: %w", err)
+		if err := s.retire(g); err != nil {
+			return fmt.Errorf("retiring segment: %w", err)
 		}
-		g.release()
 	}
 }
 

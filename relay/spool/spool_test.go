@@ -106,29 +106,78 @@ func TestCommitSurvivesReopen(t *testing.T) {
 }
 
 func TestTornTailIsDropped(t *testing.T) {
-	dir := relaytest.StateDir(t)
-	s := open(t, dir, Options{})
-	id := put(t, s, []byte("one\r\n"), "a@x.example")
-	s.Close()
-	// A crash mid-write leaves part of a frame after the last good one.
-	segs, _ := filepath.Glob(filepath.Join(dir, "log", "*.seg"))
-	last := segs[len(segs)-1]
-	good, _ := os.ReadFile(last)
-	torn := frame(nil, encodeDone(nil, id))
+	rec := messageRec{ID: "A", Env: Envelope{From: "a@b", To: []Rcpt{{Addr: "c@d"}}}, Data: []byte("hi\r\n")}
+	good := frame(nil, 1, encodeMessage(nil, &rec))
+	torn := frame(nil, 1, encodeDone(nil, "A"))
+	stale := frame(nil, 7, encodeDone(nil, "A")) // left over from a recycled file's previous life
+	for _, tc := range []struct {
+		name string
+		tail []byte
+	}{
+		{"zeros after the last frame", make([]byte, 64)},
+		{"stale frame from another segment", stale},
+		{"file ends after the last frame", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			check(t, append(bytes.Clone(good), tc.tail...))
+		})
+	}
+	// A crash mid-write: every proper prefix of the Done frame is torn,
+	// so the message it would have finished must still be there.
 	for cut := 1; cut < len(torn); cut++ {
-		os.WriteFile(last, append(bytes.Clone(good), torn[:cut]...), 0o600)
-		s := open(t, dir, Options{})
-		if _, ok := s.Get(id); !ok {
-			t.Fatalf("cut %d: message lost although its Done record was torn", cut)
+		t.Run(fmt.Sprintf("torn at %d", cut), func(t *testing.T) {
+			check(t, append(append(bytes.Clone(good), torn[:cut]...), make([]byte, 32)...))
+		})
+	}
+}
+
+// check opens a spool whose only segment holds data and expects message A.
+func check(t *testing.T, data []byte) {
+	t.Helper()
+	dir := relaytest.StateDir(t)
+	os.MkdirAll(filepath.Join(dir, "log"), 0o700)
+	os.WriteFile(filepath.Join(dir, "log", "0000000000000001.seg"), data, 0o600)
+	s := open(t, dir, Options{SegmentBytes: 64 << 10})
+	info, ok := s.Get("A")
+	if !ok {
+		t.Fatalf("message lost")
+	}
+	if got, want := string(content(t, s, info.ID)), "hi\r\n"; got != want {
+		t.Errorf("content %q, want %q", got, want)
+	}
+}
+
+func TestSegmentsAreRecycled(t *testing.T) {
+	dir := relaytest.StateDir(t)
+	opts := Options{SegmentBytes: 16 << 10}
+	s := open(t, dir, opts)
+	body := bytes.Repeat([]byte("r"), 1000)
+	for round := 0; round < 5; round++ {
+		var ids []string
+		for i := 0; i < 40; i++ { // several segments' worth
+			ids = append(ids, put(t, s, body, "a@x.example"))
 		}
-		s.Close()
-		// Recovery truncated the tail; put the good bytes back for the next cut.
-		segs, _ := filepath.Glob(filepath.Join(dir, "log", "*.seg"))
-		for _, g := range segs {
-			if g != last {
-				os.Remove(g)
+		for _, id := range ids {
+			if err := s.Done(id); err != nil {
+				t.Fatal(err)
 			}
 		}
+		if err := s.compact(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "log", "spare")); err != nil {
+		t.Errorf("no spare segment after compaction: %v", err)
+	}
+	keep := put(t, s, body, "b@x.example")
+	s.Close()
+	s = open(t, dir, opts)
+	list := s.List()
+	if len(list) != 1 || list[0].ID != keep {
+		t.Fatalf("after recycling and reopen: %d messages, want only %s", len(list), keep)
+	}
+	if got := content(t, s, keep); !bytes.Equal(got, body) {
+		t.Error("content differs")
 	}
 }
 
@@ -249,14 +298,14 @@ func TestConcurrentCommits(t *testing.T) {
 }
 
 func FuzzReplay(f *testing.F) {
-	f.Add(frame(nil, encodeMessage(nil, &messageRec{ID: "A", Env: Envelope{From: "a@b", To: []Rcpt{{Addr: "c@d"}}}, Data: []byte("hi")})))
-	f.Add(frame(nil, encodeUpdate(nil, &updateRec{ID: "A", Index: 0, State: Delivered, Reply: "250"})))
-	f.Add(frame(nil, encodeDone(nil, "A")))
+	f.Add(frame(nil, 1, encodeMessage(nil, &messageRec{ID: "A", Env: Envelope{From: "a@b", To: []Rcpt{{Addr: "c@d"}}}, Data: []byte("hi")})))
+	f.Add(frame(nil, 1, encodeUpdate(nil, &updateRec{ID: "A", Index: 0, State: Delivered, Reply: "250"})))
+	f.Add(frame(nil, 1, encodeDone(nil, "A")))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		dir := t.TempDir()
 		os.MkdirAll(filepath.Join(dir, "log"), 0o700)
 		os.WriteFile(filepath.Join(dir, "log", "0000000000000001.seg"), data, 0o600)
-		s, err := Open(dir, Options{statfs: func(string) (int64, error) { return 1 << 40, nil }})
+		s, err := Open(dir, Options{SegmentBytes: 64 << 10, statfs: func(string) (int64, error) { return 1 << 40, nil }})
 		if err != nil {
 			return
 		}

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -77,10 +76,17 @@ func (w *writer) appendFrame(body []byte) (*batch, *segment, int64, error) {
 	g := w.seg
 	off := g.size
 	g.size += n
+	if off <= w.s.opts.SegmentBytes/2 && g.size > w.s.opts.SegmentBytes/2 {
+		// Half full: have the next segment's file ready in time.
+		select {
+		case w.s.needSpare <- struct{}{}:
+		default:
+		}
+	}
 	if k := len(w.pend); k > 0 && w.pend[k-1].seg == g {
-		w.pend[k-1].data = frame(w.pend[k-1].data, body)
+		w.pend[k-1].data = frame(w.pend[k-1].data, g.seq, body)
 	} else {
-		w.pend = append(w.pend, chunk{seg: g, off: off, data: frame(make([]byte, 0, max(4096, n)), body)})
+		w.pend = append(w.pend, chunk{seg: g, off: off, data: frame(make([]byte, 0, max(4096, n)), g.seq, body)})
 	}
 	select {
 	case w.kick <- struct{}{}:
@@ -230,5 +236,4 @@ func (w *writer) close() error {
 	return <-w.stopped
 }
 
-func le32(b []byte) uint32   { return binary.LittleEndian.Uint32(b) }
-func crc(body []byte) uint32 { return crc32.Checksum(body, castagnoli) }
+func le32(b []byte) uint32 { return binary.LittleEndian.Uint32(b) }
