@@ -47,9 +47,17 @@ func (d *dotWriter) Write(p []byte) (int, error) {
 			}
 		}
 		d.bol = false
-		j := bytes.IndexAny(p[i:], "\r\n")
-		if j < 0 {
-			j = len(p) - i
+		// The next line ending: two IndexByte calls beat IndexAny.
+		rest := p[i:]
+		j := bytes.IndexByte(rest, '\r')
+		lim := rest
+		if j >= 0 {
+			lim = rest[:j]
+		}
+		if k := bytes.IndexByte(lim, '\n'); k >= 0 {
+			j = k
+		} else if j < 0 {
+			j = len(rest)
 		}
 		if _, err := d.w.Write(p[i : i+j]); err != nil {
 			return i, err
