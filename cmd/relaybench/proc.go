@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // clockTicks is USER_HZ, the unit of the CPU times in /proc/PID/stat; the
@@ -227,4 +229,28 @@ func startPinned(cmd *exec.Cmd, release <-chan struct{}) error {
 		}
 	}()
 	return <-errc
+}
+
+// deviceSectors reads the sectors written to the block device holding dir
+// (field 7 of /sys/dev/block/MAJ:MIN/stat). It counts every writer of that
+// device, so run the benchmark on an otherwise quiet machine.
+func deviceSectors(dir string) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return 0, fmt.Errorf("finding the device of %s: %w", dir, err)
+	}
+	path := fmt.Sprintf("/sys/dev/block/%d:%d/stat", unix.Major(st.Dev), unix.Minor(st.Dev))
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("reading the device counters of %s: %w", dir, err)
+	}
+	return parseDeviceSectors(string(b))
+}
+
+func parseDeviceSectors(stat string) (uint64, error) {
+	f := strings.Fields(stat)
+	if len(f) < 7 {
+		return 0, fmt.Errorf("block device stat %q: want at least 7 fields", stat)
+	}
+	return strconv.ParseUint(f[6], 10, 64)
 }

@@ -240,3 +240,20 @@ func TestPrintTable(t *testing.T) {
 		t.Errorf("verdict without relayd: %s", b.String())
 	}
 }
+
+func TestParseDeviceSectors(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		want    uint64
+		wantErr bool
+	}{
+		{"  120811     9457  8006334    45000   310228   281604 24416968   812323        0   352468   882312", 24416968, false},
+		{"1 2 3", 0, true},
+		{"1 2 3 4 5 6 x 8", 0, true},
+	} {
+		got, err := parseDeviceSectors(tc.in)
+		if (err != nil) != tc.wantErr || got != tc.want {
+			t.Errorf("parseDeviceSectors(%q) = %d, %v; want %d, error %v", tc.in, got, err, tc.want, tc.wantErr)
+		}
+	}
+}

@@ -12,7 +12,7 @@ import (
 // printTable writes one row per relay.
 func printTable(w io.Writer, rs []result) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "relay\taccepted msg/s\tend-to-end msg/s\tp50 accept\tp99 accept\tCPU-ms/msg\tpeak RSS MiB\tpeak PSS MiB\tdisk B/msg\tprocs\tgen CPU-ms/msg\t")
+	fmt.Fprintln(tw, "relay\taccepted msg/s\tend-to-end msg/s\tp50 accept\tp99 accept\tCPU-ms/msg\tpeak RSS MiB\tpeak PSS MiB\tdev B/msg\tprocs\tgen CPU-ms/msg\t")
 	multi := slices.ContainsFunc(rs, func(r result) bool { return r.Round > 1 })
 	for _, r := range rs {
 		if multi && r.Round > 0 {
