@@ -179,11 +179,21 @@ func Open(dir string, opts Options) (*Spool, error) {
 		next = s.segments[n-1].seq + 1
 	}
 	seg, err := s.createSegment(next)
-	if err != nil {
+	if err != nil && !errors.Is(err, ErrFull) {
 		return nil, fmt.Errorf("opening spool: %w", err)
 	}
-	s.segments = append(s.segments, seg)
-	s.w.init(s, seg)
+	if err != nil {
+		// A full disk must not stop the relay: it can still deliver what
+		// it holds, which frees space. New messages get 452 until a
+		// segment can be made.
+		s.log.Error("spool: no room for a new segment; accepting nothing until space is freed", "err", err)
+		seg = &segment{seq: next}
+		s.w.init(s, seg)
+		s.w.broken[seg] = true
+	} else {
+		s.segments = append(s.segments, seg)
+		s.w.init(s, seg)
+	}
 	s.idSeq.Store(uint32(opts.Clock().UnixNano()))
 	s.wg.Add(3)
 	go s.w.run()
@@ -205,7 +215,13 @@ func (s *Spool) createSegment(seq uint64) (*segment, error) {
 	s.spareMu.Unlock()
 	if err != nil {
 		if err := s.zeroFill(path); err != nil {
-			return nil, fmt.Errorf("creating segment: %w", err)
+			// No room to preallocate: an empty file still works, with
+			// slower syncs, until space is freed.
+			f, cerr := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+			if cerr != nil {
+				return nil, fmt.Errorf("creating segment: %w", err)
+			}
+			f.Close()
 		}
 	}
 	if err := syncDir(s.logDir); err != nil {
