@@ -84,6 +84,7 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 	hostname := cfg.Hostname
 	if hostname == "" {
 		hostname, _ = os.Hostname()
+		cfg.Hostname = hostname // one name for banner, Received, EHLO upstream and bounces
 	}
 	r = &Relay{cfg: cfg, dir: dir, d: d, log: d.Logger}
 	defer func() {
