@@ -67,6 +67,7 @@ func Run(ctx context.Context, o Options) error {
 		log = slog.Default()
 	}
 	if o.Box {
+		console("relayd started, preparing the box")
 		bo := GokrazyBoxOptions(log)
 		box, err := PrepareBox(ctx, bo)
 		if errors.Is(err, ErrStateUnusable) {
@@ -83,6 +84,7 @@ func Run(ctx context.Context, o Options) error {
 			return err
 		}
 		o.StateDir, o.ConfigFile = bo.StateDir, box.ConfigFile
+		console("box prepared (first boot: %v)", box.FirstBoot)
 		if o.Discovery == nil && box.Site != nil && box.Site.Hostname != "" {
 			o.Discovery = &Discovery{Hostname: box.Site.Hostname}
 		}
@@ -124,6 +126,9 @@ func Run(ctx context.Context, o Options) error {
 		}
 		defer func() { stop(); <-done }() // goodbyes go out before we exit
 		log.Info("announcing by mDNS", "name", resp.Name()+".local")
+	}
+	if o.Box {
+		console("SMTP listening on %v", r.Addrs())
 	}
 	if o.Ready != nil {
 		o.Ready(r.Addrs(), httpAddr)

@@ -191,3 +191,15 @@ func HoldUnusable(ctx context.Context, reason error, ln net.Listener, log *slog.
 		}
 	}
 }
+
+// console writes a line to the kernel log, which a gokrazy box shows on its
+// serial console with the kernel's uptime: a technician with a serial cable
+// (and the VM test) sees when the relay got ready without network access.
+func console(format string, a ...any) {
+	f, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	fmt.Fprintf(f, "siterelay: "+format+"\n", a...)
+}

@@ -134,7 +134,7 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 		Clock: d.Clock, Logger: d.Logger,
 	})
 
-	var cert *tls.Certificate
+	var cert func(*tls.ClientHelloInfo) (*tls.Certificate, error)
 	var checkRcpt func(string) error
 	if rc, ok := r.up.(upstream.RecipientChecker); ok {
 		checkRcpt = rc.CheckRecipient
@@ -151,13 +151,12 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 		var tlsConf *tls.Config
 		if *lc.StartTLS {
 			if cert == nil {
-				c, err := certs.LoadOrCreate(filepath.Join(dir, "tls"), cfg.TLS.CertFile, cfg.TLS.KeyFile, hostname, d.Clock())
+				cert, err = certs.Getter(filepath.Join(dir, "tls"), cfg.TLS.CertFile, cfg.TLS.KeyFile, hostname, d.Clock())
 				if err != nil {
 					return nil, err
 				}
-				cert = &c
 			}
-			tlsConf = inbound.TLSConfig(*cert, config.TLSVersions[lc.MinTLS])
+			tlsConf = inbound.TLSConfig(cert, config.TLSVersions[lc.MinTLS])
 		}
 		l, err := d.Listen("tcp", lc.Address)
 		if err != nil {

@@ -57,6 +57,41 @@ func LoadOrCreate(dir, certFile, keyFile, hostname string, now time.Time) (tls.C
 	return tls.X509KeyPair(certPEM, keyPEM)
 }
 
+// Getter returns the certificate for a handshake: the configured or stored
+// pair at once, or, when the self-signed pair has yet to be made (a box's
+// first start), one generated in the background. Generating an RSA key
+// takes seconds on a small box (or under emulation) and needs the kernel's
+// random pool, so the listeners do not wait for it: only a STARTTLS in
+// those first seconds does.
+func Getter(dir, certFile, keyFile, hostname string, now time.Time) (func(*tls.ClientHelloInfo) (*tls.Certificate, error), error) {
+	if certFile != "" || stored(dir) {
+		c, err := LoadOrCreate(dir, certFile, keyFile, hostname, now)
+		if err != nil {
+			return nil, err
+		}
+		return func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &c, nil }, nil
+	}
+	var c tls.Certificate
+	var err error
+	ready := make(chan struct{})
+	go func() {
+		defer close(ready)
+		c, err = LoadOrCreate(dir, "", "", hostname, now)
+	}()
+	return func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+		<-ready
+		if err != nil {
+			return nil, err
+		}
+		return &c, nil
+	}, nil
+}
+
+func stored(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, "relay.crt"))
+	return err == nil
+}
+
 // SelfSigned makes an RSA-2048 certificate for hostname valid for ten
 // years. RSA rather than ECDSA because the old printers that need TLS 1.0
 // often support nothing else.

@@ -84,8 +84,8 @@ type Options struct {
 // version is min. Below TLS 1.2 it adds the RSA key exchange CBC suites:
 // the printers and scanners that still speak TLS 1.0 rarely know anything
 // else, and the relay speaks only TLS 1.2+ upstream anyway.
-func TLSConfig(cert tls.Certificate, min uint16) *tls.Config {
-	c := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: min}
+func TLSConfig(cert func(*tls.ClientHelloInfo) (*tls.Certificate, error), min uint16) *tls.Config {
+	c := &tls.Config{GetCertificate: cert, MinVersion: min}
 	if min < tls.VersionTLS12 {
 		for _, cs := range tls.CipherSuites() {
 			c.CipherSuites = append(c.CipherSuites, cs.ID)

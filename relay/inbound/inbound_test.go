@@ -68,7 +68,7 @@ func start(t *testing.T, mod func(*Options)) *fixture {
 	f := &fixture{sp: sp}
 	cert := testCert()(t)
 	o := Options{
-		Name: "test", Hostname: "relay.test", TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
+		Name: "test", Hostname: "relay.test", TLS: TLSConfig(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }, tls.VersionTLS12),
 		Auth: true, MaxMessageBytes: 10000, MaxRecipients: 3, MaxLineLength: 4000,
 		ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
 		Policy: testPolicy{open: true}, Spool: sp,
@@ -369,7 +369,7 @@ func TestOldTLSForLegacyDevices(t *testing.T) {
 		{"tls1.0 refused by default", tls.VersionTLS12, tls.VersionTLS10, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := start(t, func(o *Options) { o.TLS = TLSConfig(o.TLS.Certificates[0], tc.min) })
+			f := start(t, func(o *Options) { o.TLS = TLSConfig(o.TLS.GetCertificate, tc.min) })
 			c, err := smtp.DialStartTLS(f.addr, &tls.Config{InsecureSkipVerify: true, MinVersion: tc.clientV, MaxVersion: tc.clientV,
 				CipherSuites: []uint16{tls.TLS_RSA_WITH_AES_128_CBC_SHA}}) // what old printers speak
 			if err == nil {

@@ -178,7 +178,14 @@ func Open(dir string, opts Options) (*Spool, error) {
 	if n := len(s.segments); n > 0 {
 		next = s.segments[n-1].seq + 1
 	}
-	seg, err := s.createSegment(next)
+	// The first segment of a new spool starts as an empty file and the
+	// spare is preallocated in the background: a box's first start (and
+	// every test) need not wait for SegmentBytes of zeros.
+	seg, err := s.createSegment(next, false)
+	select {
+	case s.needSpare <- struct{}{}:
+	default:
+	}
 	if err != nil && !errors.Is(err, ErrFull) {
 		return nil, fmt.Errorf("opening spool: %w", err)
 	}
@@ -208,13 +215,13 @@ func Open(dir string, opts Options) (*Spool, error) {
 // an append has only data to flush, no file size or extent changes: on ext4
 // that avoids a journal commit per sync, several times cheaper under load
 // and on SD cards.
-func (s *Spool) createSegment(seq uint64) (*segment, error) {
+func (s *Spool) createSegment(seq uint64, prealloc bool) (*segment, error) {
 	path := filepath.Join(s.logDir, fmt.Sprintf("%016x.seg", seq))
 	s.spareMu.Lock()
 	err := os.Rename(s.sparePath(), path)
 	s.spareMu.Unlock()
 	if err != nil {
-		if err := s.zeroFill(path); err != nil {
+		if err := s.fill(path, prealloc); err != nil {
 			// No room to preallocate: an empty file still works, with
 			// slower syncs, until space is freed.
 			f, cerr := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
@@ -237,6 +244,18 @@ func (s *Spool) createSegment(seq uint64) (*segment, error) {
 }
 
 func (s *Spool) sparePath() string { return filepath.Join(s.logDir, "spare") }
+
+// fill makes a new segment file: zero-filled when prealloc, else empty.
+func (s *Spool) fill(path string, prealloc bool) error {
+	if prealloc {
+		return s.zeroFill(path)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return mapNoSpace(err)
+	}
+	return f.Close()
+}
 
 // zeroFill writes a file of SegmentBytes zeros (via a temporary name, so a
 // crash never leaves a half-filled segment) and syncs it.

@@ -97,7 +97,7 @@ func (w *writer) appendFrame(body []byte) (*batch, *segment, int64, error) {
 
 // rotate starts a new segment; called with w.mu held.
 func (w *writer) rotate() error {
-	g, err := w.s.createSegment(w.seg.seq + 1)
+	g, err := w.s.createSegment(w.seg.seq+1, true)
 	if err != nil {
 		return mapNoSpace(err)
 	}
