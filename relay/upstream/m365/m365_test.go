@@ -410,7 +410,7 @@ func mxEnv(t *testing.T, xo m365test.ExchangeOptions) (*env, *m365test.DNS) {
 
 func TestConnectorCertificate(t *testing.T) {
 	e, d := mxEnv(t, m365test.ExchangeOptions{ConnectorDomains: []string{"contoso.test"}, RequireConnector: true})
-	client := e.ca.Client(t, "contoso.test")
+	client := e.ca.ClientCert(t, "contoso.test")
 	der, _ := x509MarshalKey(client.PrivateKey)
 	os.WriteFile(filepath.Join(e.dir, "connector.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: client.Certificate[0]}), 0o644)
 	e.secrets["connector-key"] = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})

@@ -107,7 +107,7 @@ func NewExchange(t testing.TB, o ExchangeOptions) *Exchange {
 	s.EnableSMTPUTF8 = true
 	s.ReadTimeout = time.Minute
 	s.WriteTimeout = time.Minute
-	cert := o.CA.Server(t, o.Hostname)
+	cert := o.CA.ServerCert(t, o.Hostname)
 	s.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
 		ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: o.CA.Pool}
 	l, err := net.Listen("tcp", "127.0.0.1:0")

@@ -11,7 +11,10 @@ package m365test
 import (
 	"context"
 	"sync"
+	"testing"
 	"time"
+
+	"github.com/siterelay/siterelay/relay/upstream/upstreamtest"
 )
 
 // Clock is virtual time shared by the relay's parts and the fakes. Sleep
@@ -44,3 +47,11 @@ func (c *Clock) Sleep(ctx context.Context, d time.Duration) error {
 	c.Advance(d)
 	return nil
 }
+
+// CA is the certificate authority of the fakes and of the relay under test
+// (server names, connector client certificates, RSA app credentials): the
+// same as the upstream tests use.
+type CA = upstreamtest.TestCA
+
+// NewCA makes a CA valid for a day around now.
+func NewCA(t testing.TB) *CA { return upstreamtest.NewTestCA(t) }

@@ -1,9 +1,11 @@
 package upstreamtest
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -92,6 +94,23 @@ func (ca *TestCA) ClientCert(t testing.TB, name string) tls.Certificate {
 	return ca.Issue(t, name, []string{name}, x509.ExtKeyUsageClientAuth, 24*time.Hour)
 }
 
+// RSA issues an RSA client certificate for name (Entra app credentials
+// must be RSA) and returns it with its certificate and key in PEM.
+func (ca *TestCA) RSA(t testing.TB, name string) (certPEM, keyPEM []byte, cert tls.Certificate) {
+	t.Helper()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert = ca.issue(t, name, []string{name}, x509.ExtKeyUsageClientAuth, 24*time.Hour, key, &key.PublicKey)
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), cert
+}
+
 // Issue is the general form: common name, SANs, usage and lifetime from now
 // (a short lifetime tests expiry warnings).
 func (ca *TestCA) Issue(t testing.TB, cn string, names []string, usage x509.ExtKeyUsage, life time.Duration) tls.Certificate {
@@ -100,12 +119,17 @@ func (ca *TestCA) Issue(t testing.TB, cn string, names []string, usage x509.ExtK
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ca.issue(t, cn, names, usage, life, key, &key.PublicKey)
+}
+
+func (ca *TestCA) issue(t testing.TB, cn string, names []string, usage x509.ExtKeyUsage, life time.Duration, key crypto.Signer, pub any) tls.Certificate {
+	t.Helper()
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(serial.Add(1)),
 		Subject:      pkix.Name{CommonName: cn},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(life),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
 		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
 	}
@@ -116,7 +140,7 @@ func (ca *TestCA) Issue(t testing.TB, cn string, names []string, usage x509.ExtK
 			tmpl.DNSNames = append(tmpl.DNSNames, n)
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.key)
 	if err != nil {
 		t.Fatal(err)
 	}
