@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/siterelay/siterelay/relay/durable"
 )
 
 // Where things are on a gokrazy box. The bootstrap directory is baked into
@@ -86,7 +88,7 @@ func CheckState(dir, permDir, mounts string) error {
 		return fmt.Errorf("%w: creating %s: %v", ErrStateUnusable, dir, err)
 	}
 	probe := filepath.Join(dir, ".probe")
-	if err := writeDurable(probe, []byte("siterelay\n"), 0o600); err != nil {
+	if err := durable.WriteFile(probe, []byte("siterelay\n"), 0o600); err != nil {
 		return fmt.Errorf("%w: %v (is the card full or failing?)", ErrStateUnusable, err)
 	}
 	if err := os.Remove(probe); err != nil {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/siterelay/siterelay/netcfg"
+	"github.com/siterelay/siterelay/relay/durable"
 )
 
 // The files an image carries in its bootstrap directory (/etc/siterelay,
@@ -158,7 +159,7 @@ func MoveBootstrap(bootstrapDir, stateDir string) (bool, error) {
 		if err != nil {
 			return false, fmt.Errorf("first boot: reading the image's %s: %w", f.from, err)
 		}
-		if err := writeDurable(dst, b, f.perm); err != nil {
+		if err := durable.WriteFile(dst, b, f.perm); err != nil {
 			return false, fmt.Errorf("first boot: %w", err)
 		}
 		if f.to == ConfigFileName {
@@ -166,48 +167,4 @@ func MoveBootstrap(bootstrapDir, stateDir string) (bool, error) {
 		}
 	}
 	return first, nil
-}
-
-// writeDurable writes path so that it is either absent or complete after
-// a power cut: temporary file, fsync, rename, fsync of the directory.
-func writeDurable(path string, b []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("creating %s: %w", dir, err)
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Chmod(perm)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("syncing %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("syncing %s: %w", dir, err)
-	}
-	return nil
 }

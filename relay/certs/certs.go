@@ -18,6 +18,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/siterelay/siterelay/relay/durable"
 )
 
 // LoadOrCreate returns the pair in certFile/keyFile when both are given;
@@ -48,10 +50,10 @@ func LoadOrCreate(dir, certFile, keyFile, hostname string, now time.Time) (tls.C
 	}
 	// Key first: a crash between the two leaves a key without a
 	// certificate, which the next start replaces.
-	if err := writeFile(kf, keyPEM, 0o600); err != nil {
+	if err := durable.WriteFile(kf, keyPEM, 0o600); err != nil {
 		return tls.Certificate{}, err
 	}
-	if err := writeFile(cf, certPEM, 0o644); err != nil {
+	if err := durable.WriteFile(cf, certPEM, 0o644); err != nil {
 		return tls.Certificate{}, err
 	}
 	return tls.X509KeyPair(certPEM, keyPEM)
@@ -123,27 +125,4 @@ func SelfSigned(hostname string, now time.Time) (certPEM, keyPEM []byte, err err
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), nil
-}
-
-func writeFile(path string, b []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	return nil
 }

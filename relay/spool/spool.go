@@ -32,6 +32,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/siterelay/siterelay/relay/durable"
 )
 
 // ErrFull means a storage limit would be exceeded; devices should hear
@@ -231,7 +233,7 @@ func (s *Spool) createSegment(seq uint64, prealloc bool) (*segment, error) {
 			f.Close()
 		}
 	}
-	if err := syncDir(s.logDir); err != nil {
+	if err := syncDirFull(s.logDir); err != nil {
 		return nil, err
 	}
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
@@ -418,7 +420,7 @@ func (s *Spool) recover() error {
 		keep = append(keep, g)
 	}
 	s.segments = keep
-	return syncDir(s.logDir)
+	return syncDirFull(s.logDir)
 }
 
 // replay applies one segment's records; it returns the offset of the end of
@@ -604,7 +606,7 @@ func (m *Message) Commit(env Envelope) (string, error) {
 		}
 		m.tmp.Close()
 		m.tmp = nil
-		if err := syncDir(s.msgDir); err != nil {
+		if err := syncDirFull(s.msgDir); err != nil {
 			os.Remove(filepath.Join(s.msgDir, id))
 			return "", err
 		}
@@ -904,18 +906,6 @@ func (s *Spool) copyForward(g *segment) error {
 	return nil
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("syncing directory: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("syncing directory %s: %w", dir, mapNoSpace(err))
-	}
-	return nil
-}
-
 func freeBytes(dir string) (int64, error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err != nil {
@@ -931,4 +921,12 @@ func mapNoSpace(err error) error {
 		return fmt.Errorf("%w: %v", ErrFull, err)
 	}
 	return err
+}
+
+// syncDirFull syncs a spool directory; a full disk becomes ErrFull.
+func syncDirFull(dir string) error {
+	if err := durable.SyncDir(dir); err != nil {
+		return mapNoSpace(err)
+	}
+	return nil
 }
