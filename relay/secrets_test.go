@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -10,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,18 +17,6 @@ import (
 	"github.com/siterelay/siterelay/relay/trace"
 	"github.com/siterelay/siterelay/relay/upstream/upstreamtest"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // TestSecretsNeverLeak: the smarthost refuses the relay's password; the
 // refusal must reach logs, trace and metrics without the password.
@@ -46,7 +32,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 	cfg.Delivery.FirstRetry = config.Duration(20 * time.Millisecond)
 	cfg.Delivery.MaxRetry = config.Duration(50 * time.Millisecond)
 	cfg.Listeners[0].Address = "127.0.0.1:0"
-	logs := &syncBuffer{}
+	logs := &relaytest.Buffer{}
 	r, err := New(cfg, dir, Deps{
 		Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Secret: func(name string) ([]byte, error) { return []byte(password), nil },

@@ -4,7 +4,9 @@
 package relaytest
 
 import (
+	"bytes"
 	"os"
+	"sync"
 	"testing"
 	"time"
 )
@@ -63,4 +65,23 @@ func Eventually(t testing.TB, msg string, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// Buffer collects what a logger writes from many goroutines, so a test can
+// search the logs afterwards (for a secret that must not be there, say).
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *Buffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *Buffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

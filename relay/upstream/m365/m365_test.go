@@ -18,6 +18,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/relaytest"
 	"github.com/siterelay/siterelay/relay/upstream"
 	"github.com/siterelay/siterelay/relay/upstream/m365"
 	"github.com/siterelay/siterelay/relay/upstream/m365test"
@@ -38,25 +39,13 @@ type env struct {
 	ca      *m365test.CA
 	entra   *m365test.Entra
 	x       *m365test.Exchange
-	logs    *syncBuffer
+	logs    *relaytest.Buffer
 	secrets map[string][]byte
 	dir     string
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
 func newEnv(t *testing.T, xo m365test.ExchangeOptions) *env {
-	e := &env{t: t, clock: m365test.NewClock(), ca: m365test.NewCA(t), logs: &syncBuffer{}, secrets: map[string][]byte{}, dir: t.TempDir()}
+	e := &env{t: t, clock: m365test.NewClock(), ca: m365test.NewCA(t), logs: &relaytest.Buffer{}, secrets: map[string][]byte{}, dir: t.TempDir()}
 	e.entra = m365test.NewEntra(t, tenant, e.clock.Now)
 	e.entra.AddApp(m365test.App{ClientID: "app1", Secret: secret})
 	xo.CA, xo.Clock, xo.Entra = e.ca, e.clock.Now, e.entra
