@@ -195,9 +195,6 @@ func (r *Relay) Trace() *trace.Store { return r.trace }
 // Spool is the queue, for status and inspection.
 func (r *Relay) Spool() *spool.Spool { return r.spool }
 
-// Flush retries every deferred message now.
-func (r *Relay) Flush() { r.sched.Kick() }
-
 // Run serves until ctx ends, then stops the listeners (waiting up to 10 s
 // for sessions in DATA), lets attempts in flight end and closes the state.
 func (r *Relay) Run(ctx context.Context) error {

@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -158,11 +157,7 @@ func Classify(err error) *Error {
 		}
 		return e
 	}
-	var ne net.Error
-	if errors.As(err, &ne) {
-		return &Error{Err: err}
-	}
-	return &Error{Err: err}
+	return &Error{Err: err} // network, TLS, timeouts, anything else: temporary
 }
 
 // IsPermanent reports whether err is a definite refusal that should bounce.
