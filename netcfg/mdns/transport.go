@@ -115,37 +115,41 @@ func (t *udpTransport) deliver(p packet) bool {
 	}
 }
 
+// read4 and read6 feed one receive loop; they differ only in the control
+// message type that carries the receiving interface.
 func (t *udpTransport) read4() {
-	defer t.wg.Done()
-	buf := make([]byte, 9000)
-	for {
-		n, cm, src, err := t.p4.ReadFrom(buf)
-		if err != nil {
-			return
+	t.readLoop(func(b []byte) (int, int, net.Addr, error) {
+		n, cm, src, err := t.p4.ReadFrom(b)
+		if cm == nil {
+			return n, -1, src, err
 		}
-		ua, ok := src.(*net.UDPAddr)
-		if !ok || cm == nil {
-			continue
-		}
-		if !t.deliver(packet{data: append([]byte(nil), buf[:n]...), ifIndex: cm.IfIndex, src: ua.AddrPort()}) {
-			return
-		}
-	}
+		return n, cm.IfIndex, src, err
+	})
 }
 
 func (t *udpTransport) read6() {
+	t.readLoop(func(b []byte) (int, int, net.Addr, error) {
+		n, cm, src, err := t.p6.ReadFrom(b)
+		if cm == nil {
+			return n, -1, src, err
+		}
+		return n, cm.IfIndex, src, err
+	})
+}
+
+func (t *udpTransport) readLoop(read func([]byte) (n, ifIndex int, src net.Addr, err error)) {
 	defer t.wg.Done()
 	buf := make([]byte, 9000)
 	for {
-		n, cm, src, err := t.p6.ReadFrom(buf)
+		n, ifIndex, src, err := read(buf)
 		if err != nil {
 			return
 		}
 		ua, ok := src.(*net.UDPAddr)
-		if !ok || cm == nil {
+		if !ok || ifIndex < 0 {
 			continue
 		}
-		if !t.deliver(packet{data: append([]byte(nil), buf[:n]...), ifIndex: cm.IfIndex, src: ua.AddrPort()}) {
+		if !t.deliver(packet{data: append([]byte(nil), buf[:n]...), ifIndex: ifIndex, src: ua.AddrPort()}) {
 			return
 		}
 	}
