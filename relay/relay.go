@@ -76,6 +76,9 @@ type Relay struct {
 	sched     *delivery.Scheduler
 	listeners []net.Listener
 	servers   []*inbound.Server
+	started   time.Time
+	maxSize   int64
+	seen      seen
 }
 
 // New opens the state in dir and binds the listeners; Run serves.
@@ -86,12 +89,13 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 		hostname, _ = os.Hostname()
 		cfg.Hostname = hostname // one name for banner, Received, EHLO upstream and bounces
 	}
-	r = &Relay{cfg: cfg, dir: dir, d: d, log: d.Logger}
-	defer func() {
+	r = &Relay{cfg: cfg, dir: dir, d: d, log: d.Logger, started: d.Clock()}
+	defer func(r *Relay) {
+		// r, not the named result: every error return sets that to nil.
 		if err != nil {
 			r.close()
 		}
-	}()
+	}(r)
 
 	r.spool, err = spool.Open(filepath.Join(dir, "spool"), spool.Options{
 		MaxBytes: cfg.Spool.MaxBytes, MaxMessages: cfg.Spool.MaxMessages, MinFreeBytes: cfg.Spool.MinFreeBytes,
@@ -116,6 +120,7 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 		TraceDropped: func() uint64 { return r.trace.Stats().Dropped },
 	})
 	r.trace.Subscribe(r.metrics.Observe)
+	r.trace.Subscribe(r.seen.observe)
 
 	r.up, r.upName, err = newUpstream(cfg, dir, d)
 	if err != nil {
@@ -125,6 +130,7 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 	if lim := r.up.Limits().MaxSize; lim > 0 && lim < maxSize {
 		maxSize = lim // refuse at the device what the upstream would refuse later
 	}
+	r.maxSize = maxSize
 
 	r.sched = delivery.New(delivery.Options{
 		Spool: r.spool, Upstream: r.up, UpstreamName: r.upName,
@@ -231,6 +237,12 @@ func (r *Relay) Run(ctx context.Context) error {
 		s.Shutdown(shctx)
 	}
 	cancel()
+	// go-smtp's Shutdown closes only the listeners its Serve has seen; a
+	// Serve goroutine not yet started (a stop right after start) would
+	// otherwise accept forever.
+	for _, l := range r.listeners {
+		l.Close()
+	}
 	wg.Wait()
 	stopSched()
 	<-schedDone

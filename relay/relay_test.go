@@ -71,6 +71,49 @@ func TestDevDefaultDeliversToOutbox(t *testing.T) {
 	}
 }
 
+func TestListenerAddressInUse(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	cfg := config.Default()
+	cfg.Listeners[0].Address = busy.Addr().String()
+	r, err := New(cfg, relaytest.StateDir(t), Deps{})
+	if err == nil {
+		r.close()
+		t.Fatal("New on a port in use: got no error")
+	}
+	if got := err.Error(); !strings.Contains(got, "listeners[0] (smtp)") || !strings.Contains(got, "address already in use") {
+		t.Errorf("error %q does not name the listener and the cause", got)
+	}
+}
+
+// A relay stopped the moment it starts must stop: go-smtp's Shutdown does
+// not know listeners whose Serve has not begun yet.
+func TestStopRightAfterStart(t *testing.T) {
+	for i := 0; i < 20; i++ {
+		cfg := config.Default()
+		cfg.Listeners[0].Address = "127.0.0.1:0"
+		r, err := New(cfg, relaytest.StateDir(t), Deps{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		done := make(chan error, 1)
+		go func() { done <- r.Run(ctx) }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+		case <-time.After(time.Until(relaytest.Deadline(t))):
+			t.Fatalf("round %d: Run did not return after its context ended", i)
+		}
+	}
+}
+
 func TestNotAnOpenRelay(t *testing.T) {
 	cfg := config.Default()
 	cfg.Listeners[0].AllowedNetworks = []string{"127.0.0.1/32"}

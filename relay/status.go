@@ -1,0 +1,152 @@
+package relay
+
+import (
+	"net"
+	"sync"
+	"time"
+
+	"github.com/siterelay/siterelay/relay/trace"
+)
+
+// Status is the relay at a glance, for the status page and for discovery.
+// It names no person: no addresses, no subjects, no queue IDs, because the
+// status page is open to everyone on the plant network. The message trace
+// is where an administrator looks for a message.
+type Status struct {
+	Started   time.Time        `json:"started"`
+	Listeners []ListenerStatus `json:"listeners"`
+	// MaxMessageBytes is the largest message a device may send (the
+	// smaller of the configured limit and the upstream's).
+	MaxMessageBytes int64          `json:"max_message_bytes"`
+	Upstream        UpstreamStatus `json:"upstream"`
+	Queue           QueueStatus    `json:"queue"`
+	// Counts are trace events since start, by kind (docs/trace.md).
+	Counts map[trace.Kind]uint64 `json:"counts"`
+}
+
+// ListenerStatus is one listener as a device sees it.
+type ListenerStatus struct {
+	Name    string `json:"name"`
+	Address string `json:"address"`
+	// Mode is "smtp" or "submission".
+	Mode string `json:"mode"`
+	// TLS is "none", "starttls" (offered) or "required".
+	TLS string `json:"tls"`
+	// MinTLS is the oldest TLS version offered, e.g. "1.0".
+	MinTLS string `json:"min_tls,omitempty"`
+	// Auth is "none", "offered" or "required".
+	Auth string `json:"auth"`
+	// Loopback listeners are not reachable from the plant network.
+	Loopback bool `json:"loopback"`
+}
+
+// UpstreamStatus is how the last deliveries went.
+type UpstreamStatus struct {
+	Name string `json:"name"`
+	// LastDelivered is when the upstream last accepted a message.
+	LastDelivered time.Time `json:"last_delivered,omitzero"`
+	// LastProblem is the last deferral, bounce or expiry, with the
+	// upstream's reply and what it means.
+	LastProblem *Problem `json:"last_problem,omitempty"`
+}
+
+// Failing says whether mail is waiting because the upstream's last answer
+// was a temporary failure (down, throttled, login refused): a bounce for one
+// bad recipient says nothing about the upstream, a deferral does.
+func (u UpstreamStatus) Failing() bool {
+	p := u.LastProblem
+	return p != nil && p.Kind == trace.Deferred && p.Time.After(u.LastDelivered)
+}
+
+// Problem is an upstream reply that kept a message from being delivered.
+type Problem struct {
+	Time  time.Time  `json:"time"`
+	Kind  trace.Kind `json:"kind"`
+	Reply string     `json:"reply"`
+	Hint  string     `json:"hint,omitempty"`
+}
+
+// QueueStatus is the spool's content.
+type QueueStatus struct {
+	Messages int   `json:"messages"`
+	Bytes    int64 `json:"bytes"`
+	// Oldest is when the oldest message still queued was received.
+	Oldest time.Time `json:"oldest,omitzero"`
+}
+
+// Status reports the relay as it is now.
+func (r *Relay) Status() Status {
+	st := r.spool.Stats()
+	s := Status{
+		Started:         r.started,
+		Listeners:       r.listenerStatus(),
+		MaxMessageBytes: r.maxSize,
+		Queue:           QueueStatus{Messages: st.Messages, Bytes: st.Bytes, Oldest: st.Oldest},
+	}
+	r.seen.mu.Lock()
+	defer r.seen.mu.Unlock()
+	s.Upstream = r.seen.upstream
+	s.Upstream.Name = r.upName
+	if p := s.Upstream.LastProblem; p != nil {
+		cp := *p
+		s.Upstream.LastProblem = &cp
+	}
+	s.Counts = make(map[trace.Kind]uint64, len(trace.Kinds))
+	for _, k := range trace.Kinds {
+		s.Counts[k] = r.seen.counts[k]
+	}
+	return s
+}
+
+func (r *Relay) listenerStatus() []ListenerStatus {
+	out := make([]ListenerStatus, len(r.listeners))
+	for i, l := range r.listeners {
+		lc := r.cfg.Listeners[i]
+		ls := ListenerStatus{Name: lc.Name, Address: l.Addr().String(), Mode: lc.Mode, TLS: "none", Auth: "none"}
+		switch {
+		case lc.RequireTLS:
+			ls.TLS = "required"
+		case *lc.StartTLS:
+			ls.TLS = "starttls"
+		}
+		if *lc.StartTLS {
+			ls.MinTLS = lc.MinTLS
+		}
+		switch {
+		case *lc.RequireAuth:
+			ls.Auth = "required"
+		case *lc.Auth:
+			ls.Auth = "offered"
+		}
+		if ta, ok := l.Addr().(*net.TCPAddr); ok {
+			ls.Loopback = ta.IP.IsLoopback()
+		}
+		out[i] = ls
+	}
+	return out
+}
+
+// seen keeps what the status page shows of the trace; it is a trace
+// subscriber, so the page and the trace cannot disagree.
+type seen struct {
+	mu       sync.Mutex
+	counts   map[trace.Kind]uint64
+	upstream UpstreamStatus
+}
+
+func (s *seen) observe(e trace.Event) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.counts == nil {
+		s.counts = make(map[trace.Kind]uint64, len(trace.Kinds))
+	}
+	s.counts[e.Kind]++
+	switch e.Kind {
+	case trace.Delivered:
+		s.upstream.LastDelivered = e.Time
+	case trace.Deferred, trace.Bounced, trace.Expired, trace.Failed:
+		if e.Reply != "" || e.Hint != "" {
+			s.upstream.LastProblem = &Problem{Time: e.Time, Kind: e.Kind, Reply: e.Reply, Hint: e.Hint}
+		}
+	}
+}
