@@ -10,9 +10,11 @@ FUZZTIME  ?=
 
 .PHONY: run check deps vet test race fuzz integration bench build
 
-## run: the relay on this machine, embedded default (SMTP on 127.0.0.1:2525, mail to $(STATE)/outbox)
+## run: the relay on this machine, embedded default (SMTP on 127.0.0.1:2525, mail to $(STATE)/outbox,
+## status page on http://$(HTTP)/)
+HTTP      ?= 127.0.0.1:8025
 run:
-	$(GO) run ./cmd/relayd -dev -state $(STATE)
+	$(GO) run ./cmd/relayd -dev -state $(STATE) -http $(HTTP)
 
 build:
 	$(GO) build ./...

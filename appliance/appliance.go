@@ -14,9 +14,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
+	"sync/atomic"
 	"time"
 
+	"github.com/siterelay/siterelay/appliance/status"
+	"github.com/siterelay/siterelay/netcfg/mdns"
 	"github.com/siterelay/siterelay/relay"
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/upstream"
@@ -35,7 +39,8 @@ type Options struct {
 	// bootstrap settings moved into the state directory on first boot, the
 	// site's network applied, discovery started for the site's host name.
 	Box bool
-	// HTTPAddr serves /metrics (and later the status page); "" turns it off.
+	// HTTPAddr serves the status page (/, /status.json) and /metrics; ""
+	// turns it off.
 	HTTPAddr string
 	Logger   *slog.Logger
 	// Discovery, when set, announces the relay by mDNS/DNS-SD.
@@ -100,6 +105,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
+	var responder atomic.Pointer[mdns.Responder] // set once discovery runs
 	var httpAddr net.Addr
 	if o.HTTPAddr != "" {
 		l, err := net.Listen("tcp", o.HTTPAddr)
@@ -109,6 +115,14 @@ func Run(ctx context.Context, o Options) error {
 		httpAddr = l.Addr()
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", r.Metrics())
+		mux.Handle("/", status.Handler(func() status.Page {
+			st := r.Status()
+			p := status.Page{Hostname: cfg.Hostname, Version: Version(), Now: time.Now(), Relay: &st}
+			if m := responder.Load(); m != nil {
+				p.MDNSName = m.Name() + ".local" // the name in use, after any conflict
+			}
+			return p
+		}))
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go srv.Serve(l)
 		defer srv.Close()
@@ -119,12 +133,13 @@ func Run(ctx context.Context, o Options) error {
 			d.HTTPPort = ta.Port
 		}
 		dctx, stop := context.WithCancel(ctx)
-		resp, done, err := runDiscovery(dctx, d, cfg, r.Addrs(), log)
+		resp, done, err := runDiscovery(dctx, d, r.Status(), log)
 		if err != nil {
 			stop()
 			return err
 		}
 		defer func() { stop(); <-done }() // goodbyes go out before we exit
+		responder.Store(resp)
 		log.Info("announcing by mDNS", "name", resp.Name()+".local")
 	}
 	if o.Box {
@@ -174,4 +189,35 @@ func Doctor(ctx context.Context, o Options, resolver, testTo string) ([]upstream
 	}
 	return relay.Doctor(ctx, cfg, o.StateDir, relay.Deps{Logger: log, Resolver: resolver,
 		Secret: SecretStore(filepath.Join(o.StateDir, "secrets"))}, testTo)
+}
+
+// Version names the build: the module version of a release, else the
+// commit it was built from (with "+dirty" for uncommitted changes), as the
+// Go toolchain recorded it.
+func Version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return ""
+	}
+	if v := bi.Main.Version; v != "" && v != "(devel)" {
+		return v
+	}
+	var rev, dirty string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = "+dirty"
+			}
+		}
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if rev == "" {
+		return ""
+	}
+	return rev + dirty
 }

@@ -9,7 +9,7 @@ import (
 	"strings"
 
 	"github.com/siterelay/siterelay/netcfg/mdns"
-	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay"
 )
 
 // Discovery says how the box announces itself on the plant network.
@@ -29,36 +29,20 @@ type Discovery struct {
 // a listener bound to loopback is not announced, and TXT says whether TLS
 // and login are offered or required, which is what a technician setting up
 // a printer needs to know.
-func services(cfg *config.Config, addrs []net.Addr, httpPort int) []mdns.Service {
+func services(st relay.Status, httpPort int) []mdns.Service {
 	var out []mdns.Service
-	for i, l := range cfg.Listeners {
-		if i >= len(addrs) {
-			break
-		}
-		ta, ok := addrs[i].(*net.TCPAddr)
-		if !ok || ta.IP.IsLoopback() {
+	for _, l := range st.Listeners {
+		_, port, err := net.SplitHostPort(l.Address)
+		p, _ := strconv.Atoi(port)
+		if l.Loopback || err != nil || p == 0 {
 			continue
 		}
 		typ := "_smtp._tcp"
 		if l.Mode == "submission" {
 			typ = "_submission._tcp"
 		}
-		tls := "none"
-		switch {
-		case l.RequireTLS:
-			tls = "required"
-		case *l.StartTLS:
-			tls = "starttls"
-		}
-		auth := "none"
-		switch {
-		case *l.RequireAuth:
-			auth = "required"
-		case *l.Auth:
-			auth = "offered"
-		}
-		out = append(out, mdns.Service{Type: typ, Port: ta.Port, TXT: []string{
-			"tls=" + tls, "auth=" + auth, "listener=" + l.Name, "maxsize=" + strconv.FormatInt(cfg.Limits.MaxMessageBytes, 10),
+		out = append(out, mdns.Service{Type: typ, Port: p, TXT: []string{
+			"tls=" + l.TLS, "auth=" + l.Auth, "listener=" + l.Name, "maxsize=" + strconv.FormatInt(st.MaxMessageBytes, 10),
 		}})
 	}
 	if httpPort != 0 {
@@ -69,13 +53,13 @@ func services(cfg *config.Config, addrs []net.Addr, httpPort int) []mdns.Service
 
 // runDiscovery announces until ctx ends, then sends goodbyes; done closes
 // once they are out. The responder tells the name in use after a conflict.
-func runDiscovery(ctx context.Context, d Discovery, cfg *config.Config, addrs []net.Addr, log *slog.Logger) (r *mdns.Responder, done <-chan struct{}, err error) {
+func runDiscovery(ctx context.Context, d Discovery, st relay.Status, log *slog.Logger) (r *mdns.Responder, done <-chan struct{}, err error) {
 	host := strings.TrimSuffix(d.Hostname, ".local")
 	if i := strings.IndexByte(host, '.'); i > 0 {
 		host = host[:i]
 	}
 	r, err = mdns.New(mdns.Options{Hostname: host, Site: d.Site, Interfaces: d.Interfaces,
-		Services: services(cfg, addrs, d.HTTPPort), Logger: log.With("part", "mdns")})
+		Services: services(st, d.HTTPPort), Logger: log.With("part", "mdns")})
 	if err != nil {
 		return nil, nil, fmt.Errorf("discovery: %w", err)
 	}

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/siterelay/siterelay/appliance/status"
 	"github.com/siterelay/siterelay/relay/durable"
 )
 
@@ -168,17 +169,13 @@ func HoldUnusable(ctx context.Context, reason error, ln net.Listener, log *slog.
 	if interval <= 0 {
 		interval = 5 * time.Minute
 	}
-	msg := "siterelay is not accepting mail: " + reason.Error()
 	log.Error("not accepting mail: the state directory is unusable", "reason", reason.Error())
 	if ln != nil {
-		srv := &http.Server{
-			ReadHeaderTimeout: 10 * time.Second,
-			Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-				w.WriteHeader(http.StatusServiceUnavailable)
-				fmt.Fprintln(w, msg)
-			}),
+		host, _ := os.Hostname()
+		page := func() status.Page {
+			return status.Page{Hostname: host, Version: Version(), Now: time.Now(), Problem: reason.Error()}
 		}
+		srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: status.Handler(page)}
 		go srv.Serve(ln)
 		defer srv.Close()
 	}

@@ -42,7 +42,7 @@ func main() {
 	flag.BoolVar(&o.Dev, "dev", false, "run the embedded development configuration: SMTP on 127.0.0.1:2525, mail written to STATE/outbox")
 	flag.StringVar(&o.ConfigFile, "config", "", "configuration file (default STATE/config.json)")
 	flag.StringVar(&o.StateDir, "state", "./var", "state directory: spool, trace, secrets, certificates")
-	flag.StringVar(&o.HTTPAddr, "http", "", "address for /metrics, e.g. 127.0.0.1:8025 (default off)")
+	flag.StringVar(&o.HTTPAddr, "http", "", "address for the status page (/) and /metrics, e.g. 127.0.0.1:8025 (default off; :8025 on the box)")
 	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
 	flag.Parse()
 
@@ -57,7 +57,7 @@ func main() {
 			fmt.Fprintf(os.Stderr, "relayd: SMTP listening on %s\n", a)
 		}
 		if http != nil {
-			fmt.Fprintf(os.Stderr, "relayd: metrics on http://%s/metrics\n", http)
+			fmt.Fprintf(os.Stderr, "relayd: status page on http://%s/ (metrics at /metrics)\n", http)
 		}
 	}
 	if appliance.OnGokrazy() {

@@ -13,6 +13,7 @@ package vmtest
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -126,21 +127,24 @@ type vm struct {
 	serial string
 	smtp   string // 127.0.0.1:port forwarded to the guest's :25
 	http   string // 127.0.0.1:port forwarded to gokrazy's :80
+	status string // 127.0.0.1:port forwarded to relayd's status page, :8025
 }
 
 func bootVM(t *testing.T, img, serial string) *vm {
 	t.Helper()
 	v := &vm{serial: serial, exited: make(chan struct{}),
-		smtp: fmt.Sprintf("127.0.0.1:%d", freePort(t)), http: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+		smtp: fmt.Sprintf("127.0.0.1:%d", freePort(t)), http: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		status: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
 	_, sp, _ := net.SplitHostPort(v.smtp)
 	_, hp, _ := net.SplitHostPort(v.http)
+	_, stp, _ := net.SplitHostPort(v.status)
 	v.cmd = exec.Command("qemu-system-x86_64",
 		"-accel", "tcg", "-m", "512",
 		"-display", "none", "-no-reboot",
 		"-serial", "file:"+serial, "-monitor", "none",
 		// virtio: the e1000's link negotiation alone costs seconds under TCG.
 		"-drive", "file="+img+",format=raw,if=virtio",
-		"-netdev", "user,id=n,hostfwd=tcp:127.0.0.1:"+sp+"-:25,hostfwd=tcp:127.0.0.1:"+hp+"-:80",
+		"-netdev", "user,id=n,hostfwd=tcp:127.0.0.1:"+sp+"-:25,hostfwd=tcp:127.0.0.1:"+hp+"-:80,hostfwd=tcp:127.0.0.1:"+stp+"-:8025",
 		"-device", "virtio-net-pci,netdev=n",
 		// The kernel's random pool would otherwise wait seconds for jitter
 		// entropy (TCG has no RDRAND), and every Go program blocks in
@@ -259,6 +263,34 @@ func (v *vm) relaydRSS(password string) (string, error) {
 	return string(m[1]), nil
 }
 
+// relayStatus is the part of relayd's /status.json the test checks.
+type relayStatus struct {
+	Hostname string `json:"hostname"`
+	MDNSName string `json:"mdns_name"`
+	Health   struct {
+		State string   `json:"state"`
+		Notes []string `json:"notes"`
+	} `json:"health"`
+	Relay struct {
+		Counts map[string]int `json:"counts"`
+	} `json:"relay"`
+}
+
+// relayStatus reads relayd's own status page (not gokrazy's) on the box.
+func (v *vm) relayStatus() (relayStatus, error) {
+	var st relayStatus
+	c := &http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get("http://" + v.status + "/status.json")
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("status.json: %s", resp.Status)
+	}
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
 func swaks(t *testing.T, server, subject, marker string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -365,6 +397,19 @@ func TestVM(t *testing.T) {
 	rss, err := v.relaydRSS(password)
 	if err != nil {
 		t.Errorf("relayd RSS: %v", err)
+	}
+	// The upstream has the message; the relay records the delivery once
+	// the upstream's 250 is back: poll the page for it, briefly.
+	var st relayStatus
+	for end := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if st, err = v.relayStatus(); (err == nil && st.Relay.Counts["delivered"] > 0) || time.Now().After(end) {
+			break
+		}
+	}
+	if err != nil {
+		t.Errorf("relayd status page: %v", err)
+	} else if st.Hostname != "relay-vmtest" || st.MDNSName != "relay-vmtest.local" || st.Health.State != "ok" || st.Relay.Counts["delivered"] < 1 {
+		t.Errorf("relayd status page: got %+v, want relay-vmtest, relay-vmtest.local, ok, a delivery", st)
 	}
 
 	// Upstream down: the box accepts and spools; then power off cleanly.

@@ -1,0 +1,98 @@
+package appliance
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/siterelay/siterelay/relay/relaytest"
+)
+
+// TestRunServesStatusPage starts the whole appliance on loopback (no box,
+// no discovery), sends a message and reads it back from the status page,
+// its JSON and the metrics.
+func TestRunServesStatusPage(t *testing.T) {
+	dir := relaytest.StateDir(t)
+	cfg := `{"hostname":"relay-test","listeners":[{"name":"local","address":"127.0.0.1:0","mode":"smtp","starttls":false,"allowed_networks":["127.0.0.0/8"]}],
+	  "upstream":{"kind":"capture"}}`
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	type addrs struct {
+		smtp []net.Addr
+		http net.Addr
+	}
+	ready := make(chan addrs, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Options{StateDir: dir, HTTPAddr: "127.0.0.1:0",
+			Ready: func(s []net.Addr, h net.Addr) { ready <- addrs{s, h} }})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	var a addrs
+	select {
+	case a = <-ready:
+	case err := <-done:
+		t.Fatalf("Run ended before it was ready: %v", err)
+	case <-time.After(time.Until(relaytest.Deadline(t))):
+		t.Fatal("Run never got ready")
+	}
+
+	c, err := smtp.Dial(a.smtp[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SendMail("mfp@plant.example", []string{"ops@example.com"}, strings.NewReader("Subject: x\r\n\r\nx\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+
+	base := "http://" + a.http.String()
+	get := func(path string) (int, string) {
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	var st struct {
+		Hostname string `json:"hostname"`
+		Relay    struct {
+			Counts map[string]int `json:"counts"`
+		} `json:"relay"`
+		Health struct {
+			State string `json:"state"`
+		} `json:"health"`
+	}
+	relaytest.Eventually(t, "the delivery on the status page", func() bool {
+		_, body := get("/status.json")
+		return json.Unmarshal([]byte(body), &st) == nil && st.Relay.Counts["delivered"] == 1
+	})
+	if st.Hostname != "relay-test" || st.Health.State != "ok" || st.Relay.Counts["received"] != 1 {
+		t.Errorf("status.json: %+v", st)
+	}
+	code, page := get("/")
+	if code != http.StatusOK || !strings.Contains(page, a.smtp[0].(*net.TCPAddr).IP.String()+" port ") || !strings.Contains(page, "Relaying mail normally") {
+		t.Errorf("status page: %d\n%s", code, page)
+	}
+	if code, metrics := get("/metrics"); code != http.StatusOK || !strings.Contains(metrics, "siterelay_") {
+		t.Errorf("metrics: %d", code)
+	}
+}

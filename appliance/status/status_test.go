@@ -1,0 +1,198 @@
+package status
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/siterelay/siterelay/relay"
+	"github.com/siterelay/siterelay/relay/trace"
+)
+
+var now = time.Date(2026, 11, 23, 14, 0, 0, 0, time.UTC)
+
+// samplePage is a relay that delivered an hour ago and is now deferred by
+// Microsoft's throttling, with a hint that must be escaped.
+func samplePage() Page {
+	return Page{
+		Hostname: "relay-plant-a", MDNSName: "relay-plant-a-2.local", Version: "v1.2.3", Now: now,
+		Relay: &relay.Status{
+			Started: now.Add(-26 * time.Hour),
+			Listeners: []relay.ListenerStatus{
+				{Name: "smtp", Address: "[::]:25", Mode: "smtp", TLS: "starttls", MinTLS: "1.0", Auth: "none"},
+				{Name: "submission", Address: "10.20.0.5:587", Mode: "submission", TLS: "required", MinTLS: "1.2", Auth: "required"},
+				{Name: "local", Address: "127.0.0.1:2525", Mode: "smtp", TLS: "none", Auth: "none", Loopback: true},
+			},
+			MaxMessageBytes: 35 << 20,
+			Upstream: relay.UpstreamStatus{
+				Name:          "m365-oauth smtp.office365.com:587",
+				LastDelivered: now.Add(-time.Hour),
+				LastProblem: &relay.Problem{Time: now.Add(-2 * time.Minute), Kind: trace.Deferred,
+					Reply: "451 4.7.500 Server busy. Please try again later", Hint: "Microsoft is throttling <this> relay."},
+			},
+			Queue:  relay.QueueStatus{Messages: 12, Bytes: 3 << 20, Oldest: now.Add(-90 * time.Minute)},
+			Counts: map[trace.Kind]uint64{trace.Received: 140, trace.Delivered: 128, trace.Deferred: 9},
+		},
+	}
+}
+
+func TestHealth(t *testing.T) {
+	ok := samplePage()
+	ok.Relay.Upstream.LastProblem = nil
+	ok.Relay.Queue = relay.QueueStatus{}
+	bounceOnly := samplePage()
+	bounceOnly.Relay.Upstream.LastProblem.Kind = trace.Bounced
+	bounceOnly.Relay.Queue = relay.QueueStatus{}
+	recovered := samplePage()
+	recovered.Relay.Upstream.LastDelivered = now
+	recovered.Relay.Queue.Oldest = now.Add(-time.Minute)
+	for _, tc := range []struct {
+		name      string
+		page      Page
+		want      string
+		wantNotes []string
+	}{
+		{"healthy", ok, "ok", nil},
+		{"a bounce is not an upstream failure", bounceOnly, "ok", nil},
+		{"delivered since the deferral", recovered, "ok", nil},
+		{"deferred and old mail", samplePage(), "warning", []string{"Server busy", "throttling <this> relay", "1 h 30 min"}},
+		{"storage unusable", Page{Hostname: "r", Problem: "/perm is not mounted"}, "down", []string{"/perm is not mounted"}},
+		{"no relay", Page{Hostname: "r"}, "down", []string{"not running"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := tc.page.Health()
+			if got := h.State; got != tc.want {
+				t.Errorf("state: got %q, want %q (notes %q)", got, tc.want, h.Notes)
+			}
+			all := strings.Join(h.Notes, "\n")
+			for _, w := range tc.wantNotes {
+				if !strings.Contains(all, w) {
+					t.Errorf("notes %q lack %q", all, w)
+				}
+			}
+			if tc.wantNotes == nil && len(h.Notes) > 0 {
+				t.Errorf("notes: got %q, want none", h.Notes)
+			}
+		})
+	}
+}
+
+func get(t *testing.T, h http.Handler, path string) (int, string) {
+	t.Helper()
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	resp, err := srv.Client().Get(srv.URL + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+func TestPageShowsWhatATechnicianNeeds(t *testing.T) {
+	code, body := get(t, Handler(samplePage), "/")
+	if code != http.StatusOK {
+		t.Errorf("status %d, want 200", code)
+	}
+	for _, want := range []string{
+		"relay-plant-a-2.local",                // the name in use after a conflict
+		"relay-plant-a-2.local port 25",        // wildcard listener: the mDNS name
+		"10.20.0.5 port 587",                   // bound address as it is
+		"(this machine only)",                  // loopback listener
+		"STARTTLS offered", "TLS 1.0 or newer", // old printers
+		"STARTTLS required", "35.0 MiB", // limits
+		"451 4.7.500 Server busy",                 // the reply
+		"throttling &lt;this&gt; relay",           // hint, escaped
+		"1 h 0 min ago",                           // last delivery
+		"Accepting mail, but it is not all going", // the verdict
+		"<td class=\"num\">12</td>",               // queue
+		"<td class=\"num\">140</td>",              // received since start
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("page lacks %q", want)
+		}
+	}
+	if strings.Contains(body, "<this>") {
+		t.Error("hint not escaped")
+	}
+}
+
+func TestUnusableStorageAnswers503(t *testing.T) {
+	page := func() Page {
+		return Page{Hostname: "relay", Now: now, Problem: "the state directory /perm/relay is not on /perm"}
+	}
+	code, body := get(t, Handler(page), "/")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "is not on /perm") || !strings.Contains(body, "Not accepting mail") {
+		t.Errorf("got %d %q", code, body)
+	}
+	if strings.Contains(body, "/metrics") {
+		t.Error("links to metrics that a holding box does not serve")
+	}
+	code, body = get(t, Handler(page), "/status.json")
+	var got struct {
+		Problem string `json:"problem"`
+		Health  Health `json:"health"`
+	}
+	if err := json.Unmarshal([]byte(body), &got); err != nil {
+		t.Fatalf("status.json: %v: %s", err, body)
+	}
+	if code != http.StatusServiceUnavailable || got.Health.State != "down" || got.Problem == "" {
+		t.Errorf("status.json: %d %+v", code, got)
+	}
+}
+
+func TestJSON(t *testing.T) {
+	code, body := get(t, Handler(samplePage), "/status.json")
+	var got struct {
+		MDNSName string       `json:"mdns_name"`
+		Relay    relay.Status `json:"relay"`
+		Health   Health       `json:"health"`
+	}
+	if err := json.Unmarshal([]byte(body), &got); err != nil {
+		t.Fatalf("%v: %s", err, body)
+	}
+	if code != 200 || got.MDNSName != "relay-plant-a-2.local" || got.Health.State != "warning" ||
+		got.Relay.Queue.Messages != 12 || got.Relay.Counts[trace.Received] != 140 || got.Relay.Upstream.LastProblem == nil {
+		t.Errorf("status.json: %d %+v", code, got)
+	}
+}
+
+func TestOtherPathsAreNotFound(t *testing.T) {
+	for _, path := range []string{"/x", "/status.json/x", "/index.html"} {
+		if code, _ := get(t, Handler(samplePage), path); code != http.StatusNotFound {
+			t.Errorf("GET %s: got %d, want 404", path, code)
+		}
+	}
+}
+
+func TestForPeople(t *testing.T) {
+	for _, tc := range []struct {
+		d    time.Duration
+		want string
+	}{
+		{0, "0 s"}, {59 * time.Second, "59 s"}, {time.Minute, "1 min"}, {90 * time.Minute, "1 h 30 min"},
+		{47 * time.Hour, "47 h 0 min"}, {50 * time.Hour, "2 days 2 h"},
+	} {
+		if got := duration(tc.d); got != tc.want {
+			t.Errorf("duration(%v): got %q, want %q", tc.d, got, tc.want)
+		}
+	}
+	for _, tc := range []struct {
+		n    int64
+		want string
+	}{
+		{0, "0 B"}, {1023, "1023 B"}, {1024, "1.0 KiB"}, {35 << 20, "35.0 MiB"}, {3 << 30, "3.0 GiB"},
+	} {
+		if got := byteSize(tc.n); got != tc.want {
+			t.Errorf("byteSize(%d): got %q, want %q", tc.n, got, tc.want)
+		}
+	}
+}
