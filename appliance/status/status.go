@@ -90,34 +90,35 @@ func quote(s string) string {
 func Handler(page func() Page) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		p := page()
-		h := p.Health()
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		w.Header().Set("Cache-Control", "no-store")
-		if h.State == "down" {
-			w.WriteHeader(http.StatusServiceUnavailable)
-		}
-		if err := pageTemplate.Execute(w, view{Page: p, Health: h}); err != nil {
-			// The header is out; all that is left is to end the page.
-			fmt.Fprintf(w, "\n<p>status page error: %s</p>", template.HTMLEscapeString(err.Error()))
-		}
+		respond(w, page(), "text/html; charset=utf-8", func(v view) {
+			if err := pageTemplate.Execute(w, v); err != nil {
+				// The header is out; all that is left is to end the page.
+				fmt.Fprintf(w, "\n<p>status page error: %s</p>", template.HTMLEscapeString(err.Error()))
+			}
+		})
 	})
 	mux.HandleFunc("GET /status.json", func(w http.ResponseWriter, r *http.Request) {
-		p := page()
-		h := p.Health()
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("Cache-Control", "no-store")
-		if h.State == "down" {
-			w.WriteHeader(http.StatusServiceUnavailable)
-		}
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		enc.Encode(struct {
-			Page
-			Health Health `json:"health"`
-		}{p, h})
+		respond(w, page(), "application/json", func(v view) {
+			enc := json.NewEncoder(w)
+			enc.SetIndent("", "  ")
+			enc.Encode(struct { // an error here is a client gone away
+				Page
+				Health Health `json:"health"`
+			}{v.Page, v.Health})
+		})
 	})
 	return mux
+}
+
+// respond writes the headers every answer shares, then the body.
+func respond(w http.ResponseWriter, p Page, contentType string, body func(view)) {
+	h := p.Health()
+	w.Header().Set("Content-Type", contentType)
+	w.Header().Set("Cache-Control", "no-store")
+	if h.State == "down" {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	body(view{Page: p, Health: h})
 }
 
 // view is what the template sees.
