@@ -6,6 +6,8 @@
 //	relayd check-config FILE            validate a configuration and exit
 //	relayd doctor [-config FILE] [-state DIR] [-dns HOST:PORT] [-to ADDR]
 //	                                    check DNS, connection, TLS, login to the upstream
+//	relayd trace [-state DIR] [-id ID] [-from A] [-to A] [-since 24h] ...
+//	                                    search the message trace
 //	relayd hash-password                read a password on stdin, print its bcrypt hash
 package main
 
@@ -36,6 +38,8 @@ func main() {
 			os.Exit(hashPassword())
 		case "doctor":
 			os.Exit(runDoctor(os.Args[2:]))
+		case "trace":
+			os.Exit(runTrace(os.Args[2:], os.Stdout, os.Stderr, time.Now()))
 		}
 	}
 	var o appliance.Options

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -40,6 +41,16 @@ const (
 // memory are written out first, so a query sees everything recorded before
 // it. Damaged lines are skipped.
 func (s *Store) Query(ctx context.Context, f Filter) ([]Event, error) {
+	if err := s.Flush(ctx); err != nil {
+		return nil, fmt.Errorf("querying trace: %w", err)
+	}
+	return Search(ctx, s.dir, f)
+}
+
+// Search is Query on a trace directory without opening it as a Store: it
+// only reads, so it can run beside the relay that writes (relayd trace).
+// Events the relay still holds in memory (at most a second's) are not seen.
+func Search(ctx context.Context, dir string, f Filter) ([]Event, error) {
 	if f.Limit < 0 || f.Limit > MaxLimit {
 		return nil, fmt.Errorf("querying trace: limit %d outside 0..%d", f.Limit, MaxLimit)
 	}
@@ -49,11 +60,8 @@ func (s *Store) Query(ctx context.Context, f Filter) ([]Event, error) {
 	if !f.Since.IsZero() && !f.Until.IsZero() && !f.Until.After(f.Since) {
 		return nil, fmt.Errorf("querying trace: until %v is not after since %v", f.Until, f.Since)
 	}
-	if err := s.Flush(ctx); err != nil {
-		return nil, fmt.Errorf("querying trace: %w", err)
-	}
 	m := newMatcher(f)
-	days, err := listDays(s.dir)
+	days, err := listDays(dir)
 	if err != nil {
 		return nil, fmt.Errorf("querying trace: %w", err)
 	}
@@ -67,7 +75,7 @@ func (s *Store) Query(ctx context.Context, f Filter) ([]Event, error) {
 		}
 		// A day file holds only that day's events, so every match in it is
 		// newer than any match in an older file.
-		got, err := scanFile(ctx, filepath.Join(s.dir, dayName(d)), m)
+		got, err := scanFile(ctx, filepath.Join(dir, dayName(d)), m)
 		if err != nil {
 			return nil, fmt.Errorf("querying trace: %w", err)
 		}
@@ -220,4 +228,51 @@ func lowerASCII(s string) string {
 // equalFold compares s with the lower-case t, ignoring ASCII case only.
 func equalFold(s, t string) bool {
 	return len(s) == len(t) && containsFold(s, t)
+}
+
+// WriteText writes events for people, one block per event:
+//
+//	2026-11-23 14:00:01Z  deferred   01A20A504C2CF0CC3  attempt 1  via m365-oauth smtp.office365.com:587
+//	    from scanner@plant.example to a@example.com  (4196 bytes, "scan 17", <id@mfp>, 10.20.0.31)
+//	    reply: 451 4.7.500 Server busy. Please try again later
+//	    hint: Microsoft is throttling …
+func WriteText(w io.Writer, events []Event) error {
+	bw := bufio.NewWriter(w)
+	for _, e := range events {
+		fmt.Fprintf(bw, "%s  %-9s  %s", e.Time.UTC().Format("2006-01-02 15:04:05Z"), e.Kind, e.QueueID)
+		if e.Attempt > 0 {
+			fmt.Fprintf(bw, "  attempt %d", e.Attempt)
+		}
+		if e.Upstream != "" {
+			fmt.Fprintf(bw, "  via %s", e.Upstream)
+		}
+		from := e.From
+		if from == "" {
+			from = "<>"
+		}
+		fmt.Fprintf(bw, "\n    from %s to %s", from, strings.Join(e.To, ", "))
+		var facts []string
+		if e.Size > 0 {
+			facts = append(facts, fmt.Sprintf("%d bytes", e.Size))
+		}
+		if e.Subject != "" {
+			facts = append(facts, strconv.Quote(e.Subject))
+		}
+		for _, f := range []string{e.MessageID, e.ClientIP} {
+			if f != "" {
+				facts = append(facts, f)
+			}
+		}
+		if len(facts) > 0 {
+			fmt.Fprintf(bw, "  (%s)", strings.Join(facts, ", "))
+		}
+		bw.WriteByte('\n')
+		if e.Reply != "" {
+			fmt.Fprintf(bw, "    reply: %s\n", e.Reply)
+		}
+		if e.Hint != "" {
+			fmt.Fprintf(bw, "    hint: %s\n", e.Hint)
+		}
+	}
+	return bw.Flush()
 }

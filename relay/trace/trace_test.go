@@ -433,3 +433,52 @@ func FuzzAppendEvent(f *testing.F) {
 		}
 	})
 }
+
+func TestWriteText(t *testing.T) {
+	at := time.Date(2026, 11, 23, 13, 31, 7, 0, time.UTC)
+	for _, tc := range []struct {
+		name string
+		e    Event
+		want string
+	}{
+		{"received", Event{Time: at, Kind: Received, QueueID: "Q1", From: "plc@plant.example", To: []string{"a@example.com", "b@example.com"},
+			Size: 812, Subject: `alarm "7"`, MessageID: "<x@plc>", ClientIP: "10.20.0.31"},
+			"2026-11-23 13:31:07Z  received   Q1\n    from plc@plant.example to a@example.com, b@example.com  (812 bytes, \"alarm \\\"7\\\"\", <x@plc>, 10.20.0.31)\n"},
+		{"deferred", Event{Time: at, Kind: Deferred, QueueID: "Q1", From: "plc@plant.example", To: []string{"a@example.com"}, Attempt: 2,
+			Upstream: "smarthost", Reply: "421 4.3.2 busy", Hint: "try later"},
+			"2026-11-23 13:31:07Z  deferred   Q1  attempt 2  via smarthost\n    from plc@plant.example to a@example.com\n    reply: 421 4.3.2 busy\n    hint: try later\n"},
+		{"null sender", Event{Time: at, Kind: Failed, QueueID: "Q2", To: []string{"x@example.com"}},
+			"2026-11-23 13:31:07Z  failed     Q2\n    from <> to x@example.com\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var b strings.Builder
+			if err := WriteText(&b, []Event{tc.e}); err != nil {
+				t.Fatal(err)
+			}
+			if got := b.String(); got != tc.want {
+				t.Errorf("got\n%s\nwant\n%s", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestSearchReadsWithoutAStore(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Record(Event{Kind: Received, QueueID: "Q1"})
+	if err := s.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// The store is still open and writing: Search only reads beside it.
+	got, err := Search(context.Background(), dir, Filter{QueueID: "Q1"})
+	if err != nil || len(got) != 1 {
+		t.Errorf("Search: got %v, %v; want the one event", got, err)
+	}
+	s.Close()
+	if _, err := Search(context.Background(), filepath.Join(dir, "missing"), Filter{}); err == nil || !strings.Contains(err.Error(), "listing trace files") {
+		t.Errorf("Search of a missing directory: got %v, want an error saying so", err)
+	}
+}
