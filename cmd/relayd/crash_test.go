@@ -64,8 +64,9 @@ func startRelayd(t *testing.T, bin, cfg, state string) *daemon {
 			if a, ok := strings.CutPrefix(line, "relayd: SMTP listening on "); ok {
 				d.smtp = a
 			}
-			if a, ok := strings.CutPrefix(line, "relayd: metrics on http://"); ok {
-				d.http = strings.TrimSuffix(a, "/metrics")
+			// "relayd: status page on http://ADDR/ (metrics at /metrics)"
+			if a, ok := strings.CutPrefix(line, "relayd: status page on http://"); ok {
+				d.http, _, _ = strings.Cut(a, "/")
 				close(ready)
 			}
 		}
@@ -75,8 +76,8 @@ func startRelayd(t *testing.T, bin, cfg, state string) *daemon {
 	case <-ready:
 	case <-d.exited:
 		t.Fatalf("relayd exited at start; log in %s", logf.Name())
-	case <-time.After(time.Until(relaytest.Deadline(t))):
-		t.Fatal("relayd did not start")
+	case <-time.After(min(2*time.Minute, time.Until(relaytest.Deadline(t)))):
+		t.Fatalf("relayd did not say it was ready within 2 minutes; log in %s", logf.Name())
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); <-d.exited; logf.Close() })
 	return d
