@@ -21,6 +21,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"github.com/siterelay/siterelay/relay/authlogin"
 	"github.com/siterelay/siterelay/relay/message"
 	"github.com/siterelay/siterelay/relay/policy"
 	"github.com/siterelay/siterelay/relay/spool"
@@ -221,7 +222,7 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 			return check(user, pass)
 		}), nil
 	case sasl.Login:
-		return newLoginServer(check), nil
+		return authlogin.NewServer(check), nil
 	}
 	return nil, smtp.ErrAuthUnknownMechanism
 }

@@ -15,6 +15,8 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+
+	"github.com/siterelay/siterelay/relay/authlogin"
 )
 
 // ExchangeOptions shape the fake Exchange.
@@ -230,7 +232,7 @@ func (s *xsession) Auth(mech string) (sasl.Server, error) {
 	case "XOAUTH2":
 		return &xoauth2Server{s: s}, nil
 	case "LOGIN":
-		return &loginServer{check: s.password}, nil
+		return authlogin.NewServer(s.password), nil
 	case "PLAIN":
 		return sasl.NewPlainServer(func(_, u, p string) error { return s.password(u, p) }), nil
 	}
@@ -288,32 +290,6 @@ func (a *xoauth2Server) Next(resp []byte) ([]byte, bool, error) {
 	}
 	a.s.login(user)
 	return nil, true, nil
-}
-
-// loginServer is AUTH LOGIN (go-sasl has only its client).
-type loginServer struct {
-	check func(u, p string) error
-	step  int
-	user  string
-}
-
-func (l *loginServer) Next(resp []byte) ([]byte, bool, error) {
-	switch l.step {
-	case 0:
-		l.step = 1
-		if resp != nil {
-			l.user = string(resp)
-			l.step = 2
-			return []byte("Password:"), false, nil
-		}
-		return []byte("Username:"), false, nil
-	case 1:
-		l.user = string(resp)
-		l.step = 2
-		return []byte("Password:"), false, nil
-	default:
-		return nil, true, l.check(l.user, string(resp))
-	}
 }
 
 func (s *xsession) Mail(from string, _ *smtp.MailOptions) error {

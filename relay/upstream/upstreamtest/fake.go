@@ -17,6 +17,8 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+
+	"github.com/siterelay/siterelay/relay/authlogin"
 )
 
 // TLS modes of a FakeServer (the same words smtpup uses).
@@ -564,7 +566,7 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 			return s.check("PLAIN", user, pass)
 		}), nil
 	case "LOGIN":
-		return &loginServer{s: s}, nil
+		return authlogin.NewServer(func(user, pass string) error { return s.check("LOGIN", user, pass) }), nil
 	case "XOAUTH2":
 		return &xoauth2Server{s: s}, nil
 	}
@@ -590,30 +592,6 @@ func (s *session) check(mech, user, secret string) error {
 	}
 	f.w.mu.Unlock()
 	return err
-}
-
-type loginServer struct {
-	s    *session
-	step int
-	user string
-}
-
-func (l *loginServer) Next(resp []byte) ([]byte, bool, error) {
-	switch l.step {
-	case 0:
-		l.step = 1
-		if len(resp) > 0 { // initial response carries the user name
-			l.user = string(resp)
-			l.step = 2
-			return []byte("Password:"), false, nil
-		}
-		return []byte("Username:"), false, nil
-	case 1:
-		l.user = string(resp)
-		l.step = 2
-		return []byte("Password:"), false, nil
-	}
-	return nil, true, l.s.check("LOGIN", l.user, string(resp))
 }
 
 type xoauth2Server struct {
