@@ -393,12 +393,15 @@ type outcome struct {
 func (c *conn) send(ctx context.Context, msg *upstream.Message, to []string, reset bool) outcome {
 	o := &c.u.o
 	if msg.UTF8 && !c.has("SMTPUTF8") {
-		return outcome{keep: true, err: &upstream.Error{Permanent: true,
-			Err: fmt.Errorf("5.6.7 the message needs SMTPUTF8 (non-ASCII addresses), which %s does not offer", o.Addr)}}
+		return outcome{keep: true, err: refusal(553, smtp.EnhancedCode{5, 6, 7},
+			"The message has non-ASCII addresses and the upstream does not offer SMTPUTF8: use ASCII addresses for this device, or an upstream that offers it.",
+			"the message needs SMTPUTF8 (non-ASCII addresses), which %s does not offer", o.Addr)}
 	}
 	if c.size > 0 && msg.Size > c.size {
-		return outcome{keep: true, err: &upstream.Error{Permanent: true,
-			Err: fmt.Errorf("5.3.4 message of %d bytes is larger than %s accepts (SIZE %d)", msg.Size, o.Addr, c.size)}}
+		return outcome{keep: true, err: refusal(552, smtp.EnhancedCode{5, 3, 4},
+			"The upstream accepts smaller messages than the relay does: set limits.max_message_bytes to its SIZE, "+
+				"so that devices are told at once, and ask the sender for smaller attachments.",
+			"message of %d bytes is larger than %s accepts (SIZE %d)", msg.Size, o.Addr, c.size)}
 	}
 	if !validAddr(msg.From) {
 		return outcome{keep: true, err: &upstream.Error{Permanent: true, Err: fmt.Errorf("5.1.7 invalid sender address %q", msg.From)}}

@@ -19,6 +19,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/emersion/go-smtp"
+
 	"github.com/siterelay/siterelay/relay/upstream"
 )
 
@@ -244,14 +246,26 @@ func (u *Upstream) Limits() upstream.Limits {
 
 var errClosed = &upstream.Error{Err: errors.New("smtpup: upstream closed")}
 
+// refusal is a permanent failure decided here, before the upstream could
+// refuse: it carries a reply as the upstream would have given it, so the
+// trace, the bounce and the hints treat it like one.
+func refusal(code int, enh smtp.EnhancedCode, hint, format string, a ...any) *upstream.Error {
+	return &upstream.Error{Permanent: true, Hint: hint,
+		Reply: &smtp.SMTPError{Code: code, EnhancedCode: enh, Message: fmt.Sprintf(format, a...)}}
+}
+
 // Deliver makes one attempt for msg; see upstream.Upstream.
 func (u *Upstream) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.RcptResult, error) {
 	if len(msg.To) == 0 {
 		return nil, nil
 	}
 	if u.o.MaxSize > 0 && msg.Size > u.o.MaxSize {
-		return nil, &upstream.Error{Permanent: true,
-			Err: fmt.Errorf("5.3.4 message of %d bytes is larger than the upstream's limit of %d", msg.Size, u.o.MaxSize)}
+		// Devices are refused such messages at the door; this one was
+		// queued before the limit was lowered.
+		return nil, refusal(552, smtp.EnhancedCode{5, 3, 4},
+			"The message is larger than the upstream accepts. Ask the sender for smaller attachments "+
+				"(a scanner: lower resolution, or split the scan). Devices are refused such messages at once.",
+			"message of %d bytes is larger than the upstream's limit of %d", msg.Size, u.o.MaxSize)
 	}
 	select {
 	case u.sem <- struct{}{}:

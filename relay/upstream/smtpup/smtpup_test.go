@@ -591,6 +591,9 @@ func TestExtensions(t *testing.T) {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !upstream.IsPermanent(err) {
 					t.Fatalf("got %v", err)
 				}
+				if ue := upstream.Classify(err); ue.Reply == nil || ue.Reply.EnhancedCode != (smtp.EnhancedCode{5, 6, 7}) || ue.Hint == "" {
+					t.Errorf("got reply %+v, hint %q; want 5.6.7 with a hint", ue.Reply, ue.Hint)
+				}
 				return
 			}
 			if err != nil {
@@ -629,6 +632,15 @@ func TestSizeLimits(t *testing.T) {
 			}
 			if err == nil || !upstream.IsPermanent(err) || !strings.Contains(err.Error(), "5.3.4") {
 				t.Fatalf("got %v", err)
+			}
+			// Either way (our limit or the server's reply) the trace gets
+			// a reply code to show, and our own refusal says what to do.
+			ue := upstream.Classify(err)
+			if ue.Reply == nil || ue.Reply.Code != 552 {
+				t.Errorf("reply: got %+v, want 552 5.3.4", ue.Reply)
+			}
+			if !strings.Contains(ue.Hint, "smaller attachments") {
+				t.Errorf("hint: got %q, want advice", ue.Hint)
 			}
 		})
 	}
