@@ -61,6 +61,7 @@ type Options struct {
 	listIfaces func() ([]netIface, error)
 	timing     *timing
 	onEvent    func(event string)
+	random     func(max time.Duration) time.Duration // uniform in [0, max]; nil is math/rand/v2
 }
 
 // timing holds the RFC 6762 intervals; tests shrink them.

@@ -568,5 +568,6 @@ func FuzzHandle(f *testing.F) {
 		e.handle(packet{data: data, ifIndex: 2, src: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.9"), port)}, now)
 		e.startProbe(e.uniqueNames(), []int{2}, now)
 		e.handle(packet{data: data, ifIndex: 2, src: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.9"), port)}, now)
+		e.tick(now.Add(time.Second)) // sends what was delayed
 	})
 }
