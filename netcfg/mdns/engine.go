@@ -29,6 +29,12 @@ const (
 	sharedDelayMax = 120 * time.Millisecond
 	truncDelayMin  = 400 * time.Millisecond
 	truncDelayMax  = 500 * time.Millisecond
+
+	// RFC 6762 §8.1: after fifteen conflicts within ten seconds, at least
+	// five seconds before each further probe attempt.
+	conflictBurst  = 15
+	conflictWindow = 10 * time.Second
+	conflictHold   = 5 * time.Second
 )
 
 type svcState struct {
@@ -87,7 +93,11 @@ type engine struct {
 	told    map[string]bool // names announced at least once
 	random  func(max time.Duration) time.Duration
 	pending []*pendingResp // delayed responses (RFC 6762 §6)
-	losses  []time.Time    // recent conflicts, for the RFC 6762 §8.1 rate limit
+	// RFC 6762 §8.1 rate limit, for the whole responder: one probe state
+	// covers every interface and one conflict renames the name on all of them.
+	losses    []time.Time // conflicts in the last conflictWindow
+	limited   bool        // fifteen conflicts came within conflictWindow, and no quiet window since
+	probeHold time.Time   // no probe attempt starts before this
 }
 
 func newEngine(r *Responder, tr transport, list func() ([]netIface, error), svcs []Service) *engine {
@@ -440,6 +450,9 @@ func (e *engine) startProbe(names []string, ifaces []int, now time.Time) {
 		e.probe = &probeState{names: map[string]bool{}, ifaces: map[int]bool{},
 			next: now.Add(e.random(e.t.probeWait))}
 	}
+	if e.probe.next.Before(e.probeHold) {
+		e.probe.next = e.probeHold
+	}
 	for _, n := range names {
 		e.probe.names[strings.ToLower(n)] = true
 	}
@@ -589,10 +602,27 @@ func (e *engine) conflict(name string, now time.Time) {
 	if e.probe != nil {
 		delete(e.probe.names, name)
 	}
-	e.losses = append(slices.DeleteFunc(e.losses, func(t time.Time) bool { return now.Sub(t) > 10*time.Second }), now)
+	e.noteConflict(now)
 	e.startProbe([]string{newName}, e.allIfaces(), now)
-	if len(e.losses) >= 15 { // RFC 6762 §8.1: more than 15 conflicts in 10 s, wait 5 s
-		e.probe.next = now.Add(5 * time.Second)
+}
+
+// noteConflict applies RFC 6762 §8.1: "if fifteen conflicts occur within
+// any ten-second period, then the host MUST wait at least five seconds
+// before each successive additional probe attempt". Once that has happened
+// every further probe attempt waits, until ten seconds pass without a
+// conflict (as Apple's mDNSResponder does); otherwise a host that keeps
+// defending would get fifteen fast attempts again every ten seconds.
+func (e *engine) noteConflict(now time.Time) {
+	if n := len(e.losses); n > 0 && now.Sub(e.losses[n-1]) > conflictWindow {
+		e.limited = false
+	}
+	e.losses = append(slices.DeleteFunc(e.losses, func(t time.Time) bool { return now.Sub(t) > conflictWindow }), now)
+	if len(e.losses) >= conflictBurst && !e.limited {
+		e.limited = true
+		e.log.Warn("mdns: too many name conflicts, probing at most every five seconds", "conflicts", len(e.losses), "within", conflictWindow)
+	}
+	if e.limited {
+		e.probeHold = now.Add(conflictHold)
 	}
 }
 
@@ -804,6 +834,9 @@ func (e *engine) handleQuery(ni *ifState, p packet, m *dns.Msg, now time.Time) {
 				e.log.Info("mdns: lost a simultaneous probe, waiting a second", "name", q.Name)
 				pr.sent = 0
 				pr.next = now.Add(e.t.deferOnLoss)
+				if pr.next.Before(e.probeHold) {
+					pr.next = e.probeHold
+				}
 			}
 		}
 	}

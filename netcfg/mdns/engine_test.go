@@ -362,3 +362,86 @@ func TestDelayedAnswerFollowsRename(t *testing.T) {
 		}
 	}
 }
+
+func TestConflictRateLimit(t *testing.T) {
+	f := newFakeEngine(t, nil)
+	f.e.startProbe(f.e.uniqueNames(), []int{2}, f.now)
+	f.advance(0)
+	if len(f.tr.take()) != 1 {
+		t.Fatal("no first probe")
+	}
+	// Another host answers every probe for the host name: 16 conflicts.
+	var gaps []time.Duration
+	var first, last time.Time
+	for k := 1; k <= 16; k++ {
+		resp := new(dns.Msg)
+		resp.Response = true
+		resp.Answer = []dns.RR{&dns.A{Hdr: hdr(f.e.hostName(), dns.TypeA, true, hostTTL), A: netip.MustParseAddr("192.0.2.99").AsSlice()}}
+		at := f.now
+		if k == 1 {
+			first = at
+		}
+		last = at
+		f.handle(resp, netip.MustParseAddrPort("192.0.2.99:5353"))
+		var probe *sentPkt
+		for probe == nil && f.step(at.Add(time.Minute)) {
+			for _, p := range f.tr.take() {
+				if !p.msg.Response && len(p.msg.Ns) > 0 {
+					probe = &p
+				}
+			}
+		}
+		if probe == nil {
+			t.Fatalf("no probe after conflict %d", k)
+		}
+		gaps = append(gaps, probe.at.Sub(at))
+	}
+	if span := last.Sub(first); span > 10*time.Second {
+		t.Fatalf("16 conflicts took %v, want them within 10 s", span)
+	}
+	for i, gap := range gaps {
+		k := i + 1
+		if limited := k >= 15; limited && gap < 5*time.Second || !limited && gap >= time.Second {
+			t.Errorf("probe after conflict %d came %v later; want ≥ 5 s from the 15th conflict on, < 1 s before", k, gap)
+		}
+	}
+	if got, want := f.e.host, "relay-17"; got != want {
+		t.Errorf("host = %q, want %q", got, want)
+	}
+}
+
+func TestNoteConflict(t *testing.T) {
+	every := func(n int, gap time.Duration) []time.Duration {
+		var out []time.Duration
+		for i := range n {
+			out = append(out, time.Duration(i)*gap)
+		}
+		return out
+	}
+	tests := []struct {
+		name string
+		at   []time.Duration // conflict times after t0
+		held bool            // the last conflict holds probes for 5 s
+	}{
+		{"14 in 7 s", every(14, 500*time.Millisecond), false},
+		{"15 in 7 s", every(15, 500*time.Millisecond), true},
+		{"15 in 10.5 s", every(15, 750*time.Millisecond), false},
+		{"16th long after 15 in 7 s", append(every(15, 500*time.Millisecond), 7*time.Second+11*time.Second), false},
+		{"then one every 6 s stays limited", append(every(15, 500*time.Millisecond), 13*time.Second, 19*time.Second, 25*time.Second), true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFakeEngine(t, nil)
+			for _, d := range tt.at {
+				f.e.noteConflict(t0.Add(d))
+			}
+			last := t0.Add(tt.at[len(tt.at)-1])
+			if got, want := f.e.probeHold, last.Add(5*time.Second); tt.held && !got.Equal(want) {
+				t.Errorf("probes held until %v, want %v", got.Sub(t0), want.Sub(t0))
+			}
+			if !tt.held && f.e.probeHold.After(last) {
+				t.Errorf("probes held until %v after the last conflict at %v, want no hold", f.e.probeHold.Sub(t0), last.Sub(t0))
+			}
+		})
+	}
+}
