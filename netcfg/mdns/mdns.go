@@ -13,7 +13,9 @@
 // built per interface from that interface's own addresses, names are probed
 // before use and renamed on conflict, announcements follow probing and every
 // change of address or service, and goodbyes (TTL 0) go out when a service
-// or the responder stops.
+// or the responder stops. Answers other hosts may give too (DNS-SD PTRs) are
+// delayed 20–120 ms and merged per interface, as RFC 6762 §6 asks, so a
+// browse on a busy plant network does not draw a burst of packets.
 package mdns
 
 import (
