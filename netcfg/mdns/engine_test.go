@@ -128,7 +128,7 @@ func query(qs ...dns.Question) *dns.Msg {
 	return m
 }
 
-func q(name string, t uint16) dns.Question {
+func question(name string, t uint16) dns.Question {
 	return dns.Question{Name: name, Qtype: t, Qclass: dns.ClassINET}
 }
 
@@ -162,7 +162,7 @@ func TestSharedAnswerIsDelayed20To120ms(t *testing.T) {
 			f := newFakeEngine(t, tt.random)
 			f.claim()
 			asked := f.now
-			f.handle(query(q("_smtp._tcp.local.", dns.TypePTR)), asker)
+			f.handle(query(question("_smtp._tcp.local.", dns.TypePTR)), asker)
 			f.advance(20*time.Millisecond - time.Nanosecond)
 			if got := f.tr.take(); len(got) != 0 {
 				t.Fatalf("answered %v after the query, before 20 ms: %v", got[0].at.Sub(asked), got[0].msg)
@@ -201,17 +201,17 @@ func TestResponseDelayByKind(t *testing.T) {
 		max     time.Duration // and with the largest
 		unicast bool
 	}{
-		{"host A, unique", query(q("relay.local.", dns.TypeA)), asker, 0, 0, false},
-		{"host AAAA QU, unique", qu(query(q("relay.local.", dns.TypeAAAA))), asker, 0, 0, true},
-		{"instance SRV and TXT, unique", query(q(inst, dns.TypeANY)), asker, 0, 0, false},
-		{"service PTR, shared", query(q("_smtp._tcp.local.", dns.TypePTR)), asker, 20 * time.Millisecond, 120 * time.Millisecond, false},
-		{"service types PTR, shared", query(q(servicesPTR, dns.TypePTR)), asker, 20 * time.Millisecond, 120 * time.Millisecond, false},
-		{"service PTR QU (§6 applies to QU too)", qu(query(q("_smtp._tcp.local.", dns.TypePTR))), asker, 20 * time.Millisecond, 120 * time.Millisecond, true},
-		{"two questions (§6.3)", query(q("relay.local.", dns.TypeA), q("relay.local.", dns.TypeAAAA)), asker, 20 * time.Millisecond, 120 * time.Millisecond, false},
-		{"truncated, known answers follow (§7.2)", tc(query(q("relay.local.", dns.TypeA))), asker, 400 * time.Millisecond, 500 * time.Millisecond, false},
-		{"legacy host A (§6.7)", query(q("relay.local.", dns.TypeA)), legacyAsker, 0, 0, true},
-		{"legacy service PTR (§6.7)", query(q("_smtp._tcp.local.", dns.TypePTR)), legacyAsker, 0, 0, true},
-		{"probe for our name: defence (§6.3)", probe(query(q("relay.local.", dns.TypeANY), q(inst, dns.TypeANY))), asker, 0, 0, false},
+		{"host A, unique", query(question("relay.local.", dns.TypeA)), asker, 0, 0, false},
+		{"host AAAA QU, unique", qu(query(question("relay.local.", dns.TypeAAAA))), asker, 0, 0, true},
+		{"instance SRV and TXT, unique", query(question(inst, dns.TypeANY)), asker, 0, 0, false},
+		{"service PTR, shared", query(question("_smtp._tcp.local.", dns.TypePTR)), asker, 20 * time.Millisecond, 120 * time.Millisecond, false},
+		{"service types PTR, shared", query(question(servicesPTR, dns.TypePTR)), asker, 20 * time.Millisecond, 120 * time.Millisecond, false},
+		{"service PTR QU (§6 applies to QU too)", qu(query(question("_smtp._tcp.local.", dns.TypePTR))), asker, 20 * time.Millisecond, 120 * time.Millisecond, true},
+		{"two questions (§6.3)", query(question("relay.local.", dns.TypeA), question("relay.local.", dns.TypeAAAA)), asker, 20 * time.Millisecond, 120 * time.Millisecond, false},
+		{"truncated, known answers follow (§7.2)", tc(query(question("relay.local.", dns.TypeA))), asker, 400 * time.Millisecond, 500 * time.Millisecond, false},
+		{"legacy host A (§6.7)", query(question("relay.local.", dns.TypeA)), legacyAsker, 0, 0, true},
+		{"legacy service PTR (§6.7)", query(question("_smtp._tcp.local.", dns.TypePTR)), legacyAsker, 0, 0, true},
+		{"probe for our name: defence (§6.3)", probe(query(question("relay.local.", dns.TypeANY), question(inst, dns.TypeANY))), asker, 0, 0, false},
 	}
 	for _, tt := range tests {
 		for _, draw := range []struct {
@@ -276,10 +276,10 @@ func TestDelayedAnswersGoInOnePacket(t *testing.T) {
 			f.claim()
 			f.e.random = tt.random
 			first := f.now
-			f.handle(query(q("_smtp._tcp.local.", dns.TypePTR)), asker)
+			f.handle(query(question("_smtp._tcp.local.", dns.TypePTR)), asker)
 			f.advance(tt.gap)
 			second := f.now
-			f.handle(query(q(tt.second, dns.TypePTR)), asker2)
+			f.handle(query(question(tt.second, dns.TypePTR)), asker2)
 			f.advance(time.Second)
 			got := f.tr.take()
 			if len(got) != 1 {
@@ -314,7 +314,7 @@ func TestTruncatedQueryWaitsForKnownAnswers(t *testing.T) {
 			f := newFakeEngine(t, nil)
 			f.claim()
 			asked := f.now
-			m := query(q(servicesPTR, dns.TypePTR))
+			m := query(question(servicesPTR, dns.TypePTR))
 			m.Truncated = true
 			f.handle(m, asker)
 			f.advance(100 * time.Millisecond)
@@ -350,7 +350,7 @@ func TestDelayedAnswerFollowsRename(t *testing.T) {
 	// answered under its old name.
 	f := newFakeEngine(t, func(max time.Duration) time.Duration { return max })
 	f.claim()
-	f.handle(query(q("_smtp._tcp.local.", dns.TypePTR)), asker)
+	f.handle(query(question("_smtp._tcp.local.", dns.TypePTR)), asker)
 	f.e.conflict(strings.ToLower(`siterelay\ Plant\ 3._smtp._tcp.local.`), f.now)
 	f.advance(sharedDelayMax)
 	for _, p := range f.tr.take() {
