@@ -129,7 +129,7 @@ Its status page: http://%s/ (user gokrazy, password from the file above).
 	case "vm":
 		fmt.Printf(`
 To boot it (amd64, QEMU; SMTP forwarded to 127.0.0.1:2525):
-  qemu-system-x86_64 -m 512 -nographic -drive file=%s,format=raw,if=virtio \
+  qemu-system-x86_64 -m 512 -smp 2 -nographic -drive file=%s,format=raw,if=virtio \
     -netdev user,id=n,hostfwd=tcp:127.0.0.1:2525-:25 -device virtio-net-pci,netdev=n -device virtio-rng-pci
 `, im.Path)
 	}
