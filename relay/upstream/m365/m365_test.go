@@ -455,6 +455,79 @@ func TestDirectSend(t *testing.T) {
 	}
 }
 
+// TestMXRefresh: the MX answer is used for an hour, asked again a minute
+// after a delivery got no reply at all, and a failed lookup keeps the host.
+func TestMXRefresh(t *testing.T) {
+	e, _ := mxEnv(t, m365test.ExchangeOptions{TenantDomains: []string{"contoso.test"}})
+	const (
+		mx      = "contoso.test. 300 IN MX 0 contoso-test.mail.protection.outlook.test."
+		good    = "contoso-test.mail.protection.outlook.test. 300 IN A 127.0.0.1"
+		oldMX   = "contoso.test. 300 IN MX 0 gone.mail.protection.outlook.test."
+		goneA   = "gone.mail.protection.outlook.test. 300 IN A 127.0.0.2" // nobody listens there
+		mxQuery = "contoso.test."
+	)
+	d := m365test.NewDNS(t, oldMX, goneA)
+	m := validated(t, "m365-connector", config.M365{Domain: "contoso.test", SMTPPort: e.port()})
+	up, err := m365.New("m365-connector", m, e.deps(d.Addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	deliver := func(n int) error {
+		res, err := up.Deliver(context.Background(), newMsg(n, "printer@contoso.test", "ops@contoso.test"))
+		for _, r := range res {
+			if r.Err != nil {
+				return r.Err
+			}
+		}
+		return err
+	}
+
+	// The MX host of record is gone: the delivery fails without a reply.
+	if ue := upstream.Classify(deliver(1)); ue == nil || ue.Permanent || ue.Reply != nil {
+		t.Fatalf("to a host that is gone: got %v, want a temporary failure without a reply", ue)
+	}
+	// The tenant's MX moved. Within the minute the relay does not ask again.
+	d.Replace(t, mx, good)
+	e.clock.Advance(30 * time.Second)
+	if err := deliver(2); err == nil {
+		t.Fatal("delivered within the minute: the MX was asked again too soon")
+	}
+	if got, want := d.Queries(mxQuery, "MX"), 1; got != want {
+		t.Errorf("MX queries within the minute: got %d, want %d", got, want)
+	}
+	// After it, the new host is found and takes the mail.
+	e.clock.Advance(time.Minute)
+	if err := deliver(3); err != nil {
+		t.Fatalf("after the MX moved: %v", err)
+	}
+	if got, want := len(e.x.Received()), 1; got != want {
+		t.Fatalf("received %d, want %d", got, want)
+	}
+
+	// Working: no lookups for an hour, then one.
+	before := d.Queries(mxQuery, "MX")
+	e.clock.Advance(59 * time.Minute)
+	if err := deliver(4); err != nil {
+		t.Fatal(err)
+	}
+	if got := d.Queries(mxQuery, "MX"); got != before {
+		t.Errorf("MX asked again within the hour: %d queries, want %d", got, before)
+	}
+	// The hour is up and the MX lookup fails: the host it has still takes mail.
+	d.Replace(t, good)
+	e.clock.Advance(2 * time.Minute)
+	if err := deliver(5); err != nil {
+		t.Fatalf("with the MX lookup failing after an hour: %v, want the known host to take it", err)
+	}
+	if got := d.Queries(mxQuery, "MX"); got != before+1 {
+		t.Errorf("MX queries after the hour: got %d, want %d", got, before+1)
+	}
+	if got, want := len(e.x.Received()), 3; got != want {
+		t.Errorf("received %d, want %d", got, want)
+	}
+}
+
 func TestMXNotFoundWaits(t *testing.T) {
 	e, _ := mxEnv(t, m365test.ExchangeOptions{})
 	empty := m365test.NewDNS(t)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -83,32 +84,56 @@ func newMX(cfg config.M365, d Deps, log *slog.Logger, kind string) (upstream.Ups
 	return &mxUpstream{cfg: cfg, d: d, log: log, cert: cert}, nil
 }
 
+// How long an MX answer is used: Microsoft publishes its MX records with a
+// one-hour TTL, and a tenant's MX host does change (a domain moved to
+// another tenant, the MX moved to mx.microsoft). After a connection
+// failure the record is asked again sooner, but not for every message.
+const (
+	mxRefresh      = time.Hour
+	mxRetryOnFault = time.Minute
+)
+
 type mxUpstream struct {
 	cfg  config.M365
 	d    Deps
 	log  *slog.Logger
 	cert *tls.Certificate
 
-	mu    sync.Mutex
-	inner *smtpup.Upstream
-	host  string
+	mu       sync.Mutex
+	inner    *smtpup.Upstream
+	host     string
+	resolved time.Time // when host was last looked up (or the lookup failed)
+	faulted  bool      // a delivery to host failed without a reply since
 }
 
+// get returns the upstream for the MX host, looking the host up the first
+// time, when the answer is an hour old, and a minute after a connection
+// failure. A failed lookup keeps the host it has: DNS trouble must not stop
+// mail that a known host would take.
 func (m *mxUpstream) get(ctx context.Context) (*smtpup.Upstream, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.inner != nil {
+	if m.inner != nil && (m.cfg.MXHost != "" || !m.due()) {
 		return m.inner, nil
 	}
 	host := m.cfg.MXHost
 	if host == "" {
 		r := &Resolver{Server: m.d.Resolver}
 		hosts, err := r.MX(ctx, m.cfg.Domain)
+		m.resolved, m.faulted = m.d.Clock(), false
 		if err != nil {
-			return nil, &upstream.Error{Err: fmt.Errorf("finding the MX host of %s: %w", m.cfg.Domain, err),
+			err = &upstream.Error{Err: fmt.Errorf("finding the MX host of %s: %w", m.cfg.Domain, err),
 				Hint: "The tenant's MX host could not be found in DNS: check the relay's DNS servers and the domain's MX record, or set upstream.m365.mx_host."}
+			if m.inner != nil {
+				m.log.Warn("MX lookup failed; keeping the MX host", "domain", m.cfg.Domain, "host", m.host, "err", err)
+				return m.inner, nil
+			}
+			return nil, err
 		}
 		host = hosts[0]
+		if m.inner != nil && strings.EqualFold(host, m.host) {
+			return m.inner, nil
+		}
 	}
 	o := smtpOptions(m.cfg, m.d, m.log, net.JoinHostPort(host, strconv.Itoa(m.cfg.SMTPPort)), host)
 	o.ClientCertificate = m.cert
@@ -116,9 +141,19 @@ func (m *mxUpstream) get(ctx context.Context) (*smtpup.Upstream, error) {
 	if err != nil {
 		return nil, &upstream.Error{Err: fmt.Errorf("m365: %w", err)}
 	}
+	if old := m.inner; old != nil {
+		m.log.Info("MX host changed", "domain", m.cfg.Domain, "was", m.host, "host", host)
+		go old.Close() // deliveries in flight finish; their connections close after
+	} else {
+		m.log.Info("MX host found", "domain", m.cfg.Domain, "host", host)
+	}
 	m.inner, m.host = u, host
-	m.log.Info("MX host found", "domain", m.cfg.Domain, "host", host)
 	return u, nil
+}
+
+func (m *mxUpstream) due() bool {
+	age := m.d.Clock().Sub(m.resolved)
+	return age >= mxRefresh || (m.faulted && age >= mxRetryOnFault)
 }
 
 func (m *mxUpstream) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.RcptResult, error) {
@@ -126,7 +161,13 @@ func (m *mxUpstream) Deliver(ctx context.Context, msg *upstream.Message) ([]upst
 	if err != nil {
 		return nil, err
 	}
-	return u.Deliver(ctx, msg)
+	res, err := u.Deliver(ctx, msg)
+	if ue := upstream.Classify(err); ue != nil && ue.Reply == nil && ctx.Err() == nil {
+		m.mu.Lock()
+		m.faulted = true // no reply at all: perhaps the host is no longer there
+		m.mu.Unlock()
+	}
+	return res, err
 }
 
 func (m *mxUpstream) Limits() upstream.Limits {

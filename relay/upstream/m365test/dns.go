@@ -13,9 +13,10 @@ import (
 // answering from crafted records in zone-file syntax, e.g.
 // "contoso.com. 300 IN MX 0 contoso-com.mail.protection.outlook.com.".
 type DNS struct {
-	Addr string
-	mu   sync.Mutex
-	rrs  []dns.RR
+	Addr    string
+	mu      sync.Mutex
+	rrs     []dns.RR
+	queries map[string]int // by "name type", lower case
 }
 
 // NewDNS starts the server with records; it stops with the test.
@@ -64,6 +65,23 @@ func (d *DNS) Add(t testing.TB, records ...string) {
 	}
 }
 
+// Replace drops every record and adds records: a zone changed.
+func (d *DNS) Replace(t testing.TB, records ...string) {
+	t.Helper()
+	d.mu.Lock()
+	d.rrs = nil
+	d.mu.Unlock()
+	d.Add(t, records...)
+}
+
+// Queries counts the questions asked for name (e.g. "contoso.com.") and
+// type (e.g. "MX").
+func (d *DNS) Queries(name, typ string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.queries[strings.ToLower(name+" "+typ)]
+}
+
 func (d *DNS) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	m := new(dns.Msg)
 	m.SetReply(req)
@@ -71,6 +89,10 @@ func (d *DNS) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	if len(req.Question) == 1 {
 		q := req.Question[0]
 		d.mu.Lock()
+		if d.queries == nil {
+			d.queries = map[string]int{}
+		}
+		d.queries[strings.ToLower(q.Name+" "+dns.TypeToString[q.Qtype])]++
 		exists := false
 		for _, rr := range d.rrs {
 			h := rr.Header()
