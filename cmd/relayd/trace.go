@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/siterelay/siterelay/relay/trace"
@@ -40,7 +41,7 @@ func runTrace(args []string, stdout, stderr io.Writer, now time.Time) int {
 	}
 	if *kind != "" {
 		f.Kind = trace.Kind(*kind)
-		if !validKind(f.Kind) {
+		if !slices.Contains(trace.Kinds, f.Kind) {
 			fmt.Fprintf(stderr, "relayd trace: -kind %q: want one of %v\n", *kind, trace.Kinds)
 			return 2
 		}
@@ -72,15 +73,6 @@ func runTrace(args []string, stdout, stderr io.Writer, now time.Time) int {
 	}
 	trace.WriteText(stdout, events)
 	return 0
-}
-
-func validKind(k trace.Kind) bool {
-	for _, v := range trace.Kinds {
-		if k == v {
-			return true
-		}
-	}
-	return false
 }
 
 // parseWhen reads "24h" (back from now), "2026-11-23" (UTC midnight) or
