@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -193,8 +194,8 @@ func Doctor(ctx context.Context, o Options, resolver, testTo string) ([]upstream
 
 // Version names the build: the module version of a release, else the
 // commit it was built from (with "+dirty" for uncommitted changes), as the
-// Go toolchain recorded it.
-func Version() string {
+// Go toolchain recorded it. Read once: the status page asks on every load.
+var Version = sync.OnceValue(func() string {
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
 		return ""
@@ -220,4 +221,4 @@ func Version() string {
 		return ""
 	}
 	return rev + dirty
-}
+})
