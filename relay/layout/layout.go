@@ -1,0 +1,85 @@
+// Package layout owns the names of everything the relay keeps on disk: the
+// state directory's files and folders, the box's fixed places (/perm/relay,
+// the image's bootstrap directory), and how a relative path written in the
+// configuration resolves. It is a leaf: every other package asks it rather
+// than spelling a name itself, so a new room (the tailnet node, the audit
+// log) has exactly one place to be declared.
+//
+// docs/architecture.md has the table of who writes and who reads each entry.
+package layout
+
+import "path/filepath"
+
+// The box's fixed places. The bootstrap directory is baked into the
+// read-only image by images/sitegen; the first boot moves its files into
+// the state directory, which lives on gokrazy's persistent partition.
+const (
+	BoxPerm         = "/perm"
+	BoxStateDir     = "/perm/relay"
+	BoxBootstrapDir = "/etc/siterelay"
+	// DevStateDir is relayd's state directory off the box (make run).
+	DevStateDir = "./var"
+)
+
+// The files an image carries in its bootstrap directory, by name. The same
+// names are used in the state directory, except the join key, which moves
+// into the secret store (see Dir.TailnetAuthKey).
+const (
+	SiteFile       = "site.json"       // host name, network, NTP, administrators
+	ConfigFile     = "config.json"     // the relay's configuration document
+	TailnetKeyFile = "tailnet-authkey" // the tailnet join key (optional)
+)
+
+// Dir is a state directory: everything mutable the relay keeps.
+type Dir string
+
+// Path joins names below the state directory.
+func (d Dir) Path(elem ...string) string {
+	return filepath.Join(append([]string{string(d)}, elem...)...)
+}
+
+// Config is the configuration document in force.
+func (d Dir) Config() string { return d.Path(ConfigFile) }
+
+// ConfigHistory holds earlier configuration versions, for rollback.
+func (d Dir) ConfigHistory() string { return d.Path("config.d") }
+
+// Site is the box's bootstrap facts, moved here on first boot.
+func (d Dir) Site() string { return d.Path(SiteFile) }
+
+// Secrets is the secret store: one 0600 file per secret.
+func (d Dir) Secrets() string { return d.Path("secrets") }
+
+// Secret is one secret's file.
+func (d Dir) Secret(name string) string { return d.Path("secrets", name) }
+
+// TailnetAuthKey is where the first boot puts the image's join key.
+func (d Dir) TailnetAuthKey() string { return d.Secret(TailnetKeyFile) }
+
+// Spool is the queue of accepted messages.
+func (d Dir) Spool() string { return d.Path("spool") }
+
+// Trace is the message trace (day files).
+func (d Dir) Trace() string { return d.Path("trace") }
+
+// TLS holds the listener's self-made certificate.
+func (d Dir) TLS() string { return d.Path("tls") }
+
+// Pace keeps the upstreams' sending windows across restarts.
+func (d Dir) Pace() string { return d.Path("pace") }
+
+// Tailnet is the tailnet node's state (keys, node identity).
+func (d Dir) Tailnet() string { return d.Path("tailnet") }
+
+// Audit is the admin API's append-only audit log.
+func (d Dir) Audit() string { return d.Path("audit") }
+
+// Resolve makes a path from the configuration absolute: a relative one is
+// taken below the state directory, never the process's working directory,
+// so the same configuration means the same files wherever relayd starts.
+func (d Dir) Resolve(p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return d.Path(p)
+}
