@@ -22,7 +22,7 @@ func (r *Relay) bounce(ctx context.Context, msg spool.Info, failed []delivery.Fa
 	if env.From != "" && dsn.IsRoutable(env.From) {
 		to = append(to, env.From)
 	}
-	if admin := r.cfg.Bounce.Admin; admin != "" && env.From != "" && !strings.EqualFold(admin, env.From) {
+	if admin := r.Config().Bounce.Admin; admin != "" && env.From != "" && !strings.EqualFold(admin, env.From) {
 		to = append(to, admin)
 	}
 	if len(to) == 0 {
@@ -35,7 +35,7 @@ func (r *Relay) bounce(ctx context.Context, msg spool.Info, failed []delivery.Fa
 	now := r.d.Clock()
 	rep := dsn.Report{
 		ReportingMTA: r.hostname(), QueueID: msg.ID, EnvelopeFrom: env.From, ArrivalDate: env.Received,
-		Headers: headers, Expired: expired, From: r.cfg.Bounce.From, To: to[0], Date: now,
+		Headers: headers, Expired: expired, From: r.Config().Bounce.From, To: to[0], Date: now,
 	}
 	for _, f := range failed {
 		rep.Recipients = append(rep.Recipients, dsn.Recipient{
@@ -84,9 +84,4 @@ func (r *Relay) headers(msg spool.Info) ([]byte, error) {
 	return b, nil
 }
 
-func (r *Relay) hostname() string {
-	if r.cfg.Hostname != "" {
-		return r.cfg.Hostname
-	}
-	return "siterelay.invalid"
-}
+func (r *Relay) hostname() string { return r.Hostname() }

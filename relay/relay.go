@@ -3,6 +3,11 @@
 // trace and metrics. It knows nothing of gokrazy, signals or the process
 // environment (that is the appliance's job), so tests run many relays side
 // by side.
+//
+// The spool, the trace, the metrics and the scheduler live as long as the
+// relay; Reload replaces everything that comes from the configuration
+// (listeners' settings, policy, upstream, retry timing) while mail keeps
+// flowing.
 package relay
 
 import (
@@ -15,14 +20,15 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/siterelay/siterelay/relay/certs"
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/delivery"
 	"github.com/siterelay/siterelay/relay/inbound"
+	"github.com/siterelay/siterelay/relay/layout"
 	"github.com/siterelay/siterelay/relay/message"
 	"github.com/siterelay/siterelay/relay/metrics"
 	"github.com/siterelay/siterelay/relay/policy"
@@ -36,7 +42,8 @@ type Deps struct {
 	Clock  func() time.Time
 	Logger *slog.Logger
 	// Secret reads a named secret from the secret store (passwords, client
-	// secrets, keys); nil means no secrets are available.
+	// secrets, keys); nil means no secrets are available. It is asked again
+	// on every reload, so a changed secret takes effect then.
 	Secret func(name string) ([]byte, error)
 	// Listen binds a listener; default net.Listen.
 	Listen func(network, addr string) (net.Listener, error)
@@ -64,32 +71,59 @@ func (d *Deps) defaults() {
 
 // Relay is one running relay.
 type Relay struct {
-	cfg       *config.Config
-	dir       string
-	d         Deps
-	log       *slog.Logger
-	spool     *spool.Spool
-	trace     *trace.Store
-	metrics   *metrics.Metrics
-	up        upstream.Upstream
-	upName    string
-	sched     *delivery.Scheduler
-	listeners []net.Listener
-	servers   []*inbound.Server
-	started   time.Time
-	maxSize   int64
-	seen      seen
+	dir     layout.Dir
+	d       Deps
+	log     *slog.Logger
+	spool   *spool.Spool
+	trace   *trace.Store
+	metrics *metrics.Metrics
+	up      *switchable
+	sched   *delivery.Scheduler
+	started time.Time
+	seen    seen
+
+	gen atomic.Pointer[generation] // the configuration in force
+
+	mu        sync.Mutex // serialises Reload and guards what follows
+	listeners []*listener
+	serving   *serving // set while Run runs
+	stopping  bool     // Run is stopping: no more reloads
+}
+
+// generation is what one configuration makes of the relay: a reload builds
+// a new one and swaps it in whole.
+type generation struct {
+	cfg      *config.Config
+	hostname string
+	maxSize  int64
+	upName   string
+	policy   *policy.Policy
+	// certKey says which files and name cert was made from, so a reload
+	// that changes neither keeps the getter (and its loaded certificate).
+	certKey string
+	cert    func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+}
+
+// listener is one bound listener and its server. addr is the configured
+// address: a reload keeps the socket of a listener whose address is
+// unchanged, so devices never see it closed.
+type listener struct {
+	addr string
+	name string
+	l    net.Listener
+	srv  *inbound.Server
+}
+
+// serving is Run's bookkeeping, for listeners a reload adds.
+type serving struct {
+	wg   sync.WaitGroup
+	errc chan error
 }
 
 // New opens the state in dir and binds the listeners; Run serves.
 func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 	d.defaults()
-	hostname := cfg.Hostname
-	if hostname == "" {
-		hostname, _ = os.Hostname()
-		cfg.Hostname = hostname // one name for banner, Received, EHLO upstream and bounces
-	}
-	r = &Relay{cfg: cfg, dir: dir, d: d, log: d.Logger, started: d.Clock()}
+	r = &Relay{dir: layout.Dir(dir), d: d, log: d.Logger, started: d.Clock()}
 	defer func(r *Relay) {
 		// r, not the named result: every error return sets that to nil.
 		if err != nil {
@@ -97,14 +131,14 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 		}
 	}(r)
 
-	r.spool, err = spool.Open(filepath.Join(dir, "spool"), spool.Options{
+	r.spool, err = spool.Open(r.dir.Spool(), spool.Options{
 		MaxBytes: cfg.Spool.MaxBytes, MaxMessages: cfg.Spool.MaxMessages, MinFreeBytes: cfg.Spool.MinFreeBytes,
 		Clock: d.Clock, Logger: d.Logger,
 	})
 	if err != nil {
 		return nil, err
 	}
-	r.trace, err = trace.Open(filepath.Join(dir, "trace"), trace.Options{RetentionDays: cfg.Trace.RetentionDays, MaxBytes: 512 << 20, Now: d.Clock, Logger: d.Logger})
+	r.trace, err = trace.Open(r.dir.Trace(), trace.Options{RetentionDays: cfg.Trace.RetentionDays, MaxBytes: 512 << 20, Now: d.Clock, Logger: d.Logger})
 	if err != nil {
 		return nil, fmt.Errorf("opening trace: %w", err)
 	}
@@ -122,72 +156,224 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 	r.trace.Subscribe(r.metrics.Observe)
 	r.trace.Subscribe(r.seen.observe)
 
-	r.up, r.upName, err = newUpstream(cfg, dir, d)
+	g, up, err := r.build(cfg, nil)
 	if err != nil {
 		return nil, err
 	}
-	maxSize := cfg.Limits.MaxMessageBytes
-	if lim := r.up.Limits().MaxSize; lim > 0 && lim < maxSize {
-		maxSize = lim // refuse at the device what the upstream would refuse later
+	r.up = newSwitchable(up)
+	r.sched = delivery.New(r.schedOptions(g))
+	r.gen.Store(g)
+	if err := r.bindListeners(g); err != nil {
+		return nil, err
 	}
-	r.maxSize = maxSize
+	return r, nil
+}
 
-	r.sched = delivery.New(delivery.Options{
-		Spool: r.spool, Upstream: r.up, UpstreamName: r.upName,
+// build makes a generation and its upstream from cfg, reusing what of prev
+// (nil at start) the new configuration leaves as it was. It binds nothing
+// and changes nothing in r, so a failed reload leaves the relay untouched.
+func (r *Relay) build(cfg *config.Config, prev *generation) (*generation, upstream.Upstream, error) {
+	if cfg.Hostname == "" {
+		// One name for banner, Received, EHLO upstream and bounces. The
+		// caller's configuration is left as loaded: the relay keeps a copy.
+		c := *cfg
+		c.Hostname, _ = os.Hostname()
+		cfg = &c
+	}
+	g := &generation{cfg: cfg, hostname: cfg.Hostname}
+	up, name, err := newUpstream(cfg, string(r.dir), r.d)
+	if err != nil {
+		return nil, nil, err
+	}
+	g.upName = name
+	g.maxSize = cfg.Limits.MaxMessageBytes
+	if lim := up.Limits().MaxSize; lim > 0 && lim < g.maxSize {
+		g.maxSize = lim // refuse at the device what the upstream would refuse later
+	}
+	g.policy, err = policy.New(cfg, r.d.Clock)
+	if err != nil {
+		up.Close()
+		return nil, nil, fmt.Errorf("policy: %w", err)
+	}
+	g.certKey = cfg.TLS.CertFile + "\x00" + cfg.TLS.KeyFile + "\x00" + g.hostname
+	if prev != nil && prev.certKey == g.certKey {
+		g.cert = prev.cert
+	}
+	for _, lc := range cfg.Listeners {
+		if *lc.StartTLS && g.cert == nil {
+			g.cert, err = certs.Getter(r.dir.TLS(), r.dir.Resolve(cfg.TLS.CertFile), r.dir.Resolve(cfg.TLS.KeyFile), g.hostname, r.d.Clock())
+			if err != nil {
+				up.Close()
+				return nil, nil, err
+			}
+		}
+	}
+	return g, up, nil
+}
+
+func (r *Relay) schedOptions(g *generation) delivery.Options {
+	cfg := g.cfg
+	return delivery.Options{
+		Spool: r.spool, Upstream: r.up, UpstreamName: g.upName,
 		Record: r.trace.Record, Explain: explain(cfg.Upstream.Kind), Bounce: r.bounce,
 		FirstRetry: cfg.Delivery.FirstRetry.D(), MaxRetry: cfg.Delivery.MaxRetry.D(), Lifetime: cfg.Delivery.Lifetime.D(),
 		Concurrency: cfg.Delivery.Concurrency, Delivered: r.metrics.ObserveDelivery,
-		Clock: d.Clock, Logger: d.Logger,
-	})
+		Clock: r.d.Clock, Logger: r.d.Logger,
+	}
+}
 
-	var cert func(*tls.ClientHelloInfo) (*tls.Certificate, error)
-	var checkRcpt func(string) error
-	if rc, ok := r.up.(upstream.RecipientChecker); ok {
-		checkRcpt = rc.CheckRecipient
+// inboundOptions are listener i's settings under g.
+func (r *Relay) inboundOptions(g *generation, i int) inbound.Options {
+	cfg, lc := g.cfg, g.cfg.Listeners[i]
+	var tlsConf *tls.Config
+	if *lc.StartTLS {
+		tlsConf = inbound.TLSConfig(g.cert, config.TLSVersions[lc.MinTLS])
 	}
 	bare := message.Normalise
 	if cfg.Limits.BareLineEndings == "refuse" {
 		bare = message.Refuse
 	}
-	pol, err := policy.New(cfg, d.Clock)
-	if err != nil {
-		return nil, fmt.Errorf("policy: %w", err)
+	return inbound.Options{
+		Name: lc.Name, Hostname: g.hostname, TLS: tlsConf, RequireTLS: lc.RequireTLS,
+		Auth: *lc.Auth, RequireAuth: *lc.RequireAuth, AllowPlaintextAuth: lc.AllowPlaintextAuth,
+		MaxMessageBytes: g.maxSize, MaxRecipients: cfg.Limits.MaxRecipients, MaxLineLength: cfg.Limits.MaxLineLength,
+		ReadTimeout: cfg.Limits.ReadTimeout.D(), WriteTimeout: cfg.Limits.WriteTimeout.D(),
+		BareLineEndings: bare, RewriteFrom: cfg.Senders.RewriteFrom,
+		Policy: listenerPolicy{g.policy, i}, Spool: r.spool, CheckRecipient: r.up.checkRecipient,
+		Accepted: r.sched.Enqueue, Record: r.trace.Record, Refused: r.metrics.Refused,
+		AcceptLatency: r.metrics.ObserveAccept, Clock: r.d.Clock, Logger: r.d.Logger,
 	}
-	for i, lc := range cfg.Listeners {
-		var tlsConf *tls.Config
-		if *lc.StartTLS {
-			if cert == nil {
-				cert, err = certs.Getter(filepath.Join(dir, "tls"), cfg.TLS.CertFile, cfg.TLS.KeyFile, hostname, d.Clock())
-				if err != nil {
-					return nil, err
-				}
-			}
-			tlsConf = inbound.TLSConfig(cert, config.TLSVersions[lc.MinTLS])
-		}
-		l, err := d.Listen("tcp", lc.Address)
-		if err != nil {
-			return nil, fmt.Errorf("listeners[%d] (%s): %w", i, lc.Name, err)
-		}
-		r.listeners = append(r.listeners, l)
-		r.servers = append(r.servers, inbound.New(inbound.Options{
-			Name: lc.Name, Hostname: hostname, TLS: tlsConf, RequireTLS: lc.RequireTLS,
-			Auth: *lc.Auth, RequireAuth: *lc.RequireAuth, AllowPlaintextAuth: lc.AllowPlaintextAuth,
-			MaxMessageBytes: maxSize, MaxRecipients: cfg.Limits.MaxRecipients, MaxLineLength: cfg.Limits.MaxLineLength,
-			ReadTimeout: cfg.Limits.ReadTimeout.D(), WriteTimeout: cfg.Limits.WriteTimeout.D(),
-			BareLineEndings: bare, RewriteFrom: cfg.Senders.RewriteFrom,
-			Policy: listenerPolicy{pol, i}, Spool: r.spool, CheckRecipient: checkRcpt,
-			Accepted: r.sched.Enqueue, Record: r.trace.Record, Refused: r.metrics.Refused,
-			AcceptLatency: r.metrics.ObserveAccept, Clock: d.Clock, Logger: d.Logger,
-		}))
-	}
-	return r, nil
 }
+
+// bindListeners makes r.listeners match g: a listener whose configured
+// address was there before keeps its socket and takes the new settings
+// (sessions in flight keep theirs); a new address is bound, and served if
+// Run runs; listeners no longer configured stop accepting and finish their
+// sessions in the background. On a bind error nothing in r has changed.
+// r.mu is held (or r is not yet shared).
+func (r *Relay) bindListeners(g *generation) error {
+	byAddr := map[string]*listener{}
+	for _, l := range r.listeners {
+		byAddr[l.addr] = l
+	}
+	next := make([]*listener, len(g.cfg.Listeners))
+	var fresh []net.Listener
+	for i, lc := range g.cfg.Listeners {
+		if l, ok := byAddr[lc.Address]; ok {
+			delete(byAddr, lc.Address)
+			next[i] = &listener{addr: l.addr, name: lc.Name, l: l.l, srv: l.srv}
+			continue
+		}
+		nl, err := r.d.Listen("tcp", lc.Address)
+		if err != nil {
+			for _, l := range fresh {
+				l.Close()
+			}
+			return fmt.Errorf("listeners[%d] (%s): %w", i, lc.Name, err)
+		}
+		fresh = append(fresh, nl)
+		next[i] = &listener{addr: lc.Address, name: lc.Name, l: nl}
+	}
+	for i, l := range next {
+		opts := r.inboundOptions(g, i)
+		if l.srv != nil {
+			l.srv.Update(opts)
+			continue
+		}
+		l.srv = inbound.New(opts)
+		if r.serving != nil {
+			r.serve(l)
+		}
+	}
+	r.listeners = next
+	for _, old := range byAddr {
+		if r.serving != nil {
+			r.serving.wg.Add(1) // Run's stop waits for its sessions too
+			go func() {
+				defer r.serving.wg.Done()
+				r.retire(old)
+			}()
+		} else {
+			r.retire(old)
+		}
+	}
+	return nil
+}
+
+// serve runs l's server under Run's bookkeeping; r.mu is held.
+func (r *Relay) serve(l *listener) {
+	sv := r.serving
+	sv.wg.Add(1)
+	go func() {
+		defer sv.wg.Done()
+		if err := l.srv.Serve(l.l); err != nil {
+			select {
+			case sv.errc <- fmt.Errorf("listener %s: %w", l.name, err):
+			default:
+			}
+		}
+	}()
+}
+
+// retire stops a listener a reload removed: no new connections, sessions
+// in flight get shutdownGrace to finish.
+func (r *Relay) retire(l *listener) {
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	l.srv.Shutdown(ctx)
+	l.l.Close()
+	r.log.Info("listener removed by reload", "listener", l.name, "address", l.addr)
+}
+
+// shutdownGrace is how long sessions in DATA get to finish when their
+// listener stops.
+const shutdownGrace = 10 * time.Second
+
+// Reload applies cfg (already validated, e.g. by config.Load) without
+// stopping: listeners whose address is unchanged keep their socket, new
+// sessions get the new settings and policy while sessions in flight finish
+// under the old ones, the next delivery attempt uses the new upstream (and
+// reads the secrets again) while attempts in flight finish on the old one,
+// and the spool, the trace and the metrics are kept. The spool's and the
+// trace's own limits take effect at the next start. If anything of cfg
+// cannot be built (a missing secret, an address in use) Reload returns the
+// error and the running configuration stays in force, untouched.
+func (r *Relay) Reload(cfg *config.Config) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.stopping {
+		return errors.New("reload: the relay is stopping")
+	}
+	prev := r.gen.Load()
+	g, up, err := r.build(cfg, prev)
+	if err != nil {
+		return err
+	}
+	if err := r.bindListeners(g); err != nil {
+		up.Close()
+		return err
+	}
+	r.up.swap(up) // the old one closes once its attempts in flight end
+	r.gen.Store(g)
+	r.sched.Reconfigure(r.schedOptions(g))
+	r.log.Info("configuration reloaded", "upstream", g.upName, "listeners", len(r.listeners))
+	return nil
+}
+
+// Config is the configuration in force.
+func (r *Relay) Config() *config.Config { return r.gen.Load().cfg }
+
+// Hostname is the name the relay uses for itself (banner, Received, EHLO
+// upstream, bounces).
+func (r *Relay) Hostname() string { return r.gen.Load().hostname }
 
 // Addrs are the listeners' bound addresses, in configuration order.
 func (r *Relay) Addrs() []net.Addr {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	out := make([]net.Addr, len(r.listeners))
 	for i, l := range r.listeners {
-		out[i] = l.Addr()
+		out[i] = l.l.Addr()
 	}
 	return out
 }
@@ -204,22 +390,16 @@ func (r *Relay) Spool() *spool.Spool { return r.spool }
 // Run serves until ctx ends, then stops the listeners (waiting up to 10 s
 // for sessions in DATA), lets attempts in flight end and closes the state.
 func (r *Relay) Run(ctx context.Context) error {
+	r.mu.Lock()
+	sv := &serving{errc: make(chan error, 1)}
+	r.serving = sv
 	addrs := make([]string, len(r.listeners))
-	for i, a := range r.Addrs() {
-		addrs[i] = a.String()
+	for i, l := range r.listeners {
+		addrs[i] = l.l.Addr().String()
+		r.serve(l)
 	}
-	r.log.Info("relay starting", "listeners", addrs, "upstream", r.upName, "queued", r.spool.Stats().Messages)
-	var wg sync.WaitGroup
-	errc := make(chan error, len(r.servers))
-	for i, s := range r.servers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := s.Serve(r.listeners[i]); err != nil {
-				errc <- fmt.Errorf("listener %s: %w", r.cfg.Listeners[i].Name, err)
-			}
-		}()
-	}
+	r.mu.Unlock()
+	r.log.Info("relay starting", "listeners", addrs, "upstream", r.gen.Load().upName, "queued", r.spool.Stats().Messages)
 	sctx, stopSched := context.WithCancel(context.Background())
 	schedDone := make(chan struct{})
 	go func() {
@@ -229,21 +409,25 @@ func (r *Relay) Run(ctx context.Context) error {
 	var err error
 	select {
 	case <-ctx.Done():
-	case err = <-errc:
+	case err = <-sv.errc:
 	}
 	r.log.Info("relay stopping")
-	shctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	for _, s := range r.servers {
-		s.Shutdown(shctx)
+	r.mu.Lock()
+	r.stopping = true
+	listeners := r.listeners
+	r.mu.Unlock()
+	shctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	for _, l := range listeners {
+		l.srv.Shutdown(shctx)
 	}
 	cancel()
 	// go-smtp's Shutdown closes only the listeners its Serve has seen; a
 	// Serve goroutine not yet started (a stop right after start) would
 	// otherwise accept forever.
-	for _, l := range r.listeners {
-		l.Close()
+	for _, l := range listeners {
+		l.l.Close()
 	}
-	wg.Wait()
+	sv.wg.Wait()
 	stopSched()
 	<-schedDone
 	return errors.Join(err, r.close())
@@ -252,7 +436,7 @@ func (r *Relay) Run(ctx context.Context) error {
 func (r *Relay) close() error {
 	var errs []error
 	for _, l := range r.listeners {
-		l.Close()
+		l.l.Close()
 	}
 	if r.up != nil {
 		errs = append(errs, r.up.Close())

@@ -77,16 +77,17 @@ type QueueStatus struct {
 // Status reports the relay as it is now.
 func (r *Relay) Status() Status {
 	st := r.spool.Stats()
+	g := r.gen.Load()
 	s := Status{
 		Started:         r.started,
 		Listeners:       r.listenerStatus(),
-		MaxMessageBytes: r.maxSize,
+		MaxMessageBytes: g.maxSize,
 		Queue:           QueueStatus{Messages: st.Messages, Bytes: st.Bytes, Oldest: st.Oldest},
 	}
 	r.seen.mu.Lock()
 	defer r.seen.mu.Unlock()
 	s.Upstream = r.seen.upstream
-	s.Upstream.Name = r.upName
+	s.Upstream.Name = g.upName
 	if p := s.Upstream.LastProblem; p != nil {
 		cp := *p
 		s.Upstream.LastProblem = &cp
@@ -99,9 +100,12 @@ func (r *Relay) Status() Status {
 }
 
 func (r *Relay) listenerStatus() []ListenerStatus {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	cfg := r.gen.Load().cfg
 	out := make([]ListenerStatus, len(r.listeners))
-	for i, l := range r.listeners {
-		lc := r.cfg.Listeners[i]
+	for i, ln := range r.listeners {
+		lc, l := cfg.Listeners[i], ln.l
 		ls := ListenerStatus{Name: lc.Name, Address: l.Addr().String(), Mode: lc.Mode, TLS: "none", Auth: "none"}
 		switch {
 		case lc.RequireTLS:

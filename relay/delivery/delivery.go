@@ -13,6 +13,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/siterelay/siterelay/relay/spool"
@@ -71,20 +72,28 @@ type Scheduler struct {
 	attempts map[string]int  // attempts so far, by id
 	wake     chan struct{}   // a worker should look at ready
 	timer    chan struct{}   // the earliest retry time changed
-	limits   upstream.Limits
+
+	// set is what a reload may change while deliveries run; each attempt
+	// reads it once, so one attempt never mixes two configurations.
+	set atomic.Pointer[settings]
+
+	// The workers: Reconfigure starts more or lets the surplus ones end.
+	runCtx  context.Context
+	wg      sync.WaitGroup
+	workers int // running
+	want    int // wanted (Options.Concurrency)
+}
+
+// settings are the Options a running scheduler takes from a reload.
+type settings struct {
+	upstreamName                   string
+	explain                        func(error) string
+	firstRetry, maxRetry, lifetime time.Duration
+	maxRecipients                  int
 }
 
 // New makes a scheduler; Run starts it.
 func New(o Options) *Scheduler {
-	if o.FirstRetry <= 0 {
-		o.FirstRetry = time.Minute
-	}
-	if o.MaxRetry < o.FirstRetry {
-		o.MaxRetry = max(time.Hour, o.FirstRetry)
-	}
-	if o.Lifetime <= 0 {
-		o.Lifetime = 5 * 24 * time.Hour
-	}
 	if o.Clock == nil {
 		o.Clock = time.Now
 	}
@@ -94,22 +103,69 @@ func New(o Options) *Scheduler {
 	if o.Record == nil {
 		o.Record = func(trace.Event) {}
 	}
-	lim := o.Upstream.Limits()
-	if o.Concurrency <= 0 {
-		o.Concurrency = lim.Concurrency
-	}
-	if o.Concurrency <= 0 {
-		o.Concurrency = 4
-	}
-	return &Scheduler{
+	s := &Scheduler{
 		o:        o,
 		log:      o.Logger,
 		queued:   map[string]bool{},
 		attempts: map[string]int{},
 		wake:     make(chan struct{}, 1),
 		timer:    make(chan struct{}, 1),
-		limits:   lim,
 	}
+	s.want = s.apply(o)
+	return s
+}
+
+// apply takes the reloadable parts of o and returns the wanted number of
+// workers.
+func (s *Scheduler) apply(o Options) int {
+	if o.FirstRetry <= 0 {
+		o.FirstRetry = time.Minute
+	}
+	if o.MaxRetry < o.FirstRetry {
+		o.MaxRetry = max(time.Hour, o.FirstRetry)
+	}
+	if o.Lifetime <= 0 {
+		o.Lifetime = 5 * 24 * time.Hour
+	}
+	lim := s.o.Upstream.Limits()
+	if o.Concurrency <= 0 {
+		o.Concurrency = lim.Concurrency
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = 4
+	}
+	s.set.Store(&settings{upstreamName: o.UpstreamName, explain: o.Explain,
+		firstRetry: o.FirstRetry, maxRetry: o.MaxRetry, lifetime: o.Lifetime, maxRecipients: lim.MaxRecipients})
+	return o.Concurrency
+}
+
+// Reconfigure applies a reload while the scheduler runs: the upstream's
+// name, Explain, the retry timing and lifetime, and the concurrency take
+// effect from the next attempt; attempts in flight finish as they started.
+// The Upstream itself is not replaced here (the relay swaps what stands
+// behind it), but its Limits are read again. Spool, Record, Bounce and
+// Clock are kept.
+func (s *Scheduler) Reconfigure(o Options) {
+	want := s.apply(o)
+	s.mu.Lock()
+	s.want = want
+	for s.runCtx != nil && s.workers < s.want {
+		s.startWorker()
+	}
+	s.mu.Unlock()
+	// A surplus worker ends the next time it looks at the queue, before it
+	// takes anything from it.
+	signal(s.wake)
+}
+
+// startWorker runs one more worker; s.mu is held.
+func (s *Scheduler) startWorker() {
+	s.workers++
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.worker(s.runCtx)
+	}()
 }
 
 // Enqueue asks for an attempt on a newly spooled message.
@@ -141,22 +197,25 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	for _, m := range s.o.Spool.List() {
 		s.Enqueue(m.ID)
 	}
-	var wg sync.WaitGroup
-	for range s.o.Concurrency {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s.worker(ctx)
-		}()
+	s.mu.Lock()
+	s.runCtx = ctx
+	for s.workers < s.want {
+		s.startWorker()
 	}
+	s.mu.Unlock()
 	s.timers(ctx)
-	wg.Wait()
+	s.wg.Wait()
 	return nil
 }
 
 func (s *Scheduler) worker(ctx context.Context) {
 	for {
 		s.mu.Lock()
+		if s.workers > s.want {
+			s.workers-- // a reload lowered the concurrency
+			s.mu.Unlock()
+			return
+		}
 		var id string
 		if len(s.ready) > 0 {
 			id = s.ready[0]
@@ -238,9 +297,10 @@ func (s *Scheduler) attempt(ctx context.Context, id string) {
 	n := s.attempts[id]
 	s.mu.Unlock()
 	log := s.log.With("queue_id", id)
+	set := s.set.Load()
 	now := s.o.Clock()
 	env := info.Envelope
-	expired := now.Sub(env.Received) >= s.o.Lifetime
+	expired := now.Sub(env.Received) >= set.lifetime
 
 	var pending []int
 	for i, r := range env.To {
@@ -260,7 +320,7 @@ func (s *Scheduler) attempt(ctx context.Context, id string) {
 	if expired {
 		for _, i := range pending {
 			r := env.To[i]
-			reply := "expired after " + s.o.Lifetime.String() + " of retrying"
+			reply := "expired after " + set.lifetime.String() + " of retrying"
 			if r.Reply != "" {
 				reply += "; last reply: " + r.Reply
 			}
@@ -276,7 +336,7 @@ func (s *Scheduler) attempt(ctx context.Context, id string) {
 			return
 		}
 		msg := &upstream.Message{QueueID: id, From: env.From, Size: content.Size, Body: content, UTF8: env.UTF8, EightBit: env.EightBit}
-		for _, batch := range split(pending, s.limits.MaxRecipients) {
+		for _, batch := range split(pending, set.maxRecipients) {
 			msg.To = msg.To[:0]
 			for _, i := range batch {
 				msg.To = append(msg.To, env.To[i].Addr)
@@ -359,7 +419,7 @@ func (s *Scheduler) attempt(ctx context.Context, id string) {
 	if len(deferredTo) > 0 {
 		wait := max(s.backoff(n), retryAfter)
 		due := now.Add(wait)
-		if end := env.Received.Add(s.o.Lifetime); due.After(end) {
+		if end := env.Received.Add(set.lifetime); due.After(end) {
 			due = end // expire on time, not an interval late
 		}
 		status := lastTemp.Error()
@@ -384,8 +444,8 @@ func (s *Scheduler) hint(err error, status string) string {
 		if ue := upstream.Classify(err); ue.Hint != "" {
 			return ue.Hint
 		}
-		if s.o.Explain != nil {
-			return s.o.Explain(err)
+		if explain := s.set.Load().explain; explain != nil {
+			return explain(err)
 		}
 	}
 	return ""
@@ -399,7 +459,7 @@ func (s *Scheduler) event(k trace.Kind, info spool.Info, attempt int, to []strin
 	s.o.Record(trace.Event{
 		Time: s.o.Clock(), Kind: k, QueueID: info.ID, MessageID: env.MessageID, ClientIP: env.ClientIP,
 		From: env.From, To: to, Subject: env.Subject, Size: info.Size, Attempt: attempt,
-		Reply: reply, Hint: hint, Upstream: s.o.UpstreamName,
+		Reply: reply, Hint: hint, Upstream: s.set.Load().upstreamName,
 	})
 }
 
@@ -407,11 +467,12 @@ func (s *Scheduler) event(k trace.Kind, info spool.Info, attempt int, to []strin
 // to a fifth of jitter so that a fleet of devices' mail does not retry in
 // lockstep.
 func (s *Scheduler) backoff(attempt int) time.Duration {
-	d := s.o.FirstRetry
-	for i := 1; i < attempt && d < s.o.MaxRetry; i++ {
+	set := s.set.Load()
+	d := set.firstRetry
+	for i := 1; i < attempt && d < set.maxRetry; i++ {
 		d *= 2
 	}
-	d = min(d, s.o.MaxRetry)
+	d = min(d, set.maxRetry)
 	return d - time.Duration(rand.Int64N(int64(d)/5+1))
 }
 

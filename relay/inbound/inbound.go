@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -96,14 +97,7 @@ func TLSConfig(cert func(*tls.ClientHelloInfo) (*tls.Certificate, error), min ui
 	return c
 }
 
-// Server is one listener.
-type Server struct {
-	o   Options
-	srv *smtp.Server
-}
-
-// New makes a listener; Serve runs it.
-func New(o Options) *Server {
+func (o *Options) defaults() {
 	if o.Clock == nil {
 		o.Clock = time.Now
 	}
@@ -119,7 +113,20 @@ func New(o Options) *Server {
 	if o.Accepted == nil {
 		o.Accepted = func(string) {}
 	}
+}
+
+// Server is one listener.
+type Server struct {
+	o   Options                 // as made by New: go-smtp's server settings
+	cur atomic.Pointer[Options] // what new sessions take (Update)
+	srv *smtp.Server
+}
+
+// New makes a listener; Serve runs it.
+func New(o Options) *Server {
+	o.defaults()
 	s := &Server{o: o}
+	s.cur.Store(&o)
 	srv := smtp.NewServer(s)
 	srv.Domain = o.Hostname
 	srv.TLSConfig = o.TLS
@@ -135,6 +142,14 @@ func New(o Options) *Server {
 	srv.ErrorLog = slogPrinter{o.Logger.With("listener", o.Name)}
 	s.srv = srv
 	return s
+}
+
+// Update gives new sessions o; sessions in flight keep the options they
+// started with. go-smtp's own server settings (message size, line length,
+// timeouts, TLS) stay as New made them.
+func (s *Server) Update(o Options) {
+	o.defaults()
+	s.cur.Store(&o)
 }
 
 // Serve accepts connections on l until Shutdown.
@@ -159,18 +174,19 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // NewSession implements smtp.Backend.
 func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	o := s.cur.Load()
 	ip := remoteIP(c.Conn().RemoteAddr())
-	relay, release, err := s.o.Policy.Connect(ip)
+	relay, release, err := o.Policy.Connect(ip)
 	if err != nil {
-		s.o.Refused("rate_limited")
+		o.Refused("rate_limited")
 		return nil, err
 	}
-	return &session{s: s, c: c, ip: ip, netRelay: relay, release: release,
-		log: s.o.Logger.With("listener", s.o.Name, "client_ip", ip.String())}, nil
+	return &session{o: o, c: c, ip: ip, netRelay: relay, release: release,
+		log: o.Logger.With("listener", o.Name, "client_ip", ip.String())}, nil
 }
 
 type session struct {
-	s        *Server
+	o        *Options // as the session started
 	c        *smtp.Conn
 	ip       netip.Addr
 	netRelay bool
@@ -185,7 +201,7 @@ type session struct {
 }
 
 func (ss *session) refuse(reason string, err error) error {
-	ss.s.o.Refused(reason)
+	ss.o.Refused(reason)
 	ss.log.Info("refused", "reason", reason, "reply", err.Error())
 	return err
 }
@@ -194,7 +210,7 @@ func (ss *session) tlsState() (tls.ConnectionState, bool) { return ss.c.TLSConne
 
 // AuthMechanisms implements smtp.AuthSession.
 func (ss *session) AuthMechanisms() []string {
-	if !ss.s.o.Auth {
+	if !ss.o.Auth {
 		return nil
 	}
 	return []string{sasl.Plain, sasl.Login}
@@ -203,9 +219,9 @@ func (ss *session) AuthMechanisms() []string {
 // Auth implements smtp.AuthSession.
 func (ss *session) Auth(mech string) (sasl.Server, error) {
 	check := func(user, pass string) error {
-		acct, err := ss.s.o.Policy.Login(ss.ip, user, pass)
+		acct, err := ss.o.Policy.Login(ss.ip, user, pass)
 		if err != nil {
-			ss.s.o.Refused("auth_failed")
+			ss.o.Refused("auth_failed")
 			ss.log.Info("login refused", "user", user)
 			return err
 		}
@@ -228,7 +244,7 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 }
 
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
-	o := ss.s.o
+	o := ss.o
 	if _, ok := ss.tlsState(); o.RequireTLS && !ok {
 		return ss.refuse("not_allowed", &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0},
 			Message: "this port requires STARTTLS first; turn on TLS in the device's mail settings"})
@@ -257,7 +273,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 }
 
 func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
-	o := ss.s.o
+	o := ss.o
 	relay := ss.netRelay || ss.login != ""
 	if err := o.Policy.Recipient(ss.ip, to, relay); err != nil {
 		reason := "bad_recipient"
@@ -276,7 +292,7 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 }
 
 func (ss *session) Data(r io.Reader) error {
-	o := ss.s.o
+	o := ss.o
 	start := o.Clock()
 	m := o.Spool.NewMessage()
 	id := m.ID()
@@ -344,7 +360,7 @@ func (ss *session) Data(r io.Reader) error {
 // fault (too big, bad line endings) is permanent; the relay's (disk full,
 // write error) is temporary.
 func (ss *session) dataError(log *slog.Logger, err error) error {
-	o := ss.s.o
+	o := ss.o
 	switch {
 	case errors.Is(err, smtp.ErrDataTooLarge):
 		return ss.refuse("too_big", tooBig(o.MaxMessageBytes))
