@@ -24,6 +24,7 @@ import (
 	"github.com/siterelay/siterelay/netcfg/mdns"
 	"github.com/siterelay/siterelay/relay"
 	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/layout"
 	"github.com/siterelay/siterelay/relay/upstream"
 )
 
@@ -48,6 +49,9 @@ type Options struct {
 	Discovery *Discovery
 	// Ready, when set, is called once the listeners are bound.
 	Ready func(smtp []net.Addr, http net.Addr)
+	// Reload, when set, asks for the configuration and the secrets to be
+	// read again and applied without a restart (relayd sends on SIGHUP).
+	Reload <-chan struct{}
 }
 
 // LoadConfig returns the configuration Options point at.
@@ -57,7 +61,7 @@ func LoadConfig(o Options) (*config.Config, error) {
 	}
 	path := o.ConfigFile
 	if path == "" {
-		path = filepath.Join(o.StateDir, "config.json")
+		path = layout.Dir(o.StateDir).Config()
 	}
 	c, err := config.Load(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -102,9 +106,22 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	r, err := relay.New(cfg, o.StateDir, relay.Deps{Logger: log, Secret: SecretStore(filepath.Join(o.StateDir, "secrets"))})
+	r, err := relay.New(cfg, o.StateDir, relay.Deps{Logger: log, Secret: SecretStore(layout.Dir(o.StateDir).Secrets())})
 	if err != nil {
 		return err
+	}
+	a := &app{o: o, log: log, relay: r}
+	if o.Reload != nil {
+		go func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-o.Reload:
+					a.reload(ctx) // logged; the running configuration stays on error
+				}
+			}
+		}()
 	}
 	var responder atomic.Pointer[mdns.Responder] // set once discovery runs
 	var httpAddr net.Addr
@@ -118,7 +135,7 @@ func Run(ctx context.Context, o Options) error {
 		mux.Handle("/metrics", r.Metrics())
 		mux.Handle("/", status.Handler(func() status.Page {
 			st := r.Status()
-			p := status.Page{Hostname: cfg.Hostname, Version: Version(), Now: time.Now(), Relay: &st}
+			p := status.Page{Hostname: r.Hostname(), Version: Version(), Now: time.Now(), Relay: &st}
 			if m := responder.Load(); m != nil {
 				p.MDNSName = m.Name() + ".local" // the name in use, after any conflict
 			}
@@ -150,6 +167,32 @@ func Run(ctx context.Context, o Options) error {
 		o.Ready(r.Addrs(), httpAddr)
 	}
 	return r.Run(ctx)
+}
+
+// app is the running appliance, for what changes it while it runs.
+type app struct {
+	o     Options
+	log   *slog.Logger
+	relay *relay.Relay
+	mu    sync.Mutex // one reload at a time
+}
+
+// reload reads the configuration and the secrets again and applies them
+// to the running relay. A configuration with errors is refused, each key
+// error logged, and the running one stays in force. The tailnet API calls
+// this after it has stored a new configuration or credential.
+func (a *app) reload(ctx context.Context) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	cfg, err := LoadConfig(a.o)
+	if err == nil {
+		err = a.relay.Reload(cfg)
+	}
+	if err != nil {
+		a.log.Error("reload refused; the running configuration stays", "err", err)
+		return fmt.Errorf("reload: %w", err)
+	}
+	return nil
 }
 
 // SecretStore reads secrets from files in dir, one file per secret name,
@@ -189,7 +232,7 @@ func Doctor(ctx context.Context, o Options, resolver, testTo string) ([]upstream
 		log = slog.New(slog.DiscardHandler)
 	}
 	return relay.Doctor(ctx, cfg, o.StateDir, relay.Deps{Logger: log, Resolver: resolver,
-		Secret: SecretStore(filepath.Join(o.StateDir, "secrets"))}, testTo)
+		Secret: SecretStore(layout.Dir(o.StateDir).Secrets())}, testTo)
 }
 
 // Version names the build: the module version of a release, else the

@@ -2,7 +2,7 @@
 // appliance.Run.
 //
 //	relayd -dev [-state DIR]            development default, no tenant needed
-//	relayd -config FILE -state DIR      the real thing
+//	relayd -config FILE -state DIR      the real thing (SIGHUP reloads FILE and the secrets)
 //	relayd check-config FILE            validate a configuration and exit
 //	relayd doctor [-config FILE] [-state DIR] [-dns HOST:PORT] [-to ADDR]
 //	                                    check DNS, connection, TLS, login to the upstream
@@ -72,6 +72,20 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// SIGHUP re-reads the configuration and the secrets; one pending
+	// request is enough however many signals arrive meanwhile.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	reload := make(chan struct{}, 1)
+	go func() {
+		for range hup {
+			select {
+			case reload <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	o.Reload = reload
 	if err := appliance.Run(ctx, o); err != nil {
 		fmt.Fprintf(os.Stderr, "relayd: %v\n", err)
 		os.Exit(1)
