@@ -17,17 +17,11 @@ import (
 
 	"github.com/siterelay/siterelay/appliance/status"
 	"github.com/siterelay/siterelay/relay/durable"
+	"github.com/siterelay/siterelay/relay/layout"
 )
 
-// Where things are on a gokrazy box. The bootstrap directory is baked into
-// the image by images/sitegen; /perm is gokrazy's persistent partition.
-const (
-	GokrazyBootstrapDir = "/etc/siterelay"
-	GokrazyPerm         = "/perm"
-	GokrazyStateDir     = "/perm/relay"
-	// gokrazy's /etc/resolv.conf points here (a tmpfs).
-	GokrazyResolvConf = "/tmp/resolv.conf"
-)
+// gokrazy's /etc/resolv.conf points here (a tmpfs).
+const gokrazyResolvConf = "/tmp/resolv.conf"
 
 // OnGokrazy reports whether this process was started by gokrazy's init
 // (which builds /gokrazy/init into every image and starts services from
@@ -40,10 +34,10 @@ func OnGokrazy() bool {
 // GokrazyBoxOptions are the BoxOptions for a gokrazy box.
 func GokrazyBoxOptions(log *slog.Logger) BoxOptions {
 	return BoxOptions{
-		BootstrapDir: GokrazyBootstrapDir,
-		StateDir:     GokrazyStateDir,
-		PermDir:      GokrazyPerm,
-		ResolvConf:   GokrazyResolvConf,
+		BootstrapDir: layout.BoxBootstrapDir,
+		StateDir:     layout.BoxStateDir,
+		PermDir:      layout.BoxPerm,
+		ResolvConf:   gokrazyResolvConf,
 		Logger:       log,
 	}
 }

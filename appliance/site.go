@@ -13,17 +13,7 @@ import (
 
 	"github.com/siterelay/siterelay/netcfg"
 	"github.com/siterelay/siterelay/relay/durable"
-)
-
-// The files an image carries in its bootstrap directory (/etc/siterelay,
-// written by images/sitegen). The first boot moves them into the state
-// directory, where management can change them later; the image's copies
-// are never read again once the state directory has its own.
-const (
-	SiteFile        = "site.json"       // Site: host name, network, NTP, admins
-	ConfigFileName  = "config.json"     // the relay's configuration document
-	TailnetKeyFile  = "tailnet-authkey" // the tailnet join key (optional)
-	TailnetKeyState = "secrets/tailnet-authkey"
+	"github.com/siterelay/siterelay/relay/layout"
 )
 
 // Site is the box's bootstrap facts (site.json).
@@ -90,14 +80,15 @@ func PrepareBox(ctx context.Context, o BoxOptions) (*Box, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Box{ConfigFile: filepath.Join(o.StateDir, ConfigFileName), FirstBoot: first}
-	if _, err := os.Stat(filepath.Join(o.StateDir, TailnetKeyState)); err == nil {
-		b.TailnetKeyFile = filepath.Join(o.StateDir, TailnetKeyState)
+	state := layout.Dir(o.StateDir)
+	b := &Box{ConfigFile: state.Config(), FirstBoot: first}
+	if _, err := os.Stat(state.TailnetAuthKey()); err == nil {
+		b.TailnetKeyFile = state.TailnetAuthKey()
 	}
 	if first {
 		log.Info("first boot: bootstrap settings moved into the state directory", "from", o.BootstrapDir, "to", o.StateDir)
 	}
-	site, err := LoadSite(filepath.Join(o.StateDir, SiteFile))
+	site, err := LoadSite(state.Site())
 	if err != nil {
 		return nil, err
 	}
@@ -133,27 +124,30 @@ func LoadSite(path string) (*Site, error) {
 	return &s, nil
 }
 
-// MoveBootstrap copies each bootstrap file into stateDir unless the state
+// MoveBootstrap copies each bootstrap file (the image's copies are never
+// read again once the state directory has its own, so that management can
+// change them) into stateDir unless the state
 // directory already has its own, and reports whether this was the first
 // boot (config.json was absent). Each copy is written to a temporary
 // name, synced and renamed, config.json last, so a power cut in the
 // middle leaves a state directory that the next boot completes.
 func MoveBootstrap(bootstrapDir, stateDir string) (bool, error) {
 	first := false
+	state := layout.Dir(stateDir)
 	for _, f := range []struct {
 		from, to string
 		perm     os.FileMode
 	}{
-		{SiteFile, SiteFile, 0o644},
-		{TailnetKeyFile, TailnetKeyState, 0o600},
-		{ConfigFileName, ConfigFileName, 0o644},
+		{layout.SiteFile, state.Site(), 0o644},
+		{layout.TailnetKeyFile, state.TailnetAuthKey(), 0o600},
+		{layout.ConfigFile, state.Config(), 0o644},
 	} {
-		dst := filepath.Join(stateDir, f.to)
+		dst := f.to
 		if _, err := os.Lstat(dst); err == nil {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join(bootstrapDir, f.from))
-		if errors.Is(err, fs.ErrNotExist) && f.from == TailnetKeyFile {
+		if errors.Is(err, fs.ErrNotExist) && f.from == layout.TailnetKeyFile {
 			continue // an image built without a join key
 		}
 		if err != nil {
@@ -162,7 +156,7 @@ func MoveBootstrap(bootstrapDir, stateDir string) (bool, error) {
 		if err := durable.WriteFile(dst, b, f.perm); err != nil {
 			return false, fmt.Errorf("first boot: %w", err)
 		}
-		if f.to == ConfigFileName {
+		if f.from == layout.ConfigFile {
 			first = true
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/siterelay/siterelay/netcfg"
+	"github.com/siterelay/siterelay/relay/layout"
 )
 
 var quiet = slog.New(slog.DiscardHandler)
@@ -19,9 +20,9 @@ const testSite = `{"hostname": "relay-test", "network": {"ipv4": {"address": "10
 func writeBootstrap(t *testing.T, withKey bool) string {
 	t.Helper()
 	dir := t.TempDir()
-	files := map[string]string{SiteFile: testSite, ConfigFileName: `{"listeners": []}`}
+	files := map[string]string{layout.SiteFile: testSite, layout.ConfigFile: `{"listeners": []}`}
 	if withKey {
-		files[TailnetKeyFile] = "tskey-auth-test\n"
+		files[layout.TailnetKeyFile] = "tskey-auth-test\n"
 	}
 	for name, body := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
@@ -49,7 +50,7 @@ func TestPrepareBoxFirstAndLaterBoots(t *testing.T) {
 	if !b.FirstBoot || b.Site.Hostname != "relay-test" || b.ConfigFile != filepath.Join(state, "config.json") {
 		t.Errorf("first boot: %+v", b)
 	}
-	if want := filepath.Join(state, TailnetKeyState); b.TailnetKeyFile != want {
+	if want := layout.Dir(state).TailnetAuthKey(); b.TailnetKeyFile != want {
 		t.Errorf("TailnetKeyFile = %q, want %q", b.TailnetKeyFile, want)
 	}
 	st, err := os.Stat(b.TailnetKeyFile)
@@ -103,14 +104,14 @@ func TestPrepareBoxErrors(t *testing.T) {
 		setup func(boot string)
 		want  string
 	}{
-		{"no config", func(boot string) { os.Remove(filepath.Join(boot, ConfigFileName)) }, "reading the image's config.json"},
-		{"no site", func(boot string) { os.Remove(filepath.Join(boot, SiteFile)) }, "reading the image's site.json"},
-		{"bad site", func(boot string) { os.WriteFile(filepath.Join(boot, SiteFile), []byte("{"), 0o644) }, "site settings"},
+		{"no config", func(boot string) { os.Remove(filepath.Join(boot, layout.ConfigFile)) }, "reading the image's config.json"},
+		{"no site", func(boot string) { os.Remove(filepath.Join(boot, layout.SiteFile)) }, "reading the image's site.json"},
+		{"bad site", func(boot string) { os.WriteFile(filepath.Join(boot, layout.SiteFile), []byte("{"), 0o644) }, "site settings"},
 		{"bad hostname", func(boot string) {
-			os.WriteFile(filepath.Join(boot, SiteFile), []byte(`{"hostname": "a.b", "network": {"dhcp": true}}`), 0o644)
+			os.WriteFile(filepath.Join(boot, layout.SiteFile), []byte(`{"hostname": "a.b", "network": {"dhcp": true}}`), 0o644)
 		}, "not a host name"},
 		{"bad network", func(boot string) {
-			os.WriteFile(filepath.Join(boot, SiteFile), []byte(`{"hostname": "ab", "network": {}}`), 0o644)
+			os.WriteFile(filepath.Join(boot, layout.SiteFile), []byte(`{"hostname": "ab", "network": {}}`), 0o644)
 		}, "network.dhcp"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

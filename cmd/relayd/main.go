@@ -26,6 +26,7 @@ import (
 
 	"github.com/siterelay/siterelay/appliance"
 	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/layout"
 	"github.com/siterelay/siterelay/relay/policy"
 )
 
@@ -45,7 +46,7 @@ func main() {
 	var o appliance.Options
 	flag.BoolVar(&o.Dev, "dev", false, "run the embedded development configuration: SMTP on 127.0.0.1:2525, mail written to STATE/outbox")
 	flag.StringVar(&o.ConfigFile, "config", "", "configuration file (default STATE/config.json)")
-	flag.StringVar(&o.StateDir, "state", "./var", "state directory: spool, trace, secrets, certificates")
+	flag.StringVar(&o.StateDir, "state", defaultState(), "state directory: spool, trace, secrets, certificates")
 	flag.StringVar(&o.HTTPAddr, "http", "", "address for the status page (/) and /metrics, e.g. 127.0.0.1:8025 (default off; :8025 on the box)")
 	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
 	flag.Parse()
@@ -92,6 +93,16 @@ func main() {
 	}
 }
 
+// defaultState is the box's state directory on the box, so that
+// `relayd doctor` and `relayd trace` typed into a box's shell look where
+// the daemon keeps its state; ./var elsewhere.
+func defaultState() string {
+	if appliance.OnGokrazy() {
+		return layout.BoxStateDir
+	}
+	return layout.DevStateDir
+}
+
 func checkConfig(args []string) int {
 	if len(args) != 1 {
 		fmt.Fprintln(os.Stderr, "usage: relayd check-config FILE")
@@ -125,7 +136,7 @@ func runDoctor(args []string) int {
 	fs := flag.NewFlagSet("doctor", flag.ExitOnError)
 	var o appliance.Options
 	fs.StringVar(&o.ConfigFile, "config", "", "configuration file (default STATE/config.json)")
-	fs.StringVar(&o.StateDir, "state", "./var", "state directory (for secrets)")
+	fs.StringVar(&o.StateDir, "state", defaultState(), "state directory (for secrets)")
 	dns := fs.String("dns", "", "DNS server to ask, host:port (default the system's)")
 	to := fs.String("to", "", "send a test message to this address")
 	timeout := fs.Duration("timeout", 2*time.Minute, "give up after this long")

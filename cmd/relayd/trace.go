@@ -6,10 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"path/filepath"
 	"slices"
 	"time"
 
+	"github.com/siterelay/siterelay/relay/layout"
 	"github.com/siterelay/siterelay/relay/trace"
 )
 
@@ -19,7 +19,7 @@ import (
 func runTrace(args []string, stdout, stderr io.Writer, now time.Time) int {
 	fs := flag.NewFlagSet("trace", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	state := fs.String("state", "./var", "state directory")
+	state := fs.String("state", defaultState(), "state directory")
 	var f trace.Filter
 	fs.StringVar(&f.QueueID, "id", "", "queue ID (as in the 250 reply, the bounce and the status page)")
 	fs.StringVar(&f.MessageID, "message-id", "", "Message-ID header, with or without <>")
@@ -55,7 +55,7 @@ func runTrace(args []string, stdout, stderr io.Writer, now time.Time) int {
 		fmt.Fprintf(stderr, "relayd trace: -until: %v\n", err)
 		return 2
 	}
-	events, err := trace.Search(context.Background(), filepath.Join(*state, "trace"), f)
+	events, err := trace.Search(context.Background(), layout.Dir(*state).Trace(), f)
 	if err != nil {
 		fmt.Fprintf(stderr, "relayd trace: %v\n", err)
 		return 1

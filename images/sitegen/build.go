@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/siterelay/siterelay/relay/layout"
 )
 
 // Image is a built and checked image.
@@ -168,12 +170,12 @@ func Check(ctx context.Context, im *Image, t Target, site *Site) error {
 		return fmt.Errorf("listing the root file system (unsquashfs): %w", err)
 	}
 	want := []string{"/user/relayd", "/gokrazy/init", "/gokrazy/ntp", "/gokrazy/randomd",
-		"/etc/machine-id", bootstrapDir + "/site.json", bootstrapDir + "/config.json"}
+		"/etc/machine-id", layout.BoxBootstrapDir + "/" + layout.SiteFile, layout.BoxBootstrapDir + "/" + layout.ConfigFile}
 	if site.Network.DHCP {
 		want = append(want, "/gokrazy/dhcp")
 	}
 	if site.Tailnet.AuthKeyFile != "" {
-		want = append(want, bootstrapDir+"/tailnet-authkey")
+		want = append(want, layout.BoxBootstrapDir+"/"+layout.TailnetKeyFile)
 	}
 	for _, p := range want {
 		if !bytes.Contains(list, []byte("squashfs-root"+p+"\n")) {

@@ -13,13 +13,12 @@ import (
 	"strings"
 
 	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/layout"
 )
 
 // The package that runs the relay on the box, and where its state lives.
 const (
 	relaydPkg    = "github.com/siterelay/siterelay/cmd/relayd"
-	stateDir     = "/perm/relay"
-	bootstrapDir = "/etc/siterelay"
 	instanceName = "siterelay"
 )
 
@@ -64,7 +63,7 @@ var targets = map[string]Target{
 // relaydFlags are relayd's flags on the box: the state directory on /perm.
 // On first boot relayd moves the image's bootstrap config.json there.
 func relaydFlags() []string {
-	return []string{"-state", stateDir}
+	return []string{"-state", layout.BoxStateDir}
 }
 
 // gokrazyPackageConfig mirrors the part of gokrazy's instance config
@@ -160,14 +159,14 @@ func Generate(repo, dir string, site *Site, relay *config.Config, t Target) (*Wo
 		if err := writeFile(p, b, perm); err != nil {
 			return fmt.Errorf("writing bootstrap %s: %w", name, err)
 		}
-		files[bootstrapDir+"/"+name] = p
+		files[layout.BoxBootstrapDir+"/"+name] = p
 		return nil
 	}
 	bs := Bootstrap{Hostname: site.Hostname, Network: site.Network, NTP: site.NTP, Admins: site.Tailnet.Admins}
-	if err := add("site.json", marshal(bs), 0o644); err != nil {
+	if err := add(layout.SiteFile, marshal(bs), 0o644); err != nil {
 		return nil, err
 	}
-	if err := add("config.json", marshal(relayDoc), 0o644); err != nil {
+	if err := add(layout.ConfigFile, marshal(relayDoc), 0o644); err != nil {
 		return nil, err
 	}
 	if site.Tailnet.AuthKeyFile != "" {
@@ -175,7 +174,7 @@ func Generate(repo, dir string, site *Site, relay *config.Config, t Target) (*Wo
 		if err != nil {
 			return nil, err
 		}
-		if err := add("tailnet-authkey", append(k, '\n'), 0o600); err != nil {
+		if err := add(layout.TailnetKeyFile, append(k, '\n'), 0o600); err != nil {
 			return nil, err
 		}
 	}
