@@ -10,12 +10,9 @@
 package netcfg
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -25,6 +22,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/siterelay/siterelay/relay/strictjson"
 )
 
 // Config is the box's place on the plant network (network.json in the
@@ -56,37 +55,17 @@ type Static struct {
 }
 
 // KeyError is one bad key, named as a site file names it.
-type KeyError struct {
-	Key     string
-	Problem string
-}
-
-func (e *KeyError) Error() string { return e.Key + ": " + e.Problem }
+type KeyError = strictjson.KeyError
 
 // Errors is every problem found, each naming its key.
-type Errors []error
-
-func (e Errors) Error() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%d network setting error(s):", len(e))
-	for _, err := range e {
-		b.WriteString("\n  ")
-		b.WriteString(err.Error())
-	}
-	return b.String()
-}
+type Errors = strictjson.Errors
 
 // Parse decodes a network document strictly (unknown keys are errors),
 // fills the default interface and validates it.
 func Parse(b []byte) (*Config, error) {
 	var c Config
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
-		return nil, Errors{&KeyError{Key: "(document)", Problem: err.Error()}}
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, Errors{&KeyError{Key: "(document)", Problem: "extra data after the JSON object"}}
+	if err := strictjson.Decode(b, &c); err != nil {
+		return nil, err
 	}
 	if errs := c.Validate(""); len(errs) > 0 {
 		return nil, errs

@@ -34,9 +34,9 @@ func TestParseErrors(t *testing.T) {
 		want    string
 	}{
 		{`{}`, "dhcp", "neither dhcp"},
-		{`{"dhpc": true}`, "(document)", "unknown field"},
+		{`{"dhpc": true}`, "dhpc", "unknown key (misspelt?)"},
 		{`{"dhcp": true} {}`, "(document)", "extra data"},
-		{`{"dhcp": "yes"}`, "(document)", "cannot unmarshal"},
+		{`{"dhcp": "yes"}`, "dhcp", "want true or false, got JSON string"},
 		{`{"dhcp": true, "interface": "eth0/1"}`, "interface", "not an interface name"},
 		{`{"dhcp": true, "interface": "averyveryverylongname"}`, "interface", "not an interface name"},
 		{`{"dhcp": true, "ipv4": {"address": "10.0.0.5/24"}}`, "ipv4", "choose one"},

@@ -5,15 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"regexp"
-	"strconv"
-	"strings"
 
 	"github.com/siterelay/siterelay/netcfg"
 	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/strictjson"
 )
 
 // Site is one site file: everything a box needs to come up on its plant
@@ -40,25 +38,10 @@ type Tailnet struct {
 }
 
 // KeyError is one bad key of a site file.
-type KeyError struct {
-	Key     string
-	Problem string
-}
-
-func (e *KeyError) Error() string { return e.Key + ": " + e.Problem }
+type KeyError = strictjson.KeyError
 
 // Errors is every problem found in a site file.
-type Errors []error
-
-func (e Errors) Error() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%d site file error(s):", len(e))
-	for _, err := range e {
-		b.WriteString("\n  ")
-		b.WriteString(err.Error())
-	}
-	return b.String()
-}
+type Errors = strictjson.Errors
 
 // Bootstrap is the site's part that goes onto the box as site.json (the
 // relay settings go separately, as config.json).
@@ -79,17 +62,12 @@ var (
 // relay section is checked by the relay's own configuration rules.
 func ParseSite(b []byte) (*Site, *config.Config, error) {
 	var s Site
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&s); err != nil {
-		return nil, nil, Errors{decodeError(b, err)}
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, nil, Errors{&KeyError{"(document)", "extra data after the JSON object"}}
+	if err := strictjson.Decode(b, &s); err != nil {
+		return nil, nil, err
 	}
 	var errs Errors
 	bad := func(key, format string, a ...any) {
-		errs = append(errs, &KeyError{key, fmt.Sprintf(format, a...)})
+		errs = append(errs, &KeyError{Key: key, Problem: fmt.Sprintf(format, a...)})
 	}
 	if s.Hostname == "" {
 		bad("hostname", "missing: the box's name on the plant network, e.g. \"relay-plant-a\"")
@@ -170,7 +148,7 @@ func LoadSite(path, keyOverride string) (*Site, *config.Config, error) {
 	}
 	if s.Tailnet.AuthKeyFile != "" {
 		if _, err := readKey(s.Tailnet.AuthKeyFile); err != nil {
-			return nil, nil, fmt.Errorf("%s: %w", path, Errors{&KeyError{"tailnet.auth_key_file", err.Error()}})
+			return nil, nil, fmt.Errorf("%s: %w", path, Errors{&KeyError{Key: "tailnet.auth_key_file", Problem: err.Error()}})
 		}
 	}
 	return s, c, nil
@@ -194,24 +172,4 @@ func readKey(path string) ([]byte, error) {
 		return nil, fmt.Errorf("the join key file %s holds more than one line or word (want just the key)", path)
 	}
 	return k, nil
-}
-
-func decodeError(b []byte, err error) error {
-	var te *json.UnmarshalTypeError
-	var se *json.SyntaxError
-	switch {
-	case errors.As(err, &te):
-		key := te.Field
-		if key == "" {
-			key = "(document)"
-		}
-		return &KeyError{key, fmt.Sprintf("want %s, got JSON %s", te.Type, te.Value)}
-	case errors.As(err, &se):
-		line := 1 + bytes.Count(b[:min(int(se.Offset), len(b))], []byte("\n"))
-		return &KeyError{"(document)", fmt.Sprintf("line %d: %v", line, se)}
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		f, _ := strconv.Unquote(strings.TrimPrefix(err.Error(), "json: unknown field "))
-		return &KeyError{f, "unknown key (misspelt?)"}
-	}
-	return &KeyError{"(document)", err.Error()}
 }

@@ -66,7 +66,7 @@ func TestParseSiteErrors(t *testing.T) {
 	}{
 		{"no hostname", "hostname", "", "hostname", "missing"},
 		{"dotted hostname", "hostname", `"relay.plant"`, "hostname", "one DNS label"},
-		{"hostname type", "hostname", `5`, "hostname", "want string"},
+		{"hostname type", "hostname", `5`, "hostname", "want a string"},
 		{"unknown key", "hostnme", `"x"`, "hostnme", "unknown key"},
 		{"no network", "network", "", "network.dhcp", "neither dhcp"},
 		{"bad address", "network", `{"ipv4": {"address": "192.168.10.300/24"}}`, "network.ipv4.address", "IPv4 address"},

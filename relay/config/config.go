@@ -4,16 +4,15 @@
 package config
 
 import (
-	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/siterelay/siterelay/relay/strictjson"
 )
 
 // Config is the whole document (config.json in the state directory).
@@ -191,26 +190,12 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 // D returns the value as a time.Duration.
 func (d Duration) D() time.Duration { return time.Duration(d) }
 
-// Errors is every problem found in a document, each naming its key.
-type Errors []error
-
-func (e Errors) Error() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%d configuration error(s):", len(e))
-	for _, err := range e {
-		b.WriteString("\n  ")
-		b.WriteString(err.Error())
-	}
-	return b.String()
-}
+// Errors is every problem found in a document, each naming its key; one
+// definition for the configuration, the site file and the admin API.
+type Errors = strictjson.Errors
 
 // KeyError is one bad key.
-type KeyError struct {
-	Key     string
-	Problem string
-}
-
-func (e *KeyError) Error() string { return e.Key + ": " + e.Problem }
+type KeyError = strictjson.KeyError
 
 // Load reads, parses and validates a file; see Parse.
 func Load(path string) (*Config, error) {
@@ -229,45 +214,14 @@ func Load(path string) (*Config, error) {
 // not silently turn a limit off), fills defaults and validates it.
 func Parse(b []byte) (*Config, error) {
 	var c Config
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
-		return nil, Errors{decodeError(b, err)}
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, Errors{&KeyError{Key: "(document)", Problem: "extra data after the JSON object"}}
+	if err := strictjson.Decode(b, &c); err != nil {
+		return nil, err
 	}
 	c.SetDefaults()
 	if errs := c.Validate(); len(errs) > 0 {
 		return nil, errs
 	}
 	return &c, nil
-}
-
-// decodeError turns encoding/json's errors into key-naming ones.
-func decodeError(b []byte, err error) error {
-	var te *json.UnmarshalTypeError
-	var se *json.SyntaxError
-	switch {
-	case errors.As(err, &te):
-		key := te.Field
-		if key == "" {
-			key = "(document)"
-		}
-		return &KeyError{Key: key, Problem: fmt.Sprintf("want %s, got JSON %s", te.Type, te.Value)}
-	case errors.As(err, &se):
-		line := 1 + bytes.Count(b[:min(int(se.Offset), len(b))], []byte("\n"))
-		return &KeyError{Key: "(document)", Problem: fmt.Sprintf("line %d: %v", line, se)}
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		f, _ := strconv.Unquote(strings.TrimPrefix(err.Error(), "json: unknown field "))
-		return &KeyError{Key: f, Problem: "unknown key (misspelt?)"}
-	case strings.Contains(err.Error(), "json: cannot unmarshal") || strings.HasPrefix(err.Error(), "json: "):
-		return &KeyError{Key: "(document)", Problem: err.Error()}
-	}
-	// Errors from our own UnmarshalJSON methods (Duration) arrive wrapped
-	// with the path by encoding/json as "json: cannot unmarshal ... into
-	// Go struct field X.y of type": keep the message, it names the value.
-	return &KeyError{Key: "(document)", Problem: err.Error()}
 }
 
 // Default is the embedded development configuration behind `relayd -dev`:
