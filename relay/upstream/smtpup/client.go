@@ -31,6 +31,7 @@ type conn struct {
 	pipe bool
 	size int64 // the server's SIZE limit, 0 when none
 
+	gen      uint64    // the Upstream's dial count when this one was dialled
 	sent     int       // transactions completed
 	lastUsed time.Time // by the Upstream's clock
 	dirty    bool      // a transaction was started and not finished cleanly

@@ -115,6 +115,7 @@ type Upstream struct {
 
 	mu     sync.Mutex
 	idle   []*conn
+	dials  uint64 // connections dialled so far; each conn keeps its number
 	closed bool
 	stop   chan struct{}
 	done   chan struct{}
@@ -295,11 +296,17 @@ func (u *Upstream) Deliver(ctx context.Context, msg *upstream.Message) ([]upstre
 	return results, nil
 }
 
-// deliver runs one transaction, retrying once on a fresh connection when a
-// pooled one turns out to be dead before anything was accepted.
+// deliver runs one transaction. When a pooled connection turns out to be
+// dead before anything was accepted (the smarthost restarted, or closed it
+// while idle), every idle connection dialled before that failure is dead
+// too: they are all dropped and the transaction goes out on a fresh dial.
+// None of that is the upstream's refusal, so the caller never hears of it
+// and no retry delay is spent on it; only a failure on the fresh connection
+// counts.
 func (u *Upstream) deliver(ctx context.Context, msg *upstream.Message, to []string) ([]upstream.RcptResult, error) {
-	for try := 0; ; try++ {
-		c, reused, err := u.get(ctx)
+	fresh := false
+	for {
+		c, reused, err := u.get(ctx, fresh)
 		if err != nil {
 			return nil, err
 		}
@@ -311,8 +318,11 @@ func (u *Upstream) deliver(ctx context.Context, msg *upstream.Message, to []stri
 		} else {
 			u.discard(c, out.keep && !canceled)
 		}
-		if out.err != nil && out.stale && reused && try == 0 && ctx.Err() == nil {
-			u.log.Debug("pooled connection was dead; retrying on a new one", "queue_id", msg.QueueID, "err", out.err)
+		if out.err != nil && out.stale && reused && ctx.Err() == nil {
+			n := u.dropIdle()
+			u.log.Debug("pooled connection was dead; dropped the idle ones dialled before it and retrying on a new one",
+				"queue_id", msg.QueueID, "dropped", n, "err", out.err)
+			fresh = true
 			continue
 		}
 		if out.err != nil {
@@ -322,15 +332,39 @@ func (u *Upstream) deliver(ctx context.Context, msg *upstream.Message, to []stri
 	}
 }
 
-// get takes an idle connection or dials a new one.
-func (u *Upstream) get(ctx context.Context) (*conn, bool, error) {
+// dropIdle closes every idle connection dialled before now: one pooled
+// connection found dead means the peer dropped them all (a restart), and
+// each would otherwise fail its next transaction in turn.
+func (u *Upstream) dropIdle() int {
+	u.mu.Lock()
+	cutoff := u.dials
+	var old []*conn
+	keep := u.idle[:0]
+	for _, c := range u.idle {
+		if c.gen <= cutoff {
+			old = append(old, c)
+		} else {
+			keep = append(keep, c)
+		}
+	}
+	clear(u.idle[len(keep):])
+	u.idle = keep
+	u.mu.Unlock()
+	for _, c := range old {
+		c.nc.Close() // dead or suspect: no QUIT to wait for
+	}
+	return len(old)
+}
+
+// get takes an idle connection or dials a new one; fresh always dials.
+func (u *Upstream) get(ctx context.Context, fresh bool) (*conn, bool, error) {
 	now := u.o.Clock()
 	u.mu.Lock()
 	if u.closed {
 		u.mu.Unlock()
 		return nil, false, errClosed
 	}
-	for len(u.idle) > 0 {
+	for !fresh && len(u.idle) > 0 {
 		c := u.idle[len(u.idle)-1]
 		u.idle = u.idle[:len(u.idle)-1]
 		if now.Sub(c.lastUsed) >= u.o.IdleTimeout {
@@ -439,7 +473,10 @@ func (u *Upstream) dial(ctx context.Context, steps *[]upstream.Step) (*conn, err
 		return nil, e
 	}
 	step("connect", true, fmt.Sprintf("connected to %s (%s)", o.Addr, nc.RemoteAddr()))
-	c := &conn{u: u, nc: nc}
+	u.mu.Lock()
+	u.dials++
+	c := &conn{u: u, nc: nc, gen: u.dials}
+	u.mu.Unlock()
 	c.br = bufio.NewReaderSize(nc, 4096)
 	c.bw = bufio.NewWriterSize(nc, 16<<10)
 	stop := c.watch(ctx)
