@@ -39,7 +39,7 @@ func (r *Relay) bounce(ctx context.Context, msg spool.Info, failed []delivery.Fa
 	}
 	for _, f := range failed {
 		rep.Recipients = append(rep.Recipients, dsn.Recipient{
-			Recipient: f.Rcpt, Action: dsn.Failed, DiagnosticCode: f.Reply, Hint: f.Hint, LastAttempt: now,
+			Recipient: f.Rcpt, Action: dsn.Failed, Status: f.Status, DiagnosticCode: f.Reply, Hint: f.Hint, LastAttempt: now,
 		})
 	}
 	b, err := dsn.Build(rep)

@@ -54,8 +54,12 @@ type Options struct {
 type Failure struct {
 	Rcpt  string
 	Reply string // the upstream's reply, or why it expired
-	Hint  string
-	index int
+	// Status is the upstream's enhanced status code ("5.1.1") for the
+	// bounce; "" when it gave none (the bounce then says 5.0.0, or 4.4.7
+	// for an expiry).
+	Status string
+	Hint   string
+	index  int
 }
 
 // Scheduler runs the delivery loop. Enqueue and Kick are safe to call from
@@ -299,7 +303,11 @@ func (s *Scheduler) attempt(ctx context.Context, id string) {
 				ue := upstream.Classify(rerr)
 				status := upstream.Status(rerr)
 				if ue.Permanent {
-					failed = append(failed, Failure{Rcpt: rcpt, Reply: status, Hint: s.hint(rerr, status), index: i})
+					enh := upstream.Enhanced(rerr)
+					if !strings.HasPrefix(enh, "5.") {
+						enh = "" // a permanent failure's DSN status is 5.x.x
+					}
+					failed = append(failed, Failure{Rcpt: rcpt, Reply: status, Status: enh, Hint: s.hint(rerr, status), index: i})
 					continue
 				}
 				if ctx.Err() != nil {

@@ -175,6 +175,20 @@ func Status(err error) string {
 	return Classify(err).Error()
 }
 
+// Enhanced is the enhanced status code of err's reply ("5.1.10"), for the
+// bounce's Status field; "" when the upstream gave none.
+func Enhanced(err error) string {
+	e := Classify(err)
+	if e == nil || e.Reply == nil {
+		return ""
+	}
+	c := e.Reply.EnhancedCode
+	if c == (smtp.EnhancedCode{}) || c == smtp.NoEnhancedCode || c[0] < 2 || c[0] > 5 || c[1] < 0 || c[2] < 0 {
+		return ""
+	}
+	return fmt.Sprintf("%d.%d.%d", c[0], c[1], c[2])
+}
+
 // TokenSource gives OAuth 2.0 access tokens for XOAUTH2 and Graph. It caches
 // and renews on its own; Token returns a token valid for at least a few
 // minutes, or an error that is temporary unless the identity provider
