@@ -3,7 +3,6 @@ package relay
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/doctor"
@@ -20,14 +19,14 @@ func newM365(cfg *config.Config, dir string, d Deps) (upstream.Upstream, string,
 	if err != nil {
 		return nil, "", fmt.Errorf("upstream (%s): %w", cfg.Upstream.Kind, err)
 	}
-	return up, cfg.Upstream.Kind + " " + cfg.Upstream.M365.Tenant, nil
+	return up, string(cfg.Upstream.Kind) + " " + cfg.Upstream.M365.Tenant, nil
 }
 
 // explain gives the scheduler a plain-language hint for upstream replies:
 // Microsoft's table for the Microsoft kinds, and for a smarthost too (many
 // sites relay through one to Microsoft 365, and the codes are the same).
-func explain(kind string) func(error) string {
-	if kind == "capture" {
+func explain(kind config.Kind) func(error) string {
+	if kind == config.KindCapture {
 		return nil
 	}
 	return m365.Explain
@@ -43,13 +42,13 @@ func Doctor(ctx context.Context, cfg *config.Config, dir string, d Deps, testTo 
 		return nil, err
 	}
 	defer up.Close()
-	if strings.HasPrefix(cfg.Upstream.Kind, "m365") || cfg.Upstream.Kind == "graph" {
+	if cfg.Upstream.Kind.Microsoft() {
 		return doctor.Run(ctx, cfg, doctor.Deps{Resolver: d.Resolver, Upstream: up, TestTo: testTo, Now: d.Clock}), nil
 	}
 	// A smarthost: no tenant DNS to check, only the path to it.
 	p, ok := up.(upstream.Prober)
 	if !ok {
-		return []upstream.Step{{Name: "upstream", OK: true, Detail: "the " + cfg.Upstream.Kind + " upstream has nothing to check"}}, nil
+		return []upstream.Step{{Name: "upstream", OK: true, Detail: "the " + string(cfg.Upstream.Kind) + " upstream has nothing to check"}}, nil
 	}
 	steps, err := p.Probe(ctx)
 	if err != nil && (len(steps) == 0 || steps[len(steps)-1].OK) {

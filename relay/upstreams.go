@@ -17,11 +17,11 @@ import (
 func newUpstream(cfg *config.Config, dir string, d Deps) (upstream.Upstream, string, error) {
 	u := cfg.Upstream
 	switch u.Kind {
-	case "capture":
+	case config.KindCapture:
 		out := filepath.Join(dir, u.Capture.Directory)
 		up, err := capture.New(out)
 		return up, "capture " + out, err
-	case "smtp":
+	case config.KindSMTP:
 		s := u.SMTP
 		opts := smtpup.Options{
 			Addr: s.Address, TLS: s.TLS, MinTLS: config.TLSVersions[s.MinTLS], ServerName: s.ServerName,

@@ -45,16 +45,16 @@ func Run(ctx context.Context, cfg *config.Config, d Deps) []upstream.Step {
 			domain = dom
 		}
 	}
-	if domain == "" && u.Kind == "smtp" {
+	if domain == "" && u.Kind == config.KindSMTP {
 		if _, dom, ok := strings.Cut(cfg.Senders.RewriteFrom, "@"); ok {
 			domain = dom
 		}
 	}
-	mxKind := u.Kind == "m365-connector" || u.Kind == "m365-direct"
+	mxKind := u.Kind.MX()
 	if domain != "" {
 		steps = append(steps, checkMX(ctx, r, domain, mxKind))
 		steps = append(steps, checkSPF(ctx, r, domain, mxKind, m.PublicIP))
-		if strings.HasPrefix(u.Kind, "m365") || u.Kind == "graph" {
+		if u.Kind.Microsoft() {
 			for _, sel := range m.DKIMSelectors {
 				steps = append(steps, checkDKIM(ctx, r, domain, sel))
 			}

@@ -10,7 +10,7 @@ import (
 	"github.com/siterelay/siterelay/relay/upstream/m365test"
 )
 
-func cfg(kind string, m config.M365) *config.Config {
+func cfg(kind config.Kind, m config.M365) *config.Config {
 	c := config.Default()
 	c.Upstream = config.Upstream{Kind: kind, M365: m}
 	c.SetDefaults()
@@ -38,7 +38,7 @@ func TestDNSChecks(t *testing.T) {
 	tests := []struct {
 		name     string
 		dns      *m365test.DNS
-		kind     string
+		kind     config.Kind
 		m        config.M365
 		step     string
 		ok       bool

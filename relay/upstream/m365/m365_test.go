@@ -77,7 +77,7 @@ func (e *env) deps(resolver string) m365.Deps {
 }
 
 // validated runs the configuration through the real parser.
-func validated(t *testing.T, kind string, m config.M365) config.M365 {
+func validated(t *testing.T, kind config.Kind, m config.M365) config.M365 {
 	c := config.Default()
 	c.Upstream = config.Upstream{Kind: kind, M365: m}
 	c.SetDefaults()
@@ -578,7 +578,7 @@ func TestNewErrors(t *testing.T) {
 	e := newEnv(t, m365test.ExchangeOptions{})
 	tests := []struct {
 		name string
-		kind string
+		kind config.Kind
 		m    config.M365
 		want string
 	}{

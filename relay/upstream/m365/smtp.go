@@ -63,7 +63,7 @@ func smtpOptions(cfg config.M365, d Deps, log *slog.Logger, addr, serverName str
 // in DNS on first use (a relay that starts while DNS is down waits rather
 // than fails), STARTTLS required, with the connector's client certificate
 // when one is configured.
-func newMX(cfg config.M365, d Deps, log *slog.Logger, kind string) (upstream.Upstream, error) {
+func newMX(cfg config.M365, d Deps, log *slog.Logger) (upstream.Upstream, error) {
 	var cert *tls.Certificate
 	if cfg.ConnectorCertificateFile != "" {
 		c, err := d.readFile(cfg.ConnectorCertificateFile)
