@@ -134,7 +134,8 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 
 	r.sched = delivery.New(delivery.Options{
 		Spool: r.spool, Upstream: r.up, UpstreamName: r.upName,
-		Record: r.trace.Record, Explain: explain(cfg.Upstream.Kind), Bounce: r.bounce,
+		Record: r.trace.Record, Explain: explain(cfg.Upstream.Kind),
+		Bounce:     &delivery.Bounce{ReportingMTA: cfg.Hostname, From: cfg.Bounce.From, Admin: cfg.Bounce.Admin},
 		FirstRetry: cfg.Delivery.FirstRetry.D(), MaxRetry: cfg.Delivery.MaxRetry.D(), Lifetime: cfg.Delivery.Lifetime.D(),
 		Concurrency: cfg.Delivery.Concurrency, Delivered: r.metrics.ObserveDelivery,
 		Clock: d.Clock, Logger: d.Logger,

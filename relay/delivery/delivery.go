@@ -18,7 +18,6 @@ import (
 	"github.com/siterelay/siterelay/relay/spool"
 	"github.com/siterelay/siterelay/relay/trace"
 	"github.com/siterelay/siterelay/relay/upstream"
-	"github.com/siterelay/siterelay/relay/upstream/pace"
 )
 
 // Options wire a scheduler. Spool and Upstream are required.
@@ -32,11 +31,11 @@ type Options struct {
 	// Explain adds a plain-language hint to an upstream failure; nil means
 	// the upstream's own Hint only.
 	Explain func(error) string
-	// Bounce queues a delivery status notification for recipients that
-	// failed for good; nil means failures are only traced. It is called
-	// before the message is marked done, so a crash repeats a bounce rather
-	// than losing it.
-	Bounce func(ctx context.Context, msg spool.Info, failed []Failure, expired bool) error
+	// Bounce, when set, has a delivery status notification queued for
+	// recipients that failed for good; nil means failures are only traced.
+	// The bounce is queued before the message is marked done, so a crash
+	// repeats a bounce rather than losing it.
+	Bounce *Bounce
 	// FirstRetry doubles per attempt up to MaxRetry; Lifetime bounds the
 	// whole life of a message. Defaults 1m, 1h, 120h.
 	FirstRetry, MaxRetry, Lifetime time.Duration
@@ -314,7 +313,7 @@ func (s *Scheduler) attempt(ctx context.Context, id string) {
 					// Shutting down: not the upstream's fault, no trace.
 					continue
 				}
-				if errors.Is(rerr, pace.ErrPaced) {
+				if errors.Is(rerr, upstream.ErrPaced) {
 					paced++
 					pacedWait = max(pacedWait, ue.RetryAfter)
 					continue
@@ -334,7 +333,7 @@ func (s *Scheduler) attempt(ctx context.Context, id string) {
 	if len(failed) > 0 {
 		kind := trace.Bounced
 		if s.o.Bounce != nil {
-			if err := s.o.Bounce(ctx, info, failed, expired); err != nil {
+			if err := s.bounce(info, failed, expired); err != nil {
 				// Keep the message: the bounce is retried with it.
 				log.Error("cannot queue the bounce; will try again", "err", err)
 				s.retryAt(id, now.Add(s.backoff(n)))

@@ -88,6 +88,11 @@ type Step struct {
 	Detail string
 }
 
+// ErrPaced marks a deferral by an upstream's own pacing (relay/upstream/pace):
+// no attempt was made, so the scheduler gives the message a later turn
+// (after RetryAfter) without counting an attempt or tracing a deferral.
+var ErrPaced = errors.New("paced")
+
 // Error is a failure with an upstream's reply and, where known, a hint in
 // plain words for the admin.
 type Error struct {

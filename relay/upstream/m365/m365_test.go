@@ -22,7 +22,6 @@ import (
 	"github.com/siterelay/siterelay/relay/upstream"
 	"github.com/siterelay/siterelay/relay/upstream/m365"
 	"github.com/siterelay/siterelay/relay/upstream/m365test"
-	"github.com/siterelay/siterelay/relay/upstream/pace"
 )
 
 const (
@@ -154,7 +153,7 @@ func deliverAll(t *testing.T, e *env, up upstream.Upstream, msgs []*upstream.Mes
 					continue
 				}
 				mu.Lock()
-				if !errors.Is(err, pace.ErrPaced) {
+				if !errors.Is(err, upstream.ErrPaced) {
 					temporary++
 					t.Logf("temporary: %v", err)
 				}
