@@ -101,4 +101,3 @@ func (s *Scheduler) headers(msg spool.Info) ([]byte, error) {
 	}
 	return h, nil
 }
-

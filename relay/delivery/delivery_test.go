@@ -89,7 +89,7 @@ func newHarness(t *testing.T, script map[string][]string, maxRcpt int) *harness 
 	h.sp = sp
 	h.sched = New(Options{
 		Spool: sp, Upstream: h.up, Record: func(e trace.Event) { h.events <- e },
-		Bounce: &Bounce{ReportingMTA: "relay.test"},
+		Bounce:     &Bounce{ReportingMTA: "relay.test"},
 		FirstRetry: time.Hour, MaxRetry: time.Hour, Lifetime: 24 * time.Hour,
 		Clock: h.clock,
 	})
