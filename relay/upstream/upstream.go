@@ -81,11 +81,14 @@ type Prober interface {
 	Probe(ctx context.Context) ([]Step, error)
 }
 
-// Step is one line of a probe's report.
+// Step is one line of a probe's report. A step that could not be checked
+// at all (a secret missing, DNS not answering, nothing to check it with)
+// is Skipped, not OK, and its Detail says why.
 type Step struct {
-	Name   string
-	OK     bool
-	Detail string
+	Name    string
+	OK      bool
+	Skipped bool
+	Detail  string
 }
 
 // ErrPaced marks a deferral by an upstream's own pacing (relay/upstream/pace):
