@@ -118,6 +118,11 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 			return 0
 		},
 		TraceDropped: func() uint64 { return r.trace.Stats().Dropped },
+		SpoolFreeBytes: func() float64 {
+			n, _ := r.spool.FreeBytes() // 0 when statfs fails: the alert on low space fires
+			return float64(n)
+		},
+		UpstreamConnections: r.upstreamConnections,
 	})
 	r.trace.Subscribe(r.metrics.Observe)
 	r.trace.Subscribe(r.seen.observe)

@@ -80,3 +80,12 @@ func explain(kind config.Kind) func(error) string {
 	}
 	return m365.Explain
 }
+
+// upstreamConnections is the metrics' siterelay_upstream_connections: open
+// connections to the upstream, 0 for those that hold none (capture, Graph).
+func (r *Relay) upstreamConnections() float64 {
+	if cc, ok := r.up.(upstream.ConnectionCounter); ok {
+		return float64(cc.Connections())
+	}
+	return 0
+}

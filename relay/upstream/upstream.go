@@ -81,6 +81,13 @@ type Prober interface {
 	Probe(ctx context.Context) ([]Step, error)
 }
 
+// ConnectionCounter is implemented by upstreams that hold connections
+// (the SMTP kinds) and by wrappers around them; the metrics export the
+// count. Upstreams without it (capture, Graph's HTTP) count as 0.
+type ConnectionCounter interface {
+	Connections() int
+}
+
 // Step is one line of a probe's report. A step that could not be checked
 // at all (a secret missing, DNS not answering, nothing to check it with)
 // is Skipped, not OK, and its Detail says why.

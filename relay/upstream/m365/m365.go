@@ -4,7 +4,7 @@
 // host, and Graph. Each comes wrapped so that Microsoft's replies carry a
 // plain-language hint, refusals of the relay's own identity wait for the
 // admin's fix instead of bouncing, and delivery is paced below Microsoft's
-// published limits (M365.md).
+// published limits (docs/m365.md, "Limits and pacing").
 package m365
 
 import (
@@ -218,6 +218,13 @@ func (e *explained) Deliver(ctx context.Context, msg *upstream.Message) ([]upstr
 		}
 	}
 	return res, nil
+}
+
+func (e *explained) Connections() int {
+	if cc, ok := e.inner.(upstream.ConnectionCounter); ok {
+		return cc.Connections()
+	}
+	return 0
 }
 
 func (e *explained) Probe(ctx context.Context) ([]upstream.Step, error) {

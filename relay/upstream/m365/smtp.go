@@ -184,6 +184,17 @@ func (m *mxUpstream) Close() error {
 	return nil
 }
 
+// Connections counts those to the current MX host (none before the first
+// delivery looks it up).
+func (m *mxUpstream) Connections() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.inner == nil {
+		return 0
+	}
+	return m.inner.Connections()
+}
+
 func (m *mxUpstream) Probe(ctx context.Context) ([]upstream.Step, error) {
 	st := upstream.Step{Name: "MX host of " + m.cfg.Domain}
 	u, err := m.get(ctx)

@@ -145,6 +145,14 @@ func (p *Paced) Probe(ctx context.Context) ([]upstream.Step, error) {
 	return nil, errors.New("this upstream cannot be probed")
 }
 
+// Connections passes through to an inner upstream.ConnectionCounter.
+func (p *Paced) Connections() int {
+	if cc, ok := p.up.(upstream.ConnectionCounter); ok {
+		return cc.Connections()
+	}
+	return 0
+}
+
 // Stats are counts since Wrap.
 type Stats struct{ Deferred, Throttled int }
 

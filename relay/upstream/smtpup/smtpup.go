@@ -17,6 +17,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -112,6 +113,7 @@ type Upstream struct {
 	tlsConfig *tls.Config
 	log       *slog.Logger
 	sem       chan struct{}
+	open      atomic.Int64 // connections open now, idle or in use
 
 	mu     sync.Mutex
 	idle   []*conn
@@ -473,6 +475,8 @@ func (u *Upstream) dial(ctx context.Context, steps *[]upstream.Step) (*conn, err
 		return nil, e
 	}
 	step("connect", true, fmt.Sprintf("connected to %s (%s)", o.Addr, nc.RemoteAddr()))
+	u.open.Add(1)
+	nc = &countedConn{Conn: nc, open: &u.open}
 	u.mu.Lock()
 	u.dials++
 	c := &conn{u: u, nc: nc, gen: u.dials}
@@ -558,6 +562,23 @@ func extDetail(ext map[string]string) string {
 		}
 	}
 	return strings.Join(parts, ", ")
+}
+
+// Connections is how many connections to the smarthost are open now,
+// idle or in use; see upstream.ConnectionCounter.
+func (u *Upstream) Connections() int { return int(u.open.Load()) }
+
+// countedConn takes itself off the count of open connections when it is
+// first closed (TLS closes it through its own Close).
+type countedConn struct {
+	net.Conn
+	open *atomic.Int64
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() { c.open.Add(-1) })
+	return c.Conn.Close()
 }
 
 // Probe checks the path without sending mail: connect, TLS, EHLO, AUTH.

@@ -810,3 +810,31 @@ func TestProbe(t *testing.T) {
 }
 
 func writeFile(p, s string) error { return os.WriteFile(p, []byte(s), 0o644) }
+
+func TestConnectionsCount(t *testing.T) {
+	f, u := setup(t, upstreamtest.FakeOptions{TLS: "none"}, nil)
+	if got := u.Connections(); got != 0 {
+		t.Errorf("before any delivery: %d connections, want 0", got)
+	}
+	mustDeliver(t, u, message("q1", "a@example.com", []string{"b@example.com"}, body1))
+	if got := u.Connections(); got != 1 {
+		t.Errorf("one pooled: %d connections, want 1", got)
+	}
+	f.DropAll()
+	f.WaitClosed(t)
+	// The dead one is dropped and replaced.
+	mustDeliver(t, u, message("q2", "a@example.com", []string{"b@example.com"}, body1))
+	if got := u.Connections(); got != 1 {
+		t.Errorf("after the smarthost dropped it: %d connections, want 1", got)
+	}
+	if _, err := u.Probe(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := u.Connections(); got != 1 {
+		t.Errorf("after a probe: %d connections, want 1", got)
+	}
+	u.Close()
+	if got := u.Connections(); got != 0 {
+		t.Errorf("after Close: %d connections, want 0", got)
+	}
+}
