@@ -69,7 +69,7 @@ type M365 struct {
 	Limits        M365Limits `json:"limits,omitzero"`
 }
 
-// M365Limits override Microsoft's published limits (M365.md); the relay
+// M365Limits override Microsoft's published limits (docs/m365.md, "Limits and pacing"); the relay
 // paces below them so that Microsoft never has to throttle.
 type M365Limits struct {
 	// MessagesPerMinute per mailbox. Default 30 over SMTP AUTH, 0 (none)
