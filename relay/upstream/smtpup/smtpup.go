@@ -113,11 +113,11 @@ type Upstream struct {
 	tlsConfig *tls.Config
 	log       *slog.Logger
 	sem       chan struct{}
-	open      atomic.Int64 // connections open now, idle or in use
+	open      atomic.Int64  // connections open now, idle or in use
+	dials     atomic.Uint64 // connections dialled so far; each conn keeps its number
 
 	mu     sync.Mutex
 	idle   []*conn
-	dials  uint64 // connections dialled so far; each conn keeps its number
 	closed bool
 	stop   chan struct{}
 	done   chan struct{}
@@ -300,8 +300,9 @@ func (u *Upstream) Deliver(ctx context.Context, msg *upstream.Message) ([]upstre
 
 // deliver runs one transaction. When a pooled connection turns out to be
 // dead before anything was accepted (the smarthost restarted, or closed it
-// while idle), every idle connection dialled before that failure is dead
-// too: they are all dropped and the transaction goes out on a fresh dial.
+// while idle), every idle connection dialled before this attempt began is
+// suspect too: they are all dropped (those other attempts dialled since are
+// kept) and the transaction goes out on a fresh dial.
 // None of that is the upstream's refusal, so the caller never hears of it
 // and no retry delay is spent on it; only a failure on the fresh connection
 // counts.
@@ -312,6 +313,7 @@ func (u *Upstream) deliver(ctx context.Context, msg *upstream.Message, to []stri
 		if err != nil {
 			return nil, err
 		}
+		began := u.dials.Load()
 		stop := c.watch(ctx)
 		out := c.send(ctx, msg, to, reused)
 		canceled := !stop()
@@ -321,8 +323,8 @@ func (u *Upstream) deliver(ctx context.Context, msg *upstream.Message, to []stri
 			u.discard(c, out.keep && !canceled)
 		}
 		if out.err != nil && out.stale && reused && ctx.Err() == nil {
-			n := u.dropIdle()
-			u.log.Debug("pooled connection was dead; dropped the idle ones dialled before it and retrying on a new one",
+			n := u.dropIdle(began)
+			u.log.Debug("pooled connection was dead; dropped the idle ones dialled before this attempt, retrying on a new one",
 				"queue_id", msg.QueueID, "dropped", n, "err", out.err)
 			fresh = true
 			continue
@@ -334,12 +336,11 @@ func (u *Upstream) deliver(ctx context.Context, msg *upstream.Message, to []stri
 	}
 }
 
-// dropIdle closes every idle connection dialled before now: one pooled
+// dropIdle closes every idle connection numbered up to cutoff: one pooled
 // connection found dead means the peer dropped them all (a restart), and
 // each would otherwise fail its next transaction in turn.
-func (u *Upstream) dropIdle() int {
+func (u *Upstream) dropIdle(cutoff uint64) int {
 	u.mu.Lock()
-	cutoff := u.dials
 	var old []*conn
 	keep := u.idle[:0]
 	for _, c := range u.idle {
@@ -477,10 +478,7 @@ func (u *Upstream) dial(ctx context.Context, steps *[]upstream.Step) (*conn, err
 	step("connect", true, fmt.Sprintf("connected to %s (%s)", o.Addr, nc.RemoteAddr()))
 	u.open.Add(1)
 	nc = &countedConn{Conn: nc, open: &u.open}
-	u.mu.Lock()
-	u.dials++
-	c := &conn{u: u, nc: nc, gen: u.dials}
-	u.mu.Unlock()
+	c := &conn{u: u, nc: nc, gen: u.dials.Add(1)}
 	c.br = bufio.NewReaderSize(nc, 4096)
 	c.bw = bufio.NewWriterSize(nc, 16<<10)
 	stop := c.watch(ctx)
