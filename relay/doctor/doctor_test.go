@@ -165,3 +165,40 @@ func TestNoUpstreamStillChecksDNS(t *testing.T) {
 		}
 	}
 }
+
+// stub is an upstream that takes everything and cannot be probed.
+type stub struct{ sent int }
+
+func (s *stub) Deliver(_ context.Context, m *upstream.Message) ([]upstream.RcptResult, error) {
+	s.sent++
+	return []upstream.RcptResult{{Rcpt: m.To[0]}}, nil
+}
+func (s *stub) Limits() upstream.Limits { return upstream.Limits{} }
+func (s *stub) Close() error            { return nil }
+
+// A smarthost's test message needs a sender: without one doctor says so
+// instead of passing; with one it is sent.
+func TestSmarthostTestMessageSender(t *testing.T) {
+	d := m365test.NewDNS(t)
+	tests := []struct {
+		name, rewriteFrom string
+		wantSent          int
+		wantStep          string
+	}{
+		{"no sender", "", 0, "test message to ops@example.com:skip"},
+		{"rewrite_from", "relay@plant.example", 1, "test message to ops@example.com:ok"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			up := &stub{}
+			steps := doctor.Run(context.Background(), smarthost("127.0.0.1:1", tt.rewriteFrom),
+				doctor.Deps{Resolver: d.Addr, Upstream: up, TestTo: "ops@example.com"})
+			if got := states(steps); !strings.Contains(got, tt.wantStep) {
+				t.Errorf("steps %s, want %s", got, tt.wantStep)
+			}
+			if up.sent != tt.wantSent {
+				t.Errorf("sent %d, want %d", up.sent, tt.wantSent)
+			}
+		})
+	}
+}
