@@ -1,6 +1,7 @@
-// Package doctor checks a site's path to Microsoft 365 the way an admin
-// would by hand (DNS records, reaching the upstream, TLS, token, login, a
-// test message) and says for each failing step what to change.
+// Package doctor checks a site's path to its upstream (Microsoft 365 or a
+// smarthost) the way an admin would by hand (DNS records, reaching the
+// upstream, TLS, token, login, a test message) and says for each failing
+// step what to change, and for each step it could not run, why.
 package doctor
 
 import (
