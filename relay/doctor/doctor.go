@@ -129,7 +129,7 @@ func withHint(err error) string {
 // step says it could not check rather than what to add.
 func unchecked(st upstream.Step, err error) upstream.Step {
 	st.Skipped = true
-	st.Detail = fmt.Sprintf("could not check: %v — the DNS server did not answer; check the box's DNS server, or point doctor at another with -dns HOST:PORT", err)
+	st.Detail = fmt.Sprintf("could not check: %v — no usable answer from the DNS server; check the box's DNS server, or point doctor at another with -dns HOST:PORT", err)
 	return st
 }
 
