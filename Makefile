@@ -29,6 +29,11 @@ vet:
 	$(GO) vet ./...
 	$(GO) vet -tags integration ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
+	@# build artefacts must never be committed: test binaries, profiles, images, executables
+	@bad=$$(git ls-files | grep -E '\.(test|prof|pprof|img|exe|o|a|so)$$'; \
+	  git ls-files -z | xargs -0 sh -c 'for f; do [ -f "$$f" ] && [ "$$(head -c 4 "$$f")" = "$$(printf "\177ELF")" ] && echo "$$f"; done; true' sh); \
+	  test -z "$$bad" || { echo "tracked build artefacts (git rm them):"; echo "$$bad"; exit 1; }
 
 test:
 	$(GO) test ./...

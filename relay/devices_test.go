@@ -14,7 +14,7 @@ import (
 )
 
 // The devices on a plant network are not Go programs: these tests send
-// with the tools DESIGN.md names as real peers and check what the capture
+// with the real peers devices use (swaks, msmtp, curl, smtplib) and check what the capture
 // upstream delivered.
 func TestRealDevices(t *testing.T) {
 	py := `import smtplib, sys

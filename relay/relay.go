@@ -152,6 +152,11 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 			return 0
 		},
 		TraceDropped: func() uint64 { return r.trace.Stats().Dropped },
+		SpoolFreeBytes: func() float64 {
+			n, _ := r.spool.FreeBytes() // 0 when statfs fails: the alert on low space fires
+			return float64(n)
+		},
+		UpstreamConnections: r.upstreamConnections,
 	})
 	r.trace.Subscribe(r.metrics.Observe)
 	r.trace.Subscribe(r.seen.observe)
@@ -215,7 +220,8 @@ func (r *Relay) schedOptions(g *generation) delivery.Options {
 	cfg := g.cfg
 	return delivery.Options{
 		Spool: r.spool, Upstream: r.up, UpstreamName: g.upName,
-		Record: r.trace.Record, Explain: explain(cfg.Upstream.Kind), Bounce: r.bounce,
+		Record: r.trace.Record, Explain: explain(cfg.Upstream.Kind),
+		Bounce:     &delivery.Bounce{ReportingMTA: g.hostname, From: cfg.Bounce.From, Admin: cfg.Bounce.Admin},
 		FirstRetry: cfg.Delivery.FirstRetry.D(), MaxRetry: cfg.Delivery.MaxRetry.D(), Lifetime: cfg.Delivery.Lifetime.D(),
 		Concurrency: cfg.Delivery.Concurrency, Delivered: r.metrics.ObserveDelivery,
 		Clock: r.d.Clock, Logger: r.d.Logger,

@@ -93,3 +93,15 @@ func (s *switchable) checkRecipient(rcpt string) error {
 	}
 	return nil
 }
+
+// Connections counts the open connections of the upstream in force (the
+// metrics' siterelay_upstream_connections); 0 for kinds that keep none.
+func (s *switchable) Connections() int {
+	s.mu.Lock()
+	up := s.cur.up
+	s.mu.Unlock()
+	if cc, ok := up.(upstream.ConnectionCounter); ok {
+		return cc.Connections()
+	}
+	return 0
+}

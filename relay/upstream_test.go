@@ -41,7 +41,7 @@ func TestPermanentFailureBouncesOnlyThatRecipient(t *testing.T) {
 	if got := strings.Join(b.To, ","); got != "mfp2@plant.example,it@plant.example" {
 		t.Errorf("bounce to %s, want the device's sender and the admin", got)
 	}
-	for _, want := range []string{"multipart/report", "report-type=delivery-status", "gone@example.com", "5.1.10", "Subject: scan 7"} {
+	for _, want := range []string{"multipart/report", "report-type=delivery-status", "gone@example.com", "Status: 5.1.10\r\n", "Subject: scan 7"} {
 		if !strings.Contains(string(b.Data), want) {
 			t.Errorf("bounce lacks %q", want)
 		}

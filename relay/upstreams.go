@@ -9,19 +9,22 @@ import (
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/upstream"
 	"github.com/siterelay/siterelay/relay/upstream/capture"
+	"github.com/siterelay/siterelay/relay/upstream/m365"
 	"github.com/siterelay/siterelay/relay/upstream/pace"
 	"github.com/siterelay/siterelay/relay/upstream/smtpup"
 )
 
-// newUpstream builds the configured upstream and a name for traces.
+// newUpstream builds the configured upstream, of any kind, and a name for
+// traces. This file is the one place that turns upstream configuration
+// into an upstream; doctor.go and relay.go only call it.
 func newUpstream(cfg *config.Config, dir string, d Deps) (upstream.Upstream, string, error) {
 	u := cfg.Upstream
 	switch u.Kind {
-	case "capture":
+	case config.KindCapture:
 		out := filepath.Join(dir, u.Capture.Directory)
 		up, err := capture.New(out)
 		return up, "capture " + out, err
-	case "smtp":
+	case config.KindSMTP:
 		s := u.SMTP
 		opts := smtpup.Options{
 			Addr: s.Address, TLS: s.TLS, MinTLS: config.TLSVersions[s.MinTLS], ServerName: s.ServerName,
@@ -55,5 +58,29 @@ func newUpstream(cfg *config.Config, dir string, d Deps) (upstream.Upstream, str
 		}
 		return up, "smtp " + s.Address, nil
 	}
-	return newM365(cfg, dir, d)
+	if !u.Kind.Microsoft() {
+		return nil, "", fmt.Errorf("upstream.kind %q: not a kind this relay knows", u.Kind)
+	}
+	// The Microsoft 365 kinds, already paced to Microsoft's limits.
+	up, err := m365.New(u.Kind, u.M365, m365.Deps{
+		Secret: d.Secret, Clock: d.Clock, Logger: d.Logger, Resolver: d.Resolver, Dir: dir, LocalName: cfg.Hostname,
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("upstream (%s): %w", u.Kind, err)
+	}
+	return up, string(u.Kind) + " " + u.M365.Tenant, nil
 }
+
+// explain gives the scheduler a plain-language hint for upstream replies:
+// Microsoft's table for the Microsoft kinds, and for a smarthost too (many
+// sites relay through one to Microsoft 365, and the codes are the same).
+func explain(kind config.Kind) func(error) string {
+	if kind == config.KindCapture {
+		return nil
+	}
+	return m365.Explain
+}
+
+// upstreamConnections is the metrics' siterelay_upstream_connections: open
+// connections to the upstream, 0 for those that hold none (capture, Graph).
+func (r *Relay) upstreamConnections() float64 { return float64(r.up.Connections()) }

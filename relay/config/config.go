@@ -236,7 +236,7 @@ func Default() *Config {
 			Mode:            "smtp",
 			AllowedNetworks: []string{"127.0.0.0/8", "::1/128"},
 		}},
-		Upstream: Upstream{Kind: "capture"},
+		Upstream: Upstream{Kind: KindCapture},
 		Delivery: Delivery{FirstRetry: Duration(10 * time.Second), MaxRetry: Duration(5 * time.Minute)},
 	}
 	c.SetDefaults()

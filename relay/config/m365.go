@@ -69,7 +69,7 @@ type M365 struct {
 	Limits        M365Limits `json:"limits,omitzero"`
 }
 
-// M365Limits override Microsoft's published limits (M365.md); the relay
+// M365Limits override Microsoft's published limits (docs/m365.md, "Limits and pacing"); the relay
 // paces below them so that Microsoft never has to throttle.
 type M365Limits struct {
 	// MessagesPerMinute per mailbox. Default 30 over SMTP AUTH, 0 (none)
@@ -96,8 +96,8 @@ const (
 	M365GraphScope = "https://graph.microsoft.com/.default"
 )
 
-func (m *M365) setDefaults(kind string) {
-	if !strings.HasPrefix(kind, "m365-") && kind != "graph" {
+func (m *M365) setDefaults(kind Kind) {
+	if !kind.Microsoft() {
 		return
 	}
 	l := &m.Limits
@@ -108,8 +108,8 @@ func (m *M365) setDefaults(kind string) {
 	if len(m.DKIMSelectors) == 0 {
 		m.DKIMSelectors = []string{"selector1", "selector2"}
 	}
-	switch kind {
-	case "m365-oauth", "m365-password":
+	switch {
+	case kind.Submission():
 		setDefault(&m.SMTPHost, M365SMTPHost)
 		setDefault(&m.SMTPPort, 587)
 		setDefault(&m.Scope, M365SMTPScope)
@@ -117,14 +117,14 @@ func (m *M365) setDefaults(kind string) {
 		setDefault(&l.Concurrency, 3)
 		setDefault(&l.RecipientsPerDay, 10000)
 		setDefault(&l.MaxMessageBytes, 35<<20)
-	case "m365-connector", "m365-direct":
+	case kind.MX():
 		setDefault(&m.SMTPPort, 25)
 		setDefault(&l.Concurrency, 4)
 		setDefault(&l.MaxMessageBytes, 35<<20)
 		if len(m.AcceptedDomains) == 0 && m.Domain != "" {
 			m.AcceptedDomains = []string{m.Domain}
 		}
-	case "graph":
+	case kind == KindGraph:
 		setDefault(&m.Scope, M365GraphScope)
 		setDefault(&l.MessagesPerMinute, 300)
 		setDefault(&l.Concurrency, 4)
@@ -133,13 +133,12 @@ func (m *M365) setDefaults(kind string) {
 	}
 }
 
-func (m *M365) validate(k, kind string) Errors {
+func (m *M365) validate(k string, kind Kind) Errors {
 	var errs Errors
 	bad := func(key, format string, a ...any) {
 		errs = append(errs, &KeyError{Key: k + "." + key, Problem: fmt.Sprintf(format, a...)})
 	}
-	oauth := kind == "m365-oauth" || kind == "graph"
-	if oauth {
+	if kind.OAuth() {
 		if m.Tenant == "" {
 			bad("tenant", "missing: the tenant id (GUID) or a verified domain such as contoso.onmicrosoft.com")
 		} else if strings.ContainsAny(m.Tenant, "/?#% ") {
@@ -166,27 +165,24 @@ func (m *M365) validate(k, kind string) Errors {
 			bad("scope", "%q: want a resource's .default scope, e.g. %q", m.Scope, M365SMTPScope)
 		}
 	}
-	if kind == "graph" {
+	if kind == KindGraph {
 		checkHTTPS(bad, "graph_url", m.GraphURL)
 	}
-	switch kind {
-	case "m365-oauth", "m365-password", "graph":
-		if !validAddress(m.Mailbox) {
-			bad("mailbox", "%q: want the sending mailbox's address, e.g. scanner@contoso.com", m.Mailbox)
-		}
+	if kind.Mailbox() && !validAddress(m.Mailbox) {
+		bad("mailbox", "%q: want the sending mailbox's address, e.g. scanner@contoso.com", m.Mailbox)
 	}
-	if kind == "m365-password" && m.PasswordSecret == "" {
+	if kind == KindM365Password && m.PasswordSecret == "" {
 		bad("password_secret", "missing: name the secret holding the mailbox password")
 	}
-	if kind != "m365-password" && m.PasswordSecret != "" {
+	if kind != KindM365Password && m.PasswordSecret != "" {
 		bad("password_secret", "only used by kind m365-password")
 	}
-	if kind == "m365-oauth" || kind == "m365-password" {
+	if kind.Submission() {
 		if !validDomain(m.SMTPHost) && !isIP(m.SMTPHost) {
 			bad("smtp_host", "%q is not a host name", m.SMTPHost)
 		}
 	}
-	if kind == "m365-connector" || kind == "m365-direct" {
+	if kind.MX() {
 		if m.Domain == "" && m.MXHost == "" {
 			bad("domain", "missing: the tenant's accepted domain whose MX host receives the mail")
 		}
@@ -202,7 +198,7 @@ func (m *M365) validate(k, kind string) Errors {
 	} else if m.ConnectorCertificateFile != "" || m.ConnectorKeySecret != "" {
 		bad("connector_certificate_file", "only used by kinds m365-connector and m365-direct")
 	}
-	if kind == "m365-direct" {
+	if kind == KindM365Direct {
 		if len(m.AcceptedDomains) == 0 {
 			bad("accepted_domains", "direct send reaches only the tenant's own domains: list them")
 		}

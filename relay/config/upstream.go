@@ -2,20 +2,70 @@ package config
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
-// Upstream is where the relay delivers. Kind selects one of:
-//
-//	capture         write each message as an .eml file (development, tests)
-//	smtp            a generic smarthost
-//	m365-oauth      Microsoft 365 client submission with XOAUTH2 (see M365)
-//	m365-password   Microsoft 365 client submission with a password (legacy)
-//	m365-connector  Microsoft 365 connector relay to the tenant's MX host
-//	m365-direct     Microsoft 365 direct send to the tenant's MX host
-//	graph           Microsoft Graph sendMail
+// Kind is an upstream kind, as upstream.kind spells it. The questions the
+// relay asks of a kind (is it Microsoft's, does it deliver to the tenant's
+// MX host, does it log in with Entra tokens) are its methods, so that each
+// has one answer.
+type Kind string
+
+// The upstream kinds.
+const (
+	KindCapture       Kind = "capture"        // write each message as an .eml file (development, tests)
+	KindSMTP          Kind = "smtp"           // a generic smarthost
+	KindM365OAuth     Kind = "m365-oauth"     // Microsoft 365 client submission with XOAUTH2
+	KindM365Password  Kind = "m365-password"  // Microsoft 365 client submission with a password (legacy)
+	KindM365Connector Kind = "m365-connector" // Microsoft 365 connector relay to the tenant's MX host
+	KindM365Direct    Kind = "m365-direct"    // Microsoft 365 direct send to the tenant's MX host
+	KindGraph         Kind = "graph"          // Microsoft Graph sendMail
+)
+
+// Kinds lists every upstream kind, in the order the docs give them.
+var Kinds = []Kind{KindCapture, KindSMTP, KindM365OAuth, KindM365Password, KindM365Connector, KindM365Direct, KindGraph}
+
+// Known reports whether k is one of Kinds.
+func (k Kind) Known() bool { return slices.Contains(Kinds, k) }
+
+// Microsoft reports whether k delivers to Microsoft 365 (and is configured
+// under upstream.m365).
+func (k Kind) Microsoft() bool {
+	switch k {
+	case KindM365OAuth, KindM365Password, KindM365Connector, KindM365Direct, KindGraph:
+		return true
+	}
+	return false
+}
+
+// Submission reports whether k is client submission (smtp.office365.com,
+// port 587) with a mailbox login.
+func (k Kind) Submission() bool { return k == KindM365OAuth || k == KindM365Password }
+
+// MX reports whether k delivers to the tenant's MX host on port 25
+// (connector relay and direct send): the kinds that need the tenant's MX
+// and SPF records to name the site.
+func (k Kind) MX() bool { return k == KindM365Connector || k == KindM365Direct }
+
+// OAuth reports whether k gets Entra access tokens (client credentials).
+func (k Kind) OAuth() bool { return k == KindM365OAuth || k == KindGraph }
+
+// Mailbox reports whether k sends as one mailbox (upstream.m365.mailbox).
+func (k Kind) Mailbox() bool { return k.Submission() || k == KindGraph }
+
+func kindList() string {
+	s := make([]string, len(Kinds))
+	for i, k := range Kinds {
+		s[i] = string(k)
+	}
+	return strings.Join(s, ", ")
+}
+
+// Upstream is where the relay delivers; Kind selects which of the parts
+// below applies.
 type Upstream struct {
-	Kind    string          `json:"kind"`
+	Kind    Kind            `json:"kind"`
 	Capture CaptureUpstream `json:"capture,omitzero"`
 	SMTP    SMTPUpstream    `json:"smtp,omitzero"`
 	M365    M365            `json:"m365,omitzero"`
@@ -58,8 +108,6 @@ type SMTPUpstream struct {
 	MaxMessageBytes int64 `json:"max_message_bytes,omitempty"`
 }
 
-var upstreamKinds = []string{"capture", "smtp", "m365-oauth", "m365-password", "m365-connector", "m365-direct", "graph"}
-
 func (u *Upstream) setDefaults() {
 	setDefault(&u.Capture.Directory, "outbox")
 	s := &u.SMTP
@@ -75,12 +123,12 @@ func (u *Upstream) validate(k string) Errors {
 	bad := func(key, format string, a ...any) {
 		errs = append(errs, &KeyError{Key: key, Problem: fmt.Sprintf(format, a...)})
 	}
-	switch u.Kind {
-	case "capture":
+	switch {
+	case u.Kind == KindCapture:
 		if strings.Contains(u.Capture.Directory, "..") {
 			bad(k+".capture.directory", "must stay inside the state directory")
 		}
-	case "smtp":
+	case u.Kind == KindSMTP:
 		s := u.SMTP
 		sk := k + ".smtp"
 		if _, _, err := splitHostPort(s.Address); err != nil || s.Address == "" {
@@ -118,12 +166,12 @@ func (u *Upstream) validate(k string) Errors {
 		if s.MessagesPerMinute < 0 || s.MaxMessageBytes < 0 {
 			bad(sk, "limits cannot be negative")
 		}
-	case "m365-oauth", "m365-password", "m365-connector", "m365-direct", "graph":
+	case u.Kind.Microsoft():
 		errs = append(errs, u.M365.validate(k+".m365", u.Kind)...)
-	case "":
-		bad(k+".kind", "missing: want one of %s", strings.Join(upstreamKinds, ", "))
+	case u.Kind == "":
+		bad(k+".kind", "missing: want one of %s", kindList())
 	default:
-		bad(k+".kind", "%q: want one of %s", u.Kind, strings.Join(upstreamKinds, ", "))
+		bad(k+".kind", "%q: want one of %s", u.Kind, kindList())
 	}
 	return errs
 }

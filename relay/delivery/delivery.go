@@ -19,7 +19,6 @@ import (
 	"github.com/siterelay/siterelay/relay/spool"
 	"github.com/siterelay/siterelay/relay/trace"
 	"github.com/siterelay/siterelay/relay/upstream"
-	"github.com/siterelay/siterelay/relay/upstream/pace"
 )
 
 // Options wire a scheduler. Spool and Upstream are required.
@@ -33,11 +32,11 @@ type Options struct {
 	// Explain adds a plain-language hint to an upstream failure; nil means
 	// the upstream's own Hint only.
 	Explain func(error) string
-	// Bounce queues a delivery status notification for recipients that
-	// failed for good; nil means failures are only traced. It is called
-	// before the message is marked done, so a crash repeats a bounce rather
-	// than losing it.
-	Bounce func(ctx context.Context, msg spool.Info, failed []Failure, expired bool) error
+	// Bounce, when set, has a delivery status notification queued for
+	// recipients that failed for good; nil means failures are only traced.
+	// The bounce is queued before the message is marked done, so a crash
+	// repeats a bounce rather than losing it.
+	Bounce *Bounce
 	// FirstRetry doubles per attempt up to MaxRetry; Lifetime bounds the
 	// whole life of a message. Defaults 1m, 1h, 120h.
 	FirstRetry, MaxRetry, Lifetime time.Duration
@@ -55,8 +54,12 @@ type Options struct {
 type Failure struct {
 	Rcpt  string
 	Reply string // the upstream's reply, or why it expired
-	Hint  string
-	index int
+	// Status is the upstream's enhanced status code ("5.1.1") for the
+	// bounce; "" when it gave none (the bounce then says 5.0.0, or 4.4.7
+	// for an expiry).
+	Status string
+	Hint   string
+	index  int
 }
 
 // Scheduler runs the delivery loop. Enqueue and Kick are safe to call from
@@ -88,6 +91,7 @@ type Scheduler struct {
 type settings struct {
 	upstreamName                   string
 	explain                        func(error) string
+	bounce                         *Bounce
 	firstRetry, maxRetry, lifetime time.Duration
 	maxRecipients                  int
 }
@@ -134,17 +138,17 @@ func (s *Scheduler) apply(o Options) int {
 	if o.Concurrency <= 0 {
 		o.Concurrency = 4
 	}
-	s.set.Store(&settings{upstreamName: o.UpstreamName, explain: o.Explain,
+	s.set.Store(&settings{upstreamName: o.UpstreamName, explain: o.Explain, bounce: o.Bounce,
 		firstRetry: o.FirstRetry, maxRetry: o.MaxRetry, lifetime: o.Lifetime, maxRecipients: lim.MaxRecipients})
 	return o.Concurrency
 }
 
 // Reconfigure applies a reload while the scheduler runs: the upstream's
-// name, Explain, the retry timing and lifetime, and the concurrency take
-// effect from the next attempt; attempts in flight finish as they started.
-// The Upstream itself is not replaced here (the relay swaps what stands
-// behind it), but its Limits are read again. Spool, Record, Bounce and
-// Clock are kept.
+// name, Explain, the bounce settings, the retry timing and lifetime, and
+// the concurrency take effect from the next attempt; attempts in flight
+// finish as they started. The Upstream itself is not replaced here (the
+// relay swaps what stands behind it), but its Limits are read again.
+// Spool, Record, Delivered and Clock are kept.
 func (s *Scheduler) Reconfigure(o Options) {
 	want := s.apply(o)
 	s.mu.Lock()
@@ -359,14 +363,18 @@ func (s *Scheduler) attempt(ctx context.Context, id string) {
 				ue := upstream.Classify(rerr)
 				status := upstream.Status(rerr)
 				if ue.Permanent {
-					failed = append(failed, Failure{Rcpt: rcpt, Reply: status, Hint: s.hint(rerr, status), index: i})
+					enh := upstream.Enhanced(rerr)
+					if !strings.HasPrefix(enh, "5.") {
+						enh = "" // a permanent failure's DSN status is 5.x.x
+					}
+					failed = append(failed, Failure{Rcpt: rcpt, Reply: status, Status: enh, Hint: s.hint(rerr, status), index: i})
 					continue
 				}
 				if ctx.Err() != nil {
 					// Shutting down: not the upstream's fault, no trace.
 					continue
 				}
-				if errors.Is(rerr, pace.ErrPaced) {
+				if errors.Is(rerr, upstream.ErrPaced) {
 					paced++
 					pacedWait = max(pacedWait, ue.RetryAfter)
 					continue
@@ -385,8 +393,8 @@ func (s *Scheduler) attempt(ctx context.Context, id string) {
 
 	if len(failed) > 0 {
 		kind := trace.Bounced
-		if s.o.Bounce != nil {
-			if err := s.o.Bounce(ctx, info, failed, expired); err != nil {
+		if set.bounce != nil {
+			if err := s.bounce(info, failed, expired); err != nil {
 				// Keep the message: the bounce is retried with it.
 				log.Error("cannot queue the bounce; will try again", "err", err)
 				s.retryAt(id, now.Add(s.backoff(n)))

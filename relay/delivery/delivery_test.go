@@ -3,6 +3,7 @@ package delivery
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,7 +16,6 @@ import (
 	"github.com/siterelay/siterelay/relay/spool"
 	"github.com/siterelay/siterelay/relay/trace"
 	"github.com/siterelay/siterelay/relay/upstream"
-	"github.com/siterelay/siterelay/relay/upstream/pace"
 )
 
 // scripted answers each recipient from a script of replies per attempt
@@ -28,6 +28,7 @@ type scripted struct {
 	got      map[string]int // accepted deliveries per recipient
 	maxRcpt  int
 	calls    int
+	bounces  chan string // the DSNs it was given (null sender), when set
 }
 
 func (u *scripted) Limits() upstream.Limits {
@@ -38,6 +39,10 @@ func (u *scripted) Deliver(ctx context.Context, m *upstream.Message) ([]upstream
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.calls++
+	if m.From == "" && u.bounces != nil {
+		b, _ := io.ReadAll(m.Reader())
+		u.bounces <- string(b)
+	}
 	if u.maxRcpt > 0 && len(m.To) > u.maxRcpt {
 		return nil, fmt.Errorf("got %d recipients, limit %d", len(m.To), u.maxRcpt)
 	}
@@ -68,14 +73,15 @@ type harness struct {
 	sched  *Scheduler
 	up     *scripted
 	events chan trace.Event
-	bounce chan []Failure
+	bounce chan string // each DSN as the upstream got it
 	now    time.Time
 	mu     sync.Mutex
 }
 
 func newHarness(t *testing.T, script map[string][]string, maxRcpt int) *harness {
-	h := &harness{up: &scripted{script: script, attempts: map[string]int{}, got: map[string]int{}, maxRcpt: maxRcpt},
-		events: make(chan trace.Event, 1000), bounce: make(chan []Failure, 10), now: time.Unix(1700000000, 0)}
+	bounces := make(chan string, 10)
+	h := &harness{up: &scripted{script: script, attempts: map[string]int{}, got: map[string]int{}, maxRcpt: maxRcpt, bounces: bounces},
+		events: make(chan trace.Event, 1000), bounce: bounces, now: time.Unix(1700000000, 0)}
 	sp, err := spool.Open(relaytest.StateDir(t), spool.Options{MinFreeBytes: 1})
 	if err != nil {
 		t.Fatal(err)
@@ -83,10 +89,7 @@ func newHarness(t *testing.T, script map[string][]string, maxRcpt int) *harness 
 	h.sp = sp
 	h.sched = New(Options{
 		Spool: sp, Upstream: h.up, Record: func(e trace.Event) { h.events <- e },
-		Bounce: func(ctx context.Context, m spool.Info, f []Failure, expired bool) error {
-			h.bounce <- f
-			return nil
-		},
+		Bounce:     &Bounce{ReportingMTA: "relay.test"},
 		FirstRetry: time.Hour, MaxRetry: time.Hour, Lifetime: 24 * time.Hour,
 		Clock: h.clock,
 	})
@@ -166,9 +169,9 @@ func TestPartialSuccessIsNotRepeated(t *testing.T) {
 func TestPermanentFailureBouncesAtOnce(t *testing.T) {
 	h := newHarness(t, map[string][]string{"gone@x": {"550 5.1.1 user unknown"}}, 0)
 	id := h.put(t, "ok@x", "gone@x")
-	f := <-h.bounce
-	if len(f) != 1 || f[0].Rcpt != "gone@x" || !strings.Contains(f[0].Reply, "550") {
-		t.Errorf("bounce = %+v, want gone@x with the 550", f)
+	b := <-h.bounce
+	if !strings.Contains(b, "Final-Recipient: rfc822; gone@x") || strings.Contains(b, "rfc822; ok@x") || !strings.Contains(b, "550") {
+		t.Errorf("bounce = %s, want gone@x (only) with the 550", b)
 	}
 	h.next(t, trace.Bounced)
 	relaytest.Eventually(t, "message done", func() bool { _, ok := h.sp.Get(id); return !ok })
@@ -191,9 +194,9 @@ func TestTemporaryFailureExpiresOnlyAtLifetime(t *testing.T) {
 	if got := fmt.Sprint(e.To); got != "[slow@x]" {
 		t.Errorf("expired %v, want [slow@x]", got)
 	}
-	f := <-h.bounce
-	if !strings.Contains(f[0].Reply, "421") {
-		t.Errorf("expiry bounce does not carry the last reply: %q", f[0].Reply)
+	b := <-h.bounce
+	if !strings.Contains(b, "421") || !strings.Contains(b, "Status: 4.4.7") {
+		t.Errorf("expiry bounce does not carry the last reply and 4.4.7: %s", b)
 	}
 	relaytest.Eventually(t, "message done", func() bool { _, ok := h.sp.Get(id); return !ok })
 }
@@ -254,7 +257,7 @@ type pacedOnce struct {
 
 func (p *pacedOnce) Deliver(ctx context.Context, m *upstream.Message) ([]upstream.RcptResult, error) {
 	if p.calls.Add(1) == 1 {
-		return nil, &upstream.Error{Err: pace.ErrPaced, RetryAfter: time.Second}
+		return nil, &upstream.Error{Err: upstream.ErrPaced, RetryAfter: time.Second}
 	}
 	return p.scripted.Deliver(ctx, m)
 }

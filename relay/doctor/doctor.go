@@ -1,6 +1,7 @@
-// Package doctor checks a site's path to Microsoft 365 the way an admin
-// would by hand (DNS records, reaching the upstream, TLS, token, login, a
-// test message) and says for each failing step what to change.
+// Package doctor checks a site's path to its upstream (Microsoft 365 or a
+// smarthost) the way an admin would by hand (DNS records, reaching the
+// upstream, TLS, token, login, a test message) and says for each failing
+// step what to change, and for each step it could not run, why.
 package doctor
 
 import (
@@ -21,21 +22,30 @@ import (
 type Deps struct {
 	// Resolver is the DNS server's host:port; "" means the system's.
 	Resolver string
-	// Upstream is the configured upstream (from m365.New); when it is an
-	// upstream.Prober its probe steps are included. Nil skips them.
-	Upstream upstream.Upstream
+	// Upstream is the configured upstream; when it is an upstream.Prober
+	// its probe steps are included. UpstreamErr says why there is none (a
+	// secret missing, say): the steps that need it then say so, and every
+	// other step still runs.
+	Upstream    upstream.Upstream
+	UpstreamErr error
 	// TestTo, when set, sends a test message to this address (from
-	// TestFrom, default the configured mailbox).
+	// TestFrom, default the configured mailbox, else senders.rewrite_from,
+	// else a smarthost login that is an address).
 	TestTo, TestFrom string
 	Now              func() time.Time
 }
 
-// Run performs every check that applies to cfg's upstream kind.
+// Run performs every check that applies to cfg's upstream kind, each that
+// can run: a step that cannot says what it could not check and why.
 func Run(ctx context.Context, cfg *config.Config, d Deps) []upstream.Step {
 	if d.Now == nil {
 		d.Now = time.Now
 	}
 	u := cfg.Upstream
+	if u.Kind == config.KindCapture {
+		return []upstream.Step{{Name: "upstream", OK: true,
+			Detail: "capture writes each message to " + u.Capture.Directory + " in the state directory: nothing to check"}}
+	}
 	m := u.M365
 	r := &m365.Resolver{Server: d.Resolver}
 	var steps []upstream.Step
@@ -45,36 +55,63 @@ func Run(ctx context.Context, cfg *config.Config, d Deps) []upstream.Step {
 			domain = dom
 		}
 	}
-	if domain == "" && u.Kind == "smtp" {
+	if domain == "" && u.Kind == config.KindSMTP {
 		if _, dom, ok := strings.Cut(cfg.Senders.RewriteFrom, "@"); ok {
 			domain = dom
 		}
 	}
-	mxKind := u.Kind == "m365-connector" || u.Kind == "m365-direct"
-	if domain != "" {
+	mxKind := u.Kind.MX()
+	switch {
+	case domain != "":
 		steps = append(steps, checkMX(ctx, r, domain, mxKind))
 		steps = append(steps, checkSPF(ctx, r, domain, mxKind, m.PublicIP))
-		if strings.HasPrefix(u.Kind, "m365") || u.Kind == "graph" {
+		if u.Kind.Microsoft() {
 			for _, sel := range m.DKIMSelectors {
 				steps = append(steps, checkDKIM(ctx, r, domain, sel))
 			}
 		}
 		steps = append(steps, checkDMARC(ctx, r, domain))
-	} else {
+	case u.Kind == config.KindSMTP:
+		steps = append(steps, upstream.Step{Name: "DNS", Skipped: true,
+			Detail: "not checked: no sender domain known; set senders.rewrite_from to have its MX, SPF and DMARC records checked"})
+	default:
 		steps = append(steps, upstream.Step{Name: "DNS", OK: false, Detail: "no domain to check: set upstream.m365.domain or upstream.m365.mailbox"})
 	}
+
 	if d.Upstream == nil {
+		why := "no upstream to check"
+		if d.UpstreamErr != nil {
+			why = d.UpstreamErr.Error()
+			steps = append(steps, upstream.Step{Name: "upstream", Detail: "cannot be set up: " + why})
+		}
+		steps = append(steps, upstream.Step{Name: "connection", Skipped: true,
+			Detail: "connection, TLS and login not checked: the upstream could not be set up (" + why + ")"})
+		if d.TestTo != "" {
+			steps = append(steps, upstream.Step{Name: "test message to " + d.TestTo, Skipped: true,
+				Detail: "not sent: the upstream could not be set up (" + why + ")"})
+		}
 		return steps
 	}
+	reached := true
 	if p, ok := d.Upstream.(upstream.Prober); ok {
 		ps, err := p.Probe(ctx)
 		steps = append(steps, ps...)
-		if err != nil {
+		if err != nil && (len(ps) == 0 || ps[len(ps)-1].OK) {
+			// Say it once: a failing last step already carries the error.
 			steps = append(steps, upstream.Step{Name: "upstream", OK: false, Detail: withHint(err)})
 		}
+		reached = err == nil && (len(ps) == 0 || ps[len(ps)-1].OK)
+	} else {
+		steps = append(steps, upstream.Step{Name: "connection", Skipped: true,
+			Detail: "the " + string(u.Kind) + " upstream cannot be checked without sending; give -to to send a test message"})
 	}
 	if d.TestTo != "" {
-		steps = append(steps, sendTest(ctx, d, cfg))
+		if !reached {
+			steps = append(steps, upstream.Step{Name: "test message to " + d.TestTo, Skipped: true,
+				Detail: "not sent: the upstream could not be reached (see above)"})
+		} else {
+			steps = append(steps, sendTest(ctx, d, cfg))
+		}
 	}
 	return steps
 }
@@ -87,9 +124,21 @@ func withHint(err error) string {
 	return s
 }
 
+// unchecked is a DNS step whose question got no answer (the server did not
+// answer, or answered SERVFAIL/REFUSED): the record may be fine, so the
+// step says it could not check rather than what to add.
+func unchecked(st upstream.Step, err error) upstream.Step {
+	st.Skipped = true
+	st.Detail = fmt.Sprintf("could not check: %v — no usable answer from the DNS server; check the box's DNS server, or point doctor at another with -dns HOST:PORT", err)
+	return st
+}
+
 func checkMX(ctx context.Context, r *m365.Resolver, domain string, mxKind bool) upstream.Step {
 	st := upstream.Step{Name: "MX " + domain}
 	hosts, err := r.MX(ctx, domain)
+	if err != nil && !errors.Is(err, m365.ErrNoRecords) {
+		return unchecked(st, err)
+	}
 	if err != nil {
 		st.Detail = fmt.Sprintf("%v — add the MX record Microsoft 365 shows for %s (Admin center, Settings, Domains), e.g. %s.mail.protection.outlook.com", err, domain, strings.ReplaceAll(domain, ".", "-"))
 		return st
@@ -128,8 +177,7 @@ func checkSPF(ctx context.Context, r *m365.Resolver, domain string, mxKind bool,
 	}
 	switch {
 	case err != nil && !errors.Is(err, m365.ErrNoRecords):
-		st.Detail = err.Error()
-		return st
+		return unchecked(st, err)
 	case len(spf) == 0:
 		st.Detail = "no SPF record — add TXT \"" + want + "\" at " + domain
 		return st
@@ -191,6 +239,9 @@ func checkDKIM(ctx context.Context, r *m365.Resolver, domain, sel string) upstre
 	name := sel + "._domainkey." + domain
 	st := upstream.Step{Name: "DKIM " + name}
 	target, err := r.CNAME(ctx, name)
+	if err != nil && !errors.Is(err, m365.ErrNoRecords) {
+		return unchecked(st, err)
+	}
 	if err != nil {
 		st.Detail = fmt.Sprintf("%v — publish the CNAME records that Get-DkimSigningConfig -Identity %s | fl Selector1CNAME,Selector2CNAME shows, then Set-DkimSigningConfig -Identity %s -Enabled $true", err, domain, domain)
 		return st
@@ -216,8 +267,7 @@ func checkDMARC(ctx context.Context, r *m365.Resolver, domain string) upstream.S
 		}
 	}
 	if err != nil && !errors.Is(err, m365.ErrNoRecords) {
-		st.Detail = err.Error()
-		return st
+		return unchecked(st, err)
 	}
 	st.Detail = "no DMARC record — add TXT \"v=DMARC1; p=none; rua=mailto:dmarc@" + domain + "\" at _dmarc." + domain + " and tighten p= once reports are clean"
 	return st
@@ -231,7 +281,15 @@ func sendTest(ctx context.Context, d Deps, cfg *config.Config) upstream.Step {
 	if from == "" {
 		from = cfg.Senders.RewriteFrom
 	}
+	if from == "" && strings.Contains(cfg.Upstream.SMTP.Username, "@") {
+		from = cfg.Upstream.SMTP.Username
+	}
 	st := upstream.Step{Name: "test message to " + d.TestTo}
+	if from == "" {
+		st.Skipped = true
+		st.Detail = "not sent: no sender address for it; set senders.rewrite_from (the address devices' mail is sent as)"
+		return st
+	}
 	now := d.Now()
 	body := []byte("From: " + from + "\r\nTo: " + d.TestTo + "\r\nSubject: siterelay doctor test\r\nDate: " +
 		now.Format(time.RFC1123Z) + "\r\nMessage-ID: <doctor." + fmt.Sprint(now.UnixNano()) + "@siterelay>\r\n\r\nThis test message was sent by relayd doctor.\r\n")

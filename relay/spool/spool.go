@@ -906,6 +906,11 @@ func (s *Spool) copyForward(g *segment) error {
 	return nil
 }
 
+// FreeBytes is the free space on the spool's file system, as statfs says
+// now (the metrics' siterelay_spool_free_bytes; the free-space floor
+// spool.min_free_bytes is taken from it).
+func (s *Spool) FreeBytes() (int64, error) { return s.opts.statfs(s.dir) }
+
 func freeBytes(dir string) (int64, error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err != nil {

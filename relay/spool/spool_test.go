@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -197,26 +198,61 @@ func TestLeftoversAreCleaned(t *testing.T) {
 	}
 }
 
+// fixedClock stands still unless moved: the spool's free-space cache is
+// then judged by the test, not by how busy the machine is.
+type fixedClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newFixedClock() *fixedClock { return &fixedClock{now: time.Unix(1700000000, 0)} }
+
+func (c *fixedClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+
+func (c *fixedClock) advance(d time.Duration) { c.mu.Lock(); c.now = c.now.Add(d); c.mu.Unlock() }
+
 func TestLimits(t *testing.T) {
+	// The file system has room for one message above the floor, and then
+	// (freed by someone else) plenty: only a fresh statfs sees that.
+	lowThenPlenty := func() func(string) (int64, error) {
+		var calls atomic.Int32
+		return func(string) (int64, error) {
+			if calls.Add(1) == 1 {
+				return 1<<20 + 100, nil
+			}
+			return 1 << 40, nil
+		}
+	}
 	for _, tc := range []struct {
-		name string
-		opts Options
-		size int
+		name    string
+		opts    Options
+		size    int
+		advance time.Duration // between the two commits
+		wantErr error
 	}{
-		{"max messages", Options{MaxMessages: 1}, 10},
-		{"max bytes", Options{MaxBytes: 100}, 60},
-		{"free space floor", Options{MinFreeBytes: 1 << 20, statfs: func(string) (int64, error) { return 1<<20 + 100, nil }}, 60},
+		{"max messages", Options{MaxMessages: 1}, 10, 0, ErrFull},
+		{"max bytes", Options{MaxBytes: 100}, 60, 0, ErrFull},
+		{"free space floor", Options{MinFreeBytes: 1 << 20, statfs: lowThenPlenty()}, 60, 0, ErrFull},
+		{"free space floor, cache within its window", Options{MinFreeBytes: 1 << 20, statfs: lowThenPlenty()}, 60, 100 * time.Millisecond, ErrFull},
+		{"free space asked again after the window", Options{MinFreeBytes: 1 << 20, statfs: lowThenPlenty()}, 60, 101 * time.Millisecond, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			clock := newFixedClock()
+			tc.opts.Clock = clock.Now
 			s := open(t, relaytest.StateDir(t), tc.opts)
 			put(t, s, bytes.Repeat([]byte("a"), tc.size), "a@x.example")
+			clock.advance(tc.advance)
 			m := s.NewMessage()
 			m.Write(bytes.Repeat([]byte("b"), tc.size))
 			_, err := m.Commit(Envelope{To: []Rcpt{{Addr: "a@x.example"}}})
-			if !errors.Is(err, ErrFull) {
-				t.Fatalf("second commit: got %v, want ErrFull", err)
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("second commit: got %v, want %v", err, tc.wantErr)
 			}
-			if got, want := len(s.List()), 1; got != want {
+			want := 1
+			if tc.wantErr == nil {
+				want = 2
+			}
+			if got := len(s.List()); got != want {
 				t.Errorf("messages = %d, want %d", got, want)
 			}
 		})

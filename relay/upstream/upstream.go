@@ -81,12 +81,27 @@ type Prober interface {
 	Probe(ctx context.Context) ([]Step, error)
 }
 
-// Step is one line of a probe's report.
-type Step struct {
-	Name   string
-	OK     bool
-	Detail string
+// ConnectionCounter is implemented by upstreams that hold connections
+// (the SMTP kinds) and by wrappers around them; the metrics export the
+// count. Upstreams without it (capture, Graph's HTTP) count as 0.
+type ConnectionCounter interface {
+	Connections() int
 }
+
+// Step is one line of a probe's report. A step that could not be checked
+// at all (a secret missing, DNS not answering, nothing to check it with)
+// is Skipped, not OK, and its Detail says why.
+type Step struct {
+	Name    string
+	OK      bool
+	Skipped bool
+	Detail  string
+}
+
+// ErrPaced marks a deferral by an upstream's own pacing (relay/upstream/pace):
+// no attempt was made, so the scheduler gives the message a later turn
+// (after RetryAfter) without counting an attempt or tracing a deferral.
+var ErrPaced = errors.New("paced")
 
 // Error is a failure with an upstream's reply and, where known, a hint in
 // plain words for the admin.
@@ -173,6 +188,20 @@ func Status(err error) string {
 		return ""
 	}
 	return Classify(err).Error()
+}
+
+// Enhanced is the enhanced status code of err's reply ("5.1.10"), for the
+// bounce's Status field; "" when the upstream gave none.
+func Enhanced(err error) string {
+	e := Classify(err)
+	if e == nil || e.Reply == nil {
+		return ""
+	}
+	c := e.Reply.EnhancedCode
+	if c == (smtp.EnhancedCode{}) || c == smtp.NoEnhancedCode || c[0] < 2 || c[0] > 5 || c[1] < 0 || c[2] < 0 {
+		return ""
+	}
+	return fmt.Sprintf("%d.%d.%d", c[0], c[1], c[2])
 }
 
 // TokenSource gives OAuth 2.0 access tokens for XOAUTH2 and Graph. It caches

@@ -25,7 +25,7 @@ type Rule struct {
 	Hint     string
 }
 
-// Rules is the table from M365.md, in the words an admin needs.
+// Rules is Microsoft's replies (docs/m365.md, "Replies explained"), in the words an admin needs.
 var Rules = []Rule{
 	{Enhanced: "5.7.3", Hint: "Microsoft 365 refused the login. For OAuth: the app needs the Exchange service principal (New-ServicePrincipal with the Enterprise Application's object id, not the App registration's), FullAccess on the mailbox (Add-MailboxPermission), and SMTP AUTH enabled for the mailbox (Set-CASMailbox -SmtpClientAuthenticationDisabled $false); security defaults or Conditional Access must not block it. For a password: move to OAuth (kind m365-oauth)."},
 	{Enhanced: "5.7.139", Hint: "SMTP AUTH is disabled for the tenant or the mailbox, or security defaults block it: run Set-CASMailbox <mailbox> -SmtpClientAuthenticationDisabled $false (and Set-TransportConfig -SmtpClientAuthenticationDisabled $false for the organisation), review security defaults, and move to OAuth (kind m365-oauth)."},

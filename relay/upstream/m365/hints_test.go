@@ -14,7 +14,7 @@ import (
 	"github.com/siterelay/siterelay/relay/upstream/m365"
 )
 
-// Every reply in M365.md's table, as Exchange Online words it.
+// Every reply in docs/m365.md's table, as Exchange Online words it.
 func TestExplainReplies(t *testing.T) {
 	tests := []struct {
 		code int

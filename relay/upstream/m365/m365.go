@@ -4,7 +4,7 @@
 // host, and Graph. Each comes wrapped so that Microsoft's replies carry a
 // plain-language hint, refusals of the relay's own identity wait for the
 // admin's fix instead of bouncing, and delivery is paced below Microsoft's
-// published limits (M365.md).
+// published limits (docs/m365.md, "Limits and pacing").
 package m365
 
 import (
@@ -82,35 +82,35 @@ func (d *Deps) secret(key, name string) ([]byte, error) {
 
 // New builds the upstream of a Microsoft 365 kind from a validated
 // configuration, already behind pace with the configured limits.
-func New(kind string, cfg config.M365, d Deps) (upstream.Upstream, error) {
+func New(kind config.Kind, cfg config.M365, d Deps) (upstream.Upstream, error) {
 	d.defaults()
-	log := d.Logger.With("upstream", kind)
+	log := d.Logger.With("upstream", string(kind))
 	var inner upstream.Upstream
 	var tokens *TokenSource
 	var check func(string) error
 	var err error
-	switch kind {
-	case "m365-oauth", "graph":
+	switch {
+	case kind.OAuth():
 		tokens, err = newTokens(cfg, d, log)
 		if err != nil {
 			return nil, err
 		}
-		if kind == "graph" {
+		if kind == config.KindGraph {
 			inner, err = graph.New(graph.Options{BaseURL: cfg.GraphURL, Mailbox: cfg.Mailbox, Tokens: tokens,
 				HTTPClient: d.HTTPClient, Concurrency: cfg.Limits.Concurrency, MaxRecipients: cfg.Limits.MaxRecipients,
 				MaxSize: cfg.Limits.MaxMessageBytes, Logger: log})
 		} else {
 			inner, err = newSubmission(cfg, d, log, tokens, nil)
 		}
-	case "m365-password":
+	case kind == config.KindM365Password:
 		var pw []byte
 		pw, err = d.secret("upstream.m365.password_secret", cfg.PasswordSecret)
 		if err == nil {
 			inner, err = newSubmission(cfg, d, log, nil, pw)
 		}
-	case "m365-connector", "m365-direct":
-		inner, err = newMX(cfg, d, log, kind)
-		if kind == "m365-direct" {
+	case kind.MX():
+		inner, err = newMX(cfg, d, log)
+		if kind == config.KindM365Direct {
 			check = DirectSendChecker(cfg.AcceptedDomains)
 		}
 	default:
@@ -218,6 +218,13 @@ func (e *explained) Deliver(ctx context.Context, msg *upstream.Message) ([]upstr
 		}
 	}
 	return res, nil
+}
+
+func (e *explained) Connections() int {
+	if cc, ok := e.inner.(upstream.ConnectionCounter); ok {
+		return cc.Connections()
+	}
+	return 0
 }
 
 func (e *explained) Probe(ctx context.Context) ([]upstream.Step, error) {

@@ -22,7 +22,6 @@ import (
 	"github.com/siterelay/siterelay/relay/upstream"
 	"github.com/siterelay/siterelay/relay/upstream/m365"
 	"github.com/siterelay/siterelay/relay/upstream/m365test"
-	"github.com/siterelay/siterelay/relay/upstream/pace"
 )
 
 const (
@@ -77,7 +76,7 @@ func (e *env) deps(resolver string) m365.Deps {
 }
 
 // validated runs the configuration through the real parser.
-func validated(t *testing.T, kind string, m config.M365) config.M365 {
+func validated(t *testing.T, kind config.Kind, m config.M365) config.M365 {
 	c := config.Default()
 	c.Upstream = config.Upstream{Kind: kind, M365: m}
 	c.SetDefaults()
@@ -154,7 +153,7 @@ func deliverAll(t *testing.T, e *env, up upstream.Upstream, msgs []*upstream.Mes
 					continue
 				}
 				mu.Lock()
-				if !errors.Is(err, pace.ErrPaced) {
+				if !errors.Is(err, upstream.ErrPaced) {
 					temporary++
 					t.Logf("temporary: %v", err)
 				}
@@ -578,7 +577,7 @@ func TestNewErrors(t *testing.T) {
 	e := newEnv(t, m365test.ExchangeOptions{})
 	tests := []struct {
 		name string
-		kind string
+		kind config.Kind
 		m    config.M365
 		want string
 	}{

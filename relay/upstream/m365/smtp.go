@@ -63,7 +63,7 @@ func smtpOptions(cfg config.M365, d Deps, log *slog.Logger, addr, serverName str
 // in DNS on first use (a relay that starts while DNS is down waits rather
 // than fails), STARTTLS required, with the connector's client certificate
 // when one is configured.
-func newMX(cfg config.M365, d Deps, log *slog.Logger, kind string) (upstream.Upstream, error) {
+func newMX(cfg config.M365, d Deps, log *slog.Logger) (upstream.Upstream, error) {
 	var cert *tls.Certificate
 	if cfg.ConnectorCertificateFile != "" {
 		c, err := d.readFile(cfg.ConnectorCertificateFile)
@@ -182,6 +182,17 @@ func (m *mxUpstream) Close() error {
 		return m.inner.Close()
 	}
 	return nil
+}
+
+// Connections counts those to the current MX host (none before the first
+// delivery looks it up).
+func (m *mxUpstream) Connections() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.inner == nil {
+		return 0
+	}
+	return m.inner.Connections()
 }
 
 func (m *mxUpstream) Probe(ctx context.Context) ([]upstream.Step, error) {

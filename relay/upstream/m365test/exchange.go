@@ -192,7 +192,7 @@ func reply(code int, enh smtp.EnhancedCode, msg string) *smtp.SMTPError {
 	return &smtp.SMTPError{Code: code, EnhancedCode: enh, Message: msg}
 }
 
-// Replies Exchange Online sends (M365.md).
+// Replies Exchange Online sends (docs/m365.md).
 var (
 	ErrAuthFailed   = reply(535, smtp.EnhancedCode{5, 7, 3}, "Authentication unsuccessful [fake.prod.outlook.com]")
 	ErrBasicOff     = reply(535, smtp.EnhancedCode{5, 7, 139}, "Authentication unsuccessful, basic authentication is disabled. [fake.prod.outlook.com]")

@@ -4,7 +4,7 @@
 // sendMail endpoint, a DNS server with crafted records, a test CA and a
 // virtual clock. Everything listens on 127.0.0.1 with port 0.
 //
-// The fakes answer with Microsoft's documented replies (M365.md) so that
+// The fakes answer with Microsoft's documented replies (docs/m365.md) so that
 // the relay's hints and pacing are tested against what it will meet.
 package m365test
 

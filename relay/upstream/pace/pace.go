@@ -4,7 +4,7 @@
 // down as a throttling reply says when it throttles anyway.
 //
 // Waits short enough happen inside Deliver; a longer one is answered with a
-// temporary *upstream.Error wrapping ErrPaced and carrying RetryAfter, so the
+// temporary *upstream.Error wrapping upstream.ErrPaced and carrying RetryAfter, so the
 // scheduler defers the message instead of blocking a worker. A quota refusal
 // (554 5.2.0 SubmissionQuotaExceeded) becomes temporary here: the mail
 // waits out the window and is not bounced.
@@ -23,9 +23,6 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/siterelay/siterelay/relay/upstream"
 )
-
-// ErrPaced marks a deferral by the pacer: no attempt was made.
-var ErrPaced = errors.New("paced")
 
 // Options are the limits; zero means no limit.
 type Options struct {
@@ -148,6 +145,14 @@ func (p *Paced) Probe(ctx context.Context) ([]upstream.Step, error) {
 	return nil, errors.New("this upstream cannot be probed")
 }
 
+// Connections passes through to an inner upstream.ConnectionCounter.
+func (p *Paced) Connections() int {
+	if cc, ok := p.up.(upstream.ConnectionCounter); ok {
+		return cc.Connections()
+	}
+	return 0
+}
+
 // Stats are counts since Wrap.
 type Stats struct{ Deferred, Throttled int }
 
@@ -197,7 +202,7 @@ func (p *Paced) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.
 			p.deferred++
 			p.mu.Unlock()
 			return nil, &upstream.Error{
-				Err:        fmt.Errorf("%w: %s; next attempt in %v", ErrPaced, why, wait.Round(time.Second)),
+				Err:        fmt.Errorf("%w: %s; next attempt in %v", upstream.ErrPaced, why, wait.Round(time.Second)),
 				RetryAfter: wait,
 				Hint:       "The relay holds the mail back to stay within Microsoft's sending limits (" + why + "); it is sent when the limit allows, nothing is lost.",
 			}

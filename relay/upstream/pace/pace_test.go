@@ -79,7 +79,7 @@ func run(t *testing.T, p *Paced, c *clock, count, rcpts int) (deferred int) {
 		switch {
 		case err == nil:
 			i++
-		case errors.As(err, &ue) && errors.Is(err, ErrPaced):
+		case errors.As(err, &ue) && errors.Is(err, upstream.ErrPaced):
 			if ue.Permanent || ue.RetryAfter <= 0 {
 				t.Fatalf("deferral must be temporary with RetryAfter: %+v", ue)
 			}
@@ -189,7 +189,7 @@ func TestThrottleReplies(t *testing.T) {
 			}
 			// During the cooldown nothing is attempted.
 			_, err = p.Deliver(context.Background(), msg(1))
-			if !errors.Is(err, ErrPaced) {
+			if !errors.Is(err, upstream.ErrPaced) {
 				t.Fatalf("during cooldown: got %v, want ErrPaced", err)
 			}
 			c.Advance(tt.cooldown)
@@ -237,7 +237,7 @@ func TestSplitCountsAsSeveral(t *testing.T) {
 	if _, err := p.Deliver(context.Background(), msg(4)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := p.Deliver(context.Background(), msg(1)); !errors.Is(err, ErrPaced) {
+	if _, err := p.Deliver(context.Background(), msg(1)); !errors.Is(err, upstream.ErrPaced) {
 		t.Fatalf("got %v, want a deferral", err)
 	}
 }

@@ -31,6 +31,7 @@ type conn struct {
 	pipe bool
 	size int64 // the server's SIZE limit, 0 when none
 
+	gen      uint64    // the Upstream's dial count when this one was dialled
 	sent     int       // transactions completed
 	lastUsed time.Time // by the Upstream's clock
 	dirty    bool      // a transaction was started and not finished cleanly
@@ -404,7 +405,8 @@ func (c *conn) send(ctx context.Context, msg *upstream.Message, to []string, res
 			"message of %d bytes is larger than %s accepts (SIZE %d)", msg.Size, o.Addr, c.size)}
 	}
 	if !validAddr(msg.From) {
-		return outcome{keep: true, err: &upstream.Error{Permanent: true, Err: fmt.Errorf("5.1.7 invalid sender address %q", msg.From)}}
+		return outcome{keep: true, err: refusal(553, smtp.EnhancedCode{5, 1, 7}, "",
+			"invalid sender address %q", msg.From)}
 	}
 	results := make([]upstream.RcptResult, len(to))
 	send := make([]bool, len(to))
@@ -415,7 +417,7 @@ func (c *conn) send(ctx context.Context, msg *upstream.Message, to []string, res
 			send[i] = true
 			nsend++
 		} else {
-			results[i].Err = &upstream.Error{Permanent: true, Err: fmt.Errorf("5.1.3 invalid recipient address %q", rc)}
+			results[i].Err = refusal(553, smtp.EnhancedCode{5, 1, 3}, "", "invalid recipient address %q", rc)
 		}
 	}
 	if nsend == 0 {

@@ -17,6 +17,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -112,6 +113,8 @@ type Upstream struct {
 	tlsConfig *tls.Config
 	log       *slog.Logger
 	sem       chan struct{}
+	open      atomic.Int64  // connections open now, idle or in use
+	dials     atomic.Uint64 // connections dialled so far; each conn keeps its number
 
 	mu     sync.Mutex
 	idle   []*conn
@@ -295,14 +298,22 @@ func (u *Upstream) Deliver(ctx context.Context, msg *upstream.Message) ([]upstre
 	return results, nil
 }
 
-// deliver runs one transaction, retrying once on a fresh connection when a
-// pooled one turns out to be dead before anything was accepted.
+// deliver runs one transaction. When a pooled connection turns out to be
+// dead before anything was accepted (the smarthost restarted, or closed it
+// while idle), every idle connection dialled before this attempt began is
+// suspect too: they are all dropped (those other attempts dialled since are
+// kept) and the transaction goes out on a fresh dial.
+// None of that is the upstream's refusal, so the caller never hears of it
+// and no retry delay is spent on it; only a failure on the fresh connection
+// counts.
 func (u *Upstream) deliver(ctx context.Context, msg *upstream.Message, to []string) ([]upstream.RcptResult, error) {
-	for try := 0; ; try++ {
-		c, reused, err := u.get(ctx)
+	fresh := false
+	for {
+		c, reused, err := u.get(ctx, fresh)
 		if err != nil {
 			return nil, err
 		}
+		began := u.dials.Load()
 		stop := c.watch(ctx)
 		out := c.send(ctx, msg, to, reused)
 		canceled := !stop()
@@ -311,8 +322,11 @@ func (u *Upstream) deliver(ctx context.Context, msg *upstream.Message, to []stri
 		} else {
 			u.discard(c, out.keep && !canceled)
 		}
-		if out.err != nil && out.stale && reused && try == 0 && ctx.Err() == nil {
-			u.log.Debug("pooled connection was dead; retrying on a new one", "queue_id", msg.QueueID, "err", out.err)
+		if out.err != nil && out.stale && reused && ctx.Err() == nil {
+			n := u.dropIdle(began)
+			u.log.Debug("pooled connection was dead; dropped the idle ones dialled before this attempt, retrying on a new one",
+				"queue_id", msg.QueueID, "dropped", n, "err", out.err)
+			fresh = true
 			continue
 		}
 		if out.err != nil {
@@ -322,15 +336,38 @@ func (u *Upstream) deliver(ctx context.Context, msg *upstream.Message, to []stri
 	}
 }
 
-// get takes an idle connection or dials a new one.
-func (u *Upstream) get(ctx context.Context) (*conn, bool, error) {
+// dropIdle closes every idle connection numbered up to cutoff: one pooled
+// connection found dead means the peer dropped them all (a restart), and
+// each would otherwise fail its next transaction in turn.
+func (u *Upstream) dropIdle(cutoff uint64) int {
+	u.mu.Lock()
+	var old []*conn
+	keep := u.idle[:0]
+	for _, c := range u.idle {
+		if c.gen <= cutoff {
+			old = append(old, c)
+		} else {
+			keep = append(keep, c)
+		}
+	}
+	clear(u.idle[len(keep):])
+	u.idle = keep
+	u.mu.Unlock()
+	for _, c := range old {
+		c.nc.Close() // dead or suspect: no QUIT to wait for
+	}
+	return len(old)
+}
+
+// get takes an idle connection or dials a new one; fresh always dials.
+func (u *Upstream) get(ctx context.Context, fresh bool) (*conn, bool, error) {
 	now := u.o.Clock()
 	u.mu.Lock()
 	if u.closed {
 		u.mu.Unlock()
 		return nil, false, errClosed
 	}
-	for len(u.idle) > 0 {
+	for !fresh && len(u.idle) > 0 {
 		c := u.idle[len(u.idle)-1]
 		u.idle = u.idle[:len(u.idle)-1]
 		if now.Sub(c.lastUsed) >= u.o.IdleTimeout {
@@ -439,7 +476,9 @@ func (u *Upstream) dial(ctx context.Context, steps *[]upstream.Step) (*conn, err
 		return nil, e
 	}
 	step("connect", true, fmt.Sprintf("connected to %s (%s)", o.Addr, nc.RemoteAddr()))
-	c := &conn{u: u, nc: nc}
+	u.open.Add(1)
+	nc = &countedConn{Conn: nc, open: &u.open}
+	c := &conn{u: u, nc: nc, gen: u.dials.Add(1)}
 	c.br = bufio.NewReaderSize(nc, 4096)
 	c.bw = bufio.NewWriterSize(nc, 16<<10)
 	stop := c.watch(ctx)
@@ -521,6 +560,23 @@ func extDetail(ext map[string]string) string {
 		}
 	}
 	return strings.Join(parts, ", ")
+}
+
+// Connections is how many connections to the smarthost are open now,
+// idle or in use; see upstream.ConnectionCounter.
+func (u *Upstream) Connections() int { return int(u.open.Load()) }
+
+// countedConn takes itself off the count of open connections when it is
+// first closed (TLS closes it through its own Close).
+type countedConn struct {
+	net.Conn
+	open *atomic.Int64
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() { c.open.Add(-1) })
+	return c.Conn.Close()
 }
 
 // Probe checks the path without sending mail: connect, TLS, EHLO, AUTH.

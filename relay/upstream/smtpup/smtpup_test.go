@@ -556,11 +556,11 @@ func TestNoSmuggling(t *testing.T) {
 func TestBadAddresses(t *testing.T) {
 	f, u := setup(t, upstreamtest.FakeOptions{TLS: "none"}, nil)
 	_, err := deliver(t, u, message("q1", "a@example.com>\r\nRCPT TO:<x@evil", []string{"b@example.com"}, body1))
-	if !upstream.IsPermanent(err) || !strings.Contains(err.Error(), "invalid sender") {
+	if !upstream.IsPermanent(err) || !strings.Contains(err.Error(), "invalid sender") || upstream.Enhanced(err) != "5.1.7" {
 		t.Errorf("bad sender: got %v", err)
 	}
 	res, err := deliver(t, u, message("q2", "a@example.com", []string{"b@example.com", "c@x\r\nDATA"}, body1))
-	if err != nil || res[0].Err != nil || !upstream.IsPermanent(res[1].Err) {
+	if err != nil || res[0].Err != nil || !upstream.IsPermanent(res[1].Err) || upstream.Enhanced(res[1].Err) != "5.1.3" {
 		t.Errorf("bad recipient: got %+v, %v", res, err)
 	}
 	if got := f.WaitMessages(t, 1)[0].To; len(got) != 1 {
@@ -810,3 +810,31 @@ func TestProbe(t *testing.T) {
 }
 
 func writeFile(p, s string) error { return os.WriteFile(p, []byte(s), 0o644) }
+
+func TestConnectionsCount(t *testing.T) {
+	f, u := setup(t, upstreamtest.FakeOptions{TLS: "none"}, nil)
+	if got := u.Connections(); got != 0 {
+		t.Errorf("before any delivery: %d connections, want 0", got)
+	}
+	mustDeliver(t, u, message("q1", "a@example.com", []string{"b@example.com"}, body1))
+	if got := u.Connections(); got != 1 {
+		t.Errorf("one pooled: %d connections, want 1", got)
+	}
+	f.DropAll()
+	f.WaitClosed(t)
+	// The dead one is dropped and replaced.
+	mustDeliver(t, u, message("q2", "a@example.com", []string{"b@example.com"}, body1))
+	if got := u.Connections(); got != 1 {
+		t.Errorf("after the smarthost dropped it: %d connections, want 1", got)
+	}
+	if _, err := u.Probe(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := u.Connections(); got != 1 {
+		t.Errorf("after a probe: %d connections, want 1", got)
+	}
+	u.Close()
+	if got := u.Connections(); got != 0 {
+		t.Errorf("after Close: %d connections, want 0", got)
+	}
+}
