@@ -11,7 +11,7 @@ import (
 	"github.com/siterelay/siterelay/relay/upstream/capture"
 	"github.com/siterelay/siterelay/relay/upstream/m365"
 	"github.com/siterelay/siterelay/relay/upstream/pace"
-	"github.com/siterelay/siterelay/relay/upstream/smtpup"
+	"github.com/siterelay/siterelay/relay/upstream/smarthost"
 )
 
 // newUpstream builds the configured upstream, of any kind, and a name for
@@ -26,7 +26,7 @@ func newUpstream(cfg *config.Config, dir string, d Deps) (upstream.Upstream, str
 		return up, "capture " + out, err
 	case config.KindSMTP:
 		s := u.SMTP
-		opts := smtpup.Options{
+		opts := smarthost.Options{
 			Addr: s.Address, TLS: s.TLS, MinTLS: config.TLSVersions[s.MinTLS], ServerName: s.ServerName,
 			LocalName: cfg.Hostname, Concurrency: s.Concurrency, MaxRecipients: s.MaxRecipients,
 			MaxSize: s.MaxMessageBytes, MessagesPerMinute: s.MessagesPerMinute, Clock: d.Clock, Logger: d.Logger,
@@ -46,9 +46,9 @@ func newUpstream(cfg *config.Config, dir string, d Deps) (upstream.Upstream, str
 			if err != nil {
 				return nil, "", fmt.Errorf("upstream.smtp.password_secret: %w", err)
 			}
-			opts.Auth = smtpup.Auth{Mechanism: s.Auth, Username: s.Username, Password: string(pw)}
+			opts.Auth = smarthost.Auth{Mechanism: s.Auth, Username: s.Username, Password: string(pw)}
 		}
-		up, err := smtpup.New(opts)
+		up, err := smarthost.New(opts)
 		if err != nil {
 			return nil, "", fmt.Errorf("upstream.smtp: %w", err)
 		}

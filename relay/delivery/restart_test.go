@@ -12,7 +12,7 @@ import (
 	"github.com/siterelay/siterelay/relay/spool"
 	"github.com/siterelay/siterelay/relay/trace"
 	"github.com/siterelay/siterelay/relay/upstream"
-	"github.com/siterelay/siterelay/relay/upstream/smtpup"
+	"github.com/siterelay/siterelay/relay/upstream/smarthost"
 	"github.com/siterelay/siterelay/relay/upstream/upstreamtest"
 )
 
@@ -35,7 +35,7 @@ func (b *barrierBody) ReadAt(p []byte, off int64) (int, error) {
 func TestSmarthostRestartCostsNoDeferral(t *testing.T) {
 	const pooled, n = 10, 50
 	f := upstreamtest.NewFakeServer(t, upstreamtest.FakeOptions{TLS: "none"})
-	up, err := smtpup.New(smtpup.Options{Addr: f.Addr, TLS: smtpup.TLSNone, Concurrency: pooled,
+	up, err := smarthost.New(smarthost.Options{Addr: f.Addr, TLS: smarthost.TLSNone, Concurrency: pooled,
 		DialTimeout: 10 * time.Second, CommandTimeout: 10 * time.Second, DataTimeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)

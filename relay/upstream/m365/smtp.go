@@ -13,7 +13,7 @@ import (
 
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/upstream"
-	"github.com/siterelay/siterelay/relay/upstream/smtpup"
+	"github.com/siterelay/siterelay/relay/upstream/smarthost"
 )
 
 // newSubmission is client submission to smtp.office365.com:587 with
@@ -27,15 +27,15 @@ func newSubmission(cfg config.M365, d Deps, log *slog.Logger, tokens *TokenSourc
 	} else {
 		o.Auth.Mechanism, o.Auth.Password = "login", string(password)
 	}
-	u, err := smtpup.New(o)
+	u, err := smarthost.New(o)
 	if err != nil {
 		return nil, fmt.Errorf("m365: %w", err)
 	}
 	return u, nil
 }
 
-func smtpOptions(cfg config.M365, d Deps, log *slog.Logger, addr, serverName string) smtpup.Options {
-	o := smtpup.Options{
+func smtpOptions(cfg config.M365, d Deps, log *slog.Logger, addr, serverName string) smarthost.Options {
+	o := smarthost.Options{
 		Addr:          addr,
 		TLS:           "starttls",
 		MinTLS:        tls.VersionTLS12,
@@ -49,7 +49,7 @@ func smtpOptions(cfg config.M365, d Deps, log *slog.Logger, addr, serverName str
 		Logger:        log,
 		// Pacing pauses up to a minute between bursts; keeping
 		// connections that long saves a TLS handshake and a login per
-		// burst (smtpup retries once when the server closed one).
+		// burst (smarthost retries once when the server closed one).
 		IdleTimeout: 90 * time.Second,
 	}
 	if d.Resolver != "" {
@@ -100,7 +100,7 @@ type mxUpstream struct {
 	cert *tls.Certificate
 
 	mu       sync.Mutex
-	inner    *smtpup.Upstream
+	inner    *smarthost.Upstream
 	host     string
 	resolved time.Time // when host was last looked up (or the lookup failed)
 	faulted  bool      // a delivery to host failed without a reply since
@@ -110,7 +110,7 @@ type mxUpstream struct {
 // time, when the answer is an hour old, and a minute after a connection
 // failure. A failed lookup keeps the host it has: DNS trouble must not stop
 // mail that a known host would take.
-func (m *mxUpstream) get(ctx context.Context) (*smtpup.Upstream, error) {
+func (m *mxUpstream) get(ctx context.Context) (*smarthost.Upstream, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.inner != nil && (m.cfg.MXHost != "" || !m.due()) {
@@ -137,7 +137,7 @@ func (m *mxUpstream) get(ctx context.Context) (*smtpup.Upstream, error) {
 	}
 	o := smtpOptions(m.cfg, m.d, m.log, net.JoinHostPort(host, strconv.Itoa(m.cfg.SMTPPort)), host)
 	o.ClientCertificate = m.cert
-	u, err := smtpup.New(o)
+	u, err := smarthost.New(o)
 	if err != nil {
 		return nil, &upstream.Error{Err: fmt.Errorf("m365: %w", err)}
 	}

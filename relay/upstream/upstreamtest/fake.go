@@ -21,7 +21,7 @@ import (
 	"github.com/siterelay/siterelay/relay/authlogin"
 )
 
-// TLS modes of a FakeServer (the same words smtpup uses).
+// TLS modes of a FakeServer (the same words smarthost uses).
 const (
 	TLSStartTLS = "starttls"
 	TLSImplicit = "implicit"

@@ -1,4 +1,4 @@
-package smtpup
+package smarthost
 
 import (
 	"bufio"

@@ -1,6 +1,6 @@
 //go:build integration
 
-package smtpup
+package smarthost
 
 import (
 	"bufio"
@@ -71,7 +71,7 @@ func needRoot(t testing.TB) {
 // everything to relayhost. It returns smtpd's address.
 func startPostfix(t *testing.T, ca *upstreamtest.TestCA, relayhost string) string {
 	t.Helper()
-	base, err := os.MkdirTemp("/var/tmp", "smtpup-postfix-")
+	base, err := os.MkdirTemp("/var/tmp", "smarthost-postfix-")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +162,7 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 	return addr
 }
 
-// TestPostfixPeer sends through smtpup into Debian's Postfix (STARTTLS,
+// TestPostfixPeer sends through smarthost into Debian's Postfix (STARTTLS,
 // PIPELINING, a refused recipient), which relays to a FakeServer where the
 // messages come out.
 func TestPostfixPeer(t *testing.T) {
@@ -171,7 +171,7 @@ func TestPostfixPeer(t *testing.T) {
 	sink := upstreamtest.NewFakeServer(t, upstreamtest.FakeOptions{TLS: "none"})
 	addr := startPostfix(t, ca, sink.Addr)
 
-	u, err := New(Options{Addr: addr, RootCAs: ca.Pool, ServerName: "localhost", LocalName: "smtpup.test"})
+	u, err := New(Options{Addr: addr, RootCAs: ca.Pool, ServerName: "localhost", LocalName: "smarthost.test"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,7 +263,7 @@ func TestSmtpSinkPeer(t *testing.T) {
 	}
 }
 
-// BenchmarkDeliverSink: 4 KiB messages through smtpup into smtp-sink.
+// BenchmarkDeliverSink: 4 KiB messages through smarthost into smtp-sink.
 func BenchmarkDeliverSink(b *testing.B) {
 	needRoot(b)
 	u, err := New(Options{Addr: startSink(b), TLS: "none", Concurrency: 4, MessagesPerConnection: 1000})

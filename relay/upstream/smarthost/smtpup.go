@@ -1,9 +1,9 @@
-// Package smtpup delivers to an SMTP smarthost: a pool of reusable,
+// Package smarthost delivers to an SMTP smarthost: a pool of reusable,
 // authenticated connections speaking PIPELINING where offered, so that a
 // small box can push thousands of small messages a second through a few
 // connections. Microsoft 365 client submission and connector relay are built
 // on it; see docs/smarthost.md.
-package smtpup
+package smarthost
 
 import (
 	"bufio"
@@ -130,45 +130,45 @@ var _ upstream.Prober = (*Upstream)(nil)
 func New(o Options) (*Upstream, error) {
 	host, port, err := net.SplitHostPort(o.Addr)
 	if err != nil || host == "" || port == "" {
-		return nil, fmt.Errorf("smtpup: address %q is not host:port", o.Addr)
+		return nil, fmt.Errorf("smarthost: address %q is not host:port", o.Addr)
 	}
 	switch o.TLS {
 	case "":
 		o.TLS = TLSStartTLS
 	case TLSStartTLS, TLSImplicit, TLSNone:
 	default:
-		return nil, fmt.Errorf("smtpup: TLS mode %q is not one of starttls, implicit, none", o.TLS)
+		return nil, fmt.Errorf("smarthost: TLS mode %q is not one of starttls, implicit, none", o.TLS)
 	}
 	switch {
 	case o.MinTLS == 0:
 		o.MinTLS = tls.VersionTLS12
 	case o.MinTLS < tls.VersionTLS10 || o.MinTLS > tls.VersionTLS13:
-		return nil, fmt.Errorf("smtpup: MinTLS %#x is not a TLS version", o.MinTLS)
+		return nil, fmt.Errorf("smarthost: MinTLS %#x is not a TLS version", o.MinTLS)
 	}
 	o.Auth.Mechanism = strings.ToLower(o.Auth.Mechanism)
 	switch o.Auth.Mechanism {
 	case AuthNone:
 	case AuthPlain, AuthLogin:
 		if o.Auth.Username == "" || o.Auth.Password == "" {
-			return nil, fmt.Errorf("smtpup: auth %s needs a username and a password", o.Auth.Mechanism)
+			return nil, fmt.Errorf("smarthost: auth %s needs a username and a password", o.Auth.Mechanism)
 		}
 	case AuthXOAUTH2:
 		if o.Auth.Username == "" || o.Auth.TokenSource == nil {
-			return nil, errors.New("smtpup: auth xoauth2 needs a username (the mailbox) and a token source")
+			return nil, errors.New("smarthost: auth xoauth2 needs a username (the mailbox) and a token source")
 		}
 	default:
-		return nil, fmt.Errorf("smtpup: auth mechanism %q is not one of plain, login, xoauth2", o.Auth.Mechanism)
+		return nil, fmt.Errorf("smarthost: auth mechanism %q is not one of plain, login, xoauth2", o.Auth.Mechanism)
 	}
 	if o.Concurrency < 0 || o.MaxRecipients < 0 || o.MaxSize < 0 || o.MessagesPerConnection < 0 ||
 		o.IdleTimeout < 0 || o.DialTimeout < 0 || o.CommandTimeout < 0 || o.DataTimeout < 0 ||
 		o.MessagesPerMinute < 0 || o.RecipientsPerDay < 0 {
-		return nil, errors.New("smtpup: limits and timeouts must not be negative")
+		return nil, errors.New("smarthost: limits and timeouts must not be negative")
 	}
 	if o.LocalName == "" {
 		o.LocalName = "localhost"
 	}
 	if strings.ContainsAny(o.LocalName, " \r\n\t") {
-		return nil, fmt.Errorf("smtpup: local name %q contains white space", o.LocalName)
+		return nil, fmt.Errorf("smarthost: local name %q contains white space", o.LocalName)
 	}
 	if o.Concurrency == 0 {
 		o.Concurrency = 4
@@ -207,7 +207,7 @@ func New(o Options) (*Upstream, error) {
 		if o.CAFile != "" {
 			pemData, err := os.ReadFile(o.CAFile)
 			if err != nil {
-				return nil, fmt.Errorf("smtpup: reading CA file: %w", err)
+				return nil, fmt.Errorf("smarthost: reading CA file: %w", err)
 			}
 			if roots == nil {
 				roots = x509.NewCertPool()
@@ -215,7 +215,7 @@ func New(o Options) (*Upstream, error) {
 				roots = roots.Clone()
 			}
 			if !roots.AppendCertsFromPEM(pemData) {
-				return nil, fmt.Errorf("smtpup: CA file %s holds no PEM certificate", o.CAFile)
+				return nil, fmt.Errorf("smarthost: CA file %s holds no PEM certificate", o.CAFile)
 			}
 		}
 		name := o.ServerName
@@ -230,7 +230,7 @@ func New(o Options) (*Upstream, error) {
 			}
 		}
 	} else if o.Auth.Mechanism != AuthNone {
-		u.log.Warn("smtpup: logging in without TLS, as configured", "mechanism", o.Auth.Mechanism)
+		u.log.Warn("smarthost: logging in without TLS, as configured", "mechanism", o.Auth.Mechanism)
 	}
 	go u.janitor()
 	return u, nil
@@ -247,7 +247,7 @@ func (u *Upstream) Limits() upstream.Limits {
 	}
 }
 
-var errClosed = &upstream.Error{Err: errors.New("smtpup: upstream closed")}
+var errClosed = &upstream.Error{Err: errors.New("smarthost: upstream closed")}
 
 // refusal is a permanent failure decided here, before the upstream could
 // refuse: it carries a reply as the upstream would have given it, so the
