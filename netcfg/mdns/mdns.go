@@ -73,6 +73,7 @@ type timing struct {
 	announceGap   time.Duration // between the announcements
 	deferOnLoss   time.Duration // after losing a simultaneous-probe tie-break
 	poll          time.Duration // how often interfaces and addresses are re-read
+	minRepeat     time.Duration // RFC 6762 §6: least time between two multicasts of one record as an answer
 }
 
 var defaultTiming = timing{
@@ -81,6 +82,7 @@ var defaultTiming = timing{
 	announceGap:   time.Second,
 	deferOnLoss:   time.Second,
 	poll:          2 * time.Second,
+	minRepeat:     time.Second,
 }
 
 // Responder answers and announces on the chosen interfaces until its Run returns.
@@ -93,6 +95,7 @@ type Responder struct {
 	svcCh   chan []Service
 	running atomic.Bool
 	sent    atomic.Int64 // packets sent, for figures and tests
+	skipped atomic.Int64 // received records (or packets) that could not be read
 
 	mu       sync.Mutex
 	services []Service // validated, last set by New or SetServices
@@ -130,6 +133,11 @@ func (r *Responder) Name() string { return r.name.Load().(string) }
 
 // PacketsSent counts the mDNS datagrams sent so far (a multicast over IPv4 and IPv6 counts two).
 func (r *Responder) PacketsSent() int64 { return r.sent.Load() }
+
+// Unreadable counts the received records that could not be read and were
+// skipped (the rest of their packet was still used), plus packets too short
+// to hold a DNS header. A steady rise means a broken or hostile host on the link.
+func (r *Responder) Unreadable() int64 { return r.skipped.Load() }
 
 // SetServices replaces the advertised services: removed ones get goodbye
 // packets, new ones are probed and announced, changed ones re-announced.
