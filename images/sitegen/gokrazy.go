@@ -163,7 +163,7 @@ func Generate(repo, dir string, site *Site, relay *config.Config, t Target) (*Wo
 		files[bootstrapDir+"/"+name] = p
 		return nil
 	}
-	bs := Bootstrap{Hostname: site.Hostname, Network: site.Network, NTP: site.NTP, Admins: site.Tailnet.Admins}
+	bs := Bootstrap{Hostname: site.Hostname, Network: site.Network, NTP: site.NTP, Admins: site.Tailnet.Admins, Discovery: site.Discovery}
 	if err := add("site.json", marshal(bs), 0o644); err != nil {
 		return nil, err
 	}

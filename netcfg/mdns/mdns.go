@@ -108,8 +108,8 @@ func New(opts Options) (*Responder, error) {
 		return nil, fmt.Errorf("mdns: host name %q: %w", opts.Hostname, err)
 	}
 	for _, n := range opts.Interfaces {
-		if n == "" || len(n) > 15 || strings.ContainsAny(n, "/ \t") {
-			return nil, fmt.Errorf("mdns: interface name %q is not a valid Linux interface name", n)
+		if err := CheckInterface(n); err != nil {
+			return nil, fmt.Errorf("mdns: %w", err)
 		}
 	}
 	svcs, err := checkServices(opts.Services, host, opts.Site)
@@ -165,8 +165,8 @@ func checkServices(in []Service, host, site string) ([]Service, error) {
 		if s.Instance == "" {
 			s.Instance = host
 		}
-		if len(s.Instance) > 63 || !utf8.ValidString(s.Instance) || strings.ContainsAny(s.Instance, "\x00") {
-			return nil, fmt.Errorf("mdns: service instance %q: must be valid UTF-8 of at most 63 bytes", s.Instance)
+		if err := CheckInstance(s.Instance); err != nil {
+			return nil, fmt.Errorf("mdns: service %w", err)
 		}
 		if err := checkType(s.Type); err != nil {
 			return nil, fmt.Errorf("mdns: service %q type %q: %w", s.Instance, s.Type, err)
@@ -188,11 +188,10 @@ func checkServices(in []Service, host, site string) ([]Service, error) {
 			}
 		}
 		if site != "" && !hasSite {
-			kv := "site=" + site
-			if len(kv) > 255 {
-				return nil, fmt.Errorf("mdns: site %.20q…: longer than 250 bytes", site)
+			if err := CheckSite(site); err != nil {
+				return nil, fmt.Errorf("mdns: %w", err)
 			}
-			txt = append([]string{kv}, txt...)
+			txt = append([]string{"site=" + site}, txt...)
 		}
 		s.TXT = txt
 		key := strings.ToLower(s.Instance + "." + s.Type)
@@ -203,6 +202,37 @@ func checkServices(in []Service, host, site string) ([]Service, error) {
 		out = append(out, s)
 	}
 	return out, nil
+}
+
+// The checks below are exported so that the site file's discovery keys
+// are refused when the site file is read or an image is built, with the
+// same words, rather than when the box starts announcing.
+
+// CheckInstance accepts a DNS-SD service instance name (RFC 6763 §4.1.1):
+// any UTF-8 text of 1 to 63 bytes without control characters.
+func CheckInstance(s string) error {
+	if s == "" || len(s) > 63 || !utf8.ValidString(s) || strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return fmt.Errorf("instance %q: must be text of 1 to 63 bytes (UTF-8, no control characters)", s)
+	}
+	return nil
+}
+
+// CheckSite accepts a site name for the TXT key site=: UTF-8 text of 1 to
+// 250 bytes (a TXT string holds 255, "site=" takes five).
+func CheckSite(s string) error {
+	if s == "" || len(s) > 250 || !utf8.ValidString(s) || strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return fmt.Errorf("site %.20q: must be text of 1 to 250 bytes (UTF-8, no control characters)", s)
+	}
+	return nil
+}
+
+// CheckInterface accepts a Linux interface name (1 to 15 bytes, no '/',
+// blanks or ':').
+func CheckInterface(n string) error {
+	if n == "" || len(n) > 15 || n == "." || n == ".." || strings.ContainsAny(n, "/: \t\n") {
+		return fmt.Errorf("interface name %q is not a Linux interface name (1 to 15 characters, no '/', ':' or blanks)", n)
+	}
+	return nil
 }
 
 // checkLabel accepts a host-name label as RFC 1123 has it.
