@@ -469,3 +469,50 @@ func FuzzParseMsg(f *testing.F) {
 		}
 	})
 }
+
+func TestPacketBudget(t *testing.T) {
+	// Nobody asks: 3 probes and 2 announcements in the first 10 s (one
+	// packet each here; the UDP transport sends each over IPv4 and IPv6),
+	// then nothing while idle.
+	f := newFakeEngine(t, func(max time.Duration) time.Duration { return max / 2 })
+	f.e.startProbe(f.e.uniqueNames(), []int{2}, f.now)
+	f.advance(10 * time.Second)
+	first := len(f.tr.take())
+	f.advance(time.Minute)
+	idle := len(f.tr.take())
+	t.Logf("FIGURE packets in the first 10 s: %d (×2 over IPv4 and IPv6); in the next idle minute: %d", first, idle)
+	if first != 5 || idle != 0 {
+		t.Errorf("sent %d packets in the first 10 s and %d in an idle minute, want 5 and 0", first, idle)
+	}
+}
+
+func TestSiteFileChecks(t *testing.T) {
+	tests := []struct {
+		name  string
+		check func(string) error
+		in    string
+		ok    bool
+	}{
+		{"instance", CheckInstance, "siterelay Plant 3", true},
+		{"instance UTF-8", CheckInstance, "Relais Halle 2 (Süd)", true},
+		{"instance empty", CheckInstance, "", false},
+		{"instance 64 bytes", CheckInstance, strings.Repeat("x", 64), false},
+		{"instance control", CheckInstance, "a\nb", false},
+		{"instance bad UTF-8", CheckInstance, "a\xffb", false},
+		{"site", CheckSite, "Plant 3", true},
+		{"site 250 bytes", CheckSite, strings.Repeat("x", 250), true},
+		{"site 251 bytes", CheckSite, strings.Repeat("x", 251), false},
+		{"site empty", CheckSite, "", false},
+		{"interface", CheckInterface, "eth0", true},
+		{"interface vlan", CheckInterface, "eth0.100", true},
+		{"interface 16", CheckInterface, strings.Repeat("e", 16), false},
+		{"interface slash", CheckInterface, "a/b", false},
+		{"interface alias", CheckInterface, "eth0:1", false},
+		{"interface empty", CheckInterface, "", false},
+	}
+	for _, tt := range tests {
+		if err := tt.check(tt.in); (err == nil) != tt.ok {
+			t.Errorf("%s: check(%q) = %v, want ok %v", tt.name, tt.in, err, tt.ok)
+		}
+	}
+}
