@@ -100,7 +100,8 @@ type engine struct {
 	probeHold time.Time   // no probe attempt starts before this
 	// lastMC is when each record last went out by multicast as an answer or
 	// announcement, per interface (RFC 6762 §6: at most once a second).
-	lastMC map[mcKey]time.Time
+	lastMC        map[mcKey]time.Time
+	unreadableLog time.Time // when unreadable records were last logged
 }
 
 // mcKey names one record on one interface for the one-second rule.
@@ -792,8 +793,13 @@ func (e *engine) handle(p packet, now time.Time) {
 		skipped = 1
 	}
 	if skipped > 0 {
-		e.r.skipped.Add(int64(skipped))
-		e.log.Debug("mdns: skipped unreadable records", "src", p.src, "records", skipped, "err", err)
+		total := e.r.skipped.Add(int64(skipped))
+		// At most one line a minute: a broken host may send many.
+		if now.Sub(e.unreadableLog) >= time.Minute {
+			e.unreadableLog = now
+			e.log.Info("mdns: skipped records another host sent that cannot be read; the rest of its packets is used",
+				"src", p.src, "iface", ni.Name, "records", skipped, "total", total, "err", err)
+		}
 	}
 	if m == nil || m.Opcode != dns.OpcodeQuery || m.Rcode != dns.RcodeSuccess {
 		return // RFC 6762 §18.3, §18.11

@@ -265,7 +265,7 @@ func TestUnreadableNSECFromARealPeer(t *testing.T) {
 	}
 }
 
-func TestLegacyQueryFromOffLink(t *testing.T) {
+func TestOneShotAndDualStackQueries(t *testing.T) {
 	// C gets a second address in a subnet the relay does not have, and the
 	// relay a route to it through C, so an answer would arrive: RFC 6762
 	// §11 says not to send one.
@@ -287,6 +287,15 @@ func TestLegacyQueryFromOffLink(t *testing.T) {
 	t.Logf("FIGURE one-shot (legacy unicast) query for siterelay.local A, cold for the querier, round trip: %s", strings.Join(times, ", "))
 	if got := l.Client(t, l.NS("c"), "query", "siterelay.local", "203.0.113.2", "192.0.2.1"); got != "NOANSWER" {
 		t.Errorf("one-shot query from off-link 203.0.113.2: %q, want NOANSWER", got)
+	}
+
+	// One query sent over IPv4 and IPv6 at once, as dual-stack hosts do:
+	// one answer (which the relay multicasts over both, so two packets),
+	// not one per copy of the query (RFC 6762 §6).
+	relay.WaitLine(t, "^EVENT announced", 10*time.Second)
+	got := l.Client(t, l.NS("c"), "dualquery", "siterelay.local", "dev0", "192.0.2.2")
+	if n := mdnslab.Field(strings.ReplaceAll(got, "ANSWERS ", "n="), "n"); n < 1 || n > 2 {
+		t.Errorf("one query over IPv4 and IPv6: %q, want ANSWERS 1 or 2 (one answer, over one or both families)", got)
 	}
 	relay.Stop(t)
 }
