@@ -295,6 +295,18 @@ func TestHeldNameIsLostOnlyToAnAnswerToAProbe(t *testing.T) {
 	}
 }
 
+func TestResponseFromAnotherPortIsIgnored(t *testing.T) {
+	// RFC 6762 §6: responses come from port 5353; others are silently
+	// ignored (any unprivileged program could send them).
+	f := newFakeEngine(t, nil)
+	f.startProbing()
+	f.handle(response(aRR("relay.local.", "192.0.2.99", 120)), netip.MustParseAddrPort("192.0.2.99:40000"))
+	f.advance(10 * time.Second)
+	if got := f.e.host; got != "relay" {
+		t.Errorf("host = %q after a response from port 40000, want relay", got)
+	}
+}
+
 func TestRenameSaysNoGoodbyeForTheWinnersRecords(t *testing.T) {
 	// Another relay set up the same way starts announcing our instance name
 	// (same PTR, same TXT); it answers our re-probe, so we rename. No TTL 0

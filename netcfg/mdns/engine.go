@@ -816,6 +816,9 @@ func (e *engine) handle(p packet, now time.Time) {
 		return
 	}
 	if m.Response {
+		if p.src.Port() != mdnsPort {
+			return // RFC 6762 §6: a response from another port is silently ignored
+		}
 		e.handleResponse(ni, m, now)
 		return
 	}

@@ -265,6 +265,63 @@ func TestUnreadableNSECFromARealPeer(t *testing.T) {
 	}
 }
 
+const spoofEnv = "SITERELAY_MDNS_SPOOF"
+
+// TestHelperSpoof is not a test: from namespace C it multicasts one
+// unsolicited response claiming siterelay.local at 192.0.2.66, over IPv4
+// and then IPv6 as a dual-stack host sends it, and exits; it never
+// answers a probe.
+func TestHelperSpoof(t *testing.T) {
+	if os.Getenv(spoofEnv) != "1" {
+		t.Skip("helper process only")
+	}
+	ifc, err := net.InterfaceByName("dev0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := response(aRR("siterelay.local.", "192.0.2.66", hostTTL)).Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c4, err := net.ListenUDP("udp4", &net.UDPAddr{Port: mdnsPort})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p4 := ipv4.NewPacketConn(c4)
+	if err := p4.SetMulticastInterface(ifc); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p4.WriteTo(b, nil, &net.UDPAddr{IP: group4.AsSlice(), Port: mdnsPort}); err != nil {
+		t.Fatal(err)
+	}
+	c6, err := net.ListenUDP("udp6", &net.UDPAddr{Port: mdnsPort})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c6.WriteTo(b, &net.UDPAddr{IP: group6.AsSlice(), Port: mdnsPort, Zone: "dev0"}); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println("SENT")
+}
+
+func TestSpoofedRecordOverBothFamilies(t *testing.T) {
+	// One spoofed A record for the relay's name, heard over IPv4 and IPv6:
+	// the relay probes again (RFC 6762 §9), nobody answers, it keeps its name.
+	l := mdnslab.New(t)
+	relay := startRelay(t, l, "siterelay")
+	relay.WaitLine(t, "^EVENT announced", 20*time.Second)
+	spoof := l.StartSelf(t, l.NS("c"), "TestHelperSpoof", spoofEnv+"=1")
+	spoof.WaitLine(t, "^SENT", 20*time.Second)
+	ev := relay.WaitLine(t, "^EVENT (claimed|renamed)", 10*time.Second)
+	if !strings.HasPrefix(ev, "EVENT claimed siterelay name=siterelay ") {
+		t.Errorf("after one spoofed record over IPv4 and IPv6 the relay says %q; want it to probe again and keep siterelay", ev)
+	}
+	if got := l.Client(t, l.NS("c"), "query", "siterelay.local", "192.0.2.2", "192.0.2.1"); !strings.HasSuffix(got, " 192.0.2.1") {
+		t.Errorf("one-shot query after the spoof: %q, want the relay's 192.0.2.1", got)
+	}
+	relay.Stop(t)
+}
+
 func TestOneShotAndDualStackQueries(t *testing.T) {
 	// C gets a second address in a subnet the relay does not have, and the
 	// relay a route to it through C, so an answer would arrive: RFC 6762
