@@ -322,6 +322,96 @@ func TestSpoofedRecordOverBothFamilies(t *testing.T) {
 	relay.Stop(t)
 }
 
+const winnerEnv = "SITERELAY_MDNS_WINNER"
+
+// TestHelperWinner is not a test: a host in namespace C that starts
+// announcing the relay's instance name "siterelay Plant 3" for _smtp._tcp
+// (the same PTR and TXT as the relay's, its own SRV) and answers the
+// relay's probes for it, so the relay must rename. It prints every record
+// of the relay's with TTL 0 that names the lost instance or points at it.
+func TestHelperWinner(t *testing.T) {
+	if os.Getenv(winnerEnv) != "1" {
+		t.Skip("helper process only")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	ifc, err := net.InterfaceByName("dev0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.ListenMulticastUDP("udp4", ifc, &net.UDPAddr{IP: group4.AsSlice(), Port: mdnsPort})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { <-ctx.Done(); c.Close() }()
+	p := ipv4.NewPacketConn(c)
+	if err := p.SetMulticastInterface(ifc); err != nil {
+		t.Fatal(err)
+	}
+	_ = p.SetMulticastLoopback(false)
+	const inst = `siterelay\ Plant\ 3._smtp._tcp.local.`
+	ours := response(
+		ptr("_smtp._tcp.local.", inst, otherTTL),
+		&dns.SRV{Hdr: hdr(inst, dns.TypeSRV, true, hostTTL), Port: 25, Target: "winner.local."},
+		&dns.TXT{Hdr: hdr(inst, dns.TypeTXT, true, otherTTL), Txt: []string{"site=Plant 3", "tls=starttls", "auth=none"}},
+		aRR("winner.local.", "192.0.2.2", hostTTL))
+	pkt, err := ours.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	group := &net.UDPAddr{IP: group4.AsSlice(), Port: mdnsPort}
+	if _, err := c.WriteToUDP(pkt, group); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println("ANNOUNCED")
+	buf := make([]byte, 9000)
+	for {
+		n, src, err := c.ReadFromUDP(buf)
+		if err != nil {
+			return
+		}
+		m := new(dns.Msg)
+		if m.Unpack(buf[:n]) != nil {
+			continue
+		}
+		if !m.Response {
+			if len(m.Ns) > 0 && slices.ContainsFunc(m.Question, func(q dns.Question) bool { return strings.EqualFold(q.Name, inst) }) {
+				_, _ = c.WriteToUDP(pkt, group) // defend the name
+				fmt.Println("DEFENDED against", src)
+			}
+			continue
+		}
+		for _, rr := range m.Answer {
+			if rr.Header().Ttl == 0 && subject(rr) == strings.ToLower(inst) {
+				fmt.Println("GOODBYE", src, rr)
+			}
+		}
+	}
+}
+
+func TestRenameSaysNoGoodbyeForTheWinnersPTR(t *testing.T) {
+	l := mdnslab.New(t)
+	relay := startRelay(t, l, "siterelay")
+	relay.WaitLine(t, "^EVENT announced", 20*time.Second)
+	winner := l.StartSelf(t, l.NS("c"), "TestHelperWinner", winnerEnv+"=1")
+	winner.WaitLine(t, "^ANNOUNCED", 20*time.Second)
+	ev := relay.WaitLine(t, "^EVENT renamed", 10*time.Second)
+	if !strings.HasPrefix(ev, "EVENT renamed siterelay Plant 3 siterelay Plant 3 (2) ") {
+		t.Errorf("relay: %q, want the instance renamed to \"siterelay Plant 3 (2)\"", ev)
+	}
+	relay.WaitLine(t, "^EVENT announced", 10*time.Second)
+	out := winner.Output(t)
+	if !strings.Contains(out, "DEFENDED") {
+		t.Errorf("the winner never answered a probe; its output:\n%s", out)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "GOODBYE") {
+			t.Errorf("the relay said goodbye for a record that is now the winner's: %s", line)
+		}
+	}
+	relay.Stop(t)
+}
+
 func TestOneShotAndDualStackQueries(t *testing.T) {
 	// C gets a second address in a subnet the relay does not have, and the
 	// relay a route to it through C, so an answer would arrive: RFC 6762

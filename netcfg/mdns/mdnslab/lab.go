@@ -165,6 +165,15 @@ func (p *Proc) Stop(t *testing.T) {
 	}
 }
 
+// Output stops the process if it runs and returns everything it printed.
+func (p *Proc) Output(t *testing.T) string {
+	p.Stop(t)
+	for line := range p.lines {
+		p.Log.WriteString(line + "\n")
+	}
+	return p.Log.String()
+}
+
 // WaitLine returns the first line matching re.
 func (p *Proc) WaitLine(t *testing.T, re string, within time.Duration) string {
 	t.Helper()
