@@ -224,6 +224,11 @@ func TestProbesAskOnlyForNamesStillWanted(t *testing.T) {
 		{"instance lost", func(f *fakeEngine) {
 			f.handle(response(&dns.SRV{Hdr: hdr(instSMTP, dns.TypeSRV, true, 120), Port: 2525, Target: "other.local."}), peer4)
 		}, []string{"relay.local.", `siterelay\ plant\ 3\ \(2\)._smtp._tcp.local.`, sub}},
+		{"instance lost to an answer with several records for it", func(f *fakeEngine) {
+			f.handle(response(
+				&dns.SRV{Hdr: hdr(instSMTP, dns.TypeSRV, true, 120), Port: 2525, Target: "other.local."},
+				&dns.TXT{Hdr: hdr(instSMTP, dns.TypeTXT, true, 4500), Txt: []string{"other=1"}}), peer4)
+		}, []string{"relay.local.", `siterelay\ plant\ 3\ \(2\)._smtp._tcp.local.`, sub}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
