@@ -21,7 +21,7 @@ import (
 // directory, where management can change them later; the image's copies
 // are never read again once the state directory has its own.
 const (
-	SiteFile        = "site.json"       // Site: host name, network, NTP, admins
+	SiteFile        = "site.json"       // Site: host name, network, NTP, admins, discovery
 	ConfigFileName  = "config.json"     // the relay's configuration document
 	TailnetKeyFile  = "tailnet-authkey" // the tailnet join key (optional)
 	TailnetKeyState = "secrets/tailnet-authkey"
