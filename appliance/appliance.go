@@ -96,7 +96,7 @@ func Run(ctx context.Context, o Options) error {
 		o.StateDir, o.ConfigFile = bo.StateDir, box.ConfigFile
 		console("box prepared (first boot: %v)", box.FirstBoot)
 		if o.Discovery == nil && box.Site != nil && box.Site.Hostname != "" {
-			o.Discovery = &Discovery{Hostname: box.Site.Hostname}
+			o.Discovery = siteDiscovery(box.Site)
 		}
 	}
 	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {

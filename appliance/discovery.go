@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -18,6 +19,8 @@ type Discovery struct {
 	Hostname string
 	// Site goes into every service's TXT as site=<Site>.
 	Site string
+	// Instance is the service instance name devices list; empty means the host name.
+	Instance string
 	// Interfaces are the plant-side interfaces; empty means every one that
 	// is up except loopback and the tailnet's.
 	Interfaces []string
@@ -25,11 +28,29 @@ type Discovery struct {
 	HTTPPort int
 }
 
+// siteDiscovery returns what the box announces for site: its host name, the
+// site's plant interfaces, its site name (default: the host name) and its
+// instance name (default: "siterelay <site>").
+func siteDiscovery(s *Site) *Discovery {
+	d := &Discovery{Hostname: s.Hostname, Site: s.Discovery.Site, Interfaces: slices.Clone(s.Discovery.Interfaces),
+		Instance: s.Discovery.Instance}
+	if d.Site == "" {
+		d.Site = s.Hostname
+	}
+	if d.Instance == "" {
+		d.Instance = "siterelay " + d.Site
+		if len(d.Instance) > 63 { // a long site name: cut at a character boundary
+			d.Instance = strings.ToValidUTF8(d.Instance[:63], "")
+		}
+	}
+	return d
+}
+
 // services are the DNS-SD services for what the relay really listens on:
 // a listener bound to loopback is not announced, and TXT says whether TLS
 // and login are offered or required, which is what a technician setting up
 // a printer needs to know.
-func services(st relay.Status, httpPort int) []mdns.Service {
+func services(st relay.Status, httpPort int, instance string) []mdns.Service {
 	var out []mdns.Service
 	for _, l := range st.Listeners {
 		_, port, err := net.SplitHostPort(l.Address)
@@ -41,12 +62,12 @@ func services(st relay.Status, httpPort int) []mdns.Service {
 		if l.Mode == "submission" {
 			typ = "_submission._tcp"
 		}
-		out = append(out, mdns.Service{Type: typ, Port: p, TXT: []string{
+		out = append(out, mdns.Service{Instance: instance, Type: typ, Port: p, TXT: []string{
 			"tls=" + l.TLS, "auth=" + l.Auth, "listener=" + l.Name, "maxsize=" + strconv.FormatInt(st.MaxMessageBytes, 10),
 		}})
 	}
 	if httpPort != 0 {
-		out = append(out, mdns.Service{Type: "_http._tcp", Port: httpPort, TXT: []string{"path=/"}})
+		out = append(out, mdns.Service{Instance: instance, Type: "_http._tcp", Port: httpPort, TXT: []string{"path=/"}})
 	}
 	return out
 }
@@ -59,7 +80,7 @@ func runDiscovery(ctx context.Context, d Discovery, st relay.Status, log *slog.L
 		host = host[:i]
 	}
 	r, err = mdns.New(mdns.Options{Hostname: host, Site: d.Site, Interfaces: d.Interfaces,
-		Services: services(st, d.HTTPPort), Logger: log.With("part", "mdns")})
+		Services: services(st, d.HTTPPort, d.Instance), Logger: log.With("part", "mdns")})
 	if err != nil {
 		return nil, nil, fmt.Errorf("discovery: %w", err)
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/siterelay/siterelay/netcfg"
+	"github.com/siterelay/siterelay/netcfg/mdns"
 	"github.com/siterelay/siterelay/relay/durable"
 	"github.com/siterelay/siterelay/relay/layout"
 )
@@ -23,6 +24,47 @@ type Site struct {
 	NTP      []string      `json:"ntp,omitempty"`
 	// Admins are the tailnet identities that may administer the box.
 	Admins []string `json:"admins"`
+	// Discovery is how the box announces itself on the plant network
+	// (docs/discovery.md); every key is optional.
+	Discovery SiteDiscovery `json:"discovery,omitzero"`
+}
+
+// SiteDiscovery is the site file's "discovery" section. The same keys are
+// in images/sitegen's copy of the site schema.
+type SiteDiscovery struct {
+	// Interfaces are the plant-side interfaces to answer on; empty means
+	// every interface that is up except loopback and the tailnet's.
+	Interfaces []string `json:"interfaces,omitempty"`
+	// Site is the plant's name, sent as site=<Site>; default the host name.
+	Site string `json:"site,omitempty"`
+	// Instance is the name devices list ("siterelay Plant 3"); default
+	// "siterelay <Site>".
+	Instance string `json:"instance,omitempty"`
+}
+
+// Check returns the problems of d, each naming its key under prefix.
+func (d SiteDiscovery) Check(prefix string) []error {
+	var errs []error
+	seen := map[string]bool{}
+	for i, n := range d.Interfaces {
+		if err := mdns.CheckInterface(n); err != nil {
+			errs = append(errs, fmt.Errorf("%sinterfaces[%d]: %w", prefix, i, err))
+		} else if seen[n] {
+			errs = append(errs, fmt.Errorf("%sinterfaces[%d]: %q appears twice", prefix, i, n))
+		}
+		seen[n] = true
+	}
+	if d.Site != "" {
+		if err := mdns.CheckSite(d.Site); err != nil {
+			errs = append(errs, fmt.Errorf("%ssite: %w", prefix, err))
+		}
+	}
+	if d.Instance != "" {
+		if err := mdns.CheckInstance(d.Instance); err != nil {
+			errs = append(errs, fmt.Errorf("%sinstance: %w", prefix, err))
+		}
+	}
+	return errs
 }
 
 // BoxOptions say where the box's parts are.
@@ -120,6 +162,9 @@ func LoadSite(path string) (*Site, error) {
 	}
 	if errs := s.Network.Validate("network."); len(errs) > 0 {
 		return nil, fmt.Errorf("site settings %s: %w", path, errs)
+	}
+	if errs := s.Discovery.Check("discovery."); len(errs) > 0 {
+		return nil, fmt.Errorf("site settings %s: %w", path, errors.Join(errs...))
 	}
 	return &s, nil
 }

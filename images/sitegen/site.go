@@ -10,6 +10,7 @@ import (
 	"regexp"
 
 	"github.com/siterelay/siterelay/netcfg"
+	"github.com/siterelay/siterelay/netcfg/mdns"
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/strictjson"
 )
@@ -24,6 +25,20 @@ type Site struct {
 	NTP      []string        `json:"ntp,omitempty"`
 	Tailnet  Tailnet         `json:"tailnet"`
 	Relay    json.RawMessage `json:"relay"`
+	// Discovery is how the box announces itself by mDNS; optional.
+	Discovery Discovery `json:"discovery,omitzero"`
+}
+
+// Discovery is the site file's "discovery" section, as appliance.SiteDiscovery
+// reads it on the box (docs/discovery.md).
+type Discovery struct {
+	// Interfaces are the plant-side interfaces to answer on; empty means
+	// every interface that is up except loopback and the tailnet's.
+	Interfaces []string `json:"interfaces,omitempty"`
+	// Site is the plant's name, sent as site=<Site>; default the host name.
+	Site string `json:"site,omitempty"`
+	// Instance is the name devices list; default "siterelay <Site>".
+	Instance string `json:"instance,omitempty"`
 }
 
 // Tailnet is how the box joins the management tailnet.
@@ -50,6 +65,8 @@ type Bootstrap struct {
 	Network  netcfg.Config `json:"network"`
 	NTP      []string      `json:"ntp,omitempty"`
 	Admins   []string      `json:"admins"`
+	// Discovery goes as it is: the box fills in the defaults.
+	Discovery Discovery `json:"discovery,omitzero"`
 }
 
 var (
@@ -100,6 +117,26 @@ func ParseSite(b []byte) (*Site, *config.Config, error) {
 			bad(k, "%q appears twice", a)
 		}
 		seen[a] = true
+	}
+	seenIf := map[string]bool{}
+	for i, n := range s.Discovery.Interfaces {
+		k := fmt.Sprintf("discovery.interfaces[%d]", i)
+		if err := mdns.CheckInterface(n); err != nil {
+			bad(k, "%v", err)
+		} else if seenIf[n] {
+			bad(k, "%q appears twice", n)
+		}
+		seenIf[n] = true
+	}
+	if d := s.Discovery.Site; d != "" {
+		if err := mdns.CheckSite(d); err != nil {
+			bad("discovery.site", "%v", err)
+		}
+	}
+	if d := s.Discovery.Instance; d != "" {
+		if err := mdns.CheckInstance(d); err != nil {
+			bad("discovery.instance", "%v", err)
+		}
 	}
 	var relay *config.Config
 	if len(s.Relay) == 0 || string(s.Relay) == "null" {

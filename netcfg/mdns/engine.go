@@ -98,11 +98,22 @@ type engine struct {
 	losses    []time.Time // conflicts in the last conflictWindow
 	limited   bool        // fifteen conflicts came within conflictWindow, and no quiet window since
 	probeHold time.Time   // no probe attempt starts before this
+	// lastMC is when each record last went out by multicast as an answer or
+	// announcement, per interface (RFC 6762 §6: at most once a second).
+	lastMC        map[mcKey]time.Time
+	unreadableLog time.Time // when unreadable records were last logged
+}
+
+// mcKey names one record on one interface for the one-second rule.
+type mcKey struct {
+	ifIndex int
+	rr      string // lower-case name, type, class and data
 }
 
 func newEngine(r *Responder, tr transport, list func() ([]netIface, error), svcs []Service) *engine {
 	e := &engine{r: r, tr: tr, list: list, log: r.log, t: r.timing, host: r.Name(), base: r.Name(),
-		ifs: map[int]*ifState{}, own: addrSet{}, told: map[string]bool{}, random: r.opts.random}
+		ifs: map[int]*ifState{}, own: addrSet{}, told: map[string]bool{}, random: r.opts.random,
+		lastMC: map[mcKey]time.Time{}}
 	if e.random == nil {
 		e.random = func(max time.Duration) time.Duration { return rand.N(max + 1) }
 	}
@@ -504,6 +515,9 @@ func (e *engine) probeRecords(ni *ifState) []dns.RR {
 func (e *engine) tick(now time.Time) {
 	e.flush(now)
 	if p := e.probe; p != nil && !now.Before(p.next) {
+		e.pruneProbe()
+	}
+	if p := e.probe; p != nil && !now.Before(p.next) {
 		if p.sent < probes {
 			for _, i := range e.allIfaces() {
 				if !p.ifaces[i] {
@@ -542,7 +556,9 @@ func (e *engine) tick(now time.Time) {
 	if a := e.ann; a != nil && !now.Before(a.next) {
 		for _, i := range e.allIfaces() {
 			if a.ifaces[i] {
-				e.sendRecords(e.ifs[i], e.served(e.ifs[i]))
+				rrs := e.served(e.ifs[i])
+				e.noteMulticast(i, rrs, now)
+				e.sendRecords(e.ifs[i], rrs)
 			}
 		}
 		a.left--
@@ -551,6 +567,20 @@ func (e *engine) tick(now time.Time) {
 			e.ann = nil
 			e.event("announced")
 		}
+	}
+}
+
+// pruneProbe drops from the probe the names this host no longer wants (lost
+// to another host, or a service withdrawn meanwhile), so no probe asks for them.
+func (e *engine) pruneProbe() {
+	want := e.uniqueNames()
+	for n := range e.probe.names {
+		if !slices.Contains(want, n) {
+			delete(e.probe.names, n)
+		}
+	}
+	if len(e.probe.names) == 0 {
+		e.probe = nil
 	}
 }
 
@@ -568,12 +598,13 @@ func (e *engine) displayName(lower string) string {
 }
 
 // conflict renames the owner of name and probes the new name everywhere.
+// It says no goodbye for the lost name: its records, and the shared PTR
+// that points at it, are now the other host's (two relays set up alike have
+// the same PTR and TXT), and a TTL 0 copy would tell every cache to drop
+// the winner's. The winner's cache-flush announcements replace ours.
 func (e *engine) conflict(name string, now time.Time) {
 	var newName string
 	if name == strings.ToLower(e.hostName()) {
-		if e.told[name] {
-			e.goodbyeSubject(name)
-		}
 		from := e.host
 		e.host = nextLabel(e.host, true)
 		e.r.name.Store(e.host)
@@ -584,9 +615,6 @@ func (e *engine) conflict(name string, now time.Time) {
 		for _, s := range e.svcs {
 			if strings.ToLower(s.name()) != name {
 				continue
-			}
-			if e.told[name] {
-				e.goodbyeSubject(name)
 			}
 			from := s.Instance
 			s.Instance = nextLabel(s.Instance, false)
@@ -626,19 +654,6 @@ func (e *engine) noteConflict(now time.Time) {
 	}
 }
 
-func (e *engine) goodbyeSubject(name string) {
-	for _, i := range e.allIfaces() {
-		ni := e.ifs[i]
-		var rrs []dns.RR
-		for _, rr := range e.records(ni) {
-			if subject(rr) == name {
-				rrs = append(rrs, rr)
-			}
-		}
-		e.sendRecords(ni, withTTL(rrs, 0))
-	}
-}
-
 // Interfaces and services.
 
 func (e *engine) poll(now time.Time) error {
@@ -669,6 +684,7 @@ func (e *engine) poll(now time.Time) error {
 			added = append(added, ni.Index)
 			continue
 		}
+		cur.Prefixes = ni.Prefixes
 		if slices.Equal(cur.Addrs, ni.Addrs) {
 			continue
 		}
@@ -772,46 +788,74 @@ func (e *engine) handle(p packet, now time.Time) {
 	if !ok || e.own.has(p.src.Addr()) {
 		return // not a plant-side interface, or our own packet looped back
 	}
-	m := new(dns.Msg)
-	if err := m.Unpack(p.data); err != nil {
-		e.log.Debug("mdns: ignoring malformed packet", "src", p.src, "err", err)
-		return
+	m, skipped, err := parseMsg(p.data)
+	if m == nil {
+		skipped = 1
 	}
-	if m.Opcode != dns.OpcodeQuery || m.Rcode != dns.RcodeSuccess {
+	if skipped > 0 {
+		total := e.r.skipped.Add(int64(skipped))
+		// At most one line a minute: a broken host may send many.
+		if now.Sub(e.unreadableLog) >= time.Minute {
+			e.unreadableLog = now
+			e.log.Info("mdns: skipped records another host sent that cannot be read; the rest of its packets is used",
+				"src", p.src, "iface", ni.Name, "records", skipped, "total", total, "err", err)
+		}
+	}
+	if m == nil || m.Opcode != dns.OpcodeQuery || m.Rcode != dns.RcodeSuccess {
 		return // RFC 6762 §18.3, §18.11
 	}
+	// RFC 6762 §11: a packet sent to one of our unicast addresses must come
+	// from the link; so must a legacy query (§6.7), whose answer goes back
+	// by unicast. A multicast from another subnet did cross the link (a
+	// device with a stray static address) and is heard; a QU question from
+	// there is answered by multicast (see answer).
+	onLink := ni.onLink(p.src.Addr())
+	unicastDst := p.dst.IsValid() && !p.dst.IsMulticast()
+	if !onLink && (unicastDst || !m.Response && p.src.Port() != mdnsPort) {
+		e.log.Debug("mdns: ignoring a packet from off the link", "src", p.src, "iface", ni.Name)
+		return
+	}
 	if m.Response {
+		if p.src.Port() != mdnsPort {
+			return // RFC 6762 §6: a response from another port is silently ignored
+		}
 		e.handleResponse(ni, m, now)
 		return
 	}
-	e.handleQuery(ni, p, m, now)
+	e.handleQuery(ni, p, m, onLink, now)
 }
 
+// handleResponse looks for other hosts' records with our unique names. A
+// record identical to ours, or a goodbye (TTL 0), is no conflict. While a
+// name is probed, a conflicting record heard after a probe went out is an
+// answer to it and costs the name (RFC 6762 §8.1). For a name already held,
+// a conflicting record only starts a new probe (§9): it may be a spoofed
+// record, or the IPv6 copy of one just heard over IPv4, and neither is an
+// answer to a probe; the name is lost only if a host answers that probe.
 func (e *engine) handleResponse(ni *ifState, m *dns.Msg, now time.Time) {
 	mine := e.records(ni)
-	uniq := e.uniqueNames()
 	for _, rr := range slices.Concat(m.Answer, m.Ns, m.Extra) {
-		name := strings.ToLower(rr.Header().Name)
-		if e.probe != nil && e.probe.ifaces[ni.Index] && e.probe.names[name] {
-			e.conflict(name, now) // RFC 6762 §8.1: any answer for a probed name
+		h := rr.Header()
+		name := strings.ToLower(h.Name)
+		if h.Ttl == 0 || slices.ContainsFunc(mine, func(o dns.RR) bool { return sameRR(o, rr) }) {
 			continue
 		}
-		t := rr.Header().Rrtype
-		if !slices.Contains(uniq, name) || rr.Header().Ttl == 0 ||
-			(t != dns.TypeA && t != dns.TypeAAAA && t != dns.TypeSRV && t != dns.TypeTXT) {
+		if pr := e.probe; pr != nil && pr.ifaces[ni.Index] && pr.names[name] {
+			if pr.sent > 0 {
+				e.conflict(name, now)
+			}
 			continue
 		}
-		if slices.ContainsFunc(mine, func(o dns.RR) bool { return sameRR(o, rr) }) {
+		t := h.Rrtype
+		if !e.told[name] || (t != dns.TypeA && t != dns.TypeAAAA && t != dns.TypeSRV && t != dns.TypeTXT) {
 			continue
 		}
-		// RFC 6762 §9: someone else claims a name we hold; probe again and
-		// rename if they answer.
-		e.log.Warn("mdns: conflicting record from another host, probing again", "name", rr.Header().Name, "record", rr.String())
+		e.log.Warn("mdns: conflicting record from another host, probing again", "name", h.Name, "record", rr.String())
 		e.startProbe([]string{name}, e.allIfaces(), now)
 	}
 }
 
-func (e *engine) handleQuery(ni *ifState, p packet, m *dns.Msg, now time.Time) {
+func (e *engine) handleQuery(ni *ifState, p packet, m *dns.Msg, onLink bool, now time.Time) {
 	// RFC 6762 §8.2: a simultaneous probe for a name we are probing.
 	if pr := e.probe; pr != nil && pr.ifaces[ni.Index] && len(m.Ns) > 0 {
 		for _, q := range m.Question {
@@ -843,10 +887,11 @@ func (e *engine) handleQuery(ni *ifState, p packet, m *dns.Msg, now time.Time) {
 	if len(m.Answer) > 0 {
 		e.suppressPending(ni.Index, p.src.Addr(), m.Answer)
 	}
-	e.answer(ni, p, m, now)
+	e.answer(ni, p, m, onLink, now)
 }
 
-func (e *engine) answer(ni *ifState, p packet, m *dns.Msg, now time.Time) {
+// answer answers query m heard on ni from p.src (onLink: a source on ni's link).
+func (e *engine) answer(ni *ifState, p packet, m *dns.Msg, onLink bool, now time.Time) {
 	served := e.served(ni)
 	legacy := p.src.Port() != mdnsPort
 	allQU := len(m.Question) > 0
@@ -885,26 +930,78 @@ func (e *engine) answer(ni *ifState, p packet, m *dns.Msg, now time.Time) {
 		return
 	}
 	dst := netip.AddrPort{}
-	if allQU && len(m.Ns) == 0 { // QU question; probes are answered by multicast so all hear the defence
+	if allQU && len(m.Ns) == 0 && onLink { // QU question; probes are answered by multicast so all hear the defence
 		dst = p.src
+	}
+	if len(m.Ns) > 0 {
+		// A probe (§8.1). §6.3: "Answers defending a name, in response to
+		// a probe for that name, are not subject to this delay rule and are
+		// still sent immediately", nor to the one-second rule (§6). Only
+		// unique records defend a name; shared ones (PTRs) in the same
+		// answer are answered as for any query.
+		var defend, shared []dns.RR
+		for _, rr := range ans {
+			if isShared(rr) {
+				shared = append(shared, rr)
+			} else {
+				defend = append(defend, rr)
+			}
+		}
+		if len(defend) > 0 {
+			e.noteMulticast(ni.Index, defend, now)
+			e.respond(ni, defend, netip.AddrPort{}, nil)
+		}
+		if ans = shared; len(ans) == 0 {
+			return
+		}
 	}
 	delay, trunc := e.responseDelay(m, ans)
 	if delay == 0 {
-		e.respond(ni, ans, dst, nil)
+		e.respondAt(ni, ans, dst, now)
 		return
 	}
 	e.queue(ni.Index, dst, trunc, now, now.Add(delay), ans, p.src.Addr())
 }
 
+// respondAt sends ans at now; by multicast, only the records not multicast
+// on ni in the last second (RFC 6762 §6): one query heard over IPv4 and
+// again over IPv6 draws one answer, not two.
+func (e *engine) respondAt(ni *ifState, ans []dns.RR, dst netip.AddrPort, now time.Time) {
+	if !dst.IsValid() {
+		ans = slices.DeleteFunc(slices.Clone(ans), func(rr dns.RR) bool {
+			last, ok := e.lastMC[mcKey{ni.Index, recordKey(rr)}]
+			return ok && now.Sub(last) < e.t.minRepeat
+		})
+		e.noteMulticast(ni.Index, ans, now)
+	}
+	e.respond(ni, ans, dst, nil)
+}
+
+// noteMulticast records that rrs went out by multicast on ifIndex at now,
+// and forgets records older than the one-second rule needs.
+func (e *engine) noteMulticast(ifIndex int, rrs []dns.RR, now time.Time) {
+	for k, t := range e.lastMC {
+		if now.Sub(t) >= e.t.minRepeat {
+			delete(e.lastMC, k)
+		}
+	}
+	for _, rr := range rrs {
+		e.lastMC[mcKey{ifIndex, recordKey(rr)}] = now
+	}
+}
+
+// recordKey identifies a record as sameRR compares them.
+func recordKey(rr dns.RR) string {
+	h := rr.Header()
+	return fmt.Sprintf("%s/%d/%d/%x", strings.ToLower(h.Name), h.Rrtype, h.Class&^cacheFlush, rdata(rr))
+}
+
 // responseDelay says how long an answer to m waits (RFC 6762 §6), and
 // whether it waits for known-answer continuation packets (§7.2). QU
-// answers wait as multicast ones do: §6 makes no exception for them.
+// answers wait as multicast ones do: §6 makes no exception for them. A
+// probe's defence never comes here (see answer).
 func (e *engine) responseDelay(m *dns.Msg, ans []dns.RR) (time.Duration, bool) {
 	switch {
-	case len(m.Ns) > 0:
-		// §6.3: "Answers defending a name, in response to a probe for that
-		// name, are not subject to this delay rule and are still sent immediately."
-		return 0, false
 	case m.Truncated:
 		// §6, §7.2: more known answers follow; give them 400–500 ms to arrive.
 		return truncDelayMin + e.random(truncDelayMax-truncDelayMin), true
@@ -989,7 +1086,7 @@ func (e *engine) flush(now time.Time) {
 				ans = append(ans, served[i])
 			}
 		}
-		e.respond(ni, ans, q.dst, nil)
+		e.respondAt(ni, ans, q.dst, now)
 	}
 }
 

@@ -67,7 +67,7 @@ func newFakeEngine(t *testing.T, random func(time.Duration) time.Duration) *fake
 		t.Fatal(err)
 	}
 	f.e = newEngine(r, f.tr, nil, r.services)
-	f.e.ifs[2] = &ifState{netIface{Index: 2, Name: "lan0", Flags: up, Addrs: []netip.Addr{lanAddr, lanAddr6}}}
+	f.e.ifs[2] = &ifState{netIface{Index: 2, Name: "lan0", Flags: up, Addrs: []netip.Addr{lanAddr, lanAddr6}, Prefixes: lanPrefixes}}
 	return f
 }
 

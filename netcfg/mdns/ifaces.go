@@ -14,6 +14,24 @@ type netIface struct {
 	Name  string
 	Flags net.Flags
 	Addrs []netip.Addr // without zone
+	// Prefixes are the subnets of Addrs: a unicast query must come from
+	// one of them, or from a link-local address (RFC 6762 §11).
+	Prefixes []netip.Prefix
+}
+
+// onLink reports whether a is on this interface's link as far as the box
+// can tell: link-local, or inside one of the interface's subnets.
+func (ni netIface) onLink(a netip.Addr) bool {
+	a = a.Unmap().WithZone("")
+	if a.IsLinkLocalUnicast() {
+		return true
+	}
+	for _, p := range ni.Prefixes {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 func systemInterfaces() ([]netIface, error) {
@@ -31,7 +49,11 @@ func systemInterfaces() ([]netIface, error) {
 		for _, a := range addrs {
 			if p, ok := a.(*net.IPNet); ok {
 				if ip, ok := netip.AddrFromSlice(p.IP); ok {
-					ni.Addrs = append(ni.Addrs, ip.Unmap())
+					ip = ip.Unmap()
+					ni.Addrs = append(ni.Addrs, ip)
+					if ones, bits := p.Mask.Size(); bits > 0 {
+						ni.Prefixes = append(ni.Prefixes, netip.PrefixFrom(ip, ones).Masked())
+					}
 				}
 			}
 		}

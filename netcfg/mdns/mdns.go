@@ -73,6 +73,7 @@ type timing struct {
 	announceGap   time.Duration // between the announcements
 	deferOnLoss   time.Duration // after losing a simultaneous-probe tie-break
 	poll          time.Duration // how often interfaces and addresses are re-read
+	minRepeat     time.Duration // RFC 6762 §6: least time between two multicasts of one record as an answer
 }
 
 var defaultTiming = timing{
@@ -81,6 +82,7 @@ var defaultTiming = timing{
 	announceGap:   time.Second,
 	deferOnLoss:   time.Second,
 	poll:          2 * time.Second,
+	minRepeat:     time.Second,
 }
 
 // Responder answers and announces on the chosen interfaces until its Run returns.
@@ -93,6 +95,7 @@ type Responder struct {
 	svcCh   chan []Service
 	running atomic.Bool
 	sent    atomic.Int64 // packets sent, for figures and tests
+	skipped atomic.Int64 // received records (or packets) that could not be read
 
 	mu       sync.Mutex
 	services []Service // validated, last set by New or SetServices
@@ -105,8 +108,8 @@ func New(opts Options) (*Responder, error) {
 		return nil, fmt.Errorf("mdns: host name %q: %w", opts.Hostname, err)
 	}
 	for _, n := range opts.Interfaces {
-		if n == "" || len(n) > 15 || strings.ContainsAny(n, "/ \t") {
-			return nil, fmt.Errorf("mdns: interface name %q is not a valid Linux interface name", n)
+		if err := CheckInterface(n); err != nil {
+			return nil, fmt.Errorf("mdns: %w", err)
 		}
 	}
 	svcs, err := checkServices(opts.Services, host, opts.Site)
@@ -130,6 +133,11 @@ func (r *Responder) Name() string { return r.name.Load().(string) }
 
 // PacketsSent counts the mDNS datagrams sent so far (a multicast over IPv4 and IPv6 counts two).
 func (r *Responder) PacketsSent() int64 { return r.sent.Load() }
+
+// Unreadable counts the received records that could not be read and were
+// skipped (the rest of their packet was still used), plus packets too short
+// to hold a DNS header. A steady rise means a broken or hostile host on the link.
+func (r *Responder) Unreadable() int64 { return r.skipped.Load() }
 
 // SetServices replaces the advertised services: removed ones get goodbye
 // packets, new ones are probed and announced, changed ones re-announced.
@@ -157,8 +165,8 @@ func checkServices(in []Service, host, site string) ([]Service, error) {
 		if s.Instance == "" {
 			s.Instance = host
 		}
-		if len(s.Instance) > 63 || !utf8.ValidString(s.Instance) || strings.ContainsAny(s.Instance, "\x00") {
-			return nil, fmt.Errorf("mdns: service instance %q: must be valid UTF-8 of at most 63 bytes", s.Instance)
+		if err := CheckInstance(s.Instance); err != nil {
+			return nil, fmt.Errorf("mdns: service %w", err)
 		}
 		if err := checkType(s.Type); err != nil {
 			return nil, fmt.Errorf("mdns: service %q type %q: %w", s.Instance, s.Type, err)
@@ -180,11 +188,10 @@ func checkServices(in []Service, host, site string) ([]Service, error) {
 			}
 		}
 		if site != "" && !hasSite {
-			kv := "site=" + site
-			if len(kv) > 255 {
-				return nil, fmt.Errorf("mdns: site %.20q…: longer than 250 bytes", site)
+			if err := CheckSite(site); err != nil {
+				return nil, fmt.Errorf("mdns: %w", err)
 			}
-			txt = append([]string{kv}, txt...)
+			txt = append([]string{"site=" + site}, txt...)
 		}
 		s.TXT = txt
 		key := strings.ToLower(s.Instance + "." + s.Type)
@@ -195,6 +202,37 @@ func checkServices(in []Service, host, site string) ([]Service, error) {
 		out = append(out, s)
 	}
 	return out, nil
+}
+
+// The checks below are exported so that the site file's discovery keys
+// are refused when the site file is read or an image is built, with the
+// same words, rather than when the box starts announcing.
+
+// CheckInstance accepts a DNS-SD service instance name (RFC 6763 §4.1.1):
+// any UTF-8 text of 1 to 63 bytes without control characters.
+func CheckInstance(s string) error {
+	if s == "" || len(s) > 63 || !utf8.ValidString(s) || strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return fmt.Errorf("instance %q: must be text of 1 to 63 bytes (UTF-8, no control characters)", s)
+	}
+	return nil
+}
+
+// CheckSite accepts a site name for the TXT key site=: UTF-8 text of 1 to
+// 250 bytes (a TXT string holds 255, "site=" takes five).
+func CheckSite(s string) error {
+	if s == "" || len(s) > 250 || !utf8.ValidString(s) || strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return fmt.Errorf("site %.20q: must be text of 1 to 250 bytes (UTF-8, no control characters)", s)
+	}
+	return nil
+}
+
+// CheckInterface accepts a Linux interface name (1 to 15 bytes, no '/',
+// blanks or ':').
+func CheckInterface(n string) error {
+	if n == "" || len(n) > 15 || n == "." || n == ".." || strings.ContainsAny(n, "/: \t\n") {
+		return fmt.Errorf("interface name %q is not a Linux interface name (1 to 15 characters, no '/', ':' or blanks)", n)
+	}
+	return nil
 }
 
 // checkLabel accepts a host-name label as RFC 1123 has it.

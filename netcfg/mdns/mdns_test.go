@@ -20,6 +20,7 @@ var fast = &timing{
 	announceGap:   5 * time.Millisecond,
 	deferOnLoss:   20 * time.Millisecond,
 	poll:          time.Hour,
+	minRepeat:     0, // the one-second rule is tested on the fake clock (engine_test.go)
 }
 
 const wait = 5 * time.Second // upper bound for anything to arrive; tests do not depend on it
@@ -29,6 +30,8 @@ var (
 	lanAddr6  = netip.MustParseAddr("fe80::1")
 	otherAddr = netip.MustParseAddr("198.51.100.1")
 	tsAddr    = netip.MustParseAddr("100.100.1.1")
+	// lan0's subnets: 192.0.2.0/24 and the link-local fe80::/64.
+	lanPrefixes = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("fe80::/64")}
 )
 
 // box is a responder on the in-memory network with a plant interface "lan0"
@@ -64,8 +67,8 @@ func startBox(t *testing.T, mn *memNet, opts Options, lanIP netip.Addr, tm *timi
 	t.Helper()
 	ifs := &ifList{ifs: []netIface{
 		{Index: 1, Name: "lo", Flags: net.FlagUp | net.FlagLoopback, Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}},
-		{Index: 2, Name: "lan0", Flags: up, Addrs: []netip.Addr{lanIP, lanAddr6}},
-		{Index: 3, Name: "other0", Flags: up, Addrs: []netip.Addr{otherAddr}},
+		{Index: 2, Name: "lan0", Flags: up, Addrs: []netip.Addr{lanIP, lanAddr6}, Prefixes: lanPrefixes},
+		{Index: 3, Name: "other0", Flags: up, Addrs: []netip.Addr{otherAddr}, Prefixes: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}},
 	}}
 	b := &box{done: make(chan error, 1), events: make(chan string, 64), ifs: ifs}
 	opts.transport = mn.endpoint(mdnsPort, memPort{2, "lan", lanIP}, memPort{3, "other", otherAddr})
@@ -563,7 +566,7 @@ func FuzzHandle(f *testing.F) {
 			t.Fatal(err)
 		}
 		e := newEngine(r, opts.transport, nil, r.services)
-		e.ifs[2] = &ifState{netIface{Index: 2, Name: "lan0", Flags: up, Addrs: []netip.Addr{lanAddr, lanAddr6}}}
+		e.ifs[2] = &ifState{netIface{Index: 2, Name: "lan0", Flags: up, Addrs: []netip.Addr{lanAddr, lanAddr6}, Prefixes: lanPrefixes}}
 		now := time.Now()
 		e.handle(packet{data: data, ifIndex: 2, src: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.9"), port)}, now)
 		e.startProbe(e.uniqueNames(), []int{2}, now)

@@ -79,8 +79,12 @@ func (ep *memEP) send(b []byte, ifIndex int, dst netip.AddrPort) (int, error) {
 			if p.link != from.link || dst.IsValid() && (dst.Addr() != p.addr || dst.Port() != other.port) {
 				continue
 			}
+			to := group4
+			if dst.IsValid() {
+				to = dst.Addr()
+			}
 			select {
-			case other.in <- packet{data: append([]byte(nil), b...), ifIndex: p.ifIndex, src: src}:
+			case other.in <- packet{data: append([]byte(nil), b...), ifIndex: p.ifIndex, src: src, dst: to}:
 			case <-other.done:
 			default: // a full queue drops, as a real link would
 			}

@@ -27,6 +27,9 @@ type packet struct {
 	data    []byte
 	ifIndex int
 	src     netip.AddrPort
+	// dst is the address the packet was sent to: the mDNS group, or one of
+	// ours for a unicast query (zero when the transport does not say).
+	dst netip.Addr
 }
 
 // transport moves mDNS datagrams; the real one is UDP multicast, tests use an
@@ -118,30 +121,30 @@ func (t *udpTransport) deliver(p packet) bool {
 // read4 and read6 feed one receive loop; they differ only in the control
 // message type that carries the receiving interface.
 func (t *udpTransport) read4() {
-	t.readLoop(func(b []byte) (int, int, net.Addr, error) {
+	t.readLoop(func(b []byte) (int, int, net.IP, net.Addr, error) {
 		n, cm, src, err := t.p4.ReadFrom(b)
 		if cm == nil {
-			return n, -1, src, err
+			return n, -1, nil, src, err
 		}
-		return n, cm.IfIndex, src, err
+		return n, cm.IfIndex, cm.Dst, src, err
 	})
 }
 
 func (t *udpTransport) read6() {
-	t.readLoop(func(b []byte) (int, int, net.Addr, error) {
+	t.readLoop(func(b []byte) (int, int, net.IP, net.Addr, error) {
 		n, cm, src, err := t.p6.ReadFrom(b)
 		if cm == nil {
-			return n, -1, src, err
+			return n, -1, nil, src, err
 		}
-		return n, cm.IfIndex, src, err
+		return n, cm.IfIndex, cm.Dst, src, err
 	})
 }
 
-func (t *udpTransport) readLoop(read func([]byte) (n, ifIndex int, src net.Addr, err error)) {
+func (t *udpTransport) readLoop(read func([]byte) (n, ifIndex int, dst net.IP, src net.Addr, err error)) {
 	defer t.wg.Done()
 	buf := make([]byte, 9000)
 	for {
-		n, ifIndex, src, err := read(buf)
+		n, ifIndex, dstIP, src, err := read(buf)
 		if err != nil {
 			return
 		}
@@ -149,7 +152,8 @@ func (t *udpTransport) readLoop(read func([]byte) (n, ifIndex int, src net.Addr,
 		if !ok || ifIndex < 0 {
 			continue
 		}
-		if !t.deliver(packet{data: append([]byte(nil), buf[:n]...), ifIndex: ifIndex, src: ua.AddrPort()}) {
+		dst, _ := netip.AddrFromSlice(dstIP)
+		if !t.deliver(packet{data: append([]byte(nil), buf[:n]...), ifIndex: ifIndex, src: ua.AddrPort(), dst: dst.Unmap()}) {
 			return
 		}
 	}
