@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/siterelay/siterelay/appliance/site"
 	"github.com/siterelay/siterelay/netcfg/mdns"
 	"github.com/siterelay/siterelay/relay"
 )
@@ -31,7 +32,7 @@ type Discovery struct {
 // siteDiscovery returns what the box announces for site: its host name, the
 // site's plant interfaces, its site name (default: the host name) and its
 // instance name (default: "siterelay <site>").
-func siteDiscovery(s *Site) *Discovery {
+func siteDiscovery(s *site.Site) *Discovery {
 	d := &Discovery{Hostname: s.Hostname, Site: s.Discovery.Site, Interfaces: slices.Clone(s.Discovery.Interfaces),
 		Instance: s.Discovery.Instance}
 	if d.Site == "" {

@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/siterelay/siterelay/appliance/site"
 	"github.com/siterelay/siterelay/netcfg/mdns/mdnslab"
 	"github.com/siterelay/siterelay/relay/layout"
 )
@@ -34,7 +35,7 @@ func TestHelperBoxDiscovery(t *testing.T) {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	dir := os.Getenv("BOX_DIR")
-	site, err := LoadSite(filepath.Join(dir, layout.SiteFile))
+	st, err := site.Load(filepath.Join(dir, layout.SiteFile))
 	if err != nil {
 		fmt.Println("ERROR", err)
 		os.Exit(2)
@@ -44,7 +45,7 @@ func TestHelperBoxDiscovery(t *testing.T) {
 		ConfigFile: filepath.Join(dir, layout.ConfigFile),
 		HTTPAddr:   ":8025",
 		Logger:     slog.New(slog.NewTextHandler(os.Stdout, nil)),
-		Discovery:  siteDiscovery(site),
+		Discovery:  siteDiscovery(st),
 	})
 	if err != nil {
 		fmt.Println("ERROR", err)

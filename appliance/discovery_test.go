@@ -1,12 +1,11 @@
 package appliance
 
 import (
-	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 
+	"github.com/siterelay/siterelay/appliance/site"
 	"github.com/siterelay/siterelay/netcfg/mdns"
 	"github.com/siterelay/siterelay/relay"
 )
@@ -32,16 +31,16 @@ func TestSiteDiscoveryDefaults(t *testing.T) {
 	long := strings.Repeat("é", 40) // 80 bytes
 	tests := []struct {
 		name string
-		site Site
+		site site.Site
 		want Discovery
 	}{
-		{"nothing set", Site{Hostname: "relay-plant-a"},
+		{"nothing set", site.Site{Hostname: "relay-plant-a"},
 			Discovery{Hostname: "relay-plant-a", Site: "relay-plant-a", Instance: "siterelay relay-plant-a"}},
-		{"site name", Site{Hostname: "relay", Discovery: SiteDiscovery{Site: "Plant 3"}},
+		{"site name", site.Site{Hostname: "relay", Discovery: site.Discovery{Site: "Plant 3"}},
 			Discovery{Hostname: "relay", Site: "Plant 3", Instance: "siterelay Plant 3"}},
-		{"everything", Site{Hostname: "relay", Discovery: SiteDiscovery{Interfaces: []string{"eth0", "eth1"}, Site: "Plant 3", Instance: "Mail, hall 2"}},
+		{"everything", site.Site{Hostname: "relay", Discovery: site.Discovery{Interfaces: []string{"eth0", "eth1"}, Site: "Plant 3", Instance: "Mail, hall 2"}},
 			Discovery{Hostname: "relay", Site: "Plant 3", Instance: "Mail, hall 2", Interfaces: []string{"eth0", "eth1"}}},
-		{"long site name: instance cut at a character", Site{Hostname: "relay", Discovery: SiteDiscovery{Site: long}},
+		{"long site name: instance cut at a character", site.Site{Hostname: "relay", Discovery: site.Discovery{Site: long}},
 			Discovery{Hostname: "relay", Site: long, Instance: "siterelay " + strings.Repeat("é", 26)}},
 	}
 	for _, tt := range tests {
@@ -55,30 +54,5 @@ func TestSiteDiscoveryDefaults(t *testing.T) {
 				t.Errorf("the responder refuses it: %v", err)
 			}
 		})
-	}
-}
-
-func TestLoadSiteDiscovery(t *testing.T) {
-	tests := []struct {
-		discovery string
-		want      string // in the error; "" means accepted
-	}{
-		{`{"interfaces": ["eth0"], "site": "Plant 3", "instance": "siterelay Plant 3"}`, ""},
-		{`{}`, ""},
-		{`{"interfaces": ["eth0", "eth0"]}`, "discovery.interfaces[1]"},
-		{`{"interfaces": ["a/b"]}`, "discovery.interfaces[0]"},
-		{`{"instance": "` + strings.Repeat("x", 64) + `"}`, "discovery.instance"},
-		{`{"site": "a\u0007b"}`, "discovery.site"},
-	}
-	for _, tt := range tests {
-		p := filepath.Join(t.TempDir(), "site.json")
-		body := strings.TrimSuffix(testSite, "}") + `, "discovery": ` + tt.discovery + `}`
-		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		_, err := LoadSite(p)
-		if tt.want == "" && err != nil || tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)) {
-			t.Errorf("discovery %s: LoadSite error %v, want %q", tt.discovery, err, tt.want)
-		}
 	}
 }

@@ -162,7 +162,7 @@ func Generate(repo, dir string, site *Site, relay *config.Config, t Target) (*Wo
 		files[layout.BoxBootstrapDir+"/"+name] = p
 		return nil
 	}
-	bs := Bootstrap{Hostname: site.Hostname, Network: site.Network, NTP: site.NTP, Admins: site.Tailnet.Admins, Discovery: site.Discovery}
+	bs := site.Bootstrap()
 	if err := add(layout.SiteFile, marshal(bs), 0o644); err != nil {
 		return nil, err
 	}

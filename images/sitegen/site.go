@@ -7,10 +7,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 
+	"github.com/siterelay/siterelay/appliance/site"
 	"github.com/siterelay/siterelay/netcfg"
-	"github.com/siterelay/siterelay/netcfg/mdns"
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/strictjson"
 )
@@ -26,19 +25,7 @@ type Site struct {
 	Tailnet  Tailnet         `json:"tailnet"`
 	Relay    json.RawMessage `json:"relay"`
 	// Discovery is how the box announces itself by mDNS; optional.
-	Discovery Discovery `json:"discovery,omitzero"`
-}
-
-// Discovery is the site file's "discovery" section, as appliance.SiteDiscovery
-// reads it on the box (docs/discovery.md).
-type Discovery struct {
-	// Interfaces are the plant-side interfaces to answer on; empty means
-	// every interface that is up except loopback and the tailnet's.
-	Interfaces []string `json:"interfaces,omitempty"`
-	// Site is the plant's name, sent as site=<Site>; default the host name.
-	Site string `json:"site,omitempty"`
-	// Instance is the name devices list; default "siterelay <Site>".
-	Instance string `json:"instance,omitempty"`
+	Discovery site.Discovery `json:"discovery,omitzero"`
 }
 
 // Tailnet is how the box joins the management tailnet.
@@ -59,21 +46,11 @@ type KeyError = strictjson.KeyError
 type Errors = strictjson.Errors
 
 // Bootstrap is the site's part that goes onto the box as site.json (the
-// relay settings go separately, as config.json).
-type Bootstrap struct {
-	Hostname string        `json:"hostname"`
-	Network  netcfg.Config `json:"network"`
-	NTP      []string      `json:"ntp,omitempty"`
-	Admins   []string      `json:"admins"`
-	// Discovery goes as it is: the box fills in the defaults.
-	Discovery Discovery `json:"discovery,omitzero"`
+// relay settings go separately, as config.json): the box reads it with the
+// same definition and rules.
+func (s *Site) Bootstrap() site.Site {
+	return site.Site{Hostname: s.Hostname, Network: s.Network, NTP: s.NTP, Admins: s.Tailnet.Admins, Discovery: s.Discovery}
 }
-
-var (
-	tagRE   = regexp.MustCompile(`^tag:[a-z0-9][a-z0-9-]*$`)
-	loginRE = regexp.MustCompile(`^[^@\s<>"]+@[A-Za-z0-9.-]+$`)
-	hostRE  = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$`)
-)
 
 // ParseSite decodes a site file strictly and validates every key; the
 // relay section is checked by the relay's own configuration rules.
@@ -83,60 +60,11 @@ func ParseSite(b []byte) (*Site, *config.Config, error) {
 		return nil, nil, err
 	}
 	var errs Errors
-	bad := func(key, format string, a ...any) {
-		errs = append(errs, &KeyError{Key: key, Problem: fmt.Sprintf(format, a...)})
-	}
-	if s.Hostname == "" {
-		bad("hostname", "missing: the box's name on the plant network, e.g. \"relay-plant-a\"")
-	} else if !netcfg.ValidHostname(s.Hostname) {
-		bad("hostname", "%q: want one DNS label (letters, digits, hyphens; no dots), e.g. \"relay-plant-a\"", s.Hostname)
-	}
-	for _, e := range s.Network.Validate("network.") {
-		var ke *netcfg.KeyError
-		if errors.As(e, &ke) {
-			bad(ke.Key, "%s", ke.Problem)
-		} else {
-			bad("network", "%v", e)
-		}
-	}
-	for i, n := range s.NTP {
-		if !hostRE.MatchString(n) || len(n) > 253 {
-			bad(fmt.Sprintf("ntp[%d]", i), "%q is not a host name or address", n)
-		}
-	}
+	bad := errs.Bad
+	bs := s.Bootstrap()
+	errs = append(errs, bs.Validate("tailnet.admins")...)
 	if len(s.Tailnet.Admins) == 0 {
 		bad("tailnet.admins", "missing: at least one tailnet identity (alice@example.com or tag:relay-admins) must be able to administer the box")
-	}
-	seen := map[string]bool{}
-	for i, a := range s.Tailnet.Admins {
-		k := fmt.Sprintf("tailnet.admins[%d]", i)
-		switch {
-		case !tagRE.MatchString(a) && !loginRE.MatchString(a):
-			bad(k, "%q: want a tailnet login name (alice@example.com) or a tag (tag:relay-admins)", a)
-		case seen[a]:
-			bad(k, "%q appears twice", a)
-		}
-		seen[a] = true
-	}
-	seenIf := map[string]bool{}
-	for i, n := range s.Discovery.Interfaces {
-		k := fmt.Sprintf("discovery.interfaces[%d]", i)
-		if err := mdns.CheckInterface(n); err != nil {
-			bad(k, "%v", err)
-		} else if seenIf[n] {
-			bad(k, "%q appears twice", n)
-		}
-		seenIf[n] = true
-	}
-	if d := s.Discovery.Site; d != "" {
-		if err := mdns.CheckSite(d); err != nil {
-			bad("discovery.site", "%v", err)
-		}
-	}
-	if d := s.Discovery.Instance; d != "" {
-		if err := mdns.CheckInstance(d); err != nil {
-			bad("discovery.instance", "%v", err)
-		}
 	}
 	var relay *config.Config
 	if len(s.Relay) == 0 || string(s.Relay) == "null" {
@@ -146,14 +74,7 @@ func ParseSite(b []byte) (*Site, *config.Config, error) {
 		var ce config.Errors
 		switch {
 		case errors.As(err, &ce):
-			for _, e := range ce {
-				var ke *config.KeyError
-				if errors.As(e, &ke) {
-					bad("relay."+ke.Key, "%s", ke.Problem)
-				} else {
-					bad("relay", "%v", e)
-				}
-			}
+			errs = append(errs, strictjson.Prefixed("relay.", ce)...)
 		case err != nil:
 			bad("relay", "%v", err)
 		default:

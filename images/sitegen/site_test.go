@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/siterelay/siterelay/appliance"
+	"github.com/siterelay/siterelay/appliance/site"
 )
 
 const validSite = `{
@@ -242,17 +242,16 @@ func TestGenerate(t *testing.T) {
 	if st, err := os.Stat(rd.ExtraFilePaths["/etc/siterelay/tailnet-authkey"]); err != nil || st.Mode().Perm() != 0o600 {
 		t.Errorf("join key file mode: %v %v", st, err)
 	}
-	var bs Bootstrap
-	b, _ := os.ReadFile(rd.ExtraFilePaths["/etc/siterelay/site.json"])
-	if err := json.Unmarshal(b, &bs); err != nil || bs.Hostname != "relay-plant-a" || bs.Network.IPv4.Gateway != "192.168.10.1" || len(bs.Admins) != 2 {
-		t.Errorf("site.json %s: %v", b, err)
-	}
-	// The discovery keys reach the box, which reads them as the site says.
-	box, err := appliance.LoadSite(rd.ExtraFilePaths["/etc/siterelay/site.json"])
+	// The box reads the image's site.json with the same definition and
+	// rules, and gets what the site file says.
+	box, err := site.Load(rd.ExtraFilePaths["/etc/siterelay/site.json"])
 	if err != nil {
 		t.Fatalf("the box refuses the image's site.json: %v", err)
 	}
-	if got, want := box.Discovery, (appliance.SiteDiscovery{Interfaces: []string{"eth0"}, Site: "Plant A", Instance: "Mail relay, hall 2"}); !reflect.DeepEqual(got, want) {
+	if box.Hostname != "relay-plant-a" || box.Network.IPv4.Gateway != "192.168.10.1" || len(box.Admins) != 2 {
+		t.Errorf("the box reads site.json as %+v", box)
+	}
+	if got, want := box.Discovery, (site.Discovery{Interfaces: []string{"eth0"}, Site: "Plant A", Instance: "Mail relay, hall 2"}); !reflect.DeepEqual(got, want) {
 		t.Errorf("the box reads discovery %+v, want %+v", got, want)
 	}
 

@@ -109,7 +109,7 @@ func TestPrepareBoxErrors(t *testing.T) {
 		{"bad site", func(boot string) { os.WriteFile(filepath.Join(boot, layout.SiteFile), []byte("{"), 0o644) }, "site settings"},
 		{"bad hostname", func(boot string) {
 			os.WriteFile(filepath.Join(boot, layout.SiteFile), []byte(`{"hostname": "a.b", "network": {"dhcp": true}}`), 0o644)
-		}, "not a host name"},
+		}, "want one DNS label"},
 		{"bad network", func(boot string) {
 			os.WriteFile(filepath.Join(boot, layout.SiteFile), []byte(`{"hostname": "ab", "network": {}}`), 0o644)
 		}, "network.dhcp"},

@@ -2,7 +2,6 @@ package appliance
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -11,61 +10,11 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/siterelay/siterelay/appliance/site"
 	"github.com/siterelay/siterelay/netcfg"
-	"github.com/siterelay/siterelay/netcfg/mdns"
 	"github.com/siterelay/siterelay/relay/durable"
 	"github.com/siterelay/siterelay/relay/layout"
 )
-
-// Site is the box's bootstrap facts (site.json).
-type Site struct {
-	Hostname string        `json:"hostname"`
-	Network  netcfg.Config `json:"network"`
-	NTP      []string      `json:"ntp,omitempty"`
-	// Admins are the tailnet identities that may administer the box.
-	Admins []string `json:"admins"`
-	// Discovery is how the box announces itself on the plant network
-	// (docs/discovery.md); every key is optional.
-	Discovery SiteDiscovery `json:"discovery,omitzero"`
-}
-
-// SiteDiscovery is the site file's "discovery" section. The same keys are
-// in images/sitegen's copy of the site schema.
-type SiteDiscovery struct {
-	// Interfaces are the plant-side interfaces to answer on; empty means
-	// every interface that is up except loopback and the tailnet's.
-	Interfaces []string `json:"interfaces,omitempty"`
-	// Site is the plant's name, sent as site=<Site>; default the host name.
-	Site string `json:"site,omitempty"`
-	// Instance is the name devices list ("siterelay Plant 3"); default
-	// "siterelay <Site>".
-	Instance string `json:"instance,omitempty"`
-}
-
-// Check returns the problems of d, each naming its key under prefix.
-func (d SiteDiscovery) Check(prefix string) []error {
-	var errs []error
-	seen := map[string]bool{}
-	for i, n := range d.Interfaces {
-		if err := mdns.CheckInterface(n); err != nil {
-			errs = append(errs, fmt.Errorf("%sinterfaces[%d]: %w", prefix, i, err))
-		} else if seen[n] {
-			errs = append(errs, fmt.Errorf("%sinterfaces[%d]: %q appears twice", prefix, i, n))
-		}
-		seen[n] = true
-	}
-	if d.Site != "" {
-		if err := mdns.CheckSite(d.Site); err != nil {
-			errs = append(errs, fmt.Errorf("%ssite: %w", prefix, err))
-		}
-	}
-	if d.Instance != "" {
-		if err := mdns.CheckInstance(d.Instance); err != nil {
-			errs = append(errs, fmt.Errorf("%sinstance: %w", prefix, err))
-		}
-	}
-	return errs
-}
 
 // BoxOptions say where the box's parts are.
 type BoxOptions struct {
@@ -90,7 +39,7 @@ type BoxOptions struct {
 
 // Box is what PrepareBox found.
 type Box struct {
-	Site *Site
+	Site *site.Site
 	// ConfigFile is the relay's configuration in the state directory.
 	ConfigFile string
 	// TailnetKeyFile is the join key in the state directory ("" if the
@@ -130,43 +79,21 @@ func PrepareBox(ctx context.Context, o BoxOptions) (*Box, error) {
 	if first {
 		log.Info("first boot: bootstrap settings moved into the state directory", "from", o.BootstrapDir, "to", o.StateDir)
 	}
-	site, err := LoadSite(state.Site())
+	st, err := site.Load(state.Site())
 	if err != nil {
 		return nil, err
 	}
-	b.Site = site
+	b.Site = st
 	apply := o.ApplyNetwork
 	if apply == nil {
 		apply = netcfg.Apply
 	}
 	nctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if err := apply(nctx, &site.Network, netcfg.Options{Hostname: site.Hostname, ResolvConf: o.ResolvConf, Logger: log}); err != nil {
+	if err := apply(nctx, &st.Network, netcfg.Options{Hostname: st.Hostname, ResolvConf: o.ResolvConf, Logger: log}); err != nil {
 		log.Error("applying the site's network settings failed; serving on the addresses the box has", "err", err)
 	}
 	return b, nil
-}
-
-// LoadSite reads site.json.
-func LoadSite(path string) (*Site, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading site settings: %w", err)
-	}
-	var s Site
-	if err := json.Unmarshal(b, &s); err != nil {
-		return nil, fmt.Errorf("site settings %s: %w", path, err)
-	}
-	if !netcfg.ValidHostname(s.Hostname) {
-		return nil, fmt.Errorf("site settings %s: hostname %q is not a host name", path, s.Hostname)
-	}
-	if errs := s.Network.Validate("network."); len(errs) > 0 {
-		return nil, fmt.Errorf("site settings %s: %w", path, errs)
-	}
-	if errs := s.Discovery.Check("discovery."); len(errs) > 0 {
-		return nil, fmt.Errorf("site settings %s: %w", path, errors.Join(errs...))
-	}
-	return &s, nil
 }
 
 // MoveBootstrap copies each bootstrap file (the image's copies are never

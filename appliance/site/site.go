@@ -1,0 +1,126 @@
+// Package site is the one definition of what an image hands the box:
+// site.json, the site's bootstrap facts (host name, network, NTP,
+// administrators, discovery). images/sitegen writes it from a site file at
+// build time, the box reads it at every start, and both check it with the
+// same rules and words, so an image that builds is an image that boots.
+//
+// Nothing secret is in it: the tailnet join key travels in its own file.
+package site
+
+import (
+	"fmt"
+	"os"
+	"regexp"
+
+	"github.com/siterelay/siterelay/netcfg"
+	"github.com/siterelay/siterelay/netcfg/mdns"
+	"github.com/siterelay/siterelay/relay/strictjson"
+)
+
+// Site is site.json.
+type Site struct {
+	// Hostname is the box's host name and mDNS name (relay-plant-a ->
+	// relay-plant-a.local).
+	Hostname string        `json:"hostname"`
+	Network  netcfg.Config `json:"network"`
+	NTP      []string      `json:"ntp,omitempty"`
+	// Admins are the tailnet identities that may administer the box: login
+	// names (alice@example.com) or tags (tag:relay-admins).
+	Admins []string `json:"admins"`
+	// Discovery is how the box announces itself on the plant network
+	// (docs/discovery.md); every key is optional.
+	Discovery Discovery `json:"discovery,omitzero"`
+}
+
+// Discovery is the "discovery" section.
+type Discovery struct {
+	// Interfaces are the plant-side interfaces to answer on; empty means
+	// every interface that is up except loopback and the tailnet's.
+	Interfaces []string `json:"interfaces,omitempty"`
+	// Site is the plant's name, sent as site=<Site>; default the host name.
+	Site string `json:"site,omitempty"`
+	// Instance is the name devices list ("siterelay Plant 3"); default
+	// "siterelay <Site>".
+	Instance string `json:"instance,omitempty"`
+}
+
+var (
+	tagRE   = regexp.MustCompile(`^tag:[a-z0-9][a-z0-9-]*$`)
+	loginRE = regexp.MustCompile(`^[^@\s<>"]+@[A-Za-z0-9.-]+$`)
+	hostRE  = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$`)
+)
+
+// Validate checks every key. adminsKey is what the administrators' list is
+// called where the reader wrote it ("admins" in site.json, "tailnet.admins"
+// in a site file).
+func (s *Site) Validate(adminsKey string) strictjson.Errors {
+	var errs strictjson.Errors
+	if s.Hostname == "" {
+		errs.Bad("hostname", "missing: the box's name on the plant network, e.g. \"relay-plant-a\"")
+	} else if !netcfg.ValidHostname(s.Hostname) {
+		errs.Bad("hostname", "%q: want one DNS label (letters, digits, hyphens; no dots), e.g. \"relay-plant-a\"", s.Hostname)
+	}
+	errs = append(errs, s.Network.Validate("network.")...)
+	for i, n := range s.NTP {
+		if !hostRE.MatchString(n) || len(n) > 253 {
+			errs.Bad(fmt.Sprintf("ntp[%d]", i), "%q is not a host name or address", n)
+		}
+	}
+	seen := map[string]bool{}
+	for i, a := range s.Admins {
+		k := fmt.Sprintf("%s[%d]", adminsKey, i)
+		switch {
+		case !tagRE.MatchString(a) && !loginRE.MatchString(a):
+			errs.Bad(k, "%q: want a tailnet login name (alice@example.com) or a tag (tag:relay-admins)", a)
+		case seen[a]:
+			errs.Bad(k, "%q appears twice", a)
+		}
+		seen[a] = true
+	}
+	seen = map[string]bool{}
+	for i, n := range s.Discovery.Interfaces {
+		k := fmt.Sprintf("discovery.interfaces[%d]", i)
+		if err := mdns.CheckInterface(n); err != nil {
+			errs.Bad(k, "%v", err)
+		} else if seen[n] {
+			errs.Bad(k, "%q appears twice", n)
+		}
+		seen[n] = true
+	}
+	if d := s.Discovery.Site; d != "" {
+		if err := mdns.CheckSite(d); err != nil {
+			errs.Bad("discovery.site", "%v", err)
+		}
+	}
+	if d := s.Discovery.Instance; d != "" {
+		if err := mdns.CheckInstance(d); err != nil {
+			errs.Bad("discovery.instance", "%v", err)
+		}
+	}
+	return errs
+}
+
+// Parse decodes site.json strictly and validates it.
+func Parse(b []byte) (*Site, error) {
+	var s Site
+	if err := strictjson.Decode(b, &s); err != nil {
+		return nil, err
+	}
+	if errs := s.Validate("admins"); len(errs) > 0 {
+		return nil, errs
+	}
+	return &s, nil
+}
+
+// Load reads and checks site.json.
+func Load(path string) (*Site, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading site settings: %w", err)
+	}
+	s, err := Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("site settings %s: %w", path, err)
+	}
+	return s, nil
+}

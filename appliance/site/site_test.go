@@ -1,0 +1,61 @@
+package site
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const testSite = `{"hostname": "relay-test", "network": {"ipv4": {"address": "10.0.2.15/24", "gateway": "10.0.2.2"}, "dns": ["10.0.2.3"]}, "admins": ["alice@example.com"]`
+
+func TestLoad(t *testing.T) {
+	tests := []struct {
+		name, extra string
+		want        string // in the error; "" means accepted
+	}{
+		{"plain", ``, ""},
+		{"discovery set", `, "discovery": {"interfaces": ["eth0"], "site": "Plant 3", "instance": "siterelay Plant 3"}`, ""},
+		{"discovery empty", `, "discovery": {}`, ""},
+		{"interface twice", `, "discovery": {"interfaces": ["eth0", "eth0"]}`, "discovery.interfaces[1]"},
+		{"bad interface", `, "discovery": {"interfaces": ["a/b"]}`, "discovery.interfaces[0]"},
+		{"instance too long", `, "discovery": {"instance": "` + strings.Repeat("x", 64) + `"}`, "discovery.instance"},
+		{"control character in site", `, "discovery": {"site": "a\u0007b"}`, "discovery.site"},
+		{"misspelt key, with its path", `, "discovery": {"intrefaces": ["eth0"]}`, "discovery.intrefaces: unknown key"},
+		{"bad admin", `, "ntp": ["pool.ntp.org"], "extra_admins": 1`, "extra_admins: unknown key"},
+		{"bad ntp", `, "ntp": ["not a host"]`, "ntp[0]"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "site.json")
+			if err := os.WriteFile(p, []byte(testSite+tt.extra+"}"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			_, err := Load(p)
+			if tt.want == "" && err != nil || tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)) {
+				t.Errorf("Load error %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestValidateNamesTheAdminsKey(t *testing.T) {
+	s := Site{Hostname: "relay", Admins: []string{"alice@example.com", "not an identity", "alice@example.com"}}
+	s.Network.DHCP = true
+	errs := s.Validate("tailnet.admins")
+	got := strings.Join(errs.Keys(), " ")
+	if want := "tailnet.admins[1] tailnet.admins[2]"; got != want {
+		t.Errorf("keys %q, want %q", got, want)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(testSite + "}"))
+	f.Add([]byte(testSite + `, "discovery": {"interfaces": ["eth0"]}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		s, err := Parse(b)
+		if err == nil && s.Hostname == "" {
+			t.Fatalf("accepted a site without a host name: %q", b)
+		}
+	})
+}
