@@ -47,7 +47,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 	if err := send(t, addr, "plc@plant.example", []string{"ops@example.com"}, "Subject: alarm\r\n\r\nx\r\n"); err != nil {
 		t.Fatal(err)
 	}
-	relaytest.Eventually(t, "login refusals", func() bool { return fake.AuthFailures() >= 2 })
+	relaytest.Eventually(t, "login refusals", func() bool { return fake.Stats().AuthFailures >= 2 })
 	rec := httptest.NewRecorder()
 	r.Metrics().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	r.Trace().Flush(context.Background())

@@ -59,7 +59,7 @@ func TestSmarthostRestartCostsNoDeferral(t *testing.T) {
 		}()
 	}
 	prime.Wait()
-	if got := f.Connections(); got != pooled {
+	if got := f.Stats().Connections; got != pooled {
 		t.Fatalf("pool primed with %d connections, want %d", got, pooled)
 	}
 	f.DropAll() // the smarthost restarts: every pooled connection is dead

@@ -45,9 +45,12 @@ func sanitize(s string) string {
 // Deadline is how long a wait may take: the test's own deadline less a
 // margin, or a minute when the test has none.
 func Deadline(t testing.TB) time.Time {
-	if tt, ok := t.(*testing.T); ok {
-		if d, ok := tt.Deadline(); ok {
-			return d.Add(-5 * time.Second)
+	if d, ok := t.(interface{ Deadline() (time.Time, bool) }); ok {
+		if dl, ok := d.Deadline(); ok {
+			if m := dl.Add(-5 * time.Second); m.After(time.Now()) {
+				return m
+			}
+			return dl
 		}
 	}
 	return time.Now().Add(time.Minute)

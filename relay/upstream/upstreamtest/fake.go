@@ -356,31 +356,29 @@ func (f *FakeServer) WaitClosed(t testing.TB) {
 		func() string { return fmt.Sprintf("waiting for connections to close, %d open", f.open) })
 }
 
-// Connections is how many connections were accepted; Open how many are
-// open now.
-func (f *FakeServer) Connections() int { f.w.mu.Lock(); defer f.w.mu.Unlock(); return f.conns }
+// Stats is what the fake has seen, at one instant.
+type Stats struct {
+	// Connections were accepted; Open are open now; PeakOpen were open at
+	// once at most.
+	Connections, Open, PeakOpen int
+	// Logins are AUTH exchanges that succeeded; AuthFailures were refused.
+	Logins, AuthFailures int
+	// Resets are RSET commands, and MaxPipelined the most MAIL/RCPT/DATA/
+	// RSET commands in one read (1 for a client that waits for each
+	// reply); both counted only where the fake sees clear text (TLS "none"
+	// or "implicit").
+	Resets, MaxPipelined int
+	// TLSVersion was negotiated on the latest TLS connection.
+	TLSVersion uint16
+}
 
-// Open is how many connections are open now.
-func (f *FakeServer) Open() int { f.w.mu.Lock(); defer f.w.mu.Unlock(); return f.open }
-
-// Logins is how many AUTH exchanges succeeded; AuthFailures how many did
-// not.
-func (f *FakeServer) Logins() int { f.w.mu.Lock(); defer f.w.mu.Unlock(); return f.logins }
-
-// AuthFailures is how many AUTH exchanges were refused.
-func (f *FakeServer) AuthFailures() int { f.w.mu.Lock(); defer f.w.mu.Unlock(); return f.authFails }
-
-// Resets is how many RSET commands arrived (counted where the fake sees
-// clear text: TLS "none" or "implicit").
-func (f *FakeServer) Resets() int { f.w.mu.Lock(); defer f.w.mu.Unlock(); return f.rsets }
-
-// MaxPipelined is the most MAIL/RCPT/DATA/RSET commands that arrived in one
-// read (1 for a client that waits for each reply). Counted only where the
-// fake sees clear text (TLS "none" or "implicit").
-func (f *FakeServer) MaxPipelined() int { f.w.mu.Lock(); defer f.w.mu.Unlock(); return f.maxBatch }
-
-// PeakOpen is the most connections that were open at once.
-func (f *FakeServer) PeakOpen() int { f.w.mu.Lock(); defer f.w.mu.Unlock(); return f.peakOpen }
+// Stats returns a snapshot of the counters.
+func (f *FakeServer) Stats() Stats {
+	f.w.mu.Lock()
+	defer f.w.mu.Unlock()
+	return Stats{Connections: f.conns, Open: f.open, PeakOpen: f.peakOpen, Logins: f.logins, AuthFailures: f.authFails,
+		Resets: f.rsets, MaxPipelined: f.maxBatch, TLSVersion: f.tlsVersion}
+}
 
 // DropAll closes every open connection without a word, as a server does
 // that times out idle clients or restarts.
@@ -395,9 +393,6 @@ func (f *FakeServer) DropAll() {
 		c.Close()
 	}
 }
-
-// TLSVersion is the version negotiated on the latest TLS connection.
-func (f *FakeServer) TLSVersion() uint16 { f.w.mu.Lock(); defer f.w.mu.Unlock(); return f.tlsVersion }
 
 type fakeListener struct {
 	net.Listener

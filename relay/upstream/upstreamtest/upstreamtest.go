@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/siterelay/siterelay/relay/relaytest"
 )
 
 // waiter lets tests block until a condition over guarded state holds, or
@@ -23,25 +25,11 @@ func (w *waiter) init() { w.cond = sync.NewCond(&w.mu) }
 // broadcast must be called with mu held after the state changed.
 func (w *waiter) broadcast() { w.cond.Broadcast() }
 
-// deadline is the test's deadline less a margin (so the failure is
-// reported by us, not by the test binary's panic), or 30 s from now.
-func deadline(t testing.TB) time.Time {
-	if d, ok := t.(interface{ Deadline() (time.Time, bool) }); ok {
-		if dl, ok := d.Deadline(); ok {
-			if m := dl.Add(-2 * time.Second); m.After(time.Now()) {
-				return m
-			}
-			return dl
-		}
-	}
-	return time.Now().Add(30 * time.Second)
-}
-
 // wait blocks until done() (called with mu held) is true; it fails the
 // test with what() when the deadline passes first.
 func (w *waiter) wait(t testing.TB, done func() bool, what func() string) {
 	t.Helper()
-	dl := deadline(t)
+	dl := relaytest.Deadline(t)
 	timer := time.AfterFunc(time.Until(dl), func() {
 		w.mu.Lock()
 		w.cond.Broadcast()

@@ -82,8 +82,8 @@ func TestTLSModes(t *testing.T) {
 			if want := mode != "none"; got.TLS != want {
 				t.Errorf("TLS: got %v, want %v", got.TLS, want)
 			}
-			if mode != "none" && f.TLSVersion() < tls.VersionTLS12 {
-				t.Errorf("TLS version %x", f.TLSVersion())
+			if mode != "none" && f.Stats().TLSVersion < tls.VersionTLS12 {
+				t.Errorf("TLS version %x", f.Stats().TLSVersion)
 			}
 			if got.Opts.Size != int64(len(body1)) {
 				t.Errorf("SIZE=: got %d, want %d", got.Opts.Size, len(body1))
@@ -210,8 +210,8 @@ func TestAuth(t *testing.T) {
 				if got := f.WaitMessages(t, 1)[0].User; got != "dev@contoso.com" {
 					t.Errorf("user: got %q", got)
 				}
-				if f.Logins() != 1 {
-					t.Errorf("logins: got %d", f.Logins())
+				if f.Stats().Logins != 1 {
+					t.Errorf("logins: got %d", f.Stats().Logins)
 				}
 			} else {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
@@ -371,7 +371,7 @@ func TestReplies(t *testing.T) {
 				if strings.HasPrefix(tt.wantErr, "421") {
 					wantConns = 2
 				}
-				if got := f.Connections(); got != wantConns {
+				if got := f.Stats().Connections; got != wantConns {
 					t.Errorf("connections: got %d, want %d", got, wantConns)
 				}
 			})
@@ -391,8 +391,8 @@ func TestDropMidData(t *testing.T) {
 	if got := f.WaitMessages(t, 1); len(got) != 1 || string(got[0].Data) != body {
 		t.Errorf("got %d messages", len(got))
 	}
-	if f.Connections() != 2 {
-		t.Errorf("connections: got %d, want 2", f.Connections())
+	if f.Stats().Connections != 2 {
+		t.Errorf("connections: got %d, want 2", f.Stats().Connections)
 	}
 }
 
@@ -418,7 +418,7 @@ func TestContextCancel(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
 		// Cancel once the server holds the connection.
-		for f.Open() == 0 {
+		for f.Stats().Open == 0 {
 			time.Sleep(time.Millisecond)
 		}
 		cancel()
@@ -444,13 +444,13 @@ func TestReuse(t *testing.T) {
 				mustDeliver(t, u, message(fmt.Sprint(i), "a@example.com", []string{"b@example.com"}, body1))
 			}
 			f.WaitMessages(t, tt.n)
-			if got := f.Connections(); got != tt.wantConns {
+			if got := f.Stats().Connections; got != tt.wantConns {
 				t.Errorf("connections: got %d, want %d", got, tt.wantConns)
 			}
-			if got := f.Logins(); got != tt.wantConns {
+			if got := f.Stats().Logins; got != tt.wantConns {
 				t.Errorf("logins: got %d, want %d", got, tt.wantConns)
 			}
-			if got, want := f.Resets(), tt.n-tt.wantConns; got != want {
+			if got, want := f.Stats().Resets, tt.n-tt.wantConns; got != want {
 				t.Errorf("RSETs: got %d, want %d", got, want)
 			}
 			if tt.perConn < tt.n {
@@ -472,7 +472,7 @@ func TestIdleTimeout(t *testing.T) {
 	now = now.Add(2 * time.Hour)
 	mu.Unlock()
 	mustDeliver(t, u, message("q2", "a@example.com", []string{"b@example.com"}, body1))
-	if got := f.Connections(); got != 2 {
+	if got := f.Stats().Connections; got != 2 {
 		t.Errorf("connections: got %d, want 2", got)
 	}
 }
@@ -485,7 +485,7 @@ func TestStalePooledConnection(t *testing.T) {
 			f.DropAll()
 			f.WaitClosed(t)
 			mustDeliver(t, u, message("q2", "a@example.com", []string{"b@example.com"}, body1))
-			if got := f.Connections(); got != 2 {
+			if got := f.Stats().Connections; got != 2 {
 				t.Errorf("connections: got %d, want 2", got)
 			}
 		})
@@ -512,7 +512,7 @@ func TestPipelining(t *testing.T) {
 			mustDeliver(t, u, message("q1", "a@example.com", to, body1))
 			mustDeliver(t, u, message("q2", "a@example.com", to, body1))
 			f.WaitMessages(t, 2)
-			if got := f.MaxPipelined(); got != tt.wantBatch {
+			if got := f.Stats().MaxPipelined; got != tt.wantBatch {
 				t.Errorf("most commands in one read: got %d, want %d", got, tt.wantBatch)
 			}
 		})
@@ -696,7 +696,7 @@ func TestConcurrency(t *testing.T) {
 		}
 	}
 	f.WaitMessages(t, 20)
-	if got := f.PeakOpen(); got > 2 {
+	if got := f.Stats().PeakOpen; got > 2 {
 		t.Errorf("peak connections: got %d, want at most 2", got)
 	}
 }
