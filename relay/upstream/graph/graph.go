@@ -222,8 +222,15 @@ func (u *Upstream) draft(ctx context.Context, tok string, raw []byte, fits bool,
 	return u.call(ctx, tok, http.MethodPost, msgURL+"/send", "", nil, nil)
 }
 
+// SmallAttachment is the size below which Microsoft says to attach a file
+// with a single POST; from there to 150 MB it takes an upload session.
+// Microsoft writes "3 MB", and its upload sessions refuse smaller files, so
+// this is 3,000,000 bytes, not 3 MiB: a 3 MiB file in one POST is a
+// 4.2 MB request, over the "about 4 MB" Graph takes.
+const SmallAttachment = 3_000_000
+
 func (u *Upstream) attach(ctx context.Context, tok, msgURL string, a attachment) error {
-	if len(a.Data) < 3<<20 {
+	if len(a.Data) < SmallAttachment {
 		b, _ := json.Marshal(map[string]any{"@odata.type": "#microsoft.graph.fileAttachment", "name": a.Name, "contentType": a.ContentType, "contentBytes": a.Data})
 		return u.call(ctx, tok, http.MethodPost, msgURL+"/attachments", "application/json", b, nil)
 	}

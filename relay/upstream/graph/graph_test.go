@@ -152,3 +152,39 @@ func TestErrors(t *testing.T) {
 		}
 	})
 }
+
+// Microsoft attaches files under 3 MB with one POST and larger ones by
+// upload session. A file between 3 MB and 3 MiB in one POST made a
+// request over the 4 MB Graph takes (the relay's own MaxRequest).
+func TestAttachmentRouteBy3MB(t *testing.T) {
+	for _, tc := range []struct {
+		size     int
+		uploaded bool
+	}{
+		{2_900_000, false},
+		{3_000_000, true},
+		{3_100_000, true}, // was one POST of 4,133,465 bytes
+		{3 << 20, true},
+	} {
+		t.Run(fmt.Sprint(tc.size), func(t *testing.T) {
+			up, g := setup(t, true)
+			data := make([]byte, tc.size)
+			rand.Read(data)
+			body := multipart(map[string][]byte{"scan.pdf": data})
+			if _, err := up.Deliver(context.Background(), message([]string{"bob@fabrikam.test"}, body)); err != nil {
+				t.Fatal(err)
+			}
+			sent := g.Sent()
+			if len(sent) != 1 || len(sent[0].Attachments) != 1 {
+				t.Fatalf("sent %d messages", len(sent))
+			}
+			a := sent[0].Attachments[0]
+			if got, want := a.Uploaded, tc.uploaded; got != want || !bytes.Equal(a.Data, data) {
+				t.Errorf("uploaded %v, want %v (%d bytes arrived)", got, want, len(a.Data))
+			}
+			if got, limit := g.Largest(), 4_000_000; got > limit {
+				t.Errorf("largest request %d bytes, over the %d Graph takes", got, limit)
+			}
+		})
+	}
+}
