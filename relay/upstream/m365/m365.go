@@ -190,8 +190,11 @@ func (e *explained) CheckRecipient(rcpt string) error {
 
 // identityRefusals are replies about the relay's own credentials or
 // connector, not about the message: the mail waits for the admin's fix
-// (and its lifetime), it does not bounce.
-var identityRefusals = []string{"5.7.3", "5.7.139", "5.7.30", "5.7.57", "5.7.64", "5.7.68", "5.7.708", "5.7.705"}
+// (and its lifetime), it does not bounce. 5.7.60 and 5.2.252 (may not send
+// as this sender) belong here too: the relay's configuration does not match
+// the tenant (senders.rewrite_from, SendAs), which the admin fixes once for
+// every message.
+var identityRefusals = []string{"5.7.3", "5.7.139", "5.7.30", "5.7.57", "5.7.60", "5.2.252", "5.7.64", "5.7.68", "5.7.708", "5.7.705"}
 
 func (e *explained) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.RcptResult, error) {
 	res, err := e.inner.Deliver(ctx, msg)

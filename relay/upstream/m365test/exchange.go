@@ -202,6 +202,8 @@ var (
 	ErrIPThrottled  = reply(451, smtp.EnhancedCode{4, 7, 500}, "Server busy. Please try again later from [203.0.113.9]. (S77719) [fake.prod.outlook.com]")
 	ErrQuota        = reply(554, smtp.EnhancedCode{5, 2, 0}, "STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message due to a permanent exception with message [BeginDiagnosticData]Message submission quota exceeded.[EndDiagnosticData]")
 	ErrSendAs       = reply(550, smtp.EnhancedCode{5, 7, 60}, "SMTP; Client does not have permissions to send as this sender")
+	ErrTenantRate   = reply(550, smtp.EnhancedCode{5, 7, 233}, "Message rejected: the tenant has exceeded its external recipient rate limit [fake.prod.outlook.com]")
+	ErrRcptRate     = reply(550, smtp.EnhancedCode{5, 1, 90}, "Your message can't be sent because you've reached your daily limit for message recipients [fake.prod.outlook.com]")
 	ErrTenantAttr   = reply(550, smtp.EnhancedCode{5, 7, 64}, "TenantAttribution; Relay Access Denied [fake.prod.protection.outlook.com]")
 	ErrRejectDirect = reply(550, smtp.EnhancedCode{5, 7, 68}, "TenantInboundAttribution; Direct Send not allowed for this organization from unauthorized sources")
 	ErrNoRelay      = reply(550, smtp.EnhancedCode{5, 7, 54}, "SMTP; Unable to relay recipient in non-accepted domain")

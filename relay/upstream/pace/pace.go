@@ -5,9 +5,11 @@
 //
 // Waits short enough happen inside Deliver; a longer one is answered with a
 // temporary *upstream.Error wrapping ErrPaced and carrying RetryAfter, so the
-// scheduler defers the message instead of blocking a worker. A quota refusal
-// (554 5.2.0 SubmissionQuotaExceeded) becomes temporary here: the mail
-// waits out the window and is not bounced.
+// scheduler defers the message instead of blocking a worker. Refusals for a
+// rolling window that is full become temporary here (holds): the mailbox's
+// quota (554 5.2.0 SubmissionQuotaExceeded), its recipient rate limit
+// (550 5.1.90) and the tenant's external recipient rate limit (550 5.7.233).
+// The mail waits out the window and is not bounced.
 package pace
 
 import (
@@ -39,7 +41,9 @@ type Options struct {
 	MaxWait time.Duration
 	// Cooldowns after throttling replies; defaults 1m (432 4.3.2, too
 	// many connections), 5m (4.7.5xx/4.7.6xx, IP throttling), 1h
-	// (5.2.0 submission quota: the 24-hour window must move on).
+	// (5.2.0 submission quota, 5.1.90 recipient rate, 5.7.233 tenant
+	// rate: a 24-hour window must move on; 5.7.233 holds only the message
+	// refused, since mail inside the tenant still goes).
 	ConnectionCooldown, RateCooldown, QuotaCooldown time.Duration
 	Now                                             func() time.Time
 	// Sleep waits d or until ctx ends; tests pass a fake clock's.
@@ -304,37 +308,55 @@ func (p *Paced) learnLocked(now time.Time, err error) error {
 		return nil
 	}
 	ue := upstream.Classify(err)
-	cool, why, quota := p.throttle(ue)
+	cool, why, hold, tenant := p.throttle(ue)
 	if cool <= 0 {
 		return err
 	}
 	p.throttled++
+	c := *ue
+	if hold {
+		c.Permanent = false
+	}
+	if tenant {
+		// A tenant-wide window (external recipients): this message
+		// waits, but mail to the tenant's own mailboxes still goes.
+		c.RetryAfter = max(c.RetryAfter, cool)
+		p.o.Logger.Warn("upstream refused for a tenant-wide limit: holding the message", "reply", ue.Error(), "retry_in", cool)
+		return &c
+	}
 	if until := now.Add(cool); until.After(p.coolUntil) {
 		p.coolUntil, p.coolWhy = until, why
 		p.o.Logger.Warn("upstream throttled: cooling down", "reply", ue.Error(), "cooldown", cool)
 	}
-	c := *ue
 	c.RetryAfter = max(c.RetryAfter, p.coolUntil.Sub(now))
-	if quota {
-		c.Permanent = false
-	}
 	return &c
 }
 
-func (p *Paced) throttle(ue *upstream.Error) (time.Duration, string, bool) {
+// throttle says how long to wait after a reply, why, whether the reply
+// (a 5xx) is a hold rather than a refusal, and whether it concerns only
+// this message (a tenant-wide window) rather than the whole upstream.
+// Holds are the rolling-window refusals: the mail is sendable once the
+// window moves on, so it must wait, not bounce.
+func (p *Paced) throttle(ue *upstream.Error) (cool time.Duration, why string, hold, tenant bool) {
 	if r := ue.Reply; r != nil {
 		c := r.EnhancedCode
 		switch {
 		case r.Code == 432 || c == (smtp.EnhancedCode{4, 3, 2}):
-			return p.o.ConnectionCooldown, "too many connections, cooling down", false
+			return p.o.ConnectionCooldown, "too many connections, cooling down", false, false
 		case c[0] == 4 && c[1] == 7 && c[2] >= 500 && c[2] <= 699:
-			return p.o.RateCooldown, "the upstream throttles this IP, cooling down", false
+			return p.o.RateCooldown, "the upstream throttles this IP, cooling down", false, false
 		case c == (smtp.EnhancedCode{5, 2, 0}) && strings.Contains(strings.ToLower(r.Message), "quota"):
-			return p.o.QuotaCooldown, "the mailbox's daily recipient quota is used up", true
+			return p.o.QuotaCooldown, "the mailbox's daily recipient quota is used up", true, false
+		case c == (smtp.EnhancedCode{5, 1, 90}):
+			// The mailbox's recipient rate limit: nothing from it goes.
+			return p.o.QuotaCooldown, "the mailbox's recipient rate limit is reached", true, false
+		case c == (smtp.EnhancedCode{5, 7, 233}):
+			// The tenant's external recipient rate limit (TERRL).
+			return p.o.QuotaCooldown, "the tenant's external recipient rate limit is reached", true, true
 		}
 	}
 	if !ue.Permanent && ue.RetryAfter > 0 {
-		return ue.RetryAfter, "the upstream asked to wait", false
+		return ue.RetryAfter, "the upstream asked to wait", false, false
 	}
-	return 0, "", false
+	return 0, "", false, false
 }
