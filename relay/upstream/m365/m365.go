@@ -21,6 +21,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/layout"
 	"github.com/siterelay/siterelay/relay/upstream"
 	"github.com/siterelay/siterelay/relay/upstream/graph"
 	"github.com/siterelay/siterelay/relay/upstream/pace"
@@ -41,7 +42,9 @@ type Deps struct {
 	// the system's.
 	Resolver string
 	// Dir resolves relative file names in the configuration (the state
-	// directory).
+	// directory). The pacer keeps its windows there too
+	// (layout.Dir.PaceWindows), so that they survive a restart; "" keeps
+	// them in memory only.
 	Dir string
 	// RootCAs verify the SMTP upstream; nil means the system roots.
 	RootCAs *x509.CertPool
@@ -121,8 +124,23 @@ func New(kind string, cfg config.M365, d Deps) (upstream.Upstream, error) {
 	}
 	e := &explained{inner: inner, tokens: tokens, check: check, log: log}
 	l := cfg.Limits
-	return pace.Wrap(e, pace.Options{MessagesPerMinute: l.MessagesPerMinute, Concurrency: l.Concurrency,
-		RecipientsPerDay: l.RecipientsPerDay, MaxRecipients: l.MaxRecipients, Now: d.Clock, Sleep: d.Sleep, Logger: log}), nil
+	po := pace.Options{MessagesPerMinute: l.MessagesPerMinute, Concurrency: l.Concurrency,
+		RecipientsPerDay: l.RecipientsPerDay, MaxRecipients: l.MaxRecipients, Now: d.Clock, Sleep: d.Sleep, Logger: log}
+	if d.Dir != "" {
+		po.StateFile = layout.Dir(d.Dir).PaceWindows(paceName(kind, cfg))
+	}
+	return pace.Wrap(e, po), nil
+}
+
+// paceName names the pacing windows after what Microsoft counts them for:
+// the mailbox (client submission, Graph) or the domain's MX host. Another
+// mailbox starts with windows of its own.
+func paceName(kind string, cfg config.M365) string {
+	who := cfg.Mailbox
+	if who == "" {
+		who = cfg.Domain
+	}
+	return kind + "-" + strings.ToLower(who)
 }
 
 func newTokens(cfg config.M365, d Deps, log *slog.Logger) (*TokenSource, error) {

@@ -49,6 +49,12 @@ type Options struct {
 	// Sleep waits d or until ctx ends; tests pass a fake clock's.
 	Sleep  func(ctx context.Context, d time.Duration) error
 	Logger *slog.Logger
+	// StateFile, when set, keeps the windows and the cooldown across
+	// restarts (see state.go): written durably when a message takes its
+	// place in the windows, before it is sent, and again when the attempt
+	// ends. A box that restarts in a loop thus neither exceeds a limit nor
+	// makes Microsoft throttle it after every boot.
+	StateFile string
 }
 
 // Paced is an upstream behind a pacer.
@@ -64,6 +70,9 @@ type Paced struct {
 	coolWhy   string
 	deferred  int
 	throttled int
+
+	saveMu     sync.Mutex // orders writes of the state file
+	saveFailed bool       // the last write failed (logged once)
 }
 
 // slot is one message in the rolling windows; an in-flight one (done
@@ -72,6 +81,9 @@ type slot struct {
 	t    time.Time
 	n    int
 	done bool
+	// file is the time a restored slot had in the state file; it is
+	// written back when later than what t says (see state.go).
+	file time.Time
 }
 
 // Wrap puts up behind a pacer with the given limits.
@@ -100,6 +112,9 @@ func Wrap(up upstream.Upstream, o Options) *Paced {
 	p := &Paced{up: up, o: o}
 	if o.Concurrency > 0 {
 		p.sem = make(chan struct{}, o.Concurrency)
+	}
+	if o.StateFile != "" {
+		p.restore()
 	}
 	return p
 }
@@ -130,8 +145,11 @@ func (p *Paced) Limits() upstream.Limits {
 	return l
 }
 
-// Close closes the inner upstream.
-func (p *Paced) Close() error { return p.up.Close() }
+// Close writes the windows' last state and closes the inner upstream.
+func (p *Paced) Close() error {
+	p.save()
+	return p.up.Close()
+}
 
 // Unwrap returns the inner upstream.
 func (p *Paced) Unwrap() upstream.Upstream { return p.up }
@@ -195,6 +213,9 @@ func (p *Paced) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.
 				p.day = append(p.day, ds)
 			}
 			p.mu.Unlock()
+			// On disk before it is sent: a crash during the attempt
+			// still counts it after the restart.
+			p.save()
 			break
 		}
 		if wait > p.o.MaxWait {
@@ -213,7 +234,7 @@ func (p *Paced) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.
 	}
 	res, err := p.up.Deliver(ctx, msg)
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	cooled := p.coolUntil
 	end := p.o.Now()
 	for _, s := range ms {
 		// Count the message at its end so that two messages' acceptances
@@ -234,6 +255,14 @@ func (p *Paced) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.
 	err = p.learnLocked(end, err)
 	for i := range res {
 		res[i].Err = p.learnLocked(end, res[i].Err)
+	}
+	cooling := !p.coolUntil.Equal(cooled)
+	p.mu.Unlock()
+	if cooling {
+		// A new cooldown goes to disk at once. The attempt's end need
+		// not: the next reservation (or Close) writes it, and an attempt
+		// found in flight after a crash counts as accepted at the restart.
+		p.save()
 	}
 	return res, err
 }
