@@ -26,6 +26,12 @@ import (
 	"github.com/siterelay/siterelay/relay/upstream"
 )
 
+// Invalidator is a token source that can drop a token the service refused
+// (m365.TokenSource), so that the next attempt gets a new one.
+type Invalidator interface {
+	Invalidate(token string) bool
+}
+
 // Options configure the upstream.
 type Options struct {
 	// BaseURL default https://graph.microsoft.com.
@@ -279,6 +285,14 @@ func (u *Upstream) do(ctx context.Context, tok, method, url, ctype string, body 
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if tok != "" && (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden) {
+		// A token refused, or without the role needed: roles are fixed
+		// when a token is issued, so only a new one carries a permission
+		// granted since. The token source spaces these drops.
+		if inv, ok := u.o.Tokens.(Invalidator); ok {
+			inv.Invalidate(tok)
+		}
+	}
 	if resp.StatusCode/100 == 2 {
 		if out != nil && len(b) > 0 {
 			if err := json.Unmarshal(b, out); err != nil {
@@ -314,10 +328,10 @@ func httpError(resp *http.Response, body []byte) *upstream.Error {
 		ue.Hint = "Graph throttles this app and mailbox (4 requests at once, 10,000 per 10 minutes): the relay waits as Graph asks; nothing is lost."
 	case s == http.StatusUnauthorized:
 		ue.Reply = reply(451, smtp.EnhancedCode{4, 7, 0})
-		ue.Hint = "Graph refused the token: give the app the application permission Mail.Send with admin consent."
+		ue.Hint = "Graph refused the access token itself (" + e.Error.Code + "): the relay drops it and asks Entra for a new one. If this persists, check that the scope is https://graph.microsoft.com/.default, that tenant is the mailbox's tenant, and the relay's clock."
 	case s == http.StatusForbidden:
 		ue.Reply = reply(451, smtp.EnhancedCode{4, 7, 1})
-		ue.Hint = "Graph denied access to the mailbox: grant the app Mail.Send for it (RBAC for Applications: New-ManagementRoleAssignment -App … scoped to the mailbox)."
+		ue.Hint = "Graph denied access to the mailbox: grant the app the application permission Mail.Send with admin consent, scoped to the mailbox (RBAC for Applications: New-ManagementRoleAssignment -App … ). The relay asks for a new token, which carries a permission granted since."
 	case s == http.StatusNotFound:
 		ue.Reply = reply(451, smtp.EnhancedCode{4, 1, 0})
 		ue.Hint = "Graph does not know the sending mailbox: check mailbox (the user's UPN or id)."

@@ -19,6 +19,11 @@ import (
 const mailbox = "scanner@contoso.test"
 
 func setup(t *testing.T, grant bool) (*graph.Upstream, *m365test.Graph) {
+	up, g, _ := setupEntra(t, grant)
+	return up, g
+}
+
+func setupEntra(t *testing.T, grant bool) (*graph.Upstream, *m365test.Graph, *m365test.Entra) {
 	clock := m365test.NewClock()
 	entra := m365test.NewEntra(t, "contoso.test", clock.Now)
 	entra.AddApp(m365test.App{ClientID: "app1", Secret: "s3cret"})
@@ -35,7 +40,7 @@ func setup(t *testing.T, grant bool) (*graph.Upstream, *m365test.Graph) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return up, g
+	return up, g, entra
 }
 
 func message(to []string, body string) *upstream.Message {
@@ -187,4 +192,48 @@ func TestAttachmentRouteBy3MB(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A token Graph refuses (401) or that lacks the role (403) is dropped, so
+// the next attempt has a new one: roles are fixed when a token is issued.
+func TestRefusedTokenDropped(t *testing.T) {
+	ctx := context.Background()
+	m := func() *upstream.Message { return message([]string{"bob@fabrikam.test"}, simple("bob@fabrikam.test")) }
+	t.Run("403 until the role is granted", func(t *testing.T) {
+		up, g, entra := setupEntra(t, true)
+		entra.SetRoles("app1")
+		_, err := up.Deliver(ctx, m())
+		if ue := upstream.Classify(err); ue == nil || ue.Permanent || !strings.Contains(ue.Hint, "Mail.Send") {
+			t.Fatalf("without Mail.Send: got %v", err)
+		}
+		entra.SetRoles("app1", m365test.RoleGraph)
+		if _, err := up.Deliver(ctx, m()); err != nil {
+			t.Fatalf("after the grant: %v", err)
+		}
+		if got := len(g.Sent()); got != 1 {
+			t.Errorf("sent %d, want 1", got)
+		}
+	})
+	t.Run("401 InvalidAuthenticationToken", func(t *testing.T) {
+		up, g, entra := setupEntra(t, true)
+		if _, err := up.Deliver(ctx, m()); err != nil {
+			t.Fatal(err)
+		}
+		entra.Revoke()
+		_, err := up.Deliver(ctx, m())
+		ue := upstream.Classify(err)
+		if ue == nil || ue.Permanent || !strings.Contains(ue.Error(), "InvalidAuthenticationToken") {
+			t.Fatalf("revoked token: got %v", err)
+		}
+		// The hint is about the token, not a permission.
+		if strings.Contains(ue.Hint, "Mail.Send") || !strings.Contains(ue.Hint, "token") {
+			t.Errorf("hint %q", ue.Hint)
+		}
+		if _, err := up.Deliver(ctx, m()); err != nil {
+			t.Fatalf("with a new token: %v", err)
+		}
+		if got := len(g.Sent()); got != 2 {
+			t.Errorf("sent %d, want 2", got)
+		}
+	})
 }

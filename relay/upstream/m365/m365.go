@@ -215,8 +215,17 @@ func (e *explained) CheckRecipient(rcpt string) error {
 var identityRefusals = []string{"5.7.3", "5.7.139", "5.7.30", "5.7.57", "5.7.60", "5.2.252", "5.7.64", "5.7.68", "5.7.708", "5.7.705"}
 
 func (e *explained) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.RcptResult, error) {
+	var used string
+	if e.tokens != nil {
+		ctx = context.WithValue(ctx, usedKey{}, &used)
+	}
 	res, err := e.inner.Deliver(ctx, msg)
 	if err != nil {
+		if r := upstream.Classify(err).Reply; r != nil && used != "" && enhanced(r) == "5.7.3" {
+			// The login refused this token: a new one carries roles
+			// granted since (Graph drops its own on 401/403).
+			e.tokens.Invalidate(used)
+		}
 		ue := upstream.Classify(WithHint(err))
 		if ue.Permanent && ue.Reply != nil {
 			for _, c := range identityRefusals {

@@ -649,3 +649,88 @@ func TestFigureSteadyLoad(t *testing.T) {
 	t.Logf("FIGURES: steady load %d messages over %.1f h: %d tokens (%.2f per hour, lifetime 3599 s), %d connections (%.1f per 1000 messages), %d limit violations",
 		n, hours, e.entra.Issued(), float64(e.entra.Issued())/hours, e.x.Connections(), float64(e.x.Connections())*1000/n, len(e.x.Violations()))
 }
+
+// A token the login refused is dropped: roles are fixed when a token is
+// issued, so after the admin grants SMTP.SendAsApp only a new token works.
+// The drops are spaced, so a refusal that every token meets does not turn
+// into a token request per message.
+func TestRefusedTokenDropped(t *testing.T) {
+	e := newEnv(t, m365test.ExchangeOptions{})
+	e.entra.SetRoles("app1") // no consent yet
+	up, err := m365.New("m365-oauth", e.oauth(config.M365{}), e.deps(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	ctx := context.Background()
+	_, err = up.Deliver(ctx, newMsg(1, mailbox, "ops@fabrikam.test"))
+	if ue := upstream.Classify(err); ue == nil || ue.Permanent || !strings.Contains(ue.Error(), "5.7.3") {
+		t.Fatalf("without the role: got %v, want a temporary 535 5.7.3", err)
+	}
+	e.entra.SetRoles("app1", m365test.RoleSMTP) // the admin follows the hint
+	if _, err := up.Deliver(ctx, newMsg(2, mailbox, "ops@fabrikam.test")); err != nil {
+		t.Fatalf("after the grant: %v (the old token, issued without the role, was used again)", err)
+	}
+	if got := len(e.x.Received()); got != 1 {
+		t.Errorf("received %d, want 1", got)
+	}
+
+	// Bounded: with the role gone for good, 20 attempts at one instant
+	// fetch a new token at most once more.
+	e2 := newEnv(t, m365test.ExchangeOptions{})
+	e2.entra.SetRoles("app1")
+	up2, err := m365.New("m365-oauth", e2.oauth(config.M365{}), e2.deps(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up2.Close()
+	for i := range 20 {
+		up2.Deliver(ctx, newMsg(i, mailbox, "ops@fabrikam.test"))
+	}
+	if got := e2.entra.Requests(); got > 2 {
+		t.Errorf("%d token requests for 20 refused attempts, want at most 2", got)
+	}
+}
+
+// The token comes before the session: while Entra is down no connection
+// is opened (each would hold one of the mailbox's three sessions), and a
+// refused login ends with QUIT.
+func TestTokenFirstAndQuit(t *testing.T) {
+	t.Run("token endpoint down", func(t *testing.T) {
+		e := newEnv(t, m365test.ExchangeOptions{})
+		e.entra.SetDown(true)
+		up, err := m365.New("m365-oauth", e.oauth(config.M365{}), e.deps(""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer up.Close()
+		for i := range 5 {
+			if _, err := up.Deliver(context.Background(), newMsg(i, mailbox, "ops@fabrikam.test")); err == nil || upstream.IsPermanent(err) {
+				t.Fatalf("got %v, want a temporary failure", err)
+			}
+			e.clock.Advance(10 * time.Minute)
+		}
+		if got := e.x.Connections(); got != 0 {
+			t.Errorf("%d connections opened without a token, want 0", got)
+		}
+	})
+	t.Run("535 ends with QUIT", func(t *testing.T) {
+		e := newEnv(t, m365test.ExchangeOptions{})
+		e.x.Script(m365test.AtAuth, m365test.ErrAuthFailed, m365test.ErrAuthFailed)
+		up, err := m365.New("m365-oauth", e.oauth(config.M365{}), e.deps(""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer up.Close()
+		for i := range 2 {
+			up.Deliver(context.Background(), newMsg(i, mailbox, "ops@fabrikam.test"))
+			e.clock.Advance(time.Minute)
+		}
+		if !e.x.WaitEnded(5 * time.Second) {
+			t.Fatal("sessions still open")
+		}
+		if got := e.x.Dropped(); got != 0 {
+			t.Errorf("%d of %d sessions dropped without QUIT, want 0", got, e.x.Connections())
+		}
+	})
+}

@@ -70,6 +70,8 @@ type Exchange struct {
 	grants     map[string][]string // client id -> mailboxes
 	received   []Received
 	conns      int
+	quits      int
+	ended      int
 	authed     map[string]int // mailbox -> authenticated sessions
 	sent       map[string][]time.Time
 	scripts    map[string][]*smtp.SMTPError
@@ -105,6 +107,7 @@ func NewExchange(t testing.TB, o ExchangeOptions) *Exchange {
 		return &xsession{x: x, c: c}, nil
 	}))
 	s.Domain = o.Hostname
+	s.Debug = quitCounter{x}
 	s.MaxMessageBytes = o.MaxSize
 	s.EnableSMTPUTF8 = true
 	s.ReadTimeout = time.Minute
@@ -134,8 +137,64 @@ func (l *countingListener) Accept() (net.Conn, error) {
 		l.x.mu.Lock()
 		l.x.conns++
 		l.x.mu.Unlock()
+		c = &endConn{Conn: c, x: l.x}
 	}
 	return c, err
+}
+
+// endConn counts the connections the server has ended.
+type endConn struct {
+	net.Conn
+	x      *Exchange
+	mu     sync.Mutex
+	closed bool
+}
+
+func (c *endConn) Close() error {
+	c.mu.Lock()
+	first := !c.closed
+	c.closed = true
+	c.mu.Unlock()
+	if first {
+		c.x.mu.Lock()
+		c.x.ended++
+		c.x.mu.Unlock()
+	}
+	return c.Conn.Close()
+}
+
+// WaitEnded waits until the server has ended every connection it accepted
+// (the client's hang-up is noticed asynchronously), for at most d.
+func (x *Exchange) WaitEnded(d time.Duration) bool {
+	for deadline := time.Now().Add(d); ; {
+		x.mu.Lock()
+		done := x.ended == x.conns
+		x.mu.Unlock()
+		if done {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// Dropped counts sessions that ended without QUIT (call WaitEnded first:
+// a client's hang-up is noticed asynchronously).
+func (x *Exchange) Dropped() int { x.mu.Lock(); defer x.mu.Unlock(); return x.ended - x.quits }
+
+// quitCounter sees the server's SMTP traffic (smtp.Server.Debug) and
+// counts the answers to QUIT.
+type quitCounter struct{ x *Exchange }
+
+func (q quitCounter) Write(b []byte) (int, error) {
+	if n := bytes.Count(b, []byte("221 2.0.0 Bye")); n > 0 {
+		q.x.mu.Lock()
+		q.x.quits += n
+		q.x.mu.Unlock()
+	}
+	return len(b), nil
 }
 
 // Grant gives an app FullAccess on a mailbox (Add-MailboxPermission).
@@ -281,7 +340,7 @@ func (a *xoauth2Server) Next(resp []byte) ([]byte, bool, error) {
 		return nil, false, ErrAuthFailed
 	}
 	client, ok := a.s.x.o.Entra.Check(token, SMTPScope)
-	if !ok {
+	if !ok || !a.s.x.o.Entra.HasRole(token, RoleSMTP) {
 		return nil, false, ErrAuthFailed
 	}
 	a.s.x.mu.Lock()

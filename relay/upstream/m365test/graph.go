@@ -178,7 +178,7 @@ func (g *Graph) serve(w http.ResponseWriter, r *http.Request) {
 	g.mu.Lock()
 	granted := slices.Contains(g.grants[client], user)
 	g.mu.Unlock()
-	if !granted {
+	if !granted || !g.Entra.HasRole(tok, RoleGraph) {
 		graphError(w, http.StatusForbidden, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
 		return
 	}
