@@ -20,6 +20,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -52,7 +53,20 @@ type Options struct {
 }
 
 // Upstream sends through Graph.
-type Upstream struct{ o Options }
+type Upstream struct {
+	o Options
+
+	mu sync.Mutex
+	// orphans are drafts of failed attempts whose deletion failed too;
+	// each Deliver tries again first, so a retry never leaves a second
+	// copy (and another upload) in the mailbox.
+	orphans []orphan
+}
+
+type orphan struct{ queueID, url string }
+
+// maxOrphans bounds the drafts remembered for deletion.
+const maxOrphans = 100
 
 // New checks the options.
 func New(o Options) (*Upstream, error) {
@@ -105,13 +119,14 @@ func (u *Upstream) Deliver(ctx context.Context, msg *upstream.Message) ([]upstre
 	if err != nil {
 		return nil, err
 	}
+	u.deleteOrphans(ctx, tok)
 	fits := base64.StdEncoding.EncodedLen(len(raw)) <= u.o.MaxRequest
 	same, hdr := sameRecipients(raw, msg.To)
 	if fits && same {
 		err = u.call(ctx, tok, http.MethodPost, u.user()+"/sendMail", "text/plain", []byte(base64.StdEncoding.EncodeToString(raw)), nil)
 		u.o.Logger.Debug("graph sendMail", "queue_id", msg.QueueID, "size", len(raw), "error", err)
 	} else {
-		err = u.draft(ctx, tok, raw, fits, hdr, msg.To)
+		err = u.draft(ctx, tok, msg.QueueID, raw, fits, hdr, msg.To)
 		u.o.Logger.Debug("graph draft route", "queue_id", msg.QueueID, "size", len(raw), "error", err)
 	}
 	if err != nil {
@@ -172,7 +187,7 @@ func addresses(list []string) []address {
 	return out
 }
 
-func (u *Upstream) draft(ctx context.Context, tok string, raw []byte, fits bool, h headerRcpts, env []string) error {
+func (u *Upstream) draft(ctx context.Context, tok, queueID string, raw []byte, fits bool, h headerRcpts, env []string) (err error) {
 	mime, atts := raw, []attachment(nil)
 	if !fits {
 		var err error
@@ -193,6 +208,13 @@ func (u *Upstream) draft(ctx context.Context, tok string, raw []byte, fits bool,
 		return &upstream.Error{Err: errors.New("graph: the draft has no id")}
 	}
 	msgURL := u.user() + "/messages/" + url.PathEscape(created.ID)
+	defer func() {
+		if err != nil {
+			// The next attempt starts a new draft: delete this one
+			// (if /send went through unanswered, it is gone already).
+			u.deleteDraft(ctx, tok, queueID, msgURL)
+		}
+	}()
 	// Recipients as the envelope says: header To/Cc kept where they are
 	// envelope recipients, everyone else of the envelope as Bcc.
 	envSet := map[string]bool{}
@@ -234,6 +256,38 @@ func (u *Upstream) draft(ctx context.Context, tok string, raw []byte, fits bool,
 // this is 3,000,000 bytes, not 3 MiB: a 3 MiB file in one POST is a
 // 4.2 MB request, over the "about 4 MB" Graph takes.
 const SmallAttachment = 3_000_000
+
+// deleteDraft deletes the draft of a failed attempt, or remembers it for
+// the next Deliver when that fails too. It has its own deadline: the
+// attempt's context may be what ended it.
+func (u *Upstream) deleteDraft(ctx context.Context, tok, queueID, msgURL string) {
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	err := u.call(dctx, tok, http.MethodDelete, msgURL, "", nil, nil)
+	if ue := upstream.Classify(err); err == nil || (ue.Reply != nil && ue.Reply.EnhancedCode == smtp.EnhancedCode{4, 1, 0}) {
+		u.o.Logger.Debug("graph draft of a failed attempt deleted", "queue_id", queueID, "error", err)
+		return // deleted, or not there (404)
+	}
+	u.o.Logger.Warn("cannot delete the draft of a failed attempt; trying again before the next message", "queue_id", queueID, "err", err)
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if len(u.orphans) >= maxOrphans {
+		u.o.Logger.Error("too many drafts left in the mailbox by failed attempts: delete them in Outlook (Drafts)", "queue_id", u.orphans[0].queueID)
+		u.orphans = u.orphans[1:]
+	}
+	u.orphans = append(u.orphans, orphan{queueID, msgURL})
+}
+
+// deleteOrphans tries once more to delete drafts left by failed attempts.
+func (u *Upstream) deleteOrphans(ctx context.Context, tok string) {
+	u.mu.Lock()
+	list := u.orphans
+	u.orphans = nil
+	u.mu.Unlock()
+	for _, o := range list {
+		u.deleteDraft(ctx, tok, o.queueID, o.url)
+	}
+}
 
 func (u *Upstream) attach(ctx context.Context, tok, msgURL string, a attachment) error {
 	if len(a.Data) < SmallAttachment {

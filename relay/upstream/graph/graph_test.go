@@ -237,3 +237,45 @@ func TestRefusedTokenDropped(t *testing.T) {
 		}
 	})
 }
+
+// A failure part-way through the draft route leaves no draft behind: the
+// draft is deleted at once, or before the next attempt when that fails too.
+func TestFailedDraftDeleted(t *testing.T) {
+	big := make([]byte, 6<<20)
+	rand.Read(big)
+	body := multipart(map[string][]byte{"scan.pdf": big})
+	tests := []struct {
+		name         string
+		fail         [][2]string // method, path
+		draftsBefore int         // after the failed attempt
+	}{
+		{"upload fails", [][2]string{{"PUT", "/upload/"}}, 0},
+		{"send fails", [][2]string{{"POST", "/send"}}, 0},
+		{"recipients fail", [][2]string{{"PATCH", "/messages/"}}, 0},
+		{"upload and delete fail", [][2]string{{"PUT", "/upload/"}, {"DELETE", "/messages/"}}, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			up, g := setup(t, true)
+			for _, f := range tt.fail {
+				g.FailNext(f[0], f[1], 503)
+			}
+			_, err := up.Deliver(context.Background(), message([]string{"bob@fabrikam.test"}, body))
+			if err == nil || upstream.IsPermanent(err) {
+				t.Fatalf("got %v, want a temporary failure", err)
+			}
+			if got := g.Drafts(); got != tt.draftsBefore {
+				t.Errorf("after the failure: %d drafts in the mailbox, want %d", got, tt.draftsBefore)
+			}
+			if _, err := up.Deliver(context.Background(), message([]string{"bob@fabrikam.test"}, body)); err != nil {
+				t.Fatal(err)
+			}
+			if got := g.Drafts(); got != 0 {
+				t.Errorf("after the retry: %d drafts left in the mailbox, want 0", got)
+			}
+			if got := len(g.Sent()); got != 1 {
+				t.Errorf("sent %d, want 1", got)
+			}
+		})
+	}
+}

@@ -57,6 +57,7 @@ type Graph struct {
 	drafts   map[string]*GraphMessage
 	sessions map[string]*upload
 	throttle []time.Duration
+	fail     []failRule
 	active   int
 	peak     int
 	requests int
@@ -101,6 +102,23 @@ func (g *Graph) Sent() []GraphMessage {
 	return slices.Clone(g.sent)
 }
 
+type failRule struct {
+	method, path string
+	status       int
+}
+
+// FailNext makes the next request with this method whose path contains
+// path answer status (503: Graph unavailable), as when a large message's
+// route breaks part-way.
+func (g *Graph) FailNext(method, path string, status int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.fail = append(g.fail, failRule{method, path, status})
+}
+
+// Drafts is how many drafts are in the mailbox (not sent, not deleted).
+func (g *Graph) Drafts() int { g.mu.Lock(); defer g.mu.Unlock(); return len(g.drafts) }
+
 // Largest is the largest request body received.
 func (g *Graph) Largest() int { g.mu.Lock(); defer g.mu.Unlock(); return g.largest }
 
@@ -133,8 +151,19 @@ func (g *Graph) serve(w http.ResponseWriter, r *http.Request) {
 	if len(g.throttle) > 0 {
 		wait, g.throttle = g.throttle[0], g.throttle[1:]
 	}
+	failWith := 0
+	for i, f := range g.fail {
+		if f.method == r.Method && strings.Contains(r.URL.Path, f.path) {
+			failWith, g.fail = f.status, slices.Delete(g.fail, i, i+1)
+			break
+		}
+	}
 	g.mu.Unlock()
 	defer func() { g.mu.Lock(); g.active--; g.mu.Unlock() }()
+	if failWith != 0 {
+		graphError(w, failWith, "ServiceUnavailable", "The service is temporarily unavailable.")
+		return
+	}
 	if over && wait < 0 {
 		wait = time.Second
 	}
@@ -206,6 +235,15 @@ func (g *Graph) serve(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusCreated)
 		json.NewEncoder(w).Encode(map[string]any{"id": id, "isDraft": true})
+	case r.Method == http.MethodDelete && messageRE.MatchString(p):
+		id := messageRE.FindStringSubmatch(p)[2]
+		if g.draft(w, id) == nil {
+			return
+		}
+		g.mu.Lock()
+		delete(g.drafts, id)
+		g.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
 	case r.Method == http.MethodPatch && messageRE.MatchString(p):
 		d := g.draft(w, messageRE.FindStringSubmatch(p)[2])
 		if d == nil {
