@@ -122,7 +122,7 @@ func New(kind string, cfg config.M365, d Deps) (upstream.Upstream, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &explained{inner: inner, tokens: tokens, check: check, log: log}
+	e := &explained{inner: inner, tokens: tokens, check: check, log: log, clock: d.Clock}
 	l := cfg.Limits
 	po := pace.Options{MessagesPerMinute: l.MessagesPerMinute, Concurrency: l.Concurrency,
 		RecipientsPerDay: l.RecipientsPerDay, MaxRecipients: l.MaxRecipients, Now: d.Clock, Sleep: d.Sleep, Logger: log}
@@ -167,6 +167,9 @@ func newTokens(cfg config.M365, d Deps, log *slog.Logger) (*TokenSource, error) 
 		if o.Key, err = ParsePrivateKey(k); err != nil {
 			return nil, fmt.Errorf("upstream.m365.certificate_key_secret: %w", err)
 		}
+		if err := CheckKeyPair(o.Certificate, o.Key); err != nil {
+			return nil, fmt.Errorf("upstream.m365.certificate_file and certificate_key_secret: %w", err)
+		}
 	}
 	return NewTokenSource(o)
 }
@@ -194,6 +197,7 @@ type explained struct {
 	tokens *TokenSource
 	check  func(string) error
 	log    *slog.Logger
+	clock  func() time.Time
 }
 
 func (e *explained) Limits() upstream.Limits { return e.inner.Limits() }
@@ -252,6 +256,17 @@ func (e *explained) Deliver(ctx context.Context, msg *upstream.Message) ([]upstr
 
 func (e *explained) Probe(ctx context.Context) ([]upstream.Step, error) {
 	var steps []upstream.Step
+	if e.tokens != nil && e.tokens.o.Certificate != nil {
+		// New refused a key that is not the certificate's; what is left to
+		// see is which certificate, and until when.
+		c := e.tokens.o.Certificate
+		st := upstream.Step{Name: "app certificate", OK: true,
+			Detail: fmt.Sprintf("%q, thumbprint %s, matches its key, valid until %s", c.Subject.CommonName, Thumbprint(c), c.NotAfter.UTC().Format(time.DateOnly))}
+		if e.clock().After(c.NotAfter) {
+			st.OK, st.Detail = false, st.Detail+": expired; Entra refuses it: upload a new certificate and store its key"
+		}
+		steps = append(steps, st)
+	}
 	if e.tokens != nil {
 		st := upstream.Step{Name: "token from " + e.tokens.endpoint}
 		if _, err := e.tokens.Token(ctx); err != nil {

@@ -734,3 +734,44 @@ func TestTokenFirstAndQuit(t *testing.T) {
 		}
 	})
 }
+
+// A certificate whose key is another's is refused at start, naming both
+// keys and AADSTS700027, instead of at every token request; doctor's probe
+// shows the certificate it uses.
+func TestCertificateKeyMismatch(t *testing.T) {
+	e := newEnv(t, m365test.ExchangeOptions{})
+	certPEM, keyPEM, cert := e.ca.RSA(t, "relay-app")
+	_, otherKey, _ := e.ca.RSA(t, "another-app")
+	e.entra.AddApp(m365test.App{ClientID: "app2", Cert: cert.Leaf})
+	e.x.Grant("app2", mailbox)
+	os.WriteFile(filepath.Join(e.dir, "app.pem"), certPEM, 0o644)
+	e.secrets["app-key"], e.secrets["other-key"] = keyPEM, otherKey
+	for _, tt := range []struct {
+		key     string
+		wantErr bool
+	}{{"other-key", true}, {"app-key", false}} {
+		m := e.oauth(config.M365{CertificateFile: "app.pem", CertificateKeySecret: tt.key})
+		m.ClientID = "app2"
+		up, err := m365.New("m365-oauth", m, e.deps(""))
+		if tt.wantErr {
+			if err == nil || !strings.Contains(err.Error(), "AADSTS700027") || !strings.Contains(err.Error(), "certificate_key_secret") {
+				t.Errorf("%s: got %v, want a refusal at start naming the keys and AADSTS700027", tt.key, err)
+			}
+			if err == nil {
+				up.Close()
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		steps, err := up.(upstream.Prober).Probe(context.Background())
+		up.Close()
+		if err != nil || len(steps) == 0 || steps[0].Name != "app certificate" || !steps[0].OK || !strings.Contains(steps[0].Detail, m365.Thumbprint(cert.Leaf)) {
+			t.Errorf("probe: %+v, %v", steps, err)
+		}
+	}
+	if got := e.entra.Requests(); got != 1 {
+		t.Errorf("%d token requests, want only the probe's", got)
+	}
+}
