@@ -123,6 +123,9 @@ func New(kind string, cfg config.M365, d Deps) (upstream.Upstream, error) {
 		return nil, err
 	}
 	e := &explained{inner: inner, tokens: tokens, check: check, log: log, clock: d.Clock}
+	if kind == "m365-oauth" || kind == "m365-password" || kind == "graph" {
+		e.mailbox = cfg.Mailbox
+	}
 	l := cfg.Limits
 	po := pace.Options{MessagesPerMinute: l.MessagesPerMinute, Concurrency: l.Concurrency,
 		RecipientsPerDay: l.RecipientsPerDay, MaxRecipients: l.MaxRecipients, Now: d.Clock, Sleep: d.Sleep, Logger: log}
@@ -198,6 +201,9 @@ type explained struct {
 	check  func(string) error
 	log    *slog.Logger
 	clock  func() time.Time
+	// mailbox, for the kinds that send as one mailbox, is the sender of
+	// messages with a null envelope sender (see fromMailbox).
+	mailbox string
 }
 
 func (e *explained) Limits() upstream.Limits { return e.inner.Limits() }
@@ -222,6 +228,15 @@ func (e *explained) Deliver(ctx context.Context, msg *upstream.Message) ([]upstr
 	var used string
 	if e.tokens != nil {
 		ctx = context.WithValue(ctx, usedKey{}, &used)
+	}
+	if msg.From == "" && e.mailbox != "" {
+		m, err := fromMailbox(msg, e.mailbox)
+		if err != nil {
+			e.log.Warn("cannot send this null-sender message from the mailbox; trying it as it is", "queue_id", msg.QueueID, "err", err)
+		} else {
+			e.log.Info("null-sender message (a bounce) sent from the mailbox: Microsoft 365 takes mail only from the mailbox here", "queue_id", msg.QueueID, "mailbox", e.mailbox)
+			msg = m
+		}
 	}
 	res, err := e.inner.Deliver(ctx, msg)
 	if err != nil {

@@ -6,8 +6,10 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"net/mail"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/dsn"
 	"github.com/siterelay/siterelay/relay/relaytest"
 	"github.com/siterelay/siterelay/relay/upstream"
 	"github.com/siterelay/siterelay/relay/upstream/m365"
@@ -774,4 +777,117 @@ func TestCertificateKeyMismatch(t *testing.T) {
 	if got := e.entra.Requests(); got != 1 {
 		t.Errorf("%d token requests, want only the probe's", got)
 	}
+}
+
+// bounceMsg is a DSN as the relay builds it, with the null sender.
+func bounceMsg(t *testing.T, to ...string) *upstream.Message {
+	t.Helper()
+	b, err := dsn.Build(dsn.Report{ReportingMTA: "relay.test", QueueID: "Q1", EnvelopeFrom: to[0], To: to[0],
+		Headers: []byte("From: printer@contoso.test\r\nSubject: scan\r\n\r\n"), Date: time.Date(2026, 11, 2, 8, 0, 0, 0, time.UTC),
+		Recipients: []dsn.Recipient{{Recipient: "gone@fabrikam.test", Action: dsn.Failed, DiagnosticCode: "550 5.1.10 Recipient not found"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &upstream.Message{QueueID: "b1", From: "", To: to, Size: int64(len(b)), Body: bytes.NewReader(b)}
+}
+
+// Client submission and Graph take mail only from the mailbox: a bounce
+// (MAIL FROM:<>, From: MAILER-DAEMON@relay) goes from the mailbox, with
+// the DSN's own headers, instead of being refused with 5.7.60.
+func TestBounceSentFromMailbox(t *testing.T) {
+	check := func(t *testing.T, data []byte) {
+		t.Helper()
+		m, err := mail.ReadMessage(bytes.NewReader(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := m.Header.Get("From"), `"Mail Delivery System" <`+mailbox+`>`; got != want {
+			t.Errorf("From %q, want %q", got, want)
+		}
+		if got := m.Header.Get("Auto-Submitted"); got != "auto-replied" {
+			t.Errorf("Auto-Submitted %q", got)
+		}
+		if ct := m.Header.Get("Content-Type"); !strings.HasPrefix(ct, "multipart/report; report-type=delivery-status") {
+			t.Errorf("Content-Type %q", ct)
+		}
+		if !bytes.Contains(data, []byte("Final-Recipient: rfc822; gone@fabrikam.test")) {
+			t.Error("the delivery status part is lost")
+		}
+	}
+	t.Run("m365-oauth", func(t *testing.T) {
+		e := newEnv(t, m365test.ExchangeOptions{})
+		up, err := m365.New("m365-oauth", e.oauth(config.M365{}), e.deps(""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer up.Close()
+		if _, err := up.Deliver(context.Background(), bounceMsg(t, "printer@contoso.test")); err != nil {
+			t.Fatalf("bounce refused: %v", err)
+		}
+		rs := e.x.Received()
+		if len(rs) != 1 || rs[0].From != mailbox {
+			t.Fatalf("received %+v", rs)
+		}
+		check(t, rs[0].Data)
+		if !strings.Contains(e.logs.String(), "sent from the mailbox") {
+			t.Error("the log does not say the bounce went from the mailbox")
+		}
+	})
+	t.Run("graph", func(t *testing.T) {
+		e := newEnv(t, m365test.ExchangeOptions{})
+		g := m365test.NewGraph(t, e.entra)
+		g.Grant("app1", mailbox)
+		m := validated(t, "graph", config.M365{Tenant: tenant, ClientID: "app1", ClientSecretSecret: "m365-secret", Mailbox: mailbox,
+			TokenURL: e.entra.URL, GraphURL: g.URL})
+		d := e.deps("")
+		d.HTTPClient = g.Client()
+		up, err := m365.New("graph", m, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer up.Close()
+		if _, err := up.Deliver(context.Background(), bounceMsg(t, "printer@contoso.test", "admin@contoso.test")); err != nil {
+			t.Fatalf("bounce refused: %v", err)
+		}
+		sent := g.Sent()
+		if len(sent) != 1 {
+			t.Fatalf("sent %d", len(sent))
+		}
+		check(t, sent[0].MIME)
+	})
+	t.Run("connector keeps the null sender", func(t *testing.T) {
+		e, dns := mxEnv(t, m365test.ExchangeOptions{MX: true, TenantDomains: []string{"contoso.test"}})
+		up, err := m365.New("m365-direct", validated(t, "m365-direct", config.M365{Domain: "contoso.test", SMTPPort: e.port()}), e.deps(dns.Addr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer up.Close()
+		if _, err := up.Deliver(context.Background(), bounceMsg(t, "printer@contoso.test")); err != nil {
+			t.Fatal(err)
+		}
+		if rs := e.x.Received(); len(rs) != 1 || rs[0].From != "" {
+			t.Fatalf("received %+v", rs)
+		}
+	})
+}
+
+func FuzzFromMailbox(f *testing.F) {
+	f.Add([]byte("From: \"Mail Delivery System\" <MAILER-DAEMON@relay.test>\r\nTo: a@b.c\r\n\r\nbody\r\n"))
+	f.Add([]byte("Subject: x\r\nFROM :\r\n folded@x\r\n\r\n"))
+	f.Add([]byte("no header end"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		in := &upstream.Message{QueueID: "f", Size: int64(len(b)), Body: bytes.NewReader(b), To: []string{"a@b.c"}}
+		m, err := m365.FromMailbox(in, mailbox)
+		if err != nil {
+			return
+		}
+		out, err := io.ReadAll(m.Reader())
+		if err != nil || int64(len(out)) != m.Size || m.From != mailbox {
+			t.Fatalf("size %d vs %d, from %q, err %v", len(out), m.Size, m.From, err)
+		}
+		_, body, _ := bytes.Cut(b, []byte("\r\n\r\n"))
+		if !bytes.HasSuffix(out, body) || !bytes.Contains(out, []byte("From: ")) {
+			t.Fatalf("body changed: %q -> %q", b, out)
+		}
+	})
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/mail"
 	"slices"
 	"strings"
 	"sync"
@@ -428,6 +429,14 @@ func (s *xsession) Data(r io.Reader) error {
 		return err
 	}
 	x := s.x
+	if !x.o.MX {
+		// Client submission checks the header sender as well.
+		if m, err := mail.ReadMessage(bytes.NewReader(b)); err == nil {
+			if a, err := mail.ParseAddress(m.Header.Get("From")); err == nil && !strings.EqualFold(a.Address, s.mailbox) {
+				return ErrSendAs
+			}
+		}
+	}
 	now := x.o.Clock()
 	x.mu.Lock()
 	defer x.mu.Unlock()

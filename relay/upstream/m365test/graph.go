@@ -351,6 +351,18 @@ func (g *Graph) mime(w http.ResponseWriter, r *http.Request, body []byte) (*Grap
 		graphError(w, http.StatusBadRequest, "ErrorMimeContentInvalid", "The MIME content is invalid.")
 		return nil, false
 	}
+	if a, err := mail.ParseAddress(m.Header.Get("From")); err == nil {
+		user := ""
+		for _, re := range []*regexp.Regexp{sendMailRE, messagesRE} {
+			if m := re.FindStringSubmatch(r.URL.Path); m != nil {
+				user = m[1]
+			}
+		}
+		if !strings.EqualFold(a.Address, user) {
+			graphError(w, http.StatusForbidden, "ErrorSendAsDenied", "The user account which was used to submit this request does not have the right to send mail on behalf of the specified sending account.")
+			return nil, false
+		}
+	}
 	msg := &GraphMessage{MIME: raw}
 	for _, h := range []string{"To", "Cc", "Bcc"} {
 		if m.Header.Get(h) == "" {
