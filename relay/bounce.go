@@ -26,7 +26,7 @@ func (r *Relay) bounce(ctx context.Context, msg spool.Info, failed []delivery.Fa
 		to = append(to, admin)
 	}
 	if len(to) == 0 {
-		return nil
+		return delivery.ErrNoBounce
 	}
 	headers, err := r.headers(msg)
 	if err != nil {
