@@ -891,3 +891,67 @@ func FuzzFromMailbox(f *testing.F) {
 		}
 	})
 }
+
+// The windows survive a restart of the relay (a new upstream over the same
+// state directory): 25 sent in a minute, then the next 10 keep Exchange's
+// limit of 30 a minute, so it never has to throttle.
+func TestWindowsSurviveRestart(t *testing.T) {
+	e := newEnv(t, m365test.ExchangeOptions{})
+	var msgs []*upstream.Message
+	for i := range 35 {
+		msgs = append(msgs, newMsg(i, mailbox, "ops@fabrikam.test"))
+	}
+	up, err := m365.New("m365-oauth", e.oauth(config.M365{}), e.deps(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deliverAll(t, e, up, msgs[:25], 3)
+	up.Close()
+	up, err = m365.New("m365-oauth", e.oauth(config.M365{}), e.deps(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	if temporary := deliverAll(t, e, up, msgs[25:], 3); temporary > 0 {
+		t.Errorf("%d temporary failures after the restart, want none", temporary)
+	}
+	got := e.x.Received()
+	if len(got) != 35 {
+		t.Fatalf("received %d, want 35", len(got))
+	}
+	if m := maxPerMinute(got); m > 30 {
+		t.Errorf("%d messages accepted within one minute across the restart, want at most 30", m)
+	}
+	if v := e.x.Violations(); len(v) > 0 {
+		t.Errorf("Exchange had to throttle: %v", v)
+	}
+	if _, err := os.Stat(filepath.Join(e.dir, "pace", "m365-oauth-"+mailbox+".json")); err != nil {
+		t.Errorf("no pacing state in the state directory: %v", err)
+	}
+}
+
+// A tenant-wide 5.7.233 is a hold: every message arrives in the end, none
+// bounces (deliverAll fails the test on a permanent failure).
+func TestTenantRateHeld(t *testing.T) {
+	e := newEnv(t, m365test.ExchangeOptions{})
+	up, err := m365.New("m365-oauth", e.oauth(config.M365{}), e.deps(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	e.x.Script(m365test.AtRcpt, m365test.ErrTenantRate, m365test.ErrTenantRate, m365test.ErrRcptRate)
+	var msgs []*upstream.Message
+	for i := range 10 {
+		msgs = append(msgs, newMsg(i, mailbox, "ops@fabrikam.test"))
+	}
+	start := e.clock.Now()
+	if temporary := deliverAll(t, e, up, msgs, 3); temporary != 3 {
+		t.Errorf("%d temporary failures, want the 3 scripted holds", temporary)
+	}
+	if got := len(e.x.Received()); got != 10 {
+		t.Fatalf("received %d, want 10", got)
+	}
+	if waited := e.clock.Now().Sub(start); waited < time.Hour {
+		t.Errorf("done after %v: the holds should wait for the window (an hour)", waited)
+	}
+}
