@@ -126,6 +126,10 @@ func New(kind string, cfg config.M365, d Deps) (upstream.Upstream, error) {
 	if kind == "m365-oauth" || kind == "m365-password" || kind == "graph" {
 		e.mailbox = cfg.Mailbox
 	}
+	if kind == "m365-password" {
+		e.basicAuth = BasicAuthWarning(d.Clock())
+		log.Warn(e.basicAuth, "mailbox", cfg.Mailbox)
+	}
 	l := cfg.Limits
 	po := pace.Options{MessagesPerMinute: l.MessagesPerMinute, Concurrency: l.Concurrency,
 		RecipientsPerDay: l.RecipientsPerDay, MaxRecipients: l.MaxRecipients, Now: d.Clock, Sleep: d.Sleep, Logger: log}
@@ -204,6 +208,29 @@ type explained struct {
 	// mailbox, for the kinds that send as one mailbox, is the sender of
 	// messages with a null envelope sender (see fromMailbox).
 	mailbox string
+	// basicAuth is the warning for the password kind (BasicAuthWarning).
+	basicAuth string
+}
+
+// BasicAuthOff is when Microsoft turns basic authentication for client
+// submission off by default in existing tenants: "end of December 2026"
+// (Exchange team, January 2026); admins can turn it back on until a
+// removal date Microsoft announces in the second half of 2027, and tenants
+// created after it never have it.
+var BasicAuthOff = time.Date(2026, 12, 31, 0, 0, 0, 0, time.UTC)
+
+// BasicAuthWarning is what the password kind says at start and in doctor,
+// worded for the date now.
+func BasicAuthWarning(now time.Time) string {
+	if now.Before(BasicAuthOff) {
+		days, unit := int(BasicAuthOff.Sub(now).Hours()/24)+1, "days"
+		if days == 1 {
+			unit = "day"
+		}
+		return fmt.Sprintf("kind m365-password logs in with the mailbox's password: Microsoft turns basic authentication for client submission off by default at the end of December 2026 (in %d %s), after which this tenant refuses it (550 5.7.30) unless an admin turns it back on; move to kind m365-oauth (or graph) before then",
+			days, unit)
+	}
+	return "kind m365-password logs in with the mailbox's password: Microsoft has turned basic authentication for client submission off by default since the end of December 2026; it works only while an admin keeps it on for this tenant, and Microsoft will remove it for good (date announced in the second half of 2027); move to kind m365-oauth (or graph)"
 }
 
 func (e *explained) Limits() upstream.Limits { return e.inner.Limits() }
@@ -293,6 +320,11 @@ func (e *explained) Probe(ctx context.Context) ([]upstream.Step, error) {
 		}
 		st.OK, st.Detail = true, "obtained for client "+e.tokens.o.ClientID+", scope "+e.tokens.o.Scope
 		steps = append(steps, st)
+	}
+	if e.basicAuth != "" {
+		// A warning, not a failure: the login step shows whether the
+		// tenant still takes the password.
+		steps = append(steps, upstream.Step{Name: "basic authentication", OK: true, Detail: "warning: " + e.basicAuth})
 	}
 	p, ok := e.inner.(upstream.Prober)
 	if !ok {

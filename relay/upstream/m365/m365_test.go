@@ -381,6 +381,18 @@ func TestPasswordLegacy(t *testing.T) {
 	if _, err := up.Deliver(context.Background(), newMsg(1, mailbox, "ops@fabrikam.test")); err != nil {
 		t.Fatal(err)
 	}
+	// The December switch is announced at start and in doctor.
+	if !strings.Contains(e.logs.String(), "end of December 2026") {
+		t.Error("no warning about the end of basic authentication at start")
+	}
+	steps, err := up.(upstream.Prober).Probe(context.Background())
+	found := false
+	for _, st := range steps {
+		found = found || (st.Name == "basic authentication" && st.OK && strings.Contains(st.Detail, "m365-oauth"))
+	}
+	if err != nil || !found {
+		t.Errorf("probe %+v, %v: want the basic authentication warning", steps, err)
+	}
 	// The tenant turns basic auth off.
 	e2 := newEnv(t, m365test.ExchangeOptions{})
 	m.SMTPPort = e2.port()
@@ -953,5 +965,21 @@ func TestTenantRateHeld(t *testing.T) {
 	}
 	if waited := e.clock.Now().Sub(start); waited < time.Hour {
 		t.Errorf("done after %v: the holds should wait for the window (an hour)", waited)
+	}
+}
+
+func TestBasicAuthWarning(t *testing.T) {
+	tests := []struct {
+		now  time.Time
+		want string
+	}{
+		{time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC), "in 30 days"},
+		{time.Date(2026, 12, 30, 23, 0, 0, 0, time.UTC), "in 1 day)"},
+		{time.Date(2027, 1, 5, 0, 0, 0, 0, time.UTC), "since the end of December 2026"},
+	}
+	for _, tt := range tests {
+		if got := m365.BasicAuthWarning(tt.now); !strings.Contains(got, tt.want) || !strings.Contains(got, "m365-oauth") {
+			t.Errorf("%v: %q, want %q", tt.now, got, tt.want)
+		}
 	}
 }
