@@ -71,6 +71,7 @@ type Paced struct {
 	deferred  int
 	throttled int
 
+	sent       bool       // a message took its place in the windows
 	saveMu     sync.Mutex // orders writes of the state file
 	saveFailed bool       // the last write failed (logged once)
 }
@@ -145,9 +146,16 @@ func (p *Paced) Limits() upstream.Limits {
 	return l
 }
 
-// Close writes the windows' last state and closes the inner upstream.
+// Close writes the windows' last state, if this pacer sent anything (a
+// doctor run beside the daemon must not write back what it read), and
+// closes the inner upstream.
 func (p *Paced) Close() error {
-	p.save()
+	p.mu.Lock()
+	sent := p.sent
+	p.mu.Unlock()
+	if sent {
+		p.save()
+	}
 	return p.up.Close()
 }
 
@@ -212,6 +220,7 @@ func (p *Paced) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.
 				ds = &slot{t: now, n: n}
 				p.day = append(p.day, ds)
 			}
+			p.sent = true
 			p.mu.Unlock()
 			// On disk before it is sent: a crash during the attempt
 			// still counts it after the restart.

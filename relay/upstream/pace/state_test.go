@@ -314,3 +314,24 @@ func FuzzRestore(f *testing.F) {
 		}
 	})
 }
+
+// A pacer that sent nothing (relayd doctor beside the daemon) does not
+// write back the state it read when it closes.
+func TestCloseWritesOnlyAfterSending(t *testing.T) {
+	c := &clock{now: time.Unix(1e9, 0)}
+	path := filepath.Join(t.TempDir(), "m365.json")
+	o := Options{MessagesPerMinute: 30, Now: c.Now, Sleep: c.Sleep, StateFile: path}
+	Wrap(&fake{c: c}, o).Close()
+	if _, err := os.Stat(path); err == nil {
+		t.Error("an idle pacer wrote its state")
+	}
+	p := Wrap(&fake{c: c}, o)
+	if _, err := p.Deliver(context.Background(), msg(1)); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(path)
+	p.Close()
+	if _, err := os.Stat(path); err != nil {
+		t.Errorf("Close after sending did not write the state: %v", err)
+	}
+}
