@@ -51,9 +51,9 @@ type Options struct {
 	Logger *slog.Logger
 	// StateFile, when set, keeps the windows and the cooldown across
 	// restarts (see state.go): written durably when a message takes its
-	// place in the windows, before it is sent, and again when the attempt
-	// ends. A box that restarts in a loop thus neither exceeds a limit nor
-	// makes Microsoft throttle it after every boot.
+	// place in the windows, before it is sent, when a cooldown starts, and
+	// at Close. A box that restarts in a loop thus neither exceeds a limit
+	// nor makes Microsoft throttle it after every boot.
 	StateFile string
 }
 
