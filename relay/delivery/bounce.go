@@ -40,7 +40,7 @@ func (s *Scheduler) bounce(msg spool.Info, failed []Failure, expired bool) error
 		to = append(to, b.Admin)
 	}
 	if len(to) == 0 {
-		return nil
+		return ErrNoBounce
 	}
 	headers, err := s.headers(msg)
 	if err != nil {

@@ -50,6 +50,11 @@ type Options struct {
 	Logger    *slog.Logger
 }
 
+// ErrNoBounce is what the bounce returns when nobody can be told (a
+// null or unroutable sender and no bounce.admin): the failure is final all
+// the same, and traced as failed rather than bounced.
+var ErrNoBounce = errors.New("no bounce: nobody to send it to")
+
 // Failure is a recipient that will not be delivered.
 type Failure struct {
 	Rcpt  string
@@ -394,7 +399,9 @@ func (s *Scheduler) attempt(ctx context.Context, id string) {
 	if len(failed) > 0 {
 		kind := trace.Bounced
 		if set.bounce != nil {
-			if err := s.bounce(info, failed, expired); err != nil {
+			if err := s.bounce(info, failed, expired); errors.Is(err, ErrNoBounce) {
+				kind = trace.Failed
+			} else if err != nil {
 				// Keep the message: the bounce is retried with it.
 				log.Error("cannot queue the bounce; will try again", "err", err)
 				s.retryAt(id, now.Add(s.backoff(n)))

@@ -8,7 +8,10 @@
 // docs/architecture.md has the table of who writes and who reads each entry.
 package layout
 
-import "path/filepath"
+import (
+	"path/filepath"
+	"strings"
+)
 
 // The box's fixed places. The bootstrap directory is baked into the
 // read-only image by images/sitegen; the first boot moves its files into
@@ -67,6 +70,13 @@ func (d Dir) TLS() string { return d.Path("tls") }
 
 // Pace keeps the upstreams' sending windows across restarts.
 func (d Dir) Pace() string { return d.Path("pace") }
+
+// PaceWindows is one upstream's sending windows (relay/upstream/pace), by
+// a name the upstream chooses from what Microsoft counts per (its kind and
+// mailbox); path separators in it are replaced.
+func (d Dir) PaceWindows(name string) string {
+	return d.Path("pace", strings.NewReplacer("/", "_", `\`, "_").Replace(name)+".json")
+}
 
 // Tailnet is the tailnet node's state (keys, node identity).
 func (d Dir) Tailnet() string { return d.Path("tailnet") }

@@ -20,11 +20,18 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-smtp"
 	"github.com/siterelay/siterelay/relay/upstream"
 )
+
+// Invalidator is a token source that can drop a token the service refused
+// (m365.TokenSource), so that the next attempt gets a new one.
+type Invalidator interface {
+	Invalidate(token string) bool
+}
 
 // Options configure the upstream.
 type Options struct {
@@ -46,7 +53,20 @@ type Options struct {
 }
 
 // Upstream sends through Graph.
-type Upstream struct{ o Options }
+type Upstream struct {
+	o Options
+
+	mu sync.Mutex
+	// orphans are drafts of failed attempts whose deletion failed too;
+	// each Deliver tries again first, so a retry never leaves a second
+	// copy (and another upload) in the mailbox.
+	orphans []orphan
+}
+
+type orphan struct{ queueID, url string }
+
+// maxOrphans bounds the drafts remembered for deletion.
+const maxOrphans = 100
 
 // New checks the options.
 func New(o Options) (*Upstream, error) {
@@ -99,13 +119,14 @@ func (u *Upstream) Deliver(ctx context.Context, msg *upstream.Message) ([]upstre
 	if err != nil {
 		return nil, err
 	}
+	u.deleteOrphans(ctx, tok)
 	fits := base64.StdEncoding.EncodedLen(len(raw)) <= u.o.MaxRequest
 	same, hdr := sameRecipients(raw, msg.To)
 	if fits && same {
 		err = u.call(ctx, tok, http.MethodPost, u.user()+"/sendMail", "text/plain", []byte(base64.StdEncoding.EncodeToString(raw)), nil)
 		u.o.Logger.Debug("graph sendMail", "queue_id", msg.QueueID, "size", len(raw), "error", err)
 	} else {
-		err = u.draft(ctx, tok, raw, fits, hdr, msg.To)
+		err = u.draft(ctx, tok, msg.QueueID, raw, fits, hdr, msg.To)
 		u.o.Logger.Debug("graph draft route", "queue_id", msg.QueueID, "size", len(raw), "error", err)
 	}
 	if err != nil {
@@ -166,7 +187,7 @@ func addresses(list []string) []address {
 	return out
 }
 
-func (u *Upstream) draft(ctx context.Context, tok string, raw []byte, fits bool, h headerRcpts, env []string) error {
+func (u *Upstream) draft(ctx context.Context, tok, queueID string, raw []byte, fits bool, h headerRcpts, env []string) (err error) {
 	mime, atts := raw, []attachment(nil)
 	if !fits {
 		var err error
@@ -187,6 +208,13 @@ func (u *Upstream) draft(ctx context.Context, tok string, raw []byte, fits bool,
 		return &upstream.Error{Err: errors.New("graph: the draft has no id")}
 	}
 	msgURL := u.user() + "/messages/" + url.PathEscape(created.ID)
+	defer func() {
+		if err != nil {
+			// The next attempt starts a new draft: delete this one
+			// (if /send went through unanswered, it is gone already).
+			u.deleteDraft(ctx, tok, queueID, msgURL)
+		}
+	}()
 	// Recipients as the envelope says: header To/Cc kept where they are
 	// envelope recipients, everyone else of the envelope as Bcc.
 	envSet := map[string]bool{}
@@ -222,8 +250,47 @@ func (u *Upstream) draft(ctx context.Context, tok string, raw []byte, fits bool,
 	return u.call(ctx, tok, http.MethodPost, msgURL+"/send", "", nil, nil)
 }
 
+// SmallAttachment is the size below which Microsoft says to attach a file
+// with a single POST; from there to 150 MB it takes an upload session.
+// Microsoft writes "3 MB", and its upload sessions refuse smaller files, so
+// this is 3,000,000 bytes, not 3 MiB: a 3 MiB file in one POST is a
+// 4.2 MB request, over the "about 4 MB" Graph takes.
+const SmallAttachment = 3_000_000
+
+// deleteDraft deletes the draft of a failed attempt, or remembers it for
+// the next Deliver when that fails too. It has its own deadline: the
+// attempt's context may be what ended it.
+func (u *Upstream) deleteDraft(ctx context.Context, tok, queueID, msgURL string) {
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	err := u.call(dctx, tok, http.MethodDelete, msgURL, "", nil, nil)
+	if ue := upstream.Classify(err); err == nil || (ue.Reply != nil && ue.Reply.EnhancedCode == smtp.EnhancedCode{4, 1, 0}) {
+		u.o.Logger.Debug("graph draft of a failed attempt deleted", "queue_id", queueID, "error", err)
+		return // deleted, or not there (404)
+	}
+	u.o.Logger.Warn("cannot delete the draft of a failed attempt; trying again before the next message", "queue_id", queueID, "err", err)
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if len(u.orphans) >= maxOrphans {
+		u.o.Logger.Error("too many drafts left in the mailbox by failed attempts: delete them in Outlook (Drafts)", "queue_id", u.orphans[0].queueID)
+		u.orphans = u.orphans[1:]
+	}
+	u.orphans = append(u.orphans, orphan{queueID, msgURL})
+}
+
+// deleteOrphans tries once more to delete drafts left by failed attempts.
+func (u *Upstream) deleteOrphans(ctx context.Context, tok string) {
+	u.mu.Lock()
+	list := u.orphans
+	u.orphans = nil
+	u.mu.Unlock()
+	for _, o := range list {
+		u.deleteDraft(ctx, tok, o.queueID, o.url)
+	}
+}
+
 func (u *Upstream) attach(ctx context.Context, tok, msgURL string, a attachment) error {
-	if len(a.Data) < 3<<20 {
+	if len(a.Data) < SmallAttachment {
 		b, _ := json.Marshal(map[string]any{"@odata.type": "#microsoft.graph.fileAttachment", "name": a.Name, "contentType": a.ContentType, "contentBytes": a.Data})
 		return u.call(ctx, tok, http.MethodPost, msgURL+"/attachments", "application/json", b, nil)
 	}
@@ -272,6 +339,14 @@ func (u *Upstream) do(ctx context.Context, tok, method, url, ctype string, body 
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if tok != "" && (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden) {
+		// A token refused, or without the role needed: roles are fixed
+		// when a token is issued, so only a new one carries a permission
+		// granted since. The token source spaces these drops.
+		if inv, ok := u.o.Tokens.(Invalidator); ok {
+			inv.Invalidate(tok)
+		}
+	}
 	if resp.StatusCode/100 == 2 {
 		if out != nil && len(b) > 0 {
 			if err := json.Unmarshal(b, out); err != nil {
@@ -307,10 +382,10 @@ func httpError(resp *http.Response, body []byte) *upstream.Error {
 		ue.Hint = "Graph throttles this app and mailbox (4 requests at once, 10,000 per 10 minutes): the relay waits as Graph asks; nothing is lost."
 	case s == http.StatusUnauthorized:
 		ue.Reply = reply(451, smtp.EnhancedCode{4, 7, 0})
-		ue.Hint = "Graph refused the token: give the app the application permission Mail.Send with admin consent."
+		ue.Hint = "Graph refused the access token itself (" + e.Error.Code + "): the relay drops it and asks Entra for a new one. If this persists, check that the scope is https://graph.microsoft.com/.default, that tenant is the mailbox's tenant, and the relay's clock."
 	case s == http.StatusForbidden:
 		ue.Reply = reply(451, smtp.EnhancedCode{4, 7, 1})
-		ue.Hint = "Graph denied access to the mailbox: grant the app Mail.Send for it (RBAC for Applications: New-ManagementRoleAssignment -App … scoped to the mailbox)."
+		ue.Hint = "Graph denied access to the mailbox: grant the app the application permission Mail.Send with admin consent, scoped to the mailbox (RBAC for Applications: New-ManagementRoleAssignment -App … ). The relay asks for a new token, which carries a permission granted since."
 	case s == http.StatusNotFound:
 		ue.Reply = reply(451, smtp.EnhancedCode{4, 1, 0})
 		ue.Hint = "Graph does not know the sending mailbox: check mailbox (the user's UPN or id)."

@@ -19,6 +19,11 @@ import (
 const mailbox = "scanner@contoso.test"
 
 func setup(t *testing.T, grant bool) (*graph.Upstream, *m365test.Graph) {
+	up, g, _ := setupEntra(t, grant)
+	return up, g
+}
+
+func setupEntra(t *testing.T, grant bool) (*graph.Upstream, *m365test.Graph, *m365test.Entra) {
 	clock := m365test.NewClock()
 	entra := m365test.NewEntra(t, "contoso.test", clock.Now)
 	entra.AddApp(m365test.App{ClientID: "app1", Secret: "s3cret"})
@@ -35,7 +40,7 @@ func setup(t *testing.T, grant bool) (*graph.Upstream, *m365test.Graph) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return up, g
+	return up, g, entra
 }
 
 func message(to []string, body string) *upstream.Message {
@@ -151,4 +156,126 @@ func TestErrors(t *testing.T) {
 			t.Fatalf("got %+v", ue)
 		}
 	})
+}
+
+// Microsoft attaches files under 3 MB with one POST and larger ones by
+// upload session. A file between 3 MB and 3 MiB in one POST made a
+// request over the 4 MB Graph takes (the relay's own MaxRequest).
+func TestAttachmentRouteBy3MB(t *testing.T) {
+	for _, tc := range []struct {
+		size     int
+		uploaded bool
+	}{
+		{2_900_000, false},
+		{3_000_000, true},
+		{3_100_000, true}, // was one POST of 4,133,465 bytes
+		{3 << 20, true},
+	} {
+		t.Run(fmt.Sprint(tc.size), func(t *testing.T) {
+			up, g := setup(t, true)
+			data := make([]byte, tc.size)
+			rand.Read(data)
+			body := multipart(map[string][]byte{"scan.pdf": data})
+			if _, err := up.Deliver(context.Background(), message([]string{"bob@fabrikam.test"}, body)); err != nil {
+				t.Fatal(err)
+			}
+			sent := g.Sent()
+			if len(sent) != 1 || len(sent[0].Attachments) != 1 {
+				t.Fatalf("sent %d messages", len(sent))
+			}
+			a := sent[0].Attachments[0]
+			if got, want := a.Uploaded, tc.uploaded; got != want || !bytes.Equal(a.Data, data) {
+				t.Errorf("uploaded %v, want %v (%d bytes arrived)", got, want, len(a.Data))
+			}
+			if got, limit := g.Largest(), 4_000_000; got > limit {
+				t.Errorf("largest request %d bytes, over the %d Graph takes", got, limit)
+			}
+		})
+	}
+}
+
+// A token Graph refuses (401) or that lacks the role (403) is dropped, so
+// the next attempt has a new one: roles are fixed when a token is issued.
+func TestRefusedTokenDropped(t *testing.T) {
+	ctx := context.Background()
+	m := func() *upstream.Message { return message([]string{"bob@fabrikam.test"}, simple("bob@fabrikam.test")) }
+	t.Run("403 until the role is granted", func(t *testing.T) {
+		up, g, entra := setupEntra(t, true)
+		entra.SetRoles("app1")
+		_, err := up.Deliver(ctx, m())
+		if ue := upstream.Classify(err); ue == nil || ue.Permanent || !strings.Contains(ue.Hint, "Mail.Send") {
+			t.Fatalf("without Mail.Send: got %v", err)
+		}
+		entra.SetRoles("app1", m365test.RoleGraph)
+		if _, err := up.Deliver(ctx, m()); err != nil {
+			t.Fatalf("after the grant: %v", err)
+		}
+		if got := len(g.Sent()); got != 1 {
+			t.Errorf("sent %d, want 1", got)
+		}
+	})
+	t.Run("401 InvalidAuthenticationToken", func(t *testing.T) {
+		up, g, entra := setupEntra(t, true)
+		if _, err := up.Deliver(ctx, m()); err != nil {
+			t.Fatal(err)
+		}
+		entra.Revoke()
+		_, err := up.Deliver(ctx, m())
+		ue := upstream.Classify(err)
+		if ue == nil || ue.Permanent || !strings.Contains(ue.Error(), "InvalidAuthenticationToken") {
+			t.Fatalf("revoked token: got %v", err)
+		}
+		// The hint is about the token, not a permission.
+		if strings.Contains(ue.Hint, "Mail.Send") || !strings.Contains(ue.Hint, "token") {
+			t.Errorf("hint %q", ue.Hint)
+		}
+		if _, err := up.Deliver(ctx, m()); err != nil {
+			t.Fatalf("with a new token: %v", err)
+		}
+		if got := len(g.Sent()); got != 2 {
+			t.Errorf("sent %d, want 2", got)
+		}
+	})
+}
+
+// A failure part-way through the draft route leaves no draft behind: the
+// draft is deleted at once, or before the next attempt when that fails too.
+func TestFailedDraftDeleted(t *testing.T) {
+	big := make([]byte, 6<<20)
+	rand.Read(big)
+	body := multipart(map[string][]byte{"scan.pdf": big})
+	tests := []struct {
+		name         string
+		fail         [][2]string // method, path
+		draftsBefore int         // after the failed attempt
+	}{
+		{"upload fails", [][2]string{{"PUT", "/upload/"}}, 0},
+		{"send fails", [][2]string{{"POST", "/send"}}, 0},
+		{"recipients fail", [][2]string{{"PATCH", "/messages/"}}, 0},
+		{"upload and delete fail", [][2]string{{"PUT", "/upload/"}, {"DELETE", "/messages/"}}, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			up, g := setup(t, true)
+			for _, f := range tt.fail {
+				g.FailNext(f[0], f[1], 503)
+			}
+			_, err := up.Deliver(context.Background(), message([]string{"bob@fabrikam.test"}, body))
+			if err == nil || upstream.IsPermanent(err) {
+				t.Fatalf("got %v, want a temporary failure", err)
+			}
+			if got := g.Drafts(); got != tt.draftsBefore {
+				t.Errorf("after the failure: %d drafts in the mailbox, want %d", got, tt.draftsBefore)
+			}
+			if _, err := up.Deliver(context.Background(), message([]string{"bob@fabrikam.test"}, body)); err != nil {
+				t.Fatal(err)
+			}
+			if got := g.Drafts(); got != 0 {
+				t.Errorf("after the retry: %d drafts left in the mailbox, want 0", got)
+			}
+			if got := len(g.Sent()); got != 1 {
+				t.Errorf("sent %d, want 1", got)
+			}
+		})
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -124,4 +125,26 @@ func ParsePrivateKey(pemData []byte) (crypto.Signer, error) {
 			return k, nil
 		}
 	}
+}
+
+// CheckKeyPair reports whether key is the private key of cert and can sign
+// a client assertion (RSA). Entra finds a mismatch only when the relay asks
+// for a token (AADSTS700027), long after the admin stored the files; the
+// relay checks at start and in doctor instead.
+func CheckKeyPair(cert *x509.Certificate, key crypto.Signer) error {
+	if _, ok := key.(*rsa.PrivateKey); !ok {
+		return errors.New("the certificate's key must be an RSA key (Entra client assertions are RS256 or PS256)")
+	}
+	pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool })
+	if !ok || !pub.Equal(cert.PublicKey) {
+		return fmt.Errorf("the private key does not belong to the certificate (subject %q, SHA-1 thumbprint %s): Entra would refuse every token request (AADSTS700027); store this certificate's own key, or upload the certificate that belongs to the key", cert.Subject.CommonName, Thumbprint(cert))
+	}
+	return nil
+}
+
+// Thumbprint is the certificate's SHA-1 thumbprint as Entra shows it
+// (upper-case hex) under Certificates & secrets.
+func Thumbprint(cert *x509.Certificate) string {
+	sum := sha1.Sum(cert.Raw)
+	return strings.ToUpper(hex.EncodeToString(sum[:]))
 }

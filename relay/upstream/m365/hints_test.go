@@ -46,6 +46,7 @@ func TestExplainReplies(t *testing.T) {
 		{554, smtp.EnhancedCode{5, 2, 252}, "SendAsDenied; a@b not allowed to send as c@d", "SendAs"},
 		{421, smtp.EnhancedCode{4, 7, 66}, "TLS 1.0 and 1.1 are not supported", "TLS 1.2"},
 		{550, smtp.EnhancedCode{5, 7, 233}, "Tenant exceeded its external recipient rate limit", "external recipients"},
+		{550, smtp.EnhancedCode{5, 1, 90}, "Your message can't be sent because you've reached your daily limit for message recipients", "daily recipient rate limit"},
 		// No enhanced code parsed: the code in the text still counts.
 		{550, smtp.NoEnhancedCode, "5.7.30 Basic authentication is not supported", "move to OAuth"},
 	}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/layout"
 	"github.com/siterelay/siterelay/relay/upstream"
 	"github.com/siterelay/siterelay/relay/upstream/graph"
 	"github.com/siterelay/siterelay/relay/upstream/pace"
@@ -41,7 +42,9 @@ type Deps struct {
 	// the system's.
 	Resolver string
 	// Dir resolves relative file names in the configuration (the state
-	// directory).
+	// directory). The pacer keeps its windows there too
+	// (layout.Dir.PaceWindows), so that they survive a restart; "" keeps
+	// them in memory only.
 	Dir string
 	// RootCAs verify the SMTP upstream; nil means the system roots.
 	RootCAs *x509.CertPool
@@ -119,10 +122,32 @@ func New(kind config.Kind, cfg config.M365, d Deps) (upstream.Upstream, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &explained{inner: inner, tokens: tokens, check: check, log: log}
+	e := &explained{inner: inner, tokens: tokens, check: check, log: log, clock: d.Clock}
+	if kind == "m365-oauth" || kind == "m365-password" || kind == "graph" {
+		e.mailbox = cfg.Mailbox
+	}
+	if kind == "m365-password" {
+		e.basicAuth = BasicAuthWarning(d.Clock())
+		log.Warn(e.basicAuth, "mailbox", cfg.Mailbox)
+	}
 	l := cfg.Limits
-	return pace.Wrap(e, pace.Options{MessagesPerMinute: l.MessagesPerMinute, Concurrency: l.Concurrency,
-		RecipientsPerDay: l.RecipientsPerDay, MaxRecipients: l.MaxRecipients, Now: d.Clock, Sleep: d.Sleep, Logger: log}), nil
+	po := pace.Options{MessagesPerMinute: l.MessagesPerMinute, Concurrency: l.Concurrency,
+		RecipientsPerDay: l.RecipientsPerDay, MaxRecipients: l.MaxRecipients, Now: d.Clock, Sleep: d.Sleep, Logger: log}
+	if d.Dir != "" {
+		po.StateFile = layout.Dir(d.Dir).PaceWindows(paceName(kind, cfg))
+	}
+	return pace.Wrap(e, po), nil
+}
+
+// paceName names the pacing windows after what Microsoft counts them for:
+// the mailbox (client submission, Graph) or the domain's MX host. Another
+// mailbox starts with windows of its own.
+func paceName(kind config.Kind, cfg config.M365) string {
+	who := cfg.Mailbox
+	if who == "" {
+		who = cfg.Domain
+	}
+	return string(kind) + "-" + strings.ToLower(who)
 }
 
 func newTokens(cfg config.M365, d Deps, log *slog.Logger) (*TokenSource, error) {
@@ -148,6 +173,9 @@ func newTokens(cfg config.M365, d Deps, log *slog.Logger) (*TokenSource, error) 
 		}
 		if o.Key, err = ParsePrivateKey(k); err != nil {
 			return nil, fmt.Errorf("upstream.m365.certificate_key_secret: %w", err)
+		}
+		if err := CheckKeyPair(o.Certificate, o.Key); err != nil {
+			return nil, fmt.Errorf("upstream.m365.certificate_file and certificate_key_secret: %w", err)
 		}
 	}
 	return NewTokenSource(o)
@@ -176,6 +204,33 @@ type explained struct {
 	tokens *TokenSource
 	check  func(string) error
 	log    *slog.Logger
+	clock  func() time.Time
+	// mailbox, for the kinds that send as one mailbox, is the sender of
+	// messages with a null envelope sender (see fromMailbox).
+	mailbox string
+	// basicAuth is the warning for the password kind (BasicAuthWarning).
+	basicAuth string
+}
+
+// BasicAuthOff is when Microsoft turns basic authentication for client
+// submission off by default in existing tenants: "end of December 2026"
+// (Exchange team, January 2026); admins can turn it back on until a
+// removal date Microsoft announces in the second half of 2027, and tenants
+// created after it never have it.
+var BasicAuthOff = time.Date(2026, 12, 31, 0, 0, 0, 0, time.UTC)
+
+// BasicAuthWarning is what the password kind says at start and in doctor,
+// worded for the date now.
+func BasicAuthWarning(now time.Time) string {
+	if now.Before(BasicAuthOff) {
+		days, unit := int(BasicAuthOff.Sub(now).Hours()/24)+1, "days"
+		if days == 1 {
+			unit = "day"
+		}
+		return fmt.Sprintf("kind m365-password logs in with the mailbox's password: Microsoft turns basic authentication for client submission off by default at the end of December 2026 (in %d %s), after which this tenant refuses it (550 5.7.30) unless an admin turns it back on; move to kind m365-oauth (or graph) before then",
+			days, unit)
+	}
+	return "kind m365-password logs in with the mailbox's password: Microsoft has turned basic authentication for client submission off by default since the end of December 2026; it works only while an admin keeps it on for this tenant, and Microsoft will remove it for good (date announced in the second half of 2027); move to kind m365-oauth (or graph)"
 }
 
 func (e *explained) Limits() upstream.Limits { return e.inner.Limits() }
@@ -190,12 +245,33 @@ func (e *explained) CheckRecipient(rcpt string) error {
 
 // identityRefusals are replies about the relay's own credentials or
 // connector, not about the message: the mail waits for the admin's fix
-// (and its lifetime), it does not bounce.
-var identityRefusals = []string{"5.7.3", "5.7.139", "5.7.30", "5.7.57", "5.7.64", "5.7.68", "5.7.708", "5.7.705"}
+// (and its lifetime), it does not bounce. 5.7.60 and 5.2.252 (may not send
+// as this sender) belong here too: the relay's configuration does not match
+// the tenant (senders.rewrite_from, SendAs), which the admin fixes once for
+// every message.
+var identityRefusals = []string{"5.7.3", "5.7.139", "5.7.30", "5.7.57", "5.7.60", "5.2.252", "5.7.64", "5.7.68", "5.7.708", "5.7.705"}
 
 func (e *explained) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.RcptResult, error) {
+	var used string
+	if e.tokens != nil {
+		ctx = context.WithValue(ctx, usedKey{}, &used)
+	}
+	if msg.From == "" && e.mailbox != "" {
+		m, err := fromMailbox(msg, e.mailbox)
+		if err != nil {
+			e.log.Warn("cannot send this null-sender message from the mailbox; trying it as it is", "queue_id", msg.QueueID, "err", err)
+		} else {
+			e.log.Info("null-sender message (a bounce) sent from the mailbox: Microsoft 365 takes mail only from the mailbox here", "queue_id", msg.QueueID, "mailbox", e.mailbox)
+			msg = m
+		}
+	}
 	res, err := e.inner.Deliver(ctx, msg)
 	if err != nil {
+		if r := upstream.Classify(err).Reply; r != nil && used != "" && enhanced(r) == "5.7.3" {
+			// The login refused this token: a new one carries roles
+			// granted since (Graph drops its own on 401/403).
+			e.tokens.Invalidate(used)
+		}
 		ue := upstream.Classify(WithHint(err))
 		if ue.Permanent && ue.Reply != nil {
 			for _, c := range identityRefusals {
@@ -229,6 +305,17 @@ func (e *explained) Connections() int {
 
 func (e *explained) Probe(ctx context.Context) ([]upstream.Step, error) {
 	var steps []upstream.Step
+	if e.tokens != nil && e.tokens.o.Certificate != nil {
+		// New refused a key that is not the certificate's; what is left to
+		// see is which certificate, and until when.
+		c := e.tokens.o.Certificate
+		st := upstream.Step{Name: "app certificate", OK: true,
+			Detail: fmt.Sprintf("%q, thumbprint %s, matches its key, valid until %s", c.Subject.CommonName, Thumbprint(c), c.NotAfter.UTC().Format(time.DateOnly))}
+		if e.clock().After(c.NotAfter) {
+			st.OK, st.Detail = false, st.Detail+": expired; Entra refuses it: upload a new certificate and store its key"
+		}
+		steps = append(steps, st)
+	}
 	if e.tokens != nil {
 		st := upstream.Step{Name: "token from " + e.tokens.endpoint}
 		if _, err := e.tokens.Token(ctx); err != nil {
@@ -240,6 +327,11 @@ func (e *explained) Probe(ctx context.Context) ([]upstream.Step, error) {
 		}
 		st.OK, st.Detail = true, "obtained for client "+e.tokens.o.ClientID+", scope "+e.tokens.o.Scope
 		steps = append(steps, st)
+	}
+	if e.basicAuth != "" {
+		// A warning, not a failure: the login step shows whether the
+		// tenant still takes the password.
+		steps = append(steps, upstream.Step{Name: "basic authentication", OK: true, Detail: "warning: " + e.basicAuth})
 	}
 	p, ok := e.inner.(upstream.Prober)
 	if !ok {

@@ -6,8 +6,10 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"net/mail"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/dsn"
 	"github.com/siterelay/siterelay/relay/relaytest"
 	"github.com/siterelay/siterelay/relay/upstream"
 	"github.com/siterelay/siterelay/relay/upstream/m365"
@@ -305,7 +308,11 @@ func TestRepliesExplained(t *testing.T) {
 		{m365test.AtAuth, m365test.ErrBasicOff, false, "move to OAuth"},
 		{m365test.AtAuth, m365test.ErrBasicRetired, false, "move to OAuth"},
 		{m365test.AtMail, m365test.ErrNotAuthed, false, "m365-oauth"},
-		{m365test.AtMail, m365test.ErrSendAs, true, "SendAs"},
+		{m365test.AtMail, m365test.ErrSendAs, false, "SendAs"},
+		{m365test.AtData, m365test.ErrSendAs, false, "rewrite_from"},
+		{m365test.AtRcpt, m365test.ErrTenantRate, false, "keeps the mail"},
+		{m365test.AtData, m365test.ErrTenantRate, false, "keeps the mail"},
+		{m365test.AtRcpt, m365test.ErrRcptRate, false, "keeps the mail"},
 		{m365test.AtMail, m365test.ErrTenantAttr, false, "connector"},
 		{m365test.AtMail, m365test.ErrRejectDirect, false, "RejectDirectSend"},
 		{m365test.AtMail, m365test.ErrThreadLimit, false, "3 connections"},
@@ -372,6 +379,18 @@ func TestPasswordLegacy(t *testing.T) {
 	defer up.Close()
 	if _, err := up.Deliver(context.Background(), newMsg(1, mailbox, "ops@fabrikam.test")); err != nil {
 		t.Fatal(err)
+	}
+	// The December switch is announced at start and in doctor.
+	if !strings.Contains(e.logs.String(), "end of December 2026") {
+		t.Error("no warning about the end of basic authentication at start")
+	}
+	steps, err := up.(upstream.Prober).Probe(context.Background())
+	found := false
+	for _, st := range steps {
+		found = found || (st.Name == "basic authentication" && st.OK && strings.Contains(st.Detail, "m365-oauth"))
+	}
+	if err != nil || !found {
+		t.Errorf("probe %+v, %v: want the basic authentication warning", steps, err)
 	}
 	// The tenant turns basic auth off.
 	e2 := newEnv(t, m365test.ExchangeOptions{})
@@ -643,4 +662,325 @@ func TestFigureSteadyLoad(t *testing.T) {
 	}
 	t.Logf("FIGURES: steady load %d messages over %.1f h: %d tokens (%.2f per hour, lifetime 3599 s), %d connections (%.1f per 1000 messages), %d limit violations",
 		n, hours, e.entra.Issued(), float64(e.entra.Issued())/hours, e.x.Connections(), float64(e.x.Connections())*1000/n, len(e.x.Violations()))
+}
+
+// A token the login refused is dropped: roles are fixed when a token is
+// issued, so after the admin grants SMTP.SendAsApp only a new token works.
+// The drops are spaced, so a refusal that every token meets does not turn
+// into a token request per message.
+func TestRefusedTokenDropped(t *testing.T) {
+	e := newEnv(t, m365test.ExchangeOptions{})
+	e.entra.SetRoles("app1") // no consent yet
+	up, err := m365.New("m365-oauth", e.oauth(config.M365{}), e.deps(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	ctx := context.Background()
+	_, err = up.Deliver(ctx, newMsg(1, mailbox, "ops@fabrikam.test"))
+	if ue := upstream.Classify(err); ue == nil || ue.Permanent || !strings.Contains(ue.Error(), "5.7.3") {
+		t.Fatalf("without the role: got %v, want a temporary 535 5.7.3", err)
+	}
+	e.entra.SetRoles("app1", m365test.RoleSMTP) // the admin follows the hint
+	if _, err := up.Deliver(ctx, newMsg(2, mailbox, "ops@fabrikam.test")); err != nil {
+		t.Fatalf("after the grant: %v (the old token, issued without the role, was used again)", err)
+	}
+	if got := len(e.x.Received()); got != 1 {
+		t.Errorf("received %d, want 1", got)
+	}
+
+	// Bounded: with the role gone for good, 20 attempts at one instant
+	// fetch a new token at most once more.
+	e2 := newEnv(t, m365test.ExchangeOptions{})
+	e2.entra.SetRoles("app1")
+	up2, err := m365.New("m365-oauth", e2.oauth(config.M365{}), e2.deps(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up2.Close()
+	for i := range 20 {
+		up2.Deliver(ctx, newMsg(i, mailbox, "ops@fabrikam.test"))
+	}
+	if got := e2.entra.Requests(); got > 2 {
+		t.Errorf("%d token requests for 20 refused attempts, want at most 2", got)
+	}
+}
+
+// The token comes before the session: while Entra is down no connection
+// is opened (each would hold one of the mailbox's three sessions), and a
+// refused login ends with QUIT.
+func TestTokenFirstAndQuit(t *testing.T) {
+	t.Run("token endpoint down", func(t *testing.T) {
+		e := newEnv(t, m365test.ExchangeOptions{})
+		e.entra.SetDown(true)
+		up, err := m365.New("m365-oauth", e.oauth(config.M365{}), e.deps(""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer up.Close()
+		for i := range 5 {
+			if _, err := up.Deliver(context.Background(), newMsg(i, mailbox, "ops@fabrikam.test")); err == nil || upstream.IsPermanent(err) {
+				t.Fatalf("got %v, want a temporary failure", err)
+			}
+			e.clock.Advance(10 * time.Minute)
+		}
+		if got := e.x.Connections(); got != 0 {
+			t.Errorf("%d connections opened without a token, want 0", got)
+		}
+	})
+	t.Run("535 ends with QUIT", func(t *testing.T) {
+		e := newEnv(t, m365test.ExchangeOptions{})
+		e.x.Script(m365test.AtAuth, m365test.ErrAuthFailed, m365test.ErrAuthFailed)
+		up, err := m365.New("m365-oauth", e.oauth(config.M365{}), e.deps(""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer up.Close()
+		for i := range 2 {
+			up.Deliver(context.Background(), newMsg(i, mailbox, "ops@fabrikam.test"))
+			e.clock.Advance(time.Minute)
+		}
+		if !e.x.WaitEnded(5 * time.Second) {
+			t.Fatal("sessions still open")
+		}
+		if got := e.x.Dropped(); got != 0 {
+			t.Errorf("%d of %d sessions dropped without QUIT, want 0", got, e.x.Connections())
+		}
+	})
+}
+
+// A certificate whose key is another's is refused at start, naming both
+// keys and AADSTS700027, instead of at every token request; doctor's probe
+// shows the certificate it uses.
+func TestCertificateKeyMismatch(t *testing.T) {
+	e := newEnv(t, m365test.ExchangeOptions{})
+	certPEM, keyPEM, cert := e.ca.RSA(t, "relay-app")
+	_, otherKey, _ := e.ca.RSA(t, "another-app")
+	e.entra.AddApp(m365test.App{ClientID: "app2", Cert: cert.Leaf})
+	e.x.Grant("app2", mailbox)
+	os.WriteFile(filepath.Join(e.dir, "app.pem"), certPEM, 0o644)
+	e.secrets["app-key"], e.secrets["other-key"] = keyPEM, otherKey
+	for _, tt := range []struct {
+		key     string
+		wantErr bool
+	}{{"other-key", true}, {"app-key", false}} {
+		m := e.oauth(config.M365{CertificateFile: "app.pem", CertificateKeySecret: tt.key})
+		m.ClientID = "app2"
+		up, err := m365.New("m365-oauth", m, e.deps(""))
+		if tt.wantErr {
+			if err == nil || !strings.Contains(err.Error(), "AADSTS700027") || !strings.Contains(err.Error(), "certificate_key_secret") {
+				t.Errorf("%s: got %v, want a refusal at start naming the keys and AADSTS700027", tt.key, err)
+			}
+			if err == nil {
+				up.Close()
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		steps, err := up.(upstream.Prober).Probe(context.Background())
+		up.Close()
+		if err != nil || len(steps) == 0 || steps[0].Name != "app certificate" || !steps[0].OK || !strings.Contains(steps[0].Detail, m365.Thumbprint(cert.Leaf)) {
+			t.Errorf("probe: %+v, %v", steps, err)
+		}
+	}
+	if got := e.entra.Requests(); got != 1 {
+		t.Errorf("%d token requests, want only the probe's", got)
+	}
+}
+
+// bounceMsg is a DSN as the relay builds it, with the null sender.
+func bounceMsg(t *testing.T, to ...string) *upstream.Message {
+	t.Helper()
+	b, err := dsn.Build(dsn.Report{ReportingMTA: "relay.test", QueueID: "Q1", EnvelopeFrom: to[0], To: to[0],
+		Headers: []byte("From: printer@contoso.test\r\nSubject: scan\r\n\r\n"), Date: time.Date(2026, 11, 2, 8, 0, 0, 0, time.UTC),
+		Recipients: []dsn.Recipient{{Recipient: "gone@fabrikam.test", Action: dsn.Failed, DiagnosticCode: "550 5.1.10 Recipient not found"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &upstream.Message{QueueID: "b1", From: "", To: to, Size: int64(len(b)), Body: bytes.NewReader(b)}
+}
+
+// Client submission and Graph take mail only from the mailbox: a bounce
+// (MAIL FROM:<>, From: MAILER-DAEMON@relay) goes from the mailbox, with
+// the DSN's own headers, instead of being refused with 5.7.60.
+func TestBounceSentFromMailbox(t *testing.T) {
+	check := func(t *testing.T, data []byte) {
+		t.Helper()
+		m, err := mail.ReadMessage(bytes.NewReader(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := m.Header.Get("From"), `"Mail Delivery System" <`+mailbox+`>`; got != want {
+			t.Errorf("From %q, want %q", got, want)
+		}
+		if got := m.Header.Get("Auto-Submitted"); got != "auto-replied" {
+			t.Errorf("Auto-Submitted %q", got)
+		}
+		if ct := m.Header.Get("Content-Type"); !strings.HasPrefix(ct, "multipart/report; report-type=delivery-status") {
+			t.Errorf("Content-Type %q", ct)
+		}
+		if !bytes.Contains(data, []byte("Final-Recipient: rfc822; gone@fabrikam.test")) {
+			t.Error("the delivery status part is lost")
+		}
+	}
+	t.Run("m365-oauth", func(t *testing.T) {
+		e := newEnv(t, m365test.ExchangeOptions{})
+		up, err := m365.New("m365-oauth", e.oauth(config.M365{}), e.deps(""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer up.Close()
+		if _, err := up.Deliver(context.Background(), bounceMsg(t, "printer@contoso.test")); err != nil {
+			t.Fatalf("bounce refused: %v", err)
+		}
+		rs := e.x.Received()
+		if len(rs) != 1 || rs[0].From != mailbox {
+			t.Fatalf("received %+v", rs)
+		}
+		check(t, rs[0].Data)
+		if !strings.Contains(e.logs.String(), "sent from the mailbox") {
+			t.Error("the log does not say the bounce went from the mailbox")
+		}
+	})
+	t.Run("graph", func(t *testing.T) {
+		e := newEnv(t, m365test.ExchangeOptions{})
+		g := m365test.NewGraph(t, e.entra)
+		g.Grant("app1", mailbox)
+		m := validated(t, "graph", config.M365{Tenant: tenant, ClientID: "app1", ClientSecretSecret: "m365-secret", Mailbox: mailbox,
+			TokenURL: e.entra.URL, GraphURL: g.URL})
+		d := e.deps("")
+		d.HTTPClient = g.Client()
+		up, err := m365.New("graph", m, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer up.Close()
+		if _, err := up.Deliver(context.Background(), bounceMsg(t, "printer@contoso.test", "admin@contoso.test")); err != nil {
+			t.Fatalf("bounce refused: %v", err)
+		}
+		sent := g.Sent()
+		if len(sent) != 1 {
+			t.Fatalf("sent %d", len(sent))
+		}
+		check(t, sent[0].MIME)
+	})
+	t.Run("connector keeps the null sender", func(t *testing.T) {
+		e, dns := mxEnv(t, m365test.ExchangeOptions{MX: true, TenantDomains: []string{"contoso.test"}})
+		up, err := m365.New("m365-direct", validated(t, "m365-direct", config.M365{Domain: "contoso.test", SMTPPort: e.port()}), e.deps(dns.Addr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer up.Close()
+		if _, err := up.Deliver(context.Background(), bounceMsg(t, "printer@contoso.test")); err != nil {
+			t.Fatal(err)
+		}
+		if rs := e.x.Received(); len(rs) != 1 || rs[0].From != "" {
+			t.Fatalf("received %+v", rs)
+		}
+	})
+}
+
+func FuzzFromMailbox(f *testing.F) {
+	f.Add([]byte("From: \"Mail Delivery System\" <MAILER-DAEMON@relay.test>\r\nTo: a@b.c\r\n\r\nbody\r\n"))
+	f.Add([]byte("Subject: x\r\nFROM :\r\n folded@x\r\n\r\n"))
+	f.Add([]byte("no header end"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		in := &upstream.Message{QueueID: "f", Size: int64(len(b)), Body: bytes.NewReader(b), To: []string{"a@b.c"}}
+		m, err := m365.FromMailbox(in, mailbox)
+		if err != nil {
+			return
+		}
+		out, err := io.ReadAll(m.Reader())
+		if err != nil || int64(len(out)) != m.Size || m.From != mailbox {
+			t.Fatalf("size %d vs %d, from %q, err %v", len(out), m.Size, m.From, err)
+		}
+		_, body, _ := bytes.Cut(b, []byte("\r\n\r\n"))
+		if !bytes.HasSuffix(out, body) || !bytes.Contains(out, []byte("From: ")) {
+			t.Fatalf("body changed: %q -> %q", b, out)
+		}
+	})
+}
+
+// The windows survive a restart of the relay (a new upstream over the same
+// state directory): 25 sent in a minute, then the next 10 keep Exchange's
+// limit of 30 a minute, so it never has to throttle.
+func TestWindowsSurviveRestart(t *testing.T) {
+	e := newEnv(t, m365test.ExchangeOptions{})
+	var msgs []*upstream.Message
+	for i := range 35 {
+		msgs = append(msgs, newMsg(i, mailbox, "ops@fabrikam.test"))
+	}
+	up, err := m365.New("m365-oauth", e.oauth(config.M365{}), e.deps(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deliverAll(t, e, up, msgs[:25], 3)
+	up.Close()
+	up, err = m365.New("m365-oauth", e.oauth(config.M365{}), e.deps(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	if temporary := deliverAll(t, e, up, msgs[25:], 3); temporary > 0 {
+		t.Errorf("%d temporary failures after the restart, want none", temporary)
+	}
+	got := e.x.Received()
+	if len(got) != 35 {
+		t.Fatalf("received %d, want 35", len(got))
+	}
+	if m := maxPerMinute(got); m > 30 {
+		t.Errorf("%d messages accepted within one minute across the restart, want at most 30", m)
+	}
+	if v := e.x.Violations(); len(v) > 0 {
+		t.Errorf("Exchange had to throttle: %v", v)
+	}
+	if _, err := os.Stat(filepath.Join(e.dir, "pace", "m365-oauth-"+mailbox+".json")); err != nil {
+		t.Errorf("no pacing state in the state directory: %v", err)
+	}
+}
+
+// A tenant-wide 5.7.233 is a hold: every message arrives in the end, none
+// bounces (deliverAll fails the test on a permanent failure).
+func TestTenantRateHeld(t *testing.T) {
+	e := newEnv(t, m365test.ExchangeOptions{})
+	up, err := m365.New("m365-oauth", e.oauth(config.M365{}), e.deps(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	e.x.Script(m365test.AtRcpt, m365test.ErrTenantRate, m365test.ErrTenantRate, m365test.ErrRcptRate)
+	var msgs []*upstream.Message
+	for i := range 10 {
+		msgs = append(msgs, newMsg(i, mailbox, "ops@fabrikam.test"))
+	}
+	start := e.clock.Now()
+	// One worker: the holds move the virtual clock by an hour, which must
+	// not happen while another worker's fresh token is on its way.
+	if temporary := deliverAll(t, e, up, msgs, 1); temporary != 3 {
+		t.Errorf("%d temporary failures, want the 3 scripted holds", temporary)
+	}
+	if got := len(e.x.Received()); got != 10 {
+		t.Fatalf("received %d, want 10", got)
+	}
+	if waited := e.clock.Now().Sub(start); waited < time.Hour {
+		t.Errorf("done after %v: the holds should wait for the window (an hour)", waited)
+	}
+}
+
+func TestBasicAuthWarning(t *testing.T) {
+	tests := []struct {
+		now  time.Time
+		want string
+	}{
+		{time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC), "in 30 days"},
+		{time.Date(2026, 12, 30, 23, 0, 0, 0, time.UTC), "in 1 day)"},
+		{time.Date(2027, 1, 5, 0, 0, 0, 0, time.UTC), "since the end of December 2026"},
+	}
+	for _, tt := range tests {
+		if got := m365.BasicAuthWarning(tt.now); !strings.Contains(got, tt.want) || !strings.Contains(got, "m365-oauth") {
+			t.Errorf("%v: %q, want %q", tt.now, got, tt.want)
+		}
+	}
 }

@@ -23,7 +23,7 @@ func newSubmission(cfg config.M365, d Deps, log *slog.Logger, tokens *TokenSourc
 	o := smtpOptions(cfg, d, log, net.JoinHostPort(cfg.SMTPHost, strconv.Itoa(cfg.SMTPPort)), cfg.SMTPHost)
 	o.Auth.Username = cfg.Mailbox
 	if tokens != nil {
-		o.Auth.Mechanism, o.Auth.TokenSource = "xoauth2", tokens
+		o.Auth.Mechanism, o.Auth.TokenSource = "xoauth2", recording{tokens}
 	} else {
 		o.Auth.Mechanism, o.Auth.Password = "login", string(password)
 	}
@@ -210,4 +210,20 @@ func (m *mxUpstream) Probe(ctx context.Context) ([]upstream.Step, error) {
 		return append(steps, ps...), err
 	}
 	return steps, nil
+}
+
+// usedKey carries a *string through a delivery's context: the token the
+// SMTP client logged in with, so that a 535 drops exactly that token.
+type usedKey struct{}
+
+// recording is the token source as the SMTP client sees it: it notes the
+// token handed out in the delivery's context.
+type recording struct{ *TokenSource }
+
+func (r recording) Token(ctx context.Context) (string, error) {
+	tok, err := r.TokenSource.Token(ctx)
+	if p, ok := ctx.Value(usedKey{}).(*string); ok && err == nil {
+		*p = tok
+	}
+	return tok, err
 }

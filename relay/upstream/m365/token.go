@@ -60,6 +60,10 @@ type TokenSource struct {
 	nextTry   time.Time
 	backoff   time.Duration
 	requested int
+	// Drops of refused tokens are spaced like failed requests.
+	nextDrop    time.Time
+	lastDrop    time.Time
+	dropBackoff time.Duration
 }
 
 // NewTokenSource checks the options; it does not contact the endpoint.
@@ -153,6 +157,36 @@ func (s *TokenSource) Token(ctx context.Context) (string, error) {
 	s.token, s.expires = tok, now.Add(ttl)
 	s.o.Logger.Info("token obtained", "client_id", s.o.ClientID, "scope", s.o.Scope, "expires_in", ttl)
 	return tok, nil
+}
+
+// Invalidate drops tok after the service refused it (Graph 401 or 403,
+// SMTP 535 5.7.3), so the next Token asks Entra for a new one. Roles are
+// fixed in a token when it is issued: an admin who grants the missing
+// permission is heard only by a new token, not after the old one's hour.
+// Drops are spaced by the same backoff as failed requests (FirstBackoff
+// doubling to MaxBackoff, reset after an hour without one), so that a
+// refusal every new token meets costs Entra a request every few minutes,
+// not one per message. It reports whether the token was dropped; a token
+// that is no longer the cached one is left alone.
+func (s *TokenSource) Invalidate(tok string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if tok == "" || tok != s.token {
+		return false
+	}
+	now := s.o.Clock()
+	if now.Before(s.nextDrop) {
+		return false
+	}
+	if s.dropBackoff == 0 || now.Sub(s.lastDrop) > time.Hour {
+		s.dropBackoff = s.o.FirstBackoff
+	} else {
+		s.dropBackoff = min(2*s.dropBackoff, s.o.MaxBackoff)
+	}
+	s.lastDrop, s.nextDrop = now, now.Add(s.dropBackoff)
+	s.token, s.expires = "", time.Time{}
+	s.o.Logger.Info("token refused by the service: dropped, a new one will be requested", "client_id", s.o.ClientID, "next_drop_after", s.dropBackoff)
+	return true
 }
 
 // TokenError is a refusal from the token endpoint: the OAuth error and the

@@ -194,3 +194,48 @@ func TestNewTokenSourceErrors(t *testing.T) {
 		t.Error("ParseCertificate accepted junk")
 	}
 }
+
+// Invalidate drops the cached token so the next Token asks again, spaced
+// by a doubling backoff; a token that is not the cached one is ignored.
+func TestTokenInvalidate(t *testing.T) {
+	e := newTokenEnv(t)
+	e.entra.AddApp(m365test.App{ClientID: "app1", Secret: "s3cret"})
+	o := e.opts()
+	o.ClientSecret = []byte("s3cret")
+	ts, err := m365.NewTokenSource(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	tok, _ := ts.Token(ctx)
+	if ts.Invalidate("some-other-token") {
+		t.Error("dropped a token that is not the cached one")
+	}
+	steps := []struct {
+		advance time.Duration
+		dropped bool
+	}{
+		{0, true},                // first refusal: dropped at once
+		{time.Second, false},     // within 5s: kept
+		{5 * time.Second, true},  // backoff 5s passed
+		{9 * time.Second, false}, // now 10s
+		{2 * time.Second, true},  // 11s after the last drop
+		{2 * time.Hour, true},    // an hour without drops: back to 5s
+		{5 * time.Second, true},  // ...
+		{5 * time.Second, false}, // then 10s again
+	}
+	for i, st := range steps {
+		e.clock.Advance(st.advance)
+		if got := ts.Invalidate(tok); got != st.dropped {
+			t.Fatalf("step %d: dropped %v, want %v", i, got, st.dropped)
+		}
+		next, err := ts.Token(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := next != tok; got != st.dropped {
+			t.Fatalf("step %d: new token %v, want %v", i, got, st.dropped)
+		}
+		tok = next
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -32,12 +33,23 @@ type App struct {
 	// SecretExpired makes the secret answer AADSTS7000222.
 	SecretExpired bool
 	Cert          *x509.Certificate
+	// Roles are the application permissions with admin consent; nil means
+	// every role the fakes check (SMTP.SendAsApp, Mail.Send). As in Entra,
+	// a token carries the roles the app had when it was issued.
+	Roles []string
 }
+
+// Roles the fakes check.
+const (
+	RoleSMTP  = "SMTP.SendAsApp"
+	RoleGraph = "Mail.Send"
+)
 
 // Issued is a token the fake handed out.
 type Issued struct {
 	ClientID, Scope string
 	Expires         time.Time
+	Roles           []string // nil: all
 }
 
 // Entra is an Entra-like token endpoint for one tenant: client credentials
@@ -80,6 +92,32 @@ func (e *Entra) AddApp(a App) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.apps[a.ClientID] = a
+}
+
+// SetRoles grants an app exactly these roles (admin consent) for tokens
+// issued from now on; tokens already issued keep theirs.
+func (e *Entra) SetRoles(clientID string, roles ...string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	a := e.apps[clientID]
+	a.Roles = append([]string{}, roles...)
+	e.apps[clientID] = a
+}
+
+// HasRole reports whether a valid token carries role.
+func (e *Entra) HasRole(token, role string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	is, ok := e.tokens[token]
+	return ok && (is.Roles == nil || slices.Contains(is.Roles, role))
+}
+
+// Revoke makes every token issued so far invalid (a revoked session, a
+// tenant that moved): services refuse them before they expire.
+func (e *Entra) Revoke() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	clear(e.tokens)
 }
 
 // SetDown makes the endpoint answer 503 until set back.
@@ -184,7 +222,7 @@ func (e *Entra) serve(w http.ResponseWriter, r *http.Request) {
 	var b [24]byte
 	rand.Read(b[:])
 	tok := "fake-at-" + hex.EncodeToString(b[:])
-	e.tokens[tok] = Issued{ClientID: app.ClientID, Scope: scope, Expires: now.Add(e.TTL)}
+	e.tokens[tok] = Issued{ClientID: app.ClientID, Scope: scope, Expires: now.Add(e.TTL), Roles: app.Roles}
 	e.issued++
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(map[string]any{

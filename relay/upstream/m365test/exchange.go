@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/mail"
 	"slices"
 	"strings"
 	"sync"
@@ -70,6 +71,8 @@ type Exchange struct {
 	grants     map[string][]string // client id -> mailboxes
 	received   []Received
 	conns      int
+	quits      int
+	ended      int
 	authed     map[string]int // mailbox -> authenticated sessions
 	sent       map[string][]time.Time
 	scripts    map[string][]*smtp.SMTPError
@@ -105,6 +108,7 @@ func NewExchange(t testing.TB, o ExchangeOptions) *Exchange {
 		return &xsession{x: x, c: c}, nil
 	}))
 	s.Domain = o.Hostname
+	s.Debug = quitCounter{x}
 	s.MaxMessageBytes = o.MaxSize
 	s.EnableSMTPUTF8 = true
 	s.ReadTimeout = time.Minute
@@ -134,8 +138,64 @@ func (l *countingListener) Accept() (net.Conn, error) {
 		l.x.mu.Lock()
 		l.x.conns++
 		l.x.mu.Unlock()
+		c = &endConn{Conn: c, x: l.x}
 	}
 	return c, err
+}
+
+// endConn counts the connections the server has ended.
+type endConn struct {
+	net.Conn
+	x      *Exchange
+	mu     sync.Mutex
+	closed bool
+}
+
+func (c *endConn) Close() error {
+	c.mu.Lock()
+	first := !c.closed
+	c.closed = true
+	c.mu.Unlock()
+	if first {
+		c.x.mu.Lock()
+		c.x.ended++
+		c.x.mu.Unlock()
+	}
+	return c.Conn.Close()
+}
+
+// WaitEnded waits until the server has ended every connection it accepted
+// (the client's hang-up is noticed asynchronously), for at most d.
+func (x *Exchange) WaitEnded(d time.Duration) bool {
+	for deadline := time.Now().Add(d); ; {
+		x.mu.Lock()
+		done := x.ended == x.conns
+		x.mu.Unlock()
+		if done {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// Dropped counts sessions that ended without QUIT (call WaitEnded first:
+// a client's hang-up is noticed asynchronously).
+func (x *Exchange) Dropped() int { x.mu.Lock(); defer x.mu.Unlock(); return x.ended - x.quits }
+
+// quitCounter sees the server's SMTP traffic (smtp.Server.Debug) and
+// counts the answers to QUIT.
+type quitCounter struct{ x *Exchange }
+
+func (q quitCounter) Write(b []byte) (int, error) {
+	if n := bytes.Count(b, []byte("221 2.0.0 Bye")); n > 0 {
+		q.x.mu.Lock()
+		q.x.quits += n
+		q.x.mu.Unlock()
+	}
+	return len(b), nil
 }
 
 // Grant gives an app FullAccess on a mailbox (Add-MailboxPermission).
@@ -202,6 +262,8 @@ var (
 	ErrIPThrottled  = reply(451, smtp.EnhancedCode{4, 7, 500}, "Server busy. Please try again later from [203.0.113.9]. (S77719) [fake.prod.outlook.com]")
 	ErrQuota        = reply(554, smtp.EnhancedCode{5, 2, 0}, "STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message due to a permanent exception with message [BeginDiagnosticData]Message submission quota exceeded.[EndDiagnosticData]")
 	ErrSendAs       = reply(550, smtp.EnhancedCode{5, 7, 60}, "SMTP; Client does not have permissions to send as this sender")
+	ErrTenantRate   = reply(550, smtp.EnhancedCode{5, 7, 233}, "Message rejected: the tenant has exceeded its external recipient rate limit [fake.prod.outlook.com]")
+	ErrRcptRate     = reply(550, smtp.EnhancedCode{5, 1, 90}, "Your message can't be sent because you've reached your daily limit for message recipients [fake.prod.outlook.com]")
 	ErrTenantAttr   = reply(550, smtp.EnhancedCode{5, 7, 64}, "TenantAttribution; Relay Access Denied [fake.prod.protection.outlook.com]")
 	ErrRejectDirect = reply(550, smtp.EnhancedCode{5, 7, 68}, "TenantInboundAttribution; Direct Send not allowed for this organization from unauthorized sources")
 	ErrNoRelay      = reply(550, smtp.EnhancedCode{5, 7, 54}, "SMTP; Unable to relay recipient in non-accepted domain")
@@ -279,7 +341,7 @@ func (a *xoauth2Server) Next(resp []byte) ([]byte, bool, error) {
 		return nil, false, ErrAuthFailed
 	}
 	client, ok := a.s.x.o.Entra.Check(token, SMTPScope)
-	if !ok {
+	if !ok || !a.s.x.o.Entra.HasRole(token, RoleSMTP) {
 		return nil, false, ErrAuthFailed
 	}
 	a.s.x.mu.Lock()
@@ -367,6 +429,14 @@ func (s *xsession) Data(r io.Reader) error {
 		return err
 	}
 	x := s.x
+	if !x.o.MX {
+		// Client submission checks the header sender as well.
+		if m, err := mail.ReadMessage(bytes.NewReader(b)); err == nil {
+			if a, err := mail.ParseAddress(m.Header.Get("From")); err == nil && !strings.EqualFold(a.Address, s.mailbox) {
+				return ErrSendAs
+			}
+		}
+	}
 	now := x.o.Clock()
 	x.mu.Lock()
 	defer x.mu.Unlock()

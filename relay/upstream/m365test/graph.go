@@ -45,7 +45,9 @@ type GraphAttachment struct {
 type Graph struct {
 	URL   string
 	Entra *Entra
-	// MaxRequest is the largest request body; default 4 MB.
+	// MaxRequest is the largest request body; default 4 MiB (Microsoft
+	// says "about 4 MB" without a figure: the fake takes the larger
+	// reading, and Largest tells a test what the relay really sent).
 	MaxRequest int
 	srv        *httptest.Server
 
@@ -55,9 +57,11 @@ type Graph struct {
 	drafts   map[string]*GraphMessage
 	sessions map[string]*upload
 	throttle []time.Duration
+	fail     []failRule
 	active   int
 	peak     int
 	requests int
+	largest  int
 }
 
 type upload struct {
@@ -98,6 +102,26 @@ func (g *Graph) Sent() []GraphMessage {
 	return slices.Clone(g.sent)
 }
 
+type failRule struct {
+	method, path string
+	status       int
+}
+
+// FailNext makes the next request with this method whose path contains
+// path answer status (503: Graph unavailable), as when a large message's
+// route breaks part-way.
+func (g *Graph) FailNext(method, path string, status int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.fail = append(g.fail, failRule{method, path, status})
+}
+
+// Drafts is how many drafts are in the mailbox (not sent, not deleted).
+func (g *Graph) Drafts() int { g.mu.Lock(); defer g.mu.Unlock(); return len(g.drafts) }
+
+// Largest is the largest request body received.
+func (g *Graph) Largest() int { g.mu.Lock(); defer g.mu.Unlock(); return g.largest }
+
 // Peak is the most requests in flight at once.
 func (g *Graph) Peak() int { g.mu.Lock(); defer g.mu.Unlock(); return g.peak }
 
@@ -127,8 +151,19 @@ func (g *Graph) serve(w http.ResponseWriter, r *http.Request) {
 	if len(g.throttle) > 0 {
 		wait, g.throttle = g.throttle[0], g.throttle[1:]
 	}
+	failWith := 0
+	for i, f := range g.fail {
+		if f.method == r.Method && strings.Contains(r.URL.Path, f.path) {
+			failWith, g.fail = f.status, slices.Delete(g.fail, i, i+1)
+			break
+		}
+	}
 	g.mu.Unlock()
 	defer func() { g.mu.Lock(); g.active--; g.mu.Unlock() }()
+	if failWith != 0 {
+		graphError(w, failWith, "ServiceUnavailable", "The service is temporarily unavailable.")
+		return
+	}
 	if over && wait < 0 {
 		wait = time.Second
 	}
@@ -142,6 +177,9 @@ func (g *Graph) serve(w http.ResponseWriter, r *http.Request) {
 		graphError(w, http.StatusBadRequest, "BadRequest", err.Error())
 		return
 	}
+	g.mu.Lock()
+	g.largest = max(g.largest, len(body))
+	g.mu.Unlock()
 	if len(body) > g.MaxRequest {
 		graphError(w, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", "The request is too large.")
 		return
@@ -169,7 +207,7 @@ func (g *Graph) serve(w http.ResponseWriter, r *http.Request) {
 	g.mu.Lock()
 	granted := slices.Contains(g.grants[client], user)
 	g.mu.Unlock()
-	if !granted {
+	if !granted || !g.Entra.HasRole(tok, RoleGraph) {
 		graphError(w, http.StatusForbidden, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
 		return
 	}
@@ -197,6 +235,15 @@ func (g *Graph) serve(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusCreated)
 		json.NewEncoder(w).Encode(map[string]any{"id": id, "isDraft": true})
+	case r.Method == http.MethodDelete && messageRE.MatchString(p):
+		id := messageRE.FindStringSubmatch(p)[2]
+		if g.draft(w, id) == nil {
+			return
+		}
+		g.mu.Lock()
+		delete(g.drafts, id)
+		g.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
 	case r.Method == http.MethodPatch && messageRE.MatchString(p):
 		d := g.draft(w, messageRE.FindStringSubmatch(p)[2])
 		if d == nil {
@@ -250,7 +297,7 @@ func (g *Graph) serve(w http.ResponseWriter, r *http.Request) {
 				Size                              int
 			}
 		}
-		if err := json.Unmarshal(body, &req); err != nil || req.AttachmentItem.AttachmentType != "file" || req.AttachmentItem.Size < 3<<20 || req.AttachmentItem.Size > 150<<20 {
+		if err := json.Unmarshal(body, &req); err != nil || req.AttachmentItem.AttachmentType != "file" || req.AttachmentItem.Size < 3_000_000 || req.AttachmentItem.Size > 150<<20 {
 			graphError(w, http.StatusBadRequest, "InvalidRequest", "an upload session is for a file attachment of 3 to 150 MB")
 			return
 		}
@@ -303,6 +350,18 @@ func (g *Graph) mime(w http.ResponseWriter, r *http.Request, body []byte) (*Grap
 	if err != nil {
 		graphError(w, http.StatusBadRequest, "ErrorMimeContentInvalid", "The MIME content is invalid.")
 		return nil, false
+	}
+	if a, err := mail.ParseAddress(m.Header.Get("From")); err == nil {
+		user := ""
+		for _, re := range []*regexp.Regexp{sendMailRE, messagesRE} {
+			if m := re.FindStringSubmatch(r.URL.Path); m != nil {
+				user = m[1]
+			}
+		}
+		if !strings.EqualFold(a.Address, user) {
+			graphError(w, http.StatusForbidden, "ErrorSendAsDenied", "The user account which was used to submit this request does not have the right to send mail on behalf of the specified sending account.")
+			return nil, false
+		}
 	}
 	msg := &GraphMessage{MIME: raw}
 	for _, h := range []string{"To", "Cc", "Bcc"} {

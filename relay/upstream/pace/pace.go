@@ -5,9 +5,11 @@
 //
 // Waits short enough happen inside Deliver; a longer one is answered with a
 // temporary *upstream.Error wrapping upstream.ErrPaced and carrying RetryAfter, so the
-// scheduler defers the message instead of blocking a worker. A quota refusal
-// (554 5.2.0 SubmissionQuotaExceeded) becomes temporary here: the mail
-// waits out the window and is not bounced.
+// scheduler defers the message instead of blocking a worker. Refusals for a
+// rolling window that is full become temporary here (holds): the mailbox's
+// quota (554 5.2.0 SubmissionQuotaExceeded), its recipient rate limit
+// (550 5.1.90) and the tenant's external recipient rate limit (550 5.7.233).
+// The mail waits out the window and is not bounced.
 package pace
 
 import (
@@ -36,12 +38,20 @@ type Options struct {
 	MaxWait time.Duration
 	// Cooldowns after throttling replies; defaults 1m (432 4.3.2, too
 	// many connections), 5m (4.7.5xx/4.7.6xx, IP throttling), 1h
-	// (5.2.0 submission quota: the 24-hour window must move on).
+	// (5.2.0 submission quota, 5.1.90 recipient rate, 5.7.233 tenant
+	// rate: a 24-hour window must move on; 5.7.233 holds only the message
+	// refused, since mail inside the tenant still goes).
 	ConnectionCooldown, RateCooldown, QuotaCooldown time.Duration
 	Now                                             func() time.Time
 	// Sleep waits d or until ctx ends; tests pass a fake clock's.
 	Sleep  func(ctx context.Context, d time.Duration) error
 	Logger *slog.Logger
+	// StateFile, when set, keeps the windows and the cooldown across
+	// restarts (see state.go): written durably when a message takes its
+	// place in the windows, before it is sent, when a cooldown starts, and
+	// at Close. A box that restarts in a loop thus neither exceeds a limit
+	// nor makes Microsoft throttle it after every boot.
+	StateFile string
 }
 
 // Paced is an upstream behind a pacer.
@@ -57,6 +67,10 @@ type Paced struct {
 	coolWhy   string
 	deferred  int
 	throttled int
+
+	sent       bool       // a message took its place in the windows
+	saveMu     sync.Mutex // orders writes of the state file
+	saveFailed bool       // the last write failed (logged once)
 }
 
 // slot is one message in the rolling windows; an in-flight one (done
@@ -65,6 +79,9 @@ type slot struct {
 	t    time.Time
 	n    int
 	done bool
+	// file is the time a restored slot had in the state file; it is
+	// written back when later than what t says (see state.go).
+	file time.Time
 }
 
 // Wrap puts up behind a pacer with the given limits.
@@ -93,6 +110,9 @@ func Wrap(up upstream.Upstream, o Options) *Paced {
 	p := &Paced{up: up, o: o}
 	if o.Concurrency > 0 {
 		p.sem = make(chan struct{}, o.Concurrency)
+	}
+	if o.StateFile != "" {
+		p.restore()
 	}
 	return p
 }
@@ -123,8 +143,18 @@ func (p *Paced) Limits() upstream.Limits {
 	return l
 }
 
-// Close closes the inner upstream.
-func (p *Paced) Close() error { return p.up.Close() }
+// Close writes the windows' last state, if this pacer sent anything (a
+// doctor run beside the daemon must not write back what it read), and
+// closes the inner upstream.
+func (p *Paced) Close() error {
+	p.mu.Lock()
+	sent := p.sent
+	p.mu.Unlock()
+	if sent {
+		p.save()
+	}
+	return p.up.Close()
+}
 
 // Unwrap returns the inner upstream.
 func (p *Paced) Unwrap() upstream.Upstream { return p.up }
@@ -195,7 +225,11 @@ func (p *Paced) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.
 				ds = &slot{t: now, n: n}
 				p.day = append(p.day, ds)
 			}
+			p.sent = true
 			p.mu.Unlock()
+			// On disk before it is sent: a crash during the attempt
+			// still counts it after the restart.
+			p.save()
 			break
 		}
 		if wait > p.o.MaxWait {
@@ -214,7 +248,7 @@ func (p *Paced) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.
 	}
 	res, err := p.up.Deliver(ctx, msg)
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	cooled := p.coolUntil
 	end := p.o.Now()
 	for _, s := range ms {
 		// Count the message at its end so that two messages' acceptances
@@ -235,6 +269,14 @@ func (p *Paced) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.
 	err = p.learnLocked(end, err)
 	for i := range res {
 		res[i].Err = p.learnLocked(end, res[i].Err)
+	}
+	cooling := !p.coolUntil.Equal(cooled)
+	p.mu.Unlock()
+	if cooling {
+		// A new cooldown goes to disk at once. The attempt's end need
+		// not: the next reservation (or Close) writes it, and an attempt
+		// found in flight after a crash counts as accepted at the restart.
+		p.save()
 	}
 	return res, err
 }
@@ -309,37 +351,55 @@ func (p *Paced) learnLocked(now time.Time, err error) error {
 		return nil
 	}
 	ue := upstream.Classify(err)
-	cool, why, quota := p.throttle(ue)
+	cool, why, hold, tenant := p.throttle(ue)
 	if cool <= 0 {
 		return err
 	}
 	p.throttled++
+	c := *ue
+	if hold {
+		c.Permanent = false
+	}
+	if tenant {
+		// A tenant-wide window (external recipients): this message
+		// waits, but mail to the tenant's own mailboxes still goes.
+		c.RetryAfter = max(c.RetryAfter, cool)
+		p.o.Logger.Warn("upstream refused for a tenant-wide limit: holding the message", "reply", ue.Error(), "retry_in", cool)
+		return &c
+	}
 	if until := now.Add(cool); until.After(p.coolUntil) {
 		p.coolUntil, p.coolWhy = until, why
 		p.o.Logger.Warn("upstream throttled: cooling down", "reply", ue.Error(), "cooldown", cool)
 	}
-	c := *ue
 	c.RetryAfter = max(c.RetryAfter, p.coolUntil.Sub(now))
-	if quota {
-		c.Permanent = false
-	}
 	return &c
 }
 
-func (p *Paced) throttle(ue *upstream.Error) (time.Duration, string, bool) {
+// throttle says how long to wait after a reply, why, whether the reply
+// (a 5xx) is a hold rather than a refusal, and whether it concerns only
+// this message (a tenant-wide window) rather than the whole upstream.
+// Holds are the rolling-window refusals: the mail is sendable once the
+// window moves on, so it must wait, not bounce.
+func (p *Paced) throttle(ue *upstream.Error) (cool time.Duration, why string, hold, tenant bool) {
 	if r := ue.Reply; r != nil {
 		c := r.EnhancedCode
 		switch {
 		case r.Code == 432 || c == (smtp.EnhancedCode{4, 3, 2}):
-			return p.o.ConnectionCooldown, "too many connections, cooling down", false
+			return p.o.ConnectionCooldown, "too many connections, cooling down", false, false
 		case c[0] == 4 && c[1] == 7 && c[2] >= 500 && c[2] <= 699:
-			return p.o.RateCooldown, "the upstream throttles this IP, cooling down", false
+			return p.o.RateCooldown, "the upstream throttles this IP, cooling down", false, false
 		case c == (smtp.EnhancedCode{5, 2, 0}) && strings.Contains(strings.ToLower(r.Message), "quota"):
-			return p.o.QuotaCooldown, "the mailbox's daily recipient quota is used up", true
+			return p.o.QuotaCooldown, "the mailbox's daily recipient quota is used up", true, false
+		case c == (smtp.EnhancedCode{5, 1, 90}):
+			// The mailbox's recipient rate limit: nothing from it goes.
+			return p.o.QuotaCooldown, "the mailbox's recipient rate limit is reached", true, false
+		case c == (smtp.EnhancedCode{5, 7, 233}):
+			// The tenant's external recipient rate limit (TERRL).
+			return p.o.QuotaCooldown, "the tenant's external recipient rate limit is reached", true, true
 		}
 	}
 	if !ue.Permanent && ue.RetryAfter > 0 {
-		return ue.RetryAfter, "the upstream asked to wait", false
+		return ue.RetryAfter, "the upstream asked to wait", false, false
 	}
-	return 0, "", false
+	return 0, "", false, false
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
 	"github.com/siterelay/siterelay/relay/upstream"
 )
 
@@ -239,5 +240,35 @@ func TestSplitCountsAsSeveral(t *testing.T) {
 	}
 	if _, err := p.Deliver(context.Background(), msg(1)); !errors.Is(err, upstream.ErrPaced) {
 		t.Fatalf("got %v, want a deferral", err)
+	}
+}
+
+// Rolling-window refusals are holds: temporary, never bounced. The tenant's
+// external recipient limit holds the message refused but not the upstream
+// (internal mail still goes); the mailbox's limits stop everything.
+func TestWindowRefusalsHold(t *testing.T) {
+	tests := []struct {
+		name  string
+		reply *smtp.SMTPError
+		stops bool
+	}{
+		{"tenant external rate 5.7.233", &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 233}, Message: "tenant has exceeded its external recipient rate limit"}, false},
+		{"recipient rate 5.1.90", &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 90}, Message: "you've reached your daily limit for message recipients"}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := &clock{now: time.Unix(1e9, 0)}
+			f := &fake{c: c, replies: []error{tt.reply}}
+			p := Wrap(f, Options{Now: c.Now, Sleep: c.Sleep})
+			_, err := p.Deliver(context.Background(), msg(1))
+			ue := upstream.Classify(err)
+			if ue.Permanent || ue.RetryAfter != time.Hour {
+				t.Fatalf("got permanent=%v RetryAfter=%v, want a temporary hold of 1h: %v", ue.Permanent, ue.RetryAfter, err)
+			}
+			_, err = p.Deliver(context.Background(), msg(1))
+			if got, want := errors.Is(err, upstream.ErrPaced), tt.stops; got != want {
+				t.Errorf("next message paced = %v, want %v (%v)", got, want, err)
+			}
+		})
 	}
 }

@@ -291,7 +291,7 @@ func (c *conn) handshake(ctx context.Context) error {
 // auth logs in with the configured mechanism. Refusals carry the server's
 // reply but are never permanent: a wrong password is the admin's to fix, and
 // the mail waits meanwhile (as Postfix's smtp_sasl_auth_soft_bounce).
-func (c *conn) auth(ctx context.Context) error {
+func (c *conn) auth(ctx context.Context, token string) error {
 	a := &c.u.o.Auth
 	if a.Mechanism == "" {
 		return nil
@@ -317,16 +317,7 @@ func (c *conn) auth(ctx context.Context) error {
 			r, err = c.cmd(false, base64.StdEncoding.EncodeToString([]byte(a.Password)))
 		}
 	case "XOAUTH2":
-		token, terr := a.TokenSource.Token(ctx)
-		if terr != nil {
-			ue := upstream.Classify(terr)
-			if ue.Err == nil || ue == terr {
-				return ue
-			}
-			c2 := *ue
-			c2.Err = fmt.Errorf("getting a token for %s: %w", a.Username, ue.Err)
-			return &c2
-		}
+		// token was fetched before dialling (see dial).
 		c.deadline(c.u.o.CommandTimeout)
 		ir := base64.StdEncoding.EncodeToString([]byte("user=" + a.Username + "\x01auth=Bearer " + token + "\x01\x01"))
 		r, err = c.cmd(false, "AUTH XOAUTH2 ", ir)
@@ -343,6 +334,17 @@ func (c *conn) auth(ctx context.Context) error {
 		return replyErr(what, r, true)
 	}
 	return nil
+}
+
+// tokenErr is a failure to get a token for user.
+func tokenErr(user string, terr error) *upstream.Error {
+	ue := upstream.Classify(terr)
+	if ue.Err == nil || ue == terr {
+		return ue
+	}
+	c2 := *ue
+	c2.Err = fmt.Errorf("getting a token for %s: %w", user, ue.Err)
+	return &c2
 }
 
 // offers tells whether the extension ext lists word among its parameters.

@@ -467,6 +467,18 @@ func (u *Upstream) dial(ctx context.Context, steps *[]upstream.Step) (*conn, err
 			*steps = append(*steps, upstream.Step{Name: name, OK: ok, Detail: detail})
 		}
 	}
+	var token string
+	if strings.EqualFold(o.Auth.Mechanism, "xoauth2") {
+		// The token first: while the token endpoint fails, no session
+		// is opened (Exchange allows a mailbox three at once).
+		t, err := o.Auth.TokenSource.Token(ctx)
+		if err != nil {
+			e := tokenErr(o.Auth.Username, err)
+			step("token", false, e.Error())
+			return nil, e
+		}
+		token = t
+	}
 	dctx, cancel := context.WithTimeout(ctx, o.DialTimeout)
 	nc, err := o.Dialer(dctx, "tcp", o.Addr)
 	cancel()
@@ -485,7 +497,14 @@ func (u *Upstream) dial(ctx context.Context, steps *[]upstream.Step) (*conn, err
 	defer stop()
 	fail := func(name string, err error) (*conn, error) {
 		step(name, false, err.Error())
-		c.nc.Close()
+		if ue := (*upstream.Error)(nil); errors.As(err, &ue) && ue.Reply != nil && ctx.Err() == nil {
+			// The server answered: the dialogue is in step, so end it
+			// with QUIT (a session dropped without it may count against
+			// the mailbox's limit until the server notices).
+			c.quit()
+		} else {
+			c.nc.Close()
+		}
 		if ctx.Err() != nil {
 			var ue *upstream.Error
 			if !errors.As(err, &ue) || ue.Reply == nil {
@@ -527,7 +546,7 @@ func (u *Upstream) dial(ctx context.Context, steps *[]upstream.Step) (*conn, err
 	}
 	step("ehlo", true, extDetail(c.ext))
 	if o.Auth.Mechanism != AuthNone {
-		if err := c.auth(ctx); err != nil {
+		if err := c.auth(ctx, token); err != nil {
 			return fail("auth", err)
 		}
 		step("auth", true, fmt.Sprintf("logged in as %s with %s", o.Auth.Username, strings.ToUpper(o.Auth.Mechanism)))

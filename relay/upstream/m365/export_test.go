@@ -1,0 +1,4 @@
+package m365
+
+// FromMailbox is fromMailbox, for the fuzz test.
+var FromMailbox = fromMailbox
