@@ -34,7 +34,6 @@ type BoxOptions struct {
 	// netcfg.Apply. Tests replace it.
 	ApplyNetwork func(context.Context, *netcfg.Config, netcfg.Options) error
 	Logger       *slog.Logger
-	Now          func() time.Time
 }
 
 // Box is what PrepareBox found.

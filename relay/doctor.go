@@ -16,7 +16,7 @@ import (
 // run. The error is kept for callers; it is always nil now.
 func Doctor(ctx context.Context, cfg *config.Config, dir string, d Deps, testTo string) ([]upstream.Step, error) {
 	d.defaults()
-	dd := doctor.Deps{Resolver: d.Resolver, TestTo: testTo, Now: d.Clock}
+	dd := doctor.Deps{Resolver: d.Resolver, TestTo: testTo, Clock: d.Clock}
 	up, _, err := newUpstream(cfg, dir, d)
 	if err != nil {
 		dd.UpstreamErr = err

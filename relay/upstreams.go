@@ -54,7 +54,7 @@ func newUpstream(cfg *config.Config, dir string, d Deps) (upstream.Upstream, str
 		}
 		if s.MessagesPerMinute > 0 {
 			// Pace below the smarthost's limit rather than be throttled.
-			return pace.Wrap(up, pace.Options{MessagesPerMinute: s.MessagesPerMinute, Now: d.Clock, Logger: d.Logger}), "smtp " + s.Address, nil
+			return pace.Wrap(up, pace.Options{MessagesPerMinute: s.MessagesPerMinute, Clock: d.Clock, Logger: d.Logger}), "smtp " + s.Address, nil
 		}
 		return up, "smtp " + s.Address, nil
 	}

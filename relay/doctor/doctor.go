@@ -32,14 +32,14 @@ type Deps struct {
 	// TestFrom, default the configured mailbox, else senders.rewrite_from,
 	// else a smarthost login that is an address).
 	TestTo, TestFrom string
-	Now              func() time.Time
+	Clock            func() time.Time
 }
 
 // Run performs every check that applies to cfg's upstream kind, each that
 // can run: a step that cannot says what it could not check and why.
 func Run(ctx context.Context, cfg *config.Config, d Deps) []upstream.Step {
-	if d.Now == nil {
-		d.Now = time.Now
+	if d.Clock == nil {
+		d.Clock = time.Now
 	}
 	u := cfg.Upstream
 	if u.Kind == config.KindCapture {
@@ -290,7 +290,7 @@ func sendTest(ctx context.Context, d Deps, cfg *config.Config) upstream.Step {
 		st.Detail = "not sent: no sender address for it; set senders.rewrite_from (the address devices' mail is sent as)"
 		return st
 	}
-	now := d.Now()
+	now := d.Clock()
 	body := []byte("From: " + from + "\r\nTo: " + d.TestTo + "\r\nSubject: siterelay doctor test\r\nDate: " +
 		now.Format(time.RFC1123Z) + "\r\nMessage-ID: <doctor." + fmt.Sprint(now.UnixNano()) + "@siterelay>\r\n\r\nThis test message was sent by relayd doctor.\r\n")
 	msg := &upstream.Message{QueueID: "doctor", From: from, To: []string{d.TestTo}, Size: int64(len(body)), Body: bytes.NewReader(body)}

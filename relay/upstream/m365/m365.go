@@ -132,7 +132,7 @@ func New(kind config.Kind, cfg config.M365, d Deps) (upstream.Upstream, error) {
 	}
 	l := cfg.Limits
 	po := pace.Options{MessagesPerMinute: l.MessagesPerMinute, Concurrency: l.Concurrency,
-		RecipientsPerDay: l.RecipientsPerDay, MaxRecipients: l.MaxRecipients, Now: d.Clock, Sleep: d.Sleep, Logger: log}
+		RecipientsPerDay: l.RecipientsPerDay, MaxRecipients: l.MaxRecipients, Clock: d.Clock, Sleep: d.Sleep, Logger: log}
 	if d.Dir != "" {
 		po.StateFile = layout.Dir(d.Dir).PaceWindows(paceName(kind, cfg))
 	}

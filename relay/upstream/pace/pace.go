@@ -42,7 +42,7 @@ type Options struct {
 	// rate: a 24-hour window must move on; 5.7.233 holds only the message
 	// refused, since mail inside the tenant still goes).
 	ConnectionCooldown, RateCooldown, QuotaCooldown time.Duration
-	Now                                             func() time.Time
+	Clock                                           func() time.Time
 	// Sleep waits d or until ctx ends; tests pass a fake clock's.
 	Sleep  func(ctx context.Context, d time.Duration) error
 	Logger *slog.Logger
@@ -98,8 +98,8 @@ func Wrap(up upstream.Upstream, o Options) *Paced {
 	if o.QuotaCooldown == 0 {
 		o.QuotaCooldown = time.Hour
 	}
-	if o.Now == nil {
-		o.Now = time.Now
+	if o.Clock == nil {
+		o.Clock = time.Now
 	}
 	if o.Sleep == nil {
 		o.Sleep = sleep
@@ -211,7 +211,7 @@ func (p *Paced) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.
 	var ds *slot
 	for {
 		p.mu.Lock()
-		now := p.o.Now()
+		now := p.o.Clock()
 		wait, why := p.waitLocked(now, n, txns)
 		if wait <= 0 {
 			if p.o.MessagesPerMinute > 0 {
@@ -249,7 +249,7 @@ func (p *Paced) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.
 	res, err := p.up.Deliver(ctx, msg)
 	p.mu.Lock()
 	cooled := p.coolUntil
-	end := p.o.Now()
+	end := p.o.Clock()
 	for _, s := range ms {
 		// Count the message at its end so that two messages' acceptances
 		// are never closer than the window allows.

@@ -111,7 +111,7 @@ func maxInWindow(ts []time.Time, w time.Duration) int {
 func TestMessagesPerMinute(t *testing.T) {
 	c := &clock{now: time.Unix(1e9, 0)}
 	f := &fake{c: c}
-	p := Wrap(f, Options{MessagesPerMinute: 30, Now: c.Now, Sleep: c.Sleep})
+	p := Wrap(f, Options{MessagesPerMinute: 30, Clock: c.Now, Sleep: c.Sleep})
 	start := c.Now()
 	deferred := run(t, p, c, 300, 1)
 	if got := maxInWindow(f.times, time.Minute); got > 30 {
@@ -128,7 +128,7 @@ func TestMessagesPerMinute(t *testing.T) {
 func TestRecipientsPerDay(t *testing.T) {
 	c := &clock{now: time.Unix(1e9, 0)}
 	f := &fake{c: c}
-	p := Wrap(f, Options{RecipientsPerDay: 1000, Now: c.Now, Sleep: c.Sleep})
+	p := Wrap(f, Options{RecipientsPerDay: 1000, Clock: c.Now, Sleep: c.Sleep})
 	run(t, p, c, 50, 100) // 5000 recipients: five days
 	// Rolling 24 h: count recipients by time.
 	for i := range f.times {
@@ -145,7 +145,7 @@ func TestRecipientsPerDay(t *testing.T) {
 func TestConcurrency(t *testing.T) {
 	c := &clock{now: time.Unix(1e9, 0)}
 	f := &fake{c: c}
-	p := Wrap(f, Options{Concurrency: 3, Now: c.Now, Sleep: c.Sleep})
+	p := Wrap(f, Options{Concurrency: 3, Clock: c.Now, Sleep: c.Sleep})
 	if got := p.Limits().Concurrency; got != 3 {
 		t.Errorf("Limits().Concurrency = %d, want 3", got)
 	}
@@ -179,7 +179,7 @@ func TestThrottleReplies(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c := &clock{now: time.Unix(1e9, 0)}
 			f := &fake{c: c, replies: []error{tt.reply}}
-			p := Wrap(f, Options{Now: c.Now, Sleep: c.Sleep})
+			p := Wrap(f, Options{Clock: c.Now, Sleep: c.Sleep})
 			_, err := p.Deliver(context.Background(), msg(1))
 			ue := upstream.Classify(err)
 			if ue.Permanent {
@@ -207,7 +207,7 @@ func TestThrottleReplies(t *testing.T) {
 func TestShortWaitBlocks(t *testing.T) {
 	c := &clock{now: time.Unix(1e9, 0)}
 	f := &fake{c: c, replies: []error{&upstream.Error{RetryAfter: 3 * time.Second, Err: errors.New("429")}}}
-	p := Wrap(f, Options{Now: c.Now, Sleep: c.Sleep})
+	p := Wrap(f, Options{Clock: c.Now, Sleep: c.Sleep})
 	if _, err := p.Deliver(context.Background(), msg(1)); err == nil {
 		t.Fatal("want the 429")
 	}
@@ -220,7 +220,7 @@ func TestPermanentPassesThrough(t *testing.T) {
 	c := &clock{now: time.Unix(1e9, 0)}
 	r := &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 10}, Message: "Recipient not found"}
 	f := &fake{c: c, replies: []error{r}}
-	p := Wrap(f, Options{Now: c.Now, Sleep: c.Sleep})
+	p := Wrap(f, Options{Clock: c.Now, Sleep: c.Sleep})
 	_, err := p.Deliver(context.Background(), msg(1))
 	if !upstream.IsPermanent(err) {
 		t.Errorf("got %v, want permanent", err)
@@ -230,7 +230,7 @@ func TestPermanentPassesThrough(t *testing.T) {
 func TestSplitCountsAsSeveral(t *testing.T) {
 	c := &clock{now: time.Unix(1e9, 0)}
 	f := &fake{c: c}
-	p := Wrap(f, Options{MessagesPerMinute: 5, MaxRecipients: 2, Now: c.Now, Sleep: c.Sleep, MaxWait: time.Second})
+	p := Wrap(f, Options{MessagesPerMinute: 5, MaxRecipients: 2, Clock: c.Now, Sleep: c.Sleep, MaxWait: time.Second})
 	// 5 recipients = 3 transactions; then only 2 more fit in the minute.
 	if _, err := p.Deliver(context.Background(), msg(5)); err != nil {
 		t.Fatal(err)
@@ -259,7 +259,7 @@ func TestWindowRefusalsHold(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c := &clock{now: time.Unix(1e9, 0)}
 			f := &fake{c: c, replies: []error{tt.reply}}
-			p := Wrap(f, Options{Now: c.Now, Sleep: c.Sleep})
+			p := Wrap(f, Options{Clock: c.Now, Sleep: c.Sleep})
 			_, err := p.Deliver(context.Background(), msg(1))
 			ue := upstream.Classify(err)
 			if ue.Permanent || ue.RetryAfter != time.Hour {

@@ -83,7 +83,7 @@ func parseState(b []byte) (*state, error) {
 func (p *Paced) restore() {
 	path := p.o.StateFile
 	log := p.o.Logger.With("file", path)
-	now := p.o.Now()
+	now := p.o.Clock()
 	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return // first start: nothing was sent
@@ -194,7 +194,7 @@ func (p *Paced) save() {
 	p.saveMu.Lock()
 	defer p.saveMu.Unlock()
 	p.mu.Lock()
-	b := p.snapshotLocked(p.o.Now())
+	b := p.snapshotLocked(p.o.Clock())
 	p.mu.Unlock()
 	err := durable.WriteFile(p.o.StateFile, b, 0o600)
 	switch {

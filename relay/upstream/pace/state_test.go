@@ -46,7 +46,7 @@ func TestWindowsSurviveRestart(t *testing.T) {
 			c := &clock{now: time.Unix(1e9, 0)}
 			f := &fake{c: c}
 			o := tt.o
-			o.Now, o.Sleep, o.StateFile = c.Now, c.Sleep, filepath.Join(t.TempDir(), "pace", "m365.json")
+			o.Clock, o.Sleep, o.StateFile = c.Now, c.Sleep, filepath.Join(t.TempDir(), "pace", "m365.json")
 			p := Wrap(f, o)
 			for range 25 {
 				if _, err := p.Deliver(context.Background(), msg(1)); err != nil {
@@ -79,7 +79,7 @@ func TestCooldownSurvivesRestart(t *testing.T) {
 	c := &clock{now: time.Unix(1e9, 0)}
 	quota := &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 2, 0}, Message: "STOREDRV.Submission.Exception:SubmissionQuotaExceededException"}
 	f := &fake{c: c, replies: []error{quota}}
-	o := Options{Now: c.Now, Sleep: c.Sleep, StateFile: filepath.Join(t.TempDir(), "m365.json")}
+	o := Options{Clock: c.Now, Sleep: c.Sleep, StateFile: filepath.Join(t.TempDir(), "m365.json")}
 	p := Wrap(f, o)
 	if _, err := p.Deliver(context.Background(), msg(1)); upstream.IsPermanent(err) || err == nil {
 		t.Fatalf("got %v, want a hold", err)
@@ -135,7 +135,7 @@ func TestCorruptState(t *testing.T) {
 			}
 			var logs logBuf
 			o := tt.o
-			o.Now, o.Sleep, o.StateFile, o.Logger, o.MaxWait = c.Now, c.Sleep, path, logs.logger(), time.Millisecond
+			o.Clock, o.Sleep, o.StateFile, o.Logger, o.MaxWait = c.Now, c.Sleep, path, logs.logger(), time.Millisecond
 			p := Wrap(&fake{c: c}, o)
 			if !strings.Contains(logs.String(), "level=ERROR") || !strings.Contains(logs.String(), "pacing state cannot be read") {
 				t.Errorf("log %q, want a clear error", logs.String())
@@ -177,7 +177,7 @@ func TestStateFromTheFuture(t *testing.T) {
 	writeState(t, path, st)
 	var logs logBuf
 	f := &fake{c: c}
-	o := Options{MessagesPerMinute: 30, RecipientsPerDay: 100, Now: c.Now, Sleep: c.Sleep, StateFile: path, Logger: logs.logger()}
+	o := Options{MessagesPerMinute: 30, RecipientsPerDay: 100, Clock: c.Now, Sleep: c.Sleep, StateFile: path, Logger: logs.logger()}
 	p := Wrap(f, o)
 	if !strings.Contains(logs.String(), "from the future") {
 		t.Errorf("log %q, want a warning about the clock", logs.String())
@@ -221,7 +221,7 @@ func TestInFlightCounts(t *testing.T) {
 	st := state{Version: stateVersion, Saved: c.Now().Add(-time.Hour).UnixMilli(),
 		Day: []stateSlot{{T: c.Now().Add(-25 * time.Hour).UnixMilli(), N: 10, InFlight: true}}}
 	writeState(t, path, st)
-	p := Wrap(&fake{c: c}, Options{RecipientsPerDay: 10, Now: c.Now, Sleep: c.Sleep, StateFile: path})
+	p := Wrap(&fake{c: c}, Options{RecipientsPerDay: 10, Clock: c.Now, Sleep: c.Sleep, StateFile: path})
 	if _, err := p.Deliver(context.Background(), msg(1)); !errors.Is(err, upstream.ErrPaced) {
 		t.Fatalf("got %v, want paced: the in-flight attempt may have been accepted at the crash", err)
 	}
@@ -233,7 +233,7 @@ func TestStateFileSize(t *testing.T) {
 	c := &clock{now: time.Unix(1e9, 0)}
 	path := filepath.Join(t.TempDir(), "m365.json")
 	f := &fake{c: c}
-	o := Options{MessagesPerMinute: 30, RecipientsPerDay: 10000, Now: c.Now, Sleep: c.Sleep, StateFile: path}
+	o := Options{MessagesPerMinute: 30, RecipientsPerDay: 10000, Clock: c.Now, Sleep: c.Sleep, StateFile: path}
 	p := Wrap(f, o)
 	const n, step = 600, 2 * time.Minute
 	for range n {
@@ -282,7 +282,7 @@ func TestStateWriteFailureKeepsSending(t *testing.T) {
 	// The state file's directory is a regular file: it cannot be read
 	// (so the pacer starts with the minute full, and waits inside
 	// Deliver) and every write fails.
-	p := Wrap(&fake{c: c}, Options{MessagesPerMinute: 30, Now: c.Now, Sleep: c.Sleep, MaxWait: 2 * time.Minute,
+	p := Wrap(&fake{c: c}, Options{MessagesPerMinute: 30, Clock: c.Now, Sleep: c.Sleep, MaxWait: 2 * time.Minute,
 		StateFile: filepath.Join(blocker, "m365.json"), Logger: logs.logger()})
 	for range 3 {
 		if _, err := p.Deliver(context.Background(), msg(1)); err != nil {
@@ -305,7 +305,7 @@ func FuzzRestore(f *testing.F) {
 		if err := os.WriteFile(path, b, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		p := Wrap(&fake{c: c}, Options{MessagesPerMinute: 30, RecipientsPerDay: 100, Now: c.Now, Sleep: c.Sleep, StateFile: path, MaxWait: time.Millisecond})
+		p := Wrap(&fake{c: c}, Options{MessagesPerMinute: 30, RecipientsPerDay: 100, Clock: c.Now, Sleep: c.Sleep, StateFile: path, MaxWait: time.Millisecond})
 		_, err := p.Deliver(context.Background(), msg(1))
 		if err != nil && !errors.Is(err, upstream.ErrPaced) {
 			t.Fatalf("got %v", err)
@@ -321,7 +321,7 @@ func FuzzRestore(f *testing.F) {
 func TestCloseWritesOnlyAfterSending(t *testing.T) {
 	c := &clock{now: time.Unix(1e9, 0)}
 	path := filepath.Join(t.TempDir(), "m365.json")
-	o := Options{MessagesPerMinute: 30, Now: c.Now, Sleep: c.Sleep, StateFile: path}
+	o := Options{MessagesPerMinute: 30, Clock: c.Now, Sleep: c.Sleep, StateFile: path}
 	Wrap(&fake{c: c}, o).Close()
 	if _, err := os.Stat(path); err == nil {
 		t.Error("an idle pacer wrote its state")
