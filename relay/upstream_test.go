@@ -2,6 +2,8 @@ package relay
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -102,4 +104,22 @@ func TestUpstreamDownNeverFailsTheDevice(t *testing.T) {
 			t.Errorf("a temporary failure became %s: %+v", e.Kind, e)
 		}
 	}
+}
+
+// TestRelativePathsResolveBelowTheStateDirectory: a relative ca_file is
+// read from the state directory, wherever relayd was started.
+func TestRelativePathsResolveBelowTheStateDirectory(t *testing.T) {
+	fake := upstreamtest.NewFakeServer(t, upstreamtest.FakeOptions{TLS: "starttls"})
+	dir := relaytest.StateDir(t)
+	if err := os.WriteFile(filepath.Join(dir, "smarthost-ca.pem"), fake.CA.PEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := smarthostConfig(fake)
+	cfg.Upstream.SMTP.TLS, cfg.Upstream.SMTP.CAFile, cfg.Upstream.SMTP.ServerName = "starttls", "smarthost-ca.pem", "localhost"
+	t.Chdir(t.TempDir()) // not the state directory
+	_, addr := run(t, cfg, dir)
+	if err := send(t, addr, "mfp@plant.example", []string{"x@example.com"}, "Subject: tls\r\n\r\n1\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	fake.WaitMessages(t, 1)
 }

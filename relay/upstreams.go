@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 
 	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/layout"
 	"github.com/siterelay/siterelay/relay/upstream"
 	"github.com/siterelay/siterelay/relay/upstream/capture"
 	"github.com/siterelay/siterelay/relay/upstream/m365"
@@ -32,7 +33,7 @@ func newUpstream(cfg *config.Config, dir string, d Deps) (upstream.Upstream, str
 			MaxSize: s.MaxMessageBytes, MessagesPerMinute: s.MessagesPerMinute, Clock: d.Clock, Logger: d.Logger,
 		}
 		if s.CAFile != "" {
-			pem, err := os.ReadFile(s.CAFile)
+			pem, err := os.ReadFile(layout.Dir(dir).Resolve(s.CAFile))
 			if err != nil {
 				return nil, "", fmt.Errorf("upstream.smtp.ca_file: %w", err)
 			}

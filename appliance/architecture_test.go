@@ -1,0 +1,81 @@
+package appliance
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// The import rules of docs/architecture.md, checked against the code: for
+// each package (longest prefix wins), the project packages it may import
+// directly. The composition root holds this test because it is the one
+// package that may import everything below it.
+var importRules = []struct {
+	pkg   string
+	allow []string // prefixes; "" allows nothing of the project
+}{
+	// Leaves: anyone may import them, they import nothing of the project.
+	{"relay/layout", nil},
+	{"relay/strictjson", nil},
+	{"relay/durable", nil},
+	{"relay/relaytest", nil},
+
+	{"netcfg", []string{"netcfg", "relay/strictjson"}},
+
+	{"relay", []string{"relay"}},
+	{"relay/upstream", []string{"relay/upstream", "relay/config", "relay/layout", "relay/durable", "relay/strictjson", "relay/authlogin", "relay/relaytest"}},
+	// The scheduler knows the upstream contract, not the kinds behind it.
+	{"relay/delivery", []string{"relay/upstream", "relay/spool", "relay/trace", "relay/dsn", "relay/durable"}},
+	{"relay/inbound", []string{"relay/authlogin", "relay/message", "relay/policy", "relay/spool", "relay/trace", "relay/config", "relay/durable"}},
+	{"relay/policy", []string{"relay/config"}},
+	{"relay/config", []string{"relay/strictjson", "relay/layout"}},
+
+	{"appliance", []string{"appliance", "relay", "netcfg", "provisioning"}},
+	{"appliance/site", []string{"netcfg", "relay/strictjson"}},
+
+	{"provisioning", []string{"provisioning", "relay/config", "relay/layout", "relay/strictjson", "relay/durable", "netcfg"}},
+
+	{"cmd/relayd", []string{"appliance", "relay"}},
+	{"cmd/relaybench", nil},
+	{"cmd/relayctl", []string{"provisioning/api", "provisioning/ctl", "relay/layout"}},
+
+	{"images", []string{"appliance/site", "relay/config", "relay/layout", "relay/strictjson", "netcfg"}},
+}
+
+func TestImportRules(t *testing.T) {
+	const mod = "github.com/siterelay/siterelay/"
+	out, err := exec.Command("go", "list", "-f", "{{.ImportPath}} {{join .Imports \" \"}}", mod+"...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		pkg := strings.TrimPrefix(f[0], mod)
+		rule := -1
+		for i, r := range importRules {
+			if under(pkg, r.pkg) && (rule < 0 || len(r.pkg) > len(importRules[rule].pkg)) {
+				rule = i
+			}
+		}
+		if rule < 0 {
+			t.Errorf("%s: no import rule; add its room to docs/architecture.md and to importRules", pkg)
+			continue
+		}
+		for _, imp := range f[1:] {
+			dep, ok := strings.CutPrefix(imp, mod)
+			if !ok {
+				continue
+			}
+			allowed := false
+			for _, a := range importRules[rule].allow {
+				allowed = allowed || under(dep, a)
+			}
+			if !allowed {
+				t.Errorf("%s imports %s: not allowed by the rule for %s (docs/architecture.md)", pkg, dep, importRules[rule].pkg)
+			}
+		}
+	}
+}
+
+// under reports whether pkg is p or below it.
+func under(pkg, p string) bool { return pkg == p || strings.HasPrefix(pkg, p+"/") }
