@@ -1,0 +1,105 @@
+package spool
+
+import (
+	"fmt"
+	"time"
+)
+
+// Compaction: copying live messages forward out of old segments so that
+// they can be recycled.
+
+// maintain deletes segments that hold nothing live and copies lingering
+// messages forward, oldest segment first.
+func (s *Spool) maintain() {
+	defer s.wg.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+		case <-s.w.rotated:
+		}
+		if err := s.compact(); err != nil {
+			s.log.Error("spool: compaction failed", "err", err)
+		}
+	}
+}
+
+// compact removes the oldest segments while that is safe. A segment is
+// copied forward when it is mostly dead (a quarter or less of it live),
+// never while a commit into it is still under way.
+func (s *Spool) compact() error {
+	for {
+		s.mu.Lock()
+		s.segMu.Lock()
+		if len(s.segments) < 2 {
+			s.segMu.Unlock()
+			s.mu.Unlock()
+			return nil
+		}
+		g := s.segments[0]
+		s.segMu.Unlock()
+		if g.inflight.Load() > 0 {
+			s.mu.Unlock()
+			return nil
+		}
+		if g.live > 0 {
+			if g.liveBytes*4 > s.opts.SegmentBytes {
+				s.mu.Unlock()
+				return nil
+			}
+			if err := s.copyForward(g); err != nil {
+				s.mu.Unlock()
+				return err
+			}
+		}
+		s.mu.Unlock()
+		// Everything that made g dead (done records, copies) must be on
+		// disk before g goes.
+		if err := s.w.sync(); err != nil {
+			return err
+		}
+		s.mu.Lock()
+		if g.live != 0 { // a copy failed to land, or a reader raced: next time
+			s.mu.Unlock()
+			return nil
+		}
+		s.segMu.Lock()
+		s.segments = s.segments[1:]
+		s.segMu.Unlock()
+		s.mu.Unlock()
+		if err := s.retire(g); err != nil {
+			return fmt.Errorf("retiring segment: %w", err)
+		}
+	}
+}
+
+// copyForward writes a fresh full record of every live message of g into
+// the current segment. Called with s.mu held, so no update can slip between
+// the snapshot and the copy.
+func (s *Spool) copyForward(g *segment) error {
+	for _, e := range s.entries {
+		if e.seg != g {
+			continue
+		}
+		rec := messageRec{ID: e.id, Env: e.env, File: e.file, Size: e.size}
+		if e.file == "" {
+			rec.Data = make([]byte, e.size)
+			if _, err := g.f.ReadAt(rec.Data, e.off); err != nil {
+				return fmt.Errorf("copying %s forward: %w", e.id, err)
+			}
+		}
+		seg, off, err := s.w.appendCopy(&rec)
+		if err != nil {
+			return err
+		}
+		g.live--
+		g.liveBytes -= e.size
+		e.seg, e.off = seg, off
+		seg.live++
+		seg.liveBytes += e.size
+	}
+	return nil
+}
