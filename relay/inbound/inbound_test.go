@@ -223,7 +223,7 @@ func TestRefusals(t *testing.T) {
 		{"malformed MAIL", nil, [][2]string{
 			{"EHLO printer", "250"}, {"MAIL FROM:p@plant.example>", "50"}}},
 		{"DATA before RCPT", nil, [][2]string{
-			{"EHLO printer", "250"}, {"MAIL FROM:<p@plant.example>", "250"}, {"DATA", "502"}}},
+			{"EHLO printer", "250"}, {"MAIL FROM:<p@plant.example>", "250"}, {"DATA", "503 5.5.1"}}},
 		{"unknown command", nil, [][2]string{{"EHLO printer", "250"}, {"XYZZY", "50"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
