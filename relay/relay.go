@@ -149,6 +149,10 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 	if cfg.Limits.BareLineEndings == "refuse" {
 		bare = message.Refuse
 	}
+	nul := message.RemoveNUL
+	if cfg.Limits.NULBytes == "refuse" {
+		nul = message.RefuseNUL
+	}
 	pol, err := policy.New(cfg, d.Clock)
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
@@ -174,7 +178,9 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 			Auth: *lc.Auth, RequireAuth: *lc.RequireAuth, AllowPlaintextAuth: lc.AllowPlaintextAuth,
 			MaxMessageBytes: maxSize, MaxRecipients: cfg.Limits.MaxRecipients, MaxLineLength: cfg.Limits.MaxLineLength,
 			ReadTimeout: cfg.Limits.ReadTimeout.D(), WriteTimeout: cfg.Limits.WriteTimeout.D(),
-			BareLineEndings: bare, RewriteFrom: cfg.Senders.RewriteFrom,
+			CommandTimeout: cfg.Limits.CommandTimeout.D(), MaxSessionTime: cfg.Limits.MaxSessionTime.D(),
+			MaxCommandsWithoutMail: cfg.Limits.MaxCommandsWithoutMail, MaxConnections: cfg.Limits.MaxConnections,
+			BareLineEndings: bare, NUL: nul, RewriteFrom: cfg.Senders.RewriteFrom,
 			Policy: listenerPolicy{pol, i}, Spool: r.spool, CheckRecipient: checkRcpt,
 			Accepted: r.sched.Enqueue, Record: r.trace.Record, Refused: r.metrics.Refused,
 			AcceptLatency: r.metrics.ObserveAccept, Clock: d.Clock, Logger: d.Logger,
@@ -237,9 +243,9 @@ func (r *Relay) Run(ctx context.Context) error {
 		s.Shutdown(shctx)
 	}
 	cancel()
-	// go-smtp's Shutdown closes only the listeners its Serve has seen; a
-	// Serve goroutine not yet started (a stop right after start) would
-	// otherwise accept forever.
+	// Shutdown closes only the listeners its Serve has seen; a Serve
+	// goroutine not yet started (a stop right after start) returns at
+	// once, but close them here too so that nothing accepts after Run.
 	for _, l := range r.listeners {
 		l.Close()
 	}
