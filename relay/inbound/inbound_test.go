@@ -53,6 +53,7 @@ var testCert = sync.OnceValue(func() func(t *testing.T) tls.Certificate {
 })
 
 type fixture struct {
+	srv      *Server
 	addr     string
 	sp       *spool.Spool
 	mu       sync.Mutex
@@ -78,6 +79,7 @@ func start(t *testing.T, mod func(*Options)) *fixture {
 		mod(&o)
 	}
 	s := New(o)
+	f.srv = s
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

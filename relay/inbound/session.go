@@ -2,6 +2,7 @@ package inbound
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/base64"
@@ -254,10 +255,10 @@ func (ss *session) boundary() error {
 	return nil
 }
 
-// readCommand flushes the replies when no pipelined command is waiting,
-// then reads the next command line within CommandTimeout.
+// readCommand flushes the replies unless a whole pipelined command line is
+// waiting, then reads the next command line within CommandTimeout.
 func (ss *session) readCommand() (string, error) {
-	if ss.r.Buffered() == 0 {
+	if buf, _ := ss.r.Peek(ss.r.Buffered()); bytes.IndexByte(buf, '\n') < 0 {
 		if err := ss.w.Flush(); err != nil {
 			return "", err
 		}
