@@ -142,6 +142,7 @@ type Server struct {
 	mu        sync.Mutex
 	sessions  map[*session]struct{}
 	count     int // sessions counted against MaxConnections
+	perIP     map[netip.Addr]map[*session]struct{}
 	listeners map[net.Listener]struct{}
 	closing   atomic.Bool
 	wg        sync.WaitGroup
@@ -149,7 +150,8 @@ type Server struct {
 
 // New makes a listener; Serve runs it.
 func New(o Options) *Server {
-	s := &Server{sessions: map[*session]struct{}{}, listeners: map[net.Listener]struct{}{}}
+	s := &Server{sessions: map[*session]struct{}{}, perIP: map[netip.Addr]map[*session]struct{}{},
+		listeners: map[net.Listener]struct{}{}}
 	s.Update(o)
 	return s
 }
@@ -313,46 +315,96 @@ func (s *Server) handle(c net.Conn, o *Options) {
 	ss.serve()
 }
 
-// admit counts ss against MaxConnections. At the limit the session idle
-// longest outside a transaction makes room (it is told why and closed);
-// with none, ss is refused.
+// admit counts ss against MaxConnections. Below the limit every client is
+// admitted. At the limit a client that holds less than its fair share of
+// the listener (MaxConnections over the addresses holding sessions) takes
+// the place of the session idle longest, outside a transaction, of the
+// address that holds the most; that session is told why and closed. A
+// client at its share, or with nothing to displace, is refused. So a flood
+// from other addresses cannot keep a device out, and costs the relay only
+// an accept and a 421 for each connection beyond the limit.
 func (s *Server) admit(ss *session) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing.Load() {
 		return errShuttingDown(ss.o.Hostname)
 	}
-	if max := ss.o.MaxConnections; max > 0 && s.count >= max {
-		var victim *session
-		oldest := int64(0)
-		for o := range s.sessions {
-			if o.evicted {
-				continue
-			}
-			if at, idle := o.idleSince(); idle && (victim == nil || at < oldest) {
-				victim, oldest = o, at
-			}
+	if limit := ss.o.MaxConnections; limit > 0 && s.count >= limit {
+		full := &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+			Message: fmt.Sprintf("%s has too many connections (limits.max_connections is %d); try again later, or close idle sessions on the devices", ss.o.Hostname, limit)}
+		held := len(s.perIP[ss.ip])
+		addrs := len(s.perIP)
+		if held == 0 {
+			addrs++
 		}
+		if held >= max(1, limit/addrs) {
+			return full
+		}
+		victim := s.victim(held + 1)
 		if victim == nil || !victim.kickIfIdle(&smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
-			Message: fmt.Sprintf("%s is at limits.max_connections (%d); this idle session makes room for another, reconnect when there is mail", ss.o.Hostname, max)}) {
-			return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
-				Message: fmt.Sprintf("%s has too many connections (limits.max_connections is %d); try again later, or close idle sessions on the devices", ss.o.Hostname, max)}
+			Message: fmt.Sprintf("%s is at limits.max_connections (%d) and this address holds more than its share; closing an idle session, reconnect when there is mail", ss.o.Hostname, limit)}) {
+			return full
 		}
-		victim.evicted = true
-		s.count--
+		s.uncount(victim)
 	}
 	s.count++
 	s.sessions[ss] = struct{}{}
+	m := s.perIP[ss.ip]
+	if m == nil {
+		m = map[*session]struct{}{}
+		s.perIP[ss.ip] = m
+	}
+	m[ss] = struct{}{}
 	return nil
+}
+
+// victim is the session idle longest, outside a transaction, among the
+// addresses holding the most sessions (at least least). Called with s.mu.
+func (s *Server) victim(least int) *session {
+	most := 0
+	for _, m := range s.perIP {
+		most = max(most, len(m))
+	}
+	for ; most >= least; most-- {
+		var v *session
+		var oldest int64
+		for _, m := range s.perIP {
+			if len(m) != most {
+				continue
+			}
+			for o := range m {
+				if at, idle := o.idleSince(); idle && (v == nil || at < oldest) {
+					v, oldest = o, at
+				}
+			}
+		}
+		if v != nil {
+			return v
+		}
+	}
+	return nil
+}
+
+// uncount stops counting ss (displaced, or ended). Called with s.mu.
+func (s *Server) uncount(ss *session) {
+	if ss.evicted {
+		return
+	}
+	ss.evicted = true
+	s.count--
+	if m := s.perIP[ss.ip]; m != nil {
+		delete(m, ss)
+		if len(m) == 0 {
+			delete(s.perIP, ss.ip)
+		}
+	}
 }
 
 func (s *Server) leave(ss *session) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.sessions, ss)
-	if !ss.evicted {
-		s.count--
-	}
+	s.uncount(ss)
 }
 
 // Sessions reports the sessions counted against MaxConnections.

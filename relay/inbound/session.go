@@ -47,7 +47,7 @@ type session struct {
 	mu      sync.Mutex
 	waiting bool            // blocked reading a command outside a transaction
 	kicked  *smtp.SMTPError // the reply for a session told to go
-	evicted bool            // guarded by srv.mu: no longer counted
+	evicted bool            // guarded by srv.mu: no longer counted (displaced or ended)
 
 	helo     string
 	ehlo     bool
