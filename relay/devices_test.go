@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/relaytest"
@@ -74,5 +75,33 @@ s.quit()
 				t.Errorf("bare LF in the delivered message")
 			}
 		})
+	}
+}
+
+// A scanner uploading a large scan slowly but steadily is not cut off:
+// limits.read_timeout bounds each read, not the whole DATA phase. curl
+// paces the upload (--limit-rate) over about three times read_timeout.
+func TestSlowSteadyUploadWithCurl(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Fatal("curl is not installed (make check installs it through .ci/install)")
+	}
+	cfg := config.Default()
+	cfg.Limits.ReadTimeout = config.Duration(time.Second)
+	dir := relaytest.StateDir(t)
+	_, addr := run(t, cfg, dir)
+	body := "Subject: slow scan\r\n\r\n" + strings.Repeat(strings.Repeat("A", 76)+"\r\n", 4000) // 312 KB
+	cmd := exec.Command("curl", "-sS", "--limit-rate", "100k", "smtp://"+addr, "--mail-from", "mfp@plant.example", "--mail-rcpt", "ops@example.com", "-T", "-")
+	cmd.Stdin = strings.NewReader(body)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("curl: %v\n%s", err, out)
+	}
+	var files []string
+	relaytest.Eventually(t, "delivery to the outbox", func() bool {
+		files, _ = filepath.Glob(filepath.Join(dir, "outbox", "*.eml"))
+		return len(files) == 1
+	})
+	b, _ := os.ReadFile(files[0])
+	if !strings.HasSuffix(string(b), body[strings.Index(body, "\r\n\r\n"):]) {
+		t.Errorf("delivered message does not end in the whole body (%d bytes delivered)", len(b))
 	}
 }
