@@ -146,6 +146,28 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	closing   atomic.Bool
 	wg        sync.WaitGroup
+
+	refusedLog logBrake
+}
+
+// logBrake lets one log line a second through and counts the others.
+type logBrake struct {
+	mu      sync.Mutex
+	last    time.Time
+	skipped int
+}
+
+// allow reports whether a line may be logged now, and how many were
+// skipped since the last one.
+func (b *logBrake) allow(now time.Time) (skipped int, ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if now.Sub(b.last) < time.Second {
+		b.skipped++
+		return 0, false
+	}
+	skipped, b.skipped, b.last = b.skipped, 0, now
+	return skipped, true
 }
 
 // New makes a listener; Serve runs it.
@@ -295,7 +317,11 @@ func (s *Server) handle(c net.Conn, o *Options) {
 	log := o.Logger.With("listener", o.Name, "client_ip", ip.String())
 	refuse := func(reason string, err error) {
 		o.Refused(reason)
-		log.Info("connection refused", "reason", reason, "reply", err.Error())
+		if n, ok := s.refusedLog.allow(time.Now()); ok {
+			// A flood is refused thousands of times a second: one line a
+			// second says so without filling the log.
+			log.Info("connection refused", "reason", reason, "reply", err.Error(), "refused_since_last_line", n)
+		}
 		c.SetWriteDeadline(time.Now().Add(10 * time.Second))
 		c.Write(formatReply(nil, err))
 		c.Close()

@@ -557,3 +557,19 @@ func TestPipelinedPartialLine(t *testing.T) {
 	}
 	r.cmd("Subject: piped\r\n\r\nx\r\n.", "250")
 }
+
+// A flood's refusals are logged one line a second, with the count of the
+// lines left out.
+func TestRefusalLogBrake(t *testing.T) {
+	var b logBrake
+	t0 := time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)
+	var got []string
+	for i := range 25 {
+		if n, ok := b.allow(t0.Add(time.Duration(i) * 100 * time.Millisecond)); ok {
+			got = append(got, fmt.Sprint(n))
+		}
+	}
+	if want := []string{"0", "9", "9"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("lines logged with skipped counts %v, want %v", got, want)
+	}
+}
