@@ -208,7 +208,7 @@ func (ss *session) serve() {
 			ss.replyErr(err)
 			return
 		}
-		line, err := ss.readCommand()
+		line, err := ss.readCommand(true)
 		if err == errLineTooLong {
 			ss.reply(500, smtp.EnhancedCode{5, 5, 2}, "command line longer than %d bytes (limits.max_line_length)", ss.o.MaxLineLength)
 			continue
@@ -256,14 +256,16 @@ func (ss *session) boundary() error {
 }
 
 // readCommand flushes the replies unless a whole pipelined command line is
-// waiting, then reads the next command line within CommandTimeout.
-func (ss *session) readCommand() (string, error) {
+// waiting, then reads the next command line within CommandTimeout. Between
+// commands (between, not in an AUTH exchange) and outside a transaction the
+// session is idle: Shutdown and a full listener may tell it to go.
+func (ss *session) readCommand(between bool) (string, error) {
 	if buf, _ := ss.r.Peek(ss.r.Buffered()); bytes.IndexByte(buf, '\n') < 0 {
 		if err := ss.w.Flush(); err != nil {
 			return "", err
 		}
 	}
-	idle := !ss.inTx
+	idle := between && !ss.inTx
 	if idle {
 		ss.setWaiting(true)
 	}
@@ -517,7 +519,7 @@ func (ss *session) auth(arg string) bool {
 			return true
 		}
 		ss.reply(334, smtp.NoEnhancedCode, "%s", base64.StdEncoding.EncodeToString(chal))
-		line, err := ss.readCommand()
+		line, err := ss.readCommand(false)
 		if err == errLineTooLong {
 			ss.reply(500, smtp.EnhancedCode{5, 5, 2}, "AUTH response longer than %d bytes (limits.max_line_length)", o.MaxLineLength)
 			return true
