@@ -368,7 +368,7 @@ func (s *Server) admit(ss *session) error {
 		}
 		victim := s.victim(held + 1)
 		if victim == nil || !victim.kickIfIdle(&smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
-			Message: fmt.Sprintf("%s is at limits.max_connections (%d) and this address holds more than its share; closing an idle session, reconnect when there is mail", ss.o.Hostname, limit)}) {
+			Message: fmt.Sprintf("%s is at limits.max_connections (%d) and this address holds the most sessions; closing this idle one, reconnect when there is mail", ss.o.Hostname, limit)}) {
 			return full
 		}
 		s.uncount(victim)
