@@ -263,15 +263,22 @@ func (s *Server) Serve(l net.Listener) error {
 			return fmt.Errorf("accepting connections: %w", err)
 		}
 		backoff = 0
-		s.mu.Lock()
-		if s.closing.Load() {
-			s.mu.Unlock()
-			c.Close()
-			return nil
+		// The limits are checked here, in the accept loop: a refused
+		// connection costs a write and a close, never a goroutine, so a
+		// flood does not crowd the scheduler the devices' sessions run on.
+		ss, release := s.gate(c, s.opts.Load())
+		if ss == nil {
+			if s.closing.Load() {
+				return nil
+			}
+			continue
 		}
-		s.wg.Add(1)
-		s.mu.Unlock()
-		go s.handle(c, s.opts.Load())
+		go func() {
+			defer s.wg.Done()
+			defer release()
+			defer s.leave(ss)
+			ss.serve()
+		}()
 	}
 }
 
@@ -309,36 +316,36 @@ func errShuttingDown(host string) *smtp.SMTPError {
 	return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: host + " is shutting down; try again in a minute"}
 }
 
-// handle runs one connection: the connection limits first, before the
-// banner, then the session.
-func (s *Server) handle(c net.Conn, o *Options) {
-	defer s.wg.Done()
+// gate applies the connection limits to a new connection, before the
+// banner: it returns the admitted session (counted; s.wg holds it) and the
+// release of its per-client count, or nil after refusing and closing c.
+func (s *Server) gate(c net.Conn, o *Options) (*session, func()) {
 	ip := remoteIP(c.RemoteAddr())
-	log := o.Logger.With("listener", o.Name, "client_ip", ip.String())
 	refuse := func(reason string, err error) {
 		o.Refused(reason)
 		if n, ok := s.refusedLog.allow(time.Now()); ok {
 			// A flood is refused thousands of times a second: one line a
 			// second says so without filling the log.
-			log.Info("connection refused", "reason", reason, "reply", err.Error(), "refused_since_last_line", n)
+			o.Logger.Info("connection refused", "listener", o.Name, "client_ip", ip.String(), "reason", reason,
+				"reply", err.Error(), "refused_since_last_line", n)
 		}
-		c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		// A fresh socket's send buffer takes the short reply at once.
+		c.SetWriteDeadline(time.Now().Add(time.Second))
 		c.Write(formatReply(nil, err))
 		c.Close()
 	}
 	relay, release, err := o.Policy.Connect(ip)
 	if err != nil {
 		refuse("rate_limited", err)
-		return
+		return nil, nil
 	}
-	defer release()
-	ss := newSession(s, o, c, ip, relay, log)
+	ss := newSession(s, o, c, ip, relay)
 	if err := s.admit(ss); err != nil {
+		release()
 		refuse("rate_limited", err)
-		return
+		return nil, nil
 	}
-	defer s.leave(ss)
-	ss.serve()
+	return ss, release
 }
 
 // admit counts ss against MaxConnections. Below the limit every client is
@@ -374,6 +381,7 @@ func (s *Server) admit(ss *session) error {
 		s.uncount(victim)
 	}
 	s.count++
+	s.wg.Add(1) // under s.mu, before Shutdown can wait
 	s.sessions[ss] = struct{}{}
 	m := s.perIP[ss.ip]
 	if m == nil {

@@ -64,11 +64,11 @@ type session struct {
 	bdat  *bdatTx
 }
 
-func newSession(s *Server, o *Options, c net.Conn, ip netip.Addr, relay bool, log *slog.Logger) *session {
-	ss := &session{srv: s, o: o, raw: c, conn: c, ip: ip, netRelay: relay, log: log,
+// newSession is a session not yet started: its buffers and logger come
+// in serve, once it is admitted.
+func newSession(s *Server, o *Options, c net.Conn, ip netip.Addr, relay bool) *session {
+	ss := &session{srv: s, o: o, raw: c, conn: c, ip: ip, netRelay: relay,
 		end: time.Now().Add(o.MaxSessionTime)}
-	ss.r = bufio.NewReaderSize(connReader{ss}, 4096)
-	ss.w = bufio.NewWriterSize(connWriter{ss}, 1024)
 	ss.lastSeen.Store(time.Now().UnixNano())
 	return ss
 }
@@ -197,6 +197,9 @@ func (ss *session) refuse(reason string, err error) error {
 
 // serve runs the dialogue until QUIT, a limit, or the client goes.
 func (ss *session) serve() {
+	ss.log = ss.o.Logger.With("listener", ss.o.Name, "client_ip", ss.ip.String())
+	ss.r = bufio.NewReaderSize(connReader{ss}, 4096)
+	ss.w = bufio.NewWriterSize(connWriter{ss}, 1024)
 	defer func() {
 		ss.w.Flush()
 		ss.resetTx()
