@@ -43,7 +43,7 @@ import (
 type Policy interface {
 	// Connect admits a client and says whether its network may relay
 	// without logging in; release is called when the session ends. It is
-	// asked at accept, before the banner.
+	// asked in the accept loop, before the banner, so it must be quick.
 	Connect(ip netip.Addr) (relayAllowed bool, release func(), err error)
 	// Login checks a device account.
 	Login(ip netip.Addr, user, pass string) (*policy.Account, error)
