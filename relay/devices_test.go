@@ -176,6 +176,14 @@ func TestConnectionFloodFromPython(t *testing.T) {
 	if got := r.Spool().Stats().Messages + len(must(filepath.Glob(filepath.Join(dir, "outbox", "*.eml")))); got < 10 {
 		t.Errorf("%d of the device's messages accepted, want 10", got)
 	}
+	// The relay runs in this test process: its peak RSS bounds the relay's.
+	if b, err := os.ReadFile("/proc/self/status"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "VmHWM:") {
+				t.Logf("peak RSS of the test process (relay and test): %s", strings.TrimSpace(strings.TrimPrefix(l, "VmHWM:")))
+			}
+		}
+	}
 }
 
 func must[T any](v T, _ error) T { return v }
