@@ -2,6 +2,7 @@ package inbound
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"encoding/base64"
 	"errors"
@@ -571,5 +572,28 @@ func TestRefusalLogBrake(t *testing.T) {
 	}
 	if want := []string{"0", "9", "9"}; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("lines logged with skipped counts %v, want %v", got, want)
+	}
+}
+
+// When Shutdown's context ends, the sessions still in a transaction are
+// closed (without a 250: the device retries) and Shutdown says so.
+func TestShutdownClosesAtDeadline(t *testing.T) {
+	f, srv := startServer(t, nil)
+	busy := dialRaw(t, f.addr)
+	busy.cmd("EHLO busy", "250")
+	busy.cmd("MAIL FROM:<p@plant.example>", "250")
+	busy.cmd("RCPT TO:<a@example.com>", "250")
+	busy.cmd("DATA", "354")
+	busy.send("Subject: cut\r\n\r\npart")
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if err := srv.Shutdown(ctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("Shutdown = %v, want context.Canceled", err)
+	}
+	if !busy.closed() {
+		t.Error("the session in DATA stays open")
+	}
+	if n := len(f.sp.List()); n != 0 {
+		t.Errorf("%d spooled", n)
 	}
 }
