@@ -5,9 +5,11 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net"
 	"strings"
 	"testing"
 	"testing/iotest"
+	"time"
 )
 
 // refData is the reference for the DATA reader, line by line: a line "."
@@ -160,6 +162,86 @@ func FuzzCommandLine(f *testing.F) {
 		}
 		if strings.Join(lines, "\x00") != strings.Join(want, "\x00") || len(lines) != len(want) {
 			t.Fatalf("%q (limit %d):\n got  %q\n want %q", in, max, lines, want)
+		}
+	})
+}
+
+func FuzzParsePath(f *testing.F) {
+	for _, s := range []string{"<a@b.example> SIZE=10", "<>", `<"a b"@c.example>`, "<@r1,@r2:u@d.example>", "a@b", "<a@b", `<"x\"y>"@z> BODY=8BITMIME`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		addr, params, err := parsePath(s)
+		if err != nil {
+			return
+		}
+		if strings.ContainsAny(addr, " \t\r\n") {
+			t.Fatalf("%q: address %q has white space", s, addr)
+		}
+		for _, p := range params {
+			if p == "" || strings.ContainsAny(p, " \t") {
+				t.Fatalf("%q: parameter %q", s, p)
+			}
+		}
+	})
+}
+
+// FuzzSession sends whatever the fuzzer makes to a real listener on
+// loopback, then closes its side: the session must end, every reply line
+// must be well formed, and a message is in the spool only if its 250 was
+// sent.
+func FuzzSession(f *testing.F) {
+	for _, s := range []string{
+		"EHLO a\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\nSubject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n",
+		"EHLO a\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nBDAT 5\r\nabcdeBDAT 3 LAST\r\nfg\n",
+		"EHLO a\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nBDAT 500 LAST\r\nshort",
+		"EHLO a\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\nx\r\n.\rMAIL FROM:<e@f.example>\r\n",
+		"HELO x\nAUTH PLAIN\r\n*\r\nSTARTTLS\r\nNOOP\r\nRSET\r\nVRFY x\r\nHELP\r\n",
+	} {
+		f.Add(s)
+	}
+	fx := start(f, func(o *Options) {
+		o.ReadTimeout = 2 * time.Second
+		o.CommandTimeout = 2 * time.Second
+		o.Auth = true
+		o.AllowPlaintextAuth = true
+	})
+	f.Fuzz(func(t *testing.T, in string) {
+		before := len(fx.sp.List())
+		c, err := net.Dial("tcp", fx.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		go func() {
+			c.Write([]byte(in))
+			c.(*net.TCPConn).CloseWrite()
+		}()
+		out, err := io.ReadAll(c)
+		if err != nil {
+			t.Fatalf("the session did not end: %v (replies %q)", err, out)
+		}
+		queued := 0
+		for _, l := range strings.SplitAfter(string(out), "\r\n") {
+			if l == "" {
+				continue
+			}
+			if len(l) < 6 || !strings.HasSuffix(l, "\r\n") || l[0] < '2' || l[0] > '5' || l[1] < '0' || l[1] > '9' || l[2] < '0' || l[2] > '9' || (l[3] != ' ' && l[3] != '-') {
+				t.Fatalf("malformed reply line %q", l)
+			}
+			if strings.HasPrefix(l, "250 2.0.0 OK queued as ") {
+				queued++
+			}
+		}
+		// The session has ended (EOF), so its message, if any, is
+		// committed or dropped by now.
+		list := fx.sp.List()
+		if got := len(list) - before; got != queued {
+			t.Fatalf("%d messages spooled, %d 250 replies for one:\n%q\n%q", got, queued, in, out)
+		}
+		for _, m := range list {
+			fx.sp.Done(m.ID)
 		}
 	})
 }

@@ -41,10 +41,10 @@ func (p testPolicy) Recipient(ip netip.Addr, rcpt string, relay bool) error {
 	return nil
 }
 
-var testCert = sync.OnceValue(func() func(t *testing.T) tls.Certificate {
+var testCert = sync.OnceValue(func() func(t testing.TB) tls.Certificate {
 	certPEM, keyPEM, err := certs.SelfSigned("relay.test", time.Now())
 	cert, err2 := tls.X509KeyPair(certPEM, keyPEM)
-	return func(t *testing.T) tls.Certificate {
+	return func(t testing.TB) tls.Certificate {
 		if err != nil || err2 != nil {
 			t.Fatal(err, err2)
 		}
@@ -60,7 +60,7 @@ type fixture struct {
 	accepted []string
 }
 
-func start(t *testing.T, mod func(*Options)) *fixture {
+func start(t testing.TB, mod func(*Options)) *fixture {
 	t.Helper()
 	sp, err := spool.Open(relaytest.StateDir(t), spool.Options{MinFreeBytes: 1, MaxMessages: 100})
 	if err != nil {
