@@ -23,7 +23,7 @@ import (
 func BenchmarkEndToEnd(b *testing.B) {
 	fake := upstreamtest.NewFakeServer(b, upstreamtest.FakeOptions{TLS: "none", Discard: true})
 	cfg := config.Default()
-	cfg.Limits.MessagesPerMinute = 1 << 30
+	cfg.Limits.MessagesPerMinute = new(1 << 30)
 	cfg.Limits.Burst = 1 << 30
 	cfg.Listeners[0].StartTLS = new(bool)
 	cfg.Upstream = config.Upstream{Kind: "smtp", SMTP: config.SMTPUpstream{Address: fake.Addr, TLS: "none", Concurrency: 10, MaxRecipients: 100, MinTLS: "1.2"}}

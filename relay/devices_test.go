@@ -3,11 +3,14 @@
 package relay
 
 import (
+	"bufio"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/relaytest"
@@ -76,3 +79,111 @@ s.quit()
 		})
 	}
 }
+
+// A scanner uploading a large scan slowly but steadily is not cut off:
+// limits.read_timeout bounds each read, not the whole DATA phase. curl
+// paces the upload (--limit-rate) over about three times read_timeout.
+func TestSlowSteadyUploadWithCurl(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Fatal("curl is not installed (make check installs it through .ci/install)")
+	}
+	cfg := config.Default()
+	cfg.Limits.ReadTimeout = config.Duration(time.Second)
+	dir := relaytest.StateDir(t)
+	_, addr := run(t, cfg, dir)
+	body := "Subject: slow scan\r\n\r\n" + strings.Repeat(strings.Repeat("A", 76)+"\r\n", 4000) // 312 KB
+	cmd := exec.Command("curl", "-sS", "--limit-rate", "100k", "smtp://"+addr, "--mail-from", "mfp@plant.example", "--mail-rcpt", "ops@example.com", "-T", "-")
+	cmd.Stdin = strings.NewReader(body)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("curl: %v\n%s", err, out)
+	}
+	var files []string
+	relaytest.Eventually(t, "delivery to the outbox", func() bool {
+		files, _ = filepath.Glob(filepath.Join(dir, "outbox", "*.eml"))
+		return len(files) == 1
+	})
+	b, _ := os.ReadFile(files[0])
+	if !strings.HasSuffix(string(b), body[strings.Index(body, "\r\n\r\n"):]) {
+		t.Errorf("delivered message does not end in the whole body (%d bytes delivered)", len(b))
+	}
+}
+
+// floodPy opens connections from 200 loopback addresses one after another
+// and holds every one that gets the banner, until its stdin closes.
+const floodPy = `import socket, sys
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+held, refused, socks = 0, 0, []
+for k in range(n):
+    s = socket.socket()
+    s.bind(("127.0.1.%d" % (2 + k % 200), 0))
+    s.settimeout(30)
+    try:
+        s.connect((host, port))
+        line = s.recv(512)
+    except OSError:
+        refused += 1
+        s.close()
+        continue
+    if line.startswith(b"220"):
+        held += 1
+        socks.append(s)
+    else:
+        refused += 1
+        s.close()
+print("held", held, "refused", refused, flush=True)
+sys.stdin.read()
+`
+
+// A flood of 20,000 connections from other addresses (a real peer: Python's
+// sockets, held open as the issue saw them) leaves the relay inside its
+// descriptor budget, and a device still sends (swaks, ten messages).
+func TestConnectionFloodFromPython(t *testing.T) {
+	for _, tool := range []string{"python3", "swaks"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is not installed (make check installs it through .ci/install)", tool)
+		}
+	}
+	dir := relaytest.StateDir(t)
+	cfg := config.Default()
+	cfg.Limits.MessagesPerMinute = new(0)
+	r, addr := run(t, cfg, dir)
+	host, port, _ := strings.Cut(addr, ":")
+	script := filepath.Join(t.TempDir(), "flood.py")
+	os.WriteFile(script, []byte(floodPy), 0o644)
+	flood := exec.Command("python3", script, host, port, "20000")
+	stdin, _ := flood.StdinPipe()
+	out, _ := flood.StdoutPipe()
+	flood.Stderr = os.Stderr
+	if err := flood.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { stdin.Close(); flood.Wait() }()
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatalf("flood: %v", err)
+	}
+	t.Logf("flood of 20000 connections: %s", strings.TrimSpace(line))
+	if !strings.HasPrefix(line, "held 1000 ") {
+		t.Errorf("the flood holds %q, want limits.max_connections (1000)", line)
+	}
+	for i := range 10 {
+		cmd := exec.Command("swaks", "--server", addr, "--from", "mfp3@plant.example", "--to", "ops@example.com",
+			"--header", fmt.Sprintf("Subject: scan %d", i), "--helo", "mfp3")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("device message %d under the flood: %v\n%s", i, err, out)
+		}
+	}
+	if got := r.Spool().Stats().Messages + len(must(filepath.Glob(filepath.Join(dir, "outbox", "*.eml")))); got < 10 {
+		t.Errorf("%d of the device's messages accepted, want 10", got)
+	}
+	// The relay runs in this test process: its peak RSS bounds the relay's.
+	if b, err := os.ReadFile("/proc/self/status"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "VmHWM:") {
+				t.Logf("peak RSS of the test process (relay and test): %s", strings.TrimSpace(strings.TrimPrefix(l, "VmHWM:")))
+			}
+		}
+	}
+}
+
+func must[T any](v T, _ error) T { return v }

@@ -195,7 +195,13 @@ func (r *Relay) build(cfg *config.Config, prev *generation) (*generation, upstre
 	if lim := up.Limits().MaxSize; lim > 0 && lim < g.maxSize {
 		g.maxSize = lim // refuse at the device what the upstream would refuse later
 	}
-	g.policy, err = policy.New(cfg, r.d.Clock)
+	if prev != nil {
+		// The per-client state (connections, rates, failed logins) is
+		// kept: a reload must not reset the login brake.
+		g.policy, err = prev.policy.Reload(cfg)
+	} else {
+		g.policy, err = policy.New(cfg, r.d.Clock)
+	}
 	if err != nil {
 		up.Close()
 		return nil, nil, fmt.Errorf("policy: %w", err)
@@ -239,12 +245,18 @@ func (r *Relay) inboundOptions(g *generation, i int) inbound.Options {
 	if cfg.Limits.BareLineEndings == "refuse" {
 		bare = message.Refuse
 	}
+	nul := message.RemoveNUL
+	if cfg.Limits.NULBytes == "refuse" {
+		nul = message.RefuseNUL
+	}
 	return inbound.Options{
 		Name: lc.Name, Hostname: g.hostname, TLS: tlsConf, RequireTLS: lc.RequireTLS,
 		Auth: *lc.Auth, RequireAuth: *lc.RequireAuth, AllowPlaintextAuth: lc.AllowPlaintextAuth,
 		MaxMessageBytes: g.maxSize, MaxRecipients: cfg.Limits.MaxRecipients, MaxLineLength: cfg.Limits.MaxLineLength,
 		ReadTimeout: cfg.Limits.ReadTimeout.D(), WriteTimeout: cfg.Limits.WriteTimeout.D(),
-		BareLineEndings: bare, RewriteFrom: cfg.Senders.RewriteFrom,
+		CommandTimeout: cfg.Limits.CommandTimeout.D(), MaxSessionTime: cfg.Limits.MaxSessionTime.D(),
+		MaxCommandsWithoutMail: cfg.Limits.MaxCommandsWithoutMail, MaxConnections: cfg.Limits.MaxConnections,
+		BareLineEndings: bare, NUL: nul, RewriteFrom: cfg.Senders.RewriteFrom,
 		Policy: listenerPolicy{g.policy, i}, Spool: r.spool, CheckRecipient: r.up.checkRecipient,
 		Accepted: r.sched.Enqueue, Record: r.trace.Record, Refused: r.metrics.Refused,
 		AcceptLatency: r.metrics.ObserveAccept, Clock: r.d.Clock, Logger: r.d.Logger,
@@ -427,9 +439,9 @@ func (r *Relay) Run(ctx context.Context) error {
 		l.srv.Shutdown(shctx)
 	}
 	cancel()
-	// go-smtp's Shutdown closes only the listeners its Serve has seen; a
-	// Serve goroutine not yet started (a stop right after start) would
-	// otherwise accept forever.
+	// Shutdown closes only the listeners its Serve has seen; a Serve
+	// goroutine not yet started (a stop right after start) returns at
+	// once, but close them here too so that nothing accepts after Run.
 	for _, l := range listeners {
 		l.l.Close()
 	}

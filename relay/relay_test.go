@@ -89,8 +89,8 @@ func TestListenerAddressInUse(t *testing.T) {
 	}
 }
 
-// A relay stopped the moment it starts must stop: go-smtp's Shutdown does
-// not know listeners whose Serve has not begun yet.
+// A relay stopped the moment it starts must stop: a Shutdown that comes
+// before a listener's Serve has begun must still end it.
 func TestStopRightAfterStart(t *testing.T) {
 	for i := 0; i < 20; i++ {
 		cfg := config.Default()

@@ -159,7 +159,7 @@ func TestReloadUnderLoad(t *testing.T) {
 	b := upstreamtest.NewFakeServer(t, upstreamtest.FakeOptions{TLS: "none"})
 	load := func(up *upstreamtest.FakeServer) *config.Config {
 		cfg := smarthostConfig(up)
-		cfg.Limits.MessagesPerMinute, cfg.Limits.Burst = 100000, 1000 // the devices' rate is not under test
+		cfg.Limits.MessagesPerMinute, cfg.Limits.Burst = new(100000), 1000 // the devices' rate is not under test
 		return cfg
 	}
 	r, addr := run(t, load(a), relaytest.StateDir(t))

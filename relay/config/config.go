@@ -113,21 +113,47 @@ type Limits struct {
 	// MaxRecipients per message. Default 100.
 	MaxRecipients int `json:"max_recipients,omitempty"`
 	// MessagesPerMinute per client IP (or login); 0 means no limit.
-	// Default 120, Burst default 30.
-	MessagesPerMinute int `json:"messages_per_minute,omitempty"`
-	Burst             int `json:"burst,omitempty"`
+	// Default (absent) 120, Burst default 30. A pointer, so that an
+	// explicit 0 is not mistaken for "absent" and given the default.
+	MessagesPerMinute *int `json:"messages_per_minute,omitempty"`
+	Burst             int  `json:"burst,omitempty"`
 	// MaxConnectionsPerClient is concurrent sessions per client IP.
 	// Default 20.
 	MaxConnectionsPerClient int `json:"max_connections_per_client,omitempty"`
+	// MaxConnections is concurrent sessions per listener, from all
+	// clients; at the limit a new connection displaces the session idle
+	// longest outside a transaction. Default 1000, well below the
+	// descriptor limit the appliance gives relayd (4096).
+	MaxConnections int `json:"max_connections,omitempty"`
 	// MaxLineLength of an SMTP command or message line. Default 4000.
 	MaxLineLength int `json:"max_line_length,omitempty"`
-	// ReadTimeout and WriteTimeout bound each client read and write.
-	// Defaults 5m and 1m.
+	// ReadTimeout bounds each client read (no progress for this long),
+	// WriteTimeout each write. Defaults 5m and 1m.
 	ReadTimeout  Duration `json:"read_timeout,omitempty"`
 	WriteTimeout Duration `json:"write_timeout,omitempty"`
+	// CommandTimeout bounds the time from a reply to the whole next
+	// command line, however slowly it trickles in. Default 5m.
+	CommandTimeout Duration `json:"command_timeout,omitempty"`
+	// MaxSessionTime bounds one session's lifetime. Default 1h.
+	MaxSessionTime Duration `json:"max_session_time,omitempty"`
+	// MaxCommandsWithoutMail bounds the commands (all but RCPT, DATA and
+	// BDAT) a session may send without a message being accepted.
+	// Default 100.
+	MaxCommandsWithoutMail int `json:"max_commands_without_mail,omitempty"`
 	// BareLineEndings is what to do with a bare CR or LF in DATA:
 	// "normalise" (default: rewrite to CRLF) or "refuse" (550 5.6.11).
 	BareLineEndings string `json:"bare_line_endings,omitempty"`
+	// NULBytes is what to do with a NUL byte in DATA: "remove" (default)
+	// or "refuse" (550 5.6.0).
+	NULBytes string `json:"nul_bytes,omitempty"`
+}
+
+// PerMinute is MessagesPerMinute's value (0, no limit, when unset).
+func (l Limits) PerMinute() int {
+	if l.MessagesPerMinute == nil {
+		return 0
+	}
+	return *l.MessagesPerMinute
 }
 
 // Spool bounds the durable queue.
@@ -273,13 +299,21 @@ func (c *Config) SetDefaults() {
 	lim := &c.Limits
 	setDefault(&lim.MaxMessageBytes, 35<<20)
 	setDefault(&lim.MaxRecipients, 100)
-	setDefault(&lim.MessagesPerMinute, 120)
+	if lim.MessagesPerMinute == nil {
+		v := 120
+		lim.MessagesPerMinute = &v
+	}
 	setDefault(&lim.Burst, 30)
 	setDefault(&lim.MaxConnectionsPerClient, 20)
+	setDefault(&lim.MaxConnections, 1000)
 	setDefault(&lim.MaxLineLength, 4000)
 	setDefault(&lim.ReadTimeout, Duration(5*time.Minute))
 	setDefault(&lim.WriteTimeout, Duration(time.Minute))
+	setDefault(&lim.CommandTimeout, Duration(5*time.Minute))
+	setDefault(&lim.MaxSessionTime, Duration(time.Hour))
+	setDefault(&lim.MaxCommandsWithoutMail, 100)
 	setDefault(&lim.BareLineEndings, "normalise")
+	setDefault(&lim.NULBytes, "remove")
 	setDefault(&c.Spool.MaxBytes, 1<<30)
 	setDefault(&c.Spool.MaxMessages, 100000)
 	setDefault(&c.Spool.MinFreeBytes, 64<<20)
@@ -382,8 +416,26 @@ func (c *Config) Validate() Errors {
 	if lim.MaxRecipients < 1 || lim.MaxRecipients > 1000 {
 		bad("limits.max_recipients", "%d: want 1 to 1000", lim.MaxRecipients)
 	}
-	if lim.MessagesPerMinute < 0 || lim.Burst < 0 || lim.MaxConnectionsPerClient < 0 {
-		bad("limits", "rates and counts cannot be negative")
+	for _, n := range []struct {
+		key string
+		v   int
+	}{{"messages_per_minute", lim.PerMinute()}, {"burst", lim.Burst}, {"max_connections_per_client", lim.MaxConnectionsPerClient},
+		{"max_connections", lim.MaxConnections}, {"max_commands_without_mail", lim.MaxCommandsWithoutMail}} {
+		if n.v < 0 {
+			bad("limits."+n.key, "%d: cannot be negative", n.v)
+		}
+	}
+	for _, d := range []struct {
+		key      string
+		v, least time.Duration
+	}{{"read_timeout", lim.ReadTimeout.D(), time.Second}, {"write_timeout", lim.WriteTimeout.D(), time.Second},
+		{"command_timeout", lim.CommandTimeout.D(), time.Second}, {"max_session_time", lim.MaxSessionTime.D(), time.Minute}} {
+		if d.v < d.least {
+			bad("limits."+d.key, "%v is too short (at least %v)", d.v, d.least)
+		}
+	}
+	if lim.NULBytes != "remove" && lim.NULBytes != "refuse" {
+		bad("limits.nul_bytes", "%q: want \"remove\" or \"refuse\"", lim.NULBytes)
 	}
 	if lim.MaxLineLength < 1000 {
 		bad("limits.max_line_length", "%d: at least 1000 (RFC 5321)", lim.MaxLineLength)

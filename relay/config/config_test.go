@@ -1,6 +1,7 @@
 package config
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -62,4 +63,53 @@ func FuzzParse(f *testing.F) {
 			t.Fatal("empty error")
 		}
 	})
+}
+
+func TestZeroMessagesPerMinuteTurnsTheLimitOff(t *testing.T) {
+	for _, tc := range []struct {
+		limits string
+		want   int
+	}{
+		{`{}`, 120},
+		{`{"messages_per_minute":0}`, 0},
+		{`{"messages_per_minute":30}`, 30},
+	} {
+		c, err := Parse([]byte(`{"listeners":[{"address":":25","mode":"smtp","allowed_networks":["10.0.0.0/8"]}],"upstream":{"kind":"capture"},"limits":` + tc.limits + `}`))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.limits, err)
+		}
+		if got := c.Limits.PerMinute(); got != tc.want {
+			t.Errorf("limits %s: messages_per_minute = %d, want %d", tc.limits, got, tc.want)
+		}
+		// What is written back (the admin API, a reload) means the same.
+		b, _ := json.Marshal(c)
+		c2, err := Parse(b)
+		if err != nil || c2.Limits.PerMinute() != tc.want {
+			t.Errorf("limits %s after a round trip: %v, %v", tc.limits, c2.Limits.PerMinute(), err)
+		}
+	}
+}
+
+func TestSessionLimitDefaults(t *testing.T) {
+	l := Default().Limits
+	if got, want := [3]time.Duration{l.ReadTimeout.D(), l.CommandTimeout.D(), l.MaxSessionTime.D()}, [3]time.Duration{5 * time.Minute, 5 * time.Minute, time.Hour}; got != want {
+		t.Errorf("read_timeout, command_timeout, max_session_time = %v, want %v", got, want)
+	}
+	if l.MaxConnections != 1000 || l.MaxCommandsWithoutMail != 100 || l.NULBytes != "remove" {
+		t.Errorf("max_connections %d, max_commands_without_mail %d, nul_bytes %q", l.MaxConnections, l.MaxCommandsWithoutMail, l.NULBytes)
+	}
+}
+
+func TestSessionLimitErrorsNameTheKey(t *testing.T) {
+	_, err := Parse([]byte(`{"listeners":[{"address":":25","mode":"smtp","allowed_networks":["10.0.0.0/8"]}],"upstream":{"kind":"capture"},
+	  "limits":{"max_connections":-1,"max_commands_without_mail":-5,"messages_per_minute":-1,"command_timeout":"10ms","max_session_time":"5s","nul_bytes":"keep"}}`))
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	for _, key := range []string{"limits.max_connections", "limits.max_commands_without_mail", "limits.messages_per_minute",
+		"limits.command_timeout", "limits.max_session_time", "limits.nul_bytes"} {
+		if !strings.Contains(err.Error(), key+":") {
+			t.Errorf("error does not name %s:\n%v", key, err)
+		}
+	}
 }

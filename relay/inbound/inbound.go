@@ -1,10 +1,20 @@
-// Package inbound is the relay's SMTP front end: a go-smtp backend whose
-// sessions apply the site's policy as the dialogue goes and answer 250 to
-// DATA only once the message is in the spool.
+// Package inbound is the relay's SMTP front end: its own small SMTP server
+// whose sessions apply the site's policy as the dialogue goes and answer
+// 250 to DATA (or the last BDAT) only once the message is in the spool.
+//
+// It is the relay's own loop rather than go-smtp's server because the front
+// end must bound what a device can hold: every command line has a total
+// time and a length, every read a time without progress, a session a
+// lifetime and a number of commands without mail, and the connection limits
+// are counted at accept, before the banner. DATA is read here, a buffer at
+// a time, so that every byte the device sent reaches message.Prepare's
+// line-ending and NUL policy; a BDAT chunk shorter than declared is never
+// committed. go-smtp's types (SMTPError, EnhancedCode) are kept for replies.
 //
 // Every refusal is an *smtp.SMTPError with an enhanced code and words that
 // tell the device owner what to change; every failure of the relay itself
-// (spool, disk) is a 4xx so that the device keeps the message and retries.
+// (spool, disk, its own timeouts) is a 4xx so that the device keeps the
+// message and retries.
 package inbound
 
 import (
@@ -12,17 +22,16 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
-	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
-	"github.com/siterelay/siterelay/relay/authlogin"
 	"github.com/siterelay/siterelay/relay/message"
 	"github.com/siterelay/siterelay/relay/policy"
 	"github.com/siterelay/siterelay/relay/spool"
@@ -33,7 +42,8 @@ import (
 // implements it). Each method returns nil or an *smtp.SMTPError.
 type Policy interface {
 	// Connect admits a client and says whether its network may relay
-	// without logging in; release is called when the session ends.
+	// without logging in; release is called when the session ends. It is
+	// asked in the accept loop, before the banner, so it must be quick.
 	Connect(ip netip.Addr) (relayAllowed bool, release func(), err error)
 	// Login checks a device account.
 	Login(ip netip.Addr, user, pass string) (*policy.Account, error)
@@ -44,6 +54,17 @@ type Policy interface {
 	// an allowed network or logged in.
 	Recipient(ip netip.Addr, rcpt string, relayAllowed bool) error
 }
+
+// Defaults for the Options left zero.
+const (
+	DefaultReadTimeout            = 5 * time.Minute
+	DefaultWriteTimeout           = time.Minute
+	DefaultCommandTimeout         = 5 * time.Minute
+	DefaultMaxSessionTime         = time.Hour
+	DefaultMaxCommandsWithoutMail = 100
+	DefaultMaxConnections         = 1000
+	DefaultMaxLineLength          = 4000
+)
 
 // Options configure one listener.
 type Options struct {
@@ -60,9 +81,24 @@ type Options struct {
 	MaxMessageBytes int64
 	MaxRecipients   int
 	MaxLineLength   int
-	ReadTimeout     time.Duration
-	WriteTimeout    time.Duration
+	// ReadTimeout bounds each read: a client that sends nothing for this
+	// long is cut off (in DATA with 451 4.4.2).
+	ReadTimeout  time.Duration
+	WriteTimeout time.Duration
+	// CommandTimeout bounds the time from a reply to the whole next
+	// command line, however slowly its bytes trickle in.
+	CommandTimeout time.Duration
+	// MaxSessionTime bounds a session's lifetime.
+	MaxSessionTime time.Duration
+	// MaxCommandsWithoutMail bounds the commands (all but RCPT, DATA and
+	// BDAT) a session may send without a message being accepted.
+	MaxCommandsWithoutMail int
+	// MaxConnections bounds this listener's sessions. At the limit a new
+	// connection displaces the session that has been idle longest outside
+	// a transaction, or is refused when there is none.
+	MaxConnections  int
 	BareLineEndings message.BareLineEndings
+	NUL             message.NULBytes
 	RewriteFrom     string
 
 	Policy Policy
@@ -97,7 +133,54 @@ func TLSConfig(cert func(*tls.ClientHelloInfo) (*tls.Certificate, error), min ui
 	return c
 }
 
-func (o *Options) defaults() {
+// Server is one listener. Its Options can be swapped (Update) while it
+// serves; the connection count and the sessions live in the Server, so
+// they survive that.
+type Server struct {
+	opts atomic.Pointer[Options]
+
+	mu        sync.Mutex
+	sessions  map[*session]struct{}
+	count     int // sessions counted against MaxConnections
+	perIP     map[netip.Addr]map[*session]struct{}
+	listeners map[net.Listener]struct{}
+	closing   atomic.Bool
+	wg        sync.WaitGroup
+
+	refusedLog logBrake
+}
+
+// logBrake lets one log line a second through and counts the others.
+type logBrake struct {
+	mu      sync.Mutex
+	last    time.Time
+	skipped int
+}
+
+// allow reports whether a line may be logged now, and how many were
+// skipped since the last one.
+func (b *logBrake) allow(now time.Time) (skipped int, ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if now.Sub(b.last) < time.Second {
+		b.skipped++
+		return 0, false
+	}
+	skipped, b.skipped, b.last = b.skipped, 0, now
+	return skipped, true
+}
+
+// New makes a listener; Serve runs it.
+func New(o Options) *Server {
+	s := &Server{sessions: map[*session]struct{}{}, perIP: map[netip.Addr]map[*session]struct{}{},
+		listeners: map[net.Listener]struct{}{}}
+	s.Update(o)
+	return s
+}
+
+// Update makes o the Options of sessions that start from now on; sessions
+// in flight keep the Options they started with.
+func (s *Server) Update(o Options) {
 	if o.Clock == nil {
 		o.Clock = time.Now
 	}
@@ -113,296 +196,256 @@ func (o *Options) defaults() {
 	if o.Accepted == nil {
 		o.Accepted = func(string) {}
 	}
-}
-
-// Server is one listener.
-type Server struct {
-	o   Options                 // as made by New: go-smtp's server settings
-	cur atomic.Pointer[Options] // what new sessions take (Update)
-	srv *smtp.Server
-}
-
-// New makes a listener; Serve runs it.
-func New(o Options) *Server {
-	o.defaults()
-	s := &Server{o: o}
-	s.cur.Store(&o)
-	srv := smtp.NewServer(s)
-	srv.Domain = o.Hostname
-	srv.TLSConfig = o.TLS
-	srv.MaxMessageBytes = o.MaxMessageBytes
-	srv.MaxRecipients = o.MaxRecipients
-	if o.MaxLineLength > 0 {
-		srv.MaxLineLength = o.MaxLineLength
+	setDefault(&o.ReadTimeout, DefaultReadTimeout)
+	setDefault(&o.WriteTimeout, DefaultWriteTimeout)
+	setDefault(&o.CommandTimeout, DefaultCommandTimeout)
+	setDefault(&o.MaxSessionTime, DefaultMaxSessionTime)
+	setDefault(&o.MaxCommandsWithoutMail, DefaultMaxCommandsWithoutMail)
+	setDefault(&o.MaxConnections, DefaultMaxConnections)
+	setDefault(&o.MaxLineLength, DefaultMaxLineLength)
+	if lim := DescriptorLimit(); lim > 0 && o.MaxConnections > lim/2 {
+		// Half the descriptors stay for the spool, the trace, the upstream
+		// and sockets on their way out.
+		o.Logger.Warn("limits.max_connections is above half the process's descriptor limit; using half",
+			"listener", o.Name, "max_connections", o.MaxConnections, "descriptor_limit", lim, "using", lim/2)
+		o.MaxConnections = lim / 2
 	}
-	srv.ReadTimeout = o.ReadTimeout
-	srv.WriteTimeout = o.WriteTimeout
-	srv.AllowInsecureAuth = o.AllowPlaintextAuth
-	srv.EnableSMTPUTF8 = true
-	srv.ErrorLog = slogPrinter{o.Logger.With("listener", o.Name)}
-	s.srv = srv
-	return s
+	s.opts.Store(&o)
 }
 
-// Update gives new sessions o; sessions in flight keep the options they
-// started with. go-smtp's own server settings (message size, line length,
-// timeouts, TLS) stay as New made them.
-func (s *Server) Update(o Options) {
-	o.defaults()
-	s.cur.Store(&o)
+func setDefault[T comparable](p *T, v T) {
+	var zero T
+	if *p == zero {
+		*p = v
+	}
 }
 
-// Serve accepts connections on l until Shutdown.
+// DescriptorLimit is the process's RLIMIT_NOFILE (soft), 0 if unknown.
+func DescriptorLimit() int {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Cur > 1<<30 {
+		return 0
+	}
+	return int(rl.Cur)
+}
+
+// Serve accepts connections on l until Shutdown; it returns nil after
+// Shutdown.
 func (s *Server) Serve(l net.Listener) error {
-	err := s.srv.Serve(l)
-	if errors.Is(err, smtp.ErrServerClosed) {
+	s.mu.Lock()
+	if s.closing.Load() {
+		s.mu.Unlock()
+		l.Close()
 		return nil
 	}
-	return err
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+	}()
+	var backoff time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if s.closing.Load() {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+				errors.Is(err, syscall.ECONNABORTED) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.opts.Load().Logger.Warn("accept failed; retrying", "err", err, "retry_in", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("accepting connections: %w", err)
+		}
+		backoff = 0
+		// The limits are checked here, in the accept loop: a refused
+		// connection costs a write and a close, never a goroutine, so a
+		// flood does not crowd the scheduler the devices' sessions run on.
+		ss, release := s.gate(c, s.opts.Load())
+		if ss == nil {
+			if s.closing.Load() {
+				return nil
+			}
+			continue
+		}
+		go func() {
+			defer s.wg.Done()
+			defer release()
+			defer s.leave(ss)
+			ss.serve()
+		}()
+	}
 }
 
-// Shutdown stops accepting and waits for sessions to finish until ctx
+// Shutdown stops accepting, closes sessions that wait for a command
+// outside a transaction (421 4.3.2), lets the others finish until ctx
 // ends, then closes them (a device cut off mid-DATA never got a 250 and
 // will retry).
 func (s *Server) Shutdown(ctx context.Context) error {
-	err := s.srv.Shutdown(ctx)
-	if err != nil {
-		s.srv.Close()
+	s.mu.Lock()
+	s.closing.Store(true)
+	for l := range s.listeners {
+		l.Close()
 	}
-	return err
+	for ss := range s.sessions {
+		ss.kickIfIdle(errShuttingDown(ss.o.Hostname))
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	for ss := range s.sessions {
+		ss.raw.Close()
+	}
+	s.mu.Unlock()
+	<-done
+	return ctx.Err()
 }
 
-// NewSession implements smtp.Backend.
-func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	o := s.cur.Load()
-	ip := remoteIP(c.Conn().RemoteAddr())
+func errShuttingDown(host string) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: host + " is shutting down; try again in a minute"}
+}
+
+// gate applies the connection limits to a new connection, before the
+// banner: it returns the admitted session (counted; s.wg holds it) and the
+// release of its per-client count, or nil after refusing and closing c.
+func (s *Server) gate(c net.Conn, o *Options) (*session, func()) {
+	ip := remoteIP(c.RemoteAddr())
+	refuse := func(reason string, err error) {
+		o.Refused(reason)
+		if n, ok := s.refusedLog.allow(time.Now()); ok {
+			// A flood is refused thousands of times a second: one line a
+			// second says so without filling the log.
+			o.Logger.Info("connection refused", "listener", o.Name, "client_ip", ip.String(), "reason", reason,
+				"reply", err.Error(), "refused_since_last_line", n)
+		}
+		// A fresh socket's send buffer takes the short reply at once.
+		c.SetWriteDeadline(time.Now().Add(time.Second))
+		c.Write(formatReply(nil, err))
+		c.Close()
+	}
 	relay, release, err := o.Policy.Connect(ip)
 	if err != nil {
-		o.Refused("rate_limited")
-		return nil, err
+		refuse("rate_limited", err)
+		return nil, nil
 	}
-	return &session{o: o, c: c, ip: ip, netRelay: relay, release: release,
-		log: o.Logger.With("listener", o.Name, "client_ip", ip.String())}, nil
-}
-
-type session struct {
-	o        *Options // as the session started
-	c        *smtp.Conn
-	ip       netip.Addr
-	netRelay bool
-	release  func()
-	login    string
-	acct     *policy.Account
-	log      *slog.Logger
-
-	from  string
-	opts  smtp.MailOptions
-	rcpts []string
-}
-
-func (ss *session) refuse(reason string, err error) error {
-	ss.o.Refused(reason)
-	ss.log.Info("refused", "reason", reason, "reply", err.Error())
-	return err
-}
-
-func (ss *session) tlsState() (tls.ConnectionState, bool) { return ss.c.TLSConnectionState() }
-
-// AuthMechanisms implements smtp.AuthSession.
-func (ss *session) AuthMechanisms() []string {
-	if !ss.o.Auth {
-		return nil
+	ss := newSession(s, o, c, ip, relay)
+	if err := s.admit(ss); err != nil {
+		release()
+		refuse("rate_limited", err)
+		return nil, nil
 	}
-	return []string{sasl.Plain, sasl.Login}
+	return ss, release
 }
 
-// Auth implements smtp.AuthSession.
-func (ss *session) Auth(mech string) (sasl.Server, error) {
-	check := func(user, pass string) error {
-		acct, err := ss.o.Policy.Login(ss.ip, user, pass)
-		if err != nil {
-			ss.o.Refused("auth_failed")
-			ss.log.Info("login refused", "user", user)
-			return err
+// admit counts ss against MaxConnections. Below the limit every client is
+// admitted. At the limit a client that holds less than its fair share of
+// the listener (MaxConnections over the addresses holding sessions) takes
+// the place of the session idle longest, outside a transaction, of the
+// address that holds the most; that session is told why and closed. A
+// client at its share, or with nothing to displace, is refused. So a flood
+// from other addresses cannot keep a device out, and costs the relay only
+// an accept and a 421 for each connection beyond the limit.
+func (s *Server) admit(ss *session) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing.Load() {
+		return errShuttingDown(ss.o.Hostname)
+	}
+	if limit := ss.o.MaxConnections; limit > 0 && s.count >= limit {
+		full := &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+			Message: fmt.Sprintf("%s has too many connections (limits.max_connections is %d); try again later, or close idle sessions on the devices", ss.o.Hostname, limit)}
+		held := len(s.perIP[ss.ip])
+		addrs := len(s.perIP)
+		if held == 0 {
+			addrs++
 		}
-		ss.login, ss.acct = user, acct
-		ss.log = ss.log.With("login", user)
-		return nil
+		if held >= max(1, limit/addrs) {
+			return full
+		}
+		victim := s.victim(held + 1)
+		if victim == nil || !victim.kickIfIdle(&smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+			Message: fmt.Sprintf("%s is at limits.max_connections (%d) and this address holds the most sessions; closing this idle one, reconnect when there is mail", ss.o.Hostname, limit)}) {
+			return full
+		}
+		s.uncount(victim)
 	}
-	switch mech {
-	case sasl.Plain:
-		return sasl.NewPlainServer(func(identity, user, pass string) error {
-			if identity != "" && identity != user {
-				return &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "acting as another user is not supported; log in as the account itself"}
+	s.count++
+	s.wg.Add(1) // under s.mu, before Shutdown can wait
+	s.sessions[ss] = struct{}{}
+	m := s.perIP[ss.ip]
+	if m == nil {
+		m = map[*session]struct{}{}
+		s.perIP[ss.ip] = m
+	}
+	m[ss] = struct{}{}
+	return nil
+}
+
+// victim is the session idle longest, outside a transaction, among the
+// addresses holding the most sessions (at least least). Called with s.mu.
+func (s *Server) victim(least int) *session {
+	most := 0
+	for _, m := range s.perIP {
+		most = max(most, len(m))
+	}
+	for ; most >= least; most-- {
+		var v *session
+		var oldest int64
+		for _, m := range s.perIP {
+			if len(m) != most {
+				continue
 			}
-			return check(user, pass)
-		}), nil
-	case sasl.Login:
-		return authlogin.NewServer(check), nil
-	}
-	return nil, smtp.ErrAuthUnknownMechanism
-}
-
-func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
-	o := ss.o
-	if _, ok := ss.tlsState(); o.RequireTLS && !ok {
-		return ss.refuse("not_allowed", &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0},
-			Message: "this port requires STARTTLS first; turn on TLS in the device's mail settings"})
-	}
-	if o.RequireAuth && ss.login == "" {
-		return ss.refuse("not_allowed", &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0},
-			Message: "this port requires login; set the device's SMTP user name and password"})
-	}
-	if opts != nil && opts.Size > 0 && o.MaxMessageBytes > 0 && opts.Size > o.MaxMessageBytes {
-		return ss.refuse("too_big", tooBig(o.MaxMessageBytes))
-	}
-	if err := o.Policy.Sender(ss.ip, ss.acct, from); err != nil {
-		reason := "bad_sender"
-		var se *smtp.SMTPError
-		if errors.As(err, &se) && se.Code >= 400 && se.Code < 500 {
-			reason = "rate_limited"
+			for o := range m {
+				if at, idle := o.idleSince(); idle && (v == nil || at < oldest) {
+					v, oldest = o, at
+				}
+			}
 		}
-		return ss.refuse(reason, err)
+		if v != nil {
+			return v
+		}
 	}
-	ss.from = from
-	if opts != nil {
-		ss.opts = *opts
-	}
-	ss.rcpts = ss.rcpts[:0]
 	return nil
 }
 
-func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
-	o := ss.o
-	relay := ss.netRelay || ss.login != ""
-	if err := o.Policy.Recipient(ss.ip, to, relay); err != nil {
-		reason := "bad_recipient"
-		if !relay {
-			reason = "not_allowed"
-		}
-		return ss.refuse(reason, err)
+// uncount stops counting ss (displaced, or ended). Called with s.mu.
+func (s *Server) uncount(ss *session) {
+	if ss.evicted {
+		return
 	}
-	if o.CheckRecipient != nil {
-		if err := o.CheckRecipient(to); err != nil {
-			return ss.refuse("bad_recipient", err)
+	ss.evicted = true
+	s.count--
+	if m := s.perIP[ss.ip]; m != nil {
+		delete(m, ss)
+		if len(m) == 0 {
+			delete(s.perIP, ss.ip)
 		}
 	}
-	ss.rcpts = append(ss.rcpts, to)
-	return nil
 }
 
-func (ss *session) Data(r io.Reader) error {
-	o := ss.o
-	start := o.Clock()
-	m := o.Spool.NewMessage()
-	id := m.ID()
-	log := ss.log.With("queue_id", id)
-
-	proto := "ESMTP"
-	rcv := &message.Received{Helo: ss.c.Hostname(), ClientIP: ss.ip, By: o.Hostname}
-	if st, ok := ss.tlsState(); ok {
-		proto += "S"
-		rcv.TLSVersion, rcv.TLSCipher = st.Version, st.CipherSuite
-	}
-	if ss.login != "" {
-		proto += "A"
-	}
-	rcv.Protocol = proto
-	if len(ss.rcpts) == 1 {
-		rcv.Recipient = ss.rcpts[0]
-	}
-	info, err := message.Prepare(m, r, message.Options{
-		BareLineEndings: o.BareLineEndings,
-		Received:        rcv,
-		QueueID:         id,
-		Now:             start,
-		AddMessageID:    o.Hostname,
-		AddDate:         true,
-		RewriteFrom:     o.RewriteFrom,
-		MaxLineLength:   o.MaxLineLength,
-	})
-	if err != nil {
-		m.Abort()
-		return ss.dataError(log, err)
-	}
-	env := spool.Envelope{
-		From:        ss.from,
-		UTF8:        ss.opts.UTF8,
-		EightBit:    info.EightBit || ss.opts.Body == smtp.Body8BitMIME,
-		Received:    start,
-		ClientIP:    ss.ip.String(),
-		Login:       ss.login,
-		MessageID:   info.MessageID,
-		Subject:     info.Subject,
-		HeaderBytes: info.HeaderBytes,
-	}
-	if o.RewriteFrom != "" {
-		env.From = o.RewriteFrom
-	}
-	env.To = make([]spool.Rcpt, len(ss.rcpts))
-	for i, rc := range ss.rcpts {
-		env.To[i] = spool.Rcpt{Addr: rc}
-	}
-	if _, err := m.Commit(env); err != nil {
-		return ss.dataError(log, err)
-	}
-	o.Accepted(id)
-	if o.AcceptLatency != nil {
-		o.AcceptLatency(o.Clock().Sub(start))
-	}
-	o.Record(trace.Event{Time: start, Kind: trace.Received, QueueID: id, MessageID: info.MessageID,
-		ClientIP: env.ClientIP, From: env.From, To: ss.rcpts, Subject: info.Subject, Size: info.Size})
-	log.Debug("queued", "from", env.From, "rcpts", len(ss.rcpts), "size", info.Size, "message_id", info.MessageID)
-	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK queued as " + id}
+func (s *Server) leave(ss *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.sessions, ss)
+	s.uncount(ss)
 }
 
-// dataError turns a failure during DATA into the reply: the device's own
-// fault (too big, bad line endings) is permanent; the relay's (disk full,
-// write error) is temporary.
-func (ss *session) dataError(log *slog.Logger, err error) error {
-	o := ss.o
-	switch {
-	case errors.Is(err, smtp.ErrDataTooLarge):
-		return ss.refuse("too_big", tooBig(o.MaxMessageBytes))
-	case errors.Is(err, spool.ErrFull):
-		log.Warn("spool full; device told to retry", "err", err)
-		return ss.refuse("storage_full", &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1},
-			Message: "relay storage is full; the message was not accepted, try again later"})
-	}
-	if reply, ok := message.Reply(err); ok {
-		reason := "other"
-		if reply.EnhancedCode == (smtp.EnhancedCode{5, 6, 11}) {
-			reason = "smuggling"
-		}
-		return ss.refuse(reason, reply)
-	}
-	var ne net.Error
-	if errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) {
-		log.Info("client went away during DATA", "err", err)
-		return err
-	}
-	log.Error("cannot spool message; device told to retry", "err", err)
-	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
-		Message: "relay could not store the message; try again later"}
-}
-
-func tooBig(max int64) error {
-	return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
-		Message: fmt.Sprintf("message too big: the limit is %d bytes; send a smaller scan or lower the resolution", max)}
-}
-
-func (ss *session) Reset() {
-	ss.from = ""
-	ss.rcpts = ss.rcpts[:0]
-	ss.opts = smtp.MailOptions{}
-}
-
-func (ss *session) Logout() error {
-	if ss.release != nil {
-		ss.release()
-		ss.release = nil
-	}
-	return nil
+// Sessions reports the sessions counted against MaxConnections.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.count
 }
 
 func remoteIP(a net.Addr) netip.Addr {
@@ -416,9 +459,3 @@ func remoteIP(a net.Addr) netip.Addr {
 	}
 	return ap.Addr().Unmap()
 }
-
-// slogPrinter gives go-smtp's own log lines (accept errors, panics) to slog.
-type slogPrinter struct{ l *slog.Logger }
-
-func (p slogPrinter) Printf(format string, v ...any) { p.l.Warn(fmt.Sprintf(format, v...)) }
-func (p slogPrinter) Println(v ...any)               { p.l.Warn(fmt.Sprint(v...)) }

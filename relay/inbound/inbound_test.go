@@ -41,10 +41,10 @@ func (p testPolicy) Recipient(ip netip.Addr, rcpt string, relay bool) error {
 	return nil
 }
 
-var testCert = sync.OnceValue(func() func(t *testing.T) tls.Certificate {
+var testCert = sync.OnceValue(func() func(t testing.TB) tls.Certificate {
 	certPEM, keyPEM, err := certs.SelfSigned("relay.test", time.Now())
 	cert, err2 := tls.X509KeyPair(certPEM, keyPEM)
-	return func(t *testing.T) tls.Certificate {
+	return func(t testing.TB) tls.Certificate {
 		if err != nil || err2 != nil {
 			t.Fatal(err, err2)
 		}
@@ -53,13 +53,14 @@ var testCert = sync.OnceValue(func() func(t *testing.T) tls.Certificate {
 })
 
 type fixture struct {
+	srv      *Server
 	addr     string
 	sp       *spool.Spool
 	mu       sync.Mutex
 	accepted []string
 }
 
-func start(t *testing.T, mod func(*Options)) *fixture {
+func start(t testing.TB, mod func(*Options)) *fixture {
 	t.Helper()
 	sp, err := spool.Open(relaytest.StateDir(t), spool.Options{MinFreeBytes: 1, MaxMessages: 100})
 	if err != nil {
@@ -78,6 +79,7 @@ func start(t *testing.T, mod func(*Options)) *fixture {
 		mod(&o)
 	}
 	s := New(o)
+	f.srv = s
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -223,7 +225,7 @@ func TestRefusals(t *testing.T) {
 		{"malformed MAIL", nil, [][2]string{
 			{"EHLO printer", "250"}, {"MAIL FROM:p@plant.example>", "50"}}},
 		{"DATA before RCPT", nil, [][2]string{
-			{"EHLO printer", "250"}, {"MAIL FROM:<p@plant.example>", "250"}, {"DATA", "502"}}},
+			{"EHLO printer", "250"}, {"MAIL FROM:<p@plant.example>", "250"}, {"DATA", "503 5.5.1"}}},
 		{"unknown command", nil, [][2]string{{"EHLO printer", "250"}, {"XYZZY", "50"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

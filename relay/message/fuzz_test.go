@@ -7,9 +7,10 @@ import (
 	"testing"
 )
 
-// normalise is the reference for line endings: every CRLF, bare CR and bare
-// LF becomes CRLF, and a last line without an ending gets one.
+// normalise is the reference for line endings: NULs go, every CRLF, bare CR
+// and bare LF becomes CRLF, and a last line without an ending gets one.
 func normalise(s string) string {
+	s = strings.ReplaceAll(s, "\x00", "")
 	var b strings.Builder
 	for i := 0; i < len(s); i++ {
 		switch c := s[i]; c {
@@ -73,10 +74,11 @@ func FuzzPrepare(f *testing.F) {
 		opts := Options{Received: rcv, Now: t0, AddMessageID: "r.example", AddDate: true, RewriteFrom: "relay@contoso.com", MaxHeaderBytes: 200, MaxLineLength: 100}
 		if add {
 			opts.BareLineEndings = Refuse
+			opts.NUL = RefuseNUL
 		}
 		out.Reset()
-		if _, err := Prepare(&out, strings.NewReader(in), opts); err == nil && !onlyCRLF(out.String()) {
-			t.Fatalf("bare CR or LF in output %q", out.String())
+		if _, err := Prepare(&out, strings.NewReader(in), opts); err == nil && (!onlyCRLF(out.String()) || strings.IndexByte(out.String(), 0) >= 0) {
+			t.Fatalf("bare CR or LF, or NUL, in output %q", out.String())
 		} else if _, ok := Reply(err); err != nil && !ok {
 			t.Fatalf("error without a reply: %v", err)
 		}

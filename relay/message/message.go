@@ -40,6 +40,18 @@ const (
 	Refuse
 )
 
+// NULBytes says what to do with a NUL byte in the data. RFC 5322 allows
+// none, and some servers drop NULs before they look for the end of data, so
+// a NUL passed on could let an upstream see a line the relay did not.
+type NULBytes int
+
+const (
+	// RemoveNUL drops every NUL byte (the default).
+	RemoveNUL NULBytes = iota
+	// RefuseNUL fails the message with a *NULError.
+	RefuseNUL
+)
+
 // DefaultMaxHeaderBytes bounds the header section when Options leaves it 0.
 const DefaultMaxHeaderBytes = 1 << 20
 
@@ -47,6 +59,8 @@ const DefaultMaxHeaderBytes = 1 << 20
 // endings, adds nothing and bounds the header section at 1 MiB.
 type Options struct {
 	BareLineEndings BareLineEndings
+	// NUL is what to do with a NUL byte anywhere in the data.
+	NUL NULBytes
 	// Received, when not nil, is written as the first header field.
 	Received *Received
 	// QueueID is the relay's id of the message, used in Received and in a
@@ -124,6 +138,22 @@ func (e *BareLineEndingError) Error() string {
 func (e *BareLineEndingError) SMTPError() *smtp.SMTPError {
 	return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 11},
 		Message: `bare CR or LF in message data; fix the sender or set limits.bare_line_endings to "normalise"`}
+}
+
+// NULError refuses a message with a NUL byte (RefuseNUL mode).
+type NULError struct {
+	// Line is the 1-based line of the message where it was found.
+	Line int
+}
+
+func (e *NULError) Error() string {
+	return fmt.Sprintf("NUL byte in message data (line %d)", e.Line)
+}
+
+// SMTPError is the reply for the device.
+func (e *NULError) SMTPError() *smtp.SMTPError {
+	return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
+		Message: fmt.Sprintf(`NUL byte in message data (line %d); fix the sender or set limits.nul_bytes to "remove"`, e.Line)}
 }
 
 // HeaderTooLargeError refuses a header section over Options.MaxHeaderBytes.
@@ -263,7 +293,7 @@ func (p *preparer) run(src io.Reader) (Info, error) {
 				p.info.EightBit = hasEightBit(b)
 			}
 			if p.err == nil {
-				p.feed(b)
+				p.feedNUL(b)
 			}
 		}
 		if err == io.EOF {
@@ -302,6 +332,28 @@ func hasEightBit(b []byte) bool {
 		}
 	}
 	return false
+}
+
+// feedNUL removes or refuses the NUL bytes of b, then feeds the rest.
+func (p *preparer) feedNUL(b []byte) {
+	for len(b) > 0 && p.err == nil {
+		i := bytes.IndexByte(b, 0)
+		if i < 0 {
+			p.feed(b)
+			return
+		}
+		if i > 0 {
+			p.feed(b[:i])
+		}
+		if p.err != nil {
+			return
+		}
+		if p.opts.NUL == RefuseNUL {
+			p.err = &NULError{Line: p.line + 1}
+			return
+		}
+		b = b[i+1:]
+	}
 }
 
 // feed splits b into line content and line endings. A CR at the end of b

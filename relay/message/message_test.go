@@ -67,7 +67,7 @@ func TestPrepareShapes(t *testing.T) {
 		{"obsolete space before colon", "Subject : x\r\n\r\ny\r\n", "Subject : x\r\n\r\ny\r\n"},
 		{"mbox From_ line is body", "From x@y Mon Jan 1\r\nSubject: x\r\n", "\r\nFrom x@y Mon Jan 1\r\nSubject: x\r\n"},
 		{"dot line stays data", "Subject: x\r\n\r\n.\r\n..\r\n", "Subject: x\r\n\r\n.\r\n..\r\n"},
-		{"NUL passes", "Subject: x\r\n\r\na\x00b\r\n", "Subject: x\r\n\r\na\x00b\r\n"},
+		{"NUL removed", "Subject: x\r\n\r\na\x00b\r\n", "Subject: x\r\n\r\nab\r\n"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -229,6 +229,7 @@ func TestPrepareRefusals(t *testing.T) {
 		{"many fields too large", strings.Repeat("X-A: b\r\n", 200) + "\r\n", Options{MaxHeaderBytes: 1000}, &HeaderTooLargeError{Limit: 1000}, 552, smtp.EnhancedCode{5, 3, 4}},
 		{"body line too long", "Subject: x\r\n\r\n" + long + "\r\n", Options{MaxLineLength: 1000}, &LineTooLongError{Line: 3, Limit: 1000}, 550, smtp.EnhancedCode{5, 6, 0}},
 		{"header line too long", "Subject: " + long + "\r\n", Options{MaxLineLength: 1000}, &LineTooLongError{Line: 1, Limit: 1000}, 550, smtp.EnhancedCode{5, 6, 0}},
+		{"NUL refused", "Subject: x\r\n\r\nok\r\n\x00.\r\n", Options{NUL: RefuseNUL}, &NULError{Line: 4}, 550, smtp.EnhancedCode{5, 6, 0}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -246,6 +247,18 @@ func TestPrepareRefusals(t *testing.T) {
 				t.Fatalf("Reply = %+v, %v; want %d %v", se, ok, tt.code, tt.enh)
 			}
 		})
+	}
+}
+
+func TestNULRemoved(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"Subject: x\r\n\r\nok\r\n\x00.\r\nMAIL FROM:<a@b>\r\n", "Subject: x\r\n\r\nok\r\n.\r\nMAIL FROM:<a@b>\r\n"},
+		{"Sub\x00ject: x\r\x00\n\r\nb\x00\x00ody\r\n", "Subject: x\r\n\r\nbody\r\n"},
+	} {
+		got, _, err := prepare(t, tc.in, Options{})
+		if err != nil || got != tc.want {
+			t.Errorf("Prepare(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
 	}
 }
 

@@ -14,9 +14,10 @@ import (
 	"github.com/emersion/go-smtp"
 )
 
-// A go-smtp server on loopback whose Data calls Prepare, as the relay's
-// session does: the smuggling payloads go through go-smtp's real DATA
-// reader, then Prepare.
+// A go-smtp server on loopback whose Data calls Prepare: the smuggling
+// payloads go through go-smtp's real DATA reader, then Prepare. (The
+// relay's own front end reads DATA itself, so that Prepare sees every byte;
+// relay/inbound tests that path with the same payloads.)
 type backend struct {
 	mu   sync.Mutex
 	msgs []string

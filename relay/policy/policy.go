@@ -64,11 +64,23 @@ type Policy struct {
 
 	perMinute, burst, maxConns int
 
+	*State
+}
+
+// State is the per-client state behind the limits: rate buckets, failed
+// logins (and logins being checked), open connections. It is its own part
+// so that a reloaded configuration keeps it (Reload): a reload must not
+// give a flooding client fresh allowances or forget sessions still open.
+type State struct {
 	mu       sync.Mutex
 	buckets  map[string]*bucket
 	failures map[netip.Addr]*failures
 	conns    map[netip.Addr]int
 	swept    time.Time // last full sweep of buckets and failures
+}
+
+func newState() *State {
+	return &State{buckets: map[string]*bucket{}, failures: map[netip.Addr]*failures{}, conns: map[netip.Addr]int{}}
 }
 
 type listener struct {
@@ -83,8 +95,9 @@ type bucket struct {
 }
 
 type failures struct {
-	n    int
-	last time.Time
+	n        int // failed logins
+	inFlight int // logins being checked; each counts as a failure until it is known
+	last     time.Time
 }
 
 // New builds the policy of a validated configuration. clock is the time
@@ -98,12 +111,10 @@ func New(cfg *config.Config, clock func() time.Time) (*Policy, error) {
 		allowNull:     cfg.Senders.AllowNull,
 		rcptAllowed:   domainSet(cfg.Recipients.AllowedDomains),
 		rcptDenied:    domainSet(cfg.Recipients.DeniedDomains),
-		perMinute:     cfg.Limits.MessagesPerMinute,
+		perMinute:     cfg.Limits.PerMinute(),
 		burst:         max(cfg.Limits.Burst, 1),
 		maxConns:      cfg.Limits.MaxConnectionsPerClient,
-		buckets:       map[string]*bucket{},
-		failures:      map[netip.Addr]*failures{},
-		conns:         map[netip.Addr]int{},
+		State:         newState(),
 	}
 	p.rcptAllowedList = strings.Join(cfg.Recipients.AllowedDomains, ", ")
 	for i, l := range cfg.Listeners {
@@ -138,6 +149,19 @@ func New(cfg *config.Config, clock func() time.Time) (*Policy, error) {
 	}
 	p.dummy = dummy
 	return p, nil
+}
+
+// Reload builds the policy of a new configuration that keeps p's
+// per-client state: connections opened under p are still counted (and
+// released) under the new policy, and rate allowances and failed logins
+// carry over.
+func (p *Policy) Reload(cfg *config.Config) (*Policy, error) {
+	np, err := New(cfg, p.clock)
+	if err != nil {
+		return nil, err
+	}
+	np.State = p.State
+	return np, nil
 }
 
 func domainSet(ds []string) map[string]bool {
@@ -218,46 +242,55 @@ var errLogin = reply(535, smtp.EnhancedCode{5, 7, 8},
 
 // Login checks a device's user name and password (AUTH PLAIN or LOGIN).
 // After MaxLoginFailures failures from ip it refuses every login from ip
-// for LoginBrake, without looking at the password.
+// for LoginBrake, without looking at the password. A login being checked
+// holds one of those attempts until its outcome is known, so concurrent
+// connections cannot get more password checks than the brake allows.
 func (p *Policy) Login(ip netip.Addr, user, pass string) (*Account, error) {
 	ip = ip.Unmap()
 	now := p.clock()
 	p.mu.Lock()
 	f := p.failures[ip]
-	if f != nil && now.Sub(f.last) >= LoginBrake {
+	if f != nil && f.inFlight == 0 && now.Sub(f.last) >= LoginBrake {
 		delete(p.failures, ip)
 		f = nil
 	}
-	braked := f != nil && f.n >= MaxLoginFailures
-	var wait time.Duration
-	if braked {
-		wait = LoginBrake - now.Sub(f.last)
-	}
-	p.mu.Unlock()
-	if braked {
+	if f != nil && f.n+f.inFlight >= MaxLoginFailures {
+		wait := LoginBrake - now.Sub(f.last)
+		p.mu.Unlock()
 		return nil, reply(454, smtp.EnhancedCode{4, 7, 0},
-			"Too many failed logins from %s; logins from it are refused for %d more minute(s): fix the password set in the device", ip, int(math.Ceil(wait.Minutes())))
+			"Too many failed logins from %s; logins from it are refused for %d more minute(s): fix the password set in the device", ip, max(1, int(math.Ceil(wait.Minutes()))))
 	}
+	if f == nil {
+		p.makeRoom(now)
+		f = &failures{last: now}
+		p.failures[ip] = f
+	}
+	f.inFlight++
+	p.mu.Unlock()
+
 	a := p.accounts[user]
 	hash := p.dummy
 	if a != nil {
 		hash = a.hash
 	}
 	err := bcrypt.CompareHashAndPassword(hash, []byte(pass))
+
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	f.inFlight--
 	if err == nil && a != nil {
-		delete(p.failures, ip)
+		f.n = 0 // a right password clears the count
+		if f.inFlight == 0 && p.failures[ip] == f {
+			delete(p.failures, ip)
+		}
 		return a, nil
 	}
-	f = p.failures[ip]
-	if f == nil {
-		p.makeRoom(now)
-		f = &failures{}
+	f.n++
+	f.last = p.clock()
+	if p.failures[ip] != f {
+		// makeRoom dropped the entry while the password was checked.
 		p.failures[ip] = f
 	}
-	f.n++
-	f.last = now
 	return nil, errLogin
 }
 

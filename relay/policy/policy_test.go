@@ -48,7 +48,7 @@ func testConfig(t testing.TB) *config.Config {
 		},
 		Senders:    config.Senders{AllowedDomains: []string{"contoso.com", "Plant.Contoso.com"}},
 		Recipients: config.Recipients{AllowedDomains: []string{"contoso.com", "partner.example"}, DeniedDomains: []string{"partner.example"}},
-		Limits:     config.Limits{MessagesPerMinute: 60, Burst: 3, MaxConnectionsPerClient: 2},
+		Limits:     config.Limits{MessagesPerMinute: new(60), Burst: 3, MaxConnectionsPerClient: 2},
 	}
 	c.SetDefaults()
 	if errs := c.Validate(); len(errs) > 0 {
@@ -309,7 +309,7 @@ func TestMessageRate(t *testing.T) {
 	check(t, p.Message(ip, nil), 450, smtp.EnhancedCode{4, 7, 1})
 
 	c := testConfig(t)
-	c.Limits.MessagesPerMinute = 0
+	c.Limits.MessagesPerMinute = new(0)
 	unlimited, _ := newPolicy(t, c)
 	for range 1000 {
 		check(t, unlimited.Message(ip, nil), 0, smtp.EnhancedCode{})
@@ -388,4 +388,75 @@ func TestConcurrentUse(t *testing.T) {
 	if _, _, conns := p.clients(); conns != 0 {
 		t.Errorf("%d connections left counted", conns)
 	}
+}
+
+// TestLoginBrakeUnderConcurrency: twenty connections from one address
+// guessing at once get MaxLoginFailures password checks between them, not
+// one each: an attempt is reserved before the password is checked.
+func TestLoginBrakeUnderConcurrency(t *testing.T) {
+	c := testConfig(t)
+	h, err := bcrypt.GenerateFromPassword([]byte("s3cret"), 8) // slow enough for the guesses to overlap
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Accounts[0].PasswordHash = string(h)
+	p, _ := newPolicy(t, c)
+	ip := netip.MustParseAddr("10.20.0.66")
+	const n = 20
+	codes := make(chan int, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			<-start
+			_, err := p.Login(ip, "scanner", "guess")
+			var se *smtp.SMTPError
+			if errors.As(err, &se) {
+				codes <- se.Code
+			} else {
+				codes <- 0
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	close(codes)
+	got := map[int]int{}
+	for c := range codes {
+		got[c]++
+	}
+	if want := map[int]int{535: MaxLoginFailures, 454: n - MaxLoginFailures}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("replies by code = %v, want %v (535: the password was checked)", got, want)
+	}
+}
+
+// TestReloadKeepsClientState: a reloaded policy keeps counting the
+// connections, the rate allowance and the failed logins of the old one.
+func TestReloadKeepsClientState(t *testing.T) {
+	p, _ := newPolicy(t, testConfig(t)) // 2 connections per client, burst 3
+	ip := netip.MustParseAddr("10.20.0.5")
+	r1, err := p.Open(ip)
+	check(t, err, 0, smtp.EnhancedCode{})
+	for range 3 {
+		check(t, p.Message(ip, nil), 0, smtp.EnhancedCode{})
+	}
+	for range MaxLoginFailures {
+		p.Login(ip, "scanner", "guess")
+	}
+	np, err := p.Reload(testConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := np.Open(ip); err != nil {
+		t.Fatal(err)
+	}
+	_, err = np.Open(ip)
+	check(t, err, 421, smtp.EnhancedCode{4, 7, 0}, "limits.max_connections_per_client")
+	r1() // released under the old policy, counted in the shared state
+	if _, err := np.Open(ip); err != nil {
+		t.Errorf("a connection released under the old policy is still counted: %v", err)
+	}
+	check(t, np.Message(ip, nil), 450, smtp.EnhancedCode{4, 7, 1})
+	_, err = np.Login(ip, "scanner", "s3cret")
+	check(t, err, 454, smtp.EnhancedCode{4, 7, 0})
 }
