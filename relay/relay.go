@@ -138,7 +138,7 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 	if err != nil {
 		return nil, err
 	}
-	r.trace, err = trace.Open(r.dir.Trace(), trace.Options{RetentionDays: cfg.Trace.RetentionDays, MaxBytes: 512 << 20, Now: d.Clock, Logger: d.Logger})
+	r.trace, err = trace.Open(r.dir.Trace(), trace.Options{RetentionDays: cfg.Trace.RetentionDays, MaxBytes: cfg.Trace.MaxBytes, Now: d.Clock, Logger: d.Logger})
 	if err != nil {
 		return nil, fmt.Errorf("opening trace: %w", err)
 	}
