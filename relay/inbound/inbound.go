@@ -350,8 +350,16 @@ func (ss *session) Data(r io.Reader) error {
 	if o.AcceptLatency != nil {
 		o.AcceptLatency(o.Clock().Sub(start))
 	}
-	o.Record(trace.Event{Time: start, Kind: trace.Received, QueueID: id, MessageID: info.MessageID,
-		ClientIP: env.ClientIP, From: env.From, To: ss.rcpts, Subject: info.Subject, Size: info.Size})
+	ev := trace.Event{Time: start, Kind: trace.Received, QueueID: id, MessageID: info.MessageID,
+		ClientIP: env.ClientIP, From: env.From, To: ss.rcpts, Subject: info.Subject, Size: info.Size,
+		Listener: o.Name, Account: ss.login}
+	if env.From != ss.from {
+		ev.FromReceived = ss.from // senders.rewrite_from replaced it
+	}
+	if st, ok := ss.tlsState(); ok {
+		ev.TLSVersion, ev.TLSCipher = tlsVersionName(st.Version), tls.CipherSuiteName(st.CipherSuite)
+	}
+	o.Record(ev)
 	log.Debug("queued", "from", env.From, "rcpts", len(ss.rcpts), "size", info.Size, "message_id", info.MessageID)
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK queued as " + id}
 }
@@ -384,6 +392,21 @@ func (ss *session) dataError(log *slog.Logger, err error) error {
 	log.Error("cannot spool message; device told to retry", "err", err)
 	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
 		Message: "relay could not store the message; try again later"}
+}
+
+// tlsVersionName is "1.0" .. "1.3", as in the configuration's min_tls.
+func tlsVersionName(v uint16) string {
+	switch v {
+	case tls.VersionTLS10:
+		return "1.0"
+	case tls.VersionTLS11:
+		return "1.1"
+	case tls.VersionTLS12:
+		return "1.2"
+	case tls.VersionTLS13:
+		return "1.3"
+	}
+	return "other"
 }
 
 func tooBig(max int64) error {
