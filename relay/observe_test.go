@@ -1,8 +1,11 @@
 package relay
 
 import (
+	"encoding/json"
 	"io"
 	"net/http/httptest"
+	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -53,5 +56,43 @@ func TestMetricsAfterTraffic(t *testing.T) {
 	}
 	if strings.Contains(body, "127.0.0.1") || strings.Contains(body, "plc@plant.example") {
 		t.Error("an address or a sender in the metrics")
+	}
+}
+
+// docs/grafana-dashboard.json is a dashboard Grafana imports: a fleet row
+// and a per-site row, every panel with a query, the data source an input.
+func TestGrafanaDashboard(t *testing.T) {
+	b, err := os.ReadFile("../docs/grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Inputs []struct{ Name, Type string } `json:"__inputs"`
+		Title  string
+		UID    string
+		Panels []struct {
+			Type, Title, Repeat string
+			Targets             []struct{ Expr string }
+		}
+		Templating struct{ List []struct{ Name string } }
+	}
+	if err := json.Unmarshal(b, &d); err != nil {
+		t.Fatalf("not JSON: %v", err)
+	}
+	if len(d.Inputs) != 1 || d.Inputs[0].Name != "DS_PROMETHEUS" || d.UID == "" || len(d.Templating.List) == 0 || d.Templating.List[0].Name != "site" {
+		t.Errorf("not importable as is: inputs %+v, uid %q, variables %+v", d.Inputs, d.UID, d.Templating.List)
+	}
+	var rows []string
+	for _, p := range d.Panels {
+		if p.Type == "row" {
+			rows = append(rows, p.Title+"/"+p.Repeat)
+			continue
+		}
+		if len(p.Targets) == 0 || p.Targets[0].Expr == "" {
+			t.Errorf("panel %q has no query", p.Title)
+		}
+	}
+	if want := []string{"Fleet/", "Site $site/site"}; !slices.Equal(rows, want) {
+		t.Errorf("rows %v, want %v", rows, want)
 	}
 }

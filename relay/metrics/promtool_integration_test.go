@@ -83,3 +83,22 @@ func TestPromtoolCheckMetrics(t *testing.T) {
 		t.Fatalf("promtool check metrics: %v\n%s", err, out)
 	}
 }
+
+// docs/alerts.yml passes Prometheus' own checks, and its cases in
+// docs/alerts_test.yml (alerts that fire and that do not) pass.
+func TestPromtoolRules(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Fatalf("promtool not installed (Debian package prometheus, in .ci/apt-packages): %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, args := range [][]string{{"check", "rules", "alerts.yml"}, {"test", "rules", "alerts_test.yml"}} {
+		cmd := exec.CommandContext(ctx, promtool, args...)
+		cmd.Dir = "../../docs"
+		out, err := cmd.CombinedOutput()
+		if err != nil || !bytes.Contains(out, []byte("SUCCESS")) {
+			t.Errorf("promtool %v: %v\n%s", args, err, out)
+		}
+	}
+}
