@@ -32,6 +32,7 @@ type Config struct {
 	Upstream   Upstream   `json:"upstream"`
 	Bounce     Bounce     `json:"bounce"`
 	Trace      Trace      `json:"trace"`
+	Alerts     Alerts     `json:"alerts"`
 }
 
 // Listener is one SMTP port on the plant side.
@@ -291,6 +292,7 @@ func (c *Config) SetDefaults() {
 	setDefault(&c.Delivery.Lifetime, Duration(5*24*time.Hour))
 	setDefault(&c.Trace.RetentionDays, 30)
 	setDefault(&c.Trace.MaxBytes, 512<<20)
+	c.Alerts.setDefaults()
 	c.Upstream.setDefaults()
 }
 
@@ -427,6 +429,7 @@ func (c *Config) Validate() Errors {
 		bad("trace.max_bytes", "%d is below 1 MiB (1048576); the trace needs room for at least today", c.Trace.MaxBytes)
 	}
 	errs = append(errs, c.Upstream.validate("upstream")...)
+	errs = append(errs, c.Alerts.validate()...)
 	return errs
 }
 
