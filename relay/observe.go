@@ -1,9 +1,12 @@
 package relay
 
 import (
+	"fmt"
 	"slices"
+	"strings"
 	"time"
 
+	"github.com/siterelay/siterelay/relay/alerts"
 	"github.com/siterelay/siterelay/relay/certs"
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/metrics"
@@ -111,4 +114,24 @@ func (r *Relay) observeGeneration(g *generation) {
 	if !kind.OAuth() {
 		r.metrics.ForgetToken()
 	}
+	r.alerts.Update(g.alerts)
+}
+
+// alertOptions are the webhook's settings in cfg, its URL read from the
+// secret store (it carries a token); none without alerts.webhook.
+func alertOptions(cfg *config.Config, hostname string, secret func(string) ([]byte, error)) (alerts.Options, error) {
+	w := cfg.Alerts.Webhook
+	if w == nil {
+		return alerts.Options{}, nil
+	}
+	u, err := secret(w.URLSecret)
+	if err != nil {
+		return alerts.Options{}, fmt.Errorf("alerts.webhook.url_secret: %w", err)
+	}
+	return alerts.Options{
+		Kind: w.Kind, URL: strings.TrimSpace(string(u)), Conditions: w.Conditions,
+		MinInterval: w.MinInterval.D(), MaxPerHour: w.MaxPerHour,
+		OldestMessageAge: w.OldestMessageAge.D(), MinFreeBytes: float64(w.MinFreeBytes),
+		Relay: hostname,
+	}, nil
 }

@@ -1,14 +1,18 @@
 package relay
 
 import (
+	"context"
 	"encoding/json"
 	"io"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/relaytest"
 	"github.com/siterelay/siterelay/relay/upstream/upstreamtest"
 )
@@ -94,5 +98,50 @@ func TestGrafanaDashboard(t *testing.T) {
 	}
 	if want := []string{"Fleet/", "Site $site/site"}; !slices.Equal(rows, want) {
 		t.Errorf("rows %v, want %v", rows, want)
+	}
+}
+
+// The webhook hears of a condition from a running relay, and a missing
+// URL secret is refused naming its key.
+func TestAlertWebhookFromRelay(t *testing.T) {
+	got := make(chan string, 10)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got <- string(b)
+	}))
+	defer srv.Close()
+	cfg := config.Default()
+	cfg.Alerts.Webhook = &config.Webhook{Kind: "json", URLSecret: "webhook-url", MinFreeBytes: 1 << 62} // the disk is always "almost full"
+	cfg.SetDefaults()
+	for i := range cfg.Listeners {
+		cfg.Listeners[i].Address = "127.0.0.1:0"
+	}
+	secrets := map[string]string{"webhook-url": srv.URL + "/hook?token=T0KEN\n"}
+	r, err := New(cfg, relaytest.StateDir(t), Deps{Secret: func(n string) ([]byte, error) {
+		if s, ok := secrets[n]; ok {
+			return []byte(s), nil
+		}
+		return nil, os.ErrNotExist
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	select {
+	case b := <-got:
+		if !strings.Contains(b, `"condition":"disk_almost_full"`) || !strings.Contains(b, `"status":"firing"`) || strings.Contains(b, "T0KEN") {
+			t.Errorf("webhook got %s", b)
+		}
+	case <-time.After(time.Until(relaytest.Deadline(t))):
+		t.Fatal("the webhook heard nothing")
+	}
+	c2 := *cfg
+	c2.Alerts.Webhook = &config.Webhook{Kind: "teams", URLSecret: "nosuch"}
+	c2.SetDefaults()
+	if err := r.Reload(&c2); err == nil || !strings.Contains(err.Error(), "alerts.webhook.url_secret") {
+		t.Errorf("reload with a missing secret: %v", err)
 	}
 }

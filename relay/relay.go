@@ -24,6 +24,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/siterelay/siterelay/relay/alerts"
 	"github.com/siterelay/siterelay/relay/certs"
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/delivery"
@@ -84,6 +85,7 @@ type Relay struct {
 	up      *switchable
 	upSched upstream.Upstream // up, as the scheduler sees it: instrumented
 	sched   *delivery.Scheduler
+	alerts  *alerts.Notifier
 	started time.Time
 	seen    seen
 
@@ -110,6 +112,7 @@ type generation struct {
 	// clientCertNotAfter is when the upstream's client certificate
 	// expires; zero without one.
 	clientCertNotAfter time.Time
+	alerts             alerts.Options // the webhook's, URL read from the secret store
 }
 
 // listener is one bound listener and its server. addr is the configured
@@ -151,6 +154,7 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 		return nil, fmt.Errorf("opening trace: %w", err)
 	}
 	r.metrics = metrics.New(r.metricsGauges())
+	r.alerts = alerts.New(alerts.Options{Metrics: r.metrics.Registry(), Clock: d.Clock, Logger: d.Logger})
 	r.trace.Subscribe(r.metrics.Observe)
 	r.trace.Subscribe(r.seen.observe)
 
@@ -197,6 +201,10 @@ func (r *Relay) build(cfg *config.Config, prev *generation) (*generation, upstre
 	if err != nil {
 		up.Close()
 		return nil, nil, fmt.Errorf("policy: %w", err)
+	}
+	if g.alerts, err = alertOptions(cfg, g.hostname, r.d.Secret); err != nil {
+		up.Close()
+		return nil, nil, err
 	}
 	g.certKey = cfg.TLS.CertFile + "\x00" + cfg.TLS.KeyFile + "\x00" + g.hostname
 	if prev != nil && prev.certKey == g.certKey {
@@ -411,6 +419,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		r.sched.Run(sctx)
 		close(schedDone)
 	}()
+	go r.alerts.Run(sctx)
 	var err error
 	select {
 	case <-ctx.Done():
