@@ -21,8 +21,9 @@ import (
 //
 // The day file stays the truth: the index only says where to look, and
 // every line it points at is parsed and matched like a scanned one, so a
-// hash collision or a damaged index can cost time but never give a wrong
-// answer. The index is a chain of segments, each covering a contiguous
+// hash collision costs a line read and a damaged index never gives a
+// wrong event (it may miss some until it is rebuilt: the writer and the
+// rebuild check every segment's CRC, a query only the headers). The index is a chain of segments, each covering a contiguous
 // range of the day file from its start:
 //
 //	header (20 bytes): "stx1" | start uint32 | end uint32 | count uint32 | CRC-32C of the entries
