@@ -419,7 +419,11 @@ func (r *Relay) Run(ctx context.Context) error {
 		r.sched.Run(sctx)
 		close(schedDone)
 	}()
-	go r.alerts.Run(sctx)
+	alertsDone := make(chan struct{})
+	go func() {
+		r.alerts.Run(sctx)
+		close(alertsDone)
+	}()
 	var err error
 	select {
 	case <-ctx.Done():
@@ -444,6 +448,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	sv.wg.Wait()
 	stopSched()
 	<-schedDone
+	<-alertsDone
 	return errors.Join(err, r.close())
 }
 
