@@ -200,16 +200,19 @@ func lookup(f *os.File, seg segment, h uint32, out []entry) ([]entry, error) {
 	return out, nil
 }
 
-// encodeSegment is the bytes of a segment covering [start, end) with es,
-// which it sorts.
-func encodeSegment(es []entry, start, end int64) []byte {
+// encodeSegment appends to dst the bytes of a segment covering
+// [start, end) with es, which it sorts.
+func encodeSegment(dst []byte, es []entry, start, end int64) []byte {
 	slices.SortFunc(es, func(a, b entry) int {
 		if a.h != b.h {
 			return cmpU32(a.h, b.h)
 		}
 		return cmpU32(a.off, b.off)
 	})
-	b := make([]byte, segHeader+len(es)*entrySize)
+	n := segHeader + len(es)*entrySize
+	dst = slices.Grow(dst, n)
+	b := dst[len(dst) : len(dst)+n]
+	clear(b)
 	copy(b, segMagic)
 	binary.LittleEndian.PutUint32(b[4:], uint32(start))
 	binary.LittleEndian.PutUint32(b[8:], uint32(end))
@@ -222,7 +225,7 @@ func encodeSegment(es []entry, start, end int64) []byte {
 		binary.LittleEndian.PutUint32(p[i*entrySize+12:], e.ms)
 	}
 	binary.LittleEndian.PutUint32(b[16:], crc32.Checksum(p, crcTable))
-	return b
+	return dst[:len(dst)+n]
 }
 
 func cmpU32(a, b uint32) int {
@@ -272,6 +275,7 @@ type dayIndex struct {
 	size     int64   // of the day file: where the next line goes
 	segStart int64   // end of the last segment written
 	pending  []entry // keys of the lines in [segStart, size)
+	buf      []byte  // a segment being written, kept for the next
 	// off: the day file was too big to index when opened (an old box's
 	// file of today); it is left to the rebuild once the day is over.
 	off bool
@@ -342,8 +346,8 @@ func (x *dayIndex) flush() error {
 	if x.off || x.size == x.segStart || x.size > maxIndexed {
 		return nil
 	}
-	b := encodeSegment(x.pending, x.segStart, x.size)
-	if _, err := x.f.Write(b); err != nil {
+	x.buf = encodeSegment(x.buf[:0], x.pending, x.segStart, x.size)
+	if _, err := x.f.Write(x.buf); err != nil {
 		return fmt.Errorf("writing trace index: %w", err)
 	}
 	x.segStart = x.size
@@ -392,7 +396,7 @@ func rebuildIndex(dir string, d int64, stop func() bool) error {
 		return nil
 	}
 	tmp := idxPath + ".tmp"
-	if err := os.WriteFile(tmp, encodeSegment(es, 0, end), 0o640); err != nil {
+	if err := os.WriteFile(tmp, encodeSegment(nil, es, 0, end), 0o640); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("rebuilding trace index: %w", err)
 	}
