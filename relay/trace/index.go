@@ -185,17 +185,25 @@ func lookup(f *os.File, seg segment, h uint32, out []entry) ([]entry, error) {
 			hi = mid
 		}
 	}
-	for i := lo; i < seg.count; i++ {
-		e, err := read(i)
-		if err != nil {
+	// The run of h, a block at a time (a busy sender has thousands).
+	var blk []byte
+	for i := lo; i < seg.count; {
+		n := min(seg.count-i, 256)
+		blk = slices.Grow(blk[:0], n*entrySize)[:n*entrySize]
+		if _, err := f.ReadAt(blk, seg.pos+int64(i)*entrySize); err != nil {
 			return out, err
 		}
-		if e.h != h {
-			break
+		for k := 0; k < n; k++ {
+			p := blk[k*entrySize:]
+			e := entry{binary.LittleEndian.Uint32(p[0:]), binary.LittleEndian.Uint32(p[4:]), binary.LittleEndian.Uint32(p[8:]), binary.LittleEndian.Uint32(p[12:])}
+			if e.h != h {
+				return out, nil
+			}
+			if int64(e.off) >= seg.start && int64(e.off)+int64(e.n) <= seg.end {
+				out = append(out, e)
+			}
 		}
-		if int64(e.off) >= seg.start && int64(e.off)+int64(e.n) <= seg.end {
-			out = append(out, e)
-		}
+		i += n
 	}
 	return out, nil
 }

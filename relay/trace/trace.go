@@ -1,6 +1,7 @@
 // Package trace keeps the searchable message trace: one JSON line per event
 // (received, deferred, delivered, ...) in a file per UTC day, like Microsoft's
-// message trace that admins already know.
+// message trace that admins already know, with an index beside each day
+// file for lookups by queue ID, message ID and address (index.go).
 //
 // The trace is diagnostics, not the durable record (the spool is): Record
 // never waits for the disk. Events are appended to an in-memory buffer that a
