@@ -24,6 +24,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/siterelay/siterelay/relay/alerts"
 	"github.com/siterelay/siterelay/relay/certs"
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/delivery"
@@ -50,6 +51,10 @@ type Deps struct {
 	// Resolver is the DNS server (host:port) for MX lookups; "" means the
 	// system's.
 	Resolver string
+
+	// Set by the relay for the upstream it builds (metrics), not by callers.
+	tokenRenewed      func(time.Time, error)
+	clientCertificate func(time.Time)
 }
 
 func (d *Deps) defaults() {
@@ -78,7 +83,9 @@ type Relay struct {
 	trace   *trace.Store
 	metrics *metrics.Metrics
 	up      *switchable
+	upSched upstream.Upstream // up, as the scheduler sees it: instrumented
 	sched   *delivery.Scheduler
+	alerts  *alerts.Notifier
 	started time.Time
 	seen    seen
 
@@ -102,6 +109,10 @@ type generation struct {
 	// that changes neither keeps the getter (and its loaded certificate).
 	certKey string
 	cert    func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	// clientCertNotAfter is when the upstream's client certificate
+	// expires; zero without one.
+	clientCertNotAfter time.Time
+	alerts             alerts.Options // the webhook's, URL read from the secret store
 }
 
 // listener is one bound listener and its server. addr is the configured
@@ -138,26 +149,12 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 	if err != nil {
 		return nil, err
 	}
-	r.trace, err = trace.Open(r.dir.Trace(), trace.Options{RetentionDays: cfg.Trace.RetentionDays, MaxBytes: 512 << 20, Now: d.Clock, Logger: d.Logger})
+	r.trace, err = trace.Open(r.dir.Trace(), trace.Options{RetentionDays: cfg.Trace.RetentionDays, MaxBytes: cfg.Trace.MaxBytes, Now: d.Clock, Logger: d.Logger})
 	if err != nil {
 		return nil, fmt.Errorf("opening trace: %w", err)
 	}
-	r.metrics = metrics.New(metrics.Gauges{
-		QueueMessages: func() float64 { return float64(r.spool.Stats().Messages) },
-		QueueBytes:    func() float64 { return float64(r.spool.Stats().Bytes) },
-		OldestMessageAge: func() time.Duration {
-			if o := r.spool.Stats().Oldest; !o.IsZero() {
-				return d.Clock().Sub(o)
-			}
-			return 0
-		},
-		TraceDropped: func() uint64 { return r.trace.Stats().Dropped },
-		SpoolFreeBytes: func() float64 {
-			n, _ := r.spool.FreeBytes() // 0 when statfs fails: the alert on low space fires
-			return float64(n)
-		},
-		UpstreamConnections: r.upstreamConnections,
-	})
+	r.metrics = metrics.New(r.metricsGauges())
+	r.alerts = alerts.New(alerts.Options{Metrics: r.metrics.Registry(), Clock: d.Clock, Logger: d.Logger})
 	r.trace.Subscribe(r.metrics.Observe)
 	r.trace.Subscribe(r.seen.observe)
 
@@ -166,8 +163,10 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 		return nil, err
 	}
 	r.up = newSwitchable(up)
+	r.upSched = r.metrics.Instrument(r.up, r.upstreamKind)
 	r.sched = delivery.New(r.schedOptions(g))
 	r.gen.Store(g)
+	r.observeGeneration(g)
 	if err := r.bindListeners(g); err != nil {
 		return nil, err
 	}
@@ -186,7 +185,10 @@ func (r *Relay) build(cfg *config.Config, prev *generation) (*generation, upstre
 		cfg = &c
 	}
 	g := &generation{cfg: cfg, hostname: cfg.Hostname}
-	up, name, err := newUpstream(cfg, string(r.dir), r.d)
+	d := r.d
+	d.tokenRenewed = r.metrics.TokenRenewed
+	d.clientCertificate = func(t time.Time) { g.clientCertNotAfter = t }
+	up, name, err := newUpstream(cfg, string(r.dir), d)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -205,6 +207,10 @@ func (r *Relay) build(cfg *config.Config, prev *generation) (*generation, upstre
 	if err != nil {
 		up.Close()
 		return nil, nil, fmt.Errorf("policy: %w", err)
+	}
+	if g.alerts, err = alertOptions(cfg, g.hostname, r.d.Secret); err != nil {
+		up.Close()
+		return nil, nil, err
 	}
 	g.certKey = cfg.TLS.CertFile + "\x00" + cfg.TLS.KeyFile + "\x00" + g.hostname
 	if prev != nil && prev.certKey == g.certKey {
@@ -225,7 +231,7 @@ func (r *Relay) build(cfg *config.Config, prev *generation) (*generation, upstre
 func (r *Relay) schedOptions(g *generation) delivery.Options {
 	cfg := g.cfg
 	return delivery.Options{
-		Spool: r.spool, Upstream: r.up, UpstreamName: g.upName,
+		Spool: r.spool, Upstream: r.upSched, UpstreamName: g.upName,
 		Record: r.trace.Record, Explain: explain(cfg.Upstream.Kind),
 		Bounce:     &delivery.Bounce{ReportingMTA: g.hostname, From: cfg.Bounce.From, Admin: cfg.Bounce.Admin},
 		FirstRetry: cfg.Delivery.FirstRetry.D(), MaxRetry: cfg.Delivery.MaxRetry.D(), Lifetime: cfg.Delivery.Lifetime.D(),
@@ -258,7 +264,7 @@ func (r *Relay) inboundOptions(g *generation, i int) inbound.Options {
 		MaxCommandsWithoutMail: cfg.Limits.MaxCommandsWithoutMail, MaxConnections: cfg.Limits.MaxConnections,
 		BareLineEndings: bare, NUL: nul, RewriteFrom: cfg.Senders.RewriteFrom,
 		Policy: listenerPolicy{g.policy, i}, Spool: r.spool, CheckRecipient: r.up.checkRecipient,
-		Accepted: r.sched.Enqueue, Record: r.trace.Record, Refused: r.metrics.Refused,
+		Accepted: r.sched.Enqueue, Record: r.trace.Record, Refused: r.metrics.RefusedOn(lc.Name),
 		AcceptLatency: r.metrics.ObserveAccept, Clock: r.d.Clock, Logger: r.d.Logger,
 	}
 }
@@ -373,6 +379,7 @@ func (r *Relay) Reload(cfg *config.Config) error {
 	}
 	r.up.swap(up) // the old one closes once its attempts in flight end
 	r.gen.Store(g)
+	r.observeGeneration(g)
 	r.sched.Reconfigure(r.schedOptions(g))
 	r.log.Info("configuration reloaded", "upstream", g.upName, "listeners", len(r.listeners))
 	return nil
@@ -424,6 +431,11 @@ func (r *Relay) Run(ctx context.Context) error {
 		r.sched.Run(sctx)
 		close(schedDone)
 	}()
+	alertsDone := make(chan struct{})
+	go func() {
+		r.alerts.Run(sctx)
+		close(alertsDone)
+	}()
 	var err error
 	select {
 	case <-ctx.Done():
@@ -448,6 +460,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	sv.wg.Wait()
 	stopSched()
 	<-schedDone
+	<-alertsDone
 	return errors.Join(err, r.close())
 }
 

@@ -65,6 +65,7 @@ func newUpstream(cfg *config.Config, dir string, d Deps) (upstream.Upstream, str
 	// The Microsoft 365 kinds, already paced to Microsoft's limits.
 	up, err := m365.New(u.Kind, u.M365, m365.Deps{
 		Secret: d.Secret, Clock: d.Clock, Logger: d.Logger, Resolver: d.Resolver, Dir: dir, LocalName: cfg.Hostname,
+		TokenRenewed: d.tokenRenewed, ClientCertificate: d.clientCertificate,
 	})
 	if err != nil {
 		return nil, "", fmt.Errorf("upstream (%s): %w", u.Kind, err)

@@ -27,6 +27,11 @@ func TestTraceCommand(t *testing.T) {
 	} {
 		s.Record(e)
 	}
+	// A device whose sender is rewritten, logged in on the submission port.
+	s.Record(trace.Event{Time: now.Add(-20 * time.Minute), Kind: trace.Received, QueueID: "Q3", From: "relay@example.com",
+		FromReceived: "mfp7@plant.local", Listener: "submission", Account: "mfp7", To: []string{"ops@example.com"}, TLSVersion: "1.0"})
+	s.Record(trace.Event{Time: now.Add(-19 * time.Minute), Kind: trace.Delivered, QueueID: "Q3", From: "relay@example.com",
+		Account: "mfp7", To: []string{"ops@example.com"}, Attempt: 1, Reply: "250 accepted", Upstream: "m365-oauth"})
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +44,12 @@ func TestTraceCommand(t *testing.T) {
 		notWant   []string
 		wantError string // in stderr
 	}{
-		{"everything, newest first", nil, 0, []string{"deferred   Q2", "received   Q2", "received   Q1"}, nil, ""},
+		{"everything, newest first", nil, 0, []string{"delivered  Q3", "received   Q3", "deferred   Q2", "received   Q2", "received   Q1"}, nil, ""},
+		{"by the sender as received", []string{"-from", "mfp7@plant.local", "-status", "delivered"}, 0,
+			[]string{"delivered  Q3", "from relay@example.com to ops@example.com"}, []string{"Q2", "received "}, ""},
+		{"by device (listener)", []string{"-device", "submission"}, 0,
+			[]string{"delivered  Q3", "received   Q3", "from relay@example.com (received as mfp7@plant.local)", "login mfp7, on submission, TLS 1.0"}, []string{"Q2"}, ""},
+		{"by device (login)", []string{"-device", "MFP7", "-kind", "delivered"}, 0, []string{"delivered  Q3"}, []string{"Q2", "received "}, ""},
 		{"by queue id", []string{"-id", "q1"}, 0, []string{"Q1", `"scan 1"`}, []string{"Q2"}, ""},
 		{"by recipient domain and kind", []string{"-to", "@example.com", "-kind", "deferred"}, 0,
 			[]string{"Q2  attempt 1  via m365-oauth", "reply: 451 4.7.500 Server busy", "hint: Microsoft is throttling"}, []string{"received"}, ""},

@@ -126,3 +126,32 @@ func SelfSigned(hostname string, now time.Time) (certPEM, keyPEM []byte, err err
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), nil
 }
+
+// NotAfter is when the listeners' certificate expires: the first
+// certificate in certFile when given, else the self-signed one in dir. It
+// reads the file, not the certificate a Getter holds, so a metric can ask
+// at any time without waiting for a first start's key generation;
+// os.ErrNotExist while that has not finished.
+func NotAfter(dir, certFile string) (time.Time, error) {
+	if certFile == "" {
+		certFile = filepath.Join(dir, "relay.crt")
+	}
+	b, err := os.ReadFile(certFile)
+	if err != nil {
+		return time.Time{}, err
+	}
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			return time.Time{}, fmt.Errorf("%s: no PEM certificate", certFile)
+		}
+		if blk.Type == "CERTIFICATE" {
+			c, err := x509.ParseCertificate(blk.Bytes)
+			if err != nil {
+				return time.Time{}, fmt.Errorf("%s: %w", certFile, err)
+			}
+			return c.NotAfter, nil
+		}
+	}
+}

@@ -32,6 +32,7 @@ type Config struct {
 	Upstream   Upstream   `json:"upstream"`
 	Bounce     Bounce     `json:"bounce"`
 	Trace      Trace      `json:"trace"`
+	Alerts     Alerts     `json:"alerts"`
 }
 
 // Listener is one SMTP port on the plant side.
@@ -193,6 +194,9 @@ type Bounce struct {
 type Trace struct {
 	// RetentionDays default 30.
 	RetentionDays int `json:"retention_days,omitempty"`
+	// MaxBytes caps the trace's files (day files and their indexes)
+	// together: past it the oldest days go, today's never. Default 512 MiB.
+	MaxBytes int64 `json:"max_bytes,omitempty"`
 }
 
 // Duration is a time.Duration written as "90s", "5m", "120h".
@@ -321,6 +325,8 @@ func (c *Config) SetDefaults() {
 	setDefault(&c.Delivery.MaxRetry, Duration(time.Hour))
 	setDefault(&c.Delivery.Lifetime, Duration(5*24*time.Hour))
 	setDefault(&c.Trace.RetentionDays, 30)
+	setDefault(&c.Trace.MaxBytes, 512<<20)
+	c.Alerts.setDefaults()
 	c.Upstream.setDefaults()
 }
 
@@ -471,7 +477,11 @@ func (c *Config) Validate() Errors {
 	if c.Trace.RetentionDays < 1 {
 		bad("trace.retention_days", "at least 1")
 	}
+	if c.Trace.MaxBytes < 1<<20 {
+		bad("trace.max_bytes", "%d is below 1 MiB (1048576); the trace needs room for at least today", c.Trace.MaxBytes)
+	}
 	errs = append(errs, c.Upstream.validate("upstream")...)
+	errs = append(errs, c.Alerts.validate()...)
 	return errs
 }
 

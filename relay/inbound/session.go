@@ -831,10 +831,33 @@ func (ss *session) store(src io.Reader, complete func() bool) (reply error, read
 	if o.AcceptLatency != nil {
 		o.AcceptLatency(o.Clock().Sub(start))
 	}
-	o.Record(trace.Event{Time: start, Kind: trace.Received, QueueID: id, MessageID: info.MessageID,
-		ClientIP: env.ClientIP, From: env.From, To: ss.rcpts, Subject: info.Subject, Size: info.Size})
+	ev := trace.Event{Time: start, Kind: trace.Received, QueueID: id, MessageID: info.MessageID,
+		ClientIP: env.ClientIP, From: env.From, To: ss.rcpts, Subject: info.Subject, Size: info.Size,
+		Listener: o.Name, Account: ss.login}
+	if env.From != ss.from {
+		ev.FromReceived = ss.from // senders.rewrite_from replaced it
+	}
+	if st := ss.tlsState; st != nil {
+		ev.TLSVersion, ev.TLSCipher = tlsVersionName(st.Version), tls.CipherSuiteName(st.CipherSuite)
+	}
+	o.Record(ev)
 	log.Debug("queued", "from", env.From, "rcpts", len(ss.rcpts), "size", info.Size, "message_id", info.MessageID)
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK queued as " + id}, nil
+}
+
+// tlsVersionName is "1.0" .. "1.3", as in the configuration's min_tls.
+func tlsVersionName(v uint16) string {
+	switch v {
+	case tls.VersionTLS10:
+		return "1.0"
+	case tls.VersionTLS11:
+		return "1.1"
+	case tls.VersionTLS12:
+		return "1.2"
+	case tls.VersionTLS13:
+		return "1.3"
+	}
+	return "other"
 }
 
 // isReadError reports an error of the client connection (or the DATA

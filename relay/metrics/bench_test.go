@@ -26,10 +26,10 @@ func BenchmarkObserveAccept(b *testing.B) {
 }
 
 func BenchmarkRefused(b *testing.B) {
-	m := New(Gauges{})
+	refused := New(Gauges{}).RefusedOn("plant")
 	b.ReportAllocs()
 	for b.Loop() {
-		m.Refused(RateLimited)
+		refused(RateLimited)
 	}
 }
 

@@ -9,12 +9,14 @@ package metrics
 
 import (
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/trace"
 )
 
@@ -45,28 +47,57 @@ type Gauges struct {
 	SpoolFreeBytes      func() float64       // free space for the spool
 	UpstreamConnections func() float64       // open connections to the upstream
 	TraceDropped        func() uint64        // trace.Store.Stats().Dropped
+	// DeviceQueues is the spool by device (one entry per login, "" for the
+	// devices that send without one).
+	DeviceQueues func() []DeviceQueue
+	// TLSCertificateExpiry is when the listeners' STARTTLS certificate
+	// expires; false when there is none (no listener offers STARTTLS).
+	TLSCertificateExpiry func() (time.Time, bool)
+	// ClockSynchronised says whether the kernel's clock is synchronised
+	// (ClockSynchronised in this package on Linux); false, false when it
+	// cannot tell, and the metric is left out.
+	ClockSynchronised func() (synced, known bool)
+	// Clock is now, for the "expires in" gauges and the allowance windows
+	// (default time.Now).
+	Clock func() time.Time
+}
+
+// DeviceQueue is what one device has waiting in the spool.
+type DeviceQueue struct {
+	Account  string // the login; "" for devices without one
+	Messages int
+	Oldest   time.Time // when the oldest of them was received
 }
 
 // Metrics is one relay's metrics.
 type Metrics struct {
 	reg           *prometheus.Registry
+	clock         func() time.Time
 	messages      map[trace.Kind]prometheus.Counter
 	recipients    map[trace.Kind]prometheus.Counter
 	receivedBytes prometheus.Counter
 	accept        prometheus.Histogram
 	delivery      prometheus.Histogram
-	refused       map[string]prometheus.Counter
+	refused       *prometheus.CounterVec // listener, reason
+	deliveries    *prometheus.CounterVec // upstream, result
+	tlsSeen       *prometheus.CounterVec // listener, account, version, cipher
+	up            upstreamMetrics
+	tokens        map[bool]prometheus.Counter
+	creds         credentials
 }
 
 // New registers the relay's metrics, plus Go runtime and process metrics, on
 // a new registry.
 func New(g Gauges) *Metrics {
 	reg := prometheus.NewRegistry()
+	if g.Clock == nil {
+		g.Clock = time.Now
+	}
 	m := &Metrics{
 		reg:        reg,
+		clock:      g.Clock,
 		messages:   map[trace.Kind]prometheus.Counter{},
 		recipients: map[trace.Kind]prometheus.Counter{},
-		refused:    map[string]prometheus.Counter{},
 	}
 	messages := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "siterelay_messages_total",
@@ -76,17 +107,22 @@ func New(g Gauges) *Metrics {
 		Name: "siterelay_recipients_total",
 		Help: "Recipients of trace events by kind (received: recipients accepted; the others: recipients with that outcome).",
 	}, []string{"kind"})
-	refused := prometheus.NewCounterVec(prometheus.CounterOpts{
+	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "siterelay_refused_total",
-		Help: "Commands or messages from devices refused, by reason.",
-	}, []string{"reason"})
+		Help: "Commands or messages from devices refused, by listener and reason.",
+	}, []string{"listener", "reason"})
 	for _, k := range trace.Kinds {
 		m.messages[k] = messages.WithLabelValues(string(k))
 		m.recipients[k] = recipients.WithLabelValues(string(k))
 	}
-	for _, r := range Reasons {
-		m.refused[r] = refused.WithLabelValues(r)
-	}
+	m.deliveries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "siterelay_deliveries_total",
+		Help: "Recipients by delivery outcome (result: delivered, deferred, bounced, failed, expired) and upstream kind.",
+	}, []string{"upstream", "result"})
+	m.tlsSeen = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "siterelay_device_tls_messages_total",
+		Help: "Messages received by listener, login (\"\" without) and the TLS version and cipher the device used (version \"none\" without STARTTLS): where the old printers are.",
+	}, []string{"listener", "account", "version", "cipher"})
 	m.receivedBytes = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "siterelay_received_bytes_total",
 		Help: "Size of the messages accepted from devices.",
@@ -101,8 +137,34 @@ func New(g Gauges) *Metrics {
 		Help:    "Time from acceptance to delivery to the upstream, retries included.",
 		Buckets: []float64{.1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, 48 * 3600},
 	})
-	reg.MustRegister(messages, recipients, refused, m.receivedBytes, m.accept, m.delivery,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(messages, recipients, m.refused, m.deliveries, m.tlsSeen, m.receivedBytes, m.accept, m.delivery,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo())
+	m.up = newUpstreamMetrics(reg)
+	tokens := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "siterelay_token_renewals_total",
+		Help: "OAuth token requests to Microsoft Entra by result (ok, failed).",
+	}, []string{"result"})
+	m.tokens = map[bool]prometheus.Counter{true: tokens.WithLabelValues("ok"), false: tokens.WithLabelValues("failed")}
+	reg.MustRegister(tokens)
+	m.creds.clock = g.Clock
+	m.creds.tls = g.TLSCertificateExpiry
+	reg.MustRegister(&m.creds)
+	if g.DeviceQueues != nil {
+		reg.MustRegister(&deviceQueues{fn: g.DeviceQueues, clock: g.Clock})
+	}
+	if g.ClockSynchronised != nil {
+		if _, known := g.ClockSynchronised(); known {
+			reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "siterelay_clock_synchronised",
+				Help: "1 when the kernel says its clock is synchronised (NTP), 0 when not: TLS, tokens and certificates need the right time.",
+			}, func() float64 {
+				if ok, _ := g.ClockSynchronised(); ok {
+					return 1
+				}
+				return 0
+			}))
+		}
+	}
 
 	gauge := func(name, help string, fn func() float64) {
 		if fn != nil {
@@ -134,9 +196,38 @@ func (m *Metrics) Observe(e trace.Event) {
 	}
 	c.Inc()
 	m.recipients[e.Kind].Add(float64(len(e.To)))
-	if e.Kind == trace.Received && e.Size > 0 {
-		m.receivedBytes.Add(float64(e.Size))
+	if e.Kind == trace.Received {
+		if e.Size > 0 {
+			m.receivedBytes.Add(float64(e.Size))
+		}
+		version, cipher := e.TLSVersion, e.TLSCipher
+		if version == "" {
+			version, cipher = "none", ""
+		}
+		m.tlsSeen.WithLabelValues(e.Listener, e.Account, version, cipher).Inc()
+		return
 	}
+	m.deliveries.WithLabelValues(UpstreamKind(e.Upstream), string(e.Kind)).Add(float64(len(e.To)))
+}
+
+// UpstreamKind is the kind in an upstream's trace name ("m365-oauth
+// contoso" is m365-oauth), one of config.Kinds, else "other": a label,
+// never the host or tenant.
+func UpstreamKind(name string) string {
+	k, _, _ := strings.Cut(name, " ")
+	if config.Kind(k).Known() {
+		return k
+	}
+	return "other"
+}
+
+// Upstreams makes the delivery series of an upstream kind exist at 0, so
+// that rates and alerts work before the first delivery.
+func (m *Metrics) Upstreams(kind string) {
+	for _, k := range trace.Kinds[1:] {
+		m.deliveries.WithLabelValues(kind, string(k))
+	}
+	m.up.init(kind)
 }
 
 // ObserveAccept records how long the relay took to accept a message.
@@ -146,14 +237,40 @@ func (m *Metrics) ObserveAccept(d time.Duration) { m.accept.Observe(d.Seconds())
 // delivery.
 func (m *Metrics) ObserveDelivery(d time.Duration) { m.delivery.Observe(d.Seconds()) }
 
-// Refused counts a refusal; reason is one of Reasons.
-func (m *Metrics) Refused(reason string) {
-	c, ok := m.refused[reason]
-	if !ok {
-		c = m.refused[Other]
+// RefusedOn is the refusal counter of one listener, for its sessions:
+// reason is one of Reasons (any other counts as Other). Every reason's
+// series exists from the call on, at 0.
+func (m *Metrics) RefusedOn(listener string) func(reason string) {
+	byReason := make(map[string]prometheus.Counter, len(Reasons))
+	for _, r := range Reasons {
+		byReason[r] = m.refused.WithLabelValues(listener, r)
 	}
-	c.Inc()
+	return func(reason string) {
+		c, ok := byReason[reason]
+		if !ok {
+			c = byReason[Other]
+		}
+		c.Inc()
+	}
 }
+
+// TokenRenewed counts a token request and, when it succeeded, notes when
+// the new token expires. m365.Deps.TokenRenewed takes it.
+func (m *Metrics) TokenRenewed(expires time.Time, err error) {
+	m.tokens[err == nil].Inc()
+	if err == nil {
+		m.creds.set(credToken, expires)
+	}
+}
+
+// ClientCertificate notes when the upstream's client certificate (the
+// OAuth assertion's or the connector's) expires; zero when the upstream in
+// force has none.
+func (m *Metrics) ClientCertificate(notAfter time.Time) { m.creds.set(credClient, notAfter) }
+
+// ForgetToken drops the token's expiry (an upstream without OAuth is now in
+// force).
+func (m *Metrics) ForgetToken() { m.creds.set(credToken, time.Time{}) }
 
 // Registry is the registry the metrics are on, for adding more.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }

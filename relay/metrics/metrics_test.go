@@ -63,15 +63,22 @@ func TestObserve(t *testing.T) {
 
 func TestRefused(t *testing.T) {
 	m := New(Gauges{})
+	plant, office := m.RefusedOn("plant"), m.RefusedOn("office")
 	for _, r := range []string{TooBig, TooBig, Smuggling, "made-up", ""} {
-		m.Refused(r)
+		plant(r)
 	}
-	for _, tt := range []struct {
-		reason string
-		want   float64
-	}{{TooBig, 2}, {Smuggling, 1}, {Other, 2}, {NotAllowed, 0}} {
-		if got := value(t, m.refused[tt.reason]); got != tt.want {
-			t.Errorf("refused{reason=%s} = %v, want %v", tt.reason, got, tt.want)
+	office(NotAllowed)
+	body := scrape(t, m)
+	for _, want := range []string{
+		`siterelay_refused_total{listener="plant",reason="too_big"} 2`,
+		`siterelay_refused_total{listener="plant",reason="smuggling"} 1`,
+		`siterelay_refused_total{listener="plant",reason="other"} 2`,
+		`siterelay_refused_total{listener="plant",reason="not_allowed"} 0`,
+		`siterelay_refused_total{listener="office",reason="not_allowed"} 1`,
+		`siterelay_refused_total{listener="office",reason="storage_full"} 0`,
+	} {
+		if !strings.Contains(body, want+"\n") {
+			t.Errorf("scrape lacks %q", want)
 		}
 	}
 }
@@ -89,6 +96,7 @@ func scrape(t *testing.T, m *Metrics) string {
 
 func TestHandler(t *testing.T) {
 	m := New(allGauges())
+	m.RefusedOn("plant")
 	m.ObserveAccept(3 * time.Millisecond)
 	m.ObserveDelivery(2 * time.Second)
 	m.Observe(trace.Event{Kind: trace.Received, To: []string{"a"}, Size: 10})
@@ -98,7 +106,7 @@ func TestHandler(t *testing.T) {
 		`siterelay_messages_total{kind="expired"} 0`,
 		`siterelay_recipients_total{kind="received"} 1`,
 		`siterelay_received_bytes_total 10`,
-		`siterelay_refused_total{reason="storage_full"} 0`,
+		`siterelay_refused_total{listener="plant",reason="storage_full"} 0`,
 		`siterelay_accept_duration_seconds_bucket{le="0.005"} 1`,
 		`siterelay_accept_duration_seconds_count 1`,
 		`siterelay_delivery_duration_seconds_bucket{le="2.5"} 1`,

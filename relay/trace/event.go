@@ -34,14 +34,27 @@ type Event struct {
 	QueueID   string    `json:"queue_id,omitempty"`
 	MessageID string    `json:"message_id,omitempty"`
 	ClientIP  string    `json:"client_ip,omitempty"`
-	From      string    `json:"from"`
-	To        []string  `json:"to,omitempty"`
-	Subject   string    `json:"subject,omitempty"`
-	Size      int64     `json:"size,omitempty"`
-	Attempt   int       `json:"attempt,omitempty"`
-	Reply     string    `json:"reply,omitempty"`
-	Hint      string    `json:"hint,omitempty"`
-	Upstream  string    `json:"upstream,omitempty"`
+	// Listener is the listener the message came in on; Account the
+	// device login it used ("" without). Until devices are configuration
+	// objects, these two are how the trace and the metrics tell devices
+	// apart.
+	Listener string `json:"listener,omitempty"`
+	Account  string `json:"account,omitempty"`
+	// TLSVersion ("1.2") and TLSCipher (Go's name of the suite) are the
+	// device's TLS session, on received events; empty without STARTTLS.
+	TLSVersion string `json:"tls_version,omitempty"`
+	TLSCipher  string `json:"tls_cipher,omitempty"`
+	// From is the envelope sender as sent upstream; FromReceived the one
+	// the device gave, set only when senders.rewrite_from replaced it.
+	From         string   `json:"from"`
+	FromReceived string   `json:"from_received,omitempty"`
+	To           []string `json:"to,omitempty"`
+	Subject      string   `json:"subject,omitempty"`
+	Size         int64    `json:"size,omitempty"`
+	Attempt      int      `json:"attempt,omitempty"`
+	Reply        string   `json:"reply,omitempty"`
+	Hint         string   `json:"hint,omitempty"`
+	Upstream     string   `json:"upstream,omitempty"`
 }
 
 // maxField caps each string field on disk, so one odd message (a 100 kB
@@ -59,8 +72,13 @@ func appendEvent(b []byte, e *Event) []byte {
 	b = appendField(b, `,"queue_id":`, e.QueueID)
 	b = appendField(b, `,"message_id":`, e.MessageID)
 	b = appendField(b, `,"client_ip":`, e.ClientIP)
+	b = appendField(b, `,"listener":`, e.Listener)
+	b = appendField(b, `,"account":`, e.Account)
+	b = appendField(b, `,"tls_version":`, e.TLSVersion)
+	b = appendField(b, `,"tls_cipher":`, e.TLSCipher)
 	b = append(b, `,"from":`...)
 	b = appendString(b, e.From)
+	b = appendField(b, `,"from_received":`, e.FromReceived)
 	if len(e.To) > 0 {
 		b = append(b, `,"to":[`...)
 		for i, to := range e.To {

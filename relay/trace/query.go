@@ -15,15 +15,23 @@ import (
 )
 
 // Filter selects events. Empty fields match everything; the string matches
-// ignore case. Sender, Recipient and Subject match substrings (so a domain
-// finds all its addresses, and a full address finds itself); QueueID,
-// MessageID (with or without angle brackets), ClientIP and Kind must be equal.
+// ignore case. Sender and Recipient given as a whole address
+// (anna@example.com) match that address; otherwise (@example.com, anna)
+// any address containing them. Sender matches the envelope sender as
+// received or as sent. Subject matches a substring; QueueID, MessageID
+// (with or without angle brackets), ClientIP, Device and Kind must be
+// equal. Device is, until devices are configuration objects, the login
+// (Event.Account) or the listener's name (Event.Listener).
+//
+// A filter with a queue ID, a message ID or a whole address is answered
+// from the day files' indexes; the others scan the days in range.
 type Filter struct {
 	QueueID   string
 	MessageID string
 	Sender    string
 	Recipient string
 	ClientIP  string
+	Device    string
 	Kind      Kind
 	Subject   string
 	Since     time.Time // inclusive
@@ -51,6 +59,12 @@ func (s *Store) Query(ctx context.Context, f Filter) ([]Event, error) {
 // only reads, so it can run beside the relay that writes (relayd trace).
 // Events the relay still holds in memory (at most a second's) are not seen.
 func Search(ctx context.Context, dir string, f Filter) ([]Event, error) {
+	return search(ctx, dir, f, true)
+}
+
+// search is Search, with or without the indexes (the benchmark's linear
+// scan is the same search without them).
+func search(ctx context.Context, dir string, f Filter, useIndex bool) ([]Event, error) {
 	if f.Limit < 0 || f.Limit > MaxLimit {
 		return nil, fmt.Errorf("querying trace: limit %d outside 0..%d", f.Limit, MaxLimit)
 	}
@@ -65,6 +79,31 @@ func Search(ctx context.Context, dir string, f Filter) ([]Event, error) {
 	if err != nil {
 		return nil, fmt.Errorf("querying trace: %w", err)
 	}
+	if (f.Sender == "" && f.Device == "") || f.Kind == "" || f.Kind == Received {
+		out, err := searchDays(ctx, dir, days, f, m, useIndex)
+		if err != nil {
+			return nil, err
+		}
+		return joinMessages(ctx, dir, days, f, m, out, useIndex)
+	}
+	// A kind other than received, by sender or device: find the messages
+	// by their received events first.
+	all := f
+	all.Kind = ""
+	all.Limit = MaxLimit
+	am := newMatcher(all)
+	out, err := searchDays(ctx, dir, days, all, am, useIndex)
+	if err != nil {
+		return nil, err
+	}
+	if out, err = joinMessages(ctx, dir, days, all, am, out, useIndex); err != nil {
+		return nil, err
+	}
+	out = slices.DeleteFunc(out, func(e Event) bool { return e.Kind != f.Kind })
+	return out[:min(len(out), f.Limit)], nil
+}
+
+func searchDays(ctx context.Context, dir string, days []int64, f Filter, m matcher, useIndex bool) ([]Event, error) {
 	var out []Event
 	for _, d := range slices.Backward(days) {
 		if !f.Since.IsZero() && d < dayOf(f.Since) {
@@ -75,7 +114,7 @@ func Search(ctx context.Context, dir string, f Filter) ([]Event, error) {
 		}
 		// A day file holds only that day's events, so every match in it is
 		// newer than any match in an older file.
-		got, err := scanFile(ctx, filepath.Join(dir, dayName(d)), m)
+		got, err := searchDay(ctx, dir, d, m, useIndex)
 		if err != nil {
 			return nil, fmt.Errorf("querying trace: %w", err)
 		}
@@ -88,7 +127,57 @@ func Search(ctx context.Context, dir string, f Filter) ([]Event, error) {
 	return out, nil
 }
 
-func scanFile(ctx context.Context, path string, m matcher) ([]Event, error) {
+// joinMessages adds the later events of messages whose received event
+// matched by what only that event carries: the sender as the device gave
+// it (FromReceived) and the listener. The spool keeps the envelope as
+// sent, so delivery events have neither; without the join a search by a
+// device's own sender address would find its mail received and never
+// delivered.
+func joinMessages(ctx context.Context, dir string, days []int64, f Filter, m matcher, out []Event, useIndex bool) ([]Event, error) {
+	if f.Sender == "" && f.Device == "" {
+		return out, nil
+	}
+	rest := f
+	rest.Sender, rest.Device, rest.QueueID = "", "", ""
+	var joined []Event
+	for _, e := range out {
+		if e.Kind != Received || e.QueueID == "" ||
+			(f.Sender == "" || m.addrMatches(e.From, m.sender, m.wholeSender)) &&
+				(f.Device == "" || equalFold(e.Account, m.device)) {
+			continue // its other events match by themselves
+		}
+		q := rest
+		q.QueueID = e.QueueID
+		if q.Since.Before(e.Time) {
+			q.Since = e.Time
+		}
+		if !q.Until.IsZero() && !q.Until.After(q.Since) {
+			continue
+		}
+		qm := newMatcher(q)
+		got, err := searchDays(ctx, dir, days, q, qm, useIndex)
+		if err != nil {
+			return nil, err
+		}
+		for _, g := range got {
+			if g.Kind != Received {
+				joined = append(joined, g)
+			}
+		}
+	}
+	if len(joined) == 0 {
+		return out, nil
+	}
+	out = append(out, joined...)
+	slices.SortStableFunc(out, func(a, b Event) int { return b.Time.Compare(a.Time) })
+	return out[:min(len(out), f.Limit)], nil
+}
+
+// searchDay finds the matches in one day file: through its index where
+// the filter has a key and the index covers the file, by scanning the
+// rest.
+func searchDay(ctx context.Context, dir string, d int64, m matcher, useIndex bool) ([]Event, error) {
+	path := filepath.Join(dir, dayName(d))
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) { // removed by retention meanwhile
 		return nil, nil
@@ -97,7 +186,73 @@ func scanFile(ctx context.Context, path string, m matcher) ([]Event, error) {
 		return nil, err
 	}
 	defer f.Close()
-	r := bufio.NewReaderSize(f, 64<<10)
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	var out []Event
+	var covered int64
+	if h, ok := m.key(); ok && useIndex {
+		out, covered, err = indexed(f, filepath.Join(dir, indexName(d)), st.Size(), h, m)
+		if err != nil {
+			return nil, fmt.Errorf("reading %s: %w", filepath.Base(path), err)
+		}
+	}
+	rest, err := scanFile(ctx, f, covered, m)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", filepath.Base(path), err)
+	}
+	return append(out, rest...), nil
+}
+
+// indexed reads the lines the index of df holds for h and returns those
+// that match, and how much of df the index covers (0 without an index).
+func indexed(df *os.File, idxPath string, size int64, h uint32, m matcher) ([]Event, int64, error) {
+	f, err := os.Open(idxPath)
+	if err != nil {
+		return nil, 0, nil // no index (an old box's day, or not yet rebuilt): scan it all
+	}
+	defer f.Close()
+	segs, covered, _, err := readChain(f, size, false)
+	if err != nil {
+		return nil, 0, nil
+	}
+	var es []entry
+	for _, seg := range segs {
+		if es, err = lookup(f, seg, h, es); err != nil {
+			return nil, 0, nil
+		}
+	}
+	// Newest first, so that a limit stops the reading early.
+	slices.SortFunc(es, func(a, b entry) int {
+		if a.ms != b.ms {
+			return cmpU32(b.ms, a.ms)
+		}
+		return cmpU32(b.off, a.off)
+	})
+	var out []Event
+	var buf []byte
+	for _, e := range es {
+		if len(out) >= m.f.Limit && m.f.Limit > 0 {
+			break
+		}
+		if e.n == 0 || e.n > 1<<20 {
+			continue
+		}
+		buf = slices.Grow(buf[:0], int(e.n))[:e.n]
+		if _, err := df.ReadAt(buf, int64(e.off)); err != nil {
+			return nil, 0, err
+		}
+		if ev, perr := parseLine(buf); perr == nil && m.match(&ev) {
+			out = append(out, ev)
+		}
+	}
+	return out, covered, nil
+}
+
+// scanFile parses every line of f from offset from on.
+func scanFile(ctx context.Context, f *os.File, from int64, m matcher) ([]Event, error) {
+	r := bufio.NewReaderSize(io.NewSectionReader(f, from, 1<<62), 64<<10)
 	var out []Event
 	for n := 0; ; n++ {
 		if n%4096 == 0 {
@@ -115,7 +270,7 @@ func scanFile(ctx context.Context, path string, m matcher) ([]Event, error) {
 			return out, nil
 		}
 		if err != nil {
-			return nil, fmt.Errorf("reading %s: %w", filepath.Base(path), err)
+			return nil, err
 		}
 	}
 }
@@ -124,8 +279,11 @@ type matcher struct {
 	f Filter
 	// Lower case (ASCII only, addresses and IDs are ASCII in practice;
 	// subject is folded fully).
-	queueID, clientIP, sender, recipient, subject string
-	messageID                                     string // also without angle brackets
+	queueID, clientIP, sender, recipient, subject, device string
+	messageID                                             string // also without angle brackets
+	// wholeSender and wholeRecipient: the filter is a whole address, to
+	// match equal (and to look up in the index).
+	wholeSender, wholeRecipient bool
 	// needle is a lower-case string every matching line must contain, to
 	// skip parsing most lines of a large file.
 	needle string
@@ -140,7 +298,9 @@ func newMatcher(f Filter) matcher {
 		recipient: lowerASCII(f.Recipient),
 		subject:   strings.ToLower(f.Subject),
 		messageID: lowerASCII(strings.Trim(f.MessageID, "<>")),
+		device:    lowerASCII(f.Device),
 	}
+	m.wholeSender, m.wholeRecipient = wholeAddress(m.sender), wholeAddress(m.recipient)
 	// Only plain ASCII needles without JSON escapes are safe to look for in
 	// the raw line.
 	for _, s := range []string{m.queueID, m.messageID, m.recipient, m.sender} {
@@ -150,6 +310,28 @@ func newMatcher(f Filter) matcher {
 		}
 	}
 	return m
+}
+
+// key is the index key to look the filter up by, the most selective one
+// it has; false when it has none (a scan then).
+func (m *matcher) key() (uint32, bool) {
+	switch {
+	case m.queueID != "":
+		return hashKey(tagQueue, m.queueID), true
+	case m.messageID != "":
+		return hashKey(tagMessage, m.messageID), true
+	case m.wholeRecipient:
+		return hashKey(tagRecipient, m.recipient), true
+	case m.wholeSender:
+		return hashKey(tagSender, m.sender), true
+	}
+	return 0, false
+}
+
+// wholeAddress: local@domain, nothing missing on either side.
+func wholeAddress(s string) bool {
+	at := strings.LastIndexByte(s, '@')
+	return at > 0 && at < len(s)-1 && !strings.ContainsAny(s, " \t<>")
 }
 
 func isPlain(s string) bool {
@@ -200,19 +382,32 @@ func (m *matcher) match(e *Event) bool {
 		m.queueID != "" && !equalFold(e.QueueID, m.queueID),
 		m.messageID != "" && !equalFold(strings.Trim(e.MessageID, "<>"), m.messageID),
 		m.clientIP != "" && !equalFold(e.ClientIP, m.clientIP),
-		m.sender != "" && !containsFold(e.From, m.sender),
+		m.sender != "" && !m.senderMatches(e),
+		m.device != "" && !equalFold(e.Account, m.device) && !equalFold(e.Listener, m.device),
 		m.subject != "" && !strings.Contains(strings.ToLower(e.Subject), m.subject):
 		return false
 	}
 	if m.recipient != "" {
 		for _, to := range e.To {
-			if containsFold(to, m.recipient) {
+			if m.addrMatches(to, m.recipient, m.wholeRecipient) {
 				return true
 			}
 		}
 		return false
 	}
 	return true
+}
+
+func (m *matcher) senderMatches(e *Event) bool {
+	return m.addrMatches(e.From, m.sender, m.wholeSender) ||
+		e.FromReceived != "" && m.addrMatches(e.FromReceived, m.sender, m.wholeSender)
+}
+
+func (m *matcher) addrMatches(addr, want string, whole bool) bool {
+	if whole {
+		return equalFold(addr, want)
+	}
+	return containsFold(addr, want)
 }
 
 func lowerASCII(s string) string {
@@ -250,6 +445,9 @@ func WriteText(w io.Writer, events []Event) error {
 		if from == "" {
 			from = "<>"
 		}
+		if e.FromReceived != "" {
+			from += " (received as " + e.FromReceived + ")"
+		}
 		fmt.Fprintf(bw, "\n    from %s to %s", from, strings.Join(e.To, ", "))
 		var facts []string
 		if e.Size > 0 {
@@ -257,6 +455,15 @@ func WriteText(w io.Writer, events []Event) error {
 		}
 		if e.Subject != "" {
 			facts = append(facts, strconv.Quote(e.Subject))
+		}
+		if e.Account != "" {
+			facts = append(facts, "login "+e.Account)
+		}
+		if e.Listener != "" {
+			facts = append(facts, "on "+e.Listener)
+		}
+		if e.TLSVersion != "" {
+			facts = append(facts, "TLS "+e.TLSVersion)
 		}
 		for _, f := range []string{e.MessageID, e.ClientIP} {
 			if f != "" {

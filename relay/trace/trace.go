@@ -1,6 +1,7 @@
 // Package trace keeps the searchable message trace: one JSON line per event
 // (received, deferred, delivered, ...) in a file per UTC day, like Microsoft's
-// message trace that admins already know.
+// message trace that admins already know, with an index beside each day
+// file for lookups by queue ID, message ID and address (index.go).
 //
 // The trace is diagnostics, not the durable record (the spool is): Record
 // never waits for the disk. Events are appended to an in-memory buffer that a
@@ -16,6 +17,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,7 +29,8 @@ type Options struct {
 	// (default 30).
 	RetentionDays int
 	// MaxBytes, if set, also removes the oldest day files (never today's)
-	// while all of them together are larger; checked every minute.
+	// while all of them together, with their indexes, are larger; checked
+	// every minute.
 	MaxBytes int64
 	// BufferBytes bounds the memory holding events not yet written
 	// (default 1 MiB). Beyond it events are dropped.
@@ -53,9 +56,10 @@ const numChunks = 4
 
 // chunk is a run of encoded lines of one UTC day.
 type chunk struct {
-	day int64 // days since the Unix epoch
-	n   int   // events in b
-	b   []byte
+	day  int64 // days since the Unix epoch
+	n    int   // events in b
+	b    []byte
+	keys []entry // index keys of the lines in b, offsets relative to b
 }
 
 // Store is the trace of one relay, in one directory.
@@ -77,11 +81,17 @@ type Store struct {
 
 	subs atomic.Pointer[[]func(Event)]
 
+	// segEntries is how many keys make an index segment (segmentEntries;
+	// tests make it small).
+	segEntries int
+	rebuilds   sync.WaitGroup // background index rebuilds
+
 	recorded, dropped, writeErrors atomic.Uint64
 
 	// Owned by the writer goroutine.
 	file      *os.File
 	fileDay   int64
+	index     *dayIndex // the index of file; nil when it could not be opened
 	lastPrune time.Time
 }
 
@@ -93,6 +103,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, err
 	}
 	go s.writer()
+	s.rebuild()
 	return s, nil
 }
 
@@ -129,14 +140,15 @@ func newStore(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("opening trace: %w", err)
 	}
 	s := &Store{
-		dir:       dir,
-		opts:      opts,
-		chunkSize: opts.BufferBytes / numChunks,
-		full:      make(chan *chunk, numChunks),
-		flushes:   make(chan chan error),
-		done:      make(chan struct{}),
-		stopped:   make(chan struct{}),
-		fileDay:   -1 << 62,
+		dir:        dir,
+		opts:       opts,
+		chunkSize:  opts.BufferBytes / numChunks,
+		full:       make(chan *chunk, numChunks),
+		flushes:    make(chan chan error),
+		done:       make(chan struct{}),
+		stopped:    make(chan struct{}),
+		fileDay:    -1 << 62,
+		segEntries: segmentEntries,
 	}
 	if err := s.prune(); err != nil {
 		return nil, err
@@ -201,7 +213,12 @@ func (s *Store) Record(e Event) {
 		}
 		s.cur.day = day
 	}
+	start := len(s.cur.b)
 	s.cur.b = appendEvent(s.cur.b, &e)
+	c := s.cur
+	n := uint32(len(c.b) - start)
+	ms := msOfDay(e.Time)
+	eventKeys(&e, func(h uint32) { c.keys = append(c.keys, entry{h, uint32(start), n, ms}) })
 	s.cur.n++
 	s.mu.Unlock()
 	s.recorded.Add(1)
@@ -247,12 +264,53 @@ func (s *Store) Close() error {
 	s.mu.Unlock()
 	close(s.done)
 	<-s.stopped
-	if s.file != nil {
-		if err := s.file.Close(); err != nil {
-			return fmt.Errorf("closing trace: %w", err)
+	s.rebuilds.Wait()
+	var errs []error
+	if s.index != nil {
+		if err := s.index.close(); err != nil {
+			errs = append(errs, fmt.Errorf("closing trace: %w", err))
 		}
 	}
-	return nil
+	if s.file != nil {
+		if err := s.file.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("closing trace: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// rebuild indexes, in the background, the past days whose index is
+// missing, damaged or short (today's is the writer's). It stops at Close.
+func (s *Store) rebuild() {
+	today := dayOf(s.opts.Now())
+	s.rebuilds.Add(1)
+	go func() {
+		defer s.rebuilds.Done()
+		days, err := listDays(s.dir)
+		if err != nil {
+			s.opts.Logger.Warn("trace index", "err", err)
+			return
+		}
+		stop := func() bool {
+			select {
+			case <-s.done:
+				return true
+			default:
+				return false
+			}
+		}
+		for _, d := range slices.Backward(days) {
+			if d >= today {
+				continue
+			}
+			if stop() {
+				return
+			}
+			if err := rebuildIndex(s.dir, d, stop); err != nil {
+				s.opts.Logger.Warn("trace index", "err", err)
+			}
+		}
+	}()
 }
 
 // writer is the one goroutine that touches the files.
@@ -267,6 +325,12 @@ func (s *Store) writer() {
 		case <-tick.C:
 			s.drain()
 			if now := s.opts.Now(); dayOf(now) != dayOf(s.lastPrune) || s.opts.MaxBytes > 0 && now.Sub(s.lastPrune) >= time.Minute {
+				if dayOf(now) != dayOf(s.lastPrune) {
+					if s.file != nil && s.fileDay < dayOf(now) {
+						s.closeFile() // writes the closed day's last index segment
+					}
+					s.rebuild() // the day that just closed, if its index is short
+				}
 				if err := s.prune(); err != nil {
 					s.opts.Logger.Warn("trace retention", "err", err)
 				}
@@ -314,7 +378,7 @@ func (s *Store) write(c *chunk) error {
 		s.dropped.Add(uint64(c.n))
 		s.opts.Logger.Warn("trace write failed; events lost", "events", c.n, "err", err)
 	}
-	c.b, c.n = c.b[:0], 0
+	c.b, c.n, c.keys = c.b[:0], 0, c.keys[:0]
 	s.mu.Lock()
 	s.free = append(s.free, c)
 	s.mu.Unlock()
@@ -326,22 +390,48 @@ func (s *Store) writeChunk(c *chunk) error {
 		return nil
 	}
 	if s.file == nil || s.fileDay != c.day {
-		if s.file != nil {
-			s.file.Close()
-			s.file = nil
-		}
+		s.closeFile()
 		f, err := openDay(filepath.Join(s.dir, dayName(c.day)))
 		if err != nil {
 			return err
 		}
 		s.file, s.fileDay = f, c.day
+		// Without an index the day is still searched, by scanning.
+		if s.index, err = openIndex(filepath.Join(s.dir, indexName(c.day)), f); err != nil {
+			s.opts.Logger.Warn("trace index: this day is searched without it", "err", err)
+		}
 	}
 	if _, err := s.file.Write(c.b); err != nil {
-		s.file.Close()
-		s.file = nil
+		s.closeFile()
 		return fmt.Errorf("writing trace: %w", err)
 	}
+	if x := s.index; x != nil {
+		x.add(c)
+		if len(x.pending) >= s.segEntries {
+			if err := x.flush(); err != nil {
+				s.opts.Logger.Warn("trace index: this day is searched without it from here", "err", err)
+				x.f.Close()
+				s.index = nil
+			}
+		}
+	}
 	return nil
+}
+
+// closeFile closes the day file and its index (writing the index's last
+// segment). After a failed write the index is dropped unwritten: the next
+// open indexes what its chain lacks.
+func (s *Store) closeFile() {
+	if s.index != nil {
+		if err := s.index.close(); err != nil {
+			s.opts.Logger.Warn("trace index", "err", err)
+		}
+		s.index = nil
+	}
+	if s.file != nil {
+		s.file.Close()
+		s.file = nil
+	}
 }
 
 // openDay opens a day file for appending. If an earlier run stopped in the
@@ -373,8 +463,10 @@ func (s *Store) prune() error {
 	}
 	var errs []error
 	remove := func(d int64) {
-		if err := os.Remove(filepath.Join(s.dir, dayName(d))); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("trace retention: %w", err))
+		for _, name := range []string{dayName(d), indexName(d)} {
+			if err := os.Remove(filepath.Join(s.dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, fmt.Errorf("trace retention: %w", err))
+			}
 		}
 	}
 	for len(days) > 0 && days[0] <= today-int64(s.opts.RetentionDays) {
@@ -385,9 +477,11 @@ func (s *Store) prune() error {
 		var total int64
 		sizes := make([]int64, len(days))
 		for i, d := range days {
-			if st, err := os.Stat(filepath.Join(s.dir, dayName(d))); err == nil {
-				sizes[i] = st.Size()
-				total += st.Size()
+			for _, name := range []string{dayName(d), indexName(d)} {
+				if st, err := os.Stat(filepath.Join(s.dir, name)); err == nil {
+					sizes[i] += st.Size()
+					total += st.Size()
+				}
 			}
 		}
 		for i := 0; total > s.opts.MaxBytes && i < len(days) && days[i] < today; i++ {

@@ -50,6 +50,14 @@ type Deps struct {
 	RootCAs *x509.CertPool
 	// LocalName is the EHLO name.
 	LocalName string
+	// TokenRenewed, when set, is told of every token request: when the new
+	// token expires, or the error (metrics: renewals, failures, seconds
+	// until expiry). It must not block.
+	TokenRenewed func(expires time.Time, err error)
+	// ClientCertificate, when set, is told when the client certificate the
+	// upstream presents (the OAuth assertion's, the connector's) expires,
+	// once New has loaded it (metrics).
+	ClientCertificate func(notAfter time.Time)
 }
 
 func (d *Deps) defaults() {
@@ -152,7 +160,7 @@ func paceName(kind config.Kind, cfg config.M365) string {
 
 func newTokens(cfg config.M365, d Deps, log *slog.Logger) (*TokenSource, error) {
 	o := TokenOptions{BaseURL: cfg.TokenURL, Tenant: cfg.Tenant, ClientID: cfg.ClientID, Scope: cfg.Scope,
-		Alg: cfg.AssertionAlg, HTTPClient: d.HTTPClient, Clock: d.Clock, Logger: log}
+		Alg: cfg.AssertionAlg, HTTPClient: d.HTTPClient, Clock: d.Clock, Logger: log, Renewed: d.TokenRenewed}
 	if cfg.ClientSecretSecret != "" {
 		s, err := d.secret("upstream.m365.client_secret_secret", cfg.ClientSecretSecret)
 		if err != nil {
@@ -166,6 +174,9 @@ func newTokens(cfg config.M365, d Deps, log *slog.Logger) (*TokenSource, error) 
 		}
 		if o.Certificate, err = ParseCertificate(c); err != nil {
 			return nil, fmt.Errorf("upstream.m365.certificate_file: %w", err)
+		}
+		if d.ClientCertificate != nil {
+			d.ClientCertificate(o.Certificate.NotAfter)
 		}
 		k, err := d.secret("upstream.m365.certificate_key_secret", cfg.CertificateKeySecret)
 		if err != nil {

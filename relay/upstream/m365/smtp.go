@@ -80,6 +80,9 @@ func newMX(cfg config.M365, d Deps, log *slog.Logger) (upstream.Upstream, error)
 			return nil, fmt.Errorf("upstream.m365.connector_certificate_file: certificate and key do not form a pair: %w", err)
 		}
 		cert = &pair
+		if leaf := pair.Leaf; leaf != nil && d.ClientCertificate != nil {
+			d.ClientCertificate(leaf.NotAfter)
+		}
 	}
 	return &mxUpstream{cfg: cfg, d: d, log: log, cert: cert}, nil
 }

@@ -41,6 +41,10 @@ type TokenOptions struct {
 	// FirstBackoff and MaxBackoff space out attempts while the endpoint
 	// fails. Defaults 5s and 5m.
 	FirstBackoff, MaxBackoff time.Duration
+	// Renewed, when set, is told of every request's outcome: the new
+	// token's expiry, or the error (metrics). Called with the lock held:
+	// it must not block or call back.
+	Renewed func(expires time.Time, err error)
 }
 
 // TokenSource obtains access tokens by the OAuth 2.0 client credentials
@@ -148,6 +152,9 @@ func (s *TokenSource) Token(ctx context.Context) (string, error) {
 		err.RetryAfter = wait
 		s.lastErr = err
 		s.o.Logger.Warn("token request failed", "endpoint", s.endpoint, "error", err.Error(), "hint", err.Hint, "retry_in", wait)
+		if s.o.Renewed != nil {
+			s.o.Renewed(time.Time{}, err)
+		}
 		if stillGood {
 			return s.token, nil
 		}
@@ -155,6 +162,9 @@ func (s *TokenSource) Token(ctx context.Context) (string, error) {
 	}
 	s.backoff, s.lastErr, s.nextTry = 0, nil, time.Time{}
 	s.token, s.expires = tok, now.Add(ttl)
+	if s.o.Renewed != nil {
+		s.o.Renewed(s.expires, nil)
+	}
 	s.o.Logger.Info("token obtained", "client_id", s.o.ClientID, "scope", s.o.Scope, "expires_in", ttl)
 	return tok, nil
 }

@@ -1,0 +1,137 @@
+package relay
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/siterelay/siterelay/relay/alerts"
+	"github.com/siterelay/siterelay/relay/certs"
+	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/metrics"
+)
+
+// observability: what the metrics read of the relay beyond the trace
+// (which they subscribe to), kept beside relay.go so that the root only
+// wires.
+
+// metricsGauges are the scrape-time readings of r.
+func (r *Relay) metricsGauges() metrics.Gauges {
+	return metrics.Gauges{
+		QueueMessages: func() float64 { return float64(r.spool.Stats().Messages) },
+		QueueBytes:    func() float64 { return float64(r.spool.Stats().Bytes) },
+		OldestMessageAge: func() time.Duration {
+			if o := r.spool.Stats().Oldest; !o.IsZero() {
+				return r.d.Clock().Sub(o)
+			}
+			return 0
+		},
+		TraceDropped: func() uint64 { return r.trace.Stats().Dropped },
+		SpoolFreeBytes: func() float64 {
+			n, _ := r.spool.FreeBytes() // 0 when statfs fails: the alert on low space fires
+			return float64(n)
+		},
+		UpstreamConnections:  r.upstreamConnections,
+		DeviceQueues:         r.deviceQueues,
+		TLSCertificateExpiry: r.tlsCertificateExpiry,
+		ClockSynchronised:    metrics.ClockSynchronised,
+		Clock:                r.d.Clock,
+	}
+}
+
+// deviceQueues is the spool by device login ("" for none): until devices
+// are configuration objects, the login is what tells them apart in the
+// spool (the listener is not kept there).
+func (r *Relay) deviceQueues() []metrics.DeviceQueue {
+	by := map[string]*metrics.DeviceQueue{}
+	for _, m := range r.spool.List() {
+		q := by[m.Envelope.Login]
+		if q == nil {
+			q = &metrics.DeviceQueue{Account: m.Envelope.Login}
+			by[m.Envelope.Login] = q
+		}
+		q.Messages++
+		if q.Oldest.IsZero() || m.Envelope.Received.Before(q.Oldest) {
+			q.Oldest = m.Envelope.Received
+		}
+	}
+	// Every configured account has its series, and so have the devices
+	// without a login, at 0 when nothing waits, so that a device's line on
+	// a graph does not just stop.
+	if by[""] == nil {
+		by[""] = &metrics.DeviceQueue{}
+	}
+	if g := r.gen.Load(); g != nil {
+		for _, a := range g.cfg.Accounts {
+			if by[a.Username] == nil {
+				by[a.Username] = &metrics.DeviceQueue{Account: a.Username}
+			}
+		}
+	}
+	out := make([]metrics.DeviceQueue, 0, len(by))
+	for _, q := range by {
+		out = append(out, *q)
+	}
+	slices.SortFunc(out, func(a, b metrics.DeviceQueue) int {
+		switch {
+		case a.Account < b.Account:
+			return -1
+		case a.Account > b.Account:
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// tlsCertificateExpiry is the listeners' STARTTLS certificate's end, when
+// a listener offers STARTTLS and the certificate is there.
+func (r *Relay) tlsCertificateExpiry() (time.Time, bool) {
+	g := r.gen.Load()
+	if g == nil || !slices.ContainsFunc(g.cfg.Listeners, func(l config.Listener) bool { return l.StartTLS != nil && *l.StartTLS }) {
+		return time.Time{}, false
+	}
+	t, err := certs.NotAfter(r.dir.TLS(), r.dir.Resolve(g.cfg.TLS.CertFile))
+	return t, err == nil
+}
+
+// upstreamKind is the kind of the upstream in force, the metrics' label.
+func (r *Relay) upstreamKind() string {
+	if g := r.gen.Load(); g != nil {
+		return string(g.cfg.Upstream.Kind)
+	}
+	return "other"
+}
+
+// observeGeneration tells the metrics of a configuration now in force:
+// its upstream kind's series, its client certificate (none clears it),
+// and, for an upstream without OAuth, that there is no token to expire.
+func (r *Relay) observeGeneration(g *generation) {
+	kind := g.cfg.Upstream.Kind
+	r.metrics.Upstreams(string(kind))
+	r.metrics.ClientCertificate(g.clientCertNotAfter)
+	if !kind.OAuth() {
+		r.metrics.ForgetToken()
+	}
+	r.alerts.Update(g.alerts)
+}
+
+// alertOptions are the webhook's settings in cfg, its URL read from the
+// secret store (it carries a token); none without alerts.webhook.
+func alertOptions(cfg *config.Config, hostname string, secret func(string) ([]byte, error)) (alerts.Options, error) {
+	w := cfg.Alerts.Webhook
+	if w == nil {
+		return alerts.Options{}, nil
+	}
+	u, err := secret(w.URLSecret)
+	if err != nil {
+		return alerts.Options{}, fmt.Errorf("alerts.webhook.url_secret: %w", err)
+	}
+	return alerts.Options{
+		Kind: w.Kind, URL: strings.TrimSpace(string(u)), Conditions: w.Conditions,
+		MinInterval: w.MinInterval.D(), MaxPerHour: w.MaxPerHour,
+		OldestMessageAge: w.OldestMessageAge.D(), MinFreeBytes: float64(w.MinFreeBytes),
+		Relay: hostname,
+	}, nil
+}
