@@ -225,7 +225,12 @@ func walk(errs *Errors, path string, doc any, t reflect.Type) {
 	}
 }
 
+// join names key k below path. A key that would not read as one (empty,
+// or with a dot, bracket or space in it) is quoted.
 func join(path, k string) string {
+	if k == "" || strings.ContainsAny(k, ".[] \t\"") {
+		k = strconv.Quote(k)
+	}
 	if path == "" {
 		return k
 	}

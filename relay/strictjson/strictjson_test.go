@@ -58,6 +58,7 @@ func TestDecode(t *testing.T) {
 		{"cut off", `{"name":`, []string{"(document): empty or cut-off"}},
 		{"trailing data", `{"name":"a"} {}`, []string{"(document): extra data after the JSON object"}},
 		{"not an object", `[1]`, []string{"(document): want an object"}},
+		{"odd keys are quoted", `{"":1,"a.b":2}`, []string{`"": unknown key`, `"a.b": unknown key`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var d doc
