@@ -29,9 +29,14 @@ type Config struct {
 	Limits     Limits     `json:"limits"`
 	Spool      Spool      `json:"spool"`
 	Delivery   Delivery   `json:"delivery"`
-	Upstream   Upstream   `json:"upstream"`
-	Bounce     Bounce     `json:"bounce"`
-	Trace      Trace      `json:"trace"`
+	// Upstream is the one upstream when every message goes the same way.
+	// Upstreams and Routes replace it when mail goes several ways (see
+	// routes.go): give either upstream, or upstreams with routes.
+	Upstream  Upstream            `json:"upstream,omitzero"`
+	Upstreams map[string]Upstream `json:"upstreams,omitempty"`
+	Routes    []Route             `json:"routes,omitempty"`
+	Bounce    Bounce              `json:"bounce"`
+	Trace     Trace               `json:"trace"`
 }
 
 // Listener is one SMTP port on the plant side.
@@ -288,6 +293,13 @@ func (c *Config) SetDefaults() {
 	setDefault(&c.Delivery.Lifetime, Duration(5*24*time.Hour))
 	setDefault(&c.Trace.RetentionDays, 30)
 	c.Upstream.setDefaults()
+	for name, u := range c.Upstreams {
+		u.setDefaults()
+		c.Upstreams[name] = u
+	}
+	for i := range c.Routes {
+		c.Routes[i].setDefaults()
+	}
 }
 
 func setDefault[T comparable](p *T, v T) {
@@ -419,7 +431,7 @@ func (c *Config) Validate() Errors {
 	if c.Trace.RetentionDays < 1 {
 		bad("trace.retention_days", "at least 1")
 	}
-	errs = append(errs, c.Upstream.validate("upstream")...)
+	errs = append(errs, c.validateUpstreams()...)
 	return errs
 }
 
