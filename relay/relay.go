@@ -78,6 +78,7 @@ type Relay struct {
 	trace   *trace.Store
 	metrics *metrics.Metrics
 	up      *switchable
+	fo      *failovers
 	sched   *delivery.Scheduler
 	started time.Time
 	seen    seen
@@ -158,6 +159,7 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 		},
 		UpstreamConnections: r.upstreamConnections,
 	})
+	r.fo = newFailovers(r.metrics.Registry())
 	r.trace.Subscribe(r.metrics.Observe)
 	r.trace.Subscribe(r.seen.observe)
 
@@ -186,7 +188,7 @@ func (r *Relay) build(cfg *config.Config, prev *generation) (*generation, upstre
 		cfg = &c
 	}
 	g := &generation{cfg: cfg, hostname: cfg.Hostname}
-	up, name, err := newUpstream(cfg, string(r.dir), r.d)
+	up, name, err := newUpstream(cfg, string(r.dir), r.d, r.fo.observe)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -200,6 +202,7 @@ func (r *Relay) build(cfg *config.Config, prev *generation) (*generation, upstre
 		up.Close()
 		return nil, nil, fmt.Errorf("policy: %w", err)
 	}
+	r.fo.routes(cfg)
 	g.certKey = cfg.TLS.CertFile + "\x00" + cfg.TLS.KeyFile + "\x00" + g.hostname
 	if prev != nil && prev.certKey == g.certKey {
 		g.cert = prev.cert
@@ -220,7 +223,7 @@ func (r *Relay) schedOptions(g *generation) delivery.Options {
 	cfg := g.cfg
 	return delivery.Options{
 		Spool: r.spool, Upstream: r.up, UpstreamName: g.upName,
-		Record: r.trace.Record, Explain: explain(cfg.Upstream.Kind),
+		Record: r.trace.Record, Explain: explain(cfg),
 		Bounce:     &delivery.Bounce{ReportingMTA: g.hostname, From: cfg.Bounce.From, Admin: cfg.Bounce.Admin},
 		FirstRetry: cfg.Delivery.FirstRetry.D(), MaxRetry: cfg.Delivery.MaxRetry.D(), Lifetime: cfg.Delivery.Lifetime.D(),
 		Concurrency: cfg.Delivery.Concurrency, Delivered: r.metrics.ObserveDelivery,

@@ -3,7 +3,7 @@
 //
 //	relayd -dev [-state DIR]            development default, no tenant needed
 //	relayd -config FILE -state DIR      the real thing (SIGHUP reloads FILE and the secrets)
-//	relayd check-config FILE            validate a configuration and exit
+//	relayd check-config FILE            validate a configuration, print its route table and exit
 //	relayd doctor [-config FILE] [-state DIR] [-dns HOST:PORT] [-to ADDR]
 //	                                    check DNS, connection, TLS, login to the upstream;
 //	                                    every check that can runs, a skipped one says why
@@ -111,11 +111,13 @@ func checkConfig(args []string) int {
 		fmt.Fprintln(os.Stderr, "usage: relayd check-config FILE")
 		return 2
 	}
-	if _, err := config.Load(args[0]); err != nil {
+	cfg, err := config.Load(args[0])
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "%v\n", err)
 		return 1
 	}
-	fmt.Println("configuration is valid")
+	fmt.Println("configuration is valid; routes, first match wins:")
+	fmt.Print(cfg.RouteTable())
 	return 0
 }
 

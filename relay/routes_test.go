@@ -1,0 +1,105 @@
+package relay
+
+import (
+	"context"
+	"io"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/relaytest"
+	"github.com/siterelay/siterelay/relay/trace"
+	"github.com/siterelay/siterelay/relay/upstream/upstreamtest"
+)
+
+// routesConfig sends contoso.test's recipients to one smarthost and the
+// rest to another.
+func routesConfig(internal, external *upstreamtest.FakeServer) *config.Config {
+	cfg := smarthostConfig(internal)
+	in, ex := cfg.Upstream, cfg.Upstream
+	ex.SMTP.Address = external.Addr
+	cfg.Upstream = config.Upstream{}
+	cfg.Upstreams = map[string]config.Upstream{"inside": in, "outside": ex}
+	cfg.Routes = []config.Route{
+		{Name: "internal", RecipientDomains: []string{"contoso.test"}, Upstreams: []string{"inside"}},
+		{Name: "external", Upstreams: []string{"outside"}},
+	}
+	cfg.SetDefaults()
+	return cfg
+}
+
+// TestRoutesSplitAMixedMessage: one message to internal and external
+// recipients reaches each smarthost with its own recipients only, and the
+// trace has one delivery per part naming its route and upstream.
+func TestRoutesSplitAMixedMessage(t *testing.T) {
+	in := upstreamtest.NewFakeServer(t, upstreamtest.FakeOptions{TLS: "none"})
+	out := upstreamtest.NewFakeServer(t, upstreamtest.FakeOptions{TLS: "none"})
+	cfg := routesConfig(in, out)
+	if errs := cfg.Validate(); len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	r, addr := run(t, cfg, relaytest.StateDir(t))
+	if err := send(t, addr, "plc@plant.example", []string{"ops@contoso.test", "vendor@fabrikam.test", "shift@contoso.test"}, "Subject: alarm\r\n\r\nline 4\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if got := in.WaitMessages(t, 1)[0].To; strings.Join(got, ",") != "ops@contoso.test,shift@contoso.test" {
+		t.Errorf("internal smarthost got %v", got)
+	}
+	if got := out.WaitMessages(t, 1)[0].To; strings.Join(got, ",") != "vendor@fabrikam.test" {
+		t.Errorf("external smarthost got %v", got)
+	}
+	relaytest.Eventually(t, "queue empty", func() bool { return r.Spool().Stats().Messages == 0 })
+	r.Trace().Flush(context.Background())
+	ev, _ := r.Trace().Query(context.Background(), trace.Filter{Kind: trace.Delivered})
+	var parts []string
+	for _, e := range ev {
+		parts = append(parts, e.Upstream+" "+strings.Join(e.To, ","))
+	}
+	slices.Sort(parts)
+	want := []string{
+		"external: outside (smtp " + out.Addr + ") vendor@fabrikam.test",
+		"internal: inside (smtp " + in.Addr + ") ops@contoso.test,shift@contoso.test",
+	}
+	if !slices.Equal(parts, want) {
+		t.Errorf("delivered parts in the trace\n got %q\nwant %q", parts, want)
+	}
+	st := r.Status()
+	if len(st.Routes) != 2 || st.Routes[0].Name != "internal" || st.Routes[0].Upstream != "inside" || st.Routes[1].Upstream != "outside" {
+		t.Errorf("status routes %+v", st.Routes)
+	}
+	rec := httptest.NewRecorder()
+	r.Metrics().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	body, _ := io.ReadAll(rec.Body)
+	if !strings.Contains(string(body), `siterelay_route_failovers_total{route="external"} 0`) {
+		t.Errorf("no failover series for route external:\n%s", grepLines(string(body), "siterelay_route"))
+	}
+}
+
+// A reload from one upstream to routes (and back) swaps the whole router.
+func TestReloadToRoutes(t *testing.T) {
+	in := upstreamtest.NewFakeServer(t, upstreamtest.FakeOptions{TLS: "none"})
+	out := upstreamtest.NewFakeServer(t, upstreamtest.FakeOptions{TLS: "none"})
+	r, addr := run(t, smarthostConfig(out), relaytest.StateDir(t))
+	cfg := routesConfig(in, out)
+	cfg.Listeners[0].Address = "127.0.0.1:0"
+	if err := r.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := send(t, addr, "plc@plant.example", []string{"ops@contoso.test"}, "Subject: one\r\n\r\n1\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	in.WaitMessages(t, 1)
+	if got := r.Status().Routes; len(got) != 2 {
+		t.Errorf("routes after reload %+v", got)
+	}
+	back := smarthostConfig(out)
+	back.Listeners[0].Address = "127.0.0.1:0"
+	if err := r.Reload(back); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.Status().Routes; got != nil {
+		t.Errorf("routes after reload to one upstream %+v, want none", got)
+	}
+}
