@@ -53,6 +53,7 @@ var Rules = []Rule{
 	{Enhanced: "5.1.10", Hint: "The recipient does not exist: fix the address on the device."},
 	{Enhanced: "5.4.1", Hint: "The recipient was refused (relay access denied or directory-based edge blocking): check that the recipient's domain is an accepted domain with the right MX, and the address."},
 	{Enhanced: "5.3.4", Hint: "The message is too large for Microsoft 365: send a smaller message (scan at lower resolution) or raise the mailbox's limit."},
+	{Text: regexp.MustCompile(`(?i)\b429\b|too many requests|rate limit exceeded`), Hint: "The upstream is over its sending limits (Azure Communication Services answers 429 Too Many Requests past them: a new custom domain starts at 30 messages a minute and 100 an hour): the relay keeps the mail, cools down and retries; ask for higher limits, or lower upstream.smtp.messages_per_minute."},
 	{Code: 535, Hint: "The login was refused: check the credentials, and move to OAuth (kind m365-oauth)."},
 }
 
