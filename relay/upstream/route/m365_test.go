@@ -45,8 +45,11 @@ func newTenant(t *testing.T) *tenantEnv {
 func (e *tenantEnv) deps(t *testing.T) m365.Deps {
 	return m365.Deps{
 		Secret: func(name string) ([]byte, error) {
-			if name == "m365-secret" {
+			switch name {
+			case "m365-secret":
 				return []byte(secret), nil
+			case "pw":
+				return []byte("hunter2"), nil
 			}
 			return nil, errors.New("no such secret")
 		},
@@ -58,8 +61,11 @@ func (e *tenantEnv) deps(t *testing.T) m365.Deps {
 func (e *tenantEnv) build(t *testing.T, name string, kind config.Kind, m config.M365) route.Named {
 	t.Helper()
 	m.Tenant, m.TokenURL = tenant, e.entra.URL
-	if m.PasswordSecret == "" {
-		m.ClientID, m.ClientSecretSecret = "app1", "m365-secret"
+	if m.PasswordSecret == "" && kind.Microsoft() && !kind.MX() {
+		if m.ClientID == "" {
+			m.ClientID = "app1"
+		}
+		m.ClientSecretSecret = "m365-secret"
 	}
 	c := config.Default()
 	c.Upstream = config.Upstream{Kind: kind, M365: m}
@@ -165,3 +171,75 @@ func TestFailoverSubmissionToGraphAndBack(t *testing.T) {
 }
 
 func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
+
+// TestEachClosedPathFailsOver: each answer that closes a path for the
+// tenant, from the fakes, moves the route to its next upstream in the same
+// attempt.
+func TestEachClosedPathFailsOver(t *testing.T) {
+	tests := []struct {
+		name  string
+		first func(t *testing.T, e *tenantEnv) route.Named
+		want  string
+	}{
+		{"direct send rejected", func(t *testing.T, e *tenantEnv) route.Named {
+			x := m365test.NewExchange(t, m365test.ExchangeOptions{CA: e.ca, Clock: e.clock.Now, MX: true, TenantDomains: []string{"contoso.test"}})
+			x.Refuse(m365test.AtMail, m365test.ErrRejectDirect)
+			host, port := splitAddr(x.Addr)
+			return e.build(t, "first", config.KindM365Direct, config.M365{Domain: "contoso.test", MXHost: host, SMTPPort: port})
+		}, "550 5.7.68"},
+		{"basic authentication off", func(t *testing.T, e *tenantEnv) route.Named {
+			x := m365test.NewExchange(t, m365test.ExchangeOptions{CA: e.ca, Clock: e.clock.Now, Passwords: map[string]string{mailbox: "hunter2"}})
+			x.Refuse(m365test.AtAuth, m365test.ErrBasicRetired)
+			host, port := splitAddr(x.Addr)
+			return e.build(t, "first", config.KindM365Password, config.M365{Mailbox: mailbox, PasswordSecret: "pw", SMTPHost: host, SMTPPort: port})
+		}, "550 5.7.30"},
+		{"SMTP AUTH off for HVE", func(t *testing.T, e *tenantEnv) route.Named {
+			x, hve := e.hveUpstream(t)
+			x.Refuse(m365test.AtAuth, m365test.ErrBasicOff)
+			return hve
+		}, "535 5.7.139"},
+		{"Graph without Mail.Send", func(t *testing.T, e *tenantEnv) route.Named {
+			e.entra.AddApp(m365test.App{ClientID: "app2", Secret: secret, Roles: []string{m365test.RoleSMTP}})
+			e.graph.Grant("app2", mailbox)
+			return e.build(t, "first", config.KindGraph, config.M365{ClientID: "app2", Mailbox: mailbox, GraphURL: e.graph.URL})
+		}, "Graph 403"},
+		{"token endpoint refuses the app", func(t *testing.T, e *tenantEnv) route.Named {
+			return e.build(t, "first", config.KindGraph, config.M365{ClientID: "app-not-in-tenant", Mailbox: mailbox, GraphURL: e.graph.URL})
+		}, "AADSTS700016"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newTenant(t)
+			first := tt.first(t, e)
+			first.Name = "first"
+			r := newRouter(t, route.Options{
+				Routes:    []config.Route{routeCfg("all", nil, "first", "oauth")},
+				Upstreams: map[string]route.Named{"first": first, "oauth": e.submission(t)},
+				Clock:     e.clock.Now,
+			})
+			from := mailbox
+			if tt.name == "SMTP AUTH off for HVE" {
+				from = hveAccount
+			}
+			res, err := r.Deliver(context.Background(), alarmFrom(1, from, "ops@contoso.test"))
+			if err != nil || len(res) != 1 {
+				t.Fatal(res, err)
+			}
+			if tt.name == "SMTP AUTH off for HVE" {
+				// The HVE account may not send through the submission
+				// mailbox: the part fails there (5.7.60, held), but it
+				// did fail over.
+				if !strings.Contains(res[0].Upstream, "failover from first") {
+					t.Errorf("result %+v, want a failover", res[0])
+				}
+				return
+			}
+			if res[0].Err != nil || !strings.Contains(res[0].Upstream, "(failover from first: ") || !strings.Contains(res[0].Upstream, tt.want) {
+				t.Errorf("result %+v, want delivered by oauth, a failover for %s", res[0], tt.want)
+			}
+			if got := len(e.x.Received()); got != 1 {
+				t.Errorf("submission received %d, want 1", got)
+			}
+		})
+	}
+}

@@ -512,9 +512,9 @@ func (r *Router) Limits() upstream.Limits {
 			c = 4
 		}
 		l.Concurrency += c
-		for _, x := range rt.ups {
-			l.MaxSize = max(l.MaxSize, x.Up.Limits().MaxSize)
-		}
+	}
+	for _, u := range r.ups {
+		l.MaxSize = max(l.MaxSize, u.Up.Limits().MaxSize)
 	}
 	return l
 }
