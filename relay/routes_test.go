@@ -103,3 +103,59 @@ func TestReloadToRoutes(t *testing.T) {
 		t.Errorf("routes after reload to one upstream %+v, want none", got)
 	}
 }
+
+// TestRouteFailoverThroughTheRelay: the first smarthost of a route refuses
+// with 550 5.7.68 (its path closed); the message is delivered by the second
+// in the same attempt, the trace says it was a failover, the status shows
+// it, the counter counts it, and nothing bounces.
+func TestRouteFailoverThroughTheRelay(t *testing.T) {
+	first := upstreamtest.NewFakeServer(t, upstreamtest.FakeOptions{TLS: "none"})
+	second := upstreamtest.NewFakeServer(t, upstreamtest.FakeOptions{TLS: "none"})
+	first.FailNext(upstreamtest.StageMail, 1000, upstreamtest.Reply(550, "5.7.68", "TenantInboundAttribution; Direct Send not allowed for this organization from unauthorized sources"))
+	cfg := routesConfig(first, second)
+	cfg.Routes = []config.Route{{Name: "all", Upstreams: []string{"inside", "outside"}}}
+	cfg.SetDefaults()
+	r, addr := run(t, cfg, relaytest.StateDir(t))
+	if err := send(t, addr, "plc@plant.example", []string{"ops@contoso.test"}, "Subject: alarm\r\n\r\nline 4\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	second.WaitMessages(t, 1)
+	relaytest.Eventually(t, "queue empty", func() bool { return r.Spool().Stats().Messages == 0 })
+	r.Trace().Flush(context.Background())
+	ev, _ := r.Trace().Query(context.Background(), trace.Filter{})
+	var delivered []trace.Event
+	for _, e := range ev {
+		switch e.Kind {
+		case trace.Delivered:
+			delivered = append(delivered, e)
+		case trace.Bounced, trace.Failed:
+			t.Errorf("a closed path bounced mail: %+v", e)
+		}
+	}
+	if len(delivered) != 1 || !strings.Contains(delivered[0].Upstream, "all: outside (smtp "+second.Addr+") (failover from inside: ") || !strings.Contains(delivered[0].Upstream, "5.7.68") {
+		t.Errorf("delivered events %+v, want one by outside naming the failover", delivered)
+	}
+	if st := r.Status().Routes; len(st) != 1 || st[0].Upstream != "outside" || !st[0].FailedOver {
+		t.Errorf("status routes %+v", st)
+	}
+	rec := httptest.NewRecorder()
+	r.Metrics().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	body, _ := io.ReadAll(rec.Body)
+	if !strings.Contains(string(body), `siterelay_route_failovers_total{route="all"} 1`) {
+		t.Errorf("failover not counted:\n%s", grepLines(string(body), "siterelay_route"))
+	}
+}
+
+func TestDoctorEachNamedUpstream(t *testing.T) {
+	in := upstreamtest.NewFakeServer(t, upstreamtest.FakeOptions{TLS: "none"})
+	out := upstreamtest.NewFakeServer(t, upstreamtest.FakeOptions{TLS: "none"})
+	steps, err := Doctor(context.Background(), routesConfig(in, out), relaytest.StateDir(t), Deps{}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"inside: banner", "outside: banner"} {
+		if st, ok := stepNamed(steps, want); !ok || !st.OK {
+			t.Errorf("step %q: %+v (found %v) in %+v", want, st, ok, steps)
+		}
+	}
+}
