@@ -187,8 +187,8 @@ func (r *Router) pick(rcpt, from string, ip netip.Addr) *route {
 	return r.routes[len(r.routes)-1] // the catch-all; config guarantees one
 }
 
-// Deliver splits msg by route, delivers each part in turn and merges the
-// results; it returns no overall error, only per-recipient ones.
+// Deliver splits msg by route, delivers the parts concurrently and merges
+// the results; it returns no overall error, only per-recipient ones.
 func (r *Router) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.RcptResult, error) {
 	ip, _ := netip.ParseAddr(msg.ClientIP)
 	var order []*route
@@ -200,9 +200,17 @@ func (r *Router) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream
 		}
 		parts[rt] = append(parts[rt], rc)
 	}
+	// The parts go at once: one part waiting for its upstream's pacing
+	// does not hold back another's.
+	results := make([][]upstream.RcptResult, len(order))
+	var wg sync.WaitGroup
+	for i, rt := range order {
+		wg.Go(func() { results[i] = r.deliverPart(ctx, rt, msg, parts[rt]) })
+	}
+	wg.Wait()
 	byRcpt := make(map[string]upstream.RcptResult, len(msg.To))
-	for _, rt := range order {
-		for _, res := range r.deliverPart(ctx, rt, msg, parts[rt]) {
+	for _, rs := range results {
+		for _, res := range rs {
 			byRcpt[res.Rcpt] = res
 		}
 	}
