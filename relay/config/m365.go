@@ -16,8 +16,14 @@ type M365 struct {
 	// contoso.onmicrosoft.com; it forms the token endpoint's path.
 	Tenant string `json:"tenant,omitempty"`
 	// Mailbox is the sending mailbox (the XOAUTH2 user, the Graph user, the
-	// password login). Kinds m365-oauth, m365-password, graph.
+	// password login, the HVE account). Kinds m365-oauth, m365-password,
+	// graph, hve.
 	Mailbox string `json:"mailbox,omitempty"`
+	// FromMailbox sends every message from Mailbox (envelope sender and
+	// the From header's address; the device's address moves to Reply-To
+	// when there is none), for routes whose upstreams send as different
+	// mailboxes, where one senders.rewrite_from cannot fit them all.
+	FromMailbox bool `json:"from_mailbox,omitempty"`
 	// ClientID is the Entra app registration's Application (client) ID.
 	ClientID string `json:"client_id,omitempty"`
 	// ClientSecretSecret names the secret holding the app's client secret
@@ -193,6 +199,9 @@ func (m *M365) validate(k string, kind Kind) Errors {
 	}
 	if kind == KindGraph {
 		checkHTTPS(bad, "graph_url", m.GraphURL)
+	}
+	if m.FromMailbox && !kind.Mailbox() {
+		bad("from_mailbox", "only for the kinds that send as one mailbox (m365-oauth, m365-password, graph, hve)")
 	}
 	if kind.Mailbox() && !validAddress(m.Mailbox) {
 		bad("mailbox", "%q: want the sending mailbox's address, e.g. scanner@contoso.com", m.Mailbox)

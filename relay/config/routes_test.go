@@ -104,3 +104,10 @@ func TestHVEPasswordValid(t *testing.T) {
 		t.Errorf("hve with a password: tokens %v, accepted %v", m.UsesTokens(KindHVE), m.AcceptedDomains)
 	}
 }
+
+func TestFromMailboxOnlyForMailboxKinds(t *testing.T) {
+	_, err := Parse([]byte(`{` + listenersDoc + `,"upstream":{"kind":"m365-direct","m365":{"domain":"contoso.com","from_mailbox":true}}}`))
+	if err == nil || !strings.Contains(err.Error(), "upstream.m365.from_mailbox: only for the kinds that send as one mailbox") {
+		t.Errorf("got %v", err)
+	}
+}

@@ -1,8 +1,11 @@
 package m365_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"net/mail"
 	"strings"
 	"testing"
 	"time"
@@ -175,5 +178,44 @@ func TestHVEInternalOnly(t *testing.T) {
 	}
 	if res[0].Err != nil || !upstream.IsPermanent(res[1].Err) {
 		t.Errorf("results %+v, want the internal one delivered and the external one refused", res)
+	}
+}
+
+// With from_mailbox every message goes from the HVE account: HVE (like
+// client submission) takes mail only from its own account, and routes to
+// several mailboxes cannot share one senders.rewrite_from. The device's
+// address moves to Reply-To.
+func TestFromMailbox(t *testing.T) {
+	e := hveEnv(t)
+	up, err := m365.New(config.KindHVE, e.hve(config.M365{FromMailbox: true}), e.deps(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	if _, err := up.Deliver(context.Background(), newMsg(1, "plc7@plant.contoso.test", "ops@contoso.test")); err != nil {
+		t.Fatalf("a device's own sender with from_mailbox: %v", err)
+	}
+	rs := e.x.Received()
+	if len(rs) != 1 || rs[0].From != hveAccount {
+		t.Fatalf("received %+v, want one from the HVE account", rs)
+	}
+	m, err := mail.ReadMessage(bytes.NewReader(rs[0].Data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Header.Get("From"); !strings.Contains(got, hveAccount) {
+		t.Errorf("From %q, want the HVE account", got)
+	}
+	if got := m.Header.Get("Reply-To"); got != "<plc7@plant.contoso.test>" {
+		t.Errorf("Reply-To %q, want the device's address", got)
+	}
+	// Without it the same message is refused (5.7.60, held).
+	plain, err := m365.New(config.KindHVE, e.hve(config.M365{}), e.deps(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	if _, err := plain.Deliver(context.Background(), newMsg(2, "plc7@plant.contoso.test", "ops@contoso.test")); !strings.Contains(fmt.Sprint(err), "5.7.60") {
+		t.Errorf("without from_mailbox: %v, want 5.7.60", err)
 	}
 }

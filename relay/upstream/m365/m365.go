@@ -137,7 +137,7 @@ func New(kind config.Kind, cfg config.M365, d Deps) (upstream.Upstream, error) {
 	}
 	e := &explained{inner: inner, tokens: tokens, check: check, log: log, clock: d.Clock}
 	if kind.Mailbox() {
-		e.mailbox = cfg.Mailbox
+		e.mailbox, e.sendAs = cfg.Mailbox, cfg.FromMailbox
 	}
 	if kind == "m365-password" {
 		e.basicAuth = BasicAuthWarning(d.Clock())
@@ -236,8 +236,10 @@ type explained struct {
 	log    *slog.Logger
 	clock  func() time.Time
 	// mailbox, for the kinds that send as one mailbox, is the sender of
-	// messages with a null envelope sender (see fromMailbox).
+	// messages with a null envelope sender (see fromMailbox), and of every
+	// message when sendAs (upstream.m365.from_mailbox).
 	mailbox string
+	sendAs  bool
 	// basicAuth is the warning for the password kind (BasicAuthWarning).
 	basicAuth string
 }
@@ -285,6 +287,14 @@ func (e *explained) Deliver(ctx context.Context, msg *upstream.Message) ([]upstr
 	var used string
 	if e.tokens != nil {
 		ctx = context.WithValue(ctx, usedKey{}, &used)
+	}
+	if e.sendAs && msg.From != "" && !strings.EqualFold(msg.From, e.mailbox) {
+		m, err := sendAs(msg, e.mailbox, true)
+		if err != nil {
+			e.log.Warn("cannot send this message from the mailbox (from_mailbox); trying it as it is", "queue_id", msg.QueueID, "err", err)
+		} else {
+			msg = m
+		}
 	}
 	if msg.From == "" && e.mailbox != "" {
 		m, err := fromMailbox(msg, e.mailbox)

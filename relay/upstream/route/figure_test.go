@@ -22,7 +22,7 @@ func (e *tenantEnv) hveUpstream(t *testing.T) (*m365test.Exchange, route.Named) 
 		Hostname: "smtp.hve.test", TenantDomains: []string{"contoso.test"}})
 	x.Grant("app1", hveAccount)
 	host, port := splitAddr(x.Addr)
-	return x, e.build(t, "hve", config.KindHVE, config.M365{Mailbox: hveAccount, SMTPHost: host, SMTPPort: port, AcceptedDomains: []string{"contoso.test"}})
+	return x, e.build(t, "hve", config.KindHVE, config.M365{Mailbox: hveAccount, SMTPHost: host, SMTPPort: port, AcceptedDomains: []string{"contoso.test"}, FromMailbox: true})
 }
 
 // drain delivers msgs like the scheduler does, on the virtual clock: each
@@ -89,18 +89,17 @@ func (h *dueHeap) Pop() any {
 	return x
 }
 
-// backlog is n alarms of one recipient each, one in five to an outside
-// service company, the rest to the plant's own staff.
-// from says who sends to an internal recipient (client submission and HVE
-// each take mail only from their own mailbox).
-func backlog(n int, internalFrom string) []*upstream.Message {
+// backlog is n alarms of one recipient each from a SCADA system, one in
+// five to an outside service company, the rest to the plant's own staff.
+// Each upstream sends them from its own mailbox (from_mailbox).
+func backlog(n int) []*upstream.Message {
 	var msgs []*upstream.Message
 	for i := range n {
-		to, from := fmt.Sprintf("shift%d@contoso.test", i%7), internalFrom
+		to := fmt.Sprintf("shift%d@contoso.test", i%7)
 		if i%5 == 4 {
-			to, from = "service@fabrikam.test", mailbox
+			to = "service@fabrikam.test"
 		}
-		msgs = append(msgs, alarmFrom(i, from, to))
+		msgs = append(msgs, alarmFrom(i, "scada@plant.contoso.test", to))
 	}
 	return msgs
 }
@@ -117,7 +116,7 @@ func TestFigureBacklogDrain(t *testing.T) {
 	single := newTenant(t)
 	oauth := single.submission(t)
 	defer oauth.Up.Close()
-	singleTime, singleTemp := drain(t, single, oauth.Up, backlog(n, mailbox))
+	singleTime, singleTemp := drain(t, single, oauth.Up, backlog(n))
 	if got := len(single.x.Received()); got != n {
 		t.Fatalf("single mailbox: received %d, want %d", got, n)
 	}
@@ -132,9 +131,7 @@ func TestFigureBacklogDrain(t *testing.T) {
 		Upstreams: map[string]route.Named{"hve": hve, "oauth": e.submission(t)},
 		Clock:     e.clock.Now,
 	})
-	// Internal alarms from the HVE account (senders.rewrite_from per
-	// route is not a feature: the HVE account sends them here).
-	routedTime, routedTemp := drain(t, e, r, backlog(n, hveAccount))
+	routedTime, routedTemp := drain(t, e, r, backlog(n))
 	internal, external := len(hx.Received()), len(e.x.Received())
 	if internal+external != n || external != n/5 {
 		t.Fatalf("routed: HVE received %d, submission %d, want %d and %d", internal, external, n-n/5, n/5)
