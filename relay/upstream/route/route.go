@@ -229,6 +229,11 @@ func (r *Router) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream
 func (r *Router) deliverPart(ctx context.Context, rt *route, msg *upstream.Message, to []string) []upstream.RcptResult {
 	now := r.o.Clock()
 	idx, probe := rt.order(now)
+	if probe {
+		// A try of the first that was skipped (too large, recipients it
+		// cannot reach) gives the ticket back for later.
+		defer rt.release(r.o.Clock)
+	}
 	var out []upstream.RcptResult
 	left := to
 	var refused map[string]error // first checker refusal, for recipients no upstream takes
@@ -407,6 +412,16 @@ func (rt *route) closed(r *Router, i int, probe bool, reason string, now time.Ti
 	}
 	if changed {
 		r.save()
+	}
+}
+
+// release gives the failback ticket back if the attempt left it held.
+func (rt *route) release(clock func() time.Time) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if rt.st.probing {
+		rt.st.probing = false
+		rt.st.NextTry = clock().Add(rt.cfg.FailbackAfter.D())
 	}
 }
 

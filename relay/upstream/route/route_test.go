@@ -254,3 +254,29 @@ func TestClosedReplies(t *testing.T) {
 		}
 	}
 }
+
+// A failback try skipped because the message is too large for the first
+// upstream does not keep the first from being tried again later.
+func TestSkippedFailbackTryIsGivenBack(t *testing.T) {
+	clk := &clock{now: time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)}
+	first, second := &fake{maxSize: 10}, &fake{}
+	r := newRouter(t, route.Options{
+		Routes: []config.Route{routeCfg("all", nil, "first", "second")}, Upstreams: named(map[string]*fake{"first": first, "second": second}),
+		Clock: clk.Now,
+	})
+	ctx := context.Background()
+	closed := upstream.FromReply(&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 68}, Message: "TenantInboundAttribution; Direct Send not allowed"})
+	first.set(closed)
+	small := func() *upstream.Message { m := msg("a@contoso.test", "x@contoso.test"); m.Size = 5; return m }
+	r.Deliver(ctx, small())
+	if r.Status()[0].Upstream != "second" {
+		t.Fatalf("no failover: %+v", r.Status()[0])
+	}
+	first.set(nil)
+	clk.Advance(5 * time.Minute)
+	r.Deliver(ctx, msg("a@contoso.test", "x@contoso.test")) // 27 bytes: too large for first
+	clk.Advance(5 * time.Minute)
+	if res, _ := r.Deliver(ctx, small()); res[0].Upstream != "all: fake first" {
+		t.Errorf("after a skipped try: %+v, want the first tried again and back", res[0])
+	}
+}
