@@ -111,3 +111,32 @@ func TestFromMailboxOnlyForMailboxKinds(t *testing.T) {
 		t.Errorf("got %v", err)
 	}
 }
+
+// FuzzParseRoutes is FuzzParse seeded with routes, so that the fuzzer
+// starts from documents that reach the routes' validation.
+func FuzzParseRoutes(f *testing.F) {
+	f.Add([]byte(`{` + listenersDoc + `,"upstreams":{"hve":` + hveDoc + `,"oauth":` + oauthDoc + `},
+	  "routes":[{"name":"internal","recipient_domains":["contoso.com"],"senders":["@plant.contoso.com"],"devices":["10.0.0.0/8"],"upstreams":["hve","oauth"]},{"name":"external","upstreams":["oauth"]}]}`))
+	f.Add([]byte(`{` + listenersDoc + `,"upstreams":{"a":{"kind":"capture"}},"routes":[{"name":"a","upstreams":["a","a"],"failback_after":"1m","failback_max":"30s"}]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := Parse(b)
+		if err != nil {
+			if err.Error() == "" {
+				t.Fatal("empty error")
+			}
+			return
+		}
+		routes, ups := c.EffectiveRoutes()
+		if len(routes) == 0 || !routes[len(routes)-1].CatchAll() {
+			t.Fatalf("a valid document without a catch-all last route: %+v", routes)
+		}
+		for _, r := range routes {
+			for _, n := range r.Upstreams {
+				if _, ok := ups[n]; !ok {
+					t.Fatalf("route %s names upstream %q that does not exist", r.Name, n)
+				}
+			}
+		}
+		_ = c.RouteTable()
+	})
+}
