@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/emersion/go-smtp"
+
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/relaytest"
 	"github.com/siterelay/siterelay/relay/trace"
@@ -157,5 +159,47 @@ func TestDoctorEachNamedUpstream(t *testing.T) {
 		if st, ok := stepNamed(steps, want); !ok || !st.OK {
 			t.Errorf("step %q: %+v (found %v) in %+v", want, st, ok, steps)
 		}
+	}
+}
+
+// TestHVEOnlyRouteRefusesAtRCPT: with every recipient routed to HVE, a
+// device hears at RCPT that an external recipient has no way, with the
+// route's name and what to add; internal ones are accepted.
+func TestHVEOnlyRouteRefusesAtRCPT(t *testing.T) {
+	cfg := config.Default()
+	cfg.Upstreams = map[string]config.Upstream{"hve": {Kind: config.KindHVE, M365: config.M365{
+		Mailbox: "alarms-hve@contoso.test", PasswordSecret: "hve-pw", AcceptedDomains: []string{"contoso.test"}, SMTPHost: "127.0.0.1", SMTPPort: 1}}}
+	cfg.Routes = []config.Route{{Name: "all", Upstreams: []string{"hve"}}}
+	cfg.Upstream = config.Upstream{}
+	cfg.SetDefaults()
+	if errs := cfg.Validate(); len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	for i := range cfg.Listeners {
+		cfg.Listeners[i].Address = "127.0.0.1:0"
+	}
+	r, err := New(cfg, relaytest.StateDir(t), Deps{Secret: func(string) ([]byte, error) { return []byte("pw"), nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	c, err := smtp.Dial(r.Addrs()[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Mail("plc@contoso.test", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Rcpt("ops@contoso.test", nil); err != nil {
+		t.Errorf("internal recipient: %v", err)
+	}
+	err = c.Rcpt("vendor@fabrikam.test", nil)
+	var se *smtp.SMTPError
+	if !asSMTP(err, &se) || se.Code != 550 || !strings.Contains(se.Message, "route all") || !strings.Contains(se.Message, "High Volume Email") || !strings.Contains(se.Message, "routes[]") {
+		t.Errorf("external recipient: %v, want a 550 naming the route and what to add", err)
 	}
 }
