@@ -37,7 +37,7 @@ func main() {
 	if len(os.Args) > 1 {
 		switch os.Args[1] {
 		case "check-config":
-			os.Exit(checkConfig(os.Args[2:]))
+			os.Exit(checkConfig(os.Args[2:], os.Stdout, os.Stderr))
 		case "hash-password":
 			os.Exit(hashPassword())
 		case "doctor":
@@ -106,18 +106,18 @@ func defaultState() string {
 	return layout.DevStateDir
 }
 
-func checkConfig(args []string) int {
+func checkConfig(args []string, stdout, stderr io.Writer) int {
 	if len(args) != 1 {
-		fmt.Fprintln(os.Stderr, "usage: relayd check-config FILE")
+		fmt.Fprintln(stderr, "usage: relayd check-config FILE")
 		return 2
 	}
 	cfg, err := config.Load(args[0])
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "%v\n", err)
+		fmt.Fprintf(stderr, "%v\n", err)
 		return 1
 	}
-	fmt.Println("configuration is valid; routes, first match wins:")
-	fmt.Print(cfg.RouteTable())
+	fmt.Fprintln(stdout, "configuration is valid; routes, first match wins:")
+	fmt.Fprint(stdout, cfg.RouteTable())
 	return 0
 }
 
