@@ -63,15 +63,6 @@ func (c *Config) EffectiveRoutes() ([]Route, map[string]Upstream) {
 	return []Route{r}, map[string]Upstream{DefaultRoute: c.Upstream}
 }
 
-// UpstreamKey is the configuration key of the upstream named name, for
-// errors: "upstream" for the single upstream, "upstreams.NAME" otherwise.
-func (c *Config) UpstreamKey(name string) string {
-	if len(c.Routes) == 0 {
-		return "upstream"
-	}
-	return "upstreams." + name
-}
-
 // validateUpstreams checks upstream, or upstreams and routes.
 func (c *Config) validateUpstreams() Errors {
 	if len(c.Upstreams) == 0 && len(c.Routes) == 0 {

@@ -53,9 +53,6 @@ func TestSingleUpstreamIsOneRoute(t *testing.T) {
 	if len(routes) != 1 || !routes[0].CatchAll() || routes[0].Upstreams[0] != DefaultRoute || ups[DefaultRoute].Kind != KindCapture {
 		t.Errorf("routes %+v upstreams %+v", routes, ups)
 	}
-	if got := c.UpstreamKey(DefaultRoute); got != "upstream" {
-		t.Errorf("key %q", got)
-	}
 }
 
 func TestRouteErrorsNameTheKey(t *testing.T) {
