@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"sort"
 
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/doctor"
@@ -17,7 +18,10 @@ import (
 func Doctor(ctx context.Context, cfg *config.Config, dir string, d Deps, testTo string) ([]upstream.Step, error) {
 	d.defaults()
 	dd := doctor.Deps{Resolver: d.Resolver, TestTo: testTo, Clock: d.Clock}
-	up, _, err := newUpstream(cfg, dir, d)
+	if len(cfg.Routes) > 0 {
+		return doctorRoutes(ctx, cfg, dir, d, testTo)
+	}
+	up, _, err := newUpstream(cfg, dir, d, nil)
 	if err != nil {
 		dd.UpstreamErr = err
 	} else {
@@ -25,4 +29,26 @@ func Doctor(ctx context.Context, cfg *config.Config, dir string, d Deps, testTo 
 		dd.Upstream = up
 	}
 	return doctor.Run(ctx, cfg, dd), nil
+}
+
+// doctorRoutes checks each named upstream as if it were the only one, its
+// steps named after it; with testTo each upstream sends its own test
+// message, so that every path (failover ones too) is proven.
+func doctorRoutes(ctx context.Context, cfg *config.Config, dir string, d Deps, testTo string) ([]upstream.Step, error) {
+	names := make([]string, 0, len(cfg.Upstreams))
+	for n := range cfg.Upstreams {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var steps []upstream.Step
+	for _, n := range names {
+		c := *cfg
+		c.Upstream, c.Upstreams, c.Routes = cfg.Upstreams[n], nil, nil
+		ss, _ := Doctor(ctx, &c, dir, d, testTo)
+		for _, s := range ss {
+			s.Name = n + ": " + s.Name
+			steps = append(steps, s)
+		}
+	}
+	return steps, nil
 }

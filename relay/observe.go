@@ -99,19 +99,32 @@ func (r *Relay) tlsCertificateExpiry() (time.Time, bool) {
 // upstreamKind is the kind of the upstream in force, the metrics' label.
 func (r *Relay) upstreamKind() string {
 	if g := r.gen.Load(); g != nil {
-		return string(g.cfg.Upstream.Kind)
+		return kindLabel(g.cfg)
 	}
 	return "other"
+}
+
+// kindLabel is the upstream kind as a metric label: the kind of the one
+// upstream, or "routes" when mail goes several ways (each route's failovers
+// have their own counter).
+func kindLabel(cfg *config.Config) string {
+	if len(cfg.Routes) > 0 {
+		return "routes"
+	}
+	return string(cfg.Upstream.Kind)
 }
 
 // observeGeneration tells the metrics of a configuration now in force:
 // its upstream kind's series, its client certificate (none clears it),
 // and, for an upstream without OAuth, that there is no token to expire.
 func (r *Relay) observeGeneration(g *generation) {
-	kind := g.cfg.Upstream.Kind
-	r.metrics.Upstreams(string(kind))
+	r.metrics.Upstreams(kindLabel(g.cfg))
 	r.metrics.ClientCertificate(g.clientCertNotAfter)
-	if !kind.OAuth() {
+	oauth := g.cfg.Upstream.Kind.OAuth()
+	for _, u := range g.cfg.Upstreams {
+		oauth = oauth || u.Kind.OAuth()
+	}
+	if !oauth {
 		r.metrics.ForgetToken()
 	}
 	r.alerts.Update(g.alerts)

@@ -84,6 +84,7 @@ type Relay struct {
 	metrics *metrics.Metrics
 	up      *switchable
 	upSched upstream.Upstream // up, as the scheduler sees it: instrumented
+	fo      *failovers
 	sched   *delivery.Scheduler
 	alerts  *alerts.Notifier
 	started time.Time
@@ -155,6 +156,7 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 	}
 	r.metrics = metrics.New(r.metricsGauges())
 	r.alerts = alerts.New(alerts.Options{Metrics: r.metrics.Registry(), Clock: d.Clock, Logger: d.Logger})
+	r.fo = newFailovers(r.metrics.Registry())
 	r.trace.Subscribe(r.metrics.Observe)
 	r.trace.Subscribe(r.seen.observe)
 
@@ -188,7 +190,7 @@ func (r *Relay) build(cfg *config.Config, prev *generation) (*generation, upstre
 	d := r.d
 	d.tokenRenewed = r.metrics.TokenRenewed
 	d.clientCertificate = func(t time.Time) { g.clientCertNotAfter = t }
-	up, name, err := newUpstream(cfg, string(r.dir), d)
+	up, name, err := newUpstream(cfg, string(r.dir), d, r.fo.observe)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -212,6 +214,7 @@ func (r *Relay) build(cfg *config.Config, prev *generation) (*generation, upstre
 		up.Close()
 		return nil, nil, err
 	}
+	r.fo.routes(cfg)
 	g.certKey = cfg.TLS.CertFile + "\x00" + cfg.TLS.KeyFile + "\x00" + g.hostname
 	if prev != nil && prev.certKey == g.certKey {
 		g.cert = prev.cert
@@ -232,7 +235,7 @@ func (r *Relay) schedOptions(g *generation) delivery.Options {
 	cfg := g.cfg
 	return delivery.Options{
 		Spool: r.spool, Upstream: r.upSched, UpstreamName: g.upName,
-		Record: r.trace.Record, Explain: explain(cfg.Upstream.Kind),
+		Record: r.trace.Record, Explain: explain(cfg),
 		Bounce:     &delivery.Bounce{ReportingMTA: g.hostname, From: cfg.Bounce.From, Admin: cfg.Bounce.Admin},
 		FirstRetry: cfg.Delivery.FirstRetry.D(), MaxRetry: cfg.Delivery.MaxRetry.D(), Lifetime: cfg.Delivery.Lifetime.D(),
 		Concurrency: cfg.Delivery.Concurrency, Delivered: r.metrics.ObserveDelivery,

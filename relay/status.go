@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/siterelay/siterelay/relay/trace"
+	"github.com/siterelay/siterelay/relay/upstream/route"
 )
 
 // Status is the relay at a glance, for the status page and for discovery.
@@ -19,7 +20,10 @@ type Status struct {
 	// smaller of the configured limit and the upstream's).
 	MaxMessageBytes int64          `json:"max_message_bytes"`
 	Upstream        UpstreamStatus `json:"upstream"`
-	Queue           QueueStatus    `json:"queue"`
+	// Routes, when the configuration has routes, say which upstream each
+	// uses now and, after a failover, why and until when.
+	Routes []route.Status `json:"routes,omitempty"`
+	Queue  QueueStatus    `json:"queue"`
 	// Counts are trace events since start, by kind (docs/trace.md).
 	Counts map[trace.Kind]uint64 `json:"counts"`
 }
@@ -83,6 +87,7 @@ func (r *Relay) Status() Status {
 		Listeners:       r.listenerStatus(),
 		MaxMessageBytes: g.maxSize,
 		Queue:           QueueStatus{Messages: st.Messages, Bytes: st.Bytes, Oldest: st.Oldest},
+		Routes:          r.up.routeStatus(),
 	}
 	r.seen.mu.Lock()
 	defer r.seen.mu.Unlock()

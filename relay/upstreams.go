@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/layout"
@@ -12,14 +13,50 @@ import (
 	"github.com/siterelay/siterelay/relay/upstream/capture"
 	"github.com/siterelay/siterelay/relay/upstream/m365"
 	"github.com/siterelay/siterelay/relay/upstream/pace"
+	"github.com/siterelay/siterelay/relay/upstream/route"
 	"github.com/siterelay/siterelay/relay/upstream/smarthost"
 )
 
 // newUpstream builds the configured upstream, of any kind, and a name for
-// traces. This file is the one place that turns upstream configuration
-// into an upstream; doctor.go and relay.go only call it.
-func newUpstream(cfg *config.Config, dir string, d Deps) (upstream.Upstream, string, error) {
-	u := cfg.Upstream
+// traces: the one upstream, or, when the configuration has routes, a
+// router over the named upstreams (relay/upstream/route) that closes them
+// all on Close. failover, when set, is told of each failover (metrics).
+// This file is the one place that turns upstream configuration into an
+// upstream; doctor.go and relay.go only call it.
+func newUpstream(cfg *config.Config, dir string, d Deps, failover func(route, from, to, reason string)) (upstream.Upstream, string, error) {
+	if len(cfg.Routes) == 0 {
+		return buildUpstream(cfg, cfg.Upstream, "upstream", dir, d)
+	}
+	named := map[string]route.Named{}
+	closeAll := func() {
+		for _, n := range named {
+			n.Up.Close()
+		}
+	}
+	for name, u := range cfg.Upstreams {
+		up, label, err := buildUpstream(cfg, u, "upstreams."+name, dir, d)
+		if err != nil {
+			closeAll()
+			return nil, "", err
+		}
+		named[name] = route.Named{Name: name, Label: name + " (" + label + ")", Up: up}
+	}
+	rt, err := route.New(route.Options{Routes: cfg.Routes, Upstreams: named, Clock: d.Clock,
+		StateFile: layout.Dir(dir).Routes(), Failover: failover, Logger: d.Logger})
+	if err != nil {
+		closeAll()
+		return nil, "", err
+	}
+	var parts []string
+	for _, r := range cfg.Routes {
+		parts = append(parts, r.Name+" → "+strings.Join(r.Upstreams, ", "))
+	}
+	return rt, "routes: " + strings.Join(parts, "; "), nil
+}
+
+// buildUpstream builds one upstream of any kind; key is where it is
+// configured ("upstream", "upstreams.NAME"), for errors.
+func buildUpstream(cfg *config.Config, u config.Upstream, key, dir string, d Deps) (upstream.Upstream, string, error) {
 	switch u.Kind {
 	case config.KindCapture:
 		out := filepath.Join(dir, u.Capture.Directory)
@@ -35,23 +72,23 @@ func newUpstream(cfg *config.Config, dir string, d Deps) (upstream.Upstream, str
 		if s.CAFile != "" {
 			pem, err := os.ReadFile(layout.Dir(dir).Resolve(s.CAFile))
 			if err != nil {
-				return nil, "", fmt.Errorf("upstream.smtp.ca_file: %w", err)
+				return nil, "", fmt.Errorf("%s.smtp.ca_file: %w", key, err)
 			}
 			opts.RootCAs = x509.NewCertPool()
 			if !opts.RootCAs.AppendCertsFromPEM(pem) {
-				return nil, "", fmt.Errorf("upstream.smtp.ca_file: no PEM certificate in %s", s.CAFile)
+				return nil, "", fmt.Errorf("%s.smtp.ca_file: no PEM certificate in %s", key, s.CAFile)
 			}
 		}
 		if s.Auth != "" {
 			pw, err := d.Secret(s.PasswordSecret)
 			if err != nil {
-				return nil, "", fmt.Errorf("upstream.smtp.password_secret: %w", err)
+				return nil, "", fmt.Errorf("%s.smtp.password_secret: %w", key, err)
 			}
 			opts.Auth = smarthost.Auth{Mechanism: s.Auth, Username: s.Username, Password: string(pw)}
 		}
 		up, err := smarthost.New(opts)
 		if err != nil {
-			return nil, "", fmt.Errorf("upstream.smtp: %w", err)
+			return nil, "", fmt.Errorf("%s.smtp: %w", key, err)
 		}
 		if s.MessagesPerMinute > 0 {
 			// Pace below the smarthost's limit rather than be throttled.
@@ -60,7 +97,7 @@ func newUpstream(cfg *config.Config, dir string, d Deps) (upstream.Upstream, str
 		return up, "smtp " + s.Address, nil
 	}
 	if !u.Kind.Microsoft() {
-		return nil, "", fmt.Errorf("upstream.kind %q: not a kind this relay knows", u.Kind)
+		return nil, "", fmt.Errorf("%s.kind %q: not a kind this relay knows", key, u.Kind)
 	}
 	// The Microsoft 365 kinds, already paced to Microsoft's limits.
 	up, err := m365.New(u.Kind, u.M365, m365.Deps{
@@ -68,19 +105,23 @@ func newUpstream(cfg *config.Config, dir string, d Deps) (upstream.Upstream, str
 		TokenRenewed: d.tokenRenewed, ClientCertificate: d.clientCertificate,
 	})
 	if err != nil {
-		return nil, "", fmt.Errorf("upstream (%s): %w", u.Kind, err)
+		return nil, "", fmt.Errorf("%s (%s): %w", key, u.Kind, err)
 	}
 	return up, string(u.Kind) + " " + u.M365.Tenant, nil
 }
 
 // explain gives the scheduler a plain-language hint for upstream replies:
 // Microsoft's table for the Microsoft kinds, and for a smarthost too (many
-// sites relay through one to Microsoft 365, and the codes are the same).
-func explain(kind config.Kind) func(error) string {
-	if kind == config.KindCapture {
-		return nil
+// sites relay through one to Microsoft 365, and the codes are the same);
+// nothing when every upstream is a capture.
+func explain(cfg *config.Config) func(error) string {
+	_, ups := cfg.EffectiveRoutes()
+	for _, u := range ups {
+		if u.Kind != config.KindCapture {
+			return m365.Explain
+		}
 	}
-	return m365.Explain
+	return nil
 }
 
 // upstreamConnections is the metrics' siterelay_upstream_connections: open

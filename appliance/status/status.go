@@ -68,6 +68,11 @@ func (p Page) Health() Health {
 		}
 		h.Notes = append(h.Notes, n)
 	}
+	for _, r := range p.Relay.Routes {
+		if r.FailedOver {
+			h.Notes = append(h.Notes, fmt.Sprintf("Route %s sends by %s: its first upstream %s answered %s.", r.Name, r.Upstream, r.Upstreams[0], quote(r.Reason)))
+		}
+	}
 	if o := p.Relay.Queue.Oldest; !o.IsZero() && p.Now.Sub(o) > StaleAfter {
 		h.Notes = append(h.Notes, fmt.Sprintf("The oldest queued message has waited %s.", duration(p.Now.Sub(o))))
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/siterelay/siterelay/relay"
 	"github.com/siterelay/siterelay/relay/trace"
+	"github.com/siterelay/siterelay/relay/upstream/route"
 )
 
 var now = time.Date(2026, 11, 23, 14, 0, 0, 0, time.UTC)
@@ -193,6 +194,29 @@ func TestForPeople(t *testing.T) {
 	} {
 		if got := byteSize(tc.n); got != tc.want {
 			t.Errorf("byteSize(%d): got %q, want %q", tc.n, got, tc.want)
+		}
+	}
+}
+
+// A route that failed over shows which upstream it uses now, why, and when
+// the first is tried again; the verdict says so.
+func TestRoutesShown(t *testing.T) {
+	p := samplePage()
+	p.Relay.Upstream.LastProblem = nil
+	p.Relay.Queue = relay.QueueStatus{}
+	p.Relay.Routes = []route.Status{
+		{Name: "internal", Upstream: "hve", Upstreams: []string{"hve", "oauth"}},
+		{Name: "external", Upstream: "graph", Upstreams: []string{"oauth", "graph"}, FailedOver: true, Since: now.Add(-12 * time.Minute),
+			Reason: "535 5.7.139 Authentication unsuccessful", NextTry: now.Add(8 * time.Minute)},
+	}
+	h := p.Health()
+	if h.State != "warning" || !strings.Contains(strings.Join(h.Notes, " "), "Route external sends by graph: its first upstream oauth answered “535 5.7.139") {
+		t.Errorf("health %+v", h)
+	}
+	_, body := get(t, Handler(func() Page { return p }), "/")
+	for _, want := range []string{`id="routes"`, "<code>internal</code>", "<code>hve</code> → <code>oauth</code>", "failover</strong> since 12 min ago", "535 5.7.139", "tried again in 8 min"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("page lacks %q", want)
 		}
 	}
 }

@@ -3,7 +3,7 @@
 //
 //	relayd -dev [-state DIR]            development default, no tenant needed
 //	relayd -config FILE -state DIR      the real thing (SIGHUP reloads FILE and the secrets)
-//	relayd check-config FILE            validate a configuration and exit
+//	relayd check-config FILE            validate a configuration, print its route table and exit
 //	relayd doctor [-config FILE] [-state DIR] [-dns HOST:PORT] [-to ADDR]
 //	                                    check DNS, connection, TLS, login to the upstream;
 //	                                    every check that can runs, a skipped one says why
@@ -37,7 +37,7 @@ func main() {
 	if len(os.Args) > 1 {
 		switch os.Args[1] {
 		case "check-config":
-			os.Exit(checkConfig(os.Args[2:]))
+			os.Exit(checkConfig(os.Args[2:], os.Stdout, os.Stderr))
 		case "hash-password":
 			os.Exit(hashPassword())
 		case "doctor":
@@ -106,16 +106,18 @@ func defaultState() string {
 	return layout.DevStateDir
 }
 
-func checkConfig(args []string) int {
+func checkConfig(args []string, stdout, stderr io.Writer) int {
 	if len(args) != 1 {
-		fmt.Fprintln(os.Stderr, "usage: relayd check-config FILE")
+		fmt.Fprintln(stderr, "usage: relayd check-config FILE")
 		return 2
 	}
-	if _, err := config.Load(args[0]); err != nil {
-		fmt.Fprintf(os.Stderr, "%v\n", err)
+	cfg, err := config.Load(args[0])
+	if err != nil {
+		fmt.Fprintf(stderr, "%v\n", err)
 		return 1
 	}
-	fmt.Println("configuration is valid")
+	fmt.Fprintln(stdout, "configuration is valid; routes, first match wins:")
+	fmt.Fprint(stdout, cfg.RouteTable())
 	return 0
 }
 

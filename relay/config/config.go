@@ -29,10 +29,15 @@ type Config struct {
 	Limits     Limits     `json:"limits"`
 	Spool      Spool      `json:"spool"`
 	Delivery   Delivery   `json:"delivery"`
-	Upstream   Upstream   `json:"upstream"`
-	Bounce     Bounce     `json:"bounce"`
-	Trace      Trace      `json:"trace"`
-	Alerts     Alerts     `json:"alerts"`
+	// Upstream is the one upstream when every message goes the same way.
+	// Upstreams and Routes replace it when mail goes several ways (see
+	// routes.go): give either upstream, or upstreams with routes.
+	Upstream  Upstream            `json:"upstream,omitzero"`
+	Upstreams map[string]Upstream `json:"upstreams,omitempty"`
+	Routes    []Route             `json:"routes,omitempty"`
+	Bounce    Bounce              `json:"bounce"`
+	Trace     Trace               `json:"trace"`
+	Alerts    Alerts              `json:"alerts"`
 }
 
 // Listener is one SMTP port on the plant side.
@@ -328,6 +333,13 @@ func (c *Config) SetDefaults() {
 	setDefault(&c.Trace.MaxBytes, 512<<20)
 	c.Alerts.setDefaults()
 	c.Upstream.setDefaults()
+	for name, u := range c.Upstreams {
+		u.setDefaults()
+		c.Upstreams[name] = u
+	}
+	for i := range c.Routes {
+		c.Routes[i].setDefaults()
+	}
 }
 
 func setDefault[T comparable](p *T, v T) {
@@ -480,7 +492,7 @@ func (c *Config) Validate() Errors {
 	if c.Trace.MaxBytes < 1<<20 {
 		bad("trace.max_bytes", "%d is below 1 MiB (1048576); the trace needs room for at least today", c.Trace.MaxBytes)
 	}
-	errs = append(errs, c.Upstream.validate("upstream")...)
+	errs = append(errs, c.validateUpstreams()...)
 	errs = append(errs, c.Alerts.validate()...)
 	return errs
 }

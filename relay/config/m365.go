@@ -16,8 +16,14 @@ type M365 struct {
 	// contoso.onmicrosoft.com; it forms the token endpoint's path.
 	Tenant string `json:"tenant,omitempty"`
 	// Mailbox is the sending mailbox (the XOAUTH2 user, the Graph user, the
-	// password login). Kinds m365-oauth, m365-password, graph.
+	// password login, the HVE account). Kinds m365-oauth, m365-password,
+	// graph, hve.
 	Mailbox string `json:"mailbox,omitempty"`
+	// FromMailbox sends every message from Mailbox (envelope sender and
+	// the From header's address; the device's address moves to Reply-To
+	// when there is none), for routes whose upstreams send as different
+	// mailboxes, where one senders.rewrite_from cannot fit them all.
+	FromMailbox bool `json:"from_mailbox,omitempty"`
 	// ClientID is the Entra app registration's Application (client) ID.
 	ClientID string `json:"client_id,omitempty"`
 	// ClientSecretSecret names the secret holding the app's client secret
@@ -50,8 +56,8 @@ type M365 struct {
 	Domain string `json:"domain,omitempty"`
 	// MXHost overrides the host found in DNS for Domain's MX record.
 	MXHost string `json:"mx_host,omitempty"`
-	// AcceptedDomains are the recipient domains direct send can reach (the
-	// tenant's own); default [Domain].
+	// AcceptedDomains are the recipient domains direct send and HVE can
+	// reach (the tenant's own); default [Domain].
 	AcceptedDomains []string `json:"accepted_domains,omitempty"`
 	// ConnectorCertificateFile and ConnectorKeySecret are the client
 	// certificate a certificate-based inbound connector expects (its CN or a
@@ -94,13 +100,29 @@ const (
 	M365SMTPScope  = "https://outlook.office365.com/.default"
 	M365GraphURL   = "https://graph.microsoft.com"
 	M365GraphScope = "https://graph.microsoft.com/.default"
+	// HVEHost is High Volume Email's endpoint; smtp-hve.office365.com,
+	// the older name, is being retired.
+	HVEHost = "smtp.hve.mx.microsoft"
 )
+
+// UsesTokens reports whether this configuration of kind logs in with
+// Entra access tokens: the OAuth kinds always, HVE unless it is given the
+// HVE account's password (legacy, allowed until September 2028).
+func (m *M365) UsesTokens(kind Kind) bool {
+	return kind.OAuth() || (kind == KindHVE && m.PasswordSecret == "")
+}
 
 func (m *M365) setDefaults(kind Kind) {
 	if !kind.Microsoft() {
 		return
 	}
 	l := &m.Limits
+	if kind == KindHVE {
+		// Third parties report 50 recipients and 10 MB a message for
+		// HVE (Microsoft publishes no figure): settings, not facts.
+		setDefault(&l.MaxRecipients, 50)
+		setDefault(&l.MaxMessageBytes, 10<<20)
+	}
 	setDefault(&m.TokenURL, M365TokenURL)
 	setDefault(&m.GraphURL, M365GraphURL)
 	setDefault(&m.AssertionAlg, "PS256")
@@ -124,6 +146,16 @@ func (m *M365) setDefaults(kind Kind) {
 		if len(m.AcceptedDomains) == 0 && m.Domain != "" {
 			m.AcceptedDomains = []string{m.Domain}
 		}
+	case kind == KindHVE:
+		setDefault(&m.SMTPHost, HVEHost)
+		setDefault(&m.SMTPPort, 587)
+		if m.PasswordSecret == "" {
+			setDefault(&m.Scope, M365SMTPScope)
+		}
+		setDefault(&l.Concurrency, 4)
+		if len(m.AcceptedDomains) == 0 && m.Domain != "" {
+			m.AcceptedDomains = []string{m.Domain}
+		}
 	case kind == KindGraph:
 		setDefault(&m.Scope, M365GraphScope)
 		setDefault(&l.MessagesPerMinute, 300)
@@ -138,7 +170,7 @@ func (m *M365) validate(k string, kind Kind) Errors {
 	bad := func(key, format string, a ...any) {
 		errs = append(errs, &KeyError{Key: k + "." + key, Problem: fmt.Sprintf(format, a...)})
 	}
-	if kind.OAuth() {
+	if m.UsesTokens(kind) {
 		if m.Tenant == "" {
 			bad("tenant", "missing: the tenant id (GUID) or a verified domain such as contoso.onmicrosoft.com")
 		} else if strings.ContainsAny(m.Tenant, "/?#% ") {
@@ -168,16 +200,22 @@ func (m *M365) validate(k string, kind Kind) Errors {
 	if kind == KindGraph {
 		checkHTTPS(bad, "graph_url", m.GraphURL)
 	}
+	if m.FromMailbox && !kind.Mailbox() {
+		bad("from_mailbox", "only for the kinds that send as one mailbox (m365-oauth, m365-password, graph, hve)")
+	}
 	if kind.Mailbox() && !validAddress(m.Mailbox) {
 		bad("mailbox", "%q: want the sending mailbox's address, e.g. scanner@contoso.com", m.Mailbox)
 	}
 	if kind == KindM365Password && m.PasswordSecret == "" {
 		bad("password_secret", "missing: name the secret holding the mailbox password")
 	}
-	if kind != KindM365Password && m.PasswordSecret != "" {
-		bad("password_secret", "only used by kind m365-password")
+	if kind != KindM365Password && kind != KindHVE && m.PasswordSecret != "" {
+		bad("password_secret", "only used by kinds m365-password and hve")
 	}
-	if kind.Submission() {
+	if kind == KindHVE && m.PasswordSecret != "" && (m.ClientSecretSecret != "" || m.CertificateFile != "" || m.CertificateKeySecret != "") {
+		bad("password_secret", "kind hve logs in with the HVE account's password or with an app's token, not both: drop password_secret or the app's client_secret_secret/certificate")
+	}
+	if kind.Submission() || kind == KindHVE {
 		if !validDomain(m.SMTPHost) && !isIP(m.SMTPHost) {
 			bad("smtp_host", "%q is not a host name", m.SMTPHost)
 		}
@@ -198,9 +236,9 @@ func (m *M365) validate(k string, kind Kind) Errors {
 	} else if m.ConnectorCertificateFile != "" || m.ConnectorKeySecret != "" {
 		bad("connector_certificate_file", "only used by kinds m365-connector and m365-direct")
 	}
-	if kind == KindM365Direct {
+	if kind.Internal() {
 		if len(m.AcceptedDomains) == 0 {
-			bad("accepted_domains", "direct send reaches only the tenant's own domains: list them")
+			bad("accepted_domains", "kind %s reaches only the tenant's own domains: list them", kind)
 		}
 		for i, d := range m.AcceptedDomains {
 			if !validDomain(d) {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Kind is an upstream kind, as upstream.kind spells it. The questions the
@@ -21,10 +22,11 @@ const (
 	KindM365Connector Kind = "m365-connector" // Microsoft 365 connector relay to the tenant's MX host
 	KindM365Direct    Kind = "m365-direct"    // Microsoft 365 direct send to the tenant's MX host
 	KindGraph         Kind = "graph"          // Microsoft Graph sendMail
+	KindHVE           Kind = "hve"            // Microsoft 365 High Volume Email: internal recipients only
 )
 
 // Kinds lists every upstream kind, in the order the docs give them.
-var Kinds = []Kind{KindCapture, KindSMTP, KindM365OAuth, KindM365Password, KindM365Connector, KindM365Direct, KindGraph}
+var Kinds = []Kind{KindCapture, KindSMTP, KindM365OAuth, KindM365Password, KindM365Connector, KindM365Direct, KindGraph, KindHVE}
 
 // Known reports whether k is one of Kinds.
 func (k Kind) Known() bool { return slices.Contains(Kinds, k) }
@@ -33,7 +35,7 @@ func (k Kind) Known() bool { return slices.Contains(Kinds, k) }
 // under upstream.m365).
 func (k Kind) Microsoft() bool {
 	switch k {
-	case KindM365OAuth, KindM365Password, KindM365Connector, KindM365Direct, KindGraph:
+	case KindM365OAuth, KindM365Password, KindM365Connector, KindM365Direct, KindGraph, KindHVE:
 		return true
 	}
 	return false
@@ -48,11 +50,30 @@ func (k Kind) Submission() bool { return k == KindM365OAuth || k == KindM365Pass
 // and SPF records to name the site.
 func (k Kind) MX() bool { return k == KindM365Connector || k == KindM365Direct }
 
-// OAuth reports whether k gets Entra access tokens (client credentials).
+// OAuth reports whether k always gets Entra access tokens (client
+// credentials). HVE logs in with tokens or, legacy, with the HVE account's
+// password: M365.UsesTokens answers for one configuration.
 func (k Kind) OAuth() bool { return k == KindM365OAuth || k == KindGraph }
 
-// Mailbox reports whether k sends as one mailbox (upstream.m365.mailbox).
-func (k Kind) Mailbox() bool { return k.Submission() || k == KindGraph }
+// Mailbox reports whether k sends as one mailbox (upstream.m365.mailbox;
+// for HVE the HVE account).
+func (k Kind) Mailbox() bool { return k.Submission() || k == KindGraph || k == KindHVE }
+
+// Internal reports whether k reaches only the tenant's own recipients
+// (upstream.m365.accepted_domains): direct send and HVE.
+func (k Kind) Internal() bool { return k == KindM365Direct || k == KindHVE }
+
+// RenewBefore is how long before its expiry an access token is replaced:
+// HVE refuses tokens that expire within 10 minutes (501 5.5.127 "Token
+// will expire soon"), so it renews 20 minutes ahead (the token source
+// keeps handing out a token while it cannot renew it only until half of
+// this is left: 10 minutes); the others 5.
+func (k Kind) RenewBefore() time.Duration {
+	if k == KindHVE {
+		return 20 * time.Minute
+	}
+	return 5 * time.Minute
+}
 
 func kindList() string {
 	s := make([]string, len(Kinds))

@@ -17,6 +17,7 @@ func TestKindQuestions(t *testing.T) {
 		{KindM365Connector, true, true, false, true, false, false},
 		{KindM365Direct, true, true, false, true, false, false},
 		{KindGraph, true, true, false, false, true, true},
+		{KindHVE, true, true, false, false, false, true},
 		{"m365-carrier-pigeon", false, false, false, false, false, false},
 		{"", false, false, false, false, false, false},
 	}
@@ -30,7 +31,7 @@ func TestKindQuestions(t *testing.T) {
 			}
 		})
 	}
-	if len(Kinds) != 7 {
-		t.Errorf("%d kinds, want 7", len(Kinds))
+	if len(Kinds) != 8 {
+		t.Errorf("%d kinds, want 8", len(Kinds))
 	}
 }

@@ -65,6 +65,9 @@ type Failure struct {
 	Status string
 	Hint   string
 	index  int
+	// upstream names the upstream that refused, when a router said
+	// (RcptResult.Upstream); "" means the configured one.
+	upstream string
 }
 
 // Scheduler runs the delivery loop. Enqueue and Kick are safe to call from
@@ -319,6 +322,10 @@ func (s *Scheduler) attempt(ctx context.Context, id string) {
 	}
 	var failed []Failure
 	var deferredTo []string
+	// deferredBy groups deferredTo by the upstream that deferred them
+	// (RcptResult.Upstream), so that each part of a routed message is
+	// traced with its own upstream and reply.
+	var deferredBy []*part
 	var lastTemp *upstream.Error
 	var retryAfter time.Duration
 	// Recipients the pacer held back: no attempt was made, so no trace
@@ -344,23 +351,23 @@ func (s *Scheduler) attempt(ctx context.Context, id string) {
 			s.retryAt(id, now.Add(s.backoff(n)))
 			return
 		}
-		msg := &upstream.Message{QueueID: id, From: env.From, Size: content.Size, Body: content, UTF8: env.UTF8, EightBit: env.EightBit}
+		msg := &upstream.Message{QueueID: id, From: env.From, Size: content.Size, Body: content, UTF8: env.UTF8, EightBit: env.EightBit, ClientIP: env.ClientIP}
 		for _, batch := range split(pending, set.maxRecipients) {
 			msg.To = msg.To[:0]
 			for _, i := range batch {
 				msg.To = append(msg.To, env.To[i].Addr)
 			}
 			results, err := s.o.Upstream.Deliver(ctx, msg)
-			var delivered []string
+			var delivered []*part
 			var deliveredReply string
 			for k, i := range batch {
-				rerr := err
+				rerr, via := err, ""
 				if err == nil {
-					rerr = resultFor(results, k, msg.To[k])
+					via, rerr = resultFor(results, k, msg.To[k])
 				}
 				rcpt := env.To[i].Addr
 				if rerr == nil {
-					delivered = append(delivered, rcpt)
+					delivered = addTo(delivered, via, rcpt, nil)
 					deliveredReply = "250 accepted"
 					s.o.Spool.Update(id, i, spool.Delivered, deliveredReply)
 					continue
@@ -372,7 +379,7 @@ func (s *Scheduler) attempt(ctx context.Context, id string) {
 					if !strings.HasPrefix(enh, "5.") {
 						enh = "" // a permanent failure's DSN status is 5.x.x
 					}
-					failed = append(failed, Failure{Rcpt: rcpt, Reply: status, Status: enh, Hint: s.hint(rerr, status), index: i})
+					failed = append(failed, Failure{Rcpt: rcpt, Reply: status, Status: enh, Hint: s.hint(rerr, status), index: i, upstream: via})
 					continue
 				}
 				if ctx.Err() != nil {
@@ -387,10 +394,11 @@ func (s *Scheduler) attempt(ctx context.Context, id string) {
 				lastTemp = ue
 				retryAfter = max(retryAfter, ue.RetryAfter)
 				deferredTo = append(deferredTo, rcpt)
+				deferredBy = addTo(deferredBy, via, rcpt, ue)
 				s.o.Spool.Update(id, i, spool.Pending, status)
 			}
-			if len(delivered) > 0 {
-				s.event(trace.Delivered, info, n, delivered, deliveredReply, "", "")
+			for _, p := range delivered {
+				s.eventVia(p.upstream, trace.Delivered, info, n, p.to, deliveredReply, "", "")
 			}
 		}
 		content.Close()
@@ -416,7 +424,7 @@ func (s *Scheduler) attempt(ctx context.Context, id string) {
 		}
 		if !expired {
 			for _, f := range failed {
-				s.event(kind, info, n, []string{f.Rcpt}, f.Reply, f.Hint, "")
+				s.eventVia(f.upstream, kind, info, n, []string{f.Rcpt}, f.Reply, f.Hint, "")
 				log.Warn("recipient failed", "rcpt", f.Rcpt, "reply", f.Reply, "hint", f.Hint)
 			}
 		}
@@ -437,9 +445,12 @@ func (s *Scheduler) attempt(ctx context.Context, id string) {
 		if end := env.Received.Add(set.lifetime); due.After(end) {
 			due = end // expire on time, not an interval late
 		}
+		for _, p := range deferredBy {
+			status := p.err.Error()
+			s.eventVia(p.upstream, trace.Deferred, info, n, p.to, status, s.hint(p.err, status), "next attempt "+due.UTC().Format(time.RFC3339))
+		}
 		status := lastTemp.Error()
 		hint := s.hint(lastTemp, status)
-		s.event(trace.Deferred, info, n, deferredTo, status, hint, "next attempt "+due.UTC().Format(time.RFC3339))
 		log.Info("deferred", "recipients", len(deferredTo), "reply", status, "hint", hint, "attempt", n, "retry_in", wait.Round(time.Millisecond))
 		s.retryAt(id, due)
 		return
@@ -467,6 +478,15 @@ func (s *Scheduler) hint(err error, status string) string {
 }
 
 func (s *Scheduler) event(k trace.Kind, info spool.Info, attempt int, to []string, reply, hint, note string) {
+	s.eventVia("", k, info, attempt, to, reply, hint, note)
+}
+
+// eventVia is event for recipients an upstream other than the configured
+// one handled (up, from RcptResult.Upstream); "" means the configured one.
+func (s *Scheduler) eventVia(up string, k trace.Kind, info spool.Info, attempt int, to []string, reply, hint, note string) {
+	if up == "" {
+		up = s.set.Load().upstreamName
+	}
 	if note != "" {
 		hint = strings.TrimSpace(hint + " (" + note + ")")
 	}
@@ -474,8 +494,31 @@ func (s *Scheduler) event(k trace.Kind, info spool.Info, attempt int, to []strin
 	s.o.Record(trace.Event{
 		Time: s.o.Clock(), Kind: k, QueueID: info.ID, MessageID: env.MessageID, ClientIP: env.ClientIP,
 		Account: env.Login, From: env.From, To: to, Subject: env.Subject, Size: info.Size, Attempt: attempt,
-		Reply: reply, Hint: hint, Upstream: s.set.Load().upstreamName,
+		Reply: reply, Hint: hint, Upstream: up,
 	})
+}
+
+// part is the recipients of one attempt that one upstream handled alike,
+// and, for a deferral, the last reply.
+type part struct {
+	upstream string
+	to       []string
+	err      *upstream.Error
+}
+
+// addTo puts rcpt into the part of upstream up, a new one at the end if
+// there is none yet.
+func addTo(parts []*part, up, rcpt string, err *upstream.Error) []*part {
+	for _, p := range parts {
+		if p.upstream == up {
+			p.to = append(p.to, rcpt)
+			if err != nil {
+				p.err = err
+			}
+			return parts
+		}
+	}
+	return append(parts, &part{upstream: up, to: []string{rcpt}, err: err})
 }
 
 // backoff is FirstRetry doubled per attempt, capped at MaxRetry, with up
@@ -491,16 +534,18 @@ func (s *Scheduler) backoff(attempt int) time.Duration {
 	return d - time.Duration(rand.Int64N(int64(d)/5+1))
 }
 
-func resultFor(results []upstream.RcptResult, k int, rcpt string) error {
+// resultFor is rcpt's outcome and, when the upstream said, which upstream
+// handled it.
+func resultFor(results []upstream.RcptResult, k int, rcpt string) (string, error) {
 	if k < len(results) && results[k].Rcpt == rcpt {
-		return results[k].Err
+		return results[k].Upstream, results[k].Err
 	}
 	for _, r := range results {
 		if r.Rcpt == rcpt {
-			return r.Err
+			return r.Upstream, r.Err
 		}
 	}
-	return &upstream.Error{Err: fmt.Errorf("upstream gave no result for %s", rcpt)}
+	return "", &upstream.Error{Err: fmt.Errorf("upstream gave no result for %s", rcpt)}
 }
 
 func split(idx []int, n int) [][]int {

@@ -28,7 +28,8 @@ type scripted struct {
 	got      map[string]int // accepted deliveries per recipient
 	maxRcpt  int
 	calls    int
-	bounces  chan string // the DSNs it was given (null sender), when set
+	bounces  chan string       // the DSNs it was given (null sender), when set
+	via      map[string]string // RcptResult.Upstream per recipient, as a router says
 }
 
 func (u *scripted) Limits() upstream.Limits {
@@ -63,7 +64,7 @@ func (u *scripted) Deliver(ctx context.Context, m *upstream.Message) ([]upstream
 		} else {
 			u.got[to]++
 		}
-		res = append(res, upstream.RcptResult{Rcpt: to, Err: err})
+		res = append(res, upstream.RcptResult{Rcpt: to, Err: err, Upstream: u.via[to]})
 	}
 	return res, nil
 }
@@ -260,4 +261,26 @@ func (p *pacedOnce) Deliver(ctx context.Context, m *upstream.Message) ([]upstrea
 		return nil, &upstream.Error{Err: upstream.ErrPaced, RetryAfter: time.Second}
 	}
 	return p.scripted.Deliver(ctx, m)
+}
+
+// A router's parts are traced each with the upstream that handled it.
+func TestEachPartTracedWithItsUpstream(t *testing.T) {
+	h := newHarness(t, map[string][]string{"b@ext": {"451 4.7.0 later", "250"}, "d@ext": {"550 5.1.10 not found"}}, 0)
+	h.up.via = map[string]string{"a@int": "internal/hve", "b@ext": "external/oauth", "c@ext": "external/oauth", "d@ext": "external/oauth"}
+	h.put(t, "a@int", "b@ext", "c@ext", "d@ext")
+	got := map[string]string{}
+	for range 2 {
+		e := h.next(t, trace.Delivered)
+		got[e.Upstream] = fmt.Sprint(e.To)
+	}
+	if want := "map[external/oauth:[c@ext] internal/hve:[a@int]]"; fmt.Sprint(got) != want {
+		t.Errorf("delivered parts %v, want %s", got, want)
+	}
+	// The attempt's failures are traced before its deferrals.
+	if b := h.next(t, trace.Bounced); b.Upstream != "external/oauth" {
+		t.Errorf("bounced by %q, want external/oauth", b.Upstream)
+	}
+	if d := h.next(t, trace.Deferred); d.Upstream != "external/oauth" || fmt.Sprint(d.To) != "[b@ext]" {
+		t.Errorf("deferred part %+v, want b@ext by external/oauth", d)
+	}
 }

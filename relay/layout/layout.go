@@ -78,6 +78,11 @@ func (d Dir) PaceWindows(name string) string {
 	return d.Path("pace", strings.NewReplacer("/", "_", `\`, "_").Replace(name)+".json")
 }
 
+// Routes keeps which upstream each route uses after a failover, and when
+// its first upstream is tried again (relay/upstream/route), across restarts
+// and reloads.
+func (d Dir) Routes() string { return d.Path("routes.json") }
+
 // Tailnet is the tailnet node's state (keys, node identity).
 func (d Dir) Tailnet() string { return d.Path("tailnet") }
 

@@ -33,6 +33,9 @@ type Message struct {
 	// UTF8 asks for SMTPUTF8 (the device used it); EightBit for 8BITMIME.
 	UTF8     bool
 	EightBit bool
+	// ClientIP is the sending device's address, for routes that choose an
+	// upstream by device (relay/upstream/route); "" when unknown.
+	ClientIP string
 }
 
 // Reader returns a fresh reader over the whole body.
@@ -43,6 +46,10 @@ func (m *Message) Reader() io.Reader { return io.NewSectionReader(m.Body, 0, m.S
 type RcptResult struct {
 	Rcpt string
 	Err  error
+	// Upstream, when set, names the upstream that made this attempt for
+	// this recipient (a router sends the parts of one message different
+	// ways); the trace then names it instead of the configured upstream.
+	Upstream string
 }
 
 // Upstream delivers messages. Implementations keep and reuse their own

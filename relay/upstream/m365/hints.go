@@ -28,6 +28,7 @@ type Rule struct {
 // Rules is Microsoft's replies (docs/m365.md, "Replies explained"), in the words an admin needs.
 var Rules = []Rule{
 	{Enhanced: "5.7.3", Hint: "Microsoft 365 refused the login. For OAuth: the app needs the Exchange service principal (New-ServicePrincipal with the Enterprise Application's object id, not the App registration's), FullAccess on the mailbox (Add-MailboxPermission), and SMTP AUTH enabled for the mailbox (Set-CASMailbox -SmtpClientAuthenticationDisabled $false); security defaults or Conditional Access must not block it. For a password: move to OAuth (kind m365-oauth)."},
+	{Enhanced: "5.5.127", Hint: "High Volume Email refused an access token that expires within 10 minutes: the relay renews HVE tokens 20 minutes ahead and asks for a new one now; if this recurs, check the relay's clock (NTP)."},
 	{Enhanced: "5.7.139", Hint: "SMTP AUTH is disabled for the tenant or the mailbox, or security defaults block it: run Set-CASMailbox <mailbox> -SmtpClientAuthenticationDisabled $false (and Set-TransportConfig -SmtpClientAuthenticationDisabled $false for the organisation), review security defaults, and move to OAuth (kind m365-oauth)."},
 	{Enhanced: "5.7.30", Hint: "Microsoft 365 no longer accepts passwords (basic authentication) for client submission: move to OAuth (kind m365-oauth with an Entra app that has SMTP.SendAsApp), or to Graph."},
 	{Enhanced: "5.7.57", Hint: "Microsoft 365 wants a login before it takes mail on this endpoint: use kind m365-oauth, or send to the tenant's MX host through a connector (kind m365-connector)."},
@@ -52,6 +53,7 @@ var Rules = []Rule{
 	{Enhanced: "5.1.10", Hint: "The recipient does not exist: fix the address on the device."},
 	{Enhanced: "5.4.1", Hint: "The recipient was refused (relay access denied or directory-based edge blocking): check that the recipient's domain is an accepted domain with the right MX, and the address."},
 	{Enhanced: "5.3.4", Hint: "The message is too large for Microsoft 365: send a smaller message (scan at lower resolution) or raise the mailbox's limit."},
+	{Text: regexp.MustCompile(`(?i)\b429\b|too many requests|rate limit exceeded`), Hint: "The upstream is over its sending limits (Azure Communication Services answers 429 Too Many Requests past them: a new custom domain starts at 30 messages a minute and 100 an hour): the relay keeps the mail, cools down and retries; ask for higher limits, or lower upstream.smtp.messages_per_minute."},
 	{Code: 535, Hint: "The login was refused: check the credentials, and move to OAuth (kind m365-oauth)."},
 }
 

@@ -23,6 +23,8 @@ func TestExplainReplies(t *testing.T) {
 		want string
 	}{
 		{535, smtp.EnhancedCode{5, 7, 3}, "Authentication unsuccessful", "New-ServicePrincipal"},
+		{501, smtp.EnhancedCode{5, 5, 127}, "Authentication unsuccessful. Token will expire soon.", "20 minutes ahead"},
+		{550, smtp.EnhancedCode{5, 7, 0}, "429 Too Many Requests", "Azure Communication Services"},
 		{535, smtp.EnhancedCode{5, 7, 139}, "Authentication unsuccessful, the request did not meet the criteria", "move to OAuth"},
 		{530, smtp.EnhancedCode{5, 7, 57}, "Client not authenticated to send mail", "m365-oauth"},
 		{550, smtp.EnhancedCode{5, 7, 60}, "SMTP; Client does not have permissions to send as this sender", "SendAs"},

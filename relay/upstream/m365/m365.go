@@ -101,8 +101,21 @@ func New(kind config.Kind, cfg config.M365, d Deps) (upstream.Upstream, error) {
 	var check func(string) error
 	var err error
 	switch {
+	case kind == config.KindHVE:
+		// Client submission to HVE, for the tenant's own recipients only.
+		check = HVEChecker(cfg.AcceptedDomains)
+		if cfg.UsesTokens(kind) {
+			if tokens, err = newTokens(kind, cfg, d, log); err == nil {
+				inner, err = newSubmission(cfg, d, log, tokens, nil)
+			}
+			break
+		}
+		var pw []byte
+		if pw, err = d.secret("upstream.m365.password_secret", cfg.PasswordSecret); err == nil {
+			inner, err = newSubmission(cfg, d, log, nil, pw)
+		}
 	case kind.OAuth():
-		tokens, err = newTokens(cfg, d, log)
+		tokens, err = newTokens(kind, cfg, d, log)
 		if err != nil {
 			return nil, err
 		}
@@ -131,8 +144,8 @@ func New(kind config.Kind, cfg config.M365, d Deps) (upstream.Upstream, error) {
 		return nil, err
 	}
 	e := &explained{inner: inner, tokens: tokens, check: check, log: log, clock: d.Clock}
-	if kind == "m365-oauth" || kind == "m365-password" || kind == "graph" {
-		e.mailbox = cfg.Mailbox
+	if kind.Mailbox() {
+		e.mailbox, e.sendAs = cfg.Mailbox, cfg.FromMailbox
 	}
 	if kind == "m365-password" {
 		e.basicAuth = BasicAuthWarning(d.Clock())
@@ -158,9 +171,9 @@ func paceName(kind config.Kind, cfg config.M365) string {
 	return string(kind) + "-" + strings.ToLower(who)
 }
 
-func newTokens(cfg config.M365, d Deps, log *slog.Logger) (*TokenSource, error) {
+func newTokens(kind config.Kind, cfg config.M365, d Deps, log *slog.Logger) (*TokenSource, error) {
 	o := TokenOptions{BaseURL: cfg.TokenURL, Tenant: cfg.Tenant, ClientID: cfg.ClientID, Scope: cfg.Scope,
-		Alg: cfg.AssertionAlg, HTTPClient: d.HTTPClient, Clock: d.Clock, Logger: log, Renewed: d.TokenRenewed}
+		Alg: cfg.AssertionAlg, HTTPClient: d.HTTPClient, Clock: d.Clock, Logger: log, Renewed: d.TokenRenewed, RenewBefore: kind.RenewBefore()}
 	if cfg.ClientSecretSecret != "" {
 		s, err := d.secret("upstream.m365.client_secret_secret", cfg.ClientSecretSecret)
 		if err != nil {
@@ -208,6 +221,23 @@ func DirectSendChecker(domains []string) func(string) error {
 	}
 }
 
+// HVEChecker refuses recipients outside the tenant's domains at RCPT:
+// High Volume Email delivers only inside the organisation. The words say
+// what to add, since a route is how other mail gets a way.
+func HVEChecker(domains []string) func(string) error {
+	return func(rcpt string) error {
+		at := strings.LastIndexByte(rcpt, '@')
+		dom := strings.ToLower(strings.TrimSuffix(rcpt[at+1:], "."))
+		for _, d := range domains {
+			if strings.EqualFold(d, dom) {
+				return nil
+			}
+		}
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 54},
+			Message: fmt.Sprintf("This relay sends %s by Microsoft 365 High Volume Email, which reaches only %s: the admin adds a route for other recipients (routes[] ending in a catch-all route to kind m365-oauth or graph)", dom, strings.Join(domains, ", "))}
+	}
+}
+
 // explained adds hints, keeps relay-side refusals temporary, and offers a
 // token step in probes.
 type explained struct {
@@ -217,8 +247,10 @@ type explained struct {
 	log    *slog.Logger
 	clock  func() time.Time
 	// mailbox, for the kinds that send as one mailbox, is the sender of
-	// messages with a null envelope sender (see fromMailbox).
+	// messages with a null envelope sender (see fromMailbox), and of every
+	// message when sendAs (upstream.m365.from_mailbox).
 	mailbox string
+	sendAs  bool
 	// basicAuth is the warning for the password kind (BasicAuthWarning).
 	basicAuth string
 }
@@ -260,12 +292,20 @@ func (e *explained) CheckRecipient(rcpt string) error {
 // as this sender) belong here too: the relay's configuration does not match
 // the tenant (senders.rewrite_from, SendAs), which the admin fixes once for
 // every message.
-var identityRefusals = []string{"5.7.3", "5.7.139", "5.7.30", "5.7.57", "5.7.60", "5.2.252", "5.7.64", "5.7.68", "5.7.708", "5.7.705"}
+var identityRefusals = []string{"5.7.3", "5.5.127", "5.7.139", "5.7.30", "5.7.57", "5.7.60", "5.2.252", "5.7.64", "5.7.68", "5.7.708", "5.7.705"}
 
 func (e *explained) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.RcptResult, error) {
 	var used string
 	if e.tokens != nil {
 		ctx = context.WithValue(ctx, usedKey{}, &used)
+	}
+	if e.sendAs && msg.From != "" && !strings.EqualFold(msg.From, e.mailbox) {
+		m, err := sendAs(msg, e.mailbox, true)
+		if err != nil {
+			e.log.Warn("cannot send this message from the mailbox (from_mailbox); trying it as it is", "queue_id", msg.QueueID, "err", err)
+		} else {
+			msg = m
+		}
 	}
 	if msg.From == "" && e.mailbox != "" {
 		m, err := fromMailbox(msg, e.mailbox)
@@ -278,7 +318,7 @@ func (e *explained) Deliver(ctx context.Context, msg *upstream.Message) ([]upstr
 	}
 	res, err := e.inner.Deliver(ctx, msg)
 	if err != nil {
-		if r := upstream.Classify(err).Reply; r != nil && used != "" && enhanced(r) == "5.7.3" {
+		if r := upstream.Classify(err).Reply; r != nil && used != "" && (enhanced(r) == "5.7.3" || enhanced(r) == "5.5.127") {
 			// The login refused this token: a new one carries roles
 			// granted since (Graph drops its own on 401/403).
 			e.tokens.Invalidate(used)

@@ -25,6 +25,13 @@ const maxHead = 256 << 10
 // still carries the delivery status). Only the header section is copied;
 // the body is read from the spool as it is.
 func fromMailbox(msg *upstream.Message, mailbox string) (*upstream.Message, error) {
+	return sendAs(msg, mailbox, false)
+}
+
+// sendAs is fromMailbox for any message; with replyTo, the address the
+// From header had goes to a Reply-To header when the message has none, so
+// that answers still reach the device's owner (upstream.m365.from_mailbox).
+func sendAs(msg *upstream.Message, mailbox string, replyTo bool) (*upstream.Message, error) {
 	head := make([]byte, min(msg.Size, maxHead))
 	n, err := msg.Body.ReadAt(head, 0)
 	if err != nil && err != io.EOF {
@@ -38,9 +45,13 @@ func fromMailbox(msg *upstream.Message, mailbox string) (*upstream.Message, erro
 	end += 2 // keep the header section's last CRLF with it
 	var out bytes.Buffer
 	name, replaced := "Mail Delivery System", false
+	orig, hasReplyTo := "", false
 	lines := bytes.SplitAfter(head[:end], []byte("\r\n"))
 	for i := 0; i < len(lines); i++ {
 		l := lines[i]
+		if hasField(l, "reply-to") {
+			hasReplyTo = true
+		}
 		if !hasField(l, "from") {
 			out.Write(l)
 			continue
@@ -51,8 +62,13 @@ func fromMailbox(msg *upstream.Message, mailbox string) (*upstream.Message, erro
 			field = append(field, lines[i]...)
 		}
 		_, value, _ := bytes.Cut(field, []byte(":"))
-		if a, err := mail.ParseAddress(strings.TrimSpace(string(value))); err == nil && a.Name != "" {
-			name = a.Name
+		if a, err := mail.ParseAddress(strings.TrimSpace(string(value))); err == nil {
+			if a.Name != "" {
+				name = a.Name
+			}
+			if orig == "" {
+				orig = a.Address
+			}
 		}
 		if !replaced {
 			out.WriteString("From: " + (&mail.Address{Name: name, Address: mailbox}).String() + "\r\n")
@@ -62,6 +78,9 @@ func fromMailbox(msg *upstream.Message, mailbox string) (*upstream.Message, erro
 	if !replaced {
 		hdr := "From: " + (&mail.Address{Name: name, Address: mailbox}).String() + "\r\n"
 		out = *bytes.NewBuffer(append([]byte(hdr), out.Bytes()...))
+	}
+	if replyTo && !hasReplyTo && orig != "" && !strings.EqualFold(orig, mailbox) {
+		out.WriteString("Reply-To: " + (&mail.Address{Address: orig}).String() + "\r\n")
 	}
 	h := out.Bytes()
 	c := *msg

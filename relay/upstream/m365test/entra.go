@@ -143,6 +143,14 @@ func (e *Entra) Check(token, scope string) (clientID string, ok bool) {
 	return is.ClientID, true
 }
 
+// Expires is when a token issued by the fake expires.
+func (e *Entra) Expires(token string) (time.Time, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	is, ok := e.tokens[token]
+	return is.Expires, ok
+}
+
 // Tokens lists every token issued (for the secrets-in-logs test).
 func (e *Entra) Tokens() []string {
 	e.mu.Lock()

@@ -29,6 +29,12 @@ type ExchangeOptions struct {
 	// MX makes it the tenant's MX host (no AUTH; connectors and direct
 	// send); otherwise it is smtp.office365.com (client submission).
 	MX bool
+	// HVE makes it High Volume Email (smtp.hve.mx.microsoft): client
+	// submission for HVE accounts (XOAUTH2, or Passwords), no per-minute
+	// limit, only TenantDomains' recipients (ErrHVEExternal otherwise),
+	// and tokens that expire within HVETokenMargin refused
+	// (ErrHVETokenExpiring).
+	HVE bool
 
 	// Client submission: Entra checks XOAUTH2 tokens; Passwords, when set,
 	// allow basic AUTH LOGIN/PLAIN for those mailboxes (else 535 5.7.139).
@@ -76,6 +82,8 @@ type Exchange struct {
 	authed     map[string]int // mailbox -> authenticated sessions
 	sent       map[string][]time.Time
 	scripts    map[string][]*smtp.SMTPError
+	refuse     map[string]*smtp.SMTPError
+	expiring   int
 	violations []string
 	peak       map[string]int
 }
@@ -103,7 +111,7 @@ func NewExchange(t testing.TB, o ExchangeOptions) *Exchange {
 		o.Clock = time.Now
 	}
 	x := &Exchange{o: o, grants: map[string][]string{}, authed: map[string]int{},
-		sent: map[string][]time.Time{}, scripts: map[string][]*smtp.SMTPError{}, peak: map[string]int{}}
+		sent: map[string][]time.Time{}, scripts: map[string][]*smtp.SMTPError{}, refuse: map[string]*smtp.SMTPError{}, peak: map[string]int{}}
 	s := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
 		return &xsession{x: x, c: c}, nil
 	}))
@@ -212,9 +220,27 @@ func (x *Exchange) Script(stage string, replies ...*smtp.SMTPError) {
 	x.scripts[stage] = append(x.scripts[stage], replies...)
 }
 
+// Refuse answers every command at stage with reply from now on, until
+// Refuse(stage, nil): a path closed for the tenant, as when an admin turns
+// SMTP AUTH off (ErrBasicOff at AtAuth), basic authentication is retired
+// (ErrBasicRetired at AtAuth) or RejectDirectSend is set (ErrRejectDirect
+// at AtMail), and opened again.
+func (x *Exchange) Refuse(stage string, reply *smtp.SMTPError) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if reply == nil {
+		delete(x.refuse, stage)
+		return
+	}
+	x.refuse[stage] = reply
+}
+
 func (x *Exchange) scripted(stage string) error {
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	if r := x.refuse[stage]; r != nil {
+		return r
+	}
 	q := x.scripts[stage]
 	if len(q) == 0 {
 		return nil
@@ -268,7 +294,18 @@ var (
 	ErrRejectDirect = reply(550, smtp.EnhancedCode{5, 7, 68}, "TenantInboundAttribution; Direct Send not allowed for this organization from unauthorized sources")
 	ErrNoRelay      = reply(550, smtp.EnhancedCode{5, 7, 54}, "SMTP; Unable to relay recipient in non-accepted domain")
 	ErrTooBig       = reply(552, smtp.EnhancedCode{5, 3, 4}, "Message size exceeds fixed maximum message size")
+	// HVE's refusal of a token close to expiry, as Microsoft documents it.
+	ErrHVETokenExpiring = reply(501, smtp.EnhancedCode{5, 5, 127}, "Authentication unsuccessful. Token will expire soon. [fake.hve.mx.microsoft]")
+	// HVE's refusal of an external recipient: Microsoft documents the rule
+	// (internal recipients only) but not the reply; this text is the fake's.
+	ErrHVEExternal = reply(550, smtp.EnhancedCode{5, 7, 1}, "High Volume Email sends only to recipients inside the organization [fake.hve.mx.microsoft]")
 )
+
+// HVETokenMargin is how close to its expiry HVE refuses a token.
+const HVETokenMargin = 10 * time.Minute
+
+// ExpiringRefused counts tokens HVE refused as expiring soon.
+func (x *Exchange) ExpiringRefused() int { x.mu.Lock(); defer x.mu.Unlock(); return x.expiring }
 
 type xsession struct {
 	x         *Exchange
@@ -341,8 +378,20 @@ func (a *xoauth2Server) Next(resp []byte) ([]byte, bool, error) {
 		return nil, false, ErrAuthFailed
 	}
 	client, ok := a.s.x.o.Entra.Check(token, SMTPScope)
-	if !ok || !a.s.x.o.Entra.HasRole(token, RoleSMTP) {
+	role := RoleSMTP
+	if a.s.x.o.HVE {
+		role = RoleGraph // HVE accounts take apps with Mail.Send (Add-HVEAppAccess)
+	}
+	if !ok || !a.s.x.o.Entra.HasRole(token, role) {
 		return nil, false, ErrAuthFailed
+	}
+	if a.s.x.o.HVE {
+		if exp, _ := a.s.x.o.Entra.Expires(token); exp.Sub(a.s.x.o.Clock()) < HVETokenMargin {
+			a.s.x.mu.Lock()
+			a.s.x.expiring++
+			a.s.x.mu.Unlock()
+			return nil, false, ErrHVETokenExpiring
+		}
 	}
 	a.s.x.mu.Lock()
 	granted := slices.Contains(a.s.x.grants[client], strings.ToLower(user))
@@ -406,9 +455,12 @@ func (s *xsession) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if err := s.x.scripted(AtRcpt); err != nil {
 		return err
 	}
-	if s.x.o.MX && s.connector == "" {
+	if (s.x.o.MX && s.connector == "") || s.x.o.HVE {
 		_, dom, _ := strings.Cut(to, "@")
 		if !slices.ContainsFunc(s.x.o.TenantDomains, func(d string) bool { return strings.EqualFold(d, dom) }) {
+			if s.x.o.HVE {
+				return ErrHVEExternal
+			}
 			return ErrNoRelay
 		}
 	}
@@ -440,7 +492,7 @@ func (s *xsession) Data(r io.Reader) error {
 	now := x.o.Clock()
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if !x.o.MX {
+	if !x.o.MX && !x.o.HVE {
 		recent := slices.DeleteFunc(x.sent[s.mailbox], func(t time.Time) bool { return !t.After(now.Add(-time.Minute)) })
 		if len(recent) >= x.o.PerMinute {
 			x.violations = append(x.violations, fmt.Sprintf("more than %d messages a minute for %s", x.o.PerMinute, s.mailbox))

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -375,6 +376,10 @@ func (p *Paced) learnLocked(now time.Time, err error) error {
 	return &c
 }
 
+// tooMany matches a reply that says the sender is over a rate limit in
+// HTTP's terms.
+var tooMany = regexp.MustCompile(`(?i)\b429\b|too many requests|rate limit exceeded`)
+
 // throttle says how long to wait after a reply, why, whether the reply
 // (a 5xx) is a hold rather than a refusal, and whether it concerns only
 // this message (a tenant-wide window) rather than the whole upstream.
@@ -396,6 +401,11 @@ func (p *Paced) throttle(ue *upstream.Error) (cool time.Duration, why string, ho
 		case c == (smtp.EnhancedCode{5, 7, 233}):
 			// The tenant's external recipient rate limit (TERRL).
 			return p.o.QuotaCooldown, "the tenant's external recipient rate limit is reached", true, true
+		case tooMany.MatchString(r.Message):
+			// Services that speak of their limits in HTTP's words
+			// (Azure Communication Services: 429 past its per-minute
+			// and per-hour limits), whatever the SMTP code: a hold.
+			return p.o.RateCooldown, "the upstream says too many requests, cooling down", true, false
 		}
 	}
 	if !ue.Permanent && ue.RetryAfter > 0 {

@@ -174,6 +174,10 @@ func TestThrottleReplies(t *testing.T) {
 		{"thread limit", &smtp.SMTPError{Code: 432, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "STOREDRV.ClientSubmit; sender thread limit exceeded"}, time.Minute},
 		{"ip throttle", &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 500}, Message: "Server busy. Please try again later"}, 5 * time.Minute},
 		{"quota", &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 2, 0}, Message: "STOREDRV.Submission.Exception:SubmissionQuotaExceededException"}, time.Hour},
+		// Azure Communication Services' limits, said as HTTP's 429 (its
+		// SMTP reply code is not documented: a 5xx must not bounce).
+		{"429 as 5xx", &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "429 Too Many Requests"}, 5 * time.Minute},
+		{"429 as 4xx", &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Rate limit exceeded, try again later"}, 5 * time.Minute},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
