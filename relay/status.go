@@ -2,10 +2,13 @@ package relay
 
 import (
 	"net"
+	"slices"
 	"sync"
 	"time"
 
+	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/trace"
+	"github.com/siterelay/siterelay/relay/upstream/m365"
 	"github.com/siterelay/siterelay/relay/upstream/route"
 )
 
@@ -23,7 +26,10 @@ type Status struct {
 	// Routes, when the configuration has routes, say which upstream each
 	// uses now and, after a failover, why and until when.
 	Routes []route.Status `json:"routes,omitempty"`
-	Queue  QueueStatus    `json:"queue"`
+	// Warnings are things in the configuration an admin must act on before
+	// they stop mail (basic authentication's end), in plain words.
+	Warnings []string    `json:"warnings,omitempty"`
+	Queue    QueueStatus `json:"queue"`
 	// Counts are trace events since start, by kind (docs/trace.md).
 	Counts map[trace.Kind]uint64 `json:"counts"`
 }
@@ -88,6 +94,7 @@ func (r *Relay) Status() Status {
 		MaxMessageBytes: g.maxSize,
 		Queue:           QueueStatus{Messages: st.Messages, Bytes: st.Bytes, Oldest: st.Oldest},
 		Routes:          r.up.routeStatus(),
+		Warnings:        warnings(g.cfg, r.d.Clock()),
 	}
 	r.seen.mu.Lock()
 	defer r.seen.mu.Unlock()
@@ -158,4 +165,16 @@ func (s *seen) observe(e trace.Event) {
 			s.upstream.LastProblem = &Problem{Time: e.Time, Kind: e.Kind, Reply: e.Reply, Hint: e.Hint}
 		}
 	}
+}
+
+// warnings are the configuration's dated warnings, worded for now.
+func warnings(cfg *config.Config, now time.Time) []string {
+	kinds := []config.Kind{cfg.Upstream.Kind}
+	for _, u := range cfg.Upstreams {
+		kinds = append(kinds, u.Kind)
+	}
+	if slices.Contains(kinds, config.KindM365Password) {
+		return []string{m365.BasicAuthWarning(now)}
+	}
+	return nil
 }

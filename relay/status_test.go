@@ -3,6 +3,7 @@ package relay
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/policy"
@@ -84,5 +85,17 @@ func TestStatusDescribesListeners(t *testing.T) {
 		if got[i] != want[i] {
 			t.Errorf("listener %d:\n got %+v\nwant %+v", i, got[i], want[i])
 		}
+	}
+}
+
+func TestStatusWarnsOfBasicAuthentication(t *testing.T) {
+	cfg := config.Default()
+	if got := warnings(cfg, time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)); got != nil {
+		t.Errorf("capture upstream: warnings %q, want none", got)
+	}
+	cfg.Upstreams = map[string]config.Upstream{"legacy": {Kind: config.KindM365Password}}
+	got := warnings(cfg, time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC))
+	if len(got) != 1 || !strings.Contains(got[0], "end of December 2026 (in 31 days)") || !strings.Contains(got[0], "m365-oauth") {
+		t.Errorf("password upstream: warnings %q, want the dated basic-authentication warning", got)
 	}
 }

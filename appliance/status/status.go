@@ -73,6 +73,9 @@ func (p Page) Health() Health {
 			h.Notes = append(h.Notes, fmt.Sprintf("Route %s sends by %s: its first upstream %s answered %s.", r.Name, r.Upstream, r.Upstreams[0], quote(r.Reason)))
 		}
 	}
+	for _, w := range p.Relay.Warnings {
+		h.Notes = append(h.Notes, "The configuration needs an admin: "+w+".")
+	}
 	if o := p.Relay.Queue.Oldest; !o.IsZero() && p.Now.Sub(o) > StaleAfter {
 		h.Notes = append(h.Notes, fmt.Sprintf("The oldest queued message has waited %s.", duration(p.Now.Sub(o))))
 	}

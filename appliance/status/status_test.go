@@ -220,3 +220,18 @@ func TestRoutesShown(t *testing.T) {
 		}
 	}
 }
+
+func TestConfigurationWarningsShown(t *testing.T) {
+	p := samplePage()
+	p.Relay.Upstream.LastProblem = nil
+	p.Relay.Queue = relay.QueueStatus{}
+	p.Relay.Warnings = []string{"kind m365-password logs in with the mailbox's password: move to kind m365-oauth"}
+	h := p.Health()
+	if h.State != "warning" || !strings.Contains(strings.Join(h.Notes, " "), "The configuration needs an admin: kind m365-password") {
+		t.Errorf("health %+v", h)
+	}
+	_, body := get(t, Handler(func() Page { return p }), "/")
+	if !strings.Contains(body, "move to kind m365-oauth") {
+		t.Errorf("page lacks the warning:\n%s", body)
+	}
+}
