@@ -150,7 +150,7 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 	if err != nil {
 		return nil, err
 	}
-	r.trace, err = trace.Open(r.dir.Trace(), trace.Options{RetentionDays: cfg.Trace.RetentionDays, MaxBytes: cfg.Trace.MaxBytes, Now: d.Clock, Logger: d.Logger})
+	r.trace, err = trace.Open(r.dir.Trace(), trace.Options{RetentionDays: cfg.Trace.RetentionDays, MaxBytes: cfg.Trace.MaxBytes, Clock: d.Clock, Logger: d.Logger})
 	if err != nil {
 		return nil, fmt.Errorf("opening trace: %w", err)
 	}

@@ -15,7 +15,7 @@ import (
 func TestTraceCommand(t *testing.T) {
 	state := relaytest.StateDir(t)
 	now := time.Date(2026, 11, 23, 14, 0, 0, 0, time.UTC)
-	s, err := trace.Open(filepath.Join(state, "trace"), trace.Options{Now: func() time.Time { return now }})
+	s, err := trace.Open(filepath.Join(state, "trace"), trace.Options{Clock: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -88,7 +88,7 @@ func BenchmarkLookup(b *testing.B) {
 	}
 	dir := b.TempDir()
 	now := t0.Add(time.Duration(n) * 50 * time.Millisecond)
-	s, err := newStore(dir, Options{Now: func() time.Time { return now }, FlushInterval: time.Hour})
+	s, err := newStore(dir, Options{Clock: func() time.Time { return now }, FlushInterval: time.Hour})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -14,7 +14,7 @@ import (
 // few hundred events make several segments and a tail.
 func openSmall(t *testing.T, dir string, c *clock, seg int) *Store {
 	t.Helper()
-	s, err := newStore(dir, Options{Now: c.now, FlushInterval: time.Hour})
+	s, err := newStore(dir, Options{Clock: c.now, FlushInterval: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +257,7 @@ func TestRetentionRemovesIndexes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := newStore(dir, Options{Now: (&clock{t0}).now}); err != nil {
+	if _, err := newStore(dir, Options{Clock: (&clock{t0}).now}); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := names(t, dir), []string{"2026-11-23.idx", "2026-11-23.jsonl"}; !reflect.DeepEqual(got, want) {
@@ -271,7 +271,7 @@ func TestRetentionRemovesIndexes(t *testing.T) {
 func FuzzIndex(f *testing.F) {
 	dir := f.TempDir()
 	c := &clock{t0}
-	s, err := newStore(dir, Options{Now: c.now, FlushInterval: time.Hour})
+	s, err := newStore(dir, Options{Clock: c.now, FlushInterval: time.Hour})
 	if err != nil {
 		f.Fatal(err)
 	}

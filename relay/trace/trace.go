@@ -37,8 +37,8 @@ type Options struct {
 	BufferBytes int
 	// FlushInterval is the longest an event waits in memory (default 1 s).
 	FlushInterval time.Duration
-	// Now is the clock (default time.Now).
-	Now func() time.Time
+	// Clock is the time source (default time.Now).
+	Clock func() time.Time
 	// Logger gets write errors (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -130,8 +130,8 @@ func newStore(dir string, opts Options) (*Store, error) {
 	if opts.FlushInterval < 0 {
 		return nil, fmt.Errorf("opening trace: FlushInterval %v is negative", opts.FlushInterval)
 	}
-	if opts.Now == nil {
-		opts.Now = time.Now
+	if opts.Clock == nil {
+		opts.Clock = time.Now
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -179,7 +179,7 @@ func (s *Store) Subscribe(fn func(e Event)) {
 // e.To afterwards.
 func (s *Store) Record(e Event) {
 	if e.Time.IsZero() {
-		e.Time = s.opts.Now()
+		e.Time = s.opts.Clock()
 	}
 	if subs := s.subs.Load(); subs != nil {
 		for _, fn := range *subs {
@@ -282,7 +282,7 @@ func (s *Store) Close() error {
 // rebuild indexes, in the background, the past days whose index is
 // missing, damaged or short (today's is the writer's). It stops at Close.
 func (s *Store) rebuild() {
-	today := dayOf(s.opts.Now())
+	today := dayOf(s.opts.Clock())
 	s.rebuilds.Add(1)
 	go func() {
 		defer s.rebuilds.Done()
@@ -324,7 +324,7 @@ func (s *Store) writer() {
 			s.write(c)
 		case <-tick.C:
 			s.drain()
-			if now := s.opts.Now(); dayOf(now) != dayOf(s.lastPrune) || s.opts.MaxBytes > 0 && now.Sub(s.lastPrune) >= time.Minute {
+			if now := s.opts.Clock(); dayOf(now) != dayOf(s.lastPrune) || s.opts.MaxBytes > 0 && now.Sub(s.lastPrune) >= time.Minute {
 				if dayOf(now) != dayOf(s.lastPrune) {
 					if s.file != nil && s.fileDay < dayOf(now) {
 						s.closeFile() // writes the closed day's last index segment
@@ -454,7 +454,7 @@ func openDay(path string) (*os.File, error) {
 // prune removes day files older than RetentionDays, then the oldest ones
 // while they are over MaxBytes.
 func (s *Store) prune() error {
-	now := s.opts.Now()
+	now := s.opts.Clock()
 	s.lastPrune = now
 	today := dayOf(now)
 	days, err := listDays(s.dir)

@@ -20,7 +20,7 @@ func (c *clock) now() time.Time { return c.t }
 
 func open(t *testing.T, dir string, c *clock) *Store {
 	t.Helper()
-	s, err := Open(dir, Options{Now: c.now, FlushInterval: time.Hour})
+	s, err := Open(dir, Options{Clock: c.now, FlushInterval: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +167,7 @@ func TestRetention(t *testing.T) {
 		}
 	}
 	c := &clock{t0} // 2026-11-23: 30 days kept are 2026-10-25 .. 2026-11-23
-	s, err := newStore(dir, Options{Now: c.now})
+	s, err := newStore(dir, Options{Clock: c.now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +198,7 @@ func TestRetentionMaxBytes(t *testing.T) {
 		{250, []string{"2026-11-22.jsonl", "2026-11-23.jsonl"}},
 		{10, []string{"2026-11-23.jsonl"}}, // today's file stays
 	} {
-		if _, err := newStore(dir, Options{Now: (&clock{t0}).now, MaxBytes: tt.max}); err != nil {
+		if _, err := newStore(dir, Options{Clock: (&clock{t0}).now, MaxBytes: tt.max}); err != nil {
 			t.Fatal(err)
 		}
 		if got := names(t, dir); !reflect.DeepEqual(got, tt.want) {
@@ -224,7 +224,7 @@ func names(t *testing.T, dir string) []string {
 // blocking, and every event it did not drop reaches the file.
 func TestDropsWhenFull(t *testing.T) {
 	dir := t.TempDir()
-	s, err := newStore(dir, Options{Now: (&clock{t0}).now, BufferBytes: 4096, FlushInterval: time.Hour})
+	s, err := newStore(dir, Options{Clock: (&clock{t0}).now, BufferBytes: 4096, FlushInterval: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,7 +258,7 @@ func TestDropsWhenFull(t *testing.T) {
 func TestCloseFlushes(t *testing.T) {
 	dir := t.TempDir()
 	c := &clock{t0}
-	s, err := Open(dir, Options{Now: c.now, FlushInterval: time.Hour})
+	s, err := Open(dir, Options{Clock: c.now, FlushInterval: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
