@@ -83,3 +83,12 @@ func (d Dir) Resolve(p string) string {
 	}
 	return d.Path(p)
 }
+
+// SecretMeta is what is known of a secret besides its value (kind,
+// fingerprint, expiry), kept beside the secret store; the dot keeps it out
+// of the secret names.
+func (d Dir) SecretMeta(name string) string { return d.Path("secrets", ".meta", name+".json") }
+
+// Certificate is a provisioned certificate's public part (PEM), for the
+// configuration's certificate_file keys.
+func (d Dir) Certificate(name string) string { return d.Path("certs", name+".pem") }
