@@ -8,7 +8,10 @@
 // docs/architecture.md has the table of who writes and who reads each entry.
 package layout
 
-import "path/filepath"
+import (
+	"fmt"
+	"path/filepath"
+)
 
 // The box's fixed places. The bootstrap directory is baked into the
 // read-only image by images/sitegen; the first boot moves its files into
@@ -92,3 +95,11 @@ func (d Dir) SecretMeta(name string) string { return d.Path("secrets", ".meta", 
 // Certificate is a provisioned certificate's public part (PEM), for the
 // configuration's certificate_file keys.
 func (d Dir) Certificate(name string) string { return d.Path("certs", name+".pem") }
+
+// ConfigVersion is one kept configuration version in ConfigHistory.
+func (d Dir) ConfigVersion(n int) string {
+	return d.Path("config.d", fmt.Sprintf("%06d.json", n))
+}
+
+// ConfigIndex lists the kept versions (when, by whom, which is in force).
+func (d Dir) ConfigIndex() string { return d.Path("config.d", "index.json") }
