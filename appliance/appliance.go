@@ -22,8 +22,12 @@ import (
 
 	"github.com/siterelay/siterelay/appliance/status"
 	"github.com/siterelay/siterelay/netcfg/mdns"
+	provapi "github.com/siterelay/siterelay/provisioning/api"
+	"github.com/siterelay/siterelay/provisioning/secrets"
+	"github.com/siterelay/siterelay/provisioning/server"
 	"github.com/siterelay/siterelay/relay"
 	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/layout"
 	"github.com/siterelay/siterelay/relay/upstream"
 )
 
@@ -48,6 +52,10 @@ type Options struct {
 	Discovery *Discovery
 	// Ready, when set, is called once the listeners are bound.
 	Ready func(smtp []net.Addr, http net.Addr)
+	// Tailnet, when set, joins the tailnet in the background and serves
+	// the admin API there (docs/provisioning.md). On the box it comes
+	// from the site file.
+	Tailnet *Tailnet
 }
 
 // LoadConfig returns the configuration Options point at.
@@ -94,6 +102,9 @@ func Run(ctx context.Context, o Options) error {
 		if o.Discovery == nil && box.Site != nil && box.Site.Hostname != "" {
 			o.Discovery = &Discovery{Hostname: box.Site.Hostname}
 		}
+		if o.Tailnet == nil && box.Site != nil {
+			o.Tailnet = &Tailnet{Site: box.Site.Hostname, Admins: box.Site.Admins}
+		}
 	}
 	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
@@ -102,7 +113,10 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	r, err := relay.New(cfg, o.StateDir, relay.Deps{Logger: log, Secret: SecretStore(filepath.Join(o.StateDir, "secrets"))})
+	creds := secrets.New(layout.Dir(o.StateDir), nil)
+	secret := usedSecrets(SecretStore(filepath.Join(o.StateDir, "secrets")), creds)
+	run := newRunning(o, log, func() relay.Deps { return relay.Deps{Logger: log, Secret: secret} })
+	r, err := run.start(cfg)
 	if err != nil {
 		return err
 	}
@@ -115,9 +129,10 @@ func Run(ctx context.Context, o Options) error {
 		}
 		httpAddr = l.Addr()
 		mux := http.NewServeMux()
-		mux.Handle("/metrics", r.Metrics())
+		mux.HandleFunc("/metrics", func(w http.ResponseWriter, req *http.Request) { run.Relay().Metrics().ServeHTTP(w, req) })
+		mux.Handle(provapi.Version+"/", server.LANRefusal()) // the admin API is on the tailnet only
 		mux.Handle("/", status.Handler(func() status.Page {
-			st := r.Status()
+			st := run.Relay().Status()
 			p := status.Page{Hostname: cfg.Hostname, Version: Version(), Now: time.Now(), Relay: &st}
 			if m := responder.Load(); m != nil {
 				p.MDNSName = m.Name() + ".local" // the name in use, after any conflict
@@ -143,13 +158,21 @@ func Run(ctx context.Context, o Options) error {
 		responder.Store(resp)
 		log.Info("announcing by mDNS", "name", resp.Name()+".local")
 	}
+	if o.Tailnet != nil {
+		adm, stopAdmin, err := startAdmin(ctx, o, run, creds, log)
+		if err != nil {
+			return err
+		}
+		adm.host = cfg.Hostname
+		defer stopAdmin()
+	}
 	if o.Box {
 		console("SMTP listening on %v", r.Addrs())
 	}
 	if o.Ready != nil {
 		o.Ready(r.Addrs(), httpAddr)
 	}
-	return r.Run(ctx)
+	return run.serve(ctx, cfg)
 }
 
 // SecretStore reads secrets from files in dir, one file per secret name,

@@ -254,7 +254,28 @@ func Dialer(ctx context.Context, o Options) (*tsnet.Server, error) {
 		srv.Close()
 		return nil, cleanErr(err, o.AuthKey)
 	}
+	waitHomeDERP(ctx, srv, 5*time.Second)
 	return srv, nil
+}
+
+// waitHomeDERP waits (at most max) until srv has a home DERP connection:
+// packets sent before it are dropped by the DERP server, and a first TCP
+// connection then waits for its SYN to be sent again, seconds later.
+func waitHomeDERP(ctx context.Context, srv *tsnet.Server, max time.Duration) {
+	ctx, cancel := context.WithTimeout(ctx, max)
+	defer cancel()
+	h := srv.Sys().HealthTracker.Get()
+	ms := srv.Sys().MagicSock.Get()
+	for {
+		if r := ms.GetLastNetcheckReport(ctx); r != nil && r.PreferredDERP != 0 && !h.GetDERPRegionReceivedTime(r.PreferredDERP).IsZero() {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // Dial is a dial function over srv.

@@ -120,6 +120,18 @@ func LANRefusal() http.Handler {
 	})
 }
 
+type callerKey struct{}
+
+// Caller names the tailnet identity making the request ctx belongs to, for
+// the box's own records (the trace says who deleted a message).
+func Caller(ctx context.Context) string {
+	s, _ := ctx.Value(callerKey{}).(string)
+	if s == "" {
+		return "an administrator"
+	}
+	return s
+}
+
 // call is one request in flight.
 type call struct {
 	r    *http.Request
@@ -175,6 +187,8 @@ func (s *server) serve(w http.ResponseWriter, c *call, need api.Role, h handler)
 			Message: "the caller is not a known tailnet node; the admin API answers only tailnet identities"}
 	}
 	c.d = s.Policy.Decide(wi)
+	c.r = r.WithContext(context.WithValue(r.Context(), callerKey{}, c.d.Identity.String()))
+	r = c.r
 	if changing(r.Method) && r.Header.Get(api.CSRFHeader) != api.CSRFValue {
 		return &api.Error{Status: http.StatusForbidden, Code: api.CodeCSRF,
 			Message: fmt.Sprintf("changing calls need the header %s: %s (relayctl sends it; browsers cannot cross-site)", api.CSRFHeader, api.CSRFValue)}
