@@ -35,6 +35,7 @@ import (
 
 const captureConfig = `{"hostname":"relay-%s","listeners":[{"name":"local","address":"127.0.0.1:0","mode":"smtp","starttls":false,"allowed_networks":["127.0.0.0/8"]}],
   "upstream":{"kind":"capture","capture":{"directory":"%s"}},
+  "limits":{"messages_per_minute":100000,"burst":10000},
   "delivery":{"first_retry":"1h","max_retry":"1h"}}`
 
 // box is one relay run by Run, on the test tailnet.
@@ -49,26 +50,40 @@ type box struct {
 	done   chan error
 }
 
-func startBox(t *testing.T, tn *provtest.Tailnet, site, cfg string) *box {
+func writeConfig(t *testing.T, dir, cfg string) {
 	t.Helper()
-	dir := relaytest.StateDir(t)
 	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	b := &box{site: site, dir: dir, logs: &relaytest.Buffer{}, done: make(chan error, 1)}
-	ready := make(chan struct{})
+}
+
+func startBox(t *testing.T, tn *provtest.Tailnet, site, cfg string) *box {
+	t.Helper()
+	dir := relaytest.StateDir(t)
+	writeConfig(t, dir, cfg)
 	nodes := make(chan *node.Node, 1)
+	b := runBox(t, Options{StateDir: dir, Tailnet: &Tailnet{Site: site, AuthKey: "tskey-auth-test-" + site, ControlURL: tn.URL,
+		Store: new(mem.Store), Ephemeral: true, Node: func(n *node.Node) { nodes <- n }}})
+	b.site = site
+	b.node = <-nodes
+	relaytest.Eventually(t, site+" on the tailnet", func() bool { return b.node.State().State == node.Up })
+	provtest.WaitDERP(t, b.node.Server())
+	tn.Tag(t, b.node.Server(), ctl.DefaultTag)
+	return b
+}
+
+// runBox runs Run with o (its StateDir holding config.json) until the test ends.
+func runBox(t *testing.T, o Options) *box {
+	t.Helper()
+	b := &box{dir: o.StateDir, logs: &relaytest.Buffer{}, done: make(chan error, 1)}
+	ready := make(chan struct{})
 	ctx, cancel := context.WithCancel(context.Background())
 	b.cancel = cancel
-	o := Options{StateDir: dir, HTTPAddr: "127.0.0.1:0",
-		Logger: slog.New(slog.NewJSONHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Ready: func(s []net.Addr, h net.Addr) {
-			b.smtp, b.http = s[0].String(), h.String()
-			close(ready)
-		}}
-	if tn != nil {
-		o.Tailnet = &Tailnet{Site: site, AuthKey: "tskey-auth-test-" + site, ControlURL: tn.URL, Store: new(mem.Store), Ephemeral: true,
-			Node: func(n *node.Node) { nodes <- n }}
+	o.HTTPAddr = "127.0.0.1:0"
+	o.Logger = slog.New(slog.NewJSONHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	o.Ready = func(s []net.Addr, h net.Addr) {
+		b.smtp, b.http = s[0].String(), h.String()
+		close(ready)
 	}
 	go func() { b.done <- Run(ctx, o) }()
 	t.Cleanup(b.stop)
@@ -78,12 +93,6 @@ func startBox(t *testing.T, tn *provtest.Tailnet, site, cfg string) *box {
 		t.Fatalf("Run ended before it was ready: %v", err)
 	case <-time.After(time.Until(relaytest.Deadline(t))):
 		t.Fatal("Run never got ready")
-	}
-	if tn != nil {
-		b.node = <-nodes
-		relaytest.Eventually(t, site+" on the tailnet", func() bool { return b.node.State().State == node.Up })
-		provtest.WaitDERP(t, b.node.Server())
-		tn.Tag(t, b.node.Server(), ctl.DefaultTag)
 	}
 	return b
 }
