@@ -268,6 +268,18 @@ func TestRelayctlEndToEnd(t *testing.T) {
 	if out := rc.ok("", cmd("-json", "queue")...); strings.TrimSpace(out) != "[]" {
 		t.Errorf("queue after delete: %s", out)
 	}
+	fake.FailNext(upstreamtest.StageMail, 1, upstreamtest.Reply(451, "4.7.500", "Server busy. Please try again later"))
+	if err := b.send(t, "to bounce"); err != nil {
+		t.Fatal(err)
+	}
+	relaytest.Eventually(t, "a deferred message", func() bool {
+		out := rc.ok("", cmd("-json", "queue")...)
+		return json.Unmarshal([]byte(out), &q) == nil && len(q) == 1 && q[0].LastReply != ""
+	})
+	rc.ok("", cmd("queue", "bounce", q[0].ID)...)
+	if dsn := fake.WaitMessages(t, 3)[2]; dsn.From != "" || !strings.Contains(string(dsn.Data), "to bounce") {
+		t.Errorf("third delivery from %q is not the bounce: %.200s", dsn.From, dsn.Data)
+	}
 
 	// Roll back: mail goes to the capture upstream again.
 	out = rc.ok("", cmd("config", "rollback", "1")...)
@@ -278,12 +290,21 @@ func TestRelayctlEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	relaytest.Eventually(t, "capture after rollback", func() bool { return len(files(b.dir, "outbox")) == 2 })
-	if got := fake.Count(); got != 2 {
-		t.Errorf("smarthost got %d, want 2", got)
+	if got := fake.Count(); got != 3 {
+		t.Errorf("smarthost got %d, want 3", got)
+	}
+	if out := rc.ok("", cmd("config", "get")...); !strings.Contains(out, `"capture"`) {
+		t.Errorf("config get after rollback:\n%s", out)
+	}
+	if code, out, errs := rc.run("", cmd("doctor")...); code != ctl.ExitOK && code != ctl.ExitFailed {
+		t.Errorf("doctor: exit %d\n%s%s", code, out, errs)
 	}
 
 	// Read-only views work and the audit log has every change.
-	rc.ok("", cmd("status")...)
+	t.Logf("relayctl status:\n%s", rc.ok("", cmd("status")...))
+	t.Logf("relayctl queue:\n%s", rc.ok("", cmd("queue")...))
+	t.Logf("relayctl creds list:\n%s", rc.ok("", cmd("creds", "list")...))
+	t.Logf("relayctl audit:\n%s", rc.ok("", cmd("audit", "-limit", "4")...))
 	rc.ok("", cmd("trace", "-kind", "delivered")...)
 	rc.ok("", cmd("firmware")...)
 	rc.ok("", cmd("config", "versions")...)
@@ -294,7 +315,7 @@ func TestRelayctlEndToEnd(t *testing.T) {
 	for _, a := range audit {
 		whats = append(whats, a.What)
 	}
-	for _, want := range []string{"put credential smarthost (password)", "dry run of a configuration", "put configuration (version 2", "retry message", "delete message", "roll configuration back to version 1"} {
+	for _, want := range []string{"put credential smarthost (password)", "dry run of a configuration", "put configuration (version 2", "retry message", "delete message", "bounce message", "doctor", "roll configuration back to version 1"} {
 		if !slices.ContainsFunc(whats, func(w string) bool { return strings.Contains(w, want) }) {
 			t.Errorf("audit lacks %q: %q", want, whats)
 		}
@@ -320,6 +341,11 @@ func TestRelayctlEndToEnd(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 403 {
 		t.Errorf("LAN /v1/status: %d %s, want 403", resp.StatusCode, lan)
+	}
+
+	rc.ok("", cmd("creds", "delete", "smarthost")...)
+	if out := rc.ok("", cmd("-json", "creds", "list")...); strings.TrimSpace(out) != "[]" {
+		t.Errorf("creds after delete: %s", out)
 	}
 
 	// Revoked: locked out on the next request, exit code 4.
@@ -353,9 +379,5 @@ func TestRelayctlEndToEnd(t *testing.T) {
 		if strings.Contains(text, password) {
 			t.Errorf("the provisioned password appears in %s", where)
 		}
-	}
-	st, err := os.Stat(layout.Dir(b.dir).Secret("smarthost"))
-	if err != nil || st.Mode().Perm() != 0o600 {
-		t.Errorf("secret file: %v %v", st, err)
 	}
 }
