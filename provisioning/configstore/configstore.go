@@ -150,7 +150,11 @@ func Validate(doc []byte) error {
 		for _, x := range errs {
 			var ke *config.KeyError
 			if errors.As(x, &ke) {
-				e.Problems = append(e.Problems, api.Problem{Key: ke.Key, Problem: ke.Problem})
+				key := ke.Key
+				if key == "" {
+					key = `""` // a key spelt as the empty string
+				}
+				e.Problems = append(e.Problems, api.Problem{Key: key, Problem: ke.Problem})
 			} else {
 				e.Problems = append(e.Problems, api.Problem{Key: "(document)", Problem: x.Error()})
 			}
