@@ -22,6 +22,9 @@ import (
 
 	"github.com/siterelay/siterelay/appliance/status"
 	"github.com/siterelay/siterelay/netcfg/mdns"
+	provapi "github.com/siterelay/siterelay/provisioning/api"
+	"github.com/siterelay/siterelay/provisioning/secrets"
+	"github.com/siterelay/siterelay/provisioning/server"
 	"github.com/siterelay/siterelay/relay"
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/layout"
@@ -52,6 +55,10 @@ type Options struct {
 	// Reload, when set, asks for the configuration and the secrets to be
 	// read again and applied without a restart (relayd sends on SIGHUP).
 	Reload <-chan struct{}
+	// Tailnet, when set, joins the tailnet in the background and serves
+	// the admin API there (docs/provisioning.md). On the box it comes
+	// from the site file.
+	Tailnet *Tailnet
 }
 
 // LoadConfig returns the configuration Options point at.
@@ -98,6 +105,9 @@ func Run(ctx context.Context, o Options) error {
 		if o.Discovery == nil && box.Site != nil && box.Site.Hostname != "" {
 			o.Discovery = siteDiscovery(box.Site)
 		}
+		if o.Tailnet == nil && box.Site != nil {
+			o.Tailnet = &Tailnet{Site: box.Site.Hostname, Admins: box.Site.Admins}
+		}
 	}
 	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
@@ -106,7 +116,9 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	r, err := relay.New(cfg, o.StateDir, relay.Deps{Logger: log, Secret: SecretStore(layout.Dir(o.StateDir).Secrets())})
+	creds := secrets.New(layout.Dir(o.StateDir), nil)
+	secret := usedSecrets(SecretStore(layout.Dir(o.StateDir).Secrets()), creds)
+	r, err := relay.New(cfg, o.StateDir, relay.Deps{Logger: log, Secret: secret})
 	if err != nil {
 		return err
 	}
@@ -133,6 +145,7 @@ func Run(ctx context.Context, o Options) error {
 		httpAddr = l.Addr()
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", r.Metrics())
+		mux.Handle(provapi.Version+"/", server.LANRefusal()) // the admin API is on the tailnet only
 		mux.Handle("/", status.Handler(func() status.Page {
 			st := r.Status()
 			p := status.Page{Hostname: r.Hostname(), Version: Version(), Now: time.Now(), Relay: &st}
@@ -160,6 +173,14 @@ func Run(ctx context.Context, o Options) error {
 		responder.Store(resp)
 		log.Info("announcing by mDNS", "name", resp.Name()+".local")
 	}
+	if o.Tailnet != nil {
+		adm, stopAdmin, err := startAdmin(ctx, o, a, creds, log)
+		if err != nil {
+			return err
+		}
+		adm.host = r.Hostname()
+		defer stopAdmin()
+	}
 	if o.Box {
 		console("SMTP listening on %v", r.Addrs())
 	}
@@ -176,6 +197,10 @@ type app struct {
 	relay *relay.Relay
 	mu    sync.Mutex // one reload at a time
 }
+
+// Relay is the relay in force (the same one for the process's life: a
+// reload changes what it does, not which it is).
+func (a *app) Relay() *relay.Relay { return a.relay }
 
 // reload reads the configuration and the secrets again and applies them
 // to the running relay. A configuration with errors is refused, each key

@@ -10,6 +10,8 @@
 //	relayd trace [-state DIR] [-id ID] [-from A] [-to A] [-since 24h] ...
 //	                                    search the message trace
 //	relayd hash-password                read a password on stdin, print its bcrypt hash
+//	relayd -tailnet NAME ...            also join the tailnet and serve the admin API there
+//	                                    (the join key in STATE/secrets/tailnet-authkey)
 package main
 
 import (
@@ -52,7 +54,17 @@ func main() {
 	flag.StringVar(&o.StateDir, "state", defaultState(), "state directory: spool, trace, secrets, certificates")
 	flag.StringVar(&o.HTTPAddr, "http", "", "address for the status page (/) and /metrics, e.g. 127.0.0.1:8025 (default off; :8025 on the box)")
 	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
+	tnSite := flag.String("tailnet", "", "join the tailnet as this node name and serve the admin API there (off the box; on the box the site file says)")
+	tnControl := flag.String("tailnet-control-url", "", "coordination server for -tailnet (default Tailscale's)")
+	tnAdmins := flag.String("tailnet-admins", "", "comma-separated logins and tags that get the admin role without a grant")
 	flag.Parse()
+	if *tnSite != "" {
+		// The join key is read from STATE/secrets/tailnet-authkey, never a flag.
+		o.Tailnet = &appliance.Tailnet{Site: *tnSite, ControlURL: *tnControl}
+		if *tnAdmins != "" {
+			o.Tailnet.Admins = strings.Split(*tnAdmins, ",")
+		}
+	}
 
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {

@@ -9,6 +9,7 @@
 package layout
 
 import (
+	"fmt"
 	"path/filepath"
 	"strings"
 )
@@ -98,3 +99,20 @@ func (d Dir) Resolve(p string) string {
 	}
 	return d.Path(p)
 }
+
+// SecretMeta is what is known of a secret besides its value (kind,
+// fingerprint, expiry), kept beside the secret store; the dot keeps it out
+// of the secret names.
+func (d Dir) SecretMeta(name string) string { return d.Path("secrets", ".meta", name+".json") }
+
+// Certificate is a provisioned certificate's public part (PEM), for the
+// configuration's certificate_file keys.
+func (d Dir) Certificate(name string) string { return d.Path("certs", name+".pem") }
+
+// ConfigVersion is one kept configuration version in ConfigHistory.
+func (d Dir) ConfigVersion(n int) string {
+	return d.Path("config.d", fmt.Sprintf("%06d.json", n))
+}
+
+// ConfigIndex lists the kept versions (when, by whom, which is in force).
+func (d Dir) ConfigIndex() string { return d.Path("config.d", "index.json") }

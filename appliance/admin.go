@@ -1,0 +1,316 @@
+package appliance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"tailscale.com/client/tailscale/apitype"
+	"tailscale.com/envknob"
+	"tailscale.com/ipn"
+
+	"github.com/siterelay/siterelay/provisioning/api"
+	"github.com/siterelay/siterelay/provisioning/audit"
+	"github.com/siterelay/siterelay/provisioning/authz"
+	"github.com/siterelay/siterelay/provisioning/configstore"
+	"github.com/siterelay/siterelay/provisioning/node"
+	"github.com/siterelay/siterelay/provisioning/secrets"
+	"github.com/siterelay/siterelay/provisioning/server"
+
+	"github.com/siterelay/siterelay/relay/layout"
+	"github.com/siterelay/siterelay/relay/spool"
+	"github.com/siterelay/siterelay/relay/trace"
+)
+
+// Tailnet says how the box joins the tailnet for remote management.
+type Tailnet struct {
+	// Site names the relay in capability grants (CapValue.Sites) and is
+	// its node name on the tailnet.
+	Site string
+	// Admins are the site file's administrators (the fallback when the
+	// tailnet policy grants no role).
+	Admins []string
+	// AuthKey joins the first time; "" reads the state directory's join
+	// key (layout.Dir.TailnetAuthKey), and none there means "not managed".
+	AuthKey string
+	// ControlURL is the coordination server ("" is Tailscale's).
+	ControlURL string
+	// Tags are advertised at join.
+	Tags []string
+	// Port is the admin API's port on the tailnet (default 80).
+	Port int
+	// Store and Ephemeral are for tests (memory state, vanishing node).
+	Store     ipn.StateStore
+	Ephemeral bool
+	// Node, when set, receives the node once started (tests dial with it).
+	Node func(*node.Node)
+}
+
+// admin is the adapter between the admin API and the running relay: the
+// provisioning packages never import the relay, they ask through this.
+type admin struct {
+	o       Options
+	run     *app
+	dir     layout.Dir
+	creds   *secrets.Store
+	configs *configstore.Store
+	node    *node.Node
+	site    string
+	host    string
+	log     *slog.Logger
+}
+
+// startAdmin joins the tailnet in the background and serves the admin API
+// there. It never blocks SMTP and never fails the relay: trouble is in the
+// tailnet state of the status.
+func startAdmin(ctx context.Context, o Options, run *app, creds *secrets.Store, log *slog.Logger) (*admin, func(), error) {
+	t := o.Tailnet
+	dir := layout.Dir(o.StateDir)
+	a := &admin{o: o, run: run, dir: dir, creds: creds, site: t.Site, log: log}
+	a.configs = configstore.New(dir, run.reload, 0, nil)
+	al, err := audit.Open(dir.Audit(), 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	key := t.AuthKey
+	if key == "" {
+		if b, err := os.ReadFile(dir.TailnetAuthKey()); err == nil {
+			key = strings.TrimSpace(string(b))
+		}
+	}
+	// No log upload to Tailscale, ever: the box's logs stay on the box.
+	envknob.SetNoLogsNoSupport()
+	h := server.Handler(server.Options{
+		WhoIs:  func(ctx context.Context, addr string) (*apitype.WhoIsResponse, error) { return a.node.WhoIs(ctx, addr) },
+		Policy: authz.Policy{Site: t.Site, Admins: t.Admins},
+		Audit:  al, Box: a, Credentials: creds, Configs: a.configs, Logger: log,
+	})
+	nctx, cancel := context.WithCancel(ctx)
+	a.node = node.Start(nctx, node.Options{Dir: dir.Tailnet(), Hostname: t.Site, AuthKey: key, ControlURL: t.ControlURL,
+		Tags: t.Tags, Port: t.Port, Handler: h, Store: t.Store, Ephemeral: t.Ephemeral, Logger: log})
+	if t.Node != nil {
+		t.Node(a.node)
+	}
+	if s := a.node.State().State; s == node.NotManaged {
+		log.Info("no tailnet join key: relaying on the LAN, not managed remotely")
+	}
+	return a, func() { cancel(); <-a.node.Done(); al.Close() }, nil
+}
+
+func notFound(err error) error {
+	if errors.Is(err, spool.ErrNotFound) {
+		return server.ErrNotFound
+	}
+	return err
+}
+
+func (a *admin) Status(ctx context.Context) (*api.Status, error) {
+	r := a.run.Relay()
+	st := r.Status()
+	s := &api.Status{
+		Site: a.site, Hostname: a.host, Version: Version(), Now: time.Now().UTC(), Started: st.Started,
+		MaxMessageBytes: st.MaxMessageBytes,
+		Upstream:        api.Upstream{Name: st.Upstream.Name, Failing: st.Upstream.Failing(), LastDelivered: st.Upstream.LastDelivered},
+		Queue:           api.Queue{Messages: st.Queue.Messages, Bytes: st.Queue.Bytes, Oldest: st.Queue.Oldest},
+		Counts:          map[string]uint64{},
+		ConfigVersion:   a.configs.Current(),
+		Tailnet:         a.node.State(),
+	}
+	if s.Hostname == "" {
+		s.Hostname, _ = os.Hostname()
+	}
+	for _, l := range st.Listeners {
+		s.Listeners = append(s.Listeners, api.Listener{Name: l.Name, Address: l.Address, Mode: l.Mode, TLS: l.TLS, Auth: l.Auth, Loopback: l.Loopback})
+	}
+	if p := st.Upstream.LastProblem; p != nil {
+		s.Upstream.LastProblem = &api.UpstreamProblem{Time: p.Time, Kind: string(p.Kind), Reply: p.Reply, Hint: p.Hint}
+	}
+	for k, v := range st.Counts {
+		s.Counts[string(k)] = v
+	}
+	s.Health = "ok"
+	if s.Upstream.Failing {
+		s.Health = "degraded"
+		if !s.Queue.Oldest.IsZero() && time.Since(s.Queue.Oldest) > time.Hour {
+			s.Health = "failing"
+		}
+	}
+	var fs syscall.Statfs_t
+	if syscall.Statfs(a.o.StateDir, &fs) == nil {
+		s.Disk = api.Disk{FreeBytes: int64(fs.Bavail) * int64(fs.Bsize), TotalBytes: int64(fs.Blocks) * int64(fs.Bsize)}
+	}
+	if cl, err := a.creds.List(); err == nil {
+		s.Credentials = cl
+		for _, c := range cl {
+			if !c.NotAfter.IsZero() && (s.NearestExpiry.IsZero() || c.NotAfter.Before(s.NearestExpiry)) {
+				s.NearestExpiry = c.NotAfter
+			}
+		}
+	}
+	// Devices: who sent mail in the last day, from the trace.
+	if ev, err := r.Trace().Query(ctx, trace.Filter{Kind: trace.Received, Since: time.Now().Add(-24 * time.Hour), Limit: 5000}); err == nil {
+		byIP := map[string]*api.Device{}
+		for _, e := range ev {
+			if e.ClientIP == "" {
+				continue
+			}
+			d := byIP[e.ClientIP]
+			if d == nil {
+				d = &api.Device{ClientIP: e.ClientIP}
+				byIP[e.ClientIP] = d
+			}
+			d.Messages++
+			if e.Time.After(d.LastSeen) {
+				d.LastSeen = e.Time
+			}
+		}
+		for _, d := range byIP {
+			s.Devices = append(s.Devices, *d)
+		}
+		slices.SortFunc(s.Devices, func(x, y api.Device) int { return strings.Compare(x.ClientIP, y.ClientIP) })
+	}
+	return s, nil
+}
+
+func (a *admin) Queue(ctx context.Context, f api.QueueFilter) ([]api.QueueItem, error) {
+	now := time.Now()
+	var out []api.QueueItem
+	for _, m := range a.run.Relay().Spool().List() {
+		env := m.Envelope
+		if f.Sender != "" && !strings.EqualFold(f.Sender, env.From) {
+			continue
+		}
+		if f.OlderThan > 0 && now.Sub(env.Received) < f.OlderThan {
+			continue
+		}
+		it := api.QueueItem{ID: m.ID, From: env.From, Subject: env.Subject, Size: m.Size, Received: env.Received}
+		match := f.Recipient == ""
+		for _, rc := range env.To {
+			it.To = append(it.To, rc.Addr)
+			if rc.State == spool.Pending {
+				it.Pending++
+				if rc.Reply != "" {
+					it.LastReply = rc.Reply
+				}
+			}
+			if strings.EqualFold(f.Recipient, rc.Addr) {
+				match = true
+			}
+		}
+		if !match || (f.State == "pending" && it.Pending == 0) {
+			continue
+		}
+		out = append(out, it)
+		if f.Limit > 0 && len(out) >= f.Limit {
+			break
+		}
+	}
+	return out, nil
+}
+
+// maxBody bounds a message body in an API answer.
+const maxBody = 8 << 20
+
+func (a *admin) Message(ctx context.Context, id string, body bool) (*api.Message, error) {
+	r := a.run.Relay()
+	info, ok := r.Spool().Get(id)
+	if !ok {
+		return nil, server.ErrNotFound
+	}
+	env := info.Envelope
+	m := &api.Message{ID: id, From: env.From, Received: env.Received, Size: info.Size, ClientIP: env.ClientIP,
+		Login: env.Login, MessageID: env.MessageID, Subject: env.Subject}
+	for _, rc := range env.To {
+		m.Recipients = append(m.Recipients, api.Recipient{Addr: rc.Addr, State: rc.State.String(), Reply: rc.Reply})
+	}
+	if ev, err := r.Trace().Query(ctx, trace.Filter{QueueID: id, Limit: 50}); err == nil {
+		for _, e := range ev { // newest first
+			if e.Kind != trace.Received && (e.Reply != "" || e.Hint != "") {
+				m.LastReply, m.LastHint = e.Reply, e.Hint
+				break
+			}
+		}
+	}
+	h, err := r.Headers(id)
+	if err != nil {
+		return nil, notFound(err)
+	}
+	m.Headers = string(h)
+	if body {
+		b, err := r.Content(id, maxBody)
+		if err != nil {
+			return nil, notFound(err)
+		}
+		m.Body = string(b)
+	}
+	return m, nil
+}
+
+func (a *admin) Retry(ctx context.Context, id string) error {
+	return notFound(a.run.Relay().RetryNow(id))
+}
+
+func (a *admin) Bounce(ctx context.Context, id string) error {
+	return notFound(a.run.Relay().BounceNow(ctx, id, server.Caller(ctx)))
+}
+
+func (a *admin) Delete(ctx context.Context, id string) error {
+	return notFound(a.run.Relay().Remove(id, server.Caller(ctx)))
+}
+
+func (a *admin) Trace(ctx context.Context, q api.TraceQuery) ([]api.TraceEvent, error) {
+	f := trace.Filter{QueueID: q.QueueID, MessageID: q.MessageID, Sender: q.Sender, Recipient: q.Recipient, Kind: trace.Kind(q.Kind), Since: q.Since, Limit: q.Limit}
+	if q.Kind != "" && !slices.Contains(trace.Kinds, f.Kind) {
+		return nil, &api.Error{Status: 400, Code: api.CodeBadRequest, Field: "kind", Message: fmt.Sprintf("%q: want one of %v", q.Kind, trace.Kinds)}
+	}
+	ev, err := a.run.Relay().Trace().Query(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.TraceEvent, len(ev))
+	for i, e := range ev {
+		out[i] = api.TraceEvent{Time: e.Time, Kind: string(e.Kind), QueueID: e.QueueID, MessageID: e.MessageID, ClientIP: e.ClientIP,
+			From: e.From, To: e.To, Subject: e.Subject, Size: e.Size, Attempt: e.Attempt, Reply: e.Reply, Hint: e.Hint, Upstream: e.Upstream}
+	}
+	return out, nil
+}
+
+func (a *admin) Doctor(ctx context.Context, to string) ([]api.DoctorStep, error) {
+	steps, err := Doctor(ctx, Options{StateDir: a.o.StateDir, ConfigFile: a.o.ConfigFile, Logger: a.log}, "", to)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.DoctorStep, len(steps))
+	for i, s := range steps {
+		out[i] = api.DoctorStep{Name: s.Name, OK: s.OK, Detail: s.Detail}
+	}
+	return out, nil
+}
+
+func (a *admin) Firmware() api.Firmware {
+	return api.Firmware{Version: Version(), GoVersion: runtime.Version(),
+		Update: "over the tailnet: not yet (next release); today: gok update from a machine that reaches the box"}
+}
+
+func (a *admin) Reload(ctx context.Context) error { return a.run.reload(ctx) }
+
+// usedSecrets wraps the relay's secret reader so the API can say when each
+// secret was last read successfully.
+func usedSecrets(read func(string) ([]byte, error), creds *secrets.Store) func(string) ([]byte, error) {
+	return func(name string) ([]byte, error) {
+		b, err := read(name)
+		if err == nil {
+			creds.Used(name)
+		}
+		return b, err
+	}
+}
+
+var _ server.Box = (*admin)(nil)

@@ -1,0 +1,404 @@
+// Package api is the admin API's contract: paths, request and response
+// types, error codes, roles, and the HTTP client relayctl uses. The server
+// (provisioning/server) and the client share these types, so a field
+// renamed on one side is a compile error on the other.
+package api
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Version is the API's path prefix; a change that breaks clients gets a
+// new one and the old one keeps answering for a release.
+const Version = "/v1"
+
+// Paths. {name} and {id} are path segments.
+const (
+	PathWhoAmI      = "/v1/whoami"
+	PathStatus      = "/v1/status"
+	PathCredentials = "/v1/credentials"        // GET list
+	PathCredential  = "/v1/credentials/{name}" // PUT, DELETE
+	PathConfig      = "/v1/config"             // GET, PUT (?dry_run=1)
+	PathConfigVers  = "/v1/config/versions"    // GET
+	PathRollback    = "/v1/config/rollback"    // POST
+	PathQueue       = "/v1/queue"              // GET (filters)
+	PathMessage     = "/v1/queue/{id}"         // GET, DELETE
+	PathRetry       = "/v1/queue/{id}/retry"   // POST
+	PathBounce      = "/v1/queue/{id}/bounce"  // POST
+	PathTrace       = "/v1/trace"              // GET
+	PathDoctor      = "/v1/doctor"             // POST
+	PathAudit       = "/v1/audit"              // GET
+	PathFirmware    = "/v1/firmware"           // GET
+)
+
+// CSRFHeader must be on every changing request. A browser sends a custom
+// header cross-site only after a CORS preflight, which this API never
+// answers, so a page on the tailnet cannot make an admin's browser change
+// the box.
+const (
+	CSRFHeader = "Siterelay-Request"
+	CSRFValue  = "1"
+)
+
+// MaxBody bounds every request body (a PFX or a configuration is far
+// smaller).
+const MaxBody = 1 << 20
+
+// Role is what a caller may do; each role includes the ones below it.
+type Role int
+
+const (
+	None Role = iota
+	Viewer
+	Operator
+	Admin
+)
+
+var roleNames = []string{"none", "viewer", "operator", "admin"}
+
+func (r Role) String() string {
+	if r < 0 || int(r) >= len(roleNames) {
+		return "unknown"
+	}
+	return roleNames[r]
+}
+
+// ParseRole reads a role name.
+func ParseRole(s string) (Role, error) {
+	for i, n := range roleNames[1:] {
+		if s == n {
+			return Role(i + 1), nil
+		}
+	}
+	return None, fmt.Errorf("role %q: want viewer, operator or admin", s)
+}
+
+func (r Role) MarshalText() ([]byte, error) { return []byte(r.String()), nil }
+func (r *Role) UnmarshalText(b []byte) error {
+	if string(b) == "none" {
+		*r = None
+		return nil
+	}
+	v, err := ParseRole(string(b))
+	*r = v
+	return err
+}
+
+// Error codes, stable for scripts.
+const (
+	CodeBadRequest    = "bad_request"    // malformed JSON, unknown field, bad parameter
+	CodeTooLarge      = "too_large"      // body over MaxBody
+	CodeInvalidConfig = "invalid_config" // configuration with key errors (see Problems)
+	CodeInvalidCred   = "invalid_credential"
+	CodeNotFound      = "not_found"
+	CodeConflict      = "conflict"
+	CodeForbidden     = "forbidden"       // identity lacks the role
+	CodeUnauthorized  = "unauthenticated" // no tailnet identity
+	CodeCSRF          = "missing_header"  // changing call without CSRFHeader
+	CodeMethod        = "method_not_allowed"
+	CodeInternal      = "internal"
+	CodeUnavailable   = "unavailable"
+)
+
+// Error is every error answer's body: {"error": {...}}.
+type Error struct {
+	Status  int    `json:"-"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	// Field names the request field or configuration key at fault.
+	Field string `json:"field,omitempty"`
+	// Problems lists every key error of a configuration.
+	Problems []Problem `json:"problems,omitempty"`
+}
+
+// Problem is one configuration key and what is wrong with it.
+type Problem struct {
+	Key     string `json:"key"`
+	Problem string `json:"problem"`
+}
+
+func (e *Error) Error() string {
+	s := e.Code + ": " + e.Message
+	if e.Field != "" {
+		s = e.Code + ": " + e.Field + ": " + e.Message
+	}
+	for _, p := range e.Problems {
+		s += "\n  " + p.Key + ": " + p.Problem
+	}
+	return s
+}
+
+// ErrorBody wraps Error on the wire.
+type ErrorBody struct {
+	Error *Error `json:"error"`
+}
+
+// WhoAmI is the caller as the relay sees it.
+type WhoAmI struct {
+	Login string   `json:"login,omitempty"`
+	Node  string   `json:"node"`
+	Tags  []string `json:"tags,omitempty"`
+	Role  Role     `json:"role"`
+	// Via says what granted the role: "capability" or "site file".
+	Via  string `json:"via,omitempty"`
+	Site string `json:"site"`
+}
+
+// Status is the box at a glance, for an administrator: everything the LAN
+// status page shows plus what only an administrator may see.
+type Status struct {
+	Site     string    `json:"site"`
+	Hostname string    `json:"hostname"`
+	Version  string    `json:"version"`
+	Now      time.Time `json:"now"`
+	Started  time.Time `json:"started"`
+	// Health is "ok", "degraded" (mail waiting on a failing upstream) or
+	// "failing".
+	Health          string            `json:"health"`
+	Listeners       []Listener        `json:"listeners"`
+	MaxMessageBytes int64             `json:"max_message_bytes"`
+	Upstream        Upstream          `json:"upstream"`
+	Queue           Queue             `json:"queue"`
+	Counts          map[string]uint64 `json:"counts"`
+	Devices         []Device          `json:"devices,omitempty"`
+	Disk            Disk              `json:"disk"`
+	Credentials     []Credential      `json:"credentials,omitempty"`
+	// NearestExpiry is the soonest certificate expiry among credentials
+	// and the listener's TLS certificate, zero if none expires.
+	NearestExpiry time.Time `json:"nearest_expiry,omitzero"`
+	ConfigVersion int       `json:"config_version"`
+	Tailnet       Tailnet   `json:"tailnet"`
+}
+
+type Listener struct {
+	Name     string `json:"name"`
+	Address  string `json:"address"`
+	Mode     string `json:"mode"`
+	TLS      string `json:"tls"`
+	Auth     string `json:"auth"`
+	Loopback bool   `json:"loopback"`
+}
+
+type Upstream struct {
+	Name          string           `json:"name"`
+	Failing       bool             `json:"failing"`
+	LastDelivered time.Time        `json:"last_delivered,omitzero"`
+	LastProblem   *UpstreamProblem `json:"last_problem,omitempty"`
+}
+
+// UpstreamProblem is an upstream reply that kept mail from being delivered.
+type UpstreamProblem struct {
+	Time  time.Time `json:"time"`
+	Kind  string    `json:"kind"`
+	Reply string    `json:"reply"`
+	Hint  string    `json:"hint,omitempty"`
+}
+
+type Queue struct {
+	Messages int       `json:"messages"`
+	Bytes    int64     `json:"bytes"`
+	Oldest   time.Time `json:"oldest,omitzero"`
+}
+
+// Device is a client address seen in the trace, with its last message.
+type Device struct {
+	ClientIP string    `json:"client_ip"`
+	LastSeen time.Time `json:"last_seen"`
+	Messages int       `json:"messages"`
+}
+
+type Disk struct {
+	FreeBytes  int64 `json:"free_bytes"`
+	TotalBytes int64 `json:"total_bytes"`
+}
+
+// Tailnet is the node's state: "not managed" (no join key), "joining",
+// "up", or "join failed: REASON".
+type Tailnet struct {
+	State string   `json:"state"`
+	Name  string   `json:"name,omitempty"`
+	IPs   []string `json:"ips,omitempty"`
+}
+
+// Credential kinds.
+const (
+	KindClientSecret = "client-secret"
+	KindPassword     = "password"
+	KindCertificate  = "certificate"
+)
+
+// CredentialPut provisions one credential. Exactly the fields of Kind are
+// used: Secret for a client secret or password; CertificatePEM and KeyPEM,
+// or PFX (base64 in JSON) with PFXPassword, for a certificate.
+type CredentialPut struct {
+	Kind           string `json:"kind"`
+	Secret         string `json:"secret,omitempty"`
+	CertificatePEM string `json:"certificate_pem,omitempty"`
+	KeyPEM         string `json:"key_pem,omitempty"`
+	PFX            []byte `json:"pfx,omitempty"`
+	PFXPassword    string `json:"pfx_password,omitempty"`
+}
+
+// Credential is what may be known of a stored credential: never its value.
+type Credential struct {
+	Name string `json:"name"`
+	Kind string `json:"kind"`
+	// Fingerprint is SHA-256 of the certificate (certificates) or the
+	// first 8 bytes of SHA-256 of the value (others), enough to tell two
+	// apart without revealing either.
+	Fingerprint string    `json:"fingerprint"`
+	Updated     time.Time `json:"updated"`
+	NotAfter    time.Time `json:"not_after,omitzero"`
+	// CertificateFile is where a certificate's public part was put, for
+	// the configuration's certificate_file keys.
+	CertificateFile string    `json:"certificate_file,omitempty"`
+	LastUsed        time.Time `json:"last_used,omitzero"`
+}
+
+// ConfigDoc is the configuration in force (or a version of it).
+type ConfigDoc struct {
+	Version int             `json:"version"`
+	Config  json.RawMessage `json:"config"`
+}
+
+// ConfigVersion describes one kept version.
+type ConfigVersion struct {
+	Version int       `json:"version"`
+	Time    time.Time `json:"time"`
+	By      string    `json:"by,omitempty"`
+	Current bool      `json:"current"`
+}
+
+// ConfigChange is one key a new configuration would change.
+type ConfigChange struct {
+	Key string          `json:"key"`
+	Old json.RawMessage `json:"old,omitempty"`
+	New json.RawMessage `json:"new,omitempty"`
+}
+
+// ConfigResult answers a put, a dry run or a rollback.
+type ConfigResult struct {
+	Version int            `json:"version"`
+	DryRun  bool           `json:"dry_run,omitempty"`
+	Changes []ConfigChange `json:"changes"`
+}
+
+// Rollback asks for an earlier version back (it becomes a new version).
+type Rollback struct {
+	Version int `json:"version"`
+}
+
+// QueueFilter selects queued messages; empty fields match everything.
+type QueueFilter struct {
+	Sender    string `json:"sender,omitempty"`
+	Recipient string `json:"recipient,omitempty"`
+	// State: "pending" (has a pending recipient) or "" for all.
+	State     string        `json:"state,omitempty"`
+	OlderThan time.Duration `json:"older_than,omitempty"`
+	Limit     int           `json:"limit,omitempty"`
+}
+
+// QueueItem is one queued message in a list.
+type QueueItem struct {
+	ID        string    `json:"id"`
+	From      string    `json:"from"`
+	To        []string  `json:"to"`
+	Subject   string    `json:"subject,omitempty"`
+	Size      int64     `json:"size"`
+	Received  time.Time `json:"received"`
+	Pending   int       `json:"pending"`
+	LastReply string    `json:"last_reply,omitempty"`
+}
+
+// Message is one queued message in detail.
+type Message struct {
+	ID         string      `json:"id"`
+	From       string      `json:"from"`
+	Received   time.Time   `json:"received"`
+	Size       int64       `json:"size"`
+	ClientIP   string      `json:"client_ip,omitempty"`
+	Login      string      `json:"login,omitempty"`
+	MessageID  string      `json:"message_id,omitempty"`
+	Subject    string      `json:"subject,omitempty"`
+	Recipients []Recipient `json:"recipients"`
+	LastReply  string      `json:"last_reply,omitempty"`
+	LastHint   string      `json:"last_hint,omitempty"`
+	Headers    string      `json:"headers,omitempty"`
+	// Body is the whole message; only an admin gets it (?body=1).
+	Body string `json:"body,omitempty"`
+}
+
+type Recipient struct {
+	Addr  string `json:"addr"`
+	State string `json:"state"`
+	Reply string `json:"reply,omitempty"`
+}
+
+// TraceQuery selects trace events.
+type TraceQuery struct {
+	QueueID   string    `json:"queue_id,omitempty"`
+	MessageID string    `json:"message_id,omitempty"`
+	Sender    string    `json:"sender,omitempty"`
+	Recipient string    `json:"recipient,omitempty"`
+	Kind      string    `json:"kind,omitempty"`
+	Since     time.Time `json:"since,omitzero"`
+	Limit     int       `json:"limit,omitempty"`
+}
+
+// TraceEvent is one trace line (docs/trace.md has the fields).
+type TraceEvent struct {
+	Time      time.Time `json:"time"`
+	Kind      string    `json:"kind"`
+	QueueID   string    `json:"queue_id,omitempty"`
+	MessageID string    `json:"message_id,omitempty"`
+	ClientIP  string    `json:"client_ip,omitempty"`
+	From      string    `json:"from"`
+	To        []string  `json:"to,omitempty"`
+	Subject   string    `json:"subject,omitempty"`
+	Size      int64     `json:"size,omitempty"`
+	Attempt   int       `json:"attempt,omitempty"`
+	Reply     string    `json:"reply,omitempty"`
+	Hint      string    `json:"hint,omitempty"`
+	Upstream  string    `json:"upstream,omitempty"`
+}
+
+// DoctorRequest runs the checks, with a test message when To is set.
+type DoctorRequest struct {
+	To string `json:"to,omitempty"`
+}
+
+type DoctorStep struct {
+	Name   string `json:"name"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail"`
+}
+
+// AuditEntry is one changing call, allowed or refused.
+type AuditEntry struct {
+	Time   time.Time `json:"time"`
+	Login  string    `json:"login,omitempty"`
+	Node   string    `json:"node"`
+	Role   Role      `json:"role"`
+	Method string    `json:"method"`
+	Path   string    `json:"path"`
+	// What is the operation with its non-secret arguments, e.g.
+	// "put credential m365-secret (client-secret)".
+	What string `json:"what"`
+	// Result is "ok" or the error code.
+	Result string `json:"result"`
+	Status int    `json:"status"`
+}
+
+type Firmware struct {
+	Version   string `json:"version"`
+	GoVersion string `json:"go_version"`
+	// Update says how an update is made; over the tailnet: not yet.
+	Update string `json:"update"`
+}
+
+// OK answers a changing call that returns nothing else.
+type OK struct {
+	OK bool `json:"ok"`
+}

@@ -1,0 +1,301 @@
+// Package secrets is the write side of the relay's secret store: the admin
+// API puts client secrets, passwords and certificates here, checked before
+// anything is written, each value in its own 0600 file written durably. A
+// value is never read back out of this package: List gives name, kind,
+// fingerprint, expiry and last use only. The relay reads the values with
+// appliance.SecretStore.
+package secrets
+
+import (
+	"crypto"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"software.sslmate.com/src/go-pkcs12"
+
+	"github.com/siterelay/siterelay/provisioning/api"
+	"github.com/siterelay/siterelay/relay/durable"
+	"github.com/siterelay/siterelay/relay/layout"
+)
+
+// Store is the secret store of a state directory.
+type Store struct {
+	dir   layout.Dir
+	clock func() time.Time
+
+	mu   sync.Mutex
+	used map[string]time.Time
+}
+
+// New opens the store of dir; clock nil means time.Now.
+func New(dir layout.Dir, clock func() time.Time) *Store {
+	if clock == nil {
+		clock = time.Now
+	}
+	return &Store{dir: dir, clock: clock, used: map[string]time.Time{}}
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+// ValidName says whether name may name a secret: lower-case letters,
+// digits, dash and underscore, so it is also a safe file name.
+func ValidName(name string) error {
+	if !nameRE.MatchString(name) {
+		return &api.Error{Status: 400, Code: api.CodeBadRequest, Field: "name",
+			Message: fmt.Sprintf("credential name %q: use 1 to 63 lower-case letters, digits, dashes or underscores", name)}
+	}
+	if name == layout.TailnetKeyFile {
+		return &api.Error{Status: 400, Code: api.CodeBadRequest, Field: "name", Message: "the tailnet join key is not managed through the API"}
+	}
+	return nil
+}
+
+func invalid(field, msg string) error {
+	return &api.Error{Status: 400, Code: api.CodeInvalidCred, Field: field, Message: msg}
+}
+
+// meta is kept in layout.Dir.SecretMeta.
+type meta struct {
+	Kind            string    `json:"kind"`
+	Fingerprint     string    `json:"fingerprint"`
+	Updated         time.Time `json:"updated"`
+	NotAfter        time.Time `json:"not_after,omitzero"`
+	CertificateFile string    `json:"certificate_file,omitempty"`
+}
+
+// Put checks p and stores it under name. Nothing is written unless every
+// check passed.
+func (s *Store) Put(name string, p api.CredentialPut) (*api.Credential, error) {
+	if err := ValidName(name); err != nil {
+		return nil, err
+	}
+	now := s.clock()
+	m := meta{Kind: p.Kind, Updated: now.UTC()}
+	var value, certPEM []byte
+	switch p.Kind {
+	case api.KindClientSecret, api.KindPassword:
+		if p.CertificatePEM != "" || p.KeyPEM != "" || p.PFX != nil || p.PFXPassword != "" {
+			return nil, invalid("kind", p.Kind+" takes only secret")
+		}
+		v := strings.TrimRight(p.Secret, "\r\n")
+		switch {
+		case v == "":
+			return nil, invalid("secret", "empty: give the "+p.Kind+" (from a file or stdin with relayctl)")
+		case len(v) > 4096:
+			return nil, invalid("secret", "longer than 4096 bytes")
+		case strings.ContainsAny(v, "\r\n\x00"):
+			return nil, invalid("secret", "holds a line break or NUL: give one line")
+		}
+		value = []byte(v)
+		sum := sha256.Sum256(value)
+		m.Fingerprint = "sha256:" + hex.EncodeToString(sum[:8])
+	case api.KindCertificate:
+		if p.Secret != "" {
+			return nil, invalid("secret", "a certificate takes certificate_pem and key_pem, or pfx and pfx_password")
+		}
+		var err error
+		certPEM, value, err = certificate(p, now)
+		if err != nil {
+			return nil, err
+		}
+		leaf, _ := pem.Decode(certPEM)
+		c, _ := x509.ParseCertificate(leaf.Bytes)
+		sum := sha256.Sum256(c.Raw)
+		m.Fingerprint = "sha256:" + hex.EncodeToString(sum[:])
+		m.NotAfter = c.NotAfter.UTC()
+		m.CertificateFile = filepath.ToSlash(filepath.Join("certs", name+".pem"))
+	case "":
+		return nil, invalid("kind", "missing: client-secret, password or certificate")
+	default:
+		return nil, invalid("kind", fmt.Sprintf("%q: want client-secret, password or certificate", p.Kind))
+	}
+	mb, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	// The public part first, then the secret, then what describes them:
+	// a crash in between leaves a complete pair or the old one in use.
+	if certPEM != nil {
+		if err := durable.WriteFile(s.dir.Certificate(name), certPEM, 0o644); err != nil {
+			return nil, fmt.Errorf("storing credential %s: %w", name, err)
+		}
+	}
+	if err := durable.WriteFile(s.dir.Secret(name), value, 0o600); err != nil {
+		return nil, fmt.Errorf("storing credential %s: %w", name, err)
+	}
+	if err := durable.WriteFile(s.dir.SecretMeta(name), mb, 0o600); err != nil {
+		return nil, fmt.Errorf("storing credential %s: %w", name, err)
+	}
+	return s.describe(name, m), nil
+}
+
+// certificate checks a certificate and its key and returns the chain and
+// the key, both PEM (the key as PKCS #8).
+func certificate(p api.CredentialPut, now time.Time) (certPEM, keyPEM []byte, err error) {
+	var chain []*x509.Certificate
+	var key any
+	switch {
+	case p.PFX != nil:
+		if p.CertificatePEM != "" || p.KeyPEM != "" {
+			return nil, nil, invalid("pfx", "give a PFX or PEM files, not both")
+		}
+		k, leaf, cas, err := pkcs12.DecodeChain(p.PFX, p.PFXPassword)
+		if err != nil {
+			if errors.Is(err, pkcs12.ErrIncorrectPassword) {
+				return nil, nil, invalid("pfx_password", "wrong password for the PFX")
+			}
+			return nil, nil, invalid("pfx", "not a PFX (PKCS #12) file this relay can read: "+err.Error())
+		}
+		chain, key = append([]*x509.Certificate{leaf}, cas...), k
+	case p.CertificatePEM != "" || p.KeyPEM != "":
+		if p.CertificatePEM == "" {
+			return nil, nil, invalid("certificate_pem", "missing: the certificate goes with its key")
+		}
+		if p.KeyPEM == "" {
+			return nil, nil, invalid("key_pem", "missing: the key goes with its certificate")
+		}
+		pair, err := tls.X509KeyPair([]byte(p.CertificatePEM), []byte(p.KeyPEM))
+		if err != nil {
+			field := "key_pem"
+			if _, cerr := parseCerts([]byte(p.CertificatePEM)); cerr != nil {
+				return nil, nil, invalid("certificate_pem", cerr.Error())
+			}
+			msg := "does not parse as a PEM private key"
+			if blk, _ := pem.Decode([]byte(p.KeyPEM)); blk != nil && strings.Contains(err.Error(), "does not match") {
+				msg = "does not match the certificate's public key"
+			}
+			return nil, nil, invalid(field, msg)
+		}
+		chain, err = parseCerts([]byte(p.CertificatePEM))
+		if err != nil {
+			return nil, nil, invalid("certificate_pem", err.Error())
+		}
+		key = pair.PrivateKey
+	default:
+		return nil, nil, invalid("certificate_pem", "missing: give certificate_pem and key_pem, or pfx and pfx_password")
+	}
+	leaf := chain[0]
+	if pub, ok := key.(interface{ Public() crypto.PublicKey }); !ok || !samePublic(pub.Public(), leaf.PublicKey) {
+		return nil, nil, invalid("key_pem", "does not match the certificate's public key")
+	}
+	if now.After(leaf.NotAfter) {
+		return nil, nil, invalid("certificate_pem", fmt.Sprintf("expired on %s", leaf.NotAfter.UTC().Format(time.DateOnly)))
+	}
+	if now.Before(leaf.NotBefore) {
+		return nil, nil, invalid("certificate_pem", fmt.Sprintf("not valid before %s (is the clock right?)", leaf.NotBefore.UTC().Format(time.RFC3339)))
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, invalid("key_pem", "key type not supported: "+err.Error())
+	}
+	for _, c := range chain {
+		certPEM = append(certPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	return certPEM, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
+
+func samePublic(a, b any) bool {
+	e, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && e.Equal(b)
+}
+
+func parseCerts(b []byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			break
+		}
+		if blk.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("certificate does not parse: %v", err)
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no PEM CERTIFICATE block found")
+	}
+	return out, nil
+}
+
+// Delete removes a credential.
+func (s *Store) Delete(name string) error {
+	if err := ValidName(name); err != nil {
+		return err
+	}
+	err := os.Remove(s.dir.Secret(name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return &api.Error{Status: 404, Code: api.CodeNotFound, Field: "name", Message: "no credential " + name}
+	}
+	if err != nil {
+		return fmt.Errorf("deleting credential %s: %w", name, err)
+	}
+	os.Remove(s.dir.SecretMeta(name))
+	os.Remove(s.dir.Certificate(name))
+	durable.SyncDir(s.dir.Secrets())
+	return nil
+}
+
+// List describes every credential, by name.
+func (s *Store) List() ([]api.Credential, error) {
+	ents, err := os.ReadDir(s.dir.Secrets())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing credentials: %w", err)
+	}
+	var out []api.Credential
+	for _, e := range ents {
+		name := e.Name()
+		if !e.Type().IsRegular() || ValidName(name) != nil {
+			continue
+		}
+		var m meta
+		if b, err := os.ReadFile(s.dir.SecretMeta(name)); err == nil {
+			json.Unmarshal(b, &m)
+		} else {
+			m.Kind = "unknown" // put by hand, not through the API
+			if st, err := e.Info(); err == nil {
+				m.Updated = st.ModTime().UTC()
+			}
+		}
+		out = append(out, *s.describe(name, m))
+	}
+	slices.SortFunc(out, func(a, b api.Credential) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+func (s *Store) describe(name string, m meta) *api.Credential {
+	s.mu.Lock()
+	used := s.used[name]
+	s.mu.Unlock()
+	return &api.Credential{Name: name, Kind: m.Kind, Fingerprint: m.Fingerprint, Updated: m.Updated,
+		NotAfter: m.NotAfter, CertificateFile: m.CertificateFile, LastUsed: used}
+}
+
+// Used records that the relay read name successfully (kept in memory: a
+// restart forgets it until the next use).
+func (s *Store) Used(name string) {
+	s.mu.Lock()
+	s.used[name] = s.clock().UTC()
+	s.mu.Unlock()
+}

@@ -1,0 +1,174 @@
+package secrets
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"software.sslmate.com/src/go-pkcs12"
+
+	"github.com/siterelay/siterelay/provisioning/api"
+	"github.com/siterelay/siterelay/relay/layout"
+)
+
+var now = time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)
+
+type keyCert struct {
+	key  *ecdsa.PrivateKey
+	cert *x509.Certificate
+}
+
+func newCert(t *testing.T, notAfter time.Time) keyCert {
+	t.Helper()
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "relay app"},
+		NotBefore: now.Add(-time.Hour), NotAfter: notAfter}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := x509.ParseCertificate(der)
+	return keyCert{k, c}
+}
+
+func (kc keyCert) certPEM() string {
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: kc.cert.Raw}))
+}
+
+func (kc keyCert) keyPEM() string {
+	der, _ := x509.MarshalECPrivateKey(kc.key)
+	return string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}))
+}
+
+func (kc keyCert) pfx(t *testing.T, pw string) []byte {
+	b, err := pkcs12.Modern.Encode(kc.key, kc.cert, nil, pw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestPut(t *testing.T) {
+	good := newCert(t, now.Add(365*24*time.Hour))
+	other := newCert(t, now.Add(365*24*time.Hour))
+	expired := newCert(t, now.Add(-time.Minute))
+	for _, tc := range []struct {
+		name  string
+		cname string
+		p     api.CredentialPut
+		field string // "" means accepted
+	}{
+		{"client secret", "m365-secret", api.CredentialPut{Kind: api.KindClientSecret, Secret: "s3cr3t-value\n"}, ""},
+		{"password", "mailbox", api.CredentialPut{Kind: api.KindPassword, Secret: "pw"}, ""},
+		{"PEM pair", "app-cert", api.CredentialPut{Kind: api.KindCertificate, CertificatePEM: good.certPEM(), KeyPEM: good.keyPEM()}, ""},
+		{"PFX", "app-pfx", api.CredentialPut{Kind: api.KindCertificate, PFX: good.pfx(t, "pfx-pass"), PFXPassword: "pfx-pass"}, ""},
+		{"bad name", "../etc", api.CredentialPut{Kind: api.KindPassword, Secret: "x"}, "name"},
+		{"join key name", "tailnet-authkey", api.CredentialPut{Kind: api.KindPassword, Secret: "x"}, "name"},
+		{"no kind", "a", api.CredentialPut{Secret: "x"}, "kind"},
+		{"odd kind", "a", api.CredentialPut{Kind: "token", Secret: "x"}, "kind"},
+		{"empty secret", "a", api.CredentialPut{Kind: api.KindClientSecret, Secret: "\n"}, "secret"},
+		{"two lines", "a", api.CredentialPut{Kind: api.KindClientSecret, Secret: "a\nb"}, "secret"},
+		{"secret with cert fields", "a", api.CredentialPut{Kind: api.KindClientSecret, Secret: "a", KeyPEM: "k"}, "kind"},
+		{"PEM does not parse", "a", api.CredentialPut{Kind: api.KindCertificate, CertificatePEM: "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", KeyPEM: good.keyPEM()}, "certificate_pem"},
+		{"key does not parse", "a", api.CredentialPut{Kind: api.KindCertificate, CertificatePEM: good.certPEM(), KeyPEM: "not a key"}, "key_pem"},
+		{"key does not match", "a", api.CredentialPut{Kind: api.KindCertificate, CertificatePEM: good.certPEM(), KeyPEM: other.keyPEM()}, "key_pem"},
+		{"expired", "a", api.CredentialPut{Kind: api.KindCertificate, CertificatePEM: expired.certPEM(), KeyPEM: expired.keyPEM()}, "certificate_pem"},
+		{"key without cert", "a", api.CredentialPut{Kind: api.KindCertificate, KeyPEM: good.keyPEM()}, "certificate_pem"},
+		{"PFX wrong password", "a", api.CredentialPut{Kind: api.KindCertificate, PFX: good.pfx(t, "right"), PFXPassword: "not-this-one"}, "pfx_password"},
+		{"PFX garbage", "a", api.CredentialPut{Kind: api.KindCertificate, PFX: []byte("garbage"), PFXPassword: "x"}, "pfx"},
+		{"PFX expired", "a", api.CredentialPut{Kind: api.KindCertificate, PFX: expired.pfx(t, "p"), PFXPassword: "p"}, "certificate_pem"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := layout.Dir(t.TempDir())
+			s := New(dir, func() time.Time { return now })
+			cr, err := s.Put(tc.cname, tc.p)
+			if tc.field != "" {
+				var ae *api.Error
+				if !errors.As(err, &ae) || ae.Field != tc.field || ae.Status != 400 {
+					t.Fatalf("err = %v, want a 400 naming %s", err, tc.field)
+				}
+				for _, v := range []string{tc.p.Secret, tc.p.PFXPassword, tc.p.KeyPEM} {
+					if v != "" && len(v) > 2 && strings.Contains(ae.Message, strings.TrimSpace(v)) {
+						t.Errorf("error %q repeats a secret", ae.Message)
+					}
+				}
+				if ents, _ := os.ReadDir(dir.Secrets()); len(ents) != 0 {
+					t.Errorf("refused input wrote %d files", len(ents))
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, err := os.Stat(dir.Secret(tc.cname))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Mode().Perm() != 0o600 {
+				t.Errorf("mode %v, want 0600", st.Mode().Perm())
+			}
+			b, _ := json.Marshal(cr)
+			for _, v := range []string{strings.TrimSpace(tc.p.Secret), tc.p.PFXPassword} {
+				if v != "" && strings.Contains(string(b), v) {
+					t.Errorf("description %s holds the secret", b)
+				}
+			}
+			if tc.p.Kind == api.KindCertificate {
+				if !cr.NotAfter.Equal(good.cert.NotAfter.UTC()) || cr.CertificateFile != "certs/"+tc.cname+".pem" {
+					t.Errorf("described as %+v", cr)
+				}
+				if _, err := os.Stat(dir.Certificate(tc.cname)); err != nil {
+					t.Error(err)
+				}
+				key, _ := os.ReadFile(dir.Secret(tc.cname))
+				if !strings.HasPrefix(string(key), "-----BEGIN PRIVATE KEY-----") {
+					t.Errorf("key stored as %.30q, want PKCS #8 PEM", key)
+				}
+			} else if got, _ := os.ReadFile(dir.Secret(tc.cname)); string(got) != strings.TrimRight(tc.p.Secret, "\n") {
+				t.Errorf("stored %q", got)
+			}
+		})
+	}
+}
+
+func TestListUsedDelete(t *testing.T) {
+	dir := layout.Dir(t.TempDir())
+	s := New(dir, func() time.Time { return now })
+	if _, err := s.Put("b", api.CredentialPut{Kind: api.KindPassword, Secret: "pw-value"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Put("a", api.CredentialPut{Kind: api.KindClientSecret, Secret: "cs-value"}); err != nil {
+		t.Fatal(err)
+	}
+	s.Used("a")
+	l, err := s.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(l) != 2 || l[0].Name != "a" || l[1].Name != "b" || !l[0].LastUsed.Equal(now) || !l[1].LastUsed.IsZero() {
+		t.Fatalf("list = %+v", l)
+	}
+	if l[0].Fingerprint == l[1].Fingerprint || !strings.HasPrefix(l[0].Fingerprint, "sha256:") {
+		t.Errorf("fingerprints %q %q", l[0].Fingerprint, l[1].Fingerprint)
+	}
+	if err := s.Delete("a"); err != nil {
+		t.Fatal(err)
+	}
+	var ae *api.Error
+	if err := s.Delete("a"); !errors.As(err, &ae) || ae.Status != 404 {
+		t.Errorf("second delete: %v, want 404", err)
+	}
+	if l, _ := s.List(); len(l) != 1 {
+		t.Errorf("after delete: %+v", l)
+	}
+}

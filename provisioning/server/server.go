@@ -1,0 +1,556 @@
+// Package server is the admin API's HTTP side: it names the caller through
+// Tailscale's WhoIs, decides its role (provisioning/authz), refuses what the
+// role does not allow, writes every changing call to the audit log, and
+// hands the work to the box (Box, Credentials, Configs). It never imports
+// the relay: the appliance implements Box.
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"tailscale.com/client/tailscale/apitype"
+
+	"github.com/siterelay/siterelay/provisioning/api"
+	"github.com/siterelay/siterelay/provisioning/audit"
+	"github.com/siterelay/siterelay/provisioning/authz"
+)
+
+// ErrNotFound is what Box, Credentials and Configs return for an id, name
+// or version that does not exist.
+var ErrNotFound = errors.New("not found")
+
+// Box is what the API needs of the running relay.
+type Box interface {
+	Status(ctx context.Context) (*api.Status, error)
+	Queue(ctx context.Context, f api.QueueFilter) ([]api.QueueItem, error)
+	Message(ctx context.Context, id string, body bool) (*api.Message, error)
+	Retry(ctx context.Context, id string) error
+	Bounce(ctx context.Context, id string) error
+	Delete(ctx context.Context, id string) error
+	Trace(ctx context.Context, q api.TraceQuery) ([]api.TraceEvent, error)
+	Doctor(ctx context.Context, to string) ([]api.DoctorStep, error)
+	Firmware() api.Firmware
+	// Reload makes the relay read config.json and the secrets again; a
+	// credential change takes effect through it (cached tokens dropped).
+	Reload(ctx context.Context) error
+}
+
+// Credentials is the write side of the secret store.
+type Credentials interface {
+	List() ([]api.Credential, error)
+	Put(name string, p api.CredentialPut) (*api.Credential, error)
+	Delete(name string) error
+}
+
+// Configs keeps the configuration's versions and applies them.
+type Configs interface {
+	Get() (*api.ConfigDoc, error)
+	Versions() ([]api.ConfigVersion, error)
+	Put(ctx context.Context, doc []byte, by string, dryRun bool) (*api.ConfigResult, error)
+	Rollback(ctx context.Context, version int, by string) (*api.ConfigResult, error)
+}
+
+// Options wire a server.
+type Options struct {
+	// WhoIs names the caller at a remote address (the node's LocalClient).
+	WhoIs       func(ctx context.Context, remoteAddr string) (*apitype.WhoIsResponse, error)
+	Policy      authz.Policy
+	Audit       *audit.Log
+	Box         Box
+	Credentials Credentials
+	Configs     Configs
+	Clock       func() time.Time
+	Logger      *slog.Logger
+}
+
+type server struct {
+	Options
+	mux *http.ServeMux
+}
+
+// Handler serves the API. Mount it only on the tailnet listener.
+func Handler(o Options) http.Handler {
+	if o.Clock == nil {
+		o.Clock = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &server{Options: o, mux: http.NewServeMux()}
+	v, op, ad := api.Viewer, api.Operator, api.Admin
+	s.route("GET "+api.PathWhoAmI, api.None, s.whoami)
+	s.route("GET "+api.PathStatus, v, s.status)
+	s.route("GET "+api.PathCredentials, ad, s.listCreds)
+	s.route("PUT "+api.PathCredential, ad, s.putCred)
+	s.route("DELETE "+api.PathCredential, ad, s.deleteCred)
+	s.route("GET "+api.PathConfig, ad, s.getConfig)
+	s.route("PUT "+api.PathConfig, ad, s.putConfig)
+	s.route("GET "+api.PathConfigVers, ad, s.configVersions)
+	s.route("POST "+api.PathRollback, ad, s.rollback)
+	s.route("GET "+api.PathQueue, op, s.queue)
+	s.route("GET "+api.PathMessage, op, s.message)
+	s.route("DELETE "+api.PathMessage, op, s.queueOp("delete", func(ctx context.Context, id string) error { return s.Box.Delete(ctx, id) }))
+	s.route("POST "+api.PathRetry, op, s.queueOp("retry", func(ctx context.Context, id string) error { return s.Box.Retry(ctx, id) }))
+	s.route("POST "+api.PathBounce, op, s.queueOp("bounce", func(ctx context.Context, id string) error { return s.Box.Bounce(ctx, id) }))
+	s.route("GET "+api.PathTrace, v, s.trace)
+	s.route("POST "+api.PathDoctor, op, s.doctor)
+	s.route("GET "+api.PathAudit, ad, s.audit)
+	s.route("GET "+api.PathFirmware, ad, s.firmware)
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, &api.Error{Status: 404, Code: api.CodeNotFound, Message: "no such API path " + r.URL.Path + " (see docs/provisioning.md)"})
+	})
+	return s.mux
+}
+
+// LANRefusal answers an API path asked on a plant-LAN listener: the API
+// exists only on the tailnet.
+func LANRefusal() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, &api.Error{Status: http.StatusForbidden, Code: api.CodeForbidden,
+			Message: "the admin API answers only on the tailnet; use relayctl (docs/provisioning.md)"})
+	})
+}
+
+type callerKey struct{}
+
+// Caller names the tailnet identity making the request ctx belongs to, for
+// the box's own records (the trace says who deleted a message).
+func Caller(ctx context.Context) string {
+	s, _ := ctx.Value(callerKey{}).(string)
+	if s == "" {
+		return "an administrator"
+	}
+	return s
+}
+
+// call is one request in flight.
+type call struct {
+	r    *http.Request
+	d    authz.Decision
+	what string // for the audit log
+}
+
+type handler func(w http.ResponseWriter, c *call) error
+
+func changing(method string) bool {
+	return method != http.MethodGet && method != http.MethodHead
+}
+
+func (s *server) route(pattern string, need api.Role, h handler) {
+	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		c := &call{r: r, what: r.Method + " " + r.URL.Path}
+		rec := &recorder{ResponseWriter: w}
+		err := s.serve(rec, c, need, h)
+		if err != nil {
+			var ae *api.Error
+			if !errors.As(err, &ae) {
+				if errors.Is(err, ErrNotFound) {
+					ae = &api.Error{Status: 404, Code: api.CodeNotFound, Message: err.Error()}
+				} else {
+					s.Logger.Error("admin API call failed", "what", c.what, "err", err)
+					ae = &api.Error{Status: 500, Code: api.CodeInternal, Message: err.Error()}
+				}
+			}
+			writeErr(rec, ae)
+		}
+		if changing(r.Method) && s.Audit != nil {
+			result := "ok"
+			if rec.code != "" {
+				result = rec.code
+			}
+			e := api.AuditEntry{Time: s.Clock().UTC(), Login: c.d.Login, Node: c.d.Node, Role: c.d.Role,
+				Method: r.Method, Path: r.URL.Path, What: c.what, Result: result, Status: rec.status}
+			if e.Node == "" {
+				e.Node = "unknown (" + r.RemoteAddr + ")"
+			}
+			if err := s.Audit.Append(e); err != nil {
+				s.Logger.Error("writing the audit log failed", "err", err)
+			}
+		}
+	})
+}
+
+func (s *server) serve(w http.ResponseWriter, c *call, need api.Role, h handler) error {
+	r := c.r
+	wi, err := s.WhoIs(r.Context(), r.RemoteAddr)
+	if err != nil || wi == nil {
+		return &api.Error{Status: http.StatusUnauthorized, Code: api.CodeUnauthorized,
+			Message: "the caller is not a known tailnet node; the admin API answers only tailnet identities"}
+	}
+	c.d = s.Policy.Decide(wi)
+	c.r = r.WithContext(context.WithValue(r.Context(), callerKey{}, c.d.Identity.String()))
+	r = c.r
+	if changing(r.Method) && r.Header.Get(api.CSRFHeader) != api.CSRFValue {
+		return &api.Error{Status: http.StatusForbidden, Code: api.CodeCSRF,
+			Message: fmt.Sprintf("changing calls need the header %s: %s (relayctl sends it; browsers cannot cross-site)", api.CSRFHeader, api.CSRFValue)}
+	}
+	if c.d.Role < need {
+		msg := fmt.Sprintf("%s has role %s; this needs %s (grant %s in the tailnet policy, see docs/provisioning.md)", c.d.Identity, c.d.Role, need, authz.Capability)
+		if c.d.Problem != "" {
+			msg += "; " + c.d.Problem
+		}
+		return &api.Error{Status: http.StatusForbidden, Code: api.CodeForbidden, Message: msg}
+	}
+	return h(w, c)
+}
+
+// recorder remembers the status and error code for the audit log.
+type recorder struct {
+	http.ResponseWriter
+	status int
+	code   string
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if r.status == 0 {
+		r.status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = 200
+	}
+	return r.ResponseWriter.Write(b)
+}
+
+func writeErr(w http.ResponseWriter, e *api.Error) {
+	if rec, ok := w.(*recorder); ok {
+		rec.code = e.Code
+	}
+	if e.Status == 0 {
+		e.Status = 500
+	}
+	writeJSON(w, e.Status, api.ErrorBody{Error: e})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func ok(w http.ResponseWriter, v any) error {
+	writeJSON(w, 200, v)
+	return nil
+}
+
+// decode reads a JSON body strictly: one object, no unknown fields, at
+// most api.MaxBody bytes. Its errors name the field.
+func decode(w http.ResponseWriter, r *http.Request, v any) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		return &api.Error{Status: 415, Code: api.CodeBadRequest, Message: "send Content-Type: application/json, not " + ct}
+	}
+	body := http.MaxBytesReader(w, r.Body, api.MaxBody)
+	b, err := io.ReadAll(body)
+	if err != nil {
+		var mb *http.MaxBytesError
+		if errors.As(err, &mb) {
+			return &api.Error{Status: 413, Code: api.CodeTooLarge, Message: fmt.Sprintf("request body over %d bytes", api.MaxBody)}
+		}
+		return &api.Error{Status: 400, Code: api.CodeBadRequest, Message: "reading the request body: " + err.Error()}
+	}
+	return decodeBytes(b, v)
+}
+
+func decodeBytes(b []byte, v any) error {
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return jsonError(err)
+	}
+	if dec.More() {
+		return &api.Error{Status: 400, Code: api.CodeBadRequest, Message: "the body holds more than one JSON value"}
+	}
+	return nil
+}
+
+func jsonError(err error) *api.Error {
+	e := &api.Error{Status: 400, Code: api.CodeBadRequest}
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &se):
+		e.Message = fmt.Sprintf("malformed JSON at byte %d: %v", se.Offset, se)
+	case errors.As(err, &te):
+		e.Field = te.Field
+		e.Message = fmt.Sprintf("want a %s, got a JSON %s", te.Type, te.Value)
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		e.Field = strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
+		e.Message = "unknown field"
+	case errors.Is(err, io.EOF):
+		e.Message = "empty body: send a JSON object"
+	default:
+		e.Message = "malformed JSON: " + err.Error()
+	}
+	return e
+}
+
+func badParam(name, problem string) *api.Error {
+	return &api.Error{Status: 400, Code: api.CodeBadRequest, Field: name, Message: problem}
+}
+
+func (s *server) whoami(w http.ResponseWriter, c *call) error {
+	return ok(w, api.WhoAmI{Login: c.d.Login, Node: c.d.Node, Tags: c.d.Tags, Role: c.d.Role, Via: c.d.Via, Site: s.Policy.Site})
+}
+
+func (s *server) status(w http.ResponseWriter, c *call) error {
+	st, err := s.Box.Status(c.r.Context())
+	if err != nil {
+		return err
+	}
+	return ok(w, st)
+}
+
+func (s *server) listCreds(w http.ResponseWriter, c *call) error {
+	l, err := s.Credentials.List()
+	if err != nil {
+		return err
+	}
+	if l == nil {
+		l = []api.Credential{}
+	}
+	return ok(w, l)
+}
+
+func (s *server) putCred(w http.ResponseWriter, c *call) error {
+	name := c.r.PathValue("name")
+	c.what = "put credential " + name
+	var p api.CredentialPut
+	if err := decode(w, c.r, &p); err != nil {
+		return err
+	}
+	c.what += " (" + p.Kind + ")"
+	cr, err := s.Credentials.Put(name, p)
+	if err != nil {
+		return err
+	}
+	if err := s.Box.Reload(c.r.Context()); err != nil {
+		return fmt.Errorf("credential %s stored, but reloading the relay failed: %w", name, err)
+	}
+	return ok(w, cr)
+}
+
+func (s *server) deleteCred(w http.ResponseWriter, c *call) error {
+	name := c.r.PathValue("name")
+	c.what = "delete credential " + name
+	if err := s.Credentials.Delete(name); err != nil {
+		return err
+	}
+	if err := s.Box.Reload(c.r.Context()); err != nil {
+		return fmt.Errorf("credential %s deleted, but reloading the relay failed: %w", name, err)
+	}
+	return ok(w, api.OK{OK: true})
+}
+
+func (s *server) getConfig(w http.ResponseWriter, c *call) error {
+	d, err := s.Configs.Get()
+	if err != nil {
+		return err
+	}
+	return ok(w, d)
+}
+
+func (s *server) putConfig(w http.ResponseWriter, c *call) error {
+	dry := c.r.URL.Query().Get("dry_run")
+	dryRun := dry == "1" || dry == "true"
+	c.what = "put configuration"
+	if dryRun {
+		c.what = "dry run of a configuration"
+	}
+	var raw json.RawMessage
+	if err := decode(w, c.r, &raw); err != nil {
+		return err
+	}
+	res, err := s.Configs.Put(c.r.Context(), raw, c.d.Identity.String(), dryRun)
+	if err != nil {
+		return err
+	}
+	if !dryRun {
+		c.what += fmt.Sprintf(" (version %d, %d keys changed)", res.Version, len(res.Changes))
+	}
+	return ok(w, res)
+}
+
+func (s *server) configVersions(w http.ResponseWriter, c *call) error {
+	l, err := s.Configs.Versions()
+	if err != nil {
+		return err
+	}
+	return ok(w, l)
+}
+
+func (s *server) rollback(w http.ResponseWriter, c *call) error {
+	var rb api.Rollback
+	if err := decode(w, c.r, &rb); err != nil {
+		return err
+	}
+	c.what = fmt.Sprintf("roll configuration back to version %d", rb.Version)
+	if rb.Version <= 0 {
+		return badParam("version", "give the version to roll back to (GET "+api.PathConfigVers+" lists them)")
+	}
+	res, err := s.Configs.Rollback(c.r.Context(), rb.Version, c.d.Identity.String())
+	if err != nil {
+		return err
+	}
+	return ok(w, res)
+}
+
+func (s *server) queue(w http.ResponseWriter, c *call) error {
+	q := c.r.URL.Query()
+	f := api.QueueFilter{Sender: q.Get("sender"), Recipient: q.Get("recipient"), State: q.Get("state")}
+	switch f.State {
+	case "", "pending":
+	default:
+		return badParam("state", "want pending or nothing")
+	}
+	if v := q.Get("older_than"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return badParam("older_than", "want a duration like 30m or 2h")
+		}
+		f.OlderThan = d
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return badParam("limit", "want a number of messages")
+		}
+		f.Limit = n
+	}
+	l, err := s.Box.Queue(c.r.Context(), f)
+	if err != nil {
+		return err
+	}
+	if l == nil {
+		l = []api.QueueItem{}
+	}
+	return ok(w, l)
+}
+
+func (s *server) message(w http.ResponseWriter, c *call) error {
+	id := c.r.PathValue("id")
+	body := c.r.URL.Query().Get("body") == "1"
+	if body && c.d.Role < api.Admin {
+		return &api.Error{Status: 403, Code: api.CodeForbidden, Field: "body",
+			Message: fmt.Sprintf("%s has role %s; a message's body needs admin", c.d.Identity, c.d.Role)}
+	}
+	m, err := s.Box.Message(c.r.Context(), id, body)
+	if errors.Is(err, ErrNotFound) {
+		return &api.Error{Status: 404, Code: api.CodeNotFound, Field: "id", Message: "no message " + id + " in the queue"}
+	}
+	if err != nil {
+		return err
+	}
+	return ok(w, m)
+}
+
+func (s *server) queueOp(op string, fn func(ctx context.Context, id string) error) handler {
+	return func(w http.ResponseWriter, c *call) error {
+		id := c.r.PathValue("id")
+		c.what = op + " message " + id
+		if c.r.Method == http.MethodPost {
+			var empty struct{}
+			if c.r.ContentLength != 0 {
+				if err := decode(w, c.r, &empty); err != nil {
+					return err
+				}
+			}
+		}
+		err := fn(c.r.Context(), id)
+		if errors.Is(err, ErrNotFound) {
+			return &api.Error{Status: 404, Code: api.CodeNotFound, Field: "id", Message: "no message " + id + " in the queue"}
+		}
+		if err != nil {
+			return err
+		}
+		return ok(w, api.OK{OK: true})
+	}
+}
+
+func (s *server) trace(w http.ResponseWriter, c *call) error {
+	q := c.r.URL.Query()
+	tq := api.TraceQuery{QueueID: q.Get("queue_id"), MessageID: q.Get("message_id"), Sender: q.Get("sender"), Recipient: q.Get("recipient"), Kind: q.Get("kind")}
+	if v := q.Get("since"); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			d, derr := time.ParseDuration(v)
+			if derr != nil {
+				return badParam("since", "want an RFC 3339 time or a duration like 24h")
+			}
+			t = s.Clock().Add(-d)
+		}
+		tq.Since = t
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > 100000 {
+			return badParam("limit", "want a number up to 100000")
+		}
+		tq.Limit = n
+	}
+	l, err := s.Box.Trace(c.r.Context(), tq)
+	if err != nil {
+		return err
+	}
+	if l == nil {
+		l = []api.TraceEvent{}
+	}
+	return ok(w, l)
+}
+
+func (s *server) doctor(w http.ResponseWriter, c *call) error {
+	var dr api.DoctorRequest
+	if c.r.ContentLength != 0 {
+		if err := decode(w, c.r, &dr); err != nil {
+			return err
+		}
+	}
+	c.what = "doctor"
+	if dr.To != "" {
+		c.what += " with a test message to " + dr.To
+	}
+	ctx, cancel := context.WithTimeout(c.r.Context(), 2*time.Minute)
+	defer cancel()
+	steps, err := s.Box.Doctor(ctx, dr.To)
+	if err != nil {
+		return err
+	}
+	return ok(w, steps)
+}
+
+func (s *server) audit(w http.ResponseWriter, c *call) error {
+	n := 100
+	if v := c.r.URL.Query().Get("limit"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 0 {
+			return badParam("limit", "want a number of entries")
+		}
+	}
+	l, err := s.Audit.Read(n)
+	if err != nil {
+		return err
+	}
+	if l == nil {
+		l = []api.AuditEntry{}
+	}
+	return ok(w, l)
+}
+
+func (s *server) firmware(w http.ResponseWriter, c *call) error {
+	return ok(w, s.Box.Firmware())
+}

@@ -1,0 +1,399 @@
+package server_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"tailscale.com/client/tailscale/apitype"
+	"tailscale.com/ipn/store/mem"
+	"tailscale.com/tailcfg"
+	"tailscale.com/tsnet"
+
+	"github.com/siterelay/siterelay/provisioning/api"
+	"github.com/siterelay/siterelay/provisioning/audit"
+	"github.com/siterelay/siterelay/provisioning/authz"
+	"github.com/siterelay/siterelay/provisioning/node"
+	"github.com/siterelay/siterelay/provisioning/provtest"
+	"github.com/siterelay/siterelay/provisioning/server"
+)
+
+// fakeBox records what the API asked of it.
+type fakeBox struct {
+	mu    sync.Mutex
+	calls []string
+}
+
+func (b *fakeBox) did(s string) {
+	b.mu.Lock()
+	b.calls = append(b.calls, s)
+	b.mu.Unlock()
+}
+
+func (b *fakeBox) Calls() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.calls)
+}
+
+func (b *fakeBox) Status(context.Context) (*api.Status, error) {
+	return &api.Status{Site: "plant-a", Health: "ok", Queue: api.Queue{Messages: 1}}, nil
+}
+func (b *fakeBox) Queue(context.Context, api.QueueFilter) ([]api.QueueItem, error) {
+	return []api.QueueItem{{ID: "q1", From: "mfp@plant.example"}}, nil
+}
+func (b *fakeBox) Message(_ context.Context, id string, body bool) (*api.Message, error) {
+	if id != "q1" {
+		return nil, server.ErrNotFound
+	}
+	m := &api.Message{ID: id}
+	if body {
+		m.Body = "the body"
+	}
+	return m, nil
+}
+func (b *fakeBox) op(name, id string) error {
+	if id != "q1" {
+		return server.ErrNotFound
+	}
+	b.did(name + " " + id)
+	return nil
+}
+func (b *fakeBox) Retry(_ context.Context, id string) error  { return b.op("retry", id) }
+func (b *fakeBox) Bounce(_ context.Context, id string) error { return b.op("bounce", id) }
+func (b *fakeBox) Delete(_ context.Context, id string) error { return b.op("delete", id) }
+func (b *fakeBox) Trace(context.Context, api.TraceQuery) ([]api.TraceEvent, error) {
+	return []api.TraceEvent{{Kind: "received"}}, nil
+}
+func (b *fakeBox) Doctor(context.Context, string) ([]api.DoctorStep, error) {
+	b.did("doctor")
+	return []api.DoctorStep{{Name: "dns", OK: true}}, nil
+}
+func (b *fakeBox) Firmware() api.Firmware { return api.Firmware{Version: "v1.2.3"} }
+func (b *fakeBox) Reload(context.Context) error {
+	b.did("reload")
+	return nil
+}
+
+type fakeCreds struct{ b *fakeBox }
+
+func (f fakeCreds) List() ([]api.Credential, error) {
+	return []api.Credential{{Name: "s", Kind: api.KindClientSecret}}, nil
+}
+func (f fakeCreds) Put(name string, p api.CredentialPut) (*api.Credential, error) {
+	f.b.did("put " + name)
+	return &api.Credential{Name: name, Kind: p.Kind}, nil
+}
+func (f fakeCreds) Delete(name string) error { f.b.did("delete cred " + name); return nil }
+
+type fakeConfigs struct{ b *fakeBox }
+
+func (f fakeConfigs) Get() (*api.ConfigDoc, error) {
+	return &api.ConfigDoc{Version: 1, Config: json.RawMessage(`{}`)}, nil
+}
+func (f fakeConfigs) Versions() ([]api.ConfigVersion, error) {
+	return []api.ConfigVersion{{Version: 1}}, nil
+}
+func (f fakeConfigs) Put(_ context.Context, doc []byte, by string, dry bool) (*api.ConfigResult, error) {
+	if !dry {
+		f.b.did("put config")
+	}
+	return &api.ConfigResult{Version: 2, DryRun: dry}, nil
+}
+func (f fakeConfigs) Rollback(_ context.Context, v int, by string) (*api.ConfigResult, error) {
+	f.b.did(fmt.Sprint("rollback ", v))
+	return &api.ConfigResult{Version: 3}, nil
+}
+
+type rig struct {
+	tn    *provtest.Tailnet
+	relay *node.Node
+	box   *fakeBox
+	audit *audit.Log
+}
+
+func newRig(t *testing.T, admins ...string) *rig {
+	t.Helper()
+	tn := provtest.New(t)
+	box := &fakeBox{}
+	al, err := audit.Open(t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { al.Close() })
+	r := &rig{tn: tn, box: box, audit: al}
+	ctx, cancel := context.WithCancel(context.Background())
+	var n *node.Node
+	h := server.Handler(server.Options{
+		WhoIs:  func(ctx context.Context, a string) (*apitype.WhoIsResponse, error) { return n.WhoIs(ctx, a) },
+		Policy: authz.Policy{Site: "plant-a", Admins: admins},
+		Audit:  al, Box: box, Credentials: fakeCreds{box}, Configs: fakeConfigs{box},
+	})
+	n = node.Start(ctx, node.Options{Dir: t.TempDir(), Hostname: "relay-plant-a", AuthKey: "test-key",
+		ControlURL: tn.URL, Handler: h, Store: new(mem.Store), Ephemeral: true})
+	t.Cleanup(func() { cancel(); <-n.Done() })
+	waitUp(t, n)
+	provtest.WaitDERP(t, n.Server())
+	r.relay = n
+	return r
+}
+
+func waitUp(t *testing.T, n *node.Node) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for n.State().State != node.Up {
+		if time.Now().After(deadline) {
+			t.Fatalf("relay node state %q after a minute", n.State().State)
+		}
+		time.Sleep(10 * time.Millisecond) // polling a state, not standing in for synchronisation
+	}
+}
+
+func (r *rig) client(s *tsnet.Server) *api.Client {
+	return api.NewClient(r.relay.State().IPs[0], s.Dial)
+}
+
+// grant gives every caller role (None revokes) and waits until the relay
+// node sees it for caller.
+func (r *rig) grant(t *testing.T, caller *tsnet.Server, role api.Role) {
+	t.Helper()
+	var want string
+	if role == api.None {
+		r.tn.Grant(nil)
+	} else {
+		want = fmt.Sprintf(`{"role":%q}`, role)
+		r.tn.Grant(tailcfg.PeerCapMap{authz.Capability: {tailcfg.RawMessage(want)}})
+	}
+	provtest.WaitPeer(t, r.relay.Server(), provtest.IP(t, caller), func(_ []string, caps tailcfg.PeerCapMap) bool {
+		v := caps[authz.Capability]
+		if role == api.None {
+			return len(v) == 0
+		}
+		var cv authz.CapValue
+		return len(v) == 1 && json.Unmarshal([]byte(v[0]), &cv) == nil && cv.Role == role.String()
+	})
+}
+
+// op is one API call and the least role it needs.
+type op struct {
+	name string
+	need api.Role
+	call func(ctx context.Context, c *api.Client) error
+}
+
+var ops = []op{
+	{"status", api.Viewer, func(ctx context.Context, c *api.Client) error { _, err := c.Status(ctx); return err }},
+	{"trace", api.Viewer, func(ctx context.Context, c *api.Client) error { _, err := c.Trace(ctx, api.TraceQuery{}); return err }},
+	{"queue list", api.Operator, func(ctx context.Context, c *api.Client) error { _, err := c.Queue(ctx, api.QueueFilter{}); return err }},
+	{"queue show", api.Operator, func(ctx context.Context, c *api.Client) error { _, err := c.Message(ctx, "q1", false); return err }},
+	{"queue show body", api.Admin, func(ctx context.Context, c *api.Client) error { _, err := c.Message(ctx, "q1", true); return err }},
+	{"retry", api.Operator, func(ctx context.Context, c *api.Client) error { return c.Retry(ctx, "q1") }},
+	{"bounce", api.Operator, func(ctx context.Context, c *api.Client) error { return c.Bounce(ctx, "q1") }},
+	{"delete", api.Operator, func(ctx context.Context, c *api.Client) error { return c.Delete(ctx, "q1") }},
+	{"doctor", api.Operator, func(ctx context.Context, c *api.Client) error { _, err := c.Doctor(ctx, ""); return err }},
+	{"creds list", api.Admin, func(ctx context.Context, c *api.Client) error { _, err := c.Credentials(ctx); return err }},
+	{"creds put", api.Admin, func(ctx context.Context, c *api.Client) error {
+		_, err := c.PutCredential(ctx, "s", api.CredentialPut{Kind: api.KindClientSecret, Secret: "x"})
+		return err
+	}},
+	{"creds delete", api.Admin, func(ctx context.Context, c *api.Client) error { return c.DeleteCredential(ctx, "s") }},
+	{"config get", api.Admin, func(ctx context.Context, c *api.Client) error { _, err := c.Config(ctx); return err }},
+	{"config put", api.Admin, func(ctx context.Context, c *api.Client) error {
+		_, err := c.PutConfig(ctx, json.RawMessage(`{}`), false)
+		return err
+	}},
+	{"config dry run", api.Admin, func(ctx context.Context, c *api.Client) error {
+		_, err := c.PutConfig(ctx, json.RawMessage(`{}`), true)
+		return err
+	}},
+	{"config versions", api.Admin, func(ctx context.Context, c *api.Client) error { _, err := c.ConfigVersions(ctx); return err }},
+	{"rollback", api.Admin, func(ctx context.Context, c *api.Client) error { _, err := c.Rollback(ctx, 1); return err }},
+	{"audit", api.Admin, func(ctx context.Context, c *api.Client) error { _, err := c.Audit(ctx, 10); return err }},
+	{"firmware", api.Admin, func(ctx context.Context, c *api.Client) error { _, err := c.Firmware(ctx); return err }},
+}
+
+func TestRoleMatrix(t *testing.T) {
+	r := newRig(t)
+	caller := r.tn.Join(t, "laptop")
+	c := r.client(caller)
+	ctx := context.Background()
+	for _, role := range []api.Role{api.None, api.Viewer, api.Operator, api.Admin} {
+		r.grant(t, caller, role)
+		t.Run(role.String(), func(t *testing.T) {
+			w, err := c.WhoAmI(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if w.Role != role {
+				t.Fatalf("whoami role = %v, want %v", w.Role, role)
+			}
+			for _, o := range ops {
+				before := len(r.box.Calls())
+				err := o.call(ctx, c)
+				var ae *api.Error
+				switch {
+				case role >= o.need && err != nil:
+					t.Errorf("%s as %s: %v, want allowed", o.name, role, err)
+				case role < o.need && (!errors.As(err, &ae) || ae.Status != 403 || ae.Code != api.CodeForbidden):
+					t.Errorf("%s as %s: err %v, want 403 forbidden", o.name, role, err)
+				case role < o.need && len(r.box.Calls()) != before:
+					t.Errorf("%s as %s was refused but changed something: %v", o.name, role, r.box.Calls()[before:])
+				}
+			}
+		})
+	}
+	// Every changing call went to the audit log, refused ones too.
+	entries, err := r.audit.Read(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var refused, allowed int
+	for _, e := range entries {
+		if e.Result == api.CodeForbidden {
+			refused++
+		} else if e.Result == "ok" {
+			allowed++
+		}
+		if e.Node == "" || e.Time.IsZero() || e.Method == "GET" {
+			t.Errorf("audit entry %+v: want node, time and a changing method", e)
+		}
+	}
+	changing := 0
+	for _, o := range ops {
+		if slices.Contains([]string{"retry", "bounce", "delete", "doctor", "creds put", "creds delete", "config put", "config dry run", "rollback"}, o.name) {
+			changing++
+		}
+	}
+	if got, want := refused+allowed, 4*changing; got != want {
+		t.Errorf("audit has %d entries (%d refused, %d ok), want %d", got, refused, allowed, want)
+	}
+}
+
+func TestRevokeLocksOutNextRequest(t *testing.T) {
+	r := newRig(t)
+	caller := r.tn.Join(t, "laptop")
+	c := r.client(caller)
+	ctx := context.Background()
+	r.grant(t, caller, api.Admin)
+	if _, err := c.Audit(ctx, 1); err != nil {
+		t.Fatalf("as admin: %v", err)
+	}
+	r.grant(t, caller, api.None)
+	_, err := c.Status(ctx)
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.Status != 403 {
+		t.Fatalf("after revoking: %v, want 403", err)
+	}
+}
+
+func TestSiteFileAdministrators(t *testing.T) {
+	r := newRig(t, "tag:relay-admins")
+	caller := r.tn.Join(t, "ci-runner")
+	r.tn.Tag(t, caller, "tag:relay-admins")
+	provtest.WaitPeer(t, r.relay.Server(), provtest.IP(t, caller), func(tags []string, _ tailcfg.PeerCapMap) bool {
+		return slices.Contains(tags, "tag:relay-admins")
+	})
+	w, err := r.client(caller).WhoAmI(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.Role != api.Admin || w.Via != "site file" {
+		t.Errorf("whoami = %+v, want admin via the site file", w)
+	}
+	other := r.tn.Join(t, "visitor")
+	if _, err := r.client(other).Status(context.Background()); err == nil {
+		t.Error("an untagged node without a grant read the status")
+	}
+}
+
+// A changing call without the header a browser cannot send cross-site is
+// refused before it reaches the box, and audited.
+func TestChangingCallNeedsHeader(t *testing.T) {
+	r := newRig(t)
+	caller := r.tn.Join(t, "laptop")
+	r.grant(t, caller, api.Admin)
+	hc := r.client(caller).HTTP
+	req, _ := http.NewRequest("POST", "http://"+r.relay.State().IPs[0]+"/v1/queue/q1/retry", strings.NewReader("{}"))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var eb api.ErrorBody
+	json.NewDecoder(resp.Body).Decode(&eb)
+	resp.Body.Close()
+	if resp.StatusCode != 403 || eb.Error == nil || eb.Error.Code != api.CodeCSRF {
+		t.Errorf("got %d %+v, want 403 %s", resp.StatusCode, eb.Error, api.CodeCSRF)
+	}
+	if calls := r.box.Calls(); len(calls) != 0 {
+		t.Errorf("box was asked %v", calls)
+	}
+	e, _ := r.audit.Read(1)
+	if len(e) != 1 || e[0].Result != api.CodeCSRF {
+		t.Errorf("audit = %+v, want the refusal", e)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	r := newRig(t)
+	caller := r.tn.Join(t, "laptop")
+	r.grant(t, caller, api.Admin)
+	hc := r.client(caller).HTTP
+	base := "http://" + r.relay.State().IPs[0]
+	for _, tc := range []struct {
+		name, method, path, body string
+		status                   int
+		code, field              string
+	}{
+		{"malformed JSON", "PUT", "/v1/credentials/s", `{"kind":`, 400, api.CodeBadRequest, ""},
+		{"unknown field", "PUT", "/v1/credentials/s", `{"kind":"password","secrett":"x"}`, 400, api.CodeBadRequest, "secrett"},
+		{"wrong type", "PUT", "/v1/credentials/s", `{"kind":7}`, 400, api.CodeBadRequest, "kind"},
+		{"two values", "PUT", "/v1/credentials/s", `{"kind":"password"} {}`, 400, api.CodeBadRequest, ""},
+		{"oversized", "PUT", "/v1/credentials/s", `{"secret":"` + strings.Repeat("a", api.MaxBody) + `"}`, 413, api.CodeTooLarge, ""},
+		{"no such queue id", "POST", "/v1/queue/nope/retry", `{}`, 404, api.CodeNotFound, "id"},
+		{"no such path", "GET", "/v1/nothing", ``, 404, api.CodeNotFound, ""},
+		{"bad filter", "GET", "/v1/queue?older_than=soon", ``, 400, api.CodeBadRequest, "older_than"},
+		{"rollback to nothing", "POST", "/v1/config/rollback", `{"version":0}`, 400, api.CodeBadRequest, "version"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(r.box.Calls())
+			req, _ := http.NewRequest(tc.method, base+tc.path, strings.NewReader(tc.body))
+			req.Header.Set(api.CSRFHeader, api.CSRFValue)
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := hc.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var eb api.ErrorBody
+			if err := json.NewDecoder(resp.Body).Decode(&eb); err != nil || eb.Error == nil {
+				t.Fatalf("answer is not a JSON error: %v", err)
+			}
+			if resp.StatusCode != tc.status || eb.Error.Code != tc.code || eb.Error.Field != tc.field {
+				t.Errorf("got %d %s field %q (%s), want %d %s field %q", resp.StatusCode, eb.Error.Code, eb.Error.Field, eb.Error.Message, tc.status, tc.code, tc.field)
+			}
+			if eb.Error.Message == "" {
+				t.Error("error without a message")
+			}
+			if got := r.box.Calls()[before:]; len(got) != 0 {
+				t.Errorf("bad input changed something: %v", got)
+			}
+		})
+	}
+}
+
+func TestLANRefusal(t *testing.T) {
+	rec := httptest.NewRecorder()
+	server.LANRefusal().ServeHTTP(rec, httptest.NewRequest("GET", "/v1/status", nil))
+	if rec.Code != 403 || !strings.Contains(rec.Body.String(), `"forbidden"`) {
+		t.Errorf("got %d %s", rec.Code, rec.Body)
+	}
+}
