@@ -109,8 +109,8 @@ func backlog(n int) []*upstream.Message {
 // and with the internal recipients routed to HVE (no per-minute limit)
 // and the external ones to the same mailbox.
 func TestFigureBacklogDrain(t *testing.T) {
-	if testing.Short() {
-		t.Skip("figure")
+	if testing.Short() || raceEnabled {
+		t.Skip("a figure (10,000 messages): not under -short or -race")
 	}
 	const n = 10000
 	single := newTenant(t)
