@@ -115,7 +115,7 @@ func (a *admin) Status(ctx context.Context) (*api.Status, error) {
 	r := a.run.Relay()
 	st := r.Status()
 	s := &api.Status{
-		Site: a.site, Hostname: a.host, Version: Version(), Now: time.Now().UTC(), Started: st.Started,
+		Site: a.site, Hostname: a.host, Version: version(), Now: time.Now().UTC(), Started: st.Started,
 		MaxMessageBytes: st.MaxMessageBytes,
 		Upstream:        api.Upstream{Name: st.Upstream.Name, Failing: st.Upstream.Failing(), LastDelivered: st.Upstream.LastDelivered},
 		Queue:           api.Queue{Messages: st.Queue.Messages, Bytes: st.Queue.Bytes, Oldest: st.Queue.Oldest},
@@ -295,7 +295,7 @@ func (a *admin) Doctor(ctx context.Context, to string) ([]api.DoctorStep, error)
 }
 
 func (a *admin) Firmware() api.Firmware {
-	return api.Firmware{Version: Version(), GoVersion: runtime.Version(),
+	return api.Firmware{Version: version(), GoVersion: runtime.Version(),
 		Update: "over the tailnet: not yet (next release); today: gok update from a machine that reaches the box"}
 }
 

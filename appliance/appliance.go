@@ -61,8 +61,8 @@ type Options struct {
 	Tailnet *Tailnet
 }
 
-// LoadConfig returns the configuration Options point at.
-func LoadConfig(o Options) (*config.Config, error) {
+// loadConfig returns the configuration Options point at.
+func loadConfig(o Options) (*config.Config, error) {
 	if o.Dev {
 		return config.Default(), nil
 	}
@@ -85,16 +85,16 @@ func Run(ctx context.Context, o Options) error {
 	}
 	if o.Box {
 		console("relayd started, preparing the box")
-		bo := GokrazyBoxOptions(log)
-		box, err := PrepareBox(ctx, bo)
-		if errors.Is(err, ErrStateUnusable) {
+		bo := gokrazyBoxOptions(log)
+		box, err := prepareBox(ctx, bo)
+		if errors.Is(err, errStateUnusable) {
 			// Say so on the status port and in the log, and stay up:
 			// gokrazy would restart a process that exits, over and over.
 			var ln net.Listener
 			if o.HTTPAddr != "" {
 				ln, _ = net.Listen("tcp", o.HTTPAddr)
 			}
-			HoldUnusable(ctx, err, ln, log, 5*time.Minute)
+			holdUnusable(ctx, err, ln, log, 5*time.Minute)
 			return nil
 		}
 		if err != nil {
@@ -112,12 +112,12 @@ func Run(ctx context.Context, o Options) error {
 	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
-	cfg, err := LoadConfig(o)
+	cfg, err := loadConfig(o)
 	if err != nil {
 		return err
 	}
 	creds := secrets.New(layout.Dir(o.StateDir), nil)
-	secret := usedSecrets(SecretStore(layout.Dir(o.StateDir).Secrets()), creds)
+	secret := usedSecrets(secretStore(layout.Dir(o.StateDir).Secrets()), creds)
 	r, err := relay.New(cfg, o.StateDir, relay.Deps{Logger: log, Secret: secret})
 	if err != nil {
 		return err
@@ -148,7 +148,7 @@ func Run(ctx context.Context, o Options) error {
 		mux.Handle(provapi.Version+"/", server.LANRefusal()) // the admin API is on the tailnet only
 		mux.Handle("/", status.Handler(func() status.Page {
 			st := r.Status()
-			p := status.Page{Hostname: r.Hostname(), Version: Version(), Now: time.Now(), Relay: &st}
+			p := status.Page{Hostname: r.Hostname(), Version: version(), Now: time.Now(), Relay: &st}
 			if m := responder.Load(); m != nil {
 				p.MDNSName = m.Name() + ".local" // the name in use, after any conflict
 			}
@@ -209,7 +209,7 @@ func (a *app) Relay() *relay.Relay { return a.relay }
 func (a *app) reload(ctx context.Context) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	cfg, err := LoadConfig(a.o)
+	cfg, err := loadConfig(a.o)
 	if err == nil {
 		err = a.relay.Reload(cfg)
 	}
@@ -220,10 +220,10 @@ func (a *app) reload(ctx context.Context) error {
 	return nil
 }
 
-// SecretStore reads secrets from files in dir, one file per secret name,
+// secretStore reads secrets from files in dir, one file per secret name,
 // refusing files that others could read: a secret that leaked through file
 // permissions is not a secret.
-func SecretStore(dir string) func(name string) ([]byte, error) {
+func secretStore(dir string) func(name string) ([]byte, error) {
 	return func(name string) ([]byte, error) {
 		if name == "" || strings.ContainsAny(name, `/\`) || strings.HasPrefix(name, ".") {
 			return nil, fmt.Errorf("secret name %q: use letters, digits, dashes", name)
@@ -248,7 +248,7 @@ func SecretStore(dir string) func(name string) ([]byte, error) {
 // with the secrets of the state directory; resolver is a DNS server
 // (host:port, "" for the system's) and testTo, when set, gets a test message.
 func Doctor(ctx context.Context, o Options, resolver, testTo string) ([]upstream.Step, error) {
-	cfg, err := LoadConfig(o)
+	cfg, err := loadConfig(o)
 	if err != nil {
 		return nil, err
 	}
@@ -257,13 +257,13 @@ func Doctor(ctx context.Context, o Options, resolver, testTo string) ([]upstream
 		log = slog.New(slog.DiscardHandler)
 	}
 	return relay.Doctor(ctx, cfg, o.StateDir, relay.Deps{Logger: log, Resolver: resolver,
-		Secret: SecretStore(layout.Dir(o.StateDir).Secrets())}, testTo)
+		Secret: secretStore(layout.Dir(o.StateDir).Secrets())}, testTo)
 }
 
-// Version names the build: the module version of a release, else the
+// version names the build: the module version of a release, else the
 // commit it was built from (with "+dirty" for uncommitted changes), as the
 // Go toolchain recorded it. Read once: the status page asks on every load.
-var Version = sync.OnceValue(func() string {
+var version = sync.OnceValue(func() string {
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
 		return ""

@@ -22,8 +22,8 @@ import (
 	"github.com/siterelay/siterelay/relay/layout"
 )
 
-// BoxOptions say where the box's parts are.
-type BoxOptions struct {
+// boxOptions say where the box's parts are.
+type boxOptions struct {
 	// BootstrapDir is the image's read-only bootstrap directory.
 	BootstrapDir string
 	// StateDir is the persistent state directory (/perm/relay).
@@ -42,8 +42,8 @@ type BoxOptions struct {
 	Logger       *slog.Logger
 }
 
-// Box is what PrepareBox found.
-type Box struct {
+// preparedBox is what prepareBox found.
+type preparedBox struct {
 	Site *site.Site
 	// ConfigFile is the relay's configuration in the state directory.
 	ConfigFile string
@@ -54,30 +54,30 @@ type Box struct {
 	FirstBoot bool
 }
 
-// ErrStateUnusable marks a state directory the relay cannot keep mail in.
+// errStateUnusable marks a state directory the relay cannot keep mail in.
 // A box in that state must not crash-loop: it reports the reason (see
-// HoldUnusable) and waits for a technician.
-var ErrStateUnusable = errors.New("state directory unusable")
+// holdUnusable) and waits for a technician.
+var errStateUnusable = errors.New("state directory unusable")
 
-// PrepareBox readies the box before the relay starts: it checks that the
+// prepareBox readies the box before the relay starts: it checks that the
 // state directory is on working persistent storage, moves the image's
 // bootstrap files into it on first boot, and applies the site's network
 // settings and host name. Network trouble is logged, not returned: the
 // relay still serves on whatever addresses the box has.
-func PrepareBox(ctx context.Context, o BoxOptions) (*Box, error) {
+func prepareBox(ctx context.Context, o boxOptions) (*preparedBox, error) {
 	log := o.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	if err := CheckState(o.StateDir, o.PermDir, o.Mounts); err != nil {
+	if err := checkState(o.StateDir, o.PermDir, o.Mounts); err != nil {
 		return nil, err
 	}
-	first, err := MoveBootstrap(o.BootstrapDir, o.StateDir)
+	first, err := moveBootstrap(o.BootstrapDir, o.StateDir)
 	if err != nil {
 		return nil, err
 	}
 	state := layout.Dir(o.StateDir)
-	b := &Box{ConfigFile: state.Config(), FirstBoot: first}
+	b := &preparedBox{ConfigFile: state.Config(), FirstBoot: first}
 	if _, err := os.Stat(state.TailnetAuthKey()); err == nil {
 		b.TailnetKeyFile = state.TailnetAuthKey()
 	}
@@ -101,14 +101,14 @@ func PrepareBox(ctx context.Context, o BoxOptions) (*Box, error) {
 	return b, nil
 }
 
-// MoveBootstrap copies each bootstrap file (the image's copies are never
+// moveBootstrap copies each bootstrap file (the image's copies are never
 // read again once the state directory has its own, so that management can
 // change them) into stateDir unless the state
 // directory already has its own, and reports whether this was the first
 // boot (config.json was absent). Each copy is written to a temporary
 // name, synced and renamed, config.json last, so a power cut in the
 // middle leaves a state directory that the next boot completes.
-func MoveBootstrap(bootstrapDir, stateDir string) (bool, error) {
+func moveBootstrap(bootstrapDir, stateDir string) (bool, error) {
 	first := false
 	state := layout.Dir(stateDir)
 	for _, f := range []struct {
@@ -151,9 +151,9 @@ func OnGokrazy() bool {
 	return err == nil && (exe == "/gokrazy/init" || strings.HasPrefix(exe, "/gokrazy/"))
 }
 
-// GokrazyBoxOptions are the BoxOptions for a gokrazy box.
-func GokrazyBoxOptions(log *slog.Logger) BoxOptions {
-	return BoxOptions{
+// gokrazyBoxOptions are the boxOptions for a gokrazy box.
+func gokrazyBoxOptions(log *slog.Logger) boxOptions {
+	return boxOptions{
 		BootstrapDir: layout.BoxBootstrapDir,
 		StateDir:     layout.BoxStateDir,
 		PermDir:      layout.BoxPerm,
@@ -162,11 +162,11 @@ func GokrazyBoxOptions(log *slog.Logger) BoxOptions {
 	}
 }
 
-// CheckState reports whether dir can hold mail: if permDir is set, dir
+// checkState reports whether dir can hold mail: if permDir is set, dir
 // must be on a file system mounted at permDir (not gokrazy's read-only
 // root, not a tmpfs), and a file written there must survive fsync. The
-// error wraps ErrStateUnusable and says what a technician can do.
-func CheckState(dir, permDir, mounts string) error {
+// error wraps errStateUnusable and says what a technician can do.
+func checkState(dir, permDir, mounts string) error {
 	if permDir != "" {
 		if mounts == "" {
 			mounts = "/proc/self/mountinfo"
@@ -174,29 +174,29 @@ func CheckState(dir, permDir, mounts string) error {
 		fstype, opts, err := mountOf(mounts, permDir)
 		if err != nil {
 			return fmt.Errorf("%w: %s is not mounted (%v): the card's fourth partition has no usable file system; "+
-				"rewrite the card with `make image` (it formats /perm), or format the partition with mkfs.ext4", ErrStateUnusable, permDir, err)
+				"rewrite the card with `make image` (it formats /perm), or format the partition with mkfs.ext4", errStateUnusable, permDir, err)
 		}
 		if fstype == "tmpfs" || fstype == "ramfs" {
-			return fmt.Errorf("%w: %s is a %s: mail kept there would not survive a power cut", ErrStateUnusable, permDir, fstype)
+			return fmt.Errorf("%w: %s is a %s: mail kept there would not survive a power cut", errStateUnusable, permDir, fstype)
 		}
 		for _, o := range strings.Split(opts, ",") {
 			if o == "ro" {
-				return fmt.Errorf("%w: %s is mounted read-only (the file system may be damaged: check the card)", ErrStateUnusable, permDir)
+				return fmt.Errorf("%w: %s is mounted read-only (the file system may be damaged: check the card)", errStateUnusable, permDir)
 			}
 		}
 		if rel, err := filepath.Rel(permDir, dir); err != nil || strings.HasPrefix(rel, "..") {
-			return fmt.Errorf("%w: %s is not inside %s", ErrStateUnusable, dir, permDir)
+			return fmt.Errorf("%w: %s is not inside %s", errStateUnusable, dir, permDir)
 		}
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("%w: creating %s: %v", ErrStateUnusable, dir, err)
+		return fmt.Errorf("%w: creating %s: %v", errStateUnusable, dir, err)
 	}
 	probe := filepath.Join(dir, ".probe")
 	if err := durable.WriteFile(probe, []byte("siterelay\n"), 0o600); err != nil {
-		return fmt.Errorf("%w: %v (is the card full or failing?)", ErrStateUnusable, err)
+		return fmt.Errorf("%w: %v (is the card full or failing?)", errStateUnusable, err)
 	}
 	if err := os.Remove(probe); err != nil {
-		return fmt.Errorf("%w: removing %s: %v", ErrStateUnusable, probe, err)
+		return fmt.Errorf("%w: removing %s: %v", errStateUnusable, probe, err)
 	}
 	return nil
 }
@@ -260,12 +260,12 @@ func unescapeMount(s string) string {
 	return b.String()
 }
 
-// HoldUnusable is what a box with unusable storage does instead of
+// holdUnusable is what a box with unusable storage does instead of
 // exiting (gokrazy would restart it, again and again): it logs the reason
 // now and every interval, answers every HTTP request on ln (if not nil)
 // with the reason, and returns when ctx ends. The relay does not accept
 // mail it cannot keep, so no SMTP listener is opened.
-func HoldUnusable(ctx context.Context, reason error, ln net.Listener, log *slog.Logger, interval time.Duration) {
+func holdUnusable(ctx context.Context, reason error, ln net.Listener, log *slog.Logger, interval time.Duration) {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -276,7 +276,7 @@ func HoldUnusable(ctx context.Context, reason error, ln net.Listener, log *slog.
 	if ln != nil {
 		host, _ := os.Hostname()
 		page := func() status.Page {
-			return status.Page{Hostname: host, Version: Version(), Now: time.Now(), Problem: reason.Error()}
+			return status.Page{Hostname: host, Version: version(), Now: time.Now(), Problem: reason.Error()}
 		}
 		srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: status.Handler(page)}
 		go srv.Serve(ln)

@@ -42,14 +42,14 @@ func TestPrepareBoxFirstAndLaterBoots(t *testing.T) {
 	boot := writeBootstrap(t, true)
 	state := filepath.Join(t.TempDir(), "relay")
 	var applied []string
-	o := BoxOptions{
+	o := boxOptions{
 		Logger: quiet, BootstrapDir: boot, StateDir: state, ResolvConf: "/x/resolv.conf",
 		ApplyNetwork: func(_ context.Context, c *netcfg.Config, no netcfg.Options) error {
 			applied = append(applied, no.Hostname+" "+c.IPv4.Address+" "+no.ResolvConf)
 			return nil
 		},
 	}
-	b, err := PrepareBox(context.Background(), o)
+	b, err := prepareBox(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +71,7 @@ func TestPrepareBoxFirstAndLaterBoots(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(state, "config.json"), []byte(`{"changed": true}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	b, err = PrepareBox(context.Background(), o)
+	b, err = prepareBox(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,13 +90,13 @@ func TestPrepareBoxFirstAndLaterBoots(t *testing.T) {
 }
 
 func TestPrepareBoxNetworkFailureIsNotFatal(t *testing.T) {
-	o := BoxOptions{
+	o := boxOptions{
 		Logger: quiet, BootstrapDir: writeBootstrap(t, false), StateDir: t.TempDir(),
 		ApplyNetwork: func(context.Context, *netcfg.Config, netcfg.Options) error { return errors.New("no eth0") },
 	}
-	b, err := PrepareBox(context.Background(), o)
+	b, err := prepareBox(context.Background(), o)
 	if err != nil {
-		t.Fatalf("PrepareBox = %v, want the relay to start anyway", err)
+		t.Fatalf("prepareBox = %v, want the relay to start anyway", err)
 	}
 	if b.TailnetKeyFile != "" {
 		t.Errorf("TailnetKeyFile = %q for an image without a key", b.TailnetKeyFile)
@@ -123,9 +123,9 @@ func TestPrepareBoxErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			boot := writeBootstrap(t, false)
 			tc.setup(boot)
-			_, err := PrepareBox(context.Background(), BoxOptions{Logger: quiet, BootstrapDir: boot, StateDir: t.TempDir(), ApplyNetwork: noop})
+			_, err := prepareBox(context.Background(), boxOptions{Logger: quiet, BootstrapDir: boot, StateDir: t.TempDir(), ApplyNetwork: noop})
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("PrepareBox = %v, want an error containing %q", err, tc.want)
+				t.Errorf("prepareBox = %v, want an error containing %q", err, tc.want)
 			}
 		})
 	}
@@ -135,9 +135,9 @@ func TestPrepareBoxUnusableState(t *testing.T) {
 	// A state directory that cannot be created: its parent is a file.
 	parent := filepath.Join(t.TempDir(), "file")
 	os.WriteFile(parent, nil, 0o644)
-	_, err := PrepareBox(context.Background(), BoxOptions{BootstrapDir: writeBootstrap(t, false), StateDir: filepath.Join(parent, "relay")})
-	if !errors.Is(err, ErrStateUnusable) {
-		t.Errorf("PrepareBox = %v, want ErrStateUnusable", err)
+	_, err := prepareBox(context.Background(), boxOptions{BootstrapDir: writeBootstrap(t, false), StateDir: filepath.Join(parent, "relay")})
+	if !errors.Is(err, errStateUnusable) {
+		t.Errorf("prepareBox = %v, want errStateUnusable", err)
 	}
 }
 
@@ -178,8 +178,8 @@ func TestCheckState(t *testing.T) {
 		return p
 	}
 	ok := write("30 22 179:4 / " + perm + " rw,relatime - ext4 /dev/mmcblk0p4 rw\n")
-	if err := CheckState(filepath.Join(perm, "relay"), perm, ok); err != nil {
-		t.Errorf("CheckState on a good mount = %v", err)
+	if err := checkState(filepath.Join(perm, "relay"), perm, ok); err != nil {
+		t.Errorf("checkState on a good mount = %v", err)
 	}
 	for _, tc := range []struct {
 		name, mounts, dir, want string
@@ -190,9 +190,9 @@ func TestCheckState(t *testing.T) {
 		{"outside", ok, filepath.Join(tmp, "elsewhere"), "is not inside"},
 		{"no mountinfo", filepath.Join(tmp, "missing"), filepath.Join(perm, "relay"), "is not mounted"},
 	} {
-		err := CheckState(tc.dir, perm, tc.mounts)
-		if !errors.Is(err, ErrStateUnusable) || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%s: CheckState = %v, want ErrStateUnusable containing %q", tc.name, err, tc.want)
+		err := checkState(tc.dir, perm, tc.mounts)
+		if !errors.Is(err, errStateUnusable) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: checkState = %v, want errStateUnusable containing %q", tc.name, err, tc.want)
 		}
 	}
 }
@@ -208,7 +208,7 @@ func TestHoldUnusable(t *testing.T) {
 	done := make(chan struct{})
 	reason := errors.New("state directory unusable: /perm is not mounted")
 	go func() {
-		HoldUnusable(ctx, reason, ln, log, time.Hour)
+		holdUnusable(ctx, reason, ln, log, time.Hour)
 		close(done)
 	}()
 	c := &http.Client{Timeout: 10 * time.Second}
@@ -225,7 +225,7 @@ func TestHoldUnusable(t *testing.T) {
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
-		t.Fatal("HoldUnusable did not return after cancel")
+		t.Fatal("holdUnusable did not return after cancel")
 	}
 	if !strings.Contains(logs.String(), "/perm is not mounted") {
 		t.Errorf("log %q does not give the reason", logs.String())

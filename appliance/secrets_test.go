@@ -24,7 +24,7 @@ func TestSecretStore(t *testing.T) {
 	write("world-readable", "leaked", 0o644)
 	write("group-readable", "leaked", 0o640)
 	write(".hidden", "x", 0o600)
-	read := SecretStore(dir)
+	read := secretStore(dir)
 	for _, tc := range []struct {
 		name, want, wantErr string
 	}{

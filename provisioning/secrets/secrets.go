@@ -3,7 +3,7 @@
 // anything is written, each value in its own 0600 file written durably. A
 // value is never read back out of this package: List gives name, kind,
 // fingerprint, expiry and last use only. The relay reads the values with
-// appliance.SecretStore.
+// the appliance's read side (secretStore).
 package secrets
 
 import (
