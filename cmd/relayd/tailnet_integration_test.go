@@ -48,7 +48,7 @@ func TestTailnetIdleRSS(t *testing.T) {
 	t.Cleanup(func() { cmd.Process.Signal(os.Interrupt); cmd.Wait() })
 	var smtpAt, upAt time.Duration
 	lines := bufio.NewScanner(pr)
-	for lines.Scan() && (smtpAt == 0 || upAt == 0) {
+	for (smtpAt == 0 || upAt == 0) && lines.Scan() { // the condition first: Scan would wait for a line that may never come
 		l := lines.Text()
 		if strings.Contains(l, "SMTP listening") && smtpAt == 0 {
 			smtpAt = time.Since(start)
