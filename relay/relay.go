@@ -206,6 +206,7 @@ func (r *Relay) build(cfg *config.Config, prev *generation) (*generation, upstre
 		up.Close()
 		return nil, nil, fmt.Errorf("policy: %w", err)
 	}
+	g.policy.FollowUpstreamPace(up.Limits().MessagesPerMinute)
 	g.certKey = cfg.TLS.CertFile + "\x00" + cfg.TLS.KeyFile + "\x00" + g.hostname
 	if prev != nil && prev.certKey == g.certKey {
 		g.cert = prev.cert
@@ -486,13 +487,24 @@ func (l listenerPolicy) Login(ip netip.Addr, user, pass string) (*policy.Account
 	return l.p.Login(ip, user, pass)
 }
 
-func (l listenerPolicy) Sender(ip netip.Addr, acct *policy.Account, from string) error {
+func (l listenerPolicy) Device(ip netip.Addr, acct *policy.Account, helo string) (*policy.Device, error) {
+	d := l.p.Recognise(ip, acct, helo)
+	return d, l.p.Admit(ip, acct, d)
+}
+
+func (l listenerPolicy) Sender(ip netip.Addr, acct *policy.Account, dev *policy.Device, from string) error {
 	if err := l.p.Sender(from, acct); err != nil {
 		return err
 	}
-	return l.p.Message(ip, acct)
+	if err := l.p.DeviceSender(dev, from); err != nil {
+		return err
+	}
+	return l.p.Message(ip, acct, dev)
 }
 
-func (l listenerPolicy) Recipient(ip netip.Addr, rcpt string, relayAllowed bool) error {
-	return l.p.Recipient(ip, rcpt, relayAllowed)
+func (l listenerPolicy) Recipient(ip netip.Addr, dev *policy.Device, rcpt string, relayAllowed bool) error {
+	if err := l.p.Recipient(ip, rcpt, relayAllowed); err != nil {
+		return err
+	}
+	return l.p.DeviceRecipient(dev, rcpt)
 }

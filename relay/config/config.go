@@ -32,6 +32,11 @@ type Config struct {
 	Upstream   Upstream   `json:"upstream"`
 	Bounce     Bounce     `json:"bounce"`
 	Trace      Trace      `json:"trace"`
+	// Devices are the plant devices known by name (devices.go).
+	Devices []Device `json:"devices,omitempty"`
+	// DevicesOnly locks the relay to Devices: any other client is refused
+	// at MAIL with 550 5.7.1.
+	DevicesOnly bool `json:"devices_only,omitempty"`
 }
 
 // Listener is one SMTP port on the plant side.
@@ -472,6 +477,7 @@ func (c *Config) Validate() Errors {
 		bad("trace.retention_days", "at least 1")
 	}
 	errs = append(errs, c.Upstream.validate("upstream")...)
+	errs = append(errs, c.validateDevices()...)
 	return errs
 }
 

@@ -473,7 +473,7 @@ func (s *Scheduler) event(k trace.Kind, info spool.Info, attempt int, to []strin
 	env := info.Envelope
 	s.o.Record(trace.Event{
 		Time: s.o.Clock(), Kind: k, QueueID: info.ID, MessageID: env.MessageID, ClientIP: env.ClientIP,
-		From: env.From, To: to, Subject: env.Subject, Size: info.Size, Attempt: attempt,
+		From: env.From, FromReceived: env.FromReceived, Device: env.Device, To: to, Subject: env.Subject, Size: info.Size, Attempt: attempt,
 		Reply: reply, Hint: hint, Upstream: s.set.Load().upstreamName,
 	})
 }

@@ -35,13 +35,18 @@ type Event struct {
 	MessageID string    `json:"message_id,omitempty"`
 	ClientIP  string    `json:"client_ip,omitempty"`
 	From      string    `json:"from"`
-	To        []string  `json:"to,omitempty"`
-	Subject   string    `json:"subject,omitempty"`
-	Size      int64     `json:"size,omitempty"`
-	Attempt   int       `json:"attempt,omitempty"`
-	Reply     string    `json:"reply,omitempty"`
-	Hint      string    `json:"hint,omitempty"`
-	Upstream  string    `json:"upstream,omitempty"`
+	// FromReceived is the envelope sender as the device gave it, when a
+	// fix rewrote it (From is then what went out).
+	FromReceived string `json:"from_received,omitempty"`
+	// Device is the configured device that sent the message.
+	Device   string   `json:"device,omitempty"`
+	To       []string `json:"to,omitempty"`
+	Subject  string   `json:"subject,omitempty"`
+	Size     int64    `json:"size,omitempty"`
+	Attempt  int      `json:"attempt,omitempty"`
+	Reply    string   `json:"reply,omitempty"`
+	Hint     string   `json:"hint,omitempty"`
+	Upstream string   `json:"upstream,omitempty"`
 }
 
 // maxField caps each string field on disk, so one odd message (a 100 kB
@@ -61,6 +66,8 @@ func appendEvent(b []byte, e *Event) []byte {
 	b = appendField(b, `,"client_ip":`, e.ClientIP)
 	b = append(b, `,"from":`...)
 	b = appendString(b, e.From)
+	b = appendField(b, `,"from_received":`, e.FromReceived)
+	b = appendField(b, `,"device":`, e.Device)
 	if len(e.To) > 0 {
 		b = append(b, `,"to":[`...)
 		for i, to := range e.To {

@@ -200,7 +200,7 @@ func (m *matcher) match(e *Event) bool {
 		m.queueID != "" && !equalFold(e.QueueID, m.queueID),
 		m.messageID != "" && !equalFold(strings.Trim(e.MessageID, "<>"), m.messageID),
 		m.clientIP != "" && !equalFold(e.ClientIP, m.clientIP),
-		m.sender != "" && !containsFold(e.From, m.sender),
+		m.sender != "" && !containsFold(e.From, m.sender) && !containsFold(e.FromReceived, m.sender),
 		m.subject != "" && !strings.Contains(strings.ToLower(e.Subject), m.subject):
 		return false
 	}
@@ -249,6 +249,12 @@ func WriteText(w io.Writer, events []Event) error {
 		from := e.From
 		if from == "" {
 			from = "<>"
+		}
+		if e.FromReceived != "" {
+			from += " (sent as " + e.FromReceived + ")"
+		}
+		if e.Device != "" {
+			from += " [device " + e.Device + "]"
 		}
 		fmt.Fprintf(bw, "\n    from %s to %s", from, strings.Join(e.To, ", "))
 		var facts []string
