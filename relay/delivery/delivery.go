@@ -74,12 +74,21 @@ type Scheduler struct {
 	log *slog.Logger
 
 	mu       sync.Mutex
-	ready    []string        // ids to attempt now, FIFO
-	queued   map[string]bool // ids in ready, waiting or in flight
-	waiting  waitHeap        // ids waiting for their retry time
-	attempts map[string]int  // attempts so far, by id
-	wake     chan struct{}   // a worker should look at ready
-	timer    chan struct{}   // the earliest retry time changed
+	ready    fairQueue        // ids to attempt now, fair by device and class
+	queued   map[string]where // ids in ready, waiting or in flight, and their flow
+	waiting  waitHeap         // ids waiting for their retry time
+	attempts map[string]int   // attempts so far, by id
+	wake     chan struct{}    // a worker should look at ready
+	timer    chan struct{}    // the earliest retry time changed
+
+	// The pacing hold: after the upstream answered "not now" (ErrPaced),
+	// nothing is attempted until holdUntil; then one attempt (the probe,
+	// the fairest ready message) goes first, and only when it is not held
+	// again do the others follow. So the scheduler, not a race between
+	// workers, chooses who gets each free slot.
+	holdUntil time.Time
+	probing   bool
+	inFlight  int // attempts under way
 
 	// set is what a reload may change while deliveries run; each attempt
 	// reads it once, so one attempt never mixes two configurations.
@@ -115,7 +124,7 @@ func New(o Options) *Scheduler {
 	s := &Scheduler{
 		o:        o,
 		log:      o.Logger,
-		queued:   map[string]bool{},
+		queued:   map[string]where{},
 		attempts: map[string]int{},
 		wake:     make(chan struct{}, 1),
 		timer:    make(chan struct{}, 1),
@@ -179,10 +188,19 @@ func (s *Scheduler) startWorker() {
 
 // Enqueue asks for an attempt on a newly spooled message.
 func (s *Scheduler) Enqueue(id string) {
+	info, ok := s.o.Spool.Get(id)
+	if !ok {
+		return
+	}
+	s.enqueue(info)
+}
+
+func (s *Scheduler) enqueue(info spool.Info) {
+	w := where{flow: flowKey(info.Envelope), rank: classRank(info.Envelope.Class)}
 	s.mu.Lock()
-	if !s.queued[id] {
-		s.queued[id] = true
-		s.ready = append(s.ready, id)
+	if _, ok := s.queued[info.ID]; !ok {
+		s.queued[info.ID] = w
+		s.ready.push(info.ID, w)
 	}
 	s.mu.Unlock()
 	signal(s.wake)
@@ -194,7 +212,7 @@ func (s *Scheduler) Kick() {
 	s.mu.Lock()
 	for s.waiting.Len() > 0 {
 		w := heap.Pop(&s.waiting).(waitItem)
-		s.ready = append(s.ready, w.id)
+		s.ready.push(w.id, s.queued[w.id])
 	}
 	s.mu.Unlock()
 	signal(s.wake)
@@ -203,8 +221,10 @@ func (s *Scheduler) Kick() {
 
 // Run resumes every message in the spool and delivers until ctx ends.
 func (s *Scheduler) Run(ctx context.Context) error {
+	// Each message goes back to its device's queue, so the shares hold
+	// across a restart.
 	for _, m := range s.o.Spool.List() {
-		s.Enqueue(m.ID)
+		s.enqueue(m)
 	}
 	s.mu.Lock()
 	s.runCtx = ctx
@@ -226,12 +246,20 @@ func (s *Scheduler) worker(ctx context.Context) {
 			return
 		}
 		var id string
-		if len(s.ready) > 0 {
-			id = s.ready[0]
-			s.ready[0] = ""
-			s.ready = s.ready[1:]
+		var seq uint64
+		probe := false
+		held := !s.holdUntil.IsZero()
+		if held && !s.probing && !s.o.Clock().Before(s.holdUntil) {
+			probe, held = true, false
 		}
-		more := len(s.ready) > 0
+		if !held {
+			id, seq, _ = s.ready.pop()
+			if id != "" {
+				s.inFlight++
+				s.probing = s.probing || probe
+			}
+		}
+		more := !held && !probe && s.ready.len() > 0
 		s.mu.Unlock()
 		if more {
 			signal(s.wake) // let another worker take the next one
@@ -244,7 +272,20 @@ func (s *Scheduler) worker(ctx context.Context) {
 				continue
 			}
 		}
-		s.attempt(ctx, id)
+		s.attempt(ctx, id, seq)
+		s.mu.Lock()
+		s.inFlight--
+		if probe {
+			s.probing = false
+			if !s.o.Clock().Before(s.holdUntil) {
+				s.holdUntil = time.Time{} // the probe went: the slots are open
+			}
+		}
+		s.mu.Unlock()
+		if probe {
+			signal(s.wake)
+			signal(s.timer)
+		}
 	}
 }
 
@@ -258,12 +299,19 @@ func (s *Scheduler) timers(ctx context.Context) {
 		moved := false
 		for s.waiting.Len() > 0 && !s.waiting[0].due.After(now) {
 			w := heap.Pop(&s.waiting).(waitItem)
-			s.ready = append(s.ready, w.id)
+			s.ready.push(w.id, s.queued[w.id])
 			moved = true
 		}
 		next := time.Hour
 		if s.waiting.Len() > 0 {
 			next = s.waiting[0].due.Sub(now)
+		}
+		if !s.holdUntil.IsZero() {
+			if d := s.holdUntil.Sub(now); d <= 0 {
+				moved = true // the hold is over: a worker probes
+			} else {
+				next = min(next, d)
+			}
 		}
 		s.mu.Unlock()
 		if moved {
@@ -295,7 +343,8 @@ func (s *Scheduler) forget(id string) {
 }
 
 // attempt makes one delivery attempt for every pending recipient of id.
-func (s *Scheduler) attempt(ctx context.Context, id string) {
+// seq is the turn the fair queue gave it.
+func (s *Scheduler) attempt(ctx context.Context, id string, seq uint64) {
 	info, ok := s.o.Spool.Get(id)
 	if !ok {
 		s.forget(id)
@@ -350,7 +399,9 @@ func (s *Scheduler) attempt(ctx context.Context, id string) {
 			for _, i := range batch {
 				msg.To = append(msg.To, env.To[i].Addr)
 			}
-			results, err := s.o.Upstream.Deliver(ctx, msg)
+			// Not waiting inside Deliver: a paced answer comes back at
+			// once, and the scheduler chooses who gets the free slot.
+			results, err := s.o.Upstream.Deliver(upstream.WithoutWaiting(ctx), msg)
 			var delivered []string
 			var deliveredReply string
 			for k, i := range batch {
@@ -425,10 +476,17 @@ func (s *Scheduler) attempt(ctx context.Context, id string) {
 		return // resumed from the spool at the next start
 	}
 	if paced > 0 && len(deferredTo) == 0 {
+		// Held by the pacer: back to the head of its device's queue,
+		// with its turn, and nothing goes until the hold ends.
 		s.mu.Lock()
 		s.attempts[id]--
+		until := s.o.Clock().Add(max(pacedWait, 10*time.Millisecond))
+		if until.After(s.holdUntil) {
+			s.holdUntil = until
+		}
+		s.ready.unpop(id, s.queued[id], seq)
 		s.mu.Unlock()
-		s.retryAt(id, now.Add(max(pacedWait, time.Second)))
+		signal(s.timer)
 		return
 	}
 	if len(deferredTo) > 0 {
