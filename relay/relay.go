@@ -29,6 +29,7 @@ import (
 	"github.com/siterelay/siterelay/relay/delivery"
 	"github.com/siterelay/siterelay/relay/inbound"
 	"github.com/siterelay/siterelay/relay/layout"
+	"github.com/siterelay/siterelay/relay/learn"
 	"github.com/siterelay/siterelay/relay/message"
 	"github.com/siterelay/siterelay/relay/metrics"
 	"github.com/siterelay/siterelay/relay/policy"
@@ -79,6 +80,7 @@ type Relay struct {
 	metrics *metrics.Metrics
 	up      *switchable
 	sched   *delivery.Scheduler
+	learned *learn.Store
 	started time.Time
 	seen    seen
 
@@ -158,6 +160,10 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 		},
 		UpstreamConnections: r.upstreamConnections,
 	})
+	r.learned, err = learn.Open(r.dir.Learned(), learn.Options{Clock: d.Clock, Logger: d.Logger})
+	if err != nil {
+		return nil, err
+	}
 	r.trace.Subscribe(r.metrics.Observe)
 	r.trace.Subscribe(r.seen.observe)
 
@@ -259,7 +265,7 @@ func (r *Relay) inboundOptions(g *generation, i int) inbound.Options {
 		MaxCommandsWithoutMail: cfg.Limits.MaxCommandsWithoutMail, MaxConnections: cfg.Limits.MaxConnections,
 		BareLineEndings: bare, NUL: nul, RewriteFrom: cfg.Senders.RewriteFrom,
 		Policy: listenerPolicy{g.policy, i}, Spool: r.spool, CheckRecipient: r.up.checkRecipient,
-		Accepted: r.sched.Enqueue, Record: r.trace.Record, Refused: r.metrics.Refused,
+		Accepted: r.sched.Enqueue, Record: r.trace.Record, Refused: r.metrics.Refused, Observe: r.learned.Observe,
 		AcceptLatency: r.metrics.ObserveAccept, Clock: r.d.Clock, Logger: r.d.Logger,
 	}
 }
@@ -403,6 +409,9 @@ func (r *Relay) Metrics() http.Handler { return r.metrics.Handler() }
 // Trace is the message trace, for queries.
 func (r *Relay) Trace() *trace.Store { return r.trace }
 
+// Learned is what learning mode has seen (`relayd devices`).
+func (r *Relay) Learned() *learn.Store { return r.learned }
+
 // Spool is the queue, for status and inspection.
 func (r *Relay) Spool() *spool.Spool { return r.spool }
 
@@ -424,6 +433,11 @@ func (r *Relay) Run(ctx context.Context) error {
 	go func() {
 		r.sched.Run(sctx)
 		close(schedDone)
+	}()
+	learnDone := make(chan struct{})
+	go func() {
+		r.learned.Run(sctx) // saves once more when it ends
+		close(learnDone)
 	}()
 	var err error
 	select {
@@ -449,6 +463,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	sv.wg.Wait()
 	stopSched()
 	<-schedDone
+	<-learnDone
 	return errors.Join(err, r.close())
 }
 

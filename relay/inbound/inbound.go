@@ -32,6 +32,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/siterelay/siterelay/relay/learn"
 	"github.com/siterelay/siterelay/relay/message"
 	"github.com/siterelay/siterelay/relay/policy"
 	"github.com/siterelay/siterelay/relay/spool"
@@ -115,6 +116,9 @@ type Options struct {
 	Accepted func(id string)
 	// Record receives the "received" trace event.
 	Record func(trace.Event)
+	// Observe, when set, is told what each client does (learning mode):
+	// every MAIL, also a refused one, and every accepted message.
+	Observe func(learn.Sighting)
 	// Refused counts refusals by reason (metrics); may be nil.
 	Refused func(reason string)
 	// AcceptLatency observes DATA-to-250 time (metrics); may be nil.

@@ -22,6 +22,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/siterelay/siterelay/relay/authlogin"
+	"github.com/siterelay/siterelay/relay/learn"
 	"github.com/siterelay/siterelay/relay/message"
 	"github.com/siterelay/siterelay/relay/policy"
 	"github.com/siterelay/siterelay/relay/spool"
@@ -55,7 +56,9 @@ type session struct {
 	login    string
 	acct     *policy.Account
 	dev      *policy.Device // known from MAIL on
-	junk     int            // commands since the last accepted message
+	// authTried is the AUTH mechanism last tried (learning mode).
+	authTried string
+	junk      int // commands since the last accepted message
 
 	inTx  bool
 	from  string
@@ -471,6 +474,7 @@ func (ss *session) auth(arg string) bool {
 		return true
 	}
 	mech, ir, hasIR := strings.Cut(arg, " ")
+	ss.authTried = truncate(strings.ToUpper(mech), 20)
 	var srv sasl.Server
 	check := func(user, pass string) error {
 		acct, err := o.Policy.Login(ss.ip, user, pass)
@@ -644,6 +648,7 @@ func (ss *session) mail(arg string) error {
 			Message: "this port requires login; set the device's SMTP user name and password"})
 	}
 	dev, err := o.Policy.Device(ss.ip, ss.acct, ss.helo)
+	ss.observe(dev, from, "", false) // also when refused: adopt learns of it
 	if err != nil {
 		return ss.refuse("not_allowed", err)
 	}
@@ -857,6 +862,7 @@ func (ss *session) store(src io.Reader, complete func() bool) (reply error, read
 		return ss.dataError(log, err), nil
 	}
 	o.Accepted(id)
+	ss.observe(ss.dev, ss.from, info.HeaderFrom, true)
 	if o.AcceptLatency != nil {
 		o.AcceptLatency(o.Clock().Sub(start))
 	}
@@ -865,6 +871,22 @@ func (ss *session) store(src io.Reader, complete func() bool) (reply error, read
 		To: ss.rcpts, Subject: info.Subject, Size: info.Size})
 	log.Debug("queued", "device", env.Device, "from", env.From, "rcpts", len(ss.rcpts), "size", info.Size, "message_id", info.MessageID)
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK queued as " + id}, nil
+}
+
+// observe tells learning mode what the client did.
+func (ss *session) observe(dev *policy.Device, from, headerFrom string, message bool) {
+	if ss.o.Observe == nil {
+		return
+	}
+	v := learn.Sighting{Address: ss.ip.Unmap().String(), Helo: ss.helo, Login: ss.login, AuthTried: ss.authTried,
+		From: from, HeaderFrom: headerFrom, Message: message}
+	if dev != nil {
+		v.Device = dev.Name
+	}
+	if st := ss.tlsState; st != nil {
+		v.TLS = tls.VersionName(st.Version) + " " + tls.CipherSuiteName(st.CipherSuite)
+	}
+	ss.o.Observe(v)
 }
 
 // maxBytes is the largest message this session may send: the listener's
