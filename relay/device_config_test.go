@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"net"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -56,6 +57,15 @@ func TestDeviceRecognisedFixedAndTraced(t *testing.T) {
 	for _, e := range got {
 		if e.Device != "boiler-scada" || e.From != "relay@contoso.com" || e.FromReceived != "root@scada.local" {
 			t.Errorf("%s event: device %q from %q from_received %q", e.Kind, e.Device, e.From, e.FromReceived)
+		}
+	}
+
+	rec := httptest.NewRecorder()
+	r.Metrics().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{`siterelay_device_messages_total{device="boiler-scada",kind="received"} 1`,
+		`siterelay_device_messages_total{device="boiler-scada",kind="delivered"} 1`} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("metrics lack %s", want)
 		}
 	}
 

@@ -165,6 +165,7 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 		return nil, err
 	}
 	r.trace.Subscribe(r.metrics.Observe)
+	r.trace.Subscribe(newDeviceMetrics(r, r.metrics.Registry()).observe)
 	r.trace.Subscribe(r.seen.observe)
 
 	g, up, err := r.build(cfg, nil)

@@ -355,6 +355,9 @@ func (s *Scheduler) attempt(ctx context.Context, id string, seq uint64) {
 	n := s.attempts[id]
 	s.mu.Unlock()
 	log := s.log.With("queue_id", id)
+	if d := info.Envelope.Device; d != "" {
+		log = log.With("device", d)
+	}
 	set := s.set.Load()
 	now := s.o.Clock()
 	env := info.Envelope

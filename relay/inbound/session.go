@@ -652,6 +652,9 @@ func (ss *session) mail(arg string) error {
 	if err != nil {
 		return ss.refuse("not_allowed", err)
 	}
+	if dev != nil && ss.dev != dev {
+		ss.log = ss.log.With("device", dev.Name)
+	}
 	ss.dev = dev
 	if max := ss.maxBytes(); size > 0 && max > 0 && size > max {
 		return ss.refuse("too_big", tooBig(max))
