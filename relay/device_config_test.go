@@ -63,7 +63,8 @@ func TestDeviceRecognisedFixedAndTraced(t *testing.T) {
 	rec := httptest.NewRecorder()
 	r.Metrics().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	for _, want := range []string{`siterelay_device_messages_total{device="boiler-scada",kind="received"} 1`,
-		`siterelay_device_messages_total{device="boiler-scada",kind="delivered"} 1`} {
+		`siterelay_device_messages_total{device="boiler-scada",kind="delivered"} 1`,
+		`siterelay_device_backlog_messages{class="alarm",device="boiler-scada"} 0`} {
 		if !strings.Contains(rec.Body.String(), want) {
 			t.Errorf("metrics lack %s", want)
 		}

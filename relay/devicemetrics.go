@@ -43,14 +43,28 @@ func (m *deviceMetrics) observe(e trace.Event) {
 func (m *deviceMetrics) Describe(ch chan<- *prometheus.Desc) { ch <- m.backlog }
 
 func (m *deviceMetrics) Collect(ch chan<- prometheus.Metric) {
-	if m.r.sched == nil {
+	if m.r.sched == nil || m.r.gen.Load() == nil {
 		return
+	}
+	// Every configured device has its series, 0 when nothing waits, so
+	// that a query or an alert sees it before the first backlog.
+	type key struct{ device, class string }
+	n := map[key]int{{"unknown", "normal"}: 0}
+	for _, d := range m.r.gen.Load().cfg.Devices {
+		c := d.Class
+		if c == "" {
+			c = "normal"
+		}
+		n[key{d.Name, c}] = 0
 	}
 	for _, b := range m.r.backlog() {
 		d := b.Device
 		if d == unknownClients {
 			d = "unknown"
 		}
-		ch <- prometheus.MustNewConstMetric(m.backlog, prometheus.GaugeValue, float64(b.Messages), d, b.Class)
+		n[key{d, b.Class}] += b.Messages
+	}
+	for k, v := range n {
+		ch <- prometheus.MustNewConstMetric(m.backlog, prometheus.GaugeValue, float64(v), k.device, k.class)
 	}
 }
