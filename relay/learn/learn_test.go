@@ -149,3 +149,22 @@ func TestAdopt(t *testing.T) {
 		t.Errorf("adopted devices do not validate: %v", errs)
 	}
 }
+
+// Whatever the file holds, opening the store neither panics nor fails.
+func FuzzOpen(f *testing.F) {
+	f.Add([]byte(`{"version":1,"clients":[{"address":"10.1.1.1","helo":["a"],"messages":3,"last_seen":"2026-11-03T08:00:00Z"}]}`))
+	f.Add([]byte(`{"clients":[{"address":""},{"address":"x"}]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		path := filepath.Join(t.TempDir(), "l.json")
+		os.WriteFile(path, b, 0o644)
+		s, err := Open(path, Options{MaxClients: 5})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := len(s.Clients()); n > 5 {
+			t.Fatalf("%d clients, bound 5", n)
+		}
+		s.Observe(Sighting{Address: "10.9.9.9", Message: true})
+		Adopt(s.Clients(), &config.Config{})
+	})
+}
