@@ -50,6 +50,10 @@ type Options struct {
 	Logger    *slog.Logger
 }
 
+// maxHold is the longest pacing wait that holds every attempt (the
+// per-minute windows); a longer one holds only the message it was for.
+const maxHold = time.Minute
+
 // ErrNoBounce is what the bounce returns when nobody can be told (a
 // null or unroutable sender and no bounce.admin): the failure is final all
 // the same, and traced as failed rather than bounced.
@@ -167,6 +171,7 @@ func (s *Scheduler) Reconfigure(o Options) {
 	want := s.apply(o)
 	s.mu.Lock()
 	s.want = want
+	s.holdUntil = time.Time{} // the new upstream's pacer answers for itself
 	for s.runCtx != nil && s.workers < s.want {
 		s.startWorker()
 	}
@@ -478,9 +483,21 @@ func (s *Scheduler) attempt(ctx context.Context, id string, seq uint64) {
 	if ctx.Err() != nil && !expired {
 		return // resumed from the spool at the next start
 	}
+	if paced > 0 && len(deferredTo) == 0 && pacedWait > maxHold {
+		// A long wait (a cooldown, a daily window, perhaps for this
+		// message's many recipients only): it waits on its own, and
+		// the others are still tried; when it is due it rejoins its
+		// device's queue.
+		s.mu.Lock()
+		s.attempts[id]--
+		s.mu.Unlock()
+		s.retryAt(id, now.Add(pacedWait))
+		return
+	}
 	if paced > 0 && len(deferredTo) == 0 {
-		// Held by the pacer: back to the head of its device's queue,
-		// with its turn, and nothing goes until the hold ends.
+		// Held by the pacer for the next slot: back to the head of its
+		// device's queue, with its turn, and nothing goes until the
+		// hold ends.
 		s.mu.Lock()
 		s.attempts[id]--
 		until := s.o.Clock().Add(max(pacedWait, 10*time.Millisecond))

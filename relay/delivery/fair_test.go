@@ -76,6 +76,7 @@ type evenPaced struct {
 	next     time.Time
 	device   map[string]string // queue id -> device
 	out      []string
+	longFor  map[string]bool // queue ids answered with a 2-hour wait
 }
 
 func (u *evenPaced) Limits() upstream.Limits {
@@ -86,6 +87,9 @@ func (u *evenPaced) Deliver(ctx context.Context, m *upstream.Message) ([]upstrea
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	now := u.clock()
+	if u.longFor[m.QueueID] {
+		return nil, &upstream.Error{Err: fmt.Errorf("%w: test daily window", upstream.ErrPaced), RetryAfter: 2 * time.Hour}
+	}
 	if now.Before(u.next) {
 		return nil, &upstream.Error{Err: fmt.Errorf("%w: test pace", upstream.ErrPaced), RetryAfter: u.next.Sub(now)}
 	}
@@ -294,5 +298,35 @@ func TestBacklogNamesTheFloodingDevice(t *testing.T) {
 		{Device: "scada-a", Class: "normal", Ready: 25, Drain: 150 * time.Second}}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("got %v, want %v", got, want)
+	}
+}
+
+// A long pacing wait (a cooldown, a daily window that one message's many
+// recipients would exceed) holds only that message: the others go on.
+func TestLongPacingWaitHoldsOnlyItsMessage(t *testing.T) {
+	h := newFairHarness(t)
+	h.up.longFor = map[string]bool{}
+	h.put(t, "big", "normal", 1)
+	h.up.mu.Lock()
+	for id := range h.up.device {
+		h.up.longFor[id] = true
+	}
+	h.up.mu.Unlock()
+	h.run(t)
+	relaytest.Eventually(t, "the big message attempted and waiting", func() bool {
+		h.sched.mu.Lock()
+		defer h.sched.mu.Unlock()
+		return h.sched.inFlight == 0 && h.sched.ready.len() == 0
+	})
+	h.put(t, "small", "normal", 1)
+	h.waitOut(t, 1)
+	if got := h.up.delivered(); got[0] != "small" {
+		t.Errorf("delivered %v, want small", got)
+	}
+	h.sched.mu.Lock()
+	held := h.sched.holdUntil
+	h.sched.mu.Unlock()
+	if !held.IsZero() && held.Sub(h.clock()) > maxHold {
+		t.Errorf("scheduler held until %v for one message's long wait", held)
 	}
 }
