@@ -93,6 +93,12 @@ type Scheduler struct {
 	holdUntil time.Time
 	probing   bool
 	inFlight  int // attempts under way
+	// The spread: attempts start at the upstream's pace (its messages a
+	// minute, with a burst of ten seconds' worth), so that one device's
+	// storm cannot take a whole minute's window in its first second and
+	// the next device waits for the window to move; see spread.
+	tokens   float64
+	tokensAt time.Time
 
 	// set is what a reload may change while deliveries run; each attempt
 	// reads it once, so one attempt never mixes two configurations.
@@ -112,6 +118,7 @@ type settings struct {
 	bounce                         *Bounce
 	firstRetry, maxRetry, lifetime time.Duration
 	maxRecipients                  int
+	perMinute                      int // the upstream's pace; 0: none
 }
 
 // New makes a scheduler; Run starts it.
@@ -157,7 +164,8 @@ func (s *Scheduler) apply(o Options) int {
 		o.Concurrency = 4
 	}
 	s.set.Store(&settings{upstreamName: o.UpstreamName, explain: o.Explain, bounce: o.Bounce,
-		firstRetry: o.FirstRetry, maxRetry: o.MaxRetry, lifetime: o.Lifetime, maxRecipients: lim.MaxRecipients})
+		firstRetry: o.FirstRetry, maxRetry: o.MaxRetry, lifetime: o.Lifetime, maxRecipients: lim.MaxRecipients,
+		perMinute: lim.MessagesPerMinute})
 	return o.Concurrency
 }
 
@@ -253,9 +261,13 @@ func (s *Scheduler) worker(ctx context.Context) {
 		var id string
 		var seq uint64
 		probe := false
+		now := s.o.Clock()
 		held := !s.holdUntil.IsZero()
-		if held && !s.probing && !s.o.Clock().Before(s.holdUntil) {
+		if held && !s.probing && !now.Before(s.holdUntil) {
 			probe, held = true, false
+		}
+		if !held && s.ready.len() > 0 && !s.spread(now) {
+			held, probe = true, false
 		}
 		if !held {
 			id, seq, _ = s.ready.pop()
@@ -292,6 +304,33 @@ func (s *Scheduler) worker(ctx context.Context) {
 			signal(s.timer)
 		}
 	}
+}
+
+// spread takes one start from the pacing bucket, or holds the queue until
+// the next one is due (false); s.mu is held.
+func (s *Scheduler) spread(now time.Time) bool {
+	per := s.set.Load().perMinute
+	if per <= 0 {
+		return true
+	}
+	rate := float64(per) / 60 // starts a second
+	burst := float64(max(1, per/6))
+	if s.tokensAt.IsZero() {
+		s.tokens = burst
+	} else if d := now.Sub(s.tokensAt).Seconds(); d > 0 {
+		s.tokens = min(burst, s.tokens+d*rate)
+	}
+	s.tokensAt = now
+	if s.tokens >= 1 {
+		s.tokens--
+		return true
+	}
+	until := now.Add(time.Duration((1 - s.tokens) / rate * float64(time.Second)))
+	if until.After(s.holdUntil) {
+		s.holdUntil = until
+	}
+	signal(s.timer)
+	return false
 }
 
 // timers moves waiting messages to ready when their time comes.
