@@ -26,8 +26,9 @@ var importRules = []struct {
 	{"relay/upstream", []string{"relay/upstream", "relay/config", "relay/layout", "relay/durable", "relay/strictjson", "relay/authlogin", "relay/relaytest"}},
 	// The scheduler knows the upstream contract, not the kinds behind it.
 	{"relay/delivery", []string{"relay/upstream", "relay/spool", "relay/trace", "relay/dsn", "relay/durable"}},
-	{"relay/inbound", []string{"relay/authlogin", "relay/message", "relay/policy", "relay/spool", "relay/trace", "relay/config", "relay/durable"}},
+	{"relay/inbound", []string{"relay/authlogin", "relay/message", "relay/policy", "relay/spool", "relay/trace", "relay/config", "relay/durable", "relay/learn"}},
 	{"relay/policy", []string{"relay/config"}},
+	{"relay/learn", []string{"relay/config", "relay/durable"}},
 	{"relay/config", []string{"relay/strictjson", "relay/layout"}},
 
 	{"appliance", []string{"appliance", "relay", "netcfg", "provisioning"}},

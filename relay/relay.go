@@ -30,6 +30,7 @@ import (
 	"github.com/siterelay/siterelay/relay/delivery"
 	"github.com/siterelay/siterelay/relay/inbound"
 	"github.com/siterelay/siterelay/relay/layout"
+	"github.com/siterelay/siterelay/relay/learn"
 	"github.com/siterelay/siterelay/relay/message"
 	"github.com/siterelay/siterelay/relay/metrics"
 	"github.com/siterelay/siterelay/relay/policy"
@@ -87,6 +88,7 @@ type Relay struct {
 	fo      *failovers
 	sched   *delivery.Scheduler
 	alerts  *alerts.Notifier
+	learned *learn.Store
 	started time.Time
 	seen    seen
 
@@ -157,7 +159,12 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 	r.metrics = metrics.New(r.metricsGauges())
 	r.alerts = alerts.New(alerts.Options{Metrics: r.metrics.Registry(), Clock: d.Clock, Logger: d.Logger})
 	r.fo = newFailovers(r.metrics.Registry())
+	r.learned, err = learn.Open(r.dir.Learned(), learn.Options{Clock: d.Clock, Logger: d.Logger})
+	if err != nil {
+		return nil, err
+	}
 	r.trace.Subscribe(r.metrics.Observe)
+	r.trace.Subscribe(newDeviceMetrics(r, r.metrics.Registry()).observe)
 	r.trace.Subscribe(r.seen.observe)
 
 	g, up, err := r.build(cfg, nil)
@@ -215,6 +222,7 @@ func (r *Relay) build(cfg *config.Config, prev *generation) (*generation, upstre
 		return nil, nil, err
 	}
 	r.fo.routes(cfg)
+	g.policy.FollowUpstreamPace(up.Limits().MessagesPerMinute)
 	g.certKey = cfg.TLS.CertFile + "\x00" + cfg.TLS.KeyFile + "\x00" + g.hostname
 	if prev != nil && prev.certKey == g.certKey {
 		g.cert = prev.cert
@@ -267,7 +275,7 @@ func (r *Relay) inboundOptions(g *generation, i int) inbound.Options {
 		MaxCommandsWithoutMail: cfg.Limits.MaxCommandsWithoutMail, MaxConnections: cfg.Limits.MaxConnections,
 		BareLineEndings: bare, NUL: nul, RewriteFrom: cfg.Senders.RewriteFrom,
 		Policy: listenerPolicy{g.policy, i}, Spool: r.spool, CheckRecipient: r.up.checkRecipient,
-		Accepted: r.sched.Enqueue, Record: r.trace.Record, Refused: r.metrics.RefusedOn(lc.Name),
+		Accepted: r.sched.Enqueue, Record: r.trace.Record, Refused: r.metrics.RefusedOn(lc.Name), Observe: r.learned.Observe,
 		AcceptLatency: r.metrics.ObserveAccept, Clock: r.d.Clock, Logger: r.d.Logger,
 	}
 }
@@ -412,6 +420,9 @@ func (r *Relay) Metrics() http.Handler { return r.metrics.Handler() }
 // Trace is the message trace, for queries.
 func (r *Relay) Trace() *trace.Store { return r.trace }
 
+// Learned is what learning mode has seen (`relayd devices`).
+func (r *Relay) Learned() *learn.Store { return r.learned }
+
 // Spool is the queue, for status and inspection.
 func (r *Relay) Spool() *spool.Spool { return r.spool }
 
@@ -439,6 +450,11 @@ func (r *Relay) Run(ctx context.Context) error {
 		r.alerts.Run(sctx)
 		close(alertsDone)
 	}()
+	learnDone := make(chan struct{})
+	go func() {
+		r.learned.Run(sctx) // saves once more when it ends
+		close(learnDone)
+	}()
 	var err error
 	select {
 	case <-ctx.Done():
@@ -464,6 +480,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	stopSched()
 	<-schedDone
 	<-alertsDone
+	<-learnDone
 	return errors.Join(err, r.close())
 }
 
@@ -502,13 +519,24 @@ func (l listenerPolicy) Login(ip netip.Addr, user, pass string) (*policy.Account
 	return l.p.Login(ip, user, pass)
 }
 
-func (l listenerPolicy) Sender(ip netip.Addr, acct *policy.Account, from string) error {
+func (l listenerPolicy) Device(ip netip.Addr, acct *policy.Account, helo string) (*policy.Device, error) {
+	d := l.p.Recognise(ip, acct, helo)
+	return d, l.p.Admit(ip, acct, d)
+}
+
+func (l listenerPolicy) Sender(ip netip.Addr, acct *policy.Account, dev *policy.Device, from string) error {
 	if err := l.p.Sender(from, acct); err != nil {
 		return err
 	}
-	return l.p.Message(ip, acct)
+	if err := l.p.DeviceSender(dev, from); err != nil {
+		return err
+	}
+	return l.p.Message(ip, acct, dev)
 }
 
-func (l listenerPolicy) Recipient(ip netip.Addr, rcpt string, relayAllowed bool) error {
-	return l.p.Recipient(ip, rcpt, relayAllowed)
+func (l listenerPolicy) Recipient(ip netip.Addr, dev *policy.Device, rcpt string, relayAllowed bool) error {
+	if err := l.p.Recipient(ip, rcpt, relayAllowed); err != nil {
+		return err
+	}
+	return l.p.DeviceRecipient(dev, rcpt)
 }

@@ -3,6 +3,7 @@ package relay
 import (
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -82,6 +83,43 @@ type QueueStatus struct {
 	Bytes    int64 `json:"bytes"`
 	// Oldest is when the oldest message still queued was received.
 	Oldest time.Time `json:"oldest,omitzero"`
+	// Backlog is what is ready and waiting for the upstream's pace, by
+	// device, most urgent class first: which device floods, and how long
+	// its backlog takes at the current pace. Mail of unknown clients is
+	// one entry, "unknown clients" (the status shows no addresses).
+	Backlog []DeviceBacklog `json:"backlog,omitempty"`
+}
+
+// DeviceBacklog is one device's ready mail.
+type DeviceBacklog struct {
+	Device   string `json:"device"`
+	Class    string `json:"class"`
+	Messages int    `json:"messages"`
+	// DrainSeconds is how long they take at the upstream's pace (0: not
+	// paced).
+	DrainSeconds int64 `json:"drain_seconds,omitempty"`
+}
+
+// unknownClients names the backlog of clients that are no device.
+const unknownClients = "unknown clients"
+
+func (r *Relay) backlog() []DeviceBacklog {
+	var out []DeviceBacklog
+	unknown := map[string]int{} // class -> index in out
+	for _, b := range r.sched.Backlog() {
+		d := DeviceBacklog{Device: b.Device, Class: b.Class, Messages: b.Ready, DrainSeconds: int64(b.Drain / time.Second)}
+		if strings.HasPrefix(b.Device, "client ") {
+			if i, ok := unknown[b.Class]; ok {
+				out[i].Messages += d.Messages
+				out[i].DrainSeconds = max(out[i].DrainSeconds, d.DrainSeconds)
+				continue
+			}
+			d.Device = unknownClients
+			unknown[b.Class] = len(out)
+		}
+		out = append(out, d)
+	}
+	return out
 }
 
 // Status reports the relay as it is now.
@@ -92,7 +130,7 @@ func (r *Relay) Status() Status {
 		Started:         r.started,
 		Listeners:       r.listenerStatus(),
 		MaxMessageBytes: g.maxSize,
-		Queue:           QueueStatus{Messages: st.Messages, Bytes: st.Bytes, Oldest: st.Oldest},
+		Queue:           QueueStatus{Messages: st.Messages, Bytes: st.Bytes, Oldest: st.Oldest, Backlog: r.backlog()},
 		Routes:          r.up.routeStatus(),
 		Warnings:        warnings(g.cfg, r.d.Clock()),
 	}

@@ -161,6 +161,7 @@ var pageTemplate = template.Must(template.New("status.html").Funcs(template.Func
 	"ago":      func(now, t time.Time) string { return duration(now.Sub(t)) + " ago" },
 	"duration": duration,
 	"bytes":    byteSize,
+	"seconds":  func(n int64) string { return duration(time.Duration(n) * time.Second) },
 }).ParseFS(files, "status.html"))
 
 // duration is d for people: "45 s", "12 min", "3 h 5 min", "2 days 4 h".

@@ -35,7 +35,8 @@ func samplePage() Page {
 				LastProblem: &relay.Problem{Time: now.Add(-2 * time.Minute), Kind: trace.Deferred,
 					Reply: "451 4.7.500 Server busy. Please try again later", Hint: "Microsoft is throttling <this> relay."},
 			},
-			Queue:  relay.QueueStatus{Messages: 12, Bytes: 3 << 20, Oldest: now.Add(-90 * time.Minute)},
+			Queue: relay.QueueStatus{Messages: 12, Bytes: 3 << 20, Oldest: now.Add(-90 * time.Minute),
+				Backlog: []relay.DeviceBacklog{{Device: "scada-line-3", Class: "normal", Messages: 11, DrainSeconds: 150}}},
 			Counts: map[trace.Kind]uint64{trace.Received: 140, trace.Delivered: 128, trace.Deferred: 9},
 		},
 	}
@@ -110,12 +111,13 @@ func TestPageShowsWhatATechnicianNeeds(t *testing.T) {
 		"(this machine only)",                  // loopback listener
 		"STARTTLS offered", "TLS 1.0 or newer", // old printers
 		"STARTTLS required", "35.0 MiB", // limits
-		"451 4.7.500 Server busy",                 // the reply
-		"throttling &lt;this&gt; relay",           // hint, escaped
-		"1 h 0 min ago",                           // last delivery
-		"Accepting mail, but it is not all going", // the verdict
-		"<td class=\"num\">12</td>",               // queue
-		"<td class=\"num\">140</td>",              // received since start
+		"451 4.7.500 Server busy",                             // the reply
+		"throttling &lt;this&gt; relay",                       // hint, escaped
+		"1 h 0 min ago",                                       // last delivery
+		"Accepting mail, but it is not all going",             // the verdict
+		"<td class=\"num\">12</td>",                           // queue
+		"<td class=\"num\">140</td>",                          // received since start
+		"<td>scada-line-3</td>", `<td class="num">2 min</td>`, // the device that floods, and how long it takes
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("page lacks %q", want)

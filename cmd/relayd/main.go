@@ -46,6 +46,8 @@ func main() {
 			os.Exit(runDoctor(os.Args[2:]))
 		case "trace":
 			os.Exit(runTrace(os.Args[2:], os.Stdout, os.Stderr, time.Now()))
+		case "devices":
+			os.Exit(runDevices(os.Args[2:], os.Stdout, os.Stderr))
 		}
 	}
 	var o appliance.Options

@@ -38,6 +38,11 @@ type Config struct {
 	Bounce    Bounce              `json:"bounce"`
 	Trace     Trace               `json:"trace"`
 	Alerts    Alerts              `json:"alerts"`
+	// Devices are the plant devices known by name (devices.go).
+	Devices []Device `json:"devices,omitempty"`
+	// DevicesOnly locks the relay to Devices: any other client is refused
+	// at MAIL with 550 5.7.1.
+	DevicesOnly bool `json:"devices_only,omitempty"`
 }
 
 // Listener is one SMTP port on the plant side.
@@ -494,6 +499,7 @@ func (c *Config) Validate() Errors {
 	}
 	errs = append(errs, c.validateUpstreams()...)
 	errs = append(errs, c.Alerts.validate()...)
+	errs = append(errs, c.validateDevices()...)
 	return errs
 }
 

@@ -15,7 +15,7 @@ func (s *Scheduler) RetryNow(id string) bool {
 	for i, w := range s.waiting {
 		if w.id == id {
 			heap.Remove(&s.waiting, i)
-			s.ready = append(s.ready, id)
+			s.ready.push(id, s.queued[id])
 			found = true
 			break
 		}

@@ -50,6 +50,10 @@ type Options struct {
 	Logger    *slog.Logger
 }
 
+// maxHold is the longest pacing wait that holds every attempt (the
+// per-minute windows); a longer one holds only the message it was for.
+const maxHold = time.Minute
+
 // ErrNoBounce is what the bounce returns when nobody can be told (a
 // null or unroutable sender and no bounce.admin): the failure is final all
 // the same, and traced as failed rather than bounced.
@@ -77,12 +81,27 @@ type Scheduler struct {
 	log *slog.Logger
 
 	mu       sync.Mutex
-	ready    []string        // ids to attempt now, FIFO
-	queued   map[string]bool // ids in ready, waiting or in flight
-	waiting  waitHeap        // ids waiting for their retry time
-	attempts map[string]int  // attempts so far, by id
-	wake     chan struct{}   // a worker should look at ready
-	timer    chan struct{}   // the earliest retry time changed
+	ready    fairQueue        // ids to attempt now, fair by device and class
+	queued   map[string]where // ids in ready, waiting or in flight, and their flow
+	waiting  waitHeap         // ids waiting for their retry time
+	attempts map[string]int   // attempts so far, by id
+	wake     chan struct{}    // a worker should look at ready
+	timer    chan struct{}    // the earliest retry time changed
+
+	// The pacing hold: after the upstream answered "not now" (ErrPaced),
+	// nothing is attempted until holdUntil; then one attempt (the probe,
+	// the fairest ready message) goes first, and only when it is not held
+	// again do the others follow. So the scheduler, not a race between
+	// workers, chooses who gets each free slot.
+	holdUntil time.Time
+	probing   bool
+	inFlight  int // attempts under way
+	// The spread: attempts start at the upstream's pace (its messages a
+	// minute, with a burst of ten seconds' worth), so that one device's
+	// storm cannot take a whole minute's window in its first second and
+	// the next device waits for the window to move; see spread.
+	tokens   float64
+	tokensAt time.Time
 
 	// set is what a reload may change while deliveries run; each attempt
 	// reads it once, so one attempt never mixes two configurations.
@@ -102,6 +121,7 @@ type settings struct {
 	bounce                         *Bounce
 	firstRetry, maxRetry, lifetime time.Duration
 	maxRecipients                  int
+	perMinute                      int // the upstream's pace; 0: none
 }
 
 // New makes a scheduler; Run starts it.
@@ -118,7 +138,7 @@ func New(o Options) *Scheduler {
 	s := &Scheduler{
 		o:        o,
 		log:      o.Logger,
-		queued:   map[string]bool{},
+		queued:   map[string]where{},
 		attempts: map[string]int{},
 		wake:     make(chan struct{}, 1),
 		timer:    make(chan struct{}, 1),
@@ -147,7 +167,8 @@ func (s *Scheduler) apply(o Options) int {
 		o.Concurrency = 4
 	}
 	s.set.Store(&settings{upstreamName: o.UpstreamName, explain: o.Explain, bounce: o.Bounce,
-		firstRetry: o.FirstRetry, maxRetry: o.MaxRetry, lifetime: o.Lifetime, maxRecipients: lim.MaxRecipients})
+		firstRetry: o.FirstRetry, maxRetry: o.MaxRetry, lifetime: o.Lifetime, maxRecipients: lim.MaxRecipients,
+		perMinute: lim.MessagesPerMinute})
 	return o.Concurrency
 }
 
@@ -161,6 +182,7 @@ func (s *Scheduler) Reconfigure(o Options) {
 	want := s.apply(o)
 	s.mu.Lock()
 	s.want = want
+	s.holdUntil = time.Time{} // the new upstream's pacer answers for itself
 	for s.runCtx != nil && s.workers < s.want {
 		s.startWorker()
 	}
@@ -182,10 +204,19 @@ func (s *Scheduler) startWorker() {
 
 // Enqueue asks for an attempt on a newly spooled message.
 func (s *Scheduler) Enqueue(id string) {
+	info, ok := s.o.Spool.Get(id)
+	if !ok {
+		return
+	}
+	s.enqueue(info)
+}
+
+func (s *Scheduler) enqueue(info spool.Info) {
+	w := where{flow: flowKey(info.Envelope), rank: classRank(info.Envelope.Class)}
 	s.mu.Lock()
-	if !s.queued[id] {
-		s.queued[id] = true
-		s.ready = append(s.ready, id)
+	if _, ok := s.queued[info.ID]; !ok {
+		s.queued[info.ID] = w
+		s.ready.push(info.ID, w)
 	}
 	s.mu.Unlock()
 	signal(s.wake)
@@ -197,7 +228,7 @@ func (s *Scheduler) Kick() {
 	s.mu.Lock()
 	for s.waiting.Len() > 0 {
 		w := heap.Pop(&s.waiting).(waitItem)
-		s.ready = append(s.ready, w.id)
+		s.ready.push(w.id, s.queued[w.id])
 	}
 	s.mu.Unlock()
 	signal(s.wake)
@@ -206,8 +237,10 @@ func (s *Scheduler) Kick() {
 
 // Run resumes every message in the spool and delivers until ctx ends.
 func (s *Scheduler) Run(ctx context.Context) error {
+	// Each message goes back to its device's queue, so the shares hold
+	// across a restart.
 	for _, m := range s.o.Spool.List() {
-		s.Enqueue(m.ID)
+		s.enqueue(m)
 	}
 	s.mu.Lock()
 	s.runCtx = ctx
@@ -229,12 +262,24 @@ func (s *Scheduler) worker(ctx context.Context) {
 			return
 		}
 		var id string
-		if len(s.ready) > 0 {
-			id = s.ready[0]
-			s.ready[0] = ""
-			s.ready = s.ready[1:]
+		var seq uint64
+		probe := false
+		now := s.o.Clock()
+		held := !s.holdUntil.IsZero()
+		if held && !s.probing && !now.Before(s.holdUntil) {
+			probe, held = true, false
 		}
-		more := len(s.ready) > 0
+		if !held && s.ready.len() > 0 && !s.spread(now) {
+			held, probe = true, false
+		}
+		if !held {
+			id, seq, _ = s.ready.pop()
+			if id != "" {
+				s.inFlight++
+				s.probing = s.probing || probe
+			}
+		}
+		more := !held && !probe && s.ready.len() > 0
 		s.mu.Unlock()
 		if more {
 			signal(s.wake) // let another worker take the next one
@@ -247,8 +292,48 @@ func (s *Scheduler) worker(ctx context.Context) {
 				continue
 			}
 		}
-		s.attempt(ctx, id)
+		s.attempt(ctx, id, seq)
+		s.mu.Lock()
+		s.inFlight--
+		if probe {
+			s.probing = false
+			if !s.o.Clock().Before(s.holdUntil) {
+				s.holdUntil = time.Time{} // the probe went: the slots are open
+			}
+		}
+		s.mu.Unlock()
+		if probe {
+			signal(s.wake)
+			signal(s.timer)
+		}
 	}
+}
+
+// spread takes one start from the pacing bucket, or holds the queue until
+// the next one is due (false); s.mu is held.
+func (s *Scheduler) spread(now time.Time) bool {
+	per := s.set.Load().perMinute
+	if per <= 0 {
+		return true
+	}
+	rate := float64(per) / 60 // starts a second
+	burst := float64(max(1, per/6))
+	if s.tokensAt.IsZero() {
+		s.tokens = burst
+	} else if d := now.Sub(s.tokensAt).Seconds(); d > 0 {
+		s.tokens = min(burst, s.tokens+d*rate)
+	}
+	s.tokensAt = now
+	if s.tokens >= 1 {
+		s.tokens--
+		return true
+	}
+	until := now.Add(time.Duration((1 - s.tokens) / rate * float64(time.Second)))
+	if until.After(s.holdUntil) {
+		s.holdUntil = until
+	}
+	signal(s.timer)
+	return false
 }
 
 // timers moves waiting messages to ready when their time comes.
@@ -261,12 +346,19 @@ func (s *Scheduler) timers(ctx context.Context) {
 		moved := false
 		for s.waiting.Len() > 0 && !s.waiting[0].due.After(now) {
 			w := heap.Pop(&s.waiting).(waitItem)
-			s.ready = append(s.ready, w.id)
+			s.ready.push(w.id, s.queued[w.id])
 			moved = true
 		}
 		next := time.Hour
 		if s.waiting.Len() > 0 {
 			next = s.waiting[0].due.Sub(now)
+		}
+		if !s.holdUntil.IsZero() {
+			if d := s.holdUntil.Sub(now); d <= 0 {
+				moved = true // the hold is over: a worker probes
+			} else {
+				next = min(next, d)
+			}
 		}
 		s.mu.Unlock()
 		if moved {
@@ -298,7 +390,8 @@ func (s *Scheduler) forget(id string) {
 }
 
 // attempt makes one delivery attempt for every pending recipient of id.
-func (s *Scheduler) attempt(ctx context.Context, id string) {
+// seq is the turn the fair queue gave it.
+func (s *Scheduler) attempt(ctx context.Context, id string, seq uint64) {
 	info, ok := s.o.Spool.Get(id)
 	if !ok {
 		s.forget(id)
@@ -309,6 +402,9 @@ func (s *Scheduler) attempt(ctx context.Context, id string) {
 	n := s.attempts[id]
 	s.mu.Unlock()
 	log := s.log.With("queue_id", id)
+	if d := info.Envelope.Device; d != "" {
+		log = log.With("device", d)
+	}
 	set := s.set.Load()
 	now := s.o.Clock()
 	env := info.Envelope
@@ -357,7 +453,9 @@ func (s *Scheduler) attempt(ctx context.Context, id string) {
 			for _, i := range batch {
 				msg.To = append(msg.To, env.To[i].Addr)
 			}
-			results, err := s.o.Upstream.Deliver(ctx, msg)
+			// Not waiting inside Deliver: a paced answer comes back at
+			// once, and the scheduler chooses who gets the free slot.
+			results, err := s.o.Upstream.Deliver(upstream.WithoutWaiting(ctx), msg)
 			var delivered []*part
 			var deliveredReply string
 			for k, i := range batch {
@@ -432,11 +530,30 @@ func (s *Scheduler) attempt(ctx context.Context, id string) {
 	if ctx.Err() != nil && !expired {
 		return // resumed from the spool at the next start
 	}
-	if paced > 0 && len(deferredTo) == 0 {
+	if paced > 0 && len(deferredTo) == 0 && pacedWait > maxHold {
+		// A long wait (a cooldown, a daily window, perhaps for this
+		// message's many recipients only): it waits on its own, and
+		// the others are still tried; when it is due it rejoins its
+		// device's queue.
 		s.mu.Lock()
 		s.attempts[id]--
 		s.mu.Unlock()
-		s.retryAt(id, now.Add(max(pacedWait, time.Second)))
+		s.retryAt(id, now.Add(pacedWait))
+		return
+	}
+	if paced > 0 && len(deferredTo) == 0 {
+		// Held by the pacer for the next slot: back to the head of its
+		// device's queue, with its turn, and nothing goes until the
+		// hold ends.
+		s.mu.Lock()
+		s.attempts[id]--
+		until := s.o.Clock().Add(max(pacedWait, 10*time.Millisecond))
+		if until.After(s.holdUntil) {
+			s.holdUntil = until
+		}
+		s.ready.unpop(id, s.queued[id], seq)
+		s.mu.Unlock()
+		signal(s.timer)
 		return
 	}
 	if len(deferredTo) > 0 {
@@ -493,7 +610,7 @@ func (s *Scheduler) eventVia(up string, k trace.Kind, info spool.Info, attempt i
 	env := info.Envelope
 	s.o.Record(trace.Event{
 		Time: s.o.Clock(), Kind: k, QueueID: info.ID, MessageID: env.MessageID, ClientIP: env.ClientIP,
-		Account: env.Login, From: env.From, To: to, Subject: env.Subject, Size: info.Size, Attempt: attempt,
+		Account: env.Login, From: env.From, FromReceived: env.FromReceived, Device: env.Device, To: to, Subject: env.Subject, Size: info.Size, Attempt: attempt,
 		Reply: reply, Hint: hint, Upstream: up,
 	})
 }

@@ -32,6 +32,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/siterelay/siterelay/relay/learn"
 	"github.com/siterelay/siterelay/relay/message"
 	"github.com/siterelay/siterelay/relay/policy"
 	"github.com/siterelay/siterelay/relay/spool"
@@ -47,12 +48,17 @@ type Policy interface {
 	Connect(ip netip.Addr) (relayAllowed bool, release func(), err error)
 	// Login checks a device account.
 	Login(ip netip.Addr, user, pass string) (*policy.Account, error)
-	// Sender checks the envelope sender (acct is nil when not logged in)
-	// and takes one message from the client's rate allowance.
-	Sender(ip netip.Addr, acct *policy.Account, from string) error
+	// Device names the configured device behind the client at MAIL, when
+	// login, address and HELO name are all known (nil: not a known
+	// device), or refuses it (devices_only, a device that must log in).
+	Device(ip netip.Addr, acct *policy.Account, helo string) (*policy.Device, error)
+	// Sender checks the envelope sender (acct is nil when not logged in,
+	// dev when not a known device) and takes one message from the client's
+	// (or the device's) rate allowance.
+	Sender(ip netip.Addr, acct *policy.Account, dev *policy.Device, from string) error
 	// Recipient checks one recipient; relayAllowed is true for a client in
 	// an allowed network or logged in.
-	Recipient(ip netip.Addr, rcpt string, relayAllowed bool) error
+	Recipient(ip netip.Addr, dev *policy.Device, rcpt string, relayAllowed bool) error
 }
 
 // Defaults for the Options left zero.
@@ -110,6 +116,9 @@ type Options struct {
 	Accepted func(id string)
 	// Record receives the "received" trace event.
 	Record func(trace.Event)
+	// Observe, when set, is told what each client does (learning mode):
+	// every MAIL, also a refused one, and every accepted message.
+	Observe func(learn.Sighting)
 	// Refused counts refusals by reason (metrics); may be nil.
 	Refused func(reason string)
 	// AcceptLatency observes DATA-to-250 time (metrics); may be nil.

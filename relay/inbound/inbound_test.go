@@ -33,8 +33,13 @@ func (p testPolicy) Login(ip netip.Addr, user, pass string) (*policy.Account, er
 	}
 	return nil, &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "bad login"}
 }
-func (p testPolicy) Sender(ip netip.Addr, acct *policy.Account, from string) error { return nil }
-func (p testPolicy) Recipient(ip netip.Addr, rcpt string, relay bool) error {
+func (p testPolicy) Device(ip netip.Addr, acct *policy.Account, helo string) (*policy.Device, error) {
+	return nil, nil
+}
+func (p testPolicy) Sender(ip netip.Addr, acct *policy.Account, dev *policy.Device, from string) error {
+	return nil
+}
+func (p testPolicy) Recipient(ip netip.Addr, dev *policy.Device, rcpt string, relay bool) error {
 	if !relay {
 		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Relay access denied"}
 	}

@@ -38,14 +38,24 @@ func (s sitePolicy) Connect(ip netip.Addr) (bool, func(), error) {
 func (s sitePolicy) Login(ip netip.Addr, user, pass string) (*policy.Account, error) {
 	return s.p.Login(ip, user, pass)
 }
-func (s sitePolicy) Sender(ip netip.Addr, acct *policy.Account, from string) error {
+func (s sitePolicy) Device(ip netip.Addr, acct *policy.Account, helo string) (*policy.Device, error) {
+	d := s.p.Recognise(ip, acct, helo)
+	return d, s.p.Admit(ip, acct, d)
+}
+func (s sitePolicy) Sender(ip netip.Addr, acct *policy.Account, dev *policy.Device, from string) error {
 	if err := s.p.Sender(from, acct); err != nil {
 		return err
 	}
-	return s.p.Message(ip, acct)
+	if err := s.p.DeviceSender(dev, from); err != nil {
+		return err
+	}
+	return s.p.Message(ip, acct, dev)
 }
-func (s sitePolicy) Recipient(ip netip.Addr, rcpt string, relay bool) error {
-	return s.p.Recipient(ip, rcpt, relay)
+func (s sitePolicy) Recipient(ip netip.Addr, dev *policy.Device, rcpt string, relay bool) error {
+	if err := s.p.Recipient(ip, rcpt, relay); err != nil {
+		return err
+	}
+	return s.p.DeviceRecipient(dev, rcpt)
 }
 
 // newSitePolicy is the policy of a configuration with one smtp listener

@@ -22,6 +22,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/siterelay/siterelay/relay/authlogin"
+	"github.com/siterelay/siterelay/relay/learn"
 	"github.com/siterelay/siterelay/relay/message"
 	"github.com/siterelay/siterelay/relay/policy"
 	"github.com/siterelay/siterelay/relay/spool"
@@ -54,7 +55,10 @@ type session struct {
 	tlsState *tls.ConnectionState
 	login    string
 	acct     *policy.Account
-	junk     int // commands since the last accepted message
+	dev      *policy.Device // known from MAIL on
+	// authTried is the AUTH mechanism last tried (learning mode).
+	authTried string
+	junk      int // commands since the last accepted message
 
 	inTx  bool
 	from  string
@@ -470,6 +474,7 @@ func (ss *session) auth(arg string) bool {
 		return true
 	}
 	mech, ir, hasIR := strings.Cut(arg, " ")
+	ss.authTried = truncate(strings.ToUpper(mech), 20)
 	var srv sasl.Server
 	check := func(user, pass string) error {
 		acct, err := o.Policy.Login(ss.ip, user, pass)
@@ -642,10 +647,19 @@ func (ss *session) mail(arg string) error {
 		return ss.refuse("not_allowed", &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0},
 			Message: "this port requires login; set the device's SMTP user name and password"})
 	}
-	if size > 0 && o.MaxMessageBytes > 0 && size > o.MaxMessageBytes {
-		return ss.refuse("too_big", tooBig(o.MaxMessageBytes))
+	dev, err := o.Policy.Device(ss.ip, ss.acct, ss.helo)
+	ss.observe(dev, from, "", false) // also when refused: adopt learns of it
+	if err != nil {
+		return ss.refuse("not_allowed", err)
 	}
-	if err := o.Policy.Sender(ss.ip, ss.acct, from); err != nil {
+	if dev != nil && ss.dev != dev {
+		ss.log = ss.log.With("device", dev.Name)
+	}
+	ss.dev = dev
+	if max := ss.maxBytes(); size > 0 && max > 0 && size > max {
+		return ss.refuse("too_big", tooBig(max))
+	}
+	if err := o.Policy.Sender(ss.ip, ss.acct, dev, from); err != nil {
 		reason := "bad_sender"
 		var se *smtp.SMTPError
 		if errors.As(err, &se) && se.Code >= 400 && se.Code < 500 {
@@ -678,7 +692,7 @@ func (ss *session) rcpt(arg string) error {
 			Message: fmt.Sprintf("too many recipients (limits.max_recipients is %d); the device should send the rest in another message", o.MaxRecipients)})
 	}
 	relay := ss.netRelay || ss.login != ""
-	if err := o.Policy.Recipient(ss.ip, to, relay); err != nil {
+	if err := o.Policy.Recipient(ss.ip, ss.dev, to, relay); err != nil {
 		reason := "bad_recipient"
 		if !relay {
 			reason = "not_allowed"
@@ -712,11 +726,11 @@ func (ss *session) data(arg string) bool {
 	if ss.w.Flush() != nil {
 		return false
 	}
-	d := newDataReader(ss.r, ss.o.MaxMessageBytes)
+	d := newDataReader(ss.r, ss.maxBytes())
 	reply, readErr := ss.store(d, func() bool { return d.done })
 	if errors.Is(readErr, errDataTooLarge) {
 		if readErr = d.drain(); readErr == nil {
-			reply = ss.refuse("too_big", tooBig(ss.o.MaxMessageBytes))
+			reply = ss.refuse("too_big", tooBig(ss.maxBytes()))
 		}
 	} else if readErr == nil && !d.done {
 		readErr = d.drain()
@@ -785,7 +799,7 @@ func (ss *session) store(src io.Reader, complete func() bool) (reply error, read
 	if len(ss.rcpts) == 1 {
 		rcv.Recipient = ss.rcpts[0]
 	}
-	info, err := message.Prepare(m, src, message.Options{
+	mo := message.Options{
 		BareLineEndings: o.BareLineEndings,
 		NUL:             o.NUL,
 		Received:        rcv,
@@ -795,7 +809,27 @@ func (ss *session) store(src io.Reader, complete func() bool) (reply error, read
 		AddDate:         true,
 		RewriteFrom:     o.RewriteFrom,
 		MaxLineLength:   o.MaxLineLength,
-	})
+	}
+	envFrom := ss.from
+	if o.RewriteFrom != "" {
+		envFrom = o.RewriteFrom
+	}
+	if dev := ss.dev; dev != nil {
+		fx := dev.Fixes
+		if fx.RewriteFrom != "" {
+			mo.RewriteFrom, envFrom = fx.RewriteFrom, fx.RewriteFrom
+		}
+		switch fx.AddFrom {
+		case "":
+		case "envelope":
+			mo.AddFrom = ss.from
+		default:
+			mo.AddFrom = fx.AddFrom
+		}
+		mo.CleanDisplayName = fx.CleanDisplayName
+		mo.SubjectPrefix = fx.SubjectPrefix
+	}
+	info, err := message.Prepare(m, src, mo)
 	if err != nil || !complete() {
 		m.Abort()
 		if err == nil {
@@ -817,8 +851,11 @@ func (ss *session) store(src io.Reader, complete func() bool) (reply error, read
 		Subject:     info.Subject,
 		HeaderBytes: info.HeaderBytes,
 	}
-	if o.RewriteFrom != "" {
-		env.From = o.RewriteFrom
+	if envFrom != ss.from {
+		env.From, env.FromReceived = envFrom, ss.from
+	}
+	if ss.dev != nil {
+		env.Device, env.Class = ss.dev.Name, ss.dev.Class
 	}
 	env.To = make([]spool.Rcpt, len(ss.rcpts))
 	for i, rc := range ss.rcpts {
@@ -828,20 +865,21 @@ func (ss *session) store(src io.Reader, complete func() bool) (reply error, read
 		return ss.dataError(log, err), nil
 	}
 	o.Accepted(id)
+	ss.observe(ss.dev, ss.from, info.HeaderFrom, true)
 	if o.AcceptLatency != nil {
 		o.AcceptLatency(o.Clock().Sub(start))
 	}
 	ev := trace.Event{Time: start, Kind: trace.Received, QueueID: id, MessageID: info.MessageID,
 		ClientIP: env.ClientIP, From: env.From, To: ss.rcpts, Subject: info.Subject, Size: info.Size,
-		Listener: o.Name, Account: ss.login}
-	if env.From != ss.from {
+		Listener: o.Name, Account: ss.login, FromReceived: env.FromReceived, Device: env.Device}
+	if ev.FromReceived == "" && env.From != ss.from {
 		ev.FromReceived = ss.from // senders.rewrite_from replaced it
 	}
 	if st := ss.tlsState; st != nil {
 		ev.TLSVersion, ev.TLSCipher = tlsVersionName(st.Version), tls.CipherSuiteName(st.CipherSuite)
 	}
 	o.Record(ev)
-	log.Debug("queued", "from", env.From, "rcpts", len(ss.rcpts), "size", info.Size, "message_id", info.MessageID)
+	log.Debug("queued", "device", env.Device, "from", env.From, "rcpts", len(ss.rcpts), "size", info.Size, "message_id", info.MessageID)
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK queued as " + id}, nil
 }
 
@@ -858,6 +896,32 @@ func tlsVersionName(v uint16) string {
 		return "1.3"
 	}
 	return "other"
+}
+
+// observe tells learning mode what the client did.
+func (ss *session) observe(dev *policy.Device, from, headerFrom string, message bool) {
+	if ss.o.Observe == nil {
+		return
+	}
+	v := learn.Sighting{Address: ss.ip.Unmap().String(), Helo: ss.helo, Login: ss.login, AuthTried: ss.authTried,
+		From: from, HeaderFrom: headerFrom, Message: message}
+	if dev != nil {
+		v.Device = dev.Name
+	}
+	if st := ss.tlsState; st != nil {
+		v.TLS = tls.VersionName(st.Version) + " " + tls.CipherSuiteName(st.CipherSuite)
+	}
+	ss.o.Observe(v)
+}
+
+// maxBytes is the largest message this session may send: the listener's
+// limit, or the device's own when that is lower.
+func (ss *session) maxBytes() int64 {
+	max := ss.o.MaxMessageBytes
+	if ss.dev != nil && ss.dev.MaxMessageBytes > 0 && (max <= 0 || ss.dev.MaxMessageBytes < max) {
+		max = ss.dev.MaxMessageBytes
+	}
+	return max
 }
 
 // isReadError reports an error of the client connection (or the DATA
@@ -950,7 +1014,7 @@ func (ss *session) bdatCmd(arg string) bool {
 	}
 	b := ss.bdat
 	b.n += size
-	if max := ss.o.MaxMessageBytes; max > 0 && b.n > max {
+	if max := ss.maxBytes(); max > 0 && b.n > max {
 		ss.bdat = nil
 		b.abort()
 		if _, err := io.CopyN(io.Discard, ss.r, size); err != nil {

@@ -90,6 +90,10 @@ func (d Dir) Tailnet() string { return d.Path("tailnet") }
 // Audit is the admin API's append-only audit log.
 func (d Dir) Audit() string { return d.Path("audit") }
 
+// Learned is the clients the relay has seen sending (relay/learn), from
+// which `relayd devices adopt` makes device entries.
+func (d Dir) Learned() string { return d.Path("learned-clients.json") }
+
 // Resolve makes a path from the configuration absolute: a relative one is
 // taken below the state directory, never the process's working directory,
 // so the same configuration means the same files wherever relayd starts.

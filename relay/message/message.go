@@ -21,10 +21,12 @@ import (
 	"mime"
 	"net/mail"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/emersion/go-smtp"
 )
@@ -85,6 +87,17 @@ type Options struct {
 	// MaxLineLength bounds every line (without its line ending); 0 means
 	// no limit.
 	MaxLineLength int
+	// AddFrom, when not empty, is the address of a From field added to a
+	// message that has none (a device fix).
+	AddFrom string
+	// CleanDisplayName rewrites the From display name without what
+	// Microsoft 365 refuses: control characters, quotes, backslashes,
+	// bytes above 127 that are not valid UTF-8, an address posing as a
+	// name (a device fix).
+	CleanDisplayName bool
+	// SubjectPrefix is put in front of the Subject unless it starts with
+	// it already; a message without a Subject gets one (a device fix).
+	SubjectPrefix string
 }
 
 // Received holds the facts of one reception for the Received field.
@@ -552,6 +565,23 @@ func (p *preparer) endField() {
 		} else {
 			p.info.HeaderFrom = unfold(value)
 		}
+		if p.opts.CleanDisplayName && !ok {
+			// A name net/mail cannot read (raw 8-bit bytes, stray
+			// quotes) in front of a good <address>.
+			u := unfold(value)
+			if lt := strings.LastIndexByte(u, '<'); lt >= 0 && strings.HasSuffix(u, ">") && simpleAddr(u[lt+1:len(u)-1]) {
+				addr, display, ok = u[lt+1:len(u)-1], u[:lt], true
+				p.info.HeaderFrom = addr
+			}
+		}
+		if p.opts.CleanDisplayName && ok {
+			if clean := cleanDisplayName(display); clean != display {
+				display = clean
+				if p.opts.RewriteFrom == "" {
+					p.hb = appendFrom(p.hb[:len(p.hb)-len(f)], display, addr)
+				}
+			}
+		}
 		if p.opts.RewriteFrom != "" {
 			if ok {
 				p.origFrom = append(p.origFrom[:0], value...)
@@ -572,6 +602,13 @@ func (p *preparer) endField() {
 		if !p.seenSubject {
 			p.seenSubject = true
 			p.info.Subject = decodeSubject(value)
+			if pre := p.opts.SubjectPrefix; pre != "" && !strings.HasPrefix(p.info.Subject, pre) {
+				rest := slices.Clone(bytes.TrimLeft(value, " \t")) // value is in hb
+				p.hb = append(p.hb[:len(p.hb)-len(f)], "Subject: "+pre+" "...)
+				p.hb = append(p.hb, rest...)
+				p.hb = append(p.hb, '\r', '\n')
+				p.info.Subject = pre + " " + p.info.Subject
+			}
 		}
 	}
 }
@@ -610,6 +647,14 @@ func (p *preparer) startBody() {
 			p.w.writeString("\r\n")
 		}
 	}
+	if !p.seenFrom && o.RewriteFrom == "" && o.AddFrom != "" {
+		p.w.write(appendFrom(p.scratch[:0], "", o.AddFrom))
+		p.info.HeaderFrom = o.AddFrom
+	}
+	if !p.seenSubject && o.SubjectPrefix != "" {
+		p.w.writeString("Subject: " + o.SubjectPrefix + "\r\n")
+		p.info.Subject = o.SubjectPrefix
+	}
 	if !p.seenMsgID && o.AddMessageID != "" {
 		p.info.MessageID = newMessageID(o.QueueID, o.AddMessageID)
 		p.w.writeString("Message-ID: " + p.info.MessageID + "\r\n")
@@ -619,6 +664,22 @@ func (p *preparer) startBody() {
 	}
 	p.w.writeString("\r\n")
 	p.info.HeaderBytes = p.w.n + int64(len(p.w.buf))
+}
+
+// cleanDisplayName keeps the letters, digits, spaces and harmless
+// punctuation of a display name; what Microsoft 365 refuses or misreads
+// ("printer@plant" as a name, quotes, control bytes, broken UTF-8) goes.
+func cleanDisplayName(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case r == utf8.RuneError, r < ' ', r == 127, strings.ContainsRune("\"\\<>@;:,[]()", r):
+			b.WriteByte(' ')
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return strings.Join(strings.Fields(b.String()), " ")
 }
 
 func appendFrom(b []byte, display, addr string) []byte {

@@ -64,6 +64,9 @@ type Policy struct {
 
 	perMinute, burst, maxConns int
 
+	cfg     *config.Config
+	devices devices
+
 	*State
 }
 
@@ -115,7 +118,9 @@ func New(cfg *config.Config, clock func() time.Time) (*Policy, error) {
 		burst:         max(cfg.Limits.Burst, 1),
 		maxConns:      cfg.Limits.MaxConnectionsPerClient,
 		State:         newState(),
+		cfg:           cfg,
 	}
+	p.devices = newDevices(cfg, p.perMinute, p.burst)
 	p.rcptAllowedList = strings.Join(cfg.Recipients.AllowedDomains, ", ")
 	for i, l := range cfg.Listeners {
 		pl := listener{name: l.Name, requireAuth: l.RequireAuth != nil && *l.RequireAuth}
@@ -149,6 +154,19 @@ func New(cfg *config.Config, clock func() time.Time) (*Policy, error) {
 	}
 	p.dummy = dummy
 	return p, nil
+}
+
+// FollowUpstreamPace lowers the default allowance of every device that
+// sets no messages_per_minute of its own to the upstream's pace (messages a
+// minute; 0 means the upstream is not paced): a device may not hand the
+// relay more a minute than the upstream will take from all of them. Call it
+// before the policy is shared.
+func (p *Policy) FollowUpstreamPace(perMinute int) {
+	rate := p.perMinute
+	if perMinute > 0 && (rate <= 0 || perMinute < rate) {
+		rate = perMinute
+	}
+	p.devices = newDevices(p.cfg, rate, p.burst)
 }
 
 // Reload builds the policy of a new configuration that keeps p's
@@ -355,36 +373,46 @@ func (p *Policy) Recipient(ip netip.Addr, addr string, relayAllowed bool) error 
 // Message takes one message from the client's allowance
 // (limits.messages_per_minute with limits.burst), keyed by the login when
 // there is one, else by address. Call it at MAIL FROM.
-func (p *Policy) Message(ip netip.Addr, login *Account) error {
-	if p.perMinute <= 0 {
+func (p *Policy) Message(ip netip.Addr, login *Account, dev *Device) error {
+	perMinute, burst := p.perMinute, p.burst
+	if dev != nil {
+		perMinute, burst = dev.perMinute, dev.burst
+	}
+	if perMinute <= 0 {
 		return nil
 	}
 	key, who := "", ""
-	if login != nil {
+	if dev != nil {
+		key, who = "d:"+dev.Name, "device "+dev.Name
+	} else if login != nil {
 		key, who = "u:"+login.Username, "account "+login.Username
 	} else {
 		ip = ip.Unmap()
 		key, who = "a:"+ip.String(), ip.String()
 	}
 	now := p.clock()
-	rate := float64(p.perMinute) / 60 // tokens a second
+	rate := float64(perMinute) / 60 // tokens a second
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	b := p.buckets[key]
 	if b == nil {
 		p.makeRoom(now)
-		b = &bucket{tokens: float64(p.burst), at: now}
+		b = &bucket{tokens: float64(burst), at: now}
 		p.buckets[key] = b
 	}
-	b.refill(now, rate, p.burst)
+	b.refill(now, rate, burst)
 	if b.tokens >= 1 {
 		b.tokens--
 		return nil
 	}
 	wait := time.Duration((1 - b.tokens) / rate * float64(time.Second))
+	setting := "limits.messages_per_minute"
+	if dev != nil {
+		setting = "the device's messages_per_minute"
+	}
 	return reply(450, smtp.EnhancedCode{4, 7, 1},
-		"Too many messages from %s (limit %d a minute, burst %d); try again in %d seconds, or raise limits.messages_per_minute",
-		who, p.perMinute, p.burst, int(math.Ceil(wait.Seconds())))
+		"Too many messages from %s (limit %d a minute, burst %d); try again in %d seconds, or raise %s",
+		who, perMinute, burst, int(math.Ceil(wait.Seconds())), setting)
 }
 
 func (b *bucket) refill(now time.Time, rate float64, burst int) {

@@ -285,34 +285,34 @@ func TestMessageRate(t *testing.T) {
 	p, clk := newPolicy(t, testConfig(t)) // 60 a minute, burst 3
 	ip := netip.MustParseAddr("10.20.0.5")
 	for i := range 3 {
-		if err := p.Message(ip, nil); err != nil {
+		if err := p.Message(ip, nil, nil); err != nil {
 			t.Fatalf("message %d: %v", i, err)
 		}
 	}
-	check(t, p.Message(ip, nil), 450, smtp.EnhancedCode{4, 7, 1}, "10.20.0.5", "60 a minute", "try again in 1 seconds", "limits.messages_per_minute")
+	check(t, p.Message(ip, nil, nil), 450, smtp.EnhancedCode{4, 7, 1}, "10.20.0.5", "60 a minute", "try again in 1 seconds", "limits.messages_per_minute")
 	// Another client and a login have their own allowance.
-	check(t, p.Message(netip.MustParseAddr("10.20.0.6"), nil), 0, smtp.EnhancedCode{})
+	check(t, p.Message(netip.MustParseAddr("10.20.0.6"), nil, nil), 0, smtp.EnhancedCode{})
 	erp := p.accounts["erp"]
 	for range 3 {
-		check(t, p.Message(ip, erp), 0, smtp.EnhancedCode{})
+		check(t, p.Message(ip, erp, nil), 0, smtp.EnhancedCode{})
 	}
-	check(t, p.Message(ip, erp), 450, smtp.EnhancedCode{4, 7, 1}, "account erp")
+	check(t, p.Message(ip, erp, nil), 450, smtp.EnhancedCode{4, 7, 1}, "account erp")
 	// One token a second comes back.
 	clk.add(time.Second)
-	check(t, p.Message(ip, nil), 0, smtp.EnhancedCode{})
-	check(t, p.Message(ip, nil), 450, smtp.EnhancedCode{4, 7, 1})
+	check(t, p.Message(ip, nil, nil), 0, smtp.EnhancedCode{})
+	check(t, p.Message(ip, nil, nil), 450, smtp.EnhancedCode{4, 7, 1})
 	// Never more than the burst, however long the pause.
 	clk.add(time.Hour)
 	for range 3 {
-		check(t, p.Message(ip, nil), 0, smtp.EnhancedCode{})
+		check(t, p.Message(ip, nil, nil), 0, smtp.EnhancedCode{})
 	}
-	check(t, p.Message(ip, nil), 450, smtp.EnhancedCode{4, 7, 1})
+	check(t, p.Message(ip, nil, nil), 450, smtp.EnhancedCode{4, 7, 1})
 
 	c := testConfig(t)
 	c.Limits.MessagesPerMinute = new(0)
 	unlimited, _ := newPolicy(t, c)
 	for range 1000 {
-		check(t, unlimited.Message(ip, nil), 0, smtp.EnhancedCode{})
+		check(t, unlimited.Message(ip, nil, nil), 0, smtp.EnhancedCode{})
 	}
 }
 
@@ -347,7 +347,7 @@ func TestTablesBounded(t *testing.T) {
 	p, clk := newPolicy(t, testConfig(t))
 	for i := range 3 * maxClients {
 		ip := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
-		p.Message(ip, nil)
+		p.Message(ip, nil, nil)
 		p.Login(ip, "nobody", "x")
 		if i%50 == 0 {
 			clk.add(2 * time.Second)
@@ -359,7 +359,7 @@ func TestTablesBounded(t *testing.T) {
 	// Idle entries are swept first: after a quiet spell one new client
 	// leaves the tables small.
 	clk.add(LoginBrake)
-	p.Message(netip.MustParseAddr("192.0.2.1"), nil)
+	p.Message(netip.MustParseAddr("192.0.2.1"), nil, nil)
 	p.Login(netip.MustParseAddr("192.0.2.1"), "nobody", "x")
 	if b, f, _ := p.clients(); b > 1 || f > 1 {
 		t.Errorf("after the sweep: %d buckets, %d failure counts", b, f)
@@ -376,7 +376,7 @@ func TestConcurrentUse(t *testing.T) {
 			ip := netip.AddrFrom4([4]byte{10, 20, 0, byte(g)})
 			for range 50 {
 				if rel, err := p.Open(ip); err == nil {
-					p.Message(ip, nil)
+					p.Message(ip, nil, nil)
 					p.Recipient(ip, "a@contoso.com", true)
 					rel()
 				}
@@ -438,7 +438,7 @@ func TestReloadKeepsClientState(t *testing.T) {
 	r1, err := p.Open(ip)
 	check(t, err, 0, smtp.EnhancedCode{})
 	for range 3 {
-		check(t, p.Message(ip, nil), 0, smtp.EnhancedCode{})
+		check(t, p.Message(ip, nil, nil), 0, smtp.EnhancedCode{})
 	}
 	for range MaxLoginFailures {
 		p.Login(ip, "scanner", "guess")
@@ -456,7 +456,7 @@ func TestReloadKeepsClientState(t *testing.T) {
 	if _, err := np.Open(ip); err != nil {
 		t.Errorf("a connection released under the old policy is still counted: %v", err)
 	}
-	check(t, np.Message(ip, nil), 450, smtp.EnhancedCode{4, 7, 1})
+	check(t, np.Message(ip, nil, nil), 450, smtp.EnhancedCode{4, 7, 1})
 	_, err = np.Login(ip, "scanner", "s3cret")
 	check(t, err, 454, smtp.EnhancedCode{4, 7, 0})
 }

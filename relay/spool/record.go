@@ -31,6 +31,11 @@ const (
 	maxFrame = 64 << 20
 )
 
+// flagDevice in a message record's flags says the device and class
+// strings follow the header byte count; records written before devices
+// existed lack both and still read.
+const flagDevice = 4
+
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // State is a recipient's delivery state.
@@ -76,6 +81,14 @@ type Envelope struct {
 	MessageID   string
 	Subject     string
 	HeaderBytes int64
+	// Device is the configured device that sent it ("" for an unknown
+	// client) and Class its priority class: the scheduler shares the
+	// upstream by them, also after a restart.
+	Device string
+	Class  string
+	// FromReceived is the envelope sender the device gave, when a fix
+	// rewrote From (for the trace).
+	FromReceived string
 }
 
 type messageRec struct {
@@ -130,6 +143,9 @@ func encodeMessage(b []byte, m *messageRec) []byte {
 	if m.Env.EightBit {
 		flags |= 2
 	}
+	if m.Env.Device != "" || m.Env.Class != "" || m.Env.FromReceived != "" {
+		flags |= flagDevice
+	}
 	b = binary.AppendUvarint(b, flags)
 	b = appendString(b, m.Env.From)
 	b = binary.AppendUvarint(b, uint64(len(m.Env.To)))
@@ -143,6 +159,11 @@ func encodeMessage(b []byte, m *messageRec) []byte {
 	b = appendString(b, m.Env.MessageID)
 	b = appendString(b, m.Env.Subject)
 	b = binary.AppendUvarint(b, uint64(m.Env.HeaderBytes))
+	if flags&flagDevice != 0 {
+		b = appendString(b, m.Env.Device)
+		b = appendString(b, m.Env.Class)
+		b = appendString(b, m.Env.FromReceived)
+	}
 	if m.File != "" {
 		b = append(b, 1)
 		b = appendString(b, m.File)
@@ -249,6 +270,11 @@ func decodeRecord(body []byte) (typ byte, m *messageRec, u *updateRec, id string
 		m.Env.MessageID = d.string()
 		m.Env.Subject = d.string()
 		m.Env.HeaderBytes = int64(d.uvarint())
+		if flags&flagDevice != 0 {
+			m.Env.Device = d.string()
+			m.Env.Class = d.string()
+			m.Env.FromReceived = d.string()
+		}
 		switch d.byte() {
 		case 0:
 			m.Data = d.bytes()

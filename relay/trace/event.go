@@ -46,15 +46,17 @@ type Event struct {
 	TLSCipher  string `json:"tls_cipher,omitempty"`
 	// From is the envelope sender as sent upstream; FromReceived the one
 	// the device gave, set only when senders.rewrite_from replaced it.
-	From         string   `json:"from"`
-	FromReceived string   `json:"from_received,omitempty"`
-	To           []string `json:"to,omitempty"`
-	Subject      string   `json:"subject,omitempty"`
-	Size         int64    `json:"size,omitempty"`
-	Attempt      int      `json:"attempt,omitempty"`
-	Reply        string   `json:"reply,omitempty"`
-	Hint         string   `json:"hint,omitempty"`
-	Upstream     string   `json:"upstream,omitempty"`
+	From         string `json:"from"`
+	FromReceived string `json:"from_received,omitempty"`
+	// Device is the configured device that sent the message.
+	Device   string   `json:"device,omitempty"`
+	To       []string `json:"to,omitempty"`
+	Subject  string   `json:"subject,omitempty"`
+	Size     int64    `json:"size,omitempty"`
+	Attempt  int      `json:"attempt,omitempty"`
+	Reply    string   `json:"reply,omitempty"`
+	Hint     string   `json:"hint,omitempty"`
+	Upstream string   `json:"upstream,omitempty"`
 }
 
 // maxField caps each string field on disk, so one odd message (a 100 kB
@@ -79,6 +81,7 @@ func appendEvent(b []byte, e *Event) []byte {
 	b = append(b, `,"from":`...)
 	b = appendString(b, e.From)
 	b = appendField(b, `,"from_received":`, e.FromReceived)
+	b = appendField(b, `,"device":`, e.Device)
 	if len(e.To) > 0 {
 		b = append(b, `,"to":[`...)
 		for i, to := range e.To {

@@ -130,20 +130,28 @@ func searchDays(ctx context.Context, dir string, days []int64, f Filter, m match
 // joinMessages adds the later events of messages whose received event
 // matched by what only that event carries: the sender as the device gave
 // it (FromReceived) and the listener. The spool keeps the envelope as
-// sent, so delivery events have neither; without the join a search by a
-// device's own sender address would find its mail received and never
-// delivered.
+// sent, so delivery events of messages spooled before devices existed
+// have neither; without the join a search by a device's own sender address
+// would find its mail received and never delivered. Events that matched by
+// themselves are not added twice.
 func joinMessages(ctx context.Context, dir string, days []int64, f Filter, m matcher, out []Event, useIndex bool) ([]Event, error) {
 	if f.Sender == "" && f.Device == "" {
 		return out, nil
 	}
 	rest := f
 	rest.Sender, rest.Device, rest.QueueID = "", "", ""
+	key := func(e Event) string {
+		return e.QueueID + "\x00" + string(e.Kind) + "\x00" + e.Time.Format(time.RFC3339Nano) + "\x00" + strings.Join(e.To, ",")
+	}
+	have := make(map[string]bool, len(out))
+	for _, e := range out {
+		have[key(e)] = true
+	}
 	var joined []Event
 	for _, e := range out {
 		if e.Kind != Received || e.QueueID == "" ||
 			(f.Sender == "" || m.addrMatches(e.From, m.sender, m.wholeSender)) &&
-				(f.Device == "" || equalFold(e.Account, m.device)) {
+				(f.Device == "" || equalFold(e.Account, m.device) || equalFold(e.Device, m.device)) {
 			continue // its other events match by themselves
 		}
 		q := rest
@@ -160,7 +168,8 @@ func joinMessages(ctx context.Context, dir string, days []int64, f Filter, m mat
 			return nil, err
 		}
 		for _, g := range got {
-			if g.Kind != Received {
+			if g.Kind != Received && !have[key(g)] {
+				have[key(g)] = true
 				joined = append(joined, g)
 			}
 		}
@@ -383,7 +392,7 @@ func (m *matcher) match(e *Event) bool {
 		m.messageID != "" && !equalFold(strings.Trim(e.MessageID, "<>"), m.messageID),
 		m.clientIP != "" && !equalFold(e.ClientIP, m.clientIP),
 		m.sender != "" && !m.senderMatches(e),
-		m.device != "" && !equalFold(e.Account, m.device) && !equalFold(e.Listener, m.device),
+		m.device != "" && !equalFold(e.Account, m.device) && !equalFold(e.Listener, m.device) && !equalFold(e.Device, m.device),
 		m.subject != "" && !strings.Contains(strings.ToLower(e.Subject), m.subject):
 		return false
 	}
@@ -447,6 +456,9 @@ func WriteText(w io.Writer, events []Event) error {
 		}
 		if e.FromReceived != "" {
 			from += " (received as " + e.FromReceived + ")"
+		}
+		if e.Device != "" {
+			from += " [device " + e.Device + "]"
 		}
 		fmt.Fprintf(bw, "\n    from %s to %s", from, strings.Join(e.To, ", "))
 		var facts []string

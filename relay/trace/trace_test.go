@@ -482,3 +482,28 @@ func TestSearchReadsWithoutAStore(t *testing.T) {
 		t.Errorf("Search of a missing directory: got %v, want an error saying so", err)
 	}
 }
+
+// TestOriginalSenderOnEveryEventIsFoundOnce: when every event of a message
+// carries the sender as the device gave it (devices keep it in the spool),
+// a search by that sender finds each event once, not once by itself and
+// again through the join by queue ID.
+func TestOriginalSenderOnEveryEventIsFoundOnce(t *testing.T) {
+	c := &clock{t: t0}
+	s := open(t, t.TempDir(), c)
+	for _, e := range []Event{
+		{Time: t0, Kind: Received, QueueID: "Q9", From: "relay@contoso.com", FromReceived: "root@scada.local", Device: "boiler", To: []string{"ops@example.com"}},
+		{Time: t0.Add(time.Second), Kind: Delivered, QueueID: "Q9", From: "relay@contoso.com", FromReceived: "root@scada.local", Device: "boiler", To: []string{"ops@example.com"}},
+	} {
+		s.Record(e)
+	}
+	s.Flush(context.Background())
+	for _, f := range []Filter{{Sender: "root@scada.local"}, {Device: "boiler"}} {
+		got, err := s.Query(context.Background(), f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 2 || got[0].Kind != Delivered || got[1].Kind != Received {
+			t.Errorf("Query(%+v) = %d events %v, want delivered and received once each", f, len(got), got)
+		}
+	}
+}

@@ -227,3 +227,20 @@ type TokenSource interface {
 type RecipientChecker interface {
 	CheckRecipient(rcpt string) error
 }
+
+type noWaitKey struct{}
+
+// WithoutWaiting marks ctx for Deliver: an upstream that paces answers
+// ErrPaced with RetryAfter at once instead of waiting inside Deliver for
+// its next free slot, so that the caller (the scheduler) chooses which
+// message gets that slot.
+func WithoutWaiting(ctx context.Context) context.Context {
+	return context.WithValue(ctx, noWaitKey{}, true)
+}
+
+// MayWait reports whether Deliver may wait for a pacing slot (ctx is not
+// marked by WithoutWaiting).
+func MayWait(ctx context.Context) bool {
+	v, _ := ctx.Value(noWaitKey{}).(bool)
+	return !v
+}

@@ -233,7 +233,7 @@ func (p *Paced) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.
 			p.save()
 			break
 		}
-		if wait > p.o.MaxWait {
+		if wait > p.o.MaxWait || !upstream.MayWait(ctx) {
 			p.deferred++
 			p.mu.Unlock()
 			return nil, &upstream.Error{
