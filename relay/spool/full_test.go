@@ -7,8 +7,22 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 )
+
+// openBelow lists this process's open files below dir.
+func openBelow(dir string) []string {
+	var out []string
+	fds, _ := filepath.Glob("/proc/self/fd/*")
+	for _, fd := range fds {
+		if p, err := os.Readlink(fd); err == nil && strings.HasPrefix(p, dir) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
 
 // TestDiskReallyFull fills a small tmpfs until the file system itself says
 // ENOSPC (the free-space floor is off): commits must fail with ErrFull,
@@ -21,7 +35,14 @@ func TestDiskReallyFull(t *testing.T) {
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", dir).CombinedOutput(); err != nil {
 		t.Fatalf("mount: %v %s", err, out)
 	}
-	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+			// Say what still holds the tmpfs, then detach it anyway so
+			// that the temporary directory can go.
+			t.Logf("umount: %v %s; open files below it: %v", err, out, openBelow(dir))
+			exec.Command("umount", "-l", dir).Run()
+		}
+	})
 
 	opts := Options{SegmentBytes: 256 << 10, MinFreeBytes: 1, statfs: func(string) (int64, error) { return 1 << 40, nil }}
 	s, err := Open(dir, opts)
