@@ -599,7 +599,8 @@ func (s *server) update(w http.ResponseWriter, c *call) error {
 		return &api.Error{Status: http.StatusRequestEntityTooLarge, Code: api.CodeTooLarge,
 			Message: fmt.Sprintf("root file system of %d bytes is over the %d-byte root partition", n, api.MaxRootBytes)}
 	}
-	c.what = fmt.Sprintf("firmware update from %s: %d-byte root file system", s.Box.Firmware().Version, n)
+	from := s.Box.Firmware().Version
+	c.what = fmt.Sprintf("firmware update from %s: %d-byte root file system", from, n)
 	if testboot {
 		c.what += ", test boot"
 	}
@@ -607,7 +608,7 @@ func (s *server) update(w http.ResponseWriter, c *call) error {
 	if err != nil {
 		return err
 	}
-	res.Rebooting = reboot
+	res.From, res.Rebooting = from, reboot
 	if reboot {
 		c.what += ", reboot"
 		c.after = func() {
