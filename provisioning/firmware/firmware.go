@@ -180,6 +180,7 @@ func (u *Updater) Reboot(ctx context.Context) error {
 // A's superblock, and returns the offset and the used bytes rounded up to
 // whole 4 KiB blocks (not the empty rest of the partition).
 func Root(img io.ReaderAt) (offset, n int64, err error) {
+	var size int64
 	mbr := make([]byte, 512)
 	if _, err := img.ReadAt(mbr, 0); err != nil {
 		return 0, 0, fmt.Errorf("reading the partition table: %w", err)
@@ -187,9 +188,20 @@ func Root(img io.ReaderAt) (offset, n int64, err error) {
 	if mbr[510] != 0x55 || mbr[511] != 0xAA {
 		return 0, 0, errors.New("not a disk image: no MBR signature (want the .img file sitegen wrote)")
 	}
-	e := mbr[446+16 : 446+32] // partition 2: root A
-	offset = int64(binary.LittleEndian.Uint32(e[8:12])) * 512
-	size := int64(binary.LittleEndian.Uint32(e[12:16])) * 512
+	gpt := false
+	for i := range 4 { // a protective or hybrid MBR (gokrazy's amd64 images): the table is GPT
+		gpt = gpt || mbr[446+16*i+4] == 0xEE
+	}
+	if gpt {
+		offset, size, err = gptRootA(img)
+		if err != nil {
+			return 0, 0, err
+		}
+	} else {
+		e := mbr[446+16 : 446+32] // partition 2: root A
+		offset = int64(binary.LittleEndian.Uint32(e[8:12])) * 512
+		size = int64(binary.LittleEndian.Uint32(e[12:16])) * 512
+	}
 	if offset == 0 || size == 0 {
 		return 0, 0, errors.New("the image has no root partition (want the .img file sitegen wrote)")
 	}
@@ -205,4 +217,30 @@ func Root(img io.ReaderAt) (offset, n int64, err error) {
 		return 0, 0, fmt.Errorf("the root file system says it is %d bytes, more than its %d-byte partition", n, size)
 	}
 	return offset, n, nil
+}
+
+// gptRootA reads the GPT header at LBA 1 and the second partition entry.
+func gptRootA(img io.ReaderAt) (offset, size int64, err error) {
+	h := make([]byte, 92)
+	if _, err := img.ReadAt(h, 512); err != nil {
+		return 0, 0, fmt.Errorf("reading the GPT header: %w", err)
+	}
+	if !bytes.Equal(h[:8], []byte("EFI PART")) {
+		return 0, 0, errors.New("protective MBR but no GPT header (want the .img file sitegen wrote)")
+	}
+	entries := int64(binary.LittleEndian.Uint64(h[72:80])) * 512
+	count := binary.LittleEndian.Uint32(h[80:84])
+	esize := int64(binary.LittleEndian.Uint32(h[84:88]))
+	if count < 2 || esize < 48 {
+		return 0, 0, errors.New("the GPT has no second partition (want the .img file sitegen wrote)")
+	}
+	e := make([]byte, 48)
+	if _, err := img.ReadAt(e, entries+esize); err != nil {
+		return 0, 0, fmt.Errorf("reading the GPT entries: %w", err)
+	}
+	first, last := int64(binary.LittleEndian.Uint64(e[32:40])), int64(binary.LittleEndian.Uint64(e[40:48]))
+	if first == 0 || last < first {
+		return 0, 0, nil
+	}
+	return first * 512, (last - first + 1) * 512, nil
 }

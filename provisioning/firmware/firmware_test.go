@@ -153,14 +153,35 @@ func image(used uint64, sig bool, magic string) []byte {
 	return img
 }
 
+// gptImage is the same with a protective MBR and a GPT whose second entry
+// starts at sector 40.
+func gptImage(used uint64) []byte {
+	img := make([]byte, 40*512+16384)
+	img[510], img[511] = 0x55, 0xAA
+	img[446+16+4] = 0xEE // a hybrid MBR, like gokrazy's: entry 1 the boot partition, entry 2 the GPT
+	h := img[512:]
+	copy(h, "EFI PART")
+	binary.LittleEndian.PutUint64(h[72:], 2) // entries at LBA 2
+	binary.LittleEndian.PutUint32(h[80:], 128)
+	binary.LittleEndian.PutUint32(h[84:], 128)
+	e := img[2*512+128:]
+	binary.LittleEndian.PutUint64(e[32:], 40)
+	binary.LittleEndian.PutUint64(e[40:], 40+32-1)
+	copy(img[40*512:], "hsqs")
+	binary.LittleEndian.PutUint64(img[40*512+40:], used)
+	return img
+}
+
 func TestRoot(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		img     []byte
+		wantOff int64
 		wantN   int64
 		wantErr string
 	}{
 		{name: "rounded to 4 KiB", img: image(5000, true, "hsqs"), wantN: 8192},
+		{name: "GPT", img: gptImage(5000), wantOff: 40 * 512, wantN: 8192},
 		{name: "no MBR", img: image(5000, false, "hsqs"), wantErr: "no MBR signature"},
 		{name: "not squashfs", img: image(5000, true, "ext4"), wantErr: "not a squashfs"},
 		{name: "larger than partition", img: image(1<<20, true, "hsqs"), wantErr: "more than its"},
@@ -176,8 +197,12 @@ func TestRoot(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if off != 8*512 || n != tc.wantN {
-				t.Errorf("got offset %d, %d bytes; want %d, %d", off, n, 8*512, tc.wantN)
+			wantOff := tc.wantOff
+			if wantOff == 0 {
+				wantOff = 8 * 512
+			}
+			if off != wantOff || n != tc.wantN {
+				t.Errorf("got offset %d, %d bytes; want %d, %d", off, n, wantOff, tc.wantN)
 			}
 		})
 	}
