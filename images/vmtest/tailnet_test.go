@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -26,6 +27,7 @@ import (
 
 	"github.com/siterelay/siterelay/provisioning/api"
 	"github.com/siterelay/siterelay/provisioning/authz"
+	"github.com/siterelay/siterelay/provisioning/firmware"
 )
 
 // The tailnet VM test runs in a network namespace of its own: there
@@ -77,8 +79,16 @@ func TestVMTailnet(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("building the image: %v\n%s", err, out)
 	}
+	// A second build of the same site: the update. Its root differs (a
+	// machine id of its own), its version string does not (same commit).
+	img2 := filepath.Join(dir, "vm2.img")
+	build = exec.CommandContext(ctx, "go", "run", "./images/sitegen", "-target", "vm", "-image", img2, "-work", filepath.Join(dir, "work2"), site)
+	build.Dir = repoRoot(t)
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the second image: %v\n%s", err, out)
+	}
 	inner := exec.CommandContext(ctx, "unshare", "-n", "--", os.Args[0], "-test.run", "^TestVMTailnet$", "-test.v", "-test.timeout", "15m")
-	inner.Env = append(os.Environ(), "SITERELAY_VMTAILNET_INNER=1", "VMTAILNET_DIR="+dir, "VMTAILNET_IMG="+img,
+	inner.Env = append(os.Environ(), "SITERELAY_VMTAILNET_INNER=1", "VMTAILNET_DIR="+dir, "VMTAILNET_IMG="+img, "VMTAILNET_IMG2="+img2,
 		"VMTAILNET_CTL="+strconv.Itoa(ctlPort), "VMTAILNET_UP="+strconv.Itoa(upPort))
 	inner.Stdout, inner.Stderr = os.Stdout, os.Stderr
 	if err := inner.Run(); err != nil {
@@ -207,6 +217,77 @@ func innerTailnet(t *testing.T) {
 	// Mail through the box.
 	swaks(t, v.smtp, "vmtailnet one", "marker-tailnet-one")
 	up.waitFor(t, "marker-tailnet-one", deliveryTimeout)
+
+	// 3. Upstream down, a message queued; the update goes over the
+	// tailnet; the box reboots, rejoins, and delivers.
+	up.stop()
+	swaks(t, v.smtp, "vmtailnet two", "marker-tailnet-two")
+	f, err := os.Open(os.Getenv("VMTAILNET_IMG2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	off, n, err := firmware.Root(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	updStart := time.Now()
+	uctx, c3 := context.WithTimeout(ctx, 10*time.Minute)
+	res, err := c.Update(uctx, io.NewSectionReader(f, off, n), n, false, true)
+	c3()
+	if err != nil {
+		t.Fatalf("update over the tailnet: %v", err)
+	}
+	t.Logf("update written: %+v", res)
+	// gokrazy reboots by kexec: QEMU does not notice, the guest comes
+	// back in the same process. Wait for the relay to go away, then to
+	// answer over the tailnet again (it rejoins from its saved state).
+	up.start(t, "127.0.0.1:"+upPort)
+	down := false
+	for end := time.Now().Add(4 * time.Minute); ; time.Sleep(time.Second) {
+		select {
+		case <-v.exited:
+			t.Fatalf("QEMU exited after the update (serial log in %s)", dir)
+		default:
+		}
+		cctx, c2 := context.WithTimeout(ctx, 10*time.Second)
+		st, err = c.Status(cctx)
+		c2()
+		if err != nil {
+			down = true
+		}
+		if (err == nil && down) || time.Now().After(end) {
+			break
+		}
+	}
+	if err != nil || !down {
+		t.Fatalf("the box did not come back on the tailnet after the update (down seen: %v): %v", down, err)
+	}
+	updTook := time.Since(updStart)
+	t.Logf("after the update: version %q, tailnet %+v", st.Version, st.Tailnet)
+	up.waitFor(t, "marker-tailnet-two", deliveryTimeout)
+	t.Logf("the message queued before the update was delivered after it")
+	if page, err := gokrazyPage(v, password); err == nil {
+		for _, l := range strings.Split(page, "\n") {
+			if strings.Contains(l, "root=") {
+				t.Logf("gokrazy after the update: %.300s", strings.TrimSpace(l))
+			}
+		}
+	}
 	v.poweroff(t, password)
-	fmt.Printf("vm-tailnet-test figures: power-on to tailnet-joined %.1f s; boot-to-SMTP %.1f s\n", joined.Seconds(), ready.Seconds())
+	fmt.Printf("vm-tailnet-test figures: power-on to tailnet-joined %.1f s; boot-to-SMTP %.1f s; update end to end (write, reboot, back on the tailnet) %.1f s, %d-byte root\n",
+		joined.Seconds(), ready.Seconds(), updTook.Seconds(), n)
+}
+
+// gokrazyPage is gokrazy's status page through the forwarded web port.
+func gokrazyPage(v *vm, password string) (string, error) {
+	req, _ := http.NewRequest("GET", "http://"+v.http+"/", nil)
+	req.SetBasicAuth("gokrazy", password)
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
 }

@@ -617,9 +617,18 @@ func (s *server) update(w http.ResponseWriter, c *call) error {
 			}
 		}
 	}
-	if err := ok(w, res); err != nil {
+	// A whole answer with its length, flushed: the reboot that follows may
+	// stop relayd (and its tailnet node) before a chunked answer's end.
+	b, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
 		return err
 	}
+	b = append(b, '\n')
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(http.StatusOK)
+	w.Write(b)
 	if f, isF := w.(http.Flusher); isF {
 		f.Flush()
 	}
