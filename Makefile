@@ -84,6 +84,12 @@ vm-image:
 vm-test:
 	SITERELAY_VMTEST=1 $(GO) test -tags integration -count=1 -timeout 30m -v -run '^TestVM$$' ./images/vmtest/
 
+## vm-tailnet-test: the VM image on a test tailnet (testcontrol and DERP in a network namespace of the
+## test's own): first-boot join, status over the tailnet, mail through. Not in make check yet.
+.PHONY: vm-tailnet-test
+vm-tailnet-test:
+	SITERELAY_VMTAILNET=1 $(GO) test -tags integration -count=1 -timeout 30m -v -run '^TestVMTailnet$$' ./images/vmtest/
+
 ## pi-image-check: build the Pi image for the example site (with a throw-away join key) and check its partitions and files
 pi-image-check:
 	@set -e; d=$$(mktemp -d); trap 'rm -rf "$$d"' EXIT; \

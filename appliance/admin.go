@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"runtime"
@@ -20,6 +21,7 @@ import (
 	"github.com/siterelay/siterelay/provisioning/audit"
 	"github.com/siterelay/siterelay/provisioning/authz"
 	"github.com/siterelay/siterelay/provisioning/configstore"
+	"github.com/siterelay/siterelay/provisioning/firmware"
 	"github.com/siterelay/siterelay/provisioning/node"
 	"github.com/siterelay/siterelay/provisioning/secrets"
 	"github.com/siterelay/siterelay/provisioning/server"
@@ -51,6 +53,10 @@ type Tailnet struct {
 	Ephemeral bool
 	// Node, when set, receives the node once started (tests dial with it).
 	Node func(*node.Node)
+	// Firmware, when set, is where firmware updates go (tests point it
+	// at a fake gokrazy socket); on gokrazy the default is gokrazy's own
+	// local socket, elsewhere there is none and updates are refused.
+	Firmware *firmware.Updater
 }
 
 // admin is the adapter between the admin API and the running relay: the
@@ -85,12 +91,20 @@ func startAdmin(ctx context.Context, o Options, run *app, creds *secrets.Store, 
 			key = strings.TrimSpace(string(b))
 		}
 	}
+	var upd server.Updater
+	switch {
+	case t.Firmware != nil:
+		upd = updater{u: *t.Firmware, log: log}
+	case OnGokrazy():
+		upd = updater{log: log}
+	}
 	// No log upload to Tailscale, ever: the box's logs stay on the box.
 	envknob.SetNoLogsNoSupport()
 	h := server.Handler(server.Options{
 		WhoIs:  func(ctx context.Context, addr string) (*apitype.WhoIsResponse, error) { return a.node.WhoIs(ctx, addr) },
 		Policy: authz.Policy{Site: t.Site, Admins: t.Admins},
 		Audit:  al, Box: a, Credentials: creds, Configs: a.configs, Logger: log,
+		Updater: upd,
 	})
 	nctx, cancel := context.WithCancel(ctx)
 	a.node = node.Start(nctx, node.Options{Dir: dir.Tailnet(), Hostname: t.Site, AuthKey: key, ControlURL: t.ControlURL,
@@ -295,8 +309,35 @@ func (a *admin) Doctor(ctx context.Context, to string) ([]api.DoctorStep, error)
 }
 
 func (a *admin) Firmware() api.Firmware {
-	return api.Firmware{Version: version(), GoVersion: runtime.Version(),
-		Update: "over the tailnet: not yet (next release); today: gok update from a machine that reaches the box"}
+	f := api.Firmware{Version: version(), GoVersion: runtime.Version(),
+		Update: "relayctl -relay NAME update IMAGE (over the tailnet, admin only; docs/image.md)"}
+	if !OnGokrazy() && a.o.Tailnet.Firmware == nil {
+		f.Update = "not on gokrazy: this relay cannot update itself"
+	}
+	return f
+}
+
+// updater writes firmware through gokrazy's local socket; the appliance
+// sets it only on gokrazy (elsewhere the API answers 501).
+type updater struct {
+	u   firmware.Updater
+	log *slog.Logger
+}
+
+func (u updater) Update(ctx context.Context, r io.Reader, n int64, testboot bool) (*api.UpdateResult, error) {
+	u.log.Info("firmware update: writing the inactive root partition", "bytes", n, "testboot", testboot, "from", version())
+	res, err := u.u.Write(ctx, r, n, testboot)
+	if err != nil {
+		u.log.Error("firmware update failed; the running root stays", "err", err)
+		return nil, err
+	}
+	u.log.Info("firmware update written", "bytes", res.RootBytes, "mode", res.Mode, "took", res.Took)
+	return &api.UpdateResult{RootBytes: res.RootBytes, Mode: res.Mode, Seconds: res.Took.Seconds()}, nil
+}
+
+func (u updater) Reboot(ctx context.Context) error {
+	u.log.Info("rebooting into the new firmware")
+	return u.u.Reboot(ctx)
 }
 
 func (a *admin) Reload(ctx context.Context) error { return a.run.reload(ctx) }

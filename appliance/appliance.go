@@ -106,7 +106,7 @@ func Run(ctx context.Context, o Options) error {
 			o.Discovery = siteDiscovery(box.Site)
 		}
 		if o.Tailnet == nil && box.Site != nil {
-			o.Tailnet = &Tailnet{Site: box.Site.Hostname, Admins: box.Site.Admins}
+			o.Tailnet = &Tailnet{Site: box.Site.Hostname, Admins: box.Site.Admins, ControlURL: box.Site.ControlURL}
 		}
 	}
 	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {

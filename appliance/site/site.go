@@ -9,8 +9,10 @@ package site
 
 import (
 	"fmt"
+	"net/url"
 	"os"
 	"regexp"
+	"strings"
 
 	"github.com/siterelay/siterelay/netcfg"
 	"github.com/siterelay/siterelay/netcfg/mdns"
@@ -27,6 +29,9 @@ type Site struct {
 	// Admins are the tailnet identities that may administer the box: login
 	// names (alice@example.com) or tags (tag:relay-admins).
 	Admins []string `json:"admins"`
+	// ControlURL is the tailnet's coordination server; "" is Tailscale's.
+	// A self-hosted one (Headscale) or the VM test's testcontrol go here.
+	ControlURL string `json:"control_url,omitempty"`
 	// Discovery is how the box announces itself on the plant network
 	// (docs/discovery.md); every key is optional.
 	Discovery Discovery `json:"discovery,omitzero"`
@@ -76,6 +81,12 @@ func (s *Site) Validate(adminsKey string) strictjson.Errors {
 			errs.Bad(k, "%q appears twice", a)
 		}
 		seen[a] = true
+	}
+	if c := s.ControlURL; c != "" {
+		k := strings.TrimSuffix(adminsKey, "admins") + "control_url"
+		if u, err := url.Parse(c); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs.Bad(k, "%q: want the coordination server's URL, e.g. \"https://headscale.example.com\" (leave it out for Tailscale's)", c)
+		}
 	}
 	seen = map[string]bool{}
 	for i, n := range s.Discovery.Interfaces {

@@ -49,6 +49,25 @@ func TestValidateNamesTheAdminsKey(t *testing.T) {
 	}
 }
 
+func TestValidateControlURL(t *testing.T) {
+	for _, tc := range []struct {
+		url, key, want string
+	}{
+		{"", "admins", ""},
+		{"https://headscale.example.com", "admins", ""},
+		{"http://10.0.2.2:41641", "tailnet.admins", ""},
+		{"headscale.example.com", "tailnet.admins", "tailnet.control_url"},
+		{"ftp://x", "admins", "control_url"},
+		{"https://", "admins", "control_url"},
+	} {
+		s := Site{Hostname: "relay", Admins: []string{"alice@example.com"}, ControlURL: tc.url}
+		s.Network.DHCP = true
+		if got := strings.Join(s.Validate(tc.key).Keys(), " "); got != tc.want {
+			t.Errorf("%q: got keys %q, want %q", tc.url, got, tc.want)
+		}
+	}
+}
+
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(testSite + "}"))
 	f.Add([]byte(testSite + `, "discovery": {"interfaces": ["eth0"]}}`))

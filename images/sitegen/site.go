@@ -37,6 +37,8 @@ type Tailnet struct {
 	// Admins are the tailnet identities that may administer the box:
 	// login names (alice@example.com) or tags (tag:relay-admins).
 	Admins []string `json:"admins"`
+	// ControlURL is the coordination server ("" is Tailscale's).
+	ControlURL string `json:"control_url,omitempty"`
 }
 
 // KeyError is one bad key of a site file.
@@ -49,7 +51,7 @@ type Errors = strictjson.Errors
 // relay settings go separately, as config.json): the box reads it with the
 // same definition and rules.
 func (s *Site) Bootstrap() site.Site {
-	return site.Site{Hostname: s.Hostname, Network: s.Network, NTP: s.NTP, Admins: s.Tailnet.Admins, Discovery: s.Discovery}
+	return site.Site{Hostname: s.Hostname, Network: s.Network, NTP: s.NTP, Admins: s.Tailnet.Admins, ControlURL: s.Tailnet.ControlURL, Discovery: s.Discovery}
 }
 
 // ParseSite decodes a site file strictly and validates every key; the

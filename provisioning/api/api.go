@@ -31,6 +31,7 @@ const (
 	PathDoctor      = "/v1/doctor"             // POST
 	PathAudit       = "/v1/audit"              // GET
 	PathFirmware    = "/v1/firmware"           // GET
+	PathUpdate      = "/v1/firmware/update"    // POST (body: the root file system; ?testboot=1, ?reboot=0)
 )
 
 // CSRFHeader must be on every changing request. A browser sends a custom
@@ -394,8 +395,25 @@ type AuditEntry struct {
 type Firmware struct {
 	Version   string `json:"version"`
 	GoVersion string `json:"go_version"`
-	// Update says how an update is made; over the tailnet: not yet.
+	// Update says how an update is made.
 	Update string `json:"update"`
+}
+
+// MaxRootBytes bounds an update's body: gokrazy's root partitions are
+// 500 MiB each.
+const MaxRootBytes = 500 << 20
+
+// UpdateResult answers a firmware update.
+type UpdateResult struct {
+	// From is the version that ran when the update was written.
+	From      string `json:"from"`
+	RootBytes int64  `json:"root_bytes"`
+	// Mode is "switch" (the new root boots from now on) or "testboot"
+	// (the next boot tries it once; the one after is the old one again).
+	Mode string `json:"mode"`
+	// Rebooting says the box reboots now into the new root.
+	Rebooting bool    `json:"rebooting"`
+	Seconds   float64 `json:"seconds"`
 }
 
 // OK answers a changing call that returns nothing else.

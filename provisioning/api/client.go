@@ -41,7 +41,10 @@ var ErrUnreachable = errors.New("relay unreachable")
 
 func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, out any) error {
 	var body io.Reader
-	if in != nil {
+	raw, isRaw := in.(rawBody)
+	if isRaw {
+		body = raw.r
+	} else if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
 			return err
@@ -57,7 +60,11 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, 
 		return err
 	}
 	req.Header.Set("Accept", "application/json")
-	if in != nil {
+	switch {
+	case isRaw:
+		req.ContentLength = raw.n
+		req.Header.Set("Content-Type", "application/octet-stream")
+	case in != nil:
 		req.Header.Set("Content-Type", "application/json")
 	}
 	if method != http.MethodGet {
@@ -218,4 +225,25 @@ func (c *Client) Audit(ctx context.Context, limit int) ([]AuditEntry, error) {
 func (c *Client) Firmware(ctx context.Context) (*Firmware, error) {
 	var f Firmware
 	return &f, c.do(ctx, "GET", PathFirmware, nil, nil, &f)
+}
+
+// rawBody is a request body sent as it is (a firmware update).
+type rawBody struct {
+	r io.Reader
+	n int64
+}
+
+// Update sends n bytes of root (a squashfs root file system) as the box's
+// new firmware; testboot tries it for one boot only; reboot restarts the
+// box into it once written.
+func (c *Client) Update(ctx context.Context, root io.Reader, n int64, testboot, reboot bool) (*UpdateResult, error) {
+	q := url.Values{}
+	if testboot {
+		q.Set("testboot", "1")
+	}
+	if !reboot {
+		q.Set("reboot", "0")
+	}
+	var r UpdateResult
+	return &r, c.do(ctx, "POST", PathUpdate, q, rawBody{r: root, n: n}, &r)
 }

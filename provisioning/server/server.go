@@ -44,6 +44,15 @@ type Box interface {
 	Reload(ctx context.Context) error
 }
 
+// Updater writes new firmware (provisioning/firmware on a gokrazy box).
+type Updater interface {
+	// Update writes n bytes of r, a root file system, to the inactive
+	// root partition and switches to it (testboot: tries it once).
+	Update(ctx context.Context, r io.Reader, n int64, testboot bool) (*api.UpdateResult, error)
+	// Reboot restarts the box into the new root; it returns at once.
+	Reboot(ctx context.Context) error
+}
+
 // Credentials is the write side of the secret store.
 type Credentials interface {
 	List() ([]api.Credential, error)
@@ -68,8 +77,10 @@ type Options struct {
 	Box         Box
 	Credentials Credentials
 	Configs     Configs
-	Clock       func() time.Time
-	Logger      *slog.Logger
+	// Updater, when set, serves firmware updates (admin only).
+	Updater Updater
+	Clock   func() time.Time
+	Logger  *slog.Logger
 }
 
 type server struct {
@@ -105,6 +116,7 @@ func Handler(o Options) http.Handler {
 	s.route("POST "+api.PathDoctor, op, s.doctor)
 	s.route("GET "+api.PathAudit, ad, s.audit)
 	s.route("GET "+api.PathFirmware, ad, s.firmware)
+	s.route("POST "+api.PathUpdate, ad, s.update)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, &api.Error{Status: 404, Code: api.CodeNotFound, Message: "no such API path " + r.URL.Path + " (see docs/provisioning.md)"})
 	})
@@ -137,6 +149,9 @@ type call struct {
 	r    *http.Request
 	d    authz.Decision
 	what string // for the audit log
+	// after runs once the call is answered and audited (the reboot after
+	// an update: the audit entry is on disk before relayd is stopped).
+	after func()
 }
 
 type handler func(w http.ResponseWriter, c *call) error
@@ -175,6 +190,9 @@ func (s *server) route(pattern string, need api.Role, h handler) {
 			if err := s.Audit.Append(e); err != nil {
 				s.Logger.Error("writing the audit log failed", "err", err)
 			}
+		}
+		if c.after != nil {
+			c.after()
 		}
 	})
 }
@@ -222,6 +240,13 @@ func (r *recorder) Write(b []byte) (int, error) {
 		r.status = 200
 	}
 	return r.ResponseWriter.Write(b)
+}
+
+// Flush sends what is written (the update's answer before the reboot).
+func (r *recorder) Flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
 }
 
 func writeErr(w http.ResponseWriter, e *api.Error) {
@@ -553,4 +578,59 @@ func (s *server) audit(w http.ResponseWriter, c *call) error {
 
 func (s *server) firmware(w http.ResponseWriter, c *call) error {
 	return ok(w, s.Box.Firmware())
+}
+
+// update streams the request body (a root file system, Content-Length
+// set) to the Updater, then reboots unless ?reboot=0.
+func (s *server) update(w http.ResponseWriter, c *call) error {
+	if s.Updater == nil {
+		return &api.Error{Status: http.StatusNotImplemented, Code: api.CodeUnavailable,
+			Message: "this relay cannot update its own firmware (not running on gokrazy)"}
+	}
+	q := c.r.URL.Query()
+	testboot := q.Get("testboot") == "1"
+	reboot := q.Get("reboot") != "0"
+	n := c.r.ContentLength
+	switch {
+	case n <= 0:
+		return &api.Error{Status: http.StatusLengthRequired, Code: api.CodeBadRequest,
+			Message: "send the root file system with a Content-Length (relayctl update IMAGE does)"}
+	case n > api.MaxRootBytes:
+		return &api.Error{Status: http.StatusRequestEntityTooLarge, Code: api.CodeTooLarge,
+			Message: fmt.Sprintf("root file system of %d bytes is over the %d-byte root partition", n, api.MaxRootBytes)}
+	}
+	from := s.Box.Firmware().Version
+	c.what = fmt.Sprintf("firmware update from %s: %d-byte root file system", from, n)
+	if testboot {
+		c.what += ", test boot"
+	}
+	res, err := s.Updater.Update(c.r.Context(), c.r.Body, n, testboot)
+	if err != nil {
+		return err
+	}
+	res.From, res.Rebooting = from, reboot
+	if reboot {
+		c.what += ", reboot"
+		c.after = func() {
+			if err := s.Updater.Reboot(context.Background()); err != nil {
+				s.Logger.Error("reboot after the firmware update failed", "err", err)
+			}
+		}
+	}
+	// A whole answer with its length, flushed: the reboot that follows may
+	// stop relayd (and its tailnet node) before a chunked answer's end.
+	b, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return err
+	}
+	b = append(b, '\n')
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(http.StatusOK)
+	w.Write(b)
+	if f, isF := w.(http.Flusher); isF {
+		f.Flush()
+	}
+	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -83,6 +84,19 @@ func (b *fakeBox) Reload(context.Context) error {
 	return nil
 }
 
+type fakeUpdater struct{ b *fakeBox }
+
+func (f fakeUpdater) Update(_ context.Context, r io.Reader, n int64, testboot bool) (*api.UpdateResult, error) {
+	got, err := io.ReadAll(r)
+	if err != nil {
+		return nil, err
+	}
+	f.b.did(fmt.Sprintf("update %d of %d bytes testboot=%v", len(got), n, testboot))
+	return &api.UpdateResult{RootBytes: n, Mode: "switch"}, nil
+}
+
+func (f fakeUpdater) Reboot(context.Context) error { f.b.did("reboot"); return nil }
+
 type fakeCreds struct{ b *fakeBox }
 
 func (f fakeCreds) List() ([]api.Credential, error) {
@@ -136,6 +150,7 @@ func newRig(t *testing.T, admins ...string) *rig {
 		WhoIs:  func(ctx context.Context, a string) (*apitype.WhoIsResponse, error) { return n.WhoIs(ctx, a) },
 		Policy: authz.Policy{Site: "plant-a", Admins: admins},
 		Audit:  al, Box: box, Credentials: fakeCreds{box}, Configs: fakeConfigs{box},
+		Updater: fakeUpdater{box},
 	})
 	n = node.Start(ctx, node.Options{Dir: t.TempDir(), Hostname: "relay-plant-a", AuthKey: "test-key",
 		ControlURL: tn.URL, Handler: h, Store: new(mem.Store), Ephemeral: true})
@@ -218,6 +233,10 @@ var ops = []op{
 	{"rollback", api.Admin, func(ctx context.Context, c *api.Client) error { _, err := c.Rollback(ctx, 1); return err }},
 	{"audit", api.Admin, func(ctx context.Context, c *api.Client) error { _, err := c.Audit(ctx, 10); return err }},
 	{"firmware", api.Admin, func(ctx context.Context, c *api.Client) error { _, err := c.Firmware(ctx); return err }},
+	{"update", api.Admin, func(ctx context.Context, c *api.Client) error {
+		_, err := c.Update(ctx, strings.NewReader("root"), 4, false, false)
+		return err
+	}},
 }
 
 func TestRoleMatrix(t *testing.T) {
@@ -268,7 +287,7 @@ func TestRoleMatrix(t *testing.T) {
 	}
 	changing := 0
 	for _, o := range ops {
-		if slices.Contains([]string{"retry", "bounce", "delete", "doctor", "creds put", "creds delete", "config put", "config dry run", "rollback"}, o.name) {
+		if slices.Contains([]string{"retry", "bounce", "delete", "doctor", "creds put", "creds delete", "config put", "config dry run", "rollback", "update"}, o.name) {
 			changing++
 		}
 	}
@@ -397,3 +416,73 @@ func TestLANRefusal(t *testing.T) {
 		t.Errorf("got %d %s", rec.Code, rec.Body)
 	}
 }
+
+// An update streams the body to the Updater, is audited with what it
+// wrote, and reboots only after its audit entry is written.
+func TestUpdate(t *testing.T) {
+	r := newRig(t)
+	caller := r.tn.Join(t, "laptop")
+	r.grant(t, caller, api.Admin)
+	c := r.client(caller)
+	ctx := context.Background()
+	body := strings.Repeat("squashfs", 4096)
+	res, err := c.Update(ctx, strings.NewReader(body), int64(len(body)), true, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Rebooting || res.RootBytes != int64(len(body)) {
+		t.Errorf("got %+v, want rebooting and %d bytes", res, len(body))
+	}
+	// The reboot runs after the answer: wait for it.
+	deadline := time.Now().Add(10 * time.Second)
+	for !slices.Contains(r.box.Calls(), "reboot") && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond) // polling a call made after the answer
+	}
+	got := r.box.Calls()
+	want := []string{fmt.Sprintf("update %d of %d bytes testboot=true", len(body), len(body)), "reboot"}
+	if !slices.Equal(got, want) {
+		t.Errorf("got calls %v, want %v", got, want)
+	}
+	entries, err := r.audit.Read(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 || entries[0].Result != "ok" ||
+		entries[0].What != fmt.Sprintf("firmware update from v1.2.3: %d-byte root file system, test boot, reboot", len(body)) {
+		t.Errorf("got audit %+v, want the update with its size, test boot and reboot", entries)
+	}
+
+	// A body without a length, or one larger than a root partition, is
+	// refused before anything is written.
+	hc := c.HTTP
+	for _, tc := range []struct {
+		name       string
+		length     int64
+		wantStatus int
+	}{
+		{"no length", -1, http.StatusLengthRequired},
+		{"too large", api.MaxRootBytes + 1, http.StatusRequestEntityTooLarge},
+	} {
+		req, _ := http.NewRequest("POST", c.Base+api.PathUpdate+"?reboot=0", strings.NewReader("x"))
+		req.ContentLength = tc.length
+		if tc.length > 1 {
+			req.Body = io.NopCloser(io.LimitReader(zeros{}, tc.length))
+		}
+		req.Header.Set(api.CSRFHeader, api.CSRFValue)
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.wantStatus {
+			t.Errorf("%s: got %d, want %d", tc.name, resp.StatusCode, tc.wantStatus)
+		}
+	}
+	if got := r.box.Calls(); len(got) != 2 {
+		t.Errorf("refused updates reached the box: %v", got[2:])
+	}
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
