@@ -208,23 +208,24 @@ func newTokens(kind config.Kind, cfg config.M365, d Deps, log *slog.Logger) (*To
 // DirectSendChecker refuses recipients outside the tenant's domains at
 // RCPT: direct send cannot reach them, and a refusal now beats a bounce.
 func DirectSendChecker(domains []string) func(string) error {
-	return func(rcpt string) error {
-		at := strings.LastIndexByte(rcpt, '@')
-		dom := strings.ToLower(strings.TrimSuffix(rcpt[at+1:], "."))
-		for _, d := range domains {
-			if strings.EqualFold(d, dom) {
-				return nil
-			}
-		}
-		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 54},
-			Message: fmt.Sprintf("This relay sends by Microsoft 365 direct send, which reaches only %s; %s cannot be reached this way (ask the admin for a connector)", strings.Join(domains, ", "), dom)}
-	}
+	return internalOnly(domains, func(dom string) string {
+		return fmt.Sprintf("This relay sends by Microsoft 365 direct send, which reaches only %s; %s cannot be reached this way (ask the admin for a connector)", strings.Join(domains, ", "), dom)
+	})
 }
 
 // HVEChecker refuses recipients outside the tenant's domains at RCPT:
 // High Volume Email delivers only inside the organisation. The words say
 // what to add, since a route is how other mail gets a way.
 func HVEChecker(domains []string) func(string) error {
+	return internalOnly(domains, func(dom string) string {
+		return fmt.Sprintf("This relay sends %s by Microsoft 365 High Volume Email, which reaches only %s: the admin adds a route for other recipients (routes[] ending in a catch-all route to kind m365-oauth or graph)", dom, strings.Join(domains, ", "))
+	})
+}
+
+// internalOnly passes recipients in domains and refuses the others with
+// 550 5.7.54 and the words why(domain) gives: the kinds that reach only the
+// tenant's own mailboxes.
+func internalOnly(domains []string, why func(dom string) string) func(string) error {
 	return func(rcpt string) error {
 		at := strings.LastIndexByte(rcpt, '@')
 		dom := strings.ToLower(strings.TrimSuffix(rcpt[at+1:], "."))
@@ -233,8 +234,7 @@ func HVEChecker(domains []string) func(string) error {
 				return nil
 			}
 		}
-		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 54},
-			Message: fmt.Sprintf("This relay sends %s by Microsoft 365 High Volume Email, which reaches only %s: the admin adds a route for other recipients (routes[] ending in a catch-all route to kind m365-oauth or graph)", dom, strings.Join(domains, ", "))}
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 54}, Message: why(dom)}
 	}
 }
 
