@@ -340,19 +340,7 @@ func (u *Upstream) deliver(ctx context.Context, msg *upstream.Message, to []stri
 // connection found dead means the peer dropped them all (a restart), and
 // each would otherwise fail its next transaction in turn.
 func (u *Upstream) dropIdle(cutoff uint64) int {
-	u.mu.Lock()
-	var old []*conn
-	keep := u.idle[:0]
-	for _, c := range u.idle {
-		if c.gen <= cutoff {
-			old = append(old, c)
-		} else {
-			keep = append(keep, c)
-		}
-	}
-	clear(u.idle[len(keep):])
-	u.idle = keep
-	u.mu.Unlock()
+	old := u.takeIdle(func(c *conn) bool { return c.gen <= cutoff })
 	for _, c := range old {
 		c.nc.Close() // dead or suspect: no QUIT to wait for
 	}
@@ -404,6 +392,25 @@ func (u *Upstream) discard(c *conn, polite bool) {
 	c.nc.Close()
 }
 
+// takeIdle removes the idle connections for which take is true from the
+// pool and returns them, for the caller to close outside the lock.
+func (u *Upstream) takeIdle(take func(*conn) bool) []*conn {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	var out []*conn
+	keep := u.idle[:0]
+	for _, c := range u.idle {
+		if take(c) {
+			out = append(out, c)
+		} else {
+			keep = append(keep, c)
+		}
+	}
+	clear(u.idle[len(keep):])
+	u.idle = keep
+	return out
+}
+
 // janitor closes connections left idle too long.
 func (u *Upstream) janitor() {
 	defer close(u.done)
@@ -416,19 +423,7 @@ func (u *Upstream) janitor() {
 		case <-tick.C:
 		}
 		now := u.o.Clock()
-		var old []*conn
-		u.mu.Lock()
-		keep := u.idle[:0]
-		for _, c := range u.idle {
-			if now.Sub(c.lastUsed) >= u.o.IdleTimeout {
-				old = append(old, c)
-			} else {
-				keep = append(keep, c)
-			}
-		}
-		clear(u.idle[len(keep):])
-		u.idle = keep
-		u.mu.Unlock()
+		old := u.takeIdle(func(c *conn) bool { return now.Sub(c.lastUsed) >= u.o.IdleTimeout })
 		for _, c := range old {
 			c.quit()
 		}
