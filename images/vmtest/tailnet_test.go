@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,17 +16,12 @@ import (
 	"testing"
 	"time"
 
-	"tailscale.com/ipn/store/mem"
-	"tailscale.com/net/netns"
 	"tailscale.com/tailcfg"
-	"tailscale.com/tsnet"
-	"tailscale.com/tstest/integration"
-	"tailscale.com/tstest/integration/testcontrol"
-	"tailscale.com/types/logger"
 
 	"github.com/siterelay/siterelay/provisioning/api"
 	"github.com/siterelay/siterelay/provisioning/authz"
 	"github.com/siterelay/siterelay/provisioning/firmware"
+	"github.com/siterelay/siterelay/provisioning/provtest"
 )
 
 // The tailnet VM test runs in a network namespace of its own: there
@@ -132,28 +126,19 @@ func innerTailnet(t *testing.T) {
 			t.Fatalf("ip %v: %v\n%s", args, err, out)
 		}
 	}
-	netns.SetEnabled(false)
-
-	derpMap := integration.RunDERPAndSTUN(t, logger.Discard, guestHost)
-	for _, r := range derpMap.Regions {
+	cl, err := net.Listen("tcp", guestHost+":"+ctlPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tn := provtest.NewOn(t, guestHost, cl)
+	for _, r := range tn.Control.DERPMap.Regions {
 		for _, n := range r.Nodes {
 			p := strconv.Itoa(n.DERPPort)
 			proxy(t, "127.0.0.1:"+p, guestHost+":"+p)
 		}
 	}
-	control := &testcontrol.Server{DERPMap: derpMap, DNSConfig: &tailcfg.DNSConfig{Proxied: true},
-		MagicDNSDomain: "tail-test.ts.net", Logf: logger.Discard}
-	cl, err := net.Listen("tcp", guestHost+":"+ctlPort)
-	if err != nil {
-		t.Fatal(err)
-	}
-	control.HTTPTestServer = httptest.NewUnstartedServer(control)
-	control.HTTPTestServer.Listener.Close()
-	control.HTTPTestServer.Listener = cl
-	control.HTTPTestServer.Start()
-	defer control.HTTPTestServer.Close()
 	proxy(t, "127.0.0.1:"+ctlPort, guestHost+":"+ctlPort)
-	controlURL := "http://" + guestHost + ":" + ctlPort
+	control := tn.Control
 
 	up := &upstream{ch: make(chan struct{}, 1)}
 	up.start(t, "127.0.0.1:"+upPort)
@@ -185,17 +170,12 @@ func innerTailnet(t *testing.T) {
 	t.Logf("the box joined the tailnet %.1f s after QEMU started (SMTP ready at %.1f s)", joined.Seconds(), ready.Seconds())
 	box.Tags = []string{"tag:siterelay"}
 	control.UpdateNode(box)
-	control.SetGlobalAppCaps(tailcfg.PeerCapMap{authz.Capability: {tailcfg.RawMessage(`{"role":"admin"}`)}})
+	tn.Grant(tailcfg.PeerCapMap{authz.Capability: {tailcfg.RawMessage(`{"role":"admin"}`)}})
 
 	// An admin node on the host reads the box's status over the tailnet.
-	admin := &tsnet.Server{Dir: filepath.Join(dir, "admin"), ControlURL: controlURL, Hostname: "admin",
-		Store: new(mem.Store), Ephemeral: true, Logf: logger.Discard, UserLogf: logger.Discard}
-	defer admin.Close()
+	admin := tn.Join(t, "admin")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if _, err := admin.Up(ctx); err != nil {
-		t.Fatalf("the admin node: %v", err)
-	}
 	c := api.NewClient(box.Addresses[0].Addr().String(), admin.Dial)
 	var st *api.Status
 	for end := time.Now().Add(90 * time.Second); ; time.Sleep(time.Second) {

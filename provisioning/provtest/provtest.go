@@ -6,6 +6,7 @@ package provtest
 
 import (
 	"context"
+	"net"
 	"net/http/httptest"
 	"net/netip"
 	"path/filepath"
@@ -27,12 +28,17 @@ type Tailnet struct {
 	URL     string
 }
 
-// New starts a tailnet that lives as long as the test.
-func New(t testing.TB) *Tailnet {
+// New starts a tailnet on loopback that lives as long as the test.
+func New(t testing.TB) *Tailnet { return NewOn(t, "127.0.0.1", nil) }
+
+// NewOn starts a tailnet whose DERP and STUN listen on host and whose
+// coordination server serves on ln (nil: a free port on loopback). The VM
+// test puts it on the address the guest reaches the host by.
+func NewOn(t testing.TB, host string, ln net.Listener) *Tailnet {
 	t.Helper()
 	netns.SetEnabled(false) // no SO_MARK sockets under test
 	t.Cleanup(func() { netns.SetEnabled(true) })
-	derpMap := integration.RunDERPAndSTUN(t, logger.Discard, "127.0.0.1")
+	derpMap := integration.RunDERPAndSTUN(t, logger.Discard, host)
 	c := &testcontrol.Server{
 		DERPMap:        derpMap,
 		DNSConfig:      &tailcfg.DNSConfig{Proxied: true},
@@ -40,6 +46,10 @@ func New(t testing.TB) *Tailnet {
 		Logf:           logger.Discard,
 	}
 	c.HTTPTestServer = httptest.NewUnstartedServer(c)
+	if ln != nil {
+		c.HTTPTestServer.Listener.Close()
+		c.HTTPTestServer.Listener = ln
+	}
 	c.HTTPTestServer.Start()
 	t.Cleanup(c.HTTPTestServer.Close)
 	return &Tailnet{Control: c, URL: c.HTTPTestServer.URL}
