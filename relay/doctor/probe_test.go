@@ -2,8 +2,6 @@ package doctor_test
 
 import (
 	"context"
-	"net"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -14,14 +12,8 @@ import (
 )
 
 func TestProbeAndTestMessage(t *testing.T) {
-	clock := m365test.NewClock()
-	ca := m365test.NewCA(t)
-	entra := m365test.NewEntra(t, "contoso.test", clock.Now)
-	entra.AddApp(m365test.App{ClientID: "app1", Secret: "s3cret-value"})
-	x := m365test.NewExchange(t, m365test.ExchangeOptions{CA: ca, Clock: clock.Now, Entra: entra})
-	x.Grant("app1", "scanner@contoso.test")
-	_, p, _ := net.SplitHostPort(x.Addr)
-	port, _ := strconv.Atoi(p)
+	tt := m365test.NewTenant(t, "s3cret-value")
+	clock, ca, entra, x, port := tt.Clock, tt.CA, tt.Entra, tt.Exchange, tt.SMTPPort()
 	d := m365test.NewDNS(t, "contoso.test. 300 IN MX 0 contoso-test.mail.protection.outlook.com.")
 	c := cfg("m365-oauth", config.M365{Tenant: "contoso.test", ClientID: "app1", ClientSecretSecret: "s", Mailbox: "scanner@contoso.test",
 		TokenURL: entra.URL, SMTPHost: "127.0.0.1", SMTPPort: port})

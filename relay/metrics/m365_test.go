@@ -5,8 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"strconv"
 	"testing"
 	"time"
 
@@ -21,14 +19,8 @@ import (
 // the pacer's own holds are counted, and the allowance and the token's
 // remaining life read as they should.
 func TestMetricsAgainstFakeMicrosoft365(t *testing.T) {
-	clock := m365test.NewClock()
-	ca := m365test.NewCA(t)
-	entra := m365test.NewEntra(t, "contoso.test", clock.Now)
-	entra.AddApp(m365test.App{ClientID: "app1", Secret: "s3cret"})
-	x := m365test.NewExchange(t, m365test.ExchangeOptions{CA: ca, Clock: clock.Now, Entra: entra})
-	x.Grant("app1", "scanner@contoso.test")
-	_, p, _ := net.SplitHostPort(x.Addr)
-	port, _ := strconv.Atoi(p)
+	tt := m365test.NewTenant(t, "s3cret")
+	clock, ca, entra, x, port := tt.Clock, tt.CA, tt.Entra, tt.Exchange, tt.SMTPPort()
 
 	c := config.Default()
 	c.Upstream = config.Upstream{Kind: config.KindM365OAuth, M365: config.M365{Tenant: "contoso.test", ClientID: "app1",

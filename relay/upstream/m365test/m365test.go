@@ -10,6 +10,8 @@ package m365test
 
 import (
 	"context"
+	"net"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -55,3 +57,41 @@ type CA = upstreamtest.TestCA
 
 // NewCA makes a CA valid for a day around now.
 func NewCA(t testing.TB) *CA { return upstreamtest.NewTestCA(t) }
+
+// A tenant's fixed names, as NewTenant sets it up.
+const (
+	TenantDomain  = "contoso.test"
+	TenantApp     = "app1"
+	TenantMailbox = "scanner@contoso.test"
+)
+
+// Tenant is a whole fake tenant on one virtual clock: Entra with the app
+// TenantApp (its client secret given), allowed to send as TenantMailbox by
+// client submission (Exchange) and by Graph.
+type Tenant struct {
+	Clock    *Clock
+	CA       *CA
+	Entra    *Entra
+	Exchange *Exchange
+	Graph    *Graph
+}
+
+// NewTenant starts the fakes of a tenant whose app has secret.
+func NewTenant(t testing.TB, secret string) *Tenant {
+	t.Helper()
+	tt := &Tenant{Clock: NewClock(), CA: NewCA(t)}
+	tt.Entra = NewEntra(t, TenantDomain, tt.Clock.Now)
+	tt.Entra.AddApp(App{ClientID: TenantApp, Secret: secret})
+	tt.Exchange = NewExchange(t, ExchangeOptions{CA: tt.CA, Clock: tt.Clock.Now, Entra: tt.Entra})
+	tt.Exchange.Grant(TenantApp, TenantMailbox)
+	tt.Graph = NewGraph(t, tt.Entra)
+	tt.Graph.Grant(TenantApp, TenantMailbox)
+	return tt
+}
+
+// SMTPPort is the port client submission listens on (on 127.0.0.1).
+func (tt *Tenant) SMTPPort() int {
+	_, p, _ := net.SplitHostPort(tt.Exchange.Addr)
+	n, _ := strconv.Atoi(p)
+	return n
+}

@@ -17,8 +17,8 @@ import (
 )
 
 const (
-	tenant  = "contoso.test"
-	mailbox = "scanner@contoso.test"
+	tenant  = m365test.TenantDomain
+	mailbox = m365test.TenantMailbox
 	secret  = "Xy7~client.secret-VALUE-0123456789"
 )
 
@@ -32,14 +32,8 @@ type tenantEnv struct {
 }
 
 func newTenant(t *testing.T) *tenantEnv {
-	e := &tenantEnv{clock: m365test.NewClock(), ca: m365test.NewCA(t)}
-	e.entra = m365test.NewEntra(t, tenant, e.clock.Now)
-	e.entra.AddApp(m365test.App{ClientID: "app1", Secret: secret})
-	e.x = m365test.NewExchange(t, m365test.ExchangeOptions{CA: e.ca, Clock: e.clock.Now, Entra: e.entra})
-	e.x.Grant("app1", mailbox)
-	e.graph = m365test.NewGraph(t, e.entra)
-	e.graph.Grant("app1", mailbox)
-	return e
+	tt := m365test.NewTenant(t, secret)
+	return &tenantEnv{clock: tt.Clock, ca: tt.CA, entra: tt.Entra, x: tt.Exchange, graph: tt.Graph}
 }
 
 func (e *tenantEnv) deps(t *testing.T) m365.Deps {
