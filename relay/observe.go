@@ -115,10 +115,12 @@ func kindLabel(cfg *config.Config) string {
 }
 
 // observeGeneration tells the metrics of a configuration now in force:
-// its upstream kind's series, its client certificate (none clears it),
-// and, for an upstream without OAuth, that there is no token to expire.
+// its upstream kind's series and its routes', its client certificate
+// (none clears it), and, for an upstream without OAuth, that there is no
+// token to expire.
 func (r *Relay) observeGeneration(g *generation) {
 	r.metrics.Upstreams(kindLabel(g.cfg))
+	r.fo.routes(g.cfg) // every route's failover series, at 0 from the start
 	r.metrics.ClientCertificate(g.clientCertNotAfter)
 	oauth := g.cfg.Upstream.Kind.OAuth()
 	for _, u := range g.cfg.Upstreams {

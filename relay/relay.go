@@ -221,7 +221,6 @@ func (r *Relay) build(cfg *config.Config, prev *generation) (*generation, upstre
 		up.Close()
 		return nil, nil, err
 	}
-	r.fo.routes(cfg)
 	g.policy.FollowUpstreamPace(up.Limits().MessagesPerMinute)
 	g.certKey = cfg.TLS.CertFile + "\x00" + cfg.TLS.KeyFile + "\x00" + g.hostname
 	if prev != nil && prev.certKey == g.certKey {
