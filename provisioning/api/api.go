@@ -110,7 +110,7 @@ type Error struct {
 	Message string `json:"message"`
 	// Field names the request field or configuration key at fault.
 	Field string `json:"field,omitempty"`
-	// Problems lists every key error of a configuration.
+	// Problems lists every key error of a configuration or a request body.
 	Problems []Problem `json:"problems,omitempty"`
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/siterelay/siterelay/provisioning/api"
 	"github.com/siterelay/siterelay/provisioning/audit"
 	"github.com/siterelay/siterelay/provisioning/authz"
+	"github.com/siterelay/siterelay/relay/strictjson"
 )
 
 // ErrNotFound is what Box, Credentials and Configs return for an id, name
@@ -292,35 +293,28 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 	return decodeBytes(b, v)
 }
 
+// decodeBytes decodes a request body with the project's strict decoder:
+// every unknown field and wrong type is named with its full path, and the
+// answer's field is the first of them.
 func decodeBytes(b []byte, v any) error {
-	dec := json.NewDecoder(strings.NewReader(string(b)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return jsonError(err)
+	err := strictjson.Decode(b, v)
+	var errs strictjson.Errors
+	if !errors.As(err, &errs) {
+		return err
 	}
-	if dec.More() {
-		return &api.Error{Status: 400, Code: api.CodeBadRequest, Message: "the body holds more than one JSON value"}
-	}
-	return nil
-}
-
-func jsonError(err error) *api.Error {
-	e := &api.Error{Status: 400, Code: api.CodeBadRequest}
-	var se *json.SyntaxError
-	var te *json.UnmarshalTypeError
-	switch {
-	case errors.As(err, &se):
-		e.Message = fmt.Sprintf("malformed JSON at byte %d: %v", se.Offset, se)
-	case errors.As(err, &te):
-		e.Field = te.Field
-		e.Message = fmt.Sprintf("want a %s, got a JSON %s", te.Type, te.Value)
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		e.Field = strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-		e.Message = "unknown field"
-	case errors.Is(err, io.EOF):
-		e.Message = "empty body: send a JSON object"
-	default:
-		e.Message = "malformed JSON: " + err.Error()
+	e := &api.Error{Status: 400, Code: api.CodeBadRequest, Message: errs.Error()}
+	for _, x := range errs {
+		var ke *strictjson.KeyError
+		if !errors.As(x, &ke) {
+			continue
+		}
+		if len(errs) == 1 {
+			e.Message = ke.Problem
+		}
+		if e.Field == "" && ke.Key != "(document)" {
+			e.Field = ke.Key
+		}
+		e.Problems = append(e.Problems, api.Problem{Key: ke.Key, Problem: ke.Problem})
 	}
 	return e
 }
