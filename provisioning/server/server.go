@@ -193,6 +193,9 @@ func (s *server) route(pattern string, need api.Role, h handler) {
 			}
 		}
 		if c.after != nil {
+			// The answer goes out now, after its audit entry: what runs
+			// next (a reboot) may stop relayd before the handler returns.
+			http.NewResponseController(w).Flush()
 			c.after()
 		}
 	})
@@ -611,8 +614,9 @@ func (s *server) update(w http.ResponseWriter, c *call) error {
 			}
 		}
 	}
-	// A whole answer with its length, flushed: the reboot that follows may
-	// stop relayd (and its tailnet node) before a chunked answer's end.
+	// A whole answer with its length: the reboot that follows may stop
+	// relayd (and its tailnet node) before a chunked answer's end. route
+	// flushes it after the audit entry is written, before the reboot.
 	b, err := json.MarshalIndent(res, "", "  ")
 	if err != nil {
 		return err
@@ -623,8 +627,5 @@ func (s *server) update(w http.ResponseWriter, c *call) error {
 	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 	w.WriteHeader(http.StatusOK)
 	w.Write(b)
-	if f, isF := w.(http.Flusher); isF {
-		f.Flush()
-	}
 	return nil
 }
