@@ -55,6 +55,15 @@ func (f *fakeGokrazy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// seen answers what the fake has been asked and stored so far. It takes
+// the lock because a client that gives up mid-PUT returns before the
+// handler has finished reading.
+func (f *fakeGokrazy) seen() (calls []string, root []byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.calls), f.root
+}
+
 func start(t *testing.T, f *fakeGokrazy) *Updater {
 	t.Helper()
 	dir := t.TempDir()
@@ -96,6 +105,7 @@ func TestWrite(t *testing.T) {
 			f := &fakeGokrazy{password: tc.password, corrupt: tc.corrupt}
 			u := start(t, f)
 			res, err := u.Write(context.Background(), bytes.NewReader(tc.send), int64(len(root)), tc.testboot)
+			calls, stored := f.seen()
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("got err %v, want one containing %q", err, tc.wantErr)
@@ -103,17 +113,17 @@ func TestWrite(t *testing.T) {
 			} else if err != nil {
 				t.Fatal(err)
 			} else {
-				if !bytes.Equal(f.root, root) {
-					t.Errorf("gokrazy got %d bytes, want the %d sent", len(f.root), len(root))
+				if !bytes.Equal(stored, root) {
+					t.Errorf("gokrazy got %d bytes, want the %d sent", len(stored), len(root))
 				}
 				if want := map[bool]string{false: "switch", true: "testboot"}[tc.testboot]; res.Mode != want {
 					t.Errorf("got mode %q, want %q", res.Mode, want)
 				}
 			}
-			if slices.Contains(f.calls, "POST /update/switch") && tc.wantErr != "" {
-				t.Errorf("a failed write switched: %v", f.calls)
+			if slices.Contains(calls, "POST /update/switch") && tc.wantErr != "" {
+				t.Errorf("a failed write switched: %v", calls)
 			}
-			if got := strings.Join(f.calls, ","); tc.wantCalls != "" && got != tc.wantCalls {
+			if got := strings.Join(calls, ","); tc.wantCalls != "" && got != tc.wantCalls {
 				t.Errorf("got calls %s, want %s", got, tc.wantCalls)
 			}
 		})
