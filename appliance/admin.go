@@ -297,7 +297,7 @@ func (a *admin) Trace(ctx context.Context, q api.TraceQuery) ([]api.TraceEvent, 
 }
 
 func (a *admin) Doctor(ctx context.Context, to string) ([]api.DoctorStep, error) {
-	steps, err := Doctor(ctx, Options{StateDir: a.o.StateDir, ConfigFile: a.o.ConfigFile, Logger: a.log}, "", to)
+	steps, err := Doctor(ctx, Options{StateDir: a.o.StateDir, ConfigFile: a.o.ConfigFile, Logger: a.log, RootCAs: a.o.RootCAs, HTTPClient: a.o.HTTPClient}, "", to)
 	if err != nil {
 		return nil, err
 	}
@@ -341,17 +341,5 @@ func (u updater) Reboot(ctx context.Context) error {
 }
 
 func (a *admin) Reload(ctx context.Context) error { return a.run.reload(ctx) }
-
-// usedSecrets wraps the relay's secret reader so the API can say when each
-// secret was last read successfully.
-func usedSecrets(read func(string) ([]byte, error), creds *secrets.Store) func(string) ([]byte, error) {
-	return func(name string) ([]byte, error) {
-		b, err := read(name)
-		if err == nil {
-			creds.Used(name)
-		}
-		return b, err
-	}
-}
 
 var _ server.Box = (*admin)(nil)

@@ -57,13 +57,19 @@ func writeConfig(t *testing.T, dir, cfg string) {
 	}
 }
 
-func startBox(t *testing.T, tn *provtest.Tailnet, site, cfg string) *box {
+// startBox runs a box for site with cfg on tn; each of with may change its
+// Options first.
+func startBox(t *testing.T, tn *provtest.Tailnet, site, cfg string, with ...func(*Options)) *box {
 	t.Helper()
 	dir := relaytest.StateDir(t)
 	writeConfig(t, dir, cfg)
 	nodes := make(chan *node.Node, 1)
-	b := runBox(t, Options{StateDir: dir, Tailnet: &Tailnet{Site: site, AuthKey: "tskey-auth-test-" + site, ControlURL: tn.URL,
-		Store: new(mem.Store), Ephemeral: true, Node: func(n *node.Node) { nodes <- n }}})
+	o := Options{StateDir: dir, Tailnet: &Tailnet{Site: site, AuthKey: "tskey-auth-test-" + site, ControlURL: tn.URL,
+		Store: new(mem.Store), Ephemeral: true, Node: func(n *node.Node) { nodes <- n }}}
+	for _, f := range with {
+		f(&o)
+	}
+	b := runBox(t, o)
 	b.site = site
 	b.node = <-nodes
 	relaytest.Eventually(t, site+" on the tailnet", func() bool { return b.node.State().State == node.Up })

@@ -6,6 +6,7 @@ package appliance
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -59,6 +60,11 @@ type Options struct {
 	// the admin API there (docs/provisioning.md). On the box it comes
 	// from the site file.
 	Tailnet *Tailnet
+	// RootCAs and HTTPClient replace the system's roots and HTTP client for
+	// the Microsoft 365 upstreams (relay.Deps); nil on the box. Tests with
+	// a fake tenant set them.
+	RootCAs    *x509.CertPool
+	HTTPClient *http.Client
 }
 
 // loadConfig returns the configuration Options point at.
@@ -117,8 +123,8 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	creds := secrets.New(layout.Dir(o.StateDir), nil)
-	secret := usedSecrets(secretStore(layout.Dir(o.StateDir).Secrets()), creds)
-	r, err := relay.New(cfg, o.StateDir, relay.Deps{Logger: log, Secret: secret})
+	r, err := relay.New(cfg, o.StateDir, relay.Deps{Logger: log, Secret: secretStore(layout.Dir(o.StateDir).Secrets()),
+		SecretUsed: creds.Used, RootCAs: o.RootCAs, HTTPClient: o.HTTPClient})
 	if err != nil {
 		return err
 	}
@@ -257,7 +263,7 @@ func Doctor(ctx context.Context, o Options, resolver, testTo string) ([]upstream
 		log = slog.New(slog.DiscardHandler)
 	}
 	return relay.Doctor(ctx, cfg, o.StateDir, relay.Deps{Logger: log, Resolver: resolver,
-		Secret: secretStore(layout.Dir(o.StateDir).Secrets())}, testTo)
+		Secret: secretStore(layout.Dir(o.StateDir).Secrets()), RootCAs: o.RootCAs, HTTPClient: o.HTTPClient}, testTo)
 }
 
 // version names the build: the module version of a release, else the

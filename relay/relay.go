@@ -13,6 +13,7 @@ package relay
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -52,6 +53,16 @@ type Deps struct {
 	// Resolver is the DNS server (host:port) for MX lookups; "" means the
 	// system's.
 	Resolver string
+	// RootCAs verify the Microsoft 365 SMTP endpoints and HTTPClient talks
+	// to Entra and Graph; nil means the system's roots and a client with
+	// timeouts. Set by tests that stand up a fake tenant; a smarthost names
+	// its own roots in smtp.ca_file.
+	RootCAs    *x509.CertPool
+	HTTPClient *http.Client
+	// SecretUsed, when set, is told the names of the secrets an upstream
+	// holds each time a message is delivered through it: the credential
+	// list's "last successful use".
+	SecretUsed func(name string)
 
 	// Set by the relay for the upstream it builds (metrics), not by callers.
 	tokenRenewed      func(time.Time, error)
@@ -116,6 +127,8 @@ type generation struct {
 	// expires; zero without one.
 	clientCertNotAfter time.Time
 	alerts             alerts.Options // the webhook's, URL read from the secret store
+	// secrets names the secrets of the upstream a trace event names.
+	secrets func(upstream string) []string
 }
 
 // listener is one bound listener and its server. addr is the configured
@@ -193,7 +206,7 @@ func (r *Relay) build(cfg *config.Config, prev *generation) (*generation, upstre
 		c.Hostname, _ = os.Hostname()
 		cfg = &c
 	}
-	g := &generation{cfg: cfg, hostname: cfg.Hostname}
+	g := &generation{cfg: cfg, hostname: cfg.Hostname, secrets: upstreamSecrets(cfg)}
 	d := r.d
 	d.tokenRenewed = r.metrics.TokenRenewed
 	d.clientCertificate = func(t time.Time) { g.clientCertNotAfter = t }
@@ -242,7 +255,7 @@ func (r *Relay) schedOptions(g *generation) delivery.Options {
 	cfg := g.cfg
 	return delivery.Options{
 		Spool: r.spool, Upstream: r.upSched, UpstreamName: g.upName,
-		Record: r.trace.Record, Explain: explain(cfg),
+		Record: r.recordDelivery, Explain: explain(cfg),
 		Bounce:     &delivery.Bounce{ReportingMTA: g.hostname, From: cfg.Bounce.From, Admin: cfg.Bounce.Admin},
 		FirstRetry: cfg.Delivery.FirstRetry.D(), MaxRetry: cfg.Delivery.MaxRetry.D(), Lifetime: cfg.Delivery.Lifetime.D(),
 		Concurrency: cfg.Delivery.Concurrency, Delivered: r.metrics.ObserveDelivery,

@@ -9,6 +9,7 @@ import (
 
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/layout"
+	"github.com/siterelay/siterelay/relay/trace"
 	"github.com/siterelay/siterelay/relay/upstream"
 	"github.com/siterelay/siterelay/relay/upstream/capture"
 	"github.com/siterelay/siterelay/relay/upstream/m365"
@@ -102,7 +103,7 @@ func buildUpstream(cfg *config.Config, u config.Upstream, key, dir string, d Dep
 	// The Microsoft 365 kinds, already paced to Microsoft's limits.
 	up, err := m365.New(u.Kind, u.M365, m365.Deps{
 		Secret: d.Secret, Clock: d.Clock, Logger: d.Logger, Resolver: d.Resolver, Dir: dir, LocalName: cfg.Hostname,
-		TokenRenewed: d.tokenRenewed, ClientCertificate: d.clientCertificate,
+		TokenRenewed: d.tokenRenewed, ClientCertificate: d.clientCertificate, RootCAs: d.RootCAs, HTTPClient: d.HTTPClient,
 	})
 	if err != nil {
 		return nil, "", fmt.Errorf("%s (%s): %w", key, u.Kind, err)
@@ -127,3 +128,60 @@ func explain(cfg *config.Config) func(error) string {
 // upstreamConnections is the metrics' siterelay_upstream_connections: open
 // connections to the upstream, 0 for those that hold none (capture, Graph).
 func (r *Relay) upstreamConnections() float64 { return float64(r.up.Connections()) }
+
+// recordDelivery is the scheduler's trace recorder (kept across
+// reloads): every event goes to the trace, and a delivery also tells
+// Deps.SecretUsed which secrets did their job, by the configuration in
+// force.
+func (r *Relay) recordDelivery(e trace.Event) {
+	r.trace.Record(e)
+	g := r.gen.Load()
+	if e.Kind != trace.Delivered || r.d.SecretUsed == nil || g == nil {
+		return
+	}
+	for _, name := range g.secrets(e.Upstream) {
+		r.d.SecretUsed(name)
+	}
+}
+
+// upstreamSecrets maps the upstream a trace event names to the secrets
+// that upstream uses. With routes the event names "NAME (label)" (the
+// label newUpstream gives each named upstream; names are identifiers, so
+// the first " (" ends it); without routes there is one upstream.
+func upstreamSecrets(cfg *config.Config) func(label string) []string {
+	if len(cfg.Routes) == 0 {
+		one := secretsOf(cfg.Upstream)
+		return func(string) []string { return one }
+	}
+	named := map[string][]string{}
+	for name, u := range cfg.Upstreams {
+		named[name] = secretsOf(u)
+	}
+	return func(label string) []string {
+		name, _, _ := strings.Cut(label, " (")
+		return named[name]
+	}
+}
+
+// secretsOf names the secrets u reads to deliver.
+func secretsOf(u config.Upstream) []string {
+	var names []string
+	add := func(n string) {
+		if n != "" {
+			names = append(names, n)
+		}
+	}
+	switch {
+	case u.Kind == config.KindSMTP:
+		if u.SMTP.Auth != "" {
+			add(u.SMTP.PasswordSecret)
+		}
+	case u.Kind.Microsoft():
+		m := u.M365
+		add(m.ClientSecretSecret)
+		add(m.CertificateKeySecret)
+		add(m.PasswordSecret)
+		add(m.ConnectorKeySecret)
+	}
+	return names
+}

@@ -38,7 +38,8 @@ type Store struct {
 	clock func() time.Time
 
 	mu   sync.Mutex
-	used map[string]time.Time
+	used map[string]time.Time // last use seen by this process
+	kept map[string]time.Time // last use written to the credential's description
 }
 
 // New opens the store of dir; clock nil means time.Now.
@@ -46,7 +47,7 @@ func New(dir layout.Dir, clock func() time.Time) *Store {
 	if clock == nil {
 		clock = time.Now
 	}
-	return &Store{dir: dir, clock: clock, used: map[string]time.Time{}}
+	return &Store{dir: dir, clock: clock, used: map[string]time.Time{}, kept: map[string]time.Time{}}
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
@@ -75,7 +76,12 @@ type meta struct {
 	Updated         time.Time `json:"updated"`
 	NotAfter        time.Time `json:"not_after,omitzero"`
 	CertificateFile string    `json:"certificate_file,omitempty"`
+	LastUsed        time.Time `json:"last_used,omitzero"`
 }
+
+// keepUsedEvery is how stale the last use on disk may get: List shows it
+// to the day, and a busy relay must not write a file per message.
+const keepUsedEvery = time.Hour
 
 // Put checks p and stores it under name. Nothing is written unless every
 // check passed.
@@ -129,6 +135,12 @@ func (s *Store) Put(name string, p api.CredentialPut) (*api.Credential, error) {
 	}
 	// The public part first, then the secret, then what describes them:
 	// a crash in between leaves a complete pair or the old one in use.
+	// A new value has not been used yet; the lock keeps Used from writing
+	// the old description back.
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.used, name)
+	delete(s.kept, name)
 	if certPEM != nil {
 		if err := durable.WriteFile(s.dir.Certificate(name), certPEM, 0o644); err != nil {
 			return nil, fmt.Errorf("storing credential %s: %w", name, err)
@@ -140,7 +152,7 @@ func (s *Store) Put(name string, p api.CredentialPut) (*api.Credential, error) {
 	if err := durable.WriteFile(s.dir.SecretMeta(name), mb, 0o600); err != nil {
 		return nil, fmt.Errorf("storing credential %s: %w", name, err)
 	}
-	return s.describe(name, m), nil
+	return s.describeLocked(name, m), nil
 }
 
 // certificate checks a certificate and its key and returns the chain and
@@ -241,6 +253,10 @@ func (s *Store) Delete(name string) error {
 	if err := ValidName(name); err != nil {
 		return err
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.used, name)
+	delete(s.kept, name)
 	err := os.Remove(s.dir.Secret(name))
 	if errors.Is(err, fs.ErrNotExist) {
 		return &api.Error{Status: 404, Code: api.CodeNotFound, Field: "name", Message: "no credential " + name}
@@ -286,16 +302,42 @@ func (s *Store) List() ([]api.Credential, error) {
 
 func (s *Store) describe(name string, m meta) *api.Credential {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.describeLocked(name, m)
+}
+
+func (s *Store) describeLocked(name string, m meta) *api.Credential {
 	used := s.used[name]
-	s.mu.Unlock()
+	if m.LastUsed.After(used) {
+		used = m.LastUsed
+	}
 	return &api.Credential{Name: name, Kind: m.Kind, Fingerprint: m.Fingerprint, Updated: m.Updated,
 		NotAfter: m.NotAfter, CertificateFile: m.CertificateFile, LastUsed: used}
 }
 
-// Used records that the relay read name successfully (kept in memory: a
-// restart forgets it until the next use).
+// Used records that name did its job (a message went out through an
+// upstream that holds it). The time is written into the credential's
+// description at most once every keepUsedEvery, so it survives a restart;
+// a credential put by hand, without a description, is remembered in
+// memory only.
 func (s *Store) Used(name string) {
+	now := s.clock().UTC()
 	s.mu.Lock()
-	s.used[name] = s.clock().UTC()
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	s.used[name] = now
+	if now.Sub(s.kept[name]) < keepUsedEvery {
+		return
+	}
+	b, err := os.ReadFile(s.dir.SecretMeta(name))
+	if err != nil {
+		return
+	}
+	var m meta
+	if json.Unmarshal(b, &m) != nil {
+		return
+	}
+	m.LastUsed = now
+	if b, err = json.Marshal(m); err == nil && durable.WriteFile(s.dir.SecretMeta(name), b, 0o600) == nil {
+		s.kept[name] = now
+	}
 }

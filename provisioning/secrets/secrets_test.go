@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"io/fs"
 	"math/big"
 	"os"
 	"strings"
@@ -170,5 +171,71 @@ func TestListUsedDelete(t *testing.T) {
 	}
 	if l, _ := s.List(); len(l) != 1 {
 		t.Errorf("after delete: %+v", l)
+	}
+}
+
+// TestLastUseSurvivesRestart: the last use is written into the
+// credential's description (at most hourly), read back by a new Store
+// (a restart), and a new value starts without one.
+func TestLastUseSurvivesRestart(t *testing.T) {
+	dir := layout.Dir(t.TempDir())
+	clock := now
+	tick := func() time.Time { return clock }
+	s := New(dir, tick)
+	if _, err := s.Put("cs", api.CredentialPut{Kind: api.KindClientSecret, Secret: "cs-value"}); err != nil {
+		t.Fatal(err)
+	}
+	lastUse := func(s *Store) time.Time {
+		t.Helper()
+		l, err := s.List()
+		if err != nil || len(l) != 1 {
+			t.Fatalf("list = %+v, %v", l, err)
+		}
+		return l[0].LastUsed
+	}
+	for _, tc := range []struct {
+		name          string
+		at            time.Duration // after now
+		use           bool
+		putAgain      bool
+		wantLive      time.Duration // -1: none
+		wantRestarted time.Duration
+	}{
+		{name: "never used", wantLive: -1, wantRestarted: -1},
+		{name: "first use is written", use: true, wantLive: 0, wantRestarted: 0},
+		{name: "a use 10 minutes later is in memory only", at: 10 * time.Minute, use: true, wantLive: 10 * time.Minute, wantRestarted: 0},
+		{name: "a use over an hour after the written one is written", at: 61 * time.Minute, use: true, wantLive: 61 * time.Minute, wantRestarted: 61 * time.Minute},
+		{name: "a new value has not been used", at: 70 * time.Minute, putAgain: true, wantLive: -1, wantRestarted: -1},
+		{name: "and its first use is written", at: 71 * time.Minute, use: true, wantLive: 71 * time.Minute, wantRestarted: 71 * time.Minute},
+	} {
+		clock = now.Add(tc.at)
+		if tc.putAgain {
+			if _, err := s.Put("cs", api.CredentialPut{Kind: api.KindClientSecret, Secret: "cs-value-2"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if tc.use {
+			s.Used("cs")
+		}
+		want := func(d time.Duration) time.Time {
+			if d < 0 {
+				return time.Time{}
+			}
+			return now.Add(d).UTC()
+		}
+		if got := lastUse(s); !got.Equal(want(tc.wantLive)) {
+			t.Errorf("%s: got last use %v, want %v", tc.name, got, want(tc.wantLive))
+		}
+		if got := lastUse(New(dir, tick)); !got.Equal(want(tc.wantRestarted)) {
+			t.Errorf("%s, after a restart: got last use %v, want %v", tc.name, got, want(tc.wantRestarted))
+		}
+	}
+	// A hand-put secret (no description) is remembered in memory only.
+	if err := os.WriteFile(dir.Secret("byhand"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.Used("byhand")
+	if _, err := os.Stat(dir.SecretMeta("byhand")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a description was written for a hand-put secret: %v", err)
 	}
 }
