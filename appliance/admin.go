@@ -130,12 +130,15 @@ func (a *admin) Status(ctx context.Context) (*api.Status, error) {
 	st := r.Status()
 	s := &api.Status{
 		Site: a.site, Hostname: a.host, Version: version(), Now: time.Now().UTC(), Started: st.Started,
-		MaxMessageBytes: st.MaxMessageBytes,
-		Upstream:        api.Upstream{Name: st.Upstream.Name, Failing: st.Upstream.Failing(), LastDelivered: st.Upstream.LastDelivered},
-		Queue:           api.Queue{Messages: st.Queue.Messages, Bytes: st.Queue.Bytes, Oldest: st.Queue.Oldest},
-		Counts:          map[string]uint64{},
-		ConfigVersion:   a.configs.Current(),
-		Tailnet:         a.node.State(),
+		MaxMessageBytes:       st.MaxMessageBytes,
+		Upstream:              api.Upstream{Name: st.Upstream.Name, Failing: st.Upstream.Failing(), LastDelivered: st.Upstream.LastDelivered},
+		Queue:                 api.Queue{Messages: st.Queue.Messages, Bytes: st.Queue.Bytes, Oldest: st.Queue.Oldest},
+		Counts:                map[string]uint64{},
+		ConfigVersion:         a.configs.Current(),
+		Tailnet:               a.node.State(),
+		TLSCertificateExpires: st.TLSCertificateExpires,
+		NearestExpiry:         st.TLSCertificateExpires,
+		ClockSynchronised:     st.ClockSynchronised,
 	}
 	if s.Hostname == "" {
 		s.Hostname, _ = os.Hostname()

@@ -85,6 +85,19 @@ func TestRelayctlProvisionsTenant(t *testing.T) {
 		return json.Unmarshal([]byte(rc.ok("", cmd("-json", "creds", "list")...)), &creds) == nil && len(creds) == 1 && !creds[0].LastUsed.IsZero()
 	})
 
+	// Status over the tailnet says whether the clock is synchronised
+	// (tokens depend on it) and which credential is in use.
+	var st api.Status
+	if err := json.Unmarshal([]byte(rc.ok("", cmd("-json", "status")...)), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.ClockSynchronised == nil || len(st.Credentials) != 1 || st.Credentials[0].LastUsed.IsZero() {
+		t.Errorf("status: clock %v, credentials %+v", st.ClockSynchronised, st.Credentials)
+	}
+	if out := rc.ok("", cmd("status")...); !strings.Contains(out, "clock") || !strings.Contains(out, "credential entra-app") {
+		t.Errorf("relayctl status:\n%s", out)
+	}
+
 	// Nothing of either value anywhere but the secret store.
 	b.stop()
 	for where, text := range map[string]string{"logs": b.logs.String(), "relayctl answers": rc.answers.String()} {

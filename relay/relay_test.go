@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -216,3 +217,41 @@ func asSMTP(err error, target **smtp.SMTPError) bool {
 }
 
 var _ = time.Second
+
+// TestStatusCertificateAndClock: the status carries the listeners' STARTTLS
+// certificate's end (the self-signed one, made in the background at start) and, on
+// Linux, whether the clock is synchronised; without STARTTLS there is no
+// certificate to expire.
+func TestStatusCertificateAndClock(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		starttls bool
+		wantCert bool
+	}{
+		{name: "starttls", starttls: true, wantCert: true},
+		{name: "plain", starttls: false, wantCert: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := config.Default()
+			cfg.Listeners[0].StartTLS = new(tc.starttls)
+			r, _ := run(t, cfg, relaytest.StateDir(t))
+			st := r.Status()
+			if tc.wantCert {
+				// The self-signed certificate is made in the background.
+				relaytest.Eventually(t, "the STARTTLS certificate", func() bool {
+					st = r.Status()
+					return !st.TLSCertificateExpires.IsZero()
+				})
+			}
+			if got := !st.TLSCertificateExpires.IsZero(); got != tc.wantCert {
+				t.Errorf("got certificate expiry %v, want one: %v", st.TLSCertificateExpires, tc.wantCert)
+			}
+			if tc.wantCert && !st.TLSCertificateExpires.After(time.Now()) {
+				t.Errorf("certificate expires %v, in the past", st.TLSCertificateExpires)
+			}
+			if st.ClockSynchronised == nil && runtime.GOOS == "linux" {
+				t.Error("clock synchronisation unknown on Linux")
+			}
+		})
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/metrics"
 	"github.com/siterelay/siterelay/relay/trace"
 	"github.com/siterelay/siterelay/relay/upstream/m365"
 	"github.com/siterelay/siterelay/relay/upstream/route"
@@ -33,6 +34,13 @@ type Status struct {
 	Queue    QueueStatus `json:"queue"`
 	// Counts are trace events since start, by kind (docs/trace.md).
 	Counts map[trace.Kind]uint64 `json:"counts"`
+	// TLSCertificateExpires is when the listeners' STARTTLS certificate
+	// ends; zero when no listener offers STARTTLS.
+	TLSCertificateExpires time.Time `json:"tls_certificate_expires,omitzero"`
+	// ClockSynchronised says whether the kernel's clock is kept in step
+	// (NTP: gokrazy's ntp package on the box); nil where it cannot tell.
+	// Tokens, certificates and retries all depend on it.
+	ClockSynchronised *bool `json:"clock_synchronised,omitempty"`
 }
 
 // ListenerStatus is one listener as a device sees it.
@@ -133,6 +141,12 @@ func (r *Relay) Status() Status {
 		Queue:           QueueStatus{Messages: st.Messages, Bytes: st.Bytes, Oldest: st.Oldest, Backlog: r.backlog()},
 		Routes:          r.up.routeStatus(),
 		Warnings:        warnings(g.cfg, r.d.Clock()),
+	}
+	if t, ok := r.tlsCertificateExpiry(); ok {
+		s.TLSCertificateExpires = t.UTC()
+	}
+	if synced, known := metrics.ClockSynchronised(); known {
+		s.ClockSynchronised = &synced
 	}
 	r.seen.mu.Lock()
 	defer r.seen.mu.Unlock()

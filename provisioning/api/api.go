@@ -166,9 +166,15 @@ type Status struct {
 	Devices         []Device          `json:"devices,omitempty"`
 	Disk            Disk              `json:"disk"`
 	Credentials     []Credential      `json:"credentials,omitempty"`
+	// TLSCertificateExpires is when the listeners' STARTTLS certificate
+	// ends; zero when no listener offers STARTTLS.
+	TLSCertificateExpires time.Time `json:"tls_certificate_expires,omitzero"`
 	// NearestExpiry is the soonest certificate expiry among credentials
-	// and the listener's TLS certificate, zero if none expires.
+	// and the listeners' TLS certificate, zero if none expires.
 	NearestExpiry time.Time `json:"nearest_expiry,omitzero"`
+	// ClockSynchronised says whether the box's clock is kept in step by
+	// NTP; nil where the relay cannot tell.
+	ClockSynchronised *bool `json:"clock_synchronised,omitempty"`
 	ConfigVersion int       `json:"config_version"`
 	Tailnet       Tailnet   `json:"tailnet"`
 }

@@ -386,6 +386,10 @@ func (e *env) status(ctx context.Context, args []string) int {
 				fmt.Fprintf(t, "listener %s\t%s %s tls=%s auth=%s\n", l.Name, l.Address, l.Mode, l.TLS, l.Auth)
 			}
 			fmt.Fprintf(t, "disk free\t%s of %s\n", bytesStr(s.Disk.FreeBytes), bytesStr(s.Disk.TotalBytes))
+			fmt.Fprintf(t, "clock\t%s (%s)\n", s.Now.Format(time.RFC3339), clockState(s.ClockSynchronised))
+			if !s.TLSCertificateExpires.IsZero() {
+				fmt.Fprintf(t, "tls certificate\texpires %s\n", day(s.TLSCertificateExpires))
+			}
 			fmt.Fprintf(t, "config version\t%d\n", s.ConfigVersion)
 			for _, cr := range s.Credentials {
 				fmt.Fprintf(t, "credential %s\t%s, expires %s, last used %s\n", cr.Name, cr.Kind, day(cr.NotAfter), day(cr.LastUsed))
@@ -394,6 +398,17 @@ func (e *env) status(ctx context.Context, args []string) int {
 			fmt.Fprintf(t, "tailnet\t%s %s\n", s.Tailnet.State, s.Tailnet.Name)
 		})
 	})
+}
+
+// clockState words the relay's view of its clock for the status table.
+func clockState(synced *bool) string {
+	switch {
+	case synced == nil:
+		return "synchronisation unknown"
+	case *synced:
+		return "synchronised"
+	}
+	return "NOT synchronised: tokens and certificates may be refused"
 }
 
 func (e *env) queue(ctx context.Context, args []string) int {
