@@ -174,9 +174,9 @@ type Status struct {
 	NearestExpiry time.Time `json:"nearest_expiry,omitzero"`
 	// ClockSynchronised says whether the box's clock is kept in step by
 	// NTP; nil where the relay cannot tell.
-	ClockSynchronised *bool `json:"clock_synchronised,omitempty"`
-	ConfigVersion int       `json:"config_version"`
-	Tailnet       Tailnet   `json:"tailnet"`
+	ClockSynchronised *bool   `json:"clock_synchronised,omitempty"`
+	ConfigVersion     int     `json:"config_version"`
+	Tailnet           Tailnet `json:"tailnet"`
 }
 
 type Listener struct {
