@@ -2,6 +2,7 @@ package appliance
 
 import (
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -80,3 +81,49 @@ func TestImportRules(t *testing.T) {
 
 // under reports whether pkg is p or below it.
 func under(pkg, p string) bool { return pkg == p || strings.HasPrefix(pkg, p+"/") }
+
+// The layering of docs/architecture.md as whole dependency closures
+// (go list -deps): the rooms each may reach, directly or not, and
+// whether it may pull in tailscale.com. The relay core and the image
+// builder stay free of the tailnet; provisioning never reaches the
+// appliance.
+var depRules = []struct {
+	root      string
+	rooms     []string
+	tailscale bool
+}{
+	{"relay/...", []string{"relay"}, false},
+	{"netcfg/...", []string{"netcfg", "relay"}, false},
+	{"images/...", []string{"images", "appliance", "relay", "netcfg"}, false},
+	{"provisioning/...", []string{"provisioning", "relay", "netcfg"}, true},
+	{"appliance/...", []string{"appliance", "provisioning", "relay", "netcfg"}, true},
+	{"cmd/relayctl", []string{"cmd", "provisioning", "relay"}, true},
+}
+
+func TestDependencyRules(t *testing.T) {
+	const mod = "github.com/siterelay/siterelay/"
+	for _, r := range depRules {
+		out, err := exec.Command("go", "list", "-deps", mod+r.root).Output()
+		if err != nil {
+			t.Fatalf("go list -deps %s: %v", r.root, err)
+		}
+		rooms, tailscale := map[string]int{}, 0
+		for _, dep := range strings.Fields(string(out)) {
+			if rest, ok := strings.CutPrefix(dep, mod); ok {
+				room, _, _ := strings.Cut(rest, "/")
+				rooms[room]++
+			} else if under(dep, "tailscale.com") {
+				tailscale++
+			}
+		}
+		for room, n := range rooms {
+			if !slices.Contains(r.rooms, room) {
+				t.Errorf("%s depends on %d package(s) of %s: not allowed (docs/architecture.md)", r.root, n, room)
+			}
+		}
+		if tailscale > 0 && !r.tailscale {
+			t.Errorf("%s depends on %d tailscale.com packages; only the tailnet's side may", r.root, tailscale)
+		}
+		t.Logf("go list -deps %s: project rooms %v, %d tailscale.com packages", r.root, rooms, tailscale)
+	}
+}
