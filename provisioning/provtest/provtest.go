@@ -10,9 +10,11 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
+	"tailscale.com/envknob"
 	"tailscale.com/ipn/store/mem"
 	"tailscale.com/net/netns"
 	"tailscale.com/tailcfg"
@@ -21,6 +23,8 @@ import (
 	"tailscale.com/tstest/integration/testcontrol"
 	"tailscale.com/types/logger"
 )
+
+var quiet sync.Once
 
 // Tailnet is a coordination server with its DERP.
 type Tailnet struct {
@@ -37,6 +41,16 @@ func New(t testing.TB) *Tailnet { return NewOn(t, "127.0.0.1", nil) }
 func NewOn(t testing.TB, host string, ln net.Listener) *Tailnet {
 	t.Helper()
 	netns.SetEnabled(false) // no SO_MARK sockets under test
+	quiet.Do(func() {
+		// Nothing beyond loopback: the port mapper would probe the
+		// default gateway (NAT-PMP, PCP, UPnP), and direct UDP would try
+		// the machine's own interface addresses as endpoints; all node
+		// traffic goes through the loopback DERP instead (so the API's
+		// latency in tests is over DERP). Set before the first node of
+		// the process starts, so no node reads them racily.
+		envknob.Setenv("TS_DISABLE_PORTMAPPER", "1")
+		envknob.Setenv("TS_DEBUG_NEVER_DIRECT_UDP", "1")
+	})
 	t.Cleanup(func() { netns.SetEnabled(true) })
 	derpMap := integration.RunDERPAndSTUN(t, logger.Discard, host)
 	c := &testcontrol.Server{
