@@ -103,9 +103,10 @@ func New(t *testing.T) *Lab {
 
 // Proc is a long-running process inside a namespace; it dies with the test binary.
 type Proc struct {
-	cmd   *exec.Cmd
-	lines chan string
-	Log   *strings.Builder // the lines read so far
+	cmd    *exec.Cmd
+	lines  chan string
+	exited chan struct{}    // closed once everything printed is read and the process reaped
+	Log    *strings.Builder // the lines read so far
 }
 
 // Start starts name in namespace ns with env added to this process's.
@@ -122,7 +123,7 @@ func (l *Lab) Start(t *testing.T, ns string, env []string, name string, args ...
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting %s in %s: %v", name, ns, err)
 	}
-	p := &Proc{cmd: cmd, lines: make(chan string, 1000), Log: &strings.Builder{}}
+	p := &Proc{cmd: cmd, lines: make(chan string, 1000), exited: make(chan struct{}), Log: &strings.Builder{}}
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
@@ -131,7 +132,11 @@ func (l *Lab) Start(t *testing.T, ns string, env []string, name string, args ...
 			default:
 			}
 		}
+		// Wait only after the last line is read: Wait closes the pipe,
+		// and a line still in it (the helper's EXIT) would be lost.
+		_ = p.cmd.Wait()
 		close(p.lines)
+		close(p.exited)
 	}()
 	t.Cleanup(func() { p.Stop(t) })
 	return p
@@ -150,18 +155,22 @@ func (l *Lab) StartSelf(t *testing.T, ns, helper string, env ...string) *Proc {
 
 // Stop ends the process with SIGTERM (SIGKILL after 10 s, which fails the test).
 func (p *Proc) Stop(t *testing.T) {
-	if p.cmd.ProcessState != nil {
+	select {
+	case <-p.exited:
 		return
+	default:
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _ = p.cmd.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-p.exited:
 	case <-time.After(10 * time.Second):
 		_ = p.cmd.Process.Kill()
-		<-done
 		t.Errorf("%v did not stop on SIGTERM; killed", p.cmd.Args)
+		select {
+		case <-p.exited:
+		case <-time.After(10 * time.Second): // a child of its own still holds its output
+			t.Errorf("%v: output still open 10 s after SIGKILL", p.cmd.Args)
+		}
 	}
 }
 
