@@ -143,13 +143,26 @@ func newRelayctl(t *testing.T, tn *provtest.Tailnet) *relayctl {
 
 func (r *relayctl) run(stdin string, args ...string) (int, string, string) {
 	r.t.Helper()
-	var out, errb bytes.Buffer
 	full := append([]string{"-timeout", "20s"}, args...)
 	if r.node == nil {
 		full = append([]string{"-tsnet", "-tsnet-dir", r.dir, "-control-url", r.tn.URL}, full...)
 	}
+	return r.exec(stdin, r.node, full)
+}
+
+// runWith runs relayctl with args alone: its own way to the tailnet
+// (the machine's tailscaled unless args say otherwise).
+func (r *relayctl) runWith(args ...string) (int, string, string) {
+	r.t.Helper()
+	return r.exec("", nil, append([]string{"-timeout", "20s"}, args...))
+}
+
+func (r *relayctl) exec(stdin string, node *tsnet.Server, full []string) (int, string, string) {
+	r.t.Helper()
+	var out, errb bytes.Buffer
+	args := full
 	start := time.Now()
-	code := ctl.Main(context.Background(), full, ctl.IO{Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &errb, Node: r.node})
+	code := ctl.Main(context.Background(), full, ctl.IO{Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &errb, Node: node})
 	r.t.Logf("relayctl %s: exit %d in %v %s", strings.Join(args, " "), code, time.Since(start).Round(time.Millisecond), errb.String())
 	r.mu.Lock()
 	r.answers.Write(out.Bytes())

@@ -24,6 +24,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -115,6 +116,7 @@ func Main(ctx context.Context, args []string, o IO) int {
 	tsDir := fs.String("tsnet-dir", "", "state of the -tsnet node (default the user's config directory, siterelay/relayctl)")
 	control := fs.String("control-url", "", "coordination server for -tsnet (default Tailscale's)")
 	keyFile := fs.String("authkey-from", "", "file with the join key for a first -tsnet join (or $TS_AUTHKEY)")
+	socket := fs.String("socket", "", "the machine's tailscaled socket (default tailscaled's own place)")
 	fs.Usage = func() { fmt.Fprint(o.Stderr, usage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		return ExitUsage
@@ -136,7 +138,7 @@ func Main(ctx context.Context, args []string, o IO) int {
 	case *useTsnet:
 		e.tn, err = joinTsnet(ctx, *tsDir, *control, *keyFile)
 	default:
-		e.tn = machineTailscale()
+		e.tn = machineTailscale(*socket)
 	}
 	if err != nil {
 		fmt.Fprintf(o.Stderr, "relayctl: joining the tailnet: %v\n", err)
@@ -175,10 +177,24 @@ func Main(ctx context.Context, args []string, o IO) int {
 	return code
 }
 
-func machineTailscale() *tailnet {
-	var lc local.Client
-	d := &net.Dialer{Timeout: 10 * time.Second}
-	return &tailnet{dial: d.DialContext, peers: lc.Status, close: func() {}}
+// machineTailscale reaches relays through the machine's tailscaled. The
+// connection is made by tailscaled itself (its local API's dial, as
+// `tailscale nc` does), so relayctl works whether tailscaled runs with a
+// TUN device or in userspace networking (containers, no /dev/net/tun).
+func machineTailscale(socket string) *tailnet {
+	lc := &local.Client{Socket: socket}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		host, p, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		port, err := strconv.ParseUint(p, 10, 16)
+		if err != nil {
+			return nil, fmt.Errorf("port of %s: %w", addr, err)
+		}
+		return lc.DialTCP(ctx, host, uint16(port))
+	}
+	return &tailnet{dial: dial, peers: lc.Status, close: func() {}}
 }
 
 func joinTsnet(ctx context.Context, dir, control, keyFile string) (*tailnet, error) {
