@@ -57,6 +57,9 @@ type Tailnet struct {
 	// at a fake gokrazy socket); on gokrazy the default is gokrazy's own
 	// local socket, elsewhere there is none and updates are refused.
 	Firmware *firmware.Updater
+	// Cmdline, when set, is the kernel command line (tests); on gokrazy
+	// /proc/cmdline is read, to see whether this boot is a test boot.
+	Cmdline string
 }
 
 // admin is the adapter between the admin API and the running relay: the
@@ -92,11 +95,15 @@ func startAdmin(ctx context.Context, o Options, run *app, creds *secrets.Store, 
 		}
 	}
 	var upd server.Updater
+	var fw *firmware.Updater
 	switch {
 	case t.Firmware != nil:
-		upd = updater{u: *t.Firmware, log: log}
+		fw = t.Firmware
 	case OnGokrazy():
-		upd = updater{log: log}
+		fw = &firmware.Updater{}
+	}
+	if fw != nil {
+		upd = updater{u: *fw, log: log}
 	}
 	// No log upload to Tailscale, ever: the box's logs stay on the box.
 	envknob.SetNoLogsNoSupport()
@@ -114,6 +121,14 @@ func startAdmin(ctx context.Context, o Options, run *app, creds *secrets.Store, 
 	}
 	if s := a.node.State().State; s == node.NotManaged {
 		log.Info("no tailnet join key: relaying on the LAN, not managed remotely")
+	}
+	cmdline := t.Cmdline
+	if cmdline == "" && OnGokrazy() {
+		b, _ := os.ReadFile("/proc/cmdline")
+		cmdline = string(b)
+	}
+	if fw != nil && firmware.TestBooted(cmdline) {
+		go commitTestBoot(nctx, a.node, fw, log)
 	}
 	return a, func() { cancel(); <-a.node.Done(); al.Close() }, nil
 }
@@ -317,6 +332,31 @@ func (a *admin) Firmware() api.Firmware {
 	return f
 }
 
+// commitTestBoot makes a test-booted root permanent once it has proven
+// itself: SMTP is listening (Run starts the admin side after the relay's
+// listeners are bound) and the box is back on the tailnet, so it can be
+// managed and updated again. A root that never gets there is not
+// committed, and the next boot (a power cycle, the watchdog) is the old
+// root again.
+func commitTestBoot(ctx context.Context, n *node.Node, fw *firmware.Updater, log *slog.Logger) {
+	log.Warn("test boot of new firmware: it becomes permanent once relaying and back on the tailnet; until then the next boot is the old firmware", "version", version())
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for n.State().State != node.Up && n.State().State != node.NotManaged {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+	if err := fw.Commit(ctx); err != nil {
+		log.Error("test boot healthy, but committing it failed; the next boot is the old firmware", "err", err)
+		return
+	}
+	log.Info("test boot healthy: this firmware is now the one that boots", "version", version())
+	console("firmware %s committed after its test boot", version())
+}
+
 // updater writes firmware through gokrazy's local socket; the appliance
 // sets it only on gokrazy (elsewhere the API answers 501).
 type updater struct {
@@ -329,6 +369,9 @@ func (u updater) Update(ctx context.Context, r io.Reader, n int64, testboot bool
 	res, err := u.u.Write(ctx, r, n, testboot)
 	if err != nil {
 		u.log.Error("firmware update failed; the running root stays", "err", err)
+		if errors.Is(err, firmware.ErrNotRoot) {
+			return nil, &api.Error{Status: 400, Code: api.CodeBadRequest, Message: err.Error() + "; the running firmware stays"}
+		}
 		return nil, err
 	}
 	u.log.Info("firmware update written", "bytes", res.RootBytes, "mode", res.Mode, "took", res.Took)

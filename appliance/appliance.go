@@ -14,12 +14,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/siterelay/siterelay/appliance/buildinfo"
 	"github.com/siterelay/siterelay/appliance/status"
 	"github.com/siterelay/siterelay/netcfg/mdns"
 	provapi "github.com/siterelay/siterelay/provisioning/api"
@@ -260,33 +260,5 @@ func Doctor(ctx context.Context, o Options, resolver, testTo string) ([]upstream
 		Secret: secretStore(layout.Dir(o.StateDir).Secrets())}, testTo)
 }
 
-// version names the build: the module version of a release, else the
-// commit it was built from (with "+dirty" for uncommitted changes), as the
-// Go toolchain recorded it. Read once: the status page asks on every load.
-var version = sync.OnceValue(func() string {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return ""
-	}
-	if v := bi.Main.Version; v != "" && v != "(devel)" {
-		return v
-	}
-	var rev, dirty string
-	for _, s := range bi.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			rev = s.Value
-		case "vcs.modified":
-			if s.Value == "true" {
-				dirty = "+dirty"
-			}
-		}
-	}
-	if len(rev) > 12 {
-		rev = rev[:12]
-	}
-	if rev == "" {
-		return ""
-	}
-	return rev + dirty
-})
+// version names the build (buildinfo owns it: sitegen stamps it at build).
+var version = buildinfo.Version
