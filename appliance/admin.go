@@ -133,6 +133,23 @@ func startAdmin(ctx context.Context, o Options, run *app, creds *secrets.Store, 
 	return a, func() { cancel(); <-a.node.Done(); al.Close() }, nil
 }
 
+// rssBytes is this process's resident memory, from /proc/self/status
+// (0 where there is none).
+func rssBytes() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			var kib int64
+			fmt.Sscanf(strings.TrimSpace(v), "%d", &kib)
+			return kib << 10
+		}
+	}
+	return 0
+}
+
 func notFound(err error) error {
 	if errors.Is(err, spool.ErrNotFound) {
 		return server.ErrNotFound
@@ -151,6 +168,7 @@ func (a *admin) Status(ctx context.Context) (*api.Status, error) {
 		Counts:          map[string]uint64{},
 		ConfigVersion:   a.configs.Current(),
 		Tailnet:         a.node.State(),
+		RSSBytes:        rssBytes(),
 	}
 	if s.Hostname == "" {
 		s.Hostname, _ = os.Hostname()

@@ -23,6 +23,7 @@ import (
 	"github.com/siterelay/siterelay/appliance/status"
 	"github.com/siterelay/siterelay/netcfg/mdns"
 	provapi "github.com/siterelay/siterelay/provisioning/api"
+	"github.com/siterelay/siterelay/provisioning/node"
 	"github.com/siterelay/siterelay/provisioning/secrets"
 	"github.com/siterelay/siterelay/provisioning/server"
 	"github.com/siterelay/siterelay/relay"
@@ -136,6 +137,7 @@ func Run(ctx context.Context, o Options) error {
 		}()
 	}
 	var responder atomic.Pointer[mdns.Responder] // set once discovery runs
+	var tailnet atomic.Pointer[node.Node]        // set once the admin side runs
 	var httpAddr net.Addr
 	if o.HTTPAddr != "" {
 		l, err := net.Listen("tcp", o.HTTPAddr)
@@ -151,6 +153,9 @@ func Run(ctx context.Context, o Options) error {
 			p := status.Page{Hostname: r.Hostname(), Version: version(), Now: time.Now(), Relay: &st}
 			if m := responder.Load(); m != nil {
 				p.MDNSName = m.Name() + ".local" // the name in use, after any conflict
+			}
+			if n := tailnet.Load(); n != nil {
+				p.Tailnet = n.State().State // "join failed: ..." for a wrong or expired key
 			}
 			return p
 		}))
@@ -179,6 +184,7 @@ func Run(ctx context.Context, o Options) error {
 			return err
 		}
 		adm.host = r.Hostname()
+		tailnet.Store(adm.node)
 		defer stopAdmin()
 	}
 	if o.Box {

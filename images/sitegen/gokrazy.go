@@ -66,9 +66,13 @@ var targets = map[string]Target{
 // command line's newline, but gok writes cmdline.txt without one (padded
 // with spaces): without this the test boot is silently a no-op, and an
 // update that cannot boot could not fall back. The kernel takes the
-// newline for a space. Only the VM target has it so far: the Raspberry
-// Pi firmware's reading of a second line in cmdline.txt is not proven.
-const tryBootEnd = "\n"
+// newline for a space. Each test boot leaves gokrazy's 25-byte
+// "gokrazy.switch_on_boot=1" before the newline, and cmdline.txt is
+// rewritten in place, so the spaces after the newline are the room for
+// about a dozen test boots (gok pads only 64 bytes: two). Only the VM
+// target has it so far: the Raspberry Pi firmware's reading of a second
+// line in cmdline.txt is not proven.
+var tryBootEnd = "\n" + strings.Repeat(" ", 320)
 
 // relaydFlags are relayd's flags on the box: the state directory on /perm.
 // On first boot relayd moves the image's bootstrap config.json there.
