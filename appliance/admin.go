@@ -102,8 +102,14 @@ func startAdmin(ctx context.Context, o Options, run *app, creds *secrets.Store, 
 	case OnGokrazy():
 		fw = &firmware.Updater{}
 	}
+	cmdline := t.Cmdline
+	if cmdline == "" && OnGokrazy() {
+		b, _ := os.ReadFile("/proc/cmdline")
+		cmdline = string(b)
+	}
+	testBoot := firmware.TestBooted(cmdline)
 	if fw != nil {
-		upd = updater{u: *fw, log: log}
+		upd = updater{u: *fw, log: log, testBoot: testBoot}
 	}
 	// No log upload to Tailscale, ever: the box's logs stay on the box.
 	envknob.SetNoLogsNoSupport()
@@ -122,12 +128,7 @@ func startAdmin(ctx context.Context, o Options, run *app, creds *secrets.Store, 
 	if s := a.node.State().State; s == node.NotManaged {
 		log.Info("no tailnet join key: relaying on the LAN, not managed remotely")
 	}
-	cmdline := t.Cmdline
-	if cmdline == "" && OnGokrazy() {
-		b, _ := os.ReadFile("/proc/cmdline")
-		cmdline = string(b)
-	}
-	if fw != nil && firmware.TestBooted(cmdline) {
+	if fw != nil && testBoot {
 		go commitTestBoot(nctx, a.node, fw, log)
 	}
 	return a, func() { cancel(); <-a.node.Done(); al.Close() }, nil
@@ -355,7 +356,10 @@ func (a *admin) Firmware() api.Firmware {
 // listeners are bound) and the box is back on the tailnet, so it can be
 // managed and updated again. A root that never gets there is not
 // committed, and the next boot (a power cycle, the watchdog) is the old
-// root again.
+// root again. After the commit the box reboots once: until gokrazy starts
+// afresh it takes the running root for the inactive one (it read the old
+// root's name off the kernel command line at boot), and an update written
+// then would overwrite the root that runs.
 func commitTestBoot(ctx context.Context, n *node.Node, fw *firmware.Updater, log *slog.Logger) {
 	log.Warn("test boot of new firmware: it becomes permanent once relaying and back on the tailnet; until then the next boot is the old firmware", "version", version())
 	t := time.NewTicker(time.Second)
@@ -371,8 +375,11 @@ func commitTestBoot(ctx context.Context, n *node.Node, fw *firmware.Updater, log
 		log.Error("test boot healthy, but committing it failed; the next boot is the old firmware", "err", err)
 		return
 	}
-	log.Info("test boot healthy: this firmware is now the one that boots", "version", version())
-	console("firmware %s committed after its test boot", version())
+	log.Info("test boot healthy: this firmware is now the one that boots; rebooting once into it", "version", version())
+	console("firmware %s committed after its test boot; rebooting once into it", version())
+	if err := fw.Reboot(ctx); err != nil {
+		log.Error("rebooting after the commit failed; updates are refused until the next boot", "err", err)
+	}
 }
 
 // updater writes firmware through gokrazy's local socket; the appliance
@@ -380,9 +387,16 @@ func commitTestBoot(ctx context.Context, n *node.Node, fw *firmware.Updater, log
 type updater struct {
 	u   firmware.Updater
 	log *slog.Logger
+	// testBoot: this boot is a test boot, where gokrazy's inactive root
+	// is the running one; an update would overwrite it, so none is taken.
+	testBoot bool
 }
 
 func (u updater) Update(ctx context.Context, r io.Reader, n int64, testboot bool) (*api.UpdateResult, error) {
+	if u.testBoot {
+		return nil, &api.Error{Status: 409, Code: api.CodeConflict,
+			Message: "this boot is a test boot of new firmware: the box reboots into it once it is committed (relaying and on the tailnet); update after that reboot"}
+	}
 	u.log.Info("firmware update: writing the inactive root partition", "bytes", n, "testboot", testboot, "from", version())
 	res, err := u.u.Write(ctx, r, n, testboot)
 	if err != nil {

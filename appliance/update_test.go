@@ -6,8 +6,10 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -149,7 +151,7 @@ func TestTestBootCommitted(t *testing.T) {
 		name, cmdline string
 		want          []string
 	}{
-		{"test boot", "root=/dev/sda2 rootwait " + firmware.TryBootFlag, []string{"POST /update/switch"}},
+		{"test boot", "root=/dev/sda2 rootwait " + firmware.TryBootFlag, []string{"POST /update/switch", "POST /reboot"}},
 		{"normal boot", "root=/dev/sda3 rootwait", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -171,7 +173,7 @@ func TestTestBootCommitted(t *testing.T) {
 			n := <-nodes
 			relaytest.Eventually(t, "plant-a on the tailnet", func() bool { return n.State().State == node.Up })
 			if tc.want != nil {
-				relaytest.Eventually(t, "the commit", func() bool { return len(g.Calls()) > 0 })
+				relaytest.Eventually(t, "the commit and the reboot", func() bool { return len(g.Calls()) >= 2 })
 				relaytest.Eventually(t, "the commit logged", func() bool { return strings.Contains(b.logs.String(), "test boot healthy") })
 			} else {
 				b.stop() // a normal boot starts no commit at all
@@ -221,4 +223,28 @@ func TestWrongJoinKey(t *testing.T) {
 		t.Fatalf("SMTP with the join refused: %v", err)
 	}
 	relaytest.Eventually(t, "the message captured", func() bool { return len(files(dir, "outbox")) == 1 })
+}
+
+// In a test boot gokrazy's inactive root is the running one: an update
+// is refused before gokrazy is asked anything.
+func TestUpdateRefusedInATestBoot(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "gokrazy-http.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gokrazyFake{}
+	hs := &http.Server{Handler: g}
+	go hs.Serve(l)
+	t.Cleanup(func() { hs.Close() })
+	u := updater{u: firmware.Updater{Socket: sock, PasswordFile: filepath.Join(t.TempDir(), "none")}, log: slog.New(slog.DiscardHandler), testBoot: true}
+	root := append([]byte("hsqs"), bytes.Repeat([]byte{7}, 9000)...)
+	_, err = u.Update(t.Context(), bytes.NewReader(root), int64(len(root)), true)
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.Status != 409 || !strings.Contains(ae.Message, "test boot") {
+		t.Errorf("got %v, want a 409 naming the test boot", err)
+	}
+	if got := g.Calls(); len(got) != 0 {
+		t.Errorf("gokrazy was asked %v", got)
+	}
 }

@@ -11,15 +11,18 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"tailscale.com/tailcfg"
+	"tailscale.com/tsnet"
 
 	"github.com/siterelay/siterelay/provisioning/api"
 	"github.com/siterelay/siterelay/provisioning/authz"
+	"github.com/siterelay/siterelay/provisioning/ctl"
 	"github.com/siterelay/siterelay/provisioning/firmware"
 	"github.com/siterelay/siterelay/provisioning/provtest"
 )
@@ -41,10 +44,10 @@ const (
 // (the serial console) before it exits.
 const brokenMarker = "siterelay-broken: this relayd exits at once"
 
-// brokenRoot makes a root file system that cannot come up: the second
+// brokenRoot makes an image whose root cannot come up: the second
 // build's root with /user/relayd replaced by a program that says so on
 // the console and exits (gokrazy restarts it, again and again; it never
-// relays nor joins the tailnet). It returns the squashfs file.
+// relays nor joins the tailnet). It returns the image file.
 func brokenRoot(t *testing.T, ctx context.Context, img, dir string) string {
 	t.Helper()
 	for _, tool := range []string{"unsquashfs", "mksquashfs"} {
@@ -89,7 +92,21 @@ func brokenRoot(t *testing.T, ctx context.Context, img, dir string) string {
 	if b, err := exec.CommandContext(ctx, "mksquashfs", tree, broken, "-noappend", "-all-root", "-no-progress").CombinedOutput(); err != nil {
 		t.Fatalf("mksquashfs: %v\n%s", err, b)
 	}
-	return broken
+	// An image file relayctl takes: the good image's partition tables and
+	// boot partition, then the broken root where root A starts.
+	sqb, err := os.ReadFile(broken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	head := make([]byte, off)
+	if _, err := f.ReadAt(head, 0); err != nil {
+		t.Fatal(err)
+	}
+	bimg := filepath.Join(dir, "broken.img")
+	if err := os.WriteFile(bimg, append(head, sqb...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return bimg
 }
 
 func TestVMTailnet(t *testing.T) {
@@ -262,29 +279,42 @@ func innerTailnet(t *testing.T) {
 	swaks(t, v.smtp, "vmtailnet one", "marker-tailnet-one")
 	up.waitFor(t, "marker-tailnet-one", deliveryTimeout)
 
-	// 3. Upstream down, a message queued; the update (the second build,
-	// another version) goes over the tailnet as a test boot; the box
-	// reboots into it, rejoins, commits it, reports the new version, and
-	// delivers.
+	// 3. Upstream down, a message queued; relayctl update sends the second
+	// build (another version) over the tailnet as a test boot; the box
+	// boots it once, relays, rejoins, commits it and reboots once into it;
+	// relayctl reports the new version; the queued message is delivered.
 	up.stop()
 	swaks(t, v.smtp, "vmtailnet two", "marker-tailnet-two")
 	updStart := time.Now()
-	update(t, c, os.Getenv("VMTAILNET_IMG2"), true)
-	v = rebootAfterUpdate(t, v, img, dir, "tailnet-boot2")
+	upd := relayctl(admin, "update", "-testboot", "-wait", "10m", os.Getenv("VMTAILNET_IMG2"))
+	waitExit(t, v, dir)
 	up.start(t, "127.0.0.1:"+upPort)
+	v, _ = boot(t, img, dir, "tailnet-boot2-testboot")
+	waitSerial(t, v, "firmware "+versionTwo+" committed", bootTimeout)
+	r := <-upd
+	t.Logf("relayctl update: exit %d\n%s%s", r.code, r.errs, r.out)
+	if r.code != 0 || !regexp.MustCompile(`running\s+`+versionTwo).MatchString(r.out) {
+		t.Errorf("relayctl update: exit %d, want 0 and \"running %s\"", r.code, versionTwo)
+	}
+	waitExit(t, v, dir) // the one reboot after the commit
+	v, _ = boot(t, img, dir, "tailnet-boot3")
 	st = statusAgain(t, c, dir)
 	updTook := time.Since(updStart)
 	t.Logf("after the update: version %q, tailnet %+v", st.Version, st.Tailnet)
 	if st.Version != versionTwo {
-		t.Fatalf("after the update the box reports version %q, want %q (serial log in %s)", st.Version, versionTwo, dir)
+		t.Fatalf("after the update and a reboot the box reports version %q, want %q (serial logs in %s)", st.Version, versionTwo, dir)
 	}
 	up.waitFor(t, "marker-tailnet-two", deliveryTimeout)
 	t.Logf("the message queued before the update was delivered after it")
-	waitSerial(t, v, "firmware "+versionTwo+" committed", bootTimeout)
 	v.webClosed(t)
+	r = <-relayctl(admin, "firmware")
+	t.Logf("relayctl firmware: exit %d\n%s%s", r.code, r.errs, r.out)
+	if r.code != 0 || !strings.Contains(r.out, versionTwo) {
+		t.Errorf("relayctl firmware: exit %d, want %s", r.code, versionTwo)
+	}
 
-	// 4a. Not a root file system at all: refused, nothing written, no
-	// reboot, the box stays on its version.
+	// 4a. Not a root file system at all: refused by the box, nothing
+	// written, no reboot, the box stays on its version.
 	garbage := bytes.Repeat([]byte("not a root file system "), 1<<16)
 	gctx, c4 := context.WithTimeout(context.Background(), 2*time.Minute)
 	_, err = c.Update(gctx, bytes.NewReader(garbage), int64(len(garbage)), true, true)
@@ -300,28 +330,12 @@ func innerTailnet(t *testing.T) {
 	// 4b. A root that cannot come up (its relayd exits at once), as a test
 	// boot: the box boots it once, it never relays nor rejoins, the power
 	// is cycled (a technician, or the watchdog), and the box is back on
-	// the version it ran, on the tailnet, relaying.
-	bf, err := os.Open(os.Getenv("VMTAILNET_BROKEN"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	fi, _ := bf.Stat()
-	bctx, c5 := context.WithTimeout(context.Background(), 10*time.Minute)
-	res, err := c.Update(bctx, bf, fi.Size(), true, true)
-	c5()
-	bf.Close()
-	if err != nil {
-		t.Fatalf("update with the broken root: %v", err)
-	}
-	t.Logf("broken root written: %+v", res)
-	select {
-	case <-v.exited:
-	case <-time.After(3 * time.Minute):
-		t.Fatalf("the box did not reboot within 3 minutes of the update (serial log in %s)", dir)
-	}
+	// the version it ran, on the tailnet, relaying; relayctl says so.
+	upd = relayctl(admin, "update", "-testboot", "-wait", "10m", os.Getenv("VMTAILNET_BROKEN"))
+	waitExit(t, v, dir)
 	var seen bool
 	for try := 1; try <= 2 && !seen; try++ {
-		serial := filepath.Join(dir, fmt.Sprintf("tailnet-boot3-broken-try%d.serial.log", try))
+		serial := filepath.Join(dir, fmt.Sprintf("tailnet-boot4-broken-try%d.serial.log", try))
 		v = bootVM(t, img, serial)
 		seen = serialHas(v, brokenMarker, bootTimeout)
 		v.kill() // the power cycle
@@ -333,51 +347,53 @@ func innerTailnet(t *testing.T) {
 		t.Fatalf("the broken root never ran in two boots (serial logs in %s)", dir)
 	}
 	t.Logf("the broken root booted once and its relayd exited; power cycled")
-	v, _ = boot(t, img, dir, "tailnet-boot4")
+	v, _ = boot(t, img, dir, "tailnet-boot5")
 	defer v.kill()
-	swaks(t, v.smtp, "vmtailnet three", "marker-tailnet-three")
+	r = <-upd
+	t.Logf("relayctl update (broken root): exit %d\n%s%s", r.code, r.errs, r.out)
+	if r.code == 0 || !strings.Contains(r.errs, "came back with the old version "+versionTwo) {
+		t.Errorf("relayctl update of the broken root: exit %d, want a failure naming the old version %s", r.code, versionTwo)
+	}
 	if st = statusAgain(t, c, dir); st.Version != versionTwo {
 		t.Fatalf("after the broken update and a power cycle the box reports %q, want %q", st.Version, versionTwo)
 	}
+	swaks(t, v.smtp, "vmtailnet three", "marker-tailnet-three")
 	up.waitFor(t, "marker-tailnet-three", deliveryTimeout)
 	t.Logf("back on %s after the broken update: on the tailnet, relaying", st.Version)
 
-	fmt.Printf("vm-tailnet-test figures: power-on to tailnet-joined %.1f s; boot-to-SMTP %.1f s; update end to end (write, test boot, back on the tailnet) %.1f s; relayd RSS at idle with the tailnet up %.1f MiB\n",
+	fmt.Printf("vm-tailnet-test figures: power-on to tailnet-joined %.1f s; boot-to-SMTP %.1f s; update end to end (relayctl update -testboot: write, test boot, commit, reboot, back on the tailnet) %.1f s; relayd RSS at idle with the tailnet up %.1f MiB\n",
 		joined.Seconds(), ready.Seconds(), updTook.Seconds(), rss)
 }
 
-// update sends an image's root file system over the tailnet.
-func update(t *testing.T, c *api.Client, img string, testboot bool) {
-	t.Helper()
-	f, err := os.Open(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	off, n, err := firmware.Root(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	res, err := c.Update(ctx, io.NewSectionReader(f, off, n), n, testboot, true)
-	if err != nil {
-		t.Fatalf("update over the tailnet: %v", err)
-	}
-	t.Logf("update written: %+v", res)
+// ctlResult is what a relayctl run printed.
+type ctlResult struct {
+	code      int
+	out, errs string
 }
 
-// rebootAfterUpdate waits for the box to reboot (QEMU runs with
-// -no-reboot, so it exits) and starts it again on the same disk.
-func rebootAfterUpdate(t *testing.T, v *vm, img, dir, name string) *vm {
+// relayctl runs the command line (provisioning/ctl, what cmd/relayctl
+// runs) against the box from the admin node, in the background: an
+// update waits for the box to reboot, which the test does.
+func relayctl(admin *tsnet.Server, args ...string) <-chan ctlResult {
+	ch := make(chan ctlResult, 1)
+	go func() {
+		var out, errs bytes.Buffer
+		code := ctl.Main(context.Background(), append([]string{"-relay", "relay-vmtest"}, args...),
+			ctl.IO{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errs, Node: admin})
+		ch <- ctlResult{code, out.String(), errs.String()}
+	}()
+	return ch
+}
+
+// waitExit waits for the box to reboot: QEMU runs with -no-reboot, so it
+// exits, and the test starts it again on the same disk.
+func waitExit(t *testing.T, v *vm, dir string) {
 	t.Helper()
 	select {
 	case <-v.exited:
 	case <-time.After(3 * time.Minute):
-		t.Fatalf("the box did not reboot within 3 minutes of the update (serial log in %s)", dir)
+		t.Fatalf("the box did not reboot within 3 minutes (serial log in %s)", dir)
 	}
-	v, _ = boot(t, img, dir, name)
-	return v
 }
 
 // statusAgain reads the box's status over the tailnet, waiting up to 2
