@@ -291,13 +291,15 @@ func innerTailnet(t *testing.T) {
 	up.start(t, "127.0.0.1:"+upPort)
 	v, _ = boot(t, img, dir, "tailnet-boot2-testboot")
 	waitSerial(t, v, "firmware "+versionTwo+" committed", bootTimeout)
+	waitExit(t, v, dir) // the one reboot after the commit
+	v, _ = boot(t, img, dir, "tailnet-boot3")
+	// relayctl answers once it has seen the new version: in the test boot
+	// or after the commit's reboot, whichever it polls first.
 	r := <-upd
 	t.Logf("relayctl update: exit %d\n%s%s", r.code, r.errs, r.out)
 	if r.code != 0 || !regexp.MustCompile(`running\s+`+versionTwo).MatchString(r.out) {
 		t.Errorf("relayctl update: exit %d, want 0 and \"running %s\"", r.code, versionTwo)
 	}
-	waitExit(t, v, dir) // the one reboot after the commit
-	v, _ = boot(t, img, dir, "tailnet-boot3")
 	st = statusAgain(t, c, dir)
 	updTook := time.Since(updStart)
 	t.Logf("after the update: version %q, tailnet %+v", st.Version, st.Tailnet)
