@@ -3,7 +3,7 @@
 // Package vmtest proves the appliance image by booting it: the amd64 image
 // is built from a test site, booted in QEMU (TCG), and mail goes from the
 // host through the box to a fake upstream on the host; mail spooled while
-// the upstream is down survives a power-off through gokrazy and is
+// the upstream is down survives a power cut and is
 // delivered after the next boot.
 //
 // The power-off is a power cut (QEMU killed): the box has no other way
