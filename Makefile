@@ -20,7 +20,7 @@ build:
 	$(GO) build ./...
 
 ## check: every test (installs the Debian packages the real-peer tests need)
-check: deps vet race fuzz integration vm-test pi-image-check
+check: deps vet race fuzz integration vm-test vm-tailnet-test pi-image-check
 
 deps:
 	@if [ "$$(id -u)" = 0 ]; then .ci/install; else echo "not root: skipping apt packages (integration tests need them)"; fi
@@ -85,7 +85,9 @@ vm-test:
 	SITERELAY_VMTEST=1 $(GO) test -tags integration -count=1 -timeout 30m -v -run '^TestVM$$' ./images/vmtest/
 
 ## vm-tailnet-test: the VM image on a test tailnet (testcontrol and DERP in a network namespace of the
-## test's own): first-boot join, status over the tailnet, mail through. Not in make check yet.
+## test's own): first-boot join, status and version over the tailnet, mail through, gokrazy's web interface
+## closed on the LAN, a test-boot update to a second build (new version, queued mail delivered), garbage
+## refused, a root that cannot come up rolled back to the running version.
 .PHONY: vm-tailnet-test
 vm-tailnet-test:
 	SITERELAY_VMTAILNET=1 $(GO) test -tags integration -count=1 -timeout 30m -v -run '^TestVMTailnet$$' ./images/vmtest/

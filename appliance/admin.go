@@ -57,6 +57,9 @@ type Tailnet struct {
 	// at a fake gokrazy socket); on gokrazy the default is gokrazy's own
 	// local socket, elsewhere there is none and updates are refused.
 	Firmware *firmware.Updater
+	// Cmdline, when set, is the kernel command line (tests); on gokrazy
+	// /proc/cmdline is read, to see whether this boot is a test boot.
+	Cmdline string
 }
 
 // admin is the adapter between the admin API and the running relay: the
@@ -92,11 +95,21 @@ func startAdmin(ctx context.Context, o Options, run *app, creds *secrets.Store, 
 		}
 	}
 	var upd server.Updater
+	var fw *firmware.Updater
 	switch {
 	case t.Firmware != nil:
-		upd = updater{u: *t.Firmware, log: log}
+		fw = t.Firmware
 	case OnGokrazy():
-		upd = updater{log: log}
+		fw = &firmware.Updater{}
+	}
+	cmdline := t.Cmdline
+	if cmdline == "" && OnGokrazy() {
+		b, _ := os.ReadFile("/proc/cmdline")
+		cmdline = string(b)
+	}
+	testBoot := firmware.TestBooted(cmdline)
+	if fw != nil {
+		upd = updater{u: *fw, log: log, testBoot: testBoot}
 	}
 	// No log upload to Tailscale, ever: the box's logs stay on the box.
 	envknob.SetNoLogsNoSupport()
@@ -115,7 +128,27 @@ func startAdmin(ctx context.Context, o Options, run *app, creds *secrets.Store, 
 	if s := a.node.State().State; s == node.NotManaged {
 		log.Info("no tailnet join key: relaying on the LAN, not managed remotely")
 	}
+	if fw != nil && testBoot {
+		go commitTestBoot(nctx, a.node, fw, log)
+	}
 	return a, func() { cancel(); <-a.node.Done(); al.Close() }, nil
+}
+
+// rssBytes is this process's resident memory, from /proc/self/status
+// (0 where there is none).
+func rssBytes() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			var kib int64
+			fmt.Sscanf(strings.TrimSpace(v), "%d", &kib)
+			return kib << 10
+		}
+	}
+	return 0
 }
 
 func notFound(err error) error {
@@ -139,6 +172,7 @@ func (a *admin) Status(ctx context.Context) (*api.Status, error) {
 		TLSCertificateExpires: st.TLSCertificateExpires,
 		NearestExpiry:         st.TLSCertificateExpires,
 		ClockSynchronised:     st.ClockSynchronised,
+		RSSBytes:              rssBytes(),
 	}
 	if s.Hostname == "" {
 		s.Hostname, _ = os.Hostname()
@@ -320,18 +354,59 @@ func (a *admin) Firmware() api.Firmware {
 	return f
 }
 
+// commitTestBoot makes a test-booted root permanent once it has proven
+// itself: SMTP is listening (Run starts the admin side after the relay's
+// listeners are bound) and the box is back on the tailnet, so it can be
+// managed and updated again. A root that never gets there is not
+// committed, and the next boot (a power cycle, the watchdog) is the old
+// root again. After the commit the box reboots once: until gokrazy starts
+// afresh it takes the running root for the inactive one (it read the old
+// root's name off the kernel command line at boot), and an update written
+// then would overwrite the root that runs.
+func commitTestBoot(ctx context.Context, n *node.Node, fw *firmware.Updater, log *slog.Logger) {
+	log.Warn("test boot of new firmware: it becomes permanent once relaying and back on the tailnet; until then the next boot is the old firmware", "version", version())
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for n.State().State != node.Up && n.State().State != node.NotManaged {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+	if err := fw.Commit(ctx); err != nil {
+		log.Error("test boot healthy, but committing it failed; the next boot is the old firmware", "err", err)
+		return
+	}
+	log.Info("test boot healthy: this firmware is now the one that boots; rebooting once into it", "version", version())
+	console("firmware %s committed after its test boot; rebooting once into it", version())
+	if err := fw.Reboot(ctx); err != nil {
+		log.Error("rebooting after the commit failed; updates are refused until the next boot", "err", err)
+	}
+}
+
 // updater writes firmware through gokrazy's local socket; the appliance
 // sets it only on gokrazy (elsewhere the API answers 501).
 type updater struct {
 	u   firmware.Updater
 	log *slog.Logger
+	// testBoot: this boot is a test boot, where gokrazy's inactive root
+	// is the running one; an update would overwrite it, so none is taken.
+	testBoot bool
 }
 
 func (u updater) Update(ctx context.Context, r io.Reader, n int64, testboot bool) (*api.UpdateResult, error) {
+	if u.testBoot {
+		return nil, &api.Error{Status: 409, Code: api.CodeConflict,
+			Message: "this boot is a test boot of new firmware: the box reboots into it once it is committed (relaying and on the tailnet); update after that reboot"}
+	}
 	u.log.Info("firmware update: writing the inactive root partition", "bytes", n, "testboot", testboot, "from", version())
 	res, err := u.u.Write(ctx, r, n, testboot)
 	if err != nil {
 		u.log.Error("firmware update failed; the running root stays", "err", err)
+		if errors.Is(err, firmware.ErrNotRoot) {
+			return nil, &api.Error{Status: 400, Code: api.CodeBadRequest, Message: err.Error() + "; the running firmware stays"}
+		}
 		return nil, err
 	}
 	u.log.Info("firmware update written", "bytes", res.RootBytes, "mode", res.Mode, "took", res.Took)

@@ -321,6 +321,10 @@ func TestRelayctlEndToEnd(t *testing.T) {
 
 	// Read-only views work and the audit log has every change.
 	t.Logf("relayctl status:\n%s", rc.ok("", cmd("status")...))
+	var st api.Status
+	if err := json.Unmarshal([]byte(rc.ok("", append([]string{"-json"}, cmd("status")...)...)), &st); err != nil || st.RSSBytes <= 0 {
+		t.Errorf("status -json: rss_bytes %d (%v), want relayd's resident memory", st.RSSBytes, err)
+	}
 	t.Logf("relayctl queue:\n%s", rc.ok("", cmd("queue")...))
 	t.Logf("relayctl creds list:\n%s", rc.ok("", cmd("creds", "list")...))
 	t.Logf("relayctl audit:\n%s", rc.ok("", cmd("audit", "-limit", "4")...))

@@ -15,15 +15,16 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/siterelay/siterelay/appliance/buildinfo"
 	"github.com/siterelay/siterelay/appliance/status"
 	"github.com/siterelay/siterelay/netcfg/mdns"
 	provapi "github.com/siterelay/siterelay/provisioning/api"
+	"github.com/siterelay/siterelay/provisioning/node"
 	"github.com/siterelay/siterelay/provisioning/secrets"
 	"github.com/siterelay/siterelay/provisioning/server"
 	"github.com/siterelay/siterelay/relay"
@@ -142,6 +143,7 @@ func Run(ctx context.Context, o Options) error {
 		}()
 	}
 	var responder atomic.Pointer[mdns.Responder] // set once discovery runs
+	var tailnet atomic.Pointer[node.Node]        // set once the admin side runs
 	var httpAddr net.Addr
 	if o.HTTPAddr != "" {
 		l, err := net.Listen("tcp", o.HTTPAddr)
@@ -157,6 +159,9 @@ func Run(ctx context.Context, o Options) error {
 			p := status.Page{Hostname: r.Hostname(), Version: version(), Now: time.Now(), Relay: &st}
 			if m := responder.Load(); m != nil {
 				p.MDNSName = m.Name() + ".local" // the name in use, after any conflict
+			}
+			if n := tailnet.Load(); n != nil {
+				p.Tailnet = n.State().State // "join failed: ..." for a wrong or expired key
 			}
 			return p
 		}))
@@ -185,6 +190,7 @@ func Run(ctx context.Context, o Options) error {
 			return err
 		}
 		adm.host = r.Hostname()
+		tailnet.Store(adm.node)
 		defer stopAdmin()
 	}
 	if o.Box {
@@ -266,33 +272,5 @@ func Doctor(ctx context.Context, o Options, resolver, testTo string) ([]upstream
 		Secret: secretStore(layout.Dir(o.StateDir).Secrets()), RootCAs: o.RootCAs, HTTPClient: o.HTTPClient}, testTo)
 }
 
-// version names the build: the module version of a release, else the
-// commit it was built from (with "+dirty" for uncommitted changes), as the
-// Go toolchain recorded it. Read once: the status page asks on every load.
-var version = sync.OnceValue(func() string {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return ""
-	}
-	if v := bi.Main.Version; v != "" && v != "(devel)" {
-		return v
-	}
-	var rev, dirty string
-	for _, s := range bi.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			rev = s.Value
-		case "vcs.modified":
-			if s.Value == "true" {
-				dirty = "+dirty"
-			}
-		}
-	}
-	if len(rev) > 12 {
-		rev = rev[:12]
-	}
-	if rev == "" {
-		return ""
-	}
-	return rev + dirty
-})
+// version names the build (buildinfo owns it: sitegen stamps it at build).
+var version = buildinfo.Version

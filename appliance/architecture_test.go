@@ -34,6 +34,7 @@ var importRules = []struct {
 
 	{"appliance", []string{"appliance", "relay", "netcfg", "provisioning"}},
 	{"appliance/site", []string{"netcfg", "relay/strictjson"}},
+	{"appliance/buildinfo", nil}, // a leaf: sitegen stamps what it owns
 
 	{"provisioning", []string{"provisioning", "relay/config", "relay/layout", "relay/strictjson", "relay/durable", "netcfg"}},
 
@@ -41,7 +42,7 @@ var importRules = []struct {
 	{"cmd/relaybench", nil},
 	{"cmd/relayctl", []string{"provisioning/api", "provisioning/ctl", "relay/layout"}},
 
-	{"images", []string{"appliance/site", "relay/config", "relay/layout", "relay/strictjson", "netcfg"}},
+	{"images", []string{"appliance/site", "appliance/buildinfo", "relay/config", "relay/layout", "relay/strictjson", "netcfg"}},
 }
 
 func TestImportRules(t *testing.T) {

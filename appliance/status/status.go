@@ -35,6 +35,10 @@ type Page struct {
 	// storage is unusable); Relay is nil then.
 	Problem string        `json:"problem,omitempty"`
 	Relay   *relay.Status `json:"relay,omitempty"`
+	// Tailnet is the remote-management state: "up", "joining", "not
+	// managed", or "join failed: REASON" (a wrong or expired join key
+	// says so here; the key itself never); "" when there is no tailnet.
+	Tailnet string `json:"tailnet,omitempty"`
 }
 
 // Health is the page's verdict, first thing on screen.

@@ -237,3 +237,28 @@ func TestConfigurationWarningsShown(t *testing.T) {
 		t.Errorf("page lacks the warning:\n%s", body)
 	}
 }
+
+// A box whose join key was refused says so (without the key) and relays.
+func TestTailnetStateShown(t *testing.T) {
+	for _, tc := range []struct{ state, want string }{
+		{"join failed: invalid authkey", "<p id=\"tailnet\">tailnet: join failed: invalid authkey</p>"},
+		{"up", "<p id=\"tailnet\">tailnet: up</p>"},
+		{"", ""},
+	} {
+		page := func() Page { p := samplePage(); p.Tailnet = tc.state; return p }
+		_, body := get(t, Handler(page), "/")
+		if tc.want != "" && !strings.Contains(body, tc.want) {
+			t.Errorf("state %q: page lacks %q", tc.state, tc.want)
+		}
+		if tc.want == "" && strings.Contains(body, "tailnet:") {
+			t.Errorf("no tailnet, but the page has a tailnet line")
+		}
+		_, js := get(t, Handler(page), "/status.json")
+		var got struct {
+			Tailnet string `json:"tailnet"`
+		}
+		if err := json.Unmarshal([]byte(js), &got); err != nil || got.Tailnet != tc.state {
+			t.Errorf("status.json tailnet %q (%v), want %q", got.Tailnet, err, tc.state)
+		}
+	}
+}

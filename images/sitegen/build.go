@@ -31,8 +31,8 @@ type Image struct {
 var mkfsRE = regexp.MustCompile(`mkfs\.ext4 -F -E offset=(\d+) (\S+) (\d+)`)
 
 // Build runs gok to write the full image, formats /perm, and checks the
-// result. gok's own output (which includes the web password in a URL) goes
-// to gok.log in the work directory, never to the terminal.
+// result. gok's own output goes to gok.log in the work directory; its
+// last lines come with an error.
 func Build(ctx context.Context, repo string, w *Work, t Target, img string, size int64, site *Site) (*Image, error) {
 	start := time.Now()
 	if err := os.MkdirAll(filepath.Dir(img), 0o755); err != nil {
@@ -54,7 +54,7 @@ func Build(ctx context.Context, repo string, w *Work, t Target, img string, size
 	cmd.Stderr = cmd.Stdout
 	cmd.Env = append(os.Environ(), "GOKRAZY_PARENT_DIR="+w.ParentDir)
 	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("gok overwrite failed (%v): see %s (it holds the web password: do not paste it whole)\n%s", err, logPath, tailRedacted(out.String(), w, 15))
+		return nil, fmt.Errorf("gok overwrite failed (%v): see %s\n%s", err, logPath, tail(out.String(), 15))
 	}
 	m := mkfsRE.FindStringSubmatch(out.String())
 	if m == nil {
@@ -74,11 +74,8 @@ func Build(ctx context.Context, repo string, w *Work, t Target, img string, size
 	return im, nil
 }
 
-// tailRedacted is the end of gok's output with the password taken out.
-func tailRedacted(s string, w *Work, n int) string {
-	if pw, err := os.ReadFile(w.PasswordFile); err == nil && len(bytes.TrimSpace(pw)) > 0 {
-		s = strings.ReplaceAll(s, string(bytes.TrimSpace(pw)), "<password>")
-	}
+// tail is the last n lines of gok's output.
+func tail(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]

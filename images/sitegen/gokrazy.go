@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/siterelay/siterelay/appliance/buildinfo"
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/layout"
 )
@@ -54,11 +55,24 @@ var targets = map[string]Target{
 		Name: "vm", GOARCH: "amd64",
 		Kernel:     "github.com/gokrazy/kernel.amd64",
 		Serial:     "ttyS0,115200",
-		KernelArgs: []string{"rootdelay=0", "rootwait"},
+		KernelArgs: append([]string{"rootdelay=0", "rootwait"}, tryBootEnd),
 		BootFiles:  []string{"vmlinuz", "cmdline.txt"},
 		Bytes:      1280 << 20,
 	},
 }
+
+// tryBootEnd ends the kernel command line with a newline. gokrazy arms a
+// test boot (/update/testboot) by putting its flag in front of the
+// command line's newline, but gok writes cmdline.txt without one (padded
+// with spaces): without this the test boot is silently a no-op, and an
+// update that cannot boot could not fall back. The kernel takes the
+// newline for a space. Each test boot leaves gokrazy's 25-byte
+// "gokrazy.switch_on_boot=1" before the newline, and cmdline.txt is
+// rewritten in place, so the spaces after the newline are the room for
+// about a dozen test boots (gok pads only 64 bytes: two). Only the VM
+// target has it so far: the Raspberry Pi firmware's reading of a second
+// line in cmdline.txt is not proven.
+var tryBootEnd = "\n" + strings.Repeat(" ", 320)
 
 // relaydFlags are relayd's flags on the box: the state directory on /perm.
 // On first boot relayd moves the image's bootstrap config.json there.
@@ -69,14 +83,22 @@ func relaydFlags() []string {
 // gokrazyPackageConfig mirrors the part of gokrazy's instance config
 // (github.com/gokrazy/internal/config) that sitegen writes.
 type gokrazyPackageConfig struct {
+	GoBuildFlags      []string          `json:",omitempty"`
 	CommandLineFlags  []string          `json:",omitempty"`
 	ExtraFilePaths    map[string]string `json:",omitempty"`
 	ExtraFileContents map[string]string `json:",omitempty"`
 }
 
+// gokrazyWeb turns gokrazy's web interface off the network: built with
+// NoPassword, gokrazy serves it on its root-only Unix socket alone
+// (/run/gokrazy-http.sock), never on a TCP port of the plant LAN. relayd
+// reaches it there for firmware updates, which come over the tailnet
+// through the admin API (authorised, audited), the box's only way in.
+var gokrazyWeb = map[string]any{"NoPassword": true}
+
 type gokrazyConfig struct {
 	Hostname        string
-	Update          map[string]string
+	Update          map[string]any
 	Environment     []string
 	Packages        []string
 	PackageConfig   map[string]gokrazyPackageConfig
@@ -91,9 +113,8 @@ type gokrazyConfig struct {
 // Work is the generated tree for one image: a gokrazy parent directory
 // with the instance, and the bootstrap files baked into the image.
 type Work struct {
-	Dir          string // everything below is inside
-	ParentDir    string // gok --parent_dir
-	PasswordFile string // the gokrazy web password, 0600
+	Dir       string // everything below is inside
+	ParentDir string // gok --parent_dir
 }
 
 func randomHex(n int) string {
@@ -102,19 +123,6 @@ func randomHex(n int) string {
 		panic(err) // crypto/rand does not fail on Linux
 	}
 	return hex.EncodeToString(b)
-}
-
-// randomPassword is 20 characters of [a-zA-Z0-9] (URL-safe, typeable).
-func randomPassword() string {
-	const alphabet = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
-	b := make([]byte, 20)
-	if _, err := rand.Read(b); err != nil {
-		panic(err)
-	}
-	for i := range b {
-		b[i] = alphabet[int(b[i])%len(alphabet)]
-	}
-	return string(b)
 }
 
 // writeFile writes b with mode perm, creating directories.
@@ -136,15 +144,22 @@ func marshal(v any) []byte {
 	return append(b, '\n')
 }
 
+// versionFlags stamp relayd with the firmware version (buildinfo owns
+// the variable): what the box, its status and relayctl report.
+func versionFlags(version string) []string {
+	return []string{"-ldflags=-X " + buildinfo.Symbol + "=" + version}
+}
+
 // Generate writes the gokrazy instance and the bootstrap files for site
 // into dir (created fresh). repo is the checkout's root (it holds
-// images/<target>/builddir).
-func Generate(repo, dir string, site *Site, relay *config.Config, t Target) (*Work, error) {
+// images/<target>/builddir); version is stamped into relayd
+// (buildinfo.Check it first).
+func Generate(repo, dir string, site *Site, relay *config.Config, t Target, version string) (*Work, error) {
 	_ = relay // validated already; the raw document is what goes on the box
 	if err := os.RemoveAll(dir); err != nil {
 		return nil, err
 	}
-	w := &Work{Dir: dir, ParentDir: filepath.Join(dir, "gokrazy"), PasswordFile: filepath.Join(dir, "http-password.txt")}
+	w := &Work{Dir: dir, ParentDir: filepath.Join(dir, "gokrazy")}
 	inst := filepath.Join(w.ParentDir, instanceName)
 	boot := filepath.Join(dir, "bootstrap")
 
@@ -179,22 +194,18 @@ func Generate(repo, dir string, site *Site, relay *config.Config, t Target) (*Wo
 		}
 	}
 
-	password := randomPassword()
-	if err := writeFile(w.PasswordFile, []byte(password+"\n"), 0o600); err != nil {
-		return nil, fmt.Errorf("writing the web password file: %w", err)
-	}
-
 	gokrazyPkgs := []string{"github.com/gokrazy/gokrazy/cmd/ntp", "github.com/gokrazy/gokrazy/cmd/randomd"}
 	if site.Network.DHCP {
 		gokrazyPkgs = append([]string{"github.com/gokrazy/gokrazy/cmd/dhcp"}, gokrazyPkgs...)
 	}
 	cfg := gokrazyConfig{
 		Hostname:    site.Hostname,
-		Update:      map[string]string{"HTTPPassword": password},
+		Update:      gokrazyWeb,
 		Environment: []string{"GOOS=linux", "GOARCH=" + t.GOARCH},
 		Packages:    []string{relaydPkg},
 		PackageConfig: map[string]gokrazyPackageConfig{
 			relaydPkg: {
+				GoBuildFlags:     versionFlags(version),
 				CommandLineFlags: relaydFlags(),
 				ExtraFilePaths:   files,
 			},

@@ -1,7 +1,8 @@
 // Command sitegen turns a site file into a flashable siterelay image: it
 // validates the site file (every bad key named, before anything is
-// built), writes the gokrazy instance with a web password and machine id
-// of its own, bakes the site's bootstrap settings into the image, runs
+// built), writes the gokrazy instance with a machine id of its own and
+// gokrazy's web interface off the network, stamps relayd with the
+// firmware version, bakes the site's bootstrap settings into the image, runs
 // gok with the builddir pinned in images/<target>/builddir, formats /perm,
 // and checks the partitions and files of the result.
 //
@@ -15,11 +16,14 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/siterelay/siterelay/appliance/buildinfo"
 )
 
 func main() {
@@ -33,6 +37,7 @@ func main() {
 		timeout  = flag.Duration("timeout", 20*time.Minute, "give up building after this long")
 		imgFlag  = flag.String("image", "", "image file to write (default OUT/SITE-TARGET.img)")
 		workFlag = flag.String("work", "", "work directory (default OUT/SITE-TARGET.work)")
+		version  = flag.String("version", "", "firmware version stamped into relayd, what the box and relayctl report (default: git describe --always --dirty of the checkout)")
 	)
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: sitegen [flags] SITE.json\n")
@@ -43,7 +48,7 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
-	if err := run(flag.Arg(0), *target, *out, *check, *keyFile, *size, *repo, *timeout, *imgFlag, *workFlag); err != nil {
+	if err := run(flag.Arg(0), *target, *out, *check, *keyFile, *size, *repo, *timeout, *imgFlag, *workFlag, *version); err != nil {
 		fmt.Fprintf(os.Stderr, "sitegen: %v\n", err)
 		var se Errors
 		if errors.As(err, &se) {
@@ -53,7 +58,7 @@ func main() {
 	}
 }
 
-func run(sitePath, targetName, out string, checkOnly bool, keyFile string, size int64, repo string, timeout time.Duration, img, work string) error {
+func run(sitePath, targetName, out string, checkOnly bool, keyFile string, size int64, repo string, timeout time.Duration, img, work, version string) error {
 	site, relay, err := LoadSite(sitePath, keyFile)
 	if err != nil {
 		return err
@@ -96,27 +101,46 @@ func run(sitePath, targetName, out string, checkOnly bool, keyFile string, size 
 	ctx, cancel = context.WithTimeout(ctx, timeout)
 	defer cancel()
 
-	w, err := Generate(repo, work, site, relay, t)
+	if version == "" {
+		if version, err = describe(ctx, repo); err != nil {
+			return fmt.Errorf("no -version given, and %w", err)
+		}
+	}
+	if err := buildinfo.Check(version); err != nil {
+		return fmt.Errorf("-version %w", err)
+	}
+	w, err := Generate(repo, work, site, relay, t, version)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("building %s image for %s (log: %s)\n", t.Name, site.Hostname, filepath.Join(work, "gok.log"))
+	fmt.Printf("building %s image for %s, version %s (log: %s)\n", t.Name, site.Hostname, version, filepath.Join(work, "gok.log"))
 	im, err := Build(ctx, repo, w, t, img, size, site)
 	if err != nil {
 		return err
 	}
-	printSummary(im, w, t, site)
+	printSummary(im, w, t, site, version)
 	return nil
+}
+
+// describe is the checkout's version by git: the nearest tag and the
+// commits since (or the commit alone), "-dirty" with uncommitted changes.
+func describe(ctx context.Context, repo string) (string, error) {
+	out, err := exec.CommandContext(ctx, "git", "-C", repo, "describe", "--always", "--dirty", "--tags").Output()
+	if err != nil {
+		return "", fmt.Errorf("git describe in %s failed (%v): give one with -version", repo, err)
+	}
+	return strings.TrimSpace(string(out)), nil
 }
 
 func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
-func printSummary(im *Image, w *Work, t Target, site *Site) {
+func printSummary(im *Image, w *Work, t Target, site *Site, version string) {
 	fmt.Printf("image:         %s\n", im.Path)
+	fmt.Printf("version:       %s\n", version)
 	fmt.Printf("image size:    %s (%d bytes)\n", mib(im.Bytes), im.Bytes)
 	fmt.Printf("rootfs size:   %s (%d bytes, squashfs)\n", mib(im.RootfsBytes), im.RootfsBytes)
 	fmt.Printf("/perm:         ext4, %s, formatted\n", mib(im.PermKiB<<10))
-	fmt.Printf("web password:  in %s (user gokrazy)\n", w.PasswordFile)
+	fmt.Printf("gokrazy web:   off the network (local socket only; updates: relayctl update over the tailnet)\n")
 	fmt.Printf("built in:      %.1f s\n", im.BuildTime.Seconds())
 	switch t.Name {
 	case "pi":
@@ -124,7 +148,7 @@ func printSummary(im *Image, w *Work, t Target, site *Site) {
 To write it to an SD card (find the card's device with lsblk; everything on it is replaced):
   sudo dd if=%s of=/dev/sdX bs=4M conv=fsync status=progress
 Then put the card in the Raspberry Pi 4 or 5 of site %q, connect it to the plant network, and power it on.
-Its status page: http://%s/ (user gokrazy, password from the file above).
+Its status page: http://%s:8025/
 `, im.Path, site.Hostname, site.Hostname)
 	case "vm":
 		fmt.Printf(`

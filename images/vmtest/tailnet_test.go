@@ -3,23 +3,26 @@
 package vmtest
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"tailscale.com/tailcfg"
+	"tailscale.com/tsnet"
 
 	"github.com/siterelay/siterelay/provisioning/api"
 	"github.com/siterelay/siterelay/provisioning/authz"
+	"github.com/siterelay/siterelay/provisioning/ctl"
 	"github.com/siterelay/siterelay/provisioning/firmware"
 	"github.com/siterelay/siterelay/provisioning/provtest"
 )
@@ -30,6 +33,81 @@ import (
 // does (QEMU maps the guest's 10.0.2.2 to the namespace's 127.0.0.1, where
 // a proxy forwards to 10.0.2.2). Nothing leaves the namespace.
 const guestHost = "10.0.2.2"
+
+// The version strings of the two builds (sitegen -version).
+const (
+	versionOne = "vmtest-v1"
+	versionTwo = "vmtest-v2"
+)
+
+// brokenMarker is what the broken root's relayd writes to the kernel log
+// (the serial console) before it exits.
+const brokenMarker = "siterelay-broken: this relayd exits at once"
+
+// brokenRoot makes an image whose root cannot come up: the second
+// build's root with /user/relayd replaced by a program that says so on
+// the console and exits (gokrazy restarts it, again and again; it never
+// relays nor joins the tailnet). It returns the image file.
+func brokenRoot(t *testing.T, ctx context.Context, img, dir string) string {
+	t.Helper()
+	for _, tool := range []string{"unsquashfs", "mksquashfs"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s missing: make deps installs .ci/apt-packages", tool)
+		}
+	}
+	f, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	off, n, err := firmware.Root(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sq := filepath.Join(dir, "good-root.squashfs")
+	out, err := os.Create(sq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = io.Copy(out, io.NewSectionReader(f, off, n))
+	out.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree := filepath.Join(dir, "broken-root")
+	if b, err := exec.CommandContext(ctx, "unsquashfs", "-no-progress", "-d", tree, sq).CombinedOutput(); err != nil {
+		t.Fatalf("unsquashfs: %v\n%s", err, b)
+	}
+	src := filepath.Join(dir, "broken-relayd.go")
+	prog := fmt.Sprintf("package main\n\nimport \"os\"\n\nfunc main() {\n\tos.WriteFile(\"/dev/kmsg\", []byte(%q), 0)\n\tos.Exit(1)\n}\n", brokenMarker+"\n")
+	if err := os.WriteFile(src, []byte(prog), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	build := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(tree, "user", "relayd"), src)
+	build.Env = append(os.Environ(), "GOOS=linux", "GOARCH=amd64", "CGO_ENABLED=0")
+	if b, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the broken relayd: %v\n%s", err, b)
+	}
+	broken := filepath.Join(dir, "broken-root.squashfs")
+	if b, err := exec.CommandContext(ctx, "mksquashfs", tree, broken, "-noappend", "-all-root", "-no-progress").CombinedOutput(); err != nil {
+		t.Fatalf("mksquashfs: %v\n%s", err, b)
+	}
+	// An image file relayctl takes: the good image's partition tables and
+	// boot partition, then the broken root where root A starts.
+	sqb, err := os.ReadFile(broken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	head := make([]byte, off)
+	if _, err := f.ReadAt(head, 0); err != nil {
+		t.Fatal(err)
+	}
+	bimg := filepath.Join(dir, "broken.img")
+	if err := os.WriteFile(bimg, append(head, sqb...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return bimg
+}
 
 func TestVMTailnet(t *testing.T) {
 	if os.Getenv("SITERELAY_VMTAILNET") != "1" {
@@ -68,21 +146,27 @@ func TestVMTailnet(t *testing.T) {
 	img := filepath.Join(dir, "vm.img")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	build := exec.CommandContext(ctx, "go", "run", "./images/sitegen", "-target", "vm", "-image", img, "-work", filepath.Join(dir, "work"), site)
-	build.Dir = repoRoot(t)
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the image: %v\n%s", err, out)
+	// Two builds of the same site with different version strings: the
+	// first is flashed, the second is the update.
+	for _, b := range []struct{ img, work, version string }{
+		{img, "work", versionOne},
+		{filepath.Join(dir, "vm2.img"), "work2", versionTwo},
+	} {
+		build := exec.CommandContext(ctx, "go", "run", "./images/sitegen", "-target", "vm", "-version", b.version,
+			"-image", b.img, "-work", filepath.Join(dir, b.work), site)
+		build.Dir = repoRoot(t)
+		out, err := build.CombinedOutput()
+		if err != nil {
+			t.Fatalf("building the image %s: %v\n%s", b.version, err, out)
+		}
+		if b.version == versionOne {
+			t.Logf("sitegen:\n%s", out)
+		}
 	}
-	// A second build of the same site: the update. Its root differs (a
-	// machine id of its own), its version string does not (same commit).
 	img2 := filepath.Join(dir, "vm2.img")
-	build = exec.CommandContext(ctx, "go", "run", "./images/sitegen", "-target", "vm", "-image", img2, "-work", filepath.Join(dir, "work2"), site)
-	build.Dir = repoRoot(t)
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the second image: %v\n%s", err, out)
-	}
+	broken := brokenRoot(t, ctx, img2, dir)
 	inner := exec.CommandContext(ctx, "unshare", "-n", "--", os.Args[0], "-test.run", "^TestVMTailnet$", "-test.v", "-test.timeout", "15m")
-	inner.Env = append(os.Environ(), "SITERELAY_VMTAILNET_INNER=1", "VMTAILNET_DIR="+dir, "VMTAILNET_IMG="+img, "VMTAILNET_IMG2="+img2,
+	inner.Env = append(os.Environ(), "SITERELAY_VMTAILNET_INNER=1", "VMTAILNET_DIR="+dir, "VMTAILNET_IMG="+img, "VMTAILNET_IMG2="+img2, "VMTAILNET_BROKEN="+broken,
 		"VMTAILNET_CTL="+strconv.Itoa(ctlPort), "VMTAILNET_UP="+strconv.Itoa(upPort))
 	inner.Stdout, inner.Stderr = os.Stdout, os.Stderr
 	if err := inner.Run(); err != nil {
@@ -144,12 +228,6 @@ func innerTailnet(t *testing.T) {
 	up.start(t, "127.0.0.1:"+upPort)
 	defer up.stop()
 
-	pw, err := os.ReadFile(filepath.Join(dir, "work", "http-password.txt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	password := strings.TrimSpace(string(pw))
-
 	power := time.Now()
 	v, ready := boot(t, img, dir, "tailnet-boot1")
 	defer v.kill()
@@ -190,91 +268,175 @@ func innerTailnet(t *testing.T) {
 		t.Fatalf("status over the tailnet: %v", err)
 	}
 	t.Logf("status over the tailnet: site %s, version %q, tailnet %+v", st.Site, st.Version, st.Tailnet)
-	if rss, err := v.relaydRSS(password); err == nil {
-		t.Logf("relayd RSS at idle with the tailnet up: %s", rss)
+	if st.Version != versionOne {
+		t.Errorf("the box reports version %q, want the flashed build's %q", st.Version, versionOne)
 	}
+	rss := float64(st.RSSBytes) / (1 << 20)
+	t.Logf("relayd RSS at idle with the tailnet up: %.1f MiB", rss)
+	v.webClosed(t)
 
 	// Mail through the box.
 	swaks(t, v.smtp, "vmtailnet one", "marker-tailnet-one")
 	up.waitFor(t, "marker-tailnet-one", deliveryTimeout)
 
-	// 3. Upstream down, a message queued; the update goes over the
-	// tailnet; the box reboots, rejoins, and delivers.
+	// 3. Upstream down, a message queued; relayctl update sends the second
+	// build (another version) over the tailnet as a test boot; the box
+	// boots it once, relays, rejoins, commits it and reboots once into it;
+	// relayctl reports the new version; the queued message is delivered.
 	up.stop()
 	swaks(t, v.smtp, "vmtailnet two", "marker-tailnet-two")
-	f, err := os.Open(os.Getenv("VMTAILNET_IMG2"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	off, n, err := firmware.Root(f)
-	if err != nil {
-		t.Fatal(err)
-	}
 	updStart := time.Now()
-	uctx, c3 := context.WithTimeout(context.Background(), 10*time.Minute)
-	res, err := c.Update(uctx, io.NewSectionReader(f, off, n), n, false, true)
-	c3()
-	if err != nil {
-		t.Fatalf("update over the tailnet: %v", err)
+	upd := relayctl(admin, "update", "-testboot", "-wait", "10m", os.Getenv("VMTAILNET_IMG2"))
+	waitExit(t, v, dir)
+	up.start(t, "127.0.0.1:"+upPort)
+	v, _ = boot(t, img, dir, "tailnet-boot2-testboot")
+	waitSerial(t, v, "firmware "+versionTwo+" committed", bootTimeout)
+	waitExit(t, v, dir) // the one reboot after the commit
+	v, _ = boot(t, img, dir, "tailnet-boot3")
+	// relayctl answers once it has seen the new version: in the test boot
+	// or after the commit's reboot, whichever it polls first.
+	r := <-upd
+	t.Logf("relayctl update: exit %d\n%s%s", r.code, r.errs, r.out)
+	if r.code != 0 || !regexp.MustCompile(`running\s+`+versionTwo).MatchString(r.out) {
+		t.Errorf("relayctl update: exit %d, want 0 and \"running %s\"", r.code, versionTwo)
 	}
-	t.Logf("update written: %+v", res)
-	// The box reboots (a full reboot: QEMU runs with -no-reboot, so it
-	// exits, and is started again on the same disk). Then it rejoins the
-	// tailnet from its saved state.
+	st = statusAgain(t, c, dir)
+	updTook := time.Since(updStart)
+	t.Logf("after the update: version %q, tailnet %+v", st.Version, st.Tailnet)
+	if st.Version != versionTwo {
+		t.Fatalf("after the update and a reboot the box reports version %q, want %q (serial logs in %s)", st.Version, versionTwo, dir)
+	}
+	up.waitFor(t, "marker-tailnet-two", deliveryTimeout)
+	t.Logf("the message queued before the update was delivered after it")
+	v.webClosed(t)
+	r = <-relayctl(admin, "firmware")
+	t.Logf("relayctl firmware: exit %d\n%s%s", r.code, r.errs, r.out)
+	if r.code != 0 || !strings.Contains(r.out, versionTwo) {
+		t.Errorf("relayctl firmware: exit %d, want %s", r.code, versionTwo)
+	}
+
+	// 4a. Not a root file system at all: refused by the box, nothing
+	// written, no reboot, the box stays on its version.
+	garbage := bytes.Repeat([]byte("not a root file system "), 1<<16)
+	gctx, c4 := context.WithTimeout(context.Background(), 2*time.Minute)
+	_, err = c.Update(gctx, bytes.NewReader(garbage), int64(len(garbage)), true, true)
+	c4()
+	if err == nil || !strings.Contains(err.Error(), "no squashfs superblock") {
+		t.Fatalf("update with garbage: %v, want it refused (no squashfs superblock)", err)
+	}
+	t.Logf("garbage refused: %v", err)
+	if st = statusAgain(t, c, dir); st.Version != versionTwo {
+		t.Fatalf("after the refused update the box reports %q, want %q", st.Version, versionTwo)
+	}
+
+	// 4b. A root that cannot come up (its relayd exits at once), as a test
+	// boot: the box boots it once, it never relays nor rejoins, the power
+	// is cycled (a technician, or the watchdog), and the box is back on
+	// the version it ran, on the tailnet, relaying; relayctl says so.
+	upd = relayctl(admin, "update", "-testboot", "-wait", "10m", os.Getenv("VMTAILNET_BROKEN"))
+	waitExit(t, v, dir)
+	var seen bool
+	for try := 1; try <= 2 && !seen; try++ {
+		serial := filepath.Join(dir, fmt.Sprintf("tailnet-boot4-broken-try%d.serial.log", try))
+		v = bootVM(t, img, serial)
+		seen = serialHas(v, brokenMarker, bootTimeout)
+		v.kill() // the power cycle
+		if !seen {
+			t.Logf("broken boot try %d: no %q on the console (serial log kept: %s)", try, brokenMarker, serial)
+		}
+	}
+	if !seen {
+		t.Fatalf("the broken root never ran in two boots (serial logs in %s)", dir)
+	}
+	t.Logf("the broken root booted once and its relayd exited; power cycled")
+	v, _ = boot(t, img, dir, "tailnet-boot5")
+	defer v.kill()
+	r = <-upd
+	t.Logf("relayctl update (broken root): exit %d\n%s%s", r.code, r.errs, r.out)
+	if r.code == 0 || !strings.Contains(r.errs, "came back with the old version "+versionTwo) {
+		t.Errorf("relayctl update of the broken root: exit %d, want a failure naming the old version %s", r.code, versionTwo)
+	}
+	if st = statusAgain(t, c, dir); st.Version != versionTwo {
+		t.Fatalf("after the broken update and a power cycle the box reports %q, want %q", st.Version, versionTwo)
+	}
+	swaks(t, v.smtp, "vmtailnet three", "marker-tailnet-three")
+	up.waitFor(t, "marker-tailnet-three", deliveryTimeout)
+	t.Logf("back on %s after the broken update: on the tailnet, relaying", st.Version)
+
+	fmt.Printf("vm-tailnet-test figures: power-on to tailnet-joined %.1f s; boot-to-SMTP %.1f s; update end to end (relayctl update -testboot: write, test boot, commit, reboot, back on the tailnet) %.1f s; relayd RSS at idle with the tailnet up %.1f MiB\n",
+		joined.Seconds(), ready.Seconds(), updTook.Seconds(), rss)
+}
+
+// ctlResult is what a relayctl run printed.
+type ctlResult struct {
+	code      int
+	out, errs string
+}
+
+// relayctl runs the command line (provisioning/ctl, what cmd/relayctl
+// runs) against the box from the admin node, in the background: an
+// update waits for the box to reboot, which the test does.
+func relayctl(admin *tsnet.Server, args ...string) <-chan ctlResult {
+	ch := make(chan ctlResult, 1)
+	go func() {
+		var out, errs bytes.Buffer
+		code := ctl.Main(context.Background(), append([]string{"-relay", "relay-vmtest"}, args...),
+			ctl.IO{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errs, Node: admin})
+		ch <- ctlResult{code, out.String(), errs.String()}
+	}()
+	return ch
+}
+
+// waitExit waits for the box to reboot: QEMU runs with -no-reboot, so it
+// exits, and the test starts it again on the same disk.
+func waitExit(t *testing.T, v *vm, dir string) {
+	t.Helper()
 	select {
 	case <-v.exited:
 	case <-time.After(3 * time.Minute):
-		t.Fatalf("the box did not reboot within 3 minutes of the update (serial log in %s)", dir)
+		t.Fatalf("the box did not reboot within 3 minutes (serial log in %s)", dir)
 	}
-	up.start(t, "127.0.0.1:"+upPort)
-	v, _ = boot(t, img, dir, "tailnet-boot2")
-	down := true
+}
+
+// statusAgain reads the box's status over the tailnet, waiting up to 2
+// minutes for it to be back there.
+func statusAgain(t *testing.T, c *api.Client, dir string) *api.Status {
+	t.Helper()
+	var err error
 	for end := time.Now().Add(2 * time.Minute); ; time.Sleep(time.Second) {
-		cctx, c2 := context.WithTimeout(context.Background(), 10*time.Second)
-		st, err = c.Status(cctx)
-		c2()
-		if err == nil || time.Now().After(end) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		st, e := c.Status(ctx)
+		cancel()
+		if e == nil {
+			return st
+		}
+		err = e
+		if time.Now().After(end) {
 			break
 		}
 	}
-	if err != nil || !down {
-		t.Fatalf("the box did not come back on the tailnet after the update (down seen: %v): %v", down, err)
-	}
-	updTook := time.Since(updStart)
-	t.Logf("after the update: version %q, tailnet %+v", st.Version, st.Tailnet)
-	up.waitFor(t, "marker-tailnet-two", deliveryTimeout)
-	t.Logf("the message queued before the update was delivered after it")
-	// The new root runs: gokrazy logs which partition its update handler
-	// would write next, and after the switch that is the old one (2).
-	serial, err := os.ReadFile(v.serial)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(string(serial), "inactiveRootPartition = 2") {
-		t.Errorf("after the update the box does not run root partition 3 (no \"inactiveRootPartition = 2\" in %s)", v.serial)
-	}
-	fmt.Printf("vm-tailnet-test figures: power-on to tailnet-joined %.1f s; boot-to-SMTP %.1f s; update end to end (write, reboot, back on the tailnet) %.1f s, %d-byte root\n",
-		joined.Seconds(), ready.Seconds(), updTook.Seconds(), n)
-	// The new root brings its own build's web password (sitegen makes one
-	// per build): the box's password is now the second build's.
-	pw2, err := os.ReadFile(filepath.Join(dir, "work2", "http-password.txt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	v.poweroff(t, strings.TrimSpace(string(pw2)))
-
+	t.Fatalf("the box is not back on the tailnet: %v (serial logs in %s)", err, dir)
+	return nil
 }
 
-// gokrazyPage is gokrazy's status page through the forwarded web port.
-func gokrazyPage(v *vm, password string) (string, error) {
-	req, _ := http.NewRequest("GET", "http://"+v.http+"/", nil)
-	req.SetBasicAuth("gokrazy", password)
-	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
-	if err != nil {
-		return "", err
+// serialHas waits up to timeout for s in v's serial log, or QEMU's exit.
+func serialHas(v *vm, s string, timeout time.Duration) bool {
+	for end := time.Now().Add(timeout); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+		if b, err := os.ReadFile(v.serial); err == nil && strings.Contains(string(b), s) {
+			return true
+		}
+		select {
+		case <-v.exited:
+			return false
+		default:
+		}
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return string(b), err
+	return false
+}
+
+func waitSerial(t *testing.T, v *vm, s string, timeout time.Duration) {
+	t.Helper()
+	if !serialHas(v, s, timeout) {
+		t.Fatalf("no %q on the console within %v (serial log %s)", s, timeout, v.serial)
+	}
 }

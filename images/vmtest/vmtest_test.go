@@ -3,8 +3,12 @@
 // Package vmtest proves the appliance image by booting it: the amd64 image
 // is built from a test site, booted in QEMU (TCG), and mail goes from the
 // host through the box to a fake upstream on the host; mail spooled while
-// the upstream is down survives a power-off through gokrazy and is
+// the upstream is down survives a power cut and is
 // delivered after the next boot.
+//
+// The power-off is a power cut (QEMU killed): the box has no other way
+// off, since gokrazy's web interface is off the network, and a plug pulled
+// is what a plant does anyway.
 //
 // It runs only when SITERELAY_VMTEST=1 (make vm-test sets it), so that
 // make integration does not boot the VM a second time.
@@ -33,7 +37,6 @@ import (
 const (
 	bootTimeout     = 180 * time.Second // TCG on a 2-core machine that other builds share
 	deliveryTimeout = 120 * time.Second
-	poweroffTimeout = 60 * time.Second
 )
 
 // upstream is a fake smarthost on the host's loopback that records what it
@@ -126,7 +129,7 @@ type vm struct {
 	exited chan struct{} // closed when QEMU has exited
 	serial string
 	smtp   string // 127.0.0.1:port forwarded to the guest's :25
-	http   string // 127.0.0.1:port forwarded to gokrazy's :80
+	http   string // 127.0.0.1:port forwarded to :80, where gokrazy's web interface would be
 	status string // 127.0.0.1:port forwarded to relayd's status page, :8025
 }
 
@@ -224,45 +227,17 @@ func boot(t *testing.T, img, dir, name string) (*vm, time.Duration) {
 	return nil, 0
 }
 
-func (v *vm) poweroff(t *testing.T, password string) {
+// webClosed checks that gokrazy's web interface answers nothing on the
+// guest's LAN address: QEMU accepts on the forwarded port, the guest has
+// no listener on :80, and the connection ends without an HTTP answer.
+func (v *vm) webClosed(t *testing.T) {
 	t.Helper()
-	req, _ := http.NewRequest("POST", "http://"+v.http+"/poweroff", nil)
-	req.SetBasicAuth("gokrazy", password)
-	c := &http.Client{Timeout: 10 * time.Second}
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatalf("poweroff through gokrazy: %v", err)
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + v.http + "/")
+	if err == nil {
+		resp.Body.Close()
+		t.Fatalf("gokrazy's web interface answered %s on the plant LAN address; want nothing", resp.Status)
 	}
-	resp.Body.Close()
-	select {
-	case <-v.exited:
-	case <-time.After(poweroffTimeout):
-		v.kill()
-		t.Fatalf("the VM did not power off within %v", poweroffTimeout)
-	}
-}
-
-var rssRE = regexp.MustCompile(`relayd uses ([0-9.]+ [KMG]i?B) RSS`)
-
-// relaydRSS reads relayd's RSS from gokrazy's status page.
-func (v *vm) relaydRSS(password string) (string, error) {
-	req, _ := http.NewRequest("GET", "http://"+v.http+"/", nil)
-	req.SetBasicAuth("gokrazy", password)
-	c := &http.Client{Timeout: 10 * time.Second}
-	resp, err := c.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return "", err
-	}
-	m := rssRE.FindSubmatch(b)
-	if m == nil {
-		return "", fmt.Errorf("no relayd RSS on gokrazy's status page")
-	}
-	return string(m[1]), nil
+	t.Logf("gokrazy's web interface on the LAN address (guest :80): no answer (%v)", err)
 }
 
 // relayStatus is the part of relayd's /status.json the test checks.
@@ -406,22 +381,13 @@ func TestVM(t *testing.T) {
 		t.Fatalf("sitegen printed the tailnet join key")
 	}
 	t.Logf("sitegen:\n%s", out)
-	pw, err := os.ReadFile(filepath.Join(dir, "work", "http-password.txt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	password := strings.TrimSpace(string(pw))
-
 	// Boot 1: mail flows through the box to the upstream.
 	v, ready := boot(t, img, dir, "boot1")
 	defer func() { v.kill() }() // no-op once powered off
 	swaks(t, v.smtp, "vmtest one", "marker-one")
 	up.waitFor(t, "marker-one", deliveryTimeout)
 	t.Logf("message 1 delivered through the VM")
-	rss, err := v.relaydRSS(password)
-	if err != nil {
-		t.Errorf("relayd RSS: %v", err)
-	}
+	v.webClosed(t)
 	// The upstream has the message; the relay records the delivery once
 	// the upstream's 250 is back: poll the page for it, briefly.
 	var st relayStatus
@@ -436,18 +402,18 @@ func TestVM(t *testing.T) {
 		t.Errorf("relayd status page: got %+v, want relay-vmtest, relay-vmtest.local, ok, a delivery", st)
 	}
 
-	// Upstream down: the box accepts and spools; then power off cleanly.
+	// Upstream down: the box accepts and spools; then the power is cut.
 	up.stop()
 	swaks(t, v.smtp, "vmtest two", "marker-two")
-	v.poweroff(t, password)
-	t.Logf("VM powered off through gokrazy with message 2 spooled")
+	v.kill()
+	t.Logf("VM power cut with message 2 spooled")
 
 	// Boot 2 with the upstream back: the spooled message arrives.
 	up.start(t, up.addr)
 	v, _ = boot(t, img, dir, "boot2")
 	up.waitFor(t, "marker-two", deliveryTimeout)
 	t.Logf("message 2 delivered after the reboot")
-	v.poweroff(t, password)
+	v.kill()
 
-	fmt.Printf("vm-test figures: boot-to-SMTP-ready %.1f s (QEMU TCG, from QEMU start to the banner); relayd RSS at idle %s\n", ready.Seconds(), rss)
+	fmt.Printf("vm-test figures: boot-to-SMTP-ready %.1f s (QEMU TCG, from QEMU start to the banner)\n", ready.Seconds())
 }

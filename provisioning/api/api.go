@@ -177,6 +177,9 @@ type Status struct {
 	ClockSynchronised *bool   `json:"clock_synchronised,omitempty"`
 	ConfigVersion     int     `json:"config_version"`
 	Tailnet           Tailnet `json:"tailnet"`
+	// RSSBytes is relayd's resident memory (0 where the system does not
+	// say), to see a box's headroom from afar.
+	RSSBytes int64 `json:"rss_bytes,omitempty"`
 }
 
 type Listener struct {

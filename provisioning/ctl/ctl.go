@@ -799,7 +799,7 @@ type UpdateReport struct {
 
 func (e *env) update(ctx context.Context, args []string) int {
 	fs := sub("update", e)
-	testboot := fs.Bool("testboot", false, "boot the new root once only (a power cycle after that boots the old one)")
+	testboot := fs.Bool("testboot", false, "boot the new root once: it commits itself once relaying and back on the tailnet (and reboots once into it); one that never gets there is not committed, and the next boot is the old root")
 	noReboot := fs.Bool("no-reboot", false, "write and switch, but do not reboot now")
 	wait := fs.Duration("wait", 5*time.Minute, "after the reboot, wait this long for the relay to answer again")
 	pos, err := parse(fs, args)

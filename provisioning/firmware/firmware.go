@@ -21,6 +21,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"time"
 )
@@ -113,6 +114,31 @@ func (u *Updater) put(ctx context.Context, path string, r io.Reader, n int64) er
 	return nil
 }
 
+// ErrNotRoot marks an update that is not a root file system at all; the
+// inactive partition is not touched.
+var ErrNotRoot = errors.New("not a gokrazy root file system")
+
+// checkRoot reads the head of an update and refuses what cannot be a
+// root file system before anything is written: no squashfs superblock,
+// or one that says it is larger than what is sent. It returns a reader
+// of the whole stream again.
+func checkRoot(r io.Reader, n int64) (io.Reader, error) {
+	head := make([]byte, 96)
+	if n < int64(len(head)) {
+		return nil, fmt.Errorf("%w: %d bytes is too small (send the .img file sitegen wrote: relayctl update IMAGE)", ErrNotRoot, n)
+	}
+	if _, err := io.ReadFull(r, head); err != nil {
+		return nil, fmt.Errorf("reading the update: %w", err)
+	}
+	if !bytes.Equal(head[:4], []byte("hsqs")) {
+		return nil, fmt.Errorf("%w: no squashfs superblock at its start (send the .img file sitegen wrote: relayctl update IMAGE)", ErrNotRoot)
+	}
+	if used := binary.LittleEndian.Uint64(head[40:48]); used == 0 || used > uint64(n) {
+		return nil, fmt.Errorf("%w: its superblock says %d bytes, but %d are sent", ErrNotRoot, used, n)
+	}
+	return io.MultiReader(bytes.NewReader(head), r), nil
+}
+
 // exactReader counts what is left, so a body cut short is an error.
 type exactReader struct {
 	r    io.Reader
@@ -152,6 +178,10 @@ func (u *Updater) Write(ctx context.Context, r io.Reader, rootN int64, testboot 
 	if _, err := u.call(ctx, http.MethodGet, "/update/features", nil, 0); err != nil {
 		return nil, fmt.Errorf("this box cannot be updated from inside (is gokrazy's local socket there?): %w", err)
 	}
+	r, err := checkRoot(r, rootN)
+	if err != nil {
+		return nil, err
+	}
 	if err := u.put(ctx, "/update/root", r, rootN); err != nil {
 		return nil, fmt.Errorf("writing the inactive root partition: %w", err)
 	}
@@ -174,6 +204,30 @@ func (u *Updater) Write(ctx context.Context, r io.Reader, rootN int64, testboot 
 func (u *Updater) Reboot(ctx context.Context) error {
 	_, err := u.call(ctx, http.MethodPost, "/reboot?async=true&kexec=off", strings.NewReader(""), 0)
 	return err
+}
+
+// TryBootFlag is on the kernel command line of a test boot: gokrazy's
+// /update/testboot adds it to the boot partition's cmdline.txt, and at the
+// next boot the old root's init takes it off there (so the boot after
+// that is the old root again) and runs the inactive root's init instead.
+const TryBootFlag = "gokrazy.try_boot_inactive=1"
+
+// TestBooted says whether this boot is a test boot of a new root, from
+// the kernel command line (cmdline: the contents of /proc/cmdline).
+func TestBooted(cmdline string) bool {
+	return slices.Contains(strings.Fields(cmdline), TryBootFlag)
+}
+
+// Commit makes a test-booted root the one that boots from now on. In a
+// test boot the kernel command line still names the old root, so gokrazy
+// takes the running one for the inactive one, and its switch makes the
+// running root permanent. Call it only in a test boot (TestBooted): in a
+// normal boot it would switch to the other root.
+func (u *Updater) Commit(ctx context.Context) error {
+	if _, err := u.call(ctx, http.MethodPost, "/update/switch", nil, 0); err != nil {
+		return fmt.Errorf("committing the test-booted root: %w", err)
+	}
+	return nil
 }
 
 // Root locates the squashfs root file system inside a sitegen image file:

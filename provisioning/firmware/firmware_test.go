@@ -84,8 +84,19 @@ func start(t *testing.T, f *fakeGokrazy) *Updater {
 	return u
 }
 
+// squashRoot is n bytes that start like a squashfs root file system.
+func squashRoot(n int) []byte {
+	b := bytes.Repeat([]byte("squashfs"), n/8)
+	copy(b, "hsqs")
+	binary.LittleEndian.PutUint64(b[40:], uint64(n))
+	return b
+}
+
 func TestWrite(t *testing.T) {
-	root := bytes.Repeat([]byte("squashfs"), 1024)
+	root := squashRoot(8192)
+	garbage := bytes.Repeat([]byte("garbage!"), 1024)
+	lying := squashRoot(8192)
+	binary.LittleEndian.PutUint64(lying[40:], 1<<20)
 	for _, tc := range []struct {
 		name      string
 		password  string
@@ -100,6 +111,9 @@ func TestWrite(t *testing.T) {
 		{name: "testboot", send: root, testboot: true, wantCalls: "GET /update/features,PUT /update/root,POST /update/testboot"},
 		{name: "short stream", send: root[:100], wantErr: "writing the inactive root partition"}, // the client may give up before gokrazy sees the PUT: no switch either way
 		{name: "hash mismatch", send: root, corrupt: true, wantErr: "but ", wantCalls: "GET /update/features,PUT /update/root"},
+		// Not a root: refused before anything is written.
+		{name: "garbage", send: garbage, wantErr: "no squashfs superblock", wantCalls: "GET /update/features"},
+		{name: "superblock says more", send: lying, wantErr: "says 1048576 bytes", wantCalls: "GET /update/features"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := &fakeGokrazy{password: tc.password, corrupt: tc.corrupt}
@@ -215,5 +229,32 @@ func TestRoot(t *testing.T) {
 				t.Errorf("got offset %d, %d bytes; want %d, %d", off, n, wantOff, tc.wantN)
 			}
 		})
+	}
+}
+
+func TestTestBooted(t *testing.T) {
+	for _, tc := range []struct {
+		cmdline string
+		want    bool
+	}{
+		{"console=ttyS0,115200 root=PARTUUID=60c24cc1-f3f9-427a-8199-2e18c40c0003 rootwait \n", false},
+		{"console=ttyS0,115200 root=PARTUUID=60c24cc1-f3f9-427a-8199-2e18c40c0002 rootwait  gokrazy.try_boot_inactive=1\n", true},
+		{"gokrazy.switch_on_boot=1", false},
+		{"x.gokrazy.try_boot_inactive=1", false},
+	} {
+		if got := TestBooted(tc.cmdline); got != tc.want {
+			t.Errorf("TestBooted(%q) = %v, want %v", tc.cmdline, got, tc.want)
+		}
+	}
+}
+
+func TestCommit(t *testing.T) {
+	f := &fakeGokrazy{}
+	u := start(t, f)
+	if err := u.Commit(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if calls, _ := f.seen(); !slices.Equal(calls, []string{"POST /update/switch"}) {
+		t.Errorf("got calls %v, want the switch", calls)
 	}
 }
