@@ -10,6 +10,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/layout"
 	"github.com/siterelay/siterelay/relay/learn"
 )
@@ -93,6 +94,9 @@ func runDevices(args []string, stdout, stderr io.Writer) int {
 		o.Addresses = strings.Split(*addrs, ",")
 	}
 	p, err := learn.MakePlan(doc, clients, o)
+	if err == nil {
+		_, err = config.Parse(p.Doc)
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "relayd devices: %s: %v\n", path, err)
 		return 1

@@ -141,11 +141,34 @@ type Plan struct {
 	Doc []byte
 }
 
-// MakePlan adopts clients into the configuration document doc (which must
-// be valid) as Adopt does, choosing with o. A wrong address in
-// o.Addresses is a *config.KeyError naming it (addresses[1]); a new
-// document that does not validate (devices_only with no device at all) is
-// the configuration's own errors.
+// AddressError is a wrong address among AdoptOptions.Addresses.
+type AddressError struct {
+	Index   int // in Addresses
+	Problem string
+}
+
+// Key names the address as a request field: addresses[1].
+func (e *AddressError) Key() string { return fmt.Sprintf("addresses[%d]", e.Index) }
+
+func (e *AddressError) Error() string { return e.Key() + ": " + e.Problem }
+
+// AddressErrors are every wrong address of one request.
+type AddressErrors []*AddressError
+
+func (e AddressErrors) Error() string {
+	s := make([]string, len(e))
+	for i, x := range e {
+		s[i] = x.Error()
+	}
+	return strings.Join(s, "; ")
+}
+
+// MakePlan adopts clients into the configuration document doc (the one in
+// force, valid) as Adopt does, choosing with o. Wrong addresses in
+// o.Addresses are AddressErrors, each naming its place. The new document
+// is not validated here: the caller validates it as it validates any
+// configuration (devices_only with no device at all is refused there,
+// naming devices_only).
 func MakePlan(doc []byte, clients []Client, o AdoptOptions) (*Plan, error) {
 	cfg, err := config.Parse(doc)
 	if err != nil {
@@ -158,23 +181,22 @@ func MakePlan(doc []byte, clients []Client, o AdoptOptions) (*Plan, error) {
 				byAddr[ip.Unmap().String()] = c
 			}
 		}
-		var errs config.Errors
+		var errs AddressErrors
 		var chosen []Client
 		for i, a := range o.Addresses {
-			key := fmt.Sprintf("addresses[%d]", i)
 			ip, err := netip.ParseAddr(strings.TrimSpace(a))
 			if err != nil {
-				errs = append(errs, &config.KeyError{Key: key, Problem: fmt.Sprintf("%q is not an IP address", a)})
+				errs = append(errs, &AddressError{i, fmt.Sprintf("%q is not an IP address", a)})
 				continue
 			}
 			c, ok := byAddr[ip.Unmap().String()]
 			switch {
 			case !ok:
-				errs = append(errs, &config.KeyError{Key: key, Problem: fmt.Sprintf("nothing was learned from %s (the devices list shows what was)", ip.Unmap())})
+				errs = append(errs, &AddressError{i, fmt.Sprintf("nothing was learned from %s (the devices list shows what was)", ip.Unmap())})
 			case Known(c, cfg) != "":
-				errs = append(errs, &config.KeyError{Key: key, Problem: fmt.Sprintf("%s is already device %s", ip.Unmap(), Known(c, cfg))})
+				errs = append(errs, &AddressError{i, fmt.Sprintf("%s is already device %s", ip.Unmap(), Known(c, cfg))})
 			case c.Messages == 0:
-				errs = append(errs, &config.KeyError{Key: key, Problem: fmt.Sprintf("%s has had no message accepted yet; only a client that sent mail is adopted", ip.Unmap())})
+				errs = append(errs, &AddressError{i, fmt.Sprintf("%s has had no message accepted yet; only a client that sent mail is adopted", ip.Unmap())})
 			default:
 				chosen = append(chosen, c)
 			}
@@ -210,9 +232,6 @@ func MakePlan(doc []byte, clients []Client, o AdoptOptions) (*Plan, error) {
 	}
 	only, _ := json.Marshal(p.DevicesOnly)
 	if p.Doc, err = setKeys(doc, []string{"devices", "devices_only"}, []json.RawMessage{devs, only}); err != nil {
-		return nil, err
-	}
-	if _, err := config.Parse(p.Doc); err != nil {
 		return nil, err
 	}
 	return p, nil

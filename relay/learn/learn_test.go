@@ -182,7 +182,7 @@ func TestMakePlan(t *testing.T) {
 		{Address: "10.20.7.1", Helo: []string{"boiler-scada"}, Senders: []string{"boiler@plant.example"}, Messages: 2, FirstSeen: seen, LastSeen: seen},
 		{Address: "10.20.7.2", Helo: []string{"mfp"}, Messages: 1, FirstSeen: seen, LastSeen: seen},
 		{Address: "10.9.0.5", Messages: 4, FirstSeen: seen, LastSeen: seen}, // old-printer
-		{Address: "10.20.7.3", Mails: 2},                                    // refused only
+		{Address: "10.20.7.3", Mails: 2}, // refused only
 	}
 	p, err := MakePlan(doc, clients, AdoptOptions{DevicesOnly: true})
 	if err != nil {
@@ -235,7 +235,11 @@ func TestMakePlan(t *testing.T) {
 	}
 	// Locking a relay that has no device at all is the configuration's own error.
 	bare := []byte(`{"listeners":[{"name":"local","address":"127.0.0.1:0","mode":"smtp","allowed_networks":["127.0.0.0/8"]}],"upstream":{"kind":"capture","capture":{"directory":"outbox"}}}`)
-	if _, err := MakePlan(bare, nil, AdoptOptions{DevicesOnly: true}); err == nil || !strings.Contains(err.Error(), "devices_only") {
+	p, err = MakePlan(bare, nil, AdoptOptions{DevicesOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := config.Parse(p.Doc); err == nil || !strings.Contains(err.Error(), "devices_only") {
 		t.Errorf("locking without devices: %v", err)
 	}
 }
