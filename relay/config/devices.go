@@ -159,7 +159,7 @@ func (c *Config) validateDevices() Errors {
 		}
 	}
 	if c.DevicesOnly && len(c.Devices) == 0 {
-		bad("devices_only", "no devices are configured, so every client would be refused; adopt them first (`relayd devices adopt`)")
+		bad("devices_only", "no devices are configured, so every client would be refused; adopt them first (`relayctl devices adopt`, or `relayd devices adopt` on the box)")
 	}
 	return errs
 }
