@@ -19,7 +19,7 @@ import (
 // envelope senders it was seen using, with what was seen in owner. The
 // entries are new; cfg is not changed.
 func Adopt(clients []Client, cfg *config.Config) []config.Device {
-	names := map[string]bool{}
+	names := map[string]bool{"unknown": true} // the metrics' label for the clients that are no device
 	logins := map[string]bool{}
 	for _, d := range cfg.Devices {
 		names[d.Name] = true
