@@ -20,8 +20,9 @@ import (
 // any address containing them. Sender matches the envelope sender as
 // received or as sent. Subject matches a substring; QueueID, MessageID
 // (with or without angle brackets), ClientIP, Device and Kind must be
-// equal. Device is, until devices are configuration objects, the login
-// (Event.Account) or the listener's name (Event.Listener).
+// equal. Device is a configured device's name (Event.Device); the login
+// (Event.Account) and the listener's name (Event.Listener) match too, for
+// events from before a client was a device.
 //
 // A filter with a queue ID, a message ID or a whole address is answered
 // from the day files' indexes; the others scan the days in range.
