@@ -117,7 +117,7 @@ func startAdmin(ctx context.Context, o Options, run *app, creds *secrets.Store, 
 		WhoIs:  func(ctx context.Context, addr string) (*apitype.WhoIsResponse, error) { return a.node.WhoIs(ctx, addr) },
 		Policy: authz.Policy{Site: t.Site, Admins: t.Admins},
 		Audit:  al, Box: a, Credentials: creds, Configs: a.configs, Logger: log,
-		Updater: upd,
+		Updater: upd, Devices: a,
 	})
 	nctx, cancel := context.WithCancel(ctx)
 	a.node = node.Start(nctx, node.Options{Dir: dir.Tailnet(), Hostname: t.Site, AuthKey: key, ControlURL: t.ControlURL,
@@ -317,7 +317,8 @@ func (a *admin) Delete(ctx context.Context, id string) error {
 }
 
 func (a *admin) Trace(ctx context.Context, q api.TraceQuery) ([]api.TraceEvent, error) {
-	f := trace.Filter{QueueID: q.QueueID, MessageID: q.MessageID, Sender: q.Sender, Recipient: q.Recipient, Kind: trace.Kind(q.Kind), Since: q.Since, Limit: q.Limit}
+	f := trace.Filter{QueueID: q.QueueID, MessageID: q.MessageID, Sender: q.Sender, Recipient: q.Recipient, Kind: trace.Kind(q.Kind), Since: q.Since, Limit: q.Limit,
+		Device: q.Device}
 	if q.Kind != "" && !slices.Contains(trace.Kinds, f.Kind) {
 		return nil, &api.Error{Status: 400, Code: api.CodeBadRequest, Field: "kind", Message: fmt.Sprintf("%q: want one of %v", q.Kind, trace.Kinds)}
 	}
@@ -328,7 +329,8 @@ func (a *admin) Trace(ctx context.Context, q api.TraceQuery) ([]api.TraceEvent, 
 	out := make([]api.TraceEvent, len(ev))
 	for i, e := range ev {
 		out[i] = api.TraceEvent{Time: e.Time, Kind: string(e.Kind), QueueID: e.QueueID, MessageID: e.MessageID, ClientIP: e.ClientIP,
-			From: e.From, To: e.To, Subject: e.Subject, Size: e.Size, Attempt: e.Attempt, Reply: e.Reply, Hint: e.Hint, Upstream: e.Upstream}
+			From: e.From, To: e.To, Subject: e.Subject, Size: e.Size, Attempt: e.Attempt, Reply: e.Reply, Hint: e.Hint, Upstream: e.Upstream,
+			Device: e.Device}
 	}
 	return out, nil
 }

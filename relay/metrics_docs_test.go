@@ -74,6 +74,7 @@ func TestDocumentedMetricsAreExported(t *testing.T) {
 			t.Errorf("%s is documented (%s) but not exported", name, strings.Join(in, ", "))
 		}
 	}
+	checkDocumentedLabels(t, string(body))
 	if !strings.Contains(string(body), "\nsiterelay_upstream_connections 1\n") {
 		t.Errorf("siterelay_upstream_connections is not the one pooled connection:\n%s", grepLines(string(body), "siterelay_upstream_connections"))
 	}
@@ -87,4 +88,70 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+var (
+	tableRow  = regexp.MustCompile("^\\| `(siterelay_[a-z0-9_]+)` \\| [a-z]+ \\|([^|]*)\\|")
+	sampleRow = regexp.MustCompile(`^(siterelay_[a-z0-9_]+)(?:\{([^}]*)\})? `)
+	labelName = regexp.MustCompile(`([a-z_]+)="`)
+)
+
+// checkDocumentedLabels: the labels of each metric in the metrics table
+// of docs/trace.md are the labels it is exported with (a dashboard or an
+// alert on a label that is not there shows nothing).
+func checkDocumentedLabels(t *testing.T, body string) {
+	t.Helper()
+	doc, err := os.ReadFile("../docs/trace.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exported := map[string]map[string]bool{}
+	for _, line := range strings.Split(body, "\n") {
+		m := sampleRow.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		name := m[1]
+		for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+			name = strings.TrimSuffix(name, suffix)
+		}
+		if exported[name] == nil {
+			exported[name] = map[string]bool{}
+		}
+		for _, l := range labelName.FindAllStringSubmatch(m[2], -1) {
+			if l[1] != "le" {
+				exported[name][l[1]] = true
+			}
+		}
+	}
+	rows := 0
+	for _, line := range strings.Split(string(doc), "\n") {
+		m := tableRow.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		rows++
+		var want []string
+		for _, l := range strings.Split(m[2], ",") {
+			if l = strings.Trim(strings.TrimSpace(l), "`"); l != "" {
+				want = append(want, l)
+			}
+		}
+		got, ok := exported[m[1]]
+		if !ok {
+			continue // exported without a sample in this scrape (TestDocumentedMetricsAreExported checks the name)
+		}
+		var have []string
+		for l := range got {
+			have = append(have, l)
+		}
+		slices.Sort(want)
+		slices.Sort(have)
+		if !slices.Equal(want, have) {
+			t.Errorf("docs/trace.md gives %s the labels %v; it is exported with %v", m[1], want, have)
+		}
+	}
+	if rows < 20 {
+		t.Errorf("found only %d metric rows in docs/trace.md", rows)
+	}
 }

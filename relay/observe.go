@@ -40,32 +40,33 @@ func (r *Relay) metricsGauges() metrics.Gauges {
 	}
 }
 
-// deviceQueues is the spool by device login ("" for none): until devices
-// are configuration objects, the login is what tells them apart in the
-// spool (the listener is not kept there).
+// deviceQueues is the spool by device: the device each message was
+// recognised as (kept in its spool record), metrics.Unknown for clients
+// that are no device.
 func (r *Relay) deviceQueues() []metrics.DeviceQueue {
 	by := map[string]*metrics.DeviceQueue{}
 	for _, m := range r.spool.List() {
-		q := by[m.Envelope.Login]
+		d := metrics.DeviceLabel(m.Envelope.Device)
+		q := by[d]
 		if q == nil {
-			q = &metrics.DeviceQueue{Account: m.Envelope.Login}
-			by[m.Envelope.Login] = q
+			q = &metrics.DeviceQueue{Device: d}
+			by[d] = q
 		}
 		q.Messages++
 		if q.Oldest.IsZero() || m.Envelope.Received.Before(q.Oldest) {
 			q.Oldest = m.Envelope.Received
 		}
 	}
-	// Every configured account has its series, and so have the devices
-	// without a login, at 0 when nothing waits, so that a device's line on
-	// a graph does not just stop.
-	if by[""] == nil {
-		by[""] = &metrics.DeviceQueue{}
+	// Every configured device has its series, and so have the unknown
+	// clients, at 0 when nothing waits, so that a device's line on a
+	// graph does not just stop.
+	if by[metrics.Unknown] == nil {
+		by[metrics.Unknown] = &metrics.DeviceQueue{Device: metrics.Unknown}
 	}
 	if g := r.gen.Load(); g != nil {
-		for _, a := range g.cfg.Accounts {
-			if by[a.Username] == nil {
-				by[a.Username] = &metrics.DeviceQueue{Account: a.Username}
+		for _, d := range g.cfg.Devices {
+			if by[d.Name] == nil {
+				by[d.Name] = &metrics.DeviceQueue{Device: d.Name}
 			}
 		}
 	}
@@ -73,15 +74,7 @@ func (r *Relay) deviceQueues() []metrics.DeviceQueue {
 	for _, q := range by {
 		out = append(out, *q)
 	}
-	slices.SortFunc(out, func(a, b metrics.DeviceQueue) int {
-		switch {
-		case a.Account < b.Account:
-			return -1
-		case a.Account > b.Account:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b metrics.DeviceQueue) int { return strings.Compare(a.Device, b.Device) })
 	return out
 }
 

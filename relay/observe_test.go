@@ -47,8 +47,8 @@ func TestMetricsAfterTraffic(t *testing.T) {
 	for _, want := range []string{
 		`siterelay_deliveries_total{result="delivered",upstream="smtp"} 3`,
 		`siterelay_deliveries_total{result="deferred",upstream="smtp"} 0`,
-		`siterelay_device_tls_messages_total{account="",cipher="",listener="` + listener + `",version="none"} 1`,
-		`siterelay_refused_total{listener="` + listener + `",reason="bad_sender"} 1`,
+		`siterelay_device_tls_messages_total{cipher="",device="unknown",listener="` + listener + `",version="none"} 1`,
+		`siterelay_refused_total{device="unknown",listener="` + listener + `",reason="bad_sender"} 1`,
 		`siterelay_upstream_attempt_duration_seconds_count{upstream="smtp"} 2`,
 		`siterelay_upstream_throttled_total{upstream="smtp"} 0`,
 		`siterelay_clock_synchronised `,

@@ -19,18 +19,21 @@ import (
 // entries:
 //
 //	relayd devices [-state DIR] [-config FILE] list [-json]
-//	relayd devices [-state DIR] [-config FILE] adopt
+//	relayd devices [-state DIR] [-config FILE] adopt [-address A,B] [-lock=false]
 //
 // adopt prints {"devices": [...], "devices_only": true}: the configured
 // devices followed by one new entry for every client that no device
-// recognises, to paste into config.json before a reload. It writes
-// nothing.
+// recognises (or only those at -address), to paste into config.json
+// before a reload. It writes nothing. relay/learn.MakePlan makes it, as
+// it makes `relayctl devices adopt`'s new configuration version.
 func runDevices(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("devices", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	state := fs.String("state", defaultState(), "state directory")
 	cfgFile := fs.String("config", "", "configuration file (default STATE/config.json)")
 	asJSON := fs.Bool("json", false, "list: the learned clients as JSON")
+	addrs := fs.String("address", "", "adopt: only the learned clients at these comma-separated addresses")
+	lock := fs.Bool("lock", true, "adopt: devices_only in the result (false: unknown clients still relay as before)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -42,7 +45,7 @@ func runDevices(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	if cmd != "list" && cmd != "adopt" || fs.NArg() > 0 && fs.Arg(0) != cmd {
-		fmt.Fprintln(stderr, "usage: relayd devices [-state DIR] [-config FILE] list [-json] | adopt")
+		fmt.Fprintln(stderr, "usage: relayd devices [-state DIR] [-config FILE] list [-json] | adopt [-address A,B] [-lock=false]")
 		return 2
 	}
 	dir := layout.Dir(*state)
@@ -81,23 +84,34 @@ func runDevices(args []string, stdout, stderr io.Writer) int {
 	if path == "" {
 		path = dir.Config()
 	}
-	cfg, err := config.Load(path)
+	doc, err := os.ReadFile(path)
 	if err != nil {
-		fmt.Fprintf(stderr, "relayd devices: %v\n", err)
+		fmt.Fprintf(stderr, "relayd devices: reading configuration: %v\n", err)
 		return 1
 	}
-	adopted := learn.Adopt(clients, cfg)
+	o := learn.AdoptOptions{DevicesOnly: *lock}
+	if *addrs != "" {
+		o.Addresses = strings.Split(*addrs, ",")
+	}
+	p, err := learn.MakePlan(doc, clients, o)
+	if err == nil {
+		_, err = config.Parse(p.Doc)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "relayd devices: %s: %v\n", path, err)
+		return 1
+	}
 	out := struct {
-		Devices     []config.Device `json:"devices"`
-		DevicesOnly bool            `json:"devices_only"`
-	}{append(cfg.Devices, adopted...), true}
+		Devices     []json.RawMessage `json:"devices"`
+		DevicesOnly bool              `json:"devices_only"`
+	}{p.Devices, p.DevicesOnly}
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
 	if err := enc.Encode(out); err != nil {
 		return 1
 	}
-	fmt.Fprintf(stderr, "relayd devices: %d configured, %d adopted; put \"devices\" and \"devices_only\" above into %s and reload (SIGHUP or relayctl) to lock the relay to them\n",
-		len(cfg.Devices), len(adopted), path)
+	fmt.Fprintf(stderr, "relayd devices: %d configured, %d adopted; put \"devices\" and \"devices_only\" above into %s and reload (SIGHUP), or let relayctl devices adopt do it over the tailnet\n",
+		len(p.Devices)-len(p.Adopted), len(p.Adopted), path)
 	return 0
 }
 

@@ -193,7 +193,7 @@ func (c *Client) Delete(ctx context.Context, id string) error {
 
 func (c *Client) Trace(ctx context.Context, tq TraceQuery) ([]TraceEvent, error) {
 	q := url.Values{}
-	for k, v := range map[string]string{"queue_id": tq.QueueID, "message_id": tq.MessageID, "sender": tq.Sender, "recipient": tq.Recipient, "kind": tq.Kind} {
+	for k, v := range map[string]string{"queue_id": tq.QueueID, "message_id": tq.MessageID, "sender": tq.Sender, "recipient": tq.Recipient, "kind": tq.Kind, "device": tq.Device} {
 		if v != "" {
 			q.Set(k, v)
 		}
@@ -246,4 +246,17 @@ func (c *Client) Update(ctx context.Context, root io.Reader, n int64, testboot, 
 	}
 	var r UpdateResult
 	return &r, c.do(ctx, "POST", PathUpdate, q, rawBody{r: root, n: n}, &r)
+}
+
+// Devices lists what learning mode saw.
+func (c *Client) Devices(ctx context.Context) ([]SeenDevice, error) {
+	var l []SeenDevice
+	return l, c.do(ctx, "GET", PathDevices, nil, nil, &l)
+}
+
+// Adopt turns learned clients into device entries of a new configuration
+// version (with r.DryRun, only says what would change).
+func (c *Client) Adopt(ctx context.Context, r AdoptRequest) (*AdoptResult, error) {
+	var res AdoptResult
+	return &res, c.do(ctx, "POST", PathAdopt, nil, r, &res)
 }

@@ -239,6 +239,30 @@ func (s *Store) put(ctx context.Context, doc []byte, by string, dryRun bool) (*a
 	return &api.ConfigResult{Version: next, Changes: changes}, nil
 }
 
+// Edit makes a new version of the configuration in force with edit (which
+// gets the document and returns the new one) and puts it as Put does,
+// under the store's lock, so that no other put comes between the read and
+// the write (adopting devices edits two keys of it).
+func (s *Store) Edit(ctx context.Context, edit func(doc []byte) ([]byte, error), by string, dryRun bool) (*api.ConfigResult, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old, err := os.ReadFile(s.dir.Config())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, &api.Error{Status: 404, Code: api.CodeNotFound, Message: "no configuration yet: put one"}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading configuration: %w", err)
+	}
+	doc, err := edit(old)
+	if err != nil {
+		return nil, err
+	}
+	if err := Validate(doc); err != nil {
+		return nil, err
+	}
+	return s.put(ctx, doc, by, dryRun)
+}
+
 // Rollback applies an earlier version again, as a new version.
 func (s *Store) Rollback(ctx context.Context, version int, by string) (*api.ConfigResult, error) {
 	s.mu.Lock()

@@ -120,3 +120,46 @@ func TestApplyFailureUndoes(t *testing.T) {
 		t.Errorf("version in force %d, want 1", d.Version)
 	}
 }
+
+// Edit reads the version in force, and its result is validated, stored
+// and applied as a put; an edit that fails or makes a bad document
+// changes nothing.
+func TestEdit(t *testing.T) {
+	applied := 0
+	s, dir := newStore(t, func(context.Context) error { applied++; return nil })
+	ctx := context.Background()
+	edit := func(doc []byte) ([]byte, error) {
+		if string(doc) != v1 {
+			t.Errorf("edit got %s, want the version in force", doc)
+		}
+		return []byte(v2), nil
+	}
+	dry, err := s.Edit(ctx, edit, "alice", true)
+	if err != nil || !dry.DryRun || len(dry.Changes) != 1 || applied != 0 {
+		t.Fatalf("dry edit = %+v, %v (applied %d)", dry, err, applied)
+	}
+	for _, tc := range []struct {
+		name string
+		edit func([]byte) ([]byte, error)
+		code string
+	}{
+		{"edit fails", func([]byte) ([]byte, error) { return nil, &api.Error{Status: 400, Code: api.CodeBadRequest} }, api.CodeBadRequest},
+		{"bad document", func([]byte) ([]byte, error) { return []byte(`{"upstream":{"kind":"pigeon"}}`), nil }, api.CodeInvalidConfig},
+	} {
+		_, err := s.Edit(ctx, tc.edit, "alice", false)
+		var ae *api.Error
+		if !errors.As(err, &ae) || ae.Code != tc.code {
+			t.Errorf("%s: got %v, want %s", tc.name, err, tc.code)
+		}
+		if b, _ := os.ReadFile(dir.Config()); string(b) != v1 || applied != 0 {
+			t.Errorf("%s changed config.json or applied", tc.name)
+		}
+	}
+	res, err := s.Edit(ctx, edit, "alice", false)
+	if err != nil || res.Version != 2 || applied != 1 {
+		t.Fatalf("edit = %+v, %v (applied %d)", res, err, applied)
+	}
+	if b, _ := os.ReadFile(dir.Config()); !strings.Contains(string(b), "outbox2") {
+		t.Errorf("config.json = %s", b)
+	}
+}

@@ -84,7 +84,11 @@ commands:
   queue [-sender A] [-recipient A] [-older-than D] [-pending] [-limit N]
   queue show ID [-body]       one message (the body needs admin)
   queue retry|bounce|delete ID
-  trace [-id ID] [-message-id M] [-from A] [-to A] [-kind K] [-since D] [-limit N]
+  trace [-id ID] [-message-id M] [-from A] [-to A] [-device NAME] [-kind K] [-since D] [-limit N]
+  devices                     the clients learning mode saw, and which are devices
+  devices adopt [-address A,B] [-lock=false] [-dry-run]
+                              make them devices[] entries of a new configuration
+                              version (devices_only on unless -lock=false)
   config get | versions
   config put FILE [-dry-run]  validate, store as a new version and apply
   config rollback VERSION
@@ -169,6 +173,8 @@ func Main(ctx context.Context, args []string, o IO) int {
 		code = e.update(ctx, rest)
 	case "fleet":
 		code = e.fleet(ctx, rest)
+	case "devices":
+		code = e.devices(ctx, rest)
 	default:
 		fmt.Fprintf(o.Stderr, "relayctl: unknown command %q\n", cmd)
 		fs.Usage()
@@ -513,6 +519,7 @@ func (e *env) trace(ctx context.Context, args []string) int {
 	fs.StringVar(&q.Sender, "from", "", "envelope sender")
 	fs.StringVar(&q.Recipient, "to", "", "recipient")
 	fs.StringVar(&q.Kind, "kind", "", "received, deferred, delivered, bounced, expired or failed")
+	fs.StringVar(&q.Device, "device", "", "the device's name (devices[].name)")
 	since := fs.Duration("since", 24*time.Hour, "how far back")
 	fs.IntVar(&q.Limit, "limit", 100, "at most this many events")
 	if pos, err := parse(fs, args); err != nil || len(pos) > 0 {
@@ -525,9 +532,9 @@ func (e *env) trace(ctx context.Context, args []string) int {
 			return err
 		}
 		return e.out(l, func(t *tabwriter.Writer) {
-			fmt.Fprintln(t, "TIME\tKIND\tID\tFROM\tTO\tREPLY\tHINT")
+			fmt.Fprintln(t, "TIME\tKIND\tID\tDEVICE\tFROM\tTO\tREPLY\tHINT")
 			for _, ev := range l {
-				fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%.50s\t%.60s\n", ev.Time.UTC().Format(time.RFC3339), ev.Kind, ev.QueueID, ev.From, strings.Join(ev.To, ","), ev.Reply, ev.Hint)
+				fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%s\t%.50s\t%.60s\n", ev.Time.UTC().Format(time.RFC3339), ev.Kind, ev.QueueID, dash(ev.Device), ev.From, strings.Join(ev.To, ","), ev.Reply, ev.Hint)
 			}
 		})
 	})

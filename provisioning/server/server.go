@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -69,6 +70,16 @@ type Configs interface {
 	Rollback(ctx context.Context, version int, by string) (*api.ConfigResult, error)
 }
 
+// Devices is learning mode's side of the box (relay/learn): what it saw,
+// and adopting that into a new configuration version.
+type Devices interface {
+	Devices(ctx context.Context) ([]api.SeenDevice, error)
+	// Adopt stores the configuration with the adopted devices as a new
+	// version and applies it (as Configs.Put, by the caller by), unless
+	// r.DryRun. A wrong address is an *api.Error naming it.
+	Adopt(ctx context.Context, r api.AdoptRequest, by string) (*api.AdoptResult, error)
+}
+
 // Options wire a server.
 type Options struct {
 	// WhoIs names the caller at a remote address (the node's LocalClient).
@@ -80,6 +91,8 @@ type Options struct {
 	Configs     Configs
 	// Updater, when set, serves firmware updates (admin only).
 	Updater Updater
+	// Devices, when set, serves learning mode's devices and adopt.
+	Devices Devices
 	Clock   func() time.Time
 	Logger  *slog.Logger
 }
@@ -118,6 +131,8 @@ func Handler(o Options) http.Handler {
 	s.route("GET "+api.PathAudit, ad, s.audit)
 	s.route("GET "+api.PathFirmware, ad, s.firmware)
 	s.route("POST "+api.PathUpdate, ad, s.update)
+	s.route("GET "+api.PathDevices, v, s.devices)
+	s.route("POST "+api.PathAdopt, ad, s.adopt)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, &api.Error{Status: 404, Code: api.CodeNotFound, Message: "no such API path " + r.URL.Path + " (see docs/provisioning.md)"})
 	})
@@ -506,7 +521,7 @@ func (s *server) queueOp(op string, fn func(ctx context.Context, id string) erro
 
 func (s *server) trace(w http.ResponseWriter, c *call) error {
 	q := c.r.URL.Query()
-	tq := api.TraceQuery{QueueID: q.Get("queue_id"), MessageID: q.Get("message_id"), Sender: q.Get("sender"), Recipient: q.Get("recipient"), Kind: q.Get("kind")}
+	tq := api.TraceQuery{QueueID: q.Get("queue_id"), MessageID: q.Get("message_id"), Sender: q.Get("sender"), Recipient: q.Get("recipient"), Kind: q.Get("kind"), Device: q.Get("device")}
 	if v := q.Get("since"); v != "" {
 		t, err := time.Parse(time.RFC3339, v)
 		if err != nil {
@@ -628,4 +643,57 @@ func (s *server) update(w http.ResponseWriter, c *call) error {
 	w.WriteHeader(http.StatusOK)
 	w.Write(b)
 	return nil
+}
+
+func (s *server) noDevices() error {
+	return &api.Error{Status: http.StatusNotImplemented, Code: api.CodeUnavailable,
+		Message: "this relay does not serve learning mode's devices"}
+}
+
+func (s *server) devices(w http.ResponseWriter, c *call) error {
+	if s.Devices == nil {
+		return s.noDevices()
+	}
+	l, err := s.Devices.Devices(c.r.Context())
+	if err != nil {
+		return err
+	}
+	if l == nil {
+		l = []api.SeenDevice{}
+	}
+	return ok(w, l)
+}
+
+// adopt turns what learning mode saw into devices[] entries of a new
+// configuration version (docs/devices.md).
+func (s *server) adopt(w http.ResponseWriter, c *call) error {
+	c.what = "adopt devices"
+	if s.Devices == nil {
+		return s.noDevices()
+	}
+	var req api.AdoptRequest
+	if c.r.ContentLength != 0 {
+		if err := decode(w, c.r, &req); err != nil {
+			return err
+		}
+	}
+	if req.DryRun {
+		c.what = "dry run of adopting devices"
+	}
+	if len(req.Addresses) > 0 {
+		c.what += " at " + strings.Join(req.Addresses, ", ")
+	}
+	for i, a := range req.Addresses {
+		if _, err := netip.ParseAddr(strings.TrimSpace(a)); err != nil {
+			return badParam(fmt.Sprintf("addresses[%d]", i), fmt.Sprintf("%q is not an IP address (relayctl devices lists the learned ones)", a))
+		}
+	}
+	res, err := s.Devices.Adopt(c.r.Context(), req, c.d.Identity.String())
+	if err != nil {
+		return err
+	}
+	if !req.DryRun {
+		c.what += fmt.Sprintf(" (%d adopted, devices_only %v, version %d)", len(res.Adopted), res.DevicesOnly, res.Config.Version)
+	}
+	return ok(w, res)
 }

@@ -127,6 +127,18 @@ func (f fakeConfigs) Rollback(_ context.Context, v int, by string) (*api.ConfigR
 	return &api.ConfigResult{Version: 3}, nil
 }
 
+type fakeDevices struct{ b *fakeBox }
+
+func (f fakeDevices) Devices(context.Context) ([]api.SeenDevice, error) {
+	return []api.SeenDevice{{Address: "10.20.5.7", Helo: []string{"boiler-scada"}, Messages: 3}}, nil
+}
+func (f fakeDevices) Adopt(_ context.Context, r api.AdoptRequest, by string) (*api.AdoptResult, error) {
+	if !r.DryRun {
+		f.b.did("adopt")
+	}
+	return &api.AdoptResult{Adopted: []api.AdoptedDevice{{Name: "boiler-scada"}}, DevicesOnly: true, Config: api.ConfigResult{Version: 2, DryRun: r.DryRun}}, nil
+}
+
 type rig struct {
 	tn    *provtest.Tailnet
 	relay *node.Node
@@ -150,7 +162,7 @@ func newRig(t *testing.T, admins ...string) *rig {
 		WhoIs:  func(ctx context.Context, a string) (*apitype.WhoIsResponse, error) { return n.WhoIs(ctx, a) },
 		Policy: authz.Policy{Site: "plant-a", Admins: admins},
 		Audit:  al, Box: box, Credentials: fakeCreds{box}, Configs: fakeConfigs{box},
-		Updater: fakeUpdater{box},
+		Updater: fakeUpdater{box}, Devices: fakeDevices{box},
 	})
 	n = node.Start(ctx, node.Options{Dir: t.TempDir(), Hostname: "relay-plant-a", AuthKey: "test-key",
 		ControlURL: tn.URL, Handler: h, Store: new(mem.Store), Ephemeral: true})
@@ -237,6 +249,11 @@ var ops = []op{
 		_, err := c.Update(ctx, strings.NewReader("root"), 4, false, false)
 		return err
 	}},
+	{"devices", api.Viewer, func(ctx context.Context, c *api.Client) error { _, err := c.Devices(ctx); return err }},
+	{"devices adopt", api.Admin, func(ctx context.Context, c *api.Client) error {
+		_, err := c.Adopt(ctx, api.AdoptRequest{Addresses: []string{"10.20.5.7"}})
+		return err
+	}},
 }
 
 func TestRoleMatrix(t *testing.T) {
@@ -287,7 +304,7 @@ func TestRoleMatrix(t *testing.T) {
 	}
 	changing := 0
 	for _, o := range ops {
-		if slices.Contains([]string{"retry", "bounce", "delete", "doctor", "creds put", "creds delete", "config put", "config dry run", "rollback", "update"}, o.name) {
+		if slices.Contains([]string{"retry", "bounce", "delete", "doctor", "creds put", "creds delete", "config put", "config dry run", "rollback", "update", "devices adopt"}, o.name) {
 			changing++
 		}
 	}
@@ -381,6 +398,9 @@ func TestBadInput(t *testing.T) {
 		{"no such path", "GET", "/v1/nothing", ``, 404, api.CodeNotFound, ""},
 		{"bad filter", "GET", "/v1/queue?older_than=soon", ``, 400, api.CodeBadRequest, "older_than"},
 		{"rollback to nothing", "POST", "/v1/config/rollback", `{"version":0}`, 400, api.CodeBadRequest, "version"},
+		{"adopt: unknown field", "POST", "/v1/devices/adopt", `{"address":["10.1.1.1"]}`, 400, api.CodeBadRequest, "address"},
+		{"adopt: wrong type", "POST", "/v1/devices/adopt", `{"devices_only":"yes"}`, 400, api.CodeBadRequest, "devices_only"},
+		{"adopt: not an address", "POST", "/v1/devices/adopt", `{"addresses":["10.1.1.1","printer"]}`, 400, api.CodeBadRequest, "addresses[1]"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := len(r.box.Calls())

@@ -103,6 +103,8 @@ func (c *Config) validateDevices() Errors {
 			bad(k+".name", "%q: use letters, digits, '-', '_' and '.' only", d.Name)
 		case names[d.Name]:
 			bad(k+".name", "%q is used by another device", d.Name)
+		case d.Name == "unknown":
+			bad(k+".name", "\"unknown\" is what the metrics call the clients that are no device; choose another name")
 		}
 		names[d.Name] = true
 		if len(d.Addresses) == 0 && len(d.Logins) == 0 && len(d.Helo) == 0 {
@@ -159,7 +161,7 @@ func (c *Config) validateDevices() Errors {
 		}
 	}
 	if c.DevicesOnly && len(c.Devices) == 0 {
-		bad("devices_only", "no devices are configured, so every client would be refused; adopt them first (`relayd devices adopt`)")
+		bad("devices_only", "no devices are configured, so every client would be refused; adopt them first (`relayctl devices adopt`, or `relayd devices adopt` on the box)")
 	}
 	return errs
 }

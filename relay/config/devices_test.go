@@ -32,7 +32,8 @@ func TestDevicesProblems(t *testing.T) {
 	  "devices":[{"name":"a b","addresses":["10.1.2.300"],"class":"urgent","fixes":{"add_from":"nobody","rewrite_from":"x"}},
 	   {"name":"c","logins":["nobody","scanner"],"require_auth":false},
 	   {"name":"c","logins":["scanner"],"allowed_senders":["bad"],"allowed_recipients":["@"]},
-	   {"name":"d","require_auth":true,"messages_per_minute":-1}],
+	   {"name":"d","require_auth":true,"messages_per_minute":-1},
+	   {"name":"unknown","addresses":["10.9.9.9"]}],
 	  "upstream":{"kind":"capture"}}`))
 	if err == nil {
 		t.Fatal("accepted")
@@ -40,7 +41,7 @@ func TestDevicesProblems(t *testing.T) {
 	for _, key := range []string{"devices[0].name", "devices[0].addresses[0]", "devices[0].class", "devices[0].fixes.add_from",
 		"devices[0].fixes.rewrite_from", "devices[1].logins[0]", "devices[2].name", "devices[2].logins[0]",
 		"devices[2].allowed_senders[0]", "devices[2].allowed_recipients[0]", "devices[3]", "devices[3].require_auth",
-		"devices[3].messages_per_minute"} {
+		"devices[3].messages_per_minute", "devices[4].name"} {
 		if !strings.Contains(err.Error(), key+":") {
 			t.Errorf("error does not name %s:\n%v", key, err)
 		}

@@ -119,8 +119,10 @@ type Options struct {
 	// Observe, when set, is told what each client does (learning mode):
 	// every MAIL, also a refused one, and every accepted message.
 	Observe func(learn.Sighting)
-	// Refused counts refusals by reason (metrics); may be nil.
-	Refused func(reason string)
+	// Refused counts refusals by reason and device (metrics): device is
+	// the configured device the client is recognised as, "" for a client
+	// that is none. May be nil.
+	Refused func(reason, device string)
 	// AcceptLatency observes DATA-to-250 time (metrics); may be nil.
 	AcceptLatency func(time.Duration)
 	Clock         func() time.Time
@@ -200,7 +202,7 @@ func (s *Server) Update(o Options) {
 		o.Record = func(trace.Event) {}
 	}
 	if o.Refused == nil {
-		o.Refused = func(string) {}
+		o.Refused = func(string, string) {}
 	}
 	if o.Accepted == nil {
 		o.Accepted = func(string) {}
@@ -331,7 +333,7 @@ func errShuttingDown(host string) *smtp.SMTPError {
 func (s *Server) gate(c net.Conn, o *Options) (*session, func()) {
 	ip := remoteIP(c.RemoteAddr())
 	refuse := func(reason string, err error) {
-		o.Refused(reason)
+		o.Refused(reason, deviceName(o.Policy, ip, nil, ""))
 		if n, ok := s.refusedLog.allow(time.Now()); ok {
 			// A flood is refused thousands of times a second: one line a
 			// second says so without filling the log.

@@ -194,9 +194,34 @@ func (ss *session) replyErr(err error) {
 }
 
 func (ss *session) refuse(reason string, err error) error {
-	ss.o.Refused(reason)
+	ss.refused(reason)
 	ss.log.Info("refused", "reason", reason, "reply", err.Error())
 	return err
+}
+
+// refused counts a refusal by reason and by the device the client is:
+// the one recognised at MAIL, or before that the one its address, login
+// and HELO name would be recognised as.
+func (ss *session) refused(reason string) {
+	name := ""
+	if ss.dev != nil {
+		name = ss.dev.Name
+	} else {
+		name = deviceName(ss.o.Policy, ss.ip, ss.acct, ss.helo)
+	}
+	ss.o.Refused(reason, name)
+}
+
+// deviceName is the configured device p recognises the client as, "" for
+// none (a metrics label: a name from the configuration, never an address).
+func deviceName(p Policy, ip netip.Addr, acct *policy.Account, helo string) string {
+	if p == nil {
+		return ""
+	}
+	if d, _ := p.Device(ip, acct, helo); d != nil {
+		return d.Name
+	}
+	return ""
 }
 
 // serve runs the dialogue until QUIT, a limit, or the client goes.
@@ -231,7 +256,7 @@ func (ss *session) serve() {
 			ss.junk++
 			if max := ss.o.MaxCommandsWithoutMail; max > 0 && ss.junk > max {
 				ss.log.Info("closing session", "reason", "limits.max_commands_without_mail", "commands", ss.junk)
-				ss.o.Refused("other")
+				ss.refused("other")
 				ss.reply(421, smtp.EnhancedCode{4, 7, 0}, "%s: %d commands without a message (limits.max_commands_without_mail); closing", ss.o.Hostname, max)
 				return
 			}
@@ -302,7 +327,7 @@ func (ss *session) readFailed(err error, while string) {
 		ss.replyErr(k)
 	case errors.As(err, &le):
 		ss.log.Info("closing session", "reason", le.Key, "while", while)
-		ss.o.Refused("other")
+		ss.refused("other")
 		ss.reply(421, smtp.EnhancedCode{4, 4, 2}, "%s: %v; closing", ss.o.Hostname, le)
 	default:
 		ss.log.Debug("client went away", "while", while, "err", err)
@@ -479,7 +504,7 @@ func (ss *session) auth(arg string) bool {
 	check := func(user, pass string) error {
 		acct, err := o.Policy.Login(ss.ip, user, pass)
 		if err != nil {
-			o.Refused("auth_failed")
+			ss.refused("auth_failed")
 			ss.log.Info("login refused", "user", user)
 			return err
 		}
@@ -749,7 +774,7 @@ func (ss *session) finishTx(reply error, readErr error) bool {
 		switch {
 		case errors.As(readErr, &le):
 			ss.log.Info("closing session", "reason", le.Key, "while", "reading message data")
-			ss.o.Refused("other")
+			ss.refused("other")
 			ss.reply(451, smtp.EnhancedCode{4, 4, 2}, "%s: %v; the message was not accepted, closing", ss.o.Hostname, le)
 		case errors.Is(readErr, errKicked):
 			ss.readFailed(readErr, "reading message data")

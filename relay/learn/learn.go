@@ -63,6 +63,8 @@ type Client struct {
 	Messages    int       `json:"messages"` // messages accepted
 	FirstSeen   time.Time `json:"first_seen"`
 	LastSeen    time.Time `json:"last_seen"`
+	// LastMessage is when its last message was accepted (zero: none yet).
+	LastMessage time.Time `json:"last_message,omitzero"`
 }
 
 // file is the document on disk.
@@ -170,6 +172,7 @@ func (s *Store) Observe(v Sighting) {
 	add(&c.TLS, v.TLS)
 	if v.Message {
 		c.Messages++
+		c.LastMessage = now
 	} else {
 		c.Mails++
 	}

@@ -40,7 +40,8 @@ func TestObserveSaveReopen(t *testing.T) {
 	c := got[0]
 	want := Client{Address: "10.20.5.7", Helo: []string{"PRN-HALL-2"}, AuthTried: []string{"LOGIN"}, Senders: []string{"printer@plant.example"},
 		HeaderFroms: []string{"scan@printer.local"}, TLS: []string{"TLS 1.0 TLS_RSA_WITH_AES_128_CBC_SHA"}, Mails: 1, Messages: 1,
-		FirstSeen: time.Date(2026, 11, 3, 8, 0, 0, 0, time.UTC), LastSeen: time.Date(2026, 11, 3, 8, 1, 0, 0, time.UTC)}
+		FirstSeen: time.Date(2026, 11, 3, 8, 0, 0, 0, time.UTC), LastSeen: time.Date(2026, 11, 3, 8, 1, 0, 0, time.UTC),
+		LastMessage: time.Date(2026, 11, 3, 8, 1, 0, 0, time.UTC)}
 	if fmt.Sprintf("%+v", c) != fmt.Sprintf("%+v", want) {
 		t.Errorf("got %+v\nwant %+v", c, want)
 	}
@@ -167,4 +168,96 @@ func FuzzOpen(f *testing.F) {
 		s.Observe(Sighting{Address: "10.9.9.9", Message: true})
 		Adopt(s.Clients(), &config.Config{})
 	})
+}
+
+// MakePlan turns what was learned into the devices and devices_only of a
+// configuration document, keeping every other key as it was, and names
+// each wrong address it was asked to adopt.
+func TestMakePlan(t *testing.T) {
+	doc := []byte(`{"hostname":"relay-a","listeners":[{"name":"local","address":"127.0.0.1:0","mode":"smtp","allowed_networks":["127.0.0.0/8"]}],
+	  "upstream":{"kind":"capture","capture":{"directory":"outbox"}},
+	  "devices":[{"name":"old-printer","addresses":["10.9.0.0/24"],"class":"bulk"}]}`)
+	seen := time.Date(2026, 11, 3, 8, 0, 0, 0, time.UTC)
+	clients := []Client{
+		{Address: "10.20.7.1", Helo: []string{"boiler-scada"}, Senders: []string{"boiler@plant.example"}, Messages: 2, FirstSeen: seen, LastSeen: seen},
+		{Address: "10.20.7.2", Helo: []string{"mfp"}, Messages: 1, FirstSeen: seen, LastSeen: seen},
+		{Address: "10.9.0.5", Messages: 4, FirstSeen: seen, LastSeen: seen}, // old-printer
+		{Address: "10.20.7.3", Mails: 2}, // refused only
+	}
+	p, err := MakePlan(doc, clients, AdoptOptions{DevicesOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, d := range p.Adopted {
+		names = append(names, d.Name)
+	}
+	if got, want := strings.Join(names, ","), "boiler-scada,mfp"; got != want {
+		t.Errorf("adopted %s, want %s", got, want)
+	}
+	cfg, err := config.Parse(p.Doc)
+	if err != nil {
+		t.Fatalf("the new document: %v\n%s", err, p.Doc)
+	}
+	if !cfg.DevicesOnly || len(cfg.Devices) != 3 || cfg.Devices[0].Name != "old-printer" || cfg.Devices[0].Class != "bulk" || cfg.Devices[1].Name != "boiler-scada" {
+		t.Errorf("new configuration: devices_only %v, devices %+v", cfg.DevicesOnly, cfg.Devices)
+	}
+	// The other keys stay, in their order; devices_only is added at the end.
+	if got := string(p.Doc); !strings.HasPrefix(got, `{"hostname":"relay-a","listeners":`) || !strings.HasSuffix(got, `"devices_only":true}`) {
+		t.Errorf("document:\n%s", got)
+	}
+	if len(p.Devices) != 3 || string(p.Devices[0]) != `{"name":"old-printer","addresses":["10.9.0.0/24"],"class":"bulk"}` {
+		t.Errorf("devices[0] as it was? %s", p.Devices)
+	}
+
+	// Only the chosen address; the relay not locked.
+	p, err = MakePlan(doc, clients, AdoptOptions{Addresses: []string{"10.20.7.2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Adopted) != 1 || p.Adopted[0].Name != "mfp" || p.DevicesOnly || !strings.Contains(string(p.Doc), `"devices_only":false`) {
+		t.Errorf("adopting one: %+v\n%s", p.Adopted, p.Doc)
+	}
+
+	for _, tc := range []struct {
+		addrs []string
+		want  string
+	}{
+		{[]string{"printer"}, `addresses[0]: "printer" is not an IP address`},
+		{[]string{"10.20.7.1", "10.1.1.1"}, "addresses[1]: nothing was learned from 10.1.1.1"},
+		{[]string{"10.9.0.5"}, "addresses[0]: 10.9.0.5 is already device old-printer"},
+		{[]string{"10.20.7.3"}, "addresses[0]: 10.20.7.3 has had no message accepted"},
+	} {
+		_, err := MakePlan(doc, clients, AdoptOptions{Addresses: tc.addrs})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: got %v, want %q", tc.addrs, err, tc.want)
+		}
+	}
+	// Locking a relay that has no device at all is the configuration's own error.
+	bare := []byte(`{"listeners":[{"name":"local","address":"127.0.0.1:0","mode":"smtp","allowed_networks":["127.0.0.0/8"]}],"upstream":{"kind":"capture","capture":{"directory":"outbox"}}}`)
+	p, err = MakePlan(bare, nil, AdoptOptions{DevicesOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := config.Parse(p.Doc); err == nil || !strings.Contains(err.Error(), "devices_only") {
+		t.Errorf("locking without devices: %v", err)
+	}
+}
+
+func TestKnown(t *testing.T) {
+	cfg := &config.Config{Devices: []config.Device{{Name: "hall", Addresses: []string{"10.20.5.0/24"}}, {Name: "prn", Addresses: []string{"10.20.5.7"}},
+		{Name: "scan", Logins: []string{"scanner"}}, {Name: "byname", Helo: []string{"mfp"}}}}
+	for _, tc := range []struct {
+		c    Client
+		want string
+	}{
+		{Client{Address: "10.20.5.7"}, "prn"},
+		{Client{Address: "::ffff:10.20.5.8"}, "hall"},
+		{Client{Address: "10.30.0.1", Logins: []string{"scanner"}}, "scan"},
+		{Client{Address: "10.30.0.1", Helo: []string{"mfp"}}, ""},
+	} {
+		if got := Known(tc.c, cfg); got != tc.want {
+			t.Errorf("Known(%+v) = %q, want %q", tc.c, got, tc.want)
+		}
+	}
 }

@@ -29,7 +29,7 @@ func BenchmarkRefused(b *testing.B) {
 	refused := New(Gauges{}).RefusedOn("plant")
 	b.ReportAllocs()
 	for b.Loop() {
-		refused(RateLimited)
+		refused(RateLimited, "boiler-scada")
 	}
 }
 

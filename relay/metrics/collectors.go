@@ -85,9 +85,9 @@ func (c *credentials) Collect(ch chan<- prometheus.Metric) {
 
 var (
 	devMessagesDesc = prometheus.NewDesc("siterelay_device_queue_messages",
-		"Messages waiting in the spool by device login (\"\" for devices without one).", []string{"account"}, nil)
+		"Messages waiting in the spool by device (devices[].name, or unknown).", []string{"device"}, nil)
 	devOldestDesc = prometheus.NewDesc("siterelay_device_queue_oldest_message_age_seconds",
-		"Age of the oldest message waiting in the spool by device login (\"\" for devices without one).", []string{"account"}, nil)
+		"Age of the oldest message waiting in the spool by device (devices[].name, or unknown).", []string{"device"}, nil)
 )
 
 // deviceQueues is the spool by device, counted at scrape time.
@@ -103,12 +103,30 @@ func (d *deviceQueues) Describe(ch chan<- *prometheus.Desc) {
 
 func (d *deviceQueues) Collect(ch chan<- prometheus.Metric) {
 	now := d.clock()
+	// One series a label, whatever the callback gives ("" and Unknown
+	// are the same clients).
+	by := map[string]*DeviceQueue{}
+	var order []string
 	for _, q := range d.fn() {
-		ch <- prometheus.MustNewConstMetric(devMessagesDesc, prometheus.GaugeValue, float64(q.Messages), q.Account)
+		l := DeviceLabel(q.Device)
+		have := by[l]
+		if have == nil {
+			have = &DeviceQueue{Device: l}
+			by[l] = have
+			order = append(order, l)
+		}
+		have.Messages += q.Messages
+		if !q.Oldest.IsZero() && (have.Oldest.IsZero() || q.Oldest.Before(have.Oldest)) {
+			have.Oldest = q.Oldest
+		}
+	}
+	for _, l := range order {
+		q := by[l]
+		ch <- prometheus.MustNewConstMetric(devMessagesDesc, prometheus.GaugeValue, float64(q.Messages), l)
 		age := 0.0
 		if !q.Oldest.IsZero() {
 			age = max(0, now.Sub(q.Oldest).Seconds())
 		}
-		ch <- prometheus.MustNewConstMetric(devOldestDesc, prometheus.GaugeValue, age, q.Account)
+		ch <- prometheus.MustNewConstMetric(devOldestDesc, prometheus.GaugeValue, age, l)
 	}
 }

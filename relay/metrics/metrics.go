@@ -47,8 +47,8 @@ type Gauges struct {
 	SpoolFreeBytes      func() float64       // free space for the spool
 	UpstreamConnections func() float64       // open connections to the upstream
 	TraceDropped        func() uint64        // trace.Store.Stats().Dropped
-	// DeviceQueues is the spool by device (one entry per login, "" for the
-	// devices that send without one).
+	// DeviceQueues is the spool by device (one entry per configured
+	// device, and Unknown for the clients that are none).
 	DeviceQueues func() []DeviceQueue
 	// TLSCertificateExpiry is when the listeners' STARTTLS certificate
 	// expires; false when there is none (no listener offers STARTTLS).
@@ -62,9 +62,21 @@ type Gauges struct {
 	Clock func() time.Time
 }
 
+// Unknown is the device label of a client that is no configured device:
+// the device labels are devices[].name and this, never an address.
+const Unknown = "unknown"
+
+// DeviceLabel is the device label of a device name ("" is Unknown).
+func DeviceLabel(name string) string {
+	if name == "" {
+		return Unknown
+	}
+	return name
+}
+
 // DeviceQueue is what one device has waiting in the spool.
 type DeviceQueue struct {
-	Account  string // the login; "" for devices without one
+	Device   string // devices[].name; Unknown (or "") for clients that are no device
 	Messages int
 	Oldest   time.Time // when the oldest of them was received
 }
@@ -78,9 +90,9 @@ type Metrics struct {
 	receivedBytes prometheus.Counter
 	accept        prometheus.Histogram
 	delivery      prometheus.Histogram
-	refused       *prometheus.CounterVec // listener, reason
+	refused       *prometheus.CounterVec // listener, reason, device
 	deliveries    *prometheus.CounterVec // upstream, result
-	tlsSeen       *prometheus.CounterVec // listener, account, version, cipher
+	tlsSeen       *prometheus.CounterVec // listener, device, version, cipher
 	up            upstreamMetrics
 	tokens        map[bool]prometheus.Counter
 	creds         credentials
@@ -109,8 +121,8 @@ func New(g Gauges) *Metrics {
 	}, []string{"kind"})
 	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "siterelay_refused_total",
-		Help: "Commands or messages from devices refused, by listener and reason.",
-	}, []string{"listener", "reason"})
+		Help: "Commands or messages from devices refused, by listener, reason and device (devices[].name, or unknown).",
+	}, []string{"listener", "reason", "device"})
 	for _, k := range trace.Kinds {
 		m.messages[k] = messages.WithLabelValues(string(k))
 		m.recipients[k] = recipients.WithLabelValues(string(k))
@@ -121,8 +133,8 @@ func New(g Gauges) *Metrics {
 	}, []string{"upstream", "result"})
 	m.tlsSeen = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "siterelay_device_tls_messages_total",
-		Help: "Messages received by listener, login (\"\" without) and the TLS version and cipher the device used (version \"none\" without STARTTLS): where the old printers are.",
-	}, []string{"listener", "account", "version", "cipher"})
+		Help: "Messages received by listener, device (devices[].name, or unknown) and the TLS version and cipher the device used (version \"none\" without STARTTLS): where the old printers are.",
+	}, []string{"listener", "device", "version", "cipher"})
 	m.receivedBytes = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "siterelay_received_bytes_total",
 		Help: "Size of the messages accepted from devices.",
@@ -204,7 +216,7 @@ func (m *Metrics) Observe(e trace.Event) {
 		if version == "" {
 			version, cipher = "none", ""
 		}
-		m.tlsSeen.WithLabelValues(e.Listener, e.Account, version, cipher).Inc()
+		m.tlsSeen.WithLabelValues(e.Listener, DeviceLabel(e.Device), version, cipher).Inc()
 		return
 	}
 	m.deliveries.WithLabelValues(UpstreamKind(e.Upstream), string(e.Kind)).Add(float64(len(e.To)))
@@ -238,19 +250,24 @@ func (m *Metrics) ObserveAccept(d time.Duration) { m.accept.Observe(d.Seconds())
 func (m *Metrics) ObserveDelivery(d time.Duration) { m.delivery.Observe(d.Seconds()) }
 
 // RefusedOn is the refusal counter of one listener, for its sessions:
-// reason is one of Reasons (any other counts as Other). Every reason's
-// series exists from the call on, at 0.
-func (m *Metrics) RefusedOn(listener string) func(reason string) {
+// reason is one of Reasons (any other counts as Other), device the
+// configured device's name ("" for a client that is none: Unknown). Every
+// reason's series of Unknown exists from the call on, at 0; a device's
+// appear with its first refusal.
+func (m *Metrics) RefusedOn(listener string) func(reason, device string) {
 	byReason := make(map[string]prometheus.Counter, len(Reasons))
 	for _, r := range Reasons {
-		byReason[r] = m.refused.WithLabelValues(listener, r)
+		byReason[r] = m.refused.WithLabelValues(listener, r, Unknown)
 	}
-	return func(reason string) {
-		c, ok := byReason[reason]
-		if !ok {
-			c = byReason[Other]
+	return func(reason, device string) {
+		if _, ok := byReason[reason]; !ok {
+			reason = Other
 		}
-		c.Inc()
+		if device == "" || device == Unknown {
+			byReason[reason].Inc()
+			return
+		}
+		m.refused.WithLabelValues(listener, reason, device).Inc()
 	}
 }
 

@@ -65,17 +65,23 @@ func TestRefused(t *testing.T) {
 	m := New(Gauges{})
 	plant, office := m.RefusedOn("plant"), m.RefusedOn("office")
 	for _, r := range []string{TooBig, TooBig, Smuggling, "made-up", ""} {
-		plant(r)
+		plant(r, "")
 	}
-	office(NotAllowed)
+	plant(TooBig, "boiler-scada")
+	plant("made-up", "boiler-scada")
+	plant(RateLimited, Unknown)
+	office(NotAllowed, "")
 	body := scrape(t, m)
 	for _, want := range []string{
-		`siterelay_refused_total{listener="plant",reason="too_big"} 2`,
-		`siterelay_refused_total{listener="plant",reason="smuggling"} 1`,
-		`siterelay_refused_total{listener="plant",reason="other"} 2`,
-		`siterelay_refused_total{listener="plant",reason="not_allowed"} 0`,
-		`siterelay_refused_total{listener="office",reason="not_allowed"} 1`,
-		`siterelay_refused_total{listener="office",reason="storage_full"} 0`,
+		`siterelay_refused_total{device="unknown",listener="plant",reason="too_big"} 2`,
+		`siterelay_refused_total{device="unknown",listener="plant",reason="smuggling"} 1`,
+		`siterelay_refused_total{device="unknown",listener="plant",reason="other"} 2`,
+		`siterelay_refused_total{device="unknown",listener="plant",reason="rate_limited"} 1`,
+		`siterelay_refused_total{device="unknown",listener="plant",reason="not_allowed"} 0`,
+		`siterelay_refused_total{device="boiler-scada",listener="plant",reason="too_big"} 1`,
+		`siterelay_refused_total{device="boiler-scada",listener="plant",reason="other"} 1`,
+		`siterelay_refused_total{device="unknown",listener="office",reason="not_allowed"} 1`,
+		`siterelay_refused_total{device="unknown",listener="office",reason="storage_full"} 0`,
 	} {
 		if !strings.Contains(body, want+"\n") {
 			t.Errorf("scrape lacks %q", want)
@@ -106,7 +112,7 @@ func TestHandler(t *testing.T) {
 		`siterelay_messages_total{kind="expired"} 0`,
 		`siterelay_recipients_total{kind="received"} 1`,
 		`siterelay_received_bytes_total 10`,
-		`siterelay_refused_total{listener="plant",reason="storage_full"} 0`,
+		`siterelay_refused_total{device="unknown",listener="plant",reason="storage_full"} 0`,
 		`siterelay_accept_duration_seconds_bucket{le="0.005"} 1`,
 		`siterelay_accept_duration_seconds_count 1`,
 		`siterelay_delivery_duration_seconds_bucket{le="2.5"} 1`,

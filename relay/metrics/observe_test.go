@@ -47,7 +47,7 @@ func TestDeliveriesAndTLSFromTrace(t *testing.T) {
 	for _, e := range []trace.Event{
 		{Kind: trace.Received, Listener: "plant", To: []string{"a"}, TLSVersion: "1.0", TLSCipher: "TLS_RSA_WITH_AES_128_CBC_SHA"},
 		{Kind: trace.Received, Listener: "plant", To: []string{"a"}, TLSVersion: "1.0", TLSCipher: "TLS_RSA_WITH_AES_128_CBC_SHA"},
-		{Kind: trace.Received, Listener: "submission", Account: "mfp7", To: []string{"a"}, TLSVersion: "1.3", TLSCipher: "TLS_AES_128_GCM_SHA256"},
+		{Kind: trace.Received, Listener: "submission", Account: "mfp7", Device: "mfp-hall-7", To: []string{"a"}, TLSVersion: "1.3", TLSCipher: "TLS_AES_128_GCM_SHA256"},
 		{Kind: trace.Received, Listener: "plant", To: []string{"a"}},
 		{Kind: trace.Delivered, Upstream: "m365-oauth contoso.onmicrosoft.com", To: []string{"a", "b"}},
 		{Kind: trace.Deferred, Upstream: "m365-oauth contoso.onmicrosoft.com", To: []string{"c"}},
@@ -64,9 +64,9 @@ func TestDeliveriesAndTLSFromTrace(t *testing.T) {
 		`siterelay_deliveries_total{result="expired",upstream="m365-oauth"} 0`,
 		`siterelay_deliveries_total{result="delivered",upstream="smtp"} 1`,
 		`siterelay_deliveries_total{result="expired",upstream="other"} 1`,
-		`siterelay_device_tls_messages_total{account="",cipher="TLS_RSA_WITH_AES_128_CBC_SHA",listener="plant",version="1.0"} 2`,
-		`siterelay_device_tls_messages_total{account="mfp7",cipher="TLS_AES_128_GCM_SHA256",listener="submission",version="1.3"} 1`,
-		`siterelay_device_tls_messages_total{account="",cipher="",listener="plant",version="none"} 1`,
+		`siterelay_device_tls_messages_total{cipher="TLS_RSA_WITH_AES_128_CBC_SHA",device="unknown",listener="plant",version="1.0"} 2`,
+		`siterelay_device_tls_messages_total{cipher="TLS_AES_128_GCM_SHA256",device="mfp-hall-7",listener="submission",version="1.3"} 1`,
+		`siterelay_device_tls_messages_total{cipher="",device="unknown",listener="plant",version="none"} 1`,
 	)
 }
 
@@ -167,7 +167,8 @@ func TestCredentialsAndDevices(t *testing.T) {
 		Clock:                c.now,
 		TLSCertificateExpiry: func() (time.Time, bool) { return c.t.Add(10 * 24 * time.Hour), true },
 		DeviceQueues: func() []DeviceQueue {
-			return []DeviceQueue{{Account: "", Messages: 3, Oldest: c.t.Add(-90 * time.Second)}, {Account: "mfp7", Messages: 1, Oldest: c.t.Add(-2 * time.Hour)}}
+			return []DeviceQueue{{Device: "", Messages: 3, Oldest: c.t.Add(-90 * time.Second)}, {Device: "mfp-hall-7", Messages: 1, Oldest: c.t.Add(-2 * time.Hour)},
+				{Device: Unknown, Messages: 1, Oldest: c.t.Add(-60 * time.Second)}} // "" and unknown are one series
 		},
 		ClockSynchronised: func() (bool, bool) { return false, true },
 	})
@@ -184,10 +185,10 @@ func TestCredentialsAndDevices(t *testing.T) {
 		`siterelay_credential_expires_in_seconds{credential="token"} 3599`,
 		`siterelay_credential_expires_in_seconds{credential="client_certificate"} -3600`,
 		`siterelay_credential_expires_in_seconds{credential="tls_certificate"} 864000`,
-		`siterelay_device_queue_messages{account=""} 3`,
-		`siterelay_device_queue_messages{account="mfp7"} 1`,
-		`siterelay_device_queue_oldest_message_age_seconds{account=""} 90`,
-		`siterelay_device_queue_oldest_message_age_seconds{account="mfp7"} 7200`,
+		`siterelay_device_queue_messages{device="unknown"} 4`,
+		`siterelay_device_queue_messages{device="mfp-hall-7"} 1`,
+		`siterelay_device_queue_oldest_message_age_seconds{device="unknown"} 90`,
+		`siterelay_device_queue_oldest_message_age_seconds{device="mfp-hall-7"} 7200`,
 		`siterelay_clock_synchronised 0`,
 	)
 	m.ForgetToken()

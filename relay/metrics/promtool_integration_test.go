@@ -25,7 +25,7 @@ func TestPromtoolCheckMetrics(t *testing.T) {
 	g := allGauges()
 	g.TLSCertificateExpiry = func() (time.Time, bool) { return time.Now().Add(90 * 24 * time.Hour), true }
 	g.DeviceQueues = func() []DeviceQueue {
-		return []DeviceQueue{{Messages: 2, Oldest: time.Now().Add(-time.Minute)}, {Account: "mfp7"}}
+		return []DeviceQueue{{Messages: 2, Oldest: time.Now().Add(-time.Minute)}, {Device: "mfp-hall-7"}}
 	}
 	g.ClockSynchronised = ClockSynchronised
 	m := New(g)
@@ -40,7 +40,8 @@ func TestPromtoolCheckMetrics(t *testing.T) {
 	m.ClientCertificate(time.Now().Add(300 * 24 * time.Hour))
 	refused := m.RefusedOn("plant")
 	for _, r := range Reasons {
-		refused(r)
+		refused(r, "")
+		refused(r, "mfp-hall-7")
 	}
 	m.ObserveAccept(4 * time.Millisecond)
 	m.ObserveDelivery(3 * time.Second)

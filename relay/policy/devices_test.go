@@ -62,7 +62,7 @@ func TestAdmit(t *testing.T) {
 	open, _ := newPolicy(t, deviceConfig(t, false))
 	check(t, open.Admit(ip, nil, nil), 0, smtp.EnhancedCode{})
 	locked, _ := newPolicy(t, deviceConfig(t, true))
-	check(t, locked.Admit(ip, nil, nil), 550, smtp.EnhancedCode{5, 7, 1}, "10.20.1.1", "devices_only", "relayd devices adopt")
+	check(t, locked.Admit(ip, nil, nil), 550, smtp.EnhancedCode{5, 7, 1}, "10.20.1.1", "devices_only", "relayctl devices adopt", "relayd devices adopt")
 	known := locked.Recognise(netip.MustParseAddr("10.20.5.7"), nil, "")
 	check(t, locked.Admit(ip, nil, known), 0, smtp.EnhancedCode{})
 

@@ -77,7 +77,7 @@ func BenchmarkRecordSustained(b *testing.B) {
 }
 
 // BenchmarkLookup: one day of 1,000,000 events (TRACE_BENCH_EVENTS to
-// change), looked up by queue ID, message ID, recipient and sender, through
+// change), looked up by queue ID, message ID, recipient, sender and device, through
 // the index and by the linear scan the trace did before it:
 //
 //	go test -run '^$' -bench Lookup -benchtime 5x -v ./relay/trace/
@@ -131,6 +131,8 @@ func BenchmarkLookup(b *testing.B) {
 		// message's later events by its queue ID (the scan does that as
 		// ten more scans).
 		{"sender-as-received", Filter{Sender: "mfp5@plant.example", Limit: 10}},
+		// The newest 100 of a device's 100,000 events, by its name.
+		{"device", Filter{Device: "mfp-3", Limit: 100}},
 	} {
 		for _, mode := range []struct {
 			name  string

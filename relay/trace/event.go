@@ -35,9 +35,8 @@ type Event struct {
 	MessageID string    `json:"message_id,omitempty"`
 	ClientIP  string    `json:"client_ip,omitempty"`
 	// Listener is the listener the message came in on; Account the
-	// device login it used ("" without). Until devices are configuration
-	// objects, these two are how the trace and the metrics tell devices
-	// apart.
+	// device login it used ("" without). Device (below) names the device;
+	// these two tell apart the clients of events from before it was one.
 	Listener string `json:"listener,omitempty"`
 	Account  string `json:"account,omitempty"`
 	// TLSVersion ("1.2") and TLSCipher (Go's name of the suite) are the

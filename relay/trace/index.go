@@ -16,7 +16,7 @@ import (
 
 // The index beside each day file (2026-11-23.idx beside 2026-11-23.jsonl)
 // maps hashed keys (queue ID, message ID, each sender and recipient
-// address) to the offsets of the lines that hold them, so that a lookup
+// address, the device: its name, login and listener) to the offsets of the lines that hold them, so that a lookup
 // by one of them reads a few lines instead of the whole day.
 //
 // The day file stays the truth: the index only says where to look, and
@@ -41,8 +41,11 @@ import (
 // rebuilds the index of past days that lack a whole one (old boxes' files,
 // a crash, damage).
 const (
-	indexSuffix    = ".idx"
-	segMagic       = "stx1"
+	indexSuffix = ".idx"
+	// segMagic names the format; "stx1" indexes lacked the device keys,
+	// so a reader takes one for no index (it scans) and the writer and
+	// the background pass index those days again.
+	segMagic       = "stx2"
 	segHeader      = 20
 	entrySize      = 16
 	segmentEntries = 32768
@@ -57,6 +60,7 @@ const (
 	tagMessage   = 'm'
 	tagSender    = 's'
 	tagRecipient = 'r'
+	tagDevice    = 'd' // Filter.Device: the device's name, the login or the listener
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
@@ -111,6 +115,16 @@ func eventKeys(e *Event, fn func(h uint32)) {
 		if to != "" {
 			fn(hashKey(tagRecipient, to))
 		}
+	}
+	// What Filter.Device matches, each once.
+	if e.Device != "" {
+		fn(hashKey(tagDevice, e.Device))
+	}
+	if e.Account != "" && !strings.EqualFold(e.Account, e.Device) {
+		fn(hashKey(tagDevice, e.Account))
+	}
+	if e.Listener != "" && !strings.EqualFold(e.Listener, e.Device) && !strings.EqualFold(e.Listener, e.Account) {
+		fn(hashKey(tagDevice, e.Listener))
 	}
 }
 

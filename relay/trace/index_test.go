@@ -38,6 +38,9 @@ func synthetic(day time.Time, i int) Event {
 	if msg%10 == 3 {
 		e.Account = "scanner3"
 	}
+	if msg%10 != 7 { // one client is no device
+		e.Device = fmt.Sprintf("mfp-%d", msg%10)
+	}
 	if msg%5 == 0 {
 		e.FromReceived, e.From = e.From, "relay@example.com"
 	}
@@ -83,6 +86,10 @@ func TestIndexAgreesWithScan(t *testing.T) {
 		{Sender: "@plant.example", Limit: 100000}, // a part: scanned
 		{Recipient: "user7", Since: t0.Add(100 * time.Second), Until: t0.Add(24*time.Hour + 50*time.Second)},
 		{Device: "plant", Limit: 5},
+		{Device: "mfp-4"},
+		{Device: "MFP-4", Kind: Delivered},
+		{Device: "scanner3", Limit: 10},
+		{Device: "mfp-4", Recipient: "user4"},
 		{QueueID: "nosuch"},
 	} {
 		got, err := s.Query(ctx, f)
@@ -127,6 +134,14 @@ func TestIndexDamagedOrMissing(t *testing.T) {
 		damage func(path string) error
 	}{
 		{"missing (an old box's day)", os.Remove},
+		{"an stx1 index, without device keys", func(p string) error {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			copy(b, "stx1")
+			return os.WriteFile(p, b, 0o640)
+		}},
 		{"truncated mid-segment", func(p string) error { return os.Truncate(p, segHeader+5) }},
 		{"garbage", func(p string) error { return os.WriteFile(p, []byte("not an index at all, not at all"), 0o640) }},
 		{"entries flipped", func(p string) error {
@@ -229,23 +244,54 @@ func TestIndexGapAfterCrash(t *testing.T) {
 	}
 	// Every message's three events, found by index alone.
 	for _, q := range []string{"Q0000000", "Q0000066", "Q0000099"} {
-		got, err := searchIndexOnly(dir, q)
+		got, err := searchIndexOnly(dir, Filter{QueueID: q}, t0)
 		if err != nil || len(got) != 3 {
 			t.Errorf("%s: %d events by index, %v", q, len(got), err)
 		}
 	}
 }
 
-func searchIndexOnly(dir, q string) ([]Event, error) {
-	d := dayOf(t0)
+// A device's events come from the index: its name, the login and the
+// listener are keys of it.
+func TestIndexHoldsDevices(t *testing.T) {
+	dir := t.TempDir()
+	c := &clock{t0}
+	s := openSmall(t, dir, c, 64)
+	for i := range 300 {
+		s.Record(synthetic(t0, i))
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		device string
+		want   int
+	}{
+		{"mfp-4", 30},    // messages 4, 14, ... 94: three events each
+		{"scanner3", 30}, // the login of mfp-3
+		{"plant", 100},   // the listener: every received event
+		{"mfp-7", 0},     // no device
+	} {
+		got, err := searchIndexOnly(dir, Filter{Device: tc.device, Limit: 1000}, t0)
+		if err != nil || len(got) != tc.want {
+			t.Errorf("device %s: %d events by index alone (%v), want %d", tc.device, len(got), err, tc.want)
+		}
+	}
+}
+
+func searchIndexOnly(dir string, f Filter, day time.Time) ([]Event, error) {
+	d := dayOf(day)
 	df, err := os.Open(filepath.Join(dir, dayName(d)))
 	if err != nil {
 		return nil, err
 	}
 	defer df.Close()
 	st, _ := df.Stat()
-	m := newMatcher(Filter{QueueID: q})
-	h, _ := m.key()
+	m := newMatcher(f)
+	h, ok := m.key()
+	if !ok {
+		return nil, fmt.Errorf("%+v has no index key", f)
+	}
 	got, _, err := indexed(df, filepath.Join(dir, indexName(d)), st.Size(), h, m)
 	return got, err
 }

@@ -20,11 +20,12 @@ import (
 // any address containing them. Sender matches the envelope sender as
 // received or as sent. Subject matches a substring; QueueID, MessageID
 // (with or without angle brackets), ClientIP, Device and Kind must be
-// equal. Device is, until devices are configuration objects, the login
-// (Event.Account) or the listener's name (Event.Listener).
+// equal. Device is a configured device's name (Event.Device); the login
+// (Event.Account) and the listener's name (Event.Listener) match too, for
+// events from before a client was a device.
 //
-// A filter with a queue ID, a message ID or a whole address is answered
-// from the day files' indexes; the others scan the days in range.
+// A filter with a queue ID, a message ID, a whole address or a device is
+// answered from the day files' indexes; the others scan the days in range.
 type Filter struct {
 	QueueID   string
 	MessageID string
@@ -333,6 +334,8 @@ func (m *matcher) key() (uint32, bool) {
 		return hashKey(tagRecipient, m.recipient), true
 	case m.wholeSender:
 		return hashKey(tagSender, m.sender), true
+	case m.device != "":
+		return hashKey(tagDevice, m.device), true
 	}
 	return 0, false
 }
