@@ -256,6 +256,18 @@ func TestRelayctlEndToEnd(t *testing.T) {
 		t.Errorf("smarthost got %q", msgs[0].Data)
 	}
 
+	// waitDeferred waits for the attempt that set a message's last reply
+	// to be over (its deferral traced), so that an admin's delete or
+	// bounce does not race the attempt still in flight.
+	waitDeferred := func(id string) {
+		t.Helper()
+		relaytest.Eventually(t, "the deferral of "+id+" traced", func() bool {
+			var ev []api.TraceEvent
+			out := rc.ok("", cmd("-json", "trace", "-id", id, "-kind", "deferred")...)
+			return json.Unmarshal([]byte(out), &ev) == nil && len(ev) > 0
+		})
+	}
+
 	// A refused attempt leaves mail queued: list, show, retry, delete.
 	fake.FailNext(upstreamtest.StageMail, 1, upstreamtest.Reply(451, "4.7.500", "Server busy. Please try again later"))
 	if err := b.send(t, "to retry"); err != nil {
@@ -283,6 +295,7 @@ func TestRelayctlEndToEnd(t *testing.T) {
 		out := rc.ok("", cmd("-json", "queue")...)
 		return json.Unmarshal([]byte(out), &q) == nil && len(q) == 1 && q[0].LastReply != ""
 	})
+	waitDeferred(q[0].ID)
 	rc.ok("", cmd("queue", "delete", q[0].ID)...)
 	if out := rc.ok("", cmd("-json", "queue")...); strings.TrimSpace(out) != "[]" {
 		t.Errorf("queue after delete: %s", out)
@@ -295,6 +308,7 @@ func TestRelayctlEndToEnd(t *testing.T) {
 		out := rc.ok("", cmd("-json", "queue")...)
 		return json.Unmarshal([]byte(out), &q) == nil && len(q) == 1 && q[0].LastReply != ""
 	})
+	waitDeferred(q[0].ID)
 	rc.ok("", cmd("queue", "bounce", q[0].ID)...)
 	if dsn := fake.WaitMessages(t, 3)[2]; dsn.From != "" || !strings.Contains(string(dsn.Data), "to bounce") {
 		t.Errorf("third delivery from %q is not the bounce: %.200s", dsn.From, dsn.Data)
