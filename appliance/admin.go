@@ -182,7 +182,7 @@ func (a *admin) Status(ctx context.Context) (*api.Status, error) {
 			}
 			d.Messages++
 			if e.Time.After(d.LastSeen) {
-				d.LastSeen = e.Time
+				d.LastSeen, d.TLSVersion = e.Time, e.TLSVersion
 			}
 		}
 		for _, d := range byIP {
