@@ -25,6 +25,7 @@ import (
 	provapi "github.com/siterelay/siterelay/provisioning/api"
 	"github.com/siterelay/siterelay/provisioning/secrets"
 	"github.com/siterelay/siterelay/provisioning/server"
+	"github.com/siterelay/siterelay/provisioning/web"
 	"github.com/siterelay/siterelay/relay"
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/layout"
@@ -146,6 +147,7 @@ func Run(ctx context.Context, o Options) error {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", r.Metrics())
 		mux.Handle(provapi.Version+"/", server.LANRefusal()) // the admin API is on the tailnet only
+		mux.Handle(web.Prefix, web.LANRefusal())             // and so is the admin page
 		mux.Handle("/", status.Handler(func() status.Page {
 			st := r.Status()
 			p := status.Page{Hostname: r.Hostname(), Version: version(), Now: time.Now(), Relay: &st}

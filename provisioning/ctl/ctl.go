@@ -99,6 +99,8 @@ commands:
                               relay's inactive partition, switch, reboot, and wait
                               (up to D, default 5m) until it answers with its version
   fleet [-tag TAG]            every relay on the tailnet in one table
+  web [-listen 127.0.0.1:0]   forward a loopback port to the relay's admin page and
+                              print the address to open in a browser; Ctrl-C ends
 
 flags:
 `
@@ -167,6 +169,8 @@ func Main(ctx context.Context, args []string, o IO) int {
 		code = e.update(ctx, rest)
 	case "fleet":
 		code = e.fleet(ctx, rest)
+	case "web":
+		code = e.web(ctx, rest)
 	default:
 		fmt.Fprintf(o.Stderr, "relayctl: unknown command %q\n", cmd)
 		fs.Usage()

@@ -130,7 +130,7 @@ func (s *site) Token(id authz.Identity) string {
 
 func (s *site) route(pattern string, need api.Role, h handler) {
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-		c := &call{r: r, what: r.Method + " " + r.URL.Path + " (admin page)"}
+		c := &call{r: r, what: describe(r)}
 		rec := &recorder{ResponseWriter: w}
 		err := s.serve(rec, c, need, h)
 		code := "ok"
@@ -265,4 +265,32 @@ var pages = template.Must(template.New("").Funcs(template.FuncMap{
 	"path":  url.PathEscape,
 }).ParseFS(files, "*.html"))
 
+// describe names a call for the audit log before it is authorised, so a
+// refused one says what was tried; the handler adds what only it knows.
+func describe(r *http.Request) string {
+	switch {
+	case r.PathValue("op") != "":
+		return r.PathValue("op") + " message " + r.PathValue("id") + " (admin page)"
+	case r.URL.Path == Prefix+"doctor":
+		return "doctor (admin page)"
+	}
+	return r.Method + " " + r.URL.Path + " (admin page)"
+}
+
 func isNotFound(err error) bool { return errors.Is(err, server.ErrNotFound) }
+
+// LANRefusal answers the admin page's paths on a plant-LAN listener: the
+// page exists only on the tailnet, where callers have an identity.
+func LANRefusal() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		headers(w)
+		w.WriteHeader(http.StatusForbidden)
+		pages.ExecuteTemplate(w, "problem.html", struct {
+			Status int
+			Text   string
+			Msg    string
+			Prefix string
+		}{http.StatusForbidden, http.StatusText(http.StatusForbidden),
+			"The admin page answers only on the tailnet: run relayctl -relay NAME web and open the address it prints (docs/provisioning.md). This page on the plant network is the status page.", "/"})
+	})
+}
