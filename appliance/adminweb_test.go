@@ -91,7 +91,6 @@ func startWeb(t *testing.T) *webFixture {
 		t.Fatalf("relayctl web printed %q", line)
 	}
 	f.base = "http://" + u.Host
-	t.Logf("relayctl web: %s", stderr)
 	return f
 }
 
