@@ -117,6 +117,10 @@ func TestAdminPageOverTheTailnet(t *testing.T) {
 	if code, body := get(t, plain, "http://"+f.b.http+"/admin/"); code != 403 || !strings.Contains(body, "only on the tailnet") {
 		t.Errorf("LAN /admin/: %d %s", code, body)
 	}
+	// relayctl web listens on loopback only: it acts as its user.
+	if code, _, errs := f.rc.run("", "-relay", "plant-w", "web", "-listen", "0.0.0.0:0"); code != ctl.ExitUsage || !strings.Contains(errs, "only a loopback address") {
+		t.Errorf("relayctl web -listen 0.0.0.0:0: exit %d %s", code, errs)
+	}
 	// The forwarder: nothing without the printed token, nothing for another Host.
 	if code, _ := get(t, plain, f.base+"/admin/"); code != 403 {
 		t.Errorf("forwarder without its token: %d, want 403", code)
