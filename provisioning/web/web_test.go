@@ -93,14 +93,14 @@ func whoIs(ctx context.Context, addr string) (*apitype.WhoIsResponse, error) {
 }
 
 type harness struct {
-	t     *testing.T
+	t     testing.TB
 	box   *fakeBox
 	audit *audit.Log
 	h     http.Handler
 	site  *site
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t testing.TB) *harness {
 	al, err := audit.Open(filepath.Join(t.TempDir(), "audit.log"), 0)
 	if err != nil {
 		t.Fatal(err)
