@@ -3,6 +3,7 @@ package appliance
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,6 +14,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/emersion/go-smtp"
 
 	"github.com/siterelay/siterelay/provisioning/api"
 	"github.com/siterelay/siterelay/provisioning/ctl"
@@ -39,7 +42,7 @@ func startWeb(t *testing.T) *webFixture {
 	f := &webFixture{tn: provtest.New(t)}
 	ca := upstreamtest.NewTestCA(t)
 	f.fake = upstreamtest.NewFakeServer(t, upstreamtest.FakeOptions{CA: ca})
-	cfg := fmt.Sprintf(`{"hostname":"relay-plant-w","listeners":[{"name":"local","address":"127.0.0.1:0","mode":"smtp","starttls":false,"allowed_networks":["127.0.0.0/8"]}],
+	cfg := fmt.Sprintf(`{"hostname":"relay-plant-w","listeners":[{"name":"local","address":"127.0.0.1:0","mode":"smtp","allowed_networks":["127.0.0.0/8"]}],
 	  "upstream":{"kind":"smtp","smtp":{"address":%q,"tls":"starttls","min_tls":"1.2","ca_file":%q,"server_name":"localhost"}},
 	  "delivery":{"first_retry":"1h","max_retry":"1h"}}`, f.fake.Addr, ca.WriteFile(t))
 	f.b = startBox(t, f.tn, "plant-w", cfg)
@@ -56,9 +59,16 @@ func startWeb(t *testing.T) *webFixture {
 	}
 	f.fake.WaitMessages(t, 1)
 	f.fake.FailNext(upstreamtest.StageMail, 1, upstreamtest.Reply(451, "4.7.500", "Server busy. Please try again later"))
-	if err := f.b.send(t, "to retry from the page"); err != nil {
+	// The device's last message comes over STARTTLS (the relay's generated
+	// certificate): the page shows its TLS version.
+	c, err := smtp.DialStartTLS(f.b.smtp, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
+	if err != nil {
 		t.Fatal(err)
 	}
+	if err := c.SendMail("mfp@plant.example", []string{"ops@example.com"}, strings.NewReader("Subject: to retry from the page\r\n\r\nscan\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
 	var q []api.QueueItem
 	relaytest.Eventually(t, "a deferred message", func() bool {
 		out := f.rc.ok("", "-relay", "plant-w", "-json", "queue", "-pending")
@@ -135,7 +145,7 @@ func TestAdminPageOverTheTailnet(t *testing.T) {
 		t.Fatalf("admin page: %d %s", code, page)
 	}
 	for _, want := range []string{"role <strong>admin</strong>", `id="health"`, "Degraded", "451 4.7.500 Server busy", f.deferred, "to retry from the page",
-		`<svg id="chart"`, "received <strong>2</strong>", "delivered <strong>1</strong>", "deferred <strong>1</strong>", "127.0.0.1", "Recent changes (audit log)"} {
+		`<svg id="chart"`, "received <strong>2</strong>", "delivered <strong>1</strong>", "deferred <strong>1</strong>", "127.0.0.1", "TLS 1.3", "Recent changes (audit log)"} {
 		if !strings.Contains(page, want) {
 			t.Errorf("admin page lacks %q", want)
 		}
