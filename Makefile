@@ -5,7 +5,7 @@ STATE     ?= ./var
 # "context deadline exceeded" when -fuzztime runs out (go.dev/issue/75804, fixed in Go 1.27).
 # A count has no deadline to race. Each target runs for 2-7 s here; the slow ones get smaller counts.
 FUZZEXECS ?= 50000
-FUZZ_BUDGETS = relay/spool.FuzzReplay=1500 relay/dsn.FuzzBuild=20000 relay/trace.FuzzIndex=5000
+FUZZ_BUDGETS = relay/spool.FuzzReplay=1500 relay/dsn.FuzzBuild=20000 relay/trace.FuzzIndex=5000 provisioning/web.FuzzTracePage=10000
 FUZZTIME  ?=
 
 .PHONY: run check deps vet test race fuzz integration bench build

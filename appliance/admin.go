@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"runtime"
 	"slices"
@@ -25,6 +26,7 @@ import (
 	"github.com/siterelay/siterelay/provisioning/node"
 	"github.com/siterelay/siterelay/provisioning/secrets"
 	"github.com/siterelay/siterelay/provisioning/server"
+	"github.com/siterelay/siterelay/provisioning/web"
 
 	"github.com/siterelay/siterelay/relay/layout"
 	"github.com/siterelay/siterelay/relay/spool"
@@ -113,12 +115,17 @@ func startAdmin(ctx context.Context, o Options, run *app, creds *secrets.Store, 
 	}
 	// No log upload to Tailscale, ever: the box's logs stay on the box.
 	envknob.SetNoLogsNoSupport()
-	h := server.Handler(server.Options{
-		WhoIs:  func(ctx context.Context, addr string) (*apitype.WhoIsResponse, error) { return a.node.WhoIs(ctx, addr) },
-		Policy: authz.Policy{Site: t.Site, Admins: t.Admins},
+	whoIs := func(ctx context.Context, addr string) (*apitype.WhoIsResponse, error) { return a.node.WhoIs(ctx, addr) }
+	policy := authz.Policy{Site: t.Site, Admins: t.Admins}
+	h := http.NewServeMux()
+	h.Handle(api.Version+"/", server.Handler(server.Options{
+		WhoIs:  whoIs,
+		Policy: policy,
 		Audit:  al, Box: a, Credentials: creds, Configs: a.configs, Logger: log,
 		Updater: upd, Devices: a,
-	})
+	}))
+	// The admin page and /metrics (viewer), on the same Box and audit log.
+	h.Handle("/", web.Handler(web.Options{WhoIs: whoIs, Policy: policy, Audit: al, Box: a, Metrics: run.Relay().Metrics(), Logger: log}))
 	nctx, cancel := context.WithCancel(ctx)
 	a.node = node.Start(nctx, node.Options{Dir: dir.Tailnet(), Hostname: t.Site, AuthKey: key, ControlURL: t.ControlURL,
 		Tags: t.Tags, Port: t.Port, Handler: h, Store: t.Store, Ephemeral: t.Ephemeral, Logger: log})
@@ -219,7 +226,7 @@ func (a *admin) Status(ctx context.Context) (*api.Status, error) {
 			}
 			d.Messages++
 			if e.Time.After(d.LastSeen) {
-				d.LastSeen = e.Time
+				d.LastSeen, d.TLSVersion = e.Time, e.TLSVersion
 			}
 		}
 		for _, d := range byIP {

@@ -27,6 +27,7 @@ import (
 	"github.com/siterelay/siterelay/provisioning/node"
 	"github.com/siterelay/siterelay/provisioning/secrets"
 	"github.com/siterelay/siterelay/provisioning/server"
+	"github.com/siterelay/siterelay/provisioning/web"
 	"github.com/siterelay/siterelay/relay"
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/layout"
@@ -154,6 +155,7 @@ func Run(ctx context.Context, o Options) error {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", r.Metrics())
 		mux.Handle(provapi.Version+"/", server.LANRefusal()) // the admin API is on the tailnet only
+		mux.Handle(web.Prefix, web.LANRefusal())             // and so is the admin page
 		mux.Handle("/", status.Handler(func() status.Page {
 			st := r.Status()
 			p := status.Page{Hostname: r.Hostname(), Version: version(), Now: time.Now(), Relay: &st}

@@ -217,6 +217,9 @@ type Device struct {
 	ClientIP string    `json:"client_ip"`
 	LastSeen time.Time `json:"last_seen"`
 	Messages int       `json:"messages"`
+	// TLSVersion is the TLS version of the device's last message ("1.2"),
+	// "" when it sent without STARTTLS.
+	TLSVersion string `json:"tls_version,omitempty"`
 }
 
 type Disk struct {

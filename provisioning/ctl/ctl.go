@@ -104,6 +104,8 @@ commands:
                               relay's inactive partition, switch, reboot, and wait
                               (up to D, default 5m) until it answers with its version
   fleet [-tag TAG]            every relay on the tailnet in one table
+  web [-listen 127.0.0.1:0]   forward a loopback port to the relay's admin page and
+                              print the address to open in a browser; Ctrl-C ends
 
 flags:
 `
@@ -175,6 +177,8 @@ func Main(ctx context.Context, args []string, o IO) int {
 		code = e.fleet(ctx, rest)
 	case "devices":
 		code = e.devices(ctx, rest)
+	case "web":
+		code = e.web(ctx, rest)
 	default:
 		fmt.Fprintf(o.Stderr, "relayctl: unknown command %q\n", cmd)
 		fs.Usage()

@@ -160,6 +160,13 @@ func Caller(ctx context.Context) string {
 	return s
 }
 
+// WithCaller names the caller for Caller: for another front end of the
+// same Box (the admin page, provisioning/web) that authorised the request
+// itself.
+func WithCaller(ctx context.Context, who string) context.Context {
+	return context.WithValue(ctx, callerKey{}, who)
+}
+
 // call is one request in flight.
 type call struct {
 	r    *http.Request
