@@ -92,7 +92,8 @@ func (s *site) trace(w http.ResponseWriter, c *call) error {
 	q := c.r.URL.Query()
 	p := tracePage{frame: s.frame(c), Q: q, Kinds: []string{"received", "deferred", "delivered", "bounced", "expired", "failed"}, Limit: 100}
 	tq := api.TraceQuery{QueueID: strings.TrimSpace(q.Get("queue_id")), MessageID: strings.TrimSpace(q.Get("message_id")),
-		Sender: strings.TrimSpace(q.Get("sender")), Recipient: strings.TrimSpace(q.Get("recipient")), Kind: q.Get("kind")}
+		Sender: strings.TrimSpace(q.Get("sender")), Recipient: strings.TrimSpace(q.Get("recipient")),
+		Device: strings.TrimSpace(q.Get("device")), Kind: q.Get("kind")}
 	since := strings.TrimSpace(q.Get("since"))
 	if since == "" {
 		since = "24h"

@@ -61,11 +61,14 @@ func (b *fakeBox) Retry(ctx context.Context, id string) error  { return b.op(ctx
 func (b *fakeBox) Bounce(ctx context.Context, id string) error { return b.op(ctx, "bounce", id) }
 func (b *fakeBox) Delete(ctx context.Context, id string) error { return b.op(ctx, "delete", id) }
 func (b *fakeBox) Trace(ctx context.Context, q api.TraceQuery) ([]api.TraceEvent, error) {
+	if q.Device != "" && q.Device != "mfp-hall-2" {
+		return nil, nil
+	}
 	if q.Kind != "" && q.Kind != "deferred" {
 		return nil, &api.Error{Status: 400, Code: api.CodeBadRequest, Field: "kind", Message: "want a kind"}
 	}
 	return []api.TraceEvent{
-		{Time: now.Add(-time.Minute), Kind: "deferred", QueueID: "q1", From: "mfp@plant.example", To: []string{"ops@example.com"}, Subject: "scan <b>1</b>", Reply: "451 4.7.500 Server busy"},
+		{Time: now.Add(-time.Minute), Kind: "deferred", QueueID: "q1", Device: "mfp-hall-2", From: "mfp@plant.example", To: []string{"ops@example.com"}, Subject: "scan <b>1</b>", Reply: "451 4.7.500 Server busy"},
 		{Time: now.Add(-2 * time.Minute), Kind: "received", QueueID: "q1", From: "mfp@plant.example", To: []string{"ops@example.com"}, Subject: "scan <b>1</b>"},
 		{Time: now.Add(-3 * time.Hour), Kind: "delivered", QueueID: "q0", From: "mfp@plant.example", To: []string{"ops@example.com"}},
 	}, nil
@@ -292,6 +295,15 @@ func TestTracePage(t *testing.T) {
 	}
 	if strings.Contains(got, "<b>1</b>") {
 		t.Error("a subject is not escaped")
+	}
+	for _, tc := range []struct{ device, want string }{
+		{"mfp-hall-2", "device mfp-hall-2"},
+		{"boiler-scada", "0 events"},
+	} {
+		got := h.do("GET", "/admin/trace?device="+tc.device, viewer, nil, nil).Body.String()
+		if !strings.Contains(got, tc.want) || !strings.Contains(got, `name="device" type="text" size="16" value="`+tc.device+`"`) {
+			t.Errorf("trace page for device %s lacks %q or the device field", tc.device, tc.want)
+		}
 	}
 }
 
