@@ -186,7 +186,7 @@ func changing(method string) bool {
 func (s *server) route(pattern string, need api.Role, h handler) {
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		c := &call{r: r, what: r.Method + " " + r.URL.Path}
-		rec := &recorder{ResponseWriter: w}
+		rec := &Recorder{ResponseWriter: w}
 		err := s.serve(rec, c, need, h)
 		if err != nil {
 			var ae *api.Error
@@ -201,18 +201,7 @@ func (s *server) route(pattern string, need api.Role, h handler) {
 			writeErr(rec, ae)
 		}
 		if changing(r.Method) && s.Audit != nil {
-			result := "ok"
-			if rec.code != "" {
-				result = rec.code
-			}
-			e := api.AuditEntry{Time: s.Clock().UTC(), Login: c.d.Login, Node: c.d.Node, Role: c.d.Role,
-				Method: r.Method, Path: r.URL.Path, What: c.what, Result: result, Status: rec.status}
-			if e.Node == "" {
-				e.Node = "unknown (" + r.RemoteAddr + ")"
-			}
-			if err := s.Audit.Append(e); err != nil {
-				s.Logger.Error("writing the audit log failed", "err", err)
-			}
+			Audit(s.Audit, s.Logger, s.Clock(), c.d, r, c.what, rec)
 		}
 		if c.after != nil {
 			// The answer goes out now, after its audit entry: what runs
@@ -247,37 +236,58 @@ func (s *server) serve(w http.ResponseWriter, c *call, need api.Role, h handler)
 	return h(w, c)
 }
 
-// recorder remembers the status and error code for the audit log.
-type recorder struct {
+// Recorder remembers the status and error code of an answer for the
+// audit log; the admin page (provisioning/web) records its answers with it
+// too.
+type Recorder struct {
 	http.ResponseWriter
-	status int
-	code   string
+	Status int
+	Code   string // the error code answered, "" for none
 }
 
-func (r *recorder) WriteHeader(code int) {
-	if r.status == 0 {
-		r.status = code
+func (r *Recorder) WriteHeader(code int) {
+	if r.Status == 0 {
+		r.Status = code
 	}
 	r.ResponseWriter.WriteHeader(code)
 }
 
-func (r *recorder) Write(b []byte) (int, error) {
-	if r.status == 0 {
-		r.status = 200
+func (r *Recorder) Write(b []byte) (int, error) {
+	if r.Status == 0 {
+		r.Status = 200
 	}
 	return r.ResponseWriter.Write(b)
 }
 
 // Flush sends what is written (the update's answer before the reboot).
-func (r *recorder) Flush() {
+func (r *Recorder) Flush() {
 	if f, ok := r.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}
 }
 
+// Audit appends the audit entry of a changing call, allowed or refused:
+// who (d) asked what through r, the result ("ok" or the error code) and
+// the status answered. The API and the admin page write the same entries.
+// A failed write is logged; the call has been answered already.
+func Audit(l *audit.Log, logger *slog.Logger, now time.Time, d authz.Decision, r *http.Request, what string, rec *Recorder) {
+	result := "ok"
+	if rec.Code != "" {
+		result = rec.Code
+	}
+	e := api.AuditEntry{Time: now.UTC(), Login: d.Login, Node: d.Node, Role: d.Role,
+		Method: r.Method, Path: r.URL.Path, What: what, Result: result, Status: rec.Status}
+	if e.Node == "" {
+		e.Node = "unknown (" + r.RemoteAddr + ")"
+	}
+	if err := l.Append(e); err != nil {
+		logger.Error("writing the audit log failed", "err", err)
+	}
+}
+
 func writeErr(w http.ResponseWriter, e *api.Error) {
-	if rec, ok := w.(*recorder); ok {
-		rec.code = e.Code
+	if rec, ok := w.(*Recorder); ok {
+		rec.Code = e.Code
 	}
 	if e.Status == 0 {
 		e.Status = 500

@@ -131,9 +131,8 @@ func (s *site) Token(id authz.Identity) string {
 func (s *site) route(pattern string, need api.Role, h handler) {
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		c := &call{r: r, what: describe(r)}
-		rec := &recorder{ResponseWriter: w}
+		rec := &server.Recorder{ResponseWriter: w}
 		err := s.serve(rec, c, need, h)
-		code := "ok"
 		if err != nil {
 			var pe *pageError
 			if !errors.As(err, &pe) {
@@ -148,18 +147,11 @@ func (s *site) route(pattern string, need api.Role, h handler) {
 					s.Logger.Error("admin page call failed", "what", c.what, "err", err)
 				}
 			}
-			code = pe.code
+			rec.Code = pe.code
 			s.problem(rec, pe.status, pe.msg)
 		}
 		if r.Method == http.MethodPost && s.Audit != nil {
-			e := api.AuditEntry{Time: s.Clock().UTC(), Login: c.d.Login, Node: c.d.Node, Role: c.d.Role,
-				Method: r.Method, Path: r.URL.Path, What: c.what, Result: code, Status: rec.status}
-			if e.Node == "" {
-				e.Node = "unknown (" + r.RemoteAddr + ")"
-			}
-			if err := s.Audit.Append(e); err != nil {
-				s.Logger.Error("writing the audit log failed", "err", err)
-			}
+			server.Audit(s.Audit, s.Logger, s.Clock(), c.d, r, c.what, rec)
 		}
 	})
 }
@@ -196,26 +188,6 @@ func (s *site) serve(w http.ResponseWriter, c *call, need api.Role, h handler) e
 		return &pageError{status: http.StatusForbidden, code: api.CodeForbidden, msg: msg}
 	}
 	return h(w, c)
-}
-
-// recorder remembers the status for the audit log.
-type recorder struct {
-	http.ResponseWriter
-	status int
-}
-
-func (r *recorder) WriteHeader(code int) {
-	if r.status == 0 {
-		r.status = code
-	}
-	r.ResponseWriter.WriteHeader(code)
-}
-
-func (r *recorder) Write(b []byte) (int, error) {
-	if r.status == 0 {
-		r.status = 200
-	}
-	return r.ResponseWriter.Write(b)
 }
 
 // headers are on every page: no script, no framing (the buttons cannot be
