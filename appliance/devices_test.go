@@ -16,37 +16,6 @@ import (
 	"github.com/siterelay/siterelay/relay/relaytest"
 )
 
-// sendFrom sends one message to the box from the loopback address local,
-// greeting with helo; it returns the first error.
-func (b *box) sendFrom(t *testing.T, local net.IP, helo, subject string) error {
-	t.Helper()
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: local}}
-	conn, err := d.Dial("tcp", b.smtp)
-	if err != nil {
-		t.Skipf("cannot dial from %s: %v", local, err)
-	}
-	c := smtp.NewClient(conn)
-	defer c.Close()
-	if err := c.Hello(helo); err != nil {
-		return err
-	}
-	if err := c.Mail("boiler@plant.example", nil); err != nil {
-		return err
-	}
-	if err := c.Rcpt("ops@example.com", nil); err != nil {
-		return err
-	}
-	w, err := c.Data()
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(w, "Subject: %s\r\n\r\npressure\r\n", subject)
-	if err := w.Close(); err != nil {
-		return err
-	}
-	return c.Quit()
-}
-
 // Learning mode, devices, adopt, lock down, through relayctl on the test
 // tailnet: the relay learns the boiler that sends; relayctl devices lists
 // it as not adopted; devices adopt makes it a device in a new
@@ -63,7 +32,7 @@ func TestRelayctlDevicesAdoptLockDown(t *testing.T) {
 	waitRole(t, rc, cmd, api.Admin)
 
 	boiler, intruder := net.IPv4(127, 0, 0, 1), net.IPv4(127, 0, 0, 2)
-	if err := b.sendFrom(t, boiler, "boiler-scada", "BOILER ALARM 1"); err != nil {
+	if err := relaytest.SendFrom(t, boiler, b.smtp, "boiler-scada", "BOILER ALARM 1"); err != nil {
 		t.Fatal(err)
 	}
 	relaytest.Eventually(t, "the first message captured", func() bool { return len(files(b.dir, "outbox")) == 1 })
@@ -93,7 +62,7 @@ func TestRelayctlDevicesAdoptLockDown(t *testing.T) {
 	if code != ctl.ExitFailed || !strings.Contains(errs, "addresses[1]") || !strings.Contains(errs, "nothing was learned from 10.9.9.9") {
 		t.Errorf("adopt of an address never seen: exit %d %s", code, errs)
 	}
-	if err := b.sendFrom(t, intruder, "intruder", "still open"); err != nil {
+	if err := relaytest.SendFrom(t, intruder, b.smtp, "intruder", "still open"); err != nil {
 		t.Fatalf("before lock-down an unknown client relays as before: %v", err)
 	}
 	relaytest.Eventually(t, "the unknown client's message captured", func() bool { return len(files(b.dir, "outbox")) == 2 })
@@ -109,11 +78,11 @@ func TestRelayctlDevicesAdoptLockDown(t *testing.T) {
 	if out := rc.ok("", cmd("config", "get")...); !strings.Contains(out, `"devices_only": true`) || !strings.Contains(out, `"boiler-scada"`) {
 		t.Errorf("configuration after adopt:\n%s", out)
 	}
-	err := b.sendFrom(t, intruder, "intruder", "after lock-down")
+	err := relaytest.SendFrom(t, intruder, b.smtp, "intruder", "after lock-down")
 	if se, ok := err.(*smtp.SMTPError); !ok || se.Code != 550 || !strings.Contains(se.Message, "devices_only") || !strings.Contains(se.Message, "relayctl devices adopt") {
 		t.Errorf("an unknown client after lock-down: got %v, want 550 naming devices_only and relayctl devices adopt", err)
 	}
-	if err := b.sendFrom(t, boiler, "boiler-scada", "BOILER ALARM 2"); err != nil {
+	if err := relaytest.SendFrom(t, boiler, b.smtp, "boiler-scada", "BOILER ALARM 2"); err != nil {
 		t.Errorf("the adopted device after lock-down: %v", err)
 	}
 	relaytest.Eventually(t, "the device's message captured", func() bool { return len(files(b.dir, "outbox")) == 3 })

@@ -71,12 +71,7 @@ func TestDeviceRecognisedFixedAndTraced(t *testing.T) {
 	}
 
 	// 127.0.0.2 is no device.
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
-	conn, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Skipf("cannot bind 127.0.0.2: %v", err)
-	}
-	c := smtp.NewClient(conn)
+	c := relaytest.DialFrom(t, net.IPv4(127, 0, 0, 2), addr)
 	defer c.Close()
 	err = c.Mail("x@plant.example", nil)
 	var se *smtp.SMTPError

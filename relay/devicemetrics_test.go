@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/relaytest"
 	"github.com/siterelay/siterelay/relay/upstream/upstreamtest"
@@ -18,12 +16,7 @@ import (
 // sendAs sends from the loopback address local; it returns the first error.
 func sendAs(t *testing.T, local net.IP, addr, from, body string) error {
 	t.Helper()
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: local}}
-	conn, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Skipf("cannot dial from %s: %v", local, err)
-	}
-	c := smtp.NewClient(conn)
+	c := relaytest.DialFrom(t, local, addr)
 	defer c.Close()
 	return c.SendMail(from, []string{"ops@example.com"}, strings.NewReader(body))
 }

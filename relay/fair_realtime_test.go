@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/relaytest"
 	"github.com/siterelay/siterelay/relay/upstream/upstreamtest"
@@ -32,22 +30,14 @@ func TestStormRealTime(t *testing.T) {
 		t.Fatal(errs)
 	}
 	_, addr := run(t, cfg, relaytest.StateDir(t))
-	dial := func(ip net.IP) *smtp.Client {
-		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}}
-		conn, err := d.Dial("tcp", addr)
-		if err != nil {
-			t.Skipf("cannot dial from %s: %v", ip, err)
-		}
-		return smtp.NewClient(conn)
-	}
-	a := dial(net.IPv4(127, 0, 0, 1))
+	a := relaytest.DialFrom(t, net.IPv4(127, 0, 0, 1), addr)
 	defer a.Close()
 	for i := range 25 {
 		if err := a.SendMail("scada@plant.example", []string{"ops@example.com"}, strings.NewReader("Subject: scada event\r\n\r\nstorm\r\n")); err != nil {
 			t.Fatalf("A's message %d: %v", i, err)
 		}
 	}
-	b := dial(net.IPv4(127, 0, 0, 2))
+	b := relaytest.DialFrom(t, net.IPv4(127, 0, 0, 2), addr)
 	defer b.Close()
 	if err := b.SendMail("boiler@plant.example", []string{"ops@example.com"}, strings.NewReader("Subject: BOILER ALARM\r\n\r\npressure\r\n")); err != nil {
 		t.Fatal(err)

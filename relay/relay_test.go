@@ -120,17 +120,12 @@ func TestNotAnOpenRelay(t *testing.T) {
 	cfg.Listeners[0].AllowedNetworks = []string{"127.0.0.1/32"}
 	r, addr := run(t, cfg, relaytest.StateDir(t))
 	// 127.0.0.2 is loopback too, but not in the allowed network.
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
-	conn, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Skipf("cannot bind 127.0.0.2: %v", err)
-	}
-	c := smtp.NewClient(conn)
+	c := relaytest.DialFrom(t, net.IPv4(127, 0, 0, 2), addr)
 	defer c.Close()
 	if err := c.Mail("spam@evil.example", nil); err != nil {
 		t.Fatal(err)
 	}
-	err = c.Rcpt("victim@example.com", nil)
+	err := c.Rcpt("victim@example.com", nil)
 	var se *smtp.SMTPError
 	if !asSMTP(err, &se) || se.Code != 554 || se.EnhancedCode != (smtp.EnhancedCode{5, 7, 1}) {
 		t.Fatalf("RCPT from a disallowed address: got %v, want 554 5.7.1", err)

@@ -36,37 +36,6 @@ func startRelay(t *testing.T, cfg *config.Config, state string) (*relay.Relay, s
 	return r, r.Addrs()[0].String(), stop
 }
 
-// sendFrom sends one message from the loopback address local with HELO
-// helo; it returns the first error.
-func sendFrom(t *testing.T, local net.IP, addr, helo string) error {
-	t.Helper()
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: local}}
-	conn, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Skipf("cannot dial from %s: %v", local, err)
-	}
-	c := smtp.NewClient(conn)
-	defer c.Close()
-	if err := c.Hello(helo); err != nil {
-		return err
-	}
-	if err := c.Mail("boiler@plant.example", nil); err != nil {
-		return err
-	}
-	if err := c.Rcpt("ops@example.com", nil); err != nil {
-		return err
-	}
-	w, err := c.Data()
-	if err != nil {
-		return err
-	}
-	w.Write([]byte("Subject: BOILER ALARM\r\n\r\npressure\r\n"))
-	if err := w.Close(); err != nil {
-		return err
-	}
-	return c.Quit()
-}
-
 // Learning mode, adopt, lock down, end to end: the relay learns the
 // client that sends, `relayd devices adopt` turns it into a device entry,
 // and with that configuration reloaded (devices_only) the device still
@@ -79,7 +48,7 @@ func TestLearnAdoptLockDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, addr, stop := startRelay(t, cfg, state)
-	if err := sendFrom(t, net.IPv4(127, 0, 0, 1), addr, "boiler-scada"); err != nil {
+	if err := relaytest.SendFrom(t, net.IPv4(127, 0, 0, 1), addr, "boiler-scada", "BOILER ALARM"); err != nil {
 		t.Fatal(err)
 	}
 	stop() // the store is saved at stop (and at most once a minute before)
@@ -121,10 +90,10 @@ func TestLearnAdoptLockDown(t *testing.T) {
 	if err := r.Reload(locked); err != nil {
 		t.Fatal(err)
 	}
-	if err := sendFrom(t, net.IPv4(127, 0, 0, 1), addr, "boiler-scada"); err != nil {
+	if err := relaytest.SendFrom(t, net.IPv4(127, 0, 0, 1), addr, "boiler-scada", "BOILER ALARM"); err != nil {
 		t.Errorf("the adopted device after lock-down: %v", err)
 	}
-	err := sendFrom(t, net.IPv4(127, 0, 0, 2), addr, "intruder")
+	err := relaytest.SendFrom(t, net.IPv4(127, 0, 0, 2), addr, "intruder", "BOILER ALARM")
 	se, ok := err.(*smtp.SMTPError)
 	if !ok || se.Code != 550 || !strings.Contains(se.Message, "devices_only") || !strings.Contains(se.Message, "relayd devices adopt") {
 		t.Errorf("an unknown client after lock-down: got %v, want 550 naming devices_only and the adopt command", err)
