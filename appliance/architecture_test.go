@@ -1,9 +1,11 @@
 package appliance
 
 import (
+	"fmt"
 	"os/exec"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -45,15 +47,35 @@ var importRules = []struct {
 	{"images", []string{"appliance/site", "appliance/buildinfo", "relay/config", "relay/layout", "relay/strictjson", "netcfg"}},
 }
 
-func TestImportRules(t *testing.T) {
-	const mod = "github.com/siterelay/siterelay/"
-	out, err := exec.Command("go", "list", "-f", "{{.ImportPath}} {{join .Imports \" \"}}", mod+"...").Output()
+const mod = "github.com/siterelay/siterelay/"
+
+// pkg is one package of the module as go list sees it.
+type pkg struct {
+	path          string   // below the module, e.g. "relay/inbound"
+	imports, deps []string // full import paths: direct, and the whole closure
+}
+
+// listPackages runs go list once for both rule tests.
+var listPackages = sync.OnceValues(func() ([]pkg, error) {
+	out, err := exec.Command("go", "list", "-f", "{{.ImportPath}}\t{{join .Imports \" \"}}\t{{join .Deps \" \"}}", mod+"...").Output()
 	if err != nil {
-		t.Fatalf("go list: %v", err)
+		return nil, fmt.Errorf("go list: %w", err)
 	}
+	var pkgs []pkg
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		f := strings.Fields(line)
-		pkg := strings.TrimPrefix(f[0], mod)
+		f := strings.Split(line, "\t")
+		pkgs = append(pkgs, pkg{path: strings.TrimPrefix(f[0], mod), imports: strings.Fields(f[1]), deps: strings.Fields(f[2])})
+	}
+	return pkgs, nil
+})
+
+func TestImportRules(t *testing.T) {
+	pkgs, err := listPackages()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pkgs {
+		pkg := p.path
 		rule := -1
 		for i, r := range importRules {
 			if under(pkg, r.pkg) && (rule < 0 || len(r.pkg) > len(importRules[rule].pkg)) {
@@ -64,7 +86,7 @@ func TestImportRules(t *testing.T) {
 			t.Errorf("%s: no import rule; add its room to docs/architecture.md and to importRules", pkg)
 			continue
 		}
-		for _, imp := range f[1:] {
+		for _, imp := range p.imports {
 			dep, ok := strings.CutPrefix(imp, mod)
 			if !ok {
 				continue
@@ -102,14 +124,24 @@ var depRules = []struct {
 }
 
 func TestDependencyRules(t *testing.T) {
-	const mod = "github.com/siterelay/siterelay/"
+	pkgs, err := listPackages()
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, r := range depRules {
-		out, err := exec.Command("go", "list", "-deps", mod+r.root).Output()
-		if err != nil {
-			t.Fatalf("go list -deps %s: %v", r.root, err)
+		// What go list -deps ROOT prints: the packages under it and
+		// everything they need.
+		closure := map[string]bool{}
+		for _, p := range pkgs {
+			if root, whole := strings.CutSuffix(r.root, "/..."); (whole && under(p.path, root)) || p.path == r.root {
+				closure[mod+p.path] = true
+				for _, d := range p.deps {
+					closure[d] = true
+				}
+			}
 		}
 		rooms, tailscale := map[string]int{}, 0
-		for _, dep := range strings.Fields(string(out)) {
+		for dep := range closure {
 			if rest, ok := strings.CutPrefix(dep, mod); ok {
 				room, _, _ := strings.Cut(rest, "/")
 				rooms[room]++
