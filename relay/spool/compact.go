@@ -31,6 +31,8 @@ func (s *Spool) maintain() {
 // copied forward when it is mostly dead (a quarter or less of it live),
 // never while a commit into it is still under way.
 func (s *Spool) compact() error {
+	s.compactMu.Lock()
+	defer s.compactMu.Unlock()
 	for {
 		s.mu.Lock()
 		s.segMu.Lock()

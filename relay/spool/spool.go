@@ -93,6 +93,11 @@ type Spool struct {
 	mu      sync.Mutex // entries, segments' live counts, totals
 	entries map[string]*entry
 
+	// compactMu serialises compactions: compact drops mu while it syncs,
+	// and a second one in that gap would drop the next segment from the
+	// list as if it were the one it checked.
+	compactMu sync.Mutex
+
 	// spareMu serialises taking, preparing and recycling the spare file.
 	spareMu   sync.Mutex
 	needSpare chan struct{}
