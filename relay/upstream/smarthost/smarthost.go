@@ -355,17 +355,27 @@ func (u *Upstream) get(ctx context.Context, fresh bool) (*conn, bool, error) {
 		u.mu.Unlock()
 		return nil, false, errClosed
 	}
-	for !fresh && len(u.idle) > 0 {
-		c := u.idle[len(u.idle)-1]
+	var c *conn
+	var stale []*conn
+	for !fresh && c == nil && len(u.idle) > 0 {
+		last := u.idle[len(u.idle)-1]
 		u.idle = u.idle[:len(u.idle)-1]
-		if now.Sub(c.lastUsed) >= u.o.IdleTimeout {
-			go c.quit()
+		if now.Sub(last.lastUsed) >= u.o.IdleTimeout {
+			stale = append(stale, last)
 			continue
 		}
-		u.mu.Unlock()
-		return c, true, nil
+		c = last
 	}
 	u.mu.Unlock()
+	// A stale session ends before a new one starts: the upstream counts it
+	// until its QUIT, and an overlap can pass its limit on sessions
+	// (Microsoft's 3 a mailbox answers 432 4.3.2 "sender thread limit").
+	for _, s := range stale {
+		s.quit()
+	}
+	if c != nil {
+		return c, true, nil
+	}
 	c, err := u.dial(ctx, nil)
 	return c, false, err
 }

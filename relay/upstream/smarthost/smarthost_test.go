@@ -466,7 +466,11 @@ func TestIdleTimeout(t *testing.T) {
 	var mu sync.Mutex
 	now := time.Date(2026, 11, 2, 8, 0, 0, 0, time.UTC)
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	f, u := setup(t, upstreamtest.FakeOptions{TLS: "none"}, func(o *Options) { o.Clock = clock; o.IdleTimeout = time.Hour })
+	// The server is slow to answer QUIT: the stale session must have ended
+	// before the next one starts, or the upstream sees two at once with
+	// Concurrency 1 (Microsoft's limit of 3 a mailbox answers 432 4.3.2).
+	f, u := setup(t, upstreamtest.FakeOptions{TLS: "none", SlowQuit: 200 * time.Millisecond},
+		func(o *Options) { o.Clock = clock; o.IdleTimeout = time.Hour; o.Concurrency = 1 })
 	mustDeliver(t, u, message("q1", "a@example.com", []string{"b@example.com"}, body1))
 	mu.Lock()
 	now = now.Add(2 * time.Hour)
@@ -474,6 +478,9 @@ func TestIdleTimeout(t *testing.T) {
 	mustDeliver(t, u, message("q2", "a@example.com", []string{"b@example.com"}, body1))
 	if got := f.Stats().Connections; got != 2 {
 		t.Errorf("connections: got %d, want 2", got)
+	}
+	if got := f.Stats().PeakOpen; got != 1 {
+		t.Errorf("sessions open at once: got %d, want 1 (Concurrency)", got)
 	}
 }
 

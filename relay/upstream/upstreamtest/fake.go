@@ -77,6 +77,10 @@ type FakeOptions struct {
 	// NoPipelining hides PIPELINING (only with TLS "none" or "implicit",
 	// where the fake sees the clear text).
 	NoPipelining bool
+	// SlowQuit delays the answer to QUIT (only with TLS "none" or
+	// "implicit"), as a busy server may: a client that starts its next
+	// session without waiting has two open at once.
+	SlowQuit time.Duration
 	// Discard counts messages without keeping them (benchmarks).
 	Discard bool
 	// Clock stamps received messages (default time.Now).
@@ -446,6 +450,13 @@ func (c *fakeConn) Write(p []byte) (int, error) {
 	if c.noPipe && bytes.Equal(p, pipeliningLine) {
 		return len(p), nil
 	}
+	if c.count && bytes.HasPrefix(p, []byte("221 ")) {
+		// The session ends at the answer to QUIT, as an upstream's limit
+		// on sessions counts it: the close that follows may come after
+		// the client has already started its next one.
+		time.Sleep(c.f.o.SlowQuit) // a slow server, not synchronisation
+		c.ended()
+	}
 	if c.count && bytes.HasPrefix(p, []byte("354")) {
 		c.inData = true
 	}
@@ -495,6 +506,13 @@ func (c *fakeConn) countCommands(b []byte) {
 }
 
 func (c *fakeConn) Close() error {
+	c.ended()
+	return c.Conn.Close()
+}
+
+// ended counts the session as over (once): at its QUIT's answer, or at
+// the close.
+func (c *fakeConn) ended() {
 	c.closed.Do(func() {
 		c.f.w.mu.Lock()
 		c.f.open--
@@ -502,7 +520,6 @@ func (c *fakeConn) Close() error {
 		c.f.w.broadcast()
 		c.f.w.mu.Unlock()
 	})
-	return c.Conn.Close()
 }
 
 func (f *FakeServer) newSession(c *smtp.Conn) (smtp.Session, error) {
