@@ -1,0 +1,112 @@
+package ctl
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/siterelay/siterelay/provisioning/api"
+)
+
+func (e *env) config(ctx context.Context, args []string) int {
+	if len(args) == 0 {
+		return e.fail(usageErr("relayctl config get|versions|put FILE [-dry-run]|rollback VERSION"))
+	}
+	op := args[0]
+	fs := sub("config "+op, e)
+	dry := fs.Bool("dry-run", false, "only show what would change")
+	pos, err := parse(fs, args[1:])
+	if err != nil {
+		return e.fail(err)
+	}
+	switch {
+	case op == "get" && len(pos) == 0:
+		return e.call(ctx, func(ctx context.Context, c *api.Client) error {
+			d, err := c.Config(ctx)
+			if err != nil {
+				return err
+			}
+			if e.json {
+				return e.out(d, nil)
+			}
+			fmt.Fprintf(e.Stderr, "version %d\n", d.Version)
+			_, err = e.Stdout.Write(append(d.Config, '\n'))
+			return err
+		})
+	case op == "versions" && len(pos) == 0:
+		return e.call(ctx, func(ctx context.Context, c *api.Client) error {
+			l, err := c.ConfigVersions(ctx)
+			if err != nil {
+				return err
+			}
+			return e.out(l, func(t *tabwriter.Writer) {
+				fmt.Fprintln(t, "VERSION\tTIME\tBY\tIN FORCE")
+				for _, v := range l {
+					cur := ""
+					if v.Current {
+						cur = "*"
+					}
+					fmt.Fprintf(t, "%d\t%s\t%s\t%s\n", v.Version, v.Time.UTC().Format(time.RFC3339), v.By, cur)
+				}
+			})
+		})
+	case op == "put" && len(pos) == 1:
+		doc, err := readInput(pos[0], e.Stdin)
+		if err != nil {
+			return e.fail(err)
+		}
+		if !json.Valid(doc) {
+			return e.fail(fmt.Errorf("%s is not JSON", pos[0]))
+		}
+		return e.call(ctx, func(ctx context.Context, c *api.Client) error {
+			r, err := c.PutConfig(ctx, doc, *dry)
+			if err != nil {
+				return err
+			}
+			return e.out(r, func(t *tabwriter.Writer) { e.changes(t, r) })
+		})
+	case op == "rollback" && len(pos) == 1:
+		var v int
+		if _, err := fmt.Sscan(pos[0], &v); err != nil || v <= 0 {
+			return e.fail(usageErr("relayctl config rollback VERSION (a number; config versions lists them)"))
+		}
+		return e.call(ctx, func(ctx context.Context, c *api.Client) error {
+			r, err := c.Rollback(ctx, v)
+			if err != nil {
+				return err
+			}
+			return e.out(r, func(t *tabwriter.Writer) { e.changes(t, r) })
+		})
+	}
+	return e.fail(usageErr("relayctl config get|versions|put FILE [-dry-run]|rollback VERSION"))
+}
+
+func (e *env) changes(t *tabwriter.Writer, r *api.ConfigResult) {
+	if r.DryRun {
+		fmt.Fprintf(t, "dry run against version %d: %d change(s), nothing applied\n", r.Version, len(r.Changes))
+	} else {
+		fmt.Fprintf(t, "version %d in force: %d change(s)\n", r.Version, len(r.Changes))
+	}
+	for _, c := range r.Changes {
+		old, nw := string(c.Old), string(c.New)
+		if old == "" {
+			old = "(none)"
+		}
+		if nw == "" {
+			nw = "(removed)"
+		}
+		fmt.Fprintf(t, "  %s\t%s\t->\t%s\n", c.Key, old, nw)
+	}
+}
+
+// readInput reads a file, or stdin for "-".
+func readInput(name string, stdin io.Reader) ([]byte, error) {
+	if name == "-" {
+		return io.ReadAll(io.LimitReader(stdin, api.MaxBody+1))
+	}
+	return os.ReadFile(name)
+}

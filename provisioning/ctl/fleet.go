@@ -1,0 +1,119 @@
+package ctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/siterelay/siterelay/provisioning/api"
+)
+
+// FleetRow is one relay in relayctl fleet.
+type FleetRow struct {
+	Name          string    `json:"name"`
+	Address       string    `json:"address"`
+	Reachable     bool      `json:"reachable"`
+	Error         string    `json:"error,omitempty"`
+	Site          string    `json:"site,omitempty"`
+	Version       string    `json:"version,omitempty"`
+	Health        string    `json:"health,omitempty"`
+	Queue         int       `json:"queue"`
+	OldestAge     string    `json:"oldest_age,omitempty"`
+	Upstream      string    `json:"upstream,omitempty"`
+	LastHint      string    `json:"last_hint,omitempty"`
+	DiskFree      int64     `json:"disk_free"`
+	NearestExpiry time.Time `json:"nearest_expiry,omitzero"`
+}
+
+func (e *env) fleet(ctx context.Context, args []string) int {
+	fs := sub("fleet", e)
+	tag := fs.String("tag", DefaultTag, "the tag relays carry on the tailnet")
+	if pos, err := parse(fs, args); err != nil || len(pos) > 0 {
+		return e.fail(usageErr("relayctl fleet [-tag TAG]"))
+	}
+	st, err := e.tn.peers(ctx)
+	if err != nil {
+		return e.fail(fmt.Errorf("%w: listing the tailnet: %v", api.ErrUnreachable, err))
+	}
+	var rows []*FleetRow
+	for _, p := range st.Peer {
+		if p.Tags == nil || !slices.Contains(p.Tags.AsSlice(), *tag) || len(p.TailscaleIPs) == 0 {
+			continue
+		}
+		rows = append(rows, &FleetRow{Name: strings.Split(strings.TrimSuffix(p.DNSName, "."), ".")[0], Address: p.TailscaleIPs[0].String()})
+	}
+	slices.SortFunc(rows, func(a, b *FleetRow) int { return strings.Compare(a.Name, b.Name) })
+	var wg sync.WaitGroup
+	now := time.Now()
+	for _, r := range rows {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cctx, cancel := context.WithTimeout(ctx, e.timeout)
+			defer cancel()
+			s, err := api.NewClient(r.Address, e.tn.dial).Status(cctx)
+			if err != nil {
+				r.Error = err.Error()
+				if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, api.ErrUnreachable) {
+					r.Error = "unreachable"
+				}
+				return
+			}
+			r.Reachable, r.Site, r.Version, r.Health, r.Queue = true, s.Site, s.Version, s.Health, s.Queue.Messages
+			if !s.Queue.Oldest.IsZero() {
+				r.OldestAge = ago(s.Queue.Oldest, now)
+			}
+			r.Upstream = "ok"
+			if s.Upstream.Failing {
+				r.Upstream = "failing"
+			}
+			if p := s.Upstream.LastProblem; p != nil {
+				r.LastHint = p.Hint
+				if r.LastHint == "" {
+					r.LastHint = p.Reply
+				}
+			}
+			r.DiskFree, r.NearestExpiry = s.Disk.FreeBytes, s.NearestExpiry
+		}()
+	}
+	wg.Wait()
+	unreachable := 0
+	for _, r := range rows {
+		if !r.Reachable {
+			unreachable++
+		}
+	}
+	if rows == nil {
+		rows = []*FleetRow{}
+	}
+	err = e.out(rows, func(t *tabwriter.Writer) {
+		fmt.Fprintln(t, "SITE\tNAME\tVERSION\tHEALTH\tQUEUE\tOLDEST\tUPSTREAM\tLAST HINT\tDISK FREE\tEXPIRES")
+		for _, r := range rows {
+			if !r.Reachable {
+				fmt.Fprintf(t, "-\t%s\t-\t%s\t-\t-\t-\t-\t-\t-\n", r.Name, r.Error)
+				continue
+			}
+			fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%.50s\t%s\t%s\n", r.Site, r.Name, r.Version, r.Health, r.Queue, dash(r.OldestAge), r.Upstream, dash(r.LastHint), bytesStr(r.DiskFree), day(r.NearestExpiry))
+		}
+	})
+	if err != nil {
+		return e.fail(err)
+	}
+	if unreachable > 0 {
+		fmt.Fprintf(e.Stderr, "relayctl: %d of %d relays unreachable\n", unreachable, len(rows))
+		return ExitUnreachable
+	}
+	return ExitOK
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
