@@ -61,19 +61,50 @@ func (e *engine) handle(p packet, now time.Time) {
 // a conflicting record only starts a new probe (§9): it may be a spoofed
 // record, or the IPv6 copy of one just heard over IPv4, and neither is an
 // answer to a probe; the name is lost only if a host answers that probe.
+//
+// One response may cost several names (a peer holding both the host name
+// and an instance name answers the probe for both). Which names were
+// answered is fixed before any is renamed: a rename starts a new probe
+// round, and the names of the packet still count as answers to the round
+// that was out. A renamed host name changes our SRV records' target, so a
+// peer's SRV that was the same as ours is compared again after it.
 func (e *engine) handleResponse(ni *ifState, m *dns.Msg, now time.Time) {
+	rrs := slices.Concat(m.Answer, m.Ns, m.Extra)
+	answered := map[string]bool{} // names of a probe that went out on ni
+	if pr := e.probe; pr != nil && pr.ifaces[ni.Index] && pr.sent > 0 {
+		for n := range pr.names {
+			answered[n] = true
+		}
+	}
+	lost := map[string]bool{}
+	for len(answered) > 0 {
+		mine := e.records(ni)
+		var newly []string
+		for _, rr := range rrs {
+			h := rr.Header()
+			name := strings.ToLower(h.Name)
+			if !answered[name] || lost[name] || h.Ttl == 0 || slices.ContainsFunc(mine, func(o dns.RR) bool { return sameRR(o, rr) }) {
+				continue
+			}
+			lost[name] = true
+			newly = append(newly, name)
+		}
+		if len(newly) == 0 {
+			break
+		}
+		for _, n := range newly {
+			e.conflict(n, now)
+		}
+	}
 	mine := e.records(ni)
-	for _, rr := range slices.Concat(m.Answer, m.Ns, m.Extra) {
+	for _, rr := range rrs {
 		h := rr.Header()
 		name := strings.ToLower(h.Name)
-		if h.Ttl == 0 || slices.ContainsFunc(mine, func(o dns.RR) bool { return sameRR(o, rr) }) {
+		if answered[name] || h.Ttl == 0 || slices.ContainsFunc(mine, func(o dns.RR) bool { return sameRR(o, rr) }) {
 			continue
 		}
 		if pr := e.probe; pr != nil && pr.ifaces[ni.Index] && pr.names[name] {
-			if pr.sent > 0 {
-				e.conflict(name, now)
-			}
-			continue
+			continue // probed, no probe out yet: not an answer to one
 		}
 		t := h.Rrtype
 		if !e.told[name] || (t != dns.TypeA && t != dns.TypeAAAA && t != dns.TypeSRV && t != dns.TypeTXT) {

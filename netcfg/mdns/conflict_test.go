@@ -533,3 +533,62 @@ func TestSiteFileChecks(t *testing.T) {
 		}
 	}
 }
+
+func TestOneAnswerTakingHostAndInstance(t *testing.T) {
+	// A peer already holds relay.local and our _smtp._tcp instance name and
+	// answers our first probe with both in one packet. Every conflicting
+	// name in the packet counts: both are renamed, once each, and probed
+	// in one round of three probes; nothing is claimed under a lost name.
+	// The peer's SRV may differ from ours, or be the same as ours (a relay
+	// set up alike: port 25 on relay.local) until our host name changes.
+	srv := &dns.SRV{Hdr: hdr(instSMTP, dns.TypeSRV, true, hostTTL), Port: 2525, Target: "relay.local."}
+	same := &dns.SRV{Hdr: hdr(instSMTP, dns.TypeSRV, true, hostTTL), Port: 25, Target: "relay.local."}
+	a := aRR("relay.local.", "192.0.2.99", hostTTL)
+	sub := `siterelay\ plant\ 3._submission._tcp.local.`
+	tests := []struct {
+		name string
+		rrs  []dns.RR
+	}{
+		{"SRV then A", []dns.RR{srv, a}},
+		{"A then SRV", []dns.RR{a, srv}},
+		{"SRV the same as ours then A", []dns.RR{same, a}},
+		{"A then SRV the same as ours", []dns.RR{a, same}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFakeEngine(t, nil)
+			f.startProbing()
+			f.handle(response(tt.rrs...), peer4)
+			if got, want := f.e.host, "relay-2"; got != want {
+				t.Errorf("host = %q, want %q", got, want)
+			}
+			if got, want := f.e.svcs[0].Instance, "siterelay Plant 3 (2)"; got != want {
+				t.Errorf("_smtp._tcp instance = %q, want %q", got, want)
+			}
+			if got, want := f.e.svcs[1].Instance, "siterelay Plant 3"; got != want {
+				t.Errorf("_submission._tcp instance = %q, want %q (nobody else holds it)", got, want)
+			}
+			f.advance(10 * time.Second)
+			sent := f.tr.take()
+			if got := f.probesSent(sent); got != probes {
+				t.Errorf("%d probes after the conflict, want one round of %d", got, probes)
+			}
+			want := []string{"relay-2.local.", `siterelay\ plant\ 3\ \(2\)._smtp._tcp.local.`, sub}
+			slices.Sort(want)
+			if got := probeQuestions(sent); !slices.Equal(got, want) {
+				t.Errorf("probes ask for %q, want %q", got, want)
+			}
+			if f.e.probe != nil {
+				t.Fatalf("still probing %v after 10 s", f.e.probe.names)
+			}
+			// Nothing on the wire claims a name the peer holds.
+			for _, p := range sent {
+				for _, rr := range slices.Concat(p.msg.Answer, p.msg.Extra) {
+					if s := subject(rr); rr.Header().Ttl > 0 && (s == "relay.local." || s == strings.ToLower(instSMTP)) {
+						t.Errorf("claimed the peer's name: %v", rr)
+					}
+				}
+			}
+		})
+	}
+}
