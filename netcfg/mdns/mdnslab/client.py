@@ -1,6 +1,7 @@
 # The real mDNS clients of the namespace tests, run by mdnslab with Debian's python3.
-#   browse TYPE SECONDS        python3-zeroconf (as Home Assistant uses it) browses TYPE
-#                              and resolves what it finds; prints a JSON list.
+#   browse TYPE SECONDS [N]    python3-zeroconf (as Home Assistant uses it) browses TYPE
+#                              until it finds N instances (default 1) or SECONDS pass, and
+#                              resolves what it found; prints a JSON list.
 #   query NAME SRC DST         one-shot legacy query (RFC 6762 §6.7) for NAME's A record,
 #                              from address SRC to DST port 5353; prints
 #                              "ANSWER <ms> <address>" or "NOANSWER".
@@ -15,7 +16,7 @@ import sys
 import time
 
 
-def browse(typ, seconds):
+def browse(typ, seconds, want=1):
     from zeroconf import IPVersion, ServiceBrowser, ServiceListener, Zeroconf
 
     zc = Zeroconf(ip_version=IPVersion.All)
@@ -33,7 +34,7 @@ def browse(typ, seconds):
 
     ServiceBrowser(zc, typ, Listener())
     deadline = time.monotonic() + seconds
-    while not found and time.monotonic() < deadline:
+    while len(set(found)) < want and time.monotonic() < deadline:
         time.sleep(0.05)
     out = []
     for name in sorted(set(found)):
@@ -157,7 +158,7 @@ def dualquery(name, ifname, v4addr):
 
 
 if sys.argv[1] == "browse":
-    browse(sys.argv[2], float(sys.argv[3]))
+    browse(sys.argv[2], float(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else 1)
 elif sys.argv[1] == "query":
     query(sys.argv[2], sys.argv[3], sys.argv[4])
 elif sys.argv[1] == "dualquery":
