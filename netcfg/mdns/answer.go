@@ -147,7 +147,27 @@ func (e *engine) handleQuery(ni *ifState, p packet, m *dns.Msg, onLink bool, now
 	if len(m.Answer) > 0 {
 		e.suppressPending(ni.Index, p.src.Addr(), m.Answer)
 	}
+	if p.src.Port() == mdnsPort && e.dualStackCopy(ni.Index, p, now) {
+		return
+	}
 	e.answer(ni, p, m, onLink, now)
+}
+
+// dualStackCopy reports whether p is the copy of a query just heard over
+// the other IP family (the same bytes within dualStackWindow), and
+// otherwise remembers p. The one-second rule delays answers rather than
+// dropping them, so without this a dual-stack querier would get the
+// answer it asked for once and again a second later.
+func (e *engine) dualStackCopy(ifIndex int, p packet, now time.Time) bool {
+	e.heard = slices.DeleteFunc(e.heard, func(h heardQuery) bool { return now.Sub(h.at) >= dualStackWindow })
+	v4 := p.src.Addr().Unmap().Is4()
+	for _, h := range e.heard {
+		if h.ifIndex == ifIndex && h.v4 != v4 && h.data == string(p.data) {
+			return true
+		}
+	}
+	e.heard = append(e.heard, heardQuery{ifIndex: ifIndex, v4: v4, at: now, data: string(p.data)})
+	return false
 }
 
 // answer answers query m heard on ni from p.src (onLink: a source on ni's link).
@@ -217,24 +237,47 @@ func (e *engine) answer(ni *ifState, p packet, m *dns.Msg, onLink bool, now time
 	}
 	delay, trunc := e.responseDelay(m, ans)
 	if delay == 0 {
-		e.respondAt(ni, ans, dst, now)
+		if held, due := e.respondAt(ni, ans, dst, now); len(held) > 0 {
+			e.hold(ni.Index, held, now, due, map[netip.Addr]bool{p.src.Addr(): true})
+		}
 		return
 	}
 	e.queue(ni.Index, dst, trunc, now, now.Add(delay), ans, p.src.Addr())
 }
 
-// respondAt sends ans at now; by multicast, only the records not multicast
-// on ni in the last second (RFC 6762 §6): one query heard over IPv4 and
-// again over IPv6 draws one answer, not two.
-func (e *engine) respondAt(ni *ifState, ans []dns.RR, dst netip.AddrPort, now time.Time) {
+// respondAt sends ans at now. By multicast it sends only the records not
+// multicast on ni in the last second (RFC 6762 §6), and returns the others
+// with the time the last of them may go again: the caller queues them for
+// then. A querier whose question comes within that second (a scanner that
+// started listening after the last answer) is answered, a little later.
+func (e *engine) respondAt(ni *ifState, ans []dns.RR, dst netip.AddrPort, now time.Time) (held []dns.RR, due time.Time) {
 	if !dst.IsValid() {
-		ans = slices.DeleteFunc(slices.Clone(ans), func(rr dns.RR) bool {
+		var ready []dns.RR
+		for _, rr := range ans {
 			last, ok := e.lastMC[mcKey{ni.Index, recordKey(rr)}]
-			return ok && now.Sub(last) < e.t.minRepeat
-		})
+			if !ok || now.Sub(last) >= e.t.minRepeat {
+				ready = append(ready, rr)
+				continue
+			}
+			held = append(held, rr)
+			if d := last.Add(e.t.minRepeat); d.After(due) {
+				due = d
+			}
+		}
+		ans = ready
 		e.noteMulticast(ni.Index, ans, now)
 	}
 	e.respond(ni, ans, dst, nil)
+	return held, due
+}
+
+// hold queues records the one-second rule kept back, to be multicast on
+// ifIndex at due for askers (whose later known answers still take them off).
+func (e *engine) hold(ifIndex int, rrs []dns.RR, now, due time.Time, askers map[netip.Addr]bool) {
+	for a := range askers {
+		e.queue(ifIndex, netip.AddrPort{}, false, now, due, rrs, a)
+	}
+	e.event(fmt.Sprintf("held delay=%d", due.Sub(now).Milliseconds()))
 }
 
 // noteMulticast records that rrs went out by multicast on ifIndex at now,
@@ -346,7 +389,11 @@ func (e *engine) flush(now time.Time) {
 				ans = append(ans, served[i])
 			}
 		}
-		e.respondAt(ni, ans, q.dst, now)
+		held, heldDue := e.respondAt(ni, ans, q.dst, now)
+		for _, rr := range held {
+			i := slices.IndexFunc(q.ans, func(pa *pendingAnswer) bool { return sameRR(pa.rr, rr) })
+			e.hold(q.ifIndex, []dns.RR{rr}, now, heldDue, q.ans[i].askers)
+		}
 	}
 }
 

@@ -357,63 +357,6 @@ func TestProbeShapedQueryGetsSharedAnswerDelayed(t *testing.T) {
 	}
 }
 
-func TestOneMulticastPerRecordPerSecond(t *testing.T) {
-	// RFC 6762 §6: a record is multicast at most once a second on an
-	// interface, except to defend it against a probe.
-	a := question("relay.local.", dns.TypeA)
-	defence := query(question("relay.local.", dns.TypeANY))
-	defence.Ns = []dns.RR{aRR("relay.local.", "192.0.2.99", 120)}
-	type ask struct {
-		after time.Duration // since the first query
-		m     *dns.Msg
-		src   netip.AddrPort
-	}
-	tests := []struct {
-		name string
-		asks []ask
-		want int // multicast answers holding relay.local A
-	}{
-		{"one query over IPv4 and IPv6", []ask{{0, query(a), asker}, {0, query(a), netip.MustParseAddrPort("[fe80::50]:5353")}}, 1},
-		{"again after half a second", []ask{{0, query(a), asker}, {500 * time.Millisecond, query(a), asker2}}, 1},
-		{"again after a second", []ask{{0, query(a), asker}, {time.Second, query(a), asker2}}, 2},
-		{"a probe is answered at once anyway", []ask{{0, query(a), asker}, {10 * time.Millisecond, defence, asker2}}, 2},
-		{"shared answer twice within a second", []ask{
-			{0, query(question("_smtp._tcp.local.", dns.TypePTR)), asker},
-			{300 * time.Millisecond, query(question("_smtp._tcp.local.", dns.TypePTR)), asker2}}, 0},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			f := newFakeEngine(t, nil)
-			f.claim()
-			start := f.now
-			for _, q := range tt.asks {
-				f.advance(start.Add(q.after).Sub(f.now))
-				f.handle(q.m, q.src)
-			}
-			f.advance(2 * time.Second)
-			got := f.tr.take()
-			n, ptrs := 0, 0
-			for _, p := range got {
-				if hasAnswer(p.msg, "relay.local.", dns.TypeA) {
-					n++
-				}
-				if hasAnswer(p.msg, "_smtp._tcp.local.", dns.TypePTR) {
-					ptrs++
-				}
-			}
-			if strings.HasPrefix(tt.name, "shared") {
-				if ptrs != 1 {
-					t.Errorf("%d multicast PTR answers, want 1", ptrs)
-				}
-				return
-			}
-			if n != tt.want {
-				t.Errorf("%d multicast answers with relay.local A, want %d", n, tt.want)
-			}
-		})
-	}
-}
-
 func TestOffLinkSources(t *testing.T) {
 	offLink := netip.MustParseAddr("203.0.113.5")
 	a := question("relay.local.", dns.TypeA)

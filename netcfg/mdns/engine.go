@@ -29,6 +29,12 @@ const (
 	truncDelayMin  = 400 * time.Millisecond
 	truncDelayMax  = 500 * time.Millisecond
 
+	// A dual-stack querier sends one query over IPv4 and IPv6 back to back;
+	// the same bytes heard over the other family within this time are that
+	// copy (one querier repeats a question a second later at the soonest,
+	// RFC 6762 §5.2), and the answer to the first copy answers it too.
+	dualStackWindow = 100 * time.Millisecond
+
 	// RFC 6762 §8.1: after fifteen conflicts within ten seconds, at least
 	// five seconds before each further probe attempt.
 	conflictBurst  = 15
@@ -100,7 +106,17 @@ type engine struct {
 	// lastMC is when each record last went out by multicast as an answer or
 	// announcement, per interface (RFC 6762 §6: at most once a second).
 	lastMC        map[mcKey]time.Time
-	unreadableLog time.Time // when unreadable records were last logged
+	heard         []heardQuery // queries answered in the last dualStackWindow
+	unreadableLog time.Time    // when unreadable records were last logged
+}
+
+// heardQuery is a query answered (or its answer queued), for recognising
+// its copy over the other IP family.
+type heardQuery struct {
+	ifIndex int
+	v4      bool
+	at      time.Time
+	data    string
 }
 
 // mcKey names one record on one interface for the one-second rule.

@@ -407,13 +407,35 @@ func (l *Lab) ZeroconfBrowseN(t *testing.T, ns, typ string, n int, within time.D
 // one-shot legacy query (see client.py).
 func (l *Lab) Client(t *testing.T, ns string, args ...string) string {
 	t.Helper()
+	out, err := l.ClientErr(ns, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// ClientErr is Client for use off the test's goroutine: it returns the
+// failure instead of failing the test.
+func (l *Lab) ClientErr(ns string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns, python(), "-c", clientPy}, args...)...)
 	b, err := cmd.CombinedOutput()
 	if err != nil {
-		t.Fatalf("python3-zeroconf client %v in %s: %v\n%s", args, ns, err, b)
+		return "", fmt.Errorf("python3-zeroconf client %v in %s: %v\n%s", args, ns, err, b)
 	}
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	return lines[len(lines)-1]
+	return lines[len(lines)-1], nil
+}
+
+// Dig runs dig in ns with args and returns its output; it fails only if
+// dig cannot run (no answer is dig's output, for the caller to read).
+func (l *Lab) Dig(ns string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	b, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns, "dig"}, args...)...).CombinedOutput()
+	if err != nil && ctx.Err() != nil {
+		return string(b), fmt.Errorf("dig %v in %s: %v\n%s", args, ns, err, b)
+	}
+	return string(b), nil
 }
