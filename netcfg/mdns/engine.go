@@ -325,12 +325,31 @@ func (e *engine) sendRecords(ni *ifState, rrs []dns.RR) {
 	e.send(m, ni.Index, netip.AddrPort{})
 }
 
+// goodbyeAll sends TTL 0 for every record of a name told on the link. It
+// reads all our records, not only those served now: a held name probed
+// again (RFC 6762 §9) is not answered meanwhile, yet caches hold its
+// records. A name not yet told (first probe, or a new name after a rename)
+// is in no cache; the lost name is no longer ours (see conflict). The
+// service type's PTR (_services._dns-sd._udp) goes if an instance of the
+// type was told.
 func (e *engine) goodbyeAll() {
+	typeTold := map[string]bool{}
+	for _, s := range e.svcs {
+		if e.told[strings.ToLower(s.name())] {
+			typeTold[strings.ToLower(s.Type+".local.")] = true
+		}
+	}
 	for _, ni := range e.ifs {
 		var rrs []dns.RR
-		for _, rr := range e.served(ni) {
+		for _, rr := range e.records(ni) {
 			p, isPTR := rr.(*dns.PTR)
-			if e.told[subject(rr)] || isPTR && strings.EqualFold(p.Hdr.Name, servicesPTR) {
+			if isPTR && strings.EqualFold(p.Hdr.Name, servicesPTR) {
+				if typeTold[strings.ToLower(p.Ptr)] {
+					rrs = append(rrs, rr)
+				}
+				continue
+			}
+			if e.told[subject(rr)] {
 				rrs = append(rrs, rr)
 			}
 		}
