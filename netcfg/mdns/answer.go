@@ -23,11 +23,14 @@ func (e *engine) handle(p packet, now time.Time) {
 	}
 	if skipped > 0 {
 		total := e.r.skipped.Add(int64(skipped))
-		// At most one line a minute: a broken host may send many.
+		pkts := e.r.badPkts.Add(1)
+		// At most one line a minute: a broken host may send many. The
+		// counts are running totals, so the next line says how many
+		// were skipped in between.
 		if now.Sub(e.unreadableLog) >= time.Minute {
 			e.unreadableLog = now
 			e.log.Info("mdns: skipped records another host sent that cannot be read; the rest of its packets is used",
-				"src", p.src, "iface", ni.Name, "records", skipped, "total", total, "err", err)
+				"src", p.src, "iface", ni.Name, "records", skipped, "total", total, "malformed_packets", pkts, "err", err)
 		}
 	}
 	if m == nil || m.Opcode != dns.OpcodeQuery || m.Rcode != dns.RcodeSuccess {

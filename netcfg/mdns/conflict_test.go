@@ -2,6 +2,8 @@ package mdns
 
 import (
 	"encoding/binary"
+	"encoding/json"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
@@ -598,5 +600,57 @@ func TestGoodbyeDuringReprobe(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestLogCountsMalformedPackets(t *testing.T) {
+	// The log says how many malformed packets were skipped, as a running
+	// total a reader (or a test) can take from one attribute: at most one
+	// line a minute while they come, and the totals when the box stops.
+	var buf strings.Builder
+	f := newFakeEngine(t, nil)
+	f.e.log = slog.New(slog.NewJSONHandler(&buf, nil))
+	f.claim()
+	good := response(aRR("other.local.", "192.0.2.99", hostTTL))
+	bad := withRaw(t, response(aRR("other.local.", "192.0.2.99", hostTTL)), 0, badNSEC(t, "other.local."))
+	send := func(b []byte) { f.handleRaw(b, peer4, group4) }
+	goodBytes, err := good.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	send(bad)
+	send(goodBytes)
+	send([]byte{1, 2, 3}) // not DNS
+	send(bad)
+	f.advance(time.Minute)
+	send(bad)
+	f.e.goodbyeAll()
+
+	type line struct {
+		Msg     string `json:"msg"`
+		Packets int64  `json:"malformed_packets"`
+		Records int64  `json:"unreadable_records"`
+		Total   int64  `json:"total"`
+	}
+	var lines []line
+	for _, s := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		var l line
+		if err := json.Unmarshal([]byte(s), &l); err != nil {
+			t.Fatalf("log line %q: %v", s, err)
+		}
+		if strings.Contains(l.Msg, "cannot be read") || strings.Contains(l.Msg, "goodbye") {
+			lines = append(lines, l)
+		}
+	}
+	want := []line{
+		{Msg: "mdns: skipped records another host sent that cannot be read; the rest of its packets is used", Packets: 1, Total: 1},
+		{Msg: "mdns: skipped records another host sent that cannot be read; the rest of its packets is used", Packets: 4, Total: 4},
+		{Msg: "mdns: said goodbye", Packets: 4, Records: 4},
+	}
+	if !slices.Equal(lines, want) {
+		t.Errorf("log lines\n%+v\nwant\n%+v", lines, want)
+	}
+	if got := f.e.r.MalformedPackets(); got != 4 {
+		t.Errorf("MalformedPackets() = %d, want 4", got)
 	}
 }

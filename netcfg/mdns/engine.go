@@ -355,5 +355,6 @@ func (e *engine) goodbyeAll() {
 		}
 		e.sendRecords(ni, withTTL(rrs, 0))
 	}
-	e.log.Info("mdns: said goodbye", "name", e.host)
+	e.log.Info("mdns: said goodbye", "name", e.host, "packets_sent", e.r.sent.Load(),
+		"malformed_packets", e.r.badPkts.Load(), "unreadable_records", e.r.skipped.Load())
 }
