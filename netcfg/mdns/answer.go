@@ -169,8 +169,29 @@ func (e *engine) dualStackCopy(ifIndex int, p packet, now time.Time) bool {
 			return true
 		}
 	}
+	if len(e.heard) >= maxHeard { // a flood of queries: forget the oldest
+		e.heard = e.heard[1:]
+	}
 	e.heard = append(e.heard, heardQuery{ifIndex: ifIndex, v4: v4, at: now, data: string(p.data)})
 	return false
+}
+
+// maxHeard bounds the queries remembered for dualStackCopy.
+const maxHeard = 64
+
+// coveredByMulticast drops from the responses waiting to be multicast on
+// ifIndex the records that just went out there (an announcement): everyone
+// on the link heard them.
+func (e *engine) coveredByMulticast(ifIndex int, sent []dns.RR) {
+	for _, q := range e.pending {
+		if q.ifIndex != ifIndex || q.dst.IsValid() {
+			continue
+		}
+		q.ans = slices.DeleteFunc(q.ans, func(pa *pendingAnswer) bool {
+			return slices.ContainsFunc(sent, func(rr dns.RR) bool { return sameRR(rr, pa.rr) })
+		})
+	}
+	e.pending = slices.DeleteFunc(e.pending, func(q *pendingResp) bool { return len(q.ans) == 0 })
 }
 
 // answer answers query m heard on ni from p.src (onLink: a source on ni's link).

@@ -90,3 +90,30 @@ func TestOneSecondRuleDelaysAnswers(t *testing.T) {
 		})
 	}
 }
+
+func TestAnnouncementAnswersAHeldQuery(t *testing.T) {
+	// A query half a second after the first announcement is held until
+	// the second (RFC 6762 §8.3: a second apart), which answers it: one
+	// packet, not the announcement and the held answer both.
+	f := newFakeEngine(t, nil)
+	f.e.startProbe(f.e.uniqueNames(), []int{2}, f.now)
+	for f.e.probe != nil || f.e.ann == nil || f.e.ann.left == 2 {
+		if !f.step(f.now.Add(10 * time.Second)) {
+			t.Fatal("no first announcement")
+		}
+	}
+	f.tr.take()
+	first := f.now
+	f.advance(500 * time.Millisecond)
+	f.handle(query(question("relay.local.", dns.TypeA)), asker)
+	f.advance(3 * time.Second)
+	var at []time.Duration
+	for _, p := range f.tr.take() {
+		if hasAnswer(p.msg, "relay.local.", dns.TypeA) {
+			at = append(at, p.at.Sub(first))
+		}
+	}
+	if want := []time.Duration{time.Second}; !slices.Equal(at, want) {
+		t.Errorf("relay.local A multicast at %v after the first announcement, want %v (the second announcement alone)", at, want)
+	}
+}
