@@ -23,11 +23,14 @@ func (e *engine) handle(p packet, now time.Time) {
 	}
 	if skipped > 0 {
 		total := e.r.skipped.Add(int64(skipped))
-		// At most one line a minute: a broken host may send many.
+		pkts := e.r.badPkts.Add(1)
+		// At most one line a minute: a broken host may send many. The
+		// counts are running totals, so the next line says how many
+		// were skipped in between.
 		if now.Sub(e.unreadableLog) >= time.Minute {
 			e.unreadableLog = now
 			e.log.Info("mdns: skipped records another host sent that cannot be read; the rest of its packets is used",
-				"src", p.src, "iface", ni.Name, "records", skipped, "total", total, "err", err)
+				"src", p.src, "iface", ni.Name, "records", skipped, "total", total, "malformed_packets", pkts, "err", err)
 		}
 	}
 	if m == nil || m.Opcode != dns.OpcodeQuery || m.Rcode != dns.RcodeSuccess {
@@ -61,19 +64,50 @@ func (e *engine) handle(p packet, now time.Time) {
 // a conflicting record only starts a new probe (§9): it may be a spoofed
 // record, or the IPv6 copy of one just heard over IPv4, and neither is an
 // answer to a probe; the name is lost only if a host answers that probe.
+//
+// One response may cost several names (a peer holding both the host name
+// and an instance name answers the probe for both). Which names were
+// answered is fixed before any is renamed: a rename starts a new probe
+// round, and the names of the packet still count as answers to the round
+// that was out. A renamed host name changes our SRV records' target, so a
+// peer's SRV that was the same as ours is compared again after it.
 func (e *engine) handleResponse(ni *ifState, m *dns.Msg, now time.Time) {
+	rrs := slices.Concat(m.Answer, m.Ns, m.Extra)
+	answered := map[string]bool{} // names of a probe that went out on ni
+	if pr := e.probe; pr != nil && pr.ifaces[ni.Index] && pr.sent > 0 {
+		for n := range pr.names {
+			answered[n] = true
+		}
+	}
+	lost := map[string]bool{}
+	for len(answered) > 0 {
+		mine := e.records(ni)
+		var newly []string
+		for _, rr := range rrs {
+			h := rr.Header()
+			name := strings.ToLower(h.Name)
+			if !answered[name] || lost[name] || h.Ttl == 0 || slices.ContainsFunc(mine, func(o dns.RR) bool { return sameRR(o, rr) }) {
+				continue
+			}
+			lost[name] = true
+			newly = append(newly, name)
+		}
+		if len(newly) == 0 {
+			break
+		}
+		for _, n := range newly {
+			e.conflict(n, now)
+		}
+	}
 	mine := e.records(ni)
-	for _, rr := range slices.Concat(m.Answer, m.Ns, m.Extra) {
+	for _, rr := range rrs {
 		h := rr.Header()
 		name := strings.ToLower(h.Name)
-		if h.Ttl == 0 || slices.ContainsFunc(mine, func(o dns.RR) bool { return sameRR(o, rr) }) {
+		if answered[name] || h.Ttl == 0 || slices.ContainsFunc(mine, func(o dns.RR) bool { return sameRR(o, rr) }) {
 			continue
 		}
 		if pr := e.probe; pr != nil && pr.ifaces[ni.Index] && pr.names[name] {
-			if pr.sent > 0 {
-				e.conflict(name, now)
-			}
-			continue
+			continue // probed, no probe out yet: not an answer to one
 		}
 		t := h.Rrtype
 		if !e.told[name] || (t != dns.TypeA && t != dns.TypeAAAA && t != dns.TypeSRV && t != dns.TypeTXT) {
@@ -116,7 +150,48 @@ func (e *engine) handleQuery(ni *ifState, p packet, m *dns.Msg, onLink bool, now
 	if len(m.Answer) > 0 {
 		e.suppressPending(ni.Index, p.src.Addr(), m.Answer)
 	}
+	if p.src.Port() == mdnsPort && e.dualStackCopy(ni.Index, p, now) {
+		return
+	}
 	e.answer(ni, p, m, onLink, now)
+}
+
+// dualStackCopy reports whether p is the copy of a query just heard over
+// the other IP family (the same bytes within dualStackWindow), and
+// otherwise remembers p. The one-second rule delays answers rather than
+// dropping them, so without this a dual-stack querier would get the
+// answer it asked for once and again a second later.
+func (e *engine) dualStackCopy(ifIndex int, p packet, now time.Time) bool {
+	e.heard = slices.DeleteFunc(e.heard, func(h heardQuery) bool { return now.Sub(h.at) >= dualStackWindow })
+	v4 := p.src.Addr().Unmap().Is4()
+	for _, h := range e.heard {
+		if h.ifIndex == ifIndex && h.v4 != v4 && h.data == string(p.data) {
+			return true
+		}
+	}
+	if len(e.heard) >= maxHeard { // a flood of queries: forget the oldest
+		e.heard = e.heard[1:]
+	}
+	e.heard = append(e.heard, heardQuery{ifIndex: ifIndex, v4: v4, at: now, data: string(p.data)})
+	return false
+}
+
+// maxHeard bounds the queries remembered for dualStackCopy.
+const maxHeard = 64
+
+// coveredByMulticast drops from the responses waiting to be multicast on
+// ifIndex the records that just went out there (an announcement): everyone
+// on the link heard them.
+func (e *engine) coveredByMulticast(ifIndex int, sent []dns.RR) {
+	for _, q := range e.pending {
+		if q.ifIndex != ifIndex || q.dst.IsValid() {
+			continue
+		}
+		q.ans = slices.DeleteFunc(q.ans, func(pa *pendingAnswer) bool {
+			return slices.ContainsFunc(sent, func(rr dns.RR) bool { return sameRR(rr, pa.rr) })
+		})
+	}
+	e.pending = slices.DeleteFunc(e.pending, func(q *pendingResp) bool { return len(q.ans) == 0 })
 }
 
 // answer answers query m heard on ni from p.src (onLink: a source on ni's link).
@@ -186,24 +261,47 @@ func (e *engine) answer(ni *ifState, p packet, m *dns.Msg, onLink bool, now time
 	}
 	delay, trunc := e.responseDelay(m, ans)
 	if delay == 0 {
-		e.respondAt(ni, ans, dst, now)
+		if held, due := e.respondAt(ni, ans, dst, now); len(held) > 0 {
+			e.hold(ni.Index, held, now, due, map[netip.Addr]bool{p.src.Addr(): true})
+		}
 		return
 	}
 	e.queue(ni.Index, dst, trunc, now, now.Add(delay), ans, p.src.Addr())
 }
 
-// respondAt sends ans at now; by multicast, only the records not multicast
-// on ni in the last second (RFC 6762 §6): one query heard over IPv4 and
-// again over IPv6 draws one answer, not two.
-func (e *engine) respondAt(ni *ifState, ans []dns.RR, dst netip.AddrPort, now time.Time) {
+// respondAt sends ans at now. By multicast it sends only the records not
+// multicast on ni in the last second (RFC 6762 §6), and returns the others
+// with the time the last of them may go again: the caller queues them for
+// then. A querier whose question comes within that second (a scanner that
+// started listening after the last answer) is answered, a little later.
+func (e *engine) respondAt(ni *ifState, ans []dns.RR, dst netip.AddrPort, now time.Time) (held []dns.RR, due time.Time) {
 	if !dst.IsValid() {
-		ans = slices.DeleteFunc(slices.Clone(ans), func(rr dns.RR) bool {
+		var ready []dns.RR
+		for _, rr := range ans {
 			last, ok := e.lastMC[mcKey{ni.Index, recordKey(rr)}]
-			return ok && now.Sub(last) < e.t.minRepeat
-		})
+			if !ok || now.Sub(last) >= e.t.minRepeat {
+				ready = append(ready, rr)
+				continue
+			}
+			held = append(held, rr)
+			if d := last.Add(e.t.minRepeat); d.After(due) {
+				due = d
+			}
+		}
+		ans = ready
 		e.noteMulticast(ni.Index, ans, now)
 	}
 	e.respond(ni, ans, dst, nil)
+	return held, due
+}
+
+// hold queues records the one-second rule kept back, to be multicast on
+// ifIndex at due for askers (whose later known answers still take them off).
+func (e *engine) hold(ifIndex int, rrs []dns.RR, now, due time.Time, askers map[netip.Addr]bool) {
+	for a := range askers {
+		e.queue(ifIndex, netip.AddrPort{}, false, now, due, rrs, a)
+	}
+	e.event(fmt.Sprintf("held delay=%d", due.Sub(now).Milliseconds()))
 }
 
 // noteMulticast records that rrs went out by multicast on ifIndex at now,
@@ -315,7 +413,11 @@ func (e *engine) flush(now time.Time) {
 				ans = append(ans, served[i])
 			}
 		}
-		e.respondAt(ni, ans, q.dst, now)
+		held, heldDue := e.respondAt(ni, ans, q.dst, now)
+		for _, rr := range held {
+			i := slices.IndexFunc(q.ans, func(pa *pendingAnswer) bool { return sameRR(pa.rr, rr) })
+			e.hold(q.ifIndex, []dns.RR{rr}, now, heldDue, q.ans[i].askers)
+		}
 	}
 }
 

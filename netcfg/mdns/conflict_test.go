@@ -2,6 +2,8 @@ package mdns
 
 import (
 	"encoding/binary"
+	"encoding/json"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
@@ -357,63 +359,6 @@ func TestProbeShapedQueryGetsSharedAnswerDelayed(t *testing.T) {
 	}
 }
 
-func TestOneMulticastPerRecordPerSecond(t *testing.T) {
-	// RFC 6762 §6: a record is multicast at most once a second on an
-	// interface, except to defend it against a probe.
-	a := question("relay.local.", dns.TypeA)
-	defence := query(question("relay.local.", dns.TypeANY))
-	defence.Ns = []dns.RR{aRR("relay.local.", "192.0.2.99", 120)}
-	type ask struct {
-		after time.Duration // since the first query
-		m     *dns.Msg
-		src   netip.AddrPort
-	}
-	tests := []struct {
-		name string
-		asks []ask
-		want int // multicast answers holding relay.local A
-	}{
-		{"one query over IPv4 and IPv6", []ask{{0, query(a), asker}, {0, query(a), netip.MustParseAddrPort("[fe80::50]:5353")}}, 1},
-		{"again after half a second", []ask{{0, query(a), asker}, {500 * time.Millisecond, query(a), asker2}}, 1},
-		{"again after a second", []ask{{0, query(a), asker}, {time.Second, query(a), asker2}}, 2},
-		{"a probe is answered at once anyway", []ask{{0, query(a), asker}, {10 * time.Millisecond, defence, asker2}}, 2},
-		{"shared answer twice within a second", []ask{
-			{0, query(question("_smtp._tcp.local.", dns.TypePTR)), asker},
-			{300 * time.Millisecond, query(question("_smtp._tcp.local.", dns.TypePTR)), asker2}}, 0},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			f := newFakeEngine(t, nil)
-			f.claim()
-			start := f.now
-			for _, q := range tt.asks {
-				f.advance(start.Add(q.after).Sub(f.now))
-				f.handle(q.m, q.src)
-			}
-			f.advance(2 * time.Second)
-			got := f.tr.take()
-			n, ptrs := 0, 0
-			for _, p := range got {
-				if hasAnswer(p.msg, "relay.local.", dns.TypeA) {
-					n++
-				}
-				if hasAnswer(p.msg, "_smtp._tcp.local.", dns.TypePTR) {
-					ptrs++
-				}
-			}
-			if strings.HasPrefix(tt.name, "shared") {
-				if ptrs != 1 {
-					t.Errorf("%d multicast PTR answers, want 1", ptrs)
-				}
-				return
-			}
-			if n != tt.want {
-				t.Errorf("%d multicast answers with relay.local A, want %d", n, tt.want)
-			}
-		})
-	}
-}
-
 func TestOffLinkSources(t *testing.T) {
 	offLink := netip.MustParseAddr("203.0.113.5")
 	a := question("relay.local.", dns.TypeA)
@@ -531,5 +476,116 @@ func TestSiteFileChecks(t *testing.T) {
 		if err := tt.check(tt.in); (err == nil) != tt.ok {
 			t.Errorf("%s: check(%q) = %v, want ok %v", tt.name, tt.in, err, tt.ok)
 		}
+	}
+}
+
+func TestOneAnswerTakingHostAndInstance(t *testing.T) {
+	// A peer already holds relay.local and our _smtp._tcp instance name and
+	// answers our first probe with both in one packet. Every conflicting
+	// name in the packet counts: both are renamed, once each, and probed
+	// in one round of three probes; nothing is claimed under a lost name.
+	// The peer's SRV may differ from ours, or be the same as ours (a relay
+	// set up alike: port 25 on relay.local) until our host name changes.
+	srv := &dns.SRV{Hdr: hdr(instSMTP, dns.TypeSRV, true, hostTTL), Port: 2525, Target: "relay.local."}
+	same := &dns.SRV{Hdr: hdr(instSMTP, dns.TypeSRV, true, hostTTL), Port: 25, Target: "relay.local."}
+	a := aRR("relay.local.", "192.0.2.99", hostTTL)
+	sub := `siterelay\ plant\ 3._submission._tcp.local.`
+	tests := []struct {
+		name string
+		rrs  []dns.RR
+	}{
+		{"SRV then A", []dns.RR{srv, a}},
+		{"A then SRV", []dns.RR{a, srv}},
+		{"SRV the same as ours then A", []dns.RR{same, a}},
+		{"A then SRV the same as ours", []dns.RR{a, same}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFakeEngine(t, nil)
+			f.startProbing()
+			f.handle(response(tt.rrs...), peer4)
+			if got, want := f.e.host, "relay-2"; got != want {
+				t.Errorf("host = %q, want %q", got, want)
+			}
+			if got, want := f.e.svcs[0].Instance, "siterelay Plant 3 (2)"; got != want {
+				t.Errorf("_smtp._tcp instance = %q, want %q", got, want)
+			}
+			if got, want := f.e.svcs[1].Instance, "siterelay Plant 3"; got != want {
+				t.Errorf("_submission._tcp instance = %q, want %q (nobody else holds it)", got, want)
+			}
+			f.advance(10 * time.Second)
+			sent := f.tr.take()
+			if got := f.probesSent(sent); got != probes {
+				t.Errorf("%d probes after the conflict, want one round of %d", got, probes)
+			}
+			want := []string{"relay-2.local.", `siterelay\ plant\ 3\ \(2\)._smtp._tcp.local.`, sub}
+			slices.Sort(want)
+			if got := probeQuestions(sent); !slices.Equal(got, want) {
+				t.Errorf("probes ask for %q, want %q", got, want)
+			}
+			if f.e.probe != nil {
+				t.Fatalf("still probing %v after 10 s", f.e.probe.names)
+			}
+			// Nothing on the wire claims a name the peer holds.
+			for _, p := range sent {
+				for _, rr := range slices.Concat(p.msg.Answer, p.msg.Extra) {
+					if s := subject(rr); rr.Header().Ttl > 0 && (s == "relay.local." || s == strings.ToLower(instSMTP)) {
+						t.Errorf("claimed the peer's name: %v", rr)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestLogCountsMalformedPackets(t *testing.T) {
+	// The log says how many malformed packets were skipped, as a running
+	// total a reader (or a test) can take from one attribute: at most one
+	// line a minute while they come, and the totals when the box stops.
+	var buf strings.Builder
+	f := newFakeEngine(t, nil)
+	f.e.log = slog.New(slog.NewJSONHandler(&buf, nil))
+	f.claim()
+	good := response(aRR("other.local.", "192.0.2.99", hostTTL))
+	bad := withRaw(t, response(aRR("other.local.", "192.0.2.99", hostTTL)), 0, badNSEC(t, "other.local."))
+	send := func(b []byte) { f.handleRaw(b, peer4, group4) }
+	goodBytes, err := good.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	send(bad)
+	send(goodBytes)
+	send([]byte{1, 2, 3}) // not DNS
+	send(bad)
+	f.advance(time.Minute)
+	send(bad)
+	f.e.goodbyeAll()
+
+	type line struct {
+		Msg     string `json:"msg"`
+		Packets int64  `json:"malformed_packets"`
+		Records int64  `json:"unreadable_records"`
+		Total   int64  `json:"total"`
+	}
+	var lines []line
+	for _, s := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		var l line
+		if err := json.Unmarshal([]byte(s), &l); err != nil {
+			t.Fatalf("log line %q: %v", s, err)
+		}
+		if strings.Contains(l.Msg, "cannot be read") || strings.Contains(l.Msg, "goodbye") {
+			lines = append(lines, l)
+		}
+	}
+	want := []line{
+		{Msg: "mdns: skipped records another host sent that cannot be read; the rest of its packets is used", Packets: 1, Total: 1},
+		{Msg: "mdns: skipped records another host sent that cannot be read; the rest of its packets is used", Packets: 4, Total: 4},
+		{Msg: "mdns: said goodbye", Packets: 4, Records: 4},
+	}
+	if !slices.Equal(lines, want) {
+		t.Errorf("log lines\n%+v\nwant\n%+v", lines, want)
+	}
+	if got := f.e.r.MalformedPackets(); got != 4 {
+		t.Errorf("MalformedPackets() = %d, want 4", got)
 	}
 }

@@ -29,6 +29,12 @@ const (
 	truncDelayMin  = 400 * time.Millisecond
 	truncDelayMax  = 500 * time.Millisecond
 
+	// A dual-stack querier sends one query over IPv4 and IPv6 back to back;
+	// the same bytes heard over the other family within this time are that
+	// copy (one querier repeats a question a second later at the soonest,
+	// RFC 6762 §5.2), and the answer to the first copy answers it too.
+	dualStackWindow = 100 * time.Millisecond
+
 	// RFC 6762 §8.1: after fifteen conflicts within ten seconds, at least
 	// five seconds before each further probe attempt.
 	conflictBurst  = 15
@@ -100,7 +106,17 @@ type engine struct {
 	// lastMC is when each record last went out by multicast as an answer or
 	// announcement, per interface (RFC 6762 §6: at most once a second).
 	lastMC        map[mcKey]time.Time
-	unreadableLog time.Time // when unreadable records were last logged
+	heard         []heardQuery // queries answered in the last dualStackWindow
+	unreadableLog time.Time    // when unreadable records were last logged
+}
+
+// heardQuery is a query answered (or its answer queued), for recognising
+// its copy over the other IP family.
+type heardQuery struct {
+	ifIndex int
+	v4      bool
+	at      time.Time
+	data    string
 }
 
 // mcKey names one record on one interface for the one-second rule.
@@ -309,16 +325,36 @@ func (e *engine) sendRecords(ni *ifState, rrs []dns.RR) {
 	e.send(m, ni.Index, netip.AddrPort{})
 }
 
+// goodbyeAll sends TTL 0 for every record of a name told on the link. It
+// reads all our records, not only those served now: a held name probed
+// again (RFC 6762 §9) is not answered meanwhile, yet caches hold its
+// records. A name not yet told (first probe, or a new name after a rename)
+// is in no cache; the lost name is no longer ours (see conflict). The
+// service type's PTR (_services._dns-sd._udp) goes if an instance of the
+// type was told.
 func (e *engine) goodbyeAll() {
+	typeTold := map[string]bool{}
+	for _, s := range e.svcs {
+		if e.told[strings.ToLower(s.name())] {
+			typeTold[strings.ToLower(s.Type+".local.")] = true
+		}
+	}
 	for _, ni := range e.ifs {
 		var rrs []dns.RR
-		for _, rr := range e.served(ni) {
+		for _, rr := range e.records(ni) {
 			p, isPTR := rr.(*dns.PTR)
-			if e.told[subject(rr)] || isPTR && strings.EqualFold(p.Hdr.Name, servicesPTR) {
+			if isPTR && strings.EqualFold(p.Hdr.Name, servicesPTR) {
+				if typeTold[strings.ToLower(p.Ptr)] {
+					rrs = append(rrs, rr)
+				}
+				continue
+			}
+			if e.told[subject(rr)] {
 				rrs = append(rrs, rr)
 			}
 		}
 		e.sendRecords(ni, withTTL(rrs, 0))
 	}
-	e.log.Info("mdns: said goodbye", "name", e.host)
+	e.log.Info("mdns: said goodbye", "name", e.host, "packets_sent", e.r.sent.Load(),
+		"malformed_packets", e.r.badPkts.Load(), "unreadable_records", e.r.skipped.Load())
 }

@@ -65,7 +65,7 @@ func TestHelperResponder(t *testing.T) {
 		fmt.Println("ERROR", err)
 		os.Exit(2)
 	}
-	fmt.Printf("EXIT sent=%d unreadable=%d\n", r.PacketsSent(), r.Unreadable())
+	fmt.Printf("EXIT sent=%d unreadable=%d malformed=%d\n", r.PacketsSent(), r.Unreadable(), r.MalformedPackets())
 	os.Exit(0)
 }
 
@@ -262,6 +262,9 @@ func TestUnreadableNSECFromARealPeer(t *testing.T) {
 	exit := relay.WaitLine(t, "^EXIT", 5*time.Second)
 	if n := mdnslab.Field(exit, "unreadable"); n < 1 {
 		t.Errorf("Unreadable() = %d after the peer's bad NSEC, want ≥ 1", n)
+	}
+	if n := mdnslab.Field(exit, "malformed"); n < 1 {
+		t.Errorf("MalformedPackets() = %d after the peer's bad NSEC, want ≥ 1", n)
 	}
 }
 

@@ -96,6 +96,7 @@ type Responder struct {
 	running atomic.Bool
 	sent    atomic.Int64 // packets sent, for figures and tests
 	skipped atomic.Int64 // received records (or packets) that could not be read
+	badPkts atomic.Int64 // received packets holding something that could not be read
 
 	mu       sync.Mutex
 	services []Service // validated, last set by New or SetServices
@@ -138,6 +139,11 @@ func (r *Responder) PacketsSent() int64 { return r.sent.Load() }
 // skipped (the rest of their packet was still used), plus packets too short
 // to hold a DNS header. A steady rise means a broken or hostile host on the link.
 func (r *Responder) Unreadable() int64 { return r.skipped.Load() }
+
+// MalformedPackets counts the received packets that held at least one
+// record that could not be read, or were not DNS at all. The log's
+// "malformed_packets" attribute is this count (see docs/discovery.md).
+func (r *Responder) MalformedPackets() int64 { return r.badPkts.Load() }
 
 // SetServices replaces the advertised services: removed ones get goodbye
 // packets, new ones are probed and announced, changed ones re-announced.

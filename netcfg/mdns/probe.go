@@ -71,7 +71,6 @@ func (e *engine) probeRecords(ni *ifState) []dns.RR {
 }
 
 func (e *engine) tick(now time.Time) {
-	e.flush(now)
 	if p := e.probe; p != nil && !now.Before(p.next) {
 		e.pruneProbe()
 	}
@@ -117,6 +116,7 @@ func (e *engine) tick(now time.Time) {
 				rrs := e.served(e.ifs[i])
 				e.noteMulticast(i, rrs, now)
 				e.sendRecords(e.ifs[i], rrs)
+				e.coveredByMulticast(i, rrs)
 			}
 		}
 		a.left--
@@ -126,6 +126,9 @@ func (e *engine) tick(now time.Time) {
 			e.event("announced")
 		}
 	}
+	// After the announcements: an answer waiting to be multicast that an
+	// announcement just carried is not sent again.
+	e.flush(now)
 }
 
 // pruneProbe drops from the probe the names this host no longer wants (lost

@@ -1,6 +1,7 @@
 # The real mDNS clients of the namespace tests, run by mdnslab with Debian's python3.
-#   browse TYPE SECONDS        python3-zeroconf (as Home Assistant uses it) browses TYPE
-#                              and resolves what it finds; prints a JSON list.
+#   browse TYPE SECONDS [N]    python3-zeroconf (as Home Assistant uses it) browses TYPE
+#                              until it finds N instances (default 1) or SECONDS pass, and
+#                              resolves what it found; prints a JSON list.
 #   query NAME SRC DST         one-shot legacy query (RFC 6762 §6.7) for NAME's A record,
 #                              from address SRC to DST port 5353; prints
 #                              "ANSWER <ms> <address>" or "NOANSWER".
@@ -8,6 +9,11 @@
 #                              record over IPv4 and IPv6 at once from port 5353 on IFACE
 #                              (IPv4 address ADDR); prints "ANSWERS <n>", the responses
 #                              holding that A record heard in the next 1.5 s.
+#   zcquery NAME AT SECONDS    a fresh python3-zeroconf instance, started at AT (seconds since
+#                              the epoch), sends one query for NAME's A record (IPv4 and
+#                              IPv6) and waits at most SECONDS; prints "ANSWER <ms> <address>
+#                              late=<ms>" (late: how long after AT the query left) or
+#                              "NOANSWER late=<ms>".
 import json
 import socket
 import struct
@@ -15,7 +21,7 @@ import sys
 import time
 
 
-def browse(typ, seconds):
+def browse(typ, seconds, want=1):
     from zeroconf import IPVersion, ServiceBrowser, ServiceListener, Zeroconf
 
     zc = Zeroconf(ip_version=IPVersion.All)
@@ -33,7 +39,7 @@ def browse(typ, seconds):
 
     ServiceBrowser(zc, typ, Listener())
     deadline = time.monotonic() + seconds
-    while not found and time.monotonic() < deadline:
+    while len(set(found)) < want and time.monotonic() < deadline:
         time.sleep(0.05)
     out = []
     for name in sorted(set(found)):
@@ -156,9 +162,42 @@ def dualquery(name, ifname, v4addr):
     print("ANSWERS %d" % collect(1.5, False))
 
 
+def zcquery(name, at, seconds):
+    import threading
+    from zeroconf import DNSOutgoing, DNSQuestion, IPVersion, RecordUpdateListener, Zeroconf, const
+
+    while time.time() < at:
+        time.sleep(min(0.005, max(0, at - time.time())))
+    zc = Zeroconf(ip_version=IPVersion.All)
+    got = threading.Event()
+    addrs = []
+
+    class Listener(RecordUpdateListener):
+        def async_update_records(self, zc, now, records):
+            for r in records:
+                rec = r.new
+                if rec.type == const._TYPE_A and rec.name.lower() == name.lower() and rec.ttl > 0:
+                    addrs.append(socket.inet_ntoa(rec.address))
+                    got.set()
+
+    zc.add_listener(Listener(), None)
+    out = DNSOutgoing(const._FLAGS_QR_QUERY)
+    out.add_question(DNSQuestion(name, const._TYPE_A, const._CLASS_IN))
+    late = (time.time() - at) * 1000
+    start = time.monotonic()
+    zc.send(out)
+    if got.wait(seconds):
+        print("ANSWER %.2f %s late=%d" % ((time.monotonic() - start) * 1000, addrs[0], late))
+    else:
+        print("NOANSWER late=%d" % late)
+    zc.close()
+
+
 if sys.argv[1] == "browse":
-    browse(sys.argv[2], float(sys.argv[3]))
+    browse(sys.argv[2], float(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else 1)
 elif sys.argv[1] == "query":
     query(sys.argv[2], sys.argv[3], sys.argv[4])
 elif sys.argv[1] == "dualquery":
     dualquery(sys.argv[2], sys.argv[3], sys.argv[4])
+elif sys.argv[1] == "zcquery":
+    zcquery(sys.argv[2], float(sys.argv[3]), float(sys.argv[4]))

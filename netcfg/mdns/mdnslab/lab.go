@@ -216,6 +216,7 @@ func Field(line, key string) int {
 
 // Avahi is a private avahi-daemon with its own D-Bus in one namespace.
 type Avahi struct {
+	l       *Lab
 	ns, bus string
 	daemon  *Proc
 	dbus    *Proc
@@ -262,7 +263,7 @@ publish-workstation=no
 [reflector]
 enable-reflector=no
 `)
-	a := &Avahi{ns: ns, bus: "unix:path=" + sock}
+	a := &Avahi{l: l, ns: ns, bus: "unix:path=" + sock}
 	a.dbus = l.Start(t, ns, nil, "dbus-daemon", "--config-file="+dbusConf, "--nofork", "--nopidfile", "--nosyslog")
 	waitFor(t, "D-Bus socket "+sock, func() bool { _, err := os.Stat(sock); return err == nil })
 	a.daemon = l.Start(t, ns, []string{"DBUS_SYSTEM_BUS_ADDRESS=" + a.bus}, "unshare", "-m", "sh", "-c",
@@ -275,6 +276,24 @@ enable-reflector=no
 func (a *Avahi) Stop(t *testing.T) {
 	a.daemon.Stop(t)
 	a.dbus.Stop(t)
+}
+
+// Publish has a's daemon advertise a service instance (avahi-publish -s)
+// until the test ends; it returns once avahi has probed and holds the name.
+func (a *Avahi) Publish(t *testing.T, instance, typ string, port int, txt ...string) *Proc {
+	t.Helper()
+	args := append([]string{"-s", instance, typ, strconv.Itoa(port)}, txt...)
+	p := a.l.Start(t, a.ns, []string{"DBUS_SYSTEM_BUS_ADDRESS=" + a.bus}, "avahi-publish", args...)
+	p.WaitLine(t, "^Established under name", 20*time.Second)
+	return p
+}
+
+// Output stops the daemon and its D-Bus and returns everything the daemon
+// logged (it runs with --debug: probes, conflicts, renames).
+func (a *Avahi) Output(t *testing.T) string {
+	out := a.daemon.Output(t)
+	a.dbus.Stop(t)
+	return out
 }
 
 func writeFile(t *testing.T, path, s string) {
@@ -369,7 +388,13 @@ type ZeroconfService struct {
 // is missing or its client fails.
 func (l *Lab) ZeroconfBrowse(t *testing.T, ns, typ string, within time.Duration) []ZeroconfService {
 	t.Helper()
-	out := l.Client(t, ns, "browse", typ, strconv.FormatFloat(within.Seconds(), 'f', 1, 64))
+	return l.ZeroconfBrowseN(t, ns, typ, 1, within)
+}
+
+// ZeroconfBrowseN is ZeroconfBrowse that waits for n instances (or within).
+func (l *Lab) ZeroconfBrowseN(t *testing.T, ns, typ string, n int, within time.Duration) []ZeroconfService {
+	t.Helper()
+	out := l.Client(t, ns, "browse", typ, strconv.FormatFloat(within.Seconds(), 'f', 1, 64), strconv.Itoa(n))
 	var svcs []ZeroconfService
 	if err := json.Unmarshal([]byte(out), &svcs); err != nil {
 		t.Fatalf("python3-zeroconf browse %s printed %q: %v", typ, out, err)
@@ -382,13 +407,35 @@ func (l *Lab) ZeroconfBrowse(t *testing.T, ns, typ string, within time.Duration)
 // one-shot legacy query (see client.py).
 func (l *Lab) Client(t *testing.T, ns string, args ...string) string {
 	t.Helper()
+	out, err := l.ClientErr(ns, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// ClientErr is Client for use off the test's goroutine: it returns the
+// failure instead of failing the test.
+func (l *Lab) ClientErr(ns string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns, python(), "-c", clientPy}, args...)...)
 	b, err := cmd.CombinedOutput()
 	if err != nil {
-		t.Fatalf("python3-zeroconf client %v in %s: %v\n%s", args, ns, err, b)
+		return "", fmt.Errorf("python3-zeroconf client %v in %s: %v\n%s", args, ns, err, b)
 	}
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	return lines[len(lines)-1]
+	return lines[len(lines)-1], nil
+}
+
+// Dig runs dig in ns with args and returns its output; it fails only if
+// dig cannot run (no answer is dig's output, for the caller to read).
+func (l *Lab) Dig(ns string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	b, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns, "dig"}, args...)...).CombinedOutput()
+	if err != nil && ctx.Err() != nil {
+		return string(b), fmt.Errorf("dig %v in %s: %v\n%s", args, ns, err, b)
+	}
+	return string(b), nil
 }
