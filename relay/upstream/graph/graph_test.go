@@ -14,6 +14,7 @@ import (
 	"github.com/siterelay/siterelay/relay/upstream/graph"
 	"github.com/siterelay/siterelay/relay/upstream/m365"
 	"github.com/siterelay/siterelay/relay/upstream/m365test"
+	"github.com/siterelay/siterelay/relay/upstream/pace"
 )
 
 const mailbox = "scanner@contoso.test"
@@ -277,5 +278,30 @@ func TestFailedDraftDeleted(t *testing.T) {
 				t.Errorf("sent %d, want 1", got)
 			}
 		})
+	}
+}
+
+// Graph's 429 says how long to wait in Retry-After; the pacer in front of
+// the upstream honours it, not the 5-minute cooldown meant for Azure
+// Communication Services' 429 (an SMTP reply that carries no Retry-After).
+func TestRetryAfterHonoured(t *testing.T) {
+	up, g := setup(t, true)
+	clock := m365test.NewClock()
+	p := pace.Wrap(up, pace.Options{Clock: clock.Now, Sleep: clock.Sleep, MaxWait: time.Second})
+	g.Throttle(7 * time.Second)
+	_, err := p.Deliver(context.Background(), message([]string{"bob@fabrikam.test"}, simple("bob@fabrikam.test")))
+	ue := upstream.Classify(err)
+	if err == nil || ue.Permanent {
+		t.Fatalf("got %v, want a temporary 429", err)
+	}
+	if ue.RetryAfter != 7*time.Second {
+		t.Errorf("RetryAfter = %v, want 7s (Graph's Retry-After)", ue.RetryAfter)
+	}
+	clock.Advance(7 * time.Second)
+	if _, err := p.Deliver(context.Background(), message([]string{"bob@fabrikam.test"}, simple("bob@fabrikam.test"))); err != nil {
+		t.Fatalf("7 s after Graph's 429 (Retry-After: 7): %v", err)
+	}
+	if got := len(g.Sent()); got != 1 {
+		t.Errorf("sent %d, want 1", got)
 	}
 }
