@@ -174,6 +174,9 @@ func paceName(kind config.Kind, cfg config.M365) string {
 func newTokens(kind config.Kind, cfg config.M365, d Deps, log *slog.Logger) (*TokenSource, error) {
 	o := TokenOptions{BaseURL: cfg.TokenURL, Tenant: cfg.Tenant, ClientID: cfg.ClientID, Scope: cfg.Scope,
 		Alg: cfg.AssertionAlg, HTTPClient: d.HTTPClient, Clock: d.Clock, Logger: log, Renewed: d.TokenRenewed, RenewBefore: kind.RenewBefore()}
+	if kind == config.KindHVE {
+		o.MinLife, o.MinLifeFor = HVEMinLife, "High Volume Email"
+	}
 	if cfg.ClientSecretSecret != "" {
 		s, err := d.secret("upstream.m365.client_secret_secret", cfg.ClientSecretSecret)
 		if err != nil {
@@ -204,6 +207,10 @@ func newTokens(kind config.Kind, cfg config.M365, d Deps, log *slog.Logger) (*To
 	}
 	return NewTokenSource(o)
 }
+
+// HVEMinLife is the least life HVE takes in a token: it answers
+// 501 5.5.127 "Token will expire soon" to one with under 10 minutes left.
+const HVEMinLife = 10 * time.Minute
 
 // DirectSendChecker refuses recipients outside the tenant's domains at
 // RCPT: direct send cannot reach them, and a refusal now beats a bounce.
