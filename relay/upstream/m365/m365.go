@@ -120,9 +120,13 @@ func New(kind config.Kind, cfg config.M365, d Deps) (upstream.Upstream, error) {
 			return nil, err
 		}
 		if kind == config.KindGraph {
-			inner, err = graph.New(graph.Options{BaseURL: cfg.GraphURL, Mailbox: cfg.Mailbox, Tokens: tokens,
+			gopt := graph.Options{BaseURL: cfg.GraphURL, Mailbox: cfg.Mailbox, Tokens: tokens,
 				HTTPClient: d.HTTPClient, Concurrency: cfg.Limits.Concurrency, MaxRecipients: cfg.Limits.MaxRecipients,
-				MaxSize: cfg.Limits.MaxMessageBytes, Logger: log})
+				MaxSize: cfg.Limits.MaxMessageBytes, Logger: log}
+			if d.Dir != "" {
+				gopt.DraftsFile = layout.Dir(d.Dir).GraphDrafts(paceName(kind, cfg))
+			}
+			inner, err = graph.New(gopt)
 		} else {
 			inner, err = newSubmission(cfg, d, log, tokens, nil)
 		}
