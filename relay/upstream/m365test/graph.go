@@ -62,6 +62,7 @@ type Graph struct {
 	peak     int
 	requests int
 	largest  int
+	keys     keyRules
 }
 
 type upload struct {
@@ -198,6 +199,10 @@ func (g *Graph) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	if m := uploadRE.FindStringSubmatch(r.URL.Path); m != nil && r.Method == http.MethodPut {
 		g.upload(w, r, m[1], body)
+		return
+	}
+	if m := keyRE.FindStringSubmatch(r.URL.Path); m != nil {
+		g.serveKeys(w, r, m[1], m[2], body)
 		return
 	}
 	user := ""
