@@ -288,6 +288,9 @@ type NewCertificateResult struct {
 	NotAfter         time.Time `json:"not_after"`
 	// KeyAlgorithm is "RSA 3072".
 	KeyAlgorithm string `json:"key_algorithm"`
+	// KeyID is the key id the box asks the app registration to give the
+	// certificate (Graph PowerShell's KeyId); renewal removes it by it.
+	KeyID string `json:"key_id"`
 	// NextSteps say how to register the certificate with the app and
 	// which configuration keys use it.
 	NextSteps []string `json:"next_steps"`

@@ -78,6 +78,10 @@ type meta struct {
 	CertificateFile string    `json:"certificate_file,omitempty"`
 	LastUsed        time.Time `json:"last_used,omitzero"`
 	Origin          string    `json:"origin,omitempty"`
+	// KeyID is the key credential's id at the app registration, when the
+	// box knows it (it chose it, or addKey answered it): renewal removes
+	// the old key by it.
+	KeyID string `json:"key_id,omitempty"`
 }
 
 // keepUsedEvery is how stale the last use on disk may get: List shows it
