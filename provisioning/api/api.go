@@ -22,18 +22,20 @@ const (
 	PathCredential  = "/v1/credentials/{name}" // PUT, DELETE
 	// PathNewCertificate makes a key pair and certificate on the box.
 	PathNewCertificate = "/v1/credentials/{name}/new-certificate" // POST
-	PathConfig         = "/v1/config"                             // GET, PUT (?dry_run=1)
-	PathConfigVers     = "/v1/config/versions"                    // GET
-	PathRollback       = "/v1/config/rollback"                    // POST
-	PathQueue          = "/v1/queue"                              // GET (filters)
-	PathMessage        = "/v1/queue/{id}"                         // GET, DELETE
-	PathRetry          = "/v1/queue/{id}/retry"                   // POST
-	PathBounce         = "/v1/queue/{id}/bounce"                  // POST
-	PathTrace          = "/v1/trace"                              // GET
-	PathDoctor         = "/v1/doctor"                             // POST
-	PathAudit          = "/v1/audit"                              // GET
-	PathFirmware       = "/v1/firmware"                           // GET
-	PathUpdate         = "/v1/firmware/update"                    // POST (body: the root file system; ?testboot=1, ?reboot=0)
+	// PathRenew renews a box-made certificate now (Graph addKey/removeKey).
+	PathRenew      = "/v1/credentials/{name}/renew" // POST
+	PathConfig     = "/v1/config"                   // GET, PUT (?dry_run=1)
+	PathConfigVers = "/v1/config/versions"          // GET
+	PathRollback   = "/v1/config/rollback"          // POST
+	PathQueue      = "/v1/queue"                    // GET (filters)
+	PathMessage    = "/v1/queue/{id}"               // GET, DELETE
+	PathRetry      = "/v1/queue/{id}/retry"         // POST
+	PathBounce     = "/v1/queue/{id}/bounce"        // POST
+	PathTrace      = "/v1/trace"                    // GET
+	PathDoctor     = "/v1/doctor"                   // POST
+	PathAudit      = "/v1/audit"                    // GET
+	PathFirmware   = "/v1/firmware"                 // GET
+	PathUpdate     = "/v1/firmware/update"          // POST (body: the root file system; ?testboot=1, ?reboot=0)
 )
 
 // CSRFHeader must be on every changing request. A browser sends a custom
@@ -182,6 +184,26 @@ type Status struct {
 	// RSSBytes is relayd's resident memory (0 where the system does not
 	// say), to see a box's headroom from afar.
 	RSSBytes int64 `json:"rss_bytes,omitempty"`
+	// Renewals are the certificates the box renews itself.
+	Renewals []Renewal `json:"renewals,omitempty"`
+	// Warnings an admin must act on (renewals that fail, basic
+	// authentication's end), in plain words.
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// Renewal is a box-made certificate the box renews through Graph
+// (upstream.m365.application_object_id), and how that goes.
+type Renewal struct {
+	Credential  string    `json:"credential"`
+	NotAfter    time.Time `json:"not_after"`
+	Due         time.Time `json:"due"`
+	LastAttempt time.Time `json:"last_attempt,omitzero"`
+	LastSuccess time.Time `json:"last_success,omitzero"`
+	Failures    int       `json:"failures"`
+	LastError   string    `json:"last_error,omitempty"`
+	Hint        string    `json:"hint,omitempty"`
+	NextTry     time.Time `json:"next_try,omitzero"`
+	Warning     string    `json:"warning,omitempty"`
 }
 
 type Listener struct {

@@ -52,6 +52,19 @@ func (e *env) creds(ctx context.Context, args []string) int {
 			}
 			return e.out(api.OK{OK: true}, func(t *tabwriter.Writer) { fmt.Fprintf(t, "credential %s deleted\n", pos[0]) })
 		})
+	case op == "renew" && len(pos) == 1:
+		return e.call(ctx, func(ctx context.Context, c *api.Client) error {
+			r, err := c.Renew(ctx, pos[0])
+			if err != nil {
+				return err
+			}
+			return e.out(r, func(t *tabwriter.Writer) {
+				fmt.Fprintf(t, "credential %s renewed: the new certificate is in force until %s\n", r.Credential, day(r.NotAfter))
+				if r.Warning != "" {
+					fmt.Fprintf(t, "warning\t%s\n", r.Warning)
+				}
+			})
+		})
 	case op == "new-certificate" && len(pos) == 1:
 		return e.call(ctx, func(ctx context.Context, c *api.Client) error {
 			res, err := c.NewCertificate(ctx, pos[0], api.NewCertificate{Days: *days, Subject: *subject})
@@ -138,7 +151,7 @@ func (e *env) creds(ctx context.Context, args []string) int {
 	return e.fail(usageErr(credsUsage))
 }
 
-const credsUsage = "relayctl creds list | put NAME -kind KIND [-expires YYYY-MM-DD] ... | new-certificate NAME [-days 365] [-subject CN=…] [-out FILE] | delete NAME"
+const credsUsage = "relayctl creds list | put NAME -kind KIND [-expires YYYY-MM-DD] ... | new-certificate NAME [-days 365] [-subject CN=…] [-out FILE] | renew NAME | delete NAME"
 
 // origin says who made a credential, for the list.
 func origin(o string) string {
