@@ -179,7 +179,7 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 		return nil, fmt.Errorf("opening trace: %w", err)
 	}
 	r.metrics = metrics.New(r.metricsGauges())
-	r.alerts = alerts.New(alerts.Options{Metrics: r.metrics.Registry(), Clock: d.Clock, Logger: d.Logger})
+	r.alerts = alerts.New(alerts.Options{Metrics: r.metrics.Registry(), Clock: d.Clock, Logger: d.Logger, Explain: r.explainRenewal})
 	r.fo = newFailovers(r.metrics.Registry())
 	r.learned, err = learn.Open(r.dir.Learned(), learn.Options{Clock: d.Clock, Logger: d.Logger})
 	if err != nil {

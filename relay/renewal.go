@@ -177,3 +177,14 @@ func (r *Relay) renewalWarnings() []string {
 	}
 	return out
 }
+
+// explainRenewal is the webhook's words for a credential's last renewal
+// failure: Microsoft's answer and what it means.
+func (r *Relay) explainRenewal(name string) string {
+	for _, st := range r.Renewals() {
+		if st.Credential == name && st.LastError != "" {
+			return strings.TrimSpace(st.LastError + " — " + st.Hint)
+		}
+	}
+	return ""
+}

@@ -74,7 +74,7 @@ func TestBoxCertificateRenewsItself(t *testing.T) {
 	r, err := New(cfg, dir, Deps{Clock: tt.Clock.Now, Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Secret:   func(name string) ([]byte, error) { return os.ReadFile(layout.Dir(dir).Secret(name)) },
 		KeyStore: store, RenewalStep: func(s m365.RenewStep) { steps = append(steps, s) },
-		RootCAs:  tt.CA.Pool, HTTPClient: tt.Graph.Client()})
+		RootCAs: tt.CA.Pool, HTTPClient: tt.Graph.Client()})
 	if err != nil {
 		t.Fatal(err)
 	}
