@@ -147,7 +147,11 @@ func New(kind config.Kind, cfg config.M365, d Deps) (upstream.Upstream, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &explained{inner: inner, tokens: tokens, check: check, log: log, clock: d.Clock}
+	e := &explained{inner: inner, tokens: tokens, check: check, log: log, clock: d.Clock, objectID: cfg.ApplicationObjectID, clientID: cfg.ClientID}
+	e.renewBefore = time.Duration(cfg.RenewBeforeDays) * 24 * time.Hour
+	if e.renewBefore == 0 {
+		e.renewBefore = config.DefaultRenewBeforeDays * 24 * time.Hour
+	}
 	if kind.Mailbox() {
 		e.mailbox, e.sendAs = cfg.Mailbox, cfg.FromMailbox
 	}
@@ -264,6 +268,10 @@ type explained struct {
 	sendAs  bool
 	// basicAuth is the warning for the password kind (BasicAuthWarning).
 	basicAuth string
+	// objectID and clientID say whether the certificate renews itself
+	// (upstream.m365.application_object_id), for doctor.
+	objectID, clientID string
+	renewBefore        time.Duration
 }
 
 // BasicAuthOff is when Microsoft turns basic authentication for client
@@ -377,6 +385,15 @@ func (e *explained) Probe(ctx context.Context) ([]upstream.Step, error) {
 			st.OK, st.Detail = false, st.Detail+": expired; Entra refuses it: upload a new certificate and store its key"
 		}
 		steps = append(steps, st)
+		rs := upstream.Step{Name: "certificate renewal", OK: true}
+		if e.objectID != "" {
+			rs.Detail = fmt.Sprintf("the box renews this certificate itself through Graph from %s (application_object_id %s: the app registration's Object ID, which is not the client id %s; a wrong one fails the renewal with Request_ResourceNotFound)",
+				c.NotAfter.Add(-e.renewBefore).UTC().Format(time.DateOnly), e.objectID, e.clientID)
+		} else {
+			rs.Detail = fmt.Sprintf("not renewed automatically: for a certificate made on the box (relayctl creds new-certificate) set upstream.m365.application_object_id to the app registration's Object ID (Entra admin center > App registrations > the app > Overview > Object ID; not the Application (client) ID %s, not the Enterprise application's object id), or replace it by hand before %s",
+				e.clientID, c.NotAfter.UTC().Format(time.DateOnly))
+		}
+		steps = append(steps, rs)
 	}
 	if e.tokens != nil {
 		st := upstream.Step{Name: "token from " + e.tokens.endpoint}

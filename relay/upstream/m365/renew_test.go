@@ -312,3 +312,32 @@ func TestProofAsDocumented(t *testing.T) {
 		t.Errorf("header %v, claims %+v", h, c)
 	}
 }
+
+// Doctor says whether the certificate renews itself, and which id that
+// takes (the object id, not the client id).
+func TestDoctorExplainsObjectID(t *testing.T) {
+	for _, objID := range []string{"", objectID} {
+		re := newRenewEnv(t)
+		m := re.oauth(config.M365{CertificateFile: "app.pem", CertificateKeySecret: "app-key", ApplicationObjectID: objID})
+		m.ClientID = "app2"
+		up, err := m365.New(config.KindM365OAuth, m, re.deps(""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		steps, _ := up.(upstream.Prober).Probe(context.Background())
+		up.Close()
+		var detail string
+		for _, s := range steps {
+			if s.Name == "certificate renewal" {
+				detail = s.Detail
+			}
+		}
+		want := "not renewed automatically"
+		if objID != "" {
+			want = "renews this certificate itself"
+		}
+		if !strings.Contains(detail, want) || !strings.Contains(detail, "Object ID") || !strings.Contains(strings.ToLower(detail), "client id") {
+			t.Errorf("object id %q: doctor says %q", objID, detail)
+		}
+	}
+}
