@@ -390,7 +390,7 @@ func (e *explained) Probe(ctx context.Context) ([]upstream.Step, error) {
 			rs.Detail = fmt.Sprintf("the box renews this certificate itself through Graph from %s (application_object_id %s: the app registration's Object ID, which is not the client id %s; a wrong one fails the renewal with Request_ResourceNotFound)",
 				c.NotAfter.Add(-e.renewBefore).UTC().Format(time.DateOnly), e.objectID, e.clientID)
 		} else {
-			rs.Detail = fmt.Sprintf("not renewed automatically: for a certificate made on the box (relayctl creds new-certificate) set upstream.m365.application_object_id to the app registration's Object ID (Entra admin center > App registrations > the app > Overview > Object ID; not the Application (client) ID %s, not the Enterprise application's object id), or replace it by hand before %s",
+			rs.Detail = fmt.Sprintf("not renewed automatically: for a certificate made on the box (relayctl creds new-certificate) set upstream.m365.application_object_id to the app registration's Object ID (Entra admin center > App registrations > the app > Overview > Object ID; not the client id, Application (client) ID %s, and not the Enterprise application's object id), or replace it by hand before %s",
 				e.clientID, c.NotAfter.UTC().Format(time.DateOnly))
 		}
 		steps = append(steps, rs)
