@@ -90,6 +90,9 @@ func startAdmin(ctx context.Context, o Options, run *app, creds *secrets.Store, 
 	if err != nil {
 		return nil, nil, err
 	}
+	if run.renewAudit != nil {
+		run.renewAudit.log.Store(al)
+	}
 	key := t.AuthKey
 	if key == "" {
 		if b, err := os.ReadFile(dir.TailnetAuthKey()); err == nil {
@@ -203,6 +206,10 @@ func (a *admin) Status(ctx context.Context) (*api.Status, error) {
 	var fs syscall.Statfs_t
 	if syscall.Statfs(a.o.StateDir, &fs) == nil {
 		s.Disk = api.Disk{FreeBytes: int64(fs.Bavail) * int64(fs.Bsize), TotalBytes: int64(fs.Blocks) * int64(fs.Bsize)}
+	}
+	s.Warnings = st.Warnings
+	for _, rn := range st.Renewals {
+		s.Renewals = append(s.Renewals, apiRenewal(rn))
 	}
 	if cl, err := a.creds.List(); err == nil {
 		s.Credentials = cl

@@ -125,12 +125,13 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	creds := secrets.New(layout.Dir(o.StateDir), nil)
+	ra := &renewalAudit{l: log}
 	r, err := relay.New(cfg, o.StateDir, relay.Deps{Logger: log, Secret: secretStore(layout.Dir(o.StateDir).Secrets()),
-		SecretUsed: creds.Used, RootCAs: o.RootCAs, HTTPClient: o.HTTPClient})
+		SecretUsed: creds.Used, RootCAs: o.RootCAs, HTTPClient: o.HTTPClient, KeyStore: creds, RenewalStep: ra.step})
 	if err != nil {
 		return err
 	}
-	a := &app{o: o, log: log, relay: r}
+	a := &app{o: o, log: log, relay: r, renewAudit: ra}
 	if o.Reload != nil {
 		go func() {
 			for {
@@ -210,6 +211,8 @@ type app struct {
 	log   *slog.Logger
 	relay *relay.Relay
 	mu    sync.Mutex // one reload at a time
+	// renewAudit puts certificate renewals in the audit log.
+	renewAudit *renewalAudit
 }
 
 // Relay is the relay in force (the same one for the process's life: a

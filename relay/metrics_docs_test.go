@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/siterelay/siterelay/relay/metrics"
 	"github.com/siterelay/siterelay/relay/relaytest"
 	"github.com/siterelay/siterelay/relay/upstream/upstreamtest"
 )
@@ -62,6 +63,9 @@ func TestDocumentedMetricsAreExported(t *testing.T) {
 		if f := strings.Fields(line); len(f) >= 3 && f[0] == "#" && f[1] == "TYPE" {
 			exported[f[2]] = true
 		}
+	}
+	for _, n := range metrics.RenewalMetricNames {
+		exported[n] = true // only with a box-made certificate to renew: relay/metrics TestRenewalMetrics
 	}
 	for name, in := range documented {
 		base := name

@@ -36,8 +36,19 @@ func (r *Relay) metricsGauges() metrics.Gauges {
 		DeviceQueues:         r.deviceQueues,
 		TLSCertificateExpiry: r.tlsCertificateExpiry,
 		ClockSynchronised:    metrics.ClockSynchronised,
+		Renewals:             r.renewalMetrics,
 		Clock:                r.d.Clock,
 	}
+}
+
+// renewalMetrics are the renewers' states for the metrics.
+func (r *Relay) renewalMetrics() []metrics.Renewal {
+	var out []metrics.Renewal
+	for _, st := range r.Renewals() {
+		out = append(out, metrics.Renewal{Credential: st.Credential, NotAfter: st.NotAfter, Due: st.Due,
+			Failures: st.Failures, Attempts: st.Attempts, Renewals: st.Renewals})
+	}
+	return out
 }
 
 // deviceQueues is the spool by device: the device each message was

@@ -38,6 +38,7 @@ import (
 	"github.com/siterelay/siterelay/relay/spool"
 	"github.com/siterelay/siterelay/relay/trace"
 	"github.com/siterelay/siterelay/relay/upstream"
+	"github.com/siterelay/siterelay/relay/upstream/m365"
 )
 
 // Deps are what the relay takes from its surroundings.
@@ -63,6 +64,13 @@ type Deps struct {
 	// holds each time a message is delivered through it: the credential
 	// list's "last successful use".
 	SecretUsed func(name string)
+	// KeyStore, when set, lets the relay renew the certificates it made
+	// (provisioning/secrets.Store): upstreams with
+	// upstream.m365.application_object_id renew through Graph.
+	KeyStore m365.KeyStore
+	// RenewalStep, when set, is told of every step of a renewal (the
+	// audit log).
+	RenewalStep func(m365.RenewStep)
 
 	// Set by the relay for the upstream it builds (metrics), not by callers.
 	tokenRenewed      func(time.Time, error)
@@ -100,6 +108,7 @@ type Relay struct {
 	sched   *delivery.Scheduler
 	alerts  *alerts.Notifier
 	learned *learn.Store
+	renew   renewals
 	started time.Time
 	seen    seen
 
@@ -170,7 +179,7 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 		return nil, fmt.Errorf("opening trace: %w", err)
 	}
 	r.metrics = metrics.New(r.metricsGauges())
-	r.alerts = alerts.New(alerts.Options{Metrics: r.metrics.Registry(), Clock: d.Clock, Logger: d.Logger})
+	r.alerts = alerts.New(alerts.Options{Metrics: r.metrics.Registry(), Clock: d.Clock, Logger: d.Logger, Explain: r.explainRenewal})
 	r.fo = newFailovers(r.metrics.Registry())
 	r.learned, err = learn.Open(r.dir.Learned(), learn.Options{Clock: d.Clock, Logger: d.Logger})
 	if err != nil {
@@ -184,6 +193,7 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 	if err != nil {
 		return nil, err
 	}
+	r.updateRenewals(g.cfg)
 	r.up = newSwitchable(up)
 	r.upSched = r.metrics.Instrument(r.up, r.upstreamKind)
 	r.sched = delivery.New(r.schedOptions(g))
@@ -404,6 +414,7 @@ func (r *Relay) Reload(cfg *config.Config) error {
 	r.gen.Store(g)
 	r.observeGeneration(g)
 	r.sched.Reconfigure(r.schedOptions(g))
+	r.updateRenewals(g.cfg)
 	r.log.Info("configuration reloaded", "upstream", g.upName, "listeners", len(r.listeners))
 	return nil
 }
@@ -467,6 +478,11 @@ func (r *Relay) Run(ctx context.Context) error {
 		r.learned.Run(sctx) // saves once more when it ends
 		close(learnDone)
 	}()
+	renewDone := make(chan struct{})
+	go func() {
+		r.runRenewals(sctx)
+		close(renewDone)
+	}()
 	var err error
 	select {
 	case <-ctx.Done():
@@ -493,6 +509,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	<-schedDone
 	<-alertsDone
 	<-learnDone
+	<-renewDone
 	return errors.Join(err, r.close())
 }
 

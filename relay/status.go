@@ -30,8 +30,12 @@ type Status struct {
 	Routes []route.Status `json:"routes,omitempty"`
 	// Warnings are things in the configuration an admin must act on before
 	// they stop mail (basic authentication's end), in plain words.
-	Warnings []string    `json:"warnings,omitempty"`
-	Queue    QueueStatus `json:"queue"`
+	Warnings []string `json:"warnings,omitempty"`
+	// Renewals are the certificates the box renews itself
+	// (upstream.m365.application_object_id): when, how the last attempt
+	// went, Microsoft's refusal explained.
+	Renewals []m365.RenewState `json:"renewals,omitempty"`
+	Queue    QueueStatus       `json:"queue"`
 	// Counts are trace events since start, by kind (docs/trace.md).
 	Counts map[trace.Kind]uint64 `json:"counts"`
 	// TLSCertificateExpires is when the listeners' STARTTLS certificate
@@ -140,7 +144,8 @@ func (r *Relay) Status() Status {
 		MaxMessageBytes: g.maxSize,
 		Queue:           QueueStatus{Messages: st.Messages, Bytes: st.Bytes, Oldest: st.Oldest, Backlog: r.backlog()},
 		Routes:          r.up.routeStatus(),
-		Warnings:        warnings(g.cfg, r.d.Clock()),
+		Warnings:        append(warnings(g.cfg, r.d.Clock()), r.renewalWarnings()...),
+		Renewals:        r.Renewals(),
 	}
 	if t, ok := r.tlsCertificateExpiry(); ok {
 		s.TLSCertificateExpires = t.UTC()

@@ -20,18 +20,22 @@ const (
 	PathStatus      = "/v1/status"
 	PathCredentials = "/v1/credentials"        // GET list
 	PathCredential  = "/v1/credentials/{name}" // PUT, DELETE
-	PathConfig      = "/v1/config"             // GET, PUT (?dry_run=1)
-	PathConfigVers  = "/v1/config/versions"    // GET
-	PathRollback    = "/v1/config/rollback"    // POST
-	PathQueue       = "/v1/queue"              // GET (filters)
-	PathMessage     = "/v1/queue/{id}"         // GET, DELETE
-	PathRetry       = "/v1/queue/{id}/retry"   // POST
-	PathBounce      = "/v1/queue/{id}/bounce"  // POST
-	PathTrace       = "/v1/trace"              // GET
-	PathDoctor      = "/v1/doctor"             // POST
-	PathAudit       = "/v1/audit"              // GET
-	PathFirmware    = "/v1/firmware"           // GET
-	PathUpdate      = "/v1/firmware/update"    // POST (body: the root file system; ?testboot=1, ?reboot=0)
+	// PathNewCertificate makes a key pair and certificate on the box.
+	PathNewCertificate = "/v1/credentials/{name}/new-certificate" // POST
+	// PathRenew renews a box-made certificate now (Graph addKey/removeKey).
+	PathRenew      = "/v1/credentials/{name}/renew" // POST
+	PathConfig     = "/v1/config"                   // GET, PUT (?dry_run=1)
+	PathConfigVers = "/v1/config/versions"          // GET
+	PathRollback   = "/v1/config/rollback"          // POST
+	PathQueue      = "/v1/queue"                    // GET (filters)
+	PathMessage    = "/v1/queue/{id}"               // GET, DELETE
+	PathRetry      = "/v1/queue/{id}/retry"         // POST
+	PathBounce     = "/v1/queue/{id}/bounce"        // POST
+	PathTrace      = "/v1/trace"                    // GET
+	PathDoctor     = "/v1/doctor"                   // POST
+	PathAudit      = "/v1/audit"                    // GET
+	PathFirmware   = "/v1/firmware"                 // GET
+	PathUpdate     = "/v1/firmware/update"          // POST (body: the root file system; ?testboot=1, ?reboot=0)
 )
 
 // CSRFHeader must be on every changing request. A browser sends a custom
@@ -180,6 +184,26 @@ type Status struct {
 	// RSSBytes is relayd's resident memory (0 where the system does not
 	// say), to see a box's headroom from afar.
 	RSSBytes int64 `json:"rss_bytes,omitempty"`
+	// Renewals are the certificates the box renews itself.
+	Renewals []Renewal `json:"renewals,omitempty"`
+	// Warnings an admin must act on (renewals that fail, basic
+	// authentication's end), in plain words.
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// Renewal is a box-made certificate the box renews through Graph
+// (upstream.m365.application_object_id), and how that goes.
+type Renewal struct {
+	Credential  string    `json:"credential"`
+	NotAfter    time.Time `json:"not_after"`
+	Due         time.Time `json:"due"`
+	LastAttempt time.Time `json:"last_attempt,omitzero"`
+	LastSuccess time.Time `json:"last_success,omitzero"`
+	Failures    int       `json:"failures"`
+	LastError   string    `json:"last_error,omitempty"`
+	Hint        string    `json:"hint,omitempty"`
+	NextTry     time.Time `json:"next_try,omitzero"`
+	Warning     string    `json:"warning,omitempty"`
 }
 
 type Listener struct {
@@ -252,6 +276,46 @@ type CredentialPut struct {
 	KeyPEM         string `json:"key_pem,omitempty"`
 	PFX            []byte `json:"pfx,omitempty"`
 	PFXPassword    string `json:"pfx_password,omitempty"`
+	// Expires, for a client secret or password, is when it stops working
+	// as the admin knows it (Entra shows a client secret's expiry); the
+	// same warnings as a certificate's expiry fire. A certificate's comes
+	// from the certificate itself.
+	Expires time.Time `json:"expires,omitzero"`
+}
+
+// Origins of a credential.
+const (
+	OriginBox   = "box"   // the key pair was made on the box and never left it
+	OriginAdmin = "admin" // an admin put the value
+)
+
+// NewCertificate asks the box for a key pair and a self-signed certificate
+// for an Entra app registration (POST PathNewCertificate).
+type NewCertificate struct {
+	// Days the certificate is valid; default 365, at most 1095.
+	Days int `json:"days,omitempty"`
+	// Subject, e.g. "CN=siterelay plant7"; default "CN=siterelay NAME".
+	Subject string `json:"subject,omitempty"`
+}
+
+// NewCertificateResult is the public half of a certificate made on the
+// box and what to do with it. The private key never leaves the box.
+type NewCertificateResult struct {
+	Credential     Credential `json:"credential"`
+	CertificatePEM string     `json:"certificate_pem"`
+	// Thumbprints of the certificate's DER, upper-case hex: SHA-1 is what
+	// the Entra portal lists, SHA-256 what newer tools show.
+	ThumbprintSHA1   string    `json:"thumbprint_sha1"`
+	ThumbprintSHA256 string    `json:"thumbprint_sha256"`
+	NotAfter         time.Time `json:"not_after"`
+	// KeyAlgorithm is "RSA 3072".
+	KeyAlgorithm string `json:"key_algorithm"`
+	// KeyID is the key id the box asks the app registration to give the
+	// certificate (Graph PowerShell's KeyId); renewal removes it by it.
+	KeyID string `json:"key_id"`
+	// NextSteps say how to register the certificate with the app and
+	// which configuration keys use it.
+	NextSteps []string `json:"next_steps"`
 }
 
 // Credential is what may be known of a stored credential: never its value.
@@ -268,6 +332,9 @@ type Credential struct {
 	// the configuration's certificate_file keys.
 	CertificateFile string    `json:"certificate_file,omitempty"`
 	LastUsed        time.Time `json:"last_used,omitzero"`
+	// Origin is OriginBox for a key made on the box, OriginAdmin for a
+	// value an admin put ("" for one put before origins were kept).
+	Origin string `json:"origin,omitempty"`
 }
 
 // ConfigDoc is the configuration in force (or a version of it).

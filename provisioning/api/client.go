@@ -120,6 +120,18 @@ func (c *Client) PutCredential(ctx context.Context, name string, p CredentialPut
 	return &cr, c.do(ctx, "PUT", seg(PathCredential, "name", name), nil, p, &cr)
 }
 
+// NewCertificate has the box make a key pair and certificate named name.
+func (c *Client) NewCertificate(ctx context.Context, name string, r NewCertificate) (*NewCertificateResult, error) {
+	var res NewCertificateResult
+	return &res, c.do(ctx, "POST", seg(PathNewCertificate, "name", name), nil, r, &res)
+}
+
+// Renew renews the box-made certificate name now.
+func (c *Client) Renew(ctx context.Context, name string) (*Renewal, error) {
+	var r Renewal
+	return &r, c.do(ctx, "POST", seg(PathRenew, "name", name), nil, struct{}{}, &r)
+}
+
 func (c *Client) DeleteCredential(ctx context.Context, name string) error {
 	return c.do(ctx, "DELETE", seg(PathCredential, "name", name), nil, nil, nil)
 }

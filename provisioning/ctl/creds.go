@@ -6,13 +6,14 @@ import (
 	"os"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/siterelay/siterelay/provisioning/api"
 )
 
 func (e *env) creds(ctx context.Context, args []string) int {
 	if len(args) == 0 {
-		return e.fail(usageErr("relayctl creds list|put NAME ...|delete NAME"))
+		return e.fail(usageErr(credsUsage))
 	}
 	op := args[0]
 	fs := sub("creds "+op, e)
@@ -22,6 +23,10 @@ func (e *env) creds(ctx context.Context, args []string) int {
 	keyF := fs.String("key", "", "private key PEM file")
 	pfxF := fs.String("pfx", "", "PFX (PKCS #12) file")
 	pfxPw := fs.String("pfx-password-from", "", "read the PFX password from this file (- for stdin)")
+	expires := fs.String("expires", "", "put: when the client secret or password expires (YYYY-MM-DD), for the expiry warnings")
+	days := fs.Int("days", 0, "new-certificate: days the certificate is valid (default 365)")
+	subject := fs.String("subject", "", "new-certificate: the certificate's subject, e.g. CN=siterelay-plant7")
+	outF := fs.String("out", "", "new-certificate: also write the certificate (PEM, public) to this file")
 	pos, err := parse(fs, args[1:])
 	if err != nil {
 		return e.fail(err)
@@ -34,9 +39,9 @@ func (e *env) creds(ctx context.Context, args []string) int {
 				return err
 			}
 			return e.out(l, func(t *tabwriter.Writer) {
-				fmt.Fprintln(t, "NAME\tKIND\tFINGERPRINT\tUPDATED\tEXPIRES\tLAST USED")
+				fmt.Fprintln(t, "NAME\tKIND\tORIGIN\tFINGERPRINT\tUPDATED\tEXPIRES\tLAST USED")
 				for _, cr := range l {
-					fmt.Fprintf(t, "%s\t%s\t%.23s\t%s\t%s\t%s\n", cr.Name, cr.Kind, cr.Fingerprint, day(cr.Updated), day(cr.NotAfter), day(cr.LastUsed))
+					fmt.Fprintf(t, "%s\t%s\t%s\t%.23s\t%s\t%s\t%s\n", cr.Name, cr.Kind, origin(cr.Origin), cr.Fingerprint, day(cr.Updated), day(cr.NotAfter), day(cr.LastUsed))
 				}
 			})
 		})
@@ -47,8 +52,50 @@ func (e *env) creds(ctx context.Context, args []string) int {
 			}
 			return e.out(api.OK{OK: true}, func(t *tabwriter.Writer) { fmt.Fprintf(t, "credential %s deleted\n", pos[0]) })
 		})
+	case op == "renew" && len(pos) == 1:
+		return e.call(ctx, func(ctx context.Context, c *api.Client) error {
+			r, err := c.Renew(ctx, pos[0])
+			if err != nil {
+				return err
+			}
+			return e.out(r, func(t *tabwriter.Writer) {
+				fmt.Fprintf(t, "credential %s renewed: the new certificate is in force until %s\n", r.Credential, day(r.NotAfter))
+				if r.Warning != "" {
+					fmt.Fprintf(t, "warning\t%s\n", r.Warning)
+				}
+			})
+		})
+	case op == "new-certificate" && len(pos) == 1:
+		return e.call(ctx, func(ctx context.Context, c *api.Client) error {
+			res, err := c.NewCertificate(ctx, pos[0], api.NewCertificate{Days: *days, Subject: *subject})
+			if err != nil {
+				return err
+			}
+			if *outF != "" {
+				if err := os.WriteFile(*outF, []byte(res.CertificatePEM), 0o644); err != nil {
+					return err
+				}
+			}
+			return e.out(res, func(t *tabwriter.Writer) {
+				fmt.Fprintf(t, "credential %s made on the box (%s); the private key stays there\n", res.Credential.Name, res.KeyAlgorithm)
+				fmt.Fprintf(t, "thumbprint (SHA-1)\t%s\nthumbprint (SHA-256)\t%s\nexpires\t%s\ncertificate_file\t%s\n\n", res.ThumbprintSHA1, res.ThumbprintSHA256, day(res.NotAfter), res.Credential.CertificateFile)
+				t.Flush()
+				fmt.Fprint(e.Stdout, res.CertificatePEM)
+				fmt.Fprintln(e.Stdout, "\nNext:")
+				for i, s := range res.NextSteps {
+					fmt.Fprintf(e.Stdout, "%d. %s\n", i+1, s)
+				}
+			})
+		})
 	case op == "put" && len(pos) == 1:
 		p := api.CredentialPut{Kind: *kind}
+		if *expires != "" {
+			t, err := time.Parse(time.DateOnly, *expires)
+			if err != nil {
+				return e.fail(usageErr("-expires %q: give YYYY-MM-DD", *expires))
+			}
+			p.Expires = t.UTC()
+		}
 		switch *kind {
 		case api.KindClientSecret, api.KindPassword:
 			b, err := readInput(*from, e.Stdin)
@@ -93,10 +140,26 @@ func (e *env) creds(ctx context.Context, args []string) int {
 			return e.out(cr, func(t *tabwriter.Writer) {
 				fmt.Fprintf(t, "credential %s stored (%s, %s)\n", cr.Name, cr.Kind, cr.Fingerprint)
 				if cr.CertificateFile != "" {
-					fmt.Fprintf(t, "certificate_file\t%s\nexpires\t%s\n", cr.CertificateFile, day(cr.NotAfter))
+					fmt.Fprintf(t, "certificate_file\t%s\n", cr.CertificateFile)
+				}
+				if !cr.NotAfter.IsZero() {
+					fmt.Fprintf(t, "expires\t%s\n", day(cr.NotAfter))
 				}
 			})
 		})
 	}
-	return e.fail(usageErr("relayctl creds list|put NAME ...|delete NAME"))
+	return e.fail(usageErr(credsUsage))
+}
+
+const credsUsage = "relayctl creds list | put NAME -kind KIND [-expires YYYY-MM-DD] ... | new-certificate NAME [-days 365] [-subject CN=…] [-out FILE] | renew NAME | delete NAME"
+
+// origin says who made a credential, for the list.
+func origin(o string) string {
+	switch o {
+	case api.OriginBox:
+		return "made on the box"
+	case api.OriginAdmin:
+		return "put by an admin"
+	}
+	return "-"
 }

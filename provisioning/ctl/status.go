@@ -58,6 +58,16 @@ func (e *env) status(ctx context.Context, args []string) int {
 			for _, cr := range s.Credentials {
 				fmt.Fprintf(t, "credential %s\t%s, expires %s, last used %s\n", cr.Name, cr.Kind, day(cr.NotAfter), day(cr.LastUsed))
 			}
+			for _, rn := range s.Renewals {
+				state := "renews itself from " + day(rn.Due)
+				if rn.Failures > 0 {
+					state = fmt.Sprintf("RENEWAL FAILING (%d attempts, next %s): %s %s", rn.Failures, rn.NextTry.UTC().Format(time.RFC3339), rn.LastError, rn.Hint)
+				}
+				fmt.Fprintf(t, "renewal %s\t%s\n", rn.Credential, state)
+			}
+			for _, w := range s.Warnings {
+				fmt.Fprintf(t, "warning\t%s\n", w)
+			}
 			fmt.Fprintf(t, "devices (24h)\t%d\n", len(s.Devices))
 			fmt.Fprintf(t, "tailnet\t%s %s\n", s.Tailnet.State, s.Tailnet.Name)
 		})

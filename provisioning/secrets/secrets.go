@@ -77,6 +77,11 @@ type meta struct {
 	NotAfter        time.Time `json:"not_after,omitzero"`
 	CertificateFile string    `json:"certificate_file,omitempty"`
 	LastUsed        time.Time `json:"last_used,omitzero"`
+	Origin          string    `json:"origin,omitempty"`
+	// KeyID is the key credential's id at the app registration, when the
+	// box knows it (it chose it, or addKey answered it): renewal removes
+	// the old key by it.
+	KeyID string `json:"key_id,omitempty"`
 }
 
 // keepUsedEvery is how stale the last use on disk may get: List shows it
@@ -90,12 +95,18 @@ func (s *Store) Put(name string, p api.CredentialPut) (*api.Credential, error) {
 		return nil, err
 	}
 	now := s.clock()
-	m := meta{Kind: p.Kind, Updated: now.UTC()}
+	m := meta{Kind: p.Kind, Updated: now.UTC(), Origin: api.OriginAdmin}
 	var value, certPEM []byte
 	switch p.Kind {
 	case api.KindClientSecret, api.KindPassword:
 		if p.CertificatePEM != "" || p.KeyPEM != "" || p.PFX != nil || p.PFXPassword != "" {
 			return nil, invalid("kind", p.Kind+" takes only secret")
+		}
+		if !p.Expires.IsZero() {
+			if !p.Expires.After(now) {
+				return nil, invalid("expires", fmt.Sprintf("%s is past: a "+p.Kind+" that has expired does not work", p.Expires.UTC().Format(time.DateOnly)))
+			}
+			m.NotAfter = p.Expires.UTC()
 		}
 		v := strings.TrimRight(p.Secret, "\r\n")
 		switch {
@@ -112,6 +123,9 @@ func (s *Store) Put(name string, p api.CredentialPut) (*api.Credential, error) {
 	case api.KindCertificate:
 		if p.Secret != "" {
 			return nil, invalid("secret", "a certificate takes certificate_pem and key_pem, or pfx and pfx_password")
+		}
+		if !p.Expires.IsZero() {
+			return nil, invalid("expires", "a certificate's expiry is read from the certificate")
 		}
 		var err error
 		certPEM, value, err = certificate(p, now)
@@ -312,7 +326,7 @@ func (s *Store) describeLocked(name string, m meta) *api.Credential {
 		used = m.LastUsed
 	}
 	return &api.Credential{Name: name, Kind: m.Kind, Fingerprint: m.Fingerprint, Updated: m.Updated,
-		NotAfter: m.NotAfter, CertificateFile: m.CertificateFile, LastUsed: used}
+		NotAfter: m.NotAfter, CertificateFile: m.CertificateFile, LastUsed: used, Origin: m.Origin}
 }
 
 // Used records that name did its job (a message went out through an

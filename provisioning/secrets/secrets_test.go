@@ -239,3 +239,84 @@ func TestLastUseSurvivesRestart(t *testing.T) {
 		t.Errorf("a description was written for a hand-put secret: %v", err)
 	}
 }
+
+func TestNewCertificate(t *testing.T) {
+	dir := layout.Dir(t.TempDir())
+	s := New(dir, func() time.Time { return now })
+	res, err := s.NewCertificate("entra", api.NewCertificate{Days: 90, Subject: "CN=relay plant7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode([]byte(res.CertificatePEM))
+	c, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, ok := c.PublicKey.(interface{ Size() int })
+	if !ok || k.Size()*8 != BoxKeyBits || c.Subject.CommonName != "relay plant7" || !c.NotAfter.Equal(now.AddDate(0, 0, 90)) {
+		t.Errorf("certificate %q, key %v bits, until %v", c.Subject.CommonName, k, c.NotAfter)
+	}
+	s1, s256 := Thumbprints(c)
+	if res.ThumbprintSHA1 != s1 || res.ThumbprintSHA256 != s256 || len(s1) != 40 || len(s256) != 64 || !res.NotAfter.Equal(c.NotAfter) {
+		t.Errorf("answer %+v", res)
+	}
+	if res.Credential.Origin != api.OriginBox || res.Credential.CertificateFile != "certs/entra.pem" || len(res.NextSteps) < 3 {
+		t.Errorf("answer %+v", res)
+	}
+	b, _ := json.Marshal(res)
+	if strings.Contains(string(b), "PRIVATE") {
+		t.Error("the answer holds the private key")
+	}
+	st, err := os.Stat(dir.Secret("entra"))
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file %v %v", st, err)
+	}
+	key, _ := os.ReadFile(dir.Secret("entra"))
+	if kb, _ := pem.Decode(key); kb == nil || kb.Type != "PRIVATE KEY" {
+		t.Error("the key file is not PKCS #8 PEM")
+	}
+	l, _ := s.List()
+	if len(l) != 1 || l[0].Origin != api.OriginBox || !l[0].NotAfter.Equal(c.NotAfter) {
+		t.Errorf("list %+v", l)
+	}
+	tests := []struct {
+		name, cred string
+		r          api.NewCertificate
+		code       string
+	}{
+		{"in use", "entra", api.NewCertificate{}, api.CodeConflict},
+		{"too long", "other", api.NewCertificate{Days: MaxCertDays + 1}, api.CodeBadRequest},
+		{"negative", "other", api.NewCertificate{Days: -1}, api.CodeBadRequest},
+		{"bad subject", "other", api.NewCertificate{Subject: "CN=a,O=b"}, api.CodeBadRequest},
+		{"bad name", "Other", api.NewCertificate{}, api.CodeBadRequest},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := s.NewCertificate(tt.cred, tt.r)
+			var ae *api.Error
+			if !errors.As(err, &ae) || ae.Code != tt.code {
+				t.Errorf("got %v, want %s", err, tt.code)
+			}
+		})
+	}
+}
+
+func TestSecretExpiry(t *testing.T) {
+	s := New(layout.Dir(t.TempDir()), func() time.Time { return now })
+	exp := now.AddDate(0, 6, 0)
+	cr, err := s.Put("app", api.CredentialPut{Kind: api.KindClientSecret, Secret: "v", Expires: exp})
+	if err != nil || !cr.NotAfter.Equal(exp) || cr.Origin != api.OriginAdmin {
+		t.Fatalf("put: %+v, %v", cr, err)
+	}
+	l, _ := s.List()
+	if len(l) != 1 || !l[0].NotAfter.Equal(exp) {
+		t.Errorf("list %+v", l)
+	}
+	if _, err := s.Put("app", api.CredentialPut{Kind: api.KindPassword, Secret: "v", Expires: now.Add(-time.Hour)}); err == nil {
+		t.Error("an expiry in the past was taken")
+	}
+	kc := newCert(t, now.Add(time.Hour))
+	if _, err := s.Put("cert", api.CredentialPut{Kind: api.KindCertificate, CertificatePEM: kc.certPEM(), KeyPEM: kc.keyPEM(), Expires: exp}); err == nil {
+		t.Error("an expiry given for a certificate was taken")
+	}
+}

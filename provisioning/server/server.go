@@ -62,6 +62,19 @@ type Credentials interface {
 	Delete(name string) error
 }
 
+// CertificateMaker makes a key pair and certificate on the box
+// (secrets.Store does); Credentials that are one serve
+// api.PathNewCertificate.
+type CertificateMaker interface {
+	NewCertificate(name string, r api.NewCertificate) (*api.NewCertificateResult, error)
+}
+
+// CredentialRenewer renews a box-made certificate now (the appliance's
+// Box is one); a Box that is one serves api.PathRenew.
+type CredentialRenewer interface {
+	RenewCredential(ctx context.Context, name string) (*api.Renewal, error)
+}
+
 // Configs keeps the configuration's versions and applies them.
 type Configs interface {
 	Get() (*api.ConfigDoc, error)
@@ -117,6 +130,8 @@ func Handler(o Options) http.Handler {
 	s.route("GET "+api.PathCredentials, ad, s.listCreds)
 	s.route("PUT "+api.PathCredential, ad, s.putCred)
 	s.route("DELETE "+api.PathCredential, ad, s.deleteCred)
+	s.route("POST "+api.PathNewCertificate, ad, s.newCertificate)
+	s.route("POST "+api.PathRenew, ad, s.renew)
 	s.route("GET "+api.PathConfig, ad, s.getConfig)
 	s.route("PUT "+api.PathConfig, ad, s.putConfig)
 	s.route("GET "+api.PathConfigVers, ad, s.configVersions)
@@ -397,6 +412,52 @@ func (s *server) putCred(w http.ResponseWriter, c *call) error {
 		return fmt.Errorf("credential %s stored, but reloading the relay failed: %w", name, err)
 	}
 	return ok(w, cr)
+}
+
+// newCertificate makes a key pair on the box; the answer and the audit
+// entry hold only the public certificate's facts.
+func (s *server) newCertificate(w http.ResponseWriter, c *call) error {
+	name := c.r.PathValue("name")
+	c.what = "new certificate " + name
+	var r api.NewCertificate
+	if err := decode(w, c.r, &r); err != nil {
+		return err
+	}
+	m, isMaker := s.Credentials.(CertificateMaker)
+	if !isMaker {
+		return &api.Error{Status: http.StatusNotImplemented, Code: api.CodeUnavailable, Message: "this box cannot make certificates"}
+	}
+	res, err := m.NewCertificate(name, r)
+	if err != nil {
+		return err
+	}
+	c.what += fmt.Sprintf(" (%s, thumbprint %s, until %s)", res.KeyAlgorithm, res.ThumbprintSHA1, res.NotAfter.Format(time.DateOnly))
+	// Nothing uses it until the configuration names it; a reload lets a
+	// configuration that already does (and waited for it) start.
+	if err := s.Box.Reload(c.r.Context()); err != nil {
+		return fmt.Errorf("certificate %s made, but reloading the relay failed: %w", name, err)
+	}
+	return ok(w, res)
+}
+
+// renew renews a box-made certificate now; each step is audited by the
+// box as it happens, this entry says who asked.
+func (s *server) renew(w http.ResponseWriter, c *call) error {
+	name := c.r.PathValue("name")
+	c.what = "renew credential " + name
+	var r struct{}
+	if err := decode(w, c.r, &r); err != nil {
+		return err
+	}
+	rn, isRenewer := s.Box.(CredentialRenewer)
+	if !isRenewer {
+		return &api.Error{Status: http.StatusNotImplemented, Code: api.CodeUnavailable, Message: "this box does not renew certificates"}
+	}
+	res, err := rn.RenewCredential(c.r.Context(), name)
+	if err != nil {
+		return err
+	}
+	return ok(w, res)
 }
 
 func (s *server) deleteCred(w http.ResponseWriter, c *call) error {

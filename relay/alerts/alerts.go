@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -55,6 +56,10 @@ type Options struct {
 	Sleep   func(context.Context, time.Duration) error
 	Retries int
 	Logger  *slog.Logger
+	// Explain, when set, adds to a certificate renewal alert what the box
+	// knows of the credential's last refusal (Microsoft's error and what
+	// it means); it stays as New set it.
+	Explain func(credential string) string
 }
 
 // Alert is one notification.
@@ -121,7 +126,7 @@ func sleep(ctx context.Context, d time.Duration) error {
 func (n *Notifier) Update(o Options) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	o.Metrics, o.Clock, o.Sleep, o.Interval = n.o.Metrics, n.o.Clock, n.o.Sleep, n.o.Interval
+	o.Metrics, o.Clock, o.Sleep, o.Interval, o.Explain = n.o.Metrics, n.o.Clock, n.o.Sleep, n.o.Interval, n.o.Explain
 	if o.Client == nil {
 		o.Client = n.o.Client
 	}
@@ -317,10 +322,11 @@ type snapshot struct {
 	delivered, deferred, throttled   float64
 	tokenOK, tokenFailed             float64
 	certs                            map[string]float64 // credential -> seconds left
+	renewFailures, renewLeft         map[string]float64 // box-made certificate -> failures in a row, seconds left
 }
 
 func readSnapshot(mfs []*dto.MetricFamily) snapshot {
-	s := snapshot{certs: map[string]float64{}}
+	s := snapshot{certs: map[string]float64{}, renewFailures: map[string]float64{}, renewLeft: map[string]float64{}}
 	label := func(m *dto.Metric, name string) string {
 		for _, l := range m.GetLabel() {
 			if l.GetName() == name {
@@ -358,6 +364,10 @@ func readSnapshot(mfs []*dto.MetricFamily) snapshot {
 				}
 			case "siterelay_credential_expires_in_seconds":
 				s.certs[label(m, "credential")] = v
+			case "siterelay_credential_renewal_failures":
+				s.renewFailures[label(m, "credential")] = v
+			case "siterelay_credential_renewal_expires_in_seconds":
+				s.renewLeft[label(m, "credential")] = v
 			}
 		}
 	}
@@ -411,6 +421,10 @@ var rules = map[string]rule{
 		"Entra refuses or cannot be reached: check the app's client secret or certificate (expired?), the tenant and client ID, and that login.microsoftonline.com is reachable. Mail waits meanwhile."},
 	"credential_expiring": {"warning", "No credential expires within 14 days any more.",
 		"Renew it before it runs out: the client certificate in Entra (and upstream.m365.certificate_file) or the connector, the STARTTLS certificate in tls.cert_file."},
+	"certificate_renewal_failing": {"warning", "The box renews its certificate again.",
+		"The box renews its own certificate through Graph from renew_before_days before expiry and keeps sending with the current one meanwhile. relayctl status shows Microsoft's refusal explained (application_object_id is a client id, a tenant policy caps certificate lifetimes, the certificate was removed from the app); fix it, then relayctl creds renew NAME."},
+	"certificate_renewal_overdue": {"critical", "The box's certificate is renewed.",
+		"Renewal has failed for a month: once the certificate expires, Graph no longer lets the box roll its key and every message waits. Fix the refusal shown by relayctl status and run relayctl creds renew NAME, or make a new certificate (relayctl creds new-certificate) and upload it by hand."},
 	"disk_almost_full": {"critical", "The spool has room again.",
 		"When the spool is full devices are told to retry (452 4.3.1): deliver what waits (is the upstream failing?) or give the box a bigger card."},
 	"clock_not_synchronised": {"warning", "The clock is synchronised again.",
@@ -451,6 +465,27 @@ func judge(h *history, now time.Time, o Options) map[string]Alert {
 	}
 	if len(expiring) > 0 {
 		fire("credential_expiring", "Expiring: %s.", strings.Join(expiring, ", "))
+	}
+	var failing, overdue []string
+	for _, c := range slices.Sorted(maps.Keys(s.renewFailures)) {
+		why := ""
+		if o.Explain != nil {
+			if w := o.Explain(c); w != "" {
+				why = " (" + w + ")"
+			}
+		}
+		if n := s.renewFailures[c]; n > 0 {
+			failing = append(failing, fmt.Sprintf("%s: %.0f attempts failed%s", c, n, why))
+		}
+		if left, ok := s.renewLeft[c]; ok && left < 30*86400 {
+			overdue = append(overdue, fmt.Sprintf("%s expires in %.1f days%s", c, left/86400, why))
+		}
+	}
+	if len(failing) > 0 {
+		fire("certificate_renewal_failing", "The box cannot renew its certificate: %s.", strings.Join(failing, "; "))
+	}
+	if len(overdue) > 0 {
+		fire("certificate_renewal_overdue", "Not renewed: %s.", strings.Join(overdue, "; "))
 	}
 	if s.hasFree && s.freeBytes < o.MinFreeBytes {
 		fire("disk_almost_full", "%.0f MB free for the spool (alert below %.0f MB).", s.freeBytes/1e6, o.MinFreeBytes/1e6)

@@ -287,3 +287,38 @@ func TestTeamsContentAndNoSecrets(t *testing.T) {
 		t.Errorf("the failure is not logged: %s", log.String())
 	}
 }
+
+// A box-made certificate whose renewal Graph refuses: the webhook says so
+// with Microsoft's answer explained, long before expiry; a month before it,
+// the overdue alert too.
+func TestCertificateRenewalConditions(t *testing.T) {
+	e := newEnv(t, "json", Options{MaxPerHour: 100, Conditions: []string{"certificate_renewal_failing", "certificate_renewal_overdue"},
+		Explain: func(c string) string {
+			return "addKey: HTTP 400 Request_BadRequest — A tenant app management policy caps certificate lifetimes: lower upstream.m365.certificate_days"
+		}})
+	fails := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "siterelay_credential_renewal_failures", Help: "f"}, []string{"credential"})
+	left := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "siterelay_credential_renewal_expires_in_seconds", Help: "l"}, []string{"credential"})
+	e.m.reg.MustRegister(fails, left)
+	fails.WithLabelValues("entra").Set(0)
+	left.WithLabelValues("entra").Set(59 * 86400)
+	e.check(0)
+	if got := e.rcv.got(); len(got) != 0 {
+		t.Fatalf("alerted before a failure: %v", got)
+	}
+	fails.WithLabelValues("entra").Set(1)
+	e.check(time.Minute)
+	left.WithLabelValues("entra").Set(29 * 86400)
+	e.check(time.Minute)
+	var got []Alert
+	for _, b := range e.rcv.got() {
+		var a Alert
+		json.Unmarshal([]byte(b), &a)
+		got = append(got, a)
+	}
+	if len(got) != 2 || got[0].Condition != "certificate_renewal_failing" || got[0].Severity != "warning" || got[1].Condition != "certificate_renewal_overdue" || got[1].Severity != "critical" {
+		t.Fatalf("got %+v", got)
+	}
+	if !strings.Contains(got[0].Summary, "certificate_days") || !strings.Contains(got[0].Summary, "entra: 1 attempts failed") || !strings.Contains(got[1].Summary, "29.0 days") {
+		t.Errorf("summaries %q, %q", got[0].Summary, got[1].Summary)
+	}
+}

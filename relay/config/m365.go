@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"net/url"
+	"regexp"
 	"strings"
 )
 
@@ -34,6 +35,17 @@ type M365 struct {
 	// sign a client assertion instead of a client secret.
 	CertificateFile      string `json:"certificate_file,omitempty"`
 	CertificateKeySecret string `json:"certificate_key_secret,omitempty"`
+	// ApplicationObjectID is the app registration's Object ID (not its
+	// client id): with it the box renews a certificate it made itself
+	// (certificate_key_secret) through Graph addKey/removeKey before it
+	// expires. Empty: no renewal.
+	ApplicationObjectID string `json:"application_object_id,omitempty"`
+	// RenewBeforeDays is how many days before its expiry a box-made
+	// certificate is renewed. Default 60.
+	RenewBeforeDays int `json:"renew_before_days,omitempty"`
+	// CertificateDays is the life of a renewed certificate. Default 365;
+	// a tenant policy may cap it lower.
+	CertificateDays int `json:"certificate_days,omitempty"`
 	// AssertionAlg is "PS256" (default, header x5t#S256) or "RS256"
 	// (header x5t, SHA-1 thumbprint) as older Entra documentation shows.
 	AssertionAlg string `json:"assertion_alg,omitempty"`
@@ -92,6 +104,14 @@ type M365Limits struct {
 	// MaxMessageBytes default 35 MiB (Graph: 150 MiB by the upload route).
 	MaxMessageBytes int64 `json:"max_message_bytes,omitempty"`
 }
+
+var guidRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+
+// Renewal defaults for box-made certificates.
+const (
+	DefaultRenewBeforeDays = 60
+	DefaultCertificateDays = 365
+)
 
 // Default endpoints and scopes.
 const (
@@ -188,6 +208,24 @@ func (m *M365) validate(k string, kind Kind) Errors {
 			bad("client_secret_secret", "missing: name the secret holding the client secret, or give certificate_file and certificate_key_secret")
 		case cert && (m.CertificateFile == "" || m.CertificateKeySecret == ""):
 			bad("certificate_file", "certificate_file and certificate_key_secret go together")
+		}
+		if m.ApplicationObjectID != "" {
+			switch {
+			case !cert:
+				bad("application_object_id", "renews a certificate made on the box: give certificate_file and certificate_key_secret (relayctl creds new-certificate)")
+			case strings.EqualFold(m.ApplicationObjectID, m.ClientID):
+				bad("application_object_id", "equals client_id: give the app registration's Object ID (App registrations > the app > Overview), not its Application (client) ID")
+			case !guidRE.MatchString(m.ApplicationObjectID):
+				bad("application_object_id", "%q: want the app registration's Object ID, a GUID", m.ApplicationObjectID)
+			}
+		}
+		if m.RenewBeforeDays < 0 || m.RenewBeforeDays > 365 {
+			bad("renew_before_days", "%d: give 1 to 365 (default 60)", m.RenewBeforeDays)
+		}
+		if m.CertificateDays < 0 || m.CertificateDays > 1095 {
+			bad("certificate_days", "%d: give 1 to 1095 (default 365)", m.CertificateDays)
+		} else if m.CertificateDays != 0 && m.RenewBeforeDays >= m.CertificateDays {
+			bad("renew_before_days", "%d is not shorter than certificate_days %d: the box would renew at once, forever", m.RenewBeforeDays, m.CertificateDays)
 		}
 		if m.AssertionAlg != "PS256" && m.AssertionAlg != "RS256" {
 			bad("assertion_alg", "%q: want \"PS256\" or \"RS256\"", m.AssertionAlg)

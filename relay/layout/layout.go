@@ -79,6 +79,13 @@ func (d Dir) PaceWindows(name string) string {
 	return d.Path("pace", strings.NewReplacer("/", "_", `\`, "_").Replace(name)+".json")
 }
 
+// GraphDrafts is one Graph upstream's drafts whose deletion failed
+// (relay/upstream/graph), by the same name as its pacing windows, so that
+// a restart does not forget them in the mailbox.
+func (d Dir) GraphDrafts(name string) string {
+	return d.Path("graph", strings.NewReplacer("/", "_", `\`, "_").Replace(name)+"-drafts.json")
+}
+
 // Routes keeps which upstream each route uses after a failover, and when
 // its first upstream is tried again (relay/upstream/route), across restarts
 // and reloads.

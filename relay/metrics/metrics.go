@@ -57,6 +57,8 @@ type Gauges struct {
 	// (ClockSynchronised in this package on Linux); false, false when it
 	// cannot tell, and the metric is left out.
 	ClockSynchronised func() (synced, known bool)
+	// Renewals are the certificates the box renews itself.
+	Renewals func() []Renewal
 	// Clock is now, for the "expires in" gauges and the allowance windows
 	// (default time.Now).
 	Clock func() time.Time
@@ -161,6 +163,9 @@ func New(g Gauges) *Metrics {
 	m.creds.clock = g.Clock
 	m.creds.tls = g.TLSCertificateExpiry
 	reg.MustRegister(&m.creds)
+	if g.Renewals != nil {
+		reg.MustRegister(&renewals{fn: g.Renewals, clock: g.Clock})
+	}
 	if g.DeviceQueues != nil {
 		reg.MustRegister(&deviceQueues{fn: g.DeviceQueues, clock: g.Clock})
 	}

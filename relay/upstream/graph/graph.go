@@ -13,10 +13,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/mail"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,6 +26,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"github.com/siterelay/siterelay/relay/durable"
 	"github.com/siterelay/siterelay/relay/upstream"
 )
 
@@ -50,6 +53,10 @@ type Options struct {
 	MaxRecipients int
 	MaxSize       int64
 	Logger        *slog.Logger
+	// DraftsFile, when set, keeps the drafts whose deletion failed
+	// (layout.Dir.GraphDrafts) so that a restart still deletes them;
+	// written durably whenever the list changes.
+	DraftsFile string
 }
 
 // Upstream sends through Graph.
@@ -63,7 +70,11 @@ type Upstream struct {
 	orphans []orphan
 }
 
-type orphan struct{ queueID, url string }
+type orphan struct {
+	QueueID string `json:"queue_id"`
+	DraftID string `json:"draft_id"`
+	URL     string `json:"url"`
+}
 
 // maxOrphans bounds the drafts remembered for deletion.
 const maxOrphans = 100
@@ -98,7 +109,39 @@ func New(o Options) (*Upstream, error) {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	o.BaseURL = strings.TrimRight(o.BaseURL, "/")
-	return &Upstream{o: o}, nil
+	u := &Upstream{o: o}
+	if o.DraftsFile != "" {
+		b, err := os.ReadFile(o.DraftsFile)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+		case err != nil:
+			return nil, fmt.Errorf("graph: reading the drafts left to delete: %w", err)
+		default:
+			if err := json.Unmarshal(b, &u.orphans); err != nil {
+				// Not worth stopping the relay for: say which file.
+				o.Logger.Error("unreadable list of drafts left to delete: delete them in Outlook (Drafts)", "file", o.DraftsFile, "err", err)
+				u.orphans = nil
+			}
+			for _, d := range u.orphans {
+				o.Logger.Info("a draft of a failed attempt is left to delete", "queue_id", d.QueueID, "draft_id", d.DraftID)
+			}
+		}
+	}
+	return u, nil
+}
+
+// saveLocked writes the drafts left to delete; u.mu is held.
+func (u *Upstream) saveLocked() {
+	if u.o.DraftsFile == "" {
+		return
+	}
+	b, _ := json.Marshal(u.orphans)
+	if u.orphans == nil {
+		b = []byte("[]")
+	}
+	if err := durable.WriteFile(u.o.DraftsFile, b, 0o600); err != nil {
+		u.o.Logger.Error("cannot keep the list of drafts left to delete: a restart forgets them", "file", u.o.DraftsFile, "err", err)
+	}
 }
 
 func (u *Upstream) Limits() upstream.Limits {
@@ -212,7 +255,7 @@ func (u *Upstream) draft(ctx context.Context, tok, queueID string, raw []byte, f
 		if err != nil {
 			// The next attempt starts a new draft: delete this one
 			// (if /send went through unanswered, it is gone already).
-			u.deleteDraft(ctx, tok, queueID, msgURL)
+			u.deleteDraft(ctx, tok, orphan{QueueID: queueID, DraftID: created.ID, URL: msgURL})
 		}
 	}()
 	// Recipients as the envelope says: header To/Cc kept where they are
@@ -260,33 +303,42 @@ const SmallAttachment = 3_000_000
 // deleteDraft deletes the draft of a failed attempt, or remembers it for
 // the next Deliver when that fails too. It has its own deadline: the
 // attempt's context may be what ended it.
-func (u *Upstream) deleteDraft(ctx context.Context, tok, queueID, msgURL string) {
+func (u *Upstream) deleteDraft(ctx context.Context, tok string, d orphan) {
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	err := u.call(dctx, tok, http.MethodDelete, msgURL, "", nil, nil)
+	err := u.call(dctx, tok, http.MethodDelete, d.URL, "", nil, nil)
 	if ue := upstream.Classify(err); err == nil || (ue.Reply != nil && ue.Reply.EnhancedCode == smtp.EnhancedCode{4, 1, 0}) {
-		u.o.Logger.Debug("graph draft of a failed attempt deleted", "queue_id", queueID, "error", err)
+		u.o.Logger.Debug("graph draft of a failed attempt deleted", "queue_id", d.QueueID, "draft_id", d.DraftID, "error", err)
 		return // deleted, or not there (404)
 	}
-	u.o.Logger.Warn("cannot delete the draft of a failed attempt; trying again before the next message", "queue_id", queueID, "err", err)
+	u.o.Logger.Warn("cannot delete the draft of a failed attempt; trying again before the next message", "queue_id", d.QueueID, "draft_id", d.DraftID, "err", err)
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if len(u.orphans) >= maxOrphans {
-		u.o.Logger.Error("too many drafts left in the mailbox by failed attempts: delete them in Outlook (Drafts)", "queue_id", u.orphans[0].queueID)
+		u.o.Logger.Error("too many drafts left in the mailbox by failed attempts: delete this one in Outlook (Drafts)", "queue_id", u.orphans[0].QueueID, "draft_id", u.orphans[0].DraftID)
 		u.orphans = u.orphans[1:]
 	}
-	u.orphans = append(u.orphans, orphan{queueID, msgURL})
+	u.orphans = append(u.orphans, d)
+	u.saveLocked()
 }
 
 // deleteOrphans tries once more to delete drafts left by failed attempts.
+// The file keeps the whole list until this pass is over: a crash during
+// it forgets none.
 func (u *Upstream) deleteOrphans(ctx context.Context, tok string) {
 	u.mu.Lock()
 	list := u.orphans
 	u.orphans = nil
 	u.mu.Unlock()
-	for _, o := range list {
-		u.deleteDraft(ctx, tok, o.queueID, o.url)
+	if len(list) == 0 {
+		return
 	}
+	for _, o := range list {
+		u.deleteDraft(ctx, tok, o)
+	}
+	u.mu.Lock()
+	u.saveLocked()
+	u.mu.Unlock()
 }
 
 func (u *Upstream) attach(ctx context.Context, tok, msgURL string, a attachment) error {

@@ -6,6 +6,9 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +17,7 @@ import (
 	"github.com/siterelay/siterelay/relay/upstream/graph"
 	"github.com/siterelay/siterelay/relay/upstream/m365"
 	"github.com/siterelay/siterelay/relay/upstream/m365test"
+	"github.com/siterelay/siterelay/relay/upstream/pace"
 )
 
 const mailbox = "scanner@contoso.test"
@@ -277,5 +281,84 @@ func TestFailedDraftDeleted(t *testing.T) {
 				t.Errorf("sent %d, want 1", got)
 			}
 		})
+	}
+}
+
+// Graph's 429 says how long to wait in Retry-After; the pacer in front of
+// the upstream honours it, not the 5-minute cooldown meant for Azure
+// Communication Services' 429 (an SMTP reply that carries no Retry-After).
+func TestRetryAfterHonoured(t *testing.T) {
+	up, g := setup(t, true)
+	clock := m365test.NewClock()
+	p := pace.Wrap(up, pace.Options{Clock: clock.Now, Sleep: clock.Sleep, MaxWait: time.Second})
+	g.Throttle(7 * time.Second)
+	_, err := p.Deliver(context.Background(), message([]string{"bob@fabrikam.test"}, simple("bob@fabrikam.test")))
+	ue := upstream.Classify(err)
+	if err == nil || ue.Permanent {
+		t.Fatalf("got %v, want a temporary 429", err)
+	}
+	if ue.RetryAfter != 7*time.Second {
+		t.Errorf("RetryAfter = %v, want 7s (Graph's Retry-After)", ue.RetryAfter)
+	}
+	clock.Advance(7 * time.Second)
+	if _, err := p.Deliver(context.Background(), message([]string{"bob@fabrikam.test"}, simple("bob@fabrikam.test"))); err != nil {
+		t.Fatalf("7 s after Graph's 429 (Retry-After: 7): %v", err)
+	}
+	if got := len(g.Sent()); got != 1 {
+		t.Errorf("sent %d, want 1", got)
+	}
+}
+
+// A draft whose deletion failed is still deleted after a restart: the
+// pending cleanup is kept in DraftsFile, and the log names the draft.
+func TestDraftCleanupSurvivesRestart(t *testing.T) {
+	big := make([]byte, 6<<20)
+	rand.Read(big)
+	body := multipart(map[string][]byte{"scan.pdf": big})
+	up, g, entra := setupEntra(t, true)
+	file := filepath.Join(t.TempDir(), "graph", "drafts.json")
+	var logs bytes.Buffer
+	opts := func() graph.Options {
+		ts, err := m365.NewTokenSource(m365.TokenOptions{BaseURL: entra.URL, Tenant: "contoso.test", ClientID: "app1",
+			Scope: m365test.GraphScope, ClientSecret: []byte("s3cret"), HTTPClient: entra.Client()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return graph.Options{BaseURL: g.URL, Mailbox: mailbox, Tokens: ts, HTTPClient: g.Client(), DraftsFile: file,
+			Logger: slog.New(slog.NewTextHandler(&logs, nil))}
+	}
+	up.Close()
+	first, err := graph.New(opts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.FailNext("PUT", "/upload/", 503)
+	g.FailNext("DELETE", "/messages/", 503)
+	if _, err := first.Deliver(context.Background(), message([]string{"bob@fabrikam.test"}, body)); err == nil {
+		t.Fatal("want the failed upload")
+	}
+	if got := g.Drafts(); got != 1 {
+		t.Fatalf("%d drafts left after the failed delete, want 1", got)
+	}
+	ids := g.DraftIDs()
+	if len(ids) != 1 || !strings.Contains(logs.String(), ids[0]) {
+		t.Errorf("the log does not name the draft %v:\n%s", ids, logs.String())
+	}
+	first.Close()
+	// relayd restarts: a new upstream from the same file.
+	second, err := graph.New(opts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := second.Deliver(context.Background(), message([]string{"bob@fabrikam.test"}, simple("bob@fabrikam.test"))); err != nil {
+		t.Fatal(err)
+	}
+	if got := g.Drafts(); got != 0 {
+		t.Errorf("after the restart: %d drafts left in the mailbox, want 0", got)
+	}
+	// Nothing pending any more: a third start has nothing to delete.
+	b, _ := os.ReadFile(file)
+	if strings.Contains(string(b), ids[0]) {
+		t.Errorf("the deleted draft is still pending in %s: %s", file, b)
 	}
 }

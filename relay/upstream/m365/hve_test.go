@@ -90,17 +90,26 @@ func TestHVEExpiringTokenRefusedThenRenewed(t *testing.T) {
 	if _, err := up.Deliver(context.Background(), newMsg(1, hveAccount, "ops@contoso.test")); err != nil {
 		t.Fatal(err)
 	}
-	// Tokens that go stale while held (a clock that jumped): refused,
-	// temporary, with a hint; then a new token goes through.
-	e.clock.Advance(3599*time.Second - 15*time.Minute)
-	e.entra.TTL = 5 * time.Minute // every new token is already within HVE's margin
+	// Entra down until the held token has under 10 minutes left, then
+	// issuing 5-minute tokens: none of them is presented to HVE (it would
+	// answer 501 5.5.127); the deferral says why; then a good token goes.
+	e.entra.SetDown(true)
+	e.clock.Advance(3599*time.Second - 9*time.Minute)
+	e.entra.SetDown(false)
+	e.entra.TTL = 5 * time.Minute
 	_, err = up.Deliver(context.Background(), newMsg(2, hveAccount, "ops@contoso.test"))
+	if err == nil {
+		t.Fatal("delivered with a 5-minute token")
+	}
 	ue := upstream.Classify(err)
-	if err == nil || ue.Permanent || !strings.Contains(ue.Error(), "5.5.127") || !strings.Contains(ue.Hint, "20 minutes") {
-		t.Fatalf("short-lived token: got %v (permanent %v, hint %q), want a temporary 5.5.127 with a hint", err, ue.Permanent, ue.Hint)
+	if ue.Permanent || !strings.Contains(ue.Hint, "too short for High Volume Email") {
+		t.Fatalf("short-lived token: got %v (permanent %v, hint %q), want a temporary failure that names the token lifetime", err, ue.Permanent, ue.Hint)
+	}
+	if got := e.x.ExpiringRefused(); got != 0 {
+		t.Errorf("HVE refused %d tokens as expiring soon, want 0", got)
 	}
 	e.entra.TTL = time.Hour
-	e.clock.Advance(time.Minute)
+	e.clock.Advance(10 * time.Minute)
 	if _, err := up.Deliver(context.Background(), newMsg(3, hveAccount, "ops@contoso.test")); err != nil {
 		t.Fatalf("after the refusal: %v", err)
 	}
@@ -217,5 +226,84 @@ func TestFromMailbox(t *testing.T) {
 	defer plain.Close()
 	if _, err := plain.Deliver(context.Background(), newMsg(2, "plc7@plant.contoso.test", "ops@contoso.test")); !strings.Contains(fmt.Sprint(err), "5.7.60") {
 		t.Errorf("without from_mailbox: %v, want 5.7.60", err)
+	}
+}
+
+// A tenant whose token-lifetime policy issues tokens of 10 to 20 minutes:
+// each is reused for as long as HVE takes it (more than 10 minutes left),
+// not fetched again for every connection because it is inside the
+// 20-minute renewal margin meant for hour-long tokens.
+func TestHVEShortTokensReused(t *testing.T) {
+	e := newTokenEnv(t)
+	e.entra.AddApp(m365test.App{ClientID: "app1", Secret: "s3cret"})
+	e.entra.TTL = 15 * time.Minute
+	o := e.opts()
+	o.ClientSecret, o.RenewBefore = []byte("s3cret"), config.KindHVE.RenewBefore()
+	ts, err := m365.NewTokenSource(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 20 // a connection every 30 seconds for 10 minutes
+	for i := range n {
+		tok, err := ts.Token(context.Background())
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		if exp, _ := e.entra.Expires(tok); exp.Sub(e.clock.Now()) < m365test.HVETokenMargin {
+			t.Fatalf("connection %d: a token with %v left, which HVE refuses", i, exp.Sub(e.clock.Now()))
+		}
+		e.clock.Advance(30 * time.Second)
+	}
+	// Each token is good for HVE during its first 5 minutes: a handful
+	// of tokens, not one a connection.
+	if got := e.entra.Issued(); got > 5 {
+		t.Errorf("Entra issued %d tokens for %d connections over 10 minutes, want at most 5", got, n)
+	}
+}
+
+// A tenant whose policy issues 10-minute tokens (Entra's minimum): HVE
+// refuses every one of them (501 5.5.127), so the relay does not present
+// them, says why on every deferral and in doctor, and does not ask Entra
+// again on every attempt.
+func TestHVETokenLifetimeTooShort(t *testing.T) {
+	e := hveEnv(t)
+	e.entra.TTL = 599 * time.Second // as Entra words an hour: 3599
+	start := e.clock.Now()
+	up, err := m365.New(config.KindHVE, e.hve(config.M365{}), e.deps(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	for i := range 5 {
+		_, err := up.Deliver(context.Background(), newMsg(i, hveAccount, "ops@contoso.test"))
+		if err == nil {
+			t.Fatalf("attempt %d delivered with a 10-minute token; the fake HVE should refuse it", i)
+		}
+		ue := upstream.Classify(err)
+		if errors.Is(err, upstream.ErrPaced) && i > 0 {
+			continue // the pacer holds the mail while the token source waits
+		}
+		if ue.Permanent || !strings.Contains(ue.Hint, "token lifetime") || !strings.Contains(ue.Hint, "too short for High Volume Email") {
+			t.Fatalf("attempt %d: got %v (permanent %v, hint %q), want a temporary failure naming the token lifetime", i, err, ue.Permanent, ue.Hint)
+		}
+		e.clock.Advance(time.Second)
+	}
+	if got := e.x.ExpiringRefused(); got != 0 {
+		t.Errorf("the relay presented %d tokens HVE had to refuse, want 0", got)
+	}
+	// The backoff (5 s, doubling), not one request an attempt; the
+	// pacer's waits inside Deliver move the virtual clock past the first.
+	if got, at := e.entra.Requests(), e.clock.Now().Sub(start); got >= 5 {
+		t.Errorf("Entra asked %d times in %v for 5 attempts, want a backoff between requests", got, at)
+	}
+	steps, _ := up.(upstream.Prober).Probe(context.Background())
+	var found bool
+	for _, s := range steps {
+		if strings.HasPrefix(s.Name, "token") && !s.OK && strings.Contains(s.Detail, "too short for High Volume Email") {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("doctor steps %+v, want the token step to say the lifetime is too short for HVE", steps)
 	}
 }

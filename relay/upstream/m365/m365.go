@@ -120,9 +120,13 @@ func New(kind config.Kind, cfg config.M365, d Deps) (upstream.Upstream, error) {
 			return nil, err
 		}
 		if kind == config.KindGraph {
-			inner, err = graph.New(graph.Options{BaseURL: cfg.GraphURL, Mailbox: cfg.Mailbox, Tokens: tokens,
+			gopt := graph.Options{BaseURL: cfg.GraphURL, Mailbox: cfg.Mailbox, Tokens: tokens,
 				HTTPClient: d.HTTPClient, Concurrency: cfg.Limits.Concurrency, MaxRecipients: cfg.Limits.MaxRecipients,
-				MaxSize: cfg.Limits.MaxMessageBytes, Logger: log})
+				MaxSize: cfg.Limits.MaxMessageBytes, Logger: log}
+			if d.Dir != "" {
+				gopt.DraftsFile = layout.Dir(d.Dir).GraphDrafts(paceName(kind, cfg))
+			}
+			inner, err = graph.New(gopt)
 		} else {
 			inner, err = newSubmission(cfg, d, log, tokens, nil)
 		}
@@ -143,7 +147,11 @@ func New(kind config.Kind, cfg config.M365, d Deps) (upstream.Upstream, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &explained{inner: inner, tokens: tokens, check: check, log: log, clock: d.Clock}
+	e := &explained{inner: inner, tokens: tokens, check: check, log: log, clock: d.Clock, objectID: cfg.ApplicationObjectID, clientID: cfg.ClientID}
+	e.renewBefore = time.Duration(cfg.RenewBeforeDays) * 24 * time.Hour
+	if e.renewBefore == 0 {
+		e.renewBefore = config.DefaultRenewBeforeDays * 24 * time.Hour
+	}
 	if kind.Mailbox() {
 		e.mailbox, e.sendAs = cfg.Mailbox, cfg.FromMailbox
 	}
@@ -174,6 +182,9 @@ func paceName(kind config.Kind, cfg config.M365) string {
 func newTokens(kind config.Kind, cfg config.M365, d Deps, log *slog.Logger) (*TokenSource, error) {
 	o := TokenOptions{BaseURL: cfg.TokenURL, Tenant: cfg.Tenant, ClientID: cfg.ClientID, Scope: cfg.Scope,
 		Alg: cfg.AssertionAlg, HTTPClient: d.HTTPClient, Clock: d.Clock, Logger: log, Renewed: d.TokenRenewed, RenewBefore: kind.RenewBefore()}
+	if kind == config.KindHVE {
+		o.MinLife, o.MinLifeFor = HVEMinLife, "High Volume Email"
+	}
 	if cfg.ClientSecretSecret != "" {
 		s, err := d.secret("upstream.m365.client_secret_secret", cfg.ClientSecretSecret)
 		if err != nil {
@@ -204,6 +215,10 @@ func newTokens(kind config.Kind, cfg config.M365, d Deps, log *slog.Logger) (*To
 	}
 	return NewTokenSource(o)
 }
+
+// HVEMinLife is the least life HVE takes in a token: it answers
+// 501 5.5.127 "Token will expire soon" to one with under 10 minutes left.
+const HVEMinLife = 10 * time.Minute
 
 // DirectSendChecker refuses recipients outside the tenant's domains at
 // RCPT: direct send cannot reach them, and a refusal now beats a bounce.
@@ -253,6 +268,10 @@ type explained struct {
 	sendAs  bool
 	// basicAuth is the warning for the password kind (BasicAuthWarning).
 	basicAuth string
+	// objectID and clientID say whether the certificate renews itself
+	// (upstream.m365.application_object_id), for doctor.
+	objectID, clientID string
+	renewBefore        time.Duration
 }
 
 // BasicAuthOff is when Microsoft turns basic authentication for client
@@ -366,6 +385,15 @@ func (e *explained) Probe(ctx context.Context) ([]upstream.Step, error) {
 			st.OK, st.Detail = false, st.Detail+": expired; Entra refuses it: upload a new certificate and store its key"
 		}
 		steps = append(steps, st)
+		rs := upstream.Step{Name: "certificate renewal", OK: true}
+		if e.objectID != "" {
+			rs.Detail = fmt.Sprintf("the box renews this certificate itself through Graph from %s (application_object_id %s: the app registration's Object ID, which is not the client id %s; a wrong one fails the renewal with Request_ResourceNotFound)",
+				c.NotAfter.Add(-e.renewBefore).UTC().Format(time.DateOnly), e.objectID, e.clientID)
+		} else {
+			rs.Detail = fmt.Sprintf("not renewed automatically: for a certificate made on the box (relayctl creds new-certificate) set upstream.m365.application_object_id to the app registration's Object ID (Entra admin center > App registrations > the app > Overview > Object ID; not the client id, Application (client) ID %s, and not the Enterprise application's object id), or replace it by hand before %s",
+				e.clientID, c.NotAfter.UTC().Format(time.DateOnly))
+		}
+		steps = append(steps, rs)
 	}
 	if e.tokens != nil {
 		st := upstream.Step{Name: "token from " + e.tokens.endpoint}

@@ -37,7 +37,19 @@ type TokenOptions struct {
 	Clock        func() time.Time
 	Logger       *slog.Logger
 	// RenewBefore is how long before expiry a token is replaced. Default 5m.
+	// A token that lives less than twice that is kept for half of what it
+	// has beyond MinLife instead, so that a tenant's short token lifetime
+	// does not cost a token request a connection.
 	RenewBefore time.Duration
+	// MinLife is the least life a token must have left to be handed out
+	// (HVE refuses a token with under 10 minutes left: 501 5.5.127). A
+	// token issued with no more than this is useless: the source does not
+	// hand it out, answers an error that names the tenant's token lifetime
+	// and asks again only after a backoff. Default RenewBefore/2.
+	MinLife time.Duration
+	// MinLifeFor names who needs MinLife, for that error ("High Volume
+	// Email"); default "this upstream".
+	MinLifeFor string
 	// FirstBackoff and MaxBackoff space out attempts while the endpoint
 	// fails. Defaults 5s and 5m.
 	FirstBackoff, MaxBackoff time.Duration
@@ -60,6 +72,7 @@ type TokenSource struct {
 	mu        sync.Mutex
 	token     string
 	expires   time.Time
+	ttl       time.Duration // the cached token's lifetime as issued
 	lastErr   *upstream.Error
 	nextTry   time.Time
 	backoff   time.Duration
@@ -99,6 +112,12 @@ func NewTokenSource(o TokenOptions) (*TokenSource, error) {
 	if o.RenewBefore == 0 {
 		o.RenewBefore = 5 * time.Minute
 	}
+	if o.MinLife == 0 {
+		o.MinLife = o.RenewBefore / 2
+	}
+	if o.MinLifeFor == "" {
+		o.MinLifeFor = "this upstream"
+	}
 	if o.FirstBackoff == 0 {
 		o.FirstBackoff = 5 * time.Second
 	}
@@ -120,16 +139,28 @@ func (s *TokenSource) Requested() int {
 	return s.requested
 }
 
-// Token returns a token valid for at least RenewBefore/2, fetching a new
-// one when needed. Concurrent callers share one request.
+// margin is how long before the cached token's expiry it is replaced:
+// RenewBefore, or for a token too short-lived for that, half of what it
+// lives beyond MinLife (a 15-minute token for HVE: kept while it has more
+// than 12.5 minutes, handed out while Entra fails until 10 are left).
+func (s *TokenSource) margin() time.Duration {
+	m := s.o.RenewBefore
+	if s.ttl > s.o.MinLife {
+		m = min(m, s.o.MinLife+(s.ttl-s.o.MinLife)/2)
+	}
+	return m
+}
+
+// Token returns a token valid for at least MinLife, fetching a new one
+// when needed. Concurrent callers share one request.
 func (s *TokenSource) Token(ctx context.Context) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.o.Clock()
-	if s.token != "" && now.Before(s.expires.Add(-s.o.RenewBefore)) {
+	if s.token != "" && now.Before(s.expires.Add(-s.margin())) {
 		return s.token, nil
 	}
-	stillGood := s.token != "" && now.Before(s.expires.Add(-s.o.RenewBefore/2))
+	stillGood := s.token != "" && now.Before(s.expires.Add(-s.o.MinLife))
 	if now.Before(s.nextTry) {
 		if stillGood {
 			return s.token, nil
@@ -141,6 +172,9 @@ func (s *TokenSource) Token(ctx context.Context) (string, error) {
 	s.requested++
 	tok, ttl, err := s.fetch(ctx)
 	now = s.o.Clock()
+	if err == nil && ttl <= s.o.MinLife {
+		err = s.tooShort(ttl)
+	}
 	if err != nil {
 		if s.backoff == 0 {
 			s.backoff = s.o.FirstBackoff
@@ -161,7 +195,7 @@ func (s *TokenSource) Token(ctx context.Context) (string, error) {
 		return "", err
 	}
 	s.backoff, s.lastErr, s.nextTry = 0, nil, time.Time{}
-	s.token, s.expires = tok, now.Add(ttl)
+	s.token, s.expires, s.ttl = tok, now.Add(ttl), ttl
 	if s.o.Renewed != nil {
 		s.o.Renewed(s.expires, nil)
 	}
@@ -194,9 +228,28 @@ func (s *TokenSource) Invalidate(tok string) bool {
 		s.dropBackoff = min(2*s.dropBackoff, s.o.MaxBackoff)
 	}
 	s.lastDrop, s.nextDrop = now, now.Add(s.dropBackoff)
-	s.token, s.expires = "", time.Time{}
+	s.token, s.expires, s.ttl = "", time.Time{}, 0
 	s.o.Logger.Info("token refused by the service: dropped, a new one will be requested", "client_id", s.o.ClientID, "next_drop_after", s.dropBackoff)
 	return true
+}
+
+// LifetimeError says that Entra issues tokens that live too short for the
+// upstream: every one would be refused (HVE: 501 5.5.127).
+type LifetimeError struct {
+	Lifetime, MinLife time.Duration
+	For               string
+}
+
+func (e *LifetimeError) Error() string {
+	return fmt.Sprintf("Entra issued a token that lives %v: the tenant's token lifetime is too short for %s, which refuses a token with under %v left", e.Lifetime, e.For, e.MinLife)
+}
+
+// tooShort is the error for a token issued with no more than MinLife.
+func (s *TokenSource) tooShort(ttl time.Duration) *upstream.Error {
+	le := &LifetimeError{Lifetime: ttl, MinLife: s.o.MinLife, For: s.o.MinLifeFor}
+	return &upstream.Error{Err: le, Hint: fmt.Sprintf("The tenant's token lifetime is too short for %s: Entra issues this app tokens of %v, and %s refuses any token with under %v left, so the relay does not present them. "+
+		"A token lifetime policy (Entra: New-MgPolicyTokenLifetimePolicy, AccessTokenLifetime) applies to this app or the whole tenant: raise it to at least 20 minutes (Entra's default is 60 to 90) or exempt this app, or log in with the HVE account's password (upstream.m365.password_secret). The mail waits.",
+		s.o.MinLifeFor, ttl.Round(time.Second), s.o.MinLifeFor, s.o.MinLife)}
 }
 
 // TokenError is a refusal from the token endpoint: the OAuth error and the

@@ -32,7 +32,13 @@ type App struct {
 	Secret   string
 	// SecretExpired makes the secret answer AADSTS7000222.
 	SecretExpired bool
-	Cert          *x509.Certificate
+	// Cert is a certificate uploaded by an admin (the portal); Keys holds
+	// it and every other key credential, by key id (see AddKey).
+	Cert *x509.Certificate
+	// ObjectID is the app registration's object id (Graph's
+	// /applications/{id}, the proof token's iss); not the client id.
+	ObjectID string
+	Keys     []KeyCredential
 	// Roles are the application permissions with admin consent; nil means
 	// every role the fakes check (SMTP.SendAsApp, Mail.Send). As in Entra,
 	// a token carries the roles the app had when it was issued.
@@ -44,6 +50,12 @@ const (
 	RoleSMTP  = "SMTP.SendAsApp"
 	RoleGraph = "Mail.Send"
 )
+
+// KeyCredential is one certificate of an app registration.
+type KeyCredential struct {
+	KeyID string
+	Cert  *x509.Certificate
+}
 
 // Issued is a token the fake handed out.
 type Issued struct {
@@ -91,7 +103,52 @@ func (e *Entra) TokenURL() string { return e.URL + "/" + e.Tenant + "/oauth2/v2.
 func (e *Entra) AddApp(a App) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if a.Cert != nil {
+		a.Keys = append(slices.Clone(a.Keys), KeyCredential{KeyID: newKeyID(), Cert: a.Cert})
+	}
 	e.apps[a.ClientID] = a
+}
+
+// Upload adds a certificate to an app as an admin does in the portal (or
+// with az ad app credential reset --append, where keyID is "": Entra picks
+// one), or with Graph PowerShell giving KeyId, and returns its key id.
+func (e *Entra) Upload(clientID string, cert *x509.Certificate, keyID string) string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	a := e.apps[clientID]
+	id := keyID
+	if id == "" {
+		id = newKeyID()
+	}
+	a.Keys = append(slices.Clone(a.Keys), KeyCredential{KeyID: id, Cert: cert})
+	e.apps[clientID] = a
+	return id
+}
+
+// Keys are an app's key credentials now.
+func (e *Entra) Keys(clientID string) []KeyCredential {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.apps[clientID].Keys)
+}
+
+// appByObject finds an app by its object id; e.mu is held.
+func (e *Entra) appByObject(objectID string) (App, bool) {
+	for _, a := range e.apps {
+		if a.ObjectID != "" && a.ObjectID == objectID {
+			return a, true
+		}
+	}
+	return App{}, false
+}
+
+func newKeyID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
 }
 
 // SetRoles grants an app exactly these roles (admin consent) for tokens
@@ -241,7 +298,7 @@ func (e *Entra) serve(w http.ResponseWriter, r *http.Request) {
 // verifyAssertion checks a private_key_jwt as Entra documents it.
 func (e *Entra) verifyAssertion(app App, jwt string, now time.Time) (int, string) {
 	bad := func(s string) (int, string) { return 700027, "Client assertion failed signature validation: " + s }
-	if app.Cert == nil {
+	if len(app.Keys) == 0 {
 		return bad("no certificate is registered for the app")
 	}
 	parts := strings.Split(jwt, ".")
@@ -262,14 +319,27 @@ func (e *Entra) verifyAssertion(app App, jwt string, now time.Time) (int, string
 	if json.Unmarshal(hb, &h) != nil || json.Unmarshal(cb, &c) != nil {
 		return bad("bad JSON")
 	}
-	pub, ok := app.Cert.PublicKey.(*rsa.PublicKey)
+	var cert *x509.Certificate
+	for _, k := range app.Keys {
+		s1, s256 := sha1.Sum(k.Cert.Raw), sha256.Sum256(k.Cert.Raw)
+		if h["x5t"] == base64.RawURLEncoding.EncodeToString(s1[:]) || h["x5t#S256"] == base64.RawURLEncoding.EncodeToString(s256[:]) {
+			cert = k.Cert
+		}
+	}
+	if cert == nil {
+		return bad("x5t does not match a registered certificate")
+	}
+	if now.After(cert.NotAfter) {
+		return 700027, "Client assertion contains an invalid signature. [Reason - The key used is expired.]"
+	}
+	pub, ok := cert.PublicKey.(*rsa.PublicKey)
 	if !ok {
 		return bad("certificate is not RSA")
 	}
 	digest := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
 	switch h["alg"] {
 	case "PS256":
-		want := sha256.Sum256(app.Cert.Raw)
+		want := sha256.Sum256(cert.Raw)
 		if h["x5t#S256"] != base64.RawURLEncoding.EncodeToString(want[:]) {
 			return bad("x5t#S256 does not match a registered certificate")
 		}
@@ -277,7 +347,7 @@ func (e *Entra) verifyAssertion(app App, jwt string, now time.Time) (int, string
 			return bad("PS256 signature")
 		}
 	case "RS256":
-		want := sha1.Sum(app.Cert.Raw)
+		want := sha1.Sum(cert.Raw)
 		if h["x5t"] != base64.RawURLEncoding.EncodeToString(want[:]) {
 			return bad("x5t does not match a registered certificate")
 		}

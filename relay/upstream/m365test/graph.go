@@ -62,6 +62,7 @@ type Graph struct {
 	peak     int
 	requests int
 	largest  int
+	keys     keyRules
 }
 
 type upload struct {
@@ -118,6 +119,18 @@ func (g *Graph) FailNext(method, path string, status int) {
 
 // Drafts is how many drafts are in the mailbox (not sent, not deleted).
 func (g *Graph) Drafts() int { g.mu.Lock(); defer g.mu.Unlock(); return len(g.drafts) }
+
+// DraftIDs are the ids of the drafts in the mailbox, sorted.
+func (g *Graph) DraftIDs() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	ids := make([]string, 0, len(g.drafts))
+	for id := range g.drafts {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
 
 // Largest is the largest request body received.
 func (g *Graph) Largest() int { g.mu.Lock(); defer g.mu.Unlock(); return g.largest }
@@ -186,6 +199,10 @@ func (g *Graph) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	if m := uploadRE.FindStringSubmatch(r.URL.Path); m != nil && r.Method == http.MethodPut {
 		g.upload(w, r, m[1], body)
+		return
+	}
+	if m := keyRE.FindStringSubmatch(r.URL.Path); m != nil {
+		g.serveKeys(w, r, m[1], m[2], body)
 		return
 	}
 	user := ""

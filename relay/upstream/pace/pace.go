@@ -401,10 +401,17 @@ func (p *Paced) throttle(ue *upstream.Error) (cool time.Duration, why string, ho
 		case c == (smtp.EnhancedCode{5, 7, 233}):
 			// The tenant's external recipient rate limit (TERRL).
 			return p.o.QuotaCooldown, "the tenant's external recipient rate limit is reached", true, true
+		case !ue.Permanent && ue.RetryAfter > 0:
+			// The upstream said how long to wait (Graph's 429 with
+			// Retry-After): that, not a guess from the words. Graph's
+			// reply reads "429" too, and the rule below would pause
+			// the whole upstream for RateCooldown.
+			return ue.RetryAfter, "the upstream asked to wait", false, false
 		case tooMany.MatchString(r.Message):
-			// Services that speak of their limits in HTTP's words
-			// (Azure Communication Services: 429 past its per-minute
-			// and per-hour limits), whatever the SMTP code: a hold.
+			// Services that speak of their limits in HTTP's words over
+			// SMTP, with no Retry-After (Azure Communication Services:
+			// 429 past its per-minute and per-hour limits), whatever
+			// the SMTP code: a hold.
 			return p.o.RateCooldown, "the upstream says too many requests, cooling down", true, false
 		}
 	}
