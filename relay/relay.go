@@ -519,12 +519,12 @@ type listenerPolicy struct {
 	index int
 }
 
-func (l listenerPolicy) Connect(ip netip.Addr) (bool, func(), error) {
+func (l listenerPolicy) Connect(ip netip.Addr) (inbound.Client, func(), error) {
 	release, err := l.p.Open(ip)
 	if err != nil {
-		return false, nil, err
+		return inbound.Client{}, nil, err
 	}
-	return l.p.Connect(l.index, ip), release, nil
+	return inbound.Client{Relay: l.p.Connect(l.index, ip), Known: l.p.Known(ip)}, release, nil
 }
 
 func (l listenerPolicy) Login(ip netip.Addr, user, pass string) (*policy.Account, error) {

@@ -26,7 +26,9 @@ import (
 // testPolicy lets loopback relay when open is set, and knows one account.
 type testPolicy struct{ open bool }
 
-func (p testPolicy) Connect(ip netip.Addr) (bool, func(), error) { return p.open, func() {}, nil }
+func (p testPolicy) Connect(ip netip.Addr) (Client, func(), error) {
+	return Client{Relay: p.open, Known: p.open}, func() {}, nil
+}
 func (p testPolicy) Login(ip netip.Addr, user, pass string) (*policy.Account, error) {
 	if user == "printer" && pass == "s3cret" {
 		return &policy.Account{Username: user}, nil

@@ -28,12 +28,12 @@ import (
 // wires it (listener 0).
 type sitePolicy struct{ p *policy.Policy }
 
-func (s sitePolicy) Connect(ip netip.Addr) (bool, func(), error) {
+func (s sitePolicy) Connect(ip netip.Addr) (Client, func(), error) {
 	release, err := s.p.Open(ip)
 	if err != nil {
-		return false, nil, err
+		return Client{}, nil, err
 	}
-	return s.p.Connect(0, ip), release, nil
+	return Client{Relay: s.p.Connect(0, ip), Known: s.p.Known(ip)}, release, nil
 }
 func (s sitePolicy) Login(ip netip.Addr, user, pass string) (*policy.Account, error) {
 	return s.p.Login(ip, user, pass)

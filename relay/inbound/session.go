@@ -32,12 +32,18 @@ type session struct {
 
 	ip       netip.Addr
 	netRelay bool
+	known    bool   // the site configured the client (Client.Known)
+	release  func() // the policy's per-client count; once
+	ending   bool   // uncounted, writing its last reply (lastReplyTimeout)
 	end      time.Time // MaxSessionTime runs out
 	lineEnd  time.Time // the command line being read must be complete by then; zero outside
 	lastSeen atomic.Int64
 
-	mu      sync.Mutex
-	waiting bool            // blocked reading a command outside a transaction
+	mu sync.Mutex
+	// waiting: idle, outside a transaction, from the accept (before the
+	// banner) and whenever it waits for a command line; a full listener
+	// and Shutdown may tell it to go.
+	waiting bool
 	kicked  *smtp.SMTPError // the reply for a session told to go
 	evicted bool            // guarded by srv.mu: no longer counted (displaced or ended)
 
@@ -60,12 +66,33 @@ type session struct {
 }
 
 // newSession is a session not yet started: its buffers and logger come
-// in serve, once it is admitted.
-func newSession(s *Server, o *Options, c net.Conn, ip netip.Addr, relay bool) *session {
-	ss := &session{srv: s, o: o, raw: c, conn: c, ip: ip, netRelay: relay,
-		end: time.Now().Add(o.MaxSessionTime)}
+// in serve, once it is admitted. Until its first command it is idle.
+func newSession(s *Server, o *Options, c net.Conn, ip netip.Addr, cl Client, release func()) *session {
+	if release == nil {
+		release = func() {}
+	}
+	ss := &session{srv: s, o: o, raw: c, conn: c, ip: ip, netRelay: cl.Relay, known: cl.Known,
+		release: sync.OnceFunc(release), end: time.Now().Add(o.MaxSessionTime), waiting: true}
 	ss.lastSeen.Store(time.Now().UnixNano())
 	return ss
+}
+
+// lastReplyTimeout bounds the write of a session's last reply, which is
+// written after the session stopped counting (finish): a client that does
+// not read cannot hold an uncounted connection for limits.write_timeout.
+const lastReplyTimeout = 5 * time.Second
+
+// finish stops counting the session against the listener's and the
+// client's connection limits. It is called the moment the session's end
+// is known, before its last reply is written (QUIT's 221, a limit's 421)
+// or once the client is gone, so that a device that reconnects as soon as
+// it has read 221 finds its place free.
+func (ss *session) finish() {
+	ss.srv.mu.Lock()
+	ss.srv.uncount(ss)
+	ss.srv.mu.Unlock()
+	ss.release()
+	ss.ending = true
 }
 
 // connReader sets the read deadline before every read: no progress for
@@ -107,7 +134,11 @@ func (r connReader) Read(p []byte) (int, error) {
 type connWriter struct{ ss *session }
 
 func (w connWriter) Write(p []byte) (int, error) {
-	w.ss.conn.SetWriteDeadline(time.Now().Add(w.ss.o.WriteTimeout))
+	d := w.ss.o.WriteTimeout
+	if w.ss.ending {
+		d = min(d, lastReplyTimeout)
+	}
+	w.ss.conn.SetWriteDeadline(time.Now().Add(d))
 	return w.ss.conn.Write(p)
 }
 
@@ -221,10 +252,16 @@ func (ss *session) serve() {
 	ss.r = bufio.NewReaderSize(connReader{ss}, 4096)
 	ss.w = bufio.NewWriterSize(connWriter{ss}, 1024)
 	defer func() {
+		ss.finish()
 		ss.w.Flush()
 		ss.resetTx()
 		ss.raw.Close()
 	}()
+	if err := ss.boundary(); err != nil {
+		// Displaced (or shut down) before its banner.
+		ss.replyErr(err)
+		return
+	}
 	ss.reply(220, smtp.NoEnhancedCode, "%s ESMTP siterelay ready", ss.o.Hostname)
 	for {
 		if err := ss.boundary(); err != nil {

@@ -232,6 +232,29 @@ func (p *Policy) Connect(listener int, ip netip.Addr) (allowedByNetwork bool) {
 	return false
 }
 
+// Known reports whether the site configured ip: it is in a listener's
+// allowed networks (any listener's, also one that requires login) or is
+// the address of a configured device. At limits.max_connections a known
+// client always gets a session and its exact share (relay/inbound).
+// Devices recognised only by login or HELO name are not known yet when
+// they connect.
+func (p *Policy) Known(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	for _, l := range p.listeners {
+		for _, n := range l.networks {
+			if n.Contains(ip) {
+				return true
+			}
+		}
+	}
+	for _, n := range p.devices.byNet {
+		if n.p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
 // Open counts a connection from ip against limits.max_connections_per_client;
 // call release (once; more calls do nothing) when the connection ends.
 func (p *Policy) Open(ip netip.Addr) (release func(), err error) {
