@@ -32,9 +32,9 @@ type session struct {
 
 	ip       netip.Addr
 	netRelay bool
-	known    bool   // the site configured the client (Client.Known)
-	release  func() // the policy's per-client count; once
-	ending   bool   // uncounted, writing its last reply (lastReplyTimeout)
+	known    bool      // the site configured the client (Client.Known)
+	release  func()    // the policy's per-client count; once
+	ending   bool      // uncounted, writing its last reply (lastReplyTimeout)
 	end      time.Time // MaxSessionTime runs out
 	lineEnd  time.Time // the command line being read must be complete by then; zero outside
 	lastSeen atomic.Int64
