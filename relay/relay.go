@@ -278,10 +278,15 @@ func (r *Relay) inboundOptions(g *generation, i int) inbound.Options {
 	if cfg.Limits.NULBytes == "refuse" {
 		nul = message.RefuseNUL
 	}
+	sizeSetting := "limits.max_message_bytes"
+	if g.maxSize < cfg.Limits.MaxMessageBytes {
+		sizeSetting = fmt.Sprintf("the upstream's own limit, lower than limits.max_message_bytes (%d)", cfg.Limits.MaxMessageBytes)
+	}
 	return inbound.Options{
 		Name: lc.Name, Hostname: g.hostname, TLS: tlsConf, RequireTLS: lc.RequireTLS,
 		Auth: *lc.Auth, RequireAuth: *lc.RequireAuth, AllowPlaintextAuth: lc.AllowPlaintextAuth,
-		MaxMessageBytes: g.maxSize, MaxRecipients: cfg.Limits.MaxRecipients, MaxLineLength: cfg.Limits.MaxLineLength,
+		MaxMessageBytes: g.maxSize, MaxMessageBytesSetting: sizeSetting,
+		MaxRecipients: cfg.Limits.MaxRecipients, MaxLineLength: cfg.Limits.MaxLineLength,
 		ReadTimeout: cfg.Limits.ReadTimeout.D(), WriteTimeout: cfg.Limits.WriteTimeout.D(),
 		CommandTimeout: cfg.Limits.CommandTimeout.D(), MaxSessionTime: cfg.Limits.MaxSessionTime.D(),
 		MaxCommandsWithoutMail: cfg.Limits.MaxCommandsWithoutMail, MaxConnections: cfg.Limits.MaxConnections,

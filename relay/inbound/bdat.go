@@ -72,7 +72,7 @@ func (ss *session) bdatCmd(arg string) bool {
 		if _, err := io.CopyN(io.Discard, ss.r, size); err != nil {
 			return ss.finishTx(nil, err)
 		}
-		return ss.finishTx(ss.refuse("too_big", tooBig(max)), nil)
+		return ss.finishTx(ss.refuse("too_big", ss.tooBig(max)), nil)
 	}
 	if _, err := io.CopyN(b.pw, ss.r, size); err != nil {
 		// A chunk shorter than declared is never committed.

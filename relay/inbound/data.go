@@ -41,7 +41,7 @@ func (ss *session) data(arg string) bool {
 	reply, readErr := ss.store(d, func() bool { return d.done })
 	if errors.Is(readErr, errDataTooLarge) {
 		if readErr = d.drain(); readErr == nil {
-			reply = ss.refuse("too_big", tooBig(ss.maxBytes()))
+			reply = ss.refuse("too_big", ss.tooBig(ss.maxBytes()))
 		}
 	} else if readErr == nil && !d.done {
 		readErr = d.drain()
@@ -266,7 +266,15 @@ func (ss *session) dataError(log *slog.Logger, err error) error {
 		Message: "relay could not store the message; try again later"}
 }
 
-func tooBig(max int64) error {
+// tooBig is the 552 for a message over max bytes, naming the setting
+// behind max: the device's own devices[].max_message_bytes when that is
+// the lower, else the listener's (limits.max_message_bytes, or what
+// lowered it).
+func (ss *session) tooBig(max int64) error {
+	setting := ss.o.MaxMessageBytesSetting
+	if d := ss.dev; d != nil && d.MaxMessageBytes > 0 && d.MaxMessageBytes == max && (ss.o.MaxMessageBytes <= 0 || d.MaxMessageBytes < ss.o.MaxMessageBytes) {
+		setting = fmt.Sprintf("devices[].max_message_bytes of device %s", d.Name)
+	}
 	return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
-		Message: fmt.Sprintf("message too big: the limit is %d bytes; send a smaller scan or lower the resolution", max)}
+		Message: fmt.Sprintf("message too big: the limit is %d bytes (%s); send a smaller scan or lower the resolution", max, setting)}
 }

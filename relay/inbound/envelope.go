@@ -120,7 +120,7 @@ func (ss *session) mail(arg string) error {
 	}
 	ss.dev = dev
 	if max := ss.maxBytes(); size > 0 && max > 0 && size > max {
-		return ss.refuse("too_big", tooBig(max))
+		return ss.refuse("too_big", ss.tooBig(max))
 	}
 	if err := o.Policy.Sender(ss.ip, ss.acct, dev, from); err != nil {
 		reason := "bad_sender"

@@ -97,8 +97,11 @@ type Options struct {
 	AllowPlaintextAuth bool
 
 	MaxMessageBytes int64
-	MaxRecipients   int
-	MaxLineLength   int
+	// MaxMessageBytesSetting names what sets MaxMessageBytes in the 552
+	// (default "limits.max_message_bytes").
+	MaxMessageBytesSetting string
+	MaxRecipients          int
+	MaxLineLength          int
 	// ReadTimeout bounds each read: a client that sends nothing for this
 	// long is cut off (in DATA with 451 4.4.2).
 	ReadTimeout  time.Duration
@@ -226,6 +229,7 @@ func (s *Server) Update(o Options) {
 	setDefault(&o.MaxCommandsWithoutMail, DefaultMaxCommandsWithoutMail)
 	setDefault(&o.MaxConnections, DefaultMaxConnections)
 	setDefault(&o.MaxLineLength, DefaultMaxLineLength)
+	setDefault(&o.MaxMessageBytesSetting, "limits.max_message_bytes")
 	if lim := DescriptorLimit(); lim > 0 && o.MaxConnections > lim/2 {
 		// Half the descriptors stay for the spool, the trace, the upstream
 		// and sockets on their way out.
