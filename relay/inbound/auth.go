@@ -14,6 +14,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/siterelay/siterelay/relay/authlogin"
+	"github.com/siterelay/siterelay/relay/safetext"
 )
 
 func (ss *session) startTLS() bool {
@@ -45,7 +46,7 @@ func (ss *session) startTLS() bool {
 	ctx, cancel := context.WithDeadline(context.Background(), d)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
-		ss.log.Info("TLS handshake failed", "err", err)
+		ss.log.Info("TLS handshake failed", "err", safetext.Escape(err.Error())) // may quote the client's hello
 		return false
 	}
 	ss.raw.SetDeadline(time.Time{})
@@ -84,11 +85,11 @@ func (ss *session) auth(arg string) bool {
 		acct, err := o.Policy.Login(ss.ip, user, pass)
 		if err != nil {
 			ss.refused("auth_failed")
-			ss.log.Info("login refused", "user", user)
+			ss.log.Info("login refused", "user", safetext.Escape(user))
 			return err
 		}
 		ss.login, ss.acct = user, acct
-		ss.log = ss.log.With("login", user)
+		ss.log = ss.log.With("login", safetext.Escape(user))
 		return nil
 	}
 	switch strings.ToUpper(mech) {

@@ -16,6 +16,7 @@ import (
 	"github.com/siterelay/siterelay/relay/learn"
 	"github.com/siterelay/siterelay/relay/message"
 	"github.com/siterelay/siterelay/relay/policy"
+	"github.com/siterelay/siterelay/relay/safetext"
 	"github.com/siterelay/siterelay/relay/spool"
 	"github.com/siterelay/siterelay/relay/trace"
 )
@@ -180,17 +181,21 @@ func (ss *session) store(src io.Reader, complete func() bool) (reply error, read
 	if o.AcceptLatency != nil {
 		o.AcceptLatency(o.Clock().Sub(start))
 	}
-	ev := trace.Event{Time: start, Kind: trace.Received, QueueID: id, MessageID: info.MessageID,
-		ClientIP: env.ClientIP, From: env.From, To: ss.rcpts, Subject: info.Subject, Size: info.Size,
-		Listener: o.Name, Account: ss.login, FromReceived: env.FromReceived, Device: env.Device}
+	// The spool keeps what the device sent, byte for byte; the trace (and
+	// what reads it: metrics, status, relayctl) gets it with control
+	// characters escaped.
+	ev := trace.Event{Time: start, Kind: trace.Received, QueueID: id, MessageID: safetext.Escape(info.MessageID),
+		ClientIP: env.ClientIP, From: safetext.Escape(env.From), To: safetext.EscapeAll(ss.rcpts),
+		Subject: safetext.Escape(info.Subject), Size: info.Size, Listener: o.Name, Account: safetext.Escape(ss.login),
+		FromReceived: safetext.Escape(env.FromReceived), Device: env.Device}
 	if ev.FromReceived == "" && env.From != ss.from {
-		ev.FromReceived = ss.from // senders.rewrite_from replaced it
+		ev.FromReceived = safetext.Escape(ss.from) // senders.rewrite_from replaced it
 	}
 	if st := ss.tlsState; st != nil {
 		ev.TLSVersion, ev.TLSCipher = tlsVersionName(st.Version), tls.CipherSuiteName(st.CipherSuite)
 	}
 	o.Record(ev)
-	log.Debug("queued", "device", env.Device, "from", env.From, "rcpts", len(ss.rcpts), "size", info.Size, "message_id", info.MessageID)
+	log.Debug("queued", "device", env.Device, "from", ev.From, "rcpts", len(ss.rcpts), "size", info.Size, "message_id", ev.MessageID)
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK queued as " + id}, nil
 }
 
@@ -214,8 +219,8 @@ func (ss *session) observe(dev *policy.Device, from, headerFrom string, message 
 	if ss.o.Observe == nil {
 		return
 	}
-	v := learn.Sighting{Address: ss.ip.Unmap().String(), Helo: ss.helo, Login: ss.login, AuthTried: ss.authTried,
-		From: from, HeaderFrom: headerFrom, Message: message}
+	v := learn.Sighting{Address: ss.ip.Unmap().String(), Helo: safetext.Escape(ss.helo), Login: safetext.Escape(ss.login),
+		AuthTried: safetext.Escape(ss.authTried), From: safetext.Escape(from), HeaderFrom: safetext.Escape(headerFrom), Message: message}
 	if dev != nil {
 		v.Device = dev.Name
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/siterelay/siterelay/relay/policy"
+	"github.com/siterelay/siterelay/relay/safetext"
 )
 
 // session is one connection's dialogue.
@@ -217,7 +218,7 @@ func (ss *session) replyErr(err error) {
 
 func (ss *session) refuse(reason string, err error) error {
 	ss.refused(reason)
-	ss.log.Info("refused", "reason", reason, "reply", err.Error())
+	ss.log.Info("refused", "reason", reason, "reply", safetext.Escape(err.Error())) // quotes what the client sent
 	return err
 }
 
