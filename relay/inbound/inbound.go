@@ -171,6 +171,7 @@ type Server struct {
 	perIP     map[netip.Addr]map[*session]struct{}
 	listeners map[net.Listener]struct{}
 	closing   atomic.Bool
+	stopped   atomic.Bool // StopAccepting: Serve returns, sessions go on
 	wg        sync.WaitGroup
 
 	refusedLog logBrake
@@ -260,7 +261,7 @@ func DescriptorLimit() int {
 // Shutdown.
 func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
-	if s.closing.Load() {
+	if s.closing.Load() || s.stopped.Load() {
 		s.mu.Unlock()
 		l.Close()
 		return nil
@@ -276,7 +277,7 @@ func (s *Server) Serve(l net.Listener) error {
 	for {
 		c, err := l.Accept()
 		if err != nil {
-			if s.closing.Load() {
+			if s.closing.Load() || s.stopped.Load() {
 				return nil
 			}
 			var ne net.Error
@@ -305,6 +306,31 @@ func (s *Server) Serve(l net.Listener) error {
 			defer s.leave(ss)
 			ss.serve()
 		}()
+	}
+}
+
+// StopAccepting closes the listeners Serve runs on (Serve returns nil)
+// while the sessions in flight go on as usual, idle ones included: a
+// listener handing its port over to a new socket (a reload that narrows
+// it) lets its devices finish. Wait waits for them; Shutdown ends them.
+func (s *Server) StopAccepting() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stopped.Store(true)
+	for l := range s.listeners {
+		l.Close()
+	}
+}
+
+// Wait waits until every session has ended, or ctx ends (its error).
+func (s *Server) Wait(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
