@@ -428,6 +428,9 @@ func mustHash(t testing.TB, pw string) string {
 func TestLoginBrakeAcrossConnections(t *testing.T) {
 	pol := newSitePolicy(t, []string{"10.0.0.0/8"}, func(c *config.Config) {
 		c.Accounts = []config.Account{{Username: "printer", PasswordHash: mustHash(t, "s3cret")}}
+		// The brake is under test, not the pool of checks (whose bounded
+		// wait a slow machine could reach).
+		c.Limits.MaxLoginChecks = policy.MaxLoginFailures
 	})
 	f, _ := startServer(t, func(o *Options) { o.Policy = pol; o.AllowPlaintextAuth = true })
 	const n = 20

@@ -401,6 +401,7 @@ func TestLoginBrakeUnderConcurrency(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Accounts[0].PasswordHash = string(h)
+	c.Limits.MaxLoginChecks = MaxLoginFailures // the brake is under test, not the pool
 	p, _ := newPolicy(t, c)
 	ip := netip.MustParseAddr("10.20.0.66")
 	const n = 20
