@@ -115,8 +115,8 @@ type Options struct {
 	// BDAT) a session may send without a message being accepted.
 	MaxCommandsWithoutMail int
 	// MaxConnections bounds this listener's sessions. At the limit a new
-	// connection displaces the session that has been idle longest outside
-	// a transaction, or is refused when there is none.
+	// connection below its fair share displaces an idle session of another
+	// address, or is refused (Server.admit).
 	MaxConnections  int
 	BareLineEndings message.BareLineEndings
 	NUL             message.NULBytes
