@@ -22,6 +22,7 @@ var importRules = []struct {
 	{"relay/strictjson", nil},
 	{"relay/durable", nil},
 	{"relay/relaytest", nil},
+	{"relay/safetext", nil},
 
 	{"netcfg", []string{"netcfg", "relay/strictjson"}},
 
@@ -29,7 +30,7 @@ var importRules = []struct {
 	{"relay/upstream", []string{"relay/upstream", "relay/config", "relay/layout", "relay/durable", "relay/strictjson", "relay/authlogin", "relay/relaytest"}},
 	// The scheduler knows the upstream contract, not the kinds behind it.
 	{"relay/delivery", []string{"relay/upstream", "relay/spool", "relay/trace", "relay/dsn", "relay/durable"}},
-	{"relay/inbound", []string{"relay/authlogin", "relay/message", "relay/policy", "relay/spool", "relay/trace", "relay/config", "relay/durable", "relay/learn"}},
+	{"relay/inbound", []string{"relay/authlogin", "relay/message", "relay/policy", "relay/spool", "relay/trace", "relay/config", "relay/durable", "relay/learn", "relay/safetext"}},
 	{"relay/policy", []string{"relay/config"}},
 	{"relay/learn", []string{"relay/config", "relay/durable"}},
 	{"relay/config", []string{"relay/strictjson", "relay/layout"}},

@@ -28,7 +28,7 @@ func TestDeviceAllowancesInDialogue(t *testing.T) {
 	}{
 		{"sender", "x@other.example", "ops@example.com", "Subject: a\r\n\r\nb\r\n", 553, "allowed_senders"},
 		{"recipient", "hmi5@plant.example", "boss@example.com", "Subject: a\r\n\r\nb\r\n", 550, "allowed_recipients"},
-		{"size", "hmi5@plant.example", "ops@example.com", "Subject: a\r\n\r\n" + strings.Repeat("x\r\n", 1000), 552, ""},
+		{"size", "hmi5@plant.example", "ops@example.com", "Subject: a\r\n\r\n" + strings.Repeat("x\r\n", 1000), 552, "2000 bytes (devices[].max_message_bytes of device hmi-5)"},
 		{"within", "hmi5@plant.example", "ops@example.com", "Subject: a\r\n\r\nb\r\n", 0, ""},
 		{"rate", "hmi5@plant.example", "ops@example.com", "Subject: a\r\n\r\nb\r\n", 450, "device hmi-5"},
 	} {

@@ -49,7 +49,9 @@ type Deps struct {
 	// secrets, keys); nil means no secrets are available. It is asked again
 	// on every reload, so a changed secret takes effect then.
 	Secret func(name string) ([]byte, error)
-	// Listen binds a listener; default net.Listen.
+	// Listen binds a listener; nil binds it with the relay's own, which
+	// rebinds a listener whose address a reload changes on the same port
+	// without refusing a connection (handover.go).
 	Listen func(network, addr string) (net.Listener, error)
 	// Resolver is the DNS server (host:port) for MX lookups; "" means the
 	// system's.
@@ -88,9 +90,6 @@ func (d *Deps) defaults() {
 		d.Secret = func(name string) ([]byte, error) {
 			return nil, fmt.Errorf("secret %q: no secret store", name)
 		}
-	}
-	if d.Listen == nil {
-		d.Listen = net.Listen
 	}
 }
 
@@ -148,12 +147,16 @@ type listener struct {
 	name string
 	l    net.Listener
 	srv  *inbound.Server
+	// handedOver: a new socket of a reload took over its port; it keeps
+	// accepting for a moment before it is retired (handOver).
+	handedOver bool
 }
 
 // serving is Run's bookkeeping, for listeners a reload adds.
 type serving struct {
 	wg   sync.WaitGroup
 	errc chan error
+	stop chan struct{} // closed when Run stops
 }
 
 // New opens the state in dir and binds the listeners; Run serves.
@@ -288,10 +291,15 @@ func (r *Relay) inboundOptions(g *generation, i int) inbound.Options {
 	if cfg.Limits.NULBytes == "refuse" {
 		nul = message.RefuseNUL
 	}
+	sizeSetting := "limits.max_message_bytes"
+	if g.maxSize < cfg.Limits.MaxMessageBytes {
+		sizeSetting = fmt.Sprintf("the upstream's own limit, lower than limits.max_message_bytes (%d)", cfg.Limits.MaxMessageBytes)
+	}
 	return inbound.Options{
 		Name: lc.Name, Hostname: g.hostname, TLS: tlsConf, RequireTLS: lc.RequireTLS,
 		Auth: *lc.Auth, RequireAuth: *lc.RequireAuth, AllowPlaintextAuth: lc.AllowPlaintextAuth,
-		MaxMessageBytes: g.maxSize, MaxRecipients: cfg.Limits.MaxRecipients, MaxLineLength: cfg.Limits.MaxLineLength,
+		MaxMessageBytes: g.maxSize, MaxMessageBytesSetting: sizeSetting,
+		MaxRecipients: cfg.Limits.MaxRecipients, MaxLineLength: cfg.Limits.MaxLineLength,
 		ReadTimeout: cfg.Limits.ReadTimeout.D(), WriteTimeout: cfg.Limits.WriteTimeout.D(),
 		CommandTimeout: cfg.Limits.CommandTimeout.D(), MaxSessionTime: cfg.Limits.MaxSessionTime.D(),
 		MaxCommandsWithoutMail: cfg.Limits.MaxCommandsWithoutMail, MaxConnections: cfg.Limits.MaxConnections,
@@ -306,12 +314,21 @@ func (r *Relay) inboundOptions(g *generation, i int) inbound.Options {
 // address was there before keeps its socket and takes the new settings
 // (sessions in flight keep theirs); a new address is bound, and served if
 // Run runs; listeners no longer configured stop accepting and finish their
-// sessions in the background. On a bind error nothing in r has changed.
-// r.mu is held (or r is not yet shared).
+// sessions in the background. A new address on the port of a removed
+// listener (narrowed to one interface, say) takes the port over from it
+// without a connection refused (handover.go). On a bind error nothing in r
+// has changed. r.mu is held (or r is not yet shared).
 func (r *Relay) bindListeners(g *generation) error {
 	byAddr := map[string]*listener{}
 	for _, l := range r.listeners {
 		byAddr[l.addr] = l
+	}
+	removed := map[string]*listener{}
+	for a, l := range byAddr {
+		removed[a] = l
+	}
+	for _, lc := range g.cfg.Listeners {
+		delete(removed, lc.Address)
 	}
 	next := make([]*listener, len(g.cfg.Listeners))
 	var fresh []net.Listener
@@ -321,12 +338,27 @@ func (r *Relay) bindListeners(g *generation) error {
 			next[i] = &listener{addr: l.addr, name: lc.Name, l: l.l, srv: l.srv}
 			continue
 		}
-		nl, err := r.d.Listen("tcp", lc.Address)
+		var handover []*listener
+		for _, old := range removed {
+			if samePort(old.l, lc.Address) {
+				handover = append(handover, old)
+			}
+		}
+		nl, err := r.listen(lc.Address, handover)
 		if err != nil {
 			for _, l := range fresh {
 				l.Close()
 			}
+			for _, old := range removed {
+				if old.handedOver {
+					setReusePort(old.l, false)
+					old.handedOver = false
+				}
+			}
 			return fmt.Errorf("listeners[%d] (%s): %w", i, lc.Name, err)
+		}
+		for _, old := range handover {
+			old.handedOver = true
 		}
 		fresh = append(fresh, nl)
 		next[i] = &listener{addr: lc.Address, name: lc.Name, l: nl}
@@ -344,14 +376,17 @@ func (r *Relay) bindListeners(g *generation) error {
 	}
 	r.listeners = next
 	for _, old := range byAddr {
-		if r.serving != nil {
-			r.serving.wg.Add(1) // Run's stop waits for its sessions too
+		if sv := r.serving; sv != nil {
+			sv.wg.Add(1) // Run's stop waits for its sessions too
 			go func() {
-				defer r.serving.wg.Done()
-				r.retire(old)
+				defer sv.wg.Done()
+				if old.handedOver {
+					handOver(old, sv.stop)
+				}
+				r.retire(old, sv.stop)
 			}()
 		} else {
-			r.retire(old)
+			r.retire(old, nil)
 		}
 	}
 	return nil
@@ -373,8 +408,24 @@ func (r *Relay) serve(l *listener) {
 }
 
 // retire stops a listener a reload removed: no new connections, sessions
-// in flight get shutdownGrace to finish.
-func (r *Relay) retire(l *listener) {
+// in flight get shutdownGrace to finish. A listener that handed its port
+// over first lets its sessions, idle ones too, end by themselves for
+// shutdownGrace (or until stop closes: Run is stopping), since its devices
+// are still served, by the new socket.
+func (r *Relay) retire(l *listener, stop <-chan struct{}) {
+	if l.handedOver {
+		l.srv.StopAccepting()
+		ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+		go func() {
+			select {
+			case <-stop:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		l.srv.Wait(ctx)
+		cancel()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	l.srv.Shutdown(ctx)
@@ -387,8 +438,9 @@ func (r *Relay) retire(l *listener) {
 const shutdownGrace = 10 * time.Second
 
 // Reload applies cfg (already validated, e.g. by config.Load) without
-// stopping: listeners whose address is unchanged keep their socket, new
-// sessions get the new settings and policy while sessions in flight finish
+// stopping: listeners whose address is unchanged keep their socket, one
+// whose address changes on the same port takes the port over without a
+// connection refused (handover.go), new sessions get the new settings and policy while sessions in flight finish
 // under the old ones, the next delivery attempt uses the new upstream (and
 // reads the secrets again) while attempts in flight finish on the old one,
 // and the spool, the trace and the metrics are kept. The spool's and the
@@ -453,7 +505,7 @@ func (r *Relay) Spool() *spool.Spool { return r.spool }
 // for sessions in DATA), lets attempts in flight end and closes the state.
 func (r *Relay) Run(ctx context.Context) error {
 	r.mu.Lock()
-	sv := &serving{errc: make(chan error, 1)}
+	sv := &serving{errc: make(chan error, 1), stop: make(chan struct{})}
 	r.serving = sv
 	addrs := make([]string, len(r.listeners))
 	for i, l := range r.listeners {
@@ -491,6 +543,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	r.log.Info("relay stopping")
 	r.mu.Lock()
 	r.stopping = true
+	close(sv.stop)
 	listeners := r.listeners
 	r.mu.Unlock()
 	shctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
@@ -536,12 +589,12 @@ type listenerPolicy struct {
 	index int
 }
 
-func (l listenerPolicy) Connect(ip netip.Addr) (bool, func(), error) {
+func (l listenerPolicy) Connect(ip netip.Addr) (inbound.Client, func(), error) {
 	release, err := l.p.Open(ip)
 	if err != nil {
-		return false, nil, err
+		return inbound.Client{}, nil, err
 	}
-	return l.p.Connect(l.index, ip), release, nil
+	return inbound.Client{Relay: l.p.Connect(l.index, ip), Known: l.p.Known(ip)}, release, nil
 }
 
 func (l listenerPolicy) Login(ip netip.Addr, user, pass string) (*policy.Account, error) {

@@ -136,6 +136,11 @@ type Limits struct {
 	// longest outside a transaction. Default 1000, well below the
 	// descriptor limit the appliance gives relayd (4096).
 	MaxConnections int `json:"max_connections,omitempty"`
+	// MaxLoginChecks bounds the password checks (bcrypt) running at once,
+	// from all clients together: guessing from many addresses must not
+	// take the CPU that mail needs. A login that waits longer than
+	// policy.LoginQueueWait for its turn gets 454 4.7.0. Default 2.
+	MaxLoginChecks int `json:"max_login_checks,omitempty"`
 	// MaxLineLength of an SMTP command or message line. Default 4000.
 	MaxLineLength int `json:"max_line_length,omitempty"`
 	// ReadTimeout bounds each client read (no progress for this long),
@@ -320,6 +325,7 @@ func (c *Config) SetDefaults() {
 	setDefault(&lim.Burst, 30)
 	setDefault(&lim.MaxConnectionsPerClient, 20)
 	setDefault(&lim.MaxConnections, 1000)
+	setDefault(&lim.MaxLoginChecks, 2)
 	setDefault(&lim.MaxLineLength, 4000)
 	setDefault(&lim.ReadTimeout, Duration(5*time.Minute))
 	setDefault(&lim.WriteTimeout, Duration(time.Minute))
@@ -456,6 +462,9 @@ func (c *Config) Validate() Errors {
 		if d.v < d.least {
 			bad("limits."+d.key, "%v is too short (at least %v)", d.v, d.least)
 		}
+	}
+	if lim.MaxLoginChecks < 1 || lim.MaxLoginChecks > 64 {
+		bad("limits.max_login_checks", "%d: want 1 to 64 (password checks at once)", lim.MaxLoginChecks)
 	}
 	if lim.NULBytes != "remove" && lim.NULBytes != "refuse" {
 		bad("limits.nul_bytes", "%q: want \"remove\" or \"refuse\"", lim.NULBytes)

@@ -95,19 +95,20 @@ func TestSessionLimitDefaults(t *testing.T) {
 	if got, want := [3]time.Duration{l.ReadTimeout.D(), l.CommandTimeout.D(), l.MaxSessionTime.D()}, [3]time.Duration{5 * time.Minute, 5 * time.Minute, time.Hour}; got != want {
 		t.Errorf("read_timeout, command_timeout, max_session_time = %v, want %v", got, want)
 	}
-	if l.MaxConnections != 1000 || l.MaxCommandsWithoutMail != 100 || l.NULBytes != "remove" {
-		t.Errorf("max_connections %d, max_commands_without_mail %d, nul_bytes %q", l.MaxConnections, l.MaxCommandsWithoutMail, l.NULBytes)
+	if l.MaxConnections != 1000 || l.MaxCommandsWithoutMail != 100 || l.NULBytes != "remove" || l.MaxLoginChecks != 2 {
+		t.Errorf("max_connections %d, max_commands_without_mail %d, nul_bytes %q, max_login_checks %d",
+			l.MaxConnections, l.MaxCommandsWithoutMail, l.NULBytes, l.MaxLoginChecks)
 	}
 }
 
 func TestSessionLimitErrorsNameTheKey(t *testing.T) {
 	_, err := Parse([]byte(`{"listeners":[{"address":":25","mode":"smtp","allowed_networks":["10.0.0.0/8"]}],"upstream":{"kind":"capture"},
-	  "limits":{"max_connections":-1,"max_commands_without_mail":-5,"messages_per_minute":-1,"command_timeout":"10ms","max_session_time":"5s","nul_bytes":"keep"}}`))
+	  "limits":{"max_connections":-1,"max_commands_without_mail":-5,"messages_per_minute":-1,"command_timeout":"10ms","max_session_time":"5s","nul_bytes":"keep","max_login_checks":65}}`))
 	if err == nil {
 		t.Fatal("accepted")
 	}
 	for _, key := range []string{"limits.max_connections", "limits.max_commands_without_mail", "limits.messages_per_minute",
-		"limits.command_timeout", "limits.max_session_time", "limits.nul_bytes"} {
+		"limits.command_timeout", "limits.max_session_time", "limits.nul_bytes", "limits.max_login_checks"} {
 		if !strings.Contains(err.Error(), key+":") {
 			t.Errorf("error does not name %s:\n%v", key, err)
 		}

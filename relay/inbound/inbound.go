@@ -42,10 +42,10 @@ import (
 // Policy is what a session asks of the site's rules (relay/policy
 // implements it). Each method returns nil or an *smtp.SMTPError.
 type Policy interface {
-	// Connect admits a client and says whether its network may relay
-	// without logging in; release is called when the session ends. It is
-	// asked in the accept loop, before the banner, so it must be quick.
-	Connect(ip netip.Addr) (relayAllowed bool, release func(), err error)
+	// Connect admits a client and says what the site knows of it;
+	// release is called (once) when the session ends. It is asked in the
+	// accept loop, before the banner, so it must be quick.
+	Connect(ip netip.Addr) (c Client, release func(), err error)
 	// Login checks a device account.
 	Login(ip netip.Addr, user, pass string) (*policy.Account, error)
 	// Device names the configured device behind the client at MAIL, when
@@ -59,6 +59,18 @@ type Policy interface {
 	// Recipient checks one recipient; relayAllowed is true for a client in
 	// an allowed network or logged in.
 	Recipient(ip netip.Addr, dev *policy.Device, rcpt string, relayAllowed bool) error
+}
+
+// Client is what the site's policy says of a client when it connects.
+type Client struct {
+	// Relay: its network may relay on this listener without logging in.
+	Relay bool
+	// Known: the site configured it (an address of a device, or in a
+	// listener's allowed networks). At limits.max_connections a known
+	// client always gets a session and its exact fair share, and a client
+	// that is not known cannot take its last session or any within its
+	// share (see admit).
+	Known bool
 }
 
 // Defaults for the Options left zero.
@@ -85,8 +97,11 @@ type Options struct {
 	AllowPlaintextAuth bool
 
 	MaxMessageBytes int64
-	MaxRecipients   int
-	MaxLineLength   int
+	// MaxMessageBytesSetting names what sets MaxMessageBytes in the 552
+	// (default "limits.max_message_bytes").
+	MaxMessageBytesSetting string
+	MaxRecipients          int
+	MaxLineLength          int
 	// ReadTimeout bounds each read: a client that sends nothing for this
 	// long is cut off (in DATA with 451 4.4.2).
 	ReadTimeout  time.Duration
@@ -100,8 +115,8 @@ type Options struct {
 	// BDAT) a session may send without a message being accepted.
 	MaxCommandsWithoutMail int
 	// MaxConnections bounds this listener's sessions. At the limit a new
-	// connection displaces the session that has been idle longest outside
-	// a transaction, or is refused when there is none.
+	// connection below its fair share displaces an idle session of another
+	// address, or is refused (Server.admit).
 	MaxConnections  int
 	BareLineEndings message.BareLineEndings
 	NUL             message.NULBytes
@@ -156,6 +171,7 @@ type Server struct {
 	perIP     map[netip.Addr]map[*session]struct{}
 	listeners map[net.Listener]struct{}
 	closing   atomic.Bool
+	stopped   atomic.Bool // StopAccepting: Serve returns, sessions go on
 	wg        sync.WaitGroup
 
 	refusedLog logBrake
@@ -214,6 +230,7 @@ func (s *Server) Update(o Options) {
 	setDefault(&o.MaxCommandsWithoutMail, DefaultMaxCommandsWithoutMail)
 	setDefault(&o.MaxConnections, DefaultMaxConnections)
 	setDefault(&o.MaxLineLength, DefaultMaxLineLength)
+	setDefault(&o.MaxMessageBytesSetting, "limits.max_message_bytes")
 	if lim := DescriptorLimit(); lim > 0 && o.MaxConnections > lim/2 {
 		// Half the descriptors stay for the spool, the trace, the upstream
 		// and sockets on their way out.
@@ -244,7 +261,7 @@ func DescriptorLimit() int {
 // Shutdown.
 func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
-	if s.closing.Load() {
+	if s.closing.Load() || s.stopped.Load() {
 		s.mu.Unlock()
 		l.Close()
 		return nil
@@ -260,7 +277,7 @@ func (s *Server) Serve(l net.Listener) error {
 	for {
 		c, err := l.Accept()
 		if err != nil {
-			if s.closing.Load() {
+			if s.closing.Load() || s.stopped.Load() {
 				return nil
 			}
 			var ne net.Error
@@ -277,7 +294,7 @@ func (s *Server) Serve(l net.Listener) error {
 		// The limits are checked here, in the accept loop: a refused
 		// connection costs a write and a close, never a goroutine, so a
 		// flood does not crowd the scheduler the devices' sessions run on.
-		ss, release := s.gate(c, s.opts.Load())
+		ss := s.gate(c, s.opts.Load())
 		if ss == nil {
 			if s.closing.Load() {
 				return nil
@@ -286,10 +303,34 @@ func (s *Server) Serve(l net.Listener) error {
 		}
 		go func() {
 			defer s.wg.Done()
-			defer release()
 			defer s.leave(ss)
 			ss.serve()
 		}()
+	}
+}
+
+// StopAccepting closes the listeners Serve runs on (Serve returns nil)
+// while the sessions in flight go on as usual, idle ones included: a
+// listener handing its port over to a new socket (a reload that narrows
+// it) lets its devices finish. Wait waits for them; Shutdown ends them.
+func (s *Server) StopAccepting() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stopped.Store(true)
+	for l := range s.listeners {
+		l.Close()
+	}
+}
+
+// Wait waits until every session has ended, or ctx ends (its error).
+func (s *Server) Wait(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
@@ -328,9 +369,10 @@ func errShuttingDown(host string) *smtp.SMTPError {
 }
 
 // gate applies the connection limits to a new connection, before the
-// banner: it returns the admitted session (counted; s.wg holds it) and the
-// release of its per-client count, or nil after refusing and closing c.
-func (s *Server) gate(c net.Conn, o *Options) (*session, func()) {
+// banner: it returns the admitted session (counted; s.wg holds it, and it
+// holds the policy's per-client count), or nil after refusing and closing
+// c.
+func (s *Server) gate(c net.Conn, o *Options) *session {
 	ip := remoteIP(c.RemoteAddr())
 	refuse := func(reason string, err error) {
 		o.Refused(reason, deviceName(o.Policy, ip, nil, ""))
@@ -345,28 +387,27 @@ func (s *Server) gate(c net.Conn, o *Options) (*session, func()) {
 		c.Write(formatReply(nil, err))
 		c.Close()
 	}
-	relay, release, err := o.Policy.Connect(ip)
+	cl, release, err := o.Policy.Connect(ip)
 	if err != nil {
 		refuse("rate_limited", err)
-		return nil, nil
+		return nil
 	}
-	ss := newSession(s, o, c, ip, relay)
+	ss := newSession(s, o, c, ip, cl, release)
 	if err := s.admit(ss); err != nil {
-		release()
+		ss.release()
 		refuse("rate_limited", err)
-		return nil, nil
+		return nil
 	}
-	return ss, release
+	return ss
 }
 
 // admit counts ss against MaxConnections. Below the limit every client is
-// admitted. At the limit a client that holds less than its fair share of
-// the listener (MaxConnections over the addresses holding sessions) takes
-// the place of the session idle longest, outside a transaction, of the
-// address that holds the most; that session is told why and closed. A
-// client at its share, or with nothing to displace, is refused. So a flood
-// from other addresses cannot keep a device out, and costs the relay only
-// an accept and a 421 for each connection beyond the limit.
+// admitted. At the limit a client below its fair share of the listener
+// (shareLeft) takes the place of an idle session of another address
+// (victim), which is told why and closed; a client at its share, or with
+// nothing to displace, is refused. So a flood from other addresses cannot
+// keep a device out, and costs the relay only an accept and a 421 for each
+// connection beyond the limit.
 func (s *Server) admit(ss *session) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -381,10 +422,10 @@ func (s *Server) admit(ss *session) error {
 		if held == 0 {
 			addrs++
 		}
-		if held >= max(1, limit/addrs) {
+		if !shareLeft(ss.known, held, addrs, limit) {
 			return full
 		}
-		victim := s.victim(held + 1)
+		victim := s.victim(ss, held, addrs, limit)
 		if victim == nil || !victim.kickIfIdle(&smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
 			Message: fmt.Sprintf("%s is at limits.max_connections (%d) and this address holds the most sessions; closing this idle one, reconnect when there is mail", ss.o.Hostname, limit)}) {
 			return full
@@ -403,31 +444,60 @@ func (s *Server) admit(ss *session) error {
 	return nil
 }
 
-// victim is the session idle longest, outside a transaction, among the
-// addresses holding the most sessions (at least least). Called with s.mu.
-func (s *Server) victim(least int) *session {
-	most := 0
-	for _, m := range s.perIP {
-		most = max(most, len(m))
+// shareLeft reports whether a client that holds held of a full listener's
+// limit sessions, shared among addrs addresses (its own counted), may have
+// one more. The share is limit/addrs exactly, compared in integers so that
+// nothing is rounded away (900 addresses sharing 1,000 sessions leave a
+// device its second). A known client may have a session while it holds
+// less than its share, and always its first. A client that is not known
+// may only take a whole session still left of its share ((held+1)*addrs
+// <= limit): a flood of unknown addresses holding one session each then
+// cannot pass sessions round among itself by displacing each other.
+func shareLeft(known bool, held, addrs, limit int) bool {
+	if known {
+		return held == 0 || held*addrs < limit
 	}
-	for ; most >= least; most-- {
-		var v *session
-		var oldest int64
-		for _, m := range s.perIP {
-			if len(m) != most {
+	return (held+1)*addrs <= limit
+}
+
+// victim is the session a newcomer (ss, holding held; addrs addresses
+// share the listener's limit) displaces: an idle one (waiting for a
+// command outside a transaction) of another address that keeps at least
+// as many sessions as the newcomer then has (it holds held+2 or more; a
+// known newcomer may take from one holding held+1, so a known device gets
+// its session even among equals). A newcomer that is not known never takes
+// a known client's last session, nor one within that client's exact share.
+// Addresses that are not known go first, then the address holding the
+// most, then the session idle longest. Called with s.mu.
+func (s *Server) victim(ss *session, held, addrs, limit int) *session {
+	need := held + 2
+	if ss.known {
+		need = held + 1
+	}
+	var best *session
+	var bestKnown bool
+	var bestHeld int
+	var bestAt int64
+	for ip, m := range s.perIP {
+		v := len(m)
+		if ip == ss.ip || v < need {
+			continue
+		}
+		for o := range m {
+			if o.known && !ss.known && (v < 2 || v*addrs <= limit) {
 				continue
 			}
-			for o := range m {
-				if at, idle := o.idleSince(); idle && (v == nil || at < oldest) {
-					v, oldest = o, at
-				}
+			at, idle := o.idleSince()
+			if !idle {
+				continue
+			}
+			if best == nil || bestKnown && !o.known ||
+				bestKnown == o.known && (v > bestHeld || v == bestHeld && at < bestAt) {
+				best, bestKnown, bestHeld, bestAt = o, o.known, v, at
 			}
 		}
-		if v != nil {
-			return v
-		}
 	}
-	return nil
+	return best
 }
 
 // uncount stops counting ss (displaced, or ended). Called with s.mu.
@@ -445,11 +515,13 @@ func (s *Server) uncount(ss *session) {
 	}
 }
 
+// leave forgets a session whose goroutine has ended.
 func (s *Server) leave(ss *session) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	delete(s.sessions, ss)
 	s.uncount(ss)
+	s.mu.Unlock()
+	ss.release()
 }
 
 // Sessions reports the sessions counted against MaxConnections.

@@ -26,7 +26,9 @@ import (
 // testPolicy lets loopback relay when open is set, and knows one account.
 type testPolicy struct{ open bool }
 
-func (p testPolicy) Connect(ip netip.Addr) (bool, func(), error) { return p.open, func() {}, nil }
+func (p testPolicy) Connect(ip netip.Addr) (Client, func(), error) {
+	return Client{Relay: p.open, Known: p.open}, func() {}, nil
+}
 func (p testPolicy) Login(ip netip.Addr, user, pass string) (*policy.Account, error) {
 	if user == "printer" && pass == "s3cret" {
 		return &policy.Account{Username: user}, nil
@@ -254,7 +256,9 @@ func TestOversizedDataIsRefusedAndSessionContinues(t *testing.T) {
 	r.cmd("RCPT TO:<a@example.com>", "250")
 	r.cmd("DATA", "354")
 	r.send(strings.Repeat("0123456789012345678901234567890123456789\r\n", 500))
-	r.cmd(".", "552 5.3.4")
+	if got := r.cmd(".", "552 5.3.4"); !strings.Contains(got, "10000 bytes (limits.max_message_bytes)") {
+		t.Errorf("reply %q does not name limits.max_message_bytes", got)
+	}
 	// The session is still usable: the next message goes through.
 	r.cmd("MAIL FROM:<p@plant.example>", "250")
 	r.cmd("RCPT TO:<a@example.com>", "250")
@@ -427,5 +431,40 @@ func TestEightBitAndUTF8PassThrough(t *testing.T) {
 	}
 	if got, want := env.Subject, "Störung"; got != want {
 		t.Errorf("trace subject = %q, want %q", got, want)
+	}
+}
+
+// Every size refusal names the setting behind the limit: the listener's
+// (limits.max_message_bytes, or what the relay says lowered it), declared
+// in MAIL's SIZE or found in DATA or BDAT.
+func TestSizeRefusalNamesItsSetting(t *testing.T) {
+	big := strings.Repeat("0123456789012345678901234567890123456789\r\n", 500)
+	for _, tc := range []struct {
+		name, setting, want string
+	}{
+		{"listener", "", "the limit is 10000 bytes (limits.max_message_bytes)"},
+		{"lowered by the upstream", "the upstream's own limit", "the limit is 10000 bytes (the upstream's own limit)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := start(t, func(o *Options) { o.MaxMessageBytesSetting = tc.setting })
+			r := dialRaw(t, f.addr)
+			r.cmd("EHLO printer", "250")
+			var got []string
+			got = append(got, r.cmd("MAIL FROM:<p@plant.example> SIZE=20000", "552 5.3.4"))
+			r.cmd("MAIL FROM:<p@plant.example>", "250")
+			r.cmd("RCPT TO:<a@example.com>", "250")
+			r.cmd("DATA", "354")
+			r.send(big)
+			got = append(got, r.cmd(".", "552 5.3.4"))
+			r.cmd("MAIL FROM:<p@plant.example>", "250")
+			r.cmd("RCPT TO:<a@example.com>", "250")
+			r.send(fmt.Sprintf("BDAT %d LAST\r\n%s", len(big), big))
+			got = append(got, r.expect("552 5.3.4"))
+			for i, g := range got {
+				if !strings.Contains(g, tc.want) {
+					t.Errorf("refusal %d: %q, want it to say %q", i, g, tc.want)
+				}
+			}
+		})
 	}
 }

@@ -28,12 +28,12 @@ import (
 // wires it (listener 0).
 type sitePolicy struct{ p *policy.Policy }
 
-func (s sitePolicy) Connect(ip netip.Addr) (bool, func(), error) {
+func (s sitePolicy) Connect(ip netip.Addr) (Client, func(), error) {
 	release, err := s.p.Open(ip)
 	if err != nil {
-		return false, nil, err
+		return Client{}, nil, err
 	}
-	return s.p.Connect(0, ip), release, nil
+	return Client{Relay: s.p.Connect(0, ip), Known: s.p.Known(ip)}, release, nil
 }
 func (s sitePolicy) Login(ip netip.Addr, user, pass string) (*policy.Account, error) {
 	return s.p.Login(ip, user, pass)
@@ -428,6 +428,9 @@ func mustHash(t testing.TB, pw string) string {
 func TestLoginBrakeAcrossConnections(t *testing.T) {
 	pol := newSitePolicy(t, []string{"10.0.0.0/8"}, func(c *config.Config) {
 		c.Accounts = []config.Account{{Username: "printer", PasswordHash: mustHash(t, "s3cret")}}
+		// The brake is under test, not the pool of checks (whose bounded
+		// wait a slow machine could reach).
+		c.Limits.MaxLoginChecks = policy.MaxLoginFailures
 	})
 	f, _ := startServer(t, func(o *Options) { o.Policy = pol; o.AllowPlaintextAuth = true })
 	const n = 20

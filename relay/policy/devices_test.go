@@ -106,3 +106,28 @@ func TestFollowUpstreamPace(t *testing.T) {
 		}
 	}
 }
+
+// Known is what a full listener protects: allowed networks of any listener
+// and devices' addresses, never a login or a HELO name (unknown at
+// connect).
+func TestKnown(t *testing.T) {
+	c := deviceConfig(t, false)
+	c.Devices = append(c.Devices, config.Device{Name: "remote-plc", Addresses: []string{"192.0.2.7"}})
+	p, _ := newPolicy(t, c)
+	tests := []struct {
+		ip   string
+		want bool
+	}{
+		{"10.20.3.4", true},        // an allowed network
+		{"::ffff:10.20.3.4", true}, // the same, mapped
+		{"fd12::1", true},          // the smtp listener's IPv6 network
+		{"192.0.2.7", true},        // a device's own address
+		{"192.0.2.8", false},       // next to it
+		{"198.51.100.1", false},    // nobody
+	}
+	for _, tt := range tests {
+		if got := p.Known(netip.MustParseAddr(tt.ip)); got != tt.want {
+			t.Errorf("Known(%s) = %v, want %v", tt.ip, got, tt.want)
+		}
+	}
+}

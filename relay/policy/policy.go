@@ -36,6 +36,10 @@ const (
 	LoginBrake       = 5 * time.Minute
 )
 
+// LoginQueueWait is how long a login waits for a place among
+// limits.max_login_checks before it is answered 454 4.7.0.
+const LoginQueueWait = 10 * time.Second
+
 // maxClients bounds each per-client table (a variable for tests).
 var maxClients = 4096
 
@@ -54,6 +58,11 @@ type Policy struct {
 	listeners []listener
 	accounts  map[string]*Account
 	dummy     []byte // bcrypt hash compared for unknown users
+	// compare checks a password against its hash (bcrypt; tests slow it
+	// down or hold it).
+	compare   func(hash, pass []byte) error
+	maxChecks int           // limits.max_login_checks
+	loginWait time.Duration // LoginQueueWait (shorter in tests)
 
 	senderDomains   map[string]bool
 	senderList      string
@@ -80,10 +89,27 @@ type State struct {
 	failures map[netip.Addr]*failures
 	conns    map[netip.Addr]int
 	swept    time.Time // last full sweep of buckets and failures
+
+	// checks is the pool of password checks (limits.max_login_checks):
+	// a place is a token in the channel. A reload that changes the size
+	// makes a new pool; checks holding a place of the old one give it back
+	// there.
+	checks chan struct{}
+	// checking and peakChecking count the password comparisons running
+	// (PasswordChecks).
+	checking, peakChecking int
 }
 
 func newState() *State {
 	return &State{buckets: map[string]*bucket{}, failures: map[netip.Addr]*failures{}, conns: map[netip.Addr]int{}}
+}
+
+// pool is the pool of password checks for n at once. Called with s.mu.
+func (s *State) pool(n int) chan struct{} {
+	if s.checks == nil || cap(s.checks) != n {
+		s.checks = make(chan struct{}, n)
+	}
+	return s.checks
 }
 
 type listener struct {
@@ -117,6 +143,9 @@ func New(cfg *config.Config, clock func() time.Time) (*Policy, error) {
 		perMinute:     cfg.Limits.PerMinute(),
 		burst:         max(cfg.Limits.Burst, 1),
 		maxConns:      cfg.Limits.MaxConnectionsPerClient,
+		compare:       bcrypt.CompareHashAndPassword,
+		maxChecks:     max(cfg.Limits.MaxLoginChecks, 1),
+		loginWait:     LoginQueueWait,
 		State:         newState(),
 		cfg:           cfg,
 	}
@@ -179,6 +208,7 @@ func (p *Policy) Reload(cfg *config.Config) (*Policy, error) {
 		return nil, err
 	}
 	np.State = p.State
+	np.compare, np.loginWait = p.compare, p.loginWait
 	return np, nil
 }
 
@@ -232,6 +262,29 @@ func (p *Policy) Connect(listener int, ip netip.Addr) (allowedByNetwork bool) {
 	return false
 }
 
+// Known reports whether the site configured ip: it is in a listener's
+// allowed networks (any listener's, also one that requires login) or is
+// the address of a configured device. At limits.max_connections a known
+// client always gets a session and its exact share (relay/inbound).
+// Devices recognised only by login or HELO name are not known yet when
+// they connect.
+func (p *Policy) Known(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	for _, l := range p.listeners {
+		for _, n := range l.networks {
+			if n.Contains(ip) {
+				return true
+			}
+		}
+	}
+	for _, n := range p.devices.byNet {
+		if n.p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
 // Open counts a connection from ip against limits.max_connections_per_client;
 // call release (once; more calls do nothing) when the connection ends.
 func (p *Policy) Open(ip netip.Addr) (release func(), err error) {
@@ -263,6 +316,11 @@ var errLogin = reply(535, smtp.EnhancedCode{5, 7, 8},
 // for LoginBrake, without looking at the password. A login being checked
 // holds one of those attempts until its outcome is known, so concurrent
 // connections cannot get more password checks than the brake allows.
+// Password checks from all clients together run at most
+// limits.max_login_checks at once (the brake is per address; guessing
+// from many addresses would otherwise take every CPU); a login that waits
+// longer than LoginQueueWait for its turn gets 454 4.7.0, is not checked
+// and counts as no failure.
 func (p *Policy) Login(ip netip.Addr, user, pass string) (*Account, error) {
 	ip = ip.Unmap()
 	now := p.clock()
@@ -284,6 +342,7 @@ func (p *Policy) Login(ip netip.Addr, user, pass string) (*Account, error) {
 		p.failures[ip] = f
 	}
 	f.inFlight++
+	pool := p.pool(p.maxChecks)
 	p.mu.Unlock()
 
 	a := p.accounts[user]
@@ -291,11 +350,18 @@ func (p *Policy) Login(ip netip.Addr, user, pass string) (*Account, error) {
 	if a != nil {
 		hash = a.hash
 	}
-	err := bcrypt.CompareHashAndPassword(hash, []byte(pass))
+	err := p.check(pool, hash, pass)
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	f.inFlight--
+	if errors.Is(err, errCheckWait) {
+		if f.inFlight == 0 && f.n == 0 && p.failures[ip] == f {
+			delete(p.failures, ip)
+		}
+		return nil, reply(454, smtp.EnhancedCode{4, 7, 0},
+			"Too many logins are being checked at once (limits.max_login_checks is %d); try again in a minute", p.maxChecks)
+	}
 	if err == nil && a != nil {
 		f.n = 0 // a right password clears the count
 		if f.inFlight == 0 && p.failures[ip] == f {
@@ -310,6 +376,43 @@ func (p *Policy) Login(ip netip.Addr, user, pass string) (*Account, error) {
 		p.failures[ip] = f
 	}
 	return nil, errLogin
+}
+
+var errCheckWait = errors.New("no place among limits.max_login_checks")
+
+// check compares pass with hash once it has a place in pool, waiting at
+// most p.loginWait for one (errCheckWait).
+func (p *Policy) check(pool chan struct{}, hash []byte, pass string) error {
+	select {
+	case pool <- struct{}{}:
+	default:
+		t := time.NewTimer(p.loginWait)
+		select {
+		case pool <- struct{}{}:
+			t.Stop()
+		case <-t.C:
+			return errCheckWait
+		}
+	}
+	defer func() { <-pool }()
+	p.mu.Lock()
+	p.checking++
+	p.peakChecking = max(p.peakChecking, p.checking)
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.checking--
+		p.mu.Unlock()
+	}()
+	return p.compare(hash, []byte(pass))
+}
+
+// PasswordChecks reports the password comparisons running now and the
+// most that ever ran at once (at most limits.max_login_checks).
+func (p *Policy) PasswordChecks() (now, peak int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.checking, p.peakChecking
 }
 
 // Sender checks the envelope sender (MAIL FROM); login is nil for a client

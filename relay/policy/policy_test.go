@@ -13,6 +13,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/relaytest"
 )
 
 type fakeClock struct {
@@ -400,6 +401,7 @@ func TestLoginBrakeUnderConcurrency(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Accounts[0].PasswordHash = string(h)
+	c.Limits.MaxLoginChecks = MaxLoginFailures // the brake is under test, not the pool
 	p, _ := newPolicy(t, c)
 	ip := netip.MustParseAddr("10.20.0.66")
 	const n = 20
@@ -459,4 +461,123 @@ func TestReloadKeepsClientState(t *testing.T) {
 	check(t, np.Message(ip, nil, nil), 450, smtp.EnhancedCode{4, 7, 1})
 	_, err = np.Login(ip, "scanner", "s3cret")
 	check(t, err, 454, smtp.EnhancedCode{4, 7, 0})
+}
+
+// heldCompare is a password check that counts the checks running at once
+// and holds each until release is closed: the instrumented checker of the
+// login pool's tests.
+type heldCompare struct {
+	mu            sync.Mutex
+	running, peak int
+	release       chan struct{}
+}
+
+func (h *heldCompare) compare(hash, pass []byte) error {
+	h.mu.Lock()
+	h.running++
+	h.peak = max(h.peak, h.running)
+	h.mu.Unlock()
+	<-h.release
+	h.mu.Lock()
+	h.running--
+	h.mu.Unlock()
+	return bcrypt.ErrMismatchedHashAndPassword
+}
+
+func (h *heldCompare) now() (running, peak int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.running, h.peak
+}
+
+// Issue 19 item 10: guesses from 20 addresses at once run at most
+// limits.max_login_checks password checks at a time; the others wait their
+// turn and are checked (535), none lost. It failed without the pool (all
+// 20 ran at once).
+func TestLoginPoolBoundsChecks(t *testing.T) {
+	c := testConfig(t)
+	c.Limits.MaxLoginChecks = 2
+	p, _ := newPolicy(t, c)
+	h := &heldCompare{release: make(chan struct{})}
+	p.compare = h.compare
+	const addrs = 20
+	codes := make(chan int, addrs)
+	var wg sync.WaitGroup
+	for i := range addrs {
+		wg.Go(func() {
+			_, err := p.Login(netip.AddrFrom4([4]byte{10, 20, 1, byte(i + 1)}), "scanner", "guess")
+			var se *smtp.SMTPError
+			errors.As(err, &se)
+			codes <- se.Code
+		})
+	}
+	// Two checks run; the pool holds the other 18 back (their logins are
+	// in flight: the brake counts them).
+	relaytest.Eventually(t, "two checks running", func() bool { r, _ := h.now(); return r >= 2 })
+	relaytest.Eventually(t, "every login in flight", func() bool { _, f, _ := p.clients(); return f == addrs })
+	if r, _ := h.now(); r != 2 {
+		t.Errorf("%d checks running, want 2", r)
+	}
+	close(h.release)
+	wg.Wait()
+	close(codes)
+	got := map[int]int{}
+	for c := range codes {
+		got[c]++
+	}
+	if want := map[int]int{535: addrs}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("replies by code = %v, want %v", got, want)
+	}
+	_, peak := h.now()
+	if _, ppeak := p.PasswordChecks(); peak != 2 || ppeak != 2 {
+		t.Errorf("at most %d checks ran at once (policy says %d), want 2 (limits.max_login_checks)", peak, ppeak)
+	}
+}
+
+// A login that finds no place within the wait is answered 454 naming the
+// setting, is not checked, and counts as no failed login.
+func TestLoginPoolWaitIsBounded(t *testing.T) {
+	c := testConfig(t)
+	c.Limits.MaxLoginChecks = 1
+	p, _ := newPolicy(t, c)
+	h := &heldCompare{release: make(chan struct{})}
+	p.compare, p.loginWait = h.compare, time.Millisecond
+	first := make(chan error, 1)
+	go func() { _, err := p.Login(netip.MustParseAddr("10.20.1.1"), "scanner", "guess"); first <- err }()
+	relaytest.Eventually(t, "the first check running", func() bool { r, _ := h.now(); return r >= 1 })
+	released := false
+	t.Cleanup(func() {
+		if !released {
+			close(h.release)
+		}
+	})
+	waiter := netip.MustParseAddr("10.20.1.2")
+	second := make(chan error, 1)
+	go func() { _, err := p.Login(waiter, "scanner", "s3cret"); second <- err }()
+	var err error
+	relaytest.Eventually(t, "the second login answered or checked", func() bool {
+		select {
+		case err = <-second:
+			return true
+		default:
+		}
+		r, _ := h.now()
+		return r >= 2
+	})
+	if r, _ := h.now(); r >= 2 {
+		t.Fatalf("the second login is checked beside the first (%d at once), want it refused after its wait", r)
+	}
+	check(t, err, 454, smtp.EnhancedCode{4, 7, 0}, "limits.max_login_checks is 1", "try again")
+	close(h.release)
+	released = true
+	check(t, <-first, 535, smtp.EnhancedCode{5, 7, 8})
+	p.mu.Lock()
+	f := p.failures[waiter]
+	p.mu.Unlock()
+	if f != nil {
+		t.Errorf("the login that waited counts as a failure: %+v", *f)
+	}
+	if _, peak := h.now(); peak != 1 {
+		t.Errorf("%d checks at once, want 1", peak)
+	}
 }

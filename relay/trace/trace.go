@@ -21,6 +21,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/siterelay/siterelay/relay/safetext"
 )
 
 // Options tune a Store. The zero value is usable.
@@ -176,11 +178,19 @@ func (s *Store) Subscribe(fn func(e Event)) {
 
 // Record adds e to the trace. A zero e.Time is set to the clock's now. It
 // does not wait for the disk and copies what it needs: the caller may reuse
-// e.To afterwards.
+// e.To afterwards. What a device sent (addresses, subject, Message-ID,
+// login) is kept with its control characters escaped (safetext), whoever
+// records it (inbound, delivery from the spool's envelope, the admin API):
+// the subscribers, the files and every reader of them get no terminal
+// escape, bidi override or line break from a device.
 func (s *Store) Record(e Event) {
 	if e.Time.IsZero() {
 		e.Time = s.opts.Clock()
 	}
+	e.From, e.FromReceived = safetext.Escape(e.From), safetext.Escape(e.FromReceived)
+	e.To = safetext.EscapeAll(e.To)
+	e.Subject, e.MessageID = safetext.Escape(e.Subject), safetext.Escape(e.MessageID)
+	e.Account = safetext.Escape(e.Account)
 	if subs := s.subs.Load(); subs != nil {
 		for _, fn := range *subs {
 			fn(e)

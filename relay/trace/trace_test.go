@@ -118,6 +118,26 @@ func TestRecordSetsTimeAndCopies(t *testing.T) {
 	}
 }
 
+// What a device sent reaches subscribers and the files with its control
+// characters escaped, whoever records the event (inbound, delivery from
+// the spool's raw envelope, the admin API); the upstream's reply is kept.
+func TestRecordEscapesControlCharacters(t *testing.T) {
+	s := open(t, t.TempDir(), &clock{t0})
+	var sub Event
+	s.Subscribe(func(e Event) { sub = e })
+	s.Record(Event{Kind: Deferred, From: "a\x1b[2J\x1b@x", FromReceived: "\u009b@x", To: []string{"ok@x", "b\u202e@x"},
+		Subject: "s\x1b]0;t\x07", MessageID: "<m\r\n@x>", Account: "u\u2066", Reply: "451 4.3.0 busy\nretry", Hint: "wait"})
+	want := Event{Time: t0, Kind: Deferred, From: `a\x1b[2J\x1b@x`, FromReceived: `\u009b@x`, To: []string{"ok@x", `b\u202e@x`},
+		Subject: `s\x1b]0;t\x07`, MessageID: `<m\x0d\x0a@x>`, Account: `u\u2066`, Reply: "451 4.3.0 busy\nretry", Hint: "wait"}
+	if !reflect.DeepEqual(sub, want) {
+		t.Errorf("subscriber got %+v,\nwant %+v", sub, want)
+	}
+	got, err := s.Query(context.Background(), Filter{})
+	if err != nil || len(got) != 1 || !reflect.DeepEqual(got[0], want) {
+		t.Errorf("stored %+v (%v),\nwant %+v", got, err, want)
+	}
+}
+
 func TestSubscribe(t *testing.T) {
 	s := open(t, t.TempDir(), &clock{t0})
 	var got []Kind
