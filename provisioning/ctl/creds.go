@@ -36,16 +36,16 @@ func (e *env) creds(ctx context.Context, args []string) int {
 			return e.out(l, func(t *tabwriter.Writer) {
 				fmt.Fprintln(t, "NAME\tKIND\tFINGERPRINT\tUPDATED\tEXPIRES\tLAST USED")
 				for _, cr := range l {
-					fmt.Fprintf(t, "%s\t%s\t%.23s\t%s\t%s\t%s\n", cr.Name, cr.Kind, cr.Fingerprint, day(cr.Updated), day(cr.NotAfter), day(cr.LastUsed))
+					row(t, "%s\t%s\t%.23s\t%s\t%s\t%s\n", cr.Name, cr.Kind, cr.Fingerprint, day(cr.Updated), day(cr.NotAfter), day(cr.LastUsed))
 				}
 			})
 		})
 	case op == "delete" && len(pos) == 1:
-		return e.call(ctx, func(ctx context.Context, c *api.Client) error {
+		return e.change(ctx, func(ctx context.Context, c *api.Client) error {
 			if err := c.DeleteCredential(ctx, pos[0]); err != nil {
 				return err
 			}
-			return e.out(api.OK{OK: true}, func(t *tabwriter.Writer) { fmt.Fprintf(t, "credential %s deleted\n", pos[0]) })
+			return e.out(api.OK{OK: true}, func(t *tabwriter.Writer) { row(t, "credential %s deleted\n", pos[0]) })
 		})
 	case op == "put" && len(pos) == 1:
 		p := api.CredentialPut{Kind: *kind}
@@ -85,15 +85,15 @@ func (e *env) creds(ctx context.Context, args []string) int {
 		default:
 			return e.fail(usageErr("-kind client-secret, password or certificate"))
 		}
-		return e.call(ctx, func(ctx context.Context, c *api.Client) error {
+		return e.change(ctx, func(ctx context.Context, c *api.Client) error {
 			cr, err := c.PutCredential(ctx, pos[0], p)
 			if err != nil {
 				return err
 			}
 			return e.out(cr, func(t *tabwriter.Writer) {
-				fmt.Fprintf(t, "credential %s stored (%s, %s)\n", cr.Name, cr.Kind, cr.Fingerprint)
+				row(t, "credential %s stored (%s, %s)\n", cr.Name, cr.Kind, cr.Fingerprint)
 				if cr.CertificateFile != "" {
-					fmt.Fprintf(t, "certificate_file\t%s\nexpires\t%s\n", cr.CertificateFile, day(cr.NotAfter))
+					row(t, "certificate_file\t%s\nexpires\t%s\n", cr.CertificateFile, day(cr.NotAfter))
 				}
 			})
 		})
