@@ -23,7 +23,7 @@ func (e *env) audit(ctx context.Context, args []string) int {
 		return e.out(l, func(t *tabwriter.Writer) {
 			fmt.Fprintln(t, "TIME\tWHO\tNODE\tROLE\tWHAT\tRESULT")
 			for _, a := range l {
-				fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%s\n", a.Time.UTC().Format(time.RFC3339), a.Login, a.Node, a.Role, a.What, a.Result)
+				row(t, "%s\t%s\t%s\t%s\t%s\t%s\n", a.Time.UTC().Format(time.RFC3339), a.Login, a.Node, a.Role, a.What, a.Result)
 			}
 		})
 	})

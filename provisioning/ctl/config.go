@@ -33,8 +33,8 @@ func (e *env) config(ctx context.Context, args []string) int {
 			if e.json {
 				return e.out(d, nil)
 			}
-			fmt.Fprintf(e.Stderr, "version %d\n", d.Version)
-			_, err = e.Stdout.Write(append(d.Config, '\n'))
+			row(e.Stderr, "version %d\n", d.Version)
+			_, err = io.WriteString(e.Stdout, escapeText(string(d.Config))+"\n")
 			return err
 		})
 	case op == "versions" && len(pos) == 0:
@@ -50,7 +50,7 @@ func (e *env) config(ctx context.Context, args []string) int {
 					if v.Current {
 						cur = "*"
 					}
-					fmt.Fprintf(t, "%d\t%s\t%s\t%s\n", v.Version, v.Time.UTC().Format(time.RFC3339), v.By, cur)
+					row(t, "%d\t%s\t%s\t%s\n", v.Version, v.Time.UTC().Format(time.RFC3339), v.By, cur)
 				}
 			})
 		})
@@ -62,7 +62,7 @@ func (e *env) config(ctx context.Context, args []string) int {
 		if !json.Valid(doc) {
 			return e.fail(fmt.Errorf("%s is not JSON", pos[0]))
 		}
-		return e.call(ctx, func(ctx context.Context, c *api.Client) error {
+		return e.change(ctx, func(ctx context.Context, c *api.Client) error {
 			r, err := c.PutConfig(ctx, doc, *dry)
 			if err != nil {
 				return err
@@ -74,7 +74,7 @@ func (e *env) config(ctx context.Context, args []string) int {
 		if _, err := fmt.Sscan(pos[0], &v); err != nil || v <= 0 {
 			return e.fail(usageErr("relayctl config rollback VERSION (a number; config versions lists them)"))
 		}
-		return e.call(ctx, func(ctx context.Context, c *api.Client) error {
+		return e.change(ctx, func(ctx context.Context, c *api.Client) error {
 			r, err := c.Rollback(ctx, v)
 			if err != nil {
 				return err
@@ -87,9 +87,9 @@ func (e *env) config(ctx context.Context, args []string) int {
 
 func (e *env) changes(t *tabwriter.Writer, r *api.ConfigResult) {
 	if r.DryRun {
-		fmt.Fprintf(t, "dry run against version %d: %d change(s), nothing applied\n", r.Version, len(r.Changes))
+		row(t, "dry run against version %d: %d change(s), nothing applied\n", r.Version, len(r.Changes))
 	} else {
-		fmt.Fprintf(t, "version %d in force: %d change(s)\n", r.Version, len(r.Changes))
+		row(t, "version %d in force: %d change(s)\n", r.Version, len(r.Changes))
 	}
 	for _, c := range r.Changes {
 		old, nw := string(c.Old), string(c.New)
@@ -99,7 +99,7 @@ func (e *env) changes(t *tabwriter.Writer, r *api.ConfigResult) {
 		if nw == "" {
 			nw = "(removed)"
 		}
-		fmt.Fprintf(t, "  %s\t%s\t->\t%s\n", c.Key, old, nw)
+		row(t, "  %s\t%s\t->\t%s\n", c.Key, old, nw)
 	}
 }
 

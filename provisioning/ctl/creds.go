@@ -41,32 +41,32 @@ func (e *env) creds(ctx context.Context, args []string) int {
 			return e.out(l, func(t *tabwriter.Writer) {
 				fmt.Fprintln(t, "NAME\tKIND\tORIGIN\tFINGERPRINT\tUPDATED\tEXPIRES\tLAST USED")
 				for _, cr := range l {
-					fmt.Fprintf(t, "%s\t%s\t%s\t%.23s\t%s\t%s\t%s\n", cr.Name, cr.Kind, origin(cr.Origin), cr.Fingerprint, day(cr.Updated), day(cr.NotAfter), day(cr.LastUsed))
+					row(t, "%s\t%s\t%s\t%.23s\t%s\t%s\t%s\n", cr.Name, cr.Kind, origin(cr.Origin), cr.Fingerprint, day(cr.Updated), day(cr.NotAfter), day(cr.LastUsed))
 				}
 			})
 		})
 	case op == "delete" && len(pos) == 1:
-		return e.call(ctx, func(ctx context.Context, c *api.Client) error {
+		return e.change(ctx, func(ctx context.Context, c *api.Client) error {
 			if err := c.DeleteCredential(ctx, pos[0]); err != nil {
 				return err
 			}
-			return e.out(api.OK{OK: true}, func(t *tabwriter.Writer) { fmt.Fprintf(t, "credential %s deleted\n", pos[0]) })
+			return e.out(api.OK{OK: true}, func(t *tabwriter.Writer) { row(t, "credential %s deleted\n", pos[0]) })
 		})
 	case op == "renew" && len(pos) == 1:
-		return e.call(ctx, func(ctx context.Context, c *api.Client) error {
+		return e.change(ctx, func(ctx context.Context, c *api.Client) error {
 			r, err := c.Renew(ctx, pos[0])
 			if err != nil {
 				return err
 			}
 			return e.out(r, func(t *tabwriter.Writer) {
-				fmt.Fprintf(t, "credential %s renewed: the new certificate is in force until %s\n", r.Credential, day(r.NotAfter))
+				row(t, "credential %s renewed: the new certificate is in force until %s\n", r.Credential, day(r.NotAfter))
 				if r.Warning != "" {
-					fmt.Fprintf(t, "warning\t%s\n", r.Warning)
+					row(t, "warning\t%s\n", r.Warning)
 				}
 			})
 		})
 	case op == "new-certificate" && len(pos) == 1:
-		return e.call(ctx, func(ctx context.Context, c *api.Client) error {
+		return e.change(ctx, func(ctx context.Context, c *api.Client) error {
 			res, err := c.NewCertificate(ctx, pos[0], api.NewCertificate{Days: *days, Subject: *subject})
 			if err != nil {
 				return err
@@ -77,13 +77,13 @@ func (e *env) creds(ctx context.Context, args []string) int {
 				}
 			}
 			return e.out(res, func(t *tabwriter.Writer) {
-				fmt.Fprintf(t, "credential %s made on the box (%s); the private key stays there\n", res.Credential.Name, res.KeyAlgorithm)
-				fmt.Fprintf(t, "thumbprint (SHA-1)\t%s\nthumbprint (SHA-256)\t%s\nexpires\t%s\ncertificate_file\t%s\n\n", res.ThumbprintSHA1, res.ThumbprintSHA256, day(res.NotAfter), res.Credential.CertificateFile)
+				row(t, "credential %s made on the box (%s); the private key stays there\n", res.Credential.Name, res.KeyAlgorithm)
+				row(t, "thumbprint (SHA-1)\t%s\nthumbprint (SHA-256)\t%s\nexpires\t%s\ncertificate_file\t%s\n\n", res.ThumbprintSHA1, res.ThumbprintSHA256, day(res.NotAfter), res.Credential.CertificateFile)
 				t.Flush()
 				fmt.Fprint(e.Stdout, res.CertificatePEM)
 				fmt.Fprintln(e.Stdout, "\nNext:")
 				for i, s := range res.NextSteps {
-					fmt.Fprintf(e.Stdout, "%d. %s\n", i+1, s)
+					row(e.Stdout, "%d. %s\n", i+1, s)
 				}
 			})
 		})
@@ -132,18 +132,18 @@ func (e *env) creds(ctx context.Context, args []string) int {
 		default:
 			return e.fail(usageErr("-kind client-secret, password or certificate"))
 		}
-		return e.call(ctx, func(ctx context.Context, c *api.Client) error {
+		return e.change(ctx, func(ctx context.Context, c *api.Client) error {
 			cr, err := c.PutCredential(ctx, pos[0], p)
 			if err != nil {
 				return err
 			}
 			return e.out(cr, func(t *tabwriter.Writer) {
-				fmt.Fprintf(t, "credential %s stored (%s, %s)\n", cr.Name, cr.Kind, cr.Fingerprint)
+				row(t, "credential %s stored (%s, %s)\n", cr.Name, cr.Kind, cr.Fingerprint)
 				if cr.CertificateFile != "" {
-					fmt.Fprintf(t, "certificate_file\t%s\n", cr.CertificateFile)
+					row(t, "certificate_file\t%s\n", cr.CertificateFile)
 				}
 				if !cr.NotAfter.IsZero() {
-					fmt.Fprintf(t, "expires\t%s\n", day(cr.NotAfter))
+					row(t, "expires\t%s\n", day(cr.NotAfter))
 				}
 			})
 		})

@@ -10,6 +10,9 @@
 //	2  usage: a flag or argument is wrong
 //	3  unreachable: the relay (or the tailnet) did not answer
 //	4  forbidden: the caller's tailnet identity lacks the role
+//	5  identity: the name is not exactly one node carrying the relay tag
+//	   (a node without it calls itself so, or several relays do); nothing
+//	   was sent
 package ctl
 
 import (
@@ -20,7 +23,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -29,6 +31,7 @@ import (
 	"time"
 
 	"tailscale.com/client/local"
+	"tailscale.com/client/tailscale/apitype"
 	"tailscale.com/ipn/ipnstate"
 	"tailscale.com/tsnet"
 
@@ -43,9 +46,11 @@ const (
 	ExitUsage       = 2
 	ExitUnreachable = 3
 	ExitForbidden   = 4
+	ExitIdentity    = 5
 )
 
-// DefaultTag marks relays on the tailnet (the join key is tagged with it).
+// DefaultTag marks relays on the tailnet (the join key is tagged with it);
+// -relay-tag or relay_tag in relayctl's configuration file name another.
 const DefaultTag = "tag:siterelay"
 
 // IO is where relayctl reads and writes.
@@ -62,15 +67,19 @@ type IO struct {
 type tailnet struct {
 	dial  func(ctx context.Context, network, addr string) (net.Conn, error)
 	peers func(ctx context.Context) (*ipnstate.Status, error)
+	// whois asks relayctl's own node who holds an address (the tailnet's
+	// view from control, not what the peer says about itself).
+	whois func(ctx context.Context, addr string) (*apitype.WhoIsResponse, error)
 	close func()
 }
 
 type env struct {
 	IO
-	relay   string
-	json    bool
-	timeout time.Duration
-	tn      *tailnet
+	relay    string
+	relayTag string // the tag every relay carries (DefaultTag)
+	json     bool
+	timeout  time.Duration
+	tn       *tailnet
 }
 
 const usage = `usage: relayctl [flags] COMMAND [args]
@@ -104,6 +113,11 @@ commands:
   web [-listen 127.0.0.1:0]   forward a loopback port to the relay's admin page and
                               print the address to open in a browser; Ctrl-C ends
 
+relayctl talks only to a node that control tags with the relay tag
+(-relay-tag, default tag:siterelay), checked with the tailnet's WhoIs before
+anything is sent. Flags may also come from relayctl's configuration file
+(-config; default $XDG_CONFIG_HOME/relayctl/config.json).
+
 flags:
 `
 
@@ -113,6 +127,8 @@ func Main(ctx context.Context, args []string, o IO) int {
 	fs.SetOutput(o.Stderr)
 	e := &env{IO: o}
 	fs.StringVar(&e.relay, "relay", "", "the relay's tailnet name (or address)")
+	fs.StringVar(&e.relayTag, "relay-tag", DefaultTag, "the tag control gives the fleet's relays: relayctl talks to no node without it")
+	cfgFile := fs.String("config", "", "relayctl's configuration file (default "+SettingsPath()+")")
 	fs.BoolVar(&e.json, "json", false, "print JSON instead of tables")
 	fs.DurationVar(&e.timeout, "timeout", 30*time.Second, "give up on a relay after this long")
 	useTsnet := fs.Bool("tsnet", false, "join the tailnet with relayctl's own node instead of the machine's Tailscale")
@@ -120,8 +136,29 @@ func Main(ctx context.Context, args []string, o IO) int {
 	control := fs.String("control-url", "", "coordination server for -tsnet (default Tailscale's)")
 	keyFile := fs.String("authkey-from", "", "file with the join key for a first -tsnet join (or $TS_AUTHKEY)")
 	socket := fs.String("socket", "", "the machine's tailscaled socket (default tailscaled's own place)")
-	fs.Usage = func() { fmt.Fprint(o.Stderr, usage); fs.PrintDefaults() }
+	fs.Usage = func() { fmt.Fprint(e.Stderr, usage); fs.PrintDefaults() }
+	// Everything printed is guarded: what a relay or a peer sent is
+	// shown, never obeyed by the terminal (escape.go).
+	stdout, stderr := &termWriter{w: o.Stdout}, &termWriter{w: o.Stderr}
+	defer stdout.flush()
+	defer stderr.flush()
+	e.Stdout, e.Stderr = stdout, stderr
+	fs.SetOutput(e.Stderr)
 	if err := fs.Parse(args); err != nil {
+		return ExitUsage
+	}
+	explicit := *cfgFile != ""
+	if !explicit {
+		*cfgFile = SettingsPath()
+	}
+	settings, err := loadSettings(*cfgFile, explicit)
+	if err != nil {
+		fmt.Fprintf(e.Stderr, "relayctl: %v\n", err)
+		return ExitUsage
+	}
+	settings.apply(fs)
+	if err := checkTag(e.relayTag); err != nil {
+		fmt.Fprintf(e.Stderr, "relayctl: -relay-tag: %v\n", err)
 		return ExitUsage
 	}
 	if fs.NArg() == 0 {
@@ -130,21 +167,20 @@ func Main(ctx context.Context, args []string, o IO) int {
 	}
 	cmd, rest := fs.Arg(0), fs.Args()[1:]
 	if cmd != "fleet" && e.relay == "" {
-		fmt.Fprintln(o.Stderr, "relayctl: -relay NAME is required (relayctl fleet lists them)")
+		fmt.Fprintln(e.Stderr, "relayctl: -relay NAME is required (relayctl fleet lists them)")
 		return ExitUsage
 	}
-	var err error
 	switch {
 	case o.Node != nil:
 		lc, lerr := o.Node.LocalClient()
-		e.tn, err = &tailnet{dial: o.Node.Dial, peers: lc.Status, close: func() {}}, lerr
+		e.tn, err = &tailnet{dial: o.Node.Dial, peers: lc.Status, whois: lc.WhoIs, close: func() {}}, lerr
 	case *useTsnet:
 		e.tn, err = joinTsnet(ctx, *tsDir, *control, *keyFile)
 	default:
 		e.tn = machineTailscale(*socket)
 	}
 	if err != nil {
-		fmt.Fprintf(o.Stderr, "relayctl: joining the tailnet: %v\n", err)
+		fmt.Fprintf(e.Stderr, "relayctl: joining the tailnet: %v\n", err)
 		return ExitUnreachable
 	}
 	defer e.tn.close()
@@ -177,7 +213,7 @@ func Main(ctx context.Context, args []string, o IO) int {
 	case "web":
 		code = e.web(ctx, rest)
 	default:
-		fmt.Fprintf(o.Stderr, "relayctl: unknown command %q\n", cmd)
+		fmt.Fprintf(e.Stderr, "relayctl: unknown command \"%s\"\n", Escape(cmd))
 		fs.Usage()
 		code = ExitUsage
 	}
@@ -201,7 +237,7 @@ func machineTailscale(socket string) *tailnet {
 		}
 		return lc.DialTCP(ctx, host, uint16(port))
 	}
-	return &tailnet{dial: dial, peers: lc.Status, close: func() {}}
+	return &tailnet{dial: dial, peers: lc.Status, whois: lc.WhoIs, close: func() {}}
 }
 
 func joinTsnet(ctx context.Context, dir, control, keyFile string) (*tailnet, error) {
@@ -232,70 +268,61 @@ func joinTsnet(ctx context.Context, dir, control, keyFile string) (*tailnet, err
 		srv.Close()
 		return nil, err
 	}
-	return &tailnet{dial: srv.Dial, peers: lc.Status, close: func() { srv.Close() }}, nil
+	return &tailnet{dial: srv.Dial, peers: lc.Status, whois: lc.WhoIs, close: func() { srv.Close() }}, nil
 }
 
-// resolve finds the relay named name among the tailnet's peers (by host
-// name or DNS name); an address is used as it is.
-func (e *env) resolve(ctx context.Context, name string) (string, error) {
-	if _, err := netip.ParseAddr(name); err == nil {
-		return name, nil
-	}
-	// A node that has just joined gets its peers a moment after it is up:
-	// ask again for a few seconds before saying the relay is not there.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		st, err := e.tn.peers(ctx)
-		if err != nil {
-			return "", fmt.Errorf("%w: asking the tailnet for %s: %v", api.ErrUnreachable, name, err)
-		}
-		for _, p := range st.Peer {
-			dns := strings.TrimSuffix(p.DNSName, ".")
-			if (strings.EqualFold(p.HostName, name) || strings.EqualFold(dns, name) || strings.EqualFold(strings.Split(dns, ".")[0], name)) && len(p.TailscaleIPs) > 0 {
-				return p.TailscaleIPs[0].String(), nil
-			}
-		}
-		if time.Now().After(deadline) {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return "", fmt.Errorf("%w: %s: %v", api.ErrUnreachable, name, ctx.Err())
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-	return "", fmt.Errorf("%w: no relay %q on the tailnet (relayctl fleet lists them)", api.ErrUnreachable, name)
-}
-
-func (e *env) client(ctx context.Context) (*api.Client, error) {
-	host, err := e.resolve(ctx, e.relay)
+// client resolves and verifies the relay (identity.go) and gives a client
+// that dials only it.
+func (e *env) client(ctx context.Context) (*api.Client, *Relay, error) {
+	r, err := e.resolve(ctx, e.relay)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return api.NewClient(host, e.tn.dial), nil
+	return api.NewClient(r.Addr.String(), e.dialRelay(r)), r, nil
 }
 
 // call runs fn against the relay with the timeout and turns its error
 // into a message and an exit code.
 func (e *env) call(ctx context.Context, fn func(ctx context.Context, c *api.Client) error) int {
+	return e.callRelay(ctx, false, fn)
+}
+
+// change is call for a command that changes the relay (or sends through
+// it): the relay's verified identity goes to stderr first, so the operator
+// sees whom the change went to (-json output on stdout stays clean).
+func (e *env) change(ctx context.Context, fn func(ctx context.Context, c *api.Client) error) int {
+	return e.callRelay(ctx, true, fn)
+}
+
+func (e *env) callRelay(ctx context.Context, changing bool, fn func(ctx context.Context, c *api.Client) error) int {
 	ctx, cancel := context.WithTimeout(ctx, e.timeout)
 	defer cancel()
-	c, err := e.client(ctx)
+	c, r, err := e.client(ctx)
 	if err == nil {
+		if changing {
+			e.identity(r)
+		}
 		err = fn(ctx, c)
 	}
 	return e.fail(err)
+}
+
+// identity prints the relay a change goes to, as the tailnet verified it.
+func (e *env) identity(r *Relay) {
+	fmt.Fprintf(e.Stderr, "relayctl: relay %s at %s, verified by the tailnet\n", r, r.Addr)
 }
 
 func (e *env) fail(err error) int {
 	if err == nil {
 		return ExitOK
 	}
-	fmt.Fprintf(e.Stderr, "relayctl: %v\n", err)
+	fmt.Fprintf(e.Stderr, "relayctl: %s\n", Escape(err.Error()))
 	var ae *api.Error
 	switch {
 	case errors.As(err, &ae) && (ae.Code == api.CodeForbidden || ae.Code == api.CodeUnauthorized):
 		return ExitForbidden
+	case errors.Is(err, ErrNotRelay):
+		return ExitIdentity
 	case errors.Is(err, api.ErrUnreachable), errors.Is(err, context.DeadlineExceeded):
 		return ExitUnreachable
 	case errors.Is(err, errUsage):
@@ -312,9 +339,12 @@ func usageErr(format string, a ...any) error {
 
 func (e *env) out(v any, table func(w *tabwriter.Writer)) error {
 	if e.json {
-		enc := json.NewEncoder(e.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(v)
+		b, err := json.MarshalIndent(v, "", "  ")
+		if err != nil {
+			return err
+		}
+		_, err = e.Stdout.Write(append(jsonSafe(b), '\n'))
+		return err
 	}
 	w := tabwriter.NewWriter(e.Stdout, 0, 4, 2, ' ', 0)
 	table(w)

@@ -40,7 +40,7 @@ func (e *env) devices(ctx context.Context, args []string) int {
 				if !d.LastMessage.IsZero() {
 					last = ago(d.LastMessage, now) + " ago"
 				}
-				fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", d.Address, dev, join(d.Logins), lastOf(d.TLS, "none"), last,
+				row(t, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", d.Address, dev, join(d.Logins), lastOf(d.TLS, "none"), last,
 					d.Messages, max(0, d.Mails-d.Messages), join(d.Helo), join(d.Senders))
 			}
 		})
@@ -59,19 +59,19 @@ func (e *env) adopt(ctx context.Context, args []string) int {
 	if *addrs != "" {
 		req.Addresses = strings.Split(*addrs, ",")
 	}
-	return e.call(ctx, func(ctx context.Context, c *api.Client) error {
+	return e.change(ctx, func(ctx context.Context, c *api.Client) error {
 		r, err := c.Adopt(ctx, req)
 		if err != nil {
 			return err
 		}
 		return e.out(r, func(t *tabwriter.Writer) {
 			for _, d := range r.Adopted {
-				fmt.Fprintf(t, "adopted %s\t%s\t%s\t%s\n", d.Name, join(d.Addresses), join(d.AllowedSenders), d.Owner)
+				row(t, "adopted %s\t%s\t%s\t%s\n", d.Name, join(d.Addresses), join(d.AllowedSenders), d.Owner)
 			}
 			if len(r.Adopted) == 0 {
 				fmt.Fprintln(t, "no new device: every learned client that sent mail is a device already")
 			}
-			fmt.Fprintf(t, "devices_only\t%v\n", r.DevicesOnly)
+			row(t, "devices_only\t%v\n", r.DevicesOnly)
 			e.changes(t, &r.Config)
 		})
 	})

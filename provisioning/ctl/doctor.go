@@ -2,7 +2,6 @@ package ctl
 
 import (
 	"context"
-	"fmt"
 	"text/tabwriter"
 
 	"github.com/siterelay/siterelay/provisioning/api"
@@ -15,7 +14,7 @@ func (e *env) doctor(ctx context.Context, args []string) int {
 		return e.fail(usageErr("relayctl doctor [-to ADDR]"))
 	}
 	failed := 0
-	code := e.call(ctx, func(ctx context.Context, c *api.Client) error {
+	code := e.change(ctx, func(ctx context.Context, c *api.Client) error {
 		steps, err := c.Doctor(ctx, *to)
 		if err != nil {
 			return err
@@ -31,7 +30,7 @@ func (e *env) doctor(ctx context.Context, args []string) int {
 				if !s.OK {
 					mark = "FAIL"
 				}
-				fmt.Fprintf(t, "%s\t%s\t%s\n", mark, s.Name, s.Detail)
+				row(t, "%s\t%s\t%s\n", mark, s.Name, s.Detail)
 			}
 		})
 	})

@@ -32,20 +32,27 @@ type FleetRow struct {
 
 func (e *env) fleet(ctx context.Context, args []string) int {
 	fs := sub("fleet", e)
-	tag := fs.String("tag", DefaultTag, "the tag relays carry on the tailnet")
+	tag := fs.String("tag", e.relayTag, "the tag relays carry on the tailnet (as -relay-tag)")
 	if pos, err := parse(fs, args); err != nil || len(pos) > 0 {
 		return e.fail(usageErr("relayctl fleet [-tag TAG]"))
 	}
+	if err := checkTag(*tag); err != nil {
+		return e.fail(usageErr("-tag: %v", err))
+	}
+	e.relayTag = *tag
 	st, err := e.tn.peers(ctx)
 	if err != nil {
 		return e.fail(fmt.Errorf("%w: listing the tailnet: %v", api.ErrUnreachable, err))
 	}
 	var rows []*FleetRow
+	ids := map[*FleetRow]*Relay{}
 	for _, p := range st.Peer {
-		if p.Tags == nil || !slices.Contains(p.Tags.AsSlice(), *tag) || len(p.TailscaleIPs) == 0 {
+		if !hasTag(p, *tag) || len(p.TailscaleIPs) == 0 {
 			continue
 		}
-		rows = append(rows, &FleetRow{Name: strings.Split(strings.TrimSuffix(p.DNSName, "."), ".")[0], Address: p.TailscaleIPs[0].String()})
+		r := &FleetRow{Name: strings.Split(strings.TrimSuffix(p.DNSName, "."), ".")[0], Address: p.TailscaleIPs[0].String()}
+		rows = append(rows, r)
+		ids[r] = &Relay{Addr: p.TailscaleIPs[0], NodeID: p.ID}
 	}
 	slices.SortFunc(rows, func(a, b *FleetRow) int { return strings.Compare(a.Name, b.Name) })
 	var wg sync.WaitGroup
@@ -56,7 +63,8 @@ func (e *env) fleet(ctx context.Context, args []string) int {
 			defer wg.Done()
 			cctx, cancel := context.WithTimeout(ctx, e.timeout)
 			defer cancel()
-			s, err := api.NewClient(r.Address, e.tn.dial).Status(cctx)
+			// Each connection is checked by WhoIs like any other (identity.go).
+			s, err := api.NewClient(r.Address, e.dialRelay(ids[r])).Status(cctx)
 			if err != nil {
 				r.Error = err.Error()
 				if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, api.ErrUnreachable) {
@@ -95,17 +103,17 @@ func (e *env) fleet(ctx context.Context, args []string) int {
 		fmt.Fprintln(t, "SITE\tNAME\tVERSION\tHEALTH\tQUEUE\tOLDEST\tUPSTREAM\tLAST HINT\tDISK FREE\tEXPIRES")
 		for _, r := range rows {
 			if !r.Reachable {
-				fmt.Fprintf(t, "-\t%s\t-\t%s\t-\t-\t-\t-\t-\t-\n", r.Name, r.Error)
+				row(t, "-\t%s\t-\t%s\t-\t-\t-\t-\t-\t-\n", r.Name, r.Error)
 				continue
 			}
-			fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%.50s\t%s\t%s\n", r.Site, r.Name, r.Version, r.Health, r.Queue, dash(r.OldestAge), r.Upstream, dash(r.LastHint), bytesStr(r.DiskFree), day(r.NearestExpiry))
+			row(t, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%.50s\t%s\t%s\n", r.Site, r.Name, r.Version, r.Health, r.Queue, dash(r.OldestAge), r.Upstream, dash(r.LastHint), bytesStr(r.DiskFree), day(r.NearestExpiry))
 		}
 	})
 	if err != nil {
 		return e.fail(err)
 	}
 	if unreachable > 0 {
-		fmt.Fprintf(e.Stderr, "relayctl: %d of %d relays unreachable\n", unreachable, len(rows))
+		row(e.Stderr, "relayctl: %d of %d relays unreachable\n", unreachable, len(rows))
 		return ExitUnreachable
 	}
 	return ExitOK

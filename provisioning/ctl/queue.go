@@ -20,7 +20,11 @@ func (e *env) queue(ctx context.Context, args []string) int {
 			return e.fail(usageErr("relayctl queue %s ID", op))
 		}
 		id := pos[0]
-		return e.call(ctx, func(ctx context.Context, c *api.Client) error {
+		call := e.change
+		if op == "show" {
+			call = e.call
+		}
+		return call(ctx, func(ctx context.Context, c *api.Client) error {
 			switch op {
 			case "retry":
 				err = c.Retry(ctx, id)
@@ -34,27 +38,27 @@ func (e *env) queue(ctx context.Context, args []string) int {
 					return err
 				}
 				return e.out(m, func(t *tabwriter.Writer) {
-					fmt.Fprintf(t, "id\t%s\nfrom\t%s\nreceived\t%s\nsize\t%s\nclient\t%s\nsubject\t%s\n", m.ID, m.From, m.Received.UTC().Format(time.RFC3339), bytesStr(m.Size), m.ClientIP, m.Subject)
+					row(t, "id\t%s\nfrom\t%s\nreceived\t%s\nsize\t%s\nclient\t%s\nsubject\t%s\n", m.ID, m.From, m.Received.UTC().Format(time.RFC3339), bytesStr(m.Size), m.ClientIP, m.Subject)
 					for _, r := range m.Recipients {
-						fmt.Fprintf(t, "to %s\t%s %s\n", r.Addr, r.State, r.Reply)
+						row(t, "to %s\t%s %s\n", r.Addr, r.State, r.Reply)
 					}
 					if m.LastReply != "" {
-						fmt.Fprintf(t, "last reply\t%s\n", m.LastReply)
+						row(t, "last reply\t%s\n", m.LastReply)
 					}
 					if m.LastHint != "" {
-						fmt.Fprintf(t, "hint\t%s\n", m.LastHint)
+						row(t, "hint\t%s\n", m.LastHint)
 					}
 					t.Flush()
-					fmt.Fprintf(e.Stdout, "\n%s", m.Headers)
+					fmt.Fprintf(e.Stdout, "\n%s", escapeText(m.Headers))
 					if m.Body != "" {
-						fmt.Fprintf(e.Stdout, "\n--- body ---\n%s\n", m.Body)
+						fmt.Fprintf(e.Stdout, "\n--- body ---\n%s\n", escapeText(m.Body))
 					}
 				})
 			}
 			if err != nil {
 				return err
 			}
-			return e.out(api.OK{OK: true}, func(t *tabwriter.Writer) { fmt.Fprintf(t, "%s: %s done\n", id, op) })
+			return e.out(api.OK{OK: true}, func(t *tabwriter.Writer) { row(t, "%s: %s done\n", id, op) })
 		})
 	}
 	if len(args) > 0 && args[0] == "list" {
@@ -82,7 +86,7 @@ func (e *env) queue(ctx context.Context, args []string) int {
 		return e.out(l, func(t *tabwriter.Writer) {
 			fmt.Fprintln(t, "ID\tAGE\tFROM\tTO\tPENDING\tSIZE\tLAST REPLY")
 			for _, m := range l {
-				fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%d\t%s\t%.60s\n", m.ID, ago(m.Received, now), m.From, strings.Join(m.To, ","), m.Pending, bytesStr(m.Size), m.LastReply)
+				row(t, "%s\t%s\t%s\t%s\t%d\t%s\t%.60s\n", m.ID, ago(m.Received, now), m.From, strings.Join(m.To, ","), m.Pending, bytesStr(m.Size), m.LastReply)
 			}
 		})
 	})

@@ -21,7 +21,7 @@ func (e *env) whoami(ctx context.Context, args []string) int {
 			if who == "" {
 				who = strings.Join(w.Tags, ",")
 			}
-			fmt.Fprintf(t, "identity\t%s\nnode\t%s\nrole\t%s\nvia\t%s\nsite\t%s\n", who, w.Node, w.Role, w.Via, w.Site)
+			row(t, "identity\t%s\nnode\t%s\nrole\t%s\nvia\t%s\nsite\t%s\n", who, w.Node, w.Role, w.Via, w.Site)
 		})
 	})
 }
@@ -33,43 +33,43 @@ func (e *env) status(ctx context.Context, args []string) int {
 			return err
 		}
 		return e.out(s, func(t *tabwriter.Writer) {
-			fmt.Fprintf(t, "site\t%s (%s)\nversion\t%s\nhealth\t%s\nstarted\t%s ago\n", s.Site, s.Hostname, s.Version, s.Health, ago(s.Started, s.Now))
-			fmt.Fprintf(t, "queue\t%d messages, %s, oldest %s\n", s.Queue.Messages, bytesStr(s.Queue.Bytes), ago(s.Queue.Oldest, s.Now))
+			row(t, "site\t%s (%s)\nversion\t%s\nhealth\t%s\nstarted\t%s ago\n", s.Site, s.Hostname, s.Version, s.Health, ago(s.Started, s.Now))
+			row(t, "queue\t%d messages, %s, oldest %s\n", s.Queue.Messages, bytesStr(s.Queue.Bytes), ago(s.Queue.Oldest, s.Now))
 			up := s.Upstream.Name
 			if s.Upstream.Failing {
 				up += " FAILING"
 			}
-			fmt.Fprintf(t, "upstream\t%s, last delivery %s ago\n", up, ago(s.Upstream.LastDelivered, s.Now))
+			row(t, "upstream\t%s, last delivery %s ago\n", up, ago(s.Upstream.LastDelivered, s.Now))
 			if p := s.Upstream.LastProblem; p != nil {
-				fmt.Fprintf(t, "last problem\t%s %s ago: %s\n", p.Kind, ago(p.Time, s.Now), p.Reply)
+				row(t, "last problem\t%s %s ago: %s\n", p.Kind, ago(p.Time, s.Now), p.Reply)
 				if p.Hint != "" {
-					fmt.Fprintf(t, "hint\t%s\n", p.Hint)
+					row(t, "hint\t%s\n", p.Hint)
 				}
 			}
 			for _, l := range s.Listeners {
-				fmt.Fprintf(t, "listener %s\t%s %s tls=%s auth=%s\n", l.Name, l.Address, l.Mode, l.TLS, l.Auth)
+				row(t, "listener %s\t%s %s tls=%s auth=%s\n", l.Name, l.Address, l.Mode, l.TLS, l.Auth)
 			}
-			fmt.Fprintf(t, "disk free\t%s of %s\n", bytesStr(s.Disk.FreeBytes), bytesStr(s.Disk.TotalBytes))
-			fmt.Fprintf(t, "clock\t%s (%s)\n", s.Now.Format(time.RFC3339), clockState(s.ClockSynchronised))
+			row(t, "disk free\t%s of %s\n", bytesStr(s.Disk.FreeBytes), bytesStr(s.Disk.TotalBytes))
+			row(t, "clock\t%s (%s)\n", s.Now.Format(time.RFC3339), clockState(s.ClockSynchronised))
 			if !s.TLSCertificateExpires.IsZero() {
-				fmt.Fprintf(t, "tls certificate\texpires %s\n", day(s.TLSCertificateExpires))
+				row(t, "tls certificate\texpires %s\n", day(s.TLSCertificateExpires))
 			}
-			fmt.Fprintf(t, "config version\t%d\n", s.ConfigVersion)
+			row(t, "config version\t%d\n", s.ConfigVersion)
 			for _, cr := range s.Credentials {
-				fmt.Fprintf(t, "credential %s\t%s, expires %s, last used %s\n", cr.Name, cr.Kind, day(cr.NotAfter), day(cr.LastUsed))
+				row(t, "credential %s\t%s, expires %s, last used %s\n", cr.Name, cr.Kind, day(cr.NotAfter), day(cr.LastUsed))
 			}
 			for _, rn := range s.Renewals {
 				state := "renews itself from " + day(rn.Due)
 				if rn.Failures > 0 {
 					state = fmt.Sprintf("RENEWAL FAILING (%d attempts, next %s): %s %s", rn.Failures, rn.NextTry.UTC().Format(time.RFC3339), rn.LastError, rn.Hint)
 				}
-				fmt.Fprintf(t, "renewal %s\t%s\n", rn.Credential, state)
+				row(t, "renewal %s\t%s\n", rn.Credential, state)
 			}
 			for _, w := range s.Warnings {
-				fmt.Fprintf(t, "warning\t%s\n", w)
+				row(t, "warning\t%s\n", w)
 			}
-			fmt.Fprintf(t, "devices (24h)\t%d\n", len(s.Devices))
-			fmt.Fprintf(t, "tailnet\t%s %s\n", s.Tailnet.State, s.Tailnet.Name)
+			row(t, "devices (24h)\t%d\n", len(s.Devices))
+			row(t, "tailnet\t%s %s\n", s.Tailnet.State, s.Tailnet.Name)
 		})
 	})
 }

@@ -33,7 +33,7 @@ func (e *env) trace(ctx context.Context, args []string) int {
 		return e.out(l, func(t *tabwriter.Writer) {
 			fmt.Fprintln(t, "TIME\tKIND\tID\tDEVICE\tFROM\tTO\tREPLY\tHINT")
 			for _, ev := range l {
-				fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%s\t%.50s\t%.60s\n", ev.Time.UTC().Format(time.RFC3339), ev.Kind, ev.QueueID, dash(ev.Device), ev.From, strings.Join(ev.To, ","), ev.Reply, ev.Hint)
+				row(t, "%s\t%s\t%s\t%s\t%s\t%s\t%.50s\t%.60s\n", ev.Time.UTC().Format(time.RFC3339), ev.Kind, ev.QueueID, dash(ev.Device), ev.From, strings.Join(ev.To, ","), ev.Reply, ev.Hint)
 			}
 		})
 	})

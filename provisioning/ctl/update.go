@@ -19,7 +19,7 @@ func (e *env) firmware(ctx context.Context, args []string) int {
 			return err
 		}
 		return e.out(f, func(t *tabwriter.Writer) {
-			fmt.Fprintf(t, "version\t%s\ngo\t%s\nupdate\t%s\n", f.Version, f.GoVersion, f.Update)
+			row(t, "version\t%s\ngo\t%s\nupdate\t%s\n", f.Version, f.GoVersion, f.Update)
 		})
 	})
 }
@@ -56,18 +56,19 @@ func (e *env) update(ctx context.Context, args []string) int {
 	// The write itself may take minutes on a slow link: not -timeout.
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Minute)
 	defer cancel()
-	c, err := e.client(wctx)
+	c, r, err := e.client(wctx)
 	if err != nil {
 		return e.fail(err)
 	}
+	e.identity(r)
 	res, err := c.Update(wctx, io.NewSectionReader(f, off, n), n, *testboot, !*noReboot)
 	if err != nil {
 		return e.fail(err)
 	}
 	rep.UpdateResult = *res
-	fmt.Fprintf(e.Stderr, "relayctl: wrote %d bytes in %.1f s (%s), was %s\n", res.RootBytes, res.Seconds, res.Mode, res.From)
+	row(e.Stderr, "relayctl: wrote %d bytes in %.1f s (%s), was %s\n", res.RootBytes, res.Seconds, res.Mode, res.From)
 	if res.Rebooting {
-		fmt.Fprintf(e.Stderr, "relayctl: the relay reboots; waiting up to %v for it\n", *wait)
+		row(e.Stderr, "relayctl: the relay reboots; waiting up to %v for it\n", *wait)
 		rep.Running, err = e.waitVersion(ctx, c, res.From, *wait)
 		if err != nil {
 			rep.Total = time.Since(start).Seconds()
@@ -77,11 +78,11 @@ func (e *env) update(ctx context.Context, args []string) int {
 	}
 	rep.Total = time.Since(start).Seconds()
 	return e.fail(e.out(rep, func(t *tabwriter.Writer) {
-		fmt.Fprintf(t, "from\t%s\nmode\t%s\nroot bytes\t%d\n", res.From, res.Mode, res.RootBytes)
+		row(t, "from\t%s\nmode\t%s\nroot bytes\t%d\n", res.From, res.Mode, res.RootBytes)
 		if rep.Running != "" {
-			fmt.Fprintf(t, "running\t%s\n", rep.Running)
+			row(t, "running\t%s\n", rep.Running)
 		}
-		fmt.Fprintf(t, "took\t%.1f s\n", rep.Total)
+		row(t, "took\t%.1f s\n", rep.Total)
 	}))
 }
 
