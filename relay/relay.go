@@ -488,7 +488,7 @@ func (r *Relay) Reload(cfg *config.Config) error {
 		// the mail it held goes now, not at its next look.
 		r.sched.Kick()
 	}
-	r.log.Info("configuration reloaded", "upstream", g.upName, "listeners", len(r.listeners))
+	r.log.Info("configuration reloaded", "upstream", g.upName, "listeners", len(r.listeners), "waiting", len(g.upstreamWaiting()))
 	return nil
 }
 

@@ -44,8 +44,7 @@ type Page struct {
 // Health is the page's verdict, first thing on screen.
 type Health struct {
 	// State is "ok", "warning" (mail waits or is old, a secret or file
-	// is missing, a kept configuration runs, a listener is not bound, the
-	// clock is not synchronised) or "down" (no mail accepted). These are
+	// is missing, a kept configuration runs, a listener is not bound) or "down" (no mail accepted). These are
 	// the box's one health vocabulary: the admin API's Status.Health and
 	// relayctl status say the same words, judged here.
 	State string `json:"state"`
@@ -106,9 +105,7 @@ func (p Page) Health() Health {
 			h.Notes = append(h.Notes, "Listener "+l.Name+": "+l.Problem+".")
 		}
 	}
-	if c := p.Relay.ClockSynchronised; c != nil && !*c {
-		h.Notes = append(h.Notes, "The clock is not synchronised (NTP): tokens, certificates and retries depend on it.")
-	}
+
 	if o := p.Relay.Queue.Oldest; !o.IsZero() && p.Now.Sub(o) > StaleAfter {
 		h.Notes = append(h.Notes, fmt.Sprintf("The oldest queued message has waited %s.", duration(p.Now.Sub(o))))
 	}
