@@ -30,6 +30,7 @@ import (
 
 	"github.com/siterelay/siterelay/appliance/status"
 	"github.com/siterelay/siterelay/relay"
+	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/layout"
 	"github.com/siterelay/siterelay/relay/spool"
 	"github.com/siterelay/siterelay/relay/trace"
@@ -478,3 +479,26 @@ func (u updater) Reboot(ctx context.Context) error {
 func (a *admin) Reload(ctx context.Context) error { return a.run.reload(ctx) }
 
 var _ server.Box = (*admin)(nil)
+
+// CredentialUsers names the keys that use credential name in the
+// configuration in force and in config.json (they differ while a kept
+// version runs): `creds delete` refuses those unless forced (server.CredentialUsers).
+func (a *admin) CredentialUsers(name string) []string {
+	var keys []string
+	add := func(c *config.Config) {
+		for _, r := range c.Uses(name) {
+			if !slices.Contains(keys, r.Key) {
+				keys = append(keys, r.Key)
+			}
+		}
+	}
+	if r := a.run.Relay(); r != nil {
+		add(r.Config())
+	}
+	if c, err := loadConfig(a.o); err == nil {
+		add(c)
+	}
+	return keys
+}
+
+var _ server.CredentialUsers = (*admin)(nil)

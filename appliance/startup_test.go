@@ -79,6 +79,31 @@ func TestFirstBootWaitsForSecret(t *testing.T) {
 	if err := json.Unmarshal([]byte(rc.ok("", cmd("-json", "status")...)), &after); err != nil || len(after.Waiting) != 0 {
 		t.Errorf("still waiting after creds put: %+v, %v", after.Waiting, err)
 	}
+
+	// Deleting the secret the configuration uses is refused, naming the
+	// key; forced, it is deleted and the upstream waits again (not a
+	// relay that keeps the old secret in memory until the next power cut).
+	code, out, errs := rc.run("", cmd("creds", "delete", "m365-client-secret")...)
+	if code == 0 || !strings.Contains(out+errs, "upstream.m365.client_secret_secret") || !strings.Contains(out+errs, "-force") {
+		t.Errorf("creds delete of a secret in use: exit %d\n%s%s", code, out, errs)
+	}
+	rc.ok("", cmd("creds", "delete", "-force", "m365-client-secret")...)
+	var forced api.Status
+	if err := json.Unmarshal([]byte(rc.ok("", cmd("-json", "status")...)), &forced); err != nil || len(forced.Waiting) != 1 || forced.Waiting[0].Secret != "m365-client-secret" {
+		t.Errorf("after a forced delete: waiting %+v, %v", forced.Waiting, err)
+	}
+	var audit []api.AuditEntry
+	if err := json.Unmarshal([]byte(rc.ok("", cmd("-json", "audit")...)), &audit); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, e := range audit {
+		found = found || strings.Contains(e.What, "forced; in use by upstream.m365.client_secret_secret")
+	}
+	if !found {
+		t.Errorf("the forced delete is not in the audit log: %+v", audit)
+	}
+
 	b.stop()
 	if strings.Contains(b.logs.String(), clientSecret) {
 		t.Error("the client secret appears in the log")

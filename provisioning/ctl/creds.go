@@ -12,7 +12,7 @@ import (
 
 func (e *env) creds(ctx context.Context, args []string) int {
 	if len(args) == 0 {
-		return e.fail(usageErr("relayctl creds list|put NAME ...|delete NAME"))
+		return e.fail(usageErr("relayctl creds list|put NAME ...|delete [-force] NAME"))
 	}
 	op := args[0]
 	fs := sub("creds "+op, e)
@@ -22,6 +22,7 @@ func (e *env) creds(ctx context.Context, args []string) int {
 	keyF := fs.String("key", "", "private key PEM file")
 	pfxF := fs.String("pfx", "", "PFX (PKCS #12) file")
 	pfxPw := fs.String("pfx-password-from", "", "read the PFX password from this file (- for stdin)")
+	force := fs.Bool("force", false, "delete: even a credential the configuration uses (its upstreams then hold their mail until it is put again)")
 	pos, err := parse(fs, args[1:])
 	if err != nil {
 		return e.fail(err)
@@ -42,7 +43,11 @@ func (e *env) creds(ctx context.Context, args []string) int {
 		})
 	case op == "delete" && len(pos) == 1:
 		return e.call(ctx, func(ctx context.Context, c *api.Client) error {
-			if err := c.DeleteCredential(ctx, pos[0]); err != nil {
+			del := c.DeleteCredential
+			if *force {
+				del = c.DeleteCredentialForce
+			}
+			if err := del(ctx, pos[0]); err != nil {
 				return err
 			}
 			return e.out(api.OK{OK: true}, func(t *tabwriter.Writer) { fmt.Fprintf(t, "credential %s deleted\n", pos[0]) })
@@ -98,5 +103,5 @@ func (e *env) creds(ctx context.Context, args []string) int {
 			})
 		})
 	}
-	return e.fail(usageErr("relayctl creds list|put NAME ...|delete NAME"))
+	return e.fail(usageErr("relayctl creds list|put NAME ...|delete [-force] NAME"))
 }
