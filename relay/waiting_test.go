@@ -3,11 +3,13 @@ package relay
 import (
 	"context"
 	"io"
+	"net"
 	"net/http/httptest"
 	"os"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/relaytest"
@@ -126,5 +128,48 @@ func TestNoConfigurationHolds(t *testing.T) {
 	st := r.Status()
 	if len(st.Listeners) != 0 || len(st.Waiting) != 1 || st.Waiting[0].Fix != "relayctl -relay plant-a config put FILE" {
 		t.Errorf("status %+v, want no listener and a wait for a configuration", st)
+	}
+}
+
+// TestListenerBindRetried: with Deps.BindRetry, a listener whose address
+// is taken at start does not stop the relay: the others serve, the status
+// says it is not bound, and the retry the (injected) backoff allows binds
+// it once the address is free.
+func TestListenerBindRetried(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default()
+	cfg.Listeners[0].Address = "127.0.0.1:0"
+	second := cfg.Listeners[0]
+	second.Name, second.Address = "second", busy.Addr().String()
+	cfg.Listeners = append(cfg.Listeners, second)
+	retry := make(chan time.Time)
+	asked := make(chan int, 4) // the attempts the backoff was asked for
+	r, err := New(cfg, relaytest.StateDir(t), Deps{BindRetry: func(n int) <-chan time.Time { asked <- n; return retry }})
+	if err != nil {
+		t.Fatalf("New with an address in use: %v, want the other listener serving", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	if err := send(t, r.Addrs()[0].String(), "plc@plant.example", []string{"ops@example.com"}, "Subject: a\r\n\r\nx\r\n"); err != nil {
+		t.Fatalf("the free listener: %v", err)
+	}
+	if p := r.Status().Listeners[1].Problem; !strings.Contains(p, "cannot bind "+busy.Addr().String()) {
+		t.Errorf("listener problem %q, want the bind error", p)
+	}
+	<-asked
+	retry <- time.Time{} // still taken: tried and failed
+	if n := <-asked; n != 2 {
+		t.Fatalf("backoff asked for attempt %d, want 2 after a failed first retry", n)
+	}
+	busy.Close()
+	retry <- time.Time{} // free now
+	relaytest.Eventually(t, "the second listener bound", func() bool { return r.Status().Listeners[1].Problem == "" })
+	if err := send(t, second.Address, "plc@plant.example", []string{"ops@example.com"}, "Subject: b\r\n\r\nx\r\n"); err != nil {
+		t.Fatalf("the retried listener: %v", err)
 	}
 }
