@@ -28,6 +28,9 @@ import (
 	"github.com/siterelay/siterelay/provisioning/server"
 	"github.com/siterelay/siterelay/provisioning/web"
 
+	"github.com/siterelay/siterelay/appliance/status"
+	"github.com/siterelay/siterelay/relay"
+	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/layout"
 	"github.com/siterelay/siterelay/relay/spool"
 	"github.com/siterelay/siterelay/relay/trace"
@@ -74,7 +77,6 @@ type admin struct {
 	configs *configstore.Store
 	node    *node.Node
 	site    string
-	host    string
 	log     *slog.Logger
 }
 
@@ -128,7 +130,7 @@ func startAdmin(ctx context.Context, o Options, run *app, creds *secrets.Store, 
 		Updater: upd, Devices: a,
 	}))
 	// The admin page and /metrics (viewer), on the same Box and audit log.
-	h.Handle("/", web.Handler(web.Options{WhoIs: whoIs, Policy: policy, Audit: al, Box: a, Metrics: run.Relay().Metrics(), Logger: log}))
+	h.Handle("/", web.Handler(web.Options{WhoIs: whoIs, Policy: policy, Audit: al, Box: a, Metrics: run.metrics(), Logger: log}))
 	nctx, cancel := context.WithCancel(ctx)
 	a.node = node.Start(nctx, node.Options{Dir: dir.Tailnet(), Hostname: t.Site, AuthKey: key, ControlURL: t.ControlURL,
 		Tags: t.Tags, Port: t.Port, Handler: h, Store: t.Store, Ephemeral: t.Ephemeral, Logger: log})
@@ -168,48 +170,69 @@ func notFound(err error) error {
 	return err
 }
 
-func (a *admin) Status(ctx context.Context) (*api.Status, error) {
-	r := a.run.Relay()
-	st := r.Status()
-	s := &api.Status{
-		Site: a.site, Hostname: a.host, Version: version(), Now: time.Now().UTC(), Started: st.Started,
-		MaxMessageBytes:       st.MaxMessageBytes,
-		Upstream:              api.Upstream{Name: st.Upstream.Name, Failing: st.Upstream.Failing(), LastDelivered: st.Upstream.LastDelivered},
-		Queue:                 api.Queue{Messages: st.Queue.Messages, Bytes: st.Queue.Bytes, Oldest: st.Queue.Oldest},
-		Counts:                map[string]uint64{},
-		ConfigVersion:         a.configs.Current(),
-		Tailnet:               a.node.State(),
-		TLSCertificateExpires: st.TLSCertificateExpires,
-		NearestExpiry:         st.TLSCertificateExpires,
-		ClockSynchronised:     st.ClockSynchronised,
-		RSSBytes:              rssBytes(),
+// relay is the running relay, or the API's 503 while there is none
+// (starting, or its state cannot be opened).
+func (a *admin) relay() (*relay.Relay, error) {
+	if r := a.run.Relay(); r != nil {
+		return r, nil
 	}
+	return nil, &api.Error{Status: 503, Code: api.CodeUnavailable, Message: "the relay is not running: " + *a.run.problem.Load()}
+}
+
+// Status answers whether or not the relay runs: the management plane
+// never depends on it. Its health is the LAN status page's verdict
+// (status.Page.Health), so the API, relayctl and the page say the same.
+func (a *admin) Status(ctx context.Context) (*api.Status, error) {
+	s := &api.Status{
+		Site: a.site, Version: version(), Now: time.Now().UTC(),
+		Counts:        map[string]uint64{},
+		ConfigVersion: a.configs.Current(),
+		Tailnet:       a.node.State(),
+		RSSBytes:      rssBytes(),
+	}
+	page := status.Page{Version: s.Version, Now: time.Now()}
+	r := a.run.Relay()
+	if r == nil {
+		s.Hostname, _ = os.Hostname()
+		s.Problem = *a.run.problem.Load()
+		page.Problem = s.Problem
+	} else {
+		st := r.Status()
+		page.Relay = &st
+		s.Hostname, s.Started = r.Hostname(), st.Started
+		s.MaxMessageBytes = st.MaxMessageBytes
+		s.Upstream = api.Upstream{Name: st.Upstream.Name, Failing: st.Upstream.Failing(), LastDelivered: st.Upstream.LastDelivered}
+		s.Queue = api.Queue{Messages: st.Queue.Messages, Bytes: st.Queue.Bytes, Oldest: st.Queue.Oldest}
+		s.TLSCertificateExpires, s.NearestExpiry = st.TLSCertificateExpires, st.TLSCertificateExpires
+		s.ClockSynchronised = st.ClockSynchronised
+		for _, l := range st.Listeners {
+			s.Listeners = append(s.Listeners, api.Listener{Name: l.Name, Address: l.Address, Mode: l.Mode, TLS: l.TLS, Auth: l.Auth, Loopback: l.Loopback, Problem: l.Problem})
+		}
+		if p := st.Upstream.LastProblem; p != nil {
+			s.Upstream.LastProblem = &api.UpstreamProblem{Time: p.Time, Kind: string(p.Kind), Reply: p.Reply, Hint: p.Hint}
+		}
+		for k, v := range st.Counts {
+			s.Counts[string(k)] = v
+		}
+		for _, w := range st.Waiting {
+			s.Waiting = append(s.Waiting, api.Waiting(w))
+		}
+		if c := st.Config; c != nil {
+			s.Config = &api.ConfigSource{InForce: c.InForce, Broken: c.Broken, Problem: c.Problem}
+		}
+		s.Warnings = st.Warnings
+		for _, rn := range st.Renewals {
+			s.Renewals = append(s.Renewals, apiRenewal(rn))
+		}
+	}
+	h := page.Health()
+	s.Health, s.HealthNotes = h.State, h.Notes
 	if s.Hostname == "" {
 		s.Hostname, _ = os.Hostname()
-	}
-	for _, l := range st.Listeners {
-		s.Listeners = append(s.Listeners, api.Listener{Name: l.Name, Address: l.Address, Mode: l.Mode, TLS: l.TLS, Auth: l.Auth, Loopback: l.Loopback})
-	}
-	if p := st.Upstream.LastProblem; p != nil {
-		s.Upstream.LastProblem = &api.UpstreamProblem{Time: p.Time, Kind: string(p.Kind), Reply: p.Reply, Hint: p.Hint}
-	}
-	for k, v := range st.Counts {
-		s.Counts[string(k)] = v
-	}
-	s.Health = "ok"
-	if s.Upstream.Failing {
-		s.Health = "degraded"
-		if !s.Queue.Oldest.IsZero() && time.Since(s.Queue.Oldest) > time.Hour {
-			s.Health = "failing"
-		}
 	}
 	var fs syscall.Statfs_t
 	if syscall.Statfs(a.o.StateDir, &fs) == nil {
 		s.Disk = api.Disk{FreeBytes: int64(fs.Bavail) * int64(fs.Bsize), TotalBytes: int64(fs.Blocks) * int64(fs.Bsize)}
-	}
-	s.Warnings = st.Warnings
-	for _, rn := range st.Renewals {
-		s.Renewals = append(s.Renewals, apiRenewal(rn))
 	}
 	if cl, err := a.creds.List(); err == nil {
 		s.Credentials = cl
@@ -220,6 +243,9 @@ func (a *admin) Status(ctx context.Context) (*api.Status, error) {
 		}
 	}
 	// Devices: who sent mail in the last day, from the trace.
+	if r == nil {
+		return s, nil
+	}
 	if ev, err := r.Trace().Query(ctx, trace.Filter{Kind: trace.Received, Since: time.Now().Add(-24 * time.Hour), Limit: 5000}); err == nil {
 		byIP := map[string]*api.Device{}
 		for _, e := range ev {
@@ -247,7 +273,11 @@ func (a *admin) Status(ctx context.Context) (*api.Status, error) {
 func (a *admin) Queue(ctx context.Context, f api.QueueFilter) ([]api.QueueItem, error) {
 	now := time.Now()
 	var out []api.QueueItem
-	for _, m := range a.run.Relay().Spool().List() {
+	r, err := a.relay()
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range r.Spool().List() {
 		env := m.Envelope
 		if f.Sender != "" && !strings.EqualFold(f.Sender, env.From) {
 			continue
@@ -284,7 +314,10 @@ func (a *admin) Queue(ctx context.Context, f api.QueueFilter) ([]api.QueueItem, 
 const maxBody = 8 << 20
 
 func (a *admin) Message(ctx context.Context, id string, body bool) (*api.Message, error) {
-	r := a.run.Relay()
+	r, err := a.relay()
+	if err != nil {
+		return nil, err
+	}
 	info, ok := r.Spool().Get(id)
 	if !ok {
 		return nil, server.ErrNotFound
@@ -319,15 +352,27 @@ func (a *admin) Message(ctx context.Context, id string, body bool) (*api.Message
 }
 
 func (a *admin) Retry(ctx context.Context, id string) error {
-	return notFound(a.run.Relay().RetryNow(id))
+	r, err := a.relay()
+	if err != nil {
+		return err
+	}
+	return notFound(r.RetryNow(id))
 }
 
 func (a *admin) Bounce(ctx context.Context, id string) error {
-	return notFound(a.run.Relay().BounceNow(ctx, id, server.Caller(ctx)))
+	r, err := a.relay()
+	if err != nil {
+		return err
+	}
+	return notFound(r.BounceNow(ctx, id, server.Caller(ctx)))
 }
 
 func (a *admin) Delete(ctx context.Context, id string) error {
-	return notFound(a.run.Relay().Remove(id, server.Caller(ctx)))
+	r, err := a.relay()
+	if err != nil {
+		return err
+	}
+	return notFound(r.Remove(id, server.Caller(ctx)))
 }
 
 func (a *admin) Trace(ctx context.Context, q api.TraceQuery) ([]api.TraceEvent, error) {
@@ -336,7 +381,11 @@ func (a *admin) Trace(ctx context.Context, q api.TraceQuery) ([]api.TraceEvent, 
 	if q.Kind != "" && !slices.Contains(trace.Kinds, f.Kind) {
 		return nil, &api.Error{Status: 400, Code: api.CodeBadRequest, Field: "kind", Message: fmt.Sprintf("%q: want one of %v", q.Kind, trace.Kinds)}
 	}
-	ev, err := a.run.Relay().Trace().Query(ctx, f)
+	r, err := a.relay()
+	if err != nil {
+		return nil, err
+	}
+	ev, err := r.Trace().Query(ctx, f)
 	if err != nil {
 		return nil, err
 	}
@@ -437,3 +486,26 @@ func (u updater) Reboot(ctx context.Context) error {
 func (a *admin) Reload(ctx context.Context) error { return a.run.reload(ctx) }
 
 var _ server.Box = (*admin)(nil)
+
+// CredentialUsers names the keys that use credential name in the
+// configuration in force and in config.json (they differ while a kept
+// version runs): `creds delete` refuses those unless forced (server.CredentialUsers).
+func (a *admin) CredentialUsers(name string) []string {
+	var keys []string
+	add := func(c *config.Config) {
+		for _, r := range c.Uses(name) {
+			if !slices.Contains(keys, r.Key) {
+				keys = append(keys, r.Key)
+			}
+		}
+	}
+	if r := a.run.Relay(); r != nil {
+		add(r.Config())
+	}
+	if c, err := loadConfig(a.o); err == nil {
+		add(c)
+	}
+	return keys
+}
+
+var _ server.CredentialUsers = (*admin)(nil)

@@ -88,7 +88,10 @@ func runBox(t *testing.T, o Options) *box {
 	o.HTTPAddr = "127.0.0.1:0"
 	o.Logger = slog.New(slog.NewJSONHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	o.Ready = func(s []net.Addr, h net.Addr) {
-		b.smtp, b.http = s[0].String(), h.String()
+		if len(s) > 0 { // none when no configuration builds
+			b.smtp = s[0].String()
+		}
+		b.http = h.String()
 		close(ready)
 	}
 	go func() { b.done <- Run(ctx, o) }()

@@ -144,7 +144,7 @@ func TestAdminPageOverTheTailnet(t *testing.T) {
 	if code != 200 {
 		t.Fatalf("admin page: %d %s", code, page)
 	}
-	for _, want := range []string{"role <strong>admin</strong>", `id="health"`, "Degraded", "451 4.7.500 Server busy", f.deferred, "to retry from the page",
+	for _, want := range []string{"role <strong>admin</strong>", `id="health"`, "Warning", "451 4.7.500 Server busy", f.deferred, "to retry from the page",
 		`<svg id="chart"`, "received <strong>2</strong>", "delivered <strong>1</strong>", "deferred <strong>1</strong>", "127.0.0.1", "TLS 1.3", "Recent changes (audit log)"} {
 		if !strings.Contains(page, want) {
 			t.Errorf("admin page lacks %q", want)

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -85,7 +86,16 @@ func loadConfig(o Options) (*config.Config, error) {
 	return c, err
 }
 
-// Run starts the relay and serves until ctx ends.
+// Run starts the box and serves until ctx ends. The management plane comes
+// first and never depends on the relay's configuration: the LAN status
+// page, discovery and the tailnet node with the admin API and page start
+// before the relay is built, and stay up whatever its configuration,
+// secrets or upstreams say. The relay then starts from config.json, or,
+// where that does not build and the box is managed, from the newest kept
+// version that does (or with none: no listener, the queue held); a secret
+// or file it names that is not there puts its upstream into the waiting
+// state. docs/architecture.md ("Start-up") says what can still stop the
+// process.
 func Run(ctx context.Context, o Options) error {
 	log := o.Logger
 	if log == nil {
@@ -120,30 +130,11 @@ func Run(ctx context.Context, o Options) error {
 	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
-	cfg, err := loadConfig(o)
-	if err != nil {
-		return err
-	}
 	creds := secrets.New(layout.Dir(o.StateDir), nil)
-	ra := &renewalAudit{l: log}
-	r, err := relay.New(cfg, o.StateDir, relay.Deps{Logger: log, Secret: secretStore(layout.Dir(o.StateDir).Secrets()),
-		SecretUsed: creds.Used, RootCAs: o.RootCAs, HTTPClient: o.HTTPClient, KeyStore: creds, RenewalStep: ra.step})
-	if err != nil {
-		return err
-	}
-	a := &app{o: o, log: log, relay: r, renewAudit: ra}
-	if o.Reload != nil {
-		go func() {
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-o.Reload:
-					a.reload(ctx) // logged; the running configuration stays on error
-				}
-			}
-		}()
-	}
+	a := &app{o: o, log: log, creds: creds, renewAudit: &renewalAudit{l: log}}
+	a.problem.Store(ptr("the relay is starting"))
+
+	// 1. The management plane.
 	var responder atomic.Pointer[mdns.Responder] // set once discovery runs
 	var tailnet atomic.Pointer[node.Node]        // set once the admin side runs
 	var httpAddr net.Addr
@@ -154,12 +145,18 @@ func Run(ctx context.Context, o Options) error {
 		}
 		httpAddr = l.Addr()
 		mux := http.NewServeMux()
-		mux.Handle("/metrics", r.Metrics())
+		mux.Handle("/metrics", a.metrics())
 		mux.Handle(provapi.Version+"/", server.LANRefusal()) // the admin API is on the tailnet only
 		mux.Handle(web.Prefix, web.LANRefusal())             // and so is the admin page
 		mux.Handle("/", status.Handler(func() status.Page {
-			st := r.Status()
-			p := status.Page{Hostname: r.Hostname(), Version: version(), Now: time.Now(), Relay: &st}
+			p := status.Page{Version: version(), Now: time.Now()}
+			if r := a.Relay(); r != nil {
+				st := r.Status()
+				p.Hostname, p.Relay = r.Hostname(), &st
+			} else {
+				p.Hostname, _ = os.Hostname()
+				p.Problem = *a.problem.Load()
+			}
 			if m := responder.Load(); m != nil {
 				p.MDNSName = m.Name() + ".local" // the name in use, after any conflict
 			}
@@ -172,29 +169,64 @@ func Run(ctx context.Context, o Options) error {
 		go srv.Serve(l)
 		defer srv.Close()
 	}
+	var disco Discovery
 	if o.Discovery != nil {
-		d := *o.Discovery
+		disco = *o.Discovery
 		if ta, ok := httpAddr.(*net.TCPAddr); ok && !ta.IP.IsLoopback() {
-			d.HTTPPort = ta.Port
+			disco.HTTPPort = ta.Port
 		}
 		dctx, stop := context.WithCancel(ctx)
-		resp, done, err := runDiscovery(dctx, d, r.Status(), log)
+		// The status page first; the SMTP services once the relay runs.
+		resp, done, err := runDiscovery(dctx, disco, relay.Status{}, log)
 		if err != nil {
 			stop()
-			return err
+			log.Error("discovery is off; devices must be given the relay's address", "err", err)
+		} else {
+			defer func() { stop(); <-done }() // goodbyes go out before we exit
+			responder.Store(resp)
+			log.Info("announcing by mDNS", "name", resp.Name()+".local")
 		}
-		defer func() { stop(); <-done }() // goodbyes go out before we exit
-		responder.Store(resp)
-		log.Info("announcing by mDNS", "name", resp.Name()+".local")
 	}
 	if o.Tailnet != nil {
 		adm, stopAdmin, err := startAdmin(ctx, o, a, creds, log)
 		if err != nil {
 			return err
 		}
-		adm.host = r.Hostname()
 		tailnet.Store(adm.node)
 		defer stopAdmin()
+	}
+
+	// 2. The relay, the managed part.
+	r, err := a.startRelay()
+	if err != nil {
+		if !a.managed() {
+			return err
+		}
+		// Only the state itself (spool, trace) can get here: the box
+		// stays managed and says why it takes no mail.
+		a.problem.Store(ptr(err.Error()))
+		log.Error("not accepting mail: the relay cannot open its state; the box stays managed", "err", err)
+		console("relay not started: %v", err)
+		<-ctx.Done()
+		return nil
+	}
+	a.relay.Store(r)
+	if resp := responder.Load(); resp != nil {
+		if err := resp.SetServices(services(r.Status(), disco.HTTPPort, disco.Instance)); err != nil {
+			log.Error("announcing the SMTP services", "err", err)
+		}
+	}
+	if o.Reload != nil {
+		go func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-o.Reload:
+					a.reload(ctx) // logged; the running configuration stays on error
+				}
+			}
+		}()
 	}
 	if o.Box {
 		console("SMTP listening on %v", r.Addrs())
@@ -205,35 +237,151 @@ func Run(ctx context.Context, o Options) error {
 	return r.Run(ctx)
 }
 
+func ptr[T any](v T) *T { return &v }
+
 // app is the running appliance, for what changes it while it runs.
 type app struct {
 	o     Options
 	log   *slog.Logger
-	relay *relay.Relay
-	mu    sync.Mutex // one reload at a time
+	creds *secrets.Store
+	relay atomic.Pointer[relay.Relay] // nil until built (and if the state is unusable)
+	// problem is why there is no relay (yet), for the status page.
+	problem atomic.Pointer[string]
+	mu      sync.Mutex // one reload at a time
 	// renewAudit puts certificate renewals in the audit log.
 	renewAudit *renewalAudit
 }
 
 // Relay is the relay in force (the same one for the process's life: a
-// reload changes what it does, not which it is).
-func (a *app) Relay() *relay.Relay { return a.relay }
+// reload changes what it does, not which it is); nil while it starts, and
+// for good if its state cannot be opened.
+func (a *app) Relay() *relay.Relay { return a.relay.Load() }
+
+// managed says whether the box has a management plane to stay up for
+// (the gokrazy box, or a tailnet node): then a configuration that does
+// not build never stops the process. Without one (a developer's relayd)
+// it is an error, as it always was.
+func (a *app) managed() bool { return a.o.Box || a.o.Tailnet != nil }
+
+// deps are the relay's surroundings.
+func (a *app) deps() relay.Deps {
+	d := relay.Deps{Logger: a.log, Secret: secretStore(layout.Dir(a.o.StateDir).Secrets()),
+		SecretUsed: a.creds.Used, RootCAs: a.o.RootCAs, HTTPClient: a.o.HTTPClient,
+		KeyStore: a.creds, RenewalStep: a.renewAudit.step}
+	if a.o.Tailnet != nil {
+		d.Name = a.o.Tailnet.Site
+	}
+	if a.managed() {
+		d.BindRetry = bindBackoff
+	}
+	return d
+}
+
+// startRelay builds the relay from config.json; on a managed box, where
+// that does not build, from the newest kept version in config.d/ that
+// does, and failing that with no configuration at all. The broken file
+// stays where it is for the admin to read; the relay's status, the log,
+// the console and siterelay_config_in_force say what runs instead.
+func (a *app) startRelay() (*relay.Relay, error) {
+	d := a.deps()
+	cfg, err := loadConfig(a.o)
+	if err == nil {
+		var r *relay.Relay
+		if r, err = relay.New(cfg, a.o.StateDir, d); err == nil {
+			return r, nil
+		}
+	}
+	if !a.managed() {
+		return nil, err
+	}
+	broken := a.o.ConfigFile
+	if broken == "" {
+		broken = layout.Dir(a.o.StateDir).Config()
+	}
+	src := &relay.ConfigSource{Broken: a.rel(broken), Problem: err.Error()}
+	a.log.Error("the configuration does not build; starting on the newest kept version that does", "file", src.Broken, "err", err)
+	console("configuration %s does not build: %v", src.Broken, err)
+	for _, path := range keptVersions(layout.Dir(a.o.StateDir)) {
+		c, err := config.Load(path)
+		if err != nil {
+			a.log.Warn("kept configuration version does not load either", "file", a.rel(path), "err", err)
+			continue
+		}
+		r, err := relay.New(c, a.o.StateDir, d)
+		if err != nil {
+			a.log.Warn("kept configuration version does not build either", "file", a.rel(path), "err", err)
+			continue
+		}
+		src.InForce = a.rel(path)
+		r.SetConfigSource(src)
+		a.log.Warn("running a kept configuration version instead of the broken one; put a good one with relayctl config put, or roll back", "in_force", src.InForce, "broken", src.Broken)
+		console("running kept configuration %s", src.InForce)
+		return r, nil
+	}
+	r, err := relay.New(nil, a.o.StateDir, d)
+	if err != nil {
+		return nil, err
+	}
+	r.SetConfigSource(src)
+	a.log.Error("no configuration builds: the relay has no listener and holds its queue; put one with relayctl config put", "broken", src.Broken)
+	console("no configuration builds: no SMTP listener")
+	return r, nil
+}
+
+// rel is path relative to the state directory, as the status shows it.
+func (a *app) rel(path string) string {
+	if p, err := filepath.Rel(a.o.StateDir, path); err == nil && !strings.HasPrefix(p, "..") {
+		return filepath.ToSlash(p)
+	}
+	return path
+}
+
+// keptVersions are the configuration versions in config.d/, newest first.
+func keptVersions(dir layout.Dir) []string {
+	files, _ := filepath.Glob(filepath.Join(filepath.Dir(dir.ConfigVersion(1)), "[0-9]*.json"))
+	sort.Sort(sort.Reverse(sort.StringSlice(files))) // zero-padded: the newest sorts last
+	return files
+}
+
+// bindBackoff is when a listener that could not bind at start is tried
+// again: after 1 s, doubling to a minute.
+func bindBackoff(attempt int) <-chan time.Time {
+	return time.After(min(time.Second<<min(attempt, 6), time.Minute))
+}
+
+// metrics serves the relay's /metrics once it runs (503 before).
+func (a *app) metrics() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		r := a.Relay()
+		if r == nil {
+			http.Error(w, "the relay is not running: "+*a.problem.Load(), http.StatusServiceUnavailable)
+			return
+		}
+		r.Metrics().ServeHTTP(w, req)
+	})
+}
 
 // reload reads the configuration and the secrets again and applies them
 // to the running relay. A configuration with errors is refused, each key
 // error logged, and the running one stays in force. The tailnet API calls
-// this after it has stored a new configuration or credential.
+// this after it has stored a new configuration or credential. A reload of
+// config.json that applies ends a start on a kept version.
 func (a *app) reload(ctx context.Context) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	r := a.Relay()
+	if r == nil {
+		return fmt.Errorf("reload: the relay is not running: %s", *a.problem.Load())
+	}
 	cfg, err := loadConfig(a.o)
 	if err == nil {
-		err = a.relay.Reload(cfg)
+		err = r.Reload(cfg)
 	}
 	if err != nil {
 		a.log.Error("reload refused; the running configuration stays", "err", err)
 		return fmt.Errorf("reload: %w", err)
 	}
+	r.SetConfigSource(nil)
 	return nil
 }
 

@@ -16,7 +16,10 @@ import (
 // Devices is every client learned, with the configured device that
 // recognises it now.
 func (a *admin) Devices(ctx context.Context) ([]api.SeenDevice, error) {
-	r := a.run.Relay()
+	r, err := a.relay()
+	if err != nil {
+		return nil, err
+	}
 	cfg := r.Config()
 	clients := r.Learned().Clients()
 	out := make([]api.SeenDevice, 0, len(clients))
@@ -33,7 +36,11 @@ func (a *admin) Devices(ctx context.Context) ([]api.SeenDevice, error) {
 // (learn.MakePlan, as `relayd devices adopt`), by the caller by.
 func (a *admin) Adopt(ctx context.Context, req api.AdoptRequest, by string) (*api.AdoptResult, error) {
 	o := learn.AdoptOptions{Addresses: req.Addresses, DevicesOnly: req.DevicesOnly == nil || *req.DevicesOnly}
-	clients := a.run.Relay().Learned().Clients()
+	r, err := a.relay()
+	if err != nil {
+		return nil, err
+	}
+	clients := r.Learned().Clients()
 	var plan *learn.Plan
 	res, err := a.configs.Edit(ctx, func(doc []byte) ([]byte, error) {
 		p, err := learn.MakePlan(doc, clients, o)

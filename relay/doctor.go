@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"sort"
 
 	"github.com/siterelay/siterelay/relay/config"
@@ -21,14 +22,30 @@ func Doctor(ctx context.Context, cfg *config.Config, dir string, d Deps, testTo 
 	if len(cfg.Routes) > 0 {
 		return doctorRoutes(ctx, cfg, dir, d, testTo)
 	}
+	var waiting []Waiting
+	d.waiting = func(ws []Waiting) { waiting = append(waiting, ws...) }
 	up, _, err := newUpstream(cfg, dir, d, nil)
-	if err != nil {
+	switch {
+	case err != nil:
 		dd.UpstreamErr = err
-	} else {
+	case len(waiting) > 0:
+		up.Close()
+		dd.UpstreamErr = errors.New(why(waiting))
+	default:
 		defer up.Close()
 		dd.Upstream = up
 	}
-	return doctor.Run(ctx, cfg, dd), nil
+	// What the upstream waits for first, each with the command that
+	// provides it: the one thing to do before any other step can pass.
+	var steps []upstream.Step
+	for _, w := range waiting {
+		what := "secret " + w.Secret
+		if w.Secret == "" {
+			what = "file " + w.File
+		}
+		steps = append(steps, upstream.Step{Name: what + " (" + w.Key + ")", Detail: w.Reason + ": " + w.Detail + "; fix: " + w.Fix})
+	}
+	return append(steps, doctor.Run(ctx, cfg, dd)...), nil
 }
 
 // doctorRoutes checks each named upstream as if it were the only one, its

@@ -134,6 +134,7 @@ func (r *Relay) observeGeneration(g *generation) {
 		r.metrics.ForgetToken()
 	}
 	r.alerts.Update(g.alerts)
+	r.waitingM.set(g)
 }
 
 // alertOptions are the webhook's settings in cfg, its URL read from the

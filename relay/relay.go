@@ -74,9 +74,20 @@ type Deps struct {
 	// audit log).
 	RenewalStep func(m365.RenewStep)
 
+	// BindRetry, when set, makes a listener that cannot bind at New no
+	// error: the others serve, and it is tried again when the channel
+	// BindRetry(attempt) gives fires (attempt 1, 2, …), its bind error
+	// in the status until then. Nil: New fails, as a reload still does.
+	BindRetry func(attempt int) <-chan time.Time
+	// Name is the name relayctl knows this relay by (its tailnet node
+	// name), for the commands the waiting state shows; "" means the
+	// configuration's host name.
+	Name string
+
 	// Set by the relay for the upstream it builds (metrics), not by callers.
 	tokenRenewed      func(time.Time, error)
 	clientCertificate func(time.Time)
+	waiting           func([]Waiting) // told what an upstream waits for
 }
 
 func (d *Deps) defaults() {
@@ -104,6 +115,12 @@ type Relay struct {
 	up      *switchable
 	upSched upstream.Upstream // up, as the scheduler sees it: instrumented
 	fo      *failovers
+	// waitingM is siterelay_upstream_waiting.
+	waitingM *waitingMetric
+	// source is what runs when it is not config.json (SetConfigSource),
+	// sourceM siterelay_config_in_force.
+	source  atomic.Pointer[ConfigSource]
+	sourceM *configSourceMetric
 	sched   *delivery.Scheduler
 	alerts  *alerts.Notifier
 	learned *learn.Store
@@ -137,6 +154,9 @@ type generation struct {
 	alerts             alerts.Options // the webhook's, URL read from the secret store
 	// secrets names the secrets of the upstream a trace event names.
 	secrets func(upstream string) []string
+	// waiting is what the configuration names that is not there yet
+	// (upstreams that hold their mail, an alert webhook that is off).
+	waiting []Waiting
 }
 
 // listener is one bound listener and its server. addr is the configured
@@ -159,10 +179,26 @@ type serving struct {
 	stop chan struct{} // closed when Run stops
 }
 
-// New opens the state in dir and binds the listeners; Run serves.
+// unconfigured is what a relay without a configuration runs: no listener,
+// the defaults for the rest; its upstream holds the queue (New(nil, …)).
+func unconfigured() *config.Config {
+	c := config.Default()
+	c.Hostname, c.Listeners = "", nil
+	return c
+}
+
+// New opens the state in dir and binds the listeners; Run serves. A nil
+// cfg is a relay with no configuration that builds: no listener, and
+// whatever the spool holds is held (Status.Waiting says so) until a
+// Reload gives it one; the appliance runs it so that the box stays
+// managed (docs/architecture.md, "Start-up").
 func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 	d.defaults()
 	r = &Relay{dir: layout.Dir(dir), d: d, log: d.Logger, started: d.Clock()}
+	given := cfg
+	if cfg == nil {
+		cfg = unconfigured()
+	}
 	defer func(r *Relay) {
 		// r, not the named result: every error return sets that to nil.
 		if err != nil {
@@ -184,6 +220,8 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 	r.metrics = metrics.New(r.metricsGauges())
 	r.alerts = alerts.New(alerts.Options{Metrics: r.metrics.Registry(), Clock: d.Clock, Logger: d.Logger, Explain: r.explainRenewal})
 	r.fo = newFailovers(r.metrics.Registry())
+	r.waitingM = newWaitingMetric(r.metrics.Registry())
+	r.sourceM = newConfigSourceMetric(r.metrics.Registry())
 	r.learned, err = learn.Open(r.dir.Learned(), learn.Options{Clock: d.Clock, Logger: d.Logger})
 	if err != nil {
 		return nil, err
@@ -192,7 +230,7 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 	r.trace.Subscribe(newDeviceMetrics(r, r.metrics.Registry()).observe)
 	r.trace.Subscribe(r.seen.observe)
 
-	g, up, err := r.build(cfg, nil)
+	g, up, err := r.build(given, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -202,7 +240,15 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 	r.sched = delivery.New(r.schedOptions(g))
 	r.gen.Store(g)
 	r.observeGeneration(g)
-	if err := r.bindListeners(g); err != nil {
+	listen := r.d.Listen
+	if d.BindRetry != nil {
+		r.d.Listen = listenOrRetry(listen, d.BindRetry, func(addr string, err error) {
+			r.log.Error("listener cannot bind; the others serve, it is tried again", "address", addr, "err", err)
+		})
+	}
+	err = r.bindListeners(g)
+	r.d.Listen = listen // a reload's new addresses bind or refuse the reload
+	if err != nil {
 		return nil, err
 	}
 	return r, nil
@@ -212,6 +258,10 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 // (nil at start) the new configuration leaves as it was. It binds nothing
 // and changes nothing in r, so a failed reload leaves the relay untouched.
 func (r *Relay) build(cfg *config.Config, prev *generation) (*generation, upstream.Upstream, error) {
+	none := cfg == nil
+	if none {
+		cfg = unconfigured()
+	}
 	if cfg.Hostname == "" {
 		// One name for banner, Received, EHLO upstream and bounces. The
 		// caller's configuration is left as loaded: the relay keeps a copy.
@@ -223,8 +273,15 @@ func (r *Relay) build(cfg *config.Config, prev *generation) (*generation, upstre
 	d := r.d
 	d.tokenRenewed = r.metrics.TokenRenewed
 	d.clientCertificate = func(t time.Time) { g.clientCertNotAfter = t }
-	up, name, err := newUpstream(cfg, string(r.dir), d, r.fo.observe)
-	if err != nil {
+	d.waiting = func(ws []Waiting) { g.waiting = append(g.waiting, ws...) }
+	var up upstream.Upstream
+	var name string
+	var err error
+	if none {
+		up, name, _ = d.wait([]Waiting{{Upstream: "upstream", Key: "(configuration)", File: "config.json", Reason: config.ReasonMalformed,
+			Detail: "no configuration builds: the relay has no listener and holds what is queued",
+			Fix:    "relayctl -relay " + d.name(cfg) + " config put FILE"}}, "upstream")
+	} else if up, name, err = newUpstream(cfg, string(r.dir), d, r.fo.observe); err != nil {
 		return nil, nil, err
 	}
 	g.upName = name
@@ -243,9 +300,16 @@ func (r *Relay) build(cfg *config.Config, prev *generation) (*generation, upstre
 		up.Close()
 		return nil, nil, fmt.Errorf("policy: %w", err)
 	}
-	if g.alerts, err = alertOptions(cfg, g.hostname, r.d.Secret); err != nil {
-		up.Close()
-		return nil, nil, err
+	if w := cfg.Alerts.Webhook; w != nil {
+		// A webhook whose URL is not there yet is off until it is: the
+		// mail does not wait for the alerts.
+		ref := config.Reference{Key: "alerts.webhook.url_secret", Secret: w.URLSecret, Kind: config.RefWebhookURL}
+		if us := unmet([]config.Reference{ref}, string(r.dir), d); len(us) > 0 {
+			g.waiting = append(g.waiting, waitingFor(us, d.name(cfg))...)
+		} else if g.alerts, err = alertOptions(cfg, g.hostname, r.d.Secret); err != nil {
+			up.Close()
+			return nil, nil, err
+		}
 	}
 	g.policy.FollowUpstreamPace(up.Limits().MessagesPerMinute)
 	g.certKey = cfg.TLS.CertFile + "\x00" + cfg.TLS.KeyFile + "\x00" + g.hostname
@@ -264,6 +328,17 @@ func (r *Relay) build(cfg *config.Config, prev *generation) (*generation, upstre
 	return g, up, nil
 }
 
+// upstreamWaiting is what g's upstreams wait for (not the alerts').
+func (g *generation) upstreamWaiting() []Waiting {
+	var out []Waiting
+	for _, w := range g.waiting {
+		if w.Upstream != "" {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
 func (r *Relay) schedOptions(g *generation) delivery.Options {
 	cfg := g.cfg
 	return delivery.Options{
@@ -272,7 +347,7 @@ func (r *Relay) schedOptions(g *generation) delivery.Options {
 		Bounce:     &delivery.Bounce{ReportingMTA: g.hostname, From: cfg.Bounce.From, Admin: cfg.Bounce.Admin},
 		FirstRetry: cfg.Delivery.FirstRetry.D(), MaxRetry: cfg.Delivery.MaxRetry.D(), Lifetime: cfg.Delivery.Lifetime.D(),
 		Concurrency: cfg.Delivery.Concurrency, Delivered: r.metrics.ObserveDelivery,
-		Clock: r.d.Clock, Logger: r.d.Logger,
+		Holding: len(g.upstreamWaiting()) > 0, Clock: r.d.Clock, Logger: r.d.Logger,
 	}
 }
 
@@ -444,9 +519,13 @@ const shutdownGrace = 10 * time.Second
 // under the old ones, the next delivery attempt uses the new upstream (and
 // reads the secrets again) while attempts in flight finish on the old one,
 // and the spool, the trace and the metrics are kept. The spool's and the
-// trace's own limits take effect at the next start. If anything of cfg
-// cannot be built (a missing secret, an address in use) Reload returns the
-// error and the running configuration stays in force, untouched.
+// trace's own limits take effect at the next start. A secret or file the
+// new configuration names that is not there (or not well-formed) puts its
+// upstream into the waiting state (Status.Waiting), it does not refuse the
+// reload; a reload that ends a wait makes the held mail due at once. If
+// anything else of cfg cannot be built (an address in use, a listener
+// certificate that does not load) Reload returns the error and the running
+// configuration stays in force, untouched.
 func (r *Relay) Reload(cfg *config.Config) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -467,7 +546,12 @@ func (r *Relay) Reload(cfg *config.Config) error {
 	r.observeGeneration(g)
 	r.sched.Reconfigure(r.schedOptions(g))
 	r.updateRenewals(g.cfg)
-	r.log.Info("configuration reloaded", "upstream", g.upName, "listeners", len(r.listeners))
+	if len(prev.upstreamWaiting()) > len(g.upstreamWaiting()) {
+		// What an upstream waited for has arrived (`creds put` reloads):
+		// the mail it held goes now, not at its next look.
+		r.sched.Kick()
+	}
+	r.log.Info("configuration reloaded", "upstream", g.upName, "listeners", len(r.listeners), "waiting", len(g.upstreamWaiting()))
 	return nil
 }
 

@@ -45,6 +45,14 @@ type Status struct {
 	// (NTP: gokrazy's ntp package on the box); nil where it cannot tell.
 	// Tokens, certificates and retries all depend on it.
 	ClockSynchronised *bool `json:"clock_synchronised,omitempty"`
+	// Waiting lists the secrets and files the configuration in force
+	// names that are missing, unreadable or malformed, each with the
+	// upstream that holds its mail for it and the command that provides
+	// it; empty when nothing waits.
+	Waiting []Waiting `json:"waiting,omitempty"`
+	// Config, when set, says the relay does not run config.json: it did
+	// not build at start, and a kept version (or none) runs instead.
+	Config *ConfigSource `json:"config,omitempty"`
 }
 
 // ListenerStatus is one listener as a device sees it.
@@ -61,6 +69,10 @@ type ListenerStatus struct {
 	Auth string `json:"auth"`
 	// Loopback listeners are not reachable from the plant network.
 	Loopback bool `json:"loopback"`
+	// Problem, when set, says the listener could not bind at start (its
+	// address in use or not on this box) and is tried again; the others
+	// serve meanwhile.
+	Problem string `json:"problem,omitempty"`
 }
 
 // UpstreamStatus is how the last deliveries went.
@@ -146,6 +158,8 @@ func (r *Relay) Status() Status {
 		Routes:          r.up.routeStatus(),
 		Warnings:        append(warnings(g.cfg, r.d.Clock()), r.renewalWarnings()...),
 		Renewals:        r.Renewals(),
+		Waiting:         append([]Waiting(nil), g.waiting...),
+		Config:          r.source.Load(),
 	}
 	if t, ok := r.tlsCertificateExpiry(); ok {
 		s.TLSCertificateExpires = t.UTC()
@@ -193,6 +207,11 @@ func (r *Relay) listenerStatus() []ListenerStatus {
 		}
 		if ta, ok := l.Addr().(*net.TCPAddr); ok {
 			ls.Loopback = ta.IP.IsLoopback()
+		}
+		if p, ok := l.(*pendingListener); ok {
+			if err := p.bindError(); err != nil {
+				ls.Problem = "cannot bind " + lc.Address + ": " + err.Error() + "; tried again"
+			}
 		}
 		out[i] = ls
 	}

@@ -57,7 +57,50 @@ func newUpstream(cfg *config.Config, dir string, d Deps, failover func(route, fr
 
 // buildUpstream builds one upstream of any kind; key is where it is
 // configured ("upstream", "upstreams.NAME"), for errors.
+//
+// An upstream whose secrets or files are missing, unreadable or malformed
+// is not an error: it is built as a waiting upstream that holds its mail,
+// and d.waiting is told what it waits for.
 func buildUpstream(cfg *config.Config, u config.Upstream, key, dir string, d Deps) (upstream.Upstream, string, error) {
+	refs := u.References(key)
+	if us := unmet(refs, dir, d); len(us) > 0 {
+		return d.wait(waitingFor(us, d.name(cfg)), key)
+	}
+	up, label, err := buildKind(cfg, u, key, dir, d)
+	if err != nil && len(refs) > 0 {
+		// Present and well-formed to the checks, yet the upstream refuses
+		// what it read (a key of the wrong type, a certificate that does
+		// not match it): held too, naming every reference of it.
+		ws := make([]Waiting, len(refs))
+		for i, ref := range refs {
+			ws[i] = Waiting{Upstream: key, Key: ref.Key, Secret: ref.Secret, File: ref.File, Reason: config.ReasonMalformed,
+				Detail: err.Error(), Fix: ref.Fix(d.name(cfg))}
+		}
+		return d.wait(ws, key)
+	}
+	return up, label, err
+}
+
+// wait is the waiting upstream for ws, told to d.waiting.
+func (d Deps) wait(ws []Waiting, key string) (upstream.Upstream, string, error) {
+	if d.waiting != nil {
+		d.waiting(ws)
+	}
+	w := why(ws)
+	d.Logger.Warn("upstream waiting: its mail is held until a reload finds what it needs", "upstream", key, "waiting", w)
+	return &waitingUpstream{why: w}, "waiting for " + key, nil
+}
+
+// name is the relay's name for relayctl's -relay in a fix's command.
+func (d Deps) name(cfg *config.Config) string {
+	if d.Name != "" {
+		return d.Name
+	}
+	return cfg.Hostname
+}
+
+// buildKind builds one upstream of its kind.
+func buildKind(cfg *config.Config, u config.Upstream, key, dir string, d Deps) (upstream.Upstream, string, error) {
 	switch u.Kind {
 	case config.KindCapture:
 		out := filepath.Join(dir, u.Capture.Directory)

@@ -43,8 +43,10 @@ type Page struct {
 
 // Health is the page's verdict, first thing on screen.
 type Health struct {
-	// State is "ok", "warning" (mail waits or is old) or "down" (no mail
-	// accepted).
+	// State is "ok", "warning" (mail waits or is old, a secret or file
+	// is missing, a kept configuration runs, a listener is not bound) or "down" (no mail accepted). These are
+	// the box's one health vocabulary: the admin API's Status.Health and
+	// relayctl status say the same words, judged here.
 	State string `json:"state"`
 	// Notes say why, in words a technician can act on.
 	Notes []string `json:"notes,omitempty"`
@@ -80,6 +82,30 @@ func (p Page) Health() Health {
 	for _, w := range p.Relay.Warnings {
 		h.Notes = append(h.Notes, "The configuration needs an admin: "+w+".")
 	}
+	if c := p.Relay.Config; c != nil {
+		in := "a kept version, " + c.InForce
+		if c.InForce == "" {
+			in = "no configuration: no SMTP listener"
+		}
+		h.Notes = append(h.Notes, fmt.Sprintf("The configuration %s does not build (%s); running %s.", c.Broken, c.Problem, in))
+	}
+	for _, w := range p.Relay.Waiting {
+		what := "secret " + w.Secret
+		if w.Secret == "" {
+			what = "file " + w.File
+		}
+		held := "mail for " + w.Upstream + " is held"
+		if w.Upstream == "" {
+			held = "alerts are off"
+		}
+		h.Notes = append(h.Notes, fmt.Sprintf("Waiting for %s (%s, %s): %s until it is provided: %s", what, w.Key, w.Reason, held, w.Fix))
+	}
+	for _, l := range p.Relay.Listeners {
+		if l.Problem != "" {
+			h.Notes = append(h.Notes, "Listener "+l.Name+": "+l.Problem+".")
+		}
+	}
+
 	if o := p.Relay.Queue.Oldest; !o.IsZero() && p.Now.Sub(o) > StaleAfter {
 		h.Notes = append(h.Notes, fmt.Sprintf("The oldest queued message has waited %s.", duration(p.Now.Sub(o))))
 	}

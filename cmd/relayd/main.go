@@ -3,7 +3,10 @@
 //
 //	relayd -dev [-state DIR]            development default, no tenant needed
 //	relayd -config FILE -state DIR      the real thing (SIGHUP reloads FILE and the secrets)
-//	relayd check-config FILE            validate a configuration, print its route table and exit
+//	relayd check-config [-state DIR] FILE
+//	                                    validate a configuration, print its route table and exit;
+//	                                    with -state its secrets and files are checked there, without
+//	                                    it they are listed as what must be provisioned
 //	relayd doctor [-config FILE] [-state DIR] [-dns HOST:PORT] [-to ADDR]
 //	                                    check DNS, connection, TLS, login to the upstream;
 //	                                    every check that can runs, a skipped one says why
@@ -121,17 +124,40 @@ func defaultState() string {
 }
 
 func checkConfig(args []string, stdout, stderr io.Writer) int {
-	if len(args) != 1 {
-		fmt.Fprintln(stderr, "usage: relayd check-config FILE")
+	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	state := fs.String("state", "", "state directory whose secrets and files to check (default: list what must be provisioned)")
+	if fs.Parse(args) != nil {
 		return 2
 	}
-	cfg, err := config.Load(args[0])
+	rest := fs.Args()
+	if len(rest) > 1 { // FILE -state DIR
+		if fs.Parse(rest[1:]) != nil {
+			return 2
+		}
+		rest = append(rest[:1], fs.Args()...)
+	}
+	if len(rest) != 1 {
+		fmt.Fprintln(stderr, "usage: relayd check-config [-state DIR] FILE")
+		return 2
+	}
+	cfg, err := config.Load(rest[0])
 	if err != nil {
 		fmt.Fprintf(stderr, "%v\n", err)
 		return 1
 	}
+	problems, notes := config.ReferenceReport(cfg, *state, "")
+	for _, p := range problems {
+		fmt.Fprintln(stderr, p)
+	}
+	if len(problems) > 0 {
+		return 1
+	}
 	fmt.Fprintln(stdout, "configuration is valid; routes, first match wins:")
 	fmt.Fprint(stdout, cfg.RouteTable())
+	for _, n := range notes {
+		fmt.Fprintln(stdout, n)
+	}
 	return 0
 }
 

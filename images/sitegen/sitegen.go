@@ -15,6 +15,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/siterelay/siterelay/relay/config"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -65,6 +66,15 @@ func run(sitePath, targetName, out string, checkOnly bool, keyFile string, size 
 	}
 	if checkOnly {
 		fmt.Printf("%s: valid site file for %s\n", sitePath, site.Hostname)
+		if relay != nil {
+			// No secret is on the card: each one the relay section names
+			// is provisioned over the tailnet; until then its upstream
+			// holds the mail (the box starts and joins regardless).
+			_, notes := config.ReferenceReport(relay, "", site.Hostname)
+			for _, n := range notes {
+				fmt.Println(n)
+			}
+		}
 		return nil
 	}
 	t, ok := targets[targetName]

@@ -159,9 +159,23 @@ type Status struct {
 	Version  string    `json:"version"`
 	Now      time.Time `json:"now"`
 	Started  time.Time `json:"started"`
-	// Health is "ok", "degraded" (mail waiting on a failing upstream) or
-	// "failing".
-	Health          string            `json:"health"`
+	// Health is the box's verdict, the same words and the same judgement
+	// as the LAN status page's (appliance/status.Page.Health): "ok",
+	// "warning" (mail waits, a secret is missing, the clock is not in step,
+	// a kept configuration runs, …) or "down" (no mail accepted);
+	// HealthNotes say why.
+	Health      string   `json:"health"`
+	HealthNotes []string `json:"health_notes,omitempty"`
+	// Problem, when set, is why there is no relay at all (starting, or its
+	// state cannot be opened); the management plane answers regardless.
+	Problem string `json:"problem,omitempty"`
+	// Waiting lists what the configuration in force names that is missing,
+	// unreadable or malformed, each with the command that provides it;
+	// the upstreams concerned hold their mail meanwhile.
+	Waiting []Waiting `json:"waiting,omitempty"`
+	// Config, when set, says config.json did not build at start and what
+	// runs instead (a kept version, or none).
+	Config          *ConfigSource     `json:"config,omitempty"`
 	Listeners       []Listener        `json:"listeners"`
 	MaxMessageBytes int64             `json:"max_message_bytes"`
 	Upstream        Upstream          `json:"upstream"`
@@ -213,6 +227,33 @@ type Listener struct {
 	TLS      string `json:"tls"`
 	Auth     string `json:"auth"`
 	Loopback bool   `json:"loopback"`
+	// Problem says the listener could not bind at start and is tried
+	// again.
+	Problem string `json:"problem,omitempty"`
+}
+
+// Waiting is one secret or file an upstream waits for (the relay's
+// waiting state): Upstream ("upstream", "upstreams.NAME"; "" for the alert
+// webhook), the Key naming it, the Secret or File, Reason ("missing",
+// "unreadable", "malformed"), Detail, and the Fix command.
+type Waiting struct {
+	Upstream string `json:"upstream,omitempty"`
+	Key      string `json:"key"`
+	Secret   string `json:"secret,omitempty"`
+	File     string `json:"file,omitempty"`
+	Reason   string `json:"reason"`
+	Detail   string `json:"detail"`
+	Fix      string `json:"fix"`
+}
+
+// ConfigSource says what runs when config.json did not build at start:
+// InForce is the kept version ("config.d/000042.json"; "" for none: no
+// listener), Broken the file that did not build (kept for the admin to
+// read), Problem why.
+type ConfigSource struct {
+	InForce string `json:"in_force"`
+	Broken  string `json:"broken"`
+	Problem string `json:"problem"`
 }
 
 type Upstream struct {

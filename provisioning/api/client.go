@@ -136,6 +136,13 @@ func (c *Client) DeleteCredential(ctx context.Context, name string) error {
 	return c.do(ctx, "DELETE", seg(PathCredential, "name", name), nil, nil, nil)
 }
 
+// DeleteCredentialForce deletes a credential the configuration in force
+// uses (a plain delete answers 409 naming every key that uses it); the
+// upstreams that use it wait for it from then on.
+func (c *Client) DeleteCredentialForce(ctx context.Context, name string) error {
+	return c.do(ctx, "DELETE", seg(PathCredential, "name", name), url.Values{"force": {"1"}}, nil, nil)
+}
+
 func (c *Client) Config(ctx context.Context) (*ConfigDoc, error) {
 	var d ConfigDoc
 	return &d, c.do(ctx, "GET", PathConfig, nil, nil, &d)

@@ -27,6 +27,7 @@ func (e *env) creds(ctx context.Context, args []string) int {
 	days := fs.Int("days", 0, "new-certificate: days the certificate is valid (default 365)")
 	subject := fs.String("subject", "", "new-certificate: the certificate's subject, e.g. CN=siterelay-plant7")
 	outF := fs.String("out", "", "new-certificate: also write the certificate (PEM, public) to this file")
+	force := fs.Bool("force", false, "delete: even a credential the configuration uses (its upstreams then hold their mail until it is put again)")
 	pos, err := parse(fs, args[1:])
 	if err != nil {
 		return e.fail(err)
@@ -47,7 +48,11 @@ func (e *env) creds(ctx context.Context, args []string) int {
 		})
 	case op == "delete" && len(pos) == 1:
 		return e.change(ctx, func(ctx context.Context, c *api.Client) error {
-			if err := c.DeleteCredential(ctx, pos[0]); err != nil {
+			del := c.DeleteCredential
+			if *force {
+				del = c.DeleteCredentialForce
+			}
+			if err := del(ctx, pos[0]); err != nil {
 				return err
 			}
 			return e.out(api.OK{OK: true}, func(t *tabwriter.Writer) { row(t, "credential %s deleted\n", pos[0]) })
@@ -151,7 +156,7 @@ func (e *env) creds(ctx context.Context, args []string) int {
 	return e.fail(usageErr(credsUsage))
 }
 
-const credsUsage = "relayctl creds list | put NAME -kind KIND [-expires YYYY-MM-DD] ... | new-certificate NAME [-days 365] [-subject CN=…] [-out FILE] | renew NAME | delete NAME"
+const credsUsage = "relayctl creds list | put NAME -kind KIND [-expires YYYY-MM-DD] ... | new-certificate NAME [-days 365] [-subject CN=…] [-out FILE] | renew NAME | delete [-force] NAME"
 
 // origin says who made a credential, for the list.
 func origin(o string) string {

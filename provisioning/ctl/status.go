@@ -34,6 +34,31 @@ func (e *env) status(ctx context.Context, args []string) int {
 		}
 		return e.out(s, func(t *tabwriter.Writer) {
 			row(t, "site\t%s (%s)\nversion\t%s\nhealth\t%s\nstarted\t%s ago\n", s.Site, s.Hostname, s.Version, s.Health, ago(s.Started, s.Now))
+			for _, n := range s.HealthNotes {
+				row(t, "why\t%s\n", n)
+			}
+			if s.Problem != "" {
+				row(t, "relay\tNOT RUNNING: %s\n", s.Problem)
+			}
+			if c := s.Config; c != nil {
+				in := c.InForce
+				if in == "" {
+					in = "none (no SMTP listener)"
+				}
+				row(t, "configuration\t%s does not build (%s); running %s\n", c.Broken, c.Problem, in)
+			}
+			for _, w := range s.Waiting {
+				what := "secret " + w.Secret
+				if w.Secret == "" {
+					what = "file " + w.File
+				}
+				up := w.Upstream
+				if up == "" {
+					up = "alerts"
+				}
+				row(t, "waiting\t%s holds for %s (%s): %s\n", up, what, w.Key, w.Reason)
+				row(t, "fix\t%s\n", w.Fix)
+			}
 			row(t, "queue\t%d messages, %s, oldest %s\n", s.Queue.Messages, bytesStr(s.Queue.Bytes), ago(s.Queue.Oldest, s.Now))
 			up := s.Upstream.Name
 			if s.Upstream.Failing {
@@ -48,6 +73,9 @@ func (e *env) status(ctx context.Context, args []string) int {
 			}
 			for _, l := range s.Listeners {
 				row(t, "listener %s\t%s %s tls=%s auth=%s\n", l.Name, l.Address, l.Mode, l.TLS, l.Auth)
+				if l.Problem != "" {
+					row(t, "listener %s\tNOT BOUND: %s\n", l.Name, l.Problem)
+				}
 			}
 			row(t, "disk free\t%s of %s\n", bytesStr(s.Disk.FreeBytes), bytesStr(s.Disk.TotalBytes))
 			row(t, "clock\t%s (%s)\n", s.Now.Format(time.RFC3339), clockState(s.ClockSynchronised))

@@ -460,9 +460,27 @@ func (s *server) renew(w http.ResponseWriter, c *call) error {
 	return ok(w, res)
 }
 
+// CredentialUsers is implemented by a Box that can tell which keys of the
+// configuration in force name a credential ("upstream.m365.client_secret_secret"):
+// deleting one of those is refused (409) unless forced, and the forced
+// delete puts the upstreams concerned into the waiting state.
+type CredentialUsers interface {
+	CredentialUsers(name string) []string
+}
+
 func (s *server) deleteCred(w http.ResponseWriter, c *call) error {
 	name := c.r.PathValue("name")
 	c.what = "delete credential " + name
+	force := c.r.URL.Query().Get("force") == "1"
+	if cu, ok := s.Box.(CredentialUsers); ok {
+		if keys := cu.CredentialUsers(name); len(keys) > 0 {
+			if !force {
+				return &api.Error{Status: 409, Code: api.CodeConflict, Field: "name",
+					Message: fmt.Sprintf("credential %s is in use by %s: change the configuration first, or delete with -force (those upstreams then hold their mail until it is put again)", name, strings.Join(keys, ", "))}
+			}
+			c.what += " (forced; in use by " + strings.Join(keys, ", ") + ")"
+		}
+	}
 	if err := s.Credentials.Delete(name); err != nil {
 		return err
 	}

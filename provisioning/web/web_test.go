@@ -32,7 +32,7 @@ type fakeBox struct {
 }
 
 func (b *fakeBox) Status(ctx context.Context) (*api.Status, error) {
-	return &api.Status{Site: "plant-a", Hostname: "relay-plant-a", Version: "v1.2.3", Now: now, Started: now.Add(-time.Hour), Health: "degraded",
+	return &api.Status{Site: "plant-a", Hostname: "relay-plant-a", Version: "v1.2.3", Now: now, Started: now.Add(-time.Hour), Health: "warning",
 		Upstream: api.Upstream{Name: "smtp.example.com:587", Failing: true, LastDelivered: now.Add(-2 * time.Hour),
 			LastProblem: &api.UpstreamProblem{Time: now.Add(-time.Minute), Kind: "deferred", Reply: "451 4.7.500 Server busy", Hint: "Microsoft is throttling <this> relay"}},
 		Queue:                 api.Queue{Messages: len(b.queue), Bytes: 2048, Oldest: now.Add(-10 * time.Minute)},
@@ -146,7 +146,7 @@ const viewer, operator, admin, nobody, stranger = "100.64.0.1:1", "100.64.0.2:1"
 func TestOverviewByRole(t *testing.T) {
 	h := newHarness(t)
 	common := []string{
-		`<section class="box health degraded" id="health">`,
+		`<section class="box health warning" id="health">`,
 		"451 4.7.500 Server busy", "Microsoft is throttling &lt;this&gt; relay", // upstream, last error, hint (escaped)
 		`<svg id="chart"`, `<polyline class="received"`, `<polyline class="delivered"`, `<polyline class="deferred"`, `<polyline class="bounced"`,
 		"received <strong>1</strong>", "delivered <strong>1</strong>", "deferred <strong>1</strong>", "bounced <strong>0</strong>",

@@ -46,8 +46,12 @@ type Options struct {
 	// Delivered, when set, is told each message's time from receipt to
 	// its last recipient's delivery (metrics).
 	Delivered func(time.Duration)
-	Clock     func() time.Time
-	Logger    *slog.Logger
+	// Holding says an upstream waits for a secret or file (the relay's
+	// waiting state): no message expires meanwhile, since none could be
+	// tried; the lifetime takes effect again once nothing waits.
+	Holding bool
+	Clock   func() time.Time
+	Logger  *slog.Logger
 }
 
 // maxHold is the longest pacing wait that holds every attempt (the
@@ -121,7 +125,8 @@ type settings struct {
 	bounce                         *Bounce
 	firstRetry, maxRetry, lifetime time.Duration
 	maxRecipients                  int
-	perMinute                      int // the upstream's pace; 0: none
+	perMinute                      int  // the upstream's pace; 0: none
+	holding                        bool // Options.Holding
 }
 
 // New makes a scheduler; Run starts it.
@@ -168,7 +173,7 @@ func (s *Scheduler) apply(o Options) int {
 	}
 	s.set.Store(&settings{upstreamName: o.UpstreamName, explain: o.Explain, bounce: o.Bounce,
 		firstRetry: o.FirstRetry, maxRetry: o.MaxRetry, lifetime: o.Lifetime, maxRecipients: lim.MaxRecipients,
-		perMinute: lim.MessagesPerMinute})
+		perMinute: lim.MessagesPerMinute, holding: o.Holding})
 	return o.Concurrency
 }
 
@@ -259,6 +264,9 @@ func (s *Scheduler) worker(ctx context.Context) {
 		if s.workers > s.want {
 			s.workers-- // a reload lowered the concurrency
 			s.mu.Unlock()
+			// The wake this worker took may have been for work: pass it
+			// on, or the queue sleeps until the next message arrives.
+			signal(s.wake)
 			return
 		}
 		var id string
@@ -408,7 +416,7 @@ func (s *Scheduler) attempt(ctx context.Context, id string, seq uint64) {
 	set := s.set.Load()
 	now := s.o.Clock()
 	env := info.Envelope
-	expired := now.Sub(env.Received) >= set.lifetime
+	expired := now.Sub(env.Received) >= set.lifetime && !set.holding
 
 	var pending []int
 	for i, r := range env.To {
@@ -538,7 +546,14 @@ func (s *Scheduler) attempt(ctx context.Context, id string, seq uint64) {
 		s.mu.Lock()
 		s.attempts[id]--
 		s.mu.Unlock()
-		s.retryAt(id, now.Add(pacedWait))
+		due := now.Add(pacedWait)
+		if s.set.Load() != set {
+			// A reload came while this attempt was held (a secret an
+			// upstream waited for arrived): try again under it now, or
+			// the message sits out a wait that has ended.
+			due = now
+		}
+		s.retryAt(id, due)
 		return
 	}
 	if paced > 0 && len(deferredTo) == 0 {

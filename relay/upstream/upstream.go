@@ -110,6 +110,13 @@ type Step struct {
 // (after RetryAfter) without counting an attempt or tracing a deferral.
 var ErrPaced = errors.New("paced")
 
+// ErrWaiting marks an upstream that cannot deliver yet because a secret or
+// file it needs is missing, unreadable or malformed (the relay's waiting
+// state). It is a kind of ErrPaced: no attempt was made, so nothing is
+// counted, traced as a deferral or bounced; the message waits for the
+// secret (a reload after `creds put` puts the upstream in force).
+var ErrWaiting = fmt.Errorf("%w: waiting for a secret or file", ErrPaced)
+
 // Error is a failure with an upstream's reply and, where known, a hint in
 // plain words for the admin.
 type Error struct {
