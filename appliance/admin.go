@@ -76,6 +76,7 @@ type admin struct {
 	site    string
 	host    string
 	log     *slog.Logger
+	ctx     context.Context // ends when the admin side stops
 }
 
 // startAdmin joins the tailnet in the background and serves the admin API
@@ -127,6 +128,7 @@ func startAdmin(ctx context.Context, o Options, run *app, creds *secrets.Store, 
 	// The admin page and /metrics (viewer), on the same Box and audit log.
 	h.Handle("/", web.Handler(web.Options{WhoIs: whoIs, Policy: policy, Audit: al, Box: a, Metrics: run.Relay().Metrics(), Logger: log}))
 	nctx, cancel := context.WithCancel(ctx)
+	a.ctx = nctx
 	a.node = node.Start(nctx, node.Options{Dir: dir.Tailnet(), Hostname: t.Site, AuthKey: key, ControlURL: t.ControlURL,
 		Tags: t.Tags, Port: t.Port, Handler: h, Store: t.Store, Ephemeral: t.Ephemeral, Logger: log})
 	if t.Node != nil {

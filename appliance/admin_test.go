@@ -23,6 +23,7 @@ import (
 	"tailscale.com/tailcfg"
 	"tailscale.com/tsnet"
 
+	"github.com/siterelay/siterelay/appliance/logring"
 	"github.com/siterelay/siterelay/provisioning/api"
 	"github.com/siterelay/siterelay/provisioning/authz"
 	"github.com/siterelay/siterelay/provisioning/ctl"
@@ -46,6 +47,7 @@ type box struct {
 	http   string
 	node   *node.Node
 	logs   *relaytest.Buffer
+	ring   *logring.Ring
 	cancel func()
 	done   chan error
 }
@@ -86,11 +88,16 @@ func runBox(t *testing.T, o Options) *box {
 	ctx, cancel := context.WithCancel(context.Background())
 	b.cancel = cancel
 	o.HTTPAddr = "127.0.0.1:0"
-	o.Logger = slog.New(slog.NewJSONHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	// As relayd: one handler for "stderr" and the log ring beside it.
+	if o.Log == nil {
+		o.Log = logring.New(0)
+	}
+	o.Logger = slog.New(logring.Handler(o.Log, slog.NewJSONHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug, ReplaceAttr: logring.Escape}), slog.LevelDebug))
 	o.Ready = func(s []net.Addr, h net.Addr) {
 		b.smtp, b.http = s[0].String(), h.String()
 		close(ready)
 	}
+	b.ring = o.Log
 	go func() { b.done <- Run(ctx, o) }()
 	t.Cleanup(b.stop)
 	select {
@@ -380,6 +387,14 @@ func TestRelayctlEndToEnd(t *testing.T) {
 		t.Errorf("LAN /v1/status: %d %s, want 403", resp.StatusCode, lan)
 	}
 
+	// relayctl logs: the log ring, with what this test did in it.
+	out = rc.ok("", cmd("logs", "-level", "debug", "-since", "1h")...)
+	for _, want := range []string{"configuration reloaded", "tailnet up"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("relayctl logs lacks %q:\n%s", want, out)
+		}
+	}
+
 	rc.ok("", cmd("creds", "delete", "smarthost")...)
 	if out := rc.ok("", cmd("-json", "creds", "list")...); strings.TrimSpace(out) != "[]" {
 		t.Errorf("creds after delete: %s", out)
@@ -401,7 +416,15 @@ func TestRelayctlEndToEnd(t *testing.T) {
 	metrics, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	b.stop()
-	places := map[string]string{"logs": b.logs.String(), "metrics": string(metrics), "relayctl answers": rc.answers.String(), "LAN answer": string(lan)}
+	ring, _ := b.ring.Read(logring.Query{Level: slog.LevelDebug})
+	var ringText strings.Builder
+	for _, e := range ring {
+		ringText.Write(e.Line)
+	}
+	if !strings.Contains(ringText.String(), "configuration reloaded") {
+		t.Error("the log ring was not fed")
+	}
+	places := map[string]string{"logs": b.logs.String(), "log ring": ringText.String(), "metrics": string(metrics), "relayctl answers": rc.answers.String(), "LAN answer": string(lan)}
 	filepath.Walk(b.dir, func(path string, info os.FileInfo, err error) error {
 		if err == nil && !info.IsDir() && !strings.HasPrefix(path, layout.Dir(b.dir).Secrets()+string(filepath.Separator)) {
 			data, _ := os.ReadFile(path)

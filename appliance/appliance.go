@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"github.com/siterelay/siterelay/appliance/buildinfo"
+	"github.com/siterelay/siterelay/appliance/logring"
 	"github.com/siterelay/siterelay/appliance/status"
 	"github.com/siterelay/siterelay/netcfg/mdns"
 	provapi "github.com/siterelay/siterelay/provisioning/api"
@@ -67,6 +69,15 @@ type Options struct {
 	// a fake tenant set them.
 	RootCAs    *x509.CertPool
 	HTTPClient *http.Client
+	// Log, when set, is relayd's log ring, fed by Logger's handler
+	// (logring.Handler): Run keeps it in the state directory (the previous
+	// runs' lines and how they ended survive a restart), and the admin
+	// API and page read it (relayctl logs).
+	Log *logring.Ring
+	// Console hears how the previous run ended and, from relayd, why this
+	// one does: /dev/console on the box, stderr in development; nil says
+	// nothing.
+	Console io.Writer
 }
 
 // loadConfig returns the configuration Options point at.
@@ -120,6 +131,7 @@ func Run(ctx context.Context, o Options) error {
 	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
+	keepLog(o, log)
 	cfg, err := loadConfig(o)
 	if err != nil {
 		return err

@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/siterelay/siterelay/appliance"
+	"github.com/siterelay/siterelay/appliance/logring"
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/layout"
 	"github.com/siterelay/siterelay/relay/policy"
@@ -73,17 +74,25 @@ func main() {
 		fmt.Fprintf(os.Stderr, "relayd: -log-level: %v\n", err)
 		os.Exit(2)
 	}
-	o.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	// One log, JSON a line: stderr, and the ring the admin API reads
+	// (relayctl logs), kept in the state directory across restarts. The
+	// standard library's log package (net/http's errors and the like)
+	// goes through the same handler, so no plain line joins them.
+	o.Log = logring.New(logring.DefaultSize)
+	o.Logger = slog.New(logring.Handler(o.Log, slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl, ReplaceAttr: logring.Escape}), lvl))
+	slog.SetDefault(o.Logger)
+	o.Console = os.Stderr
 	o.Ready = func(smtp []net.Addr, http net.Addr) {
 		for _, a := range smtp {
-			fmt.Fprintf(os.Stderr, "relayd: SMTP listening on %s\n", a)
+			o.Logger.Info("SMTP listening", "address", a.String())
 		}
 		if http != nil {
-			fmt.Fprintf(os.Stderr, "relayd: status page on http://%s/ (metrics at /metrics)\n", http)
+			o.Logger.Info("status page listening", "url", "http://"+http.String()+"/", "metrics", "http://"+http.String()+"/metrics")
 		}
 	}
 	if appliance.OnGokrazy() {
 		o.Box = true
+		o.Console = boxConsole{}
 		if o.HTTPAddr == "" {
 			o.HTTPAddr = ":8025"
 		}
@@ -104,10 +113,46 @@ func main() {
 		}
 	}()
 	o.Reload = reload
-	if err := appliance.Run(ctx, o); err != nil {
-		fmt.Fprintf(os.Stderr, "relayd: %v\n", err)
-		os.Exit(1)
+	err := appliance.Run(ctx, o)
+	os.Exit(stopped(o, err, context.Cause(ctx)))
+}
+
+// stopped writes how this run ends as the log's last record (the next run
+// reads it back: relayctl logs, "previous run ended") and on the console,
+// and returns the exit status.
+func stopped(o appliance.Options, err, cause error) int {
+	code, reason := 0, "stopped"
+	switch {
+	case err != nil:
+		code, reason = 1, err.Error()
+	case cause != nil && cause != context.Canceled:
+		reason = "stopped: " + cause.Error()
 	}
+	if code != 0 {
+		o.Logger.Error(logring.StopMsg, "reason", reason)
+	} else {
+		o.Logger.Info(logring.StopMsg, "reason", reason)
+	}
+	o.Log.Close()
+	if code != 0 {
+		appliance.Say(o.Console, "%s", reason)
+	}
+	return code
+}
+
+// boxConsole writes to the box's console, opened for each line: on
+// gokrazy nothing else writes there, and a console that is not there (no
+// screen, no serial line) must not stop relayd.
+type boxConsole struct{}
+
+func (boxConsole) Write(p []byte) (int, error) {
+	f, err := os.OpenFile("/dev/console", os.O_WRONLY|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return len(p), nil
+	}
+	defer f.Close()
+	f.Write(p)
+	return len(p), nil
 }
 
 // defaultState is the box's state directory on the box, so that

@@ -93,6 +93,9 @@ commands:
   creds put NAME -kind client-secret|password [-from FILE|-]
   creds put NAME -kind certificate (-cert FILE -key FILE | -pfx FILE [-pfx-password-from FILE|-])
   creds delete NAME
+  logs [-f] [-since D|TIME] [-level L]
+                              relayd's log (the newest 2 MiB, previous runs included);
+                              -f follows it until Ctrl-C
   doctor [-to ADDR]           upstream checks, optionally a test message
   audit [-limit N]            who changed what
   firmware                    the running version
@@ -164,6 +167,8 @@ func Main(ctx context.Context, args []string, o IO) int {
 		code = e.creds(ctx, rest)
 	case "doctor":
 		code = e.doctor(ctx, rest)
+	case "logs":
+		code = e.logs(ctx, rest)
 	case "audit":
 		code = e.audit(ctx, rest)
 	case "firmware":

@@ -41,6 +41,11 @@ type Box interface {
 	Trace(ctx context.Context, q api.TraceQuery) ([]api.TraceEvent, error)
 	Doctor(ctx context.Context, to string) ([]api.DoctorStep, error)
 	Firmware() api.Firmware
+	// Logs calls fn with each record of relayd's log that q selects (q.Ago
+	// is resolved into q.Since; q.Level is debug, info, warn or error),
+	// oldest first, as one JSON object without its newline; with q.Follow
+	// it then waits for new records until ctx ends.
+	Logs(ctx context.Context, q api.LogQuery, fn func(line []byte) error) error
 	// Reload makes the relay read config.json and the secrets again; a
 	// credential change takes effect through it (cached tokens dropped).
 	Reload(ctx context.Context) error
@@ -128,6 +133,7 @@ func Handler(o Options) http.Handler {
 	s.route("POST "+api.PathBounce, op, s.queueOp("bounce", func(ctx context.Context, id string) error { return s.Box.Bounce(ctx, id) }))
 	s.route("GET "+api.PathTrace, v, s.trace)
 	s.route("POST "+api.PathDoctor, op, s.doctor)
+	s.route("GET "+api.PathLogs, op, s.logs)
 	s.route("GET "+api.PathAudit, ad, s.audit)
 	s.route("GET "+api.PathFirmware, ad, s.firmware)
 	s.route("POST "+api.PathUpdate, ad, s.update)
