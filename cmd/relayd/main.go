@@ -30,7 +30,6 @@ import (
 
 	"github.com/siterelay/siterelay/appliance"
 	"github.com/siterelay/siterelay/appliance/logring"
-	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/layout"
 	"github.com/siterelay/siterelay/relay/policy"
 	"github.com/siterelay/siterelay/relay/upstream"
@@ -163,21 +162,6 @@ func defaultState() string {
 		return layout.BoxStateDir
 	}
 	return layout.DevStateDir
-}
-
-func checkConfig(args []string, stdout, stderr io.Writer) int {
-	if len(args) != 1 {
-		fmt.Fprintln(stderr, "usage: relayd check-config FILE")
-		return 2
-	}
-	cfg, err := config.Load(args[0])
-	if err != nil {
-		fmt.Fprintf(stderr, "%v\n", err)
-		return 1
-	}
-	fmt.Fprintln(stdout, "configuration is valid; routes, first match wins:")
-	fmt.Fprint(stdout, cfg.RouteTable())
-	return 0
 }
 
 func hashPassword() int {
