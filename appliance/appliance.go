@@ -45,6 +45,9 @@ type Options struct {
 	ConfigFile string
 	// Dev runs the embedded development configuration (no tenant needed).
 	Dev bool
+	// DevSMTPAddr, with Dev, replaces the development listener's address
+	// (127.0.0.1:2525): make run SMTP=127.0.0.1:2526.
+	DevSMTPAddr string
 	// Box prepares the gokrazy box first: /perm checked, the image's
 	// bootstrap settings moved into the state directory on first boot, the
 	// site's network applied, discovery started for the site's host name.
@@ -83,7 +86,11 @@ type Options struct {
 // loadConfig returns the configuration Options point at.
 func loadConfig(o Options) (*config.Config, error) {
 	if o.Dev {
-		return config.Default(), nil
+		c := config.Default()
+		if o.DevSMTPAddr != "" {
+			c.Listeners[0].Address = o.DevSMTPAddr
+		}
+		return c, nil
 	}
 	path := o.ConfigFile
 	if path == "" {
@@ -91,7 +98,7 @@ func loadConfig(o Options) (*config.Config, error) {
 	}
 	c, err := config.Load(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("no configuration at %s: write one (see docs/config.md) or start with -dev", path)
+		return nil, fmt.Errorf("no configuration at %s: write one there (docs/config.md) or give another with -config FILE", path)
 	}
 	return c, err
 }

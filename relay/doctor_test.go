@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -45,6 +46,26 @@ func TestDoctorSmarthostSendsTheTestMessage(t *testing.T) {
 	}
 	if st, ok := stepNamed(steps, "banner"); !ok || !st.OK {
 		t.Errorf("banner step %+v (found %v): the smarthost was not probed", st, ok)
+	}
+}
+
+// doctor -to with the capture upstream (relayd -dev) writes the test
+// message to the capture directory; it used to say "nothing to check" and
+// send nothing.
+func TestDoctorCaptureHonoursTo(t *testing.T) {
+	cfg := config.Default()
+	dir := relaytest.StateDir(t)
+	steps, err := Doctor(context.Background(), cfg, dir, Deps{}, "ops@example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, ok := stepNamed(steps, "test message to ops@example.com")
+	if !ok || !st.OK {
+		t.Fatalf("test message step %+v (found %v) in %+v", st, ok, steps)
+	}
+	m, _ := filepath.Glob(filepath.Join(dir, "outbox", "*.eml"))
+	if len(m) != 1 {
+		t.Errorf("capture directory holds %v, want the test message", m)
 	}
 }
 

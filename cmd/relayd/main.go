@@ -1,15 +1,17 @@
 // Command relayd is the siterelay daemon: it wires flags and signals to
-// appliance.Run.
+// appliance.Run. relayd -h lists its commands and flags.
 //
-//	relayd -dev [-state DIR]            development default, no tenant needed
+//	relayd -dev [-smtp ADDR] [-state DIR]  development default, no tenant needed
 //	relayd -config FILE -state DIR      the real thing (SIGHUP reloads FILE and the secrets)
-//	relayd check-config FILE            validate a configuration, print its route table and exit
-//	relayd doctor [-config FILE] [-state DIR] [-dns HOST:PORT] [-to ADDR]
+//	relayd -version                     print the version
+//	relayd check-config FILE            judge a configuration: every problem at once, or its route table
+//	relayd doctor [-config FILE] [-state DIR] [-dns HOST:PORT] [-to ADDR] [-timeout 2m]
 //	                                    check DNS, connection, TLS, login to the upstream;
 //	                                    every check that can runs, a skipped one says why
 //	relayd trace [-state DIR] [-id ID] [-from A] [-to A] [-since 24h] ...
 //	                                    search the message trace
-//	relayd hash-password                read a password on stdin, print its bcrypt hash
+//	relayd devices [-state DIR] list|adopt
+//	relayd hash-password                read a password on stdin (not echoed), print its bcrypt hash
 //	relayd -tailnet NAME ...            also join the tailnet and serve the admin API there
 //	                                    (the join key in STATE/secrets/tailnet-authkey)
 package main
@@ -17,6 +19,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -24,16 +27,41 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
 
+	"golang.org/x/term"
+
 	"github.com/siterelay/siterelay/appliance"
+	"github.com/siterelay/siterelay/appliance/buildinfo"
 	"github.com/siterelay/siterelay/appliance/logring"
 	"github.com/siterelay/siterelay/relay/layout"
 	"github.com/siterelay/siterelay/relay/policy"
 	"github.com/siterelay/siterelay/relay/upstream"
 )
+
+// usage is relayd -h: the daemon's flags follow it.
+const usage = `usage: relayd [flags]            run the relay (the daemon)
+       relayd COMMAND [args]     a command, then exit
+
+commands:
+  check-config FILE       judge a configuration as relayd would start it: every problem at
+                          once, each with its key; or print its route table
+  doctor [-config FILE] [-state DIR] [-dns HOST:PORT] [-to ADDR] [-timeout 2m]
+                          check DNS, connection, TLS and login to the upstream; -to sends
+                          a test message; a failing check says what to change
+  trace [-state DIR] [-id ID] [-from A] [-to A] [-since 24h] ...
+                          search the message trace (relayd trace -h lists the filters)
+  devices [-state DIR] [-config FILE] list|adopt
+                          the clients learning mode saw; adopt prints device entries
+  hash-password           read a password (not echoed on a terminal), print its bcrypt hash
+
+On a box, the same is over the tailnet: relayctl -relay NAME status|logs|doctor|...
+
+flags:
+`
 
 func main() {
 	if len(os.Args) > 1 {
@@ -41,7 +69,7 @@ func main() {
 		case "check-config":
 			os.Exit(checkConfig(os.Args[2:], os.Stdout, os.Stderr))
 		case "hash-password":
-			os.Exit(hashPassword())
+			os.Exit(hashPassword(os.Args[2:], os.Stdin, os.Stdout, os.Stderr))
 		case "doctor":
 			os.Exit(runDoctor(os.Args[2:]))
 		case "trace":
@@ -50,29 +78,14 @@ func main() {
 			os.Exit(runDevices(os.Args[2:], os.Stdout, os.Stderr))
 		}
 	}
-	var o appliance.Options
-	flag.BoolVar(&o.Dev, "dev", false, "run the embedded development configuration: SMTP on 127.0.0.1:2525, mail written to STATE/outbox")
-	flag.StringVar(&o.ConfigFile, "config", "", "configuration file (default STATE/config.json)")
-	flag.StringVar(&o.StateDir, "state", defaultState(), "state directory: spool, trace, secrets, certificates")
-	flag.StringVar(&o.HTTPAddr, "http", "", "address for the status page (/) and /metrics, e.g. 127.0.0.1:8025 (default off; :8025 on the box)")
-	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
-	tnSite := flag.String("tailnet", "", "join the tailnet as this node name and serve the admin API there (off the box; on the box the site file says)")
-	tnControl := flag.String("tailnet-control-url", "", "coordination server for -tailnet (default Tailscale's)")
-	tnAdmins := flag.String("tailnet-admins", "", "comma-separated logins and tags that get the admin role without a grant")
-	flag.Parse()
-	if *tnSite != "" {
-		// The join key is read from STATE/secrets/tailnet-authkey, never a flag.
-		o.Tailnet = &appliance.Tailnet{Site: *tnSite, ControlURL: *tnControl}
-		if *tnAdmins != "" {
-			o.Tailnet.Admins = strings.Split(*tnAdmins, ",")
-		}
+	f, code := parseDaemon(os.Args[1:], os.Stdout, os.Stderr)
+	if code >= 0 {
+		os.Exit(code)
 	}
-
+	o := f.o
+	logLevel := &f.logLevel
 	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
-		fmt.Fprintf(os.Stderr, "relayd: -log-level: %v\n", err)
-		os.Exit(2)
-	}
+	lvl.UnmarshalText([]byte(*logLevel)) // parseDaemon checked it
 	// One log, JSON a line: stderr, and the ring the admin API reads
 	// (relayctl logs), kept in the state directory across restarts. The
 	// standard library's log package (net/http's errors and the like)
@@ -154,6 +167,73 @@ func (boxConsole) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// daemon is the daemon's flags, read.
+type daemon struct {
+	o        appliance.Options
+	logLevel string
+}
+
+// parseDaemon reads the daemon's flags. A code of 0 or more means exit
+// with it: -h and -version are answered, and a stray argument (a misspelt
+// command) or flags that contradict each other are usage errors (2),
+// never a started daemon.
+func parseDaemon(args []string, stdout, stderr io.Writer) (daemon, int) {
+	var d daemon
+	o := &d.o
+	fs := flag.NewFlagSet("relayd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
+	fs.BoolVar(&o.Dev, "dev", false, "run the embedded development configuration: SMTP on 127.0.0.1:2525 (or -smtp), mail written to STATE/outbox")
+	fs.StringVar(&o.DevSMTPAddr, "smtp", "", "with -dev: the SMTP listener's address (default 127.0.0.1:2525)")
+	fs.StringVar(&o.ConfigFile, "config", "", "configuration file (default STATE/config.json)")
+	fs.StringVar(&o.StateDir, "state", defaultState(), "state directory: spool, trace, secrets, certificates, log")
+	fs.StringVar(&o.HTTPAddr, "http", "", "address for the status page (/) and /metrics, e.g. 127.0.0.1:8025 (default off; :8025 on the box)")
+	fs.StringVar(&d.logLevel, "log-level", "info", "debug, info, warn or error")
+	version := fs.Bool("version", false, "print the version and exit")
+	tnSite := fs.String("tailnet", "", "join the tailnet as this node name and serve the admin API there (off the box; on the box the site file says)")
+	tnControl := fs.String("tailnet-control-url", "", "coordination server for -tailnet (default Tailscale's)")
+	tnAdmins := fs.String("tailnet-admins", "", "comma-separated logins and tags that get the admin role without a grant")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return d, 0
+		}
+		return d, 2
+	}
+	bad := func(format string, a ...any) (daemon, int) {
+		fmt.Fprintf(stderr, "relayd: "+format+"\n", a...)
+		fmt.Fprintln(stderr, "relayd -h lists the commands and flags")
+		return d, 2
+	}
+	switch {
+	case fs.NArg() > 0:
+		return bad("unknown command %q", fs.Arg(0))
+	case *version:
+		fmt.Fprintf(stdout, "relayd %s (%s)\n", buildinfo.Version(), runtime.Version())
+		return d, 0
+	case o.Dev && o.ConfigFile != "":
+		return bad("-dev runs the embedded configuration and -config names a file: give one of them")
+	case o.DevSMTPAddr != "" && !o.Dev:
+		return bad("-smtp sets the address of -dev's listener; a configuration file names its own (listeners[].address)")
+	}
+	if o.DevSMTPAddr != "" {
+		if _, _, err := net.SplitHostPort(o.DevSMTPAddr); err != nil {
+			return bad("-smtp %q: want host:port, e.g. 127.0.0.1:2526", o.DevSMTPAddr)
+		}
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(d.logLevel)); err != nil {
+		return bad("-log-level: %v", err)
+	}
+	if *tnSite != "" {
+		// The join key is read from STATE/secrets/tailnet-authkey, never a flag.
+		o.Tailnet = &appliance.Tailnet{Site: *tnSite, ControlURL: *tnControl}
+		if *tnAdmins != "" {
+			o.Tailnet.Admins = strings.Split(*tnAdmins, ",")
+		}
+	}
+	return d, -1
+}
+
 // defaultState is the box's state directory on the box, so that
 // `relayd doctor` and `relayd trace` typed into a box's shell look where
 // the daemon keeps its state; ./var elsewhere.
@@ -164,19 +244,37 @@ func defaultState() string {
 	return layout.DevStateDir
 }
 
-func hashPassword() int {
-	fmt.Fprint(os.Stderr, "password (read from stdin): ")
-	line, err := bufio.NewReader(os.Stdin).ReadString('\n')
-	if err != nil && line == "" {
-		fmt.Fprintf(os.Stderr, "relayd: reading password: %v\n", err)
-		return 1
+// hashPassword reads a password from stdin (without echoing it on a
+// terminal) and prints its bcrypt hash, for accounts[].password_hash.
+func hashPassword(args []string, stdin *os.File, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		fmt.Fprintln(stderr, "usage: relayd hash-password (the password is read from stdin, never from an argument)")
+		return 2
 	}
-	h, err := policy.HashPassword(strings.TrimRight(line, "\r\n"))
+	var pw string
+	if fd := int(stdin.Fd()); term.IsTerminal(fd) {
+		fmt.Fprint(stderr, "password (not shown): ")
+		b, err := term.ReadPassword(fd)
+		fmt.Fprintln(stderr)
+		if err != nil {
+			fmt.Fprintf(stderr, "relayd: reading password: %v\n", err)
+			return 1
+		}
+		pw = string(b)
+	} else {
+		line, err := bufio.NewReader(stdin).ReadString('\n')
+		if err != nil && line == "" {
+			fmt.Fprintf(stderr, "relayd: reading password from stdin: %v\n", err)
+			return 1
+		}
+		pw = strings.TrimRight(line, "\r\n")
+	}
+	h, err := policy.HashPassword(pw)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "relayd: %v\n", err)
+		fmt.Fprintf(stderr, "relayd: %v\n", err)
 		return 1
 	}
-	fmt.Println(h)
+	fmt.Fprintln(stdout, h)
 	return 0
 }
 
