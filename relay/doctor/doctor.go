@@ -36,8 +36,13 @@ type Deps struct {
 }
 
 // Run performs every check that applies to cfg's upstream kind, each that
-// can run: a step that cannot says what it could not check and why.
+// can run: a step that cannot says what it could not check and why, and
+// one that fails says what to change.
 func Run(ctx context.Context, cfg *config.Config, d Deps) []upstream.Step {
+	return withFixes(run(ctx, cfg, d))
+}
+
+func run(ctx context.Context, cfg *config.Config, d Deps) []upstream.Step {
 	if d.Clock == nil {
 		d.Clock = time.Now
 	}
