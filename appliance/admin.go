@@ -327,7 +327,7 @@ func (a *admin) Delete(ctx context.Context, id string) error {
 
 func (a *admin) Trace(ctx context.Context, q api.TraceQuery) ([]api.TraceEvent, error) {
 	f := trace.Filter{QueueID: q.QueueID, MessageID: q.MessageID, Sender: q.Sender, Recipient: q.Recipient, Kind: trace.Kind(q.Kind), Since: q.Since, Limit: q.Limit,
-		Device: q.Device}
+		Device: q.Device, ClientIP: q.ClientIP, Subject: q.Subject, Until: q.Until}
 	if q.Kind != "" && !slices.Contains(trace.Kinds, f.Kind) {
 		return nil, &api.Error{Status: 400, Code: api.CodeBadRequest, Field: "kind", Message: fmt.Sprintf("%q: want one of %v", q.Kind, trace.Kinds)}
 	}

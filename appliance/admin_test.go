@@ -350,6 +350,16 @@ func TestRelayctlEndToEnd(t *testing.T) {
 	t.Logf("relayctl creds list:\n%s", rc.ok("", cmd("creds", "list")...))
 	t.Logf("relayctl audit:\n%s", rc.ok("", cmd("audit", "-limit", "4")...))
 	rc.ok("", cmd("trace", "-kind", "delivered")...)
+	// F20: relayctl trace takes relayd trace's -since forms and filters.
+	// (The trace is written every second: ask until the event is there.)
+	relaytest.Eventually(t, "trace with -since DATE -until -client -subject -status", func() bool {
+		var evs []api.TraceEvent
+		out := rc.ok("", cmd("-json", "trace", "-since", time.Now().UTC().Format(time.DateOnly), "-until", "0s", "-client", "127.0.0.1", "-subject", "after the switch", "-status", "received")...)
+		return json.Unmarshal([]byte(out), &evs) == nil && len(evs) == 1 && evs[0].Subject == "after the switch"
+	})
+	if code, _, _ := rc.run("", cmd("trace", "-since", "yesterday")...); code != ctl.ExitUsage {
+		t.Errorf("trace -since yesterday: exit %d, want %d", code, ctl.ExitUsage)
+	}
 	rc.ok("", cmd("firmware")...)
 	rc.ok("", cmd("config", "versions")...)
 	out = rc.ok("", cmd("-json", "audit")...)

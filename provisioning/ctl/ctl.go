@@ -81,7 +81,8 @@ commands:
   queue [-sender A] [-recipient A] [-older-than D] [-pending] [-limit N]
   queue show ID [-body]       one message (the body needs admin)
   queue retry|bounce|delete ID
-  trace [-id ID] [-message-id M] [-from A] [-to A] [-device NAME] [-kind K] [-since D] [-limit N]
+  trace [-id ID] [-message-id M] [-from A] [-to A] [-client IP] [-subject S] [-device NAME]
+        [-kind K] [-since D|DATE|TIME] [-until D|DATE|TIME] [-limit N]
   devices                     the clients learning mode saw, and which are devices
   devices adopt [-address A,B] [-lock=false] [-dry-run]
                               make them devices[] entries of a new configuration

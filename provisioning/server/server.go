@@ -544,17 +544,25 @@ func (s *server) queueOp(op string, fn func(ctx context.Context, id string) erro
 
 func (s *server) trace(w http.ResponseWriter, c *call) error {
 	q := c.r.URL.Query()
-	tq := api.TraceQuery{QueueID: q.Get("queue_id"), MessageID: q.Get("message_id"), Sender: q.Get("sender"), Recipient: q.Get("recipient"), Kind: q.Get("kind"), Device: q.Get("device")}
-	if v := q.Get("since"); v != "" {
+	tq := api.TraceQuery{QueueID: q.Get("queue_id"), MessageID: q.Get("message_id"), Sender: q.Get("sender"), Recipient: q.Get("recipient"), Kind: q.Get("kind"), Device: q.Get("device"),
+		ClientIP: q.Get("client_ip"), Subject: q.Get("subject")}
+	for _, b := range []struct {
+		name string
+		to   *time.Time
+	}{{"since", &tq.Since}, {"until", &tq.Until}} {
+		v := q.Get(b.name)
+		if v == "" {
+			continue
+		}
 		t, err := time.Parse(time.RFC3339, v)
 		if err != nil {
 			d, derr := time.ParseDuration(v)
 			if derr != nil {
-				return badParam("since", "want an RFC 3339 time or a duration like 24h")
+				return badParam(b.name, "want an RFC 3339 time or a duration like 24h")
 			}
 			t = s.Clock().Add(-d)
 		}
-		tq.Since = t
+		*b.to = t
 	}
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
