@@ -167,8 +167,8 @@ func (boxConsole) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// daemon is the daemon's flags, read.
-type daemon struct {
+// daemonFlags is the daemon's flags, read.
+type daemonFlags struct {
 	o        appliance.Options
 	logLevel string
 }
@@ -177,8 +177,8 @@ type daemon struct {
 // with it: -h and -version are answered, and a stray argument (a misspelt
 // command) or flags that contradict each other are usage errors (2),
 // never a started daemon.
-func parseDaemon(args []string, stdout, stderr io.Writer) (daemon, int) {
-	var d daemon
+func parseDaemon(args []string, stdout, stderr io.Writer) (daemonFlags, int) {
+	var d daemonFlags
 	o := &d.o
 	fs := flag.NewFlagSet("relayd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -199,7 +199,7 @@ func parseDaemon(args []string, stdout, stderr io.Writer) (daemon, int) {
 		}
 		return d, 2
 	}
-	bad := func(format string, a ...any) (daemon, int) {
+	bad := func(format string, a ...any) (daemonFlags, int) {
 		fmt.Fprintf(stderr, "relayd: "+format+"\n", a...)
 		fmt.Fprintln(stderr, "relayd -h lists the commands and flags")
 		return d, 2
