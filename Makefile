@@ -10,11 +10,12 @@ FUZZTIME  ?=
 
 .PHONY: run check deps vet test race fuzz integration bench build
 
-## run: the relay on this machine, embedded default (SMTP on 127.0.0.1:2525, mail to $(STATE)/outbox,
-## status page on http://$(HTTP)/)
+## run: the relay on this machine, embedded default (SMTP on $(SMTP), mail to $(STATE)/outbox,
+## status page on http://$(HTTP)/); e.g. make run SMTP=127.0.0.1:2526 HTTP=127.0.0.1:8026
 HTTP      ?= 127.0.0.1:8025
+SMTP      ?= 127.0.0.1:2525
 run:
-	$(GO) run ./cmd/relayd -dev -state $(STATE) -http $(HTTP)
+	$(GO) run ./cmd/relayd -dev -smtp $(SMTP) -state $(STATE) -http $(HTTP)
 
 build:
 	$(GO) build ./...

@@ -78,6 +78,7 @@ type admin struct {
 	node    *node.Node
 	site    string
 	log     *slog.Logger
+	ctx     context.Context // ends when the admin side stops
 }
 
 // startAdmin joins the tailnet in the background and serves the admin API
@@ -132,6 +133,7 @@ func startAdmin(ctx context.Context, o Options, run *app, creds *secrets.Store, 
 	// The admin page and /metrics (viewer), on the same Box and audit log.
 	h.Handle("/", web.Handler(web.Options{WhoIs: whoIs, Policy: policy, Audit: al, Box: a, Metrics: run.metrics(), Logger: log}))
 	nctx, cancel := context.WithCancel(ctx)
+	a.ctx = nctx
 	a.node = node.Start(nctx, node.Options{Dir: dir.Tailnet(), Hostname: t.Site, AuthKey: key, ControlURL: t.ControlURL,
 		Tags: t.Tags, Port: t.Port, Handler: h, Store: t.Store, Ephemeral: t.Ephemeral, Logger: log})
 	if t.Node != nil {
@@ -377,7 +379,7 @@ func (a *admin) Delete(ctx context.Context, id string) error {
 
 func (a *admin) Trace(ctx context.Context, q api.TraceQuery) ([]api.TraceEvent, error) {
 	f := trace.Filter{QueueID: q.QueueID, MessageID: q.MessageID, Sender: q.Sender, Recipient: q.Recipient, Kind: trace.Kind(q.Kind), Since: q.Since, Limit: q.Limit,
-		Device: q.Device}
+		Device: q.Device, ClientIP: q.ClientIP, Subject: q.Subject, Until: q.Until}
 	if q.Kind != "" && !slices.Contains(trace.Kinds, f.Kind) {
 		return nil, &api.Error{Status: 400, Code: api.CodeBadRequest, Field: "kind", Message: fmt.Sprintf("%q: want one of %v", q.Kind, trace.Kinds)}
 	}

@@ -23,6 +23,7 @@ import (
 	"tailscale.com/tailcfg"
 	"tailscale.com/tsnet"
 
+	"github.com/siterelay/siterelay/appliance/logring"
 	"github.com/siterelay/siterelay/provisioning/api"
 	"github.com/siterelay/siterelay/provisioning/authz"
 	"github.com/siterelay/siterelay/provisioning/ctl"
@@ -46,6 +47,7 @@ type box struct {
 	http   string
 	node   *node.Node
 	logs   *relaytest.Buffer
+	ring   *logring.Ring
 	cancel func()
 	done   chan error
 }
@@ -86,7 +88,11 @@ func runBox(t *testing.T, o Options) *box {
 	ctx, cancel := context.WithCancel(context.Background())
 	b.cancel = cancel
 	o.HTTPAddr = "127.0.0.1:0"
-	o.Logger = slog.New(slog.NewJSONHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	// As relayd: one handler for "stderr" and the log ring beside it.
+	if o.Log == nil {
+		o.Log = logring.New(0)
+	}
+	o.Logger = slog.New(logring.Handler(o.Log, slog.NewJSONHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug, ReplaceAttr: logring.Escape}), slog.LevelDebug))
 	o.Ready = func(s []net.Addr, h net.Addr) {
 		if len(s) > 0 { // none when no configuration builds
 			b.smtp = s[0].String()
@@ -94,6 +100,7 @@ func runBox(t *testing.T, o Options) *box {
 		b.http = h.String()
 		close(ready)
 	}
+	b.ring = o.Log
 	go func() { b.done <- Run(ctx, o) }()
 	t.Cleanup(b.stop)
 	select {
@@ -346,6 +353,16 @@ func TestRelayctlEndToEnd(t *testing.T) {
 	t.Logf("relayctl creds list:\n%s", rc.ok("", cmd("creds", "list")...))
 	t.Logf("relayctl audit:\n%s", rc.ok("", cmd("audit", "-limit", "4")...))
 	rc.ok("", cmd("trace", "-kind", "delivered")...)
+	// F20: relayctl trace takes relayd trace's -since forms and filters.
+	// (The trace is written every second: ask until the event is there.)
+	relaytest.Eventually(t, "trace with -since DATE -until -client -subject -status", func() bool {
+		var evs []api.TraceEvent
+		out := rc.ok("", cmd("-json", "trace", "-since", time.Now().UTC().Format(time.DateOnly), "-until", "0s", "-client", "127.0.0.1", "-subject", "after the switch", "-status", "received")...)
+		return json.Unmarshal([]byte(out), &evs) == nil && len(evs) == 1 && evs[0].Subject == "after the switch"
+	})
+	if code, _, _ := rc.run("", cmd("trace", "-since", "yesterday")...); code != ctl.ExitUsage {
+		t.Errorf("trace -since yesterday: exit %d, want %d", code, ctl.ExitUsage)
+	}
 	rc.ok("", cmd("firmware")...)
 	rc.ok("", cmd("config", "versions")...)
 	out = rc.ok("", cmd("-json", "audit")...)
@@ -383,6 +400,14 @@ func TestRelayctlEndToEnd(t *testing.T) {
 		t.Errorf("LAN /v1/status: %d %s, want 403", resp.StatusCode, lan)
 	}
 
+	// relayctl logs: the log ring, with what this test did in it.
+	out = rc.ok("", cmd("logs", "-level", "debug", "-since", "1h")...)
+	for _, want := range []string{"configuration reloaded", "tailnet up"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("relayctl logs lacks %q:\n%s", want, out)
+		}
+	}
+
 	rc.ok("", cmd("creds", "delete", "smarthost")...)
 	if out := rc.ok("", cmd("-json", "creds", "list")...); strings.TrimSpace(out) != "[]" {
 		t.Errorf("creds after delete: %s", out)
@@ -404,7 +429,15 @@ func TestRelayctlEndToEnd(t *testing.T) {
 	metrics, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	b.stop()
-	places := map[string]string{"logs": b.logs.String(), "metrics": string(metrics), "relayctl answers": rc.answers.String(), "LAN answer": string(lan)}
+	ring, _ := b.ring.Read(logring.Query{Level: slog.LevelDebug})
+	var ringText strings.Builder
+	for _, e := range ring {
+		ringText.Write(e.Line)
+	}
+	if !strings.Contains(ringText.String(), "configuration reloaded") {
+		t.Error("the log ring was not fed")
+	}
+	places := map[string]string{"logs": b.logs.String(), "log ring": ringText.String(), "metrics": string(metrics), "relayctl answers": rc.answers.String(), "LAN answer": string(lan)}
 	filepath.Walk(b.dir, func(path string, info os.FileInfo, err error) error {
 		if err == nil && !info.IsDir() && !strings.HasPrefix(path, layout.Dir(b.dir).Secrets()+string(filepath.Separator)) {
 			data, _ := os.ReadFile(path)

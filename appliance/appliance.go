@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -22,6 +23,7 @@ import (
 	"time"
 
 	"github.com/siterelay/siterelay/appliance/buildinfo"
+	"github.com/siterelay/siterelay/appliance/logring"
 	"github.com/siterelay/siterelay/appliance/status"
 	"github.com/siterelay/siterelay/netcfg/mdns"
 	provapi "github.com/siterelay/siterelay/provisioning/api"
@@ -44,6 +46,9 @@ type Options struct {
 	ConfigFile string
 	// Dev runs the embedded development configuration (no tenant needed).
 	Dev bool
+	// DevSMTPAddr, with Dev, replaces the development listener's address
+	// (127.0.0.1:2525): make run SMTP=127.0.0.1:2526.
+	DevSMTPAddr string
 	// Box prepares the gokrazy box first: /perm checked, the image's
 	// bootstrap settings moved into the state directory on first boot, the
 	// site's network applied, discovery started for the site's host name.
@@ -68,12 +73,25 @@ type Options struct {
 	// a fake tenant set them.
 	RootCAs    *x509.CertPool
 	HTTPClient *http.Client
+	// Log, when set, is relayd's log ring, fed by Logger's handler
+	// (logring.Handler): Run keeps it in the state directory (the previous
+	// runs' lines and how they ended survive a restart), and the admin
+	// API and page read it (relayctl logs).
+	Log *logring.Ring
+	// Console hears how the previous run ended and, from relayd, why this
+	// one does: /dev/console on the box, stderr in development; nil says
+	// nothing.
+	Console io.Writer
 }
 
 // loadConfig returns the configuration Options point at.
 func loadConfig(o Options) (*config.Config, error) {
 	if o.Dev {
-		return config.Default(), nil
+		c := config.Default()
+		if o.DevSMTPAddr != "" {
+			c.Listeners[0].Address = o.DevSMTPAddr
+		}
+		return c, nil
 	}
 	path := o.ConfigFile
 	if path == "" {
@@ -81,7 +99,7 @@ func loadConfig(o Options) (*config.Config, error) {
 	}
 	c, err := config.Load(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("no configuration at %s: write one (see docs/config.md) or start with -dev", path)
+		return nil, fmt.Errorf("no configuration at %s: write one there (docs/config.md) or give another with -config FILE", path)
 	}
 	return c, err
 }
@@ -130,6 +148,7 @@ func Run(ctx context.Context, o Options) error {
 	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
+	keepLog(o, log)
 	creds := secrets.New(layout.Dir(o.StateDir), nil)
 	a := &app{o: o, log: log, creds: creds, renewAudit: &renewalAudit{l: log}}
 	a.problem.Store(ptr("the relay is starting"))

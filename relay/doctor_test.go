@@ -2,6 +2,8 @@ package relay
 
 import (
 	"context"
+	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -45,6 +47,61 @@ func TestDoctorSmarthostSendsTheTestMessage(t *testing.T) {
 	}
 	if st, ok := stepNamed(steps, "banner"); !ok || !st.OK {
 		t.Errorf("banner step %+v (found %v): the smarthost was not probed", st, ok)
+	}
+}
+
+// doctor -to with the capture upstream (relayd -dev) writes the test
+// message to the capture directory; it used to say "nothing to check" and
+// send nothing.
+func TestDoctorCaptureHonoursTo(t *testing.T) {
+	cfg := config.Default()
+	dir := relaytest.StateDir(t)
+	steps, err := Doctor(context.Background(), cfg, dir, Deps{}, "ops@example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, ok := stepNamed(steps, "test message to ops@example.com")
+	if !ok || !st.OK {
+		t.Fatalf("test message step %+v (found %v) in %+v", st, ok, steps)
+	}
+	m, _ := filepath.Glob(filepath.Join(dir, "outbox", "*.eml"))
+	if len(m) != 1 {
+		t.Errorf("capture directory holds %v, want the test message", m)
+	}
+}
+
+// F24: every FAIL line says what to change, whatever failed: a secret not
+// provisioned, a smarthost nobody answers at.
+func TestDoctorFailuresSayWhatToDo(t *testing.T) {
+	dns := m365test.NewDNS(t, "contoso.test. 300 IN MX 0 contoso-test.mail.protection.outlook.com.")
+	secretMissing := config.Default()
+	secretMissing.Upstream = config.Upstream{Kind: config.KindM365OAuth, M365: config.M365{Tenant: "contoso.test", ClientID: "app1",
+		ClientSecretSecret: "entra-client-secret", Mailbox: "scanner@contoso.test"}}
+	secretMissing.SetDefaults()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := l.Addr().String()
+	l.Close() // nobody answers there now
+	noAnswer := config.Default()
+	noAnswer.Upstream = config.Upstream{Kind: "smtp", SMTP: config.SMTPUpstream{Address: closed, TLS: "none", MinTLS: "1.2", Concurrency: 1, MaxRecipients: 10}}
+	noAnswer.Senders.RewriteFrom = "relay@contoso.test"
+	for name, cfg := range map[string]*config.Config{"secret missing": secretMissing, "nobody answers": noAnswer} {
+		steps, _ := Doctor(context.Background(), cfg, relaytest.StateDir(t), Deps{Resolver: dns.Addr}, "ops@contoso.test")
+		failed := 0
+		for _, s := range steps {
+			if s.OK || s.Skipped {
+				continue
+			}
+			failed++
+			if !strings.Contains(s.Detail, " — ") {
+				t.Errorf("%s: FAIL %s %q says nothing about what to change", name, s.Name, s.Detail)
+			}
+		}
+		if failed == 0 {
+			t.Errorf("%s: nothing failed: %+v", name, steps)
+		}
 	}
 }
 

@@ -107,7 +107,10 @@ func startRelayd(ctx context.Context, bin, dir, sinkAddr string, concurrency int
 		for {
 			line, err := br.ReadString('\n')
 			logf.WriteString(line)
-			if a, ok := strings.CutPrefix(strings.TrimSpace(line), "relayd: SMTP listening on "); ok {
+			// {"time":…,"level":"INFO","msg":"SMTP listening","address":"127.0.0.1:2525"}
+			var rec struct{ Msg, Address string }
+			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "SMTP listening" {
+				a := rec.Address
 				select {
 				case ready <- a:
 				default:

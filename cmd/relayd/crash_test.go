@@ -4,6 +4,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -60,12 +61,14 @@ func startRelayd(t *testing.T, bin, cfg, state string) *daemon {
 	go func() {
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
-			line := sc.Text()
-			if a, ok := strings.CutPrefix(line, "relayd: SMTP listening on "); ok {
-				d.smtp = a
+			// {"msg":"SMTP listening","address":ADDR}, then
+			// {"msg":"status page listening","url":"http://ADDR/"}
+			var rec struct{ Msg, Address, URL string }
+			json.Unmarshal(sc.Bytes(), &rec)
+			if rec.Msg == "SMTP listening" {
+				d.smtp = rec.Address
 			}
-			// "relayd: status page on http://ADDR/ (metrics at /metrics)"
-			if a, ok := strings.CutPrefix(line, "relayd: status page on http://"); ok {
+			if a, ok := strings.CutPrefix(rec.URL, "http://"); ok && rec.Msg == "status page listening" {
 				d.http, _, _ = strings.Cut(a, "/")
 				close(ready)
 			}

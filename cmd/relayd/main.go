@@ -1,18 +1,20 @@
 // Command relayd is the siterelay daemon: it wires flags and signals to
-// appliance.Run.
+// appliance.Run. relayd -h lists its commands and flags.
 //
-//	relayd -dev [-state DIR]            development default, no tenant needed
+//	relayd -dev [-smtp ADDR] [-state DIR]  development default, no tenant needed
 //	relayd -config FILE -state DIR      the real thing (SIGHUP reloads FILE and the secrets)
+//	relayd -version                     print the version
 //	relayd check-config [-state DIR] FILE
-//	                                    validate a configuration, print its route table and exit;
+//	                                    judge a configuration: every problem at once, or its route table;
 //	                                    with -state its secrets and files are checked there, without
 //	                                    it they are listed as what must be provisioned
-//	relayd doctor [-config FILE] [-state DIR] [-dns HOST:PORT] [-to ADDR]
+//	relayd doctor [-config FILE] [-state DIR] [-dns HOST:PORT] [-to ADDR] [-timeout 2m]
 //	                                    check DNS, connection, TLS, login to the upstream;
 //	                                    every check that can runs, a skipped one says why
 //	relayd trace [-state DIR] [-id ID] [-from A] [-to A] [-since 24h] ...
 //	                                    search the message trace
-//	relayd hash-password                read a password on stdin, print its bcrypt hash
+//	relayd devices [-state DIR] list|adopt
+//	relayd hash-password                read a password on stdin (not echoed), print its bcrypt hash
 //	relayd -tailnet NAME ...            also join the tailnet and serve the admin API there
 //	                                    (the join key in STATE/secrets/tailnet-authkey)
 package main
@@ -20,6 +22,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -27,16 +30,41 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
 
+	"golang.org/x/term"
+
 	"github.com/siterelay/siterelay/appliance"
-	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/appliance/buildinfo"
+	"github.com/siterelay/siterelay/appliance/logring"
 	"github.com/siterelay/siterelay/relay/layout"
 	"github.com/siterelay/siterelay/relay/policy"
 	"github.com/siterelay/siterelay/relay/upstream"
 )
+
+// usage is relayd -h: the daemon's flags follow it.
+const usage = `usage: relayd [flags]            run the relay (the daemon)
+       relayd COMMAND [args]     a command, then exit
+
+commands:
+  check-config FILE       judge a configuration as relayd would start it: every problem at
+                          once, each with its key; or print its route table
+  doctor [-config FILE] [-state DIR] [-dns HOST:PORT] [-to ADDR] [-timeout 2m]
+                          check DNS, connection, TLS and login to the upstream; -to sends
+                          a test message; a failing check says what to change
+  trace [-state DIR] [-id ID] [-from A] [-to A] [-since 24h] ...
+                          search the message trace (relayd trace -h lists the filters)
+  devices [-state DIR] [-config FILE] list|adopt
+                          the clients learning mode saw; adopt prints device entries
+  hash-password           read a password (not echoed on a terminal), print its bcrypt hash
+
+On a box, the same is over the tailnet: relayctl -relay NAME status|logs|doctor|...
+
+flags:
+`
 
 func main() {
 	if len(os.Args) > 1 {
@@ -44,7 +72,7 @@ func main() {
 		case "check-config":
 			os.Exit(checkConfig(os.Args[2:], os.Stdout, os.Stderr))
 		case "hash-password":
-			os.Exit(hashPassword())
+			os.Exit(hashPassword(os.Args[2:], os.Stdin, os.Stdout, os.Stderr))
 		case "doctor":
 			os.Exit(runDoctor(os.Args[2:]))
 		case "trace":
@@ -53,40 +81,33 @@ func main() {
 			os.Exit(runDevices(os.Args[2:], os.Stdout, os.Stderr))
 		}
 	}
-	var o appliance.Options
-	flag.BoolVar(&o.Dev, "dev", false, "run the embedded development configuration: SMTP on 127.0.0.1:2525, mail written to STATE/outbox")
-	flag.StringVar(&o.ConfigFile, "config", "", "configuration file (default STATE/config.json)")
-	flag.StringVar(&o.StateDir, "state", defaultState(), "state directory: spool, trace, secrets, certificates")
-	flag.StringVar(&o.HTTPAddr, "http", "", "address for the status page (/) and /metrics, e.g. 127.0.0.1:8025 (default off; :8025 on the box)")
-	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
-	tnSite := flag.String("tailnet", "", "join the tailnet as this node name and serve the admin API there (off the box; on the box the site file says)")
-	tnControl := flag.String("tailnet-control-url", "", "coordination server for -tailnet (default Tailscale's)")
-	tnAdmins := flag.String("tailnet-admins", "", "comma-separated logins and tags that get the admin role without a grant")
-	flag.Parse()
-	if *tnSite != "" {
-		// The join key is read from STATE/secrets/tailnet-authkey, never a flag.
-		o.Tailnet = &appliance.Tailnet{Site: *tnSite, ControlURL: *tnControl}
-		if *tnAdmins != "" {
-			o.Tailnet.Admins = strings.Split(*tnAdmins, ",")
-		}
+	f, code := parseDaemon(os.Args[1:], os.Stdout, os.Stderr)
+	if code >= 0 {
+		os.Exit(code)
 	}
-
+	o := f.o
+	logLevel := &f.logLevel
 	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
-		fmt.Fprintf(os.Stderr, "relayd: -log-level: %v\n", err)
-		os.Exit(2)
-	}
-	o.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	lvl.UnmarshalText([]byte(*logLevel)) // parseDaemon checked it
+	// One log, JSON a line: stderr, and the ring the admin API reads
+	// (relayctl logs), kept in the state directory across restarts. The
+	// standard library's log package (net/http's errors and the like)
+	// goes through the same handler, so no plain line joins them.
+	o.Log = logring.New(logring.DefaultSize)
+	o.Logger = slog.New(logring.Handler(o.Log, slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl, ReplaceAttr: logring.Escape}), lvl))
+	slog.SetDefault(o.Logger)
+	o.Console = os.Stderr
 	o.Ready = func(smtp []net.Addr, http net.Addr) {
 		for _, a := range smtp {
-			fmt.Fprintf(os.Stderr, "relayd: SMTP listening on %s\n", a)
+			o.Logger.Info("SMTP listening", "address", a.String())
 		}
 		if http != nil {
-			fmt.Fprintf(os.Stderr, "relayd: status page on http://%s/ (metrics at /metrics)\n", http)
+			o.Logger.Info("status page listening", "url", "http://"+http.String()+"/", "metrics", "http://"+http.String()+"/metrics")
 		}
 	}
 	if appliance.OnGokrazy() {
 		o.Box = true
+		o.Console = boxConsole{}
 		if o.HTTPAddr == "" {
 			o.HTTPAddr = ":8025"
 		}
@@ -107,10 +128,113 @@ func main() {
 		}
 	}()
 	o.Reload = reload
-	if err := appliance.Run(ctx, o); err != nil {
-		fmt.Fprintf(os.Stderr, "relayd: %v\n", err)
-		os.Exit(1)
+	err := appliance.Run(ctx, o)
+	os.Exit(stopped(o, err, context.Cause(ctx)))
+}
+
+// stopped writes how this run ends as the log's last record (the next run
+// reads it back: relayctl logs, "previous run ended") and on the console,
+// and returns the exit status.
+func stopped(o appliance.Options, err, cause error) int {
+	code, reason := 0, "stopped"
+	switch {
+	case err != nil:
+		code, reason = 1, err.Error()
+	case cause != nil && cause != context.Canceled:
+		reason = "stopped: " + cause.Error()
 	}
+	if code != 0 {
+		o.Logger.Error(logring.StopMsg, "reason", reason)
+	} else {
+		o.Logger.Info(logring.StopMsg, "reason", reason)
+	}
+	o.Log.Close()
+	if code != 0 {
+		appliance.Say(o.Console, "%s", reason)
+	}
+	return code
+}
+
+// boxConsole writes to the box's console, opened for each line: on
+// gokrazy nothing else writes there, and a console that is not there (no
+// screen, no serial line) must not stop relayd.
+type boxConsole struct{}
+
+func (boxConsole) Write(p []byte) (int, error) {
+	f, err := os.OpenFile("/dev/console", os.O_WRONLY|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return len(p), nil
+	}
+	defer f.Close()
+	f.Write(p)
+	return len(p), nil
+}
+
+// daemonFlags is the daemon's flags, read.
+type daemonFlags struct {
+	o        appliance.Options
+	logLevel string
+}
+
+// parseDaemon reads the daemon's flags. A code of 0 or more means exit
+// with it: -h and -version are answered, and a stray argument (a misspelt
+// command) or flags that contradict each other are usage errors (2),
+// never a started daemon.
+func parseDaemon(args []string, stdout, stderr io.Writer) (daemonFlags, int) {
+	var d daemonFlags
+	o := &d.o
+	fs := flag.NewFlagSet("relayd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
+	fs.BoolVar(&o.Dev, "dev", false, "run the embedded development configuration: SMTP on 127.0.0.1:2525 (or -smtp), mail written to STATE/outbox")
+	fs.StringVar(&o.DevSMTPAddr, "smtp", "", "with -dev: the SMTP listener's address (default 127.0.0.1:2525)")
+	fs.StringVar(&o.ConfigFile, "config", "", "configuration file (default STATE/config.json)")
+	fs.StringVar(&o.StateDir, "state", defaultState(), "state directory: spool, trace, secrets, certificates, log")
+	fs.StringVar(&o.HTTPAddr, "http", "", "address for the status page (/) and /metrics, e.g. 127.0.0.1:8025 (default off; :8025 on the box)")
+	fs.StringVar(&d.logLevel, "log-level", "info", "debug, info, warn or error")
+	version := fs.Bool("version", false, "print the version and exit")
+	tnSite := fs.String("tailnet", "", "join the tailnet as this node name and serve the admin API there (off the box; on the box the site file says)")
+	tnControl := fs.String("tailnet-control-url", "", "coordination server for -tailnet (default Tailscale's)")
+	tnAdmins := fs.String("tailnet-admins", "", "comma-separated logins and tags that get the admin role without a grant")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return d, 0
+		}
+		return d, 2
+	}
+	bad := func(format string, a ...any) (daemonFlags, int) {
+		fmt.Fprintf(stderr, "relayd: "+format+"\n", a...)
+		fmt.Fprintln(stderr, "relayd -h lists the commands and flags")
+		return d, 2
+	}
+	switch {
+	case fs.NArg() > 0:
+		return bad("unknown command %q", fs.Arg(0))
+	case *version:
+		fmt.Fprintf(stdout, "relayd %s (%s)\n", buildinfo.Version(), runtime.Version())
+		return d, 0
+	case o.Dev && o.ConfigFile != "":
+		return bad("-dev runs the embedded configuration and -config names a file: give one of them")
+	case o.DevSMTPAddr != "" && !o.Dev:
+		return bad("-smtp sets the address of -dev's listener; a configuration file names its own (listeners[].address)")
+	}
+	if o.DevSMTPAddr != "" {
+		if _, _, err := net.SplitHostPort(o.DevSMTPAddr); err != nil {
+			return bad("-smtp %q: want host:port, e.g. 127.0.0.1:2526", o.DevSMTPAddr)
+		}
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(d.logLevel)); err != nil {
+		return bad("-log-level: %v", err)
+	}
+	if *tnSite != "" {
+		// The join key is read from STATE/secrets/tailnet-authkey, never a flag.
+		o.Tailnet = &appliance.Tailnet{Site: *tnSite, ControlURL: *tnControl}
+		if *tnAdmins != "" {
+			o.Tailnet.Admins = strings.Split(*tnAdmins, ",")
+		}
+	}
+	return d, -1
 }
 
 // defaultState is the box's state directory on the box, so that
@@ -123,57 +247,37 @@ func defaultState() string {
 	return layout.DevStateDir
 }
 
-func checkConfig(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	state := fs.String("state", "", "state directory whose secrets and files to check (default: list what must be provisioned)")
-	if fs.Parse(args) != nil {
+// hashPassword reads a password from stdin (without echoing it on a
+// terminal) and prints its bcrypt hash, for accounts[].password_hash.
+func hashPassword(args []string, stdin *os.File, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		fmt.Fprintln(stderr, "usage: relayd hash-password (the password is read from stdin, never from an argument)")
 		return 2
 	}
-	rest := fs.Args()
-	if len(rest) > 1 { // FILE -state DIR
-		if fs.Parse(rest[1:]) != nil {
-			return 2
+	var pw string
+	if fd := int(stdin.Fd()); term.IsTerminal(fd) {
+		fmt.Fprint(stderr, "password (not shown): ")
+		b, err := term.ReadPassword(fd)
+		fmt.Fprintln(stderr)
+		if err != nil {
+			fmt.Fprintf(stderr, "relayd: reading password: %v\n", err)
+			return 1
 		}
-		rest = append(rest[:1], fs.Args()...)
+		pw = string(b)
+	} else {
+		line, err := bufio.NewReader(stdin).ReadString('\n')
+		if err != nil && line == "" {
+			fmt.Fprintf(stderr, "relayd: reading password from stdin: %v\n", err)
+			return 1
+		}
+		pw = strings.TrimRight(line, "\r\n")
 	}
-	if len(rest) != 1 {
-		fmt.Fprintln(stderr, "usage: relayd check-config [-state DIR] FILE")
-		return 2
-	}
-	cfg, err := config.Load(rest[0])
+	h, err := policy.HashPassword(pw)
 	if err != nil {
-		fmt.Fprintf(stderr, "%v\n", err)
+		fmt.Fprintf(stderr, "relayd: %v\n", err)
 		return 1
 	}
-	problems, notes := config.ReferenceReport(cfg, *state, "")
-	for _, p := range problems {
-		fmt.Fprintln(stderr, p)
-	}
-	if len(problems) > 0 {
-		return 1
-	}
-	fmt.Fprintln(stdout, "configuration is valid; routes, first match wins:")
-	fmt.Fprint(stdout, cfg.RouteTable())
-	for _, n := range notes {
-		fmt.Fprintln(stdout, n)
-	}
-	return 0
-}
-
-func hashPassword() int {
-	fmt.Fprint(os.Stderr, "password (read from stdin): ")
-	line, err := bufio.NewReader(os.Stdin).ReadString('\n')
-	if err != nil && line == "" {
-		fmt.Fprintf(os.Stderr, "relayd: reading password: %v\n", err)
-		return 1
-	}
-	h, err := policy.HashPassword(strings.TrimRight(line, "\r\n"))
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "relayd: %v\n", err)
-		return 1
-	}
-	fmt.Println(h)
+	fmt.Fprintln(stdout, h)
 	return 0
 }
 

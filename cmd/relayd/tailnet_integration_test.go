@@ -5,6 +5,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -96,6 +97,22 @@ func TestTailnetIdleRSS(t *testing.T) {
 	t.Logf("relayd: SMTP ready %v after start, tailnet up %v after start; binary %.1f MiB", smtpAt.Round(time.Millisecond), upAt.Round(time.Millisecond), float64(fi.Size())/(1<<20))
 	t.Logf("relayd idle with the tailnet up: %s", rss)
 	t.Logf("GET /v1/status over the test tailnet, 50 calls: median %v, p90 %v, max %v", lat[25], lat[45], lat[49])
+
+	// F16: stderr is JSON records only, tsnet's and net/http's lines
+	// included (a first run that stops cleanly says nothing on the
+	// console, stderr in development).
+	cmd.Process.Signal(os.Interrupt)
+	cmd.Wait()
+	b, _ := os.ReadFile(logf.Name())
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var rec map[string]any
+		if json.Unmarshal([]byte(l), &rec) != nil {
+			t.Errorf("a plain line among the JSON log: %q", l)
+		}
+	}
+	if !strings.Contains(string(b), `"msg":"relayd stopped"`) {
+		t.Errorf("no stop record in the log:\n%s", b)
+	}
 }
 
 func procStatus(t *testing.T, pid int) string {

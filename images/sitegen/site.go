@@ -58,9 +58,14 @@ func (s *Site) Bootstrap() site.Site {
 // relay section is checked by the relay's own configuration rules.
 func ParseSite(b []byte) (*Site, *config.Config, error) {
 	var s Site
-	if err := strictjson.Decode(b, &s); err != nil {
-		return nil, nil, err
+	derr := strictjson.Decode(b, &s)
+	if strictjson.Unreadable(derr) {
+		return nil, nil, derr
 	}
+	// Unknown keys and wrong types are listed beside every other problem
+	// (sitegen -check lists them all at once).
+	var decoding Errors
+	errors.As(derr, &decoding)
 	var errs Errors
 	bad := errs.Bad
 	bs := s.Bootstrap()
@@ -83,7 +88,7 @@ func ParseSite(b []byte) (*Site, *config.Config, error) {
 			relay = c
 		}
 	}
-	if len(errs) > 0 {
+	if errs = strictjson.Merge(decoding, errs); len(errs) > 0 {
 		return nil, nil, errs
 	}
 	return &s, relay, nil

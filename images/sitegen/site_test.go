@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -103,6 +104,23 @@ func TestParseSiteErrors(t *testing.T) {
 			}
 			t.Errorf("ParseSite = %v, want %s: ...%s...", err, tc.wantKey, tc.want)
 		})
+	}
+}
+
+// sitegen -check lists every problem at once: an unknown key of the site
+// file hides neither the site's value errors nor the relay section's.
+func TestParseSiteListsEveryProblem(t *testing.T) {
+	doc := `{"hostnme": "x", "hostname": "relay.plant", "network": {"dhcp": true}, "ntp": ["ntp example"], "tailnet": {"admins": ["tag:a"]},
+	  "relay": {"hostname": "relay plant", "listeners": [{"address": ":25", "mode": "smtp", "starttls": "yes", "allowed_networks": ["10.0.0.0/33"]}],
+	  "upstream": {"kind": "capture"}}}`
+	_, _, err := ParseSite([]byte(doc))
+	var errs Errors
+	if !errors.As(err, &errs) {
+		t.Fatalf("ParseSite = %v, want Errors", err)
+	}
+	want := []string{"hostnme", "hostname", "ntp[0]", "relay.listeners[0].starttls", "relay.listeners[0].allowed_networks[0]", "relay.hostname"}
+	if got := errs.Keys(); !slices.Equal(got, want) {
+		t.Errorf("keys %q\nwant %q\n%v", got, want, err)
 	}
 }
 

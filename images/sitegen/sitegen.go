@@ -70,8 +70,7 @@ func run(sitePath, targetName, out string, checkOnly bool, keyFile string, size 
 			// No secret is on the card: each one the relay section names
 			// is provisioned over the tailnet; until then its upstream
 			// holds the mail (the box starts and joins regardless).
-			_, notes := config.ReferenceReport(relay, "", site.Hostname)
-			for _, n := range notes {
+			for _, n := range config.ProvisionNotes(relay, site.Hostname) {
 				fmt.Println(n)
 			}
 		}

@@ -469,6 +469,11 @@ type TraceQuery struct {
 	// Device is a configured device's name (devices[].name); the login or
 	// listener name of events from before devices existed match too.
 	Device string `json:"device,omitempty"`
+	// ClientIP is the sending device's address; Subject part of the
+	// subject; Until the end of the time range (exclusive).
+	ClientIP string    `json:"client_ip,omitempty"`
+	Subject  string    `json:"subject,omitempty"`
+	Until    time.Time `json:"until,omitzero"`
 }
 
 // TraceEvent is one trace line (docs/trace.md has the fields).

@@ -212,13 +212,17 @@ func (c *Client) Delete(ctx context.Context, id string) error {
 
 func (c *Client) Trace(ctx context.Context, tq TraceQuery) ([]TraceEvent, error) {
 	q := url.Values{}
-	for k, v := range map[string]string{"queue_id": tq.QueueID, "message_id": tq.MessageID, "sender": tq.Sender, "recipient": tq.Recipient, "kind": tq.Kind, "device": tq.Device} {
+	for k, v := range map[string]string{"queue_id": tq.QueueID, "message_id": tq.MessageID, "sender": tq.Sender, "recipient": tq.Recipient, "kind": tq.Kind, "device": tq.Device,
+		"client_ip": tq.ClientIP, "subject": tq.Subject} {
 		if v != "" {
 			q.Set(k, v)
 		}
 	}
 	if !tq.Since.IsZero() {
 		q.Set("since", tq.Since.UTC().Format(time.RFC3339))
+	}
+	if !tq.Until.IsZero() {
+		q.Set("until", tq.Until.UTC().Format(time.RFC3339))
 	}
 	if tq.Limit > 0 {
 		q.Set("limit", strconv.Itoa(tq.Limit))

@@ -90,7 +90,8 @@ commands:
   queue [-sender A] [-recipient A] [-older-than D] [-pending] [-limit N]
   queue show ID [-body]       one message (the body needs admin)
   queue retry|bounce|delete ID
-  trace [-id ID] [-message-id M] [-from A] [-to A] [-device NAME] [-kind K] [-since D] [-limit N]
+  trace [-id ID] [-message-id M] [-from A] [-to A] [-client IP] [-subject S] [-device NAME]
+        [-kind K] [-since D|DATE|TIME] [-until D|DATE|TIME] [-limit N]
   devices                     the clients learning mode saw, and which are devices
   devices adopt [-address A,B] [-lock=false] [-dry-run]
                               make them devices[] entries of a new configuration
@@ -102,6 +103,9 @@ commands:
   creds put NAME -kind client-secret|password [-from FILE|-]
   creds put NAME -kind certificate (-cert FILE -key FILE | -pfx FILE [-pfx-password-from FILE|-])
   creds delete NAME
+  logs [-f] [-since D|TIME] [-level L]
+                              relayd's log (the newest 2 MiB, previous runs included);
+                              -f follows it until Ctrl-C
   doctor [-to ADDR]           upstream checks, optionally a test message
   audit [-limit N]            who changed what
   firmware                    the running version
@@ -200,6 +204,8 @@ func Main(ctx context.Context, args []string, o IO) int {
 		code = e.creds(ctx, rest)
 	case "doctor":
 		code = e.doctor(ctx, rest)
+	case "logs":
+		code = e.logs(ctx, rest)
 	case "audit":
 		code = e.audit(ctx, rest)
 	case "firmware":

@@ -230,7 +230,7 @@ func (n *Node) userLog(format string, args ...any) {
 	if k := n.o.AuthKey; k != "" {
 		msg = strings.ReplaceAll(msg, k, "[join key]")
 	}
-	n.log.Debug("tailnet", "msg", msg)
+	n.log.Debug("tailnet", "detail", msg)
 }
 
 // cleanErr keeps the join key out of the state and the log.

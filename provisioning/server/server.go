@@ -41,6 +41,11 @@ type Box interface {
 	Trace(ctx context.Context, q api.TraceQuery) ([]api.TraceEvent, error)
 	Doctor(ctx context.Context, to string) ([]api.DoctorStep, error)
 	Firmware() api.Firmware
+	// Logs calls fn with each record of relayd's log that q selects (q.Ago
+	// is resolved into q.Since; q.Level is debug, info, warn or error),
+	// oldest first, as one JSON object without its newline; with q.Follow
+	// it then waits for new records until ctx ends.
+	Logs(ctx context.Context, q api.LogQuery, fn func(line []byte) error) error
 	// Reload makes the relay read config.json and the secrets again; a
 	// credential change takes effect through it (cached tokens dropped).
 	Reload(ctx context.Context) error
@@ -143,6 +148,7 @@ func Handler(o Options) http.Handler {
 	s.route("POST "+api.PathBounce, op, s.queueOp("bounce", func(ctx context.Context, id string) error { return s.Box.Bounce(ctx, id) }))
 	s.route("GET "+api.PathTrace, v, s.trace)
 	s.route("POST "+api.PathDoctor, op, s.doctor)
+	s.route("GET "+api.PathLogs, op, s.logs)
 	s.route("GET "+api.PathAudit, ad, s.audit)
 	s.route("GET "+api.PathFirmware, ad, s.firmware)
 	s.route("POST "+api.PathUpdate, ad, s.update)
@@ -617,17 +623,25 @@ func (s *server) queueOp(op string, fn func(ctx context.Context, id string) erro
 
 func (s *server) trace(w http.ResponseWriter, c *call) error {
 	q := c.r.URL.Query()
-	tq := api.TraceQuery{QueueID: q.Get("queue_id"), MessageID: q.Get("message_id"), Sender: q.Get("sender"), Recipient: q.Get("recipient"), Kind: q.Get("kind"), Device: q.Get("device")}
-	if v := q.Get("since"); v != "" {
+	tq := api.TraceQuery{QueueID: q.Get("queue_id"), MessageID: q.Get("message_id"), Sender: q.Get("sender"), Recipient: q.Get("recipient"), Kind: q.Get("kind"), Device: q.Get("device"),
+		ClientIP: q.Get("client_ip"), Subject: q.Get("subject")}
+	for _, b := range []struct {
+		name string
+		to   *time.Time
+	}{{"since", &tq.Since}, {"until", &tq.Until}} {
+		v := q.Get(b.name)
+		if v == "" {
+			continue
+		}
 		t, err := time.Parse(time.RFC3339, v)
 		if err != nil {
 			d, derr := time.ParseDuration(v)
 			if derr != nil {
-				return badParam("since", "want an RFC 3339 time or a duration like 24h")
+				return badParam(b.name, "want an RFC 3339 time or a duration like 24h")
 			}
 			t = s.Clock().Add(-d)
 		}
-		tq.Since = t
+		*b.to = t
 	}
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)

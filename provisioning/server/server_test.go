@@ -31,6 +31,8 @@ import (
 type fakeBox struct {
 	mu    sync.Mutex
 	calls []string
+	// follow carries the records a follower gets after the first two.
+	follow chan string
 }
 
 func (b *fakeBox) did(s string) {
@@ -79,6 +81,25 @@ func (b *fakeBox) Doctor(context.Context, string) ([]api.DoctorStep, error) {
 	return []api.DoctorStep{{Name: "dns", OK: true}}, nil
 }
 func (b *fakeBox) Firmware() api.Firmware { return api.Firmware{Version: "v1.2.3"} }
+func (b *fakeBox) Logs(ctx context.Context, q api.LogQuery, fn func([]byte) error) error {
+	b.did(fmt.Sprintf("logs level=%s follow=%v since=%v", q.Level, q.Follow, !q.Since.IsZero()))
+	for _, l := range []string{`{"time":"2026-12-07T10:00:00Z","level":"INFO","msg":"one","client_ip":"10.0.0.5"}`, `{"time":"2026-12-07T10:00:01Z","level":"WARN","msg":"two \u001b[31m"}`} {
+		if err := fn([]byte(l)); err != nil {
+			return err
+		}
+	}
+	for q.Follow {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case l := <-b.follow:
+			if err := fn([]byte(l)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
 func (b *fakeBox) Reload(context.Context) error {
 	b.did("reload")
 	return nil
@@ -225,6 +246,9 @@ var ops = []op{
 	{"retry", api.Operator, func(ctx context.Context, c *api.Client) error { return c.Retry(ctx, "q1") }},
 	{"bounce", api.Operator, func(ctx context.Context, c *api.Client) error { return c.Bounce(ctx, "q1") }},
 	{"delete", api.Operator, func(ctx context.Context, c *api.Client) error { return c.Delete(ctx, "q1") }},
+	{"logs", api.Operator, func(ctx context.Context, c *api.Client) error {
+		return c.Logs(ctx, api.LogQuery{}, func(api.LogLine) error { return nil })
+	}},
 	{"doctor", api.Operator, func(ctx context.Context, c *api.Client) error { _, err := c.Doctor(ctx, ""); return err }},
 	{"creds list", api.Admin, func(ctx context.Context, c *api.Client) error { _, err := c.Credentials(ctx); return err }},
 	{"creds put", api.Admin, func(ctx context.Context, c *api.Client) error {
@@ -310,6 +334,60 @@ func TestRoleMatrix(t *testing.T) {
 	}
 	if got, want := refused+allowed, 4*changing; got != want {
 		t.Errorf("audit has %d entries (%d refused, %d ok), want %d", got, refused, allowed, want)
+	}
+}
+
+func TestLogs(t *testing.T) {
+	r := newRig(t)
+	r.box.follow = make(chan string)
+	caller := r.tn.Join(t, "laptop")
+	c := r.client(caller)
+	r.grant(t, caller, api.Operator)
+	ctx := context.Background()
+	var got []string
+	if err := c.Logs(ctx, api.LogQuery{Ago: time.Hour, Level: "warn"}, func(l api.LogLine) error {
+		got = append(got, l.Text())
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"2026-12-07T10:00:00.000Z INFO  one client_ip=10.0.0.5", `2026-12-07T10:00:01.000Z WARN  two \x1b[31m`}
+	if !slices.Equal(got, want) {
+		t.Errorf("got %q\nwant %q", got, want)
+	}
+	if calls := r.box.Calls(); calls[len(calls)-1] != "logs level=warn follow=false since=true" {
+		t.Errorf("box asked %q", calls[len(calls)-1])
+	}
+	for _, bad := range []string{"since=yesterday", "level=loud", "follow=maybe"} {
+		resp, err := c.HTTP.Get(c.Base + api.PathLogs + "?" + bad)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 400 {
+			t.Errorf("%s: status %d, want 400", bad, resp.StatusCode)
+		}
+	}
+
+	// Following: the two records, then each new one as the box writes it.
+	fctx, cancel := context.WithCancel(ctx)
+	lines := make(chan string)
+	done := make(chan error)
+	go func() {
+		done <- c.Logs(fctx, api.LogQuery{Follow: true}, func(l api.LogLine) error { lines <- l.Msg; return nil })
+	}()
+	for _, want := range []string{"one", "two \x1b[31m"} {
+		if got := <-lines; got != want {
+			t.Errorf("followed %q, want %q", got, want)
+		}
+	}
+	r.box.follow <- `{"time":"2026-12-07T10:00:02Z","level":"ERROR","msg":"three"}`
+	if got := <-lines; got != "three" {
+		t.Errorf("followed %q, want three", got)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("a follow ended by its caller returned %v", err)
 	}
 }
 

@@ -88,6 +88,7 @@ func Handler(o Options) http.Handler {
 	s.route("GET "+Prefix+"trace", v, s.trace)
 	s.route("POST "+Prefix+"queue/{id}/{op}", op, s.queueOp)
 	s.route("POST "+Prefix+"doctor", op, s.doctor)
+	s.route("GET "+Prefix+"logs", op, s.logs)
 	if o.Metrics != nil {
 		s.route("GET /metrics", v, func(w http.ResponseWriter, c *call) error {
 			o.Metrics.ServeHTTP(w, c.r)
@@ -236,6 +237,7 @@ var pages = template.Must(template.New("").Funcs(template.FuncMap{
 	"bytes": bytesStr,
 	"join":  strings.Join,
 	"path":  url.PathEscape,
+	"esc":   api.Escape,
 }).ParseFS(files, "*.html"))
 
 // describe names a call for the audit log before it is authorised, so a

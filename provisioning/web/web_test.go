@@ -77,7 +77,22 @@ func (b *fakeBox) Doctor(ctx context.Context, to string) ([]api.DoctorStep, erro
 	b.op(ctx, "doctor", "q1")
 	return []api.DoctorStep{{Name: "connect", OK: true, Detail: "smtp.example.com:587"}, {Name: "send to " + to, OK: to != ""}}, nil
 }
-func (b *fakeBox) Firmware() api.Firmware           { return api.Firmware{} }
+func (b *fakeBox) Firmware() api.Firmware { return api.Firmware{} }
+func (b *fakeBox) Logs(ctx context.Context, q api.LogQuery, fn func([]byte) error) error {
+	lines := []string{
+		`{"time":"2026-12-07T09:00:00Z","level":"INFO","msg":"relay started","listener":"plant"}`,
+		`{"time":"2026-12-07T09:01:00Z","level":"WARN","msg":"HELO <b>x</b> \u001b[2J","client_ip":"10.1.2.3"}`,
+	}
+	if q.Level == "warn" {
+		lines = lines[1:]
+	}
+	for _, l := range lines {
+		if err := fn([]byte(l)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 func (b *fakeBox) Reload(ctx context.Context) error { return nil }
 
 // callers: the remote address names the caller and its role.
@@ -184,6 +199,38 @@ func TestOverviewByRole(t *testing.T) {
 		if csp := w.Header().Get("Content-Security-Policy"); !strings.Contains(csp, "frame-ancestors 'none'") || strings.Contains(csp, "script-src") {
 			t.Errorf("CSP %q", csp)
 		}
+	}
+}
+
+func TestLogsPage(t *testing.T) {
+	h := newHarness(t)
+	w := h.do("GET", "/admin/logs", operator, nil, nil)
+	if w.Code != 200 {
+		t.Fatalf("GET /admin/logs = %d %s", w.Code, w.Body)
+	}
+	got := w.Body.String()
+	for _, want := range []string{"relay started", "HELO &lt;b&gt;x&lt;/b&gt; \\x1b[2J", "10.1.2.3", "2 lines", `<option selected>info</option>`} {
+		if !strings.Contains(got, want) {
+			t.Errorf("page lacks %q", want)
+		}
+	}
+	if strings.Contains(got, "\x1b") || strings.Index(got, "HELO") > strings.Index(got, "relay started") {
+		t.Errorf("raw control character, or not newest first:\n%s", got)
+	}
+	if w := h.do("GET", "/admin/logs?level=warn", operator, nil, nil); !strings.Contains(w.Body.String(), "1 lines") {
+		t.Errorf("level=warn: %s", w.Body)
+	}
+	if w := h.do("GET", "/admin/logs?level=loud", operator, nil, nil); w.Code != 400 {
+		t.Errorf("level=loud: %d", w.Code)
+	}
+	if w := h.do("GET", "/admin/logs", viewer, nil, nil); w.Code != 403 {
+		t.Errorf("a viewer got the log: %d", w.Code)
+	}
+	if w := h.do("GET", "/admin/", viewer, nil, nil); strings.Contains(w.Body.String(), `href="/admin/logs"`) {
+		t.Errorf("a viewer is offered the log")
+	}
+	if w := h.do("GET", "/admin/", operator, nil, nil); !strings.Contains(w.Body.String(), `href="/admin/logs"`) {
+		t.Errorf("an operator is not offered the log")
 	}
 }
 

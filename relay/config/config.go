@@ -5,6 +5,7 @@ package config
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -256,14 +257,19 @@ func Load(path string) (*Config, error) {
 }
 
 // Parse decodes a document strictly (unknown keys are errors: a typo must
-// not silently turn a limit off), fills defaults and validates it.
+// not silently turn a limit off), fills defaults and validates it. Every
+// problem is listed at once: unknown keys, wrong types and bad values
+// together (a value is judged unless its own key could not be decoded).
 func Parse(b []byte) (*Config, error) {
 	var c Config
-	if err := strictjson.Decode(b, &c); err != nil {
-		return nil, err
+	derr := strictjson.Decode(b, &c)
+	if strictjson.Unreadable(derr) {
+		return nil, derr
 	}
+	var decoding Errors
+	errors.As(derr, &decoding)
 	c.SetDefaults()
-	if errs := c.Validate(); len(errs) > 0 {
+	if errs := strictjson.Merge(decoding, c.Validate()); len(errs) > 0 {
 		return nil, errs
 	}
 	return &c, nil
@@ -509,6 +515,7 @@ func (c *Config) Validate() Errors {
 	errs = append(errs, c.validateUpstreams()...)
 	errs = append(errs, c.Alerts.validate()...)
 	errs = append(errs, c.validateDevices()...)
+	errs = append(errs, c.validateNames()...)
 	return errs
 }
 

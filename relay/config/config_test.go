@@ -22,7 +22,7 @@ func TestDefaultIsValid(t *testing.T) {
 
 func TestDefaultsPerMode(t *testing.T) {
 	c, err := Parse([]byte(`{"listeners":[{"address":":587","mode":"submission"}],
-	  "accounts":[{"username":"p","password_hash":"$2a$10$x"}],"upstream":{"kind":"capture"}}`))
+	  "accounts":[{"username":"p","password_hash":"$2a$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy"}],"upstream":{"kind":"capture"}}`))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,7 @@ import (
 
 func TestDevicesParse(t *testing.T) {
 	c, err := Parse([]byte(`{"listeners":[{"address":":25","mode":"smtp","allowed_networks":["10.0.0.0/8"]}],
-	  "accounts":[{"username":"scanner","password_hash":"$2a$10$x"}],
+	  "accounts":[{"username":"scanner","password_hash":"$2a$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy"}],
 	  "devices":[{"name":"boiler","addresses":["10.1.2.3","10.1.4.0/24"],"class":"alarm","owner":"Maintenance, ext. 412",
 	    "fixes":{"add_from":"envelope","subject_prefix":"[boiler]","clean_display_name":true}},
 	   {"name":"scanner-hall","logins":["scanner"],"require_auth":true,"class":"bulk","messages_per_minute":5}],
@@ -28,7 +28,7 @@ func TestDevicesParse(t *testing.T) {
 
 func TestDevicesProblems(t *testing.T) {
 	_, err := Parse([]byte(`{"listeners":[{"address":":25","mode":"smtp","allowed_networks":["10.0.0.0/8"]}],
-	  "accounts":[{"username":"scanner","password_hash":"$2a$10$x"}],
+	  "accounts":[{"username":"scanner","password_hash":"$2a$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy"}],
 	  "devices":[{"name":"a b","addresses":["10.1.2.300"],"class":"urgent","fixes":{"add_from":"nobody","rewrite_from":"x"}},
 	   {"name":"c","logins":["nobody","scanner"],"require_auth":false},
 	   {"name":"c","logins":["scanner"],"allowed_senders":["bad"],"allowed_recipients":["@"]},

@@ -106,4 +106,32 @@ func TestDocumentedKeysParse(t *testing.T) {
 		}
 	}
 	t.Logf("%d documented keys checked", len(keys))
+	t.Run("check-config example", func(t *testing.T) { checkExample(t, "../../docs/config.md") })
+}
+
+// checkExample holds docs/config.md's check-config example to the real
+// output: the `bad.json` block, judged by Check and written as relayd
+// check-config writes it, is the output block below it.
+func checkExample(t *testing.T, path string) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	_, rest, ok := strings.Cut(doc, "`bad.json`:\n\n```json\n")
+	if !ok {
+		t.Fatal("docs/config.md has no `bad.json`: example")
+	}
+	input, rest, _ := strings.Cut(rest, "```")
+	_, rest, ok = strings.Cut(rest, "$ relayd check-config bad.json\n")
+	if !ok {
+		t.Fatal("docs/config.md has no output for its bad.json")
+	}
+	documented, _, _ := strings.Cut(rest, "```")
+	_, probs := Check([]byte(input))
+	var got strings.Builder
+	WriteProblems(&got, "bad.json", probs)
+	if got.String() != documented {
+		t.Errorf("docs/config.md shows\n%s\nrelayd check-config prints\n%s", documented, got.String())
+	}
 }

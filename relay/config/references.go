@@ -281,27 +281,31 @@ func unwrapPath(err error) error {
 	return err
 }
 
-// ReferenceReport is what `relayd check-config` and `sitegen -check` say of
-// the secrets and files c names, judged as the box would start it (one
-// function, so both say the same and the configuration checks can list it
-// beside their own). With a state directory, every reference that is
-// missing, unreadable or malformed is a problem: the box would start, but
-// the upstream concerned would hold its mail. Without one (an image is
-// built before any secret exists), every reference is a note: it must be
-// provisioned before mail can flow, with the command that does it. relay
-// is the name relayctl knows the box by ("" for NAME).
-func ReferenceReport(c *Config, stateDir, relay string) (problems, notes []string) {
-	refs := c.References()
-	if stateDir == "" {
-		for _, r := range refs {
-			notes = append(notes, fmt.Sprintf("%s: %s must be provisioned before mail can flow: %s", r.Key, describe(r), r.Fix(relay)))
+// StateChecker is check-config's judgement of the secrets and files a
+// configuration names, against the state directory the box would start
+// with: each one missing, unreadable or malformed is a Problem under the key
+// that names it, with the command that provides it. relay is the name
+// relayctl knows the box by ("" for NAME).
+func StateChecker(stateDir, relay string) Checker {
+	return func(c *Config) []Problem {
+		var ps []Problem
+		for _, u := range c.Check(stateDir) {
+			ps = append(ps, Problem{Key: u.Key, Msg: fmt.Sprintf("%s is %s (%s); the box would hold that mail until it is there: %s", describe(u.Reference), u.Reason, u.Detail, u.Fix(relay))})
 		}
-		return nil, notes
+		return ps
 	}
-	for _, u := range c.Check(stateDir) {
-		problems = append(problems, fmt.Sprintf("%s: %s is %s (%s); the box would hold that mail until it is there: %s", u.Key, describe(u.Reference), u.Reason, u.Detail, u.Fix(relay)))
+}
+
+// ProvisionNotes is what `relayd check-config` (without -state) and
+// `sitegen -check` say of the secrets and files a configuration names:
+// each must be provisioned before mail can flow, with the command that does
+// it. relay is the name relayctl knows the box by ("" for NAME).
+func ProvisionNotes(c *Config, relay string) []string {
+	var notes []string
+	for _, r := range c.References() {
+		notes = append(notes, fmt.Sprintf("%s: %s must be provisioned before mail can flow: %s", r.Key, describe(r), r.Fix(relay)))
 	}
-	return problems, nil
+	return notes
 }
 
 func describe(r Reference) string {

@@ -36,15 +36,26 @@ type Deps struct {
 }
 
 // Run performs every check that applies to cfg's upstream kind, each that
-// can run: a step that cannot says what it could not check and why.
+// can run: a step that cannot says what it could not check and why, and
+// one that fails says what to change.
 func Run(ctx context.Context, cfg *config.Config, d Deps) []upstream.Step {
+	return withFixes(run(ctx, cfg, d))
+}
+
+func run(ctx context.Context, cfg *config.Config, d Deps) []upstream.Step {
 	if d.Clock == nil {
 		d.Clock = time.Now
 	}
 	u := cfg.Upstream
 	if u.Kind == config.KindCapture {
-		return []upstream.Step{{Name: "upstream", OK: true,
+		steps := []upstream.Step{{Name: "upstream", OK: true,
 			Detail: "capture writes each message to " + u.Capture.Directory + " in the state directory: nothing to check"}}
+		if d.TestTo != "" && d.Upstream != nil {
+			// -to is honoured here too: the test message lands in the
+			// capture directory, where the admin can look for it.
+			steps = append(steps, sendTest(ctx, d, cfg))
+		}
+		return steps
 	}
 	m := u.M365
 	r := &m365.Resolver{Server: d.Resolver}
@@ -283,6 +294,13 @@ func sendTest(ctx context.Context, d Deps, cfg *config.Config) upstream.Step {
 	}
 	if from == "" && strings.Contains(cfg.Upstream.SMTP.Username, "@") {
 		from = cfg.Upstream.SMTP.Username
+	}
+	if from == "" && cfg.Upstream.Kind == config.KindCapture {
+		host := cfg.Hostname
+		if host == "" {
+			host = "localhost"
+		}
+		from = "doctor@" + host // capture sends nowhere: any sender does
 	}
 	st := upstream.Step{Name: "test message to " + d.TestTo}
 	if from == "" {

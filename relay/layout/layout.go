@@ -127,3 +127,15 @@ func (d Dir) ConfigVersion(n int) string {
 
 // ConfigIndex lists the kept versions (when, by whom, which is in force).
 func (d Dir) ConfigIndex() string { return d.Path("config.d", "index.json") }
+
+// Logs holds relayd's own log (appliance/logring): the newest records,
+// kept across restarts so the previous run's last lines and how it ended
+// can be read over the tailnet (relayctl logs).
+func (d Dir) Logs() string { return d.Path("logs") }
+
+// Log is the log file being appended to; LogOlder the one before it;
+// CrashLog where the Go runtime writes a crash's report, read at the next
+// start.
+func (d Dir) Log() string      { return d.Path("logs", "relayd.log") }
+func (d Dir) LogOlder() string { return d.Path("logs", "relayd.log.1") }
+func (d Dir) CrashLog() string { return d.Path("logs", "crash.txt") }

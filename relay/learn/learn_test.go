@@ -143,7 +143,7 @@ func TestAdopt(t *testing.T) {
 	}
 	// What Adopt makes validates with the rest.
 	full := &config.Config{Listeners: []config.Listener{{Address: ":25", Mode: "smtp", AllowedNetworks: []string{"10.0.0.0/8"}}},
-		Accounts: []config.Account{{Username: "erp", PasswordHash: "$2a$10$x"}, {Username: "scanner", PasswordHash: "$2a$10$x"}},
+		Accounts: []config.Account{{Username: "erp", PasswordHash: "$2a$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy"}, {Username: "scanner", PasswordHash: "$2a$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy"}},
 		Upstream: config.Upstream{Kind: "capture"}, Devices: append(cfg.Devices, got...), DevicesOnly: true}
 	full.SetDefaults()
 	if errs := full.Validate(); len(errs) > 0 {

@@ -50,9 +50,14 @@ func TestDecode(t *testing.T) {
 		{"unknown keys with paths, all of them", `{"items":[{"address":"x"},{"adress":"y"}],"one":{"prot":2},"labels":{"k":{"x":1}}}`,
 			[]string{"items[1].adress: unknown key", "labels.k.x: unknown key", "one.prot: unknown key"}},
 		{"a json:\"-\" field is unknown", `{"Skip":"x"}`, []string{"Skip: unknown key"}},
-		{"wrong type names the path", `{"items":[{"port":"80"}]}`, []string{"items.port: want a whole number, got JSON string"}},
-		{"wrong type and an unknown key", `{"name":5,"bogus":1}`, []string{"name: want a string", "bogus: unknown key"}},
-		{"own unmarshaler's message", `{"one":{"wait":"soon"}}`, []string{`(document): "soon" is not a duration`}},
+		{"wrong type names the indexed path", `{"items":[{"port":"80"}]}`, []string{"items[0].port: want a whole number, got JSON string"}},
+		{"wrong type and an unknown key", `{"name":5,"bogus":1}`, []string{"bogus: unknown key", "name: want a string"}},
+		{"own unmarshaler's message, against its key", `{"one":{"wait":"soon"}}`, []string{`one.wait: "soon" is not a duration`}},
+		{"every type error in one run", `{"name":[],"items":[{"port":"80"},{"port":1.5,"address":7,"wait":"later"}],"labels":{"k":{"port":true}},"free":{"a":1},"one":"x"}`,
+			[]string{"free.a: want a string, got JSON number", "items[0].port: want a whole number, got JSON string", "items[1].address: want a string, got JSON number",
+				"items[1].port: want a whole number, got JSON number 1.5", `items[1].wait: "later" is not a duration`,
+				"labels.k.port: want a whole number, got JSON bool", "name: want a string, got JSON array", "one: want an object, got JSON string"}},
+		{"a list that is not one", `{"items":{"port":1}}`, []string{"items: want a list, got JSON object"}},
 		{"syntax error with its line", "{\n\"name\": \"a\",\n}", []string{"(document): line 3"}},
 		{"empty document", ``, []string{"(document): empty or cut-off document"}},
 		{"cut off", `{"name":`, []string{"(document): empty or cut-off"}},
@@ -82,6 +87,18 @@ func TestDecode(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// With errors, what could be decoded is in v: a validator judges the rest.
+func TestDecodeKeepsTheGoodValues(t *testing.T) {
+	var d doc
+	err := Decode([]byte(`{"name":"plant","bogus":1,"items":[{"address":"a","port":"x"},{"address":"b","wait":"5s"}]}`), &d)
+	if got := Errors(nil); !errors.As(err, &got) || len(got) != 2 {
+		t.Fatalf("Decode = %v, want two errors", err)
+	}
+	if d.Name != "plant" || len(d.Items) != 2 || d.Items[0].Address != "a" || d.Items[0].Port != 0 || d.Items[1].Wait != duration(5*time.Second) {
+		t.Errorf("decoded %+v", d)
 	}
 }
 
