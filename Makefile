@@ -87,8 +87,9 @@ vm-test:
 
 ## vm-tailnet-test: the VM image on a test tailnet (testcontrol and DERP in a network namespace of the
 ## test's own): first-boot join, status and version over the tailnet, mail through, gokrazy's web interface
-## closed on the LAN, a test-boot update to a second build (new version, queued mail delivered), garbage
-## refused, a root that cannot come up rolled back to the running version.
+## closed on the LAN, a signed test-boot update to a second build (new version, its signer reported, queued
+## mail delivered), unsigned / unknown-key / flipped-byte / other-architecture / older updates refused with
+## nothing written, a root that cannot come up rolled back to the running version.
 .PHONY: vm-tailnet-test
 vm-tailnet-test:
 	SITERELAY_VMTAILNET=1 $(GO) test -tags integration -count=1 -timeout 30m -v -run '^TestVMTailnet$$' ./images/vmtest/

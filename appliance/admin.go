@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"tailscale.com/envknob"
 	"tailscale.com/ipn"
 
+	"github.com/siterelay/siterelay/appliance/site"
 	"github.com/siterelay/siterelay/provisioning/api"
 	"github.com/siterelay/siterelay/provisioning/audit"
 	"github.com/siterelay/siterelay/provisioning/authz"
@@ -65,6 +67,28 @@ type Tailnet struct {
 	// Cmdline, when set, is the kernel command line (tests); on gokrazy
 	// /proc/cmdline is read, to see whether this boot is a test boot.
 	Cmdline string
+	// FirmwareKeys are the release keys firmware updates must be signed
+	// with: the running image's site file's firmware_keys (read from the
+	// image, not the state directory: an image carries its own trust).
+	FirmwareKeys []string
+	// SBOMFile is the running image's SBOM (default, on gokrazy,
+	// firmware.SBOMFile).
+	SBOMFile string
+}
+
+// imageFirmwareKeys reads the release keys from the running image's own
+// site file (its bootstrap directory, on the read-only root). None, or a
+// file that cannot be read, means the box takes no update, and says so.
+func imageFirmwareKeys(bootstrapDir string, log *slog.Logger) []string {
+	st, err := site.Load(filepath.Join(bootstrapDir, layout.SiteFile))
+	if err != nil {
+		log.Error("the image's site file cannot be read: firmware updates are refused", "err", err)
+		return nil
+	}
+	if len(st.FirmwareKeys) == 0 {
+		log.Warn("the image carries no firmware_keys: firmware updates are refused (docs/image.md)")
+	}
+	return st.FirmwareKeys
 }
 
 // admin is the adapter between the admin API and the running relay: the
@@ -79,6 +103,9 @@ type admin struct {
 	site    string
 	log     *slog.Logger
 	ctx     context.Context // ends when the admin side stops
+	// fw is the firmware updater (nil off gokrazy): its keys and records
+	// are what /v1/firmware reports.
+	fw *firmware.Updater
 }
 
 // startAdmin joins the tailnet in the background and serves the admin API
@@ -117,7 +144,17 @@ func startAdmin(ctx context.Context, o Options, run *app, creds *secrets.Store, 
 	}
 	testBoot := firmware.TestBooted(cmdline)
 	if fw != nil {
-		upd = updater{u: *fw, log: log, testBoot: testBoot}
+		u := *fw
+		if u.Keys, err = firmware.ParsePublicKeys(t.FirmwareKeys); err != nil {
+			log.Error("the image's firmware keys cannot be read: firmware updates are refused", "err", err)
+			u.Keys = nil
+		}
+		u.Running = version()
+		if u.StageDir == "" {
+			u.StageDir = dir.Firmware()
+		}
+		a.fw = &u
+		upd = updater{u: u, log: log, testBoot: testBoot}
 	}
 	// No log upload to Tailscale, ever: the box's logs stay on the box.
 	envknob.SetNoLogsNoSupport()
@@ -413,11 +450,26 @@ func (a *admin) Doctor(ctx context.Context, to string) ([]api.DoctorStep, error)
 }
 
 func (a *admin) Firmware() api.Firmware {
-	f := api.Firmware{Version: version(), GoVersion: runtime.Version(),
-		Update: "relayctl -relay NAME update IMAGE (over the tailnet, admin only; docs/image.md)"}
-	if !OnGokrazy() && a.o.Tailnet.Firmware == nil {
-		f.Update = "not on gokrazy: this relay cannot update itself"
+	f := api.Firmware{Version: version(), GoVersion: runtime.Version(), Arch: runtime.GOARCH, TrustedKeys: []string{},
+		Update: "relayctl -relay NAME update IMAGE (IMAGE.sig beside it; over the tailnet, admin only; docs/image.md)"}
+	sbom := a.o.Tailnet.SBOMFile
+	if sbom == "" && OnGokrazy() {
+		sbom = firmware.SBOMFile
 	}
+	if sbom != "" {
+		f.SBOMHash, _ = firmware.SBOMHash(sbom)
+	}
+	if a.fw == nil {
+		f.Update = "not on gokrazy: this relay cannot update itself"
+		return f
+	}
+	for _, k := range a.fw.Keys {
+		f.TrustedKeys = append(f.TrustedKeys, k.ID)
+	}
+	if len(f.TrustedKeys) == 0 {
+		f.Update = "refused: the image carries no firmware_keys (reflash with a site file that names the release key; docs/image.md)"
+	}
+	f.SignedBy = firmware.SignedBy(a.fw.StageDir, f.Version, f.SBOMHash)
 	return f
 }
 
@@ -462,22 +514,23 @@ type updater struct {
 	testBoot bool
 }
 
-func (u updater) Update(ctx context.Context, r io.Reader, n int64, testboot bool) (*api.UpdateResult, error) {
+func (u updater) Update(ctx context.Context, r io.Reader, n int64, o api.UpdateOptions) (*api.UpdateResult, error) {
 	if u.testBoot {
 		return nil, &api.Error{Status: 409, Code: api.CodeConflict,
 			Message: "this boot is a test boot of new firmware: the box reboots into it once it is committed (relaying and on the tailnet); update after that reboot"}
 	}
-	u.log.Info("firmware update: writing the inactive root partition", "bytes", n, "testboot", testboot, "from", version())
-	res, err := u.u.Write(ctx, r, n, testboot)
+	u.log.Info("firmware update: checking the signature and the root", "bytes", n, "testboot", o.TestBoot, "allow_downgrade", o.AllowDowngrade, "from", version())
+	res, err := u.u.Write(ctx, r, n, firmware.Options{Signature: o.Signature, TestBoot: o.TestBoot, AllowDowngrade: o.AllowDowngrade})
 	if err != nil {
 		u.log.Error("firmware update failed; the running root stays", "err", err)
-		if errors.Is(err, firmware.ErrNotRoot) {
-			return nil, &api.Error{Status: 400, Code: api.CodeBadRequest, Message: err.Error() + "; the running firmware stays"}
+		if errors.Is(err, firmware.ErrRefused) {
+			return nil, &api.Error{Status: 400, Code: api.CodeBadRequest, Message: err.Error() + "; nothing was written, the running firmware stays"}
 		}
 		return nil, err
 	}
-	u.log.Info("firmware update written", "bytes", res.RootBytes, "mode", res.Mode, "took", res.Took)
-	return &api.UpdateResult{RootBytes: res.RootBytes, Mode: res.Mode, Seconds: res.Took.Seconds()}, nil
+	u.log.Info("firmware update written", "bytes", res.RootBytes, "mode", res.Mode, "version", res.Version, "key", res.KeyID, "downgrade", res.Downgrade, "verified", res.Verified, "took", res.Took)
+	return &api.UpdateResult{RootBytes: res.RootBytes, Mode: res.Mode, Version: res.Version, SBOMHash: res.SBOMHash, KeyID: res.KeyID,
+		Downgrade: res.Downgrade, VerifySeconds: res.Verified.Seconds(), Seconds: res.Took.Seconds()}, nil
 }
 
 func (u updater) Reboot(ctx context.Context) error {

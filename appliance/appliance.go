@@ -142,7 +142,8 @@ func Run(ctx context.Context, o Options) error {
 			o.Discovery = siteDiscovery(box.Site)
 		}
 		if o.Tailnet == nil && box.Site != nil {
-			o.Tailnet = &Tailnet{Site: box.Site.Hostname, Admins: box.Site.Admins, ControlURL: box.Site.ControlURL}
+			o.Tailnet = &Tailnet{Site: box.Site.Hostname, Admins: box.Site.Admins, ControlURL: box.Site.ControlURL,
+				FirmwareKeys: imageFirmwareKeys(bo.BootstrapDir, log)}
 		}
 	}
 	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {

@@ -8,6 +8,7 @@
 package site
 
 import (
+	"encoding/base64"
 	"fmt"
 	"net/url"
 	"os"
@@ -35,6 +36,13 @@ type Site struct {
 	// Discovery is how the box announces itself on the plant network
 	// (docs/discovery.md); every key is optional.
 	Discovery Discovery `json:"discovery,omitzero"`
+	// FirmwareKeys are the release keys ("ed25519:BASE64", what relayctl
+	// firmware keygen prints) whose signatures the box takes firmware
+	// updates with. The box reads them from its running image's copy of
+	// this file, never the state directory's, so that an image carries
+	// its own trust (two keys while one is rotated out). None: the box
+	// takes no update.
+	FirmwareKeys []string `json:"firmware_keys,omitempty"`
 }
 
 // Discovery is the "discovery" section.
@@ -103,12 +111,39 @@ func (s *Site) Validate(adminsKey string) strictjson.Errors {
 			errs.Bad("discovery.site", "%v", err)
 		}
 	}
+	seen = map[string]bool{}
+	for i, k := range s.FirmwareKeys {
+		key := fmt.Sprintf("firmware_keys[%d]", i)
+		if err := CheckFirmwareKey(k); err != nil {
+			errs.Bad(key, "%v", err)
+		} else if seen[k] {
+			errs.Bad(key, "appears twice")
+		}
+		seen[k] = true
+	}
 	if d := s.Discovery.Instance; d != "" {
 		if err := mdns.CheckInstance(d); err != nil {
 			errs.Bad("discovery.instance", "%v", err)
 		}
 	}
 	return errs
+}
+
+// FirmwareKeyPrefix starts a release key (provisioning/firmware.KeyPrefix
+// reads the same spelling on the box).
+const FirmwareKeyPrefix = "ed25519:"
+
+// CheckFirmwareKey says whether k is a release public key as relayctl
+// firmware keygen prints it: "ed25519:" and 32 bytes in standard base64.
+func CheckFirmwareKey(k string) error {
+	b64, ok := strings.CutPrefix(k, FirmwareKeyPrefix)
+	if !ok {
+		return fmt.Errorf("want %q and the public key in base64, as relayctl firmware keygen prints it (a private key never goes into a site file)", FirmwareKeyPrefix)
+	}
+	if b, err := base64.StdEncoding.DecodeString(b64); err != nil || len(b) != 32 {
+		return fmt.Errorf("%q: not 32 bytes of base64 (an ed25519 public key)", k)
+	}
+	return nil
 }
 
 // Parse decodes site.json strictly and validates it.

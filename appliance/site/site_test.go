@@ -9,6 +9,9 @@ import (
 
 const testSite = `{"hostname": "relay-test", "network": {"ipv4": {"address": "10.0.2.15/24", "gateway": "10.0.2.2"}, "dns": ["10.0.2.3"]}, "admins": ["alice@example.com"]`
 
+// key32 is 32 bytes of base64: a well-formed public key.
+var key32 = strings.Repeat("A", 43) + "="
+
 func TestLoad(t *testing.T) {
 	tests := []struct {
 		name, extra string
@@ -24,6 +27,11 @@ func TestLoad(t *testing.T) {
 		{"misspelt key, with its path", `, "discovery": {"intrefaces": ["eth0"]}`, "discovery.intrefaces: unknown key"},
 		{"bad admin", `, "ntp": ["pool.ntp.org"], "extra_admins": 1`, "extra_admins: unknown key"},
 		{"bad ntp", `, "ntp": ["not a host"]`, "ntp[0]"},
+		{"firmware keys", `, "firmware_keys": ["ed25519:` + key32 + `", "ed25519:` + strings.Replace(key32, "A", "B", 1) + `"]`, ""},
+		{"firmware key twice", `, "firmware_keys": ["ed25519:` + key32 + `", "ed25519:` + key32 + `"]`, "firmware_keys[1]: appears twice"},
+		{"firmware key without its kind", `, "firmware_keys": ["` + key32 + `"]`, "firmware_keys[0]: want \"ed25519:\""},
+		{"firmware key too short", `, "firmware_keys": ["ed25519:AAAA"]`, "firmware_keys[0]: \"ed25519:AAAA\": not 32 bytes"},
+		{"private key pasted", `, "firmware_keys": ["-----BEGIN SITERELAY FIRMWARE SIGNING KEY-----"]`, "a private key never goes into a site file"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -26,6 +26,29 @@ type Image struct {
 	PermOffset  int64
 	PermKiB     int64
 	BuildTime   time.Duration
+	// SBOMHash is gokrazy's sbom_hash of the image (/etc/gokrazy/sbom.json).
+	SBOMHash string
+}
+
+// sbomFile is where gokrazy embeds the image's SBOM (gok sbom).
+const sbomFile = "/etc/gokrazy/sbom.json"
+
+// buildInfo is what sitegen writes beside an image (IMAGE.build.json) for
+// the release signer (relayctl firmware sign reads it as
+// provisioning/firmware.Build: the same JSON names).
+type buildInfo struct {
+	Version  string `json:"version"`
+	Arch     string `json:"arch"`
+	Target   string `json:"target"`
+	SBOMHash string `json:"sbom_hash"`
+}
+
+// buildSuffix names the file beside the image.
+const buildSuffix = ".build.json"
+
+// writeBuildInfo writes IMAGE.build.json.
+func writeBuildInfo(im *Image, t Target, version string) error {
+	return writeFile(im.Path+buildSuffix, marshal(buildInfo{Version: version, Arch: t.GOARCH, Target: t.Name, SBOMHash: im.SBOMHash}), 0o644)
 }
 
 var mkfsRE = regexp.MustCompile(`mkfs\.ext4 -F -E offset=(\d+) (\S+) (\d+)`)
@@ -162,6 +185,17 @@ func Check(ctx context.Context, im *Image, t Target, site *Site) error {
 		return err
 	}
 	tmp.Close()
+	sbom, err := exec.CommandContext(ctx, "unsquashfs", "-cat", tmp.Name(), sbomFile).Output()
+	if err != nil {
+		return fmt.Errorf("reading %s from the root file system (unsquashfs): %w", sbomFile, err)
+	}
+	var sb2 struct {
+		Hash string `json:"sbom_hash"`
+	}
+	if err := json.Unmarshal(sbom, &sb2); err != nil || sb2.Hash == "" {
+		return fmt.Errorf("the root file system's %s holds no sbom_hash", sbomFile)
+	}
+	im.SBOMHash = sb2.Hash
 	list, err := exec.CommandContext(ctx, "unsquashfs", "-no-progress", "-lc", tmp.Name()).Output()
 	if err != nil {
 		return fmt.Errorf("listing the root file system (unsquashfs): %w", err)

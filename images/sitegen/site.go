@@ -26,6 +26,9 @@ type Site struct {
 	Relay    json.RawMessage `json:"relay"`
 	// Discovery is how the box announces itself by mDNS; optional.
 	Discovery site.Discovery `json:"discovery,omitzero"`
+	// FirmwareKeys are the release public keys the box takes signed
+	// firmware updates from (relayctl firmware keygen; docs/image.md).
+	FirmwareKeys []string `json:"firmware_keys,omitempty"`
 }
 
 // Tailnet is how the box joins the management tailnet.
@@ -51,7 +54,7 @@ type Errors = strictjson.Errors
 // relay settings go separately, as config.json): the box reads it with the
 // same definition and rules.
 func (s *Site) Bootstrap() site.Site {
-	return site.Site{Hostname: s.Hostname, Network: s.Network, NTP: s.NTP, Admins: s.Tailnet.Admins, ControlURL: s.Tailnet.ControlURL, Discovery: s.Discovery}
+	return site.Site{Hostname: s.Hostname, Network: s.Network, NTP: s.NTP, Admins: s.Tailnet.Admins, ControlURL: s.Tailnet.ControlURL, Discovery: s.Discovery, FirmwareKeys: s.FirmwareKeys}
 }
 
 // ParseSite decodes a site file strictly and validates every key; the

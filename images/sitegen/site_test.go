@@ -18,11 +18,15 @@ const validSite = `{
   "network": {"ipv4": {"address": "192.168.10.25/24", "gateway": "192.168.10.1"}, "dns": ["192.168.10.1"]},
   "ntp": ["ntp.example.com", "192.168.10.1"],
   "tailnet": {"auth_key_file": "k.tskey", "admins": ["alice@example.com", "tag:relay-admins"]},
+  "firmware_keys": ["ed25519:` + testKey + `"],
   "relay": {
     "listeners": [{"address": ":25", "mode": "smtp", "allowed_networks": ["192.168.10.0/24"]}],
     "upstream": {"kind": "smtp", "smtp": {"address": "mail.example.com:587"}}
   }
 }`
+
+// testKey is a well-formed release public key (32 bytes, base64).
+const testKey = "q83vASNFZ4mrze8BI0VniavN7wEjRWeJq83vASNFZ4k="
 
 // edit replaces one key of the valid site with raw JSON (or deletes it).
 func edit(t *testing.T, key, raw string) []byte {
@@ -88,6 +92,8 @@ func TestParseSiteErrors(t *testing.T) {
 		{"discovery long instance", "discovery", `{"instance": "` + strings.Repeat("x", 64) + `"}`, "discovery.instance", "1 to 63 bytes"},
 		{"discovery site control", "discovery", `{"site": "Plant\u0001A"}`, "discovery.site", "no control characters"},
 		{"discovery unknown key", "discovery", `{"interface": ["eth0"]}`, "discovery.interface", "unknown key"},
+		{"firmware key not a key", "firmware_keys", `["ed25519:AAAA"]`, "firmware_keys[0]", "not 32 bytes of base64"},
+		{"firmware key twice", "firmware_keys", `["ed25519:` + testKey + `", "ed25519:` + testKey + `"]`, "firmware_keys[1]", "appears twice"},
 		{"relay no upstream", "relay", `{"listeners": [{"address": ":25", "mode": "smtp", "allowed_networks": ["10.0.0.0/8"]}]}`, "relay.upstream.kind", "missing"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -272,6 +278,9 @@ func TestGenerate(t *testing.T) {
 	}
 	if box.Hostname != "relay-plant-a" || box.Network.IPv4.Gateway != "192.168.10.1" || len(box.Admins) != 2 {
 		t.Errorf("the box reads site.json as %+v", box)
+	}
+	if got := box.FirmwareKeys; len(got) != 1 || got[0] != "ed25519:"+testKey {
+		t.Errorf("the box reads firmware keys %q, want the site file's", got)
 	}
 	if got, want := box.Discovery, (site.Discovery{Interfaces: []string{"eth0"}, Site: "Plant A", Instance: "Mail relay, hall 2"}); !reflect.DeepEqual(got, want) {
 		t.Errorf("the box reads discovery %+v, want %+v", got, want)

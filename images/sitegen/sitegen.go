@@ -86,6 +86,9 @@ func run(sitePath, targetName, out string, checkOnly bool, keyFile string, size 
 	if size < 1200<<20 {
 		return fmt.Errorf("-size %d: at least 1200 MiB (gokrazy's boot and two root partitions take the first 1104 MiB)", size)
 	}
+	if len(site.FirmwareKeys) == 0 {
+		fmt.Fprintf(os.Stderr, "sitegen: note: no firmware_keys: the box will take no firmware update (relayctl firmware keygen makes a release key; docs/image.md)\n")
+	}
 	if site.Tailnet.AuthKeyFile == "" {
 		fmt.Fprintf(os.Stderr, "sitegen: note: no tailnet.auth_key_file: the box will not join the tailnet until provisioned by hand\n")
 	}
@@ -127,6 +130,9 @@ func run(sitePath, targetName, out string, checkOnly bool, keyFile string, size 
 	if err != nil {
 		return err
 	}
+	if err := writeBuildInfo(im, t, version); err != nil {
+		return err
+	}
 	printSummary(im, w, t, site, version)
 	return nil
 }
@@ -146,10 +152,13 @@ func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 func printSummary(im *Image, w *Work, t Target, site *Site, version string) {
 	fmt.Printf("image:         %s\n", im.Path)
 	fmt.Printf("version:       %s\n", version)
+	fmt.Printf("sbom hash:     %s\n", im.SBOMHash)
+	fmt.Printf("build info:    %s (relayctl firmware sign -key KEY %s)\n", im.Path+buildSuffix, im.Path)
 	fmt.Printf("image size:    %s (%d bytes)\n", mib(im.Bytes), im.Bytes)
 	fmt.Printf("rootfs size:   %s (%d bytes, squashfs)\n", mib(im.RootfsBytes), im.RootfsBytes)
 	fmt.Printf("/perm:         ext4, %s, formatted\n", mib(im.PermKiB<<10))
 	fmt.Printf("gokrazy web:   off the network (local socket only; updates: relayctl update over the tailnet)\n")
+	fmt.Printf("firmware keys: %d trusted release key(s)\n", len(site.FirmwareKeys))
 	fmt.Printf("built in:      %.1f s\n", im.BuildTime.Seconds())
 	switch t.Name {
 	case "pi":

@@ -3,6 +3,7 @@ package api
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -64,6 +65,9 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, 
 	case isRaw:
 		req.ContentLength = raw.n
 		req.Header.Set("Content-Type", "application/octet-stream")
+		for k, v := range raw.header {
+			req.Header[k] = v
+		}
 	case in != nil:
 		req.Header.Set("Content-Type", "application/json")
 	}
@@ -250,25 +254,35 @@ func (c *Client) Firmware(ctx context.Context) (*Firmware, error) {
 	return &f, c.do(ctx, "GET", PathFirmware, nil, nil, &f)
 }
 
-// rawBody is a request body sent as it is (a firmware update).
+// rawBody is a request body sent as it is (a firmware update), with
+// headers of its own.
 type rawBody struct {
-	r io.Reader
-	n int64
+	r      io.Reader
+	n      int64
+	header http.Header
 }
 
 // Update sends n bytes of root (a squashfs root file system) as the box's
-// new firmware; testboot tries it for one boot only; reboot restarts the
-// box into it once written.
-func (c *Client) Update(ctx context.Context, root io.Reader, n int64, testboot, reboot bool) (*UpdateResult, error) {
+// new firmware, with its detached signature (o.Signature, sent base64 in
+// HeaderSignature); o.TestBoot tries it for one boot only; o.Reboot
+// restarts the box into it once written.
+func (c *Client) Update(ctx context.Context, root io.Reader, n int64, o UpdateOptions) (*UpdateResult, error) {
 	q := url.Values{}
-	if testboot {
-		q.Set("testboot", "1")
+	if !o.TestBoot {
+		q.Set("testboot", "0")
 	}
-	if !reboot {
+	if !o.Reboot {
 		q.Set("reboot", "0")
 	}
+	if o.AllowDowngrade {
+		q.Set("allow_downgrade", "1")
+	}
+	h := http.Header{}
+	if len(o.Signature) > 0 {
+		h.Set(HeaderSignature, base64.StdEncoding.EncodeToString(o.Signature))
+	}
 	var r UpdateResult
-	return &r, c.do(ctx, "POST", PathUpdate, q, rawBody{r: root, n: n}, &r)
+	return &r, c.do(ctx, "POST", PathUpdate, q, rawBody{r: root, n: n, header: h}, &r)
 }
 
 // Devices lists what learning mode saw.

@@ -108,11 +108,16 @@ commands:
                               -f follows it until Ctrl-C
   doctor [-to ADDR]           upstream checks, optionally a test message
   audit [-limit N]            who changed what
-  firmware                    the running version
-  update IMAGE [-testboot] [-no-reboot] [-wait D]
-                              write the root file system of a sitegen image to the
-                              relay's inactive partition, switch, reboot, and wait
-                              (up to D, default 5m) until it answers with its version
+  firmware                    the running version, its SBOM hash, the key that signed it
+  firmware keygen -out DIR    make a release key pair (DIR/firmware.key stays offline;
+                              DIR/firmware.pub goes into site files' firmware_keys)
+  firmware sign -key FILE IMAGE
+                              sign a sitegen image's root file system: IMAGE.sig
+  update IMAGE [-sig FILE] [-testboot=false] [-allow-downgrade] [-no-reboot] [-wait D]
+                              send a signed image's root file system (IMAGE.sig beside
+                              it) to the relay, which checks it before writing its
+                              inactive partition; test boot it (the default), reboot,
+                              and wait (up to D, default 5m) until it answers with its version
   fleet [-tag TAG]            every relay on the tailnet in one table
   web [-listen 127.0.0.1:0]   forward a loopback port to the relay's admin page and
                               print the address to open in a browser; Ctrl-C ends
@@ -170,6 +175,9 @@ func Main(ctx context.Context, args []string, o IO) int {
 		return ExitUsage
 	}
 	cmd, rest := fs.Arg(0), fs.Args()[1:]
+	if cmd == "firmware" && len(rest) > 0 && (rest[0] == "keygen" || rest[0] == "sign") {
+		return e.firmwareOffline(rest) // the release key stays off the tailnet
+	}
 	if cmd != "fleet" && e.relay == "" {
 		fmt.Fprintln(e.Stderr, "relayctl: -relay NAME is required (relayctl fleet lists them)")
 		return ExitUsage

@@ -7,6 +7,7 @@ package server
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -53,9 +54,12 @@ type Box interface {
 
 // Updater writes new firmware (provisioning/firmware on a gokrazy box).
 type Updater interface {
-	// Update writes n bytes of r, a root file system, to the inactive
-	// root partition and switches to it (testboot: tries it once).
-	Update(ctx context.Context, r io.Reader, n int64, testboot bool) (*api.UpdateResult, error)
+	// Update checks o.Signature and the n bytes of r, a root file system,
+	// then writes them to the inactive root partition and switches to it
+	// (o.TestBoot: tries it once). A refusal (unsigned, wrongly signed,
+	// tampered, another architecture, older) is an *api.Error 400 and
+	// nothing is written.
+	Update(ctx context.Context, r io.Reader, n int64, o api.UpdateOptions) (*api.UpdateResult, error)
 	// Reboot restarts the box into the new root; it returns at once.
 	Reboot(ctx context.Context) error
 }
@@ -703,16 +707,28 @@ func (s *server) firmware(w http.ResponseWriter, c *call) error {
 }
 
 // update streams the request body (a root file system, Content-Length
-// set) to the Updater, then reboots unless ?reboot=0.
+// set) and its signature (header api.HeaderSignature) to the Updater, then
+// reboots unless ?reboot=0. A test boot is the default (?testboot=0 switches
+// for good at once).
 func (s *server) update(w http.ResponseWriter, c *call) error {
 	if s.Updater == nil {
 		return &api.Error{Status: http.StatusNotImplemented, Code: api.CodeUnavailable,
 			Message: "this relay cannot update its own firmware (not running on gokrazy)"}
 	}
 	q := c.r.URL.Query()
-	testboot := q.Get("testboot") == "1"
-	reboot := q.Get("reboot") != "0"
+	o := api.UpdateOptions{TestBoot: q.Get("testboot") != "0", Reboot: q.Get("reboot") != "0", AllowDowngrade: q.Get("allow_downgrade") == "1"}
+	reboot := o.Reboot
 	n := c.r.ContentLength
+	c.what = fmt.Sprintf("firmware update: %d-byte root file system", n)
+	if h := c.r.Header.Get(api.HeaderSignature); h != "" {
+		sig, err := base64.StdEncoding.DecodeString(h)
+		if err != nil {
+			c.what += ", refused: signature header not base64"
+			return &api.Error{Status: http.StatusBadRequest, Code: api.CodeBadRequest,
+				Message: "the " + api.HeaderSignature + " header is not base64 (relayctl update IMAGE sends IMAGE.sig)"}
+		}
+		o.Signature = sig
+	}
 	switch {
 	case n <= 0:
 		return &api.Error{Status: http.StatusLengthRequired, Code: api.CodeBadRequest,
@@ -723,12 +739,23 @@ func (s *server) update(w http.ResponseWriter, c *call) error {
 	}
 	from := s.Box.Firmware().Version
 	c.what = fmt.Sprintf("firmware update from %s: %d-byte root file system", from, n)
-	if testboot {
+	if o.TestBoot {
 		c.what += ", test boot"
 	}
-	res, err := s.Updater.Update(c.r.Context(), c.r.Body, n, testboot)
+	if o.AllowDowngrade {
+		c.what += ", downgrade allowed"
+	}
+	res, err := s.Updater.Update(c.r.Context(), c.r.Body, n, o)
 	if err != nil {
+		var ae *api.Error
+		if errors.As(err, &ae) {
+			c.what += ", refused: " + ae.Message
+		}
 		return err
+	}
+	c.what += fmt.Sprintf(", to %s signed by key %s", res.Version, res.KeyID)
+	if res.Downgrade {
+		c.what += " (a downgrade)"
 	}
 	res.From, res.Rebooting = from, reboot
 	if reboot {

@@ -107,13 +107,18 @@ func (b *fakeBox) Reload(context.Context) error {
 
 type fakeUpdater struct{ b *fakeBox }
 
-func (f fakeUpdater) Update(_ context.Context, r io.Reader, n int64, testboot bool) (*api.UpdateResult, error) {
+// Update refuses a signature "bad" as the box refuses a wrong one (400,
+// nothing read).
+func (f fakeUpdater) Update(_ context.Context, r io.Reader, n int64, o api.UpdateOptions) (*api.UpdateResult, error) {
+	if string(o.Signature) == "bad" {
+		return nil, &api.Error{Status: 400, Code: api.CodeBadRequest, Message: "firmware update refused: signed by key \"0123\", which this box does not trust"}
+	}
 	got, err := io.ReadAll(r)
 	if err != nil {
 		return nil, err
 	}
-	f.b.did(fmt.Sprintf("update %d of %d bytes testboot=%v", len(got), n, testboot))
-	return &api.UpdateResult{RootBytes: n, Mode: "switch"}, nil
+	f.b.did(fmt.Sprintf("update %d of %d bytes testboot=%v downgrade=%v signature=%q", len(got), n, o.TestBoot, o.AllowDowngrade, o.Signature))
+	return &api.UpdateResult{RootBytes: n, Mode: "switch", Version: "v1.3.0", KeyID: "abcd"}, nil
 }
 
 func (f fakeUpdater) Reboot(context.Context) error { f.b.did("reboot"); return nil }
@@ -270,7 +275,7 @@ var ops = []op{
 	{"audit", api.Admin, func(ctx context.Context, c *api.Client) error { _, err := c.Audit(ctx, 10); return err }},
 	{"firmware", api.Admin, func(ctx context.Context, c *api.Client) error { _, err := c.Firmware(ctx); return err }},
 	{"update", api.Admin, func(ctx context.Context, c *api.Client) error {
-		_, err := c.Update(ctx, strings.NewReader("root"), 4, false, false)
+		_, err := c.Update(ctx, strings.NewReader("root"), 4, api.UpdateOptions{})
 		return err
 	}},
 	{"devices", api.Viewer, func(ctx context.Context, c *api.Client) error { _, err := c.Devices(ctx); return err }},
@@ -524,7 +529,7 @@ func TestUpdate(t *testing.T) {
 	c := r.client(caller)
 	ctx := context.Background()
 	body := strings.Repeat("squashfs", 4096)
-	res, err := c.Update(ctx, strings.NewReader(body), int64(len(body)), true, true)
+	res, err := c.Update(ctx, strings.NewReader(body), int64(len(body)), api.UpdateOptions{Signature: []byte("sig"), TestBoot: true, Reboot: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -537,7 +542,7 @@ func TestUpdate(t *testing.T) {
 		time.Sleep(10 * time.Millisecond) // polling a call made after the answer
 	}
 	got := r.box.Calls()
-	want := []string{fmt.Sprintf("update %d of %d bytes testboot=true", len(body), len(body)), "reboot"}
+	want := []string{fmt.Sprintf("update %d of %d bytes testboot=true downgrade=false signature=\"sig\"", len(body), len(body)), "reboot"}
 	if !slices.Equal(got, want) {
 		t.Errorf("got calls %v, want %v", got, want)
 	}
@@ -546,8 +551,19 @@ func TestUpdate(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(entries) != 1 || entries[0].Result != "ok" ||
-		entries[0].What != fmt.Sprintf("firmware update from v1.2.3: %d-byte root file system, test boot, reboot", len(body)) {
-		t.Errorf("got audit %+v, want the update with its size, test boot and reboot", entries)
+		entries[0].What != fmt.Sprintf("firmware update from v1.2.3: %d-byte root file system, test boot, to v1.3.0 signed by key abcd, reboot", len(body)) {
+		t.Errorf("got audit %+v, want the update with its size, test boot, version, key and reboot", entries)
+	}
+
+	// A refusal by the box is a 400 and audited with its words; no reboot.
+	_, err = c.Update(ctx, strings.NewReader(body), int64(len(body)), api.UpdateOptions{Signature: []byte("bad"), AllowDowngrade: true, Reboot: true})
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.Status != 400 {
+		t.Fatalf("got %v, want the box's 400", err)
+	}
+	if entries, _ = r.audit.Read(0); len(entries) != 2 || entries[0].Status != 400 ||
+		!strings.Contains(entries[0].What, "downgrade allowed, refused: firmware update refused: signed by key") {
+		t.Errorf("got audit %+v, want the refusal with its words", entries)
 	}
 
 	// A body without a length, or one larger than a root partition, is
@@ -575,6 +591,15 @@ func TestUpdate(t *testing.T) {
 		if resp.StatusCode != tc.wantStatus {
 			t.Errorf("%s: got %d, want %d", tc.name, resp.StatusCode, tc.wantStatus)
 		}
+	}
+	// A signature header that is not base64.
+	req, _ := http.NewRequest("POST", c.Base+api.PathUpdate+"?reboot=0", strings.NewReader("x"))
+	req.Header.Set(api.CSRFHeader, api.CSRFValue)
+	req.Header.Set(api.HeaderSignature, "not base64!")
+	if resp, err := hc.Do(req); err != nil || resp.StatusCode != 400 {
+		t.Errorf("signature not base64: got %v %v, want 400", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 	if got := r.box.Calls(); len(got) != 2 {
 		t.Errorf("refused updates reached the box: %v", got[2:])

@@ -97,6 +97,11 @@ func (d Dir) Tailnet() string { return d.Path("tailnet") }
 // Audit is the admin API's append-only audit log.
 func (d Dir) Audit() string { return d.Path("audit") }
 
+// Firmware holds a firmware update while it is checked against its
+// signed manifest (nothing goes to gokrazy before) and the record of the
+// signed updates written (provisioning/firmware).
+func (d Dir) Firmware() string { return d.Path("firmware") }
+
 // Learned is the clients the relay has seen sending (relay/learn), from
 // which `relayd devices adopt` makes device entries.
 func (d Dir) Learned() string { return d.Path("learned-clients.json") }
