@@ -242,7 +242,11 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 	r.observeGeneration(g)
 	listen := r.d.Listen
 	if d.BindRetry != nil {
-		r.d.Listen = listenOrRetry(listen, d.BindRetry, func(addr string, err error) {
+		base := listen
+		if base == nil { // the relay's own binding; at start there is nothing to hand over
+			base = func(_, addr string) (net.Listener, error) { return bindOwn(addr, nil) }
+		}
+		r.d.Listen = listenOrRetry(base, d.BindRetry, func(addr string, err error) {
 			r.log.Error("listener cannot bind; the others serve, it is tried again", "address", addr, "err", err)
 		})
 	}
