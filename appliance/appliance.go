@@ -145,6 +145,19 @@ func Run(ctx context.Context, o Options) error {
 	}
 	var responder atomic.Pointer[mdns.Responder] // set once discovery runs
 	var tailnet atomic.Pointer[node.Node]        // set once the admin side runs
+	// The status page's facts, also the device setup sheet's (the LAN
+	// page's /sheet and the admin API's /v1/sheet make it from these).
+	a.page = func() status.Page {
+		st := r.Status()
+		p := status.Page{Hostname: r.Hostname(), Version: version(), Now: time.Now(), Relay: &st, Addresses: plantAddresses(o.Discovery)}
+		if m := responder.Load(); m != nil {
+			p.MDNSName = m.Name() + ".local" // the name in use, after any conflict
+		}
+		if n := tailnet.Load(); n != nil {
+			p.Tailnet = n.State().State // "join failed: ..." for a wrong or expired key
+		}
+		return p
+	}
 	var httpAddr net.Addr
 	if o.HTTPAddr != "" {
 		l, err := net.Listen("tcp", o.HTTPAddr)
@@ -156,17 +169,7 @@ func Run(ctx context.Context, o Options) error {
 		mux.Handle("/metrics", r.Metrics())
 		mux.Handle(provapi.Version+"/", server.LANRefusal()) // the admin API is on the tailnet only
 		mux.Handle(web.Prefix, web.LANRefusal())             // and so is the admin page
-		mux.Handle("/", status.Handler(func() status.Page {
-			st := r.Status()
-			p := status.Page{Hostname: r.Hostname(), Version: version(), Now: time.Now(), Relay: &st}
-			if m := responder.Load(); m != nil {
-				p.MDNSName = m.Name() + ".local" // the name in use, after any conflict
-			}
-			if n := tailnet.Load(); n != nil {
-				p.Tailnet = n.State().State // "join failed: ..." for a wrong or expired key
-			}
-			return p
-		}))
+		mux.Handle("/", status.Handler(a.page))
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go srv.Serve(l)
 		defer srv.Close()
@@ -210,6 +213,8 @@ type app struct {
 	log   *slog.Logger
 	relay *relay.Relay
 	mu    sync.Mutex // one reload at a time
+	// page is the status page's facts now (set before anything serves).
+	page func() status.Page
 }
 
 // Relay is the relay in force (the same one for the process's life: a

@@ -77,7 +77,10 @@ func (b *fakeBox) Doctor(ctx context.Context, to string) ([]api.DoctorStep, erro
 	b.op(ctx, "doctor", "q1")
 	return []api.DoctorStep{{Name: "connect", OK: true, Detail: "smtp.example.com:587"}, {Name: "send to " + to, OK: to != ""}}, nil
 }
-func (b *fakeBox) Firmware() api.Firmware           { return api.Firmware{} }
+func (b *fakeBox) Firmware() api.Firmware { return api.Firmware{} }
+func (b *fakeBox) Sheet(context.Context) (*api.Sheet, error) {
+	return &api.Sheet{Hostname: "relay-plant-a", Text: "Device setup sheet: relay-plant-a\n"}, nil
+}
 func (b *fakeBox) Reload(ctx context.Context) error { return nil }
 
 // callers: the remote address names the caller and its role.
