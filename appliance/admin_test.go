@@ -349,6 +349,10 @@ func TestRelayctlEndToEnd(t *testing.T) {
 	if err := json.Unmarshal([]byte(rc.ok("", append([]string{"-json"}, cmd("status")...)...)), &st); err != nil || st.RSSBytes <= 0 {
 		t.Errorf("status -json: rss_bytes %d (%v), want relayd's resident memory", st.RSSBytes, err)
 	}
+	// The sheet over the tailnet is the LAN page's, made by the same function.
+	if out := rc.ok("", cmd("sheet")...); !strings.Contains(out, "Device setup sheet: ") || !strings.Contains(out, "Every device") {
+		t.Errorf("relayctl sheet:\n%s", out)
+	}
 	t.Logf("relayctl queue:\n%s", rc.ok("", cmd("queue")...))
 	t.Logf("relayctl creds list:\n%s", rc.ok("", cmd("creds", "list")...))
 	t.Logf("relayctl audit:\n%s", rc.ok("", cmd("audit", "-limit", "4")...))

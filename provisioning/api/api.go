@@ -645,3 +645,17 @@ type AdoptResult struct {
 	DevicesOnly bool            `json:"devices_only"`
 	Config      ConfigResult    `json:"config"`
 }
+
+// PathSheet is the device setup sheet (viewer).
+const PathSheet = "/v1/sheet" // GET
+
+// Sheet is the device setup sheet for the site: what to type into a
+// device's mail settings and the notes for common device families. The
+// box makes it with the same function as the LAN status page's /sheet
+// (appliance/status.NewSheet), from the configuration in force; it holds
+// nothing the LAN page may not show.
+type Sheet struct {
+	Hostname string `json:"hostname"`
+	// Text is the sheet as plain text, ready to print.
+	Text string `json:"text"`
+}

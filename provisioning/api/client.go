@@ -297,3 +297,9 @@ func (c *Client) Adopt(ctx context.Context, r AdoptRequest) (*AdoptResult, error
 	var res AdoptResult
 	return &res, c.do(ctx, "POST", PathAdopt, nil, r, &res)
 }
+
+// Sheet is the box's device setup sheet.
+func (c *Client) Sheet(ctx context.Context) (*Sheet, error) {
+	var s Sheet
+	return &s, c.do(ctx, "GET", PathSheet, nil, nil, &s)
+}

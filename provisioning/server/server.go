@@ -34,6 +34,8 @@ var ErrNotFound = errors.New("not found")
 // Box is what the API needs of the running relay.
 type Box interface {
 	Status(ctx context.Context) (*api.Status, error)
+	// Sheet is the device setup sheet, made as the LAN page's /sheet is.
+	Sheet(ctx context.Context) (*api.Sheet, error)
 	Queue(ctx context.Context, f api.QueueFilter) ([]api.QueueItem, error)
 	Message(ctx context.Context, id string, body bool) (*api.Message, error)
 	Retry(ctx context.Context, id string) error
@@ -136,6 +138,7 @@ func Handler(o Options) http.Handler {
 	v, op, ad := api.Viewer, api.Operator, api.Admin
 	s.route("GET "+api.PathWhoAmI, api.None, s.whoami)
 	s.route("GET "+api.PathStatus, v, s.status)
+	s.route("GET "+api.PathSheet, v, s.sheet)
 	s.route("GET "+api.PathCredentials, ad, s.listCreds)
 	s.route("PUT "+api.PathCredential, ad, s.putCred)
 	s.route("DELETE "+api.PathCredential, ad, s.deleteCred)
@@ -393,6 +396,14 @@ func (s *server) status(w http.ResponseWriter, c *call) error {
 		return err
 	}
 	return ok(w, st)
+}
+
+func (s *server) sheet(w http.ResponseWriter, c *call) error {
+	sh, err := s.Box.Sheet(c.r.Context())
+	if err != nil {
+		return err
+	}
+	return ok(w, sh)
 }
 
 func (s *server) listCreds(w http.ResponseWriter, c *call) error {

@@ -50,6 +50,9 @@ func (b *fakeBox) Calls() []string {
 func (b *fakeBox) Status(context.Context) (*api.Status, error) {
 	return &api.Status{Site: "plant-a", Health: "ok", Queue: api.Queue{Messages: 1}}, nil
 }
+func (b *fakeBox) Sheet(context.Context) (*api.Sheet, error) {
+	return &api.Sheet{Hostname: "relay-plant-a", Text: "Device setup sheet: relay-plant-a\n"}, nil
+}
 func (b *fakeBox) Queue(context.Context, api.QueueFilter) ([]api.QueueItem, error) {
 	return []api.QueueItem{{ID: "q1", From: "mfp@plant.example"}}, nil
 }
@@ -245,6 +248,13 @@ type op struct {
 var ops = []op{
 	{"status", api.Viewer, func(ctx context.Context, c *api.Client) error { _, err := c.Status(ctx); return err }},
 	{"trace", api.Viewer, func(ctx context.Context, c *api.Client) error { _, err := c.Trace(ctx, api.TraceQuery{}); return err }},
+	{"sheet", api.Viewer, func(ctx context.Context, c *api.Client) error {
+		s, err := c.Sheet(ctx)
+		if err == nil && s.Text != "Device setup sheet: relay-plant-a\n" {
+			err = fmt.Errorf("sheet: got %+v", s)
+		}
+		return err
+	}},
 	{"queue list", api.Operator, func(ctx context.Context, c *api.Client) error { _, err := c.Queue(ctx, api.QueueFilter{}); return err }},
 	{"queue show", api.Operator, func(ctx context.Context, c *api.Client) error { _, err := c.Message(ctx, "q1", false); return err }},
 	{"queue show body", api.Admin, func(ctx context.Context, c *api.Client) error { _, err := c.Message(ctx, "q1", true); return err }},

@@ -93,6 +93,9 @@ func (b *fakeBox) Logs(ctx context.Context, q api.LogQuery, fn func([]byte) erro
 	}
 	return nil
 }
+func (b *fakeBox) Sheet(context.Context) (*api.Sheet, error) {
+	return &api.Sheet{Hostname: "relay-plant-a", Text: "Device setup sheet: relay-plant-a\n"}, nil
+}
 func (b *fakeBox) Reload(ctx context.Context) error { return nil }
 
 // callers: the remote address names the caller and its role.
