@@ -101,6 +101,16 @@ const (
 	CodeMethod        = "method_not_allowed"
 	CodeInternal      = "internal"
 	CodeUnavailable   = "unavailable"
+	// CodeAuditUnavailable: a changing call refused because its audit
+	// entry could not be written first (nothing was changed).
+	CodeAuditUnavailable = "audit_unavailable"
+	// CodeMisdirected: the request named a host (Host or Origin) that is
+	// not one of the relay's own tailnet names or addresses (DNS
+	// rebinding); answered 421.
+	CodeMisdirected = "misdirected"
+	// CodeStale: a configuration change based on a version that is no
+	// longer the current one (If-Match); answered 409.
+	CodeStale = "stale_version"
 )
 
 // Error is every error answer's body: {"error": {...}}.
@@ -180,6 +190,9 @@ type Status struct {
 	// RSSBytes is relayd's resident memory (0 where the system does not
 	// say), to see a box's headroom from afar.
 	RSSBytes int64 `json:"rss_bytes,omitempty"`
+	// Audit is the audit log's health: a change that cannot be audited
+	// is refused, so a problem here stops every change.
+	Audit AuditHealth `json:"audit"`
 }
 
 type Listener struct {
@@ -404,9 +417,31 @@ type AuditEntry struct {
 	// What is the operation with its non-secret arguments, e.g.
 	// "put credential m365-secret (client-secret)".
 	What string `json:"what"`
-	// Result is "ok" or the error code.
+	// Result is "ok", "started" (written before an allowed change is
+	// made; its outcome follows in an entry of its own) or the error code.
 	Result string `json:"result"`
 	Status int    `json:"status"`
+	// Cut says a field was longer than the log keeps and was cut (its
+	// end is marked "…[cut]").
+	Cut bool `json:"cut,omitempty"`
+	// Count, when over 1, says this entry stands for that many refused
+	// calls of a caller with no role (they are summarised, at most one
+	// entry a minute per caller).
+	Count int `json:"count,omitempty"`
+}
+
+// AuditResultStarted is the result of the entry written before an allowed
+// change is made.
+const AuditResultStarted = "started"
+
+// AuditHealth is the audit log's state in the status.
+type AuditHealth struct {
+	// WriteFailures counts entries that could not be written (and so
+	// changes that were refused) and failed rotations since start.
+	WriteFailures uint64 `json:"write_failures"`
+	// Problem is the last failure, while it lasts ("" when the log is
+	// written normally).
+	Problem string `json:"problem,omitempty"`
 }
 
 type Firmware struct {
