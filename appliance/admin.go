@@ -72,6 +72,7 @@ type admin struct {
 	dir     layout.Dir
 	creds   *secrets.Store
 	configs *configstore.Store
+	audit   *audit.Log
 	node    *node.Node
 	site    string
 	host    string
@@ -90,6 +91,7 @@ func startAdmin(ctx context.Context, o Options, run *app, creds *secrets.Store, 
 	if err != nil {
 		return nil, nil, err
 	}
+	a.audit = al
 	key := t.AuthKey
 	if key == "" {
 		if b, err := os.ReadFile(dir.TailnetAuthKey()); err == nil {
@@ -117,15 +119,19 @@ func startAdmin(ctx context.Context, o Options, run *app, creds *secrets.Store, 
 	envknob.SetNoLogsNoSupport()
 	whoIs := func(ctx context.Context, addr string) (*apitype.WhoIsResponse, error) { return a.node.WhoIs(ctx, addr) }
 	policy := authz.Policy{Site: t.Site, Admins: t.Admins}
-	h := http.NewServeMux()
-	h.Handle(api.Version+"/", server.Handler(server.Options{
+	mux := http.NewServeMux()
+	h := server.Guard(server.GuardOptions{
+		Names: func(ctx context.Context) ([]string, error) { return a.node.Names(ctx) },
+		WhoIs: whoIs, Policy: policy, Audit: al, Logger: log,
+	}, mux)
+	mux.Handle(api.Version+"/", server.Handler(server.Options{
 		WhoIs:  whoIs,
 		Policy: policy,
 		Audit:  al, Box: a, Credentials: creds, Configs: a.configs, Logger: log,
 		Updater: upd, Devices: a,
 	}))
 	// The admin page and /metrics (viewer), on the same Box and audit log.
-	h.Handle("/", web.Handler(web.Options{WhoIs: whoIs, Policy: policy, Audit: al, Box: a, Metrics: run.Relay().Metrics(), Logger: log}))
+	mux.Handle("/", web.Handler(web.Options{WhoIs: whoIs, Policy: policy, Audit: al, Box: a, Metrics: run.Relay().Metrics(), Logger: log}))
 	nctx, cancel := context.WithCancel(ctx)
 	a.node = node.Start(nctx, node.Options{Dir: dir.Tailnet(), Hostname: t.Site, AuthKey: key, ControlURL: t.ControlURL,
 		Tags: t.Tags, Port: t.Port, Handler: h, Store: t.Store, Ephemeral: t.Ephemeral, Logger: log})
@@ -180,6 +186,7 @@ func (a *admin) Status(ctx context.Context) (*api.Status, error) {
 		NearestExpiry:         st.TLSCertificateExpires,
 		ClockSynchronised:     st.ClockSynchronised,
 		RSSBytes:              rssBytes(),
+		Audit:                 a.audit.Health(),
 	}
 	if s.Hostname == "" {
 		s.Hostname, _ = os.Hostname()

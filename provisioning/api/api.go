@@ -428,6 +428,9 @@ type AuditEntry struct {
 	// calls of a caller with no role (they are summarised, at most one
 	// entry a minute per caller).
 	Count int `json:"count,omitempty"`
+	// Seq numbers the entries of a box in the order they were written
+	// (the order of entries with the same time).
+	Seq uint64 `json:"seq,omitempty"`
 }
 
 // AuditResultStarted is the result of the entry written before an allowed

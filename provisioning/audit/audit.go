@@ -22,6 +22,7 @@ package audit
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -68,6 +69,7 @@ type Log struct {
 	failures uint64
 	problem  string
 	closed   bool
+	seq      uint64 // of the last entry written
 }
 
 // stream is one rotated pair of files.
@@ -113,6 +115,10 @@ func Open(dir string, maxBytes int64) (*Log, error) {
 			l.Close()
 			return nil, err
 		}
+	}
+	old, _ := l.readLocked()
+	for _, e := range old {
+		l.seq = max(l.seq, e.Seq)
 	}
 	return l, nil
 }
@@ -255,6 +261,8 @@ func (l *Log) flushLocked(now time.Time) {
 }
 
 func (l *Log) writeLocked(s *stream, e api.AuditEntry) error {
+	l.seq++
+	e.Seq = l.seq
 	b := Line(e)
 	rotErr, err := s.write(b)
 	if rotErr != nil {
@@ -342,6 +350,19 @@ func Line(e api.AuditEntry) []byte {
 func (l *Log) Read(limit int) ([]api.AuditEntry, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	out, err := l.readLocked()
+	if err != nil {
+		return nil, err
+	}
+	slices.Reverse(out)
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
+	}
+	return out, nil
+}
+
+// readLocked reads both streams, oldest first.
+func (l *Log) readLocked() ([]api.AuditEntry, error) {
 	var out []api.AuditEntry
 	var errs []error
 	for _, name := range []string{previous, current, refusedPrevious, refusedCurrent} {
@@ -350,13 +371,21 @@ func (l *Log) Read(limit int) ([]api.AuditEntry, error) {
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
+		var st os.FileInfo
 		if err == nil {
-			err = readLines(f, func(b []byte) {
+			st, err = f.Stat()
+		}
+		if err == nil {
+			// Up to the size the file has now: never more than was
+			// written (a device in its place reads forever).
+			err = readLines(io.LimitReader(f, st.Size()), func(b []byte) {
 				var e api.AuditEntry
 				if json.Unmarshal(b, &e) == nil {
 					out = append(out, e)
 				}
 			})
+		}
+		if f != nil {
 			f.Close()
 		}
 		if err != nil {
@@ -366,12 +395,14 @@ func (l *Log) Read(limit int) ([]api.AuditEntry, error) {
 	if len(out) == 0 && len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
-	// Oldest first, stably: the files are each in order.
-	slices.SortStableFunc(out, func(a, b api.AuditEntry) int { return a.Time.Compare(b.Time) })
-	slices.Reverse(out)
-	if limit > 0 && len(out) > limit {
-		out = out[:limit]
-	}
+	// Oldest first, in the order written (entries from before Seq
+	// existed by time, before the rest); the files are each in order.
+	slices.SortStableFunc(out, func(a, b api.AuditEntry) int {
+		if c := cmp.Compare(a.Seq, b.Seq); c != 0 {
+			return c
+		}
+		return a.Time.Compare(b.Time)
+	})
 	return out, nil
 }
 

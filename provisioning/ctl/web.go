@@ -90,9 +90,15 @@ func (f *forwarder) handler() http.Handler {
 	proxy := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
-			// The relay compares the browser's Origin with Host: keep the
-			// one the browser used. Our cookie stays here.
-			pr.Out.Host = pr.In.Host
+			// The relay answers only for its own names (DNS rebinding):
+			// the request goes to its tailnet address, and an Origin that
+			// is this forwarder's own (checked against Host before) is
+			// the relay's too. Any other Origin goes as it is, and the
+			// relay refuses it. Our cookie stays here.
+			pr.Out.Host = f.relay
+			if o := pr.In.Header.Get("Origin"); o == "http://"+pr.In.Host {
+				pr.Out.Header.Set("Origin", "http://"+f.relay)
+			}
 			pr.Out.Header.Del("Cookie")
 		},
 		Transport: &http.Transport{DialContext: f.dial, MaxIdleConnsPerHost: 4, IdleConnTimeout: 30 * time.Second},
