@@ -92,6 +92,7 @@ func startAdmin(ctx context.Context, o Options, run *app, creds *secrets.Store, 
 		return nil, nil, err
 	}
 	a.audit = al
+	run.Relay().SetAuditWriteFailures(func() uint64 { return al.Health().WriteFailures })
 	key := t.AuthKey
 	if key == "" {
 		if b, err := os.ReadFile(dir.TailnetAuthKey()); err == nil {

@@ -94,14 +94,17 @@ type Relay struct {
 	spool   *spool.Spool
 	trace   *trace.Store
 	metrics *metrics.Metrics
-	up      *switchable
-	upSched upstream.Upstream // up, as the scheduler sees it: instrumented
-	fo      *failovers
-	sched   *delivery.Scheduler
-	alerts  *alerts.Notifier
-	learned *learn.Store
-	started time.Time
-	seen    seen
+	// auditFailures is what siterelay_audit_write_failures_total reads
+	// (the admin side's audit log, set by the appliance).
+	auditFailures atomic.Pointer[func() uint64]
+	up            *switchable
+	upSched       upstream.Upstream // up, as the scheduler sees it: instrumented
+	fo            *failovers
+	sched         *delivery.Scheduler
+	alerts        *alerts.Notifier
+	learned       *learn.Store
+	started       time.Time
+	seen          seen
 
 	gen atomic.Pointer[generation] // the configuration in force
 
@@ -172,6 +175,7 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 	r.metrics = metrics.New(r.metricsGauges())
 	r.alerts = alerts.New(alerts.Options{Metrics: r.metrics.Registry(), Clock: d.Clock, Logger: d.Logger})
 	r.fo = newFailovers(r.metrics.Registry())
+	r.registerAuditMetric()
 	r.learned, err = learn.Open(r.dir.Learned(), learn.Options{Clock: d.Clock, Logger: d.Logger})
 	if err != nil {
 		return nil, err

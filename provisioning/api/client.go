@@ -222,6 +222,17 @@ func (c *Client) Audit(ctx context.Context, limit int) ([]AuditEntry, error) {
 	return l, c.do(ctx, "GET", PathAudit, q, nil, &l)
 }
 
+// AuditAfter returns the entries written after the one numbered seq
+// (AuditEntry.Seq), newest first, at most limit (relayctl audit -follow).
+func (c *Client) AuditAfter(ctx context.Context, seq uint64, limit int) ([]AuditEntry, error) {
+	q := url.Values{"after": {strconv.FormatUint(seq, 10)}}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	var l []AuditEntry
+	return l, c.do(ctx, "GET", PathAudit, q, nil, &l)
+}
+
 func (c *Client) Firmware(ctx context.Context) (*Firmware, error) {
 	var f Firmware
 	return &f, c.do(ctx, "GET", PathFirmware, nil, nil, &f)

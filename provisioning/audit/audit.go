@@ -361,6 +361,23 @@ func (l *Log) Read(limit int) ([]api.AuditEntry, error) {
 	return out, nil
 }
 
+// ReadAfter returns the entries written after the one numbered seq,
+// newest first, at most limit (all if limit <= 0).
+func (l *Log) ReadAfter(seq uint64, limit int) ([]api.AuditEntry, error) {
+	all, err := l.Read(0)
+	if err != nil {
+		return nil, err
+	}
+	i := slices.IndexFunc(all, func(e api.AuditEntry) bool { return e.Seq <= seq })
+	if i >= 0 {
+		all = all[:i]
+	}
+	if limit > 0 && len(all) > limit {
+		all = all[:limit]
+	}
+	return all, nil
+}
+
 // readLocked reads both streams, oldest first.
 func (l *Log) readLocked() ([]api.AuditEntry, error) {
 	var out []api.AuditEntry

@@ -640,7 +640,23 @@ func (s *server) audit(w http.ResponseWriter, c *call) error {
 			return badParam("limit", "want a number of entries")
 		}
 	}
-	l, err := s.Audit.Read(n)
+	var after uint64
+	if v := c.r.URL.Query().Get("after"); v != "" {
+		var err error
+		if after, err = strconv.ParseUint(v, 10, 64); err != nil {
+			return badParam("after", "want the seq of an entry")
+		}
+	}
+	// Summaries of no-role refusals whose minute has passed are written
+	// first, so a flood that stopped shows.
+	s.Audit.Flush(s.Clock())
+	var l []api.AuditEntry
+	var err error
+	if after > 0 {
+		l, err = s.Audit.ReadAfter(after, n)
+	} else {
+		l, err = s.Audit.Read(n)
+	}
 	if err != nil {
 		return err
 	}
