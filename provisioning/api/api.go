@@ -271,9 +271,11 @@ type CredentialPut struct {
 type Credential struct {
 	Name string `json:"name"`
 	Kind string `json:"kind"`
-	// Fingerprint is SHA-256 of the certificate (certificates) or the
-	// first 8 bytes of SHA-256 of the value (others), enough to tell two
-	// apart without revealing either.
+	// Fingerprint is "sha256:" and the SHA-256 thumbprint of the
+	// certificate (certificates), or "hmac-sha256:" and the first 8 bytes
+	// of HMAC-SHA256 of the value under the box's own random key
+	// (passwords, client secrets): enough to tell two values apart, and
+	// nobody without the key can test a guess against it.
 	Fingerprint string    `json:"fingerprint"`
 	Updated     time.Time `json:"updated"`
 	NotAfter    time.Time `json:"not_after,omitzero"`

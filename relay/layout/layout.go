@@ -90,6 +90,12 @@ func (d Dir) Tailnet() string { return d.Path("tailnet") }
 // Audit is the admin API's append-only audit log.
 func (d Dir) Audit() string { return d.Path("audit") }
 
+// FingerprintKey is the box's random key (32 bytes, 0600) under which the
+// fingerprints of passwords and client secrets are HMACs: a fingerprint
+// tells two values apart, and without the key nobody can test a guess
+// against it (provisioning/secrets).
+func (d Dir) FingerprintKey() string { return d.Path("fingerprint.key") }
+
 // Learned is the clients the relay has seen sending (relay/learn), from
 // which `relayd devices adopt` makes device entries.
 func (d Dir) Learned() string { return d.Path("learned-clients.json") }
