@@ -182,6 +182,12 @@ func (s *Store) put(ctx context.Context, doc []byte, by string, dryRun bool) (*a
 	if err != nil {
 		return nil, err
 	}
+	// A change based on a version no longer in force would silently undo
+	// what came between (If-Match, api.WithIfMatch): checked under the
+	// lock, so of two puts based on one version exactly one is made.
+	if base, ok := api.IfMatch(ctx); ok && base != ix.Current {
+		return nil, api.StaleVersion(base, ix.Current)
+	}
 	old, err := os.ReadFile(s.dir.Config())
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("reading configuration: %w", err)

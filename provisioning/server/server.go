@@ -461,7 +461,22 @@ func (s *server) getConfig(w http.ResponseWriter, c *call) error {
 	if err != nil {
 		return err
 	}
+	w.Header().Set("ETag", strconv.Quote(strconv.Itoa(d.Version)))
 	return ok(w, d)
+}
+
+// ifMatch puts the version the change says it was based on (If-Match)
+// into its context, for the store to compare under its lock.
+func ifMatch(c *call) error {
+	v, ok, err := api.ParseIfMatch(c.r.Header.Get(api.IfMatchHeader))
+	if err != nil {
+		return err
+	}
+	if ok {
+		c.r = c.r.WithContext(api.WithIfMatch(c.r.Context(), v))
+		c.what += fmt.Sprintf(" based on version %d", v)
+	}
+	return nil
 }
 
 func (s *server) putConfig(w http.ResponseWriter, c *call) error {
@@ -470,6 +485,9 @@ func (s *server) putConfig(w http.ResponseWriter, c *call) error {
 	c.what = "put configuration"
 	if dryRun {
 		c.what = "dry run of a configuration"
+	}
+	if err := ifMatch(c); err != nil {
+		return err
 	}
 	var raw json.RawMessage
 	if err := decode(w, c.r, &raw); err != nil {
@@ -751,6 +769,9 @@ func (s *server) adopt(w http.ResponseWriter, c *call) error {
 	c.what = "adopt devices"
 	if s.Devices == nil {
 		return s.noDevices()
+	}
+	if err := ifMatch(c); err != nil {
+		return err
 	}
 	var req api.AdoptRequest
 	if c.r.ContentLength != 0 {
