@@ -211,7 +211,7 @@ func (s *Store) put(ctx context.Context, doc []byte, by string, dryRun bool) (*a
 	if err := durable.WriteFile(s.dir.ConfigVersion(next), doc, 0o600); err != nil {
 		return nil, err
 	}
-	if err := durable.WriteFile(s.dir.Config(), doc, 0o644); err != nil {
+	if err := durable.WriteFile(s.dir.Config(), doc, 0o600); err != nil {
 		return nil, err
 	}
 	prev := ix.Current
@@ -223,7 +223,7 @@ func (s *Store) put(ctx context.Context, doc []byte, by string, dryRun bool) (*a
 		ix.Current = prev
 		os.Remove(s.dir.ConfigVersion(next))
 		if old != nil {
-			if werr := durable.WriteFile(s.dir.Config(), old, 0o644); werr != nil {
+			if werr := durable.WriteFile(s.dir.Config(), old, 0o600); werr != nil {
 				return nil, errors.Join(err, werr)
 			}
 			if rerr := s.apply(ctx); rerr != nil {

@@ -150,7 +150,7 @@ func (s *Store) Put(name string, p api.CredentialPut) (*api.Credential, error) {
 	delete(s.used, name)
 	delete(s.kept, name)
 	if certPEM != nil {
-		if err := durable.WriteFile(s.dir.Certificate(name), certPEM, 0o644); err != nil {
+		if err := durable.WriteFile(s.dir.Certificate(name), certPEM, 0o600); err != nil {
 			return nil, fmt.Errorf("storing credential %s: %w", name, err)
 		}
 	}

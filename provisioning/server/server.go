@@ -474,7 +474,6 @@ func ifMatch(c *call) error {
 	}
 	if ok {
 		c.r = c.r.WithContext(api.WithIfMatch(c.r.Context(), v))
-		c.what += fmt.Sprintf(" based on version %d", v)
 	}
 	return nil
 }
