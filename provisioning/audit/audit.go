@@ -14,7 +14,7 @@
 //     minute per caller with a count (Count).
 //   - Each stream keeps its current file and the one before it; a file is
 //     rotated when it passes MaxBytes, so at least MaxBytes/MaxLine entries
-//     (512 at the defaults) of callers with a role are always kept.
+//     (1,023 at the defaults) of callers with a role are always kept.
 //   - A write that fails is returned, so the caller can refuse the change
 //     (provisioning/server answers 503); a rotation that fails is counted,
 //     retried on the next entry, and the entry goes on the current file.
