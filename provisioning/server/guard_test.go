@@ -25,8 +25,10 @@ import (
 	"github.com/siterelay/siterelay/provisioning/api"
 	"github.com/siterelay/siterelay/provisioning/audit"
 	"github.com/siterelay/siterelay/provisioning/authz"
+	"github.com/siterelay/siterelay/provisioning/configstore"
 	"github.com/siterelay/siterelay/provisioning/server"
 	"github.com/siterelay/siterelay/provisioning/web"
+	"github.com/siterelay/siterelay/relay/layout"
 )
 
 // The callers of a guard rig, each at its own loopback address.
@@ -389,5 +391,61 @@ func TestTricklingNoRoleClosed(t *testing.T) {
 	}
 	if got := g.box.Calls(); len(got) != 0 {
 		t.Errorf("box calls %v", got)
+	}
+}
+
+// Two PUT /v1/config at once with one If-Match: exactly one 409
+// stale_version naming both versions; GET answers the version as ETag.
+func TestConfigIfMatch(t *testing.T) {
+	dir := layout.Dir(t.TempDir())
+	const doc = `{"hostname":"relay.plant-a","listeners":[{"name":"smtp","address":"127.0.0.1:2525","mode":"smtp","allowed_networks":["127.0.0.0/8"]}],"upstream":{"kind":"capture","capture":{"directory":"%s"}}}`
+	if err := os.WriteFile(dir.Config(), []byte(fmt.Sprintf(doc, "outbox")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	box := &fakeBox{}
+	al, _ := audit.Open(t.TempDir(), 0)
+	t.Cleanup(func() { al.Close() })
+	h := server.Handler(server.Options{WhoIs: fakeWhoIs, Policy: authz.Policy{Site: "plant-a"}, Audit: al, Box: box,
+		Credentials: fakeCreds{box}, Configs: configstore.New(dir, func(context.Context) error { return nil }, 3, nil)})
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	g := &guardRig{srv: srv, box: box, audit: al}
+	status, _ := g.do(t, adminAddr, req{method: "GET", path: "/v1/config", host: relayName})
+	if status != 200 {
+		t.Fatalf("get: %d", status)
+	}
+	hr, _ := http.NewRequest("GET", "http://relay/v1/config", nil)
+	resp, err := g.client(adminAddr).Do(hr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := resp.Header.Get("ETag"); got != `"1"` {
+		t.Errorf("ETag %q, want \"1\"", got)
+	}
+	var wg sync.WaitGroup
+	statuses := make([]int, 2)
+	bodies := make([]string, 2)
+	for i := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			statuses[i], bodies[i] = g.do(t, adminAddr, req{method: "PUT", path: "/v1/config", host: relayName,
+				body: fmt.Sprintf(doc, fmt.Sprint("outbox", i)), hdr: map[string]string{api.IfMatchHeader: `"1"`}})
+		}()
+	}
+	wg.Wait()
+	if !(statuses[0] == 200 && statuses[1] == 409 || statuses[0] == 409 && statuses[1] == 200) {
+		t.Fatalf("statuses %v, want one 200 and one 409\n%s\n%s", statuses, bodies[0], bodies[1])
+	}
+	stale := bodies[0]
+	if statuses[1] == 409 {
+		stale = bodies[1]
+	}
+	if !strings.Contains(stale, api.CodeStale) || !strings.Contains(stale, "version 1") || !strings.Contains(stale, "version 2") {
+		t.Errorf("409 answer %s: want stale_version naming versions 1 and 2", stale)
+	}
+	if status, body := g.do(t, adminAddr, req{method: "PUT", path: "/v1/config", host: relayName, body: "{}", hdr: map[string]string{api.IfMatchHeader: "seven"}}); status != 400 || !strings.Contains(body, api.IfMatchHeader) {
+		t.Errorf("a bad If-Match: %d %s, want 400 naming it", status, body)
 	}
 }
