@@ -116,7 +116,11 @@ func (o GuardOptions) misdirected(ctx context.Context, r *http.Request) string {
 	if !OwnHost(r.Host, names) {
 		return fmt.Sprintf("Host %.100q is not one of this relay's tailnet names or addresses (%s): a request for another name is refused (DNS rebinding); use relayctl, or the address relayctl web prints", r.Host, strings.Join(names, ", "))
 	}
-	if origin := r.Header.Get("Origin"); origin != "" {
+	// "null" is what a browser sends from a page with Referrer-Policy:
+	// no-referrer (the admin page's own forms): it names no host, so it
+	// is left to the page's Sec-Fetch-Site check and form token (and the
+	// API's header, which such a page cannot send).
+	if origin := r.Header.Get("Origin"); origin != "" && origin != "null" {
 		u, err := url.Parse(origin)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || !OwnHost(u.Host, names) {
 			return fmt.Sprintf("Origin %.100q is not one of this relay's tailnet names or addresses: a page from another site cannot use the relay (DNS rebinding)", origin)
