@@ -233,6 +233,9 @@ func Run(ctx context.Context, o Options) error {
 		<-ctx.Done()
 		return nil
 	}
+	if f := a.auditFailures.Load(); f != nil {
+		r.SetAuditWriteFailures(*f)
+	}
 	a.relay.Store(r)
 	if resp := responder.Load(); resp != nil {
 		if err := resp.SetServices(services(r.Status(), disco.HTTPPort, disco.Instance)); err != nil {
@@ -273,6 +276,10 @@ type app struct {
 	mu      sync.Mutex // one reload at a time
 	// renewAudit puts certificate renewals in the audit log.
 	renewAudit *renewalAudit
+	// auditFailures reads the admin side's audit log failures, for the
+	// relay's siterelay_audit_write_failures_total (set by startAdmin,
+	// which may run before the relay is built).
+	auditFailures atomic.Pointer[func() uint64]
 	// page is the status page's facts now (set before anything serves).
 	page func() status.Page
 }

@@ -112,6 +112,9 @@ type Relay struct {
 	spool   *spool.Spool
 	trace   *trace.Store
 	metrics *metrics.Metrics
+	// auditFailures is what siterelay_audit_write_failures_total reads
+	// (the admin side's audit log, set by the appliance).
+	auditFailures atomic.Pointer[func() uint64]
 	up      *switchable
 	upSched upstream.Upstream // up, as the scheduler sees it: instrumented
 	fo      *failovers
@@ -222,6 +225,7 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 	r.fo = newFailovers(r.metrics.Registry())
 	r.waitingM = newWaitingMetric(r.metrics.Registry())
 	r.sourceM = newConfigSourceMetric(r.metrics.Registry())
+	r.registerAuditMetric()
 	r.learned, err = learn.Open(r.dir.Learned(), learn.Options{Clock: d.Clock, Logger: d.Logger})
 	if err != nil {
 		return nil, err
