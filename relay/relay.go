@@ -115,9 +115,9 @@ type Relay struct {
 	// auditFailures is what siterelay_audit_write_failures_total reads
 	// (the admin side's audit log, set by the appliance).
 	auditFailures atomic.Pointer[func() uint64]
-	up      *switchable
-	upSched upstream.Upstream // up, as the scheduler sees it: instrumented
-	fo      *failovers
+	up            *switchable
+	upSched       upstream.Upstream // up, as the scheduler sees it: instrumented
+	fo            *failovers
 	// waitingM is siterelay_upstream_waiting.
 	waitingM *waitingMetric
 	// source is what runs when it is not config.json (SetConfigSource),
