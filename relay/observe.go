@@ -134,6 +134,9 @@ func (r *Relay) observeGeneration(g *generation) {
 		r.metrics.ForgetToken()
 	}
 	r.alerts.Update(g.alerts)
+	if err := r.fwd.Configure(g.forward); err != nil {
+		r.log.Error("syslog forwarding is off", "err", err)
+	}
 }
 
 // alertOptions are the webhook's settings in cfg, its URL read from the

@@ -29,6 +29,7 @@ import (
 	"github.com/siterelay/siterelay/relay/certs"
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/delivery"
+	"github.com/siterelay/siterelay/relay/forward"
 	"github.com/siterelay/siterelay/relay/inbound"
 	"github.com/siterelay/siterelay/relay/layout"
 	"github.com/siterelay/siterelay/relay/learn"
@@ -107,6 +108,7 @@ type Relay struct {
 	fo      *failovers
 	sched   *delivery.Scheduler
 	alerts  *alerts.Notifier
+	fwd     *forward.Forwarder
 	learned *learn.Store
 	renew   renewals
 	started time.Time
@@ -136,6 +138,7 @@ type generation struct {
 	// expires; zero without one.
 	clientCertNotAfter time.Time
 	alerts             alerts.Options // the webhook's, URL read from the secret store
+	forward            *forward.Target
 	// secrets names the secrets of the upstream a trace event names.
 	secrets func(upstream string) []string
 }
@@ -159,7 +162,9 @@ type serving struct {
 // New opens the state in dir and binds the listeners; Run serves.
 func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 	d.defaults()
-	r = &Relay{dir: layout.Dir(dir), d: d, log: d.Logger, started: d.Clock()}
+	fwd := forward.New(forward.Options{Dir: layout.Dir(dir).Forward(), Clock: d.Clock, Logger: d.Logger})
+	d.Logger = slog.New(forward.NewHandler(d.Logger.Handler(), fwd)) // the logs stream
+	r = &Relay{dir: layout.Dir(dir), d: d, log: d.Logger, started: d.Clock(), fwd: fwd}
 	defer func(r *Relay) {
 		// r, not the named result: every error return sets that to nil.
 		if err != nil {
@@ -188,6 +193,8 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 	r.trace.Subscribe(r.metrics.Observe)
 	r.trace.Subscribe(newDeviceMetrics(r, r.metrics.Registry()).observe)
 	r.trace.Subscribe(r.seen.observe)
+	r.trace.Subscribe(r.fwd.SendTrace)
+	r.metrics.Registry().MustRegister(r.fwd.Collectors()...)
 
 	g, up, err := r.build(cfg, nil)
 	if err != nil {
@@ -241,6 +248,10 @@ func (r *Relay) build(cfg *config.Config, prev *generation) (*generation, upstre
 		return nil, nil, fmt.Errorf("policy: %w", err)
 	}
 	if g.alerts, err = alertOptions(cfg, g.hostname, r.d.Secret); err != nil {
+		up.Close()
+		return nil, nil, err
+	}
+	if g.forward, err = forwardTarget(cfg, g.hostname, r.dir); err != nil {
 		up.Close()
 		return nil, nil, err
 	}
@@ -473,6 +484,11 @@ func (r *Relay) Run(ctx context.Context) error {
 		r.alerts.Run(sctx)
 		close(alertsDone)
 	}()
+	fwdDone := make(chan struct{})
+	go func() {
+		r.fwd.Run(sctx) // writes what is pending to its buffer when it ends
+		close(fwdDone)
+	}()
 	learnDone := make(chan struct{})
 	go func() {
 		r.learned.Run(sctx) // saves once more when it ends
@@ -508,6 +524,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	stopSched()
 	<-schedDone
 	<-alertsDone
+	<-fwdDone
 	<-learnDone
 	<-renewDone
 	return errors.Join(err, r.close())

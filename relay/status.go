@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/forward"
 	"github.com/siterelay/siterelay/relay/metrics"
 	"github.com/siterelay/siterelay/relay/trace"
 	"github.com/siterelay/siterelay/relay/upstream/m365"
@@ -45,6 +46,9 @@ type Status struct {
 	// (NTP: gokrazy's ntp package on the box); nil where it cannot tell.
 	// Tokens, certificates and retries all depend on it.
 	ClockSynchronised *bool `json:"clock_synchronised,omitempty"`
+	// Forward is the syslog forwarding (forward.syslog): connected or
+	// not, what waits in its buffer, what was dropped by stream.
+	Forward *forward.Stats `json:"forward,omitempty"`
 }
 
 // ListenerStatus is one listener as a device sees it.
@@ -146,6 +150,7 @@ func (r *Relay) Status() Status {
 		Routes:          r.up.routeStatus(),
 		Warnings:        append(warnings(g.cfg, r.d.Clock()), r.renewalWarnings()...),
 		Renewals:        r.Renewals(),
+		Forward:         r.forwardStatus(),
 	}
 	if t, ok := r.tlsCertificateExpiry(); ok {
 		s.TLSCertificateExpires = t.UTC()

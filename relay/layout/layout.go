@@ -97,6 +97,10 @@ func (d Dir) Tailnet() string { return d.Path("tailnet") }
 // Audit is the admin API's append-only audit log.
 func (d Dir) Audit() string { return d.Path("audit") }
 
+// Forward is the syslog forwarding's buffer on disk (relay/forward): what
+// waits for the collector, and how much of it was sent.
+func (d Dir) Forward() string { return d.Path("forward") }
+
 // Learned is the clients the relay has seen sending (relay/learn), from
 // which `relayd devices adopt` makes device entries.
 func (d Dir) Learned() string { return d.Path("learned-clients.json") }
