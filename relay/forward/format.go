@@ -33,7 +33,6 @@ const (
 	SevWarning = 4
 	SevNotice  = 5
 	SevInfo    = 6
-	SevDebug   = 7
 )
 
 // Param is one SD-PARAM of the structured data.
@@ -191,18 +190,19 @@ type Handler struct {
 // NewHandler wraps next.
 func NewHandler(next slog.Handler, f *Forwarder) *Handler { return &Handler{next: next, f: f} }
 
-func (h *Handler) Enabled(ctx context.Context, l slog.Level) bool { return h.next.Enabled(ctx, l) }
+// Enabled: the logs stream takes Info and above, whatever next takes.
+func (h *Handler) Enabled(ctx context.Context, l slog.Level) bool {
+	return h.next.Enabled(ctx, l) || (l >= slog.LevelInfo && h.f.wants(StreamLogs))
+}
 
 func (h *Handler) Handle(ctx context.Context, r slog.Record) error {
-	if h.f.wants(StreamLogs) {
+	if r.Level >= slog.LevelInfo && h.f.wants(StreamLogs) {
 		sev := SevInfo
 		switch {
 		case r.Level >= slog.LevelError:
 			sev = SevError
 		case r.Level >= slog.LevelWarn:
 			sev = SevWarning
-		case r.Level < slog.LevelInfo:
-			sev = SevDebug
 		}
 		params := append([]Param{{"level", r.Level.String()}}, h.attrs...)
 		r.Attrs(func(a slog.Attr) bool {
@@ -210,6 +210,9 @@ func (h *Handler) Handle(ctx context.Context, r slog.Record) error {
 			return true
 		})
 		h.f.Send(StreamLogs, Entry{Time: r.Time, Severity: sev, Params: params, Msg: r.Message})
+	}
+	if !h.next.Enabled(ctx, r.Level) {
+		return nil
 	}
 	return h.next.Handle(ctx, r)
 }
