@@ -28,24 +28,67 @@ type FleetRow struct {
 	LastHint      string    `json:"last_hint,omitempty"`
 	DiskFree      int64     `json:"disk_free"`
 	NearestExpiry time.Time `json:"nearest_expiry,omitzero"`
+	// Tags are the relay's tags on the tailnet (from the control server).
+	Tags []string `json:"tags,omitempty"`
 }
 
 func (e *env) fleet(ctx context.Context, args []string) int {
 	fs := sub("fleet", e)
 	tag := fs.String("tag", DefaultTag, "the tag relays carry on the tailnet")
+	sd := fs.Bool("prometheus-sd", false, "print Prometheus file_sd JSON of every relay's tailnet /metrics")
 	if pos, err := parse(fs, args); err != nil || len(pos) > 0 {
-		return e.fail(usageErr("relayctl fleet [-tag TAG]"))
+		return e.fail(usageErr("relayctl fleet [-tag TAG] [-prometheus-sd]"))
 	}
+	rows, err := e.fleetRows(ctx, *tag)
+	if err != nil {
+		return e.fail(err)
+	}
+	if *sd {
+		return e.printSD(rows)
+	}
+	unreachable := 0
+	for _, r := range rows {
+		if !r.Reachable {
+			unreachable++
+		}
+	}
+	if rows == nil {
+		rows = []*FleetRow{}
+	}
+	err = e.out(rows, func(t *tabwriter.Writer) {
+		fmt.Fprintln(t, "SITE\tNAME\tVERSION\tHEALTH\tQUEUE\tOLDEST\tUPSTREAM\tLAST HINT\tDISK FREE\tEXPIRES")
+		for _, r := range rows {
+			if !r.Reachable {
+				fmt.Fprintf(t, "-\t%s\t-\t%s\t-\t-\t-\t-\t-\t-\n", r.Name, r.Error)
+				continue
+			}
+			fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%.50s\t%s\t%s\n", r.Site, r.Name, r.Version, r.Health, r.Queue, dash(r.OldestAge), r.Upstream, dash(r.LastHint), bytesStr(r.DiskFree), day(r.NearestExpiry))
+		}
+	})
+	if err != nil {
+		return e.fail(err)
+	}
+	if unreachable > 0 {
+		fmt.Fprintf(e.Stderr, "relayctl: %d of %d relays unreachable\n", unreachable, len(rows))
+		return ExitUnreachable
+	}
+	return ExitOK
+}
+
+// fleetRows asks the tailnet for every relay carrying tag and each relay
+// for its status, at once; a relay that does not answer is a row with its
+// error.
+func (e *env) fleetRows(ctx context.Context, tag string) ([]*FleetRow, error) {
 	st, err := e.tn.peers(ctx)
 	if err != nil {
-		return e.fail(fmt.Errorf("%w: listing the tailnet: %v", api.ErrUnreachable, err))
+		return nil, fmt.Errorf("%w: listing the tailnet: %v", api.ErrUnreachable, err)
 	}
 	var rows []*FleetRow
 	for _, p := range st.Peer {
-		if p.Tags == nil || !slices.Contains(p.Tags.AsSlice(), *tag) || len(p.TailscaleIPs) == 0 {
+		if p.Tags == nil || !slices.Contains(p.Tags.AsSlice(), tag) || len(p.TailscaleIPs) == 0 {
 			continue
 		}
-		rows = append(rows, &FleetRow{Name: strings.Split(strings.TrimSuffix(p.DNSName, "."), ".")[0], Address: p.TailscaleIPs[0].String()})
+		rows = append(rows, &FleetRow{Name: strings.Split(strings.TrimSuffix(p.DNSName, "."), ".")[0], Address: p.TailscaleIPs[0].String(), Tags: p.Tags.AsSlice()})
 	}
 	slices.SortFunc(rows, func(a, b *FleetRow) int { return strings.Compare(a.Name, b.Name) })
 	var wg sync.WaitGroup
@@ -82,33 +125,7 @@ func (e *env) fleet(ctx context.Context, args []string) int {
 		}()
 	}
 	wg.Wait()
-	unreachable := 0
-	for _, r := range rows {
-		if !r.Reachable {
-			unreachable++
-		}
-	}
-	if rows == nil {
-		rows = []*FleetRow{}
-	}
-	err = e.out(rows, func(t *tabwriter.Writer) {
-		fmt.Fprintln(t, "SITE\tNAME\tVERSION\tHEALTH\tQUEUE\tOLDEST\tUPSTREAM\tLAST HINT\tDISK FREE\tEXPIRES")
-		for _, r := range rows {
-			if !r.Reachable {
-				fmt.Fprintf(t, "-\t%s\t-\t%s\t-\t-\t-\t-\t-\t-\n", r.Name, r.Error)
-				continue
-			}
-			fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%.50s\t%s\t%s\n", r.Site, r.Name, r.Version, r.Health, r.Queue, dash(r.OldestAge), r.Upstream, dash(r.LastHint), bytesStr(r.DiskFree), day(r.NearestExpiry))
-		}
-	})
-	if err != nil {
-		return e.fail(err)
-	}
-	if unreachable > 0 {
-		fmt.Fprintf(e.Stderr, "relayctl: %d of %d relays unreachable\n", unreachable, len(rows))
-		return ExitUnreachable
-	}
-	return ExitOK
+	return rows, nil
 }
 
 func dash(s string) string {
