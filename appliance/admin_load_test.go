@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -141,6 +142,19 @@ func TestFleet(t *testing.T) {
 		code, _, _ := rc.run("", "fleet")
 		return code == 0
 	})
+	// Prometheus file_sd: every relay's tailnet /metrics, labelled.
+	code, sdOut, sdErr := rc.run("", "fleet", "-prometheus-sd")
+	var groups []ctl.SDGroup
+	if err := json.Unmarshal([]byte(sdOut), &groups); code != 0 || err != nil || len(groups) != 3 {
+		t.Fatalf("fleet -prometheus-sd: exit %d, %v\n%s%s", code, err, sdOut, sdErr)
+	}
+	for i, b := range boxes {
+		g := groups[i]
+		if want := net.JoinHostPort(provtest.IP(t, b.node.Server()).String(), "80"); len(g.Targets) != 1 || g.Targets[0] != want ||
+			g.Labels["site"] != []string{"plant-a", "plant-b", "plant-c"}[i] || g.Labels["relay"] != g.Labels["site"] || !strings.Contains(g.Labels["tags"], "tag:") {
+			t.Errorf("group %d = %+v, want target %s with relay, site and tags (version is empty in tests: no -ldflags)", i, g, want)
+		}
+	}
 	boxes[2].stop() // plant-c goes dark
 	start := time.Now()
 	code, out, errs := rc.run("", "-timeout", "3s", "-json", "fleet")

@@ -155,6 +155,9 @@ func (r *Relay) observeGeneration(g *generation) {
 	}
 	r.alerts.Update(g.alerts)
 	r.waitingM.set(g)
+	if err := r.fwd.Configure(g.forward); err != nil {
+		r.log.Error("syslog forwarding is off", "err", err)
+	}
 }
 
 // alertOptions are the webhook's settings in cfg, its URL read from the

@@ -29,6 +29,7 @@ import (
 	"github.com/siterelay/siterelay/relay/certs"
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/delivery"
+	"github.com/siterelay/siterelay/relay/forward"
 	"github.com/siterelay/siterelay/relay/inbound"
 	"github.com/siterelay/siterelay/relay/layout"
 	"github.com/siterelay/siterelay/relay/learn"
@@ -126,6 +127,7 @@ type Relay struct {
 	sourceM *configSourceMetric
 	sched   *delivery.Scheduler
 	alerts  *alerts.Notifier
+	fwd     *forward.Forwarder
 	learned *learn.Store
 	renew   renewals
 	started time.Time
@@ -155,6 +157,7 @@ type generation struct {
 	// expires; zero without one.
 	clientCertNotAfter time.Time
 	alerts             alerts.Options // the webhook's, URL read from the secret store
+	forward            *forward.Target
 	// secrets names the secrets of the upstream a trace event names.
 	secrets func(upstream string) []string
 	// waiting is what the configuration names that is not there yet
@@ -197,7 +200,9 @@ func unconfigured() *config.Config {
 // managed (docs/architecture.md, "Start-up").
 func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 	d.defaults()
-	r = &Relay{dir: layout.Dir(dir), d: d, log: d.Logger, started: d.Clock()}
+	fwd := forward.New(forward.Options{Dir: layout.Dir(dir).Forward(), Clock: d.Clock, Logger: d.Logger})
+	d.Logger = slog.New(forward.NewHandler(d.Logger.Handler(), fwd)) // the logs stream
+		r = &Relay{dir: layout.Dir(dir), d: d, log: d.Logger, started: d.Clock(), fwd: fwd}
 	given := cfg
 	if cfg == nil {
 		cfg = unconfigured()
@@ -233,6 +238,8 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 	r.trace.Subscribe(r.metrics.Observe)
 	r.trace.Subscribe(newDeviceMetrics(r, r.metrics.Registry()).observe)
 	r.trace.Subscribe(r.seen.observe)
+	r.trace.Subscribe(r.fwd.SendTrace)
+	r.metrics.Registry().MustRegister(r.fwd.Collectors()...)
 
 	g, up, err := r.build(given, nil)
 	if err != nil {
@@ -318,6 +325,10 @@ func (r *Relay) build(cfg *config.Config, prev *generation) (*generation, upstre
 			up.Close()
 			return nil, nil, err
 		}
+	}
+	if g.forward, err = forwardTarget(cfg, g.hostname, r.dir); err != nil {
+		up.Close()
+		return nil, nil, err
 	}
 	g.policy.FollowUpstreamPace(up.Limits().MessagesPerMinute)
 	g.certKey = cfg.TLS.CertFile + "\x00" + cfg.TLS.KeyFile + "\x00" + g.hostname
@@ -617,6 +628,11 @@ func (r *Relay) Run(ctx context.Context) error {
 		r.alerts.Run(sctx)
 		close(alertsDone)
 	}()
+	fwdDone := make(chan struct{})
+	go func() {
+		r.fwd.Run(sctx) // writes what is pending to its buffer when it ends
+		close(fwdDone)
+	}()
 	learnDone := make(chan struct{})
 	go func() {
 		r.learned.Run(sctx) // saves once more when it ends
@@ -653,6 +669,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	stopSched()
 	<-schedDone
 	<-alertsDone
+	<-fwdDone
 	<-learnDone
 	<-renewDone
 	return errors.Join(err, r.close())

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/forward"
 	"github.com/siterelay/siterelay/relay/metrics"
 	"github.com/siterelay/siterelay/relay/trace"
 	"github.com/siterelay/siterelay/relay/upstream/m365"
@@ -62,6 +63,9 @@ type Status struct {
 	// relay puts that mailbox or senders.rewrite_from in From itself), or
 	// "" (no rule beyond the site's own senders settings).
 	SenderRule string `json:"sender_rule,omitempty"`
+	// Forward is the syslog forwarding (forward.syslog): connected or
+	// not, what waits in its buffer, what was dropped by stream.
+	Forward *forward.Stats `json:"forward,omitempty"`
 }
 
 // ListenerStatus is one listener as a device sees it.
@@ -169,6 +173,7 @@ func (r *Relay) Status() Status {
 		Renewals:        r.Renewals(),
 		Waiting:         append([]Waiting(nil), g.waiting...),
 		Config:          r.source.Load(),
+		Forward:         r.forwardStatus(),
 	}
 	s.UpstreamKinds, s.SenderRule = senderRule(g.cfg)
 	if t, ok := r.tlsCertificateExpiry(); ok {

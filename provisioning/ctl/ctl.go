@@ -119,7 +119,8 @@ commands:
                               it) to the relay, which checks it before writing its
                               inactive partition; test boot it (the default), reboot,
                               and wait (up to D, default 5m) until it answers with its version
-  fleet [-tag TAG]            every relay on the tailnet in one table
+  fleet [-tag TAG] [-prometheus-sd]  every relay on the tailnet in one table (or as Prometheus file_sd JSON)
+  sd [-listen 127.0.0.1:PORT] [-allow-remote]  serve the relays as Prometheus http_sd, asking the tailnet on each request
   web [-listen 127.0.0.1:0]   forward a loopback port to the relay's admin page and
                               print the address to open in a browser; Ctrl-C ends
 
@@ -179,7 +180,7 @@ func Main(ctx context.Context, args []string, o IO) int {
 	if cmd == "firmware" && len(rest) > 0 && (rest[0] == "keygen" || rest[0] == "sign") {
 		return e.firmwareOffline(rest) // the release key stays off the tailnet
 	}
-	if cmd != "fleet" && e.relay == "" {
+	if cmd != "fleet" && cmd != "sd" && e.relay == "" {
 		fmt.Fprintln(e.Stderr, "relayctl: -relay NAME is required (relayctl fleet lists them)")
 		return ExitUsage
 	}
@@ -225,6 +226,8 @@ func Main(ctx context.Context, args []string, o IO) int {
 		code = e.update(ctx, rest)
 	case "fleet":
 		code = e.fleet(ctx, rest)
+	case "sd":
+		code = e.sd(ctx, rest)
 	case "devices":
 		code = e.devices(ctx, rest)
 	case "web":

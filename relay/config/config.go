@@ -39,6 +39,7 @@ type Config struct {
 	Bounce    Bounce              `json:"bounce"`
 	Trace     Trace               `json:"trace"`
 	Alerts    Alerts              `json:"alerts"`
+	Forward   Forward             `json:"forward"`
 	// Devices are the plant devices known by name (devices.go).
 	Devices []Device `json:"devices,omitempty"`
 	// DevicesOnly locks the relay to Devices: any other client is refused
@@ -349,6 +350,7 @@ func (c *Config) SetDefaults() {
 	setDefault(&c.Trace.RetentionDays, 30)
 	setDefault(&c.Trace.MaxBytes, 512<<20)
 	c.Alerts.setDefaults()
+	c.Forward.setDefaults()
 	c.Upstream.setDefaults()
 	for name, u := range c.Upstreams {
 		u.setDefaults()
@@ -514,6 +516,7 @@ func (c *Config) Validate() Errors {
 	}
 	errs = append(errs, c.validateUpstreams()...)
 	errs = append(errs, c.Alerts.validate()...)
+	errs = append(errs, c.Forward.validate()...)
 	errs = append(errs, c.validateDevices()...)
 	errs = append(errs, c.validateNames()...)
 	return errs

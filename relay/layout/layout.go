@@ -108,6 +108,10 @@ func (d Dir) Firmware() string { return d.Path("firmware") }
 // against it (provisioning/secrets).
 func (d Dir) FingerprintKey() string { return d.Path("fingerprint.key") }
 
+// Forward is the syslog forwarding's buffer on disk (relay/forward): what
+// waits for the collector, and how much of it was sent.
+func (d Dir) Forward() string { return d.Path("forward") }
+
 // Learned is the clients the relay has seen sending (relay/learn), from
 // which `relayd devices adopt` makes device entries.
 func (d Dir) Learned() string { return d.Path("learned-clients.json") }
