@@ -202,7 +202,7 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 	d.defaults()
 	fwd := forward.New(forward.Options{Dir: layout.Dir(dir).Forward(), Clock: d.Clock, Logger: d.Logger})
 	d.Logger = slog.New(forward.NewHandler(d.Logger.Handler(), fwd)) // the logs stream
-		r = &Relay{dir: layout.Dir(dir), d: d, log: d.Logger, started: d.Clock(), fwd: fwd}
+	r = &Relay{dir: layout.Dir(dir), d: d, log: d.Logger, started: d.Clock(), fwd: fwd}
 	given := cfg
 	if cfg == nil {
 		cfg = unconfigured()
