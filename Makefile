@@ -62,7 +62,9 @@ integration:
 	$(GO) test -tags integration -count=1 -timeout 30m ./...
 
 ## bench: load through relayd and through a private Postfix 3.7 relay to smtp-sink; prints both and the ratio
-## (Postfix part needs root; see docs/bench.md). Override e.g. BENCH_ARGS="-n 20000 -c 20 -size 65536".
+## (Postfix part needs root; see docs/bench.md). Override e.g. BENCH_ARGS="-n 20000 -c 20 -size 65536";
+## each relay's state on its own ext4 on a loop device: BENCH_ARGS="-state-dev"; with an SD card's
+## flush latency (device-mapper delay, the kernel needs dm-delay): BENCH_ARGS="-flush-delay 20ms".
 BENCH_ARGS ?= -n 5000 -c 10 -size 4096
 bench: deps
 	$(GO) run ./cmd/relaybench $(BENCH_ARGS)

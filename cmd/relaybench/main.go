@@ -44,6 +44,9 @@ type options struct {
 	AllowTmpfs   bool
 	TargetRatio  float64
 	TargetRSSMiB float64
+	StateDev     bool
+	StateDevMiB  int64
+	FlushDelay   time.Duration
 }
 
 func main() {
@@ -65,8 +68,14 @@ func main() {
 	flag.BoolVar(&o.AllowTmpfs, "allow-tmpfs", false, "allow -dir on tmpfs (fsync is then free: figures mean nothing for durability)")
 	flag.Float64Var(&o.TargetRatio, "target-ratio", 4, "issue 2's target: relayd/postfix end-to-end at least this")
 	flag.Float64Var(&o.TargetRSSMiB, "target-rss", 40, "issue 2's target: relayd peak RSS under this many MiB")
+	flag.BoolVar(&o.StateDev, "state-dev", false, "put each relay's state (spool, queue) on its own ext4 file system on a loop device, made and removed by the run (root)")
+	flag.Int64Var(&o.StateDevMiB, "state-dev-mib", 1024, "size of each -state-dev file system (a sparse file in -dir)")
+	flag.DurationVar(&o.FlushDelay, "flush-delay", 0, "with -state-dev: a device-mapper delay target between the loop device and ext4, delaying writes and flushes by this (an SD card: 20ms); needs dmsetup and a kernel with dm-delay")
 	flag.Parse()
 	o.Targets = strings.Split(targets, ",")
+	if o.FlushDelay > 0 {
+		o.StateDev = true
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -79,6 +88,11 @@ func main() {
 func run(ctx context.Context, o options) error {
 	if o.N < 1 || o.C < 1 || o.C > o.N || o.Size < 512 || o.Rounds < 1 {
 		return fmt.Errorf("want -n >= 1, 1 <= -c <= -n, -size >= 512, -rounds >= 1 (got -n %d -c %d -size %d -rounds %d)", o.N, o.C, o.Size, o.Rounds)
+	}
+	if o.StateDev {
+		if why := stateDevMissing(o.FlushDelay); why != "" {
+			return fmt.Errorf("-state-dev: %s", why)
+		}
 	}
 	for _, t := range o.Targets {
 		if t != "relayd" && t != "postfix" && t != "direct" {
@@ -111,6 +125,13 @@ func run(ctx context.Context, o options) error {
 
 	fmt.Printf("relaybench: %d messages of %d bytes over %d sessions, per relay; %s, %d CPUs, %s\n",
 		o.N, o.Size, o.C, runtime.GOOS+"/"+runtime.GOARCH, runtime.NumCPU(), tmp)
+	if o.StateDev {
+		fmt.Printf("state: each relay on its own ext4 on a loop device (%d MiB)", o.StateDevMiB)
+		if o.FlushDelay > 0 {
+			fmt.Printf(" behind a dm-delay target: writes and flushes %v", o.FlushDelay)
+		}
+		fmt.Println()
+	}
 	var results []result
 	var failed []string
 	starters := map[string]func(dir, sinkAddr string) (target, error){}
@@ -156,7 +177,20 @@ rounds:
 				return err
 			}
 			fmt.Printf("%s: round %d of %d\n", name, round, o.Rounds)
-			r := measure(ctx, o, name, sinkBin, func(sinkAddr string) (target, error) { return startFn(dir, sinkAddr) })
+			var dev *stateDev
+			if o.StateDev && name != "direct" {
+				var err error
+				dev, err = setupStateDev(ctx, fmt.Sprintf("relaybench-%d-%s-%d", os.Getpid(), name, round), dir, o.StateDevMiB, o.FlushDelay)
+				if err != nil {
+					return fmt.Errorf("%s: the state device: %w", name, err)
+				}
+			}
+			r := measure(ctx, o, name, sinkBin, dir, func(sinkAddr string) (target, error) { return startFn(dir, sinkAddr) })
+			if dev != nil {
+				if err := dev.Close(); err != nil {
+					fmt.Printf("%s: removing the state device: %v\n", name, err)
+				}
+			}
 			r.Round = round
 			if r.Err != nil {
 				failed = append(failed, name)
@@ -170,6 +204,7 @@ rounds:
 	}
 	fmt.Println()
 	printTable(os.Stdout, results)
+	printLimit(os.Stdout, results, o.C, o.FlushDelay)
 	printVerdict(os.Stdout, results, o.TargetRatio, o.TargetRSSMiB)
 	if ctx.Err() != nil {
 		return fmt.Errorf("stopped: %w", context.Cause(ctx))
@@ -196,8 +231,11 @@ type result struct {
 	RSSIsHWM        bool // PeakRSSMiB is the root's VmHWM (single process), else a sampled sum
 	PeakPSSMiB      float64
 	DiskBytesPerMsg float64
-	PeakProcs       int
-	SinkCount       int
+	// DevWritesPerMsg and DevFlushesPerMsg are the device's write and
+	// flush requests ÷ N (flushes: -1 where the kernel does not count them).
+	DevWritesPerMsg, DevFlushesPerMsg float64
+	PeakProcs                         int
+	SinkCount                         int
 	// HarnessCPUmsPerMsg is this process's own CPU (the load generator
 	// and the sampler): on two cores it competes with the relay.
 	HarnessCPUmsPerMsg float64
@@ -206,7 +244,9 @@ type result struct {
 
 // measure runs the load through one relay started by start and reads its
 // processes' counters before and after.
-func measure(ctx context.Context, o options, name, sinkBin string, start func(string) (target, error)) (r result) {
+// devDir is on the device whose counters are read (-dir, or the relay's
+// own -state-dev).
+func measure(ctx context.Context, o options, name, sinkBin, devDir string, start func(string) (target, error)) (r result) {
 	r = result{Name: name, N: o.N}
 	sk, err := startSink(ctx, sinkBin)
 	for try := 1; err != nil && try < 3 && ctx.Err() == nil; try++ {
@@ -235,7 +275,10 @@ func measure(ctx context.Context, o options, name, sinkBin string, start func(st
 	}
 	logBefore := t.LogBytes()
 	unix.Sync() // what others left in the page cache is not this run's
-	devBefore, err := deviceSectors(o.Dir)
+	if !o.StateDev {
+		devDir = o.Dir
+	}
+	devBefore, err := deviceStat(devDir)
 	if err != nil {
 		r.Err = err
 		return r
@@ -281,12 +324,17 @@ func measure(ctx context.Context, o options, name, sinkBin string, start func(st
 	// Linux charges an fdatasync of a preallocated file far more than the
 	// pages it writes (1.4 MB against 8.5 KB at the device, measured).
 	unix.Sync()
-	devAfter, err := deviceSectors(o.Dir)
+	devAfter, err := deviceStat(devDir)
 	if err != nil {
 		r.Err = err
 		return r
 	}
-	r.DiskBytesPerMsg = (float64(devAfter-devBefore)*512 - float64(logBytes)) / float64(o.N)
+	r.DiskBytesPerMsg = (float64(devAfter.Sectors-devBefore.Sectors)*512 - float64(logBytes)) / float64(o.N)
+	r.DevWritesPerMsg = float64(devAfter.Writes-devBefore.Writes) / float64(o.N)
+	r.DevFlushesPerMsg = -1
+	if devAfter.HasFlushes {
+		r.DevFlushesPerMsg = float64(devAfter.Flushes-devBefore.Flushes) / float64(o.N)
+	}
 	if peak.Procs == 1 {
 		r.PeakRSSMiB, r.RSSIsHWM = float64(after.HWMKiB)/1024, true
 	} else {

@@ -231,26 +231,50 @@ func startPinned(cmd *exec.Cmd, release <-chan struct{}) error {
 	return <-errc
 }
 
-// deviceSectors reads the sectors written to the block device holding dir
-// (field 7 of /sys/dev/block/MAJ:MIN/stat). It counts every writer of that
-// device, so run the benchmark on an otherwise quiet machine.
-func deviceSectors(dir string) (uint64, error) {
+// devStat is a block device's write counters (/sys/block/DEV/stat).
+type devStat struct {
+	Sectors uint64 // field 7: 512-byte sectors written
+	Writes  uint64 // field 5: write requests completed
+	Flushes uint64 // field 16: flush requests completed (Linux 5.5 and later)
+	// HasFlushes says the kernel reports field 16.
+	HasFlushes bool
+}
+
+// deviceStat reads the write counters of the block device holding dir
+// (/sys/dev/block/MAJ:MIN/stat). They count every writer of that device,
+// so run the benchmark on an otherwise quiet machine, or give each relay
+// a device of its own (-state-dev).
+func deviceStat(dir string) (devStat, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(dir, &st); err != nil {
-		return 0, fmt.Errorf("finding the device of %s: %w", dir, err)
+		return devStat{}, fmt.Errorf("finding the device of %s: %w", dir, err)
 	}
 	path := fmt.Sprintf("/sys/dev/block/%d:%d/stat", unix.Major(st.Dev), unix.Minor(st.Dev))
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return 0, fmt.Errorf("reading the device counters of %s: %w", dir, err)
+		return devStat{}, fmt.Errorf("reading the device counters of %s: %w", dir, err)
 	}
-	return parseDeviceSectors(string(b))
+	return parseDeviceStat(string(b))
 }
 
-func parseDeviceSectors(stat string) (uint64, error) {
+func parseDeviceStat(stat string) (devStat, error) {
 	f := strings.Fields(stat)
 	if len(f) < 7 {
-		return 0, fmt.Errorf("block device stat %q: want at least 7 fields", stat)
+		return devStat{}, fmt.Errorf("block device stat %q: want at least 7 fields", stat)
 	}
-	return strconv.ParseUint(f[6], 10, 64)
+	var d devStat
+	var err error
+	if d.Sectors, err = strconv.ParseUint(f[6], 10, 64); err != nil {
+		return devStat{}, fmt.Errorf("block device stat %q: %w", stat, err)
+	}
+	if d.Writes, err = strconv.ParseUint(f[4], 10, 64); err != nil {
+		return devStat{}, fmt.Errorf("block device stat %q: %w", stat, err)
+	}
+	if len(f) >= 16 {
+		if d.Flushes, err = strconv.ParseUint(f[15], 10, 64); err != nil {
+			return devStat{}, fmt.Errorf("block device stat %q: %w", stat, err)
+		}
+		d.HasFlushes = true
+	}
+	return d, nil
 }

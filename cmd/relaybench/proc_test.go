@@ -241,19 +241,22 @@ func TestPrintTable(t *testing.T) {
 	}
 }
 
-func TestParseDeviceSectors(t *testing.T) {
+func TestParseDeviceStat(t *testing.T) {
 	for _, tc := range []struct {
 		in      string
-		want    uint64
+		want    devStat
 		wantErr bool
 	}{
-		{"  120811     9457  8006334    45000   310228   281604 24416968   812323        0   352468   882312", 24416968, false},
-		{"1 2 3", 0, true},
-		{"1 2 3 4 5 6 x 8", 0, true},
+		{"  120811     9457  8006334    45000   310228   281604 24416968   812323        0   352468   882312", devStat{Sectors: 24416968, Writes: 310228}, false},
+		{"     580        0    26890       97     2517     2110   137856    26633        0    14928    26837        0        0        0        0      812      107",
+			devStat{Sectors: 137856, Writes: 2517, Flushes: 812, HasFlushes: true}, false},
+		{"1 2 3", devStat{}, true},
+		{"1 2 3 4 5 6 x 8", devStat{}, true},
+		{"1 2 3 4 x 6 7 8", devStat{}, true},
 	} {
-		got, err := parseDeviceSectors(tc.in)
+		got, err := parseDeviceStat(tc.in)
 		if (err != nil) != tc.wantErr || got != tc.want {
-			t.Errorf("parseDeviceSectors(%q) = %d, %v; want %d, error %v", tc.in, got, err, tc.want, tc.wantErr)
+			t.Errorf("parseDeviceStat(%q) = %+v, %v; want %+v, error %v", tc.in, got, err, tc.want, tc.wantErr)
 		}
 	}
 }

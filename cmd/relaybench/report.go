@@ -12,7 +12,7 @@ import (
 // printTable writes one row per relay.
 func printTable(w io.Writer, rs []result) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "relay\taccepted msg/s\tend-to-end msg/s\tp50 accept\tp99 accept\tCPU-ms/msg\tpeak RSS MiB\tpeak PSS MiB\tdev B/msg\tprocs\tgen CPU-ms/msg\t")
+	fmt.Fprintln(tw, "relay\taccepted msg/s\tend-to-end msg/s\tp50 accept\tp99 accept\tCPU-ms/msg\tpeak RSS MiB\tpeak PSS MiB\tdev B/msg\tdev writes/msg\tdev flushes/msg\tprocs\tgen CPU-ms/msg\t")
 	multi := slices.ContainsFunc(rs, func(r result) bool { return r.Round > 1 })
 	for _, r := range rs {
 		if multi && r.Round > 0 {
@@ -20,17 +20,21 @@ func printTable(w io.Writer, rs []result) {
 		}
 		switch {
 		case r.Skipped != "":
-			fmt.Fprintf(tw, "%s\tskipped\t\t\t\t\t\t\t\t\t\t\n", r.Name)
+			fmt.Fprintf(tw, "%s\tskipped\t\t\t\t\t\t\t\t\t\t\t\t\n", r.Name)
 		case r.Err != nil:
-			fmt.Fprintf(tw, "%s\tFAILED\t\t\t\t\t\t\t\t\t\t\n", r.Name)
+			fmt.Fprintf(tw, "%s\tFAILED\t\t\t\t\t\t\t\t\t\t\t\t\n", r.Name)
 		default:
 			rss := fmt.Sprintf("%.1f", r.PeakRSSMiB)
 			if !r.RSSIsHWM {
 				rss += "*"
 			}
-			fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%s\t%s\t%.2f\t%s\t%.1f\t%.0f\t%d\t%.2f\t\n",
+			flushes := "n/a"
+			if r.DevFlushesPerMsg >= 0 {
+				flushes = fmt.Sprintf("%.2f", r.DevFlushesPerMsg)
+			}
+			fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%s\t%s\t%.2f\t%s\t%.1f\t%.0f\t%.2f\t%s\t%d\t%.2f\t\n",
 				r.Name, r.AcceptRate, r.E2ERate, fmtDur(r.P50), fmtDur(r.P99), r.CPUmsPerMsg,
-				rss, r.PeakPSSMiB, r.DiskBytesPerMsg, r.PeakProcs, r.HarnessCPUmsPerMsg)
+				rss, r.PeakPSSMiB, r.DiskBytesPerMsg, r.DevWritesPerMsg, flushes, r.PeakProcs, r.HarnessCPUmsPerMsg)
 		}
 	}
 	tw.Flush()
@@ -40,6 +44,29 @@ func printTable(w io.Writer, rs []result) {
 			break
 		}
 	}
+}
+
+// printLimit prints, with a flush delay, the limit sessions ÷ flush
+// latency and each run's share of it (end to end).
+func printLimit(w io.Writer, rs []result, sessions int, delay time.Duration) {
+	lim := flushLimit(sessions, delay)
+	if lim <= 0 {
+		return
+	}
+	var shares []string
+	multi := slices.ContainsFunc(rs, func(r result) bool { return r.Round > 1 })
+	for _, r := range rs {
+		if r.Err != nil || r.Skipped != "" || r.Name == "direct" {
+			continue
+		}
+		name := r.Name
+		if multi {
+			name = fmt.Sprintf("%s #%d", r.Name, r.Round)
+		}
+		shares = append(shares, fmt.Sprintf("%s %.0f%%", name, 100*r.E2ERate/lim))
+	}
+	fmt.Fprintf(w, "limit %d sessions ÷ %v flush = %.0f msg/s; share of it end to end: %s\n",
+		sessions, delay, lim, strings.Join(shares, ", "))
 }
 
 // printVerdict prints the end-to-end ratio of the relays' medians and

@@ -587,7 +587,7 @@ func (s *Scheduler) attempt(ctx context.Context, id string, seq uint64) {
 		s.retryAt(id, due)
 		return
 	}
-	if err := s.o.Spool.Done(id); err != nil {
+	if err := s.o.Spool.DoneLater(id); err != nil {
 		log.Error("cannot mark message done; it may be attempted again", "err", err)
 	}
 	if s.o.Delivered != nil {

@@ -51,6 +51,10 @@ type Options struct {
 	// InlineMax is the largest message kept in the log itself; larger ones
 	// get a file each. Default 256 KiB.
 	InlineMax int
+	// LazyFlush bounds how long a bookkeeping record (Update, DoneLater)
+	// waits for a group commit to carry it before it is flushed on its
+	// own. Default 200ms.
+	LazyFlush time.Duration
 	Clock     func() time.Time
 	Logger    *slog.Logger
 	// statfs reports free bytes; tests replace it to simulate a full disk.
@@ -72,6 +76,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.InlineMax == 0 {
 		o.InlineMax = 256 << 10
+	}
+	if o.LazyFlush == 0 {
+		o.LazyFlush = 200 * time.Millisecond
 	}
 	if o.Clock == nil {
 		o.Clock = time.Now
@@ -208,8 +215,10 @@ func (s *Spool) Close() error {
 	return err
 }
 
-// Update records a recipient's new state. It does not wait for the disk:
-// losing it in a crash means a repeated attempt, never a lost message.
+// Update records a recipient's new state. It does not wait for the disk
+// nor cause a flush of its own: the record goes with the next group
+// commit, or within LazyFlush. Losing it in a crash means a repeated
+// attempt, never a lost message.
 func (s *Spool) Update(id string, index int, st State, reply string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -222,7 +231,7 @@ func (s *Spool) Update(id string, index int, st State, reply string) error {
 	}
 	e.env.To[index].State = st
 	e.env.To[index].Reply = reply
-	_, err := s.w.append(encodeUpdate(nil, &updateRec{ID: id, Index: index, State: st, Reply: reply}))
+	_, err := s.w.appendLazy(encodeUpdate(nil, &updateRec{ID: id, Index: index, State: st, Reply: reply}))
 	return err
 }
 
@@ -246,6 +255,34 @@ func (s *Spool) Done(id string) error {
 	}
 	if e.file != "" {
 		os.Remove(filepath.Join(s.msgDir, e.file))
+	}
+	return nil
+}
+
+// DoneLater removes a message whose every recipient is delivered or failed
+// (with the bounce already committed) without waiting for the disk and
+// without a flush of its own: the record goes with the next group commit,
+// or within LazyFlush, so the delivery side's bookkeeping adds no flushes
+// while mail arrives. Losing it in a crash means the message is delivered
+// again, never lost. A large message's file is removed once the record is
+// durable. The scheduler uses it; an administrator's removal uses Done.
+func (s *Spool) DoneLater(id string) error {
+	s.mu.Lock()
+	e, ok := s.entries[id]
+	if !ok {
+		s.mu.Unlock()
+		return ErrNotFound
+	}
+	s.forget(e)
+	var after func()
+	if e.file != "" {
+		path := filepath.Join(s.msgDir, e.file)
+		after = func() { os.Remove(path) }
+	}
+	_, err := s.w.appendLazyThen(encodeDone(nil, id), after)
+	s.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("recording %s as done: %w", id, err)
 	}
 	return nil
 }

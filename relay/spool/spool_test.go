@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -421,5 +422,79 @@ func TestConcurrentCompactions(t *testing.T) {
 		}
 		s.Done(keep)
 		s.Close()
+	}
+}
+
+// The delivery side's bookkeeping (Update, DoneLater) causes no flush of
+// its own: the next group commit carries it, and once that commit is
+// durable so is the bookkeeping (a crash image then holds neither done
+// message) and a large message's file is gone.
+func TestBookkeepingRidesTheNextCommit(t *testing.T) {
+	dir := relaytest.StateDir(t)
+	s := open(t, dir, Options{LazyFlush: time.Hour})
+	small := []byte("Subject: small\r\n\r\nhello\r\n")
+	large := bytes.Repeat([]byte("0123456789abcdef"), 40000) // own file
+	a := put(t, s, small, "a@x.example")
+	b := put(t, s, large, "b@x.example")
+	largeFile := filepath.Join(dir, "msg", b)
+	if _, err := os.Stat(largeFile); err != nil {
+		t.Fatal(err)
+	}
+	before := s.w.flushes.Load()
+	if err := s.Update(a, 0, Delivered, "250 ok"); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{a, b} {
+		if err := s.DoneLater(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := os.Stat(largeFile); err != nil {
+		t.Errorf("the large file went before its done record was durable: %v", err)
+	}
+	c := put(t, s, small, "c@x.example")
+	if got := s.w.flushes.Load() - before; got != 1 {
+		t.Errorf("an update, two done records and a commit took %d flushes, want 1", got)
+	}
+	if _, err := os.Stat(largeFile); !os.IsNotExist(err) {
+		t.Errorf("the large file is still there after its done record was durable: %v", err)
+	}
+	crash := relaytest.StateDir(t)
+	if err := os.CopyFS(crash, os.DirFS(dir)); err != nil {
+		t.Fatal(err)
+	}
+	r := open(t, crash, Options{})
+	var got []string
+	for _, m := range r.List() {
+		got = append(got, m.ID)
+	}
+	if want := []string{c}; !slices.Equal(got, want) {
+		t.Errorf("after a crash the spool holds %v, want %v", got, want)
+	}
+}
+
+// A bookkeeping record only arms the lazy flush; a message wakes the
+// writer at once. (The writer goroutine is not running here, so what each
+// append signalled stays in the channels.)
+func TestBookkeepingDoesNotWakeTheWriter(t *testing.T) {
+	tests := []struct {
+		name           string
+		lazy           bool
+		wantKick, want int
+	}{
+		{"bookkeeping", true, 0, 1},
+		{"message", false, 1, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var w writer
+			w.init(&Spool{opts: Options{SegmentBytes: 1 << 20}, needSpare: make(chan struct{}, 1)}, &segment{})
+			if _, _, _, err := w.appendFrame([]byte("x"), tt.lazy, nil); err != nil {
+				t.Fatal(err)
+			}
+			if got := [2]int{len(w.kick), len(w.lazy)}; got != [2]int{tt.wantKick, tt.want} {
+				t.Errorf("kick, lazy = %v, want %v", got, [2]int{tt.wantKick, tt.want})
+			}
+		})
 	}
 }

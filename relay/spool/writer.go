@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -21,9 +23,11 @@ type writer struct {
 	cur     *batch
 	broken  map[*segment]bool
 	kick    chan struct{}
+	lazy    chan struct{} // a record that need not be flushed at once
 	stop    chan struct{}
 	stopped chan error
 	rotated chan struct{}
+	flushes atomic.Int64 // batches written and synced (tests)
 }
 
 // chunk is a run of frames for one segment starting at off.
@@ -36,6 +40,9 @@ type chunk struct {
 type batch struct {
 	done chan struct{}
 	err  error
+	// after runs once the batch is durable (not on failure), before done
+	// closes.
+	after []func()
 }
 
 func newBatch() *batch { return &batch{done: make(chan struct{})} }
@@ -50,6 +57,7 @@ func (w *writer) init(s *Spool, seg *segment) {
 	w.cur = newBatch()
 	w.broken = map[*segment]bool{}
 	w.kick = make(chan struct{}, 1)
+	w.lazy = make(chan struct{}, 1)
 	w.stop = make(chan struct{})
 	w.stopped = make(chan error, 1)
 	w.rotated = make(chan struct{}, 1)
@@ -57,11 +65,27 @@ func (w *writer) init(s *Spool, seg *segment) {
 
 // append adds one record and returns the batch that will make it durable.
 func (w *writer) append(body []byte) (*batch, error) {
-	b, _, _, err := w.appendFrame(body)
+	b, _, _, err := w.appendFrame(body, false, nil)
 	return b, err
 }
 
-func (w *writer) appendFrame(body []byte) (*batch, *segment, int64, error) {
+// appendLazy adds one record that causes no flush of its own: it waits for
+// the next batch another record starts, or for LazyFlush.
+func (w *writer) appendLazy(body []byte) (*batch, error) {
+	return w.appendLazyThen(body, nil)
+}
+
+// appendLazyThen is appendLazy with after (when not nil) run once the
+// record is durable.
+func (w *writer) appendLazyThen(body []byte, after func()) (*batch, error) {
+	b, _, _, err := w.appendFrame(body, true, after)
+	return b, err
+}
+
+// appendFrame adds one record to the current batch and wakes the writer:
+// at once, or (lazy) within LazyFlush unless another record wakes it
+// first.
+func (w *writer) appendFrame(body []byte, lazy bool, after func()) (*batch, *segment, int64, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.cur == nil {
@@ -88,8 +112,15 @@ func (w *writer) appendFrame(body []byte) (*batch, *segment, int64, error) {
 	} else {
 		w.pend = append(w.pend, chunk{seg: g, off: off, data: frame(make([]byte, 0, max(4096, n)), g.seq, body)})
 	}
+	if after != nil {
+		w.cur.after = append(w.cur.after, after)
+	}
+	wake := w.kick
+	if lazy {
+		wake = w.lazy
+	}
 	select {
-	case w.kick <- struct{}{}:
+	case wake <- struct{}{}:
 	default:
 	}
 	return w.cur, g, off, nil
@@ -119,7 +150,7 @@ func (w *writer) rotate() error {
 // adopted.
 func (w *writer) appendMessage(m *messageRec) (*segment, int64, error) {
 	body := encodeMessage(nil, m)
-	b, g, off, err := w.appendFrame(body)
+	b, g, off, err := w.appendFrame(body, false, nil)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -135,7 +166,7 @@ func (w *writer) appendMessage(m *messageRec) (*segment, int64, error) {
 // before it removes the old segment.
 func (w *writer) appendCopy(m *messageRec) (*segment, int64, error) {
 	body := encodeMessage(nil, m)
-	_, g, off, err := w.appendFrame(body)
+	_, g, off, err := w.appendFrame(body, false, nil)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -161,12 +192,25 @@ func (w *writer) sync() error {
 func (w *writer) run() {
 	defer w.s.wg.Done()
 	var lastErr error
+	var lazyTimer *time.Timer
+	var lazyDue <-chan time.Time // armed while lazy records wait for a batch
 	for {
 		stopping := false
 		select {
 		case <-w.kick:
+		case <-w.lazy:
+			if lazyDue == nil {
+				lazyTimer = time.NewTimer(w.s.opts.LazyFlush)
+				lazyDue = lazyTimer.C
+			}
+			continue
+		case <-lazyDue:
 		case <-w.stop:
 			stopping = true
+		}
+		if lazyTimer != nil {
+			lazyTimer.Stop()
+			lazyTimer, lazyDue = nil, nil
 		}
 		w.mu.Lock()
 		chunks, b := w.pend, w.cur
@@ -180,6 +224,10 @@ func (w *writer) run() {
 		b.err = w.flush(chunks)
 		if b.err != nil {
 			lastErr = b.err
+		} else {
+			for _, f := range b.after {
+				f()
+			}
 		}
 		close(b.done)
 		if stopping {
@@ -193,6 +241,9 @@ func (w *writer) run() {
 // fails a write or sync is never written again: frames queued behind the
 // failure would otherwise land after a hole.
 func (w *writer) flush(chunks []chunk) error {
+	if len(chunks) > 0 {
+		w.flushes.Add(1)
+	}
 	var err error
 	var touched []*segment
 	for _, c := range chunks {
