@@ -99,6 +99,7 @@ type admin struct {
 	dir     layout.Dir
 	creds   *secrets.Store
 	configs *configstore.Store
+	audit   *audit.Log
 	node    *node.Node
 	site    string
 	log     *slog.Logger
@@ -122,6 +123,11 @@ func startAdmin(ctx context.Context, o Options, run *app, creds *secrets.Store, 
 	}
 	if run.renewAudit != nil {
 		run.renewAudit.log.Store(al)
+	}
+	a.audit = al
+	run.auditFailures.Store(ptr(func() uint64 { return al.Health().WriteFailures }))
+	if r := run.Relay(); r != nil {
+		r.SetAuditWriteFailures(*run.auditFailures.Load())
 	}
 	key := t.AuthKey
 	if key == "" {
@@ -160,15 +166,19 @@ func startAdmin(ctx context.Context, o Options, run *app, creds *secrets.Store, 
 	envknob.SetNoLogsNoSupport()
 	whoIs := func(ctx context.Context, addr string) (*apitype.WhoIsResponse, error) { return a.node.WhoIs(ctx, addr) }
 	policy := authz.Policy{Site: t.Site, Admins: t.Admins}
-	h := http.NewServeMux()
-	h.Handle(api.Version+"/", server.Handler(server.Options{
+	mux := http.NewServeMux()
+	h := server.Guard(server.GuardOptions{
+		Names: func(ctx context.Context) ([]string, error) { return a.node.Names(ctx) },
+		WhoIs: whoIs, Policy: policy, Audit: al, Logger: log,
+	}, mux)
+	mux.Handle(api.Version+"/", server.Handler(server.Options{
 		WhoIs:  whoIs,
 		Policy: policy,
 		Audit:  al, Box: a, Credentials: creds, Configs: a.configs, Logger: log,
 		Updater: upd, Devices: a,
 	}))
 	// The admin page and /metrics (viewer), on the same Box and audit log.
-	h.Handle("/", web.Handler(web.Options{WhoIs: whoIs, Policy: policy, Audit: al, Box: a, Metrics: run.metrics(), Logger: log}))
+	mux.Handle("/", web.Handler(web.Options{WhoIs: whoIs, Policy: policy, Audit: al, Box: a, Metrics: run.metrics(), Logger: log}))
 	nctx, cancel := context.WithCancel(ctx)
 	a.ctx = nctx
 	a.node = node.Start(nctx, node.Options{Dir: dir.Tailnet(), Hostname: t.Site, AuthKey: key, ControlURL: t.ControlURL,
@@ -228,6 +238,7 @@ func (a *admin) Status(ctx context.Context) (*api.Status, error) {
 		ConfigVersion: a.configs.Current(),
 		Tailnet:       a.node.State(),
 		RSSBytes:      rssBytes(),
+		Audit:         a.audit.Health(),
 	}
 	page := status.Page{Version: s.Version, Now: time.Now()}
 	r := a.run.Relay()

@@ -54,7 +54,8 @@ type box struct {
 
 func writeConfig(t *testing.T, dir, cfg string) {
 	t.Helper()
-	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(cfg), 0o644); err != nil {
+	// As the first boot writes it (moveBootstrap).
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -349,6 +350,10 @@ func TestRelayctlEndToEnd(t *testing.T) {
 	if err := json.Unmarshal([]byte(rc.ok("", append([]string{"-json"}, cmd("status")...)...)), &st); err != nil || st.RSSBytes <= 0 {
 		t.Errorf("status -json: rss_bytes %d (%v), want relayd's resident memory", st.RSSBytes, err)
 	}
+	// The sheet over the tailnet is the LAN page's, made by the same function.
+	if out := rc.ok("", cmd("sheet")...); !strings.Contains(out, "Device setup sheet: ") || !strings.Contains(out, "Every device") {
+		t.Errorf("relayctl sheet:\n%s", out)
+	}
 	t.Logf("relayctl queue:\n%s", rc.ok("", cmd("queue")...))
 	t.Logf("relayctl creds list:\n%s", rc.ok("", cmd("creds", "list")...))
 	t.Logf("relayctl audit:\n%s", rc.ok("", cmd("audit", "-limit", "4")...))
@@ -445,6 +450,7 @@ func TestRelayctlEndToEnd(t *testing.T) {
 		}
 		return nil
 	})
+	checkStateModes(t, b.dir)
 	if !strings.Contains(places["logs"], "configuration reloaded") {
 		t.Error("the logs were not captured")
 	}
@@ -452,5 +458,32 @@ func TestRelayctlEndToEnd(t *testing.T) {
 		if strings.Contains(text, password) {
 			t.Errorf("the provisioned password appears in %s", where)
 		}
+	}
+}
+
+// checkStateModes walks a state directory after a run: every file is the
+// relay's alone (0600 or less), every directory too (0700 or less).
+func checkStateModes(t *testing.T, dir string) {
+	t.Helper()
+	var files int
+	filepath.Walk(dir, func(path string, info os.FileInfo, err error) error {
+		if err != nil {
+			return nil
+		}
+		switch {
+		case info.Mode().IsRegular():
+			files++
+			if info.Mode().Perm()&0o077 != 0 {
+				t.Errorf("%s has mode %v, want 0600", path, info.Mode().Perm())
+			}
+		case info.IsDir() && path != dir:
+			if info.Mode().Perm()&0o077 != 0 {
+				t.Errorf("directory %s has mode %v, want 0700", path, info.Mode().Perm())
+			}
+		}
+		return nil
+	})
+	if files < 5 {
+		t.Errorf("only %d files in the state directory %s: the walk saw nothing", files, dir)
 	}
 }

@@ -157,6 +157,25 @@ func Run(ctx context.Context, o Options) error {
 	// 1. The management plane.
 	var responder atomic.Pointer[mdns.Responder] // set once discovery runs
 	var tailnet atomic.Pointer[node.Node]        // set once the admin side runs
+	// The status page's facts, also the device setup sheet's (the LAN
+	// page's /sheet and the admin API's /v1/sheet make it from these).
+	a.page = func() status.Page {
+		p := status.Page{Version: version(), Now: time.Now(), Addresses: plantAddresses(o.Discovery)}
+		if r := a.Relay(); r != nil {
+			st := r.Status()
+			p.Hostname, p.Relay = r.Hostname(), &st
+		} else {
+			p.Hostname, _ = os.Hostname()
+			p.Problem = *a.problem.Load()
+		}
+		if m := responder.Load(); m != nil {
+			p.MDNSName = m.Name() + ".local" // the name in use, after any conflict
+		}
+		if n := tailnet.Load(); n != nil {
+			p.Tailnet = n.State().State // "join failed: ..." for a wrong or expired key
+		}
+		return p
+	}
 	var httpAddr net.Addr
 	if o.HTTPAddr != "" {
 		l, err := net.Listen("tcp", o.HTTPAddr)
@@ -168,23 +187,7 @@ func Run(ctx context.Context, o Options) error {
 		mux.Handle("/metrics", a.metrics())
 		mux.Handle(provapi.Version+"/", server.LANRefusal()) // the admin API is on the tailnet only
 		mux.Handle(web.Prefix, web.LANRefusal())             // and so is the admin page
-		mux.Handle("/", status.Handler(func() status.Page {
-			p := status.Page{Version: version(), Now: time.Now()}
-			if r := a.Relay(); r != nil {
-				st := r.Status()
-				p.Hostname, p.Relay = r.Hostname(), &st
-			} else {
-				p.Hostname, _ = os.Hostname()
-				p.Problem = *a.problem.Load()
-			}
-			if m := responder.Load(); m != nil {
-				p.MDNSName = m.Name() + ".local" // the name in use, after any conflict
-			}
-			if n := tailnet.Load(); n != nil {
-				p.Tailnet = n.State().State // "join failed: ..." for a wrong or expired key
-			}
-			return p
-		}))
+		mux.Handle("/", status.Handler(a.page))
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go srv.Serve(l)
 		defer srv.Close()
@@ -230,6 +233,9 @@ func Run(ctx context.Context, o Options) error {
 		<-ctx.Done()
 		return nil
 	}
+	if f := a.auditFailures.Load(); f != nil {
+		r.SetAuditWriteFailures(*f)
+	}
 	a.relay.Store(r)
 	if resp := responder.Load(); resp != nil {
 		if err := resp.SetServices(services(r.Status(), disco.HTTPPort, disco.Instance)); err != nil {
@@ -270,6 +276,12 @@ type app struct {
 	mu      sync.Mutex // one reload at a time
 	// renewAudit puts certificate renewals in the audit log.
 	renewAudit *renewalAudit
+	// auditFailures reads the admin side's audit log failures, for the
+	// relay's siterelay_audit_write_failures_total (set by startAdmin,
+	// which may run before the relay is built).
+	auditFailures atomic.Pointer[func() uint64]
+	// page is the status page's facts now (set before anything serves).
+	page func() status.Page
 }
 
 // Relay is the relay in force (the same one for the process's life: a

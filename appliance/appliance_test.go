@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -92,6 +93,11 @@ func TestRunServesStatusPage(t *testing.T) {
 	code, page := get("/")
 	if code != http.StatusOK || !strings.Contains(page, a.smtp[0].(*net.TCPAddr).IP.String()+" port ") || !strings.Contains(page, "Relaying mail normally") {
 		t.Errorf("status page: %d\n%s", code, page)
+	}
+	port := strconv.Itoa(a.smtp[0].(*net.TCPAddr).Port)
+	if code, sheet := get("/sheet"); code != http.StatusOK || !strings.Contains(sheet, "Device setup sheet: relay-test") || strings.Contains(sheet, "<td>"+port+"</td>") {
+		// The test's listener is on loopback: the sheet leaves it out.
+		t.Errorf("sheet: %d\n%s", code, sheet)
 	}
 	if code, metrics := get("/metrics"); code != http.StatusOK || !strings.Contains(metrics, "siterelay_") {
 		t.Errorf("metrics: %d", code)

@@ -115,12 +115,17 @@ func moveBootstrap(bootstrapDir, stateDir string) (bool, error) {
 		from, to string
 		perm     os.FileMode
 	}{
-		{layout.SiteFile, state.Site(), 0o644},
+		{layout.SiteFile, state.Site(), 0o600},
 		{layout.TailnetKeyFile, state.TailnetAuthKey(), 0o600},
-		{layout.ConfigFile, state.Config(), 0o644},
+		{layout.ConfigFile, state.Config(), 0o600},
 	} {
 		dst := f.to
-		if _, err := os.Lstat(dst); err == nil {
+		if st, err := os.Lstat(dst); err == nil {
+			// Every state file is the relay's alone: one an older
+			// version left readable to others is closed now.
+			if st.Mode().IsRegular() && st.Mode().Perm()&^f.perm != 0 {
+				os.Chmod(dst, f.perm)
+			}
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join(bootstrapDir, f.from))

@@ -43,7 +43,7 @@ func Doctor(ctx context.Context, cfg *config.Config, dir string, d Deps, testTo 
 		if w.Secret == "" {
 			what = "file " + w.File
 		}
-		steps = append(steps, upstream.Step{Name: what + " (" + w.Key + ")", Detail: w.Reason + ": " + w.Detail + "; fix: " + w.Fix})
+		steps = append(steps, upstream.Step{Name: what + " (" + w.Key + ")", Detail: w.Reason + ": " + w.Detail + " — " + w.Fix})
 	}
 	return append(steps, doctor.Run(ctx, cfg, dd)...), nil
 }

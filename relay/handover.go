@@ -34,6 +34,12 @@ func (r *Relay) listen(addr string, handover []*listener) (net.Listener, error) 
 	if r.d.Listen != nil {
 		return r.d.Listen("tcp", addr)
 	}
+	return bindOwn(addr, handover)
+}
+
+// bindOwn binds addr with the relay's own socket options, taking the port
+// over from handover's sockets (see above).
+func bindOwn(addr string, handover []*listener) (net.Listener, error) {
 	var lc net.ListenConfig
 	if len(handover) > 0 {
 		for _, old := range handover {

@@ -6,11 +6,31 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/siterelay/siterelay/relay/alerts"
 	"github.com/siterelay/siterelay/relay/certs"
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/metrics"
 )
+
+// registerAuditMetric exports the admin side's audit write failures: the
+// relay does not keep the audit log, the appliance tells it where to read
+// (SetAuditWriteFailures); 0 until then.
+func (r *Relay) registerAuditMetric() {
+	r.metrics.Registry().MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "siterelay_audit_write_failures_total",
+		Help: "Audit entries that could not be written, and failed rotations, of the admin API's audit log: a change that cannot be audited is refused.",
+	}, func() float64 {
+		if fn := r.auditFailures.Load(); fn != nil {
+			return float64((*fn)())
+		}
+		return 0
+	}))
+}
+
+// SetAuditWriteFailures makes siterelay_audit_write_failures_total read fn.
+func (r *Relay) SetAuditWriteFailures(fn func() uint64) { r.auditFailures.Store(&fn) }
 
 // observability: what the metrics read of the relay beyond the trace
 // (which they subscribe to), kept beside relay.go so that the root only

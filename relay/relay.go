@@ -112,9 +112,12 @@ type Relay struct {
 	spool   *spool.Spool
 	trace   *trace.Store
 	metrics *metrics.Metrics
-	up      *switchable
-	upSched upstream.Upstream // up, as the scheduler sees it: instrumented
-	fo      *failovers
+	// auditFailures is what siterelay_audit_write_failures_total reads
+	// (the admin side's audit log, set by the appliance).
+	auditFailures atomic.Pointer[func() uint64]
+	up            *switchable
+	upSched       upstream.Upstream // up, as the scheduler sees it: instrumented
+	fo            *failovers
 	// waitingM is siterelay_upstream_waiting.
 	waitingM *waitingMetric
 	// source is what runs when it is not config.json (SetConfigSource),
@@ -222,6 +225,7 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 	r.fo = newFailovers(r.metrics.Registry())
 	r.waitingM = newWaitingMetric(r.metrics.Registry())
 	r.sourceM = newConfigSourceMetric(r.metrics.Registry())
+	r.registerAuditMetric()
 	r.learned, err = learn.Open(r.dir.Learned(), learn.Options{Clock: d.Clock, Logger: d.Logger})
 	if err != nil {
 		return nil, err
@@ -242,7 +246,11 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 	r.observeGeneration(g)
 	listen := r.d.Listen
 	if d.BindRetry != nil {
-		r.d.Listen = listenOrRetry(listen, d.BindRetry, func(addr string, err error) {
+		base := listen
+		if base == nil { // the relay's own binding; at start there is nothing to hand over
+			base = func(_, addr string) (net.Listener, error) { return bindOwn(addr, nil) }
+		}
+		r.d.Listen = listenOrRetry(base, d.BindRetry, func(addr string, err error) {
 			r.log.Error("listener cannot bind; the others serve, it is tried again", "address", addr, "err", err)
 		})
 	}

@@ -53,6 +53,15 @@ type Status struct {
 	// Config, when set, says the relay does not run config.json: it did
 	// not build at start, and a kept version (or none) runs instead.
 	Config *ConfigSource `json:"config,omitempty"`
+	// UpstreamKinds are the kinds of the upstreams in force, sorted (one,
+	// or several with routes): the device setup sheet's notes depend on them.
+	UpstreamKinds []string `json:"upstream_kinds,omitempty"`
+	// SenderRule is what an upstream in force asks of a message's sender,
+	// for the device setup sheet: "mailbox" (Microsoft 365 takes only the
+	// mailbox the relay sends as, or one it may send as), "rewritten" (the
+	// relay puts that mailbox or senders.rewrite_from in From itself), or
+	// "" (no rule beyond the site's own senders settings).
+	SenderRule string `json:"sender_rule,omitempty"`
 }
 
 // ListenerStatus is one listener as a device sees it.
@@ -161,6 +170,7 @@ func (r *Relay) Status() Status {
 		Waiting:         append([]Waiting(nil), g.waiting...),
 		Config:          r.source.Load(),
 	}
+	s.UpstreamKinds, s.SenderRule = senderRule(g.cfg)
 	if t, ok := r.tlsCertificateExpiry(); ok {
 		s.TLSCertificateExpires = t.UTC()
 	}
@@ -253,4 +263,31 @@ func warnings(cfg *config.Config, now time.Time) []string {
 		return []string{m365.BasicAuthWarning(now)}
 	}
 	return nil
+}
+
+// senderRule gives Status.UpstreamKinds and Status.SenderRule for cfg.
+func senderRule(cfg *config.Config) ([]string, string) {
+	_, ups := cfg.EffectiveRoutes()
+	var kinds []string
+	mailbox, rewritten := false, cfg.Senders.RewriteFrom != ""
+	for _, u := range ups {
+		if !slices.Contains(kinds, string(u.Kind)) {
+			kinds = append(kinds, string(u.Kind))
+		}
+		if u.Kind.Mailbox() {
+			if u.M365.FromMailbox {
+				rewritten = true
+			} else {
+				mailbox = true
+			}
+		}
+	}
+	slices.Sort(kinds)
+	switch {
+	case mailbox && cfg.Senders.RewriteFrom == "":
+		return kinds, "mailbox"
+	case mailbox || rewritten:
+		return kinds, "rewritten"
+	}
+	return kinds, ""
 }

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"cmp"
 	"crypto/x509"
 	"fmt"
 	"os"
@@ -151,7 +152,23 @@ func buildKind(cfg *config.Config, u config.Upstream, key, dir string, d Deps) (
 	if err != nil {
 		return nil, "", fmt.Errorf("%s (%s): %w", key, u.Kind, err)
 	}
-	return up, string(u.Kind) + " " + u.M365.Tenant, nil
+	return up, m365Label(u.Kind, u.M365), nil
+}
+
+// m365Label names a Microsoft 365 upstream in the trace, the status and
+// the log: its kind and what tells it apart from another of the kind,
+// the domain whose MX host it sends to (m365-connector, m365-direct:
+// these have no tenant), else the tenant, else (a password login) the
+// mailbox.
+func m365Label(k config.Kind, m config.M365) string {
+	what := m.Tenant
+	switch {
+	case k.MX():
+		what = cmp.Or(m.Domain, m.MXHost)
+	case what == "":
+		what = m.Mailbox
+	}
+	return string(k) + " " + what
 }
 
 // explain gives the scheduler a plain-language hint for upstream replies:

@@ -28,9 +28,12 @@ type Page struct {
 	Hostname string `json:"hostname"`
 	// MDNSName is the name devices find the box by, e.g. "relay-2.local"
 	// after a conflict; "" when discovery is off.
-	MDNSName string    `json:"mdns_name,omitempty"`
-	Version  string    `json:"version,omitempty"`
-	Now      time.Time `json:"now"`
+	MDNSName string `json:"mdns_name,omitempty"`
+	// Addresses are the box's own addresses on the plant network (never a
+	// device's), for the device setup sheet.
+	Addresses []string  `json:"addresses,omitempty"`
+	Version   string    `json:"version,omitempty"`
+	Now       time.Time `json:"now"`
 	// Problem, when set, is why the box accepts no mail at all (its
 	// storage is unusable); Relay is nil then.
 	Problem string        `json:"problem,omitempty"`
@@ -135,6 +138,9 @@ func Handler(page func() Page) http.Handler {
 			}
 		})
 	})
+	mux.HandleFunc("GET /sheet", func(w http.ResponseWriter, r *http.Request) {
+		serveSheet(w, page())
+	})
 	mux.HandleFunc("GET /status.json", func(w http.ResponseWriter, r *http.Request) {
 		respond(w, page(), "application/json", func(v view) {
 			enc := json.NewEncoder(w)
@@ -184,7 +190,7 @@ func (v view) DeviceAddress(l relay.ListenerStatus) string {
 	return host + " port " + port
 }
 
-//go:embed status.html
+//go:embed status.html sheet.html
 var files embed.FS
 
 var pageTemplate = template.Must(template.New("status.html").Funcs(template.FuncMap{

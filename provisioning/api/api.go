@@ -5,8 +5,11 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -46,6 +49,48 @@ const (
 	CSRFHeader = "Siterelay-Request"
 	CSRFValue  = "1"
 )
+
+// IfMatchHeader carries, on PUT /v1/config and POST /v1/devices/adopt, the
+// configuration version the change was based on (`"7"` or `7`; GET
+// /v1/config answers it as ETag). When another version is in force by then
+// the change is refused 409 stale_version, naming both; without the header
+// the change applies to whatever is in force.
+const IfMatchHeader = "If-Match"
+
+type ifMatchKey struct{}
+
+// WithIfMatch says the change made under ctx was based on version.
+func WithIfMatch(ctx context.Context, version int) context.Context {
+	return context.WithValue(ctx, ifMatchKey{}, version)
+}
+
+// IfMatch is the version a change under ctx was based on, if it said.
+func IfMatch(ctx context.Context) (int, bool) {
+	v, ok := ctx.Value(ifMatchKey{}).(int)
+	return v, ok
+}
+
+// ParseIfMatch reads an If-Match header's version ("" is none).
+func ParseIfMatch(h string) (int, bool, error) {
+	h = strings.TrimSpace(h)
+	if h == "" || h == "*" {
+		return 0, false, nil
+	}
+	h = strings.TrimPrefix(h, "W/")
+	v, err := strconv.Atoi(strings.Trim(h, `"`))
+	if err != nil || v < 0 {
+		return 0, false, &Error{Status: 400, Code: CodeBadRequest, Field: IfMatchHeader,
+			Message: fmt.Sprintf("%s %.40q: want the configuration version the change is based on, e.g. \"7\"", IfMatchHeader, h)}
+	}
+	return v, true, nil
+}
+
+// StaleVersion is the 409 for a change based on version base when current
+// is in force.
+func StaleVersion(base, current int) *Error {
+	return &Error{Status: 409, Code: CodeStale, Field: IfMatchHeader,
+		Message: fmt.Sprintf("the change was based on configuration version %d, but version %d is in force now (someone changed it since): nothing was changed; look at the difference (relayctl config get) and put again, or overwrite with relayctl -force", base, current)}
+}
 
 // MaxBody bounds every request body (a PFX or a configuration is far
 // smaller).
@@ -105,6 +150,16 @@ const (
 	CodeMethod        = "method_not_allowed"
 	CodeInternal      = "internal"
 	CodeUnavailable   = "unavailable"
+	// CodeAuditUnavailable: a changing call refused because its audit
+	// entry could not be written first (nothing was changed).
+	CodeAuditUnavailable = "audit_unavailable"
+	// CodeMisdirected: the request named a host (Host or Origin) that is
+	// not one of the relay's own tailnet names or addresses (DNS
+	// rebinding); answered 421.
+	CodeMisdirected = "misdirected"
+	// CodeStale: a configuration change based on a version that is no
+	// longer the current one (If-Match); answered 409.
+	CodeStale = "stale_version"
 )
 
 // Error is every error answer's body: {"error": {...}}.
@@ -203,6 +258,9 @@ type Status struct {
 	// Warnings an admin must act on (renewals that fail, basic
 	// authentication's end), in plain words.
 	Warnings []string `json:"warnings,omitempty"`
+	// Audit is the audit log's health: a change that cannot be audited
+	// is refused, so a problem here stops every change.
+	Audit AuditHealth `json:"audit"`
 }
 
 // Renewal is a box-made certificate the box renews through Graph
@@ -363,9 +421,11 @@ type NewCertificateResult struct {
 type Credential struct {
 	Name string `json:"name"`
 	Kind string `json:"kind"`
-	// Fingerprint is SHA-256 of the certificate (certificates) or the
-	// first 8 bytes of SHA-256 of the value (others), enough to tell two
-	// apart without revealing either.
+	// Fingerprint is "sha256:" and the SHA-256 thumbprint of the
+	// certificate (certificates), or "hmac-sha256:" and the first 8 bytes
+	// of HMAC-SHA256 of the value under the box's own random key
+	// (passwords, client secrets): enough to tell two values apart, and
+	// nobody without the key can test a guess against it.
 	Fingerprint string    `json:"fingerprint"`
 	Updated     time.Time `json:"updated"`
 	NotAfter    time.Time `json:"not_after,omitzero"`
@@ -517,9 +577,34 @@ type AuditEntry struct {
 	// What is the operation with its non-secret arguments, e.g.
 	// "put credential m365-secret (client-secret)".
 	What string `json:"what"`
-	// Result is "ok" or the error code.
+	// Result is "ok", "started" (written before an allowed change is
+	// made; its outcome follows in an entry of its own) or the error code.
 	Result string `json:"result"`
 	Status int    `json:"status"`
+	// Cut says a field was longer than the log keeps and was cut (its
+	// end is marked "…[cut]").
+	Cut bool `json:"cut,omitempty"`
+	// Count, when over 1, says this entry stands for that many refused
+	// calls of a caller with no role (they are summarised, at most one
+	// entry a minute per caller).
+	Count int `json:"count,omitempty"`
+	// Seq numbers the entries of a box in the order they were written
+	// (the order of entries with the same time).
+	Seq uint64 `json:"seq,omitempty"`
+}
+
+// AuditResultStarted is the result of the entry written before an allowed
+// change is made.
+const AuditResultStarted = "started"
+
+// AuditHealth is the audit log's state in the status.
+type AuditHealth struct {
+	// WriteFailures counts entries that could not be written (and so
+	// changes that were refused) and failed rotations since start.
+	WriteFailures uint64 `json:"write_failures"`
+	// Problem is the last failure, while it lasts ("" when the log is
+	// written normally).
+	Problem string `json:"problem,omitempty"`
 }
 
 type Firmware struct {
@@ -644,4 +729,18 @@ type AdoptResult struct {
 	Adopted     []AdoptedDevice `json:"adopted"`
 	DevicesOnly bool            `json:"devices_only"`
 	Config      ConfigResult    `json:"config"`
+}
+
+// PathSheet is the device setup sheet (viewer).
+const PathSheet = "/v1/sheet" // GET
+
+// Sheet is the device setup sheet for the site: what to type into a
+// device's mail settings and the notes for common device families. The
+// box makes it with the same function as the LAN status page's /sheet
+// (appliance/status.NewSheet), from the configuration in force; it holds
+// nothing the LAN page may not show.
+type Sheet struct {
+	Hostname string `json:"hostname"`
+	// Text is the sheet as plain text, ready to print.
+	Text string `json:"text"`
 }

@@ -40,7 +40,29 @@ func NewClient(host string, dial func(ctx context.Context, network, addr string)
 // is not there" from "the relay said no".
 var ErrUnreachable = errors.New("relay unreachable")
 
+// PutConfigBased puts doc as PutConfig does, saying it was based on
+// version base (If-Match): another version in force by then is a 409
+// stale_version *Error.
+func (c *Client) PutConfigBased(ctx context.Context, doc json.RawMessage, dryRun bool, base int) (*ConfigResult, error) {
+	var q url.Values
+	if dryRun {
+		q = url.Values{"dry_run": {"1"}}
+	}
+	var r ConfigResult
+	return &r, c.doHeader(ctx, "PUT", PathConfig, q, doc, &r, http.Header{IfMatchHeader: {strconv.Quote(strconv.Itoa(base))}})
+}
+
+// AdoptBased adopts as Adopt does, based on configuration version base.
+func (c *Client) AdoptBased(ctx context.Context, r AdoptRequest, base int) (*AdoptResult, error) {
+	var res AdoptResult
+	return &res, c.doHeader(ctx, "POST", PathAdopt, nil, r, &res, http.Header{IfMatchHeader: {strconv.Quote(strconv.Itoa(base))}})
+}
+
 func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, out any) error {
+	return c.doHeader(ctx, method, path, q, in, out, nil)
+}
+
+func (c *Client) doHeader(ctx context.Context, method, path string, q url.Values, in, out any, hdr http.Header) error {
 	var body io.Reader
 	raw, isRaw := in.(rawBody)
 	if isRaw {
@@ -61,6 +83,9 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, 
 		return err
 	}
 	req.Header.Set("Accept", "application/json")
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
 	switch {
 	case isRaw:
 		req.ContentLength = raw.n
@@ -249,6 +274,17 @@ func (c *Client) Audit(ctx context.Context, limit int) ([]AuditEntry, error) {
 	return l, c.do(ctx, "GET", PathAudit, q, nil, &l)
 }
 
+// AuditAfter returns the entries written after the one numbered seq
+// (AuditEntry.Seq), newest first, at most limit (relayctl audit -follow).
+func (c *Client) AuditAfter(ctx context.Context, seq uint64, limit int) ([]AuditEntry, error) {
+	q := url.Values{"after": {strconv.FormatUint(seq, 10)}}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	var l []AuditEntry
+	return l, c.do(ctx, "GET", PathAudit, q, nil, &l)
+}
+
 func (c *Client) Firmware(ctx context.Context) (*Firmware, error) {
 	var f Firmware
 	return &f, c.do(ctx, "GET", PathFirmware, nil, nil, &f)
@@ -296,4 +332,10 @@ func (c *Client) Devices(ctx context.Context) ([]SeenDevice, error) {
 func (c *Client) Adopt(ctx context.Context, r AdoptRequest) (*AdoptResult, error) {
 	var res AdoptResult
 	return &res, c.do(ctx, "POST", PathAdopt, nil, r, &res)
+}
+
+// Sheet is the box's device setup sheet.
+func (c *Client) Sheet(ctx context.Context) (*Sheet, error) {
+	var s Sheet
+	return &s, c.do(ctx, "GET", PathSheet, nil, nil, &s)
 }

@@ -182,6 +182,12 @@ func (s *Store) put(ctx context.Context, doc []byte, by string, dryRun bool) (*a
 	if err != nil {
 		return nil, err
 	}
+	// A change based on a version no longer in force would silently undo
+	// what came between (If-Match, api.WithIfMatch): checked under the
+	// lock, so of two puts based on one version exactly one is made.
+	if base, ok := api.IfMatch(ctx); ok && base != ix.Current {
+		return nil, api.StaleVersion(base, ix.Current)
+	}
 	old, err := os.ReadFile(s.dir.Config())
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("reading configuration: %w", err)
@@ -205,7 +211,7 @@ func (s *Store) put(ctx context.Context, doc []byte, by string, dryRun bool) (*a
 	if err := durable.WriteFile(s.dir.ConfigVersion(next), doc, 0o600); err != nil {
 		return nil, err
 	}
-	if err := durable.WriteFile(s.dir.Config(), doc, 0o644); err != nil {
+	if err := durable.WriteFile(s.dir.Config(), doc, 0o600); err != nil {
 		return nil, err
 	}
 	prev := ix.Current
@@ -217,7 +223,7 @@ func (s *Store) put(ctx context.Context, doc []byte, by string, dryRun bool) (*a
 		ix.Current = prev
 		os.Remove(s.dir.ConfigVersion(next))
 		if old != nil {
-			if werr := durable.WriteFile(s.dir.Config(), old, 0o644); werr != nil {
+			if werr := durable.WriteFile(s.dir.Config(), old, 0o600); werr != nil {
 				return nil, errors.Join(err, werr)
 			}
 			if rerr := s.apply(ctx); rerr != nil {

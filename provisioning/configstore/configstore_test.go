@@ -3,8 +3,10 @@ package configstore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -161,5 +163,52 @@ func TestEdit(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(dir.Config()); !strings.Contains(string(b), "outbox2") {
 		t.Errorf("config.json = %s", b)
+	}
+}
+
+// Two puts based on one version, at once: exactly one is made, the other
+// is 409 stale_version naming both versions; an edit (devices adopt)
+// based on a version gone is refused the same way.
+func TestConcurrentPutsOneStale(t *testing.T) {
+	for round := range 20 {
+		s, _ := newStore(t, func(context.Context) error { return nil })
+		ctx := api.WithIfMatch(context.Background(), 1)
+		var wg sync.WaitGroup
+		errs := make([]error, 2)
+		for i, doc := range []string{v2, strings.Replace(v2, "outbox2", "outbox3", 1)} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, errs[i] = s.Put(ctx, []byte(doc), fmt.Sprint("admin", i), false)
+			}()
+		}
+		wg.Wait()
+		var stale, ok int
+		for _, err := range errs {
+			var ae *api.Error
+			switch {
+			case err == nil:
+				ok++
+			case errors.As(err, &ae) && ae.Status == 409 && ae.Code == api.CodeStale &&
+				strings.Contains(ae.Message, "based on configuration version 1") && strings.Contains(ae.Message, "version 2 is in force"):
+				stale++
+			default:
+				t.Errorf("round %d: %v", round, err)
+			}
+		}
+		if ok != 1 || stale != 1 {
+			t.Fatalf("round %d: %d made, %d stale (%v), want one each", round, ok, stale, errs)
+		}
+		if s.Current() != 2 {
+			t.Fatalf("round %d: version %d in force, want 2", round, s.Current())
+		}
+		_, err := s.Edit(api.WithIfMatch(context.Background(), 1), func(b []byte) ([]byte, error) { return b, nil }, "admin", false)
+		var ae *api.Error
+		if !errors.As(err, &ae) || ae.Code != api.CodeStale {
+			t.Fatalf("edit based on version 1 with 2 in force: %v, want stale", err)
+		}
+		if _, err := s.Put(api.WithIfMatch(context.Background(), 2), []byte(v1), "admin", false); err != nil {
+			t.Fatalf("put based on the version in force: %v", err)
+		}
 	}
 }

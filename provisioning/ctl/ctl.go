@@ -87,6 +87,7 @@ const usage = `usage: relayctl [flags] COMMAND [args]
 commands:
   whoami                      your identity and role on the relay
   status                      the relay at a glance
+  sheet                       the device setup sheet for the site (as the LAN page's /sheet)
   queue [-sender A] [-recipient A] [-older-than D] [-pending] [-limit N]
   queue show ID [-body]       one message (the body needs admin)
   queue retry|bounce|delete ID
@@ -202,6 +203,8 @@ func Main(ctx context.Context, args []string, o IO) int {
 		code = e.whoami(ctx, rest)
 	case "status":
 		code = e.status(ctx, rest)
+	case "sheet":
+		code = e.sheet(ctx, rest)
 	case "queue":
 		code = e.queue(ctx, rest)
 	case "trace":

@@ -52,15 +52,20 @@ func (e *env) adopt(ctx context.Context, args []string) int {
 	addrs := fs.String("address", "", "adopt only the clients learned at these comma-separated addresses")
 	lock := fs.Bool("lock", true, "devices_only in the new configuration (false: unknown clients still relay as before)")
 	dry := fs.Bool("dry-run", false, "only show what would change")
+	base := fs.Int("base", 0, "the configuration version this adoption is based on (the one a dry run showed); default: the one in force now")
 	if pos, err := parse(fs, args); err != nil || len(pos) > 0 {
-		return e.fail(usageErr("relayctl devices adopt [-address A,B] [-lock=false] [-dry-run]"))
+		return e.fail(usageErr("relayctl devices adopt [-address A,B] [-lock=false] [-dry-run] [-base VERSION]"))
 	}
 	req := api.AdoptRequest{DevicesOnly: lock, DryRun: *dry}
 	if *addrs != "" {
 		req.Addresses = strings.Split(*addrs, ",")
 	}
 	return e.change(ctx, func(ctx context.Context, c *api.Client) error {
-		r, err := c.Adopt(ctx, req)
+		v, err := e.baseVersion(ctx, c, *base)
+		if err != nil {
+			return err
+		}
+		r, err := c.AdoptBased(ctx, req, v)
 		if err != nil {
 			return err
 		}

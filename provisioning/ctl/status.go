@@ -98,6 +98,11 @@ func (e *env) status(ctx context.Context, args []string) int {
 			}
 			row(t, "devices (24h)\t%d\n", len(s.Devices))
 			row(t, "tailnet\t%s %s\n", s.Tailnet.State, s.Tailnet.Name)
+			if s.Audit.Problem != "" {
+				row(t, "audit log\tFAILING (changes are refused while it cannot be written): %s\n", s.Audit.Problem)
+			} else if s.Audit.WriteFailures > 0 {
+				row(t, "audit log\tok (%d write failures since start)\n", s.Audit.WriteFailures)
+			}
 		})
 	})
 }

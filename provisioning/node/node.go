@@ -60,6 +60,10 @@ type Options struct {
 	Logger *slog.Logger
 }
 
+// ReadHeaderTimeout bounds how long a request's header may take to arrive
+// on the admin listener.
+const ReadHeaderTimeout = 10 * time.Second
+
 // State names.
 const (
 	NotManaged = "not managed"
@@ -139,6 +143,34 @@ func (n *Node) WhoIs(ctx context.Context, remoteAddr string) (*apitype.WhoIsResp
 	return lc.WhoIs(ctx, remoteAddr)
 }
 
+// Names are the node's own names and addresses as the tailnet says now
+// (they can change while it runs): its MagicDNS name with and without the
+// trailing dot, its short name (the first label), and its tailnet IPs. The
+// admin API answers only requests for these (server.Guard).
+func (n *Node) Names(ctx context.Context) ([]string, error) {
+	n.mu.Lock()
+	lc := n.lc
+	n.mu.Unlock()
+	if lc == nil {
+		return nil, errors.New("tailnet node not up")
+	}
+	st, err := lc.StatusWithoutPeers(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("the node's own status: %w", err)
+	}
+	var out []string
+	if st.Self != nil {
+		if full := strings.TrimSuffix(st.Self.DNSName, "."); full != "" {
+			short, _, _ := strings.Cut(full, ".")
+			out = append(out, full, short)
+		}
+	}
+	for _, ip := range st.TailscaleIPs {
+		out = append(out, ip.String())
+	}
+	return out, nil
+}
+
 // Server is the running tsnet server (nil before the node is up); tests
 // and relayctl use it to dial.
 func (n *Node) Server() *tsnet.Server {
@@ -207,7 +239,11 @@ func (n *Node) once(ctx context.Context) error {
 	n.state, n.srv, n.lc = s, srv, lc
 	n.mu.Unlock()
 	n.log.Info("tailnet up; admin API on the tailnet", "name", s.Name, "ips", s.IPs, "port", n.o.Port)
-	hs := &http.Server{Handler: n.o.Handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+	// The header must arrive in ReadHeaderTimeout; the body's time is
+	// set per request (server.Guard: the role is known first, and a
+	// firmware image gets longer than a JSON body). No ReadTimeout here:
+	// it would end a long answer (a log that follows) when it passes.
+	hs := &http.Server{Handler: n.o.Handler, ReadHeaderTimeout: ReadHeaderTimeout, IdleTimeout: 2 * time.Minute,
 		ErrorLog: nil}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()

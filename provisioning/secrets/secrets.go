@@ -8,6 +8,8 @@ package secrets
 
 import (
 	"crypto"
+	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -36,6 +38,9 @@ import (
 type Store struct {
 	dir   layout.Dir
 	clock func() time.Time
+
+	keyMu sync.Mutex
+	key   []byte // the fingerprint key, once read or made
 
 	mu   sync.Mutex
 	used map[string]time.Time // last use seen by this process
@@ -118,8 +123,11 @@ func (s *Store) Put(name string, p api.CredentialPut) (*api.Credential, error) {
 			return nil, invalid("secret", "holds a line break or NUL: give one line")
 		}
 		value = []byte(v)
-		sum := sha256.Sum256(value)
-		m.Fingerprint = "sha256:" + hex.EncodeToString(sum[:8])
+		fp, err := s.secretFingerprint(value)
+		if err != nil {
+			return nil, err
+		}
+		m.Fingerprint = fp
 	case api.KindCertificate:
 		if p.Secret != "" {
 			return nil, invalid("secret", "a certificate takes certificate_pem and key_pem, or pfx and pfx_password")
@@ -156,7 +164,7 @@ func (s *Store) Put(name string, p api.CredentialPut) (*api.Credential, error) {
 	delete(s.used, name)
 	delete(s.kept, name)
 	if certPEM != nil {
-		if err := durable.WriteFile(s.dir.Certificate(name), certPEM, 0o644); err != nil {
+		if err := durable.WriteFile(s.dir.Certificate(name), certPEM, 0o600); err != nil {
 			return nil, fmt.Errorf("storing credential %s: %w", name, err)
 		}
 	}
@@ -320,7 +328,77 @@ func (s *Store) describe(name string, m meta) *api.Credential {
 	return s.describeLocked(name, m)
 }
 
+// FingerprintPrefix starts the fingerprint of a password or client
+// secret: the first 8 bytes of HMAC-SHA256 of the value under the box's
+// key (layout.Dir.FingerprintKey). A certificate's is "sha256:" and its
+// whole thumbprint, which is public anyway.
+const FingerprintPrefix = "hmac-sha256:"
+
+// secretFingerprint is value's fingerprint under the box's key, made on
+// first use.
+func (s *Store) secretFingerprint(value []byte) (string, error) {
+	key, err := s.fingerprintKey()
+	if err != nil {
+		return "", err
+	}
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte("siterelay credential fingerprint\x00"))
+	m.Write(value)
+	return FingerprintPrefix + hex.EncodeToString(m.Sum(nil)[:8]), nil
+}
+
+func (s *Store) fingerprintKey() ([]byte, error) {
+	s.keyMu.Lock()
+	defer s.keyMu.Unlock()
+	if s.key != nil {
+		return s.key, nil
+	}
+	path := s.dir.FingerprintKey()
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil && len(b) == 32:
+		s.key = b
+		return b, nil
+	case err == nil:
+		return nil, fmt.Errorf("the fingerprint key %s is %d bytes, not 32: remove it and a new one is made", path, len(b))
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("reading the fingerprint key: %w", err)
+	}
+	b = make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return nil, err
+	}
+	if err := durable.WriteFile(path, b, 0o600); err != nil {
+		return nil, fmt.Errorf("making the fingerprint key: %w", err)
+	}
+	s.key = b
+	return b, nil
+}
+
+// fingerprint is what is shown of m: a password's or client secret's
+// written before fingerprints were keyed (a bare SHA-256 of the value,
+// which a viewer could test guesses against) is made again from the
+// stored value, or left out.
+func (s *Store) fingerprint(name string, m meta) string {
+	if m.Kind != api.KindPassword && m.Kind != api.KindClientSecret {
+		return m.Fingerprint
+	}
+	if strings.HasPrefix(m.Fingerprint, FingerprintPrefix) {
+		return m.Fingerprint
+	}
+	v, err := os.ReadFile(s.dir.Secret(name))
+	if err != nil {
+		return ""
+	}
+	fp, err := s.secretFingerprint(v)
+	if err != nil {
+		return ""
+	}
+	return fp
+}
+
 func (s *Store) describeLocked(name string, m meta) *api.Credential {
+	m.Fingerprint = s.fingerprint(name, m)
 	used := s.used[name]
 	if m.LastUsed.After(used) {
 		used = m.LastUsed

@@ -4,8 +4,10 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -159,7 +161,7 @@ func TestListUsedDelete(t *testing.T) {
 	if len(l) != 2 || l[0].Name != "a" || l[1].Name != "b" || !l[0].LastUsed.Equal(now) || !l[1].LastUsed.IsZero() {
 		t.Fatalf("list = %+v", l)
 	}
-	if l[0].Fingerprint == l[1].Fingerprint || !strings.HasPrefix(l[0].Fingerprint, "sha256:") {
+	if l[0].Fingerprint == l[1].Fingerprint || !strings.HasPrefix(l[0].Fingerprint, FingerprintPrefix) {
 		t.Errorf("fingerprints %q %q", l[0].Fingerprint, l[1].Fingerprint)
 	}
 	if err := s.Delete("a"); err != nil {
@@ -318,5 +320,58 @@ func TestSecretExpiry(t *testing.T) {
 	kc := newCert(t, now.Add(time.Hour))
 	if _, err := s.Put("cert", api.CredentialPut{Kind: api.KindCertificate, CertificatePEM: kc.certPEM(), KeyPEM: kc.keyPEM(), Expires: exp}); err == nil {
 		t.Error("an expiry given for a certificate was taken")
+	}
+}
+
+// What viewers see of a password (the status carries List) is nothing
+// they can test a guess against without the box's key: no bare SHA-256 of
+// the value, and another box gives the same value another fingerprint.
+// A description written before fingerprints were keyed is shown keyed too.
+func TestFingerprintsNotGuessable(t *testing.T) {
+	const pw = "Winter2026!"
+	sum := sha256.Sum256([]byte(pw))
+	bare := hex.EncodeToString(sum[:])
+	list := func(dir layout.Dir) (string, string) {
+		s := New(dir, func() time.Time { return now })
+		l, err := s.List()
+		if err != nil || len(l) != 1 {
+			t.Fatalf("list = %+v, %v", l, err)
+		}
+		b, _ := json.Marshal(l)
+		return l[0].Fingerprint, string(b)
+	}
+	var fps []string
+	for range 2 {
+		dir := layout.Dir(t.TempDir())
+		if _, err := New(dir, nil).Put("m365-password", api.CredentialPut{Kind: api.KindPassword, Secret: pw}); err != nil {
+			t.Fatal(err)
+		}
+		fp, all := list(dir)
+		for n := 8; n <= len(bare); n += 2 {
+			// 4 bytes and more of the bare hash anywhere is a leak (fewer
+			// hex digits can occur by chance).
+			if strings.Contains(all, bare[:n]) {
+				t.Fatalf("the list holds %d hex digits of sha256(password): %s", n, all)
+			}
+		}
+		if !strings.HasPrefix(fp, FingerprintPrefix) {
+			t.Errorf("fingerprint %q, want %s...", fp, FingerprintPrefix)
+		}
+		if again, _ := list(dir); again != fp {
+			t.Errorf("fingerprint changed on reopening: %q then %q", fp, again)
+		}
+		st, err := os.Stat(dir.FingerprintKey())
+		if err != nil || st.Mode().Perm() != 0o600 || st.Size() != 32 {
+			t.Errorf("fingerprint key: %v %v", st, err)
+		}
+		// An old, bare description is shown keyed.
+		os.WriteFile(dir.SecretMeta("m365-password"), []byte(`{"kind":"password","fingerprint":"sha256:`+bare[:16]+`"}`), 0o600)
+		if got, all := list(dir); got != fp || strings.Contains(all, bare[:16]) {
+			t.Errorf("old description shown as %q (%s), want %q", got, all, fp)
+		}
+		fps = append(fps, fp)
+	}
+	if fps[0] == fps[1] {
+		t.Errorf("two boxes give the same password the same fingerprint %q", fps[0])
 	}
 }

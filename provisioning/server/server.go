@@ -34,6 +34,8 @@ var ErrNotFound = errors.New("not found")
 // Box is what the API needs of the running relay.
 type Box interface {
 	Status(ctx context.Context) (*api.Status, error)
+	// Sheet is the device setup sheet, made as the LAN page's /sheet is.
+	Sheet(ctx context.Context) (*api.Sheet, error)
 	Queue(ctx context.Context, f api.QueueFilter) ([]api.QueueItem, error)
 	Message(ctx context.Context, id string, body bool) (*api.Message, error)
 	Retry(ctx context.Context, id string) error
@@ -136,6 +138,7 @@ func Handler(o Options) http.Handler {
 	v, op, ad := api.Viewer, api.Operator, api.Admin
 	s.route("GET "+api.PathWhoAmI, api.None, s.whoami)
 	s.route("GET "+api.PathStatus, v, s.status)
+	s.route("GET "+api.PathSheet, v, s.sheet)
 	s.route("GET "+api.PathCredentials, ad, s.listCreds)
 	s.route("PUT "+api.PathCredential, ad, s.putCred)
 	s.route("DELETE "+api.PathCredential, ad, s.deleteCred)
@@ -200,12 +203,16 @@ type call struct {
 	// after runs once the call is answered and audited (the reboot after
 	// an update: the audit entry is on disk before relayd is stopped).
 	after func()
+	// started: the entry saying the change begins is written.
+	started bool
 }
 
 type handler func(w http.ResponseWriter, c *call) error
 
+// changing says whether a request of method may change something: every
+// one but GET, HEAD and OPTIONS is audited.
 func changing(method string) bool {
-	return method != http.MethodGet && method != http.MethodHead
+	return method != http.MethodGet && method != http.MethodHead && method != http.MethodOptions
 }
 
 func (s *server) route(pattern string, need api.Role, h handler) {
@@ -226,7 +233,12 @@ func (s *server) route(pattern string, need api.Role, h handler) {
 			writeErr(rec, ae)
 		}
 		if changing(r.Method) && s.Audit != nil {
-			Audit(s.Audit, s.Logger, s.Clock(), c.d, r, c.what, rec)
+			MarkAudited(r)
+			if err := Audit(s.Audit, s.Logger, s.Clock(), c.d, r, c.what, rec); err != nil && c.started {
+				// The change was made and its start is on record; the
+				// outcome is not.
+				s.Logger.Error("writing the audit log failed after a change was made", "what", c.what, "err", err)
+			}
 		}
 		if c.after != nil {
 			// The answer goes out now, after its audit entry: what runs
@@ -239,12 +251,12 @@ func (s *server) route(pattern string, need api.Role, h handler) {
 
 func (s *server) serve(w http.ResponseWriter, c *call, need api.Role, h handler) error {
 	r := c.r
-	wi, err := s.WhoIs(r.Context(), r.RemoteAddr)
-	if err != nil || wi == nil {
+	d, known := Decide(r, s.WhoIs, s.Policy)
+	if !known {
 		return &api.Error{Status: http.StatusUnauthorized, Code: api.CodeUnauthorized,
 			Message: "the caller is not a known tailnet node; the admin API answers only tailnet identities"}
 	}
-	c.d = s.Policy.Decide(wi)
+	c.d = d
 	c.r = r.WithContext(context.WithValue(r.Context(), callerKey{}, c.d.Identity.String()))
 	r = c.r
 	if changing(r.Method) && r.Header.Get(api.CSRFHeader) != api.CSRFValue {
@@ -257,6 +269,12 @@ func (s *server) serve(w http.ResponseWriter, c *call, need api.Role, h handler)
 			msg += "; " + c.d.Problem
 		}
 		return &api.Error{Status: http.StatusForbidden, Code: api.CodeForbidden, Message: msg}
+	}
+	if changing(r.Method) && s.Audit != nil {
+		if err := Begin(s.Audit, s.Clock(), c.d, r, c.what); err != nil {
+			return err
+		}
+		c.started = true
 	}
 	return h(w, c)
 }
@@ -291,23 +309,53 @@ func (r *Recorder) Flush() {
 	}
 }
 
+// Unwrap lets http.ResponseController reach the connection (read
+// deadlines, flushing) through the recorder.
+func (r *Recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
 // Audit appends the audit entry of a changing call, allowed or refused:
 // who (d) asked what through r, the result ("ok" or the error code) and
 // the status answered. The API and the admin page write the same entries.
-// A failed write is logged; the call has been answered already.
-func Audit(l *audit.Log, logger *slog.Logger, now time.Time, d authz.Decision, r *http.Request, what string, rec *Recorder) {
+// The error is for the caller to log: the call has been answered already.
+func Audit(l *audit.Log, logger *slog.Logger, now time.Time, d authz.Decision, r *http.Request, what string, rec *Recorder) error {
 	result := "ok"
-	if rec.Code != "" {
+	switch {
+	case rec.Code != "":
 		result = rec.Code
+	case rec.Status >= 400:
+		result = fmt.Sprintf("status_%d", rec.Status)
 	}
-	e := api.AuditEntry{Time: now.UTC(), Login: d.Login, Node: d.Node, Role: d.Role,
-		Method: r.Method, Path: r.URL.Path, What: what, Result: result, Status: rec.Status}
-	if e.Node == "" {
-		e.Node = "unknown (" + r.RemoteAddr + ")"
-	}
-	if err := l.Append(e); err != nil {
+	err := l.Append(entry(now, d, r, what, result, rec.Status))
+	if err != nil {
 		logger.Error("writing the audit log failed", "err", err)
 	}
+	return err
+}
+
+// Begin writes the entry saying an allowed change is about to be made.
+// When it cannot be written the change must not be made: the error is the
+// 503 to answer (naming the audit log).
+func Begin(l *audit.Log, now time.Time, d authz.Decision, r *http.Request, what string) error {
+	if err := l.Append(entry(now, d, r, what, api.AuditResultStarted, 0)); err != nil {
+		return &api.Error{Status: http.StatusServiceUnavailable, Code: api.CodeAuditUnavailable,
+			Message: "the audit log cannot be written (" + err.Error() + "), so no change is made; relayctl status shows the audit log's problem"}
+	}
+	return nil
+}
+
+func entry(now time.Time, d authz.Decision, r *http.Request, what, result string, status int) api.AuditEntry {
+	e := api.AuditEntry{Time: now.UTC(), Login: d.Login, Node: d.Node, Role: d.Role,
+		Method: r.Method, Path: r.URL.Path, What: what, Result: result, Status: status}
+	if e.Node == "" {
+		// The address without its port: a caller's refusals are
+		// summarised together whatever connection they came on.
+		host := r.RemoteAddr
+		if ap, err := netip.ParseAddrPort(host); err == nil {
+			host = ap.Addr().String()
+		}
+		e.Node = "unknown (" + host + ")"
+	}
+	return e
 }
 
 func writeErr(w http.ResponseWriter, e *api.Error) {
@@ -393,6 +441,14 @@ func (s *server) status(w http.ResponseWriter, c *call) error {
 		return err
 	}
 	return ok(w, st)
+}
+
+func (s *server) sheet(w http.ResponseWriter, c *call) error {
+	sh, err := s.Box.Sheet(c.r.Context())
+	if err != nil {
+		return err
+	}
+	return ok(w, sh)
 }
 
 func (s *server) listCreds(w http.ResponseWriter, c *call) error {
@@ -505,7 +561,21 @@ func (s *server) getConfig(w http.ResponseWriter, c *call) error {
 	if err != nil {
 		return err
 	}
+	w.Header().Set("ETag", strconv.Quote(strconv.Itoa(d.Version)))
 	return ok(w, d)
+}
+
+// ifMatch puts the version the change says it was based on (If-Match)
+// into its context, for the store to compare under its lock.
+func ifMatch(c *call) error {
+	v, ok, err := api.ParseIfMatch(c.r.Header.Get(api.IfMatchHeader))
+	if err != nil {
+		return err
+	}
+	if ok {
+		c.r = c.r.WithContext(api.WithIfMatch(c.r.Context(), v))
+	}
+	return nil
 }
 
 func (s *server) putConfig(w http.ResponseWriter, c *call) error {
@@ -514,6 +584,9 @@ func (s *server) putConfig(w http.ResponseWriter, c *call) error {
 	c.what = "put configuration"
 	if dryRun {
 		c.what = "dry run of a configuration"
+	}
+	if err := ifMatch(c); err != nil {
+		return err
 	}
 	var raw json.RawMessage
 	if err := decode(w, c.r, &raw); err != nil {
@@ -692,7 +765,23 @@ func (s *server) audit(w http.ResponseWriter, c *call) error {
 			return badParam("limit", "want a number of entries")
 		}
 	}
-	l, err := s.Audit.Read(n)
+	var after uint64
+	if v := c.r.URL.Query().Get("after"); v != "" {
+		var err error
+		if after, err = strconv.ParseUint(v, 10, 64); err != nil {
+			return badParam("after", "want the seq of an entry")
+		}
+	}
+	// Summaries of no-role refusals whose minute has passed are written
+	// first, so a flood that stopped shows.
+	s.Audit.Flush(s.Clock())
+	var l []api.AuditEntry
+	var err error
+	if after > 0 {
+		l, err = s.Audit.ReadAfter(after, n)
+	} else {
+		l, err = s.Audit.Read(n)
+	}
 	if err != nil {
 		return err
 	}
@@ -737,6 +826,9 @@ func (s *server) update(w http.ResponseWriter, c *call) error {
 		return &api.Error{Status: http.StatusRequestEntityTooLarge, Code: api.CodeTooLarge,
 			Message: fmt.Sprintf("root file system of %d bytes is over the %d-byte root partition", n, api.MaxRootBytes)}
 	}
+	// An image takes longer than Guard's read timeout: at least 16 KiB/s
+	// for an admin, plus ten minutes.
+	ExtendRead(w, s.Clock().Add(10*time.Minute+time.Duration(n/(16<<10))*time.Second))
 	from := s.Box.Firmware().Version
 	c.what = fmt.Sprintf("firmware update from %s: %d-byte root file system", from, n)
 	if o.TestBoot {
@@ -807,6 +899,9 @@ func (s *server) adopt(w http.ResponseWriter, c *call) error {
 	c.what = "adopt devices"
 	if s.Devices == nil {
 		return s.noDevices()
+	}
+	if err := ifMatch(c); err != nil {
+		return err
 	}
 	var req api.AdoptRequest
 	if c.r.ContentLength != 0 {

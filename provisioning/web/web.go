@@ -151,7 +151,8 @@ func (s *site) route(pattern string, need api.Role, h handler) {
 			rec.Code = pe.code
 			s.problem(rec, pe.status, pe.msg)
 		}
-		if r.Method == http.MethodPost && s.Audit != nil {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead && r.Method != http.MethodOptions && s.Audit != nil {
+			server.MarkAudited(r)
 			server.Audit(s.Audit, s.Logger, s.Clock(), c.d, r, c.what, rec)
 		}
 	})
@@ -159,14 +160,23 @@ func (s *site) route(pattern string, need api.Role, h handler) {
 
 func (s *site) serve(w http.ResponseWriter, c *call, need api.Role, h handler) error {
 	r := c.r
-	wi, err := s.WhoIs(r.Context(), r.RemoteAddr)
-	if err != nil || wi == nil {
+	d, known := server.Decide(r, s.WhoIs, s.Policy)
+	if !known {
 		return &pageError{status: http.StatusUnauthorized, code: api.CodeUnauthorized,
 			msg: "Your browser's connection does not come from a known tailnet node: open the page through relayctl web (docs/provisioning.md)."}
 	}
-	c.d = s.Policy.Decide(wi)
+	c.d = d
 	c.r = r.WithContext(server.WithCaller(r.Context(), c.d.Identity.String()))
 	r = c.r
+	// The role first: nothing of a caller's body is read before it is
+	// known the caller may do this at all.
+	if c.d.Role < need {
+		msg := fmt.Sprintf("%s has role %s; this needs %s (grant %s in the tailnet policy, see docs/provisioning.md).", c.d.Identity, c.d.Role, need, authz.Capability)
+		if c.d.Problem != "" {
+			msg += " " + c.d.Problem
+		}
+		return &pageError{status: http.StatusForbidden, code: api.CodeForbidden, msg: msg}
+	}
 	if r.Method == http.MethodPost {
 		r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
 		if err := s.cop.Check(r); err != nil {
@@ -180,13 +190,11 @@ func (s *site) serve(w http.ResponseWriter, c *call, need api.Role, h handler) e
 			return &pageError{status: http.StatusForbidden, code: api.CodeCSRF,
 				msg: "Refused: the form's token is missing or stale (the relay restarted, or the form came from elsewhere). Reload the page and try again."}
 		}
-	}
-	if c.d.Role < need {
-		msg := fmt.Sprintf("%s has role %s; this needs %s (grant %s in the tailnet policy, see docs/provisioning.md).", c.d.Identity, c.d.Role, need, authz.Capability)
-		if c.d.Problem != "" {
-			msg += " " + c.d.Problem
+		if s.Audit != nil {
+			if err := server.Begin(s.Audit, s.Clock(), c.d, r, c.what); err != nil {
+				return err
+			}
 		}
-		return &pageError{status: http.StatusForbidden, code: api.CodeForbidden, msg: msg}
 	}
 	return h(w, c)
 }

@@ -321,6 +321,7 @@ type snapshot struct {
 	hasFree, hasSynced               bool
 	delivered, deferred, throttled   float64
 	tokenOK, tokenFailed             float64
+	allowanceDay                     float64            // the highest upstream's share of its daily recipients used
 	certs                            map[string]float64 // credential -> seconds left
 	renewFailures, renewLeft         map[string]float64 // box-made certificate -> failures in a row, seconds left
 }
@@ -368,6 +369,10 @@ func readSnapshot(mfs []*dto.MetricFamily) snapshot {
 				s.renewFailures[label(m, "credential")] = v
 			case "siterelay_credential_renewal_expires_in_seconds":
 				s.renewLeft[label(m, "credential")] = v
+			case "siterelay_upstream_allowance_used_ratio":
+				if label(m, "window") == "day" {
+					s.allowanceDay = max(s.allowanceDay, v)
+				}
 			}
 		}
 	}
@@ -403,6 +408,10 @@ func (h *history) increase(now time.Time, window time.Duration, f func(snapshot)
 	return max(0, cur-f(h.snap[0])), false
 }
 
+// AllowanceDayShare is the share of an upstream's daily recipients past
+// which allowance_nearly_used fires (docs/alerts.yml's 0.9).
+const AllowanceDayShare = 0.9
+
 type rule struct {
 	severity, resolved, hint string
 }
@@ -410,13 +419,15 @@ type rule struct {
 // rules: the same words as docs/alerts.yml.
 var rules = map[string]rule{
 	"queue_stuck": {"critical", "Mail is being delivered again.",
-		"The upstream accepts nothing: look at the last deferral's reply and hint (relayd trace -status deferred, or the status page), then the upstream's credentials and network."},
+		"The upstream accepts nothing: look at the last deferral's reply and hint (relayctl trace -kind deferred, or the status page), then the upstream's credentials and network."},
 	"oldest_message": {"warning", "No message waits too long any more.",
-		"Mail is retried until delivery.lifetime runs out, then bounced: look up the oldest message in the trace (relayd trace -status deferred) for the upstream's reply."},
+		"Mail is retried until delivery.lifetime runs out, then bounced: look up the oldest message in the trace (relayctl trace -kind deferred) for the upstream's reply."},
 	"upstream_failing": {"critical", "The upstream accepts mail again.",
 		"Nothing is lost: mail waits in the spool. The deferral's hint in the trace says what the upstream answered and what to change."},
 	"throttled": {"warning", "The upstream no longer throttles the relay.",
 		"The relay cools down and retries; nothing is lost. If it keeps happening, lower upstream.m365.limits (messages per minute, recipients per day) or spread the devices' sending."},
+	"allowance_nearly_used": {"warning", "The upstream's daily allowance has room again.",
+		"Past the limit the relay holds mail back until the 24-hour window frees up: find the device that sends most (siterelay_device_tls_messages_total) or raise the mailbox's allowance."},
 	"token_renewal_failing": {"critical", "The OAuth token is renewed again.",
 		"Entra refuses or cannot be reached: check the app's client secret or certificate (expired?), the tenant and client ID, and that login.microsoftonline.com is reachable. Mail waits meanwhile."},
 	"credential_expiring": {"warning", "No credential expires within 14 days any more.",
@@ -452,6 +463,9 @@ func judge(h *history, now time.Time, o Options) map[string]Alert {
 	}
 	if th, _ := h.increase(now, 15*time.Minute, func(s snapshot) float64 { return s.throttled }); th > 0 {
 		fire("throttled", "%.0f throttling replies from the upstream in 15 minutes.", th)
+	}
+	if s.allowanceDay > AllowanceDayShare {
+		fire("allowance_nearly_used", "%.0f%% of the upstream's daily recipients are used.", s.allowanceDay*100)
 	}
 	failed, _ := h.increase(now, 15*time.Minute, func(s snapshot) float64 { return s.tokenFailed })
 	if ok, _ := h.increase(now, 15*time.Minute, func(s snapshot) float64 { return s.tokenOK }); failed > 0 && ok == 0 {

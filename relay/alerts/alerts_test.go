@@ -20,6 +20,7 @@ type relayMetrics struct {
 	queue, oldest, free, synced             prometheus.Gauge
 	delivered, deferred, throttled, tokFail *prometheus.GaugeVec
 	creds                                   *prometheus.GaugeVec
+	allowance                               *prometheus.GaugeVec
 }
 
 func newRelayMetrics() *relayMetrics {
@@ -37,7 +38,8 @@ func newRelayMetrics() *relayMetrics {
 	m.throttled = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "siterelay_upstream_throttled_total", Help: "t"}, []string{"upstream"})
 	m.tokFail = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "siterelay_token_renewals_total", Help: "t"}, []string{"result"})
 	m.creds = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "siterelay_credential_expires_in_seconds", Help: "c"}, []string{"credential"})
-	m.reg.MustRegister(d, m.throttled, m.tokFail, m.creds)
+	m.allowance = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "siterelay_upstream_allowance_used_ratio", Help: "a"}, []string{"upstream", "window"})
+	m.reg.MustRegister(d, m.throttled, m.tokFail, m.creds, m.allowance)
 	return m
 }
 
@@ -89,7 +91,7 @@ func newEnv(t *testing.T, kind string, o Options) *env {
 	e := &env{m: newRelayMetrics(), rcv: newReceiver(t), now: time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)}
 	o.Kind, o.URL, o.Relay, o.Metrics = kind, e.rcv.srv.URL+"/webhook?"+token, "plant-a", e.m.reg
 	if o.Conditions == nil {
-		o.Conditions = []string{"queue_stuck", "oldest_message", "upstream_failing", "throttled", "token_renewal_failing",
+		o.Conditions = []string{"queue_stuck", "oldest_message", "upstream_failing", "throttled", "allowance_nearly_used", "token_renewal_failing",
 			"credential_expiring", "disk_almost_full", "clock_not_synchronised"}
 	}
 	if o.MinInterval == 0 {
@@ -164,17 +166,23 @@ func TestEveryCondition(t *testing.T) {
 	e.check(0)
 	e.m.tokFail.WithLabelValues("failed").Set(3)
 	e.m.throttled.WithLabelValues("m365-oauth").Set(1)
+	e.m.allowance.WithLabelValues("m365-oauth", "minute").Set(1) // the minute's allowance is paced, not an alert
+	e.m.allowance.WithLabelValues("m365-oauth", "day").Set(0.95)
+	e.m.allowance.WithLabelValues("graph", "day").Set(0.2)
 	e.check(time.Minute)
 	seen := map[string]bool{}
 	for _, b := range e.rcv.got() {
 		var a Alert
 		json.Unmarshal([]byte(b), &a)
 		seen[a.Condition] = true
+		if a.Condition == "allowance_nearly_used" && a.Summary != "95% of the upstream's daily recipients are used." {
+			t.Errorf("allowance summary %q", a.Summary)
+		}
 		if a.Condition == "credential_expiring" && !strings.Contains(a.Summary, "tls certificate in 3.0 days") {
 			t.Errorf("credential summary %q", a.Summary)
 		}
 	}
-	for _, c := range []string{"oldest_message", "disk_almost_full", "clock_not_synchronised", "credential_expiring", "token_renewal_failing", "throttled"} {
+	for _, c := range []string{"oldest_message", "disk_almost_full", "clock_not_synchronised", "credential_expiring", "token_renewal_failing", "throttled", "allowance_nearly_used"} {
 		if !seen[c] {
 			t.Errorf("%s did not fire", c)
 		}

@@ -53,7 +53,7 @@ func LoadOrCreate(dir, certFile, keyFile, hostname string, now time.Time) (tls.C
 	if err := durable.WriteFile(kf, keyPEM, 0o600); err != nil {
 		return tls.Certificate{}, err
 	}
-	if err := durable.WriteFile(cf, certPEM, 0o644); err != nil {
+	if err := durable.WriteFile(cf, certPEM, 0o600); err != nil {
 		return tls.Certificate{}, err
 	}
 	return tls.X509KeyPair(certPEM, keyPEM)

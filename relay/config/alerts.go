@@ -35,7 +35,7 @@ type Webhook struct {
 
 // AlertConditions are the conditions a webhook can be told of, the same
 // as the rules in docs/alerts.yml.
-var AlertConditions = []string{"queue_stuck", "oldest_message", "upstream_failing", "throttled", "token_renewal_failing",
+var AlertConditions = []string{"queue_stuck", "oldest_message", "upstream_failing", "throttled", "allowance_nearly_used", "token_renewal_failing",
 	"credential_expiring", "certificate_renewal_failing", "certificate_renewal_overdue", "disk_almost_full", "clock_not_synchronised"}
 
 func (a *Alerts) setDefaults() {

@@ -99,7 +99,7 @@ func (c *Config) validateDevices() Errors {
 		switch {
 		case d.Name == "":
 			bad(k+".name", "empty: give the device a short name, e.g. \"printer-hall-2\"")
-		case strings.ContainsAny(d.Name, " \t\r\n\"\\{}=,"):
+		case !validDeviceName(d.Name):
 			bad(k+".name", "%q: use letters, digits, '-', '_' and '.' only", d.Name)
 		case names[d.Name]:
 			bad(k+".name", "%q is used by another device", d.Name)
@@ -161,7 +161,7 @@ func (c *Config) validateDevices() Errors {
 		}
 	}
 	if c.DevicesOnly && len(c.Devices) == 0 {
-		bad("devices_only", "no devices are configured, so every client would be refused; adopt them first (`relayctl devices adopt`, or `relayd devices adopt` on the box)")
+		bad("devices_only", "no devices are configured, so every client would be refused; adopt them first (`relayctl -relay NAME devices adopt` over the tailnet; off the box `relayd devices adopt`)")
 	}
 	return errs
 }
@@ -184,4 +184,17 @@ func validPattern(s string) bool {
 		return validDomain(d)
 	}
 	return validAddress(s)
+}
+
+// validDeviceName is the rule docs/config.md gives a device's name:
+// ASCII letters, digits, '-', '_' and '.' (the name is a metrics label
+// value, a trace field and a word on the status page); relay/learn makes
+// adopted names by the same rule.
+func validDeviceName(s string) bool {
+	for _, r := range s {
+		if !(r == '-' || r == '_' || r == '.' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+			return false
+		}
+	}
+	return s != ""
 }

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -48,7 +49,26 @@ func TestDevicesProblems(t *testing.T) {
 	}
 	_, err = Parse([]byte(`{"listeners":[{"address":":25","mode":"smtp","allowed_networks":["10.0.0.0/8"]}],
 	  "devices_only":true,"upstream":{"kind":"capture"}}`))
-	if err == nil || !strings.Contains(err.Error(), "devices_only:") || !strings.Contains(err.Error(), "relayd devices adopt") {
+	if err == nil || !strings.Contains(err.Error(), "devices_only:") || !strings.Contains(err.Error(), "relayctl -relay NAME devices adopt") {
 		t.Errorf("devices_only without devices: %v", err)
+	}
+}
+
+// TestDeviceNames: the names docs/config.md allows, and only those (a
+// name with '/', ':' or a non-ASCII letter was accepted before).
+func TestDeviceNames(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ok   bool
+	}{
+		{"printer-hall_2.a", true}, {"Boiler3", true}, {"a b", false}, {"a/b", false}, {"hall:2", false},
+		{"küche", false}, {"a;b", false}, {"<x>", false}, {`a"b`, false},
+	} {
+		doc := `{"listeners":[{"address":":25","mode":"smtp","allowed_networks":["10.0.0.0/8"]}],
+		  "devices":[{"name":` + strconv.Quote(tc.name) + `,"addresses":["10.1.2.3"]}],"upstream":{"kind":"capture"}}`
+		_, err := Parse([]byte(doc))
+		if got := err == nil; got != tc.ok {
+			t.Errorf("%q: accepted %v, want %v (%v)", tc.name, got, tc.ok, err)
+		}
 	}
 }

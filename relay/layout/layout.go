@@ -102,6 +102,12 @@ func (d Dir) Audit() string { return d.Path("audit") }
 // signed updates written (provisioning/firmware).
 func (d Dir) Firmware() string { return d.Path("firmware") }
 
+// FingerprintKey is the box's random key (32 bytes, 0600) under which the
+// fingerprints of passwords and client secrets are HMACs: a fingerprint
+// tells two values apart, and without the key nobody can test a guess
+// against it (provisioning/secrets).
+func (d Dir) FingerprintKey() string { return d.Path("fingerprint.key") }
+
 // Learned is the clients the relay has seen sending (relay/learn), from
 // which `relayd devices adopt` makes device entries.
 func (d Dir) Learned() string { return d.Path("learned-clients.json") }

@@ -238,7 +238,7 @@ func (s *Store) Save() error {
 	if err != nil {
 		return fmt.Errorf("saving learned clients: %w", err)
 	}
-	if err := durable.WriteFile(s.path, append(b, '\n'), 0o644); err != nil {
+	if err := durable.WriteFile(s.path, append(b, '\n'), 0o600); err != nil {
 		s.mu.Lock()
 		s.dirty = true
 		s.mu.Unlock()

@@ -108,7 +108,7 @@ func (p *Policy) Admit(ip netip.Addr, login *Account, dev *Device) error {
 	if dev == nil {
 		if p.devices.only {
 			return reply(550, smtp.EnhancedCode{5, 7, 1},
-				"%s is not a known device and this relay accepts known devices only (devices_only is true); the admin adopts it with `relayctl devices adopt` (on the box `relayd devices adopt` and a reload, or a devices[] entry)", ip.Unmap())
+				"%s is not a known device and this relay accepts known devices only (devices_only is true); the admin adopts it with `relayctl devices adopt` over the tailnet (off the box `relayd devices adopt` and a reload, or a devices[] entry)", ip.Unmap())
 		}
 		return nil
 	}

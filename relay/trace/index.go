@@ -312,7 +312,7 @@ func openIndex(path string, df *os.File) (*dayIndex, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o640)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("opening trace index: %w", err)
 	}
@@ -418,7 +418,7 @@ func rebuildIndex(dir string, d int64, stop func() bool) error {
 		return nil
 	}
 	tmp := idxPath + ".tmp"
-	if err := os.WriteFile(tmp, encodeSegment(nil, es, 0, end), 0o640); err != nil {
+	if err := os.WriteFile(tmp, encodeSegment(nil, es, 0, end), 0o600); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("rebuilding trace index: %w", err)
 	}

@@ -138,7 +138,7 @@ func newStore(dir string, opts Options) (*Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	if err := os.MkdirAll(dir, 0o750); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("opening trace: %w", err)
 	}
 	s := &Store{
@@ -448,7 +448,7 @@ func (s *Store) closeFile() {
 // middle of a line, a newline is added first so that only that line is lost,
 // not the next one too.
 func openDay(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o640)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("opening trace file: %w", err)
 	}

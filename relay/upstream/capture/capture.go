@@ -22,7 +22,7 @@ type Upstream struct {
 
 // New creates dir if needed.
 func New(dir string) (*Upstream, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating capture directory: %w", err)
 	}
 	return &Upstream{dir: dir}, nil
