@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -314,4 +315,32 @@ func FuzzParseSite(f *testing.F) {
 			t.Fatalf("accepted an incomplete site: %+v %+v", s, c)
 		}
 	})
+}
+
+// TestTargetsPinned: each target builds for the architecture its boxes
+// run, and its kernel is pinned to an exact version in the committed
+// builddir (an image build never resolves @latest).
+func TestTargetsPinned(t *testing.T) {
+	for _, tc := range []struct{ target, goarch, kernel string }{
+		{"pi", "arm64", "github.com/gokrazy/kernel.rpi"},
+		{"vm", "amd64", "github.com/gokrazy/kernel.amd64"},
+		{"vm-arm64", "arm64", "github.com/gokrazy/kernel.arm64"},
+	} {
+		tg, ok := targets[tc.target]
+		if !ok {
+			t.Errorf("no target %q", tc.target)
+			continue
+		}
+		if got := [2]string{tg.GOARCH, tg.Kernel}; got != [2]string{tc.goarch, tc.kernel} {
+			t.Errorf("%s: got %v, want %s %s", tc.target, got, tc.goarch, tc.kernel)
+		}
+		mod, err := os.ReadFile(filepath.Join("..", tc.target, "builddir", tc.kernel, "go.mod"))
+		if err != nil {
+			t.Errorf("%s: the kernel is not pinned: %v", tc.target, err)
+			continue
+		}
+		if !regexp.MustCompile(`(?m)^require ` + regexp.QuoteMeta(tc.kernel) + ` v\S+`).Match(mod) {
+			t.Errorf("%s: builddir go.mod requires no exact version of %s:\n%s", tc.target, tc.kernel, mod)
+		}
+	}
 }

@@ -29,7 +29,7 @@ import (
 
 func main() {
 	var (
-		target   = flag.String("target", "pi", "what the image boots on: pi (Raspberry Pi 4 and 5, arm64) or vm (amd64, QEMU)")
+		target   = flag.String("target", "pi", "what the image boots on: pi (Raspberry Pi 4 and 5, arm64), vm (amd64, QEMU) or vm-arm64 (arm64, QEMU virt)")
 		out      = flag.String("out", "images/out", "directory for the image and its work files")
 		check    = flag.Bool("check", false, "only validate the site file")
 		keyFile  = flag.String("auth-key-file", "", "tailnet join key file, instead of the site file's tailnet.auth_key_file")
@@ -78,7 +78,7 @@ func run(sitePath, targetName, out string, checkOnly bool, keyFile string, size 
 	}
 	t, ok := targets[targetName]
 	if !ok {
-		return fmt.Errorf("-target %q: want pi or vm", targetName)
+		return fmt.Errorf("-target %q: want pi, vm or vm-arm64", targetName)
 	}
 	if size == 0 {
 		size = t.Bytes
@@ -172,6 +172,13 @@ Its status page: http://%s:8025/
 		fmt.Printf(`
 To boot it (amd64, QEMU; SMTP forwarded to 127.0.0.1:2525):
   qemu-system-x86_64 -m 512 -smp 2 -nographic -drive file=%s,format=raw,if=virtio \
+    -netdev user,id=n,hostfwd=tcp:127.0.0.1:2525-:25 -device virtio-net-pci,netdev=n -device virtio-rng-pci
+`, im.Path)
+	case "vm-arm64":
+		fmt.Printf(`
+To boot it (arm64, QEMU virt with UEFI from Debian's qemu-efi-aarch64; SMTP forwarded to 127.0.0.1:2525):
+  qemu-system-aarch64 -M virt -cpu cortex-a72 -m 512 -smp 2 -nographic -bios /usr/share/qemu-efi-aarch64/QEMU_EFI.fd \
+    -drive file=%s,format=raw,if=virtio \
     -netdev user,id=n,hostfwd=tcp:127.0.0.1:2525-:25 -device virtio-net-pci,netdev=n -device virtio-rng-pci
 `, im.Path)
 	}

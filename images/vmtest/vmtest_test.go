@@ -133,7 +133,33 @@ type vm struct {
 	status string // 127.0.0.1:port forwarded to relayd's status page, :8025
 }
 
+// machine is how one architecture's QEMU boots an image: the program and
+// its arguments for the machine, CPU, disk and firmware. The network (the
+// forwards bootVM adds) and the serial log are the same for all.
+type machine struct {
+	qemu string
+	args func(img string) []string
+}
+
+// amd64 is the VM target (sitegen -target vm).
+var amd64 = machine{qemu: "qemu-system-x86_64", args: func(img string) []string {
+	return []string{
+		// Two vCPUs: a Pi has four cores; with one, the kernel's and
+		// gokrazy's start-up queue behind each other (boot 9–13 s, not 7–10).
+		"-accel", "tcg", "-m", "512", "-smp", "2",
+		// virtio: the e1000's link negotiation alone costs seconds under TCG.
+		"-drive", "file=" + img + ",format=raw,if=virtio",
+	}
+}}
+
 func bootVM(t *testing.T, img, serial string) *vm {
+	t.Helper()
+	return bootOn(t, amd64, img, serial)
+}
+
+// bootOn starts QEMU for m with the image, SMTP (:25), gokrazy's web port
+// (:80) and relayd's status page (:8025) forwarded on 127.0.0.1.
+func bootOn(t *testing.T, m machine, img, serial string) *vm {
 	t.Helper()
 	v := &vm{serial: serial, exited: make(chan struct{}),
 		smtp: fmt.Sprintf("127.0.0.1:%d", freePort(t)), http: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
@@ -141,20 +167,16 @@ func bootVM(t *testing.T, img, serial string) *vm {
 	_, sp, _ := net.SplitHostPort(v.smtp)
 	_, hp, _ := net.SplitHostPort(v.http)
 	_, stp, _ := net.SplitHostPort(v.status)
-	v.cmd = exec.Command("qemu-system-x86_64",
-		// Two vCPUs: a Pi has four cores; with one, the kernel's and
-		// gokrazy's start-up queue behind each other (boot 9–13 s, not 7–10).
-		"-accel", "tcg", "-m", "512", "-smp", "2",
+	args := append(m.args(img),
 		"-display", "none", "-no-reboot",
 		"-serial", "file:"+serial, "-monitor", "none",
-		// virtio: the e1000's link negotiation alone costs seconds under TCG.
-		"-drive", "file="+img+",format=raw,if=virtio",
 		"-netdev", "user,id=n,hostfwd=tcp:127.0.0.1:"+sp+"-:25,hostfwd=tcp:127.0.0.1:"+hp+"-:80,hostfwd=tcp:127.0.0.1:"+stp+"-:8025",
 		"-device", "virtio-net-pci,netdev=n",
 		// The kernel's random pool would otherwise wait seconds for jitter
 		// entropy (TCG has no RDRAND), and every Go program blocks in
 		// getrandom until it is ready; a Pi has a hardware RNG.
 		"-device", "virtio-rng-pci")
+	v.cmd = exec.Command(m.qemu, args...)
 	out, err := os.Create(serial + ".qemu")
 	if err != nil {
 		t.Fatal(err)
@@ -211,10 +233,16 @@ func (v *vm) waitReady(start time.Time) (time.Duration, error) {
 // retried once (about 1 boot in 24 hangs under TCG), a second hang fails.
 func boot(t *testing.T, img, dir, name string) (*vm, time.Duration) {
 	t.Helper()
+	return bootMachine(t, amd64, img, dir, name)
+}
+
+// bootMachine is boot for the machine m.
+func bootMachine(t *testing.T, m machine, img, dir, name string) (*vm, time.Duration) {
+	t.Helper()
 	for try := 1; try <= 2; try++ {
 		serial := filepath.Join(dir, fmt.Sprintf("%s-try%d.serial.log", name, try))
 		start := time.Now()
-		v := bootVM(t, img, serial)
+		v := bootOn(t, m, img, serial)
 		d, err := v.waitReady(start)
 		if err == nil {
 			t.Logf("%s: SMTP ready %.1f s after QEMU started (serial log %s)", name, d.Seconds(), serial)
