@@ -89,6 +89,9 @@ func runBox(t *testing.T, o Options) *box {
 	ctx, cancel := context.WithCancel(context.Background())
 	b.cancel = cancel
 	o.HTTPAddr = "127.0.0.1:0"
+	if o.ClockSynchronised == nil {
+		o.ClockSynchronised = clockSynchronised // the verdicts tests expect, whatever this machine's kernel says
+	}
 	// As relayd: one handler for "stderr" and the log ring beside it.
 	if o.Log == nil {
 		o.Log = logring.New(0)
@@ -487,3 +490,7 @@ func checkStateModes(t *testing.T, dir string) {
 		t.Errorf("only %d files in the state directory %s: the walk saw nothing", files, dir)
 	}
 }
+
+// clockSynchronised is a clock kept in step, for tests that expect an "ok"
+// verdict on a machine whose kernel may say the clock is not.
+func clockSynchronised() *bool { t := true; return &t }

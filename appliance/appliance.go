@@ -73,6 +73,11 @@ type Options struct {
 	// a fake tenant set them.
 	RootCAs    *x509.CertPool
 	HTTPClient *http.Client
+	// ClockSynchronised, when set, says whether the clock is kept in step
+	// (nil result: cannot tell) for the status verdict and the metrics;
+	// nil reads the kernel (relay.Deps). Tests that expect an "ok"
+	// verdict say "synchronised", whatever the test machine's kernel says.
+	ClockSynchronised func() *bool
 	// Log, when set, is relayd's log ring, fed by Logger's handler
 	// (logring.Handler): Run keeps it in the state directory (the previous
 	// runs' lines and how they ended survive a restart), and the admin
@@ -299,7 +304,7 @@ func (a *app) managed() bool { return a.o.Box || a.o.Tailnet != nil }
 func (a *app) deps() relay.Deps {
 	d := relay.Deps{Logger: a.log, Secret: secretStore(layout.Dir(a.o.StateDir).Secrets()),
 		SecretUsed: a.creds.Used, RootCAs: a.o.RootCAs, HTTPClient: a.o.HTTPClient,
-		KeyStore: a.creds, RenewalStep: a.renewAudit.step}
+		KeyStore: a.creds, RenewalStep: a.renewAudit.step, ClockSynchronised: a.o.ClockSynchronised}
 	if a.o.Tailnet != nil {
 		d.Name = a.o.Tailnet.Site
 	}

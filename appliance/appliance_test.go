@@ -37,7 +37,7 @@ func TestRunServesStatusPage(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- Run(ctx, Options{StateDir: dir, HTTPAddr: "127.0.0.1:0",
+		done <- Run(ctx, Options{StateDir: dir, HTTPAddr: "127.0.0.1:0", ClockSynchronised: clockSynchronised,
 			Ready: func(s []net.Addr, h net.Addr) { ready <- addrs{s, h} }})
 	}()
 	t.Cleanup(func() {

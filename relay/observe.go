@@ -55,9 +55,14 @@ func (r *Relay) metricsGauges() metrics.Gauges {
 		UpstreamConnections:  r.upstreamConnections,
 		DeviceQueues:         r.deviceQueues,
 		TLSCertificateExpiry: r.tlsCertificateExpiry,
-		ClockSynchronised:    metrics.ClockSynchronised,
-		Renewals:             r.renewalMetrics,
-		Clock:                r.d.Clock,
+		ClockSynchronised: func() (synced, known bool) {
+			if p := r.d.ClockSynchronised(); p != nil {
+				return *p, true
+			}
+			return false, false
+		},
+		Renewals: r.renewalMetrics,
+		Clock:    r.d.Clock,
 	}
 }
 

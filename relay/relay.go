@@ -84,6 +84,11 @@ type Deps struct {
 	// name), for the commands the waiting state shows; "" means the
 	// configuration's host name.
 	Name string
+	// ClockSynchronised says whether the clock is kept in step: a pointer
+	// to true or false, nil when it cannot tell (an unknown clock is no
+	// warning). Nil reads the kernel (metrics.ClockSynchronised); tests
+	// set it, since a test machine's kernel may say either.
+	ClockSynchronised func() *bool
 
 	// Set by the relay for the upstream it builds (metrics), not by callers.
 	tokenRenewed      func(time.Time, error)
@@ -97,6 +102,9 @@ func (d *Deps) defaults() {
 	}
 	if d.Logger == nil {
 		d.Logger = slog.New(slog.DiscardHandler)
+	}
+	if d.ClockSynchronised == nil {
+		d.ClockSynchronised = kernelClock
 	}
 	if d.Secret == nil {
 		d.Secret = func(name string) ([]byte, error) {

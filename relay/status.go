@@ -179,9 +179,7 @@ func (r *Relay) Status() Status {
 	if t, ok := r.tlsCertificateExpiry(); ok {
 		s.TLSCertificateExpires = t.UTC()
 	}
-	if synced, known := metrics.ClockSynchronised(); known {
-		s.ClockSynchronised = &synced
-	}
+	s.ClockSynchronised = r.d.ClockSynchronised()
 	r.seen.mu.Lock()
 	defer r.seen.mu.Unlock()
 	s.Upstream = r.seen.upstream
@@ -295,4 +293,12 @@ func senderRule(cfg *config.Config) ([]string, string) {
 		return kinds, "rewritten"
 	}
 	return kinds, ""
+}
+
+// kernelClock is Deps.ClockSynchronised's default: what the kernel says.
+func kernelClock() *bool {
+	if synced, known := metrics.ClockSynchronised(); known {
+		return &synced
+	}
+	return nil
 }

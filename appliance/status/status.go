@@ -47,7 +47,8 @@ type Page struct {
 // Health is the page's verdict, first thing on screen.
 type Health struct {
 	// State is "ok", "warning" (mail waits or is old, a secret or file
-	// is missing, a kept configuration runs, a listener is not bound) or "down" (no mail accepted). These are
+	// is missing, a kept configuration runs, a listener is not bound, the
+	// clock is not synchronised; a clock nobody can judge is no warning) or "down" (no mail accepted). These are
 	// the box's one health vocabulary: the admin API's Status.Health and
 	// relayctl status say the same words, judged here.
 	State string `json:"state"`
@@ -109,6 +110,9 @@ func (p Page) Health() Health {
 		}
 	}
 
+	if c := p.Relay.ClockSynchronised; c != nil && !*c {
+		h.Notes = append(h.Notes, "The clock is not synchronised (NTP): Microsoft's tokens, certificates and retry times depend on it; check the site's ntp servers are reachable from the box.")
+	}
 	if o := p.Relay.Queue.Oldest; !o.IsZero() && p.Now.Sub(o) > StaleAfter {
 		h.Notes = append(h.Notes, fmt.Sprintf("The oldest queued message has waited %s.", duration(p.Now.Sub(o))))
 	}

@@ -49,6 +49,14 @@ func TestHealth(t *testing.T) {
 	bounceOnly := samplePage()
 	bounceOnly.Relay.Upstream.LastProblem.Kind = trace.Bounced
 	bounceOnly.Relay.Queue = relay.QueueStatus{}
+	yes, no := true, false
+	synced, unsynced := samplePage(), samplePage()
+	for _, p := range []*Page{&synced, &unsynced} {
+		p.Relay.Upstream.LastProblem = nil
+		p.Relay.Queue = relay.QueueStatus{}
+	}
+	synced.Relay.ClockSynchronised = &yes
+	unsynced.Relay.ClockSynchronised = &no
 	recovered := samplePage()
 	recovered.Relay.Upstream.LastDelivered = now
 	recovered.Relay.Queue.Oldest = now.Add(-time.Minute)
@@ -59,6 +67,9 @@ func TestHealth(t *testing.T) {
 		wantNotes []string
 	}{
 		{"healthy", ok, "ok", nil},
+		{"clock synchronised", synced, "ok", nil},
+		{"clock not synchronised", unsynced, "warning", []string{"clock is not synchronised", "ntp servers"}},
+		{"clock nobody can judge (nil)", ok, "ok", nil},
 		{"a bounce is not an upstream failure", bounceOnly, "ok", nil},
 		{"delivered since the deferral", recovered, "ok", nil},
 		{"deferred and old mail", samplePage(), "warning", []string{"Server busy", "throttling <this> relay", "1 h 30 min"}},

@@ -281,6 +281,26 @@ type relayStatus struct {
 	} `json:"relay"`
 }
 
+// healthy says the verdict is "ok" but for the clock: the guest's kernel
+// says its clock is not synchronised whatever gokrazy's ntp does (it sets
+// the time with settimeofday(2), which leaves STA_UNSYNC set, and the
+// test's network has no NTP server), so a warning whose only note is the
+// clock's is as healthy as this VM can be.
+func healthy(st relayStatus) bool {
+	if st.Health.State == "ok" {
+		return true
+	}
+	if st.Health.State != "warning" || len(st.Health.Notes) == 0 {
+		return false
+	}
+	for _, n := range st.Health.Notes {
+		if !strings.HasPrefix(n, "The clock is not synchronised") {
+			return false
+		}
+	}
+	return true
+}
+
 // relayStatus reads relayd's own status page (not gokrazy's) on the box.
 func (v *vm) relayStatus() (relayStatus, error) {
 	var st relayStatus
@@ -426,8 +446,10 @@ func TestVM(t *testing.T) {
 	}
 	if err != nil {
 		t.Errorf("relayd status page: %v", err)
-	} else if st.Hostname != "relay-vmtest" || st.MDNSName != "relay-vmtest.local" || st.Health.State != "ok" || st.Relay.Counts["delivered"] < 1 {
+	} else if st.Hostname != "relay-vmtest" || st.MDNSName != "relay-vmtest.local" || !healthy(st) || st.Relay.Counts["delivered"] < 1 {
 		t.Errorf("relayd status page: got %+v, want relay-vmtest, relay-vmtest.local, ok, a delivery", st)
+	} else {
+		t.Logf("relayd status page: %s %q", st.Health.State, st.Health.Notes)
 	}
 
 	// Upstream down: the box accepts and spools; then the power is cut.
