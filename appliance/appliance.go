@@ -311,8 +311,19 @@ func (a *app) deps() relay.Deps {
 	if a.managed() {
 		d.BindRetry = bindBackoff
 	}
+	if d.ClockSynchronised == nil && OnGokrazy() {
+		d.ClockSynchronised = gokrazyClock
+	}
 	return d
 }
+
+// gokrazyClock is the clock's state on a gokrazy box: unknown. gokrazy's
+// ntp sets the time with settimeofday(2), and the kernel marks its clock
+// unsynchronised at boot and after every settimeofday (only adjtimex clears
+// the flag), so the kernel's word would warn on every box, whatever NTP
+// does. Unknown gives no warning and no clock_not_synchronised alert
+// (docs/status.md) until the box has a time setter that says it is in step.
+func gokrazyClock() *bool { return nil }
 
 // startRelay builds the relay from config.json; on a managed box, where
 // that does not build, from the newest kept version in config.d/ that
