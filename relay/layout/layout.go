@@ -102,6 +102,14 @@ func (d Dir) Audit() string { return d.Path("audit") }
 // signed updates written (provisioning/firmware).
 func (d Dir) Firmware() string { return d.Path("firmware") }
 
+// OutboxDir is the capture upstream's default directory (the
+// configuration's upstream.capture.directory, relative to the state
+// directory), where delivered mail is written in development.
+const OutboxDir = "outbox"
+
+// Outbox is the capture upstream's default directory.
+func (d Dir) Outbox() string { return d.Path(OutboxDir) }
+
 // Learned is the clients the relay has seen sending (relay/learn), from
 // which `relayd devices adopt` makes device entries.
 func (d Dir) Learned() string { return d.Path("learned-clients.json") }
