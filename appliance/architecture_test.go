@@ -39,7 +39,7 @@ var importRules = []struct {
 	{"appliance/site", []string{"netcfg", "relay/strictjson"}},
 	{"appliance/buildinfo", nil}, // a leaf: sitegen stamps what it owns
 
-	{"provisioning", []string{"provisioning", "relay/config", "relay/layout", "relay/strictjson", "relay/durable", "netcfg"}},
+	{"provisioning", []string{"provisioning", "relay/config", "relay/layout", "relay/strictjson", "relay/durable", "relay/safetext", "netcfg"}},
 
 	{"cmd/relayd", []string{"appliance", "relay"}},
 	{"cmd/relaybench", nil},

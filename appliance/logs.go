@@ -11,6 +11,7 @@ import (
 	"github.com/siterelay/siterelay/appliance/logring"
 	"github.com/siterelay/siterelay/provisioning/api"
 	"github.com/siterelay/siterelay/relay/layout"
+	"github.com/siterelay/siterelay/relay/safetext"
 )
 
 // keepLog gives relayd's log ring its files in the state directory (the
@@ -46,7 +47,7 @@ func Say(console io.Writer, format string, a ...any) {
 	if console == nil {
 		return
 	}
-	fmt.Fprintf(console, "relayd: %s\n", api.Escape(fmt.Sprintf(format, a...)))
+	fmt.Fprintf(console, "relayd: %s\n", safetext.Escape(fmt.Sprintf(format, a...)))
 }
 
 // Logs reads relayd's log ring for the admin API and page.

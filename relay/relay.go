@@ -401,7 +401,7 @@ func (r *Relay) inboundOptions(g *generation, i int) inbound.Options {
 		Name: lc.Name, Hostname: g.hostname, TLS: tlsConf, RequireTLS: lc.RequireTLS,
 		Auth: *lc.Auth, RequireAuth: *lc.RequireAuth, AllowPlaintextAuth: lc.AllowPlaintextAuth,
 		MaxMessageBytes: g.maxSize, MaxMessageBytesSetting: sizeSetting,
-		MaxRecipients: cfg.Limits.MaxRecipients, MaxLineLength: cfg.Limits.MaxLineLength,
+		MaxRecipients: cfg.Limits.MaxRecipients, MaxLineLength: cfg.Limits.MaxLineLength, MaxHeaderBytes: cfg.Limits.MaxHeaderBytes,
 		ReadTimeout: cfg.Limits.ReadTimeout.D(), WriteTimeout: cfg.Limits.WriteTimeout.D(),
 		CommandTimeout: cfg.Limits.CommandTimeout.D(), MaxSessionTime: cfg.Limits.MaxSessionTime.D(),
 		MaxCommandsWithoutMail: cfg.Limits.MaxCommandsWithoutMail, MaxConnections: cfg.Limits.MaxConnections,

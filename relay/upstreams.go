@@ -100,51 +100,85 @@ func (d Deps) name(cfg *config.Config) string {
 	return cfg.Hostname
 }
 
+// kindFamily is everything the relay root asks of an upstream kind: how to
+// build it, which secrets it reads to deliver, and whether Microsoft's
+// reply table explains its replies. Adding a kind is a row in familyOf
+// (TestEveryKindHasAFamily fails for a kind of config.Kinds without one),
+// plus its keys and questions in relay/config/upstream.go.
+type kindFamily struct {
+	build   func(cfg *config.Config, u config.Upstream, key, dir string, d Deps) (upstream.Upstream, string, error)
+	secrets func(u config.Upstream) []string
+	// explain: Microsoft's table (m365.Explain) fits its replies (many
+	// smarthosts relay to Microsoft 365, and the codes are the same).
+	explain bool
+}
+
+// familyOf is the one switch on the upstream kind in the relay root.
+func familyOf(k config.Kind) (kindFamily, bool) {
+	switch {
+	case k == config.KindCapture:
+		return kindFamily{build: buildCapture, secrets: func(config.Upstream) []string { return nil }}, true
+	case k == config.KindSMTP:
+		return kindFamily{build: buildSMTP, secrets: smtpSecrets, explain: true}, true
+	case k.Microsoft():
+		return kindFamily{build: buildM365, secrets: m365Secrets, explain: true}, true
+	}
+	return kindFamily{}, false
+}
+
 // buildKind builds one upstream of its kind.
 func buildKind(cfg *config.Config, u config.Upstream, key, dir string, d Deps) (upstream.Upstream, string, error) {
-	switch u.Kind {
-	case config.KindCapture:
-		out := filepath.Join(dir, u.Capture.Directory)
-		up, err := capture.New(out)
-		return up, "capture " + out, err
-	case config.KindSMTP:
-		s := u.SMTP
-		opts := smarthost.Options{
-			Addr: s.Address, TLS: s.TLS, MinTLS: config.TLSVersions[s.MinTLS], ServerName: s.ServerName,
-			LocalName: cfg.Hostname, Concurrency: s.Concurrency, MaxRecipients: s.MaxRecipients,
-			MaxSize: s.MaxMessageBytes, MessagesPerMinute: s.MessagesPerMinute, Clock: d.Clock, Logger: d.Logger,
-		}
-		if s.CAFile != "" {
-			pem, err := os.ReadFile(layout.Dir(dir).Resolve(s.CAFile))
-			if err != nil {
-				return nil, "", fmt.Errorf("%s.smtp.ca_file: %w", key, err)
-			}
-			opts.RootCAs = x509.NewCertPool()
-			if !opts.RootCAs.AppendCertsFromPEM(pem) {
-				return nil, "", fmt.Errorf("%s.smtp.ca_file: no PEM certificate in %s", key, s.CAFile)
-			}
-		}
-		if s.Auth != "" {
-			pw, err := d.Secret(s.PasswordSecret)
-			if err != nil {
-				return nil, "", fmt.Errorf("%s.smtp.password_secret: %w", key, err)
-			}
-			opts.Auth = smarthost.Auth{Mechanism: s.Auth, Username: s.Username, Password: string(pw)}
-		}
-		up, err := smarthost.New(opts)
-		if err != nil {
-			return nil, "", fmt.Errorf("%s.smtp: %w", key, err)
-		}
-		if s.MessagesPerMinute > 0 {
-			// Pace below the smarthost's limit rather than be throttled.
-			return pace.Wrap(up, pace.Options{MessagesPerMinute: s.MessagesPerMinute, Clock: d.Clock, Logger: d.Logger}), "smtp " + s.Address, nil
-		}
-		return up, "smtp " + s.Address, nil
-	}
-	if !u.Kind.Microsoft() {
+	f, ok := familyOf(u.Kind)
+	if !ok {
 		return nil, "", fmt.Errorf("%s.kind %q: not a kind this relay knows", key, u.Kind)
 	}
-	// The Microsoft 365 kinds, already paced to Microsoft's limits.
+	return f.build(cfg, u, key, dir, d)
+}
+
+func buildCapture(cfg *config.Config, u config.Upstream, key, dir string, d Deps) (upstream.Upstream, string, error) {
+	out := filepath.Join(dir, u.Capture.Directory)
+	up, err := capture.New(out)
+	return up, "capture " + out, err
+}
+
+func buildSMTP(cfg *config.Config, u config.Upstream, key, dir string, d Deps) (upstream.Upstream, string, error) {
+	s := u.SMTP
+	opts := smarthost.Options{
+		Addr: s.Address, TLS: s.TLS, MinTLS: config.TLSVersions[s.MinTLS], ServerName: s.ServerName,
+		LocalName: cfg.Hostname, Concurrency: s.Concurrency, MaxRecipients: s.MaxRecipients,
+		MaxSize: s.MaxMessageBytes, MessagesPerMinute: s.MessagesPerMinute, Clock: d.Clock, Logger: d.Logger,
+	}
+	if s.CAFile != "" {
+		pem, err := os.ReadFile(layout.Dir(dir).Resolve(s.CAFile))
+		if err != nil {
+			return nil, "", fmt.Errorf("%s.smtp.ca_file: %w", key, err)
+		}
+		opts.RootCAs = x509.NewCertPool()
+		if !opts.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, "", fmt.Errorf("%s.smtp.ca_file: no PEM certificate in %s", key, s.CAFile)
+		}
+	}
+	if s.Auth != "" {
+		pw, err := d.Secret(s.PasswordSecret)
+		if err != nil {
+			return nil, "", fmt.Errorf("%s.smtp.password_secret: %w", key, err)
+		}
+		opts.Auth = smarthost.Auth{Mechanism: s.Auth, Username: s.Username, Password: string(pw)}
+	}
+	up, err := smarthost.New(opts)
+	if err != nil {
+		return nil, "", fmt.Errorf("%s.smtp: %w", key, err)
+	}
+	if s.MessagesPerMinute > 0 {
+		// Pace below the smarthost's limit rather than be throttled.
+		return pace.Wrap(up, pace.Options{MessagesPerMinute: s.MessagesPerMinute, Clock: d.Clock, Logger: d.Logger}), "smtp " + s.Address, nil
+	}
+	return up, "smtp " + s.Address, nil
+}
+
+// buildM365 builds the Microsoft 365 kinds, already paced to Microsoft's
+// limits.
+func buildM365(cfg *config.Config, u config.Upstream, key, dir string, d Deps) (upstream.Upstream, string, error) {
 	up, err := m365.New(u.Kind, u.M365, m365.Deps{
 		Secret: d.Secret, Clock: d.Clock, Logger: d.Logger, Resolver: d.Resolver, Dir: dir, LocalName: cfg.Hostname,
 		TokenRenewed: d.tokenRenewed, ClientCertificate: d.clientCertificate, RootCAs: d.RootCAs, HTTPClient: d.HTTPClient,
@@ -172,13 +206,12 @@ func m365Label(k config.Kind, m config.M365) string {
 }
 
 // explain gives the scheduler a plain-language hint for upstream replies:
-// Microsoft's table for the Microsoft kinds, and for a smarthost too (many
-// sites relay through one to Microsoft 365, and the codes are the same);
-// nothing when every upstream is a capture.
+// Microsoft's table when any upstream's family says it fits (kindFamily);
+// nothing when none does (every upstream a capture).
 func explain(cfg *config.Config) func(error) string {
 	_, ups := cfg.EffectiveRoutes()
 	for _, u := range ups {
-		if u.Kind != config.KindCapture {
+		if f, _ := familyOf(u.Kind); f.explain {
 			return m365.Explain
 		}
 	}
@@ -225,23 +258,27 @@ func upstreamSecrets(cfg *config.Config) func(label string) []string {
 
 // secretsOf names the secrets u reads to deliver.
 func secretsOf(u config.Upstream) []string {
+	f, ok := familyOf(u.Kind)
+	if !ok {
+		return nil
+	}
+	return f.secrets(u)
+}
+
+func smtpSecrets(u config.Upstream) []string {
+	if u.SMTP.Auth != "" && u.SMTP.PasswordSecret != "" {
+		return []string{u.SMTP.PasswordSecret}
+	}
+	return nil
+}
+
+func m365Secrets(u config.Upstream) []string {
 	var names []string
-	add := func(n string) {
+	m := u.M365
+	for _, n := range []string{m.ClientSecretSecret, m.CertificateKeySecret, m.PasswordSecret, m.ConnectorKeySecret} {
 		if n != "" {
 			names = append(names, n)
 		}
-	}
-	switch {
-	case u.Kind == config.KindSMTP:
-		if u.SMTP.Auth != "" {
-			add(u.SMTP.PasswordSecret)
-		}
-	case u.Kind.Microsoft():
-		m := u.M365
-		add(m.ClientSecretSecret)
-		add(m.CertificateKeySecret)
-		add(m.PasswordSecret)
-		add(m.ConnectorKeySecret)
 	}
 	return names
 }

@@ -26,7 +26,8 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
+
+	"github.com/siterelay/siterelay/relay/safetext"
 )
 
 // DefaultSize is the ring's size in bytes: about two days of a busy
@@ -447,75 +448,20 @@ func (t *tee) WithGroup(name string) slog.Handler {
 }
 
 // Escape is a slog ReplaceAttr for relayd's handlers: string values (and
-// errors) with characters JSON leaves raw but a terminal may act on (DEL,
-// the C1 controls U+0080–U+009F, bidirectional overrides, invalid UTF-8)
-// get them written as \xNN or \uNNNN. JSON escapes the C0 controls itself.
+// errors) go through safetext.Escape, the project's one rule, so a record
+// holds no character a terminal may act on whichever writer shows it (the
+// JSON handler, the ring, the console).
 func Escape(groups []string, a slog.Attr) slog.Attr {
 	v := a.Value.Resolve()
 	switch v.Kind() {
 	case slog.KindString:
-		if s, ok := escape(v.String()); ok {
-			a.Value = slog.StringValue(s)
+		if s, e := v.String(), safetext.Escape(v.String()); e != s {
+			a.Value = slog.StringValue(e)
 		}
 	case slog.KindAny:
 		if e, isErr := v.Any().(error); isErr && e != nil {
-			s, _ := escape(e.Error())
-			a.Value = slog.StringValue(s)
+			a.Value = slog.StringValue(safetext.Escape(e.Error()))
 		}
 	}
 	return a
-}
-
-// escape returns s with unsafe characters escaped, and whether it changed.
-func escape(s string) (string, bool) {
-	if !needsEscape(s) {
-		return s, false
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); {
-		r, n := decodeRune(s[i:])
-		switch {
-		case r == -1:
-			fmt.Fprintf(&b, `\x%02x`, s[i])
-		case unsafeRune(r):
-			if r < 0x100 {
-				fmt.Fprintf(&b, `\x%02x`, r)
-			} else {
-				fmt.Fprintf(&b, `\u%04x`, r)
-			}
-		default:
-			b.WriteString(s[i : i+n])
-		}
-		i += n
-	}
-	return b.String(), true
-}
-
-// unsafeRune: controls a JSON encoder leaves raw, and the bidirectional
-// formatting characters that reorder what a terminal shows. The C0
-// controls are escaped here too, for writers other than JSON (the
-// console).
-func unsafeRune(r rune) bool {
-	return r < 0x20 && r != '\t' || r == 0x7f || (r >= 0x80 && r <= 0x9f) ||
-		(r >= 0x202a && r <= 0x202e) || (r >= 0x2066 && r <= 0x2069)
-}
-
-func needsEscape(s string) bool {
-	for i := 0; i < len(s); {
-		r, n := decodeRune(s[i:])
-		if r == -1 || unsafeRune(r) {
-			return true
-		}
-		i += n
-	}
-	return false
-}
-
-// decodeRune is utf8.DecodeRuneInString with -1 for invalid bytes.
-func decodeRune(s string) (rune, int) {
-	r, n := utf8.DecodeRuneInString(s)
-	if r == utf8.RuneError && n == 1 {
-		return -1, 1
-	}
-	return r, n
 }

@@ -344,3 +344,41 @@ func TestTargetsPinned(t *testing.T) {
 		}
 	}
 }
+
+// TestSiteFileCarriesEveryField: appliance/site.Site is the one definition
+// of what the box reads; the site file is its superset (plus the join key
+// file and the relay section). Every field of site.Site must have its key in
+// the site file (at the top, or under "tailnet" for admins and
+// control_url) and reach the box through Bootstrap: a field added to
+// appliance/site alone fails here, naming it.
+func TestSiteFileCarriesEveryField(t *testing.T) {
+	full := edit(t, "tailnet", `{"auth_key_file": "k.tskey", "admins": ["alice@example.com"], "control_url": "https://hs.example.com"}`)
+	var m map[string]json.RawMessage
+	json.Unmarshal(full, &m)
+	m["discovery"] = json.RawMessage(`{"interfaces": ["eth0"], "site": "Plant A", "instance": "siterelay Plant A"}`)
+	full, _ = json.Marshal(m)
+	s, _, err := ParseSite(full)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := func(typ reflect.Type) []string {
+		var out []string
+		for i := range typ.NumField() {
+			out = append(out, strings.Split(typ.Field(i).Tag.Get("json"), ",")[0])
+		}
+		return out
+	}
+	top, tailnet := keys(reflect.TypeOf(Site{})), keys(reflect.TypeOf(Tailnet{}))
+	got := reflect.ValueOf(s.Bootstrap())
+	typ := got.Type()
+	for i := range typ.NumField() {
+		f := typ.Field(i)
+		key := strings.Split(f.Tag.Get("json"), ",")[0]
+		if !slices.Contains(top, key) && !slices.Contains(tailnet, key) {
+			t.Errorf("site.Site.%s (%q): no key in the site file (images/sitegen Site or Tailnet)", f.Name, key)
+		}
+		if got.Field(i).IsZero() {
+			t.Errorf("site.Site.%s: not carried from the site file by Bootstrap (or this test's full site file lacks it)", f.Name)
+		}
+	}
+}

@@ -11,7 +11,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
-	"unicode/utf8"
+
+	"github.com/siterelay/siterelay/relay/safetext"
 )
 
 // PathLogs is relayd's log (operator): GET with ?since= (an RFC 3339 time
@@ -114,8 +115,8 @@ func object(d *json.Decoder, prefix string, out *[]LogAttr) error {
 }
 
 // Text is the record for a terminal: "TIME LEVEL msg key=value ...", with
-// every control character, C1 control and bidirectional override escaped:
-// what a device sent (a HELO, a subject) never reaches a terminal raw.
+// every field through safetext.Escape, the project's one rule: what a
+// device sent (a HELO, a subject) never reaches a terminal raw.
 func (l LogLine) Text() string {
 	var b strings.Builder
 	if l.Time.IsZero() {
@@ -123,35 +124,13 @@ func (l LogLine) Text() string {
 	} else {
 		b.WriteString(l.Time.UTC().Format("2006-01-02T15:04:05.000Z"))
 	}
-	fmt.Fprintf(&b, " %-5s %s", Escape(l.Level), Escape(l.Msg))
+	fmt.Fprintf(&b, " %-5s %s", safetext.Escape(l.Level), safetext.Escape(l.Msg))
 	for _, a := range l.Attrs {
-		v := Escape(a.Value)
+		v := safetext.Escape(a.Value)
 		if v == "" || strings.ContainsAny(v, " \"=") {
 			v = fmt.Sprintf("%q", v)
 		}
-		b.WriteString(" " + Escape(a.Key) + "=" + v)
-	}
-	return b.String()
-}
-
-// Escape writes the characters a terminal may act on as \xNN or \uNNNN:
-// C0 controls but tab, DEL, C1 controls, bidirectional formatting, and
-// bytes that are not UTF-8.
-func Escape(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); {
-		r, n := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && n == 1:
-			fmt.Fprintf(&b, `\x%02x`, s[i])
-		case r < 0x20 && r != '\t' || r == 0x7f || (r >= 0x80 && r <= 0x9f):
-			fmt.Fprintf(&b, `\x%02x`, r)
-		case (r >= 0x202a && r <= 0x202e) || (r >= 0x2066 && r <= 0x2069):
-			fmt.Fprintf(&b, `\u%04x`, r)
-		default:
-			b.WriteString(s[i : i+n])
-		}
-		i += n
+		b.WriteString(" " + safetext.Escape(a.Key) + "=" + v)
 	}
 	return b.String()
 }

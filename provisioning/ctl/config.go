@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/siterelay/siterelay/provisioning/api"
+	"github.com/siterelay/siterelay/relay/safetext"
 )
 
 func (e *env) config(ctx context.Context, args []string) int {
@@ -37,7 +38,7 @@ func (e *env) config(ctx context.Context, args []string) int {
 				return e.out(d, nil)
 			}
 			row(e.Stderr, "version %d\n", d.Version)
-			_, err = io.WriteString(e.Stdout, escapeText(string(d.Config))+"\n")
+			_, err = io.WriteString(e.Stdout, safetext.EscapeText(string(d.Config))+"\n")
 			return err
 		})
 	case op == "versions" && len(pos) == 0:

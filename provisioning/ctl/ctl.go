@@ -37,6 +37,7 @@ import (
 
 	"github.com/siterelay/siterelay/provisioning/api"
 	"github.com/siterelay/siterelay/provisioning/node"
+	"github.com/siterelay/siterelay/relay/safetext"
 )
 
 // Exit codes.
@@ -233,7 +234,7 @@ func Main(ctx context.Context, args []string, o IO) int {
 	case "web":
 		code = e.web(ctx, rest)
 	default:
-		fmt.Fprintf(e.Stderr, "relayctl: unknown command \"%s\"\n", Escape(cmd))
+		fmt.Fprintf(e.Stderr, "relayctl: unknown command \"%s\"\n", safetext.Escape(cmd))
 		fs.Usage()
 		code = ExitUsage
 	}
@@ -336,7 +337,7 @@ func (e *env) fail(err error) int {
 	if err == nil {
 		return ExitOK
 	}
-	fmt.Fprintf(e.Stderr, "relayctl: %s\n", Escape(err.Error()))
+	fmt.Fprintf(e.Stderr, "relayctl: %s\n", safetext.Escape(err.Error()))
 	var ae *api.Error
 	switch {
 	case errors.As(err, &ae) && (ae.Code == api.CodeForbidden || ae.Code == api.CodeUnauthorized):

@@ -15,6 +15,7 @@ import (
 	"tailscale.com/tailcfg"
 
 	"github.com/siterelay/siterelay/provisioning/api"
+	"github.com/siterelay/siterelay/relay/safetext"
 )
 
 // A relay is who the tailnet's control server says it is. Any node can call
@@ -44,7 +45,7 @@ type Relay struct {
 // String is the identity relayctl prints before a change:
 // relay-plant-a.tail1234.ts.net (tag:siterelay, node id nXXXXCNTRL).
 func (r *Relay) String() string {
-	return fmt.Sprintf("%s (%s, node id %s)", Escape(r.Name), Escape(strings.Join(r.Tags, ",")), Escape(string(r.NodeID)))
+	return fmt.Sprintf("%s (%s, node id %s)", safetext.Escape(r.Name), safetext.Escape(strings.Join(r.Tags, ",")), safetext.Escape(string(r.NodeID)))
 }
 
 // resolveWait is how long resolve asks again for a name no peer has yet:
@@ -62,7 +63,7 @@ func (e *env) resolve(ctx context.Context, name string) (*Relay, error) {
 	for {
 		st, err := e.tn.peers(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("%w: asking the tailnet for %s: %v", api.ErrUnreachable, Escape(name), err)
+			return nil, fmt.Errorf("%w: asking the tailnet for %s: %v", api.ErrUnreachable, safetext.Escape(name), err)
 		}
 		var relays, others []*ipnstate.PeerStatus
 		for _, p := range st.Peer {
@@ -80,27 +81,27 @@ func (e *env) resolve(ctx context.Context, name string) (*Relay, error) {
 		switch {
 		case len(relays) > 1:
 			return nil, fmt.Errorf("%w: \"%s\" names %d relays carrying %s: %s; nothing sent: give the full name or the address of one",
-				ErrNotRelay, Escape(name), len(relays), Escape(e.relayTag), describeAll(relays))
+				ErrNotRelay, safetext.Escape(name), len(relays), safetext.Escape(e.relayTag), describeAll(relays))
 		case len(relays) == 1:
 			if len(others) > 0 {
 				fmt.Fprintf(e.Stderr, "relayctl: warning: \"%s\" also matches %s, without %s: not used (a node may call itself anything; only control's tags count)\n",
-					Escape(name), describeAll(others), Escape(e.relayTag))
+					safetext.Escape(name), describeAll(others), safetext.Escape(e.relayTag))
 			}
 			return e.verify(ctx, relays[0].TailscaleIPs[0], relays[0].ID)
 		case len(others) > 0:
 			return nil, fmt.Errorf("%w: \"%s\" matches no node carrying %s, only %s; nothing sent (a node may call itself anything; relays are the nodes control tags %s: relayctl fleet lists them)",
-				ErrNotRelay, Escape(name), Escape(e.relayTag), describeAll(others), Escape(e.relayTag))
+				ErrNotRelay, safetext.Escape(name), safetext.Escape(e.relayTag), describeAll(others), safetext.Escape(e.relayTag))
 		}
 		if time.Now().After(deadline) {
 			break
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("%w: %s: %v", api.ErrUnreachable, Escape(name), ctx.Err())
+			return nil, fmt.Errorf("%w: %s: %v", api.ErrUnreachable, safetext.Escape(name), ctx.Err())
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	return nil, fmt.Errorf("%w: no relay \"%s\" carrying %s on the tailnet (relayctl fleet lists them)", api.ErrUnreachable, Escape(name), Escape(e.relayTag))
+	return nil, fmt.Errorf("%w: no relay \"%s\" carrying %s on the tailnet (relayctl fleet lists them)", api.ErrUnreachable, safetext.Escape(name), safetext.Escape(e.relayTag))
 }
 
 // verify asks relayctl's own node who is at addr and accepts it only if
@@ -123,11 +124,11 @@ func checkWhoIs(w *apitype.WhoIsResponse, addr netip.Addr, want tailcfg.StableNo
 		r.Name = n.ComputedName
 	}
 	if want != "" && n.StableID != want {
-		return nil, fmt.Errorf("%w: %s is now node %s, not node %s the tailnet listed; nothing sent", ErrNotRelay, addr, r, Escape(string(want)))
+		return nil, fmt.Errorf("%w: %s is now node %s, not node %s the tailnet listed; nothing sent", ErrNotRelay, addr, r, safetext.Escape(string(want)))
 	}
 	if !slices.Contains(n.Tags, tag) {
 		return nil, fmt.Errorf("%w: %s (node id %s, %s, tags: %s, calls itself \"%s\") does not carry %s; nothing sent (a node may call itself anything; relays are the nodes control tags %s: relayctl fleet lists them)",
-			ErrNotRelay, Escape(r.Name), Escape(string(n.StableID)), addr, tagList(n.Tags), Escape(n.Hostinfo.Hostname()), Escape(tag), Escape(tag))
+			ErrNotRelay, safetext.Escape(r.Name), safetext.Escape(string(n.StableID)), addr, tagList(n.Tags), safetext.Escape(n.Hostinfo.Hostname()), safetext.Escape(tag), safetext.Escape(tag))
 	}
 	if !slices.ContainsFunc(n.Addresses, func(p netip.Prefix) bool { return p.Contains(addr) }) {
 		return nil, fmt.Errorf("%w: WhoIs of %s names %s, which does not hold that address; nothing sent", ErrNotRelay, addr, r)
@@ -145,7 +146,7 @@ func (e *env) dialRelay(r *Relay) func(ctx context.Context, network, addr string
 			return nil, err
 		}
 		if a, err := netip.ParseAddr(host); err != nil || a != r.Addr {
-			return nil, fmt.Errorf("%w: refusing to dial %s for relay %s", ErrNotRelay, Escape(addr), r)
+			return nil, fmt.Errorf("%w: refusing to dial %s for relay %s", ErrNotRelay, safetext.Escape(addr), r)
 		}
 		if _, err := e.verify(ctx, r.Addr, r.NodeID); err != nil {
 			return nil, err
@@ -186,7 +187,7 @@ func describe(p *ipnstate.PeerStatus) string {
 	if name == "" {
 		name = "(no MagicDNS name)"
 	}
-	return fmt.Sprintf("%s (node id %s, %s, tags: %s, calls itself \"%s\")", Escape(name), Escape(string(p.ID)), p.TailscaleIPs[0], tagList(tags), Escape(p.HostName))
+	return fmt.Sprintf("%s (node id %s, %s, tags: %s, calls itself \"%s\")", safetext.Escape(name), safetext.Escape(string(p.ID)), p.TailscaleIPs[0], tagList(tags), safetext.Escape(p.HostName))
 }
 
 func describeAll(l []*ipnstate.PeerStatus) string {
@@ -201,5 +202,5 @@ func tagList(tags []string) string {
 	if len(tags) == 0 {
 		return "none"
 	}
-	return Escape(strings.Join(tags, ","))
+	return safetext.Escape(strings.Join(tags, ","))
 }

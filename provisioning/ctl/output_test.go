@@ -56,14 +56,14 @@ func TestHostileOutput(t *testing.T) {
 
 	code, out, _ = relayctl(t, laptop, "", append(R, "devices")...)
 	inert(t, "devices", out)
-	if !strings.Contains(out, `mfp\x1b[2J\x1b[H\rPRINTER`) || !strings.Contains(out, `a@b\u202ec`) || strings.Count(out, "\n") != 2 {
+	if !strings.Contains(out, `mfp\x1b[2J\x1b[H\x0dPRINTER`) || !strings.Contains(out, `a@b\u202ec`) || strings.Count(out, "\n") != 2 {
 		t.Errorf("devices (exit %d):\n%s", code, out)
 	}
 
 	code, out, _ = relayctl(t, laptop, "", append(R, "audit")...)
 	inert(t, "audit", out)
 	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
-	if code != 0 || len(lines) != 3 || !strings.Contains(lines[1], "put credential smarthost") || !strings.Contains(lines[2], `evil\n2026`) {
+	if code != 0 || len(lines) != 3 || !strings.Contains(lines[1], "put credential smarthost") || !strings.Contains(lines[2], `evil\x0a2026`) {
 		t.Errorf("audit: exit %d, %d lines, want the header and 2 rows, the forged one on one line:\n%s", code, len(lines), out)
 	}
 

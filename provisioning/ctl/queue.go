@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/siterelay/siterelay/provisioning/api"
+	"github.com/siterelay/siterelay/relay/safetext"
 )
 
 func (e *env) queue(ctx context.Context, args []string) int {
@@ -49,9 +50,9 @@ func (e *env) queue(ctx context.Context, args []string) int {
 						row(t, "hint\t%s\n", m.LastHint)
 					}
 					t.Flush()
-					fmt.Fprintf(e.Stdout, "\n%s", escapeText(m.Headers))
+					fmt.Fprintf(e.Stdout, "\n%s", safetext.EscapeText(m.Headers))
 					if m.Body != "" {
-						fmt.Fprintf(e.Stdout, "\n--- body ---\n%s\n", escapeText(m.Body))
+						fmt.Fprintf(e.Stdout, "\n--- body ---\n%s\n", safetext.EscapeText(m.Body))
 					}
 				})
 			}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/siterelay/siterelay/relay/safetext"
 	"github.com/siterelay/siterelay/relay/strictjson"
 )
 
@@ -87,7 +88,7 @@ func (s *Settings) apply(fs *flag.FlagSet) {
 
 func checkTag(tag string) error {
 	if !strings.HasPrefix(tag, "tag:") || len(tag) == len("tag:") {
-		return fmt.Errorf("%q is not a tailnet tag (tag:NAME, e.g. %s)", Escape(tag), DefaultTag)
+		return fmt.Errorf("%q is not a tailnet tag (tag:NAME, e.g. %s)", safetext.Escape(tag), DefaultTag)
 	}
 	return nil
 }

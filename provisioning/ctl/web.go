@@ -13,6 +13,8 @@ import (
 	"net/url"
 	"sync"
 	"time"
+
+	"github.com/siterelay/siterelay/relay/safetext"
 )
 
 // webCookie is the start of the forwarder's session cookie's name; the
@@ -156,12 +158,12 @@ func (f *forwarder) handler() http.Handler {
 		},
 		Transport: &http.Transport{DialContext: f.dial, MaxIdleConnsPerHost: 4, IdleConnTimeout: 30 * time.Second},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			refuse(w, http.StatusBadGateway, "The relay did not answer over the tailnet: "+Escape(err.Error()))
+			refuse(w, http.StatusBadGateway, "The relay did not answer over the tailnet: "+safetext.Escape(err.Error()))
 		},
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !hosts[r.Host] {
-			refuse(w, http.StatusMisdirectedRequest, "This forwarder answers only as "+f.self+", not "+Escape(r.Host)+".")
+			refuse(w, http.StatusMisdirectedRequest, "This forwarder answers only as "+f.self+", not "+safetext.Escape(r.Host)+".")
 			return
 		}
 		if r.URL.Path == WebLoginPath {

@@ -37,6 +37,7 @@ import (
 	"github.com/siterelay/siterelay/provisioning/audit"
 	"github.com/siterelay/siterelay/provisioning/authz"
 	"github.com/siterelay/siterelay/provisioning/server"
+	"github.com/siterelay/siterelay/relay/safetext"
 )
 
 // Prefix is where the admin page lives on the tailnet listener. The LAN
@@ -245,7 +246,7 @@ var pages = template.Must(template.New("").Funcs(template.FuncMap{
 	"bytes": bytesStr,
 	"join":  strings.Join,
 	"path":  url.PathEscape,
-	"esc":   api.Escape,
+	"esc":   safetext.Escape,
 }).ParseFS(files, "*.html"))
 
 // describe names a call for the audit log before it is authorised, so a

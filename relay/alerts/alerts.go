@@ -29,6 +29,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/siterelay/siterelay/relay/config"
 )
 
 // Options configure a Notifier.
@@ -180,8 +182,9 @@ func (n *Notifier) Check(ctx context.Context) {
 		case firing && !n.active[c]:
 			a.Status = "firing"
 		case !firing && n.active[c]:
-			a = Alert{Condition: c, Status: "resolved", Severity: rules[c].severity,
-				Summary: rules[c].resolved, Hint: "Nothing to do."}
+			r, _ := config.AlertRuleFor(c)
+			a = Alert{Condition: c, Status: "resolved", Severity: r.Severity,
+				Summary: r.Resolved, Hint: "Nothing to do."}
 		default:
 			continue
 		}
@@ -320,8 +323,8 @@ type snapshot struct {
 	queue, oldest, freeBytes, synced float64
 	hasFree, hasSynced               bool
 	delivered, deferred, throttled   float64
+	allowanceDay                     float64 // the highest upstream's share of its daily allowance used
 	tokenOK, tokenFailed             float64
-	allowanceDay                     float64            // the highest upstream's share of its daily recipients used
 	certs                            map[string]float64 // credential -> seconds left
 	renewFailures, renewLeft         map[string]float64 // box-made certificate -> failures in a row, seconds left
 }
@@ -357,6 +360,10 @@ func readSnapshot(mfs []*dto.MetricFamily) snapshot {
 				}
 			case "siterelay_upstream_throttled_total":
 				s.throttled += v
+			case "siterelay_upstream_allowance_used_ratio":
+				if label(m, "window") == "day" {
+					s.allowanceDay = max(s.allowanceDay, v)
+				}
 			case "siterelay_token_renewals_total":
 				if label(m, "result") == "ok" {
 					s.tokenOK += v
@@ -369,10 +376,6 @@ func readSnapshot(mfs []*dto.MetricFamily) snapshot {
 				s.renewFailures[label(m, "credential")] = v
 			case "siterelay_credential_renewal_expires_in_seconds":
 				s.renewLeft[label(m, "credential")] = v
-			case "siterelay_upstream_allowance_used_ratio":
-				if label(m, "window") == "day" {
-					s.allowanceDay = max(s.allowanceDay, v)
-				}
 			}
 		}
 	}
@@ -412,43 +415,13 @@ func (h *history) increase(now time.Time, window time.Duration, f func(snapshot)
 // which allowance_nearly_used fires (docs/alerts.yml's 0.9).
 const AllowanceDayShare = 0.9
 
-type rule struct {
-	severity, resolved, hint string
-}
-
-// rules: the same words as docs/alerts.yml.
-var rules = map[string]rule{
-	"queue_stuck": {"critical", "Mail is being delivered again.",
-		"The upstream accepts nothing: look at the last deferral's reply and hint (relayctl trace -kind deferred, or the status page), then the upstream's credentials and network."},
-	"oldest_message": {"warning", "No message waits too long any more.",
-		"Mail is retried until delivery.lifetime runs out, then bounced: look up the oldest message in the trace (relayctl trace -kind deferred) for the upstream's reply."},
-	"upstream_failing": {"critical", "The upstream accepts mail again.",
-		"Nothing is lost: mail waits in the spool. The deferral's hint in the trace says what the upstream answered and what to change."},
-	"throttled": {"warning", "The upstream no longer throttles the relay.",
-		"The relay cools down and retries; nothing is lost. If it keeps happening, lower upstream.m365.limits (messages per minute, recipients per day) or spread the devices' sending."},
-	"allowance_nearly_used": {"warning", "The upstream's daily allowance has room again.",
-		"Past the limit the relay holds mail back until the 24-hour window frees up: find the device that sends most (siterelay_device_tls_messages_total) or raise the mailbox's allowance."},
-	"token_renewal_failing": {"critical", "The OAuth token is renewed again.",
-		"Entra refuses or cannot be reached: check the app's client secret or certificate (expired?), the tenant and client ID, and that login.microsoftonline.com is reachable. Mail waits meanwhile."},
-	"credential_expiring": {"warning", "No credential expires within 14 days any more.",
-		"Renew it before it runs out: the client certificate in Entra (and upstream.m365.certificate_file) or the connector, the STARTTLS certificate in tls.cert_file."},
-	"certificate_renewal_failing": {"warning", "The box renews its certificate again.",
-		"The box renews its own certificate through Graph from renew_before_days before expiry and keeps sending with the current one meanwhile. relayctl status shows Microsoft's refusal explained (application_object_id is a client id, a tenant policy caps certificate lifetimes, the certificate was removed from the app); fix it, then relayctl creds renew NAME."},
-	"certificate_renewal_overdue": {"critical", "The box's certificate is renewed.",
-		"Renewal has failed for a month: once the certificate expires, Graph no longer lets the box roll its key and every message waits. Fix the refusal shown by relayctl status and run relayctl creds renew NAME, or make a new certificate (relayctl creds new-certificate) and upload it by hand."},
-	"disk_almost_full": {"critical", "The spool has room again.",
-		"When the spool is full devices are told to retry (452 4.3.1): deliver what waits (is the upstream failing?) or give the box a bigger card."},
-	"clock_not_synchronised": {"warning", "The clock is synchronised again.",
-		"TLS, OAuth tokens and certificates need the right time: let the box reach an NTP server (UDP 123) from the plant network."},
-}
-
 // judge returns the conditions that hold now, with their summaries.
 func judge(h *history, now time.Time, o Options) map[string]Alert {
 	s := h.snap[len(h.snap)-1]
 	out := map[string]Alert{}
 	fire := func(c, format string, a ...any) {
-		r := rules[c]
-		out[c] = Alert{Condition: c, Severity: r.severity, Summary: fmt.Sprintf(format, a...), Hint: r.hint}
+		r, _ := config.AlertRuleFor(c)
+		out[c] = Alert{Condition: c, Severity: r.Severity, Summary: fmt.Sprintf(format, a...), Hint: r.Hint}
 	}
 	delivered := func(s snapshot) float64 { return s.delivered }
 	if d, full := h.increase(now, 30*time.Minute, delivered); full && s.queue > 0 && d == 0 {

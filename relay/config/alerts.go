@@ -33,10 +33,70 @@ type Webhook struct {
 	MinFreeBytes     int64    `json:"min_free_bytes,omitempty"`
 }
 
-// AlertConditions are the conditions a webhook can be told of, the same
-// as the rules in docs/alerts.yml.
-var AlertConditions = []string{"queue_stuck", "oldest_message", "upstream_failing", "throttled", "allowance_nearly_used", "token_renewal_failing",
-	"credential_expiring", "certificate_renewal_failing", "certificate_renewal_overdue", "disk_almost_full", "clock_not_synchronised"}
+// AlertRule is one alert of the project: the Prometheus rule in
+// docs/alerts.yml (Alert) and the relay's own webhook condition
+// (Condition) judged from the same metrics, with the words both say.
+// AlertRules is the one definition: TestAlertRulesAgree (relay/alerts)
+// fails when docs/alerts.yml, the webhook's conditions or docs/alerts.md
+// disagree with it.
+type AlertRule struct {
+	Alert     string // the Prometheus alert's name in docs/alerts.yml
+	Condition string // the webhook's condition; "" only with NoWebhook
+	// NoWebhook says why a rule has no webhook condition (it is also
+	// said in docs/alerts.md); "" when it has one.
+	NoWebhook string
+	Severity  string // "warning" or "critical", the rule's severity label
+	Hint      string // what to look at: the rule's hint annotation, the webhook's hint
+	Resolved  string // the webhook's summary when the condition ends
+}
+
+// AlertRules are every alert, in the order of docs/alerts.yml.
+var AlertRules = []AlertRule{
+	{Alert: "SiterelayQueueStuck", Condition: "queue_stuck", Severity: "critical", Resolved: "Mail is being delivered again.",
+		Hint: "The upstream accepts nothing: look at the last deferral's reply and hint (relayctl trace -kind deferred, or the status page), then the upstream's credentials and network."},
+	{Alert: "SiterelayOldestMessageOld", Condition: "oldest_message", Severity: "warning", Resolved: "No message waits too long any more.",
+		Hint: "Mail is retried until delivery.lifetime runs out, then bounced: look up the oldest message in the trace (relayctl trace -kind deferred) for the upstream's reply."},
+	{Alert: "SiterelayUpstreamFailing", Condition: "upstream_failing", Severity: "critical", Resolved: "The upstream accepts mail again.",
+		Hint: "Nothing is lost: mail waits in the spool. The deferral's hint in the trace says what the upstream answered and what to change."},
+	{Alert: "SiterelayThrottled", Condition: "throttled", Severity: "warning", Resolved: "The upstream no longer throttles the relay.",
+		Hint: "The relay cools down and retries; nothing is lost. If it keeps happening, lower upstream.m365.limits (messages per minute, recipients per day) or spread the devices' sending."},
+	{Alert: "SiterelayAllowanceNearlyUsed", Condition: "allowance_nearly_used", Severity: "warning", Resolved: "The upstream's daily allowance has room again.",
+		Hint: "Past the limit the relay holds mail back until the 24-hour window frees up: find the device that sends most (siterelay_device_tls_messages_total) or raise the mailbox's allowance."},
+	{Alert: "SiterelayTokenRenewalFailing", Condition: "token_renewal_failing", Severity: "critical", Resolved: "The OAuth token is renewed again.",
+		Hint: "Entra refuses or cannot be reached: check the app's client secret or certificate (expired?), the tenant and client ID, and that login.microsoftonline.com is reachable. Mail waits meanwhile."},
+	{Alert: "SiterelayCredentialExpiring", Condition: "credential_expiring", Severity: "warning", Resolved: "No credential expires within 14 days any more.",
+		Hint: "Renew it before it runs out: the client certificate in Entra (and upstream.m365.certificate_file) or the connector, the STARTTLS certificate in tls.cert_file."},
+	{Alert: "SiterelayCertificateRenewalFailing", Condition: "certificate_renewal_failing", Severity: "warning", Resolved: "The box renews its certificate again.",
+		Hint: "The box renews its own certificate through Graph from renew_before_days before expiry and keeps sending with the current one meanwhile. relayctl status shows Microsoft's refusal explained (application_object_id is a client id, a tenant policy caps certificate lifetimes, the certificate was removed from the app); fix it, then relayctl creds renew NAME."},
+	{Alert: "SiterelayCertificateRenewalOverdue", Condition: "certificate_renewal_overdue", Severity: "critical", Resolved: "The box's certificate is renewed.",
+		Hint: "Renewal has failed for a month: once the certificate expires, Graph no longer lets the box roll its key and every message waits. Fix the refusal shown by relayctl status and run relayctl creds renew NAME, or make a new certificate (relayctl creds new-certificate) and upload it by hand."},
+	{Alert: "SiterelayDiskAlmostFull", Condition: "disk_almost_full", Severity: "critical", Resolved: "The spool has room again.",
+		Hint: "When the spool is full devices are told to retry (452 4.3.1): deliver what waits (is the upstream failing?) or give the box a bigger card."},
+	{Alert: "SiterelayClockNotSynchronised", Condition: "clock_not_synchronised", Severity: "warning", Resolved: "The clock is synchronised again.",
+		Hint: "TLS, OAuth tokens and certificates need the right time: let the box reach an NTP server (UDP 123) from the plant network."},
+}
+
+// AlertConditions are the conditions a webhook can be told of: those of
+// AlertRules that have one, in its order.
+var AlertConditions = func() []string {
+	var cs []string
+	for _, r := range AlertRules {
+		if r.Condition != "" {
+			cs = append(cs, r.Condition)
+		}
+	}
+	return cs
+}()
+
+// AlertRuleFor returns the rule of webhook condition c.
+func AlertRuleFor(c string) (AlertRule, bool) {
+	for _, r := range AlertRules {
+		if r.Condition != "" && r.Condition == c {
+			return r, true
+		}
+	}
+	return AlertRule{}, false
+}
 
 func (a *Alerts) setDefaults() {
 	w := a.Webhook

@@ -145,6 +145,10 @@ type Limits struct {
 	MaxLoginChecks int `json:"max_login_checks,omitempty"`
 	// MaxLineLength of an SMTP command or message line. Default 4000.
 	MaxLineLength int `json:"max_line_length,omitempty"`
+	// MaxHeaderBytes bounds a message's header section as the device sent
+	// it (relay/message refuses more with 552 5.3.4 naming this key).
+	// Default 1 MiB; at least 16 KiB, at most max_message_bytes.
+	MaxHeaderBytes int `json:"max_header_bytes,omitempty"`
 	// ReadTimeout bounds each client read (no progress for this long),
 	// WriteTimeout each write. Defaults 5m and 1m.
 	ReadTimeout  Duration `json:"read_timeout,omitempty"`
@@ -334,6 +338,7 @@ func (c *Config) SetDefaults() {
 	setDefault(&lim.MaxConnections, 1000)
 	setDefault(&lim.MaxLoginChecks, 2)
 	setDefault(&lim.MaxLineLength, 4000)
+	setDefault(&lim.MaxHeaderBytes, 1<<20)
 	setDefault(&lim.ReadTimeout, Duration(5*time.Minute))
 	setDefault(&lim.WriteTimeout, Duration(time.Minute))
 	setDefault(&lim.CommandTimeout, Duration(5*time.Minute))
@@ -479,6 +484,9 @@ func (c *Config) Validate() Errors {
 	}
 	if lim.MaxLineLength < 1000 {
 		bad("limits.max_line_length", "%d: at least 1000 (RFC 5321)", lim.MaxLineLength)
+	}
+	if lim.MaxHeaderBytes < 16<<10 || int64(lim.MaxHeaderBytes) > lim.MaxMessageBytes {
+		bad("limits.max_header_bytes", "%d: want 16384 to limits.max_message_bytes (%d)", lim.MaxHeaderBytes, lim.MaxMessageBytes)
 	}
 	if lim.BareLineEndings != "normalise" && lim.BareLineEndings != "refuse" {
 		bad("limits.bare_line_endings", "%q: want \"normalise\" or \"refuse\"", lim.BareLineEndings)

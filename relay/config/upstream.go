@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/siterelay/siterelay/relay/layout"
 )
 
 // Kind is an upstream kind, as upstream.kind spells it. The questions the
@@ -130,7 +132,7 @@ type SMTPUpstream struct {
 }
 
 func (u *Upstream) setDefaults() {
-	setDefault(&u.Capture.Directory, "outbox")
+	setDefault(&u.Capture.Directory, layout.OutboxDir)
 	s := &u.SMTP
 	setDefault(&s.TLS, "starttls")
 	setDefault(&s.MinTLS, "1.2")

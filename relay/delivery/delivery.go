@@ -38,7 +38,10 @@ type Options struct {
 	// repeats a bounce rather than losing it.
 	Bounce *Bounce
 	// FirstRetry doubles per attempt up to MaxRetry; Lifetime bounds the
-	// whole life of a message. Defaults 1m, 1h, 120h.
+	// whole life of a message. Required: the defaults (1m, 1h, 120h) and
+	// their validation are relay/config's alone (delivery.first_retry,
+	// max_retry, lifetime); New panics without them rather than keep a
+	// second copy that could drift.
 	FirstRetry, MaxRetry, Lifetime time.Duration
 	// Concurrency is the number of attempts in flight; default the
 	// upstream's own limit, else 4.
@@ -155,14 +158,8 @@ func New(o Options) *Scheduler {
 // apply takes the reloadable parts of o and returns the wanted number of
 // workers.
 func (s *Scheduler) apply(o Options) int {
-	if o.FirstRetry <= 0 {
-		o.FirstRetry = time.Minute
-	}
-	if o.MaxRetry < o.FirstRetry {
-		o.MaxRetry = max(time.Hour, o.FirstRetry)
-	}
-	if o.Lifetime <= 0 {
-		o.Lifetime = 5 * 24 * time.Hour
+	if o.FirstRetry <= 0 || o.MaxRetry < o.FirstRetry || o.Lifetime <= 0 {
+		panic(fmt.Sprintf("delivery: no retry schedule (first %v, max %v, lifetime %v): pass relay/config's delivery.* values, which own the defaults", o.FirstRetry, o.MaxRetry, o.Lifetime))
 	}
 	lim := s.o.Upstream.Limits()
 	if o.Concurrency <= 0 {

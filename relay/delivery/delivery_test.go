@@ -217,7 +217,7 @@ func TestRecipientsAreBatchedWithinUpstreamLimit(t *testing.T) {
 }
 
 func TestBackoffDoublesAndCaps(t *testing.T) {
-	s := New(Options{Upstream: &scripted{}, FirstRetry: time.Minute, MaxRetry: 10 * time.Minute})
+	s := New(Options{Upstream: &scripted{}, FirstRetry: time.Minute, MaxRetry: 10 * time.Minute, Lifetime: 24 * time.Hour})
 	for _, tc := range []struct {
 		attempt  int
 		min, max time.Duration
@@ -282,5 +282,25 @@ func TestEachPartTracedWithItsUpstream(t *testing.T) {
 	}
 	if d := h.next(t, trace.Deferred); d.Upstream != "external/oauth" || fmt.Sprint(d.To) != "[b@ext]" {
 		t.Errorf("deferred part %+v, want b@ext by external/oauth", d)
+	}
+}
+
+// TestNoSecondRetryDefaults: the scheduler has no retry defaults of its
+// own (relay/config owns them); Options without a schedule is a bug of the
+// caller, not a reason to make one up.
+func TestNoSecondRetryDefaults(t *testing.T) {
+	for _, o := range []Options{
+		{Upstream: &scripted{}},
+		{Upstream: &scripted{}, FirstRetry: time.Minute, MaxRetry: time.Second, Lifetime: time.Hour},
+		{Upstream: &scripted{}, FirstRetry: time.Minute, MaxRetry: time.Hour},
+	} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("New(%v, %v, %v) made up a schedule", o.FirstRetry, o.MaxRetry, o.Lifetime)
+				}
+			}()
+			New(o)
+		}()
 	}
 }

@@ -121,6 +121,7 @@ func (ss *session) store(src io.Reader, complete func() bool) (reply error, read
 		AddDate:         true,
 		RewriteFrom:     o.RewriteFrom,
 		MaxLineLength:   o.MaxLineLength,
+		MaxHeaderBytes:  o.MaxHeaderBytes,
 	}
 	envFrom := ss.from
 	if o.RewriteFrom != "" {

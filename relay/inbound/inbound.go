@@ -102,6 +102,9 @@ type Options struct {
 	MaxMessageBytesSetting string
 	MaxRecipients          int
 	MaxLineLength          int
+	// MaxHeaderBytes bounds the header section (limits.max_header_bytes);
+	// 0 is relay/message's default.
+	MaxHeaderBytes int
 	// ReadTimeout bounds each read: a client that sends nothing for this
 	// long is cut off (in DATA with 451 4.4.2).
 	ReadTimeout  time.Duration

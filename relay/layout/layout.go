@@ -112,6 +112,14 @@ func (d Dir) FingerprintKey() string { return d.Path("fingerprint.key") }
 // waits for the collector, and how much of it was sent.
 func (d Dir) Forward() string { return d.Path("forward") }
 
+// OutboxDir is the capture upstream's default directory (the
+// configuration's upstream.capture.directory, relative to the state
+// directory), where delivered mail is written in development.
+const OutboxDir = "outbox"
+
+// Outbox is the capture upstream's default directory.
+func (d Dir) Outbox() string { return d.Path(OutboxDir) }
+
 // Learned is the clients the relay has seen sending (relay/learn), from
 // which `relayd devices adopt` makes device entries.
 func (d Dir) Learned() string { return d.Path("learned-clients.json") }

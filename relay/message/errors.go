@@ -52,7 +52,7 @@ func (e *HeaderTooLargeError) Error() string {
 // SMTPError is the reply for the device.
 func (e *HeaderTooLargeError) SMTPError() *smtp.SMTPError {
 	return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
-		Message: fmt.Sprintf("message header section is larger than %d bytes; send fewer or shorter header fields", e.Limit)}
+		Message: fmt.Sprintf("message header section is larger than %d bytes (limits.max_header_bytes); send fewer or shorter header fields", e.Limit)}
 }
 
 // LineTooLongError refuses a line over Options.MaxLineLength.

@@ -20,11 +20,23 @@ import (
 // U+2069) and the line and paragraph separators (U+2028, U+2029) as \uHHHH,
 // and bytes that are not UTF-8 as \xHH. Everything else, backslashes
 // included, is kept; text with nothing to escape is returned as it is.
-func Escape(s string) string {
+//
+// This is the project's one rule for showing untrusted text: relayctl's
+// tables, the admin page, the log ring's records and the console all go
+// through it (or EscapeText); none has a rule of its own.
+func Escape(s string) string { return escape(s, false) }
+
+// EscapeText is Escape for multi-line text shown as lines (message headers
+// and body, a configuration, a terminal stream): line feeds and tabs stay,
+// the carriage return of a CRLF line ending is dropped (the LF ends the
+// line), and everything else is escaped as Escape does, a lone CR included.
+func EscapeText(s string) string { return escape(s, true) }
+
+func escape(s string, text bool) string {
 	i := 0
 	for i < len(s) {
 		r, n := utf8.DecodeRuneInString(s[i:])
-		if needs(r, n) {
+		if needs(r, n) && !(text && (r == '\n' || r == '\t')) {
 			break
 		}
 		i += n
@@ -40,6 +52,10 @@ func Escape(s string) string {
 		switch {
 		case r == utf8.RuneError && n == 1:
 			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case text && (r == '\n' || r == '\t'):
+			b.WriteRune(r)
+		case text && r == '\r' && i+1 < len(s) && s[i+1] == '\n':
+			// the CR of a CRLF line ending: the LF ends the line
 		case r < 0x20 || r == 0x7f:
 			fmt.Fprintf(&b, `\x%02x`, r)
 		case needs(r, n):
@@ -51,6 +67,12 @@ func Escape(s string) string {
 	}
 	return b.String()
 }
+
+// Unsafe reports whether r, n bytes of input (n == 1 with r ==
+// utf8.RuneError for a byte that is not UTF-8), is one Escape rewrites.
+// Callers that escape inside another encoding (relayctl's JSON) use it to
+// apply the same rule.
+func Unsafe(r rune, n int) bool { return needs(r, n) }
 
 // needs reports whether the rune r (n bytes of input) is escaped.
 func needs(r rune, n int) bool {
