@@ -48,13 +48,10 @@ type Options struct {
 	Sleep  func(ctx context.Context, d time.Duration) error
 	Logger *slog.Logger
 	// StateFile, when set, keeps the windows and the cooldown across
-	// restarts (see state.go): written durably at most once a second
-	// while messages take their places in the windows, at once when a
-	// cooldown starts or a message is not covered by the allowance the
-	// file on disk holds for messages after it, and at Close. A box that
-	// restarts in a loop thus neither exceeds a limit nor makes Microsoft
-	// throttle it after every boot, and an SD card does not pay a flush
-	// per message.
+	// restarts (see state.go): written durably when a message takes its
+	// place in the windows, before it is sent, when a cooldown starts, and
+	// at Close. A box that restarts in a loop thus neither exceeds a limit
+	// nor makes Microsoft throttle it after every boot.
 	StateFile string
 }
 
@@ -75,12 +72,6 @@ type Paced struct {
 	sent       bool       // a message took its place in the windows
 	saveMu     sync.Mutex // orders writes of the state file
 	saveFailed bool       // the last write failed (logged once)
-	disk       ledger     // what the state file on disk covers (see state.go)
-	reserved   tally      // reservations since Wrap
-	lastWrite  time.Time  // on Clock: when the last write took its snapshot
-	writing    bool       // a background write is running
-	bg         sync.WaitGroup
-	writes     int // state file writes (benchmarks, tests)
 }
 
 // slot is one message in the rolling windows; an in-flight one (done
@@ -160,9 +151,8 @@ func (p *Paced) Close() error {
 	p.mu.Lock()
 	sent := p.sent
 	p.mu.Unlock()
-	p.bg.Wait()
 	if sent {
-		p.save(false)
+		p.save()
 	}
 	return p.up.Close()
 }
@@ -237,32 +227,10 @@ func (p *Paced) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.
 				p.day = append(p.day, ds)
 			}
 			p.sent = true
-			p.reserved.Msgs += txns
-			p.reserved.Rcpts += n
-			covered := p.coveredLocked()
-			background := covered && p.o.StateFile != "" && !p.writing && now.Sub(p.lastWrite) >= flushEvery
-			if background {
-				p.writing = true
-				p.bg.Add(1)
-			}
 			p.mu.Unlock()
-			switch {
-			case !covered:
-				// Beyond what the file on disk allows for: on disk
-				// before it is sent, so a crash during the attempt
-				// still counts it after the restart.
-				p.save(true)
-			case background:
-				// Covered by the file's allowance: the write need not
-				// hold the message up.
-				go func() {
-					defer p.bg.Done()
-					p.save(true)
-					p.mu.Lock()
-					p.writing = false
-					p.mu.Unlock()
-				}()
-			}
+			// On disk before it is sent: a crash during the attempt
+			// still counts it after the restart.
+			p.save()
 			break
 		}
 		if wait > p.o.MaxWait || !upstream.MayWait(ctx) {
@@ -307,9 +275,9 @@ func (p *Paced) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.
 	p.mu.Unlock()
 	if cooling {
 		// A new cooldown goes to disk at once. The attempt's end need
-		// not: the next write (or Close) has it, and an attempt found in
-		// flight after a crash counts as accepted at the restart.
-		p.save(true)
+		// not: the next reservation (or Close) writes it, and an attempt
+		// found in flight after a crash counts as accepted at the restart.
+		p.save()
 	}
 	return res, err
 }

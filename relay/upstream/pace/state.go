@@ -37,27 +37,6 @@ import (
 //     relay cannot know what was sent, and Microsoft's answer to a day over
 //     the limit is a day without mail from the mailbox.
 //
-// The file is written at most once a second while mail goes (and at once
-// for a new cooldown, and at Close), not before every message: an SD card
-// pays 5-50 ms for each flush. What a crash loses is covered by an
-// allowance written ahead:
-//
-//   - Each write (but Close's) records in "ahead" how many more messages
-//     and recipients may start before the next write: twice what started
-//     since the previous write, at least 8 messages and 100 recipients,
-//     never more than the limits themselves.
-//   - A message that would go beyond the allowance of the file on disk is
-//     written before it is sent, as every message was before; one within
-//     it is sent at once, and a write starts in the background when the
-//     last was a second or more ago.
-//   - The restore counts the allowance as sent at the restore, like an
-//     attempt in flight: whatever started after the last write and was
-//     lost with the crash was sent before the restore and within the
-//     allowance, so it leaves the windows no later than counted. A crash
-//     costs at most the allowance: 8 of Microsoft's 30 messages a minute
-//     for a minute, and 100 of its 10,000 recipients a day for a day.
-//   - Close writes the exact state, without an allowance.
-//
 // The day window is stored in 5-minute buckets (each at its latest
 // entry's time, so that it leaves the window no sooner than its entries),
 // which keeps the file to a few kilobytes however much mail went.
@@ -68,24 +47,7 @@ type state struct {
 	Day       []stateSlot `json:"day,omitempty"`
 	CoolUntil int64       `json:"cool_until,omitempty"`
 	CoolWhy   string      `json:"cool_why,omitempty"`
-	Ahead     *tally      `json:"ahead,omitempty"`
 }
-
-// tally counts messages (transactions) and recipients.
-type tally struct {
-	Msgs  int `json:"messages"`
-	Rcpts int `json:"recipients"`
-}
-
-// ledger is what the file on disk covers: the reservations up to seq and
-// the allowance ahead of them.
-type ledger struct{ seq, ahead tally }
-
-// flushEvery is how often at most the file is written while mail goes.
-const flushEvery = time.Second
-
-// The smallest allowance ahead of a write (see state).
-const minAheadMsgs, minAheadRcpts = 8, 100
 
 type stateSlot struct {
 	T        int64 `json:"t"`
@@ -113,9 +75,6 @@ func parseState(b []byte) (*state, error) {
 				return nil, fmt.Errorf("pacing state has an entry with time %d and count %d", e.T, e.N)
 			}
 		}
-	}
-	if a := st.Ahead; a != nil && (a.Msgs < 0 || a.Rcpts < 0) {
-		return nil, fmt.Errorf("pacing state has an allowance of %d messages and %d recipients", a.Msgs, a.Rcpts)
 	}
 	return &st, nil
 }
@@ -158,19 +117,6 @@ func (p *Paced) restore() {
 	for _, e := range st.Day {
 		p.day = append(p.day, restored(now, e))
 	}
-	if a := st.Ahead; a != nil {
-		// What may have started after the write counts as sent now.
-		t := saved
-		if t.After(now) {
-			t = now
-		}
-		for range min(a.Msgs, p.o.MessagesPerMinute) {
-			p.minute = append(p.minute, &slot{t: now, n: 1, done: true, file: t})
-		}
-		if n := min(a.Rcpts, p.o.RecipientsPerDay); n > 0 {
-			p.day = append(p.day, &slot{t: now, n: n, done: true, file: t})
-		}
-	}
 	if until := time.UnixMilli(st.CoolUntil); st.CoolUntil > 0 && until.After(now) {
 		longest := max(p.o.ConnectionCooldown, p.o.RateCooldown, p.o.QuotaCooldown)
 		p.coolUntil, p.coolWhy = now.Add(min(until.Sub(now), longest)), st.CoolWhy
@@ -203,33 +149,9 @@ func (p *Paced) assumeFullLocked(now, at time.Time) {
 	}
 }
 
-// coveredLocked says whether the reservations so far are within what the
-// file on disk covers (always, without a file).
-func (p *Paced) coveredLocked() bool {
-	if p.o.StateFile == "" {
-		return true
-	}
-	d := p.disk
-	return p.reserved.Msgs-d.seq.Msgs <= d.ahead.Msgs && p.reserved.Rcpts-d.seq.Rcpts <= d.ahead.Rcpts
-}
-
-// aheadLocked is the allowance for a write now (see state).
-func (p *Paced) aheadLocked() tally {
-	since := tally{p.reserved.Msgs - p.disk.seq.Msgs, p.reserved.Rcpts - p.disk.seq.Rcpts}
-	a := tally{max(minAheadMsgs, 2*since.Msgs), max(minAheadRcpts, 2*since.Rcpts)}
-	if l := p.o.MessagesPerMinute; l > 0 {
-		a.Msgs = min(a.Msgs, l)
-	}
-	if l := p.o.RecipientsPerDay; l > 0 {
-		a.Rcpts = min(a.Rcpts, l)
-	}
-	return a
-}
-
-// snapshotLocked renders the state file for now, with the allowance ahead
-// (nil at Close).
-func (p *Paced) snapshotLocked(now time.Time, ahead *tally) []byte {
-	st := state{Version: stateVersion, Saved: now.UnixMilli(), Ahead: ahead}
+// snapshotLocked renders the state file for now.
+func (p *Paced) snapshotLocked(now time.Time) []byte {
+	st := state{Version: stateVersion, Saved: now.UnixMilli()}
 	wall := func(s *slot) int64 {
 		// Re-anchor the slot's age (monotonic) to the wall clock of now.
 		t := now.Add(-now.Sub(s.t))
@@ -262,34 +184,19 @@ func (p *Paced) snapshotLocked(now time.Time, ahead *tally) []byte {
 	return b
 }
 
-// save writes the state file, when there is one, with an allowance ahead
-// unless it is the last write (Close). A failure is logged (once until a
-// write succeeds again) and mail goes on: the limits still hold while the
-// relay runs, only a restart would forget them.
-func (p *Paced) save(withAhead bool) {
+// save writes the state file, when there is one. A failure is logged (once
+// until a write succeeds again) and mail goes on: the limits still hold
+// while the relay runs, only a restart would forget them.
+func (p *Paced) save() {
 	if p.o.StateFile == "" {
 		return
 	}
 	p.saveMu.Lock()
 	defer p.saveMu.Unlock()
 	p.mu.Lock()
-	now := p.o.Clock()
-	l := ledger{seq: p.reserved}
-	var ahead *tally
-	if withAhead {
-		l.ahead = p.aheadLocked()
-		ahead = &l.ahead
-	}
-	b := p.snapshotLocked(now, ahead)
-	p.lastWrite = now
+	b := p.snapshotLocked(p.o.Clock())
 	p.mu.Unlock()
 	err := durable.WriteFile(p.o.StateFile, b, 0o600)
-	p.mu.Lock()
-	p.writes++
-	if err == nil {
-		p.disk = l
-	}
-	p.mu.Unlock()
 	switch {
 	case err != nil && !p.saveFailed:
 		p.o.Logger.Error("cannot keep the pacing state: a restart now forgets how much was sent", "file", p.o.StateFile, "err", err)
@@ -297,11 +204,4 @@ func (p *Paced) save(withAhead bool) {
 		p.o.Logger.Info("pacing state written again", "file", p.o.StateFile)
 	}
 	p.saveFailed = err != nil
-}
-
-// stateWrites is how many times the state file was written (benchmarks).
-func (p *Paced) stateWrites() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.writes
 }

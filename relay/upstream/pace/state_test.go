@@ -54,9 +54,7 @@ func TestWindowsSurviveRestart(t *testing.T) {
 				}
 				c.Advance(tt.step)
 			}
-			// The restart (a crash: no Close): a new pacer over the same
-			// file and clock, once the old one's background write is done.
-			p.bg.Wait()
+			// The restart: a new pacer over the same file and clock.
 			p = Wrap(f, o)
 			deferred := run(t, p, c, 10, 1)
 			if got := maxInWindow(f.times, tt.window); got > tt.limit {
@@ -214,7 +212,6 @@ func TestStateFromTheFuture(t *testing.T) {
 	if _, err := p.Deliver(context.Background(), msg(1)); err != nil {
 		t.Fatalf("a day after the restart: %v", err)
 	}
-	p.Close()
 }
 
 // An attempt in flight at a crash may have been accepted: it counts.
@@ -245,7 +242,6 @@ func TestStateFileSize(t *testing.T) {
 		}
 		c.Advance(step)
 	}
-	p.Close() // the exact state, without an allowance ahead
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -338,81 +334,5 @@ func TestCloseWritesOnlyAfterSending(t *testing.T) {
 	p.Close()
 	if _, err := os.Stat(path); err != nil {
 		t.Errorf("Close after sending did not write the state: %v", err)
-	}
-}
-
-// The state file is written at most once a second while mail goes, not
-// before every message, and at Close; a reopen after a crash (no Close)
-// counts at least every message that started, however many writes it
-// missed: the allowance ahead covers them (see state).
-func TestStateWrittenOncePerSecond(t *testing.T) {
-	tests := []struct {
-		name       string
-		n, rcpts   int
-		wantWrites int // within the one second, before Close
-	}{
-		{"one", 1, 1, 1},
-		{"within the allowance", 1 + minAheadMsgs, 1, 1},
-		{"recipients within the allowance", 1 + minAheadMsgs, 10, 1},
-		{"beyond the allowance", 2 + minAheadMsgs, 1, 2},
-		{"recipients beyond the allowance", 4, 60, 2},
-		{"a burst: the allowance grows", 25, 2, 2},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c := &clock{now: time.Unix(1e9, 0)}
-			path := filepath.Join(t.TempDir(), "m365.json")
-			o := Options{MessagesPerMinute: 30, RecipientsPerDay: 10000, Clock: c.Now, Sleep: c.Sleep, StateFile: path}
-			p := Wrap(&fake{c: c}, o)
-			for range tt.n { // all within one second: the clock stands still
-				if _, err := p.Deliver(context.Background(), msg(tt.rcpts)); err != nil {
-					t.Fatal(err)
-				}
-			}
-			p.bg.Wait()
-			if got := p.stateWrites(); got != tt.wantWrites {
-				t.Errorf("%d messages within a second: %d writes, want %d", tt.n, got, tt.wantWrites)
-			}
-
-			// The crash: whatever is on disk now is all a restart sees.
-			r := Wrap(&fake{c: c}, o)
-			r.mu.Lock()
-			minute, day := len(r.minute), 0
-			for _, s := range r.day {
-				day += s.n
-			}
-			r.mu.Unlock()
-			if minute < tt.n || day < tt.n*tt.rcpts {
-				t.Errorf("after a crash the windows hold %d messages and %d recipients, want at least %d and %d",
-					minute, day, tt.n, tt.n*tt.rcpts)
-			}
-
-			// A second later the next message starts a background write.
-			c.Advance(flushEvery)
-			if _, err := p.Deliver(context.Background(), msg(1)); err != nil {
-				t.Fatal(err)
-			}
-			p.bg.Wait()
-			if got, want := p.stateWrites(), tt.wantWrites+1; got != want {
-				t.Errorf("a second later: %d writes, want %d", got, want)
-			}
-
-			// Close writes the exact state, with no allowance ahead.
-			p.Close()
-			if got, want := p.stateWrites(), tt.wantWrites+2; got != want {
-				t.Errorf("after Close: %d writes, want %d", got, want)
-			}
-			b, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var st state
-			if err := json.Unmarshal(b, &st); err != nil {
-				t.Fatal(err)
-			}
-			if st.Ahead != nil || len(st.Minute) != tt.n+1 {
-				t.Errorf("Close wrote %d minute entries and allowance %+v, want %d and none", len(st.Minute), st.Ahead, tt.n+1)
-			}
-		})
 	}
 }
