@@ -273,7 +273,7 @@ func TestAdminPageInABrowser(t *testing.T) {
 		t.Fatalf("after the login URL the browser is at %q", where)
 	}
 	page := c.text()
-	for _, want := range []string{"Degraded: mail waits on a failing upstream.", "451 4.7.500 Server busy", f.deferred, "to retry from the page", "Retry", "Run doctor"} {
+	for _, want := range []string{"Warning: an admin should look.", "451 4.7.500 Server busy", f.deferred, "to retry from the page", "Retry", "Run doctor"} {
 		if !strings.Contains(page, want) {
 			t.Errorf("the page as the browser shows it lacks %q:\n%s", want, page)
 		}
