@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/siterelay/siterelay/provisioning/api"
-	"github.com/siterelay/siterelay/relay/durable"
 )
 
 // BoxKeyBits is the size of the RSA keys made on the box. Entra signs and
@@ -225,18 +224,5 @@ func (s *Store) store(name string, certPEM, keyPEM []byte, cert *x509.Certificat
 	if err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.used, name)
-	delete(s.kept, name)
-	if err := durable.WriteFile(s.dir.Certificate(name), certPEM, 0o644); err != nil {
-		return nil, fmt.Errorf("storing credential %s: %w", name, err)
-	}
-	if err := durable.WriteFile(s.dir.Secret(name), keyPEM, 0o600); err != nil {
-		return nil, fmt.Errorf("storing credential %s: %w", name, err)
-	}
-	if err := durable.WriteFile(s.dir.SecretMeta(name), mb, 0o600); err != nil {
-		return nil, fmt.Errorf("storing credential %s: %w", name, err)
-	}
-	return s.describeLocked(name, m), nil
+	return s.write(name, certPEM, keyPEM, m, mb)
 }

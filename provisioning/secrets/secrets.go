@@ -155,10 +155,15 @@ func (s *Store) Put(name string, p api.CredentialPut) (*api.Credential, error) {
 	if err != nil {
 		return nil, err
 	}
-	// The public part first, then the secret, then what describes them:
-	// a crash in between leaves a complete pair or the old one in use.
-	// A new value has not been used yet; the lock keeps Used from writing
-	// the old description back.
+	return s.write(name, certPEM, value, m, mb)
+}
+
+// write stores a credential's files, for Put and the box-made
+// certificates alike: the public part first (certPEM, when not nil), then
+// the secret, then what describes them, each 0600, so a crash in between
+// leaves a complete pair or the old one in use. A new value has not been
+// used yet; the lock keeps Used from writing the old description back.
+func (s *Store) write(name string, certPEM, value []byte, m meta, mb []byte) (*api.Credential, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.used, name)

@@ -273,6 +273,9 @@ func TestNewCertificate(t *testing.T) {
 	if err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("key file %v %v", st, err)
 	}
+	if st, err := os.Stat(dir.Certificate("entra")); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("certificate file %v %v, want mode 0600 as every state file", st, err)
+	}
 	key, _ := os.ReadFile(dir.Secret("entra"))
 	if kb, _ := pem.Decode(key); kb == nil || kb.Type != "PRIVATE KEY" {
 		t.Error("the key file is not PKCS #8 PEM")
