@@ -2,11 +2,10 @@ package relay
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"net"
-	"os"
 
+	"github.com/siterelay/siterelay/relay/certs"
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/forward"
 	"github.com/siterelay/siterelay/relay/layout"
@@ -31,13 +30,9 @@ func forwardTarget(cfg *config.Config, hostname string, dir layout.Dir) (*forwar
 			t.TLS.ServerName = s.ServerName
 		}
 		if s.CAFile != "" {
-			pem, err := os.ReadFile(dir.Resolve(s.CAFile))
+			pool, err := certs.Roots(dir.Resolve(s.CAFile), nil)
 			if err != nil {
 				return nil, fmt.Errorf("forward.syslog.ca_file: %w", err)
-			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("forward.syslog.ca_file: %s holds no PEM certificate", s.CAFile)
 			}
 			t.TLS.RootCAs = pool
 		}

@@ -2,12 +2,15 @@ package relay
 
 import (
 	"cmp"
+	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"os"
+	"net/http"
 	"path/filepath"
 	"strings"
+	"time"
 
+	"github.com/siterelay/siterelay/relay/certs"
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/layout"
 	"github.com/siterelay/siterelay/relay/trace"
@@ -149,14 +152,12 @@ func buildSMTP(cfg *config.Config, u config.Upstream, key, dir string, d Deps) (
 		MaxSize: s.MaxMessageBytes, MessagesPerMinute: s.MessagesPerMinute, Clock: d.Clock, Logger: d.Logger,
 	}
 	if s.CAFile != "" {
-		pem, err := os.ReadFile(layout.Dir(dir).Resolve(s.CAFile))
+		// A private smarthost's CA: its roots alone.
+		roots, err := certs.Roots(layout.Dir(dir).Resolve(s.CAFile), nil)
 		if err != nil {
 			return nil, "", fmt.Errorf("%s.smtp.ca_file: %w", key, err)
 		}
-		opts.RootCAs = x509.NewCertPool()
-		if !opts.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, "", fmt.Errorf("%s.smtp.ca_file: no PEM certificate in %s", key, s.CAFile)
-		}
+		opts.RootCAs = roots
 	}
 	if s.Auth != "" {
 		pw, err := d.Secret(s.PasswordSecret)
@@ -179,14 +180,56 @@ func buildSMTP(cfg *config.Config, u config.Upstream, key, dir string, d Deps) (
 // buildM365 builds the Microsoft 365 kinds, already paced to Microsoft's
 // limits.
 func buildM365(cfg *config.Config, u config.Upstream, key, dir string, d Deps) (upstream.Upstream, string, error) {
+	roots, client := d.RootCAs, d.HTTPClient
+	if u.M365.CAFile != "" {
+		var err error
+		if roots, client, err = withCAFile(layout.Dir(dir).Resolve(u.M365.CAFile), roots, client); err != nil {
+			return nil, "", fmt.Errorf("%s.m365.ca_file: %w", key, err)
+		}
+	}
 	up, err := m365.New(u.Kind, u.M365, m365.Deps{
 		Secret: d.Secret, Clock: d.Clock, Logger: d.Logger, Resolver: d.Resolver, Dir: dir, LocalName: cfg.Hostname,
-		TokenRenewed: d.tokenRenewed, ClientCertificate: d.clientCertificate, RootCAs: d.RootCAs, HTTPClient: d.HTTPClient,
+		TokenRenewed: d.tokenRenewed, ClientCertificate: d.clientCertificate, RootCAs: roots, HTTPClient: client,
 	})
 	if err != nil {
 		return nil, "", fmt.Errorf("%s (%s): %w", key, u.Kind, err)
 	}
 	return up, m365Label(u.Kind, u.M365), nil
+}
+
+// withCAFile adds the CAs of the PEM file path to roots (nil: the
+// system's) for the SMTP endpoints, and returns an HTTP client for the
+// token endpoint and Graph that trusts the same: client's transport with
+// those roots, or (client nil) the default transport's. A plant behind a
+// TLS-inspecting proxy trusts the proxy's CA this way, for this upstream
+// only.
+func withCAFile(path string, roots *x509.CertPool, client *http.Client) (*x509.CertPool, *http.Client, error) {
+	if roots == nil {
+		sys, err := x509.SystemCertPool()
+		if err != nil {
+			return nil, nil, fmt.Errorf("the system's roots: %w", err)
+		}
+		roots = sys
+	}
+	roots, err := certs.Roots(path, roots)
+	if err != nil {
+		return nil, nil, err
+	}
+	c := &http.Client{Timeout: 2 * time.Minute}
+	tr, _ := http.DefaultTransport.(*http.Transport)
+	if client != nil {
+		*c = *client
+		if t, ok := client.Transport.(*http.Transport); ok {
+			tr = t
+		}
+	}
+	tr = tr.Clone()
+	if tr.TLSClientConfig == nil {
+		tr.TLSClientConfig = &tls.Config{}
+	}
+	tr.TLSClientConfig.RootCAs = roots
+	c.Transport = tr
+	return roots, c, nil
 }
 
 // m365Label names a Microsoft 365 upstream in the trace, the status and

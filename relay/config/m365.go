@@ -79,6 +79,12 @@ type M365 struct {
 	// GraphURL is Microsoft Graph's base URL. Default
 	// https://graph.microsoft.com.
 	GraphURL string `json:"graph_url,omitempty"`
+	// CAFile (PEM, one or more CA certificates) is added to the system's
+	// roots for the token endpoint, Graph and the SMTP endpoints: a plant
+	// behind a TLS-inspecting proxy gives the proxy's CA here. A relative
+	// path is below the state directory; certs/NAME.pem is what `relayctl
+	// creds put NAME -kind ca-certificate` writes.
+	CAFile string `json:"ca_file,omitempty"`
 	// PublicIP is the site's public IPv4 address as Microsoft sees it;
 	// doctor checks SPF and connectors against it.
 	PublicIP string `json:"public_ip,omitempty"`

@@ -64,7 +64,7 @@ func (r Reference) Name() string {
 // that provides the reference, or "" when none can: a secret is its own
 // credential; a file is one when it is a provisioned certificate's
 // public part (certs/NAME.pem, what `creds put NAME -kind certificate`
-// writes).
+// or `-kind ca-certificate` writes).
 func (r Reference) Credential() string {
 	if r.Secret != "" {
 		return r.Secret
@@ -85,6 +85,9 @@ func (r Reference) Fix(relay string) string {
 	}
 	cred := r.Credential()
 	if cred == "" {
+		if r.Kind == RefCACertificate {
+			return "put the file " + r.File + " in the relay's state directory, or name it certs/NAME.pem in " + r.Key + " and send it with relayctl -relay " + relay + " creds put NAME -kind ca-certificate -cert CA.pem"
+		}
 		return "put the file " + r.File + " in the relay's state directory (it cannot be sent over the tailnet), or change " + r.Key
 	}
 	put := "relayctl -relay " + relay + " creds put " + cred
@@ -93,6 +96,8 @@ func (r Reference) Fix(relay string) string {
 		return put + " -kind " + r.Kind + " -from FILE"
 	case RefCertificate:
 		return put + " -kind certificate -cert CERT.pem -key KEY.pem"
+	case RefCACertificate:
+		return put + " -kind ca-certificate -cert CA.pem"
 	}
 	return put + " -kind password -from FILE" // a webhook URL, a smarthost password: one line
 }
@@ -145,6 +150,7 @@ func (u Upstream) References(key string) []Reference {
 		add("m365.password_secret", m.PasswordSecret, "", RefPassword)
 		add("m365.connector_certificate_file", "", m.ConnectorCertificateFile, RefCertificate)
 		add("m365.connector_key_secret", m.ConnectorKeySecret, "", RefCertificate)
+		add("m365.ca_file", "", m.CAFile, RefCACertificate)
 	}
 	return out
 }

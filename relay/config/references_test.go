@@ -10,7 +10,7 @@ func TestReferences(t *testing.T) {
 	c := Default()
 	c.Upstream = Upstream{}
 	c.Upstreams = map[string]Upstream{
-		"oauth": {Kind: KindM365OAuth, M365: M365{ClientSecretSecret: "m365-client-secret"}},
+		"oauth": {Kind: KindM365OAuth, M365: M365{ClientSecretSecret: "m365-client-secret", CAFile: "certs/proxy-ca.pem"}},
 		"cert":  {Kind: KindM365OAuth, M365: M365{CertificateFile: "certs/app.pem", CertificateKeySecret: "app"}},
 		"smart": {Kind: KindSMTP, SMTP: SMTPUpstream{Auth: "plain", PasswordSecret: "smarthost", CAFile: "ca.pem"}},
 	}
@@ -21,6 +21,7 @@ func TestReferences(t *testing.T) {
 		{Key: "alerts.webhook.url_secret", Secret: "teams-url", Kind: RefWebhookURL},
 		{Key: "upstreams.cert.m365.certificate_file", Upstream: "upstreams.cert", File: "certs/app.pem", Kind: RefCertificate},
 		{Key: "upstreams.cert.m365.certificate_key_secret", Upstream: "upstreams.cert", Secret: "app", Kind: RefCertificate},
+		{Key: "upstreams.oauth.m365.ca_file", Upstream: "upstreams.oauth", File: "certs/proxy-ca.pem", Kind: RefCACertificate},
 		{Key: "upstreams.oauth.m365.client_secret_secret", Upstream: "upstreams.oauth", Secret: "m365-client-secret", Kind: RefClientSecret},
 		{Key: "upstreams.smart.smtp.ca_file", Upstream: "upstreams.smart", File: "ca.pem", Kind: RefCACertificate},
 		{Key: "upstreams.smart.smtp.password_secret", Upstream: "upstreams.smart", Secret: "smarthost", Kind: RefPassword},
@@ -37,13 +38,19 @@ func TestReferences(t *testing.T) {
 	if uses := c.Uses("app"); len(uses) != 2 {
 		t.Errorf("Uses(app) = %+v, want the certificate file and its key", uses)
 	}
+	if uses := c.Uses("proxy-ca"); len(uses) != 1 || uses[0].Key != "upstreams.oauth.m365.ca_file" {
+		t.Errorf("Uses(proxy-ca) = %+v, want upstreams.oauth.m365.ca_file", uses)
+	}
 	for _, tc := range []struct {
 		ref  Reference
 		want string
 	}{
-		{want[3], "relayctl -relay plant-a creds put m365-client-secret -kind client-secret -from FILE"},
+		{want[4], "relayctl -relay plant-a creds put m365-client-secret -kind client-secret -from FILE"},
 		{want[1], "relayctl -relay plant-a creds put app -kind certificate -cert CERT.pem -key KEY.pem"},
-		{want[4], "put the file ca.pem in the relay's state directory (it cannot be sent over the tailnet), or change upstreams.smart.smtp.ca_file"},
+		// A CA file below certs/ is a credential sent over the tailnet;
+		// elsewhere it is put there by hand, or renamed to be one.
+		{want[3], "relayctl -relay plant-a creds put proxy-ca -kind ca-certificate -cert CA.pem"},
+		{want[5], "put the file ca.pem in the relay's state directory, or name it certs/NAME.pem in upstreams.smart.smtp.ca_file and send it with relayctl -relay plant-a creds put NAME -kind ca-certificate -cert CA.pem"},
 	} {
 		if got := tc.ref.Fix("plant-a"); got != tc.want {
 			t.Errorf("Fix(%s) = %q, want %q", tc.ref.Key, got, tc.want)

@@ -86,10 +86,14 @@ type Entra struct {
 
 // NewEntra starts the endpoint; it stops with the test.
 func NewEntra(t testing.TB, tenant string, clock func() time.Time) *Entra {
+	return NewEntraOn(t, tenant, clock, Serving{})
+}
+
+// NewEntraOn is NewEntra served as s says (address, certificate).
+func NewEntraOn(t testing.TB, tenant string, clock func() time.Time, s Serving) *Entra {
 	e := &Entra{Tenant: tenant, TTL: 3599 * time.Second, Clock: clock,
 		apps: map[string]App{}, tokens: map[string]Issued{}, jtis: map[string]bool{}}
-	e.srv = httptest.NewTLSServer(http.HandlerFunc(e.serve))
-	t.Cleanup(e.srv.Close)
+	e.srv = s.start(t, http.HandlerFunc(e.serve))
 	e.URL = e.srv.URL
 	return e
 }

@@ -55,6 +55,12 @@ type ExchangeOptions struct {
 	RequireConnector bool
 
 	MaxSize int64
+
+	// Names are more names and addresses its certificate holds besides
+	// Hostname and 127.0.0.1 (a VM guest reaches the host as 10.0.2.2);
+	// Listen is its address, default 127.0.0.1:0.
+	Names  []string
+	Listen string
 }
 
 // Received is one accepted message.
@@ -121,10 +127,13 @@ func NewExchange(t testing.TB, o ExchangeOptions) *Exchange {
 	s.EnableSMTPUTF8 = true
 	s.ReadTimeout = time.Minute
 	s.WriteTimeout = time.Minute
-	cert := o.CA.ServerCert(t, o.Hostname)
+	cert := o.CA.ServerCert(t, append([]string{o.Hostname}, o.Names...)...)
 	s.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
 		ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: o.CA.Pool}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if o.Listen == "" {
+		o.Listen = "127.0.0.1:0"
+	}
+	l, err := net.Listen("tcp", o.Listen)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -73,10 +73,14 @@ type upload struct {
 
 // NewGraph starts the endpoint; it stops with the test.
 func NewGraph(t testing.TB, entra *Entra) *Graph {
+	return NewGraphOn(t, entra, Serving{})
+}
+
+// NewGraphOn is NewGraph served as s says (address, certificate).
+func NewGraphOn(t testing.TB, entra *Entra, s Serving) *Graph {
 	g := &Graph{Entra: entra, MaxRequest: 4 << 20, grants: map[string][]string{},
 		drafts: map[string]*GraphMessage{}, sessions: map[string]*upload{}}
-	g.srv = httptest.NewTLSServer(http.HandlerFunc(g.serve))
-	t.Cleanup(g.srv.Close)
+	g.srv = s.start(t, http.HandlerFunc(g.serve))
 	g.URL = g.srv.URL
 	return g
 }
