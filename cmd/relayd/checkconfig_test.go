@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/siterelay/siterelay/relay/upstream/upstreamtest"
 )
 
 func TestCheckConfigPrintsTheRouteTable(t *testing.T) {
@@ -120,6 +122,46 @@ func TestCheckConfigSecrets(t *testing.T) {
 		{"open to others", []string{file, "-state", state}, func() { os.WriteFile(secret, []byte("v"), 0o644); os.Chmod(secret, 0o644) }, 1, "readable by others"},
 		{"empty", []string{"-state", state, file}, func() { os.WriteFile(secret, nil, 0o600); os.Chmod(secret, 0o600) }, 1, "is malformed (secret m365-client-secret: empty)"},
 		{"present", []string{"-state", state, file}, func() { os.WriteFile(secret, []byte("value\n"), 0o600) }, 0, "configuration is valid"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.prepare()
+			var out, errs strings.Builder
+			code := checkConfig(tc.args, &out, &errs)
+			if code != tc.wantCode || !strings.Contains(out.String()+errs.String(), tc.want) {
+				t.Errorf("exit %d, want %d with %q:\n%s%s", code, tc.wantCode, tc.want, out.String(), errs.String())
+			}
+		})
+	}
+}
+
+// TestCheckConfigCAFile: upstream.m365.ca_file is judged like a secret:
+// listed with the creds put that sends it when there is no -state; with
+// -state a missing file, or one that is no certificate, fails the check
+// naming the key.
+func TestCheckConfigCAFile(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "m365.json")
+	doc := `{"hostname":"relay-x","listeners":[{"address":"127.0.0.1:2525","mode":"smtp","allowed_networks":["127.0.0.0/8"]}],
+	  "upstream":{"kind":"m365-oauth","m365":{"tenant":"contoso.onmicrosoft.com","client_id":"11111111-2222-3333-4444-555555555555","client_secret_secret":"m365-client-secret","mailbox":"relay@contoso.com","ca_file":"certs/proxy-ca.pem"}}}`
+	if err := os.WriteFile(file, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	state := t.TempDir()
+	os.MkdirAll(filepath.Join(state, "secrets"), 0o700)
+	os.MkdirAll(filepath.Join(state, "certs"), 0o700)
+	os.WriteFile(filepath.Join(state, "secrets", "m365-client-secret"), []byte("value\n"), 0o600)
+	ca := filepath.Join(state, "certs", "proxy-ca.pem")
+	for _, tc := range []struct {
+		name     string
+		args     []string
+		prepare  func()
+		wantCode int
+		want     string
+	}{
+		{"no state: listed", []string{file}, func() {}, 0,
+			"upstream.m365.ca_file: file certs/proxy-ca.pem must be provisioned before mail can flow: relayctl -relay NAME creds put proxy-ca -kind ca-certificate -cert CA.pem"},
+		{"missing", []string{"-state", state, file}, func() {}, 1, "upstream.m365.ca_file: file certs/proxy-ca.pem is missing"},
+		{"not a certificate", []string{"-state", state, file}, func() { os.WriteFile(ca, []byte("proxy CA\n"), 0o600) }, 1, "is malformed (file certs/proxy-ca.pem: no PEM certificate in it)"},
+		{"present", []string{"-state", state, file}, func() { os.WriteFile(ca, upstreamtest.NewTestCA(t).PEM(), 0o600) }, 0, "configuration is valid"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.prepare()

@@ -363,11 +363,16 @@ const (
 	KindClientSecret = "client-secret"
 	KindPassword     = "password"
 	KindCertificate  = "certificate"
+	// KindCACertificate is one or more CA certificates (PEM, public, no
+	// key) the relay adds to its roots: written to certs/NAME.pem for a
+	// ca_file key (a TLS-inspecting proxy's CA, a private smarthost's).
+	KindCACertificate = "ca-certificate"
 )
 
 // CredentialPut provisions one credential. Exactly the fields of Kind are
 // used: Secret for a client secret or password; CertificatePEM and KeyPEM,
-// or PFX (base64 in JSON) with PFXPassword, for a certificate.
+// or PFX (base64 in JSON) with PFXPassword, for a certificate;
+// CertificatePEM alone for a CA certificate.
 type CredentialPut struct {
 	Kind           string `json:"kind"`
 	Secret         string `json:"secret,omitempty"`

@@ -17,9 +17,9 @@ func (e *env) creds(ctx context.Context, args []string) int {
 	}
 	op := args[0]
 	fs := sub("creds "+op, e)
-	kind := fs.String("kind", "", "client-secret, password or certificate")
+	kind := fs.String("kind", "", "client-secret, password, certificate or ca-certificate")
 	from := fs.String("from", "-", "read the secret from this file (- for stdin); never a flag value")
-	certF := fs.String("cert", "", "certificate PEM file")
+	certF := fs.String("cert", "", "certificate PEM file (for ca-certificate: the CA certificates)")
 	keyF := fs.String("key", "", "private key PEM file")
 	pfxF := fs.String("pfx", "", "PFX (PKCS #12) file")
 	pfxPw := fs.String("pfx-password-from", "", "read the PFX password from this file (- for stdin)")
@@ -134,8 +134,17 @@ func (e *env) creds(ctx context.Context, args []string) int {
 				}
 				p.CertificatePEM, p.KeyPEM = string(c), string(k)
 			}
+		case api.KindCACertificate:
+			if *certF == "" || *keyF != "" || *pfxF != "" {
+				return e.fail(usageErr("a ca-certificate needs -cert FILE (the CA certificates, PEM) and no key"))
+			}
+			c, err := os.ReadFile(*certF)
+			if err != nil {
+				return e.fail(err)
+			}
+			p.CertificatePEM = string(c)
 		default:
-			return e.fail(usageErr("-kind client-secret, password or certificate"))
+			return e.fail(usageErr("-kind client-secret, password, certificate or ca-certificate"))
 		}
 		return e.change(ctx, func(ctx context.Context, c *api.Client) error {
 			cr, err := c.PutCredential(ctx, pos[0], p)
@@ -156,7 +165,7 @@ func (e *env) creds(ctx context.Context, args []string) int {
 	return e.fail(usageErr(credsUsage))
 }
 
-const credsUsage = "relayctl creds list | put NAME -kind KIND [-expires YYYY-MM-DD] ... | new-certificate NAME [-days 365] [-subject CN=…] [-out FILE] | renew NAME | delete [-force] NAME"
+const credsUsage = "relayctl creds list | put NAME -kind KIND [-expires YYYY-MM-DD] ... (ca-certificate: -cert CA.pem) | new-certificate NAME [-days 365] [-subject CN=…] [-out FILE] | renew NAME | delete [-force] NAME"
 
 // origin says who made a credential, for the list.
 func origin(o string) string {

@@ -146,10 +146,23 @@ func (s *Store) Put(name string, p api.CredentialPut) (*api.Credential, error) {
 		m.Fingerprint = "sha256:" + hex.EncodeToString(sum[:])
 		m.NotAfter = c.NotAfter.UTC()
 		m.CertificateFile = filepath.ToSlash(filepath.Join("certs", name+".pem"))
+	case api.KindCACertificate:
+		var err error
+		if certPEM, m.NotAfter, err = caCertificates(p, now); err != nil {
+			return nil, err
+		}
+		first, _ := pem.Decode(certPEM)
+		sum := sha256.Sum256(first.Bytes)
+		m.Fingerprint = "sha256:" + hex.EncodeToString(sum[:])
+		m.CertificateFile = filepath.ToSlash(filepath.Join("certs", name+".pem"))
+		// Nothing in it is secret: the store's own file of the
+		// credential (what List, Delete and Used go by) holds the same
+		// public PEM.
+		value = certPEM
 	case "":
-		return nil, invalid("kind", "missing: client-secret, password or certificate")
+		return nil, invalid("kind", "missing: "+kinds)
 	default:
-		return nil, invalid("kind", fmt.Sprintf("%q: want client-secret, password or certificate", p.Kind))
+		return nil, invalid("kind", fmt.Sprintf("%q: want %s", p.Kind, kinds))
 	}
 	mb, err := json.Marshal(m)
 	if err != nil {
@@ -180,6 +193,39 @@ func (s *Store) write(name string, certPEM, value []byte, m meta, mb []byte) (*a
 		return nil, fmt.Errorf("storing credential %s: %w", name, err)
 	}
 	return s.describeLocked(name, m), nil
+}
+
+// kinds are the credential kinds Put takes, for its refusals.
+const kinds = "client-secret, password, certificate or ca-certificate"
+
+// caCertificates checks a CA certificate put (certificates only, each
+// parseable and not expired) and returns them as PEM and the earliest
+// expiry among them.
+func caCertificates(p api.CredentialPut, now time.Time) ([]byte, time.Time, error) {
+	switch {
+	case p.Secret != "" || p.KeyPEM != "" || p.PFX != nil || p.PFXPassword != "":
+		return nil, time.Time{}, invalid("kind", "a ca-certificate takes only certificate_pem: CA certificates are public, with no key")
+	case !p.Expires.IsZero():
+		return nil, time.Time{}, invalid("expires", "a certificate's expiry is read from the certificate")
+	case p.CertificatePEM == "":
+		return nil, time.Time{}, invalid("certificate_pem", "missing: give the CA certificates (PEM)")
+	}
+	cas, err := parseCerts([]byte(p.CertificatePEM))
+	if err != nil {
+		return nil, time.Time{}, invalid("certificate_pem", err.Error())
+	}
+	var out []byte
+	var notAfter time.Time
+	for _, c := range cas {
+		if now.After(c.NotAfter) {
+			return nil, time.Time{}, invalid("certificate_pem", fmt.Sprintf("%q expired on %s", c.Subject.CommonName, c.NotAfter.UTC().Format(time.DateOnly)))
+		}
+		if notAfter.IsZero() || c.NotAfter.Before(notAfter) {
+			notAfter = c.NotAfter.UTC()
+		}
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	return out, notAfter, nil
 }
 
 // certificate checks a certificate and its key and returns the chain and

@@ -21,6 +21,7 @@ import (
 	"software.sslmate.com/src/go-pkcs12"
 
 	"github.com/siterelay/siterelay/provisioning/api"
+	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/layout"
 )
 
@@ -90,6 +91,12 @@ func TestPut(t *testing.T) {
 		{"PFX wrong password", "a", api.CredentialPut{Kind: api.KindCertificate, PFX: good.pfx(t, "right"), PFXPassword: "not-this-one"}, "pfx_password"},
 		{"PFX garbage", "a", api.CredentialPut{Kind: api.KindCertificate, PFX: []byte("garbage"), PFXPassword: "x"}, "pfx"},
 		{"PFX expired", "a", api.CredentialPut{Kind: api.KindCertificate, PFX: expired.pfx(t, "p"), PFXPassword: "p"}, "certificate_pem"},
+		{"CA with a key", "a", api.CredentialPut{Kind: api.KindCACertificate, CertificatePEM: good.certPEM(), KeyPEM: good.keyPEM()}, "kind"},
+		{"CA with a secret", "a", api.CredentialPut{Kind: api.KindCACertificate, CertificatePEM: good.certPEM(), Secret: "x"}, "kind"},
+		{"CA missing", "a", api.CredentialPut{Kind: api.KindCACertificate}, "certificate_pem"},
+		{"CA not PEM", "a", api.CredentialPut{Kind: api.KindCACertificate, CertificatePEM: "not a certificate"}, "certificate_pem"},
+		{"CA expired", "a", api.CredentialPut{Kind: api.KindCACertificate, CertificatePEM: good.certPEM() + expired.certPEM()}, "certificate_pem"},
+		{"CA with expires", "a", api.CredentialPut{Kind: api.KindCACertificate, CertificatePEM: good.certPEM(), Expires: now.Add(time.Hour)}, "expires"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := layout.Dir(t.TempDir())
@@ -376,5 +383,45 @@ func TestFingerprintsNotGuessable(t *testing.T) {
 	}
 	if fps[0] == fps[1] {
 		t.Errorf("two boxes give the same password the same fingerprint %q", fps[0])
+	}
+}
+
+// TestPutCACertificate: a CA certificate put goes through the one writer
+// to certs/NAME.pem (0600 like every state file), which a ca_file key
+// names; it is listed with its fingerprint and earliest expiry, and a
+// delete takes the file away.
+func TestPutCACertificate(t *testing.T) {
+	dir := layout.Dir(t.TempDir())
+	s := New(dir, func() time.Time { return now })
+	a, b := newCert(t, now.Add(365*24*time.Hour)), newCert(t, now.Add(30*24*time.Hour))
+	cr, err := s.Put("proxy-ca", api.CredentialPut{Kind: api.KindCACertificate, CertificatePEM: "comment line\n" + a.certPEM() + b.certPEM()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(a.cert.Raw)
+	want := api.Credential{Name: "proxy-ca", Kind: api.KindCACertificate, Fingerprint: "sha256:" + hex.EncodeToString(sum[:]), Updated: now,
+		NotAfter: b.cert.NotAfter.UTC(), CertificateFile: "certs/proxy-ca.pem", Origin: api.OriginAdmin}
+	if *cr != want {
+		t.Errorf("Put = %+v\nwant %+v", *cr, want)
+	}
+	got, err := os.ReadFile(dir.Certificate("proxy-ca"))
+	if err != nil || string(got) != a.certPEM()+b.certPEM() {
+		t.Fatalf("certs/proxy-ca.pem = %q, %v; want both certificates, nothing else", got, err)
+	}
+	if st, _ := os.Stat(dir.Certificate("proxy-ca")); st.Mode().Perm() != 0o600 {
+		t.Errorf("certs/proxy-ca.pem mode %v, want 0600", st.Mode().Perm())
+	}
+	if ref := (config.Reference{Key: "upstream.m365.ca_file", File: "certs/proxy-ca.pem", Kind: config.RefCACertificate}); config.CheckReference(string(dir), ref) != nil {
+		t.Errorf("the relay's check refuses what Put wrote: %+v", config.CheckReference(string(dir), ref))
+	}
+	l, err := s.List()
+	if err != nil || len(l) != 1 || l[0] != want {
+		t.Errorf("List = %+v, %v; want [%+v]", l, err, want)
+	}
+	if err := s.Delete("proxy-ca"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir.Certificate("proxy-ca")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("after Delete certs/proxy-ca.pem: %v, want gone", err)
 	}
 }

@@ -270,6 +270,10 @@ var ops = []op{
 		_, err := c.PutCredential(ctx, "s", api.CredentialPut{Kind: api.KindClientSecret, Secret: "x"})
 		return err
 	}},
+	{"creds put ca-certificate", api.Admin, func(ctx context.Context, c *api.Client) error {
+		_, err := c.PutCredential(ctx, "proxy-ca", api.CredentialPut{Kind: api.KindCACertificate, CertificatePEM: "-----BEGIN CERTIFICATE-----"})
+		return err
+	}},
 	{"creds delete", api.Admin, func(ctx context.Context, c *api.Client) error { return c.DeleteCredential(ctx, "s") }},
 	{"config get", api.Admin, func(ctx context.Context, c *api.Client) error { _, err := c.Config(ctx); return err }},
 	{"config put", api.Admin, func(ctx context.Context, c *api.Client) error {
@@ -345,12 +349,21 @@ func TestRoleMatrix(t *testing.T) {
 	}
 	changing := 0
 	for _, o := range ops {
-		if slices.Contains([]string{"retry", "bounce", "delete", "doctor", "creds put", "creds delete", "config put", "config dry run", "rollback", "update", "devices adopt"}, o.name) {
+		if slices.Contains([]string{"retry", "bounce", "delete", "doctor", "creds put", "creds put ca-certificate", "creds delete", "config put", "config dry run", "rollback", "update", "devices adopt"}, o.name) {
 			changing++
 		}
 	}
 	if got, want := refused+allowed, 4*changing; got != want {
 		t.Errorf("audit has %d entries (%d refused, %d ok), want %d", got, refused, allowed, want)
+	}
+	caPuts := 0
+	for _, e := range entries {
+		if strings.Contains(e.What, "put credential proxy-ca (ca-certificate)") && e.Result == "ok" {
+			caPuts++
+		}
+	}
+	if caPuts != 1 {
+		t.Errorf("%d audit entries say an admin put the CA certificate proxy-ca (ca-certificate), want 1", caPuts)
 	}
 }
 
