@@ -198,18 +198,18 @@ func buildM365(cfg *config.Config, u config.Upstream, key, dir string, d Deps) (
 }
 
 // withCAFile adds the CAs of the PEM file path to roots (nil: the
-// system's) for the SMTP endpoints, and returns an HTTP client for the
+// system's, if it has any) for the SMTP endpoints, and returns an HTTP client for the
 // token endpoint and Graph that trusts the same: client's transport with
 // those roots, or (client nil) the default transport's. A plant behind a
 // TLS-inspecting proxy trusts the proxy's CA this way, for this upstream
 // only.
 func withCAFile(path string, roots *x509.CertPool, client *http.Client) (*x509.CertPool, *http.Client, error) {
 	if roots == nil {
-		sys, err := x509.SystemCertPool()
-		if err != nil {
-			return nil, nil, fmt.Errorf("the system's roots: %w", err)
+		// A system with no roots at all (an image without a bundle)
+		// still trusts the file.
+		if sys, err := x509.SystemCertPool(); err == nil {
+			roots = sys
 		}
-		roots = sys
 	}
 	roots, err := certs.Roots(path, roots)
 	if err != nil {

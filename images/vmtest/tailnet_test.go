@@ -17,14 +17,11 @@ import (
 	"testing"
 	"time"
 
-	"tailscale.com/tailcfg"
 	"tailscale.com/tsnet"
 
 	"github.com/siterelay/siterelay/provisioning/api"
-	"github.com/siterelay/siterelay/provisioning/authz"
 	"github.com/siterelay/siterelay/provisioning/ctl"
 	"github.com/siterelay/siterelay/provisioning/firmware"
-	"github.com/siterelay/siterelay/provisioning/provtest"
 )
 
 // The tailnet VM test runs in a network namespace of its own: there
@@ -185,13 +182,8 @@ func TestVMTailnet(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "old.root.sig"), signWith(t, filepath.Join(dir, trustedKeyDir), readBuild(t, img), old), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	inner := exec.CommandContext(ctx, "unshare", "-n", "--", os.Args[0], "-test.run", "^TestVMTailnet$", "-test.v", "-test.timeout", "15m")
-	inner.Env = append(os.Environ(), "SITERELAY_VMTAILNET_INNER=1", "VMTAILNET_DIR="+dir, "VMTAILNET_IMG="+img, "VMTAILNET_IMG2="+img2, "VMTAILNET_BROKEN="+broken,
+	inNamespace(t, ctx, "^TestVMTailnet$", "SITERELAY_VMTAILNET_INNER=1", "VMTAILNET_DIR="+dir, "VMTAILNET_IMG="+img, "VMTAILNET_IMG2="+img2, "VMTAILNET_BROKEN="+broken,
 		"VMTAILNET_CTL="+strconv.Itoa(ctlPort), "VMTAILNET_UP="+strconv.Itoa(upPort))
-	inner.Stdout, inner.Stderr = os.Stdout, os.Stderr
-	if err := inner.Run(); err != nil {
-		t.Fatalf("the test inside its network namespace failed: %v", err)
-	}
 }
 
 // proxy forwards every connection to from on to.
@@ -225,24 +217,7 @@ func proxy(t *testing.T, from, to string) {
 func innerTailnet(t *testing.T) {
 	dir, img := os.Getenv("VMTAILNET_DIR"), os.Getenv("VMTAILNET_IMG")
 	ctlPort, upPort := os.Getenv("VMTAILNET_CTL"), os.Getenv("VMTAILNET_UP")
-	for _, args := range [][]string{{"link", "set", "lo", "up"}, {"addr", "add", guestHost + "/32", "dev", "lo"}} {
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %v: %v\n%s", args, err, out)
-		}
-	}
-	cl, err := net.Listen("tcp", guestHost+":"+ctlPort)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tn := provtest.NewOn(t, guestHost, cl)
-	for _, r := range tn.Control.DERPMap.Regions {
-		for _, n := range r.Nodes {
-			p := strconv.Itoa(n.DERPPort)
-			proxy(t, "127.0.0.1:"+p, guestHost+":"+p)
-		}
-	}
-	proxy(t, "127.0.0.1:"+ctlPort, guestHost+":"+ctlPort)
-	control := tn.Control
+	tn := namespaceTailnet(t, ctlPort)
 
 	up := &upstream{ch: make(chan struct{}, 1)}
 	up.start(t, "127.0.0.1:"+upPort)
@@ -253,22 +228,9 @@ func innerTailnet(t *testing.T) {
 	defer v.kill()
 
 	// 1. The box appears on the tailnet, named for the site.
-	var box *tailcfg.Node
-	for end := time.Now().Add(120 * time.Second); box == nil; time.Sleep(100 * time.Millisecond) {
-		for _, n := range control.AllNodes() {
-			if n.Hostinfo.Valid() && n.Hostinfo.Hostname() == "relay-vmtest" && n.MachineAuthorized {
-				box = n
-			}
-		}
-		if box == nil && time.Now().After(end) {
-			t.Fatalf("the box did not join the test tailnet within 120 s (serial log in %s)", dir)
-		}
-	}
+	box := waitJoined(t, tn, "relay-vmtest", dir)
 	joined := time.Since(power)
 	t.Logf("the box joined the tailnet %.1f s after QEMU started (SMTP ready at %.1f s)", joined.Seconds(), ready.Seconds())
-	box.Tags = []string{"tag:siterelay"}
-	control.UpdateNode(box)
-	tn.Grant(tailcfg.PeerCapMap{authz.Capability: {tailcfg.RawMessage(`{"role":"admin"}`)}})
 
 	// An admin node on the host reads the box's status over the tailnet.
 	admin := tn.Join(t, "admin")
@@ -276,6 +238,7 @@ func innerTailnet(t *testing.T) {
 	defer cancel()
 	c := api.NewClient(box.Addresses[0].Addr().String(), admin.Dial)
 	var st *api.Status
+	var err error
 	for end := time.Now().Add(90 * time.Second); ; time.Sleep(time.Second) {
 		cctx, c2 := context.WithTimeout(ctx, 15*time.Second)
 		st, err = c.Status(cctx)
