@@ -35,7 +35,7 @@ func fixFor(s upstream.Step) string {
 	case name == "connect":
 		return "check the upstream's address and port in the configuration, and that the box can reach it (firewall, the site's DNS, an outbound port 25/587 block)"
 	case name == "tls" || name == "starttls":
-		return "check the upstream's tls and min_tls keys, and its certificate: ca_file for a private CA, server_name when it is reached by another name"
+		return "check the upstream's tls and min_tls keys, and its certificate: ca_file for a private CA or a TLS-inspecting proxy's (relayctl -relay NAME creds put NAME -kind ca-certificate -cert CA.pem), server_name when it is reached by another name"
 	case name == "banner" || name == "ehlo":
 		return "the server answered but refused the session: check that the address is an SMTP server that accepts this box (its allow list, its own log)"
 	case name == "auth" || name == "login":
