@@ -26,7 +26,6 @@ import (
 	"time"
 
 	"github.com/siterelay/siterelay/relay/alerts"
-	"github.com/siterelay/siterelay/relay/certs"
 	"github.com/siterelay/siterelay/relay/config"
 	"github.com/siterelay/siterelay/relay/delivery"
 	"github.com/siterelay/siterelay/relay/forward"
@@ -339,13 +338,13 @@ func (r *Relay) build(cfg *config.Config, prev *generation) (*generation, upstre
 		return nil, nil, err
 	}
 	g.policy.FollowUpstreamPace(up.Limits().MessagesPerMinute)
-	g.certKey = cfg.TLS.CertFile + "\x00" + cfg.TLS.KeyFile + "\x00" + g.hostname
+	g.certKey = r.listenerCertKey(cfg, g.hostname)
 	if prev != nil && prev.certKey == g.certKey {
 		g.cert = prev.cert
 	}
 	for _, lc := range cfg.Listeners {
 		if *lc.StartTLS && g.cert == nil {
-			g.cert, err = certs.Getter(r.dir.TLS(), r.dir.Resolve(cfg.TLS.CertFile), r.dir.Resolve(cfg.TLS.KeyFile), g.hostname, r.d.Clock())
+			g.cert, err = r.listenerCert(cfg, g.hostname)
 			if err != nil {
 				up.Close()
 				return nil, nil, err

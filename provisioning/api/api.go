@@ -367,11 +367,16 @@ const (
 	// key) the relay adds to its roots: written to certs/NAME.pem for a
 	// ca_file key (a TLS-inspecting proxy's CA, a private smarthost's).
 	KindCACertificate = "ca-certificate"
+	// KindTLSCertificate is the listeners' STARTTLS certificate and its
+	// key, checked like a certificate: the chain to certs/NAME.pem
+	// (tls.cert_file), the key to the secret NAME (tls.key_secret).
+	KindTLSCertificate = "tls-certificate"
 )
 
 // CredentialPut provisions one credential. Exactly the fields of Kind are
 // used: Secret for a client secret or password; CertificatePEM and KeyPEM,
-// or PFX (base64 in JSON) with PFXPassword, for a certificate;
+// or PFX (base64 in JSON) with PFXPassword, for a certificate or a TLS
+// certificate;
 // CertificatePEM alone for a CA certificate.
 type CredentialPut struct {
 	Kind           string `json:"kind"`

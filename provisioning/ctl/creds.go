@@ -17,7 +17,7 @@ func (e *env) creds(ctx context.Context, args []string) int {
 	}
 	op := args[0]
 	fs := sub("creds "+op, e)
-	kind := fs.String("kind", "", "client-secret, password, certificate or ca-certificate")
+	kind := fs.String("kind", "", "client-secret, password, certificate, ca-certificate or tls-certificate")
 	from := fs.String("from", "-", "read the secret from this file (- for stdin); never a flag value")
 	certF := fs.String("cert", "", "certificate PEM file (for ca-certificate: the CA certificates)")
 	keyF := fs.String("key", "", "private key PEM file")
@@ -108,7 +108,7 @@ func (e *env) creds(ctx context.Context, args []string) int {
 				return e.fail(err)
 			}
 			p.Secret = strings.TrimRight(string(b), "\r\n")
-		case api.KindCertificate:
+		case api.KindCertificate, api.KindTLSCertificate:
 			if *pfxF != "" {
 				if p.PFX, err = os.ReadFile(*pfxF); err != nil {
 					return e.fail(err)
@@ -144,7 +144,7 @@ func (e *env) creds(ctx context.Context, args []string) int {
 			}
 			p.CertificatePEM = string(c)
 		default:
-			return e.fail(usageErr("-kind client-secret, password, certificate or ca-certificate"))
+			return e.fail(usageErr("-kind client-secret, password, certificate, ca-certificate or tls-certificate"))
 		}
 		return e.change(ctx, func(ctx context.Context, c *api.Client) error {
 			cr, err := c.PutCredential(ctx, pos[0], p)

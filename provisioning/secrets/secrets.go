@@ -128,7 +128,7 @@ func (s *Store) Put(name string, p api.CredentialPut) (*api.Credential, error) {
 			return nil, err
 		}
 		m.Fingerprint = fp
-	case api.KindCertificate:
+	case api.KindCertificate, api.KindTLSCertificate:
 		if p.Secret != "" {
 			return nil, invalid("secret", "a certificate takes certificate_pem and key_pem, or pfx and pfx_password")
 		}
@@ -196,7 +196,7 @@ func (s *Store) write(name string, certPEM, value []byte, m meta, mb []byte) (*a
 }
 
 // kinds are the credential kinds Put takes, for its refusals.
-const kinds = "client-secret, password, certificate or ca-certificate"
+const kinds = "client-secret, password, certificate, ca-certificate or tls-certificate"
 
 // caCertificates checks a CA certificate put (certificates only, each
 // parseable and not expired) and returns them as PEM and the earliest

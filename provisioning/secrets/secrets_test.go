@@ -76,6 +76,9 @@ func TestPut(t *testing.T) {
 		{"password", "mailbox", api.CredentialPut{Kind: api.KindPassword, Secret: "pw"}, ""},
 		{"PEM pair", "app-cert", api.CredentialPut{Kind: api.KindCertificate, CertificatePEM: good.certPEM(), KeyPEM: good.keyPEM()}, ""},
 		{"PFX", "app-pfx", api.CredentialPut{Kind: api.KindCertificate, PFX: good.pfx(t, "pfx-pass"), PFXPassword: "pfx-pass"}, ""},
+		{"TLS certificate", "lan", api.CredentialPut{Kind: api.KindTLSCertificate, CertificatePEM: good.certPEM(), KeyPEM: good.keyPEM()}, ""},
+		{"TLS key does not match", "a", api.CredentialPut{Kind: api.KindTLSCertificate, CertificatePEM: good.certPEM(), KeyPEM: other.keyPEM()}, "key_pem"},
+		{"TLS without key", "a", api.CredentialPut{Kind: api.KindTLSCertificate, CertificatePEM: good.certPEM()}, "key_pem"},
 		{"bad name", "../etc", api.CredentialPut{Kind: api.KindPassword, Secret: "x"}, "name"},
 		{"join key name", "tailnet-authkey", api.CredentialPut{Kind: api.KindPassword, Secret: "x"}, "name"},
 		{"no kind", "a", api.CredentialPut{Secret: "x"}, "kind"},
@@ -133,8 +136,8 @@ func TestPut(t *testing.T) {
 					t.Errorf("description %s holds the secret", b)
 				}
 			}
-			if tc.p.Kind == api.KindCertificate {
-				if !cr.NotAfter.Equal(good.cert.NotAfter.UTC()) || cr.CertificateFile != "certs/"+tc.cname+".pem" {
+			if tc.p.Kind == api.KindCertificate || tc.p.Kind == api.KindTLSCertificate {
+				if cr.Kind != tc.p.Kind || !cr.NotAfter.Equal(good.cert.NotAfter.UTC()) || cr.CertificateFile != "certs/"+tc.cname+".pem" {
 					t.Errorf("described as %+v", cr)
 				}
 				if _, err := os.Stat(dir.Certificate(tc.cname)); err != nil {

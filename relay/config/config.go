@@ -83,6 +83,10 @@ type Listener struct {
 type TLS struct {
 	CertFile string `json:"cert_file,omitempty"`
 	KeyFile  string `json:"key_file,omitempty"`
+	// KeySecret names the secret holding CertFile's private key, instead
+	// of KeyFile: what `relayctl creds put NAME -kind tls-certificate`
+	// provides over the tailnet, with CertFile "certs/NAME.pem".
+	KeySecret string `json:"key_secret,omitempty"`
 }
 
 // Account is a local device login; the password is stored as a bcrypt hash
@@ -416,8 +420,13 @@ func (c *Config) Validate() Errors {
 			bad(k+".allowed_networks", "no client could ever send: give allowed networks or turn auth on")
 		}
 	}
-	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
-		bad("tls", "cert_file and key_file go together")
+	switch t := c.TLS; {
+	case t.KeyFile != "" && t.KeySecret != "":
+		bad("tls.key_secret", "give key_file or key_secret, not both")
+	case t.CertFile != "" && t.KeyFile == "" && t.KeySecret == "":
+		bad("tls", "cert_file goes with key_file or key_secret")
+	case t.CertFile == "" && (t.KeyFile != "" || t.KeySecret != ""):
+		bad("tls", "key_file and key_secret go with cert_file")
 	}
 	users := map[string]bool{}
 	for i, a := range c.Accounts {

@@ -98,6 +98,8 @@ func (r Reference) Fix(relay string) string {
 		return put + " -kind certificate -cert CERT.pem -key KEY.pem"
 	case RefCACertificate:
 		return put + " -kind ca-certificate -cert CA.pem"
+	case RefTLSCertificate, RefTLSKey:
+		return put + " -kind tls-certificate -cert CERT.pem -key KEY.pem"
 	}
 	return put + " -kind password -from FILE" // a webhook URL, a smarthost password: one line
 }
@@ -119,6 +121,9 @@ func (c *Config) References() []Reference {
 	}
 	if c.TLS.KeyFile != "" {
 		out = append(out, Reference{Key: "tls.key_file", File: c.TLS.KeyFile, Kind: RefTLSKey})
+	}
+	if c.TLS.KeySecret != "" {
+		out = append(out, Reference{Key: "tls.key_secret", Secret: c.TLS.KeySecret, Kind: RefTLSKey})
 	}
 	if w := c.Alerts.Webhook; w != nil && w.URLSecret != "" {
 		out = append(out, Reference{Key: "alerts.webhook.url_secret", Secret: w.URLSecret, Kind: RefWebhookURL})

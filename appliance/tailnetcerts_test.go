@@ -1,18 +1,24 @@
 package appliance
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/emersion/go-smtp"
+
 	"github.com/siterelay/siterelay/provisioning/api"
 	"github.com/siterelay/siterelay/provisioning/provtest"
 	"github.com/siterelay/siterelay/relay/layout"
 	"github.com/siterelay/siterelay/relay/relaytest"
 	"github.com/siterelay/siterelay/relay/upstream/m365test"
+	"github.com/siterelay/siterelay/relay/upstream/upstreamtest"
 )
 
 // TestCACertificateOverTheTailnet: a box behind a TLS-inspecting proxy
@@ -101,5 +107,59 @@ func TestCACertificateOverTheTailnet(t *testing.T) {
 	}
 	if code, out, errs := rc.run("", cmd("creds", "delete", "proxy-ca")...); code == 0 || !strings.Contains(out+errs, "upstream.m365.ca_file") {
 		t.Errorf("creds delete of the CA in use: exit %d\n%s%s", code, out, errs)
+	}
+}
+
+// TestTLSCertificateOverTheTailnet: the listeners' certificate, one the
+// plant's devices trust, is installed over the tailnet: `relayctl creds
+// put NAME -kind tls-certificate -cert -key` stores it, a configuration
+// naming tls.cert_file "certs/NAME.pem" and tls.key_secret NAME puts it in
+// force, and a device's STARTTLS gets it.
+func TestTLSCertificateOverTheTailnet(t *testing.T) {
+	tn := provtest.New(t)
+	out := t.TempDir()
+	b := startBox(t, tn, "plant-l", fmt.Sprintf(captureConfig, "plant-l", out))
+	grantAll(t, tn, api.Admin)
+	rc := newRelayctl(t, tn)
+	rc.node = tn.Join(t, "laptop")
+	cmd := func(args ...string) []string { return append([]string{"-relay", "plant-l"}, args...) }
+	relaytest.Eventually(t, "admin role for the laptop", func() bool {
+		_, out, _ := rc.run("", cmd("-json", "whoami")...)
+		var w api.WhoAmI
+		return json.Unmarshal([]byte(out), &w) == nil && w.Role == api.Admin
+	})
+	ca := upstreamtest.NewTestCA(t)
+	lan := ca.ServerCert(t, "relay-plant-l.plant.test")
+	der, err := x509.MarshalPKCS8PrivateKey(lan.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile, cfgFile := filepath.Join(t.TempDir(), "lan.pem"), filepath.Join(t.TempDir(), "lan.key"), filepath.Join(t.TempDir(), "config.json")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: lan.Certificate[0]}), 0o644)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
+	put := rc.ok("", cmd("creds", "put", "lan", "-kind", "tls-certificate", "-cert", certFile, "-key", keyFile)...)
+	if !strings.Contains(put, "tls-certificate") || !strings.Contains(put, "certs/lan.pem") {
+		t.Errorf("creds put -kind tls-certificate says:\n%s", put)
+	}
+	cfg := strings.Replace(fmt.Sprintf(captureConfig, "plant-l", out), `"starttls":false`, `"starttls":true`, 1)
+	cfg = strings.TrimSuffix(cfg, "}") + `,"tls":{"cert_file":"certs/lan.pem","key_secret":"lan"}}`
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rc.ok("", cmd("config", "put", cfgFile)...)
+	c, err := smtp.DialStartTLS(b.smtp, &tls.Config{RootCAs: ca.Pool, ServerName: "relay-plant-l.plant.test"})
+	if err != nil {
+		t.Fatalf("STARTTLS against the installed certificate: %v", err)
+	}
+	defer c.Close()
+	if err := c.Noop(); err != nil {
+		t.Fatalf("STARTTLS against the installed certificate: %v", err)
+	}
+	if st, _ := c.TLSConnectionState(); len(st.PeerCertificates) == 0 || !st.PeerCertificates[0].Equal(lan.Leaf) {
+		t.Errorf("the device was not given the installed certificate")
+	}
+	// In use: its delete is refused, naming both keys.
+	if code, o, e := rc.run("", cmd("creds", "delete", "lan")...); code == 0 || !strings.Contains(o+e, "tls.key_secret") || !strings.Contains(o+e, "tls.cert_file") {
+		t.Errorf("creds delete of the listener certificate in use: exit %d\n%s%s", code, o, e)
 	}
 }
