@@ -73,6 +73,11 @@ type kindRow struct {
 	// logs in with tokens or, legacy, with the HVE account's password:
 	// M365.UsesTokens answers for one configuration.
 	oauth bool
+	// tokenOrPassword: logs in with Entra access tokens unless it is
+	// given a password (HVE: the HVE account's password, legacy, allowed
+	// until September 2028): M365.UsesTokens answers for one
+	// configuration, and such an upstream may have a certificate to renew.
+	tokenOrPassword bool
 	// mailbox: sends as one mailbox (upstream.m365.mailbox; for HVE the
 	// HVE account).
 	mailbox bool
@@ -98,7 +103,7 @@ var kindTable = []kindRow{
 	{kind: KindM365Connector, family: FamilyM365, mx: true, doctorDNS: DNSRequired},
 	{kind: KindM365Direct, family: FamilyM365, mx: true, internal: true, doctorDNS: DNSRequired},
 	{kind: KindGraph, family: FamilyM365, oauth: true, mailbox: true, doctorDNS: DNSRequired},
-	{kind: KindHVE, family: FamilyM365, mailbox: true, internal: true, renewBefore: 20 * time.Minute, doctorDNS: DNSRequired},
+	{kind: KindHVE, family: FamilyM365, tokenOrPassword: true, mailbox: true, internal: true, renewBefore: 20 * time.Minute, doctorDNS: DNSRequired},
 }
 
 // Kinds lists every upstream kind, in the order the docs give them.
@@ -143,6 +148,10 @@ func (k Kind) MX() bool { return k.row().mx }
 // credentials). HVE logs in with tokens or, legacy, with the HVE account's
 // password: M365.UsesTokens answers for one configuration.
 func (k Kind) OAuth() bool { return k.row().oauth }
+
+// TokenOrPassword reports whether k logs in with Entra access tokens
+// unless it is given a password (HVE).
+func (k Kind) TokenOrPassword() bool { return k.row().tokenOrPassword }
 
 // Mailbox reports whether k sends as one mailbox (upstream.m365.mailbox;
 // for HVE the HVE account).
