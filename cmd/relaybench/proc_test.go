@@ -210,7 +210,7 @@ func TestPercentile(t *testing.T) {
 
 func TestPrintTable(t *testing.T) {
 	rs := []result{
-		{Name: "relayd", AcceptRate: 3000, E2ERate: 2900, P50: 2 * time.Millisecond, P99: 9 * time.Millisecond,
+		{Name: "relayd", Cond: "in TLS1.3, out TLS", AcceptRate: 3000, E2ERate: 2900, P50: 2 * time.Millisecond, P99: 9 * time.Millisecond,
 			CPUmsPerMsg: 0.41, PeakRSSMiB: 31.2, RSSIsHWM: true, PeakPSSMiB: 30.1, DiskBytesPerMsg: 4700, PeakProcs: 1},
 		{Name: "postfix", AcceptRate: 700, E2ERate: 650, P50: 11 * time.Millisecond, P99: 40 * time.Millisecond,
 			CPUmsPerMsg: 2.5, PeakRSSMiB: 460, PeakPSSMiB: 65, DiskBytesPerMsg: 12000, PeakProcs: 50},
@@ -220,7 +220,7 @@ func TestPrintTable(t *testing.T) {
 	printTable(&b, rs)
 	printVerdict(&b, rs, 4, 40)
 	out := b.String()
-	for _, want := range []string{"2900", "650", "0.41", "31.2", "460.0*", "FAILED", "4.46x", "target >= 4x: met", "target < 40 MiB: met"} {
+	for _, want := range []string{"in TLS1.3, out TLS", "2900", "650", "0.41", "31.2", "460.0*", "FAILED", "4.46x", "target >= 4x: met", "target < 40 MiB: met"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
