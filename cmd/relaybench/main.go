@@ -276,6 +276,7 @@ type result struct {
 	PeakRSSMiB      float64
 	RSSIsHWM        bool // PeakRSSMiB is the root's VmHWM (single process), else a sampled sum
 	PeakPSSMiB      float64
+	PeakAnonMiB     float64 // sampled sum of RssAnon: RSS without the binaries' file pages
 	DiskBytesPerMsg float64
 	// DevWritesPerMsg and DevFlushesPerMsg are the device's write and
 	// flush requests ÷ N (flushes: -1 where the kernel does not count them).
@@ -413,6 +414,7 @@ func measure(ctx context.Context, o options, name, sinkBin, devDir string, start
 		r.PeakRSSMiB = float64(peak.RSSKiB) / 1024
 	}
 	r.PeakPSSMiB = float64(peak.PSSKiB) / 1024
+	r.PeakAnonMiB = float64(peak.AnonKiB) / 1024
 	r.PeakProcs = peak.Procs
 	r.SinkCount = sk.Count()
 	return r
@@ -464,6 +466,7 @@ func (s *sampler) sample(find bool) {
 	defer s.mu.Unlock()
 	s.peak.RSSKiB = max(s.peak.RSSKiB, u.RSSKiB)
 	s.peak.PSSKiB = max(s.peak.PSSKiB, u.PSSKiB)
+	s.peak.AnonKiB = max(s.peak.AnonKiB, u.AnonKiB)
 	s.peak.Procs = max(s.peak.Procs, u.Procs)
 }
 

@@ -20,6 +20,7 @@ type writer struct {
 	mu      sync.Mutex
 	seg     *segment
 	pend    []chunk
+	spare   []byte // the last written batch's buffer, for the next (batchBuf)
 	cur     *batch
 	broken  map[*segment]bool
 	kick    chan struct{}
@@ -110,7 +111,7 @@ func (w *writer) appendFrame(body []byte, lazy bool, after func()) (*batch, *seg
 	if k := len(w.pend); k > 0 && w.pend[k-1].seg == g {
 		w.pend[k-1].data = frame(w.pend[k-1].data, g.seq, body)
 	} else {
-		w.pend = append(w.pend, chunk{seg: g, off: off, data: frame(make([]byte, 0, max(4096, n)), g.seq, body)})
+		w.pend = append(w.pend, chunk{seg: g, off: off, data: frame(w.batchBuf(int(n)), g.seq, body)})
 	}
 	if after != nil {
 		w.cur.after = append(w.cur.after, after)
@@ -124,6 +125,19 @@ func (w *writer) appendFrame(body []byte, lazy bool, after func()) (*batch, *seg
 	default:
 	}
 	return w.cur, g, off, nil
+}
+
+// batchBuf is a buffer for a batch's frames, at least n bytes: the last
+// written batch's, when there is one. One spare is kept, not a pool: a
+// pool of batch-sized buffers kept several megabytes more alive (peak RSS
+// 77-83 MiB against 66-71 at 50 sessions of 64 KiB) for the same CPU.
+// Called with w.mu held.
+func (w *writer) batchBuf(n int) []byte {
+	if b := w.spare; b != nil && cap(b) >= n {
+		w.spare = nil
+		return b
+	}
+	return make([]byte, 0, max(4096, n))
 }
 
 // rotate starts a new segment; called with w.mu held.
@@ -149,8 +163,10 @@ func (w *writer) rotate() error {
 // inflight count stays raised for the caller to drop once the message is
 // adopted.
 func (w *writer) appendMessage(m *messageRec) (*segment, int64, error) {
-	body := encodeMessage(nil, m)
+	body := encodeMessage(contentBufs.get(recordSize(m)), m)
+	head := int64(len(body) - len(m.Data)) // the record before the content
 	b, g, off, err := w.appendFrame(body, false, nil)
+	contentBufs.put(body) // appendFrame copied it into the batch
 	if err != nil {
 		return nil, 0, err
 	}
@@ -159,18 +175,20 @@ func (w *writer) appendMessage(m *messageRec) (*segment, int64, error) {
 		g.inflight.Add(-1)
 		return nil, 0, fmt.Errorf("writing to the spool: %w", err)
 	}
-	return g, off + frameHeader + int64(len(body)-len(m.Data)), nil
+	return g, off + frameHeader + head, nil
 }
 
 // appendCopy appends a compaction copy without waiting; compaction syncs
 // before it removes the old segment.
 func (w *writer) appendCopy(m *messageRec) (*segment, int64, error) {
-	body := encodeMessage(nil, m)
+	body := encodeMessage(contentBufs.get(recordSize(m)), m)
+	head := int64(len(body) - len(m.Data))
 	_, g, off, err := w.appendFrame(body, false, nil)
+	contentBufs.put(body)
 	if err != nil {
 		return nil, 0, err
 	}
-	return g, off + frameHeader + int64(len(body)-len(m.Data)), nil
+	return g, off + frameHeader + head, nil
 }
 
 // sync waits until everything appended so far is durable.
@@ -222,6 +240,11 @@ func (w *writer) run() {
 		}
 		w.mu.Unlock()
 		b.err = w.flush(chunks)
+		if len(chunks) > 0 {
+			w.mu.Lock()
+			w.spare = chunks[0].data[:0] // written: the next batch reuses it
+			w.mu.Unlock()
+		}
 		if b.err != nil {
 			lastErr = b.err
 		} else {
