@@ -2,6 +2,7 @@ package spool
 
 import (
 	"bytes"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -47,5 +48,37 @@ func TestBufPool(t *testing.T) {
 	bp.put(make([]byte, 0, 4096)) // over the limit: dropped
 	if got := bp.get(2048); cap(got) != 2048 {
 		t.Errorf("get(2048) after an oversized put: cap %d, want a new 2048", cap(got))
+	}
+}
+
+// writeFrames lays frames end to end from the offset, also past the
+// kernel's 1024 buffers a call, and leaves the frames whole for their pool.
+func TestWriteFrames(t *testing.T) {
+	for _, n := range []int{1, 3, 1024, 2500} {
+		f, err := os.CreateTemp(t.TempDir(), "seg")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var frames [][]byte
+		var want []byte
+		for i := range n {
+			b := bytes.Repeat([]byte{byte('a' + i%26)}, 1+i%97)
+			frames = append(frames, b)
+			want = append(want, b...)
+		}
+		const off = 4096
+		if err := writeFrames(f, frames, off); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := os.ReadFile(f.Name())
+		if len(got) != off+len(want) || !bytes.Equal(got[off:], want) {
+			t.Errorf("%d frames: file of %d bytes, want %d with the frames from %d", n, len(got), off+len(want), off)
+		}
+		for i, b := range frames {
+			if len(b) != 1+i%97 {
+				t.Fatalf("frame %d cut to %d bytes", i, len(b))
+			}
+		}
+		f.Close()
 	}
 }
