@@ -40,9 +40,11 @@ var importRules = []struct {
 	{"appliance/buildinfo", nil}, // a leaf: sitegen stamps what it owns
 
 	{"provisioning", []string{"provisioning", "relay/config", "relay/layout", "relay/strictjson", "relay/durable", "relay/safetext", "netcfg"}},
+	{"provisioning/testboot", nil}, // a leaf: cmd/bootguard links it into every root
 
 	{"cmd/relayd", []string{"appliance", "relay"}},
 	{"cmd/relaybench", nil},
+	{"cmd/bootguard", []string{"provisioning/testboot"}},
 	{"cmd/relayctl", []string{"provisioning/api", "provisioning/ctl", "relay/layout"}},
 
 	{"images", []string{"appliance/site", "appliance/buildinfo", "relay/config", "relay/layout", "relay/strictjson", "netcfg"}},
@@ -122,6 +124,8 @@ var depRules = []struct {
 	{"provisioning/...", []string{"provisioning", "relay", "netcfg"}, true},
 	{"appliance/...", []string{"appliance", "provisioning", "relay", "netcfg"}, true},
 	{"cmd/relayctl", []string{"cmd", "provisioning", "relay"}, true},
+	// The boot guard must work while relayd hangs: nothing of relayd.
+	{"cmd/bootguard", []string{"cmd", "provisioning"}, false},
 }
 
 func TestDependencyRules(t *testing.T) {
