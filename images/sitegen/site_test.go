@@ -271,6 +271,9 @@ func TestGenerate(t *testing.T) {
 		if got := strings.Join(tc.g.PackageConfig[bootguardPkg].CommandLineFlags, " "); got != tc.want {
 			t.Errorf("boot guard flags %q, want %q", got, tc.want)
 		}
+		if got := strings.Join(tc.g.PackageConfig[bootguardPkg].GoBuildFlags, " "); got != "-ldflags=-s -w" {
+			t.Errorf("boot guard build flags %q, want it stripped", got)
+		}
 	}
 	for _, f := range []string{"/etc/siterelay/site.json", "/etc/siterelay/config.json", "/etc/siterelay/tailnet-authkey"} {
 		p, ok := rd.ExtraFilePaths[f]

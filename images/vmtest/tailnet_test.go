@@ -314,6 +314,11 @@ func innerTailnet(t *testing.T) {
 	}
 	joined := time.Since(power)
 	t.Logf("the box joined the tailnet %.1f s after QEMU started (SMTP ready at %.1f s)", joined.Seconds(), ready.Seconds())
+	// gokrazy's init found the VM's hardware watchdog and feeds it: a
+	// hung kernel or init resets the box.
+	if b, err := os.ReadFile(v.serial); err != nil || !strings.Contains(string(b), `found hardware watchdog "i6300ESB timer"`) {
+		t.Errorf("gokrazy's init did not report the i6300esb watchdog on the console (serial log %s)", v.serial)
+	}
 	box.Tags = []string{"tag:siterelay"}
 	control.UpdateNode(box)
 	tn.Grant(tailcfg.PeerCapMap{authz.Capability: {tailcfg.RawMessage(`{"role":"admin"}`)}})
