@@ -105,7 +105,16 @@ func TestGuard(t *testing.T) {
 				Console: func(l string) { f.events = append(f.events, "console"); f.lines = append(f.lines, l) },
 				Log:     slog.New(slog.NewTextHandler(io.Discard, nil)),
 			}
-			err := g.Run(ctx)
+			// A wrong guard waits for a time that never comes: bounded, so
+			// that it fails rather than hangs.
+			done := make(chan error, 1)
+			go func() { done <- g.Run(ctx) }()
+			var err error
+			select {
+			case err = <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("Run did not return; events so far %q", f.events)
+			}
 			switch {
 			case tc.wantErr != nil && !errors.Is(err, tc.wantErr):
 				t.Errorf("Run: got %v, want %v", err, tc.wantErr)

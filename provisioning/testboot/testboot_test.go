@@ -47,7 +47,8 @@ func (f *gokrazyFake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func TestGokrazyReboot(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
-		fake      gokrazyFake
+		password  string // gokrazy's; "" for a NoPassword build
+		status    int    // gokrazy's answer other than 200
 		pwFile    string // written to the password file; "" for none
 		noSocket  bool
 		hang      bool
@@ -55,16 +56,16 @@ func TestGokrazyReboot(t *testing.T) {
 		wantCalls []string
 	}{
 		{name: "no password (NoPassword build)", wantCalls: []string{"POST " + RebootPath}},
-		{name: "password", fake: gokrazyFake{password: "s3cret"}, pwFile: "s3cret\n", wantCalls: []string{"POST " + RebootPath}},
-		{name: "wrong password", fake: gokrazyFake{password: "s3cret"}, pwFile: "wrong\n", wantErr: "401 Unauthorized: invalid username/password", wantCalls: []string{"POST " + RebootPath}},
-		{name: "refused", fake: gokrazyFake{status: http.StatusServiceUnavailable}, wantErr: "503 Service Unavailable: not now", wantCalls: []string{"POST " + RebootPath}},
+		{name: "password", password: "s3cret", pwFile: "s3cret\n", wantCalls: []string{"POST " + RebootPath}},
+		{name: "wrong password", password: "s3cret", pwFile: "wrong\n", wantErr: "401 Unauthorized: invalid username/password", wantCalls: []string{"POST " + RebootPath}},
+		{name: "refused", status: http.StatusServiceUnavailable, wantErr: "503 Service Unavailable: not now", wantCalls: []string{"POST " + RebootPath}},
 		{name: "no socket", noSocket: true, wantErr: "gokrazy POST /reboot: dial unix"},
 		{name: "no answer in time", hang: true, wantErr: "no answer", wantCalls: []string{"POST " + RebootPath}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			sock := filepath.Join(dir, "gokrazy-http.sock")
-			f := &tc.fake
+			f := &gokrazyFake{password: tc.password, status: tc.status}
 			if tc.hang {
 				f.hang, f.entered = make(chan struct{}), make(chan struct{})
 			}
