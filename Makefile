@@ -91,7 +91,8 @@ vm-test:
 ## test's own): first-boot join, status and version over the tailnet, mail through, gokrazy's web interface
 ## closed on the LAN, a signed test-boot update to a second build (new version, its signer reported, queued
 ## mail delivered), unsigned / unknown-key / flipped-byte / other-architecture / older updates refused with
-## nothing written, a root that cannot come up rolled back to the running version.
+## nothing written, a root that cannot come up rolled back to the running version, and a root whose relayd
+## hangs (blocks forever) sent back to the running version by itself by the test-boot guard (90 s deadline).
 .PHONY: vm-tailnet-test
 vm-tailnet-test:
 	SITERELAY_VMTAILNET=1 $(GO) test -tags integration -count=1 -timeout 30m -v -run '^TestVMTailnet$$' ./images/vmtest/

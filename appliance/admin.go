@@ -28,6 +28,7 @@ import (
 	"github.com/siterelay/siterelay/provisioning/node"
 	"github.com/siterelay/siterelay/provisioning/secrets"
 	"github.com/siterelay/siterelay/provisioning/server"
+	"github.com/siterelay/siterelay/provisioning/testboot"
 	"github.com/siterelay/siterelay/provisioning/web"
 
 	"github.com/siterelay/siterelay/appliance/status"
@@ -148,7 +149,7 @@ func startAdmin(ctx context.Context, o Options, run *app, creds *secrets.Store, 
 		b, _ := os.ReadFile("/proc/cmdline")
 		cmdline = string(b)
 	}
-	testBoot := firmware.TestBooted(cmdline)
+	testBoot := testboot.Booted(cmdline)
 	if fw != nil {
 		u := *fw
 		if u.Keys, err = firmware.ParsePublicKeys(t.FirmwareKeys); err != nil {

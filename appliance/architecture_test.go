@@ -200,6 +200,8 @@ var depRules = []struct {
 	{"provisioning/...", []string{"provisioning", "relay", "netcfg"}, true},
 	{"appliance/...", []string{"appliance", "provisioning", "relay", "netcfg"}, true},
 	{"cmd/relayctl", []string{"cmd", "provisioning", "relay"}, true},
+	// The boot guard must work while relayd hangs: nothing of relayd.
+	{"cmd/bootguard", []string{"cmd", "provisioning"}, false},
 }
 
 func TestDependencyRules(t *testing.T) {

@@ -28,6 +28,7 @@ import (
 	"github.com/siterelay/siterelay/provisioning/firmware"
 	"github.com/siterelay/siterelay/provisioning/node"
 	"github.com/siterelay/siterelay/provisioning/provtest"
+	"github.com/siterelay/siterelay/provisioning/testboot"
 	"github.com/siterelay/siterelay/relay/relaytest"
 )
 
@@ -205,7 +206,7 @@ func TestTestBootCommitted(t *testing.T) {
 		name, cmdline string
 		want          []string
 	}{
-		{"test boot", "root=/dev/sda2 rootwait " + firmware.TryBootFlag, []string{"POST /update/switch", "POST /reboot"}},
+		{"test boot", "root=/dev/sda2 rootwait " + testboot.Flag, []string{"POST /update/switch", "POST /reboot"}},
 		{"normal boot", "root=/dev/sda3 rootwait", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -200,7 +200,7 @@ func Check(ctx context.Context, im *Image, t Target, site *Site) error {
 	if err != nil {
 		return fmt.Errorf("listing the root file system (unsquashfs): %w", err)
 	}
-	want := []string{"/user/relayd", "/gokrazy/init", "/gokrazy/ntp", "/gokrazy/randomd",
+	want := []string{"/user/relayd", "/user/bootguard", "/gokrazy/init", "/gokrazy/ntp", "/gokrazy/randomd",
 		"/etc/machine-id", layout.BoxBootstrapDir + "/" + layout.SiteFile, layout.BoxBootstrapDir + "/" + layout.ConfigFile}
 	if site.Network.DHCP {
 		want = append(want, "/gokrazy/dhcp")

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/siterelay/siterelay/appliance/site"
 )
@@ -205,11 +206,11 @@ func TestGenerate(t *testing.T) {
 	}
 	s.Tailnet.AuthKeyFile = keyFile
 	out := t.TempDir()
-	w1, err := Generate(repo, filepath.Join(out, "one"), s, c, targets["vm"], "v1.2.3-test")
+	w1, err := Generate(repo, filepath.Join(out, "one"), s, c, targets["vm"], "v1.2.3-test", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	w2, err := Generate(repo, filepath.Join(out, "two"), s, c, targets["vm"], "v1.2.3-test")
+	w2, err := Generate(repo, filepath.Join(out, "two"), s, c, targets["vm"], "v1.2.3-test", 90*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,6 +258,22 @@ func TestGenerate(t *testing.T) {
 	}
 	if strings.Join(rd.CommandLineFlags, " ") != "-state /perm/relay" {
 		t.Errorf("relayd flags %v", rd.CommandLineFlags)
+	}
+	// The test-boot guard is in every image, its own program beside
+	// relayd; its deadline is the guard's default unless the build sets one.
+	for _, tc := range []struct {
+		g    gokrazyConfig
+		want string
+	}{{g1, ""}, {g2, "-deadline 1m30s"}} {
+		if !slices.Contains(tc.g.Packages, bootguardPkg) || !slices.Contains(tc.g.Packages, relaydPkg) {
+			t.Errorf("packages %q: want relayd and the boot guard", tc.g.Packages)
+		}
+		if got := strings.Join(tc.g.PackageConfig[bootguardPkg].CommandLineFlags, " "); got != tc.want {
+			t.Errorf("boot guard flags %q, want %q", got, tc.want)
+		}
+		if got := strings.Join(tc.g.PackageConfig[bootguardPkg].GoBuildFlags, " "); got != "-ldflags=-s -w" {
+			t.Errorf("boot guard build flags %q, want it stripped", got)
+		}
 	}
 	for _, f := range []string{"/etc/siterelay/site.json", "/etc/siterelay/config.json", "/etc/siterelay/tailnet-authkey"} {
 		p, ok := rd.ExtraFilePaths[f]

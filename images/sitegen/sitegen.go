@@ -39,6 +39,7 @@ func main() {
 		imgFlag  = flag.String("image", "", "image file to write (default OUT/SITE-TARGET.img)")
 		workFlag = flag.String("work", "", "work directory (default OUT/SITE-TARGET.work)")
 		version  = flag.String("version", "", "firmware version stamped into relayd, what the box and relayctl report (default: git describe --always --dirty of the checkout)")
+		guard    = flag.Duration("testboot-deadline", 0, "how long after power-on a test boot of this image may take to commit itself before its guard (/user/bootguard) reboots into the old firmware (0: the guard's default, 10m)")
 	)
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: sitegen [flags] SITE.json\n")
@@ -49,7 +50,7 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
-	if err := run(flag.Arg(0), *target, *out, *check, *keyFile, *size, *repo, *timeout, *imgFlag, *workFlag, *version); err != nil {
+	if err := run(flag.Arg(0), *target, *out, *check, *keyFile, *size, *repo, *timeout, *imgFlag, *workFlag, *version, *guard); err != nil {
 		fmt.Fprintf(os.Stderr, "sitegen: %v\n", err)
 		var se Errors
 		if errors.As(err, &se) {
@@ -59,7 +60,7 @@ func main() {
 	}
 }
 
-func run(sitePath, targetName, out string, checkOnly bool, keyFile string, size int64, repo string, timeout time.Duration, img, work, version string) error {
+func run(sitePath, targetName, out string, checkOnly bool, keyFile string, size int64, repo string, timeout time.Duration, img, work, version string, guard time.Duration) error {
 	site, relay, err := LoadSite(sitePath, keyFile)
 	if err != nil {
 		return err
@@ -121,7 +122,10 @@ func run(sitePath, targetName, out string, checkOnly bool, keyFile string, size 
 	if err := buildinfo.Check(version); err != nil {
 		return fmt.Errorf("-version %w", err)
 	}
-	w, err := Generate(repo, work, site, relay, t, version)
+	if guard < 0 {
+		return fmt.Errorf("-testboot-deadline %v: want a positive duration", guard)
+	}
+	w, err := Generate(repo, work, site, relay, t, version, guard)
 	if err != nil {
 		return err
 	}
@@ -133,7 +137,7 @@ func run(sitePath, targetName, out string, checkOnly bool, keyFile string, size 
 	if err := writeBuildInfo(im, t, version); err != nil {
 		return err
 	}
-	printSummary(im, w, t, site, version)
+	printSummary(im, w, t, site, version, guard)
 	return nil
 }
 
@@ -147,9 +151,17 @@ func describe(ctx context.Context, repo string) (string, error) {
 	return strings.TrimSpace(string(out)), nil
 }
 
+// guardText is the guard's deadline as the summary says it.
+func guardText(d time.Duration) string {
+	if d <= 0 {
+		return "its default deadline"
+	}
+	return d.String()
+}
+
 func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
-func printSummary(im *Image, w *Work, t Target, site *Site, version string) {
+func printSummary(im *Image, w *Work, t Target, site *Site, version string, guard time.Duration) {
 	fmt.Printf("image:         %s\n", im.Path)
 	fmt.Printf("version:       %s\n", version)
 	fmt.Printf("sbom hash:     %s\n", im.SBOMHash)
@@ -159,6 +171,7 @@ func printSummary(im *Image, w *Work, t Target, site *Site, version string) {
 	fmt.Printf("/perm:         ext4, %s, formatted\n", mib(im.PermKiB<<10))
 	fmt.Printf("gokrazy web:   off the network (local socket only; updates: relayctl update over the tailnet)\n")
 	fmt.Printf("firmware keys: %d trusted release key(s)\n", len(site.FirmwareKeys))
+	fmt.Printf("test boots:    guarded by /user/bootguard (back to the old firmware if not committed %s after power-on)\n", guardText(guard))
 	fmt.Printf("built in:      %.1f s\n", im.BuildTime.Seconds())
 	switch t.Name {
 	case "pi":
@@ -172,7 +185,8 @@ Its status page: http://%s:8025/
 		fmt.Printf(`
 To boot it (amd64, QEMU; SMTP forwarded to 127.0.0.1:2525):
   qemu-system-x86_64 -m 512 -smp 2 -nographic -drive file=%s,format=raw,if=virtio \
-    -netdev user,id=n,hostfwd=tcp:127.0.0.1:2525-:25 -device virtio-net-pci,netdev=n -device virtio-rng-pci
+    -netdev user,id=n,hostfwd=tcp:127.0.0.1:2525-:25 -device virtio-net-pci,netdev=n -device virtio-rng-pci \
+    -device i6300esb -action watchdog=reset
 `, im.Path)
 	case "vm-arm64":
 		fmt.Printf(`

@@ -42,11 +42,59 @@ const (
 // (the serial console) before it exits.
 const brokenMarker = "siterelay-broken: this relayd exits at once"
 
+// hungMarker is what the hung root's relayd writes before it blocks.
+const hungMarker = "siterelay-hung: this relayd blocks forever"
+
+// guardDeadline is the test-boot guard's deadline in the test's images
+// (sitegen -testboot-deadline): short, so that the hung root costs the
+// test little, and long enough for the healthy test boot of step 3 to
+// commit under load (it needs 20–40 s from power-on).
+const guardDeadline = 90 * time.Second
+
+// guardLine is what the guard writes on the console at its deadline.
+const guardLine = "siterelay bootguard: test boot not committed"
+
 // brokenRoot makes an image whose root cannot come up: the second
 // build's root with /user/relayd replaced by a program that says so on
 // the console and exits (gokrazy restarts it, again and again; it never
 // relays nor joins the tailnet). It returns the image file.
 func brokenRoot(t *testing.T, ctx context.Context, img, dir string) string {
+	t.Helper()
+	prog := fmt.Sprintf("package main\n\nimport \"os\"\n\nfunc main() {\n\tos.WriteFile(\"/dev/kmsg\", []byte(%q), 0)\n\tos.Exit(1)\n}\n", brokenMarker+"\n")
+	return rootWithRelayd(t, ctx, img, dir, "broken", prog)
+}
+
+// hungRoot makes an image whose relayd hangs: it says so on the console
+// and then blocks forever, ignoring SIGTERM (it never relays, never
+// rejoins, never exits, so gokrazy never restarts it). Only the boot
+// guard beside it can end such a test boot.
+func hungRoot(t *testing.T, ctx context.Context, img, dir string) string {
+	t.Helper()
+	prog := fmt.Sprintf(`package main
+
+import (
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+func main() {
+	signal.Ignore(syscall.SIGTERM)
+	os.WriteFile("/dev/kmsg", []byte(%q), 0)
+	for {
+		time.Sleep(time.Hour)
+	}
+}
+`, hungMarker+"\n")
+	return rootWithRelayd(t, ctx, img, dir, "hung", prog)
+}
+
+// rootWithRelayd makes the image NAME.img in dir: img's partition tables
+// and boot partition, then img's root with /user/relayd built from the
+// Go program prog, signed by the trusted key as img's build (a bad
+// release of the same version).
+func rootWithRelayd(t *testing.T, ctx context.Context, img, dir, name, prog string) string {
 	t.Helper()
 	for _, tool := range []string{"unsquashfs", "mksquashfs"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -72,21 +120,20 @@ func brokenRoot(t *testing.T, ctx context.Context, img, dir string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tree := filepath.Join(dir, "broken-root")
+	tree := filepath.Join(dir, name+"-root")
 	if b, err := exec.CommandContext(ctx, "unsquashfs", "-no-progress", "-d", tree, sq).CombinedOutput(); err != nil {
 		t.Fatalf("unsquashfs: %v\n%s", err, b)
 	}
-	src := filepath.Join(dir, "broken-relayd.go")
-	prog := fmt.Sprintf("package main\n\nimport \"os\"\n\nfunc main() {\n\tos.WriteFile(\"/dev/kmsg\", []byte(%q), 0)\n\tos.Exit(1)\n}\n", brokenMarker+"\n")
+	src := filepath.Join(dir, name+"-relayd.go")
 	if err := os.WriteFile(src, []byte(prog), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	build := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(tree, "user", "relayd"), src)
 	build.Env = append(os.Environ(), "GOOS=linux", "GOARCH=amd64", "CGO_ENABLED=0")
 	if b, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the broken relayd: %v\n%s", err, b)
+		t.Fatalf("building the %s relayd: %v\n%s", name, err, b)
 	}
-	broken := filepath.Join(dir, "broken-root.squashfs")
+	broken := filepath.Join(dir, name+"-root.squashfs")
 	if b, err := exec.CommandContext(ctx, "mksquashfs", tree, broken, "-noappend", "-all-root", "-no-progress").CombinedOutput(); err != nil {
 		t.Fatalf("mksquashfs: %v\n%s", err, b)
 	}
@@ -100,10 +147,16 @@ func brokenRoot(t *testing.T, ctx context.Context, img, dir string) string {
 	if _, err := f.ReadAt(head, 0); err != nil {
 		t.Fatal(err)
 	}
-	bimg := filepath.Join(dir, "broken.img")
+	bimg := filepath.Join(dir, name+".img")
 	if err := os.WriteFile(bimg, append(head, sqb...), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// It claims img's version (it is that build with relayd replaced,
+	// signed by the release key: a bad release).
+	if b, err := os.ReadFile(img + firmware.BuildSuffix); err != nil || os.WriteFile(bimg+firmware.BuildSuffix, b, 0o644) != nil {
+		t.Fatalf("the %s image's build file: %v", name, err)
+	}
+	signImage(t, dir, bimg)
 	return bimg
 }
 
@@ -154,7 +207,7 @@ func TestVMTailnet(t *testing.T) {
 		{filepath.Join(dir, "vm2.img"), "work2", versionTwo},
 	} {
 		build := exec.CommandContext(ctx, "go", "run", "./images/sitegen", "-target", "vm", "-version", b.version,
-			"-image", b.img, "-work", filepath.Join(dir, b.work), site)
+			"-testboot-deadline", guardDeadline.String(), "-image", b.img, "-work", filepath.Join(dir, b.work), site)
 		build.Dir = repoRoot(t)
 		out, err := build.CombinedOutput()
 		if err != nil {
@@ -167,12 +220,7 @@ func TestVMTailnet(t *testing.T) {
 	img2 := filepath.Join(dir, "vm2.img")
 	signImage(t, dir, img2)
 	broken := brokenRoot(t, ctx, img2, dir)
-	// The broken root claims the second build's version (it is that build
-	// with relayd replaced, signed by the release key: a bad release).
-	if b, err := os.ReadFile(img2 + firmware.BuildSuffix); err != nil || os.WriteFile(broken+firmware.BuildSuffix, b, 0o644) != nil {
-		t.Fatalf("the broken image's build file: %v", err)
-	}
-	signImage(t, dir, broken)
+	hung := hungRoot(t, ctx, img2, dir)
 	// The first build's root, signed: an older version once the box runs
 	// the second (kept apart: vm.img is the VM's disk).
 	old := readRoot(t, img)
@@ -182,7 +230,7 @@ func TestVMTailnet(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "old.root.sig"), signWith(t, filepath.Join(dir, trustedKeyDir), readBuild(t, img), old), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	inNamespace(t, ctx, "^TestVMTailnet$", "SITERELAY_VMTAILNET_INNER=1", "VMTAILNET_DIR="+dir, "VMTAILNET_IMG="+img, "VMTAILNET_IMG2="+img2, "VMTAILNET_BROKEN="+broken,
+	inNamespace(t, ctx, "^TestVMTailnet$", "SITERELAY_VMTAILNET_INNER=1", "VMTAILNET_DIR="+dir, "VMTAILNET_IMG="+img, "VMTAILNET_IMG2="+img2, "VMTAILNET_BROKEN="+broken, "VMTAILNET_HUNG="+hung,
 		"VMTAILNET_CTL="+strconv.Itoa(ctlPort), "VMTAILNET_UP="+strconv.Itoa(upPort))
 }
 
@@ -231,6 +279,11 @@ func innerTailnet(t *testing.T) {
 	box := waitJoined(t, tn, "relay-vmtest", dir)
 	joined := time.Since(power)
 	t.Logf("the box joined the tailnet %.1f s after QEMU started (SMTP ready at %.1f s)", joined.Seconds(), ready.Seconds())
+	// gokrazy's init found the VM's hardware watchdog and feeds it: a
+	// hung kernel or init resets the box.
+	if b, err := os.ReadFile(v.serial); err != nil || !strings.Contains(string(b), `found hardware watchdog "i6300ESB timer"`) {
+		t.Errorf("gokrazy's init did not report the i6300esb watchdog on the console (serial log %s)", v.serial)
+	}
 
 	// An admin node on the host reads the box's status over the tailnet.
 	admin := tn.Join(t, "admin")
@@ -322,8 +375,9 @@ func innerTailnet(t *testing.T) {
 
 	// 4b. A root that cannot come up (its relayd exits at once), as a test
 	// boot: the box boots it once, it never relays nor rejoins, the power
-	// is cycled (a technician, or the watchdog), and the box is back on
-	// the version it ran, on the tailnet, relaying; relayctl says so.
+	// is cycled (a technician, before the guard's deadline), and the box
+	// is back on the version it ran, on the tailnet, relaying; relayctl
+	// says so.
 	upd = relayctl(admin, "update", "-testboot", "-wait", "10m", os.Getenv("VMTAILNET_BROKEN"))
 	waitExit(t, v, dir)
 	var seen bool
@@ -354,8 +408,55 @@ func innerTailnet(t *testing.T) {
 	up.waitFor(t, "marker-tailnet-three", deliveryTimeout)
 	t.Logf("back on %s after the broken update: on the tailnet, relaying", st.Version)
 
+	// 4c. A root whose relayd hangs (it starts, says so, and blocks
+	// forever), as a test boot: nobody touches the box. Its boot guard
+	// reboots it at the deadline, and the box comes back by itself on
+	// the version it ran, on the tailnet, relaying; relayctl says so.
+	hungStart := time.Now()
+	upd = relayctl(admin, "update", "-testboot", "-wait", "10m", os.Getenv("VMTAILNET_HUNG"))
+	v.waitExitFor(t, dir, 3*time.Minute)
+	var hungPower time.Time
+	seen = false
+	for try := 1; try <= 2 && !seen; try++ {
+		serial := filepath.Join(dir, fmt.Sprintf("tailnet-boot6-hung-try%d.serial.log", try))
+		hungPower = time.Now()
+		v = bootVM(t, img, serial)
+		if seen = serialHas(v, hungMarker, bootTimeout); !seen {
+			v.kill() // the boot itself hung (about 1 in 24 under TCG)
+			t.Logf("hung boot try %d: no %q on the console (serial log kept: %s)", try, hungMarker, serial)
+		}
+	}
+	if !seen {
+		t.Fatalf("the hung root never ran in two boots (serial logs in %s)", dir)
+	}
+	defer v.kill() // should the guard fail, so that QEMU does not outlive the test
+	// Nothing is done to the box: the guard reboots it (QEMU exits, as it
+	// runs with -no-reboot) at its deadline from power-on.
+	v.waitExitFor(t, dir, guardDeadline+2*time.Minute)
+	hungReboot := time.Since(hungPower)
+	if b, err := os.ReadFile(v.serial); err != nil || !strings.Contains(string(b), guardLine) {
+		t.Errorf("the hung test boot ended without the guard's %q on the console (serial log %s)", guardLine, v.serial)
+	}
+	t.Logf("the hung root's relayd blocked; its guard rebooted the box %.1f s after power-on (deadline %v)", hungReboot.Seconds(), guardDeadline)
+	v, _ = boot(t, img, dir, "tailnet-boot7")
+	defer v.kill()
+	r = <-upd
+	t.Logf("relayctl update (hung root): exit %d\n%s%s", r.code, r.errs, r.out)
+	if r.code == 0 || !strings.Contains(r.errs, "came back with the old version "+versionTwo) {
+		t.Errorf("relayctl update of the hung root: exit %d, want a failure naming the old version %s", r.code, versionTwo)
+	}
+	if st = statusAgain(t, c, dir); st.Version != versionTwo {
+		t.Fatalf("after the hung update the box reports %q, want %q", st.Version, versionTwo)
+	}
+	hungBack := time.Since(hungStart)
+	swaks(t, v.smtp, "vmtailnet four", "marker-tailnet-four")
+	up.waitFor(t, "marker-tailnet-four", deliveryTimeout)
+	t.Logf("back on %s by itself after the hung update: on the tailnet, relaying", st.Version)
+
 	fmt.Printf("vm-tailnet-test figures: power-on to tailnet-joined %.1f s; boot-to-SMTP %.1f s; update end to end (relayctl update -testboot: write, test boot, commit, reboot, back on the tailnet) %.1f s; relayd RSS at idle with the tailnet up %.1f MiB\n",
 		joined.Seconds(), ready.Seconds(), updTook.Seconds(), rss)
+	fmt.Printf("vm-tailnet-test figures: hung test boot (relayd blocks forever; guard deadline %v): the guard rebooted %.1f s after power-on; update start to the box back on the old root over the tailnet %.1f s\n",
+		guardDeadline, hungReboot.Seconds(), hungBack.Seconds())
 }
 
 // ctlResult is what a relayctl run printed.
@@ -382,10 +483,16 @@ func relayctl(admin *tsnet.Server, args ...string) <-chan ctlResult {
 // exits, and the test starts it again on the same disk.
 func waitExit(t *testing.T, v *vm, dir string) {
 	t.Helper()
+	v.waitExitFor(t, dir, 3*time.Minute)
+}
+
+// waitExitFor is waitExit with its bound.
+func (v *vm) waitExitFor(t *testing.T, dir string, d time.Duration) {
+	t.Helper()
 	select {
 	case <-v.exited:
-	case <-time.After(3 * time.Minute):
-		t.Fatalf("the box did not reboot within 3 minutes (serial log in %s)", dir)
+	case <-time.After(d):
+		t.Fatalf("the box did not reboot within %v (serial log in %s)", d, dir)
 	}
 }
 

@@ -149,6 +149,10 @@ var amd64 = machine{qemu: "qemu-system-x86_64", args: func(img string) []string 
 		"-accel", "tcg", "-m", "512", "-smp", "2",
 		// virtio: the e1000's link negotiation alone costs seconds under TCG.
 		"-drive", "file=" + img + ",format=raw,if=virtio",
+		// A hardware watchdog, as a Pi has one: gokrazy's init feeds it
+		// (the kernel has the driver built in), and a hung kernel or init
+		// resets the box (with -no-reboot: QEMU exits, like a reboot).
+		"-device", "i6300esb", "-action", "watchdog=reset",
 	}
 }}
 

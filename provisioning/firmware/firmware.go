@@ -23,25 +23,19 @@ import (
 	"net/http"
 	"os"
 	"runtime"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
-)
 
-// Gokrazy's local update socket and its web password file on the box.
-const (
-	Socket       = "/run/gokrazy-http.sock"
-	PasswordFile = "/etc/gokr-pw.txt"
+	"github.com/siterelay/siterelay/provisioning/testboot"
 )
 
 // Updater talks to gokrazy through its local socket.
 type Updater struct {
-	// Socket is gokrazy's unix socket (default Socket).
+	// Socket is gokrazy's unix socket (default testboot.Socket).
 	Socket string
-	// PasswordFile holds gokrazy's web password (default PasswordFile). A
-	// box built with a password asks for it even on the local socket; one
-	// built without has no file and needs none.
+	// PasswordFile holds gokrazy's web password (default
+	// testboot.PasswordFile; testboot.Password reads it).
 	PasswordFile string
 	// Keys are the release keys the running image trusts (its site file's
 	// firmware_keys); none means no update is taken.
@@ -61,7 +55,7 @@ type Updater struct {
 func (u *Updater) client() *http.Client {
 	sock := u.Socket
 	if sock == "" {
-		sock = Socket
+		sock = testboot.Socket
 	}
 	return &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -70,23 +64,8 @@ func (u *Updater) client() *http.Client {
 	}}
 }
 
-func (u *Updater) password() (string, error) {
-	p := u.PasswordFile
-	if p == "" {
-		p = PasswordFile
-	}
-	b, err := os.ReadFile(p)
-	if errors.Is(err, os.ErrNotExist) {
-		return "", nil
-	}
-	if err != nil {
-		return "", fmt.Errorf("reading gokrazy's web password: %w", err)
-	}
-	return strings.TrimSpace(string(b)), nil
-}
-
 func (u *Updater) call(ctx context.Context, method, path string, body io.Reader, n int64) (string, error) {
-	pw, err := u.password()
+	pw, err := testboot.Password(u.PasswordFile)
 	if err != nil {
 		return "", err
 	}
@@ -349,29 +328,15 @@ func (u *Updater) stage(r io.Reader, n int64, wantSum string) (*os.File, error) 
 
 // Reboot asks gokrazy to stop every service (relayd gets SIGTERM and
 // shuts down cleanly, the spool is fsynced) and reboot; it returns at
-// once. A full reboot, not gokrazy's default kexec: in the VM test a
-// kexec'd kernel panicked early in one boot of two.
+// once. testboot owns the request: the boot guard sends the same one.
 func (u *Updater) Reboot(ctx context.Context) error {
-	_, err := u.call(ctx, http.MethodPost, "/reboot?async=true&kexec=off", strings.NewReader(""), 0)
-	return err
-}
-
-// TryBootFlag is on the kernel command line of a test boot: gokrazy's
-// /update/testboot adds it to the boot partition's cmdline.txt, and at the
-// next boot the old root's init takes it off there (so the boot after
-// that is the old root again) and runs the inactive root's init instead.
-const TryBootFlag = "gokrazy.try_boot_inactive=1"
-
-// TestBooted says whether this boot is a test boot of a new root, from
-// the kernel command line (cmdline: the contents of /proc/cmdline).
-func TestBooted(cmdline string) bool {
-	return slices.Contains(strings.Fields(cmdline), TryBootFlag)
+	return testboot.Gokrazy{Socket: u.Socket, PasswordFile: u.PasswordFile}.Reboot(ctx)
 }
 
 // Commit makes a test-booted root the one that boots from now on. In a
 // test boot the kernel command line still names the old root, so gokrazy
 // takes the running one for the inactive one, and its switch makes the
-// running root permanent. Call it only in a test boot (TestBooted): in a
+// running root permanent. Call it only in a test boot (testboot.Booted): in a
 // normal boot it would switch to the other root.
 func (u *Updater) Commit(ctx context.Context) error {
 	if _, err := u.call(ctx, http.MethodPost, "/update/switch", nil, 0); err != nil {

@@ -440,22 +440,6 @@ func TestRoot(t *testing.T) {
 	}
 }
 
-func TestTestBooted(t *testing.T) {
-	for _, tc := range []struct {
-		cmdline string
-		want    bool
-	}{
-		{"console=ttyS0,115200 root=PARTUUID=60c24cc1-f3f9-427a-8199-2e18c40c0003 rootwait \n", false},
-		{"console=ttyS0,115200 root=PARTUUID=60c24cc1-f3f9-427a-8199-2e18c40c0002 rootwait  gokrazy.try_boot_inactive=1\n", true},
-		{"gokrazy.switch_on_boot=1", false},
-		{"x.gokrazy.try_boot_inactive=1", false},
-	} {
-		if got := TestBooted(tc.cmdline); got != tc.want {
-			t.Errorf("TestBooted(%q) = %v, want %v", tc.cmdline, got, tc.want)
-		}
-	}
-}
-
 func TestCommit(t *testing.T) {
 	f := &fakeGokrazy{}
 	u := start(t, f)
