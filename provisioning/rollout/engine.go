@@ -200,25 +200,10 @@ func (e *Engine) RetryFailed(ctx context.Context, st *State) error {
 	if e.o.DryRun {
 		return e.dryWave(ctx, w, failed)
 	}
-	// A stopped roll-out stays stopped for its remaining waves: the
-	// retry runs only its own.
-	prev := st.Phase
-	st.Phase = PhaseRunning
-	err := e.run(ctx, len(st.Waves)-1)
-	if err == nil && prev == PhaseStopped && st.Phase == PhaseDone && e.pendingOutside(len(st.Waves)-1) {
-		st.Phase, st.Stop = PhaseStopped, st.Stop+" (the failed relays were retried; relays of later waves were not started)"
-		err = e.save()
-	}
-	return err
-}
-
-func (e *Engine) pendingOutside(wave int) bool {
-	for _, r := range e.st.Relays {
-		if r.Wave != wave && r.Result == Pending {
-			return true
-		}
-	}
-	return false
+	// Only the retry wave runs; once it passes, resume continues the
+	// waves a stop rule had left (the roll-out is running again).
+	st.Phase, st.Stop = PhaseRunning, ""
+	return e.run(ctx, len(st.Waves)-1)
 }
 
 // Dry runs the plan without changing anything (Options.DryRun).
@@ -281,8 +266,15 @@ func (e *Engine) run(ctx context.Context, only int) error {
 			return nil
 		}
 	}
+	// Done once no relay waits (a retry wave leaves the later waves to
+	// resume).
 	e.mu.Lock()
 	st.Phase = PhaseDone
+	for _, r := range st.Relays {
+		if r.Result == Pending {
+			st.Phase = PhaseRunning
+		}
+	}
 	e.mu.Unlock()
 	return e.save()
 }

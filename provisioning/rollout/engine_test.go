@@ -401,8 +401,15 @@ func TestRetryFailed(t *testing.T) {
 	if want := []string{"plant-04:skipped", "plant-09:skipped"}; !reflect.DeepEqual(touched, want) {
 		t.Errorf("retry touched %v, want %v", touched, want)
 	}
-	if c := st.Counts(); c[Pending] != 10 || c[Skipped] != 2 || st.Phase != PhaseStopped || len(st.Waves) != 4 || st.Waves[3].Name != "retry 1" {
+	if c := st.Counts(); c[Pending] != 10 || c[Skipped] != 2 || st.Phase != PhaseRunning || len(st.Waves) != 4 || st.Waves[3].Name != "retry 1" {
 		t.Errorf("after retry: %s %v, %d waves", st.Phase, st.Counts(), len(st.Waves))
+	}
+	// resume continues the wave the stop rule had left.
+	if err := f.engine(t, nil, 0, nil).Resume(context.Background(), st); err != nil {
+		t.Fatal(err)
+	}
+	if c := st.Counts(); c[OK] != 19 || c[Skipped] != 2 || st.Phase != PhaseDone {
+		t.Errorf("after resume: %s %v", st.Phase, c)
 	}
 	if err := f.engine(t, nil, 0, nil).RetryFailed(context.Background(), st); !errors.Is(err, ErrState) {
 		t.Errorf("a second retry with nothing failed: %v", err)
