@@ -98,7 +98,7 @@ func (b *rigBox) Firmware() api.Firmware {
 	return api.Firmware{Version: b.version}
 }
 func (b *rigBox) Logs(context.Context, api.LogQuery, func([]byte) error) error { return nil }
-func (b *rigBox) Reload(context.Context) error                                  { return nil }
+func (b *rigBox) Reload(context.Context) error                                 { return nil }
 
 // reload is the configuration store's apply: the box takes config.json.
 func (b *rigBox) reload(dir layout.Dir) func(context.Context) error {

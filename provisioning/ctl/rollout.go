@@ -198,8 +198,6 @@ func (e *env) runPlan(ctx context.Context, op, planFile string, dry bool) int {
 		return ExitFailed
 	case err != nil:
 		return ExitFailed
-	case dry:
-		return ExitOK
 	}
 	return code
 }
@@ -298,7 +296,7 @@ func (e *env) rolloutReport(st *rollout.State) int {
 		for _, w := range r.Waves {
 			took := "-"
 			if w.Done {
-				took = (time.Duration(w.Seconds*1e9)).Round(time.Millisecond).String()
+				took = (time.Duration(w.Seconds * 1e9)).Round(time.Millisecond).String()
 			}
 			row(t, "wave %s\t%d relay(s)\t%s\n", w.Name, w.Relays, took)
 		}

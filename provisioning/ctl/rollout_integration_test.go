@@ -5,8 +5,8 @@ package ctl_test
 import (
 	"encoding/json"
 	"fmt"
-	"os"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
