@@ -157,6 +157,15 @@ func (e *Engine) change(ctx context.Context, w *WaveState, r *RelayState) error 
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
+	var ae *api.Error
+	if errors.As(err, &ae) && ae.Code == api.CodeStale {
+		// Another version came in force since the read: if it is this
+		// very configuration (a put of a killed run that the relay
+		// finished late), the change is made.
+		if now, rerr := rl.Config(ctx); rerr == nil && SameJSON(want, now.Config) {
+			res, err = &api.ConfigResult{Version: now.Version}, nil
+		}
+	}
 	if err != nil {
 		return e.set(w, r, "change", failedOrUnreachable(err), "the relay refused the configuration: "+cut(err))
 	}

@@ -371,6 +371,31 @@ func TestResumeAfterPut(t *testing.T) {
 	}
 }
 
+// TestLatePut: a put of a killed run that the relay finished only after
+// the resumed run read its configuration: the resumed put is refused as
+// stale, and the configuration in force is the desired one: applied,
+// once.
+func TestLatePut(t *testing.T) {
+	f := newFleet(t, 1, cfgPlan("100%"))
+	r := f.relays["plant-01"]
+	e := f.engine(t, nil, 0, nil)
+	e.o.Event = func(ev Event) {
+		if ev.Result == Applying {
+			r.PutConfig(context.Background(), json.RawMessage(`{"a":2}`), 1, false) // the late one
+		}
+	}
+	st, err := e.Start(context.Background(), f.candidates(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if x := st.Relay("plant-01"); x.Result != OK || x.NewVersion != 2 {
+		t.Errorf("%+v", x)
+	}
+	if p, _ := r.count(); p != 1 {
+		t.Errorf("put %d times", p)
+	}
+}
+
 // TestRetryFailed redoes only the relays that failed.
 func TestRetryFailed(t *testing.T) {
 	f := newFleet(t, 21, cfgPlan("1,11,100%"))
