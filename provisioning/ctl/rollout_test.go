@@ -286,6 +286,35 @@ func TestFleetRollout(t *testing.T) {
 		t.Logf("killed after %d changes (state then: %v); resumed to %v", stopAt, mid, r.Counts)
 	})
 
+	t.Run("abort from another terminal", func(t *testing.T) {
+		p := rig.plan(t, "outbox-x", "-waves", "1,2,100%", "-parallel", "1")
+		aborted := false
+		code, out, errs := rig.run(t, bg, func(ev rollout.Event) {
+			if ev.Step == "change" && ev.Result == rollout.Applied && ev.Wave == "3" && !aborted {
+				aborted = true
+				var o, e bytes.Buffer
+				if c := ctl.Main(bg, []string{"rollout", "abort", p}, ctl.IO{Stdout: &o, Stderr: &e}); c != ctl.ExitOK {
+					t.Errorf("abort: exit %d %s", c, e.String())
+				}
+			}
+		}, "-json", "rollout", "run", p)
+		r := rig.report(t, code, out)
+		if code != ctl.ExitFailed || r.Phase != rollout.PhaseAborted || r.Counts[rollout.Pending] == 0 {
+			t.Errorf("aborted run: exit %d %s %v\n%s", code, r.Phase, r.Counts, errs)
+		}
+		if code, out, _ := rig.run(t, bg, nil, "rollout", "status", p); code != ctl.ExitFailed || !strings.Contains(out, "aborted: ") {
+			t.Errorf("status: exit %d\n%s", code, out)
+		}
+		if code, _, errs := rig.run(t, bg, nil, "rollout", "resume", p); code != ctl.ExitFailed || !strings.Contains(errs, "aborted") {
+			t.Errorf("resume after abort: exit %d %s", code, errs)
+		}
+		// Put every relay back on one configuration for what follows.
+		p2 := rig.plan(t, "outbox-d")
+		if code, _, _ := rig.run(t, bg, nil, "rollout", "run", p2); code != ctl.ExitOK {
+			t.Fatalf("back to outbox-d: exit %d", code)
+		}
+	})
+
 	t.Run("firmware", func(t *testing.T) {
 		img := rig.image(t, t.TempDir(), "v2.0.0")
 		canary := rig.relay("plant-01").box
