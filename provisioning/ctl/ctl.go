@@ -37,6 +37,7 @@ import (
 
 	"github.com/siterelay/siterelay/provisioning/api"
 	"github.com/siterelay/siterelay/provisioning/node"
+	"github.com/siterelay/siterelay/provisioning/rollout"
 	"github.com/siterelay/siterelay/relay/safetext"
 )
 
@@ -62,6 +63,10 @@ type IO struct {
 	// (a program embedding relayctl, or a test), instead of -tsnet or the
 	// machine's Tailscale.
 	Node *tsnet.Server
+	// RolloutEvent, when set, sees every step of a roll-out as it is
+	// printed (a program embedding relayctl; the tests stop a run
+	// mid-wave with it).
+	RolloutEvent func(rollout.Event)
 }
 
 // tailnet is how relayctl reaches relays.
@@ -122,6 +127,20 @@ commands:
                               and wait (up to D, default 5m) until it answers with its version
   fleet [-tag TAG] [-prometheus-sd]  every relay on the tailnet in one table (or as Prometheus file_sd JSON)
   sd [-listen 127.0.0.1:PORT] [-allow-remote]  serve the relays as Prometheus http_sd, asking the tailnet on each request
+  rollout plan -out PLAN (-config FILE | -patch FILE | -dir DIR | -image IMAGE [-sig FILE])
+        [-tag T] [-sites A,B] [-names PATTERN] [-waves 1,10%,100%] [-soak 5m] [-back-within 5m]
+        [-gates healthy,back,queue,delivered,refusals] [-queue-slack 10] [-max-failed 10] [-parallel 8]
+                              write a roll-out plan (docs/fleet.md)
+  rollout run PLAN [-dry-run] change the plan's relays in waves, judging health gates and
+                              stopping by the stop rules; state in PLAN.state.json
+  rollout resume PLAN         continue a run that ended early (killed, laptop asleep)
+  rollout retry-failed PLAN [-dry-run]  redo only the relays that failed
+  rollout abort PLAN          stop a roll-out (a running one stops before its next step)
+  rollout status PLAN         the roll-out's progress from its state file
+  apply DIR [-dry-run] [-names PATTERN] [-waves W] [-soak D] [-back-within D] [-max-failed P]
+                              one configuration per site (DIR/SITE.json): each relay's diff,
+                              then a roll-out of them (state in DIR/.apply.state.json)
+  pull DIR                    write each relay's configuration in force to DIR/SITE.json
   web [-listen 127.0.0.1:0]   forward a loopback port to the relay's admin page and
                               print the address to open in a browser; Ctrl-C ends
 
@@ -181,7 +200,10 @@ func Main(ctx context.Context, args []string, o IO) int {
 	if cmd == "firmware" && len(rest) > 0 && (rest[0] == "keygen" || rest[0] == "sign") {
 		return e.firmwareOffline(rest) // the release key stays off the tailnet
 	}
-	if cmd != "fleet" && cmd != "sd" && e.relay == "" {
+	if cmd == "rollout" && len(rest) > 0 && (rest[0] == "plan" || rest[0] == "abort" || rest[0] == "status") {
+		return e.rolloutOffline(rest) // files only, no relay
+	}
+	if cmd != "fleet" && cmd != "sd" && !fleetWide[cmd] && e.relay == "" {
 		fmt.Fprintln(e.Stderr, "relayctl: -relay NAME is required (relayctl fleet lists them)")
 		return ExitUsage
 	}
@@ -233,6 +255,12 @@ func Main(ctx context.Context, args []string, o IO) int {
 		code = e.devices(ctx, rest)
 	case "web":
 		code = e.web(ctx, rest)
+	case "rollout":
+		code = e.rollout(ctx, rest)
+	case "apply":
+		code = e.apply(ctx, rest)
+	case "pull":
+		code = e.pull(ctx, rest)
 	default:
 		fmt.Fprintf(e.Stderr, "relayctl: unknown command \"%s\"\n", safetext.Escape(cmd))
 		fs.Usage()
@@ -240,6 +268,9 @@ func Main(ctx context.Context, args []string, o IO) int {
 	}
 	return code
 }
+
+// fleetWide are the commands over many relays (no -relay).
+var fleetWide = map[string]bool{"rollout": true, "apply": true, "pull": true}
 
 // machineTailscale reaches relays through the machine's tailscaled. The
 // connection is made by tailscaled itself (its local API's dial, as
