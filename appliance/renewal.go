@@ -40,7 +40,7 @@ func (r *renewalAudit) step(s m365.RenewStep) {
 			e.What += " — " + s.Hint
 		}
 	}
-	if err := al.Append(e); err != nil {
+	if err := al.AppendBox(e); err != nil {
 		r.l.Error("certificate renewal: cannot write the audit log", "err", err)
 	}
 }
