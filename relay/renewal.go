@@ -80,7 +80,7 @@ func (r *Relay) updateRenewals(cfg *config.Config) {
 		}
 		rn, err := m365.NewRenewer(m365.RenewOptions{Credential: name, Tenant: m.Tenant, ClientID: m.ClientID, ObjectID: m.ApplicationObjectID,
 			TokenURL: tokenURL, GraphURL: graphURL, Scope: m.Scope, RenewBefore: time.Duration(before) * 24 * time.Hour, Days: days,
-			Store: reloadingStore{r}, HTTPClient: r.d.HTTPClient, Clock: r.d.Clock, Logger: r.log, Step: r.renewalStep})
+			Store: reloadingStore{r}, HTTPClient: r.d.HTTPClient, Clock: r.d.Clock, Logger: r.log, Step: r.renewalStep, StateFile: r.dir.Renewal(name)})
 		if err != nil {
 			r.log.Error("certificate renewal cannot start", "credential", name, "err", err)
 			continue

@@ -276,6 +276,11 @@ type Renewal struct {
 	Hint        string    `json:"hint,omitempty"`
 	NextTry     time.Time `json:"next_try,omitzero"`
 	Warning     string    `json:"warning,omitempty"`
+	// OldKeys are key ids still on the app registration that the box no
+	// longer uses: their removeKey failed and is tried again from
+	// RemoveNextTry.
+	OldKeys       []string  `json:"old_keys,omitempty"`
+	RemoveNextTry time.Time `json:"remove_next_try,omitzero"`
 }
 
 type Listener struct {
