@@ -304,7 +304,7 @@ func (a *app) managed() bool { return a.o.Box || a.o.Tailnet != nil }
 func (a *app) deps() relay.Deps {
 	d := relay.Deps{Logger: a.log, Secret: secretStore(layout.Dir(a.o.StateDir).Secrets()),
 		SecretUsed: a.creds.Used, RootCAs: a.o.RootCAs, HTTPClient: a.o.HTTPClient,
-		KeyStore: a.creds, RenewalStep: a.renewAudit.step, ClockSynchronised: a.o.ClockSynchronised}
+		KeyStore: a.creds, RenewalStep: a.renewAudit.step, SecretExpiry: a.creds.Expiry, ClockSynchronised: a.o.ClockSynchronised}
 	if a.o.Tailnet != nil {
 		d.Name = a.o.Tailnet.Site
 	}
@@ -470,7 +470,8 @@ func Doctor(ctx context.Context, o Options, resolver, testTo string) ([]upstream
 		log = slog.New(slog.DiscardHandler)
 	}
 	return relay.Doctor(ctx, cfg, o.StateDir, relay.Deps{Logger: log, Resolver: resolver,
-		Secret: secretStore(layout.Dir(o.StateDir).Secrets()), RootCAs: o.RootCAs, HTTPClient: o.HTTPClient}, testTo)
+		Secret: secretStore(layout.Dir(o.StateDir).Secrets()), SecretExpiry: secrets.New(layout.Dir(o.StateDir), nil).Expiry,
+		RootCAs: o.RootCAs, HTTPClient: o.HTTPClient}, testTo)
 }
 
 // version names the build (buildinfo owns it: sitegen stamps it at build).

@@ -62,6 +62,7 @@ func (r *Relay) metricsGauges() metrics.Gauges {
 			return false, false
 		},
 		Renewals: r.renewalMetrics,
+		Secrets:  r.secretExpiries,
 		Clock:    r.d.Clock,
 	}
 }

@@ -74,6 +74,11 @@ type Deps struct {
 	// RenewalStep, when set, is told of every step of a renewal (the
 	// audit log).
 	RenewalStep func(m365.RenewStep)
+	// SecretExpiry, when set, says what the secret store knows of a
+	// secret: its kind and, if the admin gave it (creds put -expires), its
+	// expiry (zero when unknown). Client secrets and passwords in use with
+	// a known expiry get a metric, a status warning and an alert.
+	SecretExpiry func(name string) (kind string, notAfter time.Time)
 
 	// BindRetry, when set, makes a listener that cannot bind at New no
 	// error: the others serve, and it is tried again when the channel

@@ -327,10 +327,11 @@ type snapshot struct {
 	tokenOK, tokenFailed             float64
 	certs                            map[string]float64 // credential -> seconds left
 	renewFailures, renewLeft         map[string]float64 // box-made certificate -> failures in a row, seconds left
+	secrets                          map[string]float64 // client secret or password in use -> seconds left
 }
 
 func readSnapshot(mfs []*dto.MetricFamily) snapshot {
-	s := snapshot{certs: map[string]float64{}, renewFailures: map[string]float64{}, renewLeft: map[string]float64{}}
+	s := snapshot{certs: map[string]float64{}, renewFailures: map[string]float64{}, renewLeft: map[string]float64{}, secrets: map[string]float64{}}
 	label := func(m *dto.Metric, name string) string {
 		for _, l := range m.GetLabel() {
 			if l.GetName() == name {
@@ -372,6 +373,8 @@ func readSnapshot(mfs []*dto.MetricFamily) snapshot {
 				}
 			case "siterelay_credential_expires_in_seconds":
 				s.certs[label(m, "credential")] = v
+			case "siterelay_credential_secret_expires_in_seconds":
+				s.secrets[label(m, "kind")+" "+label(m, "credential")] = v
 			case "siterelay_credential_renewal_failures":
 				s.renewFailures[label(m, "credential")] = v
 			case "siterelay_credential_renewal_expires_in_seconds":
@@ -452,6 +455,15 @@ func judge(h *history, now time.Time, o Options) map[string]Alert {
 	}
 	if len(expiring) > 0 {
 		fire("credential_expiring", "Expiring: %s.", strings.Join(expiring, ", "))
+	}
+	var secrets []string
+	for _, c := range slices.Sorted(maps.Keys(s.secrets)) {
+		if left := s.secrets[c]; left < config.SecretExpiringDays*86400 {
+			secrets = append(secrets, fmt.Sprintf("%s in %.1f days", c, left/86400))
+		}
+	}
+	if len(secrets) > 0 {
+		fire("secret_expiring", "Expiring: %s.", strings.Join(secrets, ", "))
 	}
 	var failing, overdue []string
 	for _, c := range slices.Sorted(maps.Keys(s.renewFailures)) {
