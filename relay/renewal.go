@@ -168,14 +168,20 @@ func (r *Relay) Renewals() []m365.RenewState {
 // runRenewals checks the renewers now and every RenewCheckEvery until ctx
 // ends.
 func (r *Relay) runRenewals(ctx context.Context) {
-	t := time.NewTicker(RenewCheckEvery)
-	defer t.Stop()
+	var c <-chan time.Time
+	if r.d.Ticks != nil {
+		c = r.d.Ticks(RenewCheckEvery)
+	} else {
+		t := time.NewTicker(RenewCheckEvery)
+		defer t.Stop()
+		c = t.C
+	}
 	for {
 		r.CheckRenewals(ctx)
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-c:
 		}
 	}
 }

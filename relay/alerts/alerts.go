@@ -50,6 +50,9 @@ type Options struct {
 	// Metrics is the relay's registry, read every Interval (default 1m).
 	Metrics  prometheus.Gatherer
 	Interval time.Duration
+	// Ticks, when set, replaces the ticker of Interval (tests on a virtual
+	// clock tick it); read once by Run.
+	Ticks func(every time.Duration) <-chan time.Time
 	// Client posts (default: 10 s timeout); Clock and Sleep are time
 	// (defaults time.Now and a timer); Retries after the first try
 	// (default 3, backoff 2 s doubling).
@@ -124,11 +127,11 @@ func sleep(ctx context.Context, d time.Duration) error {
 
 // Update takes new options (a reload) and keeps what it knows of the
 // conditions, so a reload does not repeat notifications already sent.
-// Metrics, Clock, Sleep and Interval stay as New set them.
+// Metrics, Clock, Sleep, Interval, Explain and Ticks stay as New set them.
 func (n *Notifier) Update(o Options) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	o.Metrics, o.Clock, o.Sleep, o.Interval, o.Explain = n.o.Metrics, n.o.Clock, n.o.Sleep, n.o.Interval, n.o.Explain
+	o.Metrics, o.Clock, o.Sleep, o.Interval, o.Explain, o.Ticks = n.o.Metrics, n.o.Clock, n.o.Sleep, n.o.Interval, n.o.Explain, n.o.Ticks
 	if o.Client == nil {
 		o.Client = n.o.Client
 	}
@@ -144,16 +147,22 @@ func (n *Notifier) Update(o Options) {
 // Run checks every Interval until ctx ends.
 func (n *Notifier) Run(ctx context.Context) {
 	n.mu.Lock()
-	interval := n.o.Interval
+	interval, ticks := n.o.Interval, n.o.Ticks
 	n.mu.Unlock()
-	t := time.NewTicker(interval)
-	defer t.Stop()
+	var c <-chan time.Time
+	if ticks != nil {
+		c = ticks(interval)
+	} else {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		c = t.C
+	}
 	for {
 		n.Check(ctx)
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-c:
 		}
 	}
 }

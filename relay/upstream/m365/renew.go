@@ -23,6 +23,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/siterelay/siterelay/relay/config"
@@ -167,6 +168,13 @@ type Renewer struct {
 
 	mu      sync.Mutex // one renewal at a time; guards st
 	st      RenewState
+	// pub is st as State shows it, published at every step and when a
+	// check ends: State must never wait for mu, which a renewal holds
+	// across Graph calls and the relay's reload (Store.Replace). The
+	// status page, the metrics and the alert webhook's Explain read it;
+	// the webhook's check once waited on mu while the renewal's reload
+	// waited on the webhook's lock (a deadlock).
+	pub atomic.Pointer[RenewState]
 	backoff time.Duration
 	// removeBackoff spaces the tries of removeKey for st.OldKeys.
 	removeBackoff time.Duration
@@ -217,16 +225,22 @@ func NewRenewer(o RenewOptions) (*Renewer, error) {
 	if cert, _, _, err := o.Store.Current(o.Credential); err == nil {
 		r.st.NotAfter, r.st.Due = cert.NotAfter, cert.NotAfter.Add(-o.RenewBefore)
 	}
+	r.publish()
 	return r, nil
 }
 
 // State is the renewer's state now.
 func (r *Renewer) State() RenewState {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	st := r.st
+	st := *r.pub.Load()
 	st.OldKeys = slices.Clone(st.OldKeys)
 	return st
+}
+
+// publish makes st what State shows; mu held.
+func (r *Renewer) publish() {
+	st := r.st
+	st.OldKeys = slices.Clone(st.OldKeys)
+	r.pub.Store(&st)
 }
 
 // Check renews when the certificate is due and no backoff is running;
@@ -234,6 +248,7 @@ func (r *Renewer) State() RenewState {
 func (r *Renewer) Check(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	defer r.publish()
 	now := r.o.Clock()
 	if cert, _, _, err := r.o.Store.Current(r.o.Credential); err == nil {
 		r.st.NotAfter, r.st.Due = cert.NotAfter, cert.NotAfter.Add(-r.o.RenewBefore)
@@ -252,6 +267,7 @@ func (r *Renewer) Check(ctx context.Context) error {
 func (r *Renewer) Renew(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	defer r.publish()
 	return r.renewLocked(ctx)
 }
 
@@ -286,6 +302,7 @@ func (r *Renewer) step(name string, ok bool, keyID, detail, hint string) {
 		lvl = slog.LevelWarn
 	}
 	r.o.Logger.Log(context.Background(), lvl, "certificate renewal", "credential", s.Credential, "step", s.Step, "ok", s.OK, "key_id", s.KeyID, "detail", s.Detail, "hint", s.Hint)
+	r.publish()
 	if r.o.Step != nil {
 		r.o.Step(s)
 	}

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/relaytest"
 	"github.com/siterelay/siterelay/relay/upstream"
 	"github.com/siterelay/siterelay/relay/upstream/m365"
 	"github.com/siterelay/siterelay/relay/upstream/m365test"
@@ -34,6 +35,8 @@ type memStore struct {
 	mu       sync.Mutex
 	keyID    string
 	replaced int
+	// onReplace, when set, runs inside Replace (the relay reloads there).
+	onReplace func()
 }
 
 func (s *memStore) Current(name string) (*x509.Certificate, crypto.Signer, string, error) {
@@ -57,6 +60,9 @@ func (s *memStore) Replace(name string, certPEM, keyPEM []byte, keyID string) er
 	s.e.secrets["app-key"] = keyPEM
 	s.keyID = keyID
 	s.replaced++
+	if s.onReplace != nil {
+		s.onReplace()
+	}
 	return os.WriteFile(filepath.Join(s.e.dir, "app.pem"), certPEM, 0o644)
 }
 
@@ -350,6 +356,36 @@ func TestOldKeyRemovalRemembered(t *testing.T) {
 		if r2 := re.renewerWith(t, state); len(r2.State().OldKeys) != 0 {
 			t.Error("the state file still holds the removed key")
 		}
+	}
+}
+
+// TestStateWhileRenewing: the renewal puts the new key in force through
+// the store (the relay reloads there: the alert webhook's lock, the status
+// page); State read from there returns at once with the step reached. It
+// once waited for the renewal's own lock: the relay's renewal and its alert
+// webhook deadlocked (TestBoxCertificateRenewsOverTailnet hung 1 run in 3).
+func TestStateWhileRenewing(t *testing.T) {
+	re := newRenewEnv(t)
+	r := re.renewer(t)
+	var during m365.RenewState
+	re.store.onReplace = func() {
+		done := make(chan m365.RenewState, 1)
+		go func() { done <- r.State() }()
+		select {
+		case during = <-done:
+		case <-time.After(time.Until(relaytest.Deadline(t))):
+			t.Fatal("State waits for the renewal in progress")
+		}
+	}
+	re.clock.Advance(re.cert.NotAfter.Sub(re.clock.Now()) - 59*24*time.Hour)
+	if err := r.Check(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if during.Attempts != 1 || during.Renewals != 0 || !during.NotAfter.Equal(re.cert.NotAfter) {
+		t.Errorf("state during the renewal %+v, want the attempt under way on the old certificate", during)
+	}
+	if st := r.State(); st.Renewals != 1 || st.NotAfter.Equal(re.cert.NotAfter) {
+		t.Errorf("state after %+v", st)
 	}
 }
 
