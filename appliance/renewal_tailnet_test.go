@@ -269,7 +269,9 @@ func TestBoxCertificateRenewsOverTailnet(t *testing.T) {
 		return nil
 	})
 	for _, want := range []string{"trace", "audit", "renewal"} {
-		if !slices.ContainsFunc(slices.Collect(maps.Keys(places)), func(p string) bool { return strings.Contains(p, string(filepath.Separator)+want+string(filepath.Separator)) }) {
+		if !slices.ContainsFunc(slices.Collect(maps.Keys(places)), func(p string) bool {
+			return strings.Contains(p, string(filepath.Separator)+want+string(filepath.Separator))
+		}) {
 			t.Errorf("no %s file searched", want)
 		}
 	}

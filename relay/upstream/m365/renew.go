@@ -166,15 +166,15 @@ type OldKey struct {
 type Renewer struct {
 	o RenewOptions
 
-	mu      sync.Mutex // one renewal at a time; guards st
-	st      RenewState
+	mu sync.Mutex // one renewal at a time; guards st
+	st RenewState
 	// pub is st as State shows it, published at every step and when a
 	// check ends: State must never wait for mu, which a renewal holds
 	// across Graph calls and the relay's reload (Store.Replace). The
 	// status page, the metrics and the alert webhook's Explain read it;
 	// the webhook's check once waited on mu while the renewal's reload
 	// waited on the webhook's lock (a deadlock).
-	pub atomic.Pointer[RenewState]
+	pub     atomic.Pointer[RenewState]
 	backoff time.Duration
 	// removeBackoff spaces the tries of removeKey for st.OldKeys.
 	removeBackoff time.Duration
