@@ -317,6 +317,13 @@ func TestOldKeyRemovalRemembered(t *testing.T) {
 		if re.store.replaced != 1 || !slices.Contains(keyIDs(re.entra.Keys("app2")), oldID) {
 			t.Fatalf("replaced %d; keys %v: want the new key in force and the old one %s still on the app", re.store.replaced, keyIDs(re.entra.Keys("app2")), oldID)
 		}
+		// The state file holds key ids and thumbprints, never a key.
+		saved, _ := os.ReadFile(state)
+		for _, k := range []string{string(re.secrets["app-key"])} {
+			if line := strings.Split(k, "\n")[2]; strings.Contains(string(saved), line) || strings.Contains(string(saved), "PRIVATE KEY") {
+				t.Fatalf("a private key in the renewal's state file:\n%s", saved)
+			}
+		}
 		r := re.renewerWith(t, state) // relayd restarted
 		st := r.State()
 		if len(st.OldKeys) != 1 || st.OldKeys[0].KeyID != oldID || st.RemoveFailures != 1 || !strings.Contains(st.Warning, oldID) || !strings.Contains(st.Warning, "tries again") || st.Failures != 0 {
