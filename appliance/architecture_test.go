@@ -2,51 +2,14 @@ package appliance
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 )
-
-// The import rules of docs/architecture.md, checked against the code: for
-// each package (longest prefix wins), the project packages it may import
-// directly. The composition root holds this test because it is the one
-// package that may import everything below it.
-var importRules = []struct {
-	pkg   string
-	allow []string // prefixes; "" allows nothing of the project
-}{
-	// Leaves: anyone may import them, they import nothing of the project.
-	{"relay/layout", nil},
-	{"relay/strictjson", nil},
-	{"relay/durable", nil},
-	{"relay/relaytest", nil},
-	{"relay/safetext", nil},
-
-	{"netcfg", []string{"netcfg", "relay/strictjson"}},
-
-	{"relay", []string{"relay"}},
-	{"relay/upstream", []string{"relay/upstream", "relay/config", "relay/layout", "relay/durable", "relay/strictjson", "relay/authlogin", "relay/relaytest"}},
-	// The scheduler knows the upstream contract, not the kinds behind it.
-	{"relay/delivery", []string{"relay/upstream", "relay/spool", "relay/trace", "relay/dsn", "relay/durable"}},
-	{"relay/inbound", []string{"relay/authlogin", "relay/message", "relay/policy", "relay/spool", "relay/trace", "relay/config", "relay/durable", "relay/learn", "relay/safetext"}},
-	{"relay/policy", []string{"relay/config"}},
-	{"relay/learn", []string{"relay/config", "relay/durable"}},
-	{"relay/config", []string{"relay/strictjson", "relay/layout"}},
-
-	{"appliance", []string{"appliance", "relay", "netcfg", "provisioning"}},
-	{"appliance/site", []string{"netcfg", "relay/strictjson"}},
-	{"appliance/buildinfo", nil}, // a leaf: sitegen stamps what it owns
-
-	{"provisioning", []string{"provisioning", "relay/config", "relay/layout", "relay/strictjson", "relay/durable", "relay/safetext", "netcfg"}},
-
-	{"cmd/relayd", []string{"appliance", "relay"}},
-	{"cmd/relaybench", nil},
-	{"cmd/relayctl", []string{"provisioning/api", "provisioning/ctl", "relay/layout"}},
-
-	{"images", []string{"appliance/site", "appliance/buildinfo", "relay/config", "relay/layout", "relay/strictjson", "netcfg"}},
-}
 
 const mod = "github.com/siterelay/siterelay/"
 
@@ -70,21 +33,127 @@ var listPackages = sync.OnceValues(func() ([]pkg, error) {
 	return pkgs, nil
 })
 
+// importRule is one row of docs/architecture.md's package table: the
+// packages it names (a "P/..." row is the default for every package under
+// P without a row of its own) and what they may import ("P" that one
+// package, "P/..." it and everything below). inherit: the row's last cell
+// is empty, the list is the covering "P/..." row's.
+type importRule struct {
+	path    string // "relay/inbound", or "provisioning/..."
+	allow   []string
+	inherit bool
+	line    int
+}
+
+// readImportRules parses the package table of docs/architecture.md: the
+// first and the last column, backticked paths with {a,b} expanded.
+func readImportRules(t *testing.T) []importRule {
+	t.Helper()
+	b, err := os.ReadFile("../docs/architecture.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	start := strings.Index(text, "## Packages and who may import whom")
+	if start < 0 {
+		t.Fatal("docs/architecture.md: no section \"Packages and who may import whom\"")
+	}
+	lineNo := strings.Count(text[:start], "\n") + 1
+	var rules []importRule
+	for i, l := range strings.Split(text[start:], "\n") {
+		if i > 0 && strings.HasPrefix(l, "## ") {
+			break
+		}
+		if !strings.HasPrefix(l, "| `") {
+			continue
+		}
+		f := strings.Split(l, "|")
+		if len(f) != 5 {
+			t.Fatalf("docs/architecture.md:%d: want 3 columns: %s", lineNo+i, l)
+		}
+		allow := codeSpans(f[3])
+		inherit := strings.TrimSpace(f[3]) == ""
+		if len(allow) == 0 && !inherit && !strings.HasPrefix(strings.TrimSpace(f[3]), "nothing") {
+			t.Errorf("docs/architecture.md:%d: the last column is neither paths, \"nothing\" nor empty: %q", lineNo+i, f[3])
+		}
+		for _, p := range codeSpans(f[1]) {
+			rules = append(rules, importRule{path: p, allow: allow, inherit: inherit, line: lineNo + i})
+		}
+	}
+	if len(rules) < 30 {
+		t.Fatalf("docs/architecture.md: only %d rows read from the package table", len(rules))
+	}
+	return rules
+}
+
+// codeSpans are the backticked words of a table cell, braces expanded:
+// "`relay/{a,b/...}`" is relay/a and relay/b/....
+func codeSpans(cell string) []string {
+	var out []string
+	for _, m := range regexp.MustCompile("`([^`]+)`").FindAllStringSubmatch(cell, -1) {
+		out = append(out, expandBraces(m[1])...)
+	}
+	return out
+}
+
+func expandBraces(s string) []string {
+	i := strings.Index(s, "{")
+	j := strings.Index(s, "}")
+	if i < 0 || j < i {
+		return []string{s}
+	}
+	var out []string
+	for _, alt := range strings.Split(s[i+1:j], ",") {
+		out = append(out, expandBraces(s[:i]+alt+s[j+1:])...)
+	}
+	return out
+}
+
+// allows reports whether the import path dep matches pattern ("P" or
+// "P/...").
+func allows(pattern, dep string) bool {
+	if root, ok := strings.CutSuffix(pattern, "/..."); ok {
+		return under(dep, root)
+	}
+	return dep == pattern
+}
+
+// ruleFor is pkg's row: its own, else the longest "P/..." row covering
+// it; an empty last cell takes the covering "P/..." row's list.
+func ruleFor(rules []importRule, pkg string) (importRule, bool) {
+	var own, cover *importRule
+	for i := range rules {
+		r := &rules[i]
+		if r.path == pkg {
+			own = r
+		}
+		if root, ok := strings.CutSuffix(r.path, "/..."); ok && under(pkg, root) && (cover == nil || len(r.path) > len(cover.path)) {
+			cover = r
+		}
+	}
+	switch {
+	case own != nil && !own.inherit:
+		return *own, true
+	case cover != nil:
+		return *cover, true
+	}
+	return importRule{}, false
+}
+
+// TestImportRules holds docs/architecture.md's package table to the code
+// both ways: every package's direct imports of the project are allowed by
+// its row, every package has a row, and every row names a package.
 func TestImportRules(t *testing.T) {
 	pkgs, err := listPackages()
 	if err != nil {
 		t.Fatal(err)
 	}
+	rules := readImportRules(t)
 	for _, p := range pkgs {
 		pkg := p.path
-		rule := -1
-		for i, r := range importRules {
-			if under(pkg, r.pkg) && (rule < 0 || len(r.pkg) > len(importRules[rule].pkg)) {
-				rule = i
-			}
-		}
-		if rule < 0 {
-			t.Errorf("%s: no import rule; add its room to docs/architecture.md and to importRules", pkg)
+		rule, ok := ruleFor(rules, pkg)
+		if !ok {
+			t.Errorf("%s: no row in docs/architecture.md's package table; add its room there", pkg)
 			continue
 		}
 		for _, imp := range p.imports {
@@ -93,12 +162,21 @@ func TestImportRules(t *testing.T) {
 				continue
 			}
 			allowed := false
-			for _, a := range importRules[rule].allow {
-				allowed = allowed || under(dep, a)
+			for _, a := range rule.allow {
+				allowed = allowed || allows(a, dep)
 			}
 			if !allowed {
-				t.Errorf("%s imports %s: not allowed by the rule for %s (docs/architecture.md)", pkg, dep, importRules[rule].pkg)
+				t.Errorf("%s imports %s: not allowed by the row of %s (docs/architecture.md:%d)", pkg, dep, rule.path, rule.line)
 			}
+		}
+	}
+	for _, r := range rules {
+		named := false
+		for _, p := range pkgs {
+			named = named || allows(r.path, p.path)
+		}
+		if !named {
+			t.Errorf("docs/architecture.md:%d: the row of %s names no package of the module", r.line, r.path)
 		}
 	}
 }

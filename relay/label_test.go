@@ -24,7 +24,7 @@ func TestM365Label(t *testing.T) {
 		{config.KindM365Password, config.M365{Mailbox: "scan@contoso.com"}, "m365-password scan@contoso.com"},
 		{config.KindHVE, config.M365{Mailbox: "alarms@contoso.com"}, "hve alarms@contoso.com"},
 	} {
-		if got := m365Label(tc.kind, tc.m); got != tc.want {
+		if got := upstreamLabel(tc.kind, m365What(tc.kind, tc.m)); got != tc.want {
 			t.Errorf("%s: got %q, want %q", tc.kind, got, tc.want)
 		}
 	}

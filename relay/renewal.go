@@ -42,7 +42,7 @@ func m365Configs(cfg *config.Config) []config.Upstream {
 	for _, n := range slices.Sorted(maps.Keys(cfg.Upstreams)) {
 		out = append(out, cfg.Upstreams[n])
 	}
-	return slices.DeleteFunc(out, func(u config.Upstream) bool { return !u.Kind.OAuth() && u.Kind != config.KindHVE })
+	return slices.DeleteFunc(out, func(u config.Upstream) bool { return !u.Kind.OAuth() && !u.Kind.TokenOrPassword() })
 }
 
 // updateRenewals builds the renewers cfg asks for (after New and each

@@ -100,12 +100,17 @@ func (d Deps) name(cfg *config.Config) string {
 	return cfg.Hostname
 }
 
-// kindFamily is everything the relay root asks of an upstream kind: how to
-// build it, which secrets it reads to deliver, and whether Microsoft's
-// reply table explains its replies. Adding a kind is a row in familyOf
-// (TestEveryKindHasAFamily fails for a kind of config.Kinds without one),
-// plus its keys and questions in relay/config/upstream.go.
+// kindFamily is everything the relay root asks of an upstream family
+// (config.Family: the part of the configuration holding a kind's keys):
+// how to build it, which secrets it reads to deliver, and whether
+// Microsoft's reply table explains its replies. The kind's own questions
+// are its row in relay/config/kinds.go; a new kind of a known family needs
+// nothing here. A new family is a row in families
+// (TestEveryFamilyHasARow fails for one of config.Families without).
 type kindFamily struct {
+	// build builds the upstream and says what tells it apart from another
+	// of its kind (its address, directory, tenant): buildKind puts the
+	// kind before it.
 	build   func(cfg *config.Config, u config.Upstream, key, dir string, d Deps) (upstream.Upstream, string, error)
 	secrets func(u config.Upstream) []string
 	// explain: Microsoft's table (m365.Explain) fits its replies (many
@@ -113,32 +118,39 @@ type kindFamily struct {
 	explain bool
 }
 
-// familyOf is the one switch on the upstream kind in the relay root.
-func familyOf(k config.Kind) (kindFamily, bool) {
-	switch {
-	case k == config.KindCapture:
-		return kindFamily{build: buildCapture, secrets: func(config.Upstream) []string { return nil }}, true
-	case k == config.KindSMTP:
-		return kindFamily{build: buildSMTP, secrets: smtpSecrets, explain: true}, true
-	case k.Microsoft():
-		return kindFamily{build: buildM365, secrets: m365Secrets, explain: true}, true
-	}
-	return kindFamily{}, false
+// families is the relay root's one table over the upstream families.
+var families = map[config.Family]kindFamily{
+	config.FamilyCapture: {build: buildCapture, secrets: func(config.Upstream) []string { return nil }},
+	config.FamilySMTP:    {build: buildSMTP, secrets: smtpSecrets, explain: true},
+	config.FamilyM365:    {build: buildM365, secrets: m365Secrets, explain: true},
 }
 
-// buildKind builds one upstream of its kind.
+// familyOf is k's family's row; false for a kind config does not know.
+func familyOf(k config.Kind) (kindFamily, bool) {
+	f, ok := families[k.Family()]
+	return f, ok
+}
+
+// buildKind builds one upstream of its kind and names it (upstreamLabel).
 func buildKind(cfg *config.Config, u config.Upstream, key, dir string, d Deps) (upstream.Upstream, string, error) {
 	f, ok := familyOf(u.Kind)
 	if !ok {
 		return nil, "", fmt.Errorf("%s.kind %q: not a kind this relay knows", key, u.Kind)
 	}
-	return f.build(cfg, u, key, dir, d)
+	up, what, err := f.build(cfg, u, key, dir, d)
+	return up, upstreamLabel(u.Kind, what), err
 }
+
+// upstreamLabel names an upstream in the trace, the status and the log:
+// its kind first (metrics.UpstreamKind takes the metrics' kind label from
+// that first word), then what tells it apart from another of its kind
+// (the family's build function gives that).
+func upstreamLabel(k config.Kind, what string) string { return string(k) + " " + what }
 
 func buildCapture(cfg *config.Config, u config.Upstream, key, dir string, d Deps) (upstream.Upstream, string, error) {
 	out := filepath.Join(dir, u.Capture.Directory)
 	up, err := capture.New(out)
-	return up, "capture " + out, err
+	return up, out, err
 }
 
 func buildSMTP(cfg *config.Config, u config.Upstream, key, dir string, d Deps) (upstream.Upstream, string, error) {
@@ -171,9 +183,9 @@ func buildSMTP(cfg *config.Config, u config.Upstream, key, dir string, d Deps) (
 	}
 	if s.MessagesPerMinute > 0 {
 		// Pace below the smarthost's limit rather than be throttled.
-		return pace.Wrap(up, pace.Options{MessagesPerMinute: s.MessagesPerMinute, Clock: d.Clock, Logger: d.Logger}), "smtp " + s.Address, nil
+		return pace.Wrap(up, pace.Options{MessagesPerMinute: s.MessagesPerMinute, Clock: d.Clock, Logger: d.Logger}), s.Address, nil
 	}
-	return up, "smtp " + s.Address, nil
+	return up, s.Address, nil
 }
 
 // buildM365 builds the Microsoft 365 kinds, already paced to Microsoft's
@@ -186,15 +198,14 @@ func buildM365(cfg *config.Config, u config.Upstream, key, dir string, d Deps) (
 	if err != nil {
 		return nil, "", fmt.Errorf("%s (%s): %w", key, u.Kind, err)
 	}
-	return up, m365Label(u.Kind, u.M365), nil
+	return up, m365What(u.Kind, u.M365), nil
 }
 
-// m365Label names a Microsoft 365 upstream in the trace, the status and
-// the log: its kind and what tells it apart from another of the kind,
-// the domain whose MX host it sends to (m365-connector, m365-direct:
-// these have no tenant), else the tenant, else (a password login) the
-// mailbox.
-func m365Label(k config.Kind, m config.M365) string {
+// m365What tells a Microsoft 365 upstream from another of its kind in
+// its label (upstreamLabel): the domain whose MX host it sends to
+// (m365-connector, m365-direct: these have no tenant), else the tenant,
+// else (a password login) the mailbox.
+func m365What(k config.Kind, m config.M365) string {
 	what := m.Tenant
 	switch {
 	case k.MX():
@@ -202,7 +213,7 @@ func m365Label(k config.Kind, m config.M365) string {
 	case what == "":
 		what = m.Mailbox
 	}
-	return string(k) + " " + what
+	return what
 }
 
 // explain gives the scheduler a plain-language hint for upstream replies:

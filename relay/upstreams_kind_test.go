@@ -6,15 +6,24 @@ import (
 	"github.com/siterelay/siterelay/relay/config"
 )
 
-// TestEveryKindHasAFamily: every kind relay/config accepts has its row in
-// familyOf (how it is built, its secrets, whether Microsoft's reply table
-// fits), and nothing else has one: a kind added to config.Kinds alone
-// fails here, not at a box's first delivery.
-func TestEveryKindHasAFamily(t *testing.T) {
+// TestEveryFamilyHasARow: every family relay/config knows has its complete
+// row in families (how it is built, its secrets, whether Microsoft's reply
+// table fits), and so every kind of config.Kinds is built: a family added
+// to config.Families alone fails here, not at a box's first delivery.
+func TestEveryFamilyHasARow(t *testing.T) {
+	for _, fam := range config.Families {
+		f, ok := families[fam]
+		if !ok || f.build == nil || f.secrets == nil {
+			t.Errorf("family %q: no complete row in families (relay/upstreams.go)", fam)
+		}
+	}
+	if len(families) != len(config.Families) {
+		t.Errorf("families has %d rows, config.Families %d", len(families), len(config.Families))
+	}
 	for _, k := range config.Kinds {
 		f, ok := familyOf(k)
-		if !ok || f.build == nil || f.secrets == nil {
-			t.Errorf("kind %q: no complete row in familyOf (relay/upstreams.go)", k)
+		if !ok {
+			t.Errorf("kind %q: no family row", k)
 		}
 		if want := k != config.KindCapture; f.explain != want {
 			t.Errorf("kind %q: explain %v, want %v", k, f.explain, want)

@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -20,6 +22,12 @@ type loadOptions struct {
 	Size     int    // bytes of each message, headers included
 	PerConn  int    // messages per connection; 0 means one connection per session for the whole run
 	Deadline time.Time
+	// ClientTLS, when "1.2" or "1.3", makes every session STARTTLS with
+	// exactly that version, verifying the relay's certificate against
+	// RootCAs; sessions resume through SessionCache as devices may.
+	ClientTLS    string
+	RootCAs      *x509.CertPool
+	SessionCache tls.ClientSessionCache
 }
 
 // loadResult is what the sender saw.
@@ -133,7 +141,13 @@ func (s *sender) dial(ctx context.Context) error {
 		return err
 	}
 	s.w.WriteString("EHLO bench.localhost\r\n")
-	return s.flushExpect(250, "EHLO")
+	if err := s.flushExpect(250, "EHLO"); err != nil {
+		return err
+	}
+	if s.o.ClientTLS != "" {
+		return s.starttls()
+	}
+	return nil
 }
 
 // send runs one transaction and returns the time from the end of DATA (the

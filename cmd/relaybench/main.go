@@ -12,6 +12,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -47,6 +48,32 @@ type options struct {
 	StateDev     bool
 	StateDevMiB  int64
 	FlushDelay   time.Duration
+	Cond         condition
+}
+
+// condition is what both relays run under in one run, beside the state
+// device: TLS from the devices, TLS to the upstream, relayd's upstream kind.
+type condition struct {
+	ClientTLS    string // "", "1.2" or "1.3": every load session STARTTLS with that version
+	UpstreamTLS  bool   // the sink behind a STARTTLS front; both relays must use it
+	UpstreamKind string // relayd's: "smtp", or "m365-connector" (paced, with its state file)
+	PKI          *pki   // the run's certificates, when any TLS is used
+}
+
+// String names the condition for the table's rows.
+func (c condition) String() string {
+	in, out := "plain", "plain"
+	if c.ClientTLS != "" {
+		in = "TLS" + c.ClientTLS
+	}
+	if c.UpstreamTLS {
+		out = "TLS"
+	}
+	s := "in " + in + ", out " + out
+	if c.UpstreamKind != "" && c.UpstreamKind != "smtp" {
+		s += ", relayd " + c.UpstreamKind
+	}
+	return s
 }
 
 func main() {
@@ -71,8 +98,14 @@ func main() {
 	flag.BoolVar(&o.StateDev, "state-dev", false, "put each relay's state (spool, queue) on its own ext4 file system on a loop device, made and removed by the run (root)")
 	flag.Int64Var(&o.StateDevMiB, "state-dev-mib", 1024, "size of each -state-dev file system (a sparse file in -dir)")
 	flag.DurationVar(&o.FlushDelay, "flush-delay", 0, "with -state-dev: a device-mapper delay target between the loop device and ext4, delaying writes and flushes by this (an SD card: 20ms); needs dmsetup and a kernel with dm-delay")
+	flag.StringVar(&o.Cond.ClientTLS, "client-tls", "", "STARTTLS from the load generator's devices with this TLS version: 1.2 or 1.3 (both relays get the run's own certificate)")
+	flag.BoolVar(&o.Cond.UpstreamTLS, "upstream-tls", false, "TLS to the upstream: the sink behind a STARTTLS front (in the harness), which both relays must use and verify")
+	flag.StringVar(&o.Cond.UpstreamKind, "upstream-kind", "smtp", "relayd's upstream kind: smtp, or m365-connector (the Microsoft 365 MX kind, paced with its state file; implies -upstream-tls)")
 	flag.Parse()
 	o.Targets = strings.Split(targets, ",")
+	if o.Cond.UpstreamKind == "m365-connector" {
+		o.Cond.UpstreamTLS = true // the MX kinds require STARTTLS
+	}
 	if o.FlushDelay > 0 {
 		o.StateDev = true
 	}
@@ -93,6 +126,12 @@ func run(ctx context.Context, o options) error {
 		if why := stateDevMissing(o.FlushDelay); why != "" {
 			return fmt.Errorf("-state-dev: %s", why)
 		}
+	}
+	if _, ok := tlsVersions[o.Cond.ClientTLS]; o.Cond.ClientTLS != "" && !ok {
+		return fmt.Errorf("-client-tls %q: want 1.2 or 1.3", o.Cond.ClientTLS)
+	}
+	if k := o.Cond.UpstreamKind; k != "smtp" && k != "m365-connector" {
+		return fmt.Errorf("-upstream-kind %q: want smtp or m365-connector", k)
 	}
 	for _, t := range o.Targets {
 		if t != "relayd" && t != "postfix" && t != "direct" {
@@ -122,6 +161,11 @@ func run(ctx context.Context, o options) error {
 	if err := checkDisk(tmp, o.AllowTmpfs); err != nil {
 		return err
 	}
+	if o.Cond.ClientTLS != "" || o.Cond.UpstreamTLS {
+		if o.Cond.PKI, err = makePKI(tmp); err != nil {
+			return fmt.Errorf("the run's certificates: %w", err)
+		}
+	}
 
 	fmt.Printf("relaybench: %d messages of %d bytes over %d sessions, per relay; %s, %d CPUs, %s\n",
 		o.N, o.Size, o.C, runtime.GOOS+"/"+runtime.GOARCH, runtime.NumCPU(), tmp)
@@ -132,6 +176,7 @@ func run(ctx context.Context, o options) error {
 		}
 		fmt.Println()
 	}
+	fmt.Printf("condition: %s\n", o.Cond)
 	var results []result
 	var failed []string
 	starters := map[string]func(dir, sinkAddr string) (target, error){}
@@ -152,7 +197,7 @@ func run(ctx context.Context, o options) error {
 				}
 			}
 			starters[name] = func(dir, sinkAddr string) (target, error) {
-				return startRelayd(ctx, bin, dir, sinkAddr, o.UpConc)
+				return startRelayd(ctx, bin, dir, sinkAddr, o.UpConc, o.Cond)
 			}
 		case "postfix":
 			if why := postfixMissing(); why != "" {
@@ -160,7 +205,7 @@ func run(ctx context.Context, o options) error {
 				results = append(results, result{Name: name, Skipped: why})
 				continue
 			}
-			starters[name] = func(dir, sinkAddr string) (target, error) { return startPostfix(ctx, dir, sinkAddr) }
+			starters[name] = func(dir, sinkAddr string) (target, error) { return startPostfix(ctx, dir, sinkAddr, o.Cond) }
 		}
 	}
 	// Rounds alternate the relays so that a burst of other load on a shared
@@ -219,6 +264,7 @@ rounds:
 type result struct {
 	Name    string
 	Round   int
+	Cond    string // the condition (condition.String, and the state device)
 	Skipped string
 	Err     error
 
@@ -230,6 +276,7 @@ type result struct {
 	PeakRSSMiB      float64
 	RSSIsHWM        bool // PeakRSSMiB is the root's VmHWM (single process), else a sampled sum
 	PeakPSSMiB      float64
+	PeakAnonMiB     float64 // sampled sum of RssAnon: RSS without the binaries' file pages
 	DiskBytesPerMsg float64
 	// DevWritesPerMsg and DevFlushesPerMsg are the device's write and
 	// flush requests ÷ N (flushes: -1 where the kernel does not count them).
@@ -247,7 +294,12 @@ type result struct {
 // devDir is on the device whose counters are read (-dir, or the relay's
 // own -state-dev).
 func measure(ctx context.Context, o options, name, sinkBin, devDir string, start func(string) (target, error)) (r result) {
-	r = result{Name: name, N: o.N}
+	r = result{Name: name, N: o.N, Cond: o.Cond.String()}
+	if o.FlushDelay > 0 {
+		r.Cond += fmt.Sprintf(", own device +%v", o.FlushDelay)
+	} else if o.StateDev {
+		r.Cond += ", own device"
+	}
 	sk, err := startSink(ctx, sinkBin)
 	for try := 1; err != nil && try < 3 && ctx.Err() == nil; try++ {
 		sk, err = startSink(ctx, sinkBin) // the free port may have been taken meanwhile
@@ -257,15 +309,32 @@ func measure(ctx context.Context, o options, name, sinkBin, devDir string, start
 		return r
 	}
 	defer sk.Stop()
-	t, err := start(sk.addr)
+	upAddr := sk.addr
+	var front *tlsFront
+	if o.Cond.UpstreamTLS || (name == "direct" && o.Cond.ClientTLS != "") {
+		if front, err = startTLSFront(sk.addr, o.Cond.PKI); err != nil {
+			r.Err = fmt.Errorf("the sink's TLS front: %w", err)
+			return r
+		}
+		defer front.Stop()
+		upAddr = front.Addr()
+	}
+	t, err := start(upAddr)
 	if err != nil {
 		r.Err = err
 		return r
 	}
+	loadAddr := ""
 	if t == nil {
 		t = sk // "direct": the load goes straight to the sink, the harness's own ceiling
+		if front != nil && o.Cond.ClientTLS != "" {
+			loadAddr = front.Addr() // through the front: the ceiling with TLS
+		}
 	} else {
 		defer t.Stop()
+	}
+	if loadAddr == "" {
+		loadAddr = t.Addr()
 	}
 
 	before, err := treeUsage(t.Root())
@@ -289,7 +358,11 @@ func measure(ctx context.Context, o options, name, sinkBin, devDir string, start
 
 	deadline, _ := ctx.Deadline()
 	e2e := sk.When(o.N)
-	lr, err := runLoad(ctx, loadOptions{Addr: t.Addr(), N: o.N, C: o.C, Size: o.Size, PerConn: o.PerConn, Deadline: deadline})
+	lo := loadOptions{Addr: loadAddr, N: o.N, C: o.C, Size: o.Size, PerConn: o.PerConn, Deadline: deadline, ClientTLS: o.Cond.ClientTLS}
+	if o.Cond.PKI != nil {
+		lo.RootCAs, lo.SessionCache = o.Cond.PKI.Pool, tls.NewLRUClientSessionCache(2*o.C)
+	}
+	lr, err := runLoad(ctx, lo)
 	if err != nil {
 		r.Err = fmt.Errorf("load: %d of %d accepted: %w", lr.Accepted, o.N, err)
 		return r
@@ -341,6 +414,7 @@ func measure(ctx context.Context, o options, name, sinkBin, devDir string, start
 		r.PeakRSSMiB = float64(peak.RSSKiB) / 1024
 	}
 	r.PeakPSSMiB = float64(peak.PSSKiB) / 1024
+	r.PeakAnonMiB = float64(peak.AnonKiB) / 1024
 	r.PeakProcs = peak.Procs
 	r.SinkCount = sk.Count()
 	return r
@@ -392,6 +466,7 @@ func (s *sampler) sample(find bool) {
 	defer s.mu.Unlock()
 	s.peak.RSSKiB = max(s.peak.RSSKiB, u.RSSKiB)
 	s.peak.PSSKiB = max(s.peak.PSSKiB, u.PSSKiB)
+	s.peak.AnonKiB = max(s.peak.AnonKiB, u.AnonKiB)
 	s.peak.Procs = max(s.peak.Procs, u.Procs)
 }
 

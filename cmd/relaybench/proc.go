@@ -89,6 +89,7 @@ type usage struct {
 	WriteBytes uint64 // write_bytes over the live tree
 	RSSKiB     uint64 // sum of VmRSS
 	PSSKiB     uint64 // sum of Pss (smaps_rollup)
+	AnonKiB    uint64 // sum of RssAnon: the part of VmRSS that is not file pages (the binary's own text)
 	HWMKiB     uint64 // the root's VmHWM
 	Procs      int
 }
@@ -200,6 +201,9 @@ func memUsage(pids []int) usage {
 			continue // gone, or a zombie without memory
 		}
 		u.RSSKiB += st["VmRSS"]
+		if a, err := readKV(filepath.Join(dir, "status"), "RssAnon"); err == nil {
+			u.AnonKiB += a["RssAnon"]
+		}
 		if r, err := readKV(filepath.Join(dir, "smaps_rollup"), "Pss"); err == nil {
 			u.PSSKiB += r["Pss"]
 		}

@@ -98,7 +98,7 @@ func TestTreeUsageSelf(t *testing.T) {
 		t.Errorf("got %+v, want at least this process with its peak memory", u)
 	}
 	m := memUsage([]int{os.Getpid(), -1})
-	if m.Procs != 1 || m.RSSKiB == 0 || m.PSSKiB == 0 {
+	if m.Procs != 1 || m.RSSKiB == 0 || m.PSSKiB == 0 || m.AnonKiB == 0 || m.AnonKiB > m.RSSKiB {
 		t.Errorf("memUsage: got %+v, want this process's memory and the missing one skipped", m)
 	}
 	if _, err := treeUsage(-1); err == nil {
@@ -210,8 +210,8 @@ func TestPercentile(t *testing.T) {
 
 func TestPrintTable(t *testing.T) {
 	rs := []result{
-		{Name: "relayd", AcceptRate: 3000, E2ERate: 2900, P50: 2 * time.Millisecond, P99: 9 * time.Millisecond,
-			CPUmsPerMsg: 0.41, PeakRSSMiB: 31.2, RSSIsHWM: true, PeakPSSMiB: 30.1, DiskBytesPerMsg: 4700, PeakProcs: 1},
+		{Name: "relayd", Cond: "in TLS1.3, out TLS", AcceptRate: 3000, E2ERate: 2900, P50: 2 * time.Millisecond, P99: 9 * time.Millisecond,
+			CPUmsPerMsg: 0.41, PeakRSSMiB: 31.2, RSSIsHWM: true, PeakPSSMiB: 30.1, PeakAnonMiB: 12.3, DiskBytesPerMsg: 4700, PeakProcs: 1},
 		{Name: "postfix", AcceptRate: 700, E2ERate: 650, P50: 11 * time.Millisecond, P99: 40 * time.Millisecond,
 			CPUmsPerMsg: 2.5, PeakRSSMiB: 460, PeakPSSMiB: 65, DiskBytesPerMsg: 12000, PeakProcs: 50},
 		{Name: "direct", Err: errors.New("boom")},
@@ -220,7 +220,7 @@ func TestPrintTable(t *testing.T) {
 	printTable(&b, rs)
 	printVerdict(&b, rs, 4, 40)
 	out := b.String()
-	for _, want := range []string{"2900", "650", "0.41", "31.2", "460.0*", "FAILED", "4.46x", "target >= 4x: met", "target < 40 MiB: met"} {
+	for _, want := range []string{"in TLS1.3, out TLS", "peak anon MiB", "12.3", "2900", "650", "0.41", "31.2", "460.0*", "FAILED", "4.46x", "target >= 4x: met", "target < 40 MiB: met"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}

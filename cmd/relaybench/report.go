@@ -12,7 +12,7 @@ import (
 // printTable writes one row per relay.
 func printTable(w io.Writer, rs []result) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "relay\taccepted msg/s\tend-to-end msg/s\tp50 accept\tp99 accept\tCPU-ms/msg\tpeak RSS MiB\tpeak PSS MiB\tdev B/msg\tdev writes/msg\tdev flushes/msg\tprocs\tgen CPU-ms/msg\t")
+	fmt.Fprintln(tw, "relay\tcondition\taccepted msg/s\tend-to-end msg/s\tp50 accept\tp99 accept\tCPU-ms/msg\tpeak RSS MiB\tpeak PSS MiB\tpeak anon MiB\tdev B/msg\tdev writes/msg\tdev flushes/msg\tprocs\tgen CPU-ms/msg\t")
 	multi := slices.ContainsFunc(rs, func(r result) bool { return r.Round > 1 })
 	for _, r := range rs {
 		if multi && r.Round > 0 {
@@ -20,9 +20,9 @@ func printTable(w io.Writer, rs []result) {
 		}
 		switch {
 		case r.Skipped != "":
-			fmt.Fprintf(tw, "%s\tskipped\t\t\t\t\t\t\t\t\t\t\t\t\n", r.Name)
+			fmt.Fprintf(tw, "%s\t%s\tskipped\t\t\t\t\t\t\t\t\t\t\t\t\t\n", r.Name, r.Cond)
 		case r.Err != nil:
-			fmt.Fprintf(tw, "%s\tFAILED\t\t\t\t\t\t\t\t\t\t\t\t\n", r.Name)
+			fmt.Fprintf(tw, "%s\t%s\tFAILED\t\t\t\t\t\t\t\t\t\t\t\t\t\n", r.Name, r.Cond)
 		default:
 			rss := fmt.Sprintf("%.1f", r.PeakRSSMiB)
 			if !r.RSSIsHWM {
@@ -32,9 +32,9 @@ func printTable(w io.Writer, rs []result) {
 			if r.DevFlushesPerMsg >= 0 {
 				flushes = fmt.Sprintf("%.2f", r.DevFlushesPerMsg)
 			}
-			fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%s\t%s\t%.2f\t%s\t%.1f\t%.0f\t%.2f\t%s\t%d\t%.2f\t\n",
-				r.Name, r.AcceptRate, r.E2ERate, fmtDur(r.P50), fmtDur(r.P99), r.CPUmsPerMsg,
-				rss, r.PeakPSSMiB, r.DiskBytesPerMsg, r.DevWritesPerMsg, flushes, r.PeakProcs, r.HarnessCPUmsPerMsg)
+			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%s\t%s\t%.2f\t%s\t%.1f\t%.1f\t%.0f\t%.2f\t%s\t%d\t%.2f\t\n",
+				r.Name, r.Cond, r.AcceptRate, r.E2ERate, fmtDur(r.P50), fmtDur(r.P99), r.CPUmsPerMsg,
+				rss, r.PeakPSSMiB, r.PeakAnonMiB, r.DiskBytesPerMsg, r.DevWritesPerMsg, flushes, r.PeakProcs, r.HarnessCPUmsPerMsg)
 		}
 	}
 	tw.Flush()

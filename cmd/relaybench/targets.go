@@ -52,27 +52,49 @@ func buildRelayd(ctx context.Context, modDir, out string) error {
 	return nil
 }
 
-// relaydConfig is the benchmark's configuration: one plain SMTP listener
-// for loopback clients, limits out of the way, the sink as smarthost.
-func relaydConfig(sinkAddr string, concurrency int) ([]byte, error) {
+// relaydConfig is the benchmark's configuration: one SMTP listener for
+// loopback clients (STARTTLS with the run's certificate when the devices
+// use it), limits out of the way, the sink (or its TLS front) as upstream:
+// a smarthost, or the Microsoft 365 connector kind with the front as its
+// MX host (paced by recipients a day, so its state file is written as on a
+// box).
+func relaydConfig(sinkAddr string, concurrency int, c condition) ([]byte, error) {
+	listener := map[string]any{
+		"name": "smtp", "address": "127.0.0.1:0", "mode": "smtp", "starttls": c.ClientTLS != "",
+		"allowed_networks": []string{"127.0.0.0/8"},
+	}
 	cfg := map[string]any{
-		"hostname": "relay.bench.localhost",
-		"listeners": []any{map[string]any{
-			"name": "smtp", "address": "127.0.0.1:0", "mode": "smtp", "starttls": false,
-			"allowed_networks": []string{"127.0.0.0/8"},
-		}},
+		"hostname":  "relay.bench.localhost",
+		"listeners": []any{listener},
 		"limits": map[string]any{
 			"messages_per_minute": 100_000_000, "burst": 100_000_000, "max_connections_per_client": 1000,
 		},
-		"upstream": map[string]any{"kind": "smtp", "smtp": map[string]any{
-			"address": sinkAddr, "tls": "none", "concurrency": concurrency,
-		}},
+	}
+	if c.ClientTLS != "" {
+		listener["min_tls"] = c.ClientTLS
+		cfg["tls"] = map[string]any{"cert_file": c.PKI.CertFile, "key_file": c.PKI.KeyFile}
+	}
+	smtp := map[string]any{"address": sinkAddr, "tls": "none", "concurrency": concurrency}
+	if c.UpstreamTLS {
+		smtp["tls"], smtp["ca_file"] = "starttls", c.PKI.CAFile
+	}
+	cfg["upstream"] = map[string]any{"kind": "smtp", "smtp": smtp}
+	if c.UpstreamKind == "m365-connector" {
+		host, port, err := net.SplitHostPort(sinkAddr)
+		if err != nil {
+			return nil, err
+		}
+		p, _ := strconv.Atoi(port)
+		cfg["upstream"] = map[string]any{"kind": "m365-connector", "m365": map[string]any{
+			"domain": "bench.localhost", "mx_host": host, "smtp_port": p,
+			"limits": map[string]any{"concurrency": concurrency, "recipients_per_day": 1_000_000_000},
+		}}
 	}
 	return json.MarshalIndent(cfg, "", "  ")
 }
 
-func startRelayd(ctx context.Context, bin, dir, sinkAddr string, concurrency int) (*relayd, error) {
-	cfg, err := relaydConfig(sinkAddr, concurrency)
+func startRelayd(ctx context.Context, bin, dir, sinkAddr string, concurrency int, c condition) (*relayd, error) {
+	cfg, err := relaydConfig(sinkAddr, concurrency, c)
 	if err != nil {
 		return nil, err
 	}
@@ -90,6 +112,11 @@ func startRelayd(ctx context.Context, bin, dir, sinkAddr string, concurrency int
 	}
 	r := &relayd{done: make(chan struct{}), released: make(chan struct{})}
 	r.cmd = exec.Command(bin, "-config", cfgFile, "-state", state)
+	if c.UpstreamKind == "m365-connector" {
+		// The Microsoft kinds verify against the system's roots, which
+		// Go reads from SSL_CERT_FILE when it is set.
+		r.cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+c.PKI.CAFile)
+	}
 	stderr, err := r.cmd.StderrPipe()
 	if err != nil {
 		logf.Close()
@@ -189,7 +216,7 @@ func postfixMissing() string {
 	return ""
 }
 
-func startPostfix(ctx context.Context, dir, sinkAddr string) (*postfix, error) {
+func startPostfix(ctx context.Context, dir, sinkAddr string, c condition) (*postfix, error) {
 	p := &postfix{dir: dir, conf: filepath.Join(dir, "etc"), queue: filepath.Join(dir, "queue")}
 	for _, d := range []string{p.conf, p.queue, filepath.Join(dir, "data")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -244,8 +271,29 @@ func startPostfix(ctx context.Context, dir, sinkAddr string) (*postfix, error) {
 		// are taken out of the disk figure, its CPU stays in).
 		"maillog_file = " + filepath.Join(dir, "maillog"),
 		"maillog_file_prefixes = " + dir,
-		"",
-	}, "\n")
+	}, "\n") + "\n"
+	if c.ClientTLS != "" {
+		// The devices' STARTTLS: the run's certificate; TLS 1.2 and
+		// later offered (the client picks the version).
+		mainCF += strings.Join([]string{
+			"smtpd_tls_security_level = may",
+			"smtpd_tls_cert_file = " + c.PKI.CertFile,
+			"smtpd_tls_key_file = " + c.PKI.KeyFile,
+			"smtpd_tls_protocols = >=TLSv1.2",
+			"smtpd_tls_session_cache_database = btree:" + filepath.Join(dir, "data", "smtpd_scache"),
+		}, "\n") + "\n"
+	}
+	if c.UpstreamTLS {
+		// TLS required to the upstream, the chain verified against the
+		// run's CA (relayhost in brackets is an address: "encrypt" checks
+		// no name, relayd checks the IP address's SAN as well).
+		mainCF += strings.Join([]string{
+			"smtp_tls_security_level = encrypt",
+			"smtp_tls_CAfile = " + c.PKI.CAFile,
+			"smtp_tls_protocols = >=TLSv1.2",
+			"smtp_tls_session_cache_database = btree:" + filepath.Join(dir, "data", "smtp_scache"),
+		}, "\n") + "\n"
+	}
 	if err := os.WriteFile(filepath.Join(p.conf, "main.cf"), []byte(mainCF), 0o644); err != nil {
 		return nil, err
 	}

@@ -171,7 +171,7 @@ func (c *Config) validateNames() Errors {
 		}
 	}
 	ports := func(k string, u Upstream) {
-		if u.Kind == KindSMTP {
+		if u.Kind.Family() == FamilySMTP {
 			if _, p, err := splitHostPort(u.SMTP.Address); err == nil && p == 0 {
 				errs.Bad(k+".smtp.address", "%q: port 0 is no smarthost's port (587 for submission, 465 for implicit TLS, 25)", u.SMTP.Address)
 			}

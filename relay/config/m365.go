@@ -129,7 +129,7 @@ const (
 // Entra access tokens: the OAuth kinds always, HVE unless it is given the
 // HVE account's password (legacy, allowed until September 2028).
 func (m *M365) UsesTokens(kind Kind) bool {
-	return kind.OAuth() || (kind == KindHVE && m.PasswordSecret == "")
+	return kind.OAuth() || (kind.TokenOrPassword() && m.PasswordSecret == "")
 }
 
 func (m *M365) setDefaults(kind Kind) {

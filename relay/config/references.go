@@ -131,13 +131,13 @@ func (u Upstream) References(key string) []Reference {
 			out = append(out, Reference{Key: key + "." + sub, Upstream: key, Secret: secret, File: file, Kind: kind})
 		}
 	}
-	switch {
-	case u.Kind == KindSMTP:
+	switch u.Kind.Family() {
+	case FamilySMTP:
 		add("smtp.ca_file", "", u.SMTP.CAFile, RefCACertificate)
 		if u.SMTP.Auth != "" {
 			add("smtp.password_secret", u.SMTP.PasswordSecret, "", RefPassword)
 		}
-	case u.Kind.Microsoft():
+	case FamilyM365:
 		m := u.M365
 		add("m365.client_secret_secret", m.ClientSecretSecret, "", RefClientSecret)
 		add("m365.certificate_file", "", m.CertificateFile, RefCertificate)

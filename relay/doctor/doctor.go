@@ -47,7 +47,8 @@ func run(ctx context.Context, cfg *config.Config, d Deps) []upstream.Step {
 		d.Clock = time.Now
 	}
 	u := cfg.Upstream
-	if u.Kind == config.KindCapture {
+	dns := u.Kind.DoctorDNS()
+	if dns == config.DNSNone {
 		steps := []upstream.Step{{Name: "upstream", OK: true,
 			Detail: "capture writes each message to " + u.Capture.Directory + " in the state directory: nothing to check"}}
 		if d.TestTo != "" && d.Upstream != nil {
@@ -66,7 +67,7 @@ func run(ctx context.Context, cfg *config.Config, d Deps) []upstream.Step {
 			domain = dom
 		}
 	}
-	if domain == "" && u.Kind == config.KindSMTP {
+	if domain == "" && dns == config.DNSIfKnown {
 		if _, dom, ok := strings.Cut(cfg.Senders.RewriteFrom, "@"); ok {
 			domain = dom
 		}
@@ -76,13 +77,13 @@ func run(ctx context.Context, cfg *config.Config, d Deps) []upstream.Step {
 	case domain != "":
 		steps = append(steps, checkMX(ctx, r, domain, mxKind))
 		steps = append(steps, checkSPF(ctx, r, domain, mxKind, m.PublicIP))
-		if u.Kind.Microsoft() {
+		if dns == config.DNSRequired {
 			for _, sel := range m.DKIMSelectors {
 				steps = append(steps, checkDKIM(ctx, r, domain, sel))
 			}
 		}
 		steps = append(steps, checkDMARC(ctx, r, domain))
-	case u.Kind == config.KindSMTP:
+	case dns == config.DNSIfKnown:
 		steps = append(steps, upstream.Step{Name: "DNS", Skipped: true,
 			Detail: "not checked: no sender domain known; set senders.rewrite_from to have its MX, SPF and DMARC records checked"})
 	default:
@@ -295,7 +296,7 @@ func sendTest(ctx context.Context, d Deps, cfg *config.Config) upstream.Step {
 	if from == "" && strings.Contains(cfg.Upstream.SMTP.Username, "@") {
 		from = cfg.Upstream.SMTP.Username
 	}
-	if from == "" && cfg.Upstream.Kind == config.KindCapture {
+	if from == "" && cfg.Upstream.Kind.DoctorDNS() == config.DNSNone {
 		host := cfg.Hostname
 		if host == "" {
 			host = "localhost"

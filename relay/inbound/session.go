@@ -78,11 +78,6 @@ func newSession(s *Server, o *Options, c net.Conn, ip netip.Addr, cl Client, rel
 	return ss
 }
 
-// lastReplyTimeout bounds the write of a session's last reply, which is
-// written after the session stopped counting (finish): a client that does
-// not read cannot hold an uncounted connection for limits.write_timeout.
-const lastReplyTimeout = 5 * time.Second
-
 // finish stops counting the session against the listener's and the
 // client's connection limits. It is called the moment the session's end
 // is known, before its last reply is written (QUIT's 221, a limit's 421)
@@ -94,86 +89,6 @@ func (ss *session) finish() {
 	ss.srv.mu.Unlock()
 	ss.release()
 	ss.ending = true
-}
-
-// connReader sets the read deadline before every read: no progress for
-// ReadTimeout, and never past the command line's or the session's end.
-type connReader struct{ ss *session }
-
-var errKicked = errors.New("session told to go")
-
-func (r connReader) Read(p []byte) (int, error) {
-	ss := r.ss
-	now := time.Now()
-	d := now.Add(ss.o.ReadTimeout)
-	lim := &limitError{Key: "limits.read_timeout", Limit: ss.o.ReadTimeout, What: "no data from the client"}
-	if !ss.lineEnd.IsZero() && ss.lineEnd.Before(d) {
-		d = ss.lineEnd
-		lim = &limitError{Key: "limits.command_timeout", Limit: ss.o.CommandTimeout, What: "no complete command line"}
-	}
-	if ss.end.Before(d) {
-		d = ss.end
-		lim = &limitError{Key: "limits.max_session_time", Limit: ss.o.MaxSessionTime, What: "session not finished"}
-	}
-	ss.conn.SetReadDeadline(d)
-	if ss.isKicked() {
-		return 0, errKicked
-	}
-	n, err := ss.conn.Read(p)
-	if err != nil {
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			if ss.isKicked() {
-				return n, errKicked
-			}
-			return n, lim
-		}
-	}
-	return n, err
-}
-
-type connWriter struct{ ss *session }
-
-func (w connWriter) Write(p []byte) (int, error) {
-	d := w.ss.o.WriteTimeout
-	if w.ss.ending {
-		d = min(d, lastReplyTimeout)
-	}
-	w.ss.conn.SetWriteDeadline(time.Now().Add(d))
-	return w.ss.conn.Write(p)
-}
-
-func (ss *session) isKicked() bool {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	return ss.kicked != nil
-}
-
-// kickIfIdle tells a session that waits for a command outside a
-// transaction to go with reply; it reports whether it did.
-func (ss *session) kickIfIdle(reply *smtp.SMTPError) bool {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	if !ss.waiting || ss.kicked != nil {
-		return false
-	}
-	ss.kicked = reply
-	ss.raw.SetReadDeadline(time.Unix(1, 0))
-	return true
-}
-
-// idleSince reports when a session waiting outside a transaction last
-// heard from its client.
-func (ss *session) idleSince() (int64, bool) {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	return ss.lastSeen.Load(), ss.waiting && ss.kicked == nil
-}
-
-func (ss *session) setWaiting(w bool) {
-	ss.mu.Lock()
-	ss.waiting = w
-	ss.mu.Unlock()
 }
 
 // formatReply writes an SMTP reply (multi-line when the message has line

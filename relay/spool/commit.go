@@ -42,6 +42,9 @@ func (m *Message) ID() string { return m.id }
 
 func (m *Message) Write(p []byte) (int, error) {
 	if m.tmp == nil && len(m.buf)+len(p) <= m.s.opts.InlineMax {
+		if m.buf == nil {
+			m.buf = contentBufs.get(max(len(p), 64<<10))
+		}
 		m.buf = append(m.buf, p...)
 		m.n += int64(len(p))
 		return len(p), nil
@@ -58,6 +61,7 @@ func (m *Message) Write(p []byte) (int, error) {
 		if _, err := f.Write(m.buf); err != nil {
 			return 0, fmt.Errorf("spooling a large message: %w", mapNoSpace(err))
 		}
+		contentBufs.put(m.buf)
 		m.buf = nil
 	}
 	n, err := m.tmp.Write(p)
@@ -78,6 +82,9 @@ func (m *Message) Abort() {
 		os.Remove(m.tmp.Name())
 		m.tmp = nil
 	}
+	// Nothing keeps the content once it is committed (its record holds a
+	// copy) or aborted.
+	contentBufs.put(m.buf)
 	m.buf = nil
 }
 

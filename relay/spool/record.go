@@ -132,6 +132,19 @@ func appendBytes(b, s []byte) []byte {
 	return append(b, s...)
 }
 
+// recordSize is the most bytes encodeMessage writes for m (each varint
+// counted at its largest), so that its buffer is made once.
+func recordSize(m *messageRec) int {
+	const v = binary.MaxVarintLen64
+	e := &m.Env
+	n := 1 + 6*v + len(m.ID) + len(e.From) + len(e.ClientIP) + len(e.Login) + len(e.MessageID) + len(e.Subject)
+	for _, r := range e.To {
+		n += 2*v + 1 + len(r.Addr) + len(r.Reply)
+	}
+	n += 3*v + len(e.Device) + len(e.Class) + len(e.FromReceived)
+	return n + 1 + 2*v + len(m.File) + len(m.Data)
+}
+
 func encodeMessage(b []byte, m *messageRec) []byte {
 	b = append(b, recMessage)
 	b = appendString(b, m.ID)

@@ -4,6 +4,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,10 +34,14 @@ type writer struct {
 }
 
 // chunk is a run of frames for one segment starting at off.
+// chunk is the frames a batch writes to one segment, contiguous from off.
+// Each frame is its record's own buffer (header room first, see
+// newRecord), written with pwritev: a message's content is not copied
+// into the batch.
 type chunk struct {
-	seg  *segment
-	off  int64
-	data []byte
+	seg    *segment
+	off    int64
+	frames [][]byte
 }
 
 type batch struct {
@@ -65,7 +72,7 @@ func (w *writer) init(s *Spool, seg *segment) {
 
 // append adds one record and returns the batch that will make it durable.
 func (w *writer) append(body []byte) (*batch, error) {
-	b, _, _, err := w.appendFrame(body, false, nil)
+	b, _, _, err := w.appendFrame(framed(body), false, nil)
 	return b, err
 }
 
@@ -78,20 +85,32 @@ func (w *writer) appendLazy(body []byte) (*batch, error) {
 // appendLazyThen is appendLazy with after (when not nil) run once the
 // record is durable.
 func (w *writer) appendLazyThen(body []byte, after func()) (*batch, error) {
-	b, _, _, err := w.appendFrame(body, true, after)
+	b, _, _, err := w.appendFrame(framed(body), true, after)
 	return b, err
 }
 
-// appendFrame adds one record to the current batch and wakes the writer:
-// at once, or (lazy) within LazyFlush unless another record wakes it
-// first.
-func (w *writer) appendFrame(body []byte, lazy bool, after func()) (*batch, *segment, int64, error) {
+// newRecord is an empty record buffer with room for frameHeader and then
+// size bytes of body: a record encoded after it needs no copy to be framed.
+func newRecord(size int) []byte {
+	return contentBufs.get(frameHeader + size)[:frameHeader]
+}
+
+// framed copies a small record's body after a frame header's room.
+func framed(body []byte) []byte {
+	return append(make([]byte, frameHeader, frameHeader+len(body)), body...)
+}
+
+// appendFrame adds one record (rec: frameHeader bytes of room, then the
+// body; the writer owns it from here) to the current batch and wakes the
+// writer: at once, or (lazy) within LazyFlush unless another record wakes
+// it first.
+func (w *writer) appendFrame(rec []byte, lazy bool, after func()) (*batch, *segment, int64, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.cur == nil {
 		return nil, nil, 0, errors.New("spool is closed")
 	}
-	n := int64(frameHeader + len(body))
+	n := int64(len(rec))
 	if w.broken[w.seg] || (w.seg.size > 0 && w.seg.size+n > w.s.opts.SegmentBytes) {
 		if err := w.rotate(); err != nil {
 			return nil, nil, 0, err
@@ -107,10 +126,13 @@ func (w *writer) appendFrame(body []byte, lazy bool, after func()) (*batch, *seg
 		default:
 		}
 	}
+	body := rec[frameHeader:]
+	binary.LittleEndian.PutUint32(rec, uint32(len(body)))
+	binary.LittleEndian.PutUint32(rec[4:], checksum(g.seq, body))
 	if k := len(w.pend); k > 0 && w.pend[k-1].seg == g {
-		w.pend[k-1].data = frame(w.pend[k-1].data, g.seq, body)
+		w.pend[k-1].frames = append(w.pend[k-1].frames, rec)
 	} else {
-		w.pend = append(w.pend, chunk{seg: g, off: off, data: frame(make([]byte, 0, max(4096, n)), g.seq, body)})
+		w.pend = append(w.pend, chunk{seg: g, off: off, frames: [][]byte{rec}})
 	}
 	if after != nil {
 		w.cur.after = append(w.cur.after, after)
@@ -149,8 +171,9 @@ func (w *writer) rotate() error {
 // inflight count stays raised for the caller to drop once the message is
 // adopted.
 func (w *writer) appendMessage(m *messageRec) (*segment, int64, error) {
-	body := encodeMessage(nil, m)
-	b, g, off, err := w.appendFrame(body, false, nil)
+	rec := encodeMessage(newRecord(recordSize(m)), m)
+	head := int64(len(rec) - len(m.Data)) // the frame before the content
+	b, g, off, err := w.appendFrame(rec, false, nil)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -159,18 +182,19 @@ func (w *writer) appendMessage(m *messageRec) (*segment, int64, error) {
 		g.inflight.Add(-1)
 		return nil, 0, fmt.Errorf("writing to the spool: %w", err)
 	}
-	return g, off + frameHeader + int64(len(body)-len(m.Data)), nil
+	return g, off + head, nil
 }
 
 // appendCopy appends a compaction copy without waiting; compaction syncs
 // before it removes the old segment.
 func (w *writer) appendCopy(m *messageRec) (*segment, int64, error) {
-	body := encodeMessage(nil, m)
-	_, g, off, err := w.appendFrame(body, false, nil)
+	rec := encodeMessage(newRecord(recordSize(m)), m)
+	head := int64(len(rec) - len(m.Data))
+	_, g, off, err := w.appendFrame(rec, false, nil)
 	if err != nil {
 		return nil, 0, err
 	}
-	return g, off + frameHeader + int64(len(body)-len(m.Data)), nil
+	return g, off + head, nil
 }
 
 // sync waits until everything appended so far is durable.
@@ -222,6 +246,11 @@ func (w *writer) run() {
 		}
 		w.mu.Unlock()
 		b.err = w.flush(chunks)
+		for _, c := range chunks {
+			for _, f := range c.frames {
+				contentBufs.put(f) // written: the next records reuse them
+			}
+		}
 		if b.err != nil {
 			lastErr = b.err
 		} else {
@@ -251,7 +280,7 @@ func (w *writer) flush(chunks []chunk) error {
 			err = errors.Join(err, errors.New("segment failed earlier"))
 			continue
 		}
-		if _, werr := c.seg.f.WriteAt(c.data, c.off); werr != nil {
+		if werr := writeFrames(c.seg.f, c.frames, c.off); werr != nil {
 			w.markBroken(c.seg)
 			err = errors.Join(err, mapNoSpace(werr))
 			continue
@@ -267,6 +296,36 @@ func (w *writer) flush(chunks []chunk) error {
 		}
 	}
 	return err
+}
+
+// writeFrames writes frames contiguously from off with pwritev, as many
+// at a time as the kernel takes (IOV_MAX 1024), resuming after a short
+// write.
+func writeFrames(f *os.File, frames [][]byte, off int64) error {
+	iov := slices.Clone(frames) // resliced below; the frames go back to their pool whole
+	fd := int(f.Fd())
+	for len(iov) > 0 {
+		n, err := unix.Pwritev(fd, iov[:min(len(iov), 1024)], off)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return &os.PathError{Op: "pwritev", Path: f.Name(), Err: err}
+		}
+		if n == 0 {
+			return &os.PathError{Op: "pwritev", Path: f.Name(), Err: io.ErrShortWrite}
+		}
+		off += int64(n)
+		for n > 0 {
+			if n < len(iov[0]) {
+				iov[0] = iov[0][n:]
+				break
+			}
+			n -= len(iov[0])
+			iov = iov[1:]
+		}
+	}
+	return nil
 }
 
 func (w *writer) isBroken(g *segment) bool {

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -24,6 +25,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"github.com/siterelay/siterelay/relay/durable"
 	"github.com/siterelay/siterelay/relay/upstream"
 )
 
@@ -48,10 +50,13 @@ type Options struct {
 	Sleep  func(ctx context.Context, d time.Duration) error
 	Logger *slog.Logger
 	// StateFile, when set, keeps the windows and the cooldown across
-	// restarts (see state.go): written durably when a message takes its
-	// place in the windows, before it is sent, when a cooldown starts, and
-	// at Close. A box that restarts in a loop thus neither exceeds a limit
-	// nor makes Microsoft throttle it after every boot.
+	// restarts (see state.go): written durably at most once a second while
+	// messages take their places in the windows (each write before its
+	// message is sent), before a message the file on disk does not cover
+	// (its allowance ahead is used up), at once when a cooldown starts,
+	// and at Close. A box that restarts in a loop thus neither exceeds a
+	// limit nor makes Microsoft throttle it after every boot, and an SD
+	// card does not pay a flush for every message.
 	StateFile string
 }
 
@@ -72,6 +77,19 @@ type Paced struct {
 	sent       bool       // a message took its place in the windows
 	saveMu     sync.Mutex // orders writes of the state file
 	saveFailed bool       // the last write failed (logged once)
+
+	// What the state file covers (see state.go, "Writes").
+	reserved  tally     // places taken in the windows since Wrap
+	onDisk    *ledger   // the last write that completed; nil: none covers
+	writing   *ledger   // a write in progress: a crash may leave either
+	lastWrite time.Time // on Clock: the last write's snapshot
+	nextWrite time.Time // on Clock: when a write is due again
+	repair    bool      // the file could not be read: the next message rewrites it
+	lastSeq   tally     // reserved at the last write's snapshot
+	writes    int       // state file writes (tests, benchmarks)
+	// writeFile writes the state file durably; tests replace it to
+	// simulate a crash between or during writes.
+	writeFile func(path string, b []byte, perm os.FileMode) error
 }
 
 // slot is one message in the rolling windows; an in-flight one (done
@@ -108,7 +126,7 @@ func Wrap(up upstream.Upstream, o Options) *Paced {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	p := &Paced{up: up, o: o}
+	p := &Paced{up: up, o: o, writeFile: durable.WriteFile}
 	if o.Concurrency > 0 {
 		p.sem = make(chan struct{}, o.Concurrency)
 	}
@@ -152,7 +170,7 @@ func (p *Paced) Close() error {
 	sent := p.sent
 	p.mu.Unlock()
 	if sent {
-		p.save()
+		p.save(false) // the exact state: nothing starts after it
 	}
 	return p.up.Close()
 }
@@ -227,10 +245,15 @@ func (p *Paced) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.
 				p.day = append(p.day, ds)
 			}
 			p.sent = true
+			p.reserved.Msgs += txns
+			p.reserved.Rcpts += n
+			write := p.writeDueLocked(now)
 			p.mu.Unlock()
-			// On disk before it is sent: a crash during the attempt
-			// still counts it after the restart.
-			p.save()
+			if write {
+				// On disk before it is sent: a crash during the
+				// attempt still counts it after the restart.
+				p.save(true)
+			}
 			break
 		}
 		if wait > p.o.MaxWait || !upstream.MayWait(ctx) {
@@ -275,9 +298,9 @@ func (p *Paced) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.
 	p.mu.Unlock()
 	if cooling {
 		// A new cooldown goes to disk at once. The attempt's end need
-		// not: the next reservation (or Close) writes it, and an attempt
-		// found in flight after a crash counts as accepted at the restart.
-		p.save()
+		// not: the next write (or Close) has it, and an attempt found in
+		// flight after a crash counts as accepted at the restart.
+		p.save(true)
 	}
 	return res, err
 }

@@ -37,6 +37,9 @@ type fake struct {
 	replies []error
 	active  int
 	peak    int
+	// onSend, when set, is called (without f.mu) as each message is
+	// accepted, with its time.
+	onSend func(t time.Time, rcpts int)
 }
 
 func (f *fake) Deliver(ctx context.Context, m *upstream.Message) ([]upstream.RcptResult, error) {
@@ -50,9 +53,13 @@ func (f *fake) Deliver(ctx context.Context, m *upstream.Message) ([]upstream.Rcp
 		f.mu.Unlock()
 		return nil, err
 	}
-	f.times = append(f.times, f.c.Now())
+	now := f.c.Now()
+	f.times = append(f.times, now)
 	f.rcpts += len(m.To)
 	f.mu.Unlock()
+	if f.onSend != nil {
+		f.onSend(now, len(m.To))
+	}
 	res := make([]upstream.RcptResult, len(m.To))
 	for i, r := range m.To {
 		res[i].Rcpt = r

@@ -242,6 +242,7 @@ func TestStateFileSize(t *testing.T) {
 		}
 		c.Advance(step)
 	}
+	p.Close() // the exact state, without an allowance ahead
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)

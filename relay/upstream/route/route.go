@@ -17,12 +17,10 @@ package route
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -31,9 +29,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/siterelay/siterelay/relay/config"
-	"github.com/siterelay/siterelay/relay/durable"
 	"github.com/siterelay/siterelay/relay/upstream"
-	"github.com/siterelay/siterelay/relay/upstream/m365"
 )
 
 // Named is one upstream under its configured name; Label is what traces
@@ -79,24 +75,6 @@ type route struct {
 
 	mu sync.Mutex
 	st state
-}
-
-// state is where a route stands; it is what the state file keeps.
-type state struct {
-	// Current is the index in the route's upstreams now used.
-	Current int `json:"current"`
-	// Since is when the route moved there; Reason is the reply that made
-	// it (empty while on the first).
-	Since  time.Time `json:"since,omitzero"`
-	Reason string    `json:"reason,omitempty"`
-	// NextTry is when the first upstream is tried again; Backoff is the
-	// wait after that try if it is still closed.
-	NextTry time.Time     `json:"next_try,omitzero"`
-	Backoff time.Duration `json:"backoff,omitempty"`
-	// Upstreams are the names the state is for: a state saved for another
-	// list (the configuration changed) is not used.
-	Upstreams []string `json:"upstreams"`
-	probing   bool
 }
 
 // New builds the router over already built upstreams; Close closes them.
@@ -362,158 +340,6 @@ func (rt *route) label(i int) string {
 	return s + " (failover from " + rt.ups[0].Name + ": " + reason + ")"
 }
 
-// order is the indexes of the route's upstreams to try now; probe is true
-// when the first is tried again after a failover (the caller holds the
-// ticket: only one attempt at a time probes).
-func (rt *route) order(now time.Time) (idx []int, probe bool) {
-	rt.mu.Lock()
-	defer rt.mu.Unlock()
-	cur := rt.st.Current
-	if cur > 0 && !rt.st.probing && !now.Before(rt.st.NextTry) {
-		rt.st.probing, probe = true, true
-		idx = append(idx, 0)
-	}
-	for i := cur; i < len(rt.ups); i++ {
-		idx = append(idx, i)
-	}
-	return idx, probe
-}
-
-// closed notes that upstream i answered that its path is closed.
-func (rt *route) closed(r *Router, i int, probe bool, reason string, now time.Time) {
-	rt.mu.Lock()
-	st := &rt.st
-	var from, to string
-	changed := false
-	switch {
-	case probe:
-		st.probing = false
-		st.Backoff = min(2*max(st.Backoff, rt.cfg.FailbackAfter.D()), rt.cfg.FailbackMax.D())
-		st.NextTry = now.Add(st.Backoff)
-		changed = true
-		r.log.Warn("route: first upstream still closed; trying it again later", "route", rt.cfg.Name, "upstream", rt.ups[0].Name, "reason", reason, "next_try", st.NextTry)
-	case i == st.Current && i+1 < len(rt.ups):
-		from, to = rt.ups[i].Name, rt.ups[i+1].Name
-		st.Current = i + 1
-		st.Since, st.Reason = now, reason
-		if st.NextTry.IsZero() || i == 0 {
-			st.Backoff = rt.cfg.FailbackAfter.D()
-			st.NextTry = now.Add(st.Backoff)
-		}
-		changed = true
-		r.log.Warn("route: upstream's path closed; failing over", "route", rt.cfg.Name, "from", from, "to", to, "reason", reason, "first_again", st.NextTry)
-	case i == st.Current:
-		st.Reason = "every upstream closed: " + reason
-		changed = true
-	}
-	rt.mu.Unlock()
-	if from != "" && r.o.Failover != nil {
-		r.o.Failover(rt.cfg.Name, from, to, reason)
-	}
-	if changed {
-		r.save()
-	}
-}
-
-// release gives the failback ticket back if the attempt left it held.
-func (rt *route) release(clock func() time.Time) {
-	rt.mu.Lock()
-	defer rt.mu.Unlock()
-	if rt.st.probing {
-		rt.st.probing = false
-		rt.st.NextTry = clock().Add(rt.cfg.FailbackAfter.D())
-	}
-}
-
-// unknown gives the failback ticket back without a verdict.
-func (rt *route) unknown(now time.Time) {
-	rt.mu.Lock()
-	rt.st.probing = false
-	rt.st.NextTry = now.Add(rt.cfg.FailbackAfter.D())
-	rt.mu.Unlock()
-}
-
-// worked notes that upstream i answered (delivered, or refused for reasons
-// of the message): a route failed over comes back to the first.
-func (rt *route) worked(r *Router, i int) {
-	rt.mu.Lock()
-	st := &rt.st
-	back := i == 0 && st.Current > 0
-	if i == 0 {
-		st.probing = false
-	}
-	if back {
-		r.log.Info("route: first upstream open again; back to it", "route", rt.cfg.Name, "upstream", rt.ups[0].Name, "was", rt.ups[st.Current].Name)
-		st.Current, st.Since, st.Reason, st.NextTry, st.Backoff = 0, r.o.Clock(), "", time.Time{}, 0
-	}
-	rt.mu.Unlock()
-	if back {
-		r.save()
-	}
-}
-
-// Closed reports whether err means "this path is closed for this tenant":
-// SMTP AUTH disabled (5.7.139), basic authentication off (5.7.30), direct
-// send rejected (5.7.68), Graph's 403 for a missing permission, or the
-// token endpoint refusing the app (not its being down). reason is the
-// reply in short.
-func Closed(err error) (reason string, closed bool) {
-	if err == nil {
-		return "", false
-	}
-	var te *m365.TokenError
-	if errors.As(err, &te) {
-		if te.Status >= 400 && te.Status < 500 && te.Status != 429 {
-			return te.Error(), true
-		}
-		return "", false
-	}
-	ue := upstream.Classify(err)
-	if ue.Reply == nil {
-		return "", false
-	}
-	switch enhanced(ue.Reply) {
-	case "5.7.139", "5.7.30", "5.7.68":
-		return ue.Error(), true
-	}
-	if strings.HasPrefix(ue.Reply.Message, "Graph 403 ") {
-		return ue.Error(), true
-	}
-	return "", false
-}
-
-func enhanced(r *smtp.SMTPError) string {
-	c := r.EnhancedCode
-	if c != (smtp.EnhancedCode{}) && c != smtp.NoEnhancedCode {
-		return fmt.Sprintf("%d.%d.%d", c[0], c[1], c[2])
-	}
-	return ""
-}
-
-// closedPath: a part whose every recipient met a closed path.
-func closedPath(res []upstream.RcptResult) (string, bool) {
-	reason := ""
-	for _, x := range res {
-		r, ok := Closed(x.Err)
-		if !ok {
-			return "", false
-		}
-		reason = r
-	}
-	return reason, len(res) > 0
-}
-
-// keepTemporary: a closed path never bounces mail.
-func keepTemporary(err error) error {
-	ue := upstream.Classify(err)
-	if ue == nil || !ue.Permanent {
-		return err
-	}
-	c := *ue
-	c.Permanent = false
-	return &c
-}
-
 // Limits: see the package's doc and docs/config.md ("Routes"). The
 // scheduler's workers are the sum of the routes' first upstreams'
 // concurrency (each upstream's pacer bounds its own connections), no
@@ -628,84 +454,4 @@ func (r *Router) Probe(ctx context.Context) ([]upstream.Step, error) {
 		}
 	}
 	return steps, errors.Join(errs...)
-}
-
-// Status is one route as the status page shows it.
-type Status struct {
-	Name string `json:"name"`
-	// Upstream is the name of the upstream the route uses now; Upstreams
-	// all of them, in order.
-	Upstream  string   `json:"upstream"`
-	Upstreams []string `json:"upstreams"`
-	// FailedOver is set while the route uses another than its first:
-	// since when, why, and when the first is tried again.
-	FailedOver bool      `json:"failed_over,omitempty"`
-	Since      time.Time `json:"since,omitzero"`
-	Reason     string    `json:"reason,omitempty"`
-	NextTry    time.Time `json:"next_try,omitzero"`
-}
-
-// Status reports every route.
-func (r *Router) Status() []Status {
-	out := make([]Status, len(r.routes))
-	for i, rt := range r.routes {
-		rt.mu.Lock()
-		st := rt.st
-		rt.mu.Unlock()
-		s := Status{Name: rt.cfg.Name, Upstream: rt.ups[st.Current].Name, Upstreams: slices.Clone(rt.cfg.Upstreams), Reason: st.Reason}
-		if st.Current > 0 {
-			s.FailedOver, s.Since, s.NextTry = true, st.Since, st.NextTry
-		}
-		out[i] = s
-	}
-	return out
-}
-
-// save writes every route's state (rare: on failover and failback).
-func (r *Router) save() {
-	if r.o.StateFile == "" {
-		return
-	}
-	r.saveMu.Lock()
-	defer r.saveMu.Unlock()
-	all := map[string]state{}
-	for _, rt := range r.routes {
-		rt.mu.Lock()
-		all[rt.cfg.Name] = rt.st
-		rt.mu.Unlock()
-	}
-	b, _ := json.MarshalIndent(all, "", "  ")
-	if err := durable.WriteFile(r.o.StateFile, b, 0o600); err != nil {
-		r.log.Warn("route: cannot keep the failover state; a restart starts on the first upstreams", "err", err)
-	}
-}
-
-// restore reads the state file: a route whose upstream list is unchanged
-// resumes where it was (failed over, and when to try the first again).
-func (r *Router) restore() {
-	if r.o.StateFile == "" {
-		return
-	}
-	b, err := os.ReadFile(r.o.StateFile)
-	if err != nil {
-		if !errors.Is(err, os.ErrNotExist) {
-			r.log.Warn("route: cannot read the failover state; starting on the first upstreams", "err", err)
-		}
-		return
-	}
-	var all map[string]state
-	if err := json.Unmarshal(b, &all); err != nil {
-		r.log.Warn("route: failover state unreadable; starting on the first upstreams", "err", err)
-		return
-	}
-	for _, rt := range r.routes {
-		st, ok := all[rt.cfg.Name]
-		if !ok || !slices.Equal(st.Upstreams, rt.cfg.Upstreams) || st.Current < 0 || st.Current >= len(rt.ups) {
-			continue
-		}
-		rt.st = st
-		if st.Current > 0 {
-			r.log.Info("route: resuming on a failover upstream", "route", rt.cfg.Name, "upstream", rt.ups[st.Current].Name, "reason", st.Reason, "first_again", st.NextTry)
-		}
-	}
 }

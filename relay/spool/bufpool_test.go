@@ -1,0 +1,84 @@
+package spool
+
+import (
+	"bytes"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// recordSize bounds what encodeMessage writes, so that a record's buffer
+// is made once (the bound is what the pool is asked for).
+func TestRecordSizeBound(t *testing.T) {
+	long := strings.Repeat("x", 300)
+	tests := []struct {
+		name string
+		m    messageRec
+	}{
+		{"empty", messageRec{}},
+		{"inline", messageRec{ID: "A", Env: Envelope{From: "a@b", To: []Rcpt{{Addr: "c@d"}}}, Data: []byte("hi\r\n")}},
+		{"everything, huge varints", messageRec{ID: long, Size: 1 << 62, File: long, Env: Envelope{
+			From: long, Received: time.Unix(1<<40, 0), UTF8: true, EightBit: true, ClientIP: long, Login: long,
+			MessageID: long, Subject: long, HeaderBytes: 1 << 62, Device: long, Class: long, FromReceived: long,
+			To: []Rcpt{{Addr: long, State: 3, Reply: long}, {Addr: "x@y"}, {}}}}},
+		{"64 KiB inline", messageRec{ID: "B", Data: bytes.Repeat([]byte("y"), 64<<10), Env: Envelope{To: make([]Rcpt, 50)}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got, bound := len(encodeMessage(nil, &tt.m)), recordSize(&tt.m); got > bound {
+				t.Errorf("encoded %d bytes, bound %d", got, bound)
+			}
+		})
+	}
+}
+
+// A pooled buffer comes back empty; one grown past the pool's limit is
+// not kept.
+func TestBufPool(t *testing.T) {
+	bp := &bufPool{max: 1024}
+	b := bp.get(10)
+	if len(b) != 0 || cap(b) < 10 {
+		t.Fatalf("get(10): len %d cap %d", len(b), cap(b))
+	}
+	bp.put(append(b, "data"...))
+	if got := bp.get(1); len(got) != 0 {
+		t.Errorf("a reused buffer has length %d", len(got))
+	}
+	bp.put(make([]byte, 0, 4096)) // over the limit: dropped
+	if got := bp.get(2048); cap(got) != 2048 {
+		t.Errorf("get(2048) after an oversized put: cap %d, want a new 2048", cap(got))
+	}
+}
+
+// writeFrames lays frames end to end from the offset, also past the
+// kernel's 1024 buffers a call, and leaves the frames whole for their pool.
+func TestWriteFrames(t *testing.T) {
+	for _, n := range []int{1, 3, 1024, 2500} {
+		f, err := os.CreateTemp(t.TempDir(), "seg")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var frames [][]byte
+		var want []byte
+		for i := range n {
+			b := bytes.Repeat([]byte{byte('a' + i%26)}, 1+i%97)
+			frames = append(frames, b)
+			want = append(want, b...)
+		}
+		const off = 4096
+		if err := writeFrames(f, frames, off); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := os.ReadFile(f.Name())
+		if len(got) != off+len(want) || !bytes.Equal(got[off:], want) {
+			t.Errorf("%d frames: file of %d bytes, want %d with the frames from %d", n, len(got), off+len(want), off)
+		}
+		for i, b := range frames {
+			if len(b) != 1+i%97 {
+				t.Fatalf("frame %d cut to %d bytes", i, len(b))
+			}
+		}
+		f.Close()
+	}
+}
