@@ -22,6 +22,10 @@ import (
 // counters of attempts and renewals are since relayd started (metrics) and
 // are not kept. Key ids and thumbprints are public; nothing secret is here.
 type savedRenewal struct {
+	// Certificate is the SHA-1 thumbprint of the certificate in force when
+	// this was written: a state about another certificate (the credential
+	// deleted and made anew) keeps only its old keys to remove.
+	Certificate    string        `json:"certificate,omitempty"`
 	Failures       int           `json:"failures"`
 	LastAttempt    time.Time     `json:"last_attempt,omitzero"`
 	LastSuccess    time.Time     `json:"last_success,omitzero"`
@@ -56,6 +60,11 @@ func (r *Renewer) load() {
 		r.o.Logger.Error("certificate renewal: cannot read its state; starting afresh", "credential", r.o.Credential, "err", err)
 		return
 	}
+	if cert, _, _, err := r.o.Store.Current(r.o.Credential); err == nil && s.Certificate != "" && s.Certificate != Thumbprint(cert) {
+		// A new certificate under the old name: its renewal starts
+		// afresh; the box's old key ids are still its own to remove.
+		s = savedRenewal{OldKeys: s.OldKeys, RemoveFailures: s.RemoveFailures, RemoveNextTry: s.RemoveNextTry, RemoveError: s.RemoveError, RemoveBackoff: s.RemoveBackoff}
+	}
 	r.st.Failures, r.st.LastAttempt, r.st.LastSuccess, r.st.LastError, r.st.Hint, r.st.NextTry = s.Failures, s.LastAttempt, s.LastSuccess, s.LastError, s.Hint, s.NextTry
 	r.st.OldKeys, r.st.RemoveFailures, r.st.RemoveNextTry, r.st.RemoveError = s.OldKeys, s.RemoveFailures, s.RemoveNextTry, s.RemoveError
 	r.backoff, r.removeBackoff, r.handWarning = s.Backoff, s.RemoveBackoff, s.HandWarning
@@ -71,6 +80,9 @@ func (r *Renewer) save() {
 	s := savedRenewal{Failures: r.st.Failures, LastAttempt: r.st.LastAttempt, LastSuccess: r.st.LastSuccess, LastError: r.st.LastError,
 		Hint: r.st.Hint, NextTry: r.st.NextTry, Backoff: r.backoff, HandWarning: r.handWarning, OldKeys: r.st.OldKeys,
 		RemoveFailures: r.st.RemoveFailures, RemoveNextTry: r.st.RemoveNextTry, RemoveError: r.st.RemoveError, RemoveBackoff: r.removeBackoff}
+	if cert, _, _, err := r.o.Store.Current(r.o.Credential); err == nil {
+		s.Certificate = Thumbprint(cert)
+	}
 	b, _ := json.MarshalIndent(s, "", "  ")
 	err := os.MkdirAll(filepath.Dir(r.o.StateFile), 0o700)
 	if err == nil {

@@ -290,6 +290,17 @@ func TestRenewalBackoffSurvivesRestart(t *testing.T) {
 	if st := r.State(); st.Failures != 2 || !st.NextTry.Equal(re.clock.Now().Add(2*time.Hour)) {
 		t.Errorf("second failure after the restart: %+v, want the backoff doubled to 2h", st)
 	}
+	// The credential deleted and made anew under its name: its renewal
+	// does not inherit the other certificate's failures and backoff.
+	origCert, _ := os.ReadFile(filepath.Join(re.dir, "app.pem"))
+	origKey, origID := re.secrets["app-key"], re.store.keyID
+	certPEM, keyPEM, _ := selfSigned(t, "siterelay plant7", re.clock.Now(), 200)
+	re.store.Replace("app-key", certPEM, keyPEM, "")
+	if st := re.renewerWith(t, state).State(); st.Failures != 0 || !st.NextTry.IsZero() || st.LastError != "" {
+		t.Errorf("a new certificate inherits %+v", st)
+	}
+	re.store.Replace("app-key", origCert, origKey, origID) // back to the one of the state
+	re.store.replaced -= 2
 	re.clock.Advance(2 * time.Hour)
 	r = re.renewerWith(t, state)
 	if err := r.Check(ctx); err != nil || r.State().Failures != 0 || re.store.replaced != 1 {
