@@ -429,8 +429,8 @@ func (a *admin) Delete(ctx context.Context, id string) error {
 func (a *admin) Trace(ctx context.Context, q api.TraceQuery) ([]api.TraceEvent, error) {
 	f := trace.Filter{QueueID: q.QueueID, MessageID: q.MessageID, Sender: q.Sender, Recipient: q.Recipient, Kind: trace.Kind(q.Kind), Since: q.Since, Limit: q.Limit,
 		Device: q.Device, ClientIP: q.ClientIP, Subject: q.Subject, Until: q.Until}
-	if q.Kind != "" && !slices.Contains(trace.Kinds, f.Kind) {
-		return nil, &api.Error{Status: 400, Code: api.CodeBadRequest, Field: "kind", Message: fmt.Sprintf("%q: want one of %v", q.Kind, trace.Kinds)}
+	if q.Kind != "" && !slices.Contains(trace.SearchKinds, f.Kind) {
+		return nil, &api.Error{Status: 400, Code: api.CodeBadRequest, Field: "kind", Message: fmt.Sprintf("%q: want one of %v", q.Kind, trace.SearchKinds)}
 	}
 	r, err := a.relay()
 	if err != nil {
@@ -444,7 +444,7 @@ func (a *admin) Trace(ctx context.Context, q api.TraceQuery) ([]api.TraceEvent, 
 	for i, e := range ev {
 		out[i] = api.TraceEvent{Time: e.Time, Kind: string(e.Kind), QueueID: e.QueueID, MessageID: e.MessageID, ClientIP: e.ClientIP,
 			From: e.From, To: e.To, Subject: e.Subject, Size: e.Size, Attempt: e.Attempt, Reply: e.Reply, Hint: e.Hint, Upstream: e.Upstream,
-			Device: e.Device}
+			Device: e.Device, Credential: e.Credential, Step: e.Step, KeyID: e.KeyID, Result: e.Result}
 	}
 	return out, nil
 }

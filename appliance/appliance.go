@@ -78,6 +78,11 @@ type Options struct {
 	// nil reads the kernel (relay.Deps). Tests that expect an "ok"
 	// verdict say "synchronised", whatever the test machine's kernel says.
 	ClockSynchronised func() *bool
+	// Clock and Ticks, when set, are the relay's and the secret store's
+	// time and the ticks of its periodic checks (relay.Deps): tests move a
+	// virtual clock to a certificate's renewal and tick. Nil on the box.
+	Clock func() time.Time
+	Ticks func(every time.Duration) <-chan time.Time
 	// Log, when set, is relayd's log ring, fed by Logger's handler
 	// (logring.Handler): Run keeps it in the state directory (the previous
 	// runs' lines and how they ended survive a restart), and the admin
@@ -155,7 +160,7 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("state directory: %w", err)
 	}
 	keepLog(o, log)
-	creds := secrets.New(layout.Dir(o.StateDir), nil)
+	creds := secrets.New(layout.Dir(o.StateDir), o.Clock)
 	a := &app{o: o, log: log, creds: creds, renewAudit: &renewalAudit{l: log}}
 	a.problem.Store(ptr("the relay is starting"))
 
@@ -304,7 +309,8 @@ func (a *app) managed() bool { return a.o.Box || a.o.Tailnet != nil }
 func (a *app) deps() relay.Deps {
 	d := relay.Deps{Logger: a.log, Secret: secretStore(layout.Dir(a.o.StateDir).Secrets()),
 		SecretUsed: a.creds.Used, RootCAs: a.o.RootCAs, HTTPClient: a.o.HTTPClient,
-		KeyStore: a.creds, RenewalStep: a.renewAudit.step, ClockSynchronised: a.o.ClockSynchronised}
+		KeyStore: a.creds, RenewalStep: a.renewAudit.step, SecretExpiry: a.creds.Expiry, ClockSynchronised: a.o.ClockSynchronised,
+		Clock: a.o.Clock, Ticks: a.o.Ticks}
 	if a.o.Tailnet != nil {
 		d.Name = a.o.Tailnet.Site
 	}
@@ -470,7 +476,8 @@ func Doctor(ctx context.Context, o Options, resolver, testTo string) ([]upstream
 		log = slog.New(slog.DiscardHandler)
 	}
 	return relay.Doctor(ctx, cfg, o.StateDir, relay.Deps{Logger: log, Resolver: resolver,
-		Secret: secretStore(layout.Dir(o.StateDir).Secrets()), RootCAs: o.RootCAs, HTTPClient: o.HTTPClient}, testTo)
+		Secret: secretStore(layout.Dir(o.StateDir).Secrets()), SecretExpiry: secrets.New(layout.Dir(o.StateDir), nil).Expiry,
+		RootCAs: o.RootCAs, HTTPClient: o.HTTPClient}, testTo)
 }
 
 // version names the build (buildinfo owns it: sitegen stamps it at build).

@@ -40,7 +40,7 @@ func (r *renewalAudit) step(s m365.RenewStep) {
 			e.What += " — " + s.Hint
 		}
 	}
-	if err := al.Append(e); err != nil {
+	if err := al.AppendBox(e); err != nil {
 		r.l.Error("certificate renewal: cannot write the audit log", "err", err)
 	}
 }
@@ -63,6 +63,10 @@ func (a *admin) RenewCredential(ctx context.Context, name string) (*api.Renewal,
 }
 
 func apiRenewal(st m365.RenewState) api.Renewal {
-	return api.Renewal{Credential: st.Credential, NotAfter: st.NotAfter, Due: st.Due, LastAttempt: st.LastAttempt, LastSuccess: st.LastSuccess,
+	var old []string
+	for _, k := range st.OldKeys {
+		old = append(old, k.KeyID)
+	}
+	return api.Renewal{OldKeys: old, RemoveNextTry: st.RemoveNextTry, Credential: st.Credential, NotAfter: st.NotAfter, Due: st.Due, LastAttempt: st.LastAttempt, LastSuccess: st.LastSuccess,
 		Failures: st.Failures, LastError: st.LastError, Hint: st.Hint, NextTry: st.NextTry, Warning: st.Warning}
 }

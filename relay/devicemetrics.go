@@ -33,6 +33,9 @@ func newDeviceMetrics(r *Relay, reg *prometheus.Registry) *deviceMetrics {
 }
 
 func (m *deviceMetrics) observe(e trace.Event) {
+	if !e.Kind.Message() {
+		return // a renewal step: no device's
+	}
 	d := e.Device
 	if d == "" {
 		d = "unknown"

@@ -45,6 +45,7 @@ func Doctor(ctx context.Context, cfg *config.Config, dir string, d Deps, testTo 
 		}
 		steps = append(steps, upstream.Step{Name: what + " (" + w.Key + ")", Detail: w.Reason + ": " + w.Detail + " — " + w.Fix})
 	}
+	steps = append(steps, secretExpirySteps(cfg, d)...)
 	return append(steps, doctor.Run(ctx, cfg, dd)...), nil
 }
 

@@ -62,6 +62,7 @@ func (r *Relay) metricsGauges() metrics.Gauges {
 			return false, false
 		},
 		Renewals: r.renewalMetrics,
+		Secrets:  r.secretExpiries,
 		Clock:    r.d.Clock,
 	}
 }
@@ -71,7 +72,7 @@ func (r *Relay) renewalMetrics() []metrics.Renewal {
 	var out []metrics.Renewal
 	for _, st := range r.Renewals() {
 		out = append(out, metrics.Renewal{Credential: st.Credential, NotAfter: st.NotAfter, Due: st.Due,
-			Failures: st.Failures, Attempts: st.Attempts, Renewals: st.Renewals})
+			Failures: st.Failures, Attempts: st.Attempts, Renewals: st.Renewals, OldKeys: len(st.OldKeys)})
 	}
 	return out
 }

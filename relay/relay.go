@@ -70,6 +70,16 @@ type Deps struct {
 	// RenewalStep, when set, is told of every step of a renewal (the
 	// audit log).
 	RenewalStep func(m365.RenewStep)
+	// SecretExpiry, when set, says what the secret store knows of a
+	// secret: its kind and, if the admin gave it (creds put -expires), its
+	// expiry (zero when unknown). Client secrets and passwords in use with
+	// a known expiry get a metric, a status warning and an alert.
+	SecretExpiry func(name string) (kind string, notAfter time.Time)
+	// Ticks, when set, replaces time.NewTicker for the relay's periodic
+	// checks by the clock (the certificate renewals every RenewCheckEvery,
+	// the alert webhook every minute): tests that move a virtual Clock
+	// tick them. Nil: real tickers.
+	Ticks func(every time.Duration) <-chan time.Time
 
 	// BindRetry, when set, makes a listener that cannot bind at New no
 	// error: the others serve, and it is tried again when the channel
@@ -210,7 +220,7 @@ func New(cfg *config.Config, dir string, d Deps) (r *Relay, err error) {
 		return nil, fmt.Errorf("opening trace: %w", err)
 	}
 	r.metrics = metrics.New(r.metricsGauges())
-	r.alerts = alerts.New(alerts.Options{Metrics: r.metrics.Registry(), Clock: d.Clock, Logger: d.Logger, Explain: r.explainRenewal})
+	r.alerts = alerts.New(alerts.Options{Metrics: r.metrics.Registry(), Clock: d.Clock, Logger: d.Logger, Explain: r.explainRenewal, Ticks: d.Ticks})
 	r.fo = newFailovers(r.metrics.Registry())
 	r.waitingM = newWaitingMetric(r.metrics.Registry())
 	r.sourceM = newConfigSourceMetric(r.metrics.Registry())

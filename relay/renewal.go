@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/safetext"
+	"github.com/siterelay/siterelay/relay/trace"
 	"github.com/siterelay/siterelay/relay/upstream/m365"
 )
 
@@ -78,7 +80,7 @@ func (r *Relay) updateRenewals(cfg *config.Config) {
 		}
 		rn, err := m365.NewRenewer(m365.RenewOptions{Credential: name, Tenant: m.Tenant, ClientID: m.ClientID, ObjectID: m.ApplicationObjectID,
 			TokenURL: tokenURL, GraphURL: graphURL, Scope: m.Scope, RenewBefore: time.Duration(before) * 24 * time.Hour, Days: days,
-			Store: reloadingStore{r}, HTTPClient: r.d.HTTPClient, Clock: r.d.Clock, Logger: r.log, Step: r.d.RenewalStep})
+			Store: reloadingStore{r}, HTTPClient: r.d.HTTPClient, Clock: r.d.Clock, Logger: r.log, Step: r.renewalStep, StateFile: r.dir.Renewal(name)})
 		if err != nil {
 			r.log.Error("certificate renewal cannot start", "credential", name, "err", err)
 			continue
@@ -86,6 +88,22 @@ func (r *Relay) updateRenewals(cfg *config.Config) {
 		want[name] = &renewal{key: key, r: rn}
 	}
 	r.renew.list = want
+}
+
+// renewalStep records a step of a renewal in the trace (relayctl trace
+// -kind renewal) and hands it to Deps.RenewalStep (the audit log). A step
+// holds no key, token or proof; Graph's words in it are escaped as
+// everything a peer sent.
+func (r *Relay) renewalStep(s m365.RenewStep) {
+	res := "ok"
+	if !s.OK {
+		res = "failed"
+	}
+	r.trace.Record(trace.Event{Time: s.Time, Kind: trace.Renewal, Credential: s.Credential, Step: s.Step, KeyID: safetext.Escape(s.KeyID),
+		Result: res, Reply: safetext.Escape(s.Detail), Hint: safetext.Escape(s.Hint)})
+	if r.d.RenewalStep != nil {
+		r.d.RenewalStep(s)
+	}
 }
 
 // reloadingStore puts a renewed certificate in force: the store writes it,
@@ -150,14 +168,20 @@ func (r *Relay) Renewals() []m365.RenewState {
 // runRenewals checks the renewers now and every RenewCheckEvery until ctx
 // ends.
 func (r *Relay) runRenewals(ctx context.Context) {
-	t := time.NewTicker(RenewCheckEvery)
-	defer t.Stop()
+	var c <-chan time.Time
+	if r.d.Ticks != nil {
+		c = r.d.Ticks(RenewCheckEvery)
+	} else {
+		t := time.NewTicker(RenewCheckEvery)
+		defer t.Stop()
+		c = t.C
+	}
 	for {
 		r.CheckRenewals(ctx)
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-c:
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -121,6 +122,22 @@ func TestBoxCertificateRenewsItself(t *testing.T) {
 	if len(steps) != 8 || steps[len(steps)-1].Step != "done" {
 		t.Errorf("steps %+v", steps)
 	}
+	// Every step is in the trace too (relayctl trace -kind renewal), in
+	// the order it happened.
+	ev, err := r.Trace().Query(ctx, trace.Filter{Kind: trace.Renewal})
+	if err != nil || len(ev) != len(steps) {
+		t.Fatalf("trace renewal events %+v (%v), want the %d steps", ev, err, len(steps))
+	}
+	// (All at one instant of the virtual clock: in no particular order.)
+	traced := map[string]bool{}
+	for _, e := range ev {
+		traced[e.Credential+" "+e.Step+" "+e.Result+" "+e.KeyID] = true
+	}
+	for _, s := range steps {
+		if !traced["entra "+s.Step+" ok "+s.KeyID] {
+			t.Errorf("step %+v not in the trace %+v", s, ev)
+		}
+	}
 
 	// Next year: the tenant now caps certificates at 180 days.
 	tt.Graph.CapKeyLifetime(180 * 24 * time.Hour)
@@ -129,6 +146,11 @@ func TestBoxCertificateRenewsItself(t *testing.T) {
 	st = r.Status()
 	if len(st.Renewals) != 1 || st.Renewals[0].Failures != 1 || !strings.Contains(st.Renewals[0].Hint, "certificate_days") {
 		t.Fatalf("status renewals after a refusal %+v", st.Renewals)
+	}
+	ev, _ = r.Trace().Query(ctx, trace.Filter{Kind: trace.Renewal, Since: tt.Clock.Now()})
+	ev = slices.DeleteFunc(ev, func(e trace.Event) bool { return e.Result != "failed" })
+	if len(ev) != 1 || ev[0].Step != "addKey" || ev[0].Result != "failed" || !strings.Contains(ev[0].Reply, "HTTP 400") || !strings.Contains(ev[0].Hint, "certificate_days") {
+		t.Errorf("the refused renewal in the trace: %+v", ev)
 	}
 	if w := strings.Join(st.Warnings, "\n"); !strings.Contains(w, "could not be renewed") || !strings.Contains(w, "certificate_days") {
 		t.Errorf("status warnings %q", w)

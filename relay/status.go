@@ -169,7 +169,7 @@ func (r *Relay) Status() Status {
 		MaxMessageBytes: g.maxSize,
 		Queue:           QueueStatus{Messages: st.Messages, Bytes: st.Bytes, Oldest: st.Oldest, Backlog: r.backlog()},
 		Routes:          r.up.routeStatus(),
-		Warnings:        append(warnings(g.cfg, r.d.Clock()), r.renewalWarnings()...),
+		Warnings:        slices.Concat(warnings(g.cfg, r.d.Clock()), r.renewalWarnings(), r.secretWarnings()),
 		Renewals:        r.Renewals(),
 		Waiting:         append([]Waiting(nil), g.waiting...),
 		Config:          r.source.Load(),

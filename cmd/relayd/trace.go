@@ -28,7 +28,7 @@ func runTrace(args []string, stdout, stderr io.Writer, now time.Time) int {
 	fs.StringVar(&f.ClientIP, "client", "", "the sending device's IP address")
 	fs.StringVar(&f.Subject, "subject", "", "part of the subject")
 	fs.StringVar(&f.Device, "device", "", "a configured device's name (devices[].name); events from before it was configured match by its login or the listener it sent to")
-	kind := fs.String("kind", "", "the status: received, deferred, delivered, bounced, expired or failed")
+	kind := fs.String("kind", "", "the status: received, deferred, delivered, bounced, expired or failed; renewal for the steps of a certificate renewal")
 	fs.StringVar(kind, "status", "", "the same as -kind")
 	since := fs.String("since", "", "only events from then on: a duration back from now (24h), a date (2026-11-23) or an RFC 3339 time")
 	until := fs.String("until", "", "only events before then, as -since")
@@ -43,8 +43,8 @@ func runTrace(args []string, stdout, stderr io.Writer, now time.Time) int {
 	}
 	if *kind != "" {
 		f.Kind = trace.Kind(*kind)
-		if !slices.Contains(trace.Kinds, f.Kind) {
-			fmt.Fprintf(stderr, "relayd trace: -kind %q: want one of %v\n", *kind, trace.Kinds)
+		if !slices.Contains(trace.SearchKinds, f.Kind) {
+			fmt.Fprintf(stderr, "relayd trace: -kind %q: want one of %v\n", *kind, trace.SearchKinds)
 			return 2
 		}
 	}

@@ -276,6 +276,11 @@ type Renewal struct {
 	Hint        string    `json:"hint,omitempty"`
 	NextTry     time.Time `json:"next_try,omitzero"`
 	Warning     string    `json:"warning,omitempty"`
+	// OldKeys are key ids still on the app registration that the box no
+	// longer uses: their removeKey failed and is tried again from
+	// RemoveNextTry.
+	OldKeys       []string  `json:"old_keys,omitempty"`
+	RemoveNextTry time.Time `json:"remove_next_try,omitzero"`
 }
 
 type Listener struct {
@@ -563,6 +568,14 @@ type TraceEvent struct {
 	Upstream  string    `json:"upstream,omitempty"`
 	// Device is the configured device that sent the message.
 	Device string `json:"device,omitempty"`
+	// Credential, Step, KeyID and Result are a "renewal" event's (a step
+	// of a box-made certificate's renewal; no message): the credential's
+	// name, the step, the key id at the app registration, "ok" or
+	// "failed".
+	Credential string `json:"credential,omitempty"`
+	Step       string `json:"step,omitempty"`
+	KeyID      string `json:"key_id,omitempty"`
+	Result     string `json:"result,omitempty"`
 }
 
 // DoctorRequest runs the checks, with a test message when To is set.

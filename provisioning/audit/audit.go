@@ -240,6 +240,22 @@ func (l *Log) Append(e api.AuditEntry) error {
 	return l.writeLocked(&l.norole, e)
 }
 
+// AppendBox writes e, something the box did by itself (a certificate
+// renewal's step: no caller, so no role), and syncs it. It goes with the
+// entries of callers with a role and is never summarised: Append would
+// take a role of api.None for a refused caller's and keep one a minute.
+func (l *Log) AppendBox(e api.AuditEntry) error {
+	if e.Time.IsZero() {
+		e.Time = time.Now().UTC()
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return errors.New("audit log closed")
+	}
+	return l.writeLocked(&l.roles, e)
+}
+
 // flushLocked writes the summaries of callers whose minute has passed,
 // and forgets callers quiet for longer.
 func (l *Log) flushLocked(now time.Time) {

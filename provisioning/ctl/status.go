@@ -92,6 +92,9 @@ func (e *env) status(ctx context.Context, args []string) int {
 					state = fmt.Sprintf("RENEWAL FAILING (%d attempts, next %s): %s %s", rn.Failures, rn.NextTry.UTC().Format(time.RFC3339), rn.LastError, rn.Hint)
 				}
 				row(t, "renewal %s\t%s\n", rn.Credential, state)
+				if len(rn.OldKeys) > 0 {
+					row(t, "renewal %s\told key %s still on the app (removeKey failed; tried again from %s)\n", rn.Credential, strings.Join(rn.OldKeys, ", "), rn.RemoveNextTry.UTC().Format(time.RFC3339))
+				}
 			}
 			for _, w := range s.Warnings {
 				row(t, "warning\t%s\n", w)

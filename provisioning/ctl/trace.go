@@ -21,7 +21,7 @@ func (e *env) trace(ctx context.Context, args []string) int {
 	fs.StringVar(&q.Recipient, "to", "", "recipient, or part of it")
 	fs.StringVar(&q.ClientIP, "client", "", "the sending device's IP address")
 	fs.StringVar(&q.Subject, "subject", "", "part of the subject")
-	fs.StringVar(&q.Kind, "kind", "", "the status: received, deferred, delivered, bounced, expired or failed")
+	fs.StringVar(&q.Kind, "kind", "", "the status: received, deferred, delivered, bounced, expired or failed; renewal for the steps of a certificate renewal")
 	fs.StringVar(&q.Kind, "status", "", "the same as -kind")
 	fs.StringVar(&q.Device, "device", "", "a configured device's name (devices[].name); events from before it was configured match by its login or listener")
 	since := fs.String("since", "24h", "only events from then on: a duration back from now (24h), a date (2026-11-23) or an RFC 3339 time")
@@ -55,6 +55,10 @@ func (e *env) trace(ctx context.Context, args []string) int {
 		return e.out(l, func(t *tabwriter.Writer) {
 			fmt.Fprintln(t, "TIME\tKIND\tID\tDEVICE\tFROM\tTO\tREPLY\tHINT")
 			for _, ev := range l {
+				if ev.Kind == "renewal" { // no message: the credential, the step and its result
+					row(t, "%s\t%s\t%s\t%s\t%s %s\t%s\t%.50s\t%.60s\n", ev.Time.UTC().Format(time.RFC3339), ev.Kind, ev.Credential, "-", ev.Step, ev.Result, dash(ev.KeyID), ev.Reply, ev.Hint)
+					continue
+				}
 				row(t, "%s\t%s\t%s\t%s\t%s\t%s\t%.50s\t%.60s\n", ev.Time.UTC().Format(time.RFC3339), ev.Kind, ev.QueueID, dash(ev.Device), ev.From, strings.Join(ev.To, ","), ev.Reply, ev.Hint)
 			}
 		})

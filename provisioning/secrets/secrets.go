@@ -373,6 +373,22 @@ func (s *Store) List() ([]api.Credential, error) {
 	return out, nil
 }
 
+// Expiry is what the store knows of secret name's life: its kind and, when
+// known (a certificate's, or a client secret's or password's given with
+// creds put -expires), its expiry; zero when unknown (relay.Deps.SecretExpiry:
+// the metric, status and doctor warn before it).
+func (s *Store) Expiry(name string) (kind string, notAfter time.Time) {
+	b, err := os.ReadFile(s.dir.SecretMeta(name))
+	if err != nil {
+		return "", time.Time{}
+	}
+	var m meta
+	if json.Unmarshal(b, &m) != nil {
+		return "", time.Time{}
+	}
+	return m.Kind, m.NotAfter
+}
+
 func (s *Store) describe(name string, m meta) *api.Credential {
 	s.mu.Lock()
 	defer s.mu.Unlock()

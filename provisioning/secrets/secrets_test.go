@@ -327,6 +327,12 @@ func TestSecretExpiry(t *testing.T) {
 	if len(l) != 1 || !l[0].NotAfter.Equal(exp) {
 		t.Errorf("list %+v", l)
 	}
+	if kind, until := s.Expiry("app"); kind != api.KindClientSecret || !until.Equal(exp) {
+		t.Errorf("Expiry = %q %v, want client-secret %v (what the relay warns from)", kind, until, exp)
+	}
+	if kind, until := s.Expiry("none"); kind != "" || !until.IsZero() {
+		t.Errorf("Expiry of nothing = %q %v", kind, until)
+	}
 	if _, err := s.Put("app", api.CredentialPut{Kind: api.KindPassword, Secret: "v", Expires: now.Add(-time.Hour)}); err == nil {
 		t.Error("an expiry in the past was taken")
 	}

@@ -90,7 +90,7 @@ type tracePage struct {
 
 func (s *site) trace(w http.ResponseWriter, c *call) error {
 	q := c.r.URL.Query()
-	p := tracePage{frame: s.frame(c), Q: q, Kinds: []string{"received", "deferred", "delivered", "bounced", "expired", "failed"}, Limit: 100}
+	p := tracePage{frame: s.frame(c), Q: q, Kinds: []string{"received", "deferred", "delivered", "bounced", "expired", "failed", "renewal"}, Limit: 100}
 	tq := api.TraceQuery{QueueID: strings.TrimSpace(q.Get("queue_id")), MessageID: strings.TrimSpace(q.Get("message_id")),
 		Sender: strings.TrimSpace(q.Get("sender")), Recipient: strings.TrimSpace(q.Get("recipient")),
 		Device: strings.TrimSpace(q.Get("device")), Kind: q.Get("kind")}

@@ -50,6 +50,9 @@ type Options struct {
 	// Metrics is the relay's registry, read every Interval (default 1m).
 	Metrics  prometheus.Gatherer
 	Interval time.Duration
+	// Ticks, when set, replaces the ticker of Interval (tests on a virtual
+	// clock tick it); read once by Run.
+	Ticks func(every time.Duration) <-chan time.Time
 	// Client posts (default: 10 s timeout); Clock and Sleep are time
 	// (defaults time.Now and a timer); Retries after the first try
 	// (default 3, backoff 2 s doubling).
@@ -124,11 +127,11 @@ func sleep(ctx context.Context, d time.Duration) error {
 
 // Update takes new options (a reload) and keeps what it knows of the
 // conditions, so a reload does not repeat notifications already sent.
-// Metrics, Clock, Sleep and Interval stay as New set them.
+// Metrics, Clock, Sleep, Interval, Explain and Ticks stay as New set them.
 func (n *Notifier) Update(o Options) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	o.Metrics, o.Clock, o.Sleep, o.Interval, o.Explain = n.o.Metrics, n.o.Clock, n.o.Sleep, n.o.Interval, n.o.Explain
+	o.Metrics, o.Clock, o.Sleep, o.Interval, o.Explain, o.Ticks = n.o.Metrics, n.o.Clock, n.o.Sleep, n.o.Interval, n.o.Explain, n.o.Ticks
 	if o.Client == nil {
 		o.Client = n.o.Client
 	}
@@ -144,16 +147,22 @@ func (n *Notifier) Update(o Options) {
 // Run checks every Interval until ctx ends.
 func (n *Notifier) Run(ctx context.Context) {
 	n.mu.Lock()
-	interval := n.o.Interval
+	interval, ticks := n.o.Interval, n.o.Ticks
 	n.mu.Unlock()
-	t := time.NewTicker(interval)
-	defer t.Stop()
+	var c <-chan time.Time
+	if ticks != nil {
+		c = ticks(interval)
+	} else {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		c = t.C
+	}
 	for {
 		n.Check(ctx)
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-c:
 		}
 	}
 }
@@ -327,10 +336,11 @@ type snapshot struct {
 	tokenOK, tokenFailed             float64
 	certs                            map[string]float64 // credential -> seconds left
 	renewFailures, renewLeft         map[string]float64 // box-made certificate -> failures in a row, seconds left
+	secrets                          map[string]float64 // client secret or password in use -> seconds left
 }
 
 func readSnapshot(mfs []*dto.MetricFamily) snapshot {
-	s := snapshot{certs: map[string]float64{}, renewFailures: map[string]float64{}, renewLeft: map[string]float64{}}
+	s := snapshot{certs: map[string]float64{}, renewFailures: map[string]float64{}, renewLeft: map[string]float64{}, secrets: map[string]float64{}}
 	label := func(m *dto.Metric, name string) string {
 		for _, l := range m.GetLabel() {
 			if l.GetName() == name {
@@ -372,6 +382,8 @@ func readSnapshot(mfs []*dto.MetricFamily) snapshot {
 				}
 			case "siterelay_credential_expires_in_seconds":
 				s.certs[label(m, "credential")] = v
+			case "siterelay_credential_secret_expires_in_seconds":
+				s.secrets[label(m, "kind")+" "+label(m, "credential")] = v
 			case "siterelay_credential_renewal_failures":
 				s.renewFailures[label(m, "credential")] = v
 			case "siterelay_credential_renewal_expires_in_seconds":
@@ -452,6 +464,15 @@ func judge(h *history, now time.Time, o Options) map[string]Alert {
 	}
 	if len(expiring) > 0 {
 		fire("credential_expiring", "Expiring: %s.", strings.Join(expiring, ", "))
+	}
+	var secrets []string
+	for _, c := range slices.Sorted(maps.Keys(s.secrets)) {
+		if left := s.secrets[c]; left < config.SecretExpiringDays*86400 {
+			secrets = append(secrets, fmt.Sprintf("%s in %.1f days", c, left/86400))
+		}
+	}
+	if len(secrets) > 0 {
+		fire("secret_expiring", "Expiring: %s.", strings.Join(secrets, ", "))
 	}
 	var failing, overdue []string
 	for _, c := range slices.Sorted(maps.Keys(s.renewFailures)) {

@@ -330,3 +330,33 @@ func TestCertificateRenewalConditions(t *testing.T) {
 		t.Errorf("summaries %q, %q", got[0].Summary, got[1].Summary)
 	}
 }
+
+// A client secret whose expiry the admin gave: the webhook warns from 30
+// days before it, naming it, and says so once it is renewed (the metric
+// then shows the new date).
+func TestSecretExpiringCondition(t *testing.T) {
+	e := newEnv(t, "json", Options{MaxPerHour: 100, MinInterval: time.Minute, Conditions: []string{"secret_expiring"}})
+	left := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "siterelay_credential_secret_expires_in_seconds", Help: "s"}, []string{"credential", "kind"})
+	e.m.reg.MustRegister(left)
+	left.WithLabelValues("m365-secret", "client-secret").Set(31 * 86400)
+	e.check(0)
+	if got := e.rcv.got(); len(got) != 0 {
+		t.Fatalf("alerted 31 days ahead: %v", got)
+	}
+	left.WithLabelValues("m365-secret", "client-secret").Set(29 * 86400)
+	e.check(time.Minute)
+	left.WithLabelValues("m365-secret", "client-secret").Set(700 * 86400) // a new secret put
+	e.check(time.Minute)
+	var got []Alert
+	for _, b := range e.rcv.got() {
+		var a Alert
+		json.Unmarshal([]byte(b), &a)
+		got = append(got, a)
+	}
+	if len(got) != 2 || got[0].Condition != "secret_expiring" || got[0].Status != "firing" || got[0].Severity != "warning" || got[1].Status != "resolved" {
+		t.Fatalf("got %+v", got)
+	}
+	if !strings.Contains(got[0].Summary, "client-secret m365-secret in 29.0 days") || !strings.Contains(got[0].Hint, "creds put") {
+		t.Errorf("summary %q, hint %q", got[0].Summary, got[0].Hint)
+	}
+}

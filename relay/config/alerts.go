@@ -66,6 +66,8 @@ var AlertRules = []AlertRule{
 		Hint: "Entra refuses or cannot be reached: check the app's client secret or certificate (expired?), the tenant and client ID, and that login.microsoftonline.com is reachable. Mail waits meanwhile."},
 	{Alert: "SiterelayCredentialExpiring", Condition: "credential_expiring", Severity: "warning", Resolved: "No credential expires within 14 days any more.",
 		Hint: "Renew it before it runs out: the client certificate in Entra (and upstream.m365.certificate_file) or the connector, the STARTTLS certificate in tls.cert_file."},
+	{Alert: "SiterelaySecretExpiring", Condition: "secret_expiring", Severity: "warning", Resolved: "No client secret or password in use expires within 30 days any more.",
+		Hint: "Nothing renews a client secret or password: make a new one (Entra admin center > App registrations > the app > Certificates & secrets > New client secret, or the mailbox's password), put it on the box with relayctl creds put NAME -kind client-secret -expires DATE, then delete the old one in the portal. Better: a certificate made on the box renews itself (docs/m365.md)."},
 	{Alert: "SiterelayCertificateRenewalFailing", Condition: "certificate_renewal_failing", Severity: "warning", Resolved: "The box renews its certificate again.",
 		Hint: "The box renews its own certificate through Graph from renew_before_days before expiry and keeps sending with the current one meanwhile. relayctl status shows Microsoft's refusal explained (application_object_id is a client id, a tenant policy caps certificate lifetimes, the certificate was removed from the app); fix it, then relayctl creds renew NAME."},
 	{Alert: "SiterelayCertificateRenewalOverdue", Condition: "certificate_renewal_overdue", Severity: "critical", Resolved: "The box's certificate is renewed.",
@@ -75,6 +77,12 @@ var AlertRules = []AlertRule{
 	{Alert: "SiterelayClockNotSynchronised", Condition: "clock_not_synchronised", Severity: "warning", Resolved: "The clock is synchronised again.",
 		Hint: "TLS, OAuth tokens and certificates need the right time: let the box reach an NTP server (UDP 123) from the plant network."},
 }
+
+// SecretExpiringDays is how long before a client secret or password
+// expires (where its expiry is known: relayctl creds put -expires) the
+// status page warns and SiterelaySecretExpiring fires: a person has to
+// make a new one in the portal and put it on the box; nothing renews it.
+const SecretExpiringDays = 30
 
 // AlertConditions are the conditions a webhook can be told of: those of
 // AlertRules that have one, in its order.

@@ -86,6 +86,14 @@ func (d Dir) GraphDrafts(name string) string {
 	return d.Path("graph", strings.NewReplacer("/", "_", `\`, "_").Replace(name)+"-drafts.json")
 }
 
+// Renewal is the renewal state of the box-made certificate NAME
+// (relay/upstream/m365's Renewer): failures in a row, the backoff and the
+// next try, and the old key ids still to be removed from the app, so that a
+// restart neither hammers Graph nor forgets a key left on the app.
+func (d Dir) Renewal(name string) string {
+	return d.Path("renewal", strings.NewReplacer("/", "_", `\`, "_").Replace(name)+".json")
+}
+
 // Routes keeps which upstream each route uses after a failover, and when
 // its first upstream is tried again (relay/upstream/route), across restarts
 // and reloads.

@@ -59,6 +59,9 @@ type Gauges struct {
 	ClockSynchronised func() (synced, known bool)
 	// Renewals are the certificates the box renews itself.
 	Renewals func() []Renewal
+	// Secrets are the client secrets and passwords in use whose expiry is
+	// known (relayctl creds put -expires).
+	Secrets func() []SecretExpiry
 	// Clock is now, for the "expires in" gauges and the allowance windows
 	// (default time.Now).
 	Clock func() time.Time
@@ -165,6 +168,9 @@ func New(g Gauges) *Metrics {
 	reg.MustRegister(&m.creds)
 	if g.Renewals != nil {
 		reg.MustRegister(&renewals{fn: g.Renewals, clock: g.Clock})
+	}
+	if g.Secrets != nil {
+		reg.MustRegister(&secretExpiries{fn: g.Secrets, clock: g.Clock})
 	}
 	if g.DeviceQueues != nil {
 		reg.MustRegister(&deviceQueues{fn: g.DeviceQueues, clock: g.Clock})

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -23,8 +24,23 @@ const (
 	Failed    Kind = "failed"    // permanent failure with no DSN (unroutable sender)
 )
 
-// Kinds lists every kind, in the order a message usually meets them.
+// Kinds lists every kind of a message's event, in the order a message
+// usually meets them (the status page's counts, the metrics' kind label).
 var Kinds = []Kind{Received, Deferred, Delivered, Bounced, Expired, Failed}
+
+// Renewal is a step of the renewal of a certificate made on the box (no
+// message): Credential, Step, KeyID and Result say which, Reply what
+// happened (Microsoft's answer on a failure), Hint what it means. It is in
+// the trace so that relayctl trace -kind renewal finds every step beside
+// the mail it concerns; it is not a message kind (not in Kinds).
+const Renewal Kind = "renewal"
+
+// SearchKinds are the kinds a search may ask for: every message kind and
+// Renewal.
+var SearchKinds = append(append([]Kind(nil), Kinds...), Renewal)
+
+// Message says whether k is the kind of a message's event (one of Kinds).
+func (k Kind) Message() bool { return slices.Contains(Kinds, k) }
 
 // Event is one line of the trace. The field names in JSON are the ones
 // relayctl and the documentation use (docs/trace.md).
@@ -56,6 +72,15 @@ type Event struct {
 	Reply    string   `json:"reply,omitempty"`
 	Hint     string   `json:"hint,omitempty"`
 	Upstream string   `json:"upstream,omitempty"`
+	// Credential, Step, KeyID and Result are a Renewal event's: the secret
+	// store's name of the certificate, the step ("new key pair",
+	// "addKey", "token with the new key", "removeKey", "done", ...), the
+	// key id at the app registration it concerns (public), and "ok" or
+	// "failed". Never a key, a token or a proof.
+	Credential string `json:"credential,omitempty"`
+	Step       string `json:"step,omitempty"`
+	KeyID      string `json:"key_id,omitempty"`
+	Result     string `json:"result,omitempty"`
 }
 
 // maxField caps each string field on disk, so one odd message (a 100 kB
@@ -103,6 +128,10 @@ func appendEvent(b []byte, e *Event) []byte {
 	b = appendField(b, `,"reply":`, e.Reply)
 	b = appendField(b, `,"hint":`, e.Hint)
 	b = appendField(b, `,"upstream":`, e.Upstream)
+	b = appendField(b, `,"credential":`, e.Credential)
+	b = appendField(b, `,"step":`, e.Step)
+	b = appendField(b, `,"key_id":`, e.KeyID)
+	b = appendField(b, `,"result":`, e.Result)
 	return append(b, "}\n"...)
 }
 

@@ -446,6 +446,10 @@ func equalFold(s, t string) bool {
 func WriteText(w io.Writer, events []Event) error {
 	bw := bufio.NewWriter(w)
 	for _, e := range events {
+		if e.Kind == Renewal {
+			writeRenewal(bw, e)
+			continue
+		}
 		fmt.Fprintf(bw, "%s  %-9s  %s", e.Time.UTC().Format("2006-01-02 15:04:05Z"), e.Kind, e.QueueID)
 		if e.Attempt > 0 {
 			fmt.Fprintf(bw, "  attempt %d", e.Attempt)
@@ -497,4 +501,23 @@ func WriteText(w io.Writer, events []Event) error {
 		}
 	}
 	return bw.Flush()
+}
+
+// writeRenewal writes a Renewal event for people:
+//
+//	2026-11-23 14:00:01Z  renewal    entra-cert  addKey failed  key id 3f2a…
+//	    reply: certificate renewal, addKey: HTTP 400 Request_BadRequest: …
+//	    hint: A tenant app management policy caps certificate lifetimes: …
+func writeRenewal(bw *bufio.Writer, e Event) {
+	fmt.Fprintf(bw, "%s  %-9s  %s  %s %s", e.Time.UTC().Format("2006-01-02 15:04:05Z"), e.Kind, e.Credential, e.Step, e.Result)
+	if e.KeyID != "" {
+		fmt.Fprintf(bw, "  key id %s", e.KeyID)
+	}
+	bw.WriteByte('\n')
+	if e.Reply != "" {
+		fmt.Fprintf(bw, "    %s\n", e.Reply)
+	}
+	if e.Hint != "" {
+		fmt.Fprintf(bw, "    hint: %s\n", e.Hint)
+	}
 }

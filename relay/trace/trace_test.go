@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -525,5 +526,31 @@ func TestOriginalSenderOnEveryEventIsFoundOnce(t *testing.T) {
 		if len(got) != 2 || got[0].Kind != Delivered || got[1].Kind != Received {
 			t.Errorf("Query(%+v) = %d events %v, want delivered and received once each", f, len(got), got)
 		}
+	}
+}
+
+// A renewal step is kept with its own fields and found by its kind only:
+// no message kind's search returns it, and WriteText shows it as a step.
+func TestRenewalEvent(t *testing.T) {
+	s := open(t, t.TempDir(), &clock{t0})
+	s.Record(Event{Time: t0, Kind: Received, QueueID: "Q1", From: "p@x", To: []string{"a@x"}})
+	want := Event{Time: t0.Add(time.Second), Kind: Renewal, Credential: "entra-cert", Step: "addKey", KeyID: "3f2a", Result: "failed",
+		Reply: "certificate renewal, addKey: HTTP 400 Request_BadRequest", Hint: "lower certificate_days"}
+	s.Record(want)
+	ctx := context.Background()
+	got, err := s.Query(ctx, Filter{Kind: Renewal})
+	if err != nil || len(got) != 1 || !reflect.DeepEqual(got[0], want) {
+		t.Fatalf("renewal events %+v (%v), want %+v", got, err, want)
+	}
+	if got, _ := s.Query(ctx, Filter{Kind: Received}); len(got) != 1 || got[0].Kind != Received {
+		t.Errorf("received events %+v", got)
+	}
+	if Renewal.Message() || !Deferred.Message() || !slices.Contains(SearchKinds, Renewal) || slices.Contains(Kinds, Renewal) {
+		t.Error("Renewal must be searchable and not a message kind")
+	}
+	var b strings.Builder
+	WriteText(&b, got)
+	if w := "2026-11-23 10:00:01Z  renewal    entra-cert  addKey failed  key id 3f2a\n    certificate renewal, addKey: HTTP 400 Request_BadRequest\n    hint: lower certificate_days\n"; b.String() != w {
+		t.Errorf("text:\n%s\nwant:\n%s", b.String(), w)
 	}
 }

@@ -20,8 +20,10 @@ import (
 	"math/big"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/siterelay/siterelay/relay/config"
@@ -99,6 +101,10 @@ type RenewOptions struct {
 	// Step, when set, is told of every step (trace, audit). It must not
 	// block.
 	Step func(RenewStep)
+	// StateFile, when set, keeps what must survive a restart
+	// (layout.Dir.Renewal): failures in a row, the backoff and the next
+	// try, and the old keys still to be removed from the app.
+	StateFile string
 }
 
 // RenewStep is one step of a renewal, as traced and audited. It never
@@ -130,9 +136,26 @@ type RenewState struct {
 	LastError string    `json:"last_error,omitempty"`
 	Hint      string    `json:"hint,omitempty"`
 	NextTry   time.Time `json:"next_try,omitzero"`
-	// Warning is a renewal that succeeded with something left to the
-	// admin (an old key whose id the box does not know).
+	// Warning is a renewal that succeeded with something left: an old key
+	// whose id the box does not know (for the admin to remove), or old
+	// keys whose removeKey failed (the box tries again).
 	Warning string `json:"warning,omitempty"`
+	// OldKeys are key ids the box added or was given that are still on the
+	// app registration although the box no longer uses them: removeKey
+	// failed, and is tried again from RemoveNextTry until Graph takes it
+	// (or answers that the key is gone). RemoveFailures counts failed
+	// tries in a row, RemoveError is the last one.
+	OldKeys        []OldKey  `json:"old_keys,omitempty"`
+	RemoveFailures int       `json:"remove_failures,omitempty"`
+	RemoveNextTry  time.Time `json:"remove_next_try,omitzero"`
+	RemoveError    string    `json:"remove_error,omitempty"`
+}
+
+// OldKey is a key credential the box wants off the app registration.
+type OldKey struct {
+	KeyID      string    `json:"key_id"`
+	Thumbprint string    `json:"thumbprint,omitempty"` // SHA-1, as the portal lists it
+	NotAfter   time.Time `json:"not_after,omitzero"`
 }
 
 // Renewer renews a certificate made on the box before it expires, through
@@ -143,9 +166,21 @@ type RenewState struct {
 type Renewer struct {
 	o RenewOptions
 
-	mu      sync.Mutex // one renewal at a time; guards st
-	st      RenewState
+	mu sync.Mutex // one renewal at a time; guards st
+	st RenewState
+	// pub is st as State shows it, published at every step and when a
+	// check ends: State must never wait for mu, which a renewal holds
+	// across Graph calls and the relay's reload (Store.Replace). The
+	// status page, the metrics and the alert webhook's Explain read it;
+	// the webhook's check once waited on mu while the renewal's reload
+	// waited on the webhook's lock (a deadlock).
+	pub     atomic.Pointer[RenewState]
 	backoff time.Duration
+	// removeBackoff spaces the tries of removeKey for st.OldKeys.
+	removeBackoff time.Duration
+	// handWarning is the warning about a key uploaded by hand (kept until
+	// the next renewal); st.Warning adds the old keys to it.
+	handWarning string
 }
 
 // NewRenewer checks the options.
@@ -186,17 +221,26 @@ func NewRenewer(o RenewOptions) (*Renewer, error) {
 	}
 	r := &Renewer{o: o}
 	r.st.Credential = o.Credential
+	r.load()
 	if cert, _, _, err := o.Store.Current(o.Credential); err == nil {
 		r.st.NotAfter, r.st.Due = cert.NotAfter, cert.NotAfter.Add(-o.RenewBefore)
 	}
+	r.publish()
 	return r, nil
 }
 
 // State is the renewer's state now.
 func (r *Renewer) State() RenewState {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.st
+	st := *r.pub.Load()
+	st.OldKeys = slices.Clone(st.OldKeys)
+	return st
+}
+
+// publish makes st what State shows; mu held.
+func (r *Renewer) publish() {
+	st := r.st
+	st.OldKeys = slices.Clone(st.OldKeys)
+	r.pub.Store(&st)
 }
 
 // Check renews when the certificate is due and no backoff is running;
@@ -204,12 +248,17 @@ func (r *Renewer) State() RenewState {
 func (r *Renewer) Check(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	defer r.publish()
 	now := r.o.Clock()
 	if cert, _, _, err := r.o.Store.Current(r.o.Credential); err == nil {
 		r.st.NotAfter, r.st.Due = cert.NotAfter, cert.NotAfter.Add(-r.o.RenewBefore)
 	}
+	var err error
+	if len(r.st.OldKeys) > 0 && !now.Before(r.st.RemoveNextTry) {
+		err = r.removeOldLocked(ctx)
+	}
 	if r.st.NotAfter.IsZero() || now.Before(r.st.Due) || now.Before(r.st.NextTry) {
-		return nil
+		return err
 	}
 	return r.renewLocked(ctx)
 }
@@ -218,6 +267,7 @@ func (r *Renewer) Check(ctx context.Context) error {
 func (r *Renewer) Renew(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	defer r.publish()
 	return r.renewLocked(ctx)
 }
 
@@ -252,6 +302,7 @@ func (r *Renewer) step(name string, ok bool, keyID, detail, hint string) {
 		lvl = slog.LevelWarn
 	}
 	r.o.Logger.Log(context.Background(), lvl, "certificate renewal", "credential", s.Credential, "step", s.Step, "ok", s.OK, "key_id", s.KeyID, "detail", s.Detail, "hint", s.Hint)
+	r.publish()
 	if r.o.Step != nil {
 		r.o.Step(s)
 	}
@@ -262,6 +313,7 @@ func (r *Renewer) renewLocked(ctx context.Context) (err error) {
 	r.st.LastAttempt = now
 	r.st.Attempts++
 	r.step("start", true, "", fmt.Sprintf("renewing, expires %s", r.st.NotAfter.UTC().Format(time.DateOnly)), "")
+	defer r.save()
 	defer func() {
 		if err == nil {
 			r.st.Failures, r.st.LastError, r.st.Hint, r.st.NextTry, r.backoff = 0, "", "", time.Time{}, 0
@@ -311,7 +363,8 @@ func (r *Renewer) renewLocked(ctx context.Context) (err error) {
 	if _, err := r.token(ctx, newCert, newKey, r.o.Scope); err != nil {
 		// Not usable: take it off again, keep the old one.
 		if rerr := r.removeKey(ctx, graphTok, oldCert, oldKey, newID); rerr != nil {
-			r.step("removeKey", false, newID, rerr.Error(), "the unusable new key stays on the app; remove it in the portal by its key id")
+			r.remember(OldKey{KeyID: newID, Thumbprint: Thumbprint(newCert), NotAfter: newCert.NotAfter.UTC()}, rerr)
+			r.step("removeKey", false, newID, rerr.Error(), "the unusable new key stays on the app for now: the box tries to remove it again from "+r.st.RemoveNextTry.UTC().Format(time.RFC3339))
 		}
 		return &RenewError{Step: "token with the new key", Detail: err.Error(), Hint: "Entra did not take the new certificate yet; the box keeps the old one and tries again. " + Explain(err)}
 	}
@@ -323,16 +376,16 @@ func (r *Renewer) renewLocked(ctx context.Context) (err error) {
 	r.st.NotAfter, r.st.Due = newCert.NotAfter, newCert.NotAfter.Add(-r.o.RenewBefore)
 	r.step("in force", true, newID, "the relay uses the new certificate", "")
 
-	r.st.Warning = ""
+	r.handWarning = ""
 	if oldID == "" {
-		r.st.Warning = fmt.Sprintf("The previous certificate (thumbprint %s, until %s) was uploaded by hand and its key id is unknown to the box: remove it in the portal (Certificates & secrets) when convenient; its private key is gone from the box.", Thumbprint(oldCert), oldCert.NotAfter.UTC().Format(time.DateOnly))
-		r.step("removeKey", true, "", "skipped: key id unknown", r.st.Warning)
-	} else if err := r.removeKey(ctx, graphTok, newCert, newKey, oldID); err != nil {
-		var re *RenewError
-		errors.As(err, &re)
-		r.st.Warning = fmt.Sprintf("The previous certificate (key id %s) could not be removed from the app (%v): remove it in the portal; it expires on %s.", oldID, err, oldCert.NotAfter.UTC().Format(time.DateOnly))
+		r.handWarning = fmt.Sprintf("The previous certificate (thumbprint %s, until %s) was uploaded by hand and its key id is unknown to the box: remove it in the portal (Certificates & secrets) when convenient; its private key is gone from the box.", Thumbprint(oldCert), oldCert.NotAfter.UTC().Format(time.DateOnly))
+		r.warn()
+		r.step("removeKey", true, "", "skipped: key id unknown", r.handWarning)
+	} else if err := r.removeKey(ctx, graphTok, newCert, newKey, oldID); err != nil && !keyGone(err) {
+		r.remember(OldKey{KeyID: oldID, Thumbprint: Thumbprint(oldCert), NotAfter: oldCert.NotAfter.UTC()}, err)
 		r.step("removeKey", false, oldID, err.Error(), r.st.Warning)
 	} else {
+		r.warn()
 		r.step("removeKey", true, oldID, "the previous certificate is removed from the app", "")
 	}
 	r.step("done", true, newID, "renewed until "+newCert.NotAfter.UTC().Format(time.DateOnly), "")

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/relaytest"
 	"github.com/siterelay/siterelay/relay/upstream"
 	"github.com/siterelay/siterelay/relay/upstream/m365"
 	"github.com/siterelay/siterelay/relay/upstream/m365test"
@@ -34,6 +35,8 @@ type memStore struct {
 	mu       sync.Mutex
 	keyID    string
 	replaced int
+	// onReplace, when set, runs inside Replace (the relay reloads there).
+	onReplace func()
 }
 
 func (s *memStore) Current(name string) (*x509.Certificate, crypto.Signer, string, error) {
@@ -57,6 +60,9 @@ func (s *memStore) Replace(name string, certPEM, keyPEM []byte, keyID string) er
 	s.e.secrets["app-key"] = keyPEM
 	s.keyID = keyID
 	s.replaced++
+	if s.onReplace != nil {
+		s.onReplace()
+	}
 	return os.WriteFile(filepath.Join(s.e.dir, "app.pem"), certPEM, 0o644)
 }
 
@@ -104,8 +110,14 @@ func selfSigned(t *testing.T, cn string, now time.Time, days int) (certPEM, keyP
 }
 
 func (re *renewEnv) renewer(t *testing.T) *m365.Renewer {
+	return re.renewerWith(t, "")
+}
+
+// renewerWith is renewer keeping its state in stateFile ("" keeps none):
+// a second one on the same file is the renewer after a restart.
+func (re *renewEnv) renewerWith(t *testing.T, stateFile string) *m365.Renewer {
 	r, err := m365.NewRenewer(m365.RenewOptions{Credential: "app-key", Tenant: tenant, ClientID: "app2", ObjectID: objectID,
-		TokenURL: re.entra.URL, GraphURL: re.g.URL, Scope: m365test.SMTPScope, Store: re.store,
+		TokenURL: re.entra.URL, GraphURL: re.g.URL, Scope: m365test.SMTPScope, Store: re.store, StateFile: stateFile,
 		HTTPClient: re.entra.Client(), Clock: re.clock.Now, Step: func(s m365.RenewStep) { re.steps = append(re.steps, s) }})
 	if err != nil {
 		t.Fatal(err)
@@ -243,6 +255,155 @@ func TestRenewalRefused(t *testing.T) {
 	r.Check(ctx)
 	if st := r.State(); st.Failures != 2 || !st.NextTry.Equal(re.clock.Now().Add(2*time.Hour)) {
 		t.Errorf("second failure: state %+v", st)
+	}
+}
+
+// TestRenewalBackoffSurvivesRestart: after a refusal the next try and the
+// backoff are in the state file; a renewer started on it (relayd
+// restarted) does not call Graph before the next try, shows the failure
+// and doubles the backoff from where it was. Without the file (the old
+// renewer) the restart tried again at once.
+func TestRenewalBackoffSurvivesRestart(t *testing.T) {
+	re := newRenewEnv(t)
+	state := filepath.Join(t.TempDir(), "renewal", "app-key.json")
+	re.g.RefuseAddKey(503, 503)
+	ctx := context.Background()
+	re.clock.Advance(re.cert.NotAfter.Sub(re.clock.Now()) - 59*24*time.Hour)
+	if err := re.renewerWith(t, state).Check(ctx); err == nil {
+		t.Fatal("renewed although Graph refused")
+	}
+	if st, err := os.Stat(state); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("state file: %v %v, want mode 0600", st, err)
+	}
+	re.clock.Advance(30 * time.Minute)
+	r := re.renewerWith(t, state) // relayd restarted
+	st := r.State()
+	if st.Failures != 1 || !strings.Contains(st.LastError, "503") || st.NextTry.IsZero() {
+		t.Fatalf("state after a restart %+v", st)
+	}
+	n := len(re.g.KeyCalls())
+	if err := r.Check(ctx); err != nil || len(re.g.KeyCalls()) != n {
+		t.Fatalf("within the backoff after a restart: %v, Graph calls %d -> %d", err, n, len(re.g.KeyCalls()))
+	}
+	re.clock.Advance(31 * time.Minute)
+	r.Check(ctx)
+	if st := r.State(); st.Failures != 2 || !st.NextTry.Equal(re.clock.Now().Add(2*time.Hour)) {
+		t.Errorf("second failure after the restart: %+v, want the backoff doubled to 2h", st)
+	}
+	// The credential deleted and made anew under its name: its renewal
+	// does not inherit the other certificate's failures and backoff.
+	origCert, _ := os.ReadFile(filepath.Join(re.dir, "app.pem"))
+	origKey, origID := re.secrets["app-key"], re.store.keyID
+	certPEM, keyPEM, _ := selfSigned(t, "siterelay plant7", re.clock.Now(), 200)
+	re.store.Replace("app-key", certPEM, keyPEM, "")
+	if st := re.renewerWith(t, state).State(); st.Failures != 0 || !st.NextTry.IsZero() || st.LastError != "" {
+		t.Errorf("a new certificate inherits %+v", st)
+	}
+	re.store.Replace("app-key", origCert, origKey, origID) // back to the one of the state
+	re.store.replaced -= 2
+	re.clock.Advance(2 * time.Hour)
+	r = re.renewerWith(t, state)
+	if err := r.Check(ctx); err != nil || r.State().Failures != 0 || re.store.replaced != 1 {
+		t.Errorf("third try: %v, state %+v, replaced %d", err, r.State(), re.store.replaced)
+	}
+}
+
+// TestOldKeyRemovalRemembered: the new key works but Graph refuses to
+// remove the old one: the renewal stands (the new key in force), the old
+// key id is remembered in the state file and shown, and tried again on
+// the removal's own backoff, across a restart, until Graph removes it;
+// then the warning ends. A key removed meanwhile in the portal (404) ends
+// it too.
+func TestOldKeyRemovalRemembered(t *testing.T) {
+	for _, portal := range []bool{false, true} {
+		re := newRenewEnv(t)
+		state := filepath.Join(t.TempDir(), "app-key.json")
+		oldID := re.store.keyID
+		ctx := context.Background()
+		re.clock.Advance(re.cert.NotAfter.Sub(re.clock.Now()) - 59*24*time.Hour)
+		re.g.FailNext("POST", "removeKey", 503)
+		if err := re.renewerWith(t, state).Check(ctx); err != nil {
+			t.Fatalf("renewal: %v", err)
+		}
+		if re.store.replaced != 1 || !slices.Contains(keyIDs(re.entra.Keys("app2")), oldID) {
+			t.Fatalf("replaced %d; keys %v: want the new key in force and the old one %s still on the app", re.store.replaced, keyIDs(re.entra.Keys("app2")), oldID)
+		}
+		// The state file holds key ids and thumbprints, never a key.
+		saved, _ := os.ReadFile(state)
+		for _, k := range []string{string(re.secrets["app-key"])} {
+			if line := strings.Split(k, "\n")[2]; strings.Contains(string(saved), line) || strings.Contains(string(saved), "PRIVATE KEY") {
+				t.Fatalf("a private key in the renewal's state file:\n%s", saved)
+			}
+		}
+		r := re.renewerWith(t, state) // relayd restarted
+		st := r.State()
+		if len(st.OldKeys) != 1 || st.OldKeys[0].KeyID != oldID || st.RemoveFailures != 1 || !strings.Contains(st.Warning, oldID) || !strings.Contains(st.Warning, "tries again") || st.Failures != 0 {
+			t.Fatalf("state after a restart %+v", st)
+		}
+		// Within the removal's backoff: nothing.
+		n := len(re.g.KeyCalls())
+		re.clock.Advance(59 * time.Minute)
+		r.Check(ctx)
+		if len(re.g.KeyCalls()) != n {
+			t.Fatal("removeKey tried again within the backoff")
+		}
+		// Refused again: the backoff doubles.
+		re.g.FailNext("POST", "removeKey", 503)
+		re.clock.Advance(time.Minute)
+		if err := r.Check(ctx); err == nil {
+			t.Fatal("the second removal succeeded although Graph refused")
+		}
+		if st := r.State(); st.RemoveFailures != 2 || !st.RemoveNextTry.Equal(re.clock.Now().Add(2*time.Hour)) || len(st.OldKeys) != 1 {
+			t.Fatalf("second removal failure %+v", st)
+		}
+		if portal {
+			keys := slices.DeleteFunc(re.entra.Keys("app2"), func(k m365test.KeyCredential) bool { return k.KeyID == oldID })
+			re.entra.AddApp(m365test.App{ClientID: "app2", ObjectID: objectID, Keys: keys})
+		}
+		re.clock.Advance(2 * time.Hour)
+		r = re.renewerWith(t, state)
+		if err := r.Check(ctx); err != nil {
+			t.Fatalf("third removal: %v", err)
+		}
+		if st := r.State(); len(st.OldKeys) != 0 || st.Warning != "" || st.RemoveFailures != 0 {
+			t.Errorf("after the removal %+v", st)
+		}
+		if slices.Contains(keyIDs(re.entra.Keys("app2")), oldID) || len(re.entra.Keys("app2")) != 2 {
+			t.Errorf("the app's keys %v: want the old %s gone, the new and the other box's kept", keyIDs(re.entra.Keys("app2")), oldID)
+		}
+		if r2 := re.renewerWith(t, state); len(r2.State().OldKeys) != 0 {
+			t.Error("the state file still holds the removed key")
+		}
+	}
+}
+
+// TestStateWhileRenewing: the renewal puts the new key in force through
+// the store (the relay reloads there: the alert webhook's lock, the status
+// page); State read from there returns at once with the step reached. It
+// once waited for the renewal's own lock: the relay's renewal and its alert
+// webhook deadlocked (TestBoxCertificateRenewsOverTailnet hung 1 run in 3).
+func TestStateWhileRenewing(t *testing.T) {
+	re := newRenewEnv(t)
+	r := re.renewer(t)
+	var during m365.RenewState
+	re.store.onReplace = func() {
+		done := make(chan m365.RenewState, 1)
+		go func() { done <- r.State() }()
+		select {
+		case during = <-done:
+		case <-time.After(time.Until(relaytest.Deadline(t))):
+			t.Fatal("State waits for the renewal in progress")
+		}
+	}
+	re.clock.Advance(re.cert.NotAfter.Sub(re.clock.Now()) - 59*24*time.Hour)
+	if err := r.Check(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if during.Attempts != 1 || during.Renewals != 0 || !during.NotAfter.Equal(re.cert.NotAfter) {
+		t.Errorf("state during the renewal %+v, want the attempt under way on the old certificate", during)
+	}
+	if st := r.State(); st.Renewals != 1 || st.NotAfter.Equal(re.cert.NotAfter) {
+		t.Errorf("state after %+v", st)
 	}
 }
 
