@@ -125,6 +125,7 @@ func startAdmin(ctx context.Context, o Options, run *app, creds *secrets.Store, 
 		run.renewAudit.log.Store(al)
 	}
 	a.audit = al
+	al.SetObserver(run.auditFwd.entry) // the audit stream (forward.syslog)
 	run.auditFailures.Store(ptr(func() uint64 { return al.Health().WriteFailures }))
 	if r := run.Relay(); r != nil {
 		r.SetAuditWriteFailures(*run.auditFailures.Load())
