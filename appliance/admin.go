@@ -275,6 +275,10 @@ func (a *admin) Status(ctx context.Context) (*api.Status, error) {
 		for _, rn := range st.Renewals {
 			s.Renewals = append(s.Renewals, apiRenewal(rn))
 		}
+		if f := st.Forward; f != nil {
+			s.Forward = &api.Forward{Address: f.Address, State: f.State, BufferedBytes: f.BufferedBytes,
+				Dropped: f.Dropped, LastError: f.LastError, LastErrorAt: f.LastErrorAt}
+		}
 	}
 	h := page.Health()
 	s.Health, s.HealthNotes = h.State, h.Notes

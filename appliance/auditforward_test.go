@@ -3,6 +3,7 @@ package appliance
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -133,6 +134,18 @@ func TestAuditStreamForwarded(t *testing.T) {
 			t.Errorf("message %d: seq %d after %d, want increasing", i, seq, prevSeq)
 		}
 		prevSeq = seq
+	}
+
+	// The forwarding's state in the admin API's status and relayctl status.
+	var st api.Status
+	if err := json.Unmarshal([]byte(rc.ok("", cmd("-json", "status")...)), &st); err != nil {
+		t.Fatal(err)
+	}
+	if f := st.Forward; f == nil || f.Address != col.l.Addr().String() || f.State != "connected" || f.DroppedTotal() != 0 {
+		t.Errorf("status forward %+v, want connected to the collector, nothing dropped", f)
+	}
+	if out := rc.ok("", cmd("status")...); !strings.Contains(out, col.l.Addr().String()+" connected, ") || !strings.Contains(out, "none dropped") {
+		t.Errorf("relayctl status lacks the syslog line:\n%s", out)
 	}
 }
 

@@ -68,13 +68,28 @@ type Options struct {
 
 // Stats is what status shows of the forwarder.
 type Stats struct {
-	Address       string            `json:"address"`
+	Address string `json:"address"`
+	// State is StateConnected, StateBuffering or StateIdle.
+	State         string            `json:"state"`
 	Connected     bool              `json:"connected"`
 	BufferedBytes int64             `json:"buffered_bytes"`
 	Dropped       map[string]uint64 `json:"dropped"`
 	LastError     string            `json:"last_error,omitempty"`
 	LastErrorAt   time.Time         `json:"last_error_at,omitzero"`
 }
+
+// The forwarder's states, in words status shows.
+const (
+	// StateConnected: a connection to the collector is open; what is
+	// buffered is being sent.
+	StateConnected = "connected"
+	// StateBuffering: messages wait on disk and the collector does not
+	// take them (down, refusing, unreachable); retried with backoff.
+	StateBuffering = "buffering"
+	// StateIdle: no connection and nothing waits (none is opened before
+	// there is something to send).
+	StateIdle = "idle"
+)
 
 // The buffer's files below Options.Dir: the framed messages, and the offset
 // of the first one not yet sent.
@@ -226,6 +241,14 @@ func (f *Forwarder) Stats() Stats {
 	}
 	for _, st := range Streams {
 		s.Dropped[st] = f.drops[st]
+	}
+	switch {
+	case s.Connected:
+		s.State = StateConnected
+	case s.BufferedBytes > 0:
+		s.State = StateBuffering
+	default:
+		s.State = StateIdle
 	}
 	return s
 }

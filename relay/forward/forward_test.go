@@ -200,8 +200,8 @@ func TestCollectorRestartLosesNothing(t *testing.T) {
 	c.stop()
 	h.sendN(100, 100)
 	<-h.waiting // the sender saw the collector gone and waits to retry
-	if s := h.f.Stats(); s.Connected {
-		t.Errorf("connected while the collector is down")
+	if s := h.f.Stats(); s.Connected || s.State != StateBuffering || s.LastError == "" {
+		t.Errorf("stats %+v while the collector is down: want buffering, the error named", s)
 	}
 	h.sendN(200, 100)
 	c.start()
@@ -210,8 +210,9 @@ func TestCollectorRestartLosesNothing(t *testing.T) {
 	if got, want := strings.Join(queueIDs(c.messages()), " "), strings.Join(wantIDs(300), " "); got != want {
 		t.Errorf("got %s\nwant %s", got, want)
 	}
-	if s := h.f.Stats(); s.Dropped[StreamTrace] != 0 || s.BufferedBytes != 0 {
-		t.Errorf("stats %+v: want nothing dropped or buffered", s)
+	relaytest.Eventually(t, "the buffer emptied", func() bool { return h.f.Stats().BufferedBytes == 0 })
+	if s := h.f.Stats(); s.Dropped[StreamTrace] != 0 || s.State != StateConnected {
+		t.Errorf("stats %+v: want nothing dropped, connected", s)
 	}
 }
 
