@@ -284,6 +284,53 @@ scrape_configs:
 		})
 		t.Logf("promtool query instant siterelay_queue_messages{job=%q}:\n%s", job, out)
 	}
+
+	// The dashboard's fleet overview, against this Prometheus: the health,
+	// queue and oldest-message columns have a row for every site (these
+	// relays have delivered nothing and hold no certificate, so the
+	// deliveries and expiry columns are empty here; relay's TestDashboard
+	// checks they name exported series).
+	var dash struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	db, err := os.ReadFile("../docs/grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(db, &dash); err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(dash.Panels, func(p struct {
+		Title   string `json:"title"`
+		Targets []struct {
+			Expr string `json:"expr"`
+		} `json:"targets"`
+	}) bool {
+		return strings.HasPrefix(p.Title, "Fleet overview")
+	})
+	if i < 0 || len(dash.Panels[i].Targets) < 3 {
+		t.Fatal("no fleet overview panel in the dashboard")
+	}
+	for _, tg := range dash.Panels[i].Targets[:3] {
+		expr := strings.ReplaceAll(tg.Expr, "$site", "plant-.*")
+		relaytest.Eventually(t, "the overview's "+expr+" for every site", func() bool {
+			out, err := exec.Command("promtool", "query", "instant", "http://"+web, expr).CombinedOutput()
+			if err != nil {
+				return false
+			}
+			for _, s := range sites {
+				if !strings.Contains(string(out), fmt.Sprintf(`{site="%s"}`, s)) {
+					return false
+				}
+			}
+			return true
+		})
+	}
 }
 
 // startPrometheus runs prometheus with confFile until the test ends and
