@@ -147,6 +147,10 @@ func TestAuditStreamForwarded(t *testing.T) {
 	if out := rc.ok("", cmd("status")...); !strings.Contains(out, col.l.Addr().String()+" connected, ") || !strings.Contains(out, "none dropped") {
 		t.Errorf("relayctl status lacks the syslog line:\n%s", out)
 	}
+	// And relayctl doctor checks the collector on the box.
+	if _, out, _ := rc.run("", cmd("doctor")...); !strings.Contains(out, "syslog collector "+col.l.Addr().String()) || !strings.Contains(out, "takes connections over TCP") {
+		t.Errorf("relayctl doctor lacks the collector's check:\n%s", out)
+	}
 }
 
 // Entries written before the relay exists are held (at most maxEarlyAudit)
