@@ -544,12 +544,13 @@ func dial(ctx context.Context, t *Target) (net.Conn, error) {
 	return d.DialContext(ctx, "tcp", t.Address)
 }
 
-// peerClosed says whether the collector has closed the connection (a
-// collector sends nothing, so anything but a timeout means it is gone).
-// Checked before each write: a write into a closed connection succeeds
-// once and is lost.
-func peerClosed(c net.Conn) bool {
-	c.SetReadDeadline(time.Now().Add(time.Millisecond))
+// readClosed says whether a read on c within d ends other than by its
+// deadline: a collector sends nothing, so EOF, a reset or data all mean
+// the connection is no use any more. A deadline that has passed before
+// the read starts (a busy machine) fails it at once, unread: so this is
+// only the fallback and the TLS step of peerClosed (peer_*.go).
+func readClosed(c net.Conn, d time.Duration) bool {
+	c.SetReadDeadline(time.Now().Add(d))
 	var b [1]byte
 	_, err := c.Read(b[:])
 	c.SetReadDeadline(time.Time{})

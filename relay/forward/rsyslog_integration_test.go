@@ -37,6 +37,7 @@ type rsyslog struct {
 	dir  string
 	port int
 	tls  bool
+	pool *x509.CertPool // the CA of its certificate, with tls
 	cmd  *exec.Cmd
 	done chan struct{}
 }
@@ -46,6 +47,9 @@ func startRsyslog(t *testing.T, withTLS bool) *rsyslog {
 		t.Skip("rsyslogd not installed (Debian's rsyslog, rsyslog-gnutls: .ci/apt-packages)")
 	}
 	r := &rsyslog{t: t, dir: t.TempDir(), tls: withTLS}
+	if withTLS {
+		r.pool = testCA(t, r.dir)
+	}
 	r.start()
 	t.Cleanup(r.stop)
 	return r
@@ -135,6 +139,8 @@ type record struct {
 
 func (r *rsyslog) records() []record {
 	b, _ := os.ReadFile(filepath.Join(r.dir, "out.json"))
+	// rsyslog may be writing the last line as we read: only whole lines.
+	b = b[:bytes.LastIndexByte(b, '\n')+1]
 	var recs []record
 	for _, line := range strings.Split(string(b), "\n") {
 		if line == "" {
@@ -288,8 +294,18 @@ func TestRsyslogReceivesEveryStream(t *testing.T) {
 // on the test's timer, which fires once rsyslog listens again, so the test
 // neither sleeps nor depends on how fast this machine is.
 func TestRsyslogRestartLosesNothing(t *testing.T) {
-	rs := startRsyslog(t, false)
-	h := run(t, t.TempDir(), &Target{Address: rs.addr(), Facility: 16, AppName: "siterelay", Hostname: "h", Streams: Streams, MaxBytes: 16 << 20})
+	for _, withTLS := range []bool{false, true} {
+		t.Run(map[bool]string{false: "tcp", true: "tls"}[withTLS], func(t *testing.T) { testRsyslogRestart(t, withTLS) })
+	}
+}
+
+func testRsyslogRestart(t *testing.T, withTLS bool) {
+	rs := startRsyslog(t, withTLS)
+	tgt := &Target{Address: rs.addr(), Facility: 16, AppName: "siterelay", Hostname: "h", Streams: Streams, MaxBytes: 16 << 20}
+	if withTLS {
+		tgt.TLS = &tls.Config{RootCAs: rs.pool, ServerName: "collector.test", MinVersion: tls.VersionTLS12}
+	}
+	h := run(t, t.TempDir(), tgt)
 	logs := slog.New(NewHandler(slog.DiscardHandler, h.f))
 	const per = 200 // events of each stream in each of four batches
 	sent := 0
