@@ -126,6 +126,7 @@ func startAdmin(ctx context.Context, o Options, run *app, creds *secrets.Store, 
 		run.renewAudit.log.Store(al)
 	}
 	a.audit = al
+	al.SetObserver(run.auditFwd.entry) // the audit stream (forward.syslog)
 	run.auditFailures.Store(ptr(func() uint64 { return al.Health().WriteFailures }))
 	if r := run.Relay(); r != nil {
 		r.SetAuditWriteFailures(*run.auditFailures.Load())
@@ -274,6 +275,10 @@ func (a *admin) Status(ctx context.Context) (*api.Status, error) {
 		s.Warnings = st.Warnings
 		for _, rn := range st.Renewals {
 			s.Renewals = append(s.Renewals, apiRenewal(rn))
+		}
+		if f := st.Forward; f != nil {
+			s.Forward = &api.Forward{Address: f.Address, State: f.State, BufferedBytes: f.BufferedBytes,
+				Dropped: f.Dropped, LastError: f.LastError, LastErrorAt: f.LastErrorAt}
 		}
 	}
 	h := page.Health()

@@ -247,6 +247,7 @@ func Run(ctx context.Context, o Options) error {
 		r.SetAuditWriteFailures(*f)
 	}
 	a.relay.Store(r)
+	a.auditFwd.attach(r)
 	if resp := responder.Load(); resp != nil {
 		if err := resp.SetServices(services(r.Status(), disco.HTTPPort, disco.Instance)); err != nil {
 			log.Error("announcing the SMTP services", "err", err)
@@ -290,6 +291,9 @@ type app struct {
 	// relay's siterelay_audit_write_failures_total (set by startAdmin,
 	// which may run before the relay is built).
 	auditFailures atomic.Pointer[func() uint64]
+	// auditFwd forwards the audit log's entries to the relay's syslog
+	// forwarding (the audit stream), holding those before the relay.
+	auditFwd auditForward
 	// page is the status page's facts now (set before anything serves).
 	page func() status.Page
 }

@@ -15,8 +15,14 @@ import (
 // set); each failing step says what to change. An upstream that cannot be
 // built (a secret not provisioned yet: a new box's normal state) does not
 // stop the checks that need no upstream: its steps say why they could not
-// run. The error is kept for callers; it is always nil now.
+// run. With forward.syslog, the collector is checked too (last). The error
+// is kept for callers; it is always nil now.
 func Doctor(ctx context.Context, cfg *config.Config, dir string, d Deps, testTo string) ([]upstream.Step, error) {
+	steps, err := doctorUpstreams(ctx, cfg, dir, d, testTo)
+	return append(steps, doctorForward(ctx, cfg, dir)...), err
+}
+
+func doctorUpstreams(ctx context.Context, cfg *config.Config, dir string, d Deps, testTo string) ([]upstream.Step, error) {
 	d.defaults()
 	dd := doctor.Deps{Resolver: d.Resolver, TestTo: testTo, Clock: d.Clock}
 	if len(cfg.Routes) > 0 {
@@ -62,7 +68,7 @@ func doctorRoutes(ctx context.Context, cfg *config.Config, dir string, d Deps, t
 	for _, n := range names {
 		c := *cfg
 		c.Upstream, c.Upstreams, c.Routes = cfg.Upstreams[n], nil, nil
-		ss, _ := Doctor(ctx, &c, dir, d, testTo)
+		ss, _ := doctorUpstreams(ctx, &c, dir, d, testTo)
 		for _, s := range ss {
 			s.Name = n + ": " + s.Name
 			steps = append(steps, s)

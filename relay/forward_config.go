@@ -48,3 +48,9 @@ func (r *Relay) forwardStatus() *forward.Stats {
 	s := r.fwd.Stats()
 	return &s
 }
+
+// Forwarder is the relay's syslog forwarding, for the streams that come
+// from outside the relay: the appliance hands it the audit log's entries
+// (forward.Forwarder.SendAudit). It forwards only the streams
+// forward.syslog names, and nothing while that is unset.
+func (r *Relay) Forwarder() *forward.Forwarder { return r.fwd }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/siterelay/siterelay/relay"
+	"github.com/siterelay/siterelay/relay/forward"
 	"github.com/siterelay/siterelay/relay/trace"
 	"github.com/siterelay/siterelay/relay/upstream/route"
 )
@@ -271,5 +272,32 @@ func TestTailnetStateShown(t *testing.T) {
 		if err := json.Unmarshal([]byte(js), &got); err != nil || got.Tailnet != tc.state {
 			t.Errorf("status.json tailnet %q (%v), want %q", got.Tailnet, err, tc.state)
 		}
+	}
+}
+
+// The syslog forwarding's state is on the page (and in status.json) when
+// forward.syslog is set, and absent when not.
+func TestForwardShown(t *testing.T) {
+	p := samplePage()
+	p.Relay.Forward = &forward.Stats{Address: "siem.plant.example:6514", State: forward.StateBuffering, BufferedBytes: 2 << 20,
+		Dropped: map[string]uint64{"trace": 3, "audit": 0, "logs": 1}, LastError: "connecting to siem.plant.example:6514: connection <refused>", LastErrorAt: now.Add(-5 * time.Minute)}
+	_, body := get(t, Handler(func() Page { return p }), "/")
+	for _, want := range []string{`id="forward"`, "<code>siem.plant.example:6514</code>", "<strong>buffering</strong>", "2.0 MiB", "audit 0 logs 1 trace 3", "5 min ago", "connection &lt;refused&gt;"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("page lacks %q", want)
+		}
+	}
+	_, js := get(t, Handler(func() Page { return p }), "/status.json")
+	var got struct {
+		Relay struct {
+			Forward forward.Stats `json:"forward"`
+		} `json:"relay"`
+	}
+	if err := json.Unmarshal([]byte(js), &got); err != nil || got.Relay.Forward.State != "buffering" || got.Relay.Forward.Dropped["trace"] != 3 {
+		t.Errorf("status.json forward %+v (%v)", got.Relay.Forward, err)
+	}
+	p.Relay.Forward = nil
+	if _, body := get(t, Handler(func() Page { return p }), "/"); strings.Contains(body, `id="forward"`) {
+		t.Errorf("no forward.syslog, but the page shows forwarding")
 	}
 }

@@ -261,6 +261,8 @@ type Status struct {
 	// Audit is the audit log's health: a change that cannot be audited
 	// is refused, so a problem here stops every change.
 	Audit AuditHealth `json:"audit"`
+	// Forward is the syslog forwarding; nil when forward.syslog is unset.
+	Forward *Forward `json:"forward,omitempty"`
 }
 
 // Renewal is a box-made certificate the box renews through Graph

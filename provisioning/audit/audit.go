@@ -70,6 +70,8 @@ type Log struct {
 	problem  string
 	closed   bool
 	seq      uint64 // of the last entry written
+	// observe, when set, is told of every entry once it is on disk.
+	observe func(api.AuditEntry)
 }
 
 // stream is one rotated pair of files.
@@ -293,7 +295,25 @@ func (l *Log) writeLocked(s *stream, e api.AuditEntry) error {
 	if rotErr == nil {
 		l.problem = ""
 	}
+	if l.observe != nil {
+		var back api.AuditEntry
+		if json.Unmarshal(b, &back) == nil {
+			l.observe(back) // as written: bounded, cut where the line was
+		}
+	}
 	return nil
+}
+
+// SetObserver has fn told of every entry after it is written and synced,
+// in the order written, as the log holds it (fields bounded and cut as in
+// the file): the appliance forwards the audit stream to a syslog collector
+// this way (forward.syslog). fn is called with the log locked, so it must
+// not block and must not call the log: forward.Forwarder.SendAudit only
+// queues. An entry that could not be written is not observed.
+func (l *Log) SetObserver(fn func(api.AuditEntry)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.observe = fn
 }
 
 // Flush writes the pending summaries whose minute has passed at now (the

@@ -99,6 +99,9 @@ func (e *env) status(ctx context.Context, args []string) int {
 			for _, w := range s.Warnings {
 				row(t, "warning\t%s\n", w)
 			}
+			if f := s.Forward; f != nil {
+				row(t, "syslog\t%s\n", forwardLine(f, s.Now))
+			}
 			row(t, "devices (24h)\t%d\n", len(s.Devices))
 			row(t, "tailnet\t%s %s\n", s.Tailnet.State, s.Tailnet.Name)
 			if s.Audit.Problem != "" {
@@ -119,4 +122,29 @@ func clockState(synced *bool) string {
 		return "synchronised"
 	}
 	return "NOT synchronised: tokens and certificates may be refused"
+}
+
+// forwardLine words the syslog forwarding for the status table: where to,
+// its state, what waits, what was dropped, the last error while it lasts.
+func forwardLine(f *api.Forward, now time.Time) string {
+	state := f.State
+	if state == "buffering" {
+		state = "BUFFERING (the collector does not take messages; retried)"
+	}
+	line := fmt.Sprintf("%s %s, %s waiting", f.Address, state, bytesStr(f.BufferedBytes))
+	if n := f.DroppedTotal(); n > 0 {
+		var by []string
+		for _, st := range []string{"trace", "audit", "logs"} {
+			if f.Dropped[st] > 0 {
+				by = append(by, fmt.Sprintf("%s %d", st, f.Dropped[st]))
+			}
+		}
+		line += fmt.Sprintf(", %d DROPPED since start (%s)", n, strings.Join(by, ", "))
+	} else {
+		line += ", none dropped"
+	}
+	if f.LastError != "" && f.State != "connected" {
+		line += fmt.Sprintf("; last error %s ago: %s", ago(f.LastErrorAt, now), f.LastError)
+	}
+	return line
 }

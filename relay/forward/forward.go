@@ -68,13 +68,28 @@ type Options struct {
 
 // Stats is what status shows of the forwarder.
 type Stats struct {
-	Address       string            `json:"address"`
+	Address string `json:"address"`
+	// State is StateConnected, StateBuffering or StateIdle.
+	State         string            `json:"state"`
 	Connected     bool              `json:"connected"`
 	BufferedBytes int64             `json:"buffered_bytes"`
 	Dropped       map[string]uint64 `json:"dropped"`
 	LastError     string            `json:"last_error,omitempty"`
 	LastErrorAt   time.Time         `json:"last_error_at,omitzero"`
 }
+
+// The forwarder's states, in words status shows.
+const (
+	// StateConnected: a connection to the collector is open; what is
+	// buffered is being sent.
+	StateConnected = "connected"
+	// StateBuffering: messages wait on disk and the collector does not
+	// take them (down, refusing, unreachable); retried with backoff.
+	StateBuffering = "buffering"
+	// StateIdle: no connection and nothing waits (none is opened before
+	// there is something to send).
+	StateIdle = "idle"
+)
 
 // The buffer's files below Options.Dir: the framed messages, and the offset
 // of the first one not yet sent.
@@ -226,6 +241,14 @@ func (f *Forwarder) Stats() Stats {
 	}
 	for _, st := range Streams {
 		s.Dropped[st] = f.drops[st]
+	}
+	switch {
+	case s.Connected:
+		s.State = StateConnected
+	case s.BufferedBytes > 0:
+		s.State = StateBuffering
+	default:
+		s.State = StateIdle
 	}
 	return s
 }
@@ -521,12 +544,13 @@ func dial(ctx context.Context, t *Target) (net.Conn, error) {
 	return d.DialContext(ctx, "tcp", t.Address)
 }
 
-// peerClosed says whether the collector has closed the connection (a
-// collector sends nothing, so anything but a timeout means it is gone).
-// Checked before each write: a write into a closed connection succeeds
-// once and is lost.
-func peerClosed(c net.Conn) bool {
-	c.SetReadDeadline(time.Now().Add(time.Millisecond))
+// readClosed says whether a read on c within d ends other than by its
+// deadline: a collector sends nothing, so EOF, a reset or data all mean
+// the connection is no use any more. A deadline that has passed before
+// the read starts (a busy machine) fails it at once, unread: so this is
+// only the fallback and the TLS step of peerClosed (peer_*.go).
+func readClosed(c net.Conn, d time.Duration) bool {
+	c.SetReadDeadline(time.Now().Add(d))
 	var b [1]byte
 	_, err := c.Read(b[:])
 	c.SetReadDeadline(time.Time{})

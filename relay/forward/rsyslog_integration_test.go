@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"net"
 	"os"
@@ -36,6 +37,7 @@ type rsyslog struct {
 	dir  string
 	port int
 	tls  bool
+	pool *x509.CertPool // the CA of its certificate, with tls
 	cmd  *exec.Cmd
 	done chan struct{}
 }
@@ -45,6 +47,9 @@ func startRsyslog(t *testing.T, withTLS bool) *rsyslog {
 		t.Skip("rsyslogd not installed (Debian's rsyslog, rsyslog-gnutls: .ci/apt-packages)")
 	}
 	r := &rsyslog{t: t, dir: t.TempDir(), tls: withTLS}
+	if withTLS {
+		r.pool = testCA(t, r.dir)
+	}
 	r.start()
 	t.Cleanup(r.stop)
 	return r
@@ -134,6 +139,8 @@ type record struct {
 
 func (r *rsyslog) records() []record {
 	b, _ := os.ReadFile(filepath.Join(r.dir, "out.json"))
+	// rsyslog may be writing the last line as we read: only whole lines.
+	b = b[:bytes.LastIndexByte(b, '\n')+1]
 	var recs []record
 	for _, line := range strings.Split(string(b), "\n") {
 		if line == "" {
@@ -233,15 +240,19 @@ func TestRsyslogReceivesEveryStream(t *testing.T) {
 
 			h.f.SendTrace(trace.Event{Time: t0, Kind: trace.Delivered, QueueID: "q0001", Device: "printer-hall-2", Upstream: "m365 (submission)",
 				From: "scan@plant.example", To: []string{"a@example.com"}, Subject: "not sent", Attempt: 1, Reply: `250 2.0.0 OK "queued"]`})
-			h.f.Send(StreamAudit, Entry{Time: t0, Severity: SevNotice, Params: []Param{{"who", "admin@example.com"}, {"action", "config put"}, {"result", "ok"}}, Msg: "config put"})
-			h.f.Send(StreamLogs, Entry{Time: t0, Severity: SevWarning, Params: []Param{{"level", "WARN"}}, Msg: "upstream slow"})
+			// An audit entry as the appliance hands it on (appliance/auditforward.go).
+			h.f.SendAudit(Audit{Time: t0, Actor: "ana@example.com", Node: "laptop.tail-test.ts.net", Role: "admin",
+				Action: "put credential m365-secret (client-secret)", Method: "PUT", Path: "/v1/credentials/m365-secret",
+				Outcome: "ok", Status: 200, Seq: 41})
+			// A log line through the relay's slog tee (the logs stream).
+			slog.New(NewHandler(slog.DiscardHandler, h.f)).Warn("upstream slow", "queue_id", "q0001", "ms", 900)
 			relaytest.Eventually(t, "three records in rsyslog's file", func() bool { return len(rs.records()) >= 3 })
 
 			recs := rs.records()
 			type fields struct{ Facility, Severity, Host, App, MsgID, Msg string }
 			wants := []fields{
 				{"16", "6", "plant-7", "siterelay", "trace", "delivered q0001"},
-				{"16", "5", "plant-7", "siterelay", "audit", "config put"},
+				{"16", "5", "plant-7", "siterelay", "audit", "ana@example.com put credential m365-secret (client-secret): ok"},
 				{"16", "4", "plant-7", "siterelay", "logs", "upstream slow"},
 			}
 			for i, want := range wants {
@@ -249,15 +260,23 @@ func TestRsyslogReceivesEveryStream(t *testing.T) {
 				if got != want {
 					t.Errorf("record %d: got %+v, want %+v", i, got, want)
 				}
-				if ts, err := time.Parse(time.RFC3339Nano, recs[i].Time); err != nil || !ts.Equal(t0) {
+				if ts, err := time.Parse(time.RFC3339Nano, recs[i].Time); err != nil || (i < 2 && !ts.Equal(t0)) {
 					t.Errorf("record %d: time %q, want %v", i, recs[i].Time, t0)
 				}
 			}
-			id, p := sdParams(t, recs[0].SD)
-			wantP := map[string]string{"result": "delivered", "queue_id": "q0001", "device": "printer-hall-2", "upstream": "m365 (submission)",
-				"from": "scan@plant.example", "to": "a@example.com", "attempt": "1", "reply": `250 2.0.0 OK "queued"]`}
-			if id != SDID || fmt.Sprint(p) != fmt.Sprint(wantP) {
-				t.Errorf("trace structured data: got %s %v\nwant %s %v", id, p, SDID, wantP)
+			// Each record's structured data, as rsyslog parsed it.
+			wantSD := []map[string]string{
+				{"result": "delivered", "queue_id": "q0001", "device": "printer-hall-2", "upstream": "m365 (submission)",
+					"from": "scan@plant.example", "to": "a@example.com", "attempt": "1", "reply": `250 2.0.0 OK "queued"]`},
+				{"actor": "ana@example.com", "node": "laptop.tail-test.ts.net", "role": "admin", "action": "put credential m365-secret (client-secret)",
+					"outcome": "ok", "status": "200", "method": "PUT", "path": "/v1/credentials/m365-secret", "seq": "41"},
+				{"level": "WARN", "queue_id": "q0001", "ms": "900"},
+			}
+			for i, want := range wantSD {
+				id, p := sdParams(t, recs[i].SD)
+				if id != SDID || fmt.Sprint(p) != fmt.Sprint(want) {
+					t.Errorf("record %d structured data: got %s %v\nwant %s %v", i, id, p, SDID, want)
+				}
 			}
 			if strings.Contains(recs[0].SD+recs[0].Msg, "not sent") {
 				t.Errorf("the subject went out: %+v", recs[0])
@@ -266,32 +285,82 @@ func TestRsyslogReceivesEveryStream(t *testing.T) {
 	}
 }
 
-// TestRsyslogRestartLosesNothing stops rsyslog while events keep coming,
-// starts it again on the same port: every event arrives once, in order,
-// and nothing is dropped.
+// TestRsyslogRestartLosesNothing stops rsyslog while events of all three
+// streams keep coming, and starts it again on the same port: every event
+// arrives once, in order per stream, and nothing is dropped.
+//
+// The outage is 30 s of the events' own clock (each batch is stamped 10 s
+// after the one before), not of the wall clock: the sender's retry waits
+// on the test's timer, which fires once rsyslog listens again, so the test
+// neither sleeps nor depends on how fast this machine is.
 func TestRsyslogRestartLosesNothing(t *testing.T) {
-	rs := startRsyslog(t, false)
-	h := run(t, t.TempDir(), &Target{Address: rs.addr(), Facility: 16, AppName: "siterelay", Hostname: "h", Streams: Streams, MaxBytes: 16 << 20})
-	const per = 500
-	h.sendN(0, per)
-	relaytest.Eventually(t, "the first batch in rsyslog", func() bool { return len(rs.records()) == per })
-	rs.stop()
-	h.sendN(per, per)
+	for _, withTLS := range []bool{false, true} {
+		t.Run(map[bool]string{false: "tcp", true: "tls"}[withTLS], func(t *testing.T) { testRsyslogRestart(t, withTLS) })
+	}
+}
+
+func testRsyslogRestart(t *testing.T, withTLS bool) {
+	rs := startRsyslog(t, withTLS)
+	tgt := &Target{Address: rs.addr(), Facility: 16, AppName: "siterelay", Hostname: "h", Streams: Streams, MaxBytes: 16 << 20}
+	if withTLS {
+		tgt.TLS = &tls.Config{RootCAs: rs.pool, ServerName: "collector.test", MinVersion: tls.VersionTLS12}
+	}
+	h := run(t, t.TempDir(), tgt)
+	logs := slog.New(NewHandler(slog.DiscardHandler, h.f))
+	const per = 200 // events of each stream in each of four batches
+	sent := 0
+	batch := func(at time.Time) {
+		for range per {
+			h.f.Send(StreamTrace, TraceEntry(trace.Event{Time: at, Kind: trace.Received, QueueID: fmt.Sprintf("q%04d", sent)}))
+			h.f.SendAudit(Audit{Time: at, Actor: "ana@example.com", Action: "retry message", Outcome: "ok", Status: 200, Seq: uint64(sent + 1)})
+			logs.Info("delivery", "n", sent)
+			sent++
+		}
+	}
+	batch(t0)
+	relaytest.Eventually(t, "the first batch in rsyslog", func() bool { return len(rs.records()) == 3*per })
+	rs.stop() // down from t0+10s to t0+40s
+	batch(t0.Add(10 * time.Second))
 	<-h.waiting // refused: the sender waits to retry
-	h.sendN(2*per, per)
+	batch(t0.Add(20 * time.Second))
+	batch(t0.Add(30 * time.Second))
+	if s := h.f.Stats(); s.Connected || s.BufferedBytes == 0 || s.LastError == "" {
+		t.Errorf("while rsyslog is down: %+v, want buffering, not connected, the refusal named", s)
+	}
 	rs.start()
-	h.retry <- t0
-	h.sendN(3*per, per)
-	relaytest.Eventually(t, "every event in rsyslog", func() bool { return len(rs.records()) >= 4*per })
-	var ids []string
+	h.retry <- t0.Add(40 * time.Second)
+	relaytest.Eventually(t, "every event in rsyslog", func() bool { return len(rs.records()) >= 3*sent })
+
+	got := map[string][]string{}
 	for _, rec := range rs.records() {
 		_, p := sdParams(t, rec.SD)
-		ids = append(ids, p["queue_id"])
+		switch rec.MsgID {
+		case StreamTrace:
+			got[rec.MsgID] = append(got[rec.MsgID], p["queue_id"])
+		case StreamAudit:
+			got[rec.MsgID] = append(got[rec.MsgID], p["seq"])
+		case StreamLogs:
+			got[rec.MsgID] = append(got[rec.MsgID], p["n"])
+		default:
+			t.Errorf("a record of stream %q: %+v", rec.MsgID, rec)
+		}
 	}
-	if got, want := strings.Join(ids, " "), strings.Join(wantIDs(4*per), " "); got != want {
-		t.Errorf("got %d events, want %d in order once each", len(ids), 4*per)
+	want := map[string][]string{}
+	for i := range sent {
+		want[StreamTrace] = append(want[StreamTrace], fmt.Sprintf("q%04d", i))
+		want[StreamAudit] = append(want[StreamAudit], strconv.Itoa(i+1))
+		want[StreamLogs] = append(want[StreamLogs], strconv.Itoa(i))
 	}
-	if s := h.f.Stats(); s.Dropped[StreamTrace] != 0 {
-		t.Errorf("dropped %v, want none", s.Dropped)
+	for _, st := range Streams {
+		if g, w := strings.Join(got[st], " "), strings.Join(want[st], " "); g != w {
+			t.Errorf("stream %s: got %d events, want %d in order once each", st, len(got[st]), len(want[st]))
+		}
 	}
+	s := h.f.Stats()
+	for _, st := range Streams {
+		if s.Dropped[st] != 0 {
+			t.Errorf("dropped %v, want none", s.Dropped)
+		}
+	}
+	relaytest.Eventually(t, "the buffer emptied", func() bool { s := h.f.Stats(); return s.Connected && s.BufferedBytes == 0 })
 }
