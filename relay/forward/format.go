@@ -169,8 +169,20 @@ func TraceEntry(e trace.Event) Entry {
 	if e.Attempt != 0 {
 		params = append(params, Param{"attempt", strconv.Itoa(e.Attempt)})
 	}
+	if e.Kind == trace.Renewal {
+		// A renewal step concerns no message: which credential, which
+		// step, the key id at the app registration (public) and how it
+		// ended; a failed step is a warning a SIEM can alert on.
+		params = append(params, Param{"credential", e.Credential}, Param{"step", e.Step}, Param{"key_id", e.KeyID}, Param{"outcome", e.Result})
+		if e.Result == "failed" {
+			sev = SevWarning
+		}
+	}
 	params = append(params, Param{"reply", e.Reply})
 	msg := string(e.Kind) + " " + e.QueueID
+	if e.Kind == trace.Renewal {
+		msg = "renewal of " + e.Credential + ": " + e.Step + " " + e.Result
+	}
 	if e.Hint != "" {
 		msg += ": " + e.Hint
 	}
