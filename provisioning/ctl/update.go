@@ -176,7 +176,7 @@ func (e *env) update(ctx context.Context, args []string) int {
 	sigFile := fs.String("sig", "", "the image's detached signature (default IMAGE.sig, what relayctl firmware sign writes)")
 	downgrade := fs.Bool("allow-downgrade", false, "take a version older than the running one (audited)")
 	noReboot := fs.Bool("no-reboot", false, "write and switch, but do not reboot now")
-	wait := fs.Duration("wait", 5*time.Minute, "after the reboot, wait this long for the relay to answer again")
+	wait := fs.Duration("wait", 15*time.Minute, "after the reboot, wait this long for the relay to answer again (longer than the test-boot guard's 10 minutes, so a root that never commits is seen coming back on the old firmware)")
 	pos, err := parse(fs, args)
 	if err != nil || len(pos) != 1 {
 		return e.fail(usageErr("relayctl update IMAGE [-sig FILE] [-testboot=false] [-allow-downgrade] [-no-reboot] [-wait D]"))
