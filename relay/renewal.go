@@ -73,14 +73,24 @@ func (r *Relay) updateRenewals(cfg *config.Config) {
 			before = config.DefaultRenewBeforeDays
 		}
 		tokenURL, graphURL := m.TokenURL, m.GraphURL
-		key := strings.Join([]string{name, m.Tenant, m.ClientID, m.ApplicationObjectID, tokenURL, graphURL, m.Scope, fmt.Sprint(days, before)}, "\x00")
+		key := strings.Join([]string{name, m.Tenant, m.ClientID, m.ApplicationObjectID, tokenURL, graphURL, m.Scope, m.CAFile, fmt.Sprint(days, before)}, "\x00")
 		if old := r.renew.list[name]; old != nil && old.key == key {
 			want[name] = old
 			continue
 		}
+		// The renewal talks to the token endpoint and Graph as delivery
+		// does: behind a TLS-inspecting proxy it trusts ca_file too.
+		client := r.d.HTTPClient
+		if m.CAFile != "" {
+			var err error
+			if _, client, err = withCAFile(r.dir.Resolve(m.CAFile), r.d.RootCAs, client); err != nil {
+				r.log.Error("certificate renewal waits for upstream.m365.ca_file", "credential", name, "err", err)
+				continue
+			}
+		}
 		rn, err := m365.NewRenewer(m365.RenewOptions{Credential: name, Tenant: m.Tenant, ClientID: m.ClientID, ObjectID: m.ApplicationObjectID,
 			TokenURL: tokenURL, GraphURL: graphURL, Scope: m.Scope, RenewBefore: time.Duration(before) * 24 * time.Hour, Days: days,
-			Store: reloadingStore{r}, HTTPClient: r.d.HTTPClient, Clock: r.d.Clock, Logger: r.log, Step: r.renewalStep, StateFile: r.dir.Renewal(name)})
+			Store: reloadingStore{r}, HTTPClient: client, Clock: r.d.Clock, Logger: r.log, Step: r.renewalStep, StateFile: r.dir.Renewal(name)})
 		if err != nil {
 			r.log.Error("certificate renewal cannot start", "credential", name, "err", err)
 			continue

@@ -36,9 +36,22 @@ const renewObjectID = "5e1f0c7a-0b7d-4d5c-9a51-0f7c2e9b1d34"
 // without a deferral, the old key gone and the other box's key kept. Then a
 // renewal Graph refuses (a tenant policy caps lifetimes) is raised on
 // status and metrics with the hint, and mail keeps flowing on the key in
-// force. Neither private key is anywhere but the secret store.
+// force. Neither private key is anywhere but the secret store. With
+// ca_file the same holds when the file is all the relay trusts (a plant
+// behind a TLS-inspecting proxy): the renewal's Graph and token calls
+// verify by it as delivery does.
 func TestBoxCertificateRenewsItself(t *testing.T) {
-	tt := m365test.NewTenant(t, "unused-secret")
+	for _, viaCAFile := range []bool{false, true} {
+		t.Run(map[bool]string{false: "injected roots", true: "ca_file"}[viaCAFile], func(t *testing.T) { renewsItself(t, viaCAFile) })
+	}
+}
+
+func renewsItself(t *testing.T, viaCAFile bool) {
+	opts := m365test.TenantOptions{Secret: "unused-secret"}
+	if viaCAFile {
+		opts.Names = []string{"localhost"}
+	}
+	tt := m365test.NewTenantWith(t, opts)
 	tt.Entra.AddApp(m365test.App{ClientID: m365test.TenantApp, ObjectID: renewObjectID})
 	dir := relaytest.StateDir(t)
 	store := secrets.New(layout.Dir(dir), tt.Clock.Now)
@@ -63,6 +76,14 @@ func TestBoxCertificateRenewsItself(t *testing.T) {
 	cfg.Upstream = config.Upstream{Kind: config.KindM365OAuth, M365: config.M365{Tenant: m365test.TenantDomain, ClientID: m365test.TenantApp,
 		CertificateFile: made.Credential.CertificateFile, CertificateKeySecret: "entra", ApplicationObjectID: renewObjectID,
 		TokenURL: tt.Entra.URL, GraphURL: tt.Graph.URL, Mailbox: m365test.TenantMailbox, FromMailbox: true, SMTPHost: "127.0.0.1", SMTPPort: tt.SMTPPort()}}
+	deps := Deps{RootCAs: tt.CA.Pool, HTTPClient: tt.Graph.Client()}
+	if viaCAFile {
+		cfg.Upstream.M365.CAFile = "certs/tenant-ca.pem"
+		if err := os.WriteFile(layout.Dir(dir).Resolve(cfg.Upstream.M365.CAFile), tt.CAPEM(), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		deps = Deps{} // the file and the system's roots are all it trusts
+	}
 	cfg.SetDefaults()
 	if errs := cfg.Validate(); len(errs) > 0 {
 		t.Fatal(errs)
@@ -75,7 +96,7 @@ func TestBoxCertificateRenewsItself(t *testing.T) {
 	r, err := New(cfg, dir, Deps{Clock: tt.Clock.Now, Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Secret:   func(name string) ([]byte, error) { return os.ReadFile(layout.Dir(dir).Secret(name)) },
 		KeyStore: store, RenewalStep: func(s m365.RenewStep) { steps = append(steps, s) },
-		RootCAs: tt.CA.Pool, HTTPClient: tt.Graph.Client()})
+		RootCAs: deps.RootCAs, HTTPClient: deps.HTTPClient})
 	if err != nil {
 		t.Fatal(err)
 	}
