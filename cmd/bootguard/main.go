@@ -16,6 +16,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -48,7 +49,10 @@ func main() {
 		// guard before its direct reboot.
 		Detach:  func() { signal.Ignore(syscall.SIGTERM) },
 		Console: console,
-		Log:     log,
+		// In a test boot gokrazy's init has lost the watchdog the old
+		// root's init armed (testboot's doc): the guard feeds it.
+		Watchdog: func() (io.Writer, error) { return os.OpenFile("/dev/watchdog", os.O_WRONLY, 0) },
+		Log:      log,
 	}
 	err = g.Run(ctx)
 	switch {

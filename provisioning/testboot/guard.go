@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -25,6 +27,17 @@ import (
 // services do, so it resets a hung kernel or init, not a hung relayd. The
 // guard is its own program, not part of relayd, so a hung relayd cannot
 // stop it; it comes with the new root, like everything in a test boot.
+//
+// Except in a test boot: there the old root's init opens the watchdog,
+// then execs the new root's init, which loses the open device (the
+// kernel says "watchdog did not stop!") and cannot open it again (its
+// /dev is not mounted yet when it tries). Nobody feeds the running
+// watchdog, and the hardware resets the box some 15–30 s later, healthy
+// or not: a new root that takes longer than that to commit itself is
+// thrown back to the old one. So in a test boot the guard takes the
+// watchdog over (Watchdog) and feeds it until its deadline: a healthy
+// root has its full time, and a hung kernel in the test boot is still
+// reset by the hardware.
 
 // DefaultDeadline is how long after power-on a test boot may take
 // to commit itself before the guard reboots into the old root: a healthy
@@ -112,6 +125,10 @@ type Guard struct {
 	// Console writes a line to the serial console (the kernel log), for
 	// a technician with a cable and the VM test. Optional.
 	Console func(line string)
+	// Watchdog opens the hardware watchdog (/dev/watchdog) for the
+	// guard to feed until the deadline; an error (gokrazy's init holds
+	// it, or there is none) leaves it to init. Optional.
+	Watchdog func() (io.Writer, error)
 	// Log (default slog.Default()).
 	Log *slog.Logger
 }
@@ -159,6 +176,8 @@ func (g *Guard) Run(ctx context.Context) error {
 	g.Log.Warn("test boot of new firmware: unless it commits itself first, this guard reboots into the old firmware at the deadline",
 		"deadline", g.Deadline, "up", up.Round(time.Second), "left", left.Round(time.Second))
 	g.Console(fmt.Sprintf("test boot guarded: back to the old firmware %s after power-on unless committed first (%s left)", g.Deadline, left.Round(time.Second)))
+	unfeed := g.feed()
+	defer unfeed()
 	if left > 0 {
 		select {
 		case <-ctx.Done():
@@ -174,6 +193,9 @@ func (g *Guard) Run(ctx context.Context) error {
 	actx, cancel := context.WithTimeout(ctx, askTimeout)
 	err = g.Ask(actx)
 	cancel()
+	// From here the hardware may reset the box too: gokrazy's clean
+	// reboot had its chance while the watchdog was fed.
+	unfeed()
 	if err != nil {
 		g.Log.Error("gokrazy did not take the reboot request; rebooting directly", "err", err)
 		return g.force()
@@ -194,4 +216,44 @@ func (g *Guard) force() error {
 		return fmt.Errorf("rebooting directly: %w", err)
 	}
 	return errors.New("rebooting directly: reboot(2) returned")
+}
+
+// feed takes the hardware watchdog over when gokrazy's init lost it (a
+// test boot, see above) and pings it every second until the returned
+// stop is called; stop does not disarm it (no magic close), so a box
+// that then fails to reboot is reset by the hardware.
+func (g *Guard) feed() (stop func()) {
+	if g.Watchdog == nil {
+		return func() {}
+	}
+	w, err := g.Watchdog()
+	if err != nil {
+		g.Log.Info("the hardware watchdog is not the guard's to feed (gokrazy's init holds it, or the box has none)", "err", err)
+		return func() {}
+	}
+	g.Log.Warn("gokrazy's init lost the hardware watchdog when it switched to the new root: the guard feeds it until the deadline")
+	g.Console("feeding the hardware watchdog until the deadline (gokrazy's init lost it at the switch to the new root)")
+	done, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			if _, err := w.Write([]byte{0}); err != nil { // any byte but 'V' is a ping
+				g.Log.Error("feeding the hardware watchdog failed", "err", err)
+			}
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			close(done)
+			<-stopped
+		})
+	}
 }

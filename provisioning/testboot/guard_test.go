@@ -5,8 +5,10 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"runtime"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -47,6 +49,23 @@ func (f *guardFake) After(d time.Duration) <-chan time.Time {
 	return ch
 }
 
+// fakeWatchdog counts pings.
+type fakeWatchdog struct{ pings atomic.Int64 }
+
+func (w *fakeWatchdog) Write(b []byte) (int, error) {
+	if len(b) != 1 || b[0] == 'V' {
+		return 0, errors.New("not a ping")
+	}
+	w.pings.Add(1)
+	return 1, nil
+}
+
+// afterStop: the count moved from n although the feeder was stopped
+// (read twice around a yield; a live feeder pings only once a second,
+// so this catches a feeder that was never stopped only when it pings in
+// between; the main check is that Run joined it, which -race sees).
+func (w *fakeWatchdog) afterStop(n int64) bool { runtime.Gosched(); return w.pings.Load() != n }
+
 func TestGuard(t *testing.T) {
 	const testBoot = "console=ttyS0,115200 root=PARTUUID=abc/PARTNROFF=1 gokrazy.try_boot_inactive=1 rootwait"
 	for _, tc := range []struct {
@@ -55,7 +74,8 @@ func TestGuard(t *testing.T) {
 		up       time.Duration
 		upErr    error
 		fire     int
-		commit   bool // the test boot commits while the guard waits
+		commit   bool   // the test boot commits while the guard waits
+		watchdog string // "": none given; "free": the guard opens it; "busy": init holds it
 		askErr   error
 		askEnds  bool
 		wantErr  error // errors.Is; nil with wantFail means any error
@@ -76,6 +96,12 @@ func TestGuard(t *testing.T) {
 			wantFail: true, want: []string{"console", "wait 1m10s", "console", "detach", "ask", "console", "force"}},
 		{name: "restarted after the deadline: at once", cmdline: testBoot, up: 95 * time.Second, askEnds: true,
 			wantErr: context.Canceled, want: []string{"console", "console", "detach", "ask", "wait 1m0s"}},
+		{name: "watchdog lost by init: fed until gokrazy took the request", cmdline: testBoot, up: 20 * time.Second, fire: 1, askEnds: true, watchdog: "free",
+			wantErr: context.Canceled, want: []string{"console", "watchdog opened", "console", "wait 1m10s", "console", "detach", "ask", "wait 1m0s", "watchdog unfed"}},
+		{name: "watchdog lost by init: the commit's reboot ends the guard", cmdline: testBoot, up: 20 * time.Second, commit: true, watchdog: "free",
+			wantErr: context.Canceled, want: []string{"console", "watchdog opened", "console", "wait 1m10s", "watchdog unfed"}},
+		{name: "watchdog held by init: left to it", cmdline: testBoot, up: 20 * time.Second, fire: 1, askEnds: true, watchdog: "busy",
+			wantErr: context.Canceled, want: []string{"console", "watchdog busy", "wait 1m10s", "console", "detach", "ask", "wait 1m0s"}},
 		{name: "uptime unreadable: counted from now", cmdline: testBoot, upErr: errors.New("no /proc"), commit: true,
 			wantErr: context.Canceled, want: []string{"console", "wait 1m30s"}},
 	} {
@@ -105,6 +131,16 @@ func TestGuard(t *testing.T) {
 				Console: func(l string) { f.events = append(f.events, "console"); f.lines = append(f.lines, l) },
 				Log:     slog.New(slog.NewTextHandler(io.Discard, nil)),
 			}
+			wd := &fakeWatchdog{}
+			switch tc.watchdog {
+			case "free":
+				g.Watchdog = func() (io.Writer, error) { f.events = append(f.events, "watchdog opened"); return wd, nil }
+			case "busy":
+				g.Watchdog = func() (io.Writer, error) {
+					f.events = append(f.events, "watchdog busy")
+					return nil, errors.New("open /dev/watchdog: device or resource busy")
+				}
+			}
 			// A wrong guard waits for a time that never comes: bounded, so
 			// that it fails rather than hangs.
 			done := make(chan error, 1)
@@ -123,12 +159,25 @@ func TestGuard(t *testing.T) {
 			case tc.wantErr == nil && !tc.wantFail && err != nil:
 				t.Errorf("Run: got %v, want nil", err)
 			}
+			if tc.watchdog == "free" {
+				// The guard fed it, and stopped feeding before Run
+				// returned (it joins its feeder): the count no longer
+				// moves.
+				n := wd.pings.Load()
+				f.events = append(f.events, "watchdog unfed")
+				if n == 0 {
+					t.Errorf("the watchdog was never fed")
+				}
+				if wd.afterStop(n) {
+					t.Errorf("the watchdog was fed after Run returned")
+				}
+			}
 			if !slices.Equal(f.events, tc.want) {
 				t.Errorf("events:\n got %q\nwant %q", f.events, tc.want)
 			}
 			if slices.Contains(tc.want, "ask") {
-				if len(f.lines) < 2 || !strings.Contains(f.lines[1], "test boot not committed 1m30s after power-on") {
-					t.Errorf("console lines %q: want the deadline's reason second", f.lines)
+				if !slices.ContainsFunc(f.lines[1:], func(l string) bool { return strings.Contains(l, "test boot not committed 1m30s after power-on") }) {
+					t.Errorf("console lines %q: want the deadline's reason after the first", f.lines)
 				}
 			}
 		})
