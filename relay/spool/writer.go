@@ -231,7 +231,7 @@ func (w *writer) run() {
 	var lastErr error
 	var lazyTimer *time.Timer
 	var lazyDue <-chan time.Time // armed while lazy records wait for a batch
-	var want int                 // eager records the last batch carried
+	var want int                 // eager records the last batch carried, and the next had by its end
 	var hold time.Duration       // how long the next may wait for as many
 	for {
 		stopping := false
@@ -263,7 +263,15 @@ func (w *writer) run() {
 		w.mu.Unlock()
 		start := time.Now()
 		b.err = w.flush(chunks)
+		// The next batch waits for the callers this one releases and for
+		// those already waiting: sessions that fell into alternate batches
+		// are merged back into one.
 		want, hold = b.eager, time.Since(start)/4
+		w.mu.Lock()
+		if w.cur != nil {
+			want += w.cur.eager
+		}
+		w.mu.Unlock()
 		if w.s.opts.gatherHold > 0 {
 			hold = w.s.opts.gatherHold
 		}
