@@ -57,7 +57,10 @@ type condition struct {
 	ClientTLS    string // "", "1.2" or "1.3": every load session STARTTLS with that version
 	UpstreamTLS  bool   // the sink behind a STARTTLS front; both relays must use it
 	UpstreamKind string // relayd's: "smtp", or "m365-connector" (paced, with its state file)
-	PKI          *pki   // the run's certificates, when any TLS is used
+	// FsyncDelay, when not 0, runs each relay under strace with its sync
+	// calls delayed by this (syncdelay.go): an SD card's flush latency.
+	FsyncDelay time.Duration
+	PKI        *pki // the run's certificates, when any TLS is used
 }
 
 // String names the condition for the table's rows.
@@ -73,10 +76,16 @@ func (c condition) String() string {
 	if c.UpstreamKind != "" && c.UpstreamKind != "smtp" {
 		s += ", relayd " + c.UpstreamKind
 	}
+	if c.FsyncDelay > 0 {
+		s += fmt.Sprintf(", fsync +%v", c.FsyncDelay)
+	}
 	return s
 }
 
 func main() {
+	if len(os.Args) > 2 && os.Args[1] == pinnedExecArg {
+		execPinned(os.Args[2:]) // a relay's start under the tracer (syncdelay.go)
+	}
 	var o options
 	var targets string
 	flag.IntVar(&o.N, "n", 5000, "messages to send through each relay")
@@ -98,6 +107,7 @@ func main() {
 	flag.BoolVar(&o.StateDev, "state-dev", false, "put each relay's state (spool, queue) on its own ext4 file system on a loop device, made and removed by the run (root)")
 	flag.Int64Var(&o.StateDevMiB, "state-dev-mib", 1024, "size of each -state-dev file system (a sparse file in -dir)")
 	flag.DurationVar(&o.FlushDelay, "flush-delay", 0, "with -state-dev: a device-mapper delay target between the loop device and ext4, delaying writes and flushes by this (an SD card: 20ms); needs dmsetup and a kernel with dm-delay")
+	flag.DurationVar(&o.Cond.FsyncDelay, "fsync-delay", 0, "run each relay under strace with every fsync, fdatasync and syncfs delayed by this (an SD card: 20ms), in all its processes; needs strace, no kernel module")
 	flag.StringVar(&o.Cond.ClientTLS, "client-tls", "", "STARTTLS from the load generator's devices with this TLS version: 1.2 or 1.3 (both relays get the run's own certificate)")
 	flag.BoolVar(&o.Cond.UpstreamTLS, "upstream-tls", false, "TLS to the upstream: the sink behind a STARTTLS front (in the harness), which both relays must use and verify")
 	flag.StringVar(&o.Cond.UpstreamKind, "upstream-kind", "smtp", "relayd's upstream kind: smtp, or m365-connector (the Microsoft 365 MX kind, paced with its state file; implies -upstream-tls)")
@@ -125,6 +135,14 @@ func run(ctx context.Context, o options) error {
 	if o.StateDev {
 		if why := stateDevMissing(o.FlushDelay); why != "" {
 			return fmt.Errorf("-state-dev: %s", why)
+		}
+	}
+	if o.Cond.FsyncDelay > 0 {
+		if o.FlushDelay > 0 {
+			return errors.New("-fsync-delay and -flush-delay are two ways to the same condition: give one")
+		}
+		if why := syncDelayMissing(); why != "" {
+			return fmt.Errorf("-fsync-delay: %s", why)
 		}
 	}
 	if _, ok := tlsVersions[o.Cond.ClientTLS]; o.Cond.ClientTLS != "" && !ok {
@@ -249,7 +267,9 @@ rounds:
 	}
 	fmt.Println()
 	printTable(os.Stdout, results)
-	printLimit(os.Stdout, results, o.C, o.FlushDelay)
+	delay := max(o.FlushDelay, o.Cond.FsyncDelay) // at most one of them is set
+	printLimit(os.Stdout, results, o.C, delay)
+	printSyncs(os.Stdout, results, o.Cond.FsyncDelay)
 	printVerdict(os.Stdout, results, o.TargetRatio, o.TargetRSSMiB)
 	if ctx.Err() != nil {
 		return fmt.Errorf("stopped: %w", context.Cause(ctx))
@@ -282,7 +302,10 @@ type result struct {
 	// flush requests ÷ N (flushes: -1 where the kernel does not count them).
 	DevWritesPerMsg, DevFlushesPerMsg float64
 	PeakProcs                         int
-	SinkCount                         int
+	// Syncs are the relay's sync calls during the run by name (with
+	// -fsync-delay, from the tracer's log), else nil.
+	Syncs     map[string]int
+	SinkCount int
 	// HarnessCPUmsPerMsg is this process's own CPU (the load generator
 	// and the sampler): on two cores it competes with the relay.
 	HarnessCPUmsPerMsg float64
@@ -352,6 +375,15 @@ func measure(ctx context.Context, o options, name, sinkBin, devDir string, start
 		r.Err = err
 		return r
 	}
+	var syncLog string
+	var syncsBefore syncCount
+	if st, ok := t.(syncTracedTarget); ok && st.SyncLog() != "" {
+		syncLog = st.SyncLog()
+		if syncsBefore, err = readSyncLog(syncLog); err != nil {
+			r.Err = err
+			return r
+		}
+	}
 	selfBefore, _ := selfCPUTicks()
 	smp := startSampler(t.Root(), o.SampleEvery)
 	defer smp.stop()
@@ -376,6 +408,19 @@ func measure(ctx context.Context, o options, name, sinkBin, devDir string, start
 	case <-ctx.Done():
 		r.Err = fmt.Errorf("the sink got %d of %d messages before %v", sk.Count(), o.N, context.Cause(ctx))
 		return r
+	}
+	if syncLog != "" {
+		now, err := readSyncLog(syncLog)
+		if err != nil {
+			r.Err = err
+			return r
+		}
+		d := now.sub(syncsBefore)
+		if err := d.check(); err != nil {
+			r.Err = fmt.Errorf("-fsync-delay: %w", err)
+			return r
+		}
+		r.Syncs = d.Calls
 	}
 	after, err := treeUsage(t.Root())
 	if err != nil {

@@ -39,6 +39,10 @@ type relayd struct {
 	done     chan struct{} // closed when its stderr ends
 	released chan struct{} // closed after it is reaped
 	once     sync.Once
+	// Under -fsync-delay cmd is strace; pid is relayd below it, and
+	// syncLog the tracer's log.
+	pid     int
+	syncLog string
 }
 
 // buildRelayd compiles ./cmd/relayd from the module in modDir.
@@ -112,6 +116,13 @@ func startRelayd(ctx context.Context, bin, dir, sinkAddr string, concurrency int
 	}
 	r := &relayd{done: make(chan struct{}), released: make(chan struct{})}
 	r.cmd = exec.Command(bin, "-config", cfgFile, "-state", state)
+	if c.FsyncDelay > 0 {
+		r.syncLog = filepath.Join(dir, "strace.log")
+		if r.cmd, err = tracedCmd(r.syncLog, c.FsyncDelay, r.cmd.Args...); err != nil {
+			logf.Close()
+			return nil, err
+		}
+	}
 	if c.UpstreamKind == "m365-connector" {
 		// The Microsoft kinds verify against the system's roots, which
 		// Go reads from SSL_CERT_FILE when it is set.
@@ -167,12 +178,28 @@ func startRelayd(ctx context.Context, bin, dir, sinkAddr string, concurrency int
 	if err := waitBanner(ctx, r.addr, 10*time.Second, r.done); err != nil {
 		return fail(fmt.Errorf("relayd on %s: %w", r.addr, err))
 	}
+	if r.syncLog != "" {
+		// relayd is the tracer's only child by now: it is listening.
+		pids, err := descendants(r.cmd.Process.Pid)
+		if err != nil || len(pids) != 2 {
+			return fail(fmt.Errorf("relayd below strace: processes %v: %v", pids, err))
+		}
+		r.pid = pids[1]
+	}
 	return r, nil
 }
 
-func (r *relayd) Addr() string    { return r.addr }
-func (r *relayd) Root() int       { return r.cmd.Process.Pid }
-func (r *relayd) LogBytes() int64 { return 0 }
+func (r *relayd) Addr() string { return r.addr }
+func (r *relayd) Root() int {
+	if r.pid != 0 {
+		return r.pid
+	}
+	return r.cmd.Process.Pid
+}
+func (r *relayd) SyncLog() string { return r.syncLog }
+
+// LogBytes is the tracer's log (relayd's own log goes through the harness).
+func (r *relayd) LogBytes() int64 { return fileSize(r.syncLog) }
 
 // Stop asks relayd to shut down cleanly and kills it if it takes too long.
 func (r *relayd) Stop() {
@@ -181,11 +208,15 @@ func (r *relayd) Stop() {
 		if r.cmd.Process == nil {
 			return
 		}
-		r.cmd.Process.Signal(syscall.SIGTERM)
+		if r.pid != 0 {
+			syscall.Kill(r.pid, syscall.SIGTERM) // strace blocks SIGTERM; it ends with relayd
+		} else {
+			r.cmd.Process.Signal(syscall.SIGTERM)
+		}
 		select {
 		case <-r.done:
 		case <-time.After(15 * time.Second):
-			r.cmd.Process.Kill()
+			r.cmd.Process.Kill() // relayd, or strace and so relayd (parent-death signal)
 		}
 		r.cmd.Wait()
 	})
@@ -198,6 +229,11 @@ type postfix struct {
 	dir, conf, queue string
 	addr             string
 	master           int
+	// Under -fsync-delay: strace running `postfix start` and then master
+	// with every process it forks, its log, and its end.
+	tracer  *exec.Cmd
+	syncLog string
+	traced  chan struct{} // closed when strace has exited
 }
 
 // postfixMissing says why Postfix cannot be measured here, or "".
@@ -308,7 +344,22 @@ func startPostfix(ctx context.Context, dir, sinkAddr string, c condition) (*post
 			return nil, err
 		}
 	}
-	if err := p.run(ctx, "postfix", "-c", p.conf, "start"); err != nil {
+	var dead <-chan struct{}
+	if c.FsyncDelay > 0 {
+		if err := p.startTraced(dir, c.FsyncDelay); err != nil {
+			p.Stop()
+			return nil, err
+		}
+		dead = p.traced
+		// `postfix start` returns when master is up, but strace goes on
+		// tracing master: wait for smtpd's banner instead.
+		if err := waitBanner(ctx, p.addr, 20*time.Second, dead); err != nil {
+			p.Stop()
+			log, _ := os.ReadFile(filepath.Join(dir, "maillog"))
+			out, _ := os.ReadFile(filepath.Join(dir, "postfix-start.log"))
+			return nil, fmt.Errorf("postfix under strace on %s: %w\n%s; maillog:\n%s", p.addr, err, out, lastLines(string(log), 20))
+		}
+	} else if err := p.run(ctx, "postfix", "-c", p.conf, "start"); err != nil {
 		p.Stop()
 		return nil, err
 	}
@@ -321,7 +372,7 @@ func startPostfix(ctx context.Context, dir, sinkAddr string, c condition) (*post
 		p.Stop()
 		return nil, fmt.Errorf("postfix master pid %q: %w", b, err)
 	}
-	if err := waitBanner(ctx, p.addr, 20*time.Second, nil); err != nil {
+	if err := waitBanner(ctx, p.addr, 20*time.Second, dead); err != nil {
 		p.Stop()
 		log, _ := os.ReadFile(filepath.Join(dir, "maillog"))
 		return nil, fmt.Errorf("postfix on %s: %w; maillog:\n%s", p.addr, err, lastLines(string(log), 20))
@@ -338,10 +389,46 @@ func (p *postfix) run(ctx context.Context, name string, args ...string) error {
 	return nil
 }
 
+// startTraced runs `postfix start` under strace. Its master daemonises
+// with `master -w`, but by fork: it stays under the tracer, and so does
+// every daemon master forks, so all of Postfix's fsyncs are delayed alike.
+func (p *postfix) startTraced(dir string, d time.Duration) error {
+	p.syncLog = filepath.Join(dir, "strace.log")
+	cmd, err := tracedCmd(p.syncLog, d, "postfix", "-c", p.conf, "start")
+	if err != nil {
+		return err
+	}
+	out, err := os.Create(filepath.Join(dir, "postfix-start.log"))
+	if err != nil {
+		return err
+	}
+	defer out.Close() // the child has its own copy
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("strace postfix start: %w", err)
+	}
+	p.tracer, p.traced = cmd, make(chan struct{})
+	go func() {
+		cmd.Wait()
+		close(p.traced)
+	}()
+	return nil
+}
+
+func (p *postfix) SyncLog() string { return p.syncLog }
+
 func (p *postfix) Addr() string { return p.addr }
 func (p *postfix) Root() int    { return p.master }
 func (p *postfix) LogBytes() int64 {
-	fi, err := os.Stat(filepath.Join(p.dir, "maillog"))
+	return fileSize(filepath.Join(p.dir, "maillog")) + fileSize(p.syncLog)
+}
+
+// fileSize is the size of the file at path, 0 if there is none ("").
+func fileSize(path string) int64 {
+	if path == "" {
+		return 0
+	}
+	fi, err := os.Stat(path)
 	if err != nil {
 		return 0
 	}
@@ -354,6 +441,17 @@ func (p *postfix) Stop() {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	p.run(ctx, "postfix", "-c", p.conf, "stop")
+	if p.tracer != nil {
+		// strace ends once master and its daemons have.
+		defer func() {
+			select {
+			case <-p.traced:
+			case <-time.After(10 * time.Second):
+				p.tracer.Process.Kill()
+				<-p.traced
+			}
+		}()
+	}
 	if p.master == 0 {
 		return
 	}

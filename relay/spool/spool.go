@@ -59,6 +59,9 @@ type Options struct {
 	Logger    *slog.Logger
 	// statfs reports free bytes; tests replace it to simulate a full disk.
 	statfs func(dir string) (int64, error)
+	// gatherHold, when set, replaces how long the writer holds a batch
+	// back for the callers the last one released (tests).
+	gatherHold time.Duration
 }
 
 func (o *Options) setDefaults() {
