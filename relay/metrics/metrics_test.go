@@ -86,7 +86,8 @@ func TestRefused(t *testing.T) {
 		if !strings.Contains(body, want+"\n") {
 			t.Errorf("scrape lacks %q", want)
 		}
-	} // The status's total is the sum of the series.
+	}
+	// The status's total is the sum of the series.
 	if got, want := m.Refused(), uint64(9); got != want {
 		t.Errorf("Refused() = %d, want %d", got, want)
 	}
