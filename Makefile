@@ -102,7 +102,11 @@ vm-tailnet-test:
 ## that are not provisioned; the box joins the tailnet all the same, holds a device's mail, and relayctl status and
 ## the LAN page name both with their commands; creds put of the CA and the secret delivers the held mail to the
 ## fake tenant (on 10.0.2.2) without a restart; after a forced creds delete and a power cut it is back, waiting,
-## not restarting. Prints boot-to-tailnet and put-to-delivery.
+## not restarting. Then a dead card replaced (docs/replace-card.md): a config put over the tailnet, relayctl pull,
+## the VM killed and its node removed from the test control, a second image of the same site file with a new join
+## key (sitegen from the same work directory) boots and joins under the same name, relayctl apply -dry-run shows the
+## difference, apply restores it, creds put, a device's mail reaches the fake tenant. Prints boot-to-tailnet,
+## put-to-delivery, the second image's build, the new card's boot-to-tailnet and the apply's time.
 .PHONY: vm-firstboot-test
 vm-firstboot-test:
 	SITERELAY_VMFIRSTBOOT=1 $(GO) test -tags integration -count=1 -timeout 30m -v -run '^TestVMFirstBoot$$' ./images/vmtest/

@@ -266,6 +266,7 @@ func (a *admin) Status(ctx context.Context) (*api.Status, error) {
 		for k, v := range st.Counts {
 			s.Counts[string(k)] = v
 		}
+		s.Refused = st.Refused
 		for _, w := range st.Waiting {
 			s.Waiting = append(s.Waiting, api.Waiting(w))
 		}

@@ -39,6 +39,10 @@ type Status struct {
 	Queue    QueueStatus       `json:"queue"`
 	// Counts are trace events since start, by kind (docs/trace.md).
 	Counts map[trace.Kind]uint64 `json:"counts"`
+	// Refused is how many commands or messages from devices the listeners
+	// refused since start (siterelay_refused_total summed over its
+	// series): a roll-out's refusals gate compares it before and after.
+	Refused uint64 `json:"refused"`
 	// TLSCertificateExpires is when the listeners' STARTTLS certificate
 	// ends; zero when no listener offers STARTTLS.
 	TLSCertificateExpires time.Time `json:"tls_certificate_expires,omitzero"`
@@ -174,6 +178,7 @@ func (r *Relay) Status() Status {
 		Waiting:         append([]Waiting(nil), g.waiting...),
 		Config:          r.source.Load(),
 		Forward:         r.forwardStatus(),
+		Refused:         r.metrics.Refused(),
 	}
 	s.UpstreamKinds, s.SenderRule = senderRule(g.cfg)
 	if t, ok := r.tlsCertificateExpiry(); ok {

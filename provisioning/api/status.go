@@ -70,6 +70,10 @@ type Status struct {
 	Audit AuditHealth `json:"audit"`
 	// Forward is the syslog forwarding; nil when forward.syslog is unset.
 	Forward *Forward `json:"forward,omitempty"`
+	// Refused counts the devices' commands and messages the listeners
+	// refused since start (siterelay_refused_total, all series summed):
+	// the roll-out's refusals gate compares it before and after a change.
+	Refused uint64 `json:"refused"`
 }
 
 type Listener struct {

@@ -77,6 +77,7 @@ func (e *env) status(ctx context.Context, args []string) int {
 					row(t, "listener %s\tNOT BOUND: %s\n", l.Name, l.Problem)
 				}
 			}
+			row(t, "refused\t%d device commands or messages since start\n", s.Refused)
 			row(t, "disk free\t%s of %s\n", bytesStr(s.Disk.FreeBytes), bytesStr(s.Disk.TotalBytes))
 			row(t, "clock\t%s (%s)\n", s.Now.Format(time.RFC3339), clockState(s.ClockSynchronised))
 			if !s.TLSCertificateExpires.IsZero() {

@@ -101,7 +101,7 @@ func (e *Engine) change(ctx context.Context, w *WaveState, r *RelayState) error 
 		r.Site = st.Site
 	}
 	if !resumed || r.Before == nil {
-		r.Before = &Before{Now: st.Now, Started: st.Started, Health: st.Health, Version: st.Version, Queue: st.Queue.Messages, Refusals: refusals(st), Delivered: st.Upstream.LastDelivered}
+		r.Before = &Before{Now: st.Now, Started: st.Started, Health: st.Health, Version: st.Version, Queue: st.Queue.Messages, Refusals: refusals(st), DeviceRefusals: st.Refused, Delivered: st.Upstream.LastDelivered}
 	}
 	e.mu.Unlock()
 	if e.o.Plan.Firmware != nil {
@@ -326,8 +326,16 @@ func (e *Engine) judge(ctx context.Context, w *WaveState, r *RelayState) error {
 	if p.gate(GateDelivered) && (b.Queue > 0 || st.Queue.Messages > 0) && !st.Upstream.LastDelivered.After(b.Now) {
 		why = append(why, fmt.Sprintf("%d message(s) wait and none was delivered since the change", st.Queue.Messages))
 	}
-	if p.gate(GateRefusals) && refusals(st) > b.Refusals {
-		why = append(why, fmt.Sprintf("%d new bounced or failed message(s)", refusals(st)-b.Refusals))
+	if p.gate(GateRefusals) {
+		// The counts are since relayd started: after a restart (a
+		// firmware update) every one is new.
+		restarted := !st.Started.Equal(b.Started)
+		if n := grew(refusals(st), b.Refusals, restarted); n > 0 {
+			why = append(why, fmt.Sprintf("%d new bounced or failed message(s)", n))
+		}
+		if n := grew(st.Refused, b.DeviceRefusals, restarted); n > 0 {
+			why = append(why, fmt.Sprintf("%d new refusal(s) of devices' commands or messages (siterelay_refused_total)", n))
+		}
 	}
 	if len(why) == 0 {
 		return e.set(w, r, "judge", OK, "gates passed")

@@ -474,6 +474,18 @@ func (e *Engine) save() error {
 // relay started: bounced and failed.
 func refusals(s *api.Status) uint64 { return s.Counts["bounced"] + s.Counts["failed"] }
 
+// grew is how much a count since relayd's start rose from before; after
+// a restart the count began again at 0, so all of it is new.
+func grew(now, before uint64, restarted bool) uint64 {
+	switch {
+	case restarted:
+		return now
+	case now > before:
+		return now - before
+	}
+	return 0
+}
+
 // reach is Relay r, or nil when the engine was not given it.
 func (e *Engine) reach(name string) Relay { return e.o.Relays[name] }
 

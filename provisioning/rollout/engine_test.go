@@ -203,6 +203,32 @@ func TestRun(t *testing.T) {
 				f.relays["plant-01"].after = func(f *fakeRelay, _ json.RawMessage) { f.counts["bounced"] = 2 }
 			},
 			results: "plant-01:rolled-back plant-02:pending", waves: []int{1, 1}, stop: "2 new bounced or failed message(s)"},
+		{name: "new device refusals", n: 2, plan: cfgPlan("1,100%"), phase: PhaseStopped,
+			setup: func(f *fleet) {
+				f.relays["plant-01"].refused = 4
+				f.relays["plant-01"].after = func(f *fakeRelay, _ json.RawMessage) { f.refused = 7 }
+			},
+			results: "plant-01:rolled-back plant-02:pending", waves: []int{1, 1}, stop: "3 new refusal(s) of devices' commands or messages"},
+		{name: "device refusals from before the change do not count", n: 2, plan: cfgPlan("1,100%"), phase: PhaseDone,
+			setup: func(f *fleet) {
+				for _, r := range f.relays {
+					r.refused = 4
+				}
+			},
+			results: "plant-01:ok plant-02:ok", waves: []int{1, 1}},
+		{name: "device refusals after a restart are all new", n: 2, plan: Plan{Firmware: &FirmwareSpec{Image: "plant.img"}, Waves: "1,100%"}, phase: PhaseStopped,
+			setup: func(f *fleet) {
+				f.relays["plant-01"].refused = 9
+				f.relays["plant-01"].after = func(f *fakeRelay, _ json.RawMessage) { f.refused = 1 }
+			},
+			results: "plant-01:failed plant-02:pending", waves: []int{1, 1}, stop: "1 new refusal(s) of devices' commands or messages"},
+		{name: "device refusals left out of the gates", n: 2, plan: func() Plan {
+			p := cfgPlan("1,100%")
+			p.Gates.Require = []string{GateHealthy}
+			return p
+		}(), phase: PhaseDone,
+			setup:   func(f *fleet) { f.relays["plant-01"].after = func(f *fakeRelay, _ json.RawMessage) { f.refused = 5 } },
+			results: "plant-01:ok plant-02:ok", waves: []int{1, 1}},
 		{name: "a gate left out is not judged", n: 2, plan: func() Plan {
 			p := cfgPlan("1,100%")
 			p.Gates.Require = []string{GateHealthy}

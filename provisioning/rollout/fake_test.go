@@ -48,6 +48,7 @@ type fakeRelay struct {
 	health  string
 	queue   int
 	counts  map[string]uint64
+	refused uint64
 	lastDel time.Time
 	docs    []json.RawMessage // docs[v-1] is version v
 	cur     int
@@ -78,7 +79,7 @@ func (f *fakeRelay) Status(ctx context.Context) (*api.Status, error) {
 		c[k] = v
 	}
 	return &api.Status{Site: f.site, Version: f.version, Now: f.clock.Now(), Started: f.started, Health: f.health,
-		Queue: api.Queue{Messages: f.queue}, Counts: c, Upstream: api.Upstream{LastDelivered: f.lastDel}, ConfigVersion: f.cur}, nil
+		Queue: api.Queue{Messages: f.queue}, Counts: c, Refused: f.refused, Upstream: api.Upstream{LastDelivered: f.lastDel}, ConfigVersion: f.cur}, nil
 }
 
 func (f *fakeRelay) Config(ctx context.Context) (*api.ConfigDoc, error) {

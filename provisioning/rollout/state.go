@@ -96,13 +96,16 @@ type RelayState struct {
 
 // Before is the relay's state just before the change.
 type Before struct {
-	Now       time.Time `json:"now"` // the relay's own clock
-	Started   time.Time `json:"started"`
-	Health    string    `json:"health"`
-	Version   string    `json:"version"`
-	Queue     int       `json:"queue"`
-	Refusals  uint64    `json:"refusals"`
-	Delivered time.Time `json:"delivered,omitzero"`
+	Now      time.Time `json:"now"` // the relay's own clock
+	Started  time.Time `json:"started"`
+	Health   string    `json:"health"`
+	Version  string    `json:"version"`
+	Queue    int       `json:"queue"`
+	Refusals uint64    `json:"refusals"`
+	// DeviceRefusals is the status's refused: devices' commands and
+	// messages the listeners refused since start.
+	DeviceRefusals uint64    `json:"device_refusals"`
+	Delivered      time.Time `json:"delivered,omitzero"`
 }
 
 // Relay returns the state of the relay called name.

@@ -10,6 +10,7 @@ package metrics
 import (
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -96,6 +97,7 @@ type Metrics struct {
 	accept        prometheus.Histogram
 	delivery      prometheus.Histogram
 	refused       *prometheus.CounterVec // listener, reason, device
+	refusedTotal  atomic.Uint64          // the sum of refused's series: Refused
 	deliveries    *prometheus.CounterVec // upstream, result
 	tlsSeen       *prometheus.CounterVec // listener, device, version, cipher
 	up            upstreamMetrics
@@ -271,6 +273,7 @@ func (m *Metrics) RefusedOn(listener string) func(reason, device string) {
 		byReason[r] = m.refused.WithLabelValues(listener, r, Unknown)
 	}
 	return func(reason, device string) {
+		m.refusedTotal.Add(1)
 		if _, ok := byReason[reason]; !ok {
 			reason = Other
 		}

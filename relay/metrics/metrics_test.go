@@ -87,6 +87,10 @@ func TestRefused(t *testing.T) {
 			t.Errorf("scrape lacks %q", want)
 		}
 	}
+	// The status's total is the sum of the series.
+	if got, want := m.Refused(), uint64(9); got != want {
+		t.Errorf("Refused() = %d, want %d", got, want)
+	}
 }
 
 func scrape(t *testing.T, m *Metrics) string {
