@@ -8,89 +8,20 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"slices"
 	"strings"
 	"syscall"
 	"testing"
-	"time"
-
-	"tailscale.com/client/local"
-	"tailscale.com/ipn"
 
 	"github.com/siterelay/siterelay/provisioning/api"
 	"github.com/siterelay/siterelay/provisioning/ctl"
 	"github.com/siterelay/siterelay/provisioning/provtest"
 	"github.com/siterelay/siterelay/relay/relaytest"
 )
-
-// tailscaled is Tailscale's real daemon on the test tailnet, in userspace
-// networking (no TUN device, no root).
-type tailscaled struct {
-	sock string
-	logs *relaytest.Buffer
-	lc   *local.Client
-}
-
-// startTailscaled builds tailscaled from the pinned module, starts it with
-// args besides the usual ones, and brings it up on tn as hostname.
-func startTailscaled(t *testing.T, tn *provtest.Tailnet, hostname string, args ...string) *tailscaled {
-	t.Helper()
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "tailscaled")
-	build := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "tailscale.com/cmd/tailscaled")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building tailscaled: %v\n%s", err, out)
-	}
-	// Anything tailscaled sends through a proxy is beyond loopback: fail.
-	trap := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		t.Errorf("tailscaled reached for %s %s beyond the test tailnet", r.Method, r.URL)
-		http.Error(w, "not here", http.StatusForbidden)
-	}))
-	t.Cleanup(trap.Close)
-	ts := &tailscaled{sock: filepath.Join(dir, "tailscaled.sock"), logs: &relaytest.Buffer{}}
-	daemon := exec.Command(bin, append([]string{"--tun=userspace-networking", "--socket=" + ts.sock, "--statedir=" + filepath.Join(dir, "state"),
-		"--port=0", "--no-logs-no-support"}, args...)...)
-	daemon.Env = append(os.Environ(),
-		"TS_DISABLE_PORTMAPPER=1", "TS_DEBUG_NEVER_DIRECT_UDP=1", // loopback only, as provtest's nodes
-		"TS_PANIC_IF_HIT_MAIN_CONTROL=1", "TS_ASSUME_NETWORK_UP_FOR_TEST=1",
-		"TS_NETCHECK_GENERATE_204_URL="+tn.URL+"/generate_204",
-		"HTTP_PROXY="+trap.URL, "HTTPS_PROXY="+trap.URL)
-	daemon.Stdout, daemon.Stderr = ts.logs, ts.logs
-	daemon.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := daemon.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		daemon.Process.Signal(syscall.SIGTERM)
-		daemon.Wait()
-		if t.Failed() {
-			t.Logf("tailscaled's log:\n%s", ts.logs.String())
-		}
-	})
-	ts.lc = &local.Client{Socket: ts.sock}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	relaytest.Eventually(t, "tailscaled's local API", func() bool { _, err := ts.lc.Status(ctx); return err == nil })
-	prefs := ipn.NewPrefs()
-	prefs.ControlURL, prefs.WantRunning, prefs.Hostname, prefs.CorpDNS = tn.URL, true, hostname, false
-	if err := ts.lc.Start(ctx, ipn.Options{AuthKey: "tskey-auth-" + hostname, UpdatePrefs: prefs}); err != nil {
-		t.Fatalf("starting tailscaled: %v", err)
-	}
-	relaytest.Eventually(t, "tailscaled running on the test tailnet", func() bool {
-		st, err := ts.lc.Status(ctx)
-		if err == nil && st.BackendState == ipn.NeedsLogin.String() {
-			ts.lc.StartLoginInteractive(ctx)
-		}
-		return err == nil && st.BackendState == ipn.Running.String()
-	})
-	return ts
-}
 
 // logged waits for re's first group in tailscaled's log.
 func (ts *tailscaled) logged(t *testing.T, what string, re *regexp.Regexp) string {
