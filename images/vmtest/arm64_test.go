@@ -44,25 +44,10 @@ func TestVMArm64(t *testing.T) {
 	if os.Getenv("SITERELAY_ARM64VMTEST") != "1" {
 		t.Skip("boots an arm64 VM: run with make arm64-vm-test (SITERELAY_ARM64VMTEST=1)")
 	}
-	for _, tool := range []string{"qemu-system-aarch64", "swaks", "mkfs.ext4", "mdir", "sfdisk", "unsquashfs", "dumpe2fs"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s missing: make deps installs .ci/apt-packages", tool)
-		}
-	}
 	if _, err := os.Stat(efiFirmware); err != nil {
 		t.Fatalf("%v: make deps installs qemu-efi-aarch64 (.ci/apt-packages)", err)
 	}
-	dir, err := os.MkdirTemp("", "siterelay-arm64vmtest-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() || os.Getenv("SITERELAY_VMTEST_KEEP") == "1" {
-			t.Logf("kept for inspection: %s (serial logs: %s/*.serial.log)", dir, dir)
-			return
-		}
-		os.RemoveAll(dir)
-	})
+	dir := workDir(t, "siterelay-arm64vmtest-", "qemu-system-aarch64", "swaks", "mkfs.ext4", "mdir", "sfdisk", "unsquashfs", "dumpe2fs")
 
 	up := &upstream{ch: make(chan struct{}, 1)}
 	up.start(t, "127.0.0.1:0")

@@ -62,22 +62,7 @@ func TestVMFirstBoot(t *testing.T) {
 		innerFirstBoot(t)
 		return
 	}
-	for _, tool := range []string{"qemu-system-x86_64", "swaks", "mkfs.ext4", "unshare", "ip"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s missing: make deps installs .ci/apt-packages", tool)
-		}
-	}
-	dir, err := os.MkdirTemp("", "siterelay-vmfirstboot-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() || os.Getenv("SITERELAY_VMTEST_KEEP") == "1" {
-			t.Logf("kept for inspection: %s", dir)
-			return
-		}
-		os.RemoveAll(dir)
-	})
+	dir := workDir(t, "siterelay-vmfirstboot-", "qemu-system-x86_64", "swaks", "mkfs.ext4", "unshare", "ip")
 	// Ports inside the namespace, which is empty: any number is free there.
 	ctlPort, entraPort, smtpPort := freePort(t), freePort(t), freePort(t)
 	site := filepath.Join(dir, "site.json")

@@ -88,3 +88,27 @@ func joinedNode(control *testcontrol.Server, host string) *tailcfg.Node {
 	}
 	return nil
 }
+
+// workDir checks that the tools a VM test runs are installed, then makes
+// its working directory, kept when the test fails (or with
+// SITERELAY_VMTEST_KEEP=1) for the serial logs and images in it.
+func workDir(t *testing.T, prefix string, tools ...string) string {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s missing: make deps installs .ci/apt-packages", tool)
+		}
+	}
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() || os.Getenv("SITERELAY_VMTEST_KEEP") == "1" {
+			t.Logf("kept for inspection: %s (serial logs: %s/*.serial.log)", dir, dir)
+			return
+		}
+		os.RemoveAll(dir)
+	})
+	return dir
+}

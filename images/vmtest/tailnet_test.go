@@ -168,22 +168,7 @@ func TestVMTailnet(t *testing.T) {
 		innerTailnet(t)
 		return
 	}
-	for _, tool := range []string{"qemu-system-x86_64", "swaks", "mkfs.ext4", "unshare", "ip"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s missing: make deps installs .ci/apt-packages", tool)
-		}
-	}
-	dir, err := os.MkdirTemp("", "siterelay-vmtailnet-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() || os.Getenv("SITERELAY_VMTEST_KEEP") == "1" {
-			t.Logf("kept for inspection: %s", dir)
-			return
-		}
-		os.RemoveAll(dir)
-	})
+	dir := workDir(t, "siterelay-vmtailnet-", "qemu-system-x86_64", "swaks", "mkfs.ext4", "unshare", "ip")
 	// Ports inside the namespace, which is empty: any number is free there.
 	ctlPort, upPort := freePort(t), freePort(t)
 	network := `{"ipv4": {"address": "10.0.2.15/24", "gateway": "10.0.2.2"}, "dns": ["10.0.2.3"]}`

@@ -361,22 +361,7 @@ func TestVM(t *testing.T) {
 	if os.Getenv("SITERELAY_VMTEST") != "1" {
 		t.Skip("boots a VM: run with make vm-test (SITERELAY_VMTEST=1)")
 	}
-	for _, tool := range []string{"qemu-system-x86_64", "swaks", "mkfs.ext4", "mdir", "sfdisk", "unsquashfs", "dumpe2fs"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s missing: make deps installs .ci/apt-packages", tool)
-		}
-	}
-	dir, err := os.MkdirTemp("", "siterelay-vmtest-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() || os.Getenv("SITERELAY_VMTEST_KEEP") == "1" {
-			t.Logf("kept for inspection: %s (serial logs: %s/*.serial.log)", dir, dir)
-			return
-		}
-		os.RemoveAll(dir)
-	})
+	dir := workDir(t, "siterelay-vmtest-", "qemu-system-x86_64", "swaks", "mkfs.ext4", "mdir", "sfdisk", "unsquashfs", "dumpe2fs")
 
 	up := &upstream{ch: make(chan struct{}, 1)}
 	up.start(t, "127.0.0.1:0")
