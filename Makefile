@@ -61,11 +61,12 @@ fuzz:
 integration:
 	$(GO) test -tags integration -count=1 -timeout 30m ./...
 
-## bench: load through relayd and through a private Postfix 3.7 relay to smtp-sink; prints both and the ratio
-## (Postfix part needs root; see docs/bench.md). Override e.g. BENCH_ARGS="-n 20000 -c 20 -size 65536";
-## each relay's state on its own ext4 on a loop device: BENCH_ARGS="-state-dev"; with an SD card's
-## flush latency (device-mapper delay, the kernel needs dm-delay): BENCH_ARGS="-flush-delay 20ms".
-BENCH_ARGS ?= -n 5000 -c 10 -size 4096
+## bench: relayd and a private Postfix 3.7 relay side by side into smtp-sink, one table for the box's
+## conditions (plain 4 KiB × 10, plain 64 KiB × 50 × 5 recipients, SD card + TLS, TLS 1.2) with the
+## limit, each relay's share and the targets met or not (about 6 minutes; Postfix and the own devices
+## need root; see docs/bench.md). One condition alone: e.g. BENCH_ARGS="-n 5000 -c 10 -size 4096 -state-dev";
+## the matrix three times, medians: BENCH_ARGS="-matrix -rounds 3".
+BENCH_ARGS ?= -matrix
 bench: deps
 	$(GO) run ./cmd/relaybench $(BENCH_ARGS)
 

@@ -20,6 +20,7 @@ type loadOptions struct {
 	N        int    // messages
 	C        int    // concurrent sessions
 	Size     int    // bytes of each message, headers included
+	Rcpt     int    // recipients per message (RCPT TO commands in one transaction); 0 means 1
 	PerConn  int    // messages per connection; 0 means one connection per session for the whole run
 	Deadline time.Time
 	// ClientTLS, when "1.2" or "1.3", makes every session STARTTLS with
@@ -52,7 +53,7 @@ func runLoad(ctx context.Context, o loadOptions) (loadResult, error) {
 	var wg sync.WaitGroup
 	for w := range o.C {
 		wg.Go(func() {
-			s := &sender{o: o, worker: w, msg: newMessage(o.Size, w)}
+			s := &sender{o: o, worker: w, msg: newMessage(o.Size, w), rcpts: rcptCommands(o.Rcpt)}
 			lat, last, err := s.run(ctx, &next)
 			mu.Lock()
 			defer mu.Unlock()
@@ -80,6 +81,7 @@ type sender struct {
 	o      loadOptions
 	worker int
 	msg    *message
+	rcpts  []string   // the RCPT TO commands of every transaction
 	mu     sync.Mutex // guards conn against the cancelling goroutine
 	conn   net.Conn
 	r      *bufio.Reader
@@ -157,9 +159,11 @@ func (s *sender) send(i int64) (time.Duration, error) {
 	if err := s.flushExpect(250, "MAIL"); err != nil {
 		return 0, err
 	}
-	s.w.WriteString("RCPT TO:<sink@example.net>\r\n")
-	if err := s.flushExpect(250, "RCPT"); err != nil {
-		return 0, err
+	for _, rcpt := range s.rcpts {
+		s.w.WriteString(rcpt)
+		if err := s.flushExpect(250, "RCPT"); err != nil {
+			return 0, err
+		}
 	}
 	s.w.WriteString("DATA\r\n")
 	if err := s.flushExpect(354, "DATA"); err != nil {
@@ -173,6 +177,19 @@ func (s *sender) send(i int64) (time.Duration, error) {
 		return 0, err
 	}
 	return time.Since(t0), nil
+}
+
+// rcptCommands are the RCPT TO commands of one transaction with k
+// recipients, all at the sink's domain (smtp-sink takes any address, and
+// both relays pass a transaction's recipients on in one transaction of
+// their own, so the sink still counts one message per message sent):
+// sink@example.net, then sink2@example.net up to sinkK@.
+func rcptCommands(k int) []string {
+	cmds := []string{"RCPT TO:<sink@example.net>\r\n"}
+	for i := 2; i <= k; i++ {
+		cmds = append(cmds, fmt.Sprintf("RCPT TO:<sink%d@example.net>\r\n", i))
+	}
+	return cmds
 }
 
 func (s *sender) flushExpect(code int, what string) error {

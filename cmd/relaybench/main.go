@@ -17,7 +17,6 @@ import (
 	"flag"
 	"fmt"
 	"golang.org/x/sys/unix"
-	"math"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -25,30 +24,25 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 )
 
 type options struct {
-	N, C, Size   int
-	Rounds       int
-	PerConn      int
-	UpConc       int
-	Targets      []string
-	Timeout      time.Duration
-	Dir          string
-	Keep         bool
-	RelaydBin    string
-	SinkBin      string
-	SampleEvery  time.Duration
-	AllowTmpfs   bool
-	TargetRatio  float64
-	TargetRSSMiB float64
-	StateDev     bool
-	StateDevMiB  int64
-	FlushDelay   time.Duration
-	Cond         condition
+	Rounds      int
+	PerConn     int
+	UpConc      int
+	Timeout     time.Duration
+	Dir         string
+	Keep        bool
+	RelaydBin   string
+	SinkBin     string
+	SampleEvery time.Duration
+	AllowTmpfs  bool
+	StateDevMiB int64
+	Matrix      bool
+	Cells       []cell   // what to measure: the flags' one cell, or the matrix
+	Notes       []string // what the matrix had to leave out on this machine
 }
 
 // condition is what both relays run under in one run, beside the state
@@ -86,40 +80,11 @@ func main() {
 	if len(os.Args) > 2 && os.Args[1] == pinnedExecArg {
 		execPinned(os.Args[2:]) // a relay's start under the tracer (syncdelay.go)
 	}
-	var o options
-	var targets string
-	flag.IntVar(&o.N, "n", 5000, "messages to send through each relay")
-	flag.IntVar(&o.C, "c", 10, "concurrent SMTP sessions")
-	flag.IntVar(&o.Size, "size", 4096, "bytes per message, headers included")
-	flag.IntVar(&o.Rounds, "rounds", 1, "measure each relay this many times, alternating; the verdict uses the medians")
-	flag.IntVar(&o.PerConn, "per-conn", 0, "messages per connection before reconnecting (0: keep each session's connection for the whole run)")
-	flag.IntVar(&o.UpConc, "upstream-concurrency", 10, "relayd's upstream.smtp.concurrency")
-	flag.StringVar(&targets, "targets", "relayd,postfix", "comma-separated relays to measure: relayd, postfix, and direct (load straight into the sink: the harness's ceiling)")
-	flag.DurationVar(&o.Timeout, "timeout", 10*time.Minute, "limit for the whole run; exceeding it fails")
-	flag.StringVar(&o.Dir, "dir", os.TempDir(), "where the temporary spool and queue go (must be a real disk: fsync is what is measured)")
-	flag.BoolVar(&o.Keep, "keep", false, "keep the temporary directory (logs, spool) and print its path")
-	flag.StringVar(&o.RelaydBin, "relayd", "", "a relayd binary to use instead of building ./cmd/relayd")
-	flag.StringVar(&o.SinkBin, "sink", "", "smtp-sink binary (default: from PATH or /usr/sbin)")
-	flag.DurationVar(&o.SampleEvery, "sample", 500*time.Millisecond, "memory sampling interval")
-	flag.BoolVar(&o.AllowTmpfs, "allow-tmpfs", false, "allow -dir on tmpfs (fsync is then free: figures mean nothing for durability)")
-	flag.Float64Var(&o.TargetRatio, "target-ratio", 4, "issue 2's target: relayd/postfix end-to-end at least this")
-	flag.Float64Var(&o.TargetRSSMiB, "target-rss", 40, "issue 2's target: relayd peak RSS under this many MiB")
-	flag.BoolVar(&o.StateDev, "state-dev", false, "put each relay's state (spool, queue) on its own ext4 file system on a loop device, made and removed by the run (root)")
-	flag.Int64Var(&o.StateDevMiB, "state-dev-mib", 1024, "size of each -state-dev file system (a sparse file in -dir)")
-	flag.DurationVar(&o.FlushDelay, "flush-delay", 0, "with -state-dev: a device-mapper delay target between the loop device and ext4, delaying writes and flushes by this (an SD card: 20ms); needs dmsetup and a kernel with dm-delay")
-	flag.DurationVar(&o.Cond.FsyncDelay, "fsync-delay", 0, "run each relay under strace with every fsync, fdatasync and syncfs delayed by this (an SD card: 20ms), in all its processes; needs strace, no kernel module")
-	flag.StringVar(&o.Cond.ClientTLS, "client-tls", "", "STARTTLS from the load generator's devices with this TLS version: 1.2 or 1.3 (both relays get the run's own certificate)")
-	flag.BoolVar(&o.Cond.UpstreamTLS, "upstream-tls", false, "TLS to the upstream: the sink behind a STARTTLS front (in the harness), which both relays must use and verify")
-	flag.StringVar(&o.Cond.UpstreamKind, "upstream-kind", "smtp", "relayd's upstream kind: smtp, or m365-connector (the Microsoft 365 MX kind, paced with its state file; implies -upstream-tls)")
-	flag.Parse()
-	o.Targets = strings.Split(targets, ",")
-	if o.Cond.UpstreamKind == "m365-connector" {
-		o.Cond.UpstreamTLS = true // the MX kinds require STARTTLS
+	o, err := parseFlags(flag.CommandLine, os.Args[1:], probeHost)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "relaybench: %v\n", err)
+		os.Exit(2)
 	}
-	if o.FlushDelay > 0 {
-		o.StateDev = true
-	}
-
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, o); err != nil {
@@ -128,32 +93,87 @@ func main() {
 	}
 }
 
+// matrixTimeout is -timeout's default with -matrix: the matrix takes about
+// six minutes on a quiet machine, and a shared one is slower.
+const matrixTimeout = 30 * time.Minute
+
+// parseFlags reads the command line into options: one cell from the
+// flags, or with -matrix the matrix for what probe finds on the machine.
+func parseFlags(fs *flag.FlagSet, args []string, probe func() host) (options, error) {
+	var o options
+	var one cell
+	var targets string
+	fs.IntVar(&one.N, "n", 5000, "messages to send through each relay")
+	fs.IntVar(&one.C, "c", 10, "concurrent SMTP sessions")
+	fs.IntVar(&one.Size, "size", 4096, "bytes per message, headers included")
+	fs.IntVar(&one.Rcpt, "rcpt", 1, "recipients per message (RCPT TO in one transaction), all at the sink's domain")
+	fs.BoolVar(&o.Matrix, "matrix", false, "measure the matrix of conditions (what `make bench` runs): plain 4 KiB × 10, plain 64 KiB × 50 × 5 recipients, SD card + TLS, TLS 1.2; with relayd, Postfix and the harness's ceiling; the cells' own -n, -c, -size, -rcpt and condition flags cannot be given")
+	fs.IntVar(&o.Rounds, "rounds", 1, "measure each relay this many times, alternating; the table shows the medians")
+	fs.IntVar(&o.PerConn, "per-conn", 0, "messages per connection before reconnecting (0: keep each session's connection for the whole run)")
+	fs.IntVar(&o.UpConc, "upstream-concurrency", 10, "relayd's upstream.smtp.concurrency")
+	fs.StringVar(&targets, "targets", "relayd,postfix", "comma-separated relays to measure: relayd, postfix, and direct (load straight into the sink: the harness's ceiling; -matrix adds it where it is the limit)")
+	fs.DurationVar(&o.Timeout, "timeout", 10*time.Minute, "limit for the whole run; exceeding it fails (with -matrix: 30m unless given)")
+	fs.StringVar(&o.Dir, "dir", os.TempDir(), "where the temporary spool and queue go (must be a real disk: fsync is what is measured)")
+	fs.BoolVar(&o.Keep, "keep", false, "keep the temporary directory (logs, spool) and print its path")
+	fs.StringVar(&o.RelaydBin, "relayd", "", "a relayd binary to use instead of building ./cmd/relayd")
+	fs.StringVar(&o.SinkBin, "sink", "", "smtp-sink binary (default: from PATH or /usr/sbin)")
+	fs.DurationVar(&o.SampleEvery, "sample", 500*time.Millisecond, "memory sampling interval")
+	fs.BoolVar(&o.AllowTmpfs, "allow-tmpfs", false, "allow -dir on tmpfs (fsync is then free: figures mean nothing for durability)")
+	fs.BoolVar(&one.StateDev, "state-dev", false, "put each relay's state (spool, queue) on its own ext4 file system on a loop device, made and removed by the run (root)")
+	fs.Int64Var(&o.StateDevMiB, "state-dev-mib", 1024, "size of each -state-dev file system (a sparse file in -dir)")
+	fs.DurationVar(&one.FlushDelay, "flush-delay", 0, "with -state-dev: a device-mapper delay target between the loop device and ext4, delaying writes and flushes by this (an SD card: 20ms); needs dmsetup and a kernel with dm-delay")
+	fs.DurationVar(&one.Cond.FsyncDelay, "fsync-delay", 0, "run each relay under strace with every fsync, fdatasync and syncfs delayed by this (an SD card: 20ms), in all its processes; needs strace, no kernel module")
+	fs.StringVar(&one.Cond.ClientTLS, "client-tls", "", "STARTTLS from the load generator's devices with this TLS version: 1.2 or 1.3 (both relays get the run's own certificate)")
+	fs.BoolVar(&one.Cond.UpstreamTLS, "upstream-tls", false, "TLS to the upstream: the sink behind a STARTTLS front (in the harness), which both relays must use and verify")
+	fs.StringVar(&one.Cond.UpstreamKind, "upstream-kind", "smtp", "relayd's upstream kind: smtp, or m365-connector (the Microsoft 365 MX kind, paced with its state file; implies -upstream-tls)")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	one.Targets = strings.Split(targets, ",")
+	if o.Rounds < 1 {
+		return o, fmt.Errorf("want -rounds >= 1 (got %d)", o.Rounds)
+	}
+	if o.Matrix {
+		if err := checkMatrixFlags(set); err != nil {
+			return o, err
+		}
+		if !set["timeout"] {
+			o.Timeout = matrixTimeout
+		}
+		o.Cells, o.Notes = matrixCells(probe(), one.Targets)
+	} else {
+		if one.Cond.UpstreamKind == "m365-connector" {
+			one.Cond.UpstreamTLS = true // the MX kinds require STARTTLS
+		}
+		if one.FlushDelay > 0 {
+			one.StateDev = true
+		}
+		o.Cells = []cell{one}
+	}
+	for _, c := range o.Cells {
+		if err := checkCell(c); err != nil {
+			return o, err
+		}
+	}
+	return o, nil
+}
+
 func run(ctx context.Context, o options) error {
-	if o.N < 1 || o.C < 1 || o.C > o.N || o.Size < 512 || o.Rounds < 1 {
-		return fmt.Errorf("want -n >= 1, 1 <= -c <= -n, -size >= 512, -rounds >= 1 (got -n %d -c %d -size %d -rounds %d)", o.N, o.C, o.Size, o.Rounds)
-	}
-	if o.StateDev {
-		if why := stateDevMissing(o.FlushDelay); why != "" {
-			return fmt.Errorf("-state-dev: %s", why)
+	for _, c := range o.Cells {
+		if c.StateDev {
+			if why := stateDevMissing(c.FlushDelay); why != "" {
+				return fmt.Errorf("-state-dev: %s", why)
+			}
 		}
-	}
-	if o.Cond.FsyncDelay > 0 {
-		if o.FlushDelay > 0 {
-			return errors.New("-fsync-delay and -flush-delay are two ways to the same condition: give one")
-		}
-		if why := syncDelayMissing(); why != "" {
-			return fmt.Errorf("-fsync-delay: %s", why)
-		}
-	}
-	if _, ok := tlsVersions[o.Cond.ClientTLS]; o.Cond.ClientTLS != "" && !ok {
-		return fmt.Errorf("-client-tls %q: want 1.2 or 1.3", o.Cond.ClientTLS)
-	}
-	if k := o.Cond.UpstreamKind; k != "smtp" && k != "m365-connector" {
-		return fmt.Errorf("-upstream-kind %q: want smtp or m365-connector", k)
-	}
-	for _, t := range o.Targets {
-		if t != "relayd" && t != "postfix" && t != "direct" {
-			return fmt.Errorf("-targets: unknown relay %q (want relayd, postfix, direct)", t)
+		if c.Cond.FsyncDelay > 0 {
+			if why := syncDelayMissing(); why != "" {
+				return fmt.Errorf("-fsync-delay: %s", why)
+			}
 		}
 	}
 	sinkBin, err := findBin(o.SinkBin, "smtp-sink")
@@ -179,98 +199,113 @@ func run(ctx context.Context, o options) error {
 	if err := checkDisk(tmp, o.AllowTmpfs); err != nil {
 		return err
 	}
-	if o.Cond.ClientTLS != "" || o.Cond.UpstreamTLS {
-		if o.Cond.PKI, err = makePKI(tmp); err != nil {
-			return fmt.Errorf("the run's certificates: %w", err)
+	var certs *pki
+	for i, c := range o.Cells {
+		if c.Cond.ClientTLS != "" || c.Cond.UpstreamTLS {
+			if certs == nil {
+				if certs, err = makePKI(tmp); err != nil {
+					return fmt.Errorf("the run's certificates: %w", err)
+				}
+			}
+			o.Cells[i].Cond.PKI = certs
 		}
 	}
 
-	fmt.Printf("relaybench: %d messages of %d bytes over %d sessions, per relay; %s, %d CPUs, %s\n",
-		o.N, o.Size, o.C, runtime.GOOS+"/"+runtime.GOARCH, runtime.NumCPU(), tmp)
-	if o.StateDev {
-		fmt.Printf("state: each relay on its own ext4 on a loop device (%d MiB)", o.StateDevMiB)
-		if o.FlushDelay > 0 {
-			fmt.Printf(" behind a dm-delay target: writes and flushes %v", o.FlushDelay)
-		}
-		fmt.Println()
+	fmt.Printf("relaybench: %d condition(s), %d round(s); %s, %d CPUs, %s\n",
+		len(o.Cells), o.Rounds, runtime.GOOS+"/"+runtime.GOARCH, runtime.NumCPU(), tmp)
+	for _, c := range o.Cells {
+		fmt.Printf("  %s: %s; %d messages per relay and round\n", strings.TrimSpace(c.Name+" "+c.load()), c.condString(), c.N)
 	}
-	fmt.Printf("condition: %s\n", o.Cond)
+	for _, n := range o.Notes {
+		fmt.Println("note: " + n)
+	}
 	var results []result
 	var failed []string
-	starters := map[string]func(dir, sinkAddr string) (target, error){}
-	for _, name := range o.Targets {
-		switch name {
-		case "direct":
-			starters[name] = func(string, string) (target, error) { return nil, nil } // measure uses the sink itself
-		case "relayd":
-			bin := o.RelaydBin
-			if bin == "" {
-				bin = filepath.Join(tmp, "relayd")
-				fmt.Println("building ./cmd/relayd")
-				if err := buildRelayd(ctx, moduleDir(), bin); err != nil {
-					results = append(results, result{Name: name, Err: err})
-					failed = append(failed, name)
-					fmt.Printf("relayd: FAILED: %v\n", err)
-					continue
-				}
-			}
-			starters[name] = func(dir, sinkAddr string) (target, error) {
-				return startRelayd(ctx, bin, dir, sinkAddr, o.UpConc, o.Cond)
-			}
-		case "postfix":
-			if why := postfixMissing(); why != "" {
-				fmt.Printf("postfix: skipped: %s\n", why)
-				results = append(results, result{Name: name, Skipped: why})
-				continue
-			}
-			starters[name] = func(dir, sinkAddr string) (target, error) { return startPostfix(ctx, dir, sinkAddr, o.Cond) }
+	// Each relay is started the same way in every cell; the relayd binary
+	// is built once, and a relay that cannot run here is skipped in all.
+	unusable := map[string]result{}
+	relaydBin := o.RelaydBin
+	needs := func(name string) bool {
+		return slices.ContainsFunc(o.Cells, func(c cell) bool { return slices.Contains(c.Targets, name) })
+	}
+	if needs("relayd") && relaydBin == "" {
+		relaydBin = filepath.Join(tmp, "relayd")
+		fmt.Println("building ./cmd/relayd")
+		if err := buildRelayd(ctx, moduleDir(), relaydBin); err != nil {
+			fmt.Printf("relayd: FAILED: %v\n", err)
+			unusable["relayd"] = result{Err: err}
 		}
 	}
-	// Rounds alternate the relays so that a burst of other load on a shared
-	// machine hits both; the verdict uses each relay's median.
-rounds:
-	for round := 1; round <= o.Rounds; round++ {
-		for _, name := range o.Targets {
-			startFn, ok := starters[name]
-			if !ok {
-				continue
+	if needs("postfix") {
+		if why := postfixMissing(); why != "" {
+			fmt.Printf("postfix: skipped: %s\n", why)
+			unusable["postfix"] = result{Skipped: why}
+		}
+	}
+	starter := func(c cell, name string) func(dir, sinkAddr string) (target, error) {
+		switch name {
+		case "relayd":
+			return func(dir, sinkAddr string) (target, error) {
+				return startRelayd(ctx, relaydBin, dir, sinkAddr, o.UpConc, c.Cond)
 			}
-			dir := filepath.Join(tmp, fmt.Sprintf("%s-%d", name, round))
-			if err := os.Mkdir(dir, 0o755); err != nil {
-				return err
-			}
-			fmt.Printf("%s: round %d of %d\n", name, round, o.Rounds)
-			var dev *stateDev
-			if o.StateDev && name != "direct" {
-				var err error
-				dev, err = setupStateDev(ctx, fmt.Sprintf("relaybench-%d-%s-%d", os.Getpid(), name, round), dir, o.StateDevMiB, o.FlushDelay)
-				if err != nil {
-					return fmt.Errorf("%s: the state device: %w", name, err)
+		case "postfix":
+			return func(dir, sinkAddr string) (target, error) { return startPostfix(ctx, dir, sinkAddr, c.Cond) }
+		}
+		return func(string, string) (target, error) { return nil, nil } // "direct": measure uses the sink itself
+	}
+cells:
+	for ci, c := range o.Cells {
+		fmt.Printf("%s, %s\n", strings.TrimSpace(c.Name+" "+c.load()), c.condString())
+		for _, name := range c.Targets {
+			if u, ok := unusable[name]; ok {
+				u.Name, u.Cell, u.Round = name, ci, 1
+				results = append(results, u)
+				if u.Err != nil {
+					failed = append(failed, name)
 				}
 			}
-			r := measure(ctx, o, name, sinkBin, dir, func(sinkAddr string) (target, error) { return startFn(dir, sinkAddr) })
-			if dev != nil {
-				if err := dev.Close(); err != nil {
-					fmt.Printf("%s: removing the state device: %v\n", name, err)
+		}
+		// Rounds alternate the relays so that a burst of other load on a
+		// shared machine hits both; the table shows each relay's median.
+		for round := 1; round <= o.Rounds; round++ {
+			for _, name := range c.Targets {
+				if _, ok := unusable[name]; ok {
+					continue
 				}
-			}
-			r.Round = round
-			if r.Err != nil {
-				failed = append(failed, name)
-				fmt.Printf("%s: FAILED: %v\n", name, r.Err)
-			}
-			results = append(results, r)
-			if ctx.Err() != nil {
-				break rounds
+				dir := filepath.Join(tmp, fmt.Sprintf("%d-%s-%d", ci, name, round))
+				if err := os.Mkdir(dir, 0o755); err != nil {
+					return err
+				}
+				fmt.Printf("  %s: round %d of %d\n", name, round, o.Rounds)
+				var dev *stateDev
+				if c.StateDev && name != "direct" {
+					var err error
+					dev, err = setupStateDev(ctx, fmt.Sprintf("relaybench-%d-%d-%s-%d", os.Getpid(), ci, name, round), dir, o.StateDevMiB, c.FlushDelay)
+					if err != nil {
+						return fmt.Errorf("%s: the state device: %w", name, err)
+					}
+				}
+				start := starter(c, name)
+				r := measure(ctx, o, c, name, sinkBin, dir, func(sinkAddr string) (target, error) { return start(dir, sinkAddr) })
+				if dev != nil {
+					if err := dev.Close(); err != nil {
+						fmt.Printf("%s: removing the state device: %v\n", name, err)
+					}
+				}
+				r.Cell, r.Round = ci, round
+				if r.Err != nil {
+					failed = append(failed, fmt.Sprintf("%s (%s %s)", name, c.Name, c.load()))
+					fmt.Printf("  %s: FAILED: %v\n", name, r.Err)
+				}
+				results = append(results, r)
+				if ctx.Err() != nil {
+					break cells
+				}
 			}
 		}
 	}
 	fmt.Println()
-	printTable(os.Stdout, results)
-	delay := max(o.FlushDelay, o.Cond.FsyncDelay) // at most one of them is set
-	printLimit(os.Stdout, results, o.C, delay)
-	printSyncs(os.Stdout, results, o.Cond.FsyncDelay)
-	printVerdict(os.Stdout, results, o.TargetRatio, o.TargetRSSMiB)
+	report(os.Stdout, o.Cells, results, o.Rounds)
 	if ctx.Err() != nil {
 		return fmt.Errorf("stopped: %w", context.Cause(ctx))
 	}
@@ -283,6 +318,7 @@ rounds:
 // result is one relay's figures.
 type result struct {
 	Name    string
+	Cell    int // index in options.Cells
 	Round   int
 	Cond    string // the condition (condition.String, and the state device)
 	Skipped string
@@ -316,13 +352,8 @@ type result struct {
 // processes' counters before and after.
 // devDir is on the device whose counters are read (-dir, or the relay's
 // own -state-dev).
-func measure(ctx context.Context, o options, name, sinkBin, devDir string, start func(string) (target, error)) (r result) {
-	r = result{Name: name, N: o.N, Cond: o.Cond.String()}
-	if o.FlushDelay > 0 {
-		r.Cond += fmt.Sprintf(", own device +%v", o.FlushDelay)
-	} else if o.StateDev {
-		r.Cond += ", own device"
-	}
+func measure(ctx context.Context, o options, c cell, name, sinkBin, devDir string, start func(string) (target, error)) (r result) {
+	r = result{Name: name, N: c.N, Cond: c.condString()}
 	sk, err := startSink(ctx, sinkBin)
 	for try := 1; err != nil && try < 3 && ctx.Err() == nil; try++ {
 		sk, err = startSink(ctx, sinkBin) // the free port may have been taken meanwhile
@@ -334,8 +365,8 @@ func measure(ctx context.Context, o options, name, sinkBin, devDir string, start
 	defer sk.Stop()
 	upAddr := sk.addr
 	var front *tlsFront
-	if o.Cond.UpstreamTLS || (name == "direct" && o.Cond.ClientTLS != "") {
-		if front, err = startTLSFront(sk.addr, o.Cond.PKI); err != nil {
+	if c.Cond.UpstreamTLS || (name == "direct" && c.Cond.ClientTLS != "") {
+		if front, err = startTLSFront(sk.addr, c.Cond.PKI); err != nil {
 			r.Err = fmt.Errorf("the sink's TLS front: %w", err)
 			return r
 		}
@@ -350,7 +381,7 @@ func measure(ctx context.Context, o options, name, sinkBin, devDir string, start
 	loadAddr := ""
 	if t == nil {
 		t = sk // "direct": the load goes straight to the sink, the harness's own ceiling
-		if front != nil && o.Cond.ClientTLS != "" {
+		if front != nil && c.Cond.ClientTLS != "" {
 			loadAddr = front.Addr() // through the front: the ceiling with TLS
 		}
 	} else {
@@ -367,7 +398,7 @@ func measure(ctx context.Context, o options, name, sinkBin, devDir string, start
 	}
 	logBefore := t.LogBytes()
 	unix.Sync() // what others left in the page cache is not this run's
-	if !o.StateDev {
+	if !c.StateDev {
 		devDir = o.Dir
 	}
 	devBefore, err := deviceStat(devDir)
@@ -389,24 +420,24 @@ func measure(ctx context.Context, o options, name, sinkBin, devDir string, start
 	defer smp.stop()
 
 	deadline, _ := ctx.Deadline()
-	e2e := sk.When(o.N)
-	lo := loadOptions{Addr: loadAddr, N: o.N, C: o.C, Size: o.Size, PerConn: o.PerConn, Deadline: deadline, ClientTLS: o.Cond.ClientTLS}
-	if o.Cond.PKI != nil {
-		lo.RootCAs, lo.SessionCache = o.Cond.PKI.Pool, tls.NewLRUClientSessionCache(2*o.C)
+	e2e := sk.When(c.N)
+	lo := loadOptions{Addr: loadAddr, N: c.N, C: c.C, Size: c.Size, PerConn: o.PerConn, Rcpt: c.Rcpt, Deadline: deadline, ClientTLS: c.Cond.ClientTLS}
+	if c.Cond.PKI != nil {
+		lo.RootCAs, lo.SessionCache = c.Cond.PKI.Pool, tls.NewLRUClientSessionCache(2*c.C)
 	}
 	lr, err := runLoad(ctx, lo)
 	if err != nil {
-		r.Err = fmt.Errorf("load: %d of %d accepted: %w", lr.Accepted, o.N, err)
+		r.Err = fmt.Errorf("load: %d of %d accepted: %w", lr.Accepted, c.N, err)
 		return r
 	}
 	var end time.Time
 	select {
 	case end = <-e2e:
 	case <-sk.Done():
-		r.Err = fmt.Errorf("smtp-sink exited after %d of %d messages: %s %s", sk.Count(), o.N, sk.exitStatus(), sk.stderr.String())
+		r.Err = fmt.Errorf("smtp-sink exited after %d of %d messages: %s %s", sk.Count(), c.N, sk.exitStatus(), sk.stderr.String())
 		return r
 	case <-ctx.Done():
-		r.Err = fmt.Errorf("the sink got %d of %d messages before %v", sk.Count(), o.N, context.Cause(ctx))
+		r.Err = fmt.Errorf("the sink got %d of %d messages before %v", sk.Count(), c.N, context.Cause(ctx))
 		return r
 	}
 	if syncLog != "" {
@@ -429,13 +460,13 @@ func measure(ctx context.Context, o options, name, sinkBin, devDir string, start
 	}
 	peak := smp.stop()
 	selfAfter, _ := selfCPUTicks()
-	r.HarnessCPUmsPerMsg = float64(selfAfter-selfBefore) * 1000 / clockTicks / float64(o.N)
+	r.HarnessCPUmsPerMsg = float64(selfAfter-selfBefore) * 1000 / clockTicks / float64(c.N)
 
 	r.Elapsed, r.Accept = end.Sub(lr.Start), lr.LastAccept.Sub(lr.Start)
-	r.AcceptRate = float64(o.N) / r.Accept.Seconds()
-	r.E2ERate = float64(o.N) / r.Elapsed.Seconds()
+	r.AcceptRate = float64(c.N) / r.Accept.Seconds()
+	r.E2ERate = float64(c.N) / r.Elapsed.Seconds()
 	r.P50, r.P99, r.Max = percentile(lr.Latencies, 0.50), percentile(lr.Latencies, 0.99), slices.Max(lr.Latencies)
-	r.CPUmsPerMsg = float64(after.CPUTicks-before.CPUTicks) * 1000 / clockTicks / float64(o.N)
+	r.CPUmsPerMsg = float64(after.CPUTicks-before.CPUTicks) * 1000 / clockTicks / float64(c.N)
 	logBytes := t.LogBytes() - logBefore
 	// Count what reached the device, after writing back whatever the relay
 	// left in the page cache. Per-process write_bytes is no measure here:
@@ -447,11 +478,11 @@ func measure(ctx context.Context, o options, name, sinkBin, devDir string, start
 		r.Err = err
 		return r
 	}
-	r.DiskBytesPerMsg = (float64(devAfter.Sectors-devBefore.Sectors)*512 - float64(logBytes)) / float64(o.N)
-	r.DevWritesPerMsg = float64(devAfter.Writes-devBefore.Writes) / float64(o.N)
+	r.DiskBytesPerMsg = (float64(devAfter.Sectors-devBefore.Sectors)*512 - float64(logBytes)) / float64(c.N)
+	r.DevWritesPerMsg = float64(devAfter.Writes-devBefore.Writes) / float64(c.N)
 	r.DevFlushesPerMsg = -1
 	if devAfter.HasFlushes {
-		r.DevFlushesPerMsg = float64(devAfter.Flushes-devBefore.Flushes) / float64(o.N)
+		r.DevFlushesPerMsg = float64(devAfter.Flushes-devBefore.Flushes) / float64(c.N)
 	}
 	if peak.Procs == 1 {
 		r.PeakRSSMiB, r.RSSIsHWM = float64(after.HWMKiB)/1024, true
@@ -462,79 +493,12 @@ func measure(ctx context.Context, o options, name, sinkBin, devDir string, start
 	r.PeakAnonMiB = float64(peak.AnonKiB) / 1024
 	r.PeakProcs = peak.Procs
 	r.SinkCount = sk.Count()
+	if r.SinkCount > c.N {
+		// Each message is one transaction whatever its recipients; more at
+		// the sink means a relay split one, and its clock stopped early.
+		r.Err = fmt.Errorf("the sink got %d messages for %d sent: a message's recipients went in more than one transaction", r.SinkCount, c.N)
+	}
 	return r
-}
-
-// sampler records the largest memory sums seen in a process tree. Finding
-// the tree means reading every process's stat in /proc, which costs the
-// harness (and so the relay, on two cores) more than the memory reads, so
-// the tree is found again only every rescan-th sample.
-type sampler struct {
-	once sync.Once
-	quit chan struct{}
-	done chan struct{}
-	root int
-	pids []int
-	mu   sync.Mutex
-	peak usage
-}
-
-const rescan = 4
-
-func startSampler(root int, every time.Duration) *sampler {
-	s := &sampler{quit: make(chan struct{}), done: make(chan struct{}), root: root}
-	s.sample(true)
-	go func() {
-		defer close(s.done)
-		tk := time.NewTicker(every)
-		defer tk.Stop()
-		for i := 1; ; i++ {
-			select {
-			case <-s.quit:
-				return
-			case <-tk.C:
-				s.sample(i%rescan == 0)
-			}
-		}
-	}()
-	return s
-}
-
-func (s *sampler) sample(find bool) {
-	if find || s.pids == nil {
-		if pids, err := descendants(s.root); err == nil {
-			s.pids = pids
-		}
-	}
-	u := memUsage(s.pids)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.peak.RSSKiB = max(s.peak.RSSKiB, u.RSSKiB)
-	s.peak.PSSKiB = max(s.peak.PSSKiB, u.PSSKiB)
-	s.peak.AnonKiB = max(s.peak.AnonKiB, u.AnonKiB)
-	s.peak.Procs = max(s.peak.Procs, u.Procs)
-}
-
-// stop ends sampling after one last sample and returns the peaks.
-func (s *sampler) stop() usage {
-	s.once.Do(func() {
-		close(s.quit)
-		<-s.done
-		s.sample(true)
-	})
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.peak
-}
-
-// percentile is the nearest-rank percentile of d (which it sorts).
-func percentile(d []time.Duration, p float64) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	slices.Sort(d)
-	i := int(math.Ceil(p*float64(len(d)))) - 1
-	return d[min(max(i, 0), len(d)-1)]
 }
 
 // findBin looks name up in PATH and then in the sbin directories, which a

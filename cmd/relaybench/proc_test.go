@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"errors"
 	"os"
 	"strings"
 	"testing"
@@ -205,39 +204,6 @@ func TestPercentile(t *testing.T) {
 	}
 	if got := percentile(nil, 0.5); got != 0 {
 		t.Errorf("empty: %v", got)
-	}
-}
-
-func TestPrintTable(t *testing.T) {
-	rs := []result{
-		{Name: "relayd", Cond: "in TLS1.3, out TLS", AcceptRate: 3000, E2ERate: 2900, P50: 2 * time.Millisecond, P99: 9 * time.Millisecond,
-			CPUmsPerMsg: 0.41, PeakRSSMiB: 31.2, RSSIsHWM: true, PeakPSSMiB: 30.1, PeakAnonMiB: 12.3, DiskBytesPerMsg: 4700, PeakProcs: 1},
-		{Name: "postfix", AcceptRate: 700, E2ERate: 650, P50: 11 * time.Millisecond, P99: 40 * time.Millisecond,
-			CPUmsPerMsg: 2.5, PeakRSSMiB: 460, PeakPSSMiB: 65, DiskBytesPerMsg: 12000, PeakProcs: 50},
-		{Name: "direct", Err: errors.New("boom")},
-	}
-	var b bytes.Buffer
-	printTable(&b, rs)
-	printVerdict(&b, rs, 4, 40)
-	out := b.String()
-	for _, want := range []string{"in TLS1.3, out TLS", "peak anon MiB", "12.3", "2900", "650", "0.41", "31.2", "460.0*", "FAILED", "4.46x", "target >= 4x: met", "target < 40 MiB: met"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("output lacks %q:\n%s", want, out)
-		}
-	}
-	b.Reset()
-	more := append(rs, result{Name: "relayd", Round: 2, E2ERate: 1000, PeakRSSMiB: 45},
-		result{Name: "relayd", Round: 3, E2ERate: 3100, PeakRSSMiB: 20})
-	printVerdict(&b, more, 4, 40)
-	for _, want := range []string{"relayd 2900 msg/s (3 runs)", "4.46x", "45.0 MiB (target < 40 MiB: NOT met)"} {
-		if !strings.Contains(b.String(), want) {
-			t.Errorf("verdict over rounds lacks %q: %s", want, b.String())
-		}
-	}
-	b.Reset()
-	printVerdict(&b, rs[1:], 4, 40)
-	if !strings.Contains(b.String(), "n/a") {
-		t.Errorf("verdict without relayd: %s", b.String())
 	}
 }
 

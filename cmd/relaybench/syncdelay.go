@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"runtime"
@@ -219,33 +220,22 @@ type syncTracedTarget interface {
 }
 
 // printSyncs prints, for runs under the tracer, each relay's sync calls per
-// message during the run by kind.
-func printSyncs(w io.Writer, rs []result, delay time.Duration) {
+// message during the run by kind, for the cell called label.
+func printSyncs(w io.Writer, label string, rs []result, delay time.Duration) {
 	var parts []string
-	multi := slices.ContainsFunc(rs, func(r result) bool { return r.Round > 1 })
 	for _, r := range rs {
 		if r.Syncs == nil || r.N == 0 {
 			continue
 		}
-		name := r.Name
-		if multi {
-			name = fmt.Sprintf("%s #%d", r.Name, r.Round)
-		}
-		kinds := slices.Sorted(func(yield func(string) bool) {
-			for k := range r.Syncs {
-				if !yield(k) {
-					return
-				}
-			}
-		})
+		kinds := slices.Sorted(maps.Keys(r.Syncs))
 		var ks []string
 		for _, k := range kinds {
 			ks = append(ks, fmt.Sprintf("%s %.3f", k, float64(r.Syncs[k])/float64(r.N)))
 		}
-		parts = append(parts, name+" "+strings.Join(ks, ", "))
+		parts = append(parts, r.Name+" "+strings.Join(ks, ", "))
 	}
 	if len(parts) == 0 {
 		return
 	}
-	fmt.Fprintf(w, "sync calls per message (strace; fsync, fdatasync, syncfs each delayed %v): %s\n", delay, strings.Join(parts, "; "))
+	fmt.Fprintf(w, "sync calls per message, %s (strace; fsync, fdatasync, syncfs each delayed %v): %s\n", label, delay, strings.Join(parts, "; "))
 }

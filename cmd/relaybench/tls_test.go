@@ -19,6 +19,7 @@ type fakeSink struct {
 	mu    sync.Mutex
 	msgs  int
 	helos []string
+	rcpts []string // every RCPT TO command, in order
 }
 
 func startFakeSink(t *testing.T) *fakeSink {
@@ -74,6 +75,11 @@ func (s *fakeSink) serve(c net.Conn) {
 		case "QUIT":
 			fmt.Fprint(c, "221 bye\r\n")
 			return
+		case "RCPT":
+			s.mu.Lock()
+			s.rcpts = append(s.rcpts, strings.TrimSpace(line))
+			s.mu.Unlock()
+			fmt.Fprint(c, "250 ok\r\n")
 		default:
 			fmt.Fprint(c, "250 ok\r\n")
 		}
