@@ -89,15 +89,17 @@ func dmDelayLoaded() bool {
 // 5–50 ms a flush.
 const sdDelay = 20 * time.Millisecond
 
-// Message counts of the matrix: enough for steady per-message figures,
-// small enough that the whole `make bench` takes about six minutes on a
-// quiet 2-core machine (Postfix's rate sets the time: ~560 msg/s at 4 KiB,
-// ~460 at 64 KiB × 50, ~40 with TLS under the SD card's delay).
+// Message counts of the matrix: enough that one-off costs (the first spool
+// segments' zero-fill, start-up) weigh little in the per-message figures,
+// few enough that the whole `make bench` takes at most about six minutes on
+// a quiet 2-core machine. Postfix's rate sets the time: ~560 msg/s at
+// 4 KiB, ~230–460 at 64 KiB × 50, 35–40 end to end with TLS under the SD
+// card's delay (so that cell's n is small: about 30 s of Postfix).
 const (
-	matrixNSmall = 5000
-	matrixNLarge = 4000
-	matrixNSD    = 800
-	matrixNTLS   = 3000
+	matrixNSmall = 10000
+	matrixNLarge = 6000
+	matrixNSD    = 1000
+	matrixNTLS   = 5000
 )
 
 // matrixCells are the conditions `make bench` measures, each for relayd

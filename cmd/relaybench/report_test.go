@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -147,6 +148,9 @@ func TestPrintTable(t *testing.T) {
 				t.Errorf("line %d lacks %q:\n%s", tc.line, w, b.String())
 			}
 		}
+	}
+	if n := slices.Index(strings.Fields(lines[3]), "-"); n < 0 || !slices.Equal(strings.Fields(lines[3])[n:n+3], []string{"-", "-", "-"}) {
+		t.Errorf("the direct row has device figures: %s", lines[3])
 	}
 	if strings.Contains(lines[3], "%") || strings.Contains(lines[3], "x ") {
 		t.Errorf("the direct row has a share or a ratio: %s", lines[3])
