@@ -166,3 +166,29 @@ func TestMatrixCells(t *testing.T) {
 		})
 	}
 }
+
+// One cell's run through the real smtp-sink (the direct target: no relay),
+// with several recipients: every message arrives once and the figures are
+// filled in. Skipped where Postfix's smtp-sink is not installed.
+func TestMeasureDirectSink(t *testing.T) {
+	sinkBin, err := findBin("", "smtp-sink")
+	if err != nil {
+		t.Skip(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	c := cell{N: 60, C: 3, Size: 2048, Rcpt: 3, Cond: condition{UpstreamKind: "smtp"}, Targets: []string{"direct"}}
+	o := options{Dir: dir, SampleEvery: 100 * time.Millisecond}
+	r := measure(ctx, o, c, "direct", sinkBin, dir, func(string) (target, error) { return nil, nil })
+	if r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	if r.SinkCount != c.N || r.N != c.N || r.E2ERate <= 0 || r.AcceptRate <= 0 || r.P99 < r.P50 || r.PeakProcs != 1 {
+		t.Errorf("got sink count %d of %d, rates %v/%v, p50 %v p99 %v, procs %d; want every message once and the figures filled in",
+			r.SinkCount, c.N, r.AcceptRate, r.E2ERate, r.P50, r.P99, r.PeakProcs)
+	}
+	if want := "in plain, out plain"; r.Cond != want {
+		t.Errorf("condition %q, want %q", r.Cond, want)
+	}
+}
