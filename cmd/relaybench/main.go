@@ -1,9 +1,12 @@
 // Command relaybench is the harness behind `make bench`: it sends N
-// messages of SIZE bytes over C concurrent SMTP sessions through relayd to
-// Postfix's smtp-sink, then does the same through a private Postfix
-// instance configured as a plain relay, and prints both with the ratio.
+// messages of SIZE bytes with K recipients over C concurrent SMTP sessions
+// through relayd to Postfix's smtp-sink, then does the same through a
+// private Postfix instance configured as a plain relay, under the same
+// condition, and prints both in one table with the condition's limit, each
+// relay's share of it and the project's targets met or not.
 //
-//	go run ./cmd/relaybench -n 5000 -c 10 -size 4096
+//	go run ./cmd/relaybench -matrix                  # every condition of the box: what `make bench` runs
+//	go run ./cmd/relaybench -n 5000 -c 10 -size 4096 # one condition
 //
 // Everything runs on 127.0.0.1 with ports chosen at run time; processes
 // and temporary directories are removed on every exit path. See
