@@ -104,6 +104,23 @@ func TestVerdicts(t *testing.T) {
 				"target relayd peak RSS <= 40 MiB, plain 64 KiB × 50 × 5 rcpt: n/a (not measured in this run)",
 			}},
 	}
+	// Without root: Postfix skipped everywhere, relayd failed in the SD cell.
+	noRoot := []result{ok(0, "relayd", 3000), {Cell: 0, Name: "postfix", Round: 1, Skipped: "not root"},
+		{Cell: 2, Name: "relayd", Round: 1, Err: errors.New("timeout")}, {Cell: 2, Name: "postfix", Round: 1, Skipped: "not root"}}
+	noRoot[0].CPUmsPerMsg = 0.2
+	tests = append(tests, struct {
+		name  string
+		cells []cell
+		rs    []result
+		want  []string
+	}{"postfix skipped, relayd failed", cells, noRoot, []string{
+		"target end to end >= 6x Postfix in both plain cells: n/a (plain 4 KiB × 10: postfix skipped: not root; plain 64 KiB × 50 × 5 rcpt: not measured in this run)",
+		"target end to end >= 3x Postfix, SD card + TLS 4 KiB × 10: n/a (relayd FAILED; postfix skipped: not root)",
+		"target relayd >= 80% of sessions ÷ flush delay, SD card + TLS 4 KiB × 10: n/a (relayd FAILED)",
+		"target relayd CPU <= 0.2 ms a message, plain 4 KiB × 10: met (0.200 ms)",
+		"target relayd <= 0.3 dev flushes and <= 8192 dev B a message, plain 4 KiB × 10 on its own device: met (0.00 flushes, 0 B)",
+		"target relayd peak RSS <= 40 MiB, plain 64 KiB × 50 × 5 rcpt: n/a (not measured in this run)",
+	}})
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var got []string

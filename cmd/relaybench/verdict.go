@@ -69,6 +69,32 @@ func (v verdict) String() string {
 
 const notMeasured = "not measured in this run"
 
+// missing says why a target's figure is not there: the cell was not in the
+// run, or which of its relays failed or was skipped.
+func missing(rows []row, ci int, names ...string) string {
+	if ci < 0 {
+		return notMeasured
+	}
+	var why []string
+	for _, n := range names {
+		for _, r := range rows {
+			if r.Cell != ci || r.Name != n {
+				continue
+			}
+			switch {
+			case r.Err != nil:
+				why = append(why, n+" FAILED")
+			case r.Skipped != "":
+				why = append(why, n+" skipped: "+r.Skipped)
+			}
+		}
+	}
+	if len(why) == 0 {
+		return notMeasured
+	}
+	return strings.Join(why, "; ")
+}
+
 // verdicts judges the targets on the table's rows (medians over rounds,
 // memory peaks the largest).
 func verdicts(cells []cell, rows []row) []verdict {
@@ -89,7 +115,7 @@ func verdicts(cells []cell, rows []row) []verdict {
 		}
 		if !ok {
 			v.Known = false
-			figs = append(figs, p.name+": "+notMeasured)
+			figs = append(figs, p.name+": "+missing(rows, p.ci, "relayd", "postfix"))
 			continue
 		}
 		v.Met = v.Met && x >= wantRatioPlain
@@ -108,7 +134,7 @@ func verdicts(cells []cell, rows []row) []verdict {
 	v.Figure = strings.Join(figs, "; ")
 	out = append(out, v)
 
-	v = verdict{Target: fmt.Sprintf("end to end >= %gx Postfix, %s", wantRatioSD, targetSDTLSName), Figure: notMeasured}
+	v = verdict{Target: fmt.Sprintf("end to end >= %gx Postfix, %s", wantRatioSD, targetSDTLSName), Figure: missing(rows, sd, "relayd", "postfix")}
 	if sd >= 0 {
 		if x, ok := ratio(rows, sd); ok {
 			v.Known, v.Met, v.Figure = true, x >= wantRatioSD, fmt.Sprintf("%.2fx", x)
@@ -116,7 +142,7 @@ func verdicts(cells []cell, rows []row) []verdict {
 	}
 	out = append(out, v)
 
-	v = verdict{Target: fmt.Sprintf("relayd >= %.0f%% of sessions ÷ flush delay, %s", 100*wantShareSD, targetSDTLSName), Figure: notMeasured}
+	v = verdict{Target: fmt.Sprintf("relayd >= %.0f%% of sessions ÷ flush delay, %s", 100*wantShareSD, targetSDTLSName), Figure: missing(rows, sd, "relayd")}
 	if sd >= 0 {
 		if r, ok := find(rows, sd, "relayd"); ok {
 			lim, what := limit(cells[sd], rows, sd)
@@ -127,7 +153,7 @@ func verdicts(cells []cell, rows []row) []verdict {
 	}
 	out = append(out, v)
 
-	v = verdict{Target: fmt.Sprintf("relayd CPU <= %g ms a message, %s", wantCPUms, targetSmallName), Figure: notMeasured}
+	v = verdict{Target: fmt.Sprintf("relayd CPU <= %g ms a message, %s", wantCPUms, targetSmallName), Figure: missing(rows, small, "relayd")}
 	if small >= 0 {
 		if r, ok := find(rows, small, "relayd"); ok {
 			v.Known, v.Met, v.Figure = true, r.CPUmsPerMsg <= wantCPUms, fmt.Sprintf("%.3f ms", r.CPUmsPerMsg)
@@ -135,7 +161,7 @@ func verdicts(cells []cell, rows []row) []verdict {
 	}
 	out = append(out, v)
 
-	v = verdict{Target: fmt.Sprintf("relayd <= %g dev flushes and <= %d dev B a message, %s on its own device", wantFlushes, wantDevBytes, targetSmallName), Figure: notMeasured}
+	v = verdict{Target: fmt.Sprintf("relayd <= %g dev flushes and <= %d dev B a message, %s on its own device", wantFlushes, wantDevBytes, targetSmallName), Figure: missing(rows, small, "relayd")}
 	if small >= 0 {
 		if r, ok := find(rows, small, "relayd"); ok {
 			switch {
@@ -152,7 +178,7 @@ func verdicts(cells []cell, rows []row) []verdict {
 	}
 	out = append(out, v)
 
-	v = verdict{Target: fmt.Sprintf("relayd peak RSS <= %g MiB, %s", wantRSSMiB, targetLargeName), Figure: notMeasured}
+	v = verdict{Target: fmt.Sprintf("relayd peak RSS <= %g MiB, %s", wantRSSMiB, targetLargeName), Figure: missing(rows, large, "relayd")}
 	if large >= 0 {
 		if r, ok := find(rows, large, "relayd"); ok {
 			v.Known, v.Met, v.Figure = true, r.PeakRSSMiB <= wantRSSMiB, fmt.Sprintf("%.1f MiB", r.PeakRSSMiB)
