@@ -162,7 +162,7 @@ func (w *writer) appendFrame(rec []byte, lazy bool, after func()) (*batch, *segm
 
 // rotate starts a new segment; called with w.mu held.
 func (w *writer) rotate() error {
-	g, err := w.s.createSegment(w.seg.seq+1, true)
+	g, err := w.s.createSegment(w.seg.seq + 1)
 	if err != nil {
 		return mapNoSpace(err)
 	}
