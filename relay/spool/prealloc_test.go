@@ -145,3 +145,63 @@ func write(t *testing.T, path string, b []byte) {
 		t.Fatal(err)
 	}
 }
+
+// A filler record is exactly as long as asked, and recovery reads it as a
+// done record for no message.
+func TestFillerRecord(t *testing.T) {
+	tests := []struct {
+		n      int
+		wantOK bool
+	}{
+		{n: 9, wantOK: false}, {n: 10, wantOK: true}, {n: 137, wantOK: true},
+		{n: 138, wantOK: false}, {n: 139, wantOK: true}, {n: 4095, wantOK: true},
+	}
+	for _, tt := range tests {
+		rec := fillerRecord(tt.n)
+		if got := rec != nil; got != tt.wantOK {
+			t.Errorf("fillerRecord(%d): made %v, want %v", tt.n, got, tt.wantOK)
+			continue
+		}
+		if rec == nil {
+			continue
+		}
+		if len(rec) != tt.n {
+			t.Errorf("fillerRecord(%d) is %d bytes", tt.n, len(rec))
+		}
+		typ, _, _, id, err := decodeRecord(rec[frameHeader:])
+		if err != nil || typ != recDone || id != string(make([]byte, len(id))) {
+			t.Errorf("fillerRecord(%d) reads as type %d, id %q, err %v; want a done record for zero bytes", tt.n, typ, id, err)
+		}
+	}
+}
+
+// Every batch ends on a block boundary, so that the next one does not
+// write the same block again; the fillers are skipped on recovery.
+func TestBatchesEndOnABlock(t *testing.T) {
+	dir := relaytest.StateDir(t)
+	s := open(t, dir, Options{SegmentBytes: 1 << 20})
+	var ids []string
+	for _, size := range []int{1, 100, 4096, 5000, 30} {
+		ids = append(ids, put(t, s, bytes.Repeat([]byte("b"), size), "ops@contoso.com"))
+		s.w.mu.Lock()
+		end := s.w.seg.size
+		s.w.mu.Unlock()
+		if end%blockSize != 0 {
+			t.Errorf("after a %d-byte message the segment ends at %d, not on a block", size, end)
+		}
+	}
+	if err := s.Update(ids[0], 0, Delivered, "250 ok"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.w.sync(); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s = open(t, dir, Options{SegmentBytes: 1 << 20})
+	if got := len(s.List()); got != len(ids) {
+		t.Errorf("recovered %d messages, want %d", got, len(ids))
+	}
+	if info, _ := s.Get(ids[0]); info.Envelope.To[0].State != Delivered {
+		t.Errorf("the update after a filler was lost: state %v", info.Envelope.To[0].State)
+	}
+}

@@ -253,6 +253,7 @@ func (w *writer) run() {
 			lazyTimer, lazyDue = nil, nil
 		}
 		w.mu.Lock()
+		w.padBlock()
 		chunks, b := w.pend, w.cur
 		w.pend = nil
 		if stopping {
@@ -326,6 +327,60 @@ func (w *writer) gather(want int, hold time.Duration) (stop bool, n int) {
 			return true, n
 		}
 	}
+}
+
+// padBlock ends the pending frames at a file-system block boundary with a
+// filler record, so that the next batch starts on a block of its own:
+// otherwise its fdatasync writes again the block this batch ended in, a
+// whole block per flush (670 B of the 5.1 KB written per 4 KiB message at
+// six messages a flush). The filler costs segment space, half a block a
+// flush on average, not device writes: that half block is written once
+// either way. Called with w.mu held, before the batch is taken.
+func (w *writer) padBlock() {
+	k := len(w.pend)
+	if k == 0 {
+		return
+	}
+	c := &w.pend[k-1]
+	g := c.seg
+	if g != w.seg || w.broken[g] {
+		return
+	}
+	pad := -g.size & (blockSize - 1)
+	if pad == 0 || g.size+pad > w.s.opts.SegmentBytes {
+		return
+	}
+	rec := fillerRecord(int(pad))
+	if rec == nil {
+		return // too short a gap for a record: the block is written twice
+	}
+	body := rec[frameHeader:]
+	binary.LittleEndian.PutUint32(rec, uint32(len(body)))
+	binary.LittleEndian.PutUint32(rec[4:], checksum(g.seq, body))
+	c.frames = append(c.frames, rec)
+	g.size += pad
+}
+
+// blockSize is the unit fdatasync writes a file in: ext4's block (and the
+// page size of the kernels the relay runs on).
+const blockSize = 4096
+
+// fillerRecord is a frame of exactly n bytes (header room included, to be
+// filled in) that recovery reads and ignores: a done record for an id of
+// zero bytes, which no message has (ids are hex digits). Relays that
+// predate fillers read it the same way. It is nil when no record is n
+// bytes long (n below 10, or 138).
+func fillerRecord(n int) []byte {
+	for vl := 1; vl <= 2; vl++ {
+		idLen := n - frameHeader - 1 - vl
+		if idLen >= 0 && len(binary.AppendUvarint(nil, uint64(idLen))) == vl {
+			rec := make([]byte, frameHeader, n)
+			rec = append(rec, recDone)
+			rec = binary.AppendUvarint(rec, uint64(idLen))
+			return rec[:n] // the id: zeros
+		}
+	}
+	return nil
 }
 
 // flush writes chunks and syncs every segment they touched. A segment that
