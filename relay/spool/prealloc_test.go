@@ -157,7 +157,7 @@ func TestFillerRecord(t *testing.T) {
 		{n: 138, wantOK: false}, {n: 139, wantOK: true}, {n: 4095, wantOK: true},
 	}
 	for _, tt := range tests {
-		rec := fillerRecord(tt.n)
+		rec := fillerRecord(make([]byte, blockSize), tt.n)
 		if got := rec != nil; got != tt.wantOK {
 			t.Errorf("fillerRecord(%d): made %v, want %v", tt.n, got, tt.wantOK)
 			continue

@@ -34,6 +34,7 @@ type writer struct {
 	stop    chan struct{}
 	stopped chan error
 	rotated chan struct{}
+	filler  []byte       // the filler record's buffer (padBlock)
 	flushes atomic.Int64 // batches written and synced (tests)
 }
 
@@ -278,7 +279,9 @@ func (w *writer) run() {
 		}
 		for _, c := range chunks {
 			for _, f := range c.frames {
-				contentBufs.put(f) // written: the next records reuse them
+				if w.filler == nil || &f[0] != &w.filler[0] {
+					contentBufs.put(f) // written: the next records reuse them
+				}
 			}
 		}
 		if b.err != nil {
@@ -350,7 +353,11 @@ func (w *writer) padBlock() {
 	if pad == 0 || g.size+pad > w.s.opts.SegmentBytes {
 		return
 	}
-	rec := fillerRecord(int(pad))
+	if w.filler == nil {
+		w.filler = make([]byte, blockSize)
+	}
+	// One buffer serves every filler: the last batch's write is done.
+	rec := fillerRecord(w.filler, int(pad))
 	if rec == nil {
 		return // too short a gap for a record: the block is written twice
 	}
@@ -365,17 +372,18 @@ func (w *writer) padBlock() {
 // page size of the kernels the relay runs on).
 const blockSize = 4096
 
-// fillerRecord is a frame of exactly n bytes (header room included, to be
-// filled in) that recovery reads and ignores: a done record for an id of
+// fillerRecord is a frame of exactly n bytes made in buf (header room
+// included, to be filled in) that recovery reads and ignores: a done record for an id of
 // zero bytes, which no message has (ids are hex digits). Relays that
 // predate fillers read it the same way. It is nil when no record is n
 // bytes long (n below 10, or 138).
-func fillerRecord(n int) []byte {
+func fillerRecord(buf []byte, n int) []byte {
 	for vl := 1; vl <= 2; vl++ {
 		idLen := n - frameHeader - 1 - vl
-		if idLen >= 0 && len(binary.AppendUvarint(nil, uint64(idLen))) == vl {
-			rec := make([]byte, frameHeader, n)
-			rec = append(rec, recDone)
+		if idLen >= 0 && len(binary.AppendUvarint(nil, uint64(idLen))) == vl && n <= cap(buf) {
+			rec := buf[:n]
+			clear(rec)
+			rec = append(rec[:frameHeader], recDone)
 			rec = binary.AppendUvarint(rec, uint64(idLen))
 			return rec[:n] // the id: zeros
 		}
