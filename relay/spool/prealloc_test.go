@@ -205,3 +205,40 @@ func TestBatchesEndOnABlock(t *testing.T) {
 		t.Errorf("the update after a filler was lost: state %v", info.Envelope.To[0].State)
 	}
 }
+
+// A message being copied forward is read from where it is until the copy
+// is on disk: the copy's place holds zeros until the writer gets to it.
+func TestCopyForwardReadsTheOriginalUntilSynced(t *testing.T) {
+	dir := relaytest.StateDir(t)
+	s := open(t, dir, Options{SegmentBytes: 64 << 10})
+	body := []byte("lingering\r\n")
+	id := put(t, s, body, "ops@contoso.com")
+	s.w.mu.Lock()
+	g := s.w.seg
+	if err := s.w.rotate(); err != nil {
+		s.w.mu.Unlock()
+		t.Fatal(err)
+	}
+	s.w.mu.Unlock()
+	s.mu.Lock()
+	moves, err := s.copyForward(g)
+	s.mu.Unlock()
+	if err != nil || len(moves) != 1 {
+		t.Fatalf("copyForward: %d moves, %v", len(moves), err)
+	}
+	if got := content(t, s, id); !bytes.Equal(got, body) {
+		t.Errorf("before the sync: content %q, want %q", got, body)
+	}
+	if err := s.compact(); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	moved := s.entries[id].seg != g
+	s.mu.Unlock()
+	if !moved {
+		t.Error("the message still points at the old segment after compaction")
+	}
+	if got := content(t, s, id); !bytes.Equal(got, body) {
+		t.Errorf("after compaction: content %q, want %q", got, body)
+	}
+}

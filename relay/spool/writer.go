@@ -127,15 +127,7 @@ func (w *writer) appendFrame(rec []byte, lazy bool, after func()) (*batch, *segm
 		}
 	}
 	g := w.seg
-	off := g.size
-	g.size += n
-	if off <= w.s.opts.SegmentBytes/2 && g.size > w.s.opts.SegmentBytes/2 {
-		// Half full: have the next segment's file ready in time.
-		select {
-		case w.s.needSpare <- struct{}{}:
-		default:
-		}
-	}
+	off := w.grow(g, n)
 	body := rec[frameHeader:]
 	binary.LittleEndian.PutUint32(rec, uint32(len(body)))
 	binary.LittleEndian.PutUint32(rec[4:], checksum(g.seq, body))
@@ -365,7 +357,22 @@ func (w *writer) padBlock() {
 	binary.LittleEndian.PutUint32(rec, uint32(len(body)))
 	binary.LittleEndian.PutUint32(rec[4:], checksum(g.seq, body))
 	c.frames = append(c.frames, rec)
-	g.size += pad
+	w.grow(g, pad)
+}
+
+// grow reserves n bytes at the end of g and returns where they start;
+// called with w.mu held.
+func (w *writer) grow(g *segment, n int64) (off int64) {
+	off = g.size
+	g.size += n
+	if off <= w.s.opts.SegmentBytes/2 && g.size > w.s.opts.SegmentBytes/2 {
+		// Half full: have the next segment's file ready in time.
+		select {
+		case w.s.needSpare <- struct{}{}:
+		default:
+		}
+	}
+	return off
 }
 
 // blockSize is the unit fdatasync writes a file in: ext4's block (and the
