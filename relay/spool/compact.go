@@ -47,12 +47,14 @@ func (s *Spool) compact() error {
 			s.mu.Unlock()
 			return nil
 		}
+		var moves []move
 		if g.live > 0 {
 			if g.liveBytes*4 > s.opts.SegmentBytes {
 				s.mu.Unlock()
 				return nil
 			}
-			if err := s.copyForward(g); err != nil {
+			var err error
+			if moves, err = s.copyForward(g); err != nil {
 				s.mu.Unlock()
 				return err
 			}
@@ -64,6 +66,17 @@ func (s *Spool) compact() error {
 			return err
 		}
 		s.mu.Lock()
+		// Only now are the copies there to be read.
+		for _, m := range moves {
+			if m.e.done || m.e.seg != g {
+				continue // finished meanwhile
+			}
+			g.live--
+			g.liveBytes -= m.e.size
+			m.e.seg, m.e.off = m.seg, m.off
+			m.seg.live++
+			m.seg.liveBytes += m.e.size
+		}
 		if g.live != 0 { // a copy failed to land, or a reader raced: next time
 			s.mu.Unlock()
 			return nil
@@ -78,10 +91,21 @@ func (s *Spool) compact() error {
 	}
 }
 
+// move is a message copied forward: its entry points at the copy once
+// the copy is on disk.
+type move struct {
+	e   *entry
+	seg *segment
+	off int64
+}
+
 // copyForward writes a fresh full record of every live message of g into
 // the current segment. Called with s.mu held, so no update can slip between
-// the snapshot and the copy.
-func (s *Spool) copyForward(g *segment) error {
+// the snapshot and the copy. The entries keep pointing at g until the
+// caller has synced: a reader sent to a copy still in the writer's batch
+// would read the preallocated zeros.
+func (s *Spool) copyForward(g *segment) ([]move, error) {
+	var moves []move
 	for _, e := range s.entries {
 		if e.seg != g {
 			continue
@@ -90,18 +114,14 @@ func (s *Spool) copyForward(g *segment) error {
 		if e.file == "" {
 			rec.Data = make([]byte, e.size)
 			if _, err := g.f.ReadAt(rec.Data, e.off); err != nil {
-				return fmt.Errorf("copying %s forward: %w", e.id, err)
+				return moves, fmt.Errorf("copying %s forward: %w", e.id, err)
 			}
 		}
 		seg, off, err := s.w.appendCopy(&rec)
 		if err != nil {
-			return err
+			return moves, err
 		}
-		g.live--
-		g.liveBytes -= e.size
-		e.seg, e.off = seg, off
-		seg.live++
-		seg.liveBytes += e.size
+		moves = append(moves, move{e: e, seg: seg, off: off})
 	}
-	return nil
+	return moves, nil
 }

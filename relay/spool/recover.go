@@ -71,6 +71,9 @@ func (s *Spool) recover() error {
 	for _, t := range tmps {
 		os.Remove(t)
 	}
+	// A spare filled but not yet given its name; the next one is filled
+	// afresh.
+	os.Remove(s.sparePath() + ".new")
 	for _, de := range files {
 		if e, ok := s.entries[de.Name()]; ok && e.file == de.Name() {
 			continue

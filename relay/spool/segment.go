@@ -42,13 +42,13 @@ func (g *segment) release() {
 // an append has only data to flush, no file size or extent changes: on ext4
 // that avoids a journal commit per sync, several times cheaper under load
 // and on SD cards.
-func (s *Spool) createSegment(seq uint64, prealloc bool) (*segment, error) {
+func (s *Spool) createSegment(seq uint64) (*segment, error) {
 	path := filepath.Join(s.logDir, fmt.Sprintf("%016x.seg", seq))
 	s.spareMu.Lock()
 	err := os.Rename(s.sparePath(), path)
 	s.spareMu.Unlock()
 	if err != nil {
-		if err := s.fill(path, prealloc); err != nil {
+		if err := s.zeroFill(path); err != nil {
 			// No room to preallocate: an empty file still works, with
 			// slower syncs, until space is freed.
 			f, cerr := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
@@ -71,18 +71,6 @@ func (s *Spool) createSegment(seq uint64, prealloc bool) (*segment, error) {
 }
 
 func (s *Spool) sparePath() string { return filepath.Join(s.logDir, "spare") }
-
-// fill makes a new segment file: zero-filled when prealloc, else empty.
-func (s *Spool) fill(path string, prealloc bool) error {
-	if prealloc {
-		return s.zeroFill(path)
-	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return mapNoSpace(err)
-	}
-	return f.Close()
-}
 
 // zeroFill writes a file of SegmentBytes zeros (via a temporary name, so a
 // crash never leaves a half-filled segment) and syncs it.
@@ -113,7 +101,8 @@ func (s *Spool) zeroFill(path string) error {
 }
 
 // prepareSpares keeps one spare segment ready, so that rotation is a rename
-// rather than a pause to write SegmentBytes of zeros.
+// rather than a pause to write SegmentBytes of zeros (about a second on an
+// SD card, with every session waiting behind it).
 func (s *Spool) prepareSpares() {
 	defer s.wg.Done()
 	for {
@@ -122,25 +111,49 @@ func (s *Spool) prepareSpares() {
 			return
 		case <-s.needSpare:
 		}
-		s.spareMu.Lock()
-		_, err := os.Stat(s.sparePath())
-		s.spareMu.Unlock()
-		if err == nil {
-			continue
-		}
-		tmp := s.sparePath() + ".new"
-		if err := s.zeroFill(tmp); err != nil {
-			s.log.Warn("spool: cannot prepare a spare segment", "err", err)
-			continue
-		}
-		s.spareMu.Lock()
-		if _, err := os.Stat(s.sparePath()); err != nil {
-			os.Rename(tmp, s.sparePath())
-		} else {
-			os.Remove(tmp) // a recycled segment got there first
-		}
-		s.spareMu.Unlock()
+		s.refillSpare()
 	}
+}
+
+// refillSpare makes sure a spare is ready. The oldest segment is usually
+// dead by the time the current one is half full (its mail delivered
+// meanwhile), so it is retired first: recycled, it becomes the spare at
+// the cost of a rename, where zero-filling would write SegmentBytes (the
+// maintenance tick might come only after that was done).
+func (s *Spool) refillSpare() {
+	if err := s.compact(); err != nil {
+		s.log.Error("spool: compaction failed", "err", err)
+	}
+	if err := s.prepareSpare(); err != nil {
+		s.log.Warn("spool: cannot prepare a spare segment", "err", err)
+	}
+}
+
+// prepareSpare zero-fills the spare file unless one is there already. It
+// fills under another name, so that a recycled segment may become the
+// spare meanwhile (and a crash leaves no half-filled spare: recovery
+// removes the temporary file, and the next fill truncates the other).
+func (s *Spool) prepareSpare() error {
+	if s.haveSpare() {
+		return nil
+	}
+	tmp := s.sparePath() + ".new"
+	if err := s.zeroFill(tmp); err != nil {
+		return err
+	}
+	s.spareMu.Lock()
+	defer s.spareMu.Unlock()
+	if _, err := os.Stat(s.sparePath()); err == nil {
+		return os.Remove(tmp) // a recycled segment got there first
+	}
+	return os.Rename(tmp, s.sparePath())
+}
+
+func (s *Spool) haveSpare() bool {
+	s.spareMu.Lock()
+	defer s.spareMu.Unlock()
+	_, err := os.Stat(s.sparePath())
+	return err == nil
 }
 
 // retire removes a segment nothing refers to any more. When no spare is

@@ -170,13 +170,23 @@ func Open(dir string, opts Options) (*Spool, error) {
 	if n := len(s.segments); n > 0 {
 		next = s.segments[n-1].seq + 1
 	}
-	// The first segment of a new spool starts as an empty file and the
-	// spare is preallocated in the background: a box's first start (and
-	// every test) need not wait for SegmentBytes of zeros.
-	seg, err := s.createSegment(next, false)
-	select {
-	case s.needSpare <- struct{}{}:
-	default:
+	// The first segment is preallocated like every other (the spare
+	// when one is left, else zero-filled now): a growing file would cost
+	// an ext4 journal commit with every sync. A new spool also fills its
+	// spare before it accepts anything, so that a box's first start pays
+	// for both once, before mail waits on it; later spares are filled in
+	// the background while the current segment fills.
+	fresh := len(s.segments) == 0 && !s.haveSpare()
+	seg, err := s.createSegment(next)
+	if fresh && err == nil {
+		if err := s.prepareSpare(); err != nil {
+			s.log.Warn("spool: cannot prepare a spare segment", "err", err)
+		}
+	} else {
+		select {
+		case s.needSpare <- struct{}{}:
+		default:
+		}
 	}
 	if err != nil && !errors.Is(err, ErrFull) {
 		return nil, fmt.Errorf("opening spool: %w", err)
@@ -379,10 +389,11 @@ func (s *Spool) Open(id string) (*Content, error) {
 		}
 		return &Content{ReaderAt: f, Size: e.size, close: func() { f.Close() }}, nil
 	}
-	g := e.seg
+	// Read under mu: compaction moves e to another segment meanwhile.
+	g, off, size := e.seg, e.off, e.size
 	g.refs.Add(1)
 	s.mu.Unlock()
-	return &Content{ReaderAt: io.NewSectionReader(g.f, e.off, e.size), Size: e.size, close: g.release}, nil
+	return &Content{ReaderAt: io.NewSectionReader(g.f, off, size), Size: size, close: g.release}, nil
 }
 
 // FreeBytes is the free space on the spool's file system, as statfs says

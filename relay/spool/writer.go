@@ -34,6 +34,7 @@ type writer struct {
 	stop    chan struct{}
 	stopped chan error
 	rotated chan struct{}
+	filler  []byte       // the filler record's buffer (padBlock)
 	flushes atomic.Int64 // batches written and synced (tests)
 }
 
@@ -126,15 +127,7 @@ func (w *writer) appendFrame(rec []byte, lazy bool, after func()) (*batch, *segm
 		}
 	}
 	g := w.seg
-	off := g.size
-	g.size += n
-	if off <= w.s.opts.SegmentBytes/2 && g.size > w.s.opts.SegmentBytes/2 {
-		// Half full: have the next segment's file ready in time.
-		select {
-		case w.s.needSpare <- struct{}{}:
-		default:
-		}
-	}
+	off := w.grow(g, n)
 	body := rec[frameHeader:]
 	binary.LittleEndian.PutUint32(rec, uint32(len(body)))
 	binary.LittleEndian.PutUint32(rec[4:], checksum(g.seq, body))
@@ -162,7 +155,7 @@ func (w *writer) appendFrame(rec []byte, lazy bool, after func()) (*batch, *segm
 
 // rotate starts a new segment; called with w.mu held.
 func (w *writer) rotate() error {
-	g, err := w.s.createSegment(w.seg.seq+1, true)
+	g, err := w.s.createSegment(w.seg.seq + 1)
 	if err != nil {
 		return mapNoSpace(err)
 	}
@@ -253,6 +246,7 @@ func (w *writer) run() {
 			lazyTimer, lazyDue = nil, nil
 		}
 		w.mu.Lock()
+		w.padBlock()
 		chunks, b := w.pend, w.cur
 		w.pend = nil
 		if stopping {
@@ -277,7 +271,9 @@ func (w *writer) run() {
 		}
 		for _, c := range chunks {
 			for _, f := range c.frames {
-				contentBufs.put(f) // written: the next records reuse them
+				if w.filler == nil || &f[0] != &w.filler[0] {
+					contentBufs.put(f) // written: the next records reuse them
+				}
 			}
 		}
 		if b.err != nil {
@@ -326,6 +322,80 @@ func (w *writer) gather(want int, hold time.Duration) (stop bool, n int) {
 			return true, n
 		}
 	}
+}
+
+// padBlock ends the pending frames at a file-system block boundary with a
+// filler record, so that the next batch starts on a block of its own:
+// otherwise its fdatasync writes again the block this batch ended in, a
+// whole block per flush (670 B of the 5.1 KB written per 4 KiB message at
+// six messages a flush). The filler costs segment space, half a block a
+// flush on average, not device writes: that half block is written once
+// either way. Called with w.mu held, before the batch is taken.
+func (w *writer) padBlock() {
+	k := len(w.pend)
+	if k == 0 {
+		return
+	}
+	c := &w.pend[k-1]
+	g := c.seg
+	if g != w.seg || w.broken[g] {
+		return
+	}
+	pad := -g.size & (blockSize - 1)
+	if pad == 0 || g.size+pad > w.s.opts.SegmentBytes {
+		return
+	}
+	if w.filler == nil {
+		w.filler = make([]byte, blockSize)
+	}
+	// One buffer serves every filler: the last batch's write is done.
+	rec := fillerRecord(w.filler, int(pad))
+	if rec == nil {
+		return // too short a gap for a record: the block is written twice
+	}
+	body := rec[frameHeader:]
+	binary.LittleEndian.PutUint32(rec, uint32(len(body)))
+	binary.LittleEndian.PutUint32(rec[4:], checksum(g.seq, body))
+	c.frames = append(c.frames, rec)
+	w.grow(g, pad)
+}
+
+// grow reserves n bytes at the end of g and returns where they start;
+// called with w.mu held.
+func (w *writer) grow(g *segment, n int64) (off int64) {
+	off = g.size
+	g.size += n
+	if off <= w.s.opts.SegmentBytes/2 && g.size > w.s.opts.SegmentBytes/2 {
+		// Half full: have the next segment's file ready in time.
+		select {
+		case w.s.needSpare <- struct{}{}:
+		default:
+		}
+	}
+	return off
+}
+
+// blockSize is the unit fdatasync writes a file in: ext4's block (and the
+// page size of the kernels the relay runs on).
+const blockSize = 4096
+
+// fillerRecord is a frame of exactly n bytes made in buf (header room
+// included, to be filled in) that recovery reads and ignores: a done record for an id of
+// zero bytes, which no message has (ids are hex digits). Relays that
+// predate fillers read it the same way. It is nil when no record is n
+// bytes long (n below 10, or 138).
+func fillerRecord(buf []byte, n int) []byte {
+	for vl := 1; vl <= 2; vl++ {
+		idLen := n - frameHeader - 1 - vl
+		if idLen >= 0 && len(binary.AppendUvarint(nil, uint64(idLen))) == vl && n <= cap(buf) {
+			rec := buf[:n]
+			clear(rec)
+			rec = append(rec[:frameHeader], recDone)
+			rec = binary.AppendUvarint(rec, uint64(idLen))
+			return rec[:n] // the id: zeros
+		}
+	}
+	return nil
 }
 
 // flush writes chunks and syncs every segment they touched. A segment that
