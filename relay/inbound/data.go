@@ -35,7 +35,7 @@ func (ss *session) data(arg string) bool {
 		ss.reply(503, smtp.EnhancedCode{5, 5, 1}, "send MAIL and RCPT first")
 		return true
 	}
-	ss.reply(354, smtp.NoEnhancedCode, "end data with <CR><LF>.<CR><LF>")
+	ss.replyText(354, smtp.NoEnhancedCode, "end data with <CR><LF>.<CR><LF>")
 	if ss.w.Flush() != nil {
 		return false
 	}
