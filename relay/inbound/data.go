@@ -40,6 +40,7 @@ func (ss *session) data(arg string) bool {
 		return false
 	}
 	d := newDataReader(ss.r, ss.maxBytes())
+	d.in = &ss.in
 	reply, readErr := ss.store(d, func() bool { return d.done })
 	if errors.Is(readErr, errDataTooLarge) {
 		if readErr = d.drain(); readErr == nil {

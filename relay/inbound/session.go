@@ -26,8 +26,9 @@ type session struct {
 	srv  *Server
 	o    *Options // as when the session started
 	raw  net.Conn
-	conn net.Conn // raw, or the TLS connection after STARTTLS
-	r    *bufio.Reader
+	conn net.Conn      // raw, or the TLS connection after STARTTLS
+	r    *bufio.Reader // reads in
+	in   spillReader   // connReader, after what DATA read past its end
 	w    *bufio.Writer
 	log  *slog.Logger
 
@@ -189,7 +190,8 @@ func deviceName(p Policy, ip netip.Addr, acct *policy.Account, helo string) stri
 // serve runs the dialogue until QUIT, a limit, or the client goes.
 func (ss *session) serve() {
 	ss.log = ss.o.Logger.With("listener", ss.o.Name, "client_ip", ss.ip.String())
-	ss.r = bufio.NewReaderSize(connReader{ss}, 4096)
+	ss.in.r = connReader{ss}
+	ss.r = bufio.NewReaderSize(&ss.in, 4096)
 	ss.w = bufio.NewWriterSize(connWriter{ss}, 1024)
 	defer func() {
 		ss.finish()
@@ -260,7 +262,7 @@ func (ss *session) boundary() error {
 // commands (between, not in an AUTH exchange) and outside a transaction the
 // session is idle: Shutdown and a full listener may tell it to go.
 func (ss *session) readCommand(between bool) (string, error) {
-	if buf, _ := ss.r.Peek(ss.r.Buffered()); bytes.IndexByte(buf, '\n') < 0 {
+	if buf, _ := ss.r.Peek(ss.r.Buffered()); bytes.IndexByte(buf, '\n') < 0 && !ss.in.hasLine() {
 		if err := ss.w.Flush(); err != nil {
 			return "", err
 		}
