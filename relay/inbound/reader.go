@@ -76,7 +76,8 @@ func readCommandLine(r *bufio.Reader, max int) (string, error) {
 // end of data the relay knows, CRLF "." CRLF. Every other byte (a bare CR or
 // LF, a NUL, a "." followed by a bare CR) goes through unchanged, so that
 // message.Prepare judges it by the relay's own line-ending policy. It works
-// on the bufio.Reader's buffer a run at a time, not byte by byte.
+// on the bufio.Reader's buffer a run at a time, not byte by byte, or (given
+// the session's input, in) straight on what it reads into the caller's p.
 type dataReader struct {
 	r *bufio.Reader
 	// in, when set, is r's source: a read into a p larger than r's buffer,
@@ -181,6 +182,9 @@ func (s *spillReader) Read(p []byte) (int, error) {
 	if len(s.pending) > 0 {
 		n := copy(p, s.pending)
 		s.pending = s.pending[n:]
+		if len(s.pending) == 0 {
+			s.pending = nil // keep no buffer once it is read
+		}
 		return n, nil
 	}
 	return s.r.Read(p)
