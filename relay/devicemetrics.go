@@ -18,7 +18,7 @@ type deviceMetrics struct {
 	r        *Relay
 	// children are messages' series by device and kind: a map lookup
 	// instead of WithLabelValues' hashing on every trace event.
-	children metrics.CounterCache[deviceKind]
+	children metrics.ChildCache[deviceKind, prometheus.Counter]
 }
 
 func newDeviceMetrics(r *Relay, reg *prometheus.Registry) *deviceMetrics {

@@ -103,8 +103,8 @@ type Metrics struct {
 	tlsSeen       *prometheus.CounterVec // listener, device, version, cipher
 	// The children Observe counts on, by their raw label values: a map
 	// lookup instead of WithLabelValues' hashing on every event.
-	tlsChildren      CounterCache[tlsKey]
-	deliveryChildren CounterCache[deliveryKey]
+	tlsChildren      ChildCache[tlsKey, prometheus.Counter]
+	deliveryChildren ChildCache[deliveryKey, prometheus.Counter]
 	up               upstreamMetrics
 	tokens           map[bool]prometheus.Counter
 	creds            credentials
@@ -251,30 +251,31 @@ type deliveryKey struct {
 	kind     trace.Kind
 }
 
-// CounterCache keeps a CounterVec's children by key. The keys are label
+// ChildCache keeps a metric vec's children by key. The keys are label
 // values from the configuration (listeners, devices, upstreams) and the
 // few TLS versions and ciphers, so it stays small; nothing deletes a
-// child of these vecs, so a kept child is never stale.
-type CounterCache[K comparable] struct {
+// child of the vecs it is used for, so a kept child is never stale.
+type ChildCache[K comparable, V any] struct {
 	mu sync.RWMutex
-	m  map[K]prometheus.Counter
+	m  map[K]V
 }
 
-func (c *CounterCache[K]) Get(k K, child func(K) prometheus.Counter) prometheus.Counter {
+// Get is k's child, made by child the first time.
+func (c *ChildCache[K, V]) Get(k K, child func(K) V) V {
 	c.mu.RLock()
-	ctr, ok := c.m[k]
+	v, ok := c.m[k]
 	c.mu.RUnlock()
 	if ok {
-		return ctr
+		return v
 	}
-	ctr = child(k)
+	v = child(k)
 	c.mu.Lock()
 	if c.m == nil {
-		c.m = make(map[K]prometheus.Counter)
+		c.m = make(map[K]V)
 	}
-	c.m[k] = ctr
+	c.m[k] = v
 	c.mu.Unlock()
-	return ctr
+	return v
 }
 
 // UpstreamKind is the kind in an upstream's trace name ("m365-oauth
