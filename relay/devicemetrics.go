@@ -3,6 +3,7 @@ package relay
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/siterelay/siterelay/relay/metrics"
 	"github.com/siterelay/siterelay/relay/trace"
 )
 
@@ -15,6 +16,9 @@ type deviceMetrics struct {
 	messages *prometheus.CounterVec
 	backlog  *prometheus.Desc
 	r        *Relay
+	// children are messages' series by device and kind: a map lookup
+	// instead of WithLabelValues' hashing on every trace event.
+	children metrics.ChildCache[deviceKind, prometheus.Counter]
 }
 
 func newDeviceMetrics(r *Relay, reg *prometheus.Registry) *deviceMetrics {
@@ -40,7 +44,14 @@ func (m *deviceMetrics) observe(e trace.Event) {
 	if d == "" {
 		d = "unknown"
 	}
-	m.messages.WithLabelValues(d, string(e.Kind)).Inc()
+	m.children.Get(deviceKind{d, e.Kind}, func(k deviceKind) prometheus.Counter {
+		return m.messages.WithLabelValues(k.device, string(k.kind))
+	}).Inc()
+}
+
+type deviceKind struct {
+	device string
+	kind   trace.Kind
 }
 
 func (m *deviceMetrics) Describe(ch chan<- *prometheus.Desc) { ch <- m.backlog }

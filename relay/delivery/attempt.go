@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -28,9 +29,18 @@ func (s *Scheduler) attempt(ctx context.Context, id string, seq uint64) {
 	s.attempts[id]++
 	n := s.attempts[id]
 	s.mu.Unlock()
-	log := s.log.With("queue_id", id)
-	if d := info.Envelope.Device; d != "" {
-		log = log.With("device", d)
+	// The attempt's logger is built only when a line is logged: With
+	// costs allocations and the handlers' WithAttrs work, and a delivered
+	// message logs nothing.
+	var logq *slog.Logger
+	log := func() *slog.Logger {
+		if logq == nil {
+			logq = s.log.With("queue_id", id)
+			if d := info.Envelope.Device; d != "" {
+				logq = logq.With("device", d)
+			}
+		}
+		return logq
 	}
 	set := s.set.Load()
 	now := s.o.Clock()
@@ -66,11 +76,11 @@ func (s *Scheduler) attempt(ctx context.Context, id string, seq uint64) {
 			failed = append(failed, Failure{Rcpt: r.Addr, Reply: reply, Hint: s.hint(nil, r.Reply), index: i})
 		}
 		s.event(trace.Expired, info, n, addrs(failed), "", "expired", "")
-		log.Warn("message expired", "recipients", len(failed), "age", now.Sub(env.Received).Round(time.Second))
+		log().Warn("message expired", "recipients", len(failed), "age", now.Sub(env.Received).Round(time.Second))
 	} else if len(pending) > 0 {
 		content, err := s.o.Spool.Open(id)
 		if err != nil {
-			log.Error("cannot read spooled message", "err", err)
+			log().Error("cannot read spooled message", "err", err)
 			s.retryAt(id, now.Add(s.backoff(n)))
 			return
 		}
@@ -136,7 +146,7 @@ func (s *Scheduler) attempt(ctx context.Context, id string, seq uint64) {
 				kind = trace.Failed
 			} else if err != nil {
 				// Keep the message: the bounce is retried with it.
-				log.Error("cannot queue the bounce; will try again", "err", err)
+				log().Error("cannot queue the bounce; will try again", "err", err)
 				s.retryAt(id, now.Add(s.backoff(n)))
 				return
 			}
@@ -150,7 +160,7 @@ func (s *Scheduler) attempt(ctx context.Context, id string, seq uint64) {
 		if !expired {
 			for _, f := range failed {
 				s.eventVia(f.upstream, kind, info, n, []string{f.Rcpt}, f.Reply, f.Hint, "")
-				log.Warn("recipient failed", "rcpt", f.Rcpt, "reply", f.Reply, "hint", f.Hint)
+				log().Warn("recipient failed", "rcpt", f.Rcpt, "reply", f.Reply, "hint", f.Hint)
 			}
 		}
 	}
@@ -202,12 +212,12 @@ func (s *Scheduler) attempt(ctx context.Context, id string, seq uint64) {
 		}
 		status := lastTemp.Error()
 		hint := s.hint(lastTemp, status)
-		log.Info("deferred", "recipients", len(deferredTo), "reply", status, "hint", hint, "attempt", n, "retry_in", wait.Round(time.Millisecond))
+		log().Info("deferred", "recipients", len(deferredTo), "reply", status, "hint", hint, "attempt", n, "retry_in", wait.Round(time.Millisecond))
 		s.retryAt(id, due)
 		return
 	}
 	if err := s.o.Spool.DoneLater(id); err != nil {
-		log.Error("cannot mark message done; it may be attempted again", "err", err)
+		log().Error("cannot mark message done; it may be attempted again", "err", err)
 	}
 	if s.o.Delivered != nil {
 		s.o.Delivered(s.o.Clock().Sub(env.Received))

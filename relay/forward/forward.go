@@ -216,7 +216,14 @@ func (f *Forwarder) Send(stream string, e Entry) {
 }
 
 // SendTrace is the trace subscriber.
-func (f *Forwarder) SendTrace(e trace.Event) { f.Send(StreamTrace, TraceEntry(e)) }
+// It checks the target first: building the entry costs allocations on every
+// message, for nothing when no target takes the trace stream.
+func (f *Forwarder) SendTrace(e trace.Event) {
+	if t := f.tgt.Load(); t == nil || !slices.Contains(t.Streams, StreamTrace) {
+		return
+	}
+	f.Send(StreamTrace, TraceEntry(e))
+}
 
 func (f *Forwarder) dropLocked(stream string) {
 	f.drops[stream]++

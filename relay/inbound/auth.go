@@ -33,6 +33,7 @@ func (ss *session) startTLS() bool {
 	// Commands pipelined after STARTTLS were sent in the clear: they must
 	// not run inside the TLS session (CVE-2011-0411).
 	ss.r.Discard(ss.r.Buffered())
+	ss.in.drop()
 	ss.reply(220, smtp.EnhancedCode{2, 0, 0}, "ready to start TLS")
 	if ss.w.Flush() != nil {
 		return false

@@ -27,14 +27,16 @@ func (r connReader) Read(p []byte) (int, error) {
 	ss := r.ss
 	now := time.Now()
 	d := now.Add(ss.o.ReadTimeout)
-	lim := &limitError{Key: "limits.read_timeout", Limit: ss.o.ReadTimeout, What: "no data from the client"}
+	// Which limit the deadline is; its error is made only on a timeout,
+	// not on every read.
+	lim := limRead
 	if !ss.lineEnd.IsZero() && ss.lineEnd.Before(d) {
 		d = ss.lineEnd
-		lim = &limitError{Key: "limits.command_timeout", Limit: ss.o.CommandTimeout, What: "no complete command line"}
+		lim = limCommand
 	}
 	if ss.end.Before(d) {
 		d = ss.end
-		lim = &limitError{Key: "limits.max_session_time", Limit: ss.o.MaxSessionTime, What: "session not finished"}
+		lim = limSession
 	}
 	ss.conn.SetReadDeadline(d)
 	if ss.isKicked() {
@@ -47,10 +49,29 @@ func (r connReader) Read(p []byte) (int, error) {
 			if ss.isKicked() {
 				return n, errKicked
 			}
-			return n, lim
+			return n, ss.limitError(lim)
 		}
 	}
 	return n, err
+}
+
+// readLimit names the time limit behind a read deadline.
+type readLimit uint8
+
+const (
+	limRead readLimit = iota
+	limCommand
+	limSession
+)
+
+func (ss *session) limitError(l readLimit) *limitError {
+	switch l {
+	case limCommand:
+		return &limitError{Key: "limits.command_timeout", Limit: ss.o.CommandTimeout, What: "no complete command line"}
+	case limSession:
+		return &limitError{Key: "limits.max_session_time", Limit: ss.o.MaxSessionTime, What: "session not finished"}
+	}
+	return &limitError{Key: "limits.read_timeout", Limit: ss.o.ReadTimeout, What: "no data from the client"}
 }
 
 type connWriter struct{ ss *session }

@@ -3,6 +3,7 @@ package inbound
 // DATA and the message's way into the spool, with the replies to its failures.
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -34,11 +35,12 @@ func (ss *session) data(arg string) bool {
 		ss.reply(503, smtp.EnhancedCode{5, 5, 1}, "send MAIL and RCPT first")
 		return true
 	}
-	ss.reply(354, smtp.NoEnhancedCode, "end data with <CR><LF>.<CR><LF>")
+	ss.replyText(354, smtp.NoEnhancedCode, "end data with <CR><LF>.<CR><LF>")
 	if ss.w.Flush() != nil {
 		return false
 	}
 	d := newDataReader(ss.r, ss.maxBytes())
+	d.in = &ss.in
 	reply, readErr := ss.store(d, func() bool { return d.done })
 	if errors.Is(readErr, errDataTooLarge) {
 		if readErr = d.drain(); readErr == nil {
@@ -90,7 +92,16 @@ func (ss *session) store(src io.Reader, complete func() bool) (reply error, read
 	start := o.Clock()
 	m := o.Spool.NewMessage()
 	id := m.ID()
-	log := ss.log.With("queue_id", id)
+	// The message's logger (with its queue_id) is built only when a line is
+	// logged: ss.log.With costs an allocation and the handlers' WithAttrs
+	// work on every message, and the happy path logs nothing at Info.
+	var logq *slog.Logger
+	log := func() *slog.Logger {
+		if logq == nil {
+			logq = ss.log.With("queue_id", id)
+		}
+		return logq
+	}
 
 	proto := "SMTP"
 	if ss.ehlo {
@@ -196,7 +207,9 @@ func (ss *session) store(src io.Reader, complete func() bool) (reply error, read
 		ev.TLSVersion, ev.TLSCipher = tlsVersionName(st.Version), tls.CipherSuiteName(st.CipherSuite)
 	}
 	o.Record(ev)
-	log.Debug("queued", "device", env.Device, "from", ev.From, "rcpts", len(ss.rcpts), "size", info.Size, "message_id", ev.MessageID)
+	if ss.log.Enabled(context.Background(), slog.LevelDebug) {
+		log().Debug("queued", "device", env.Device, "from", ev.From, "rcpts", len(ss.rcpts), "size", info.Size, "message_id", ev.MessageID)
+	}
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK queued as " + id}, nil
 }
 
@@ -253,9 +266,9 @@ func isReadError(err error) bool {
 // dataError turns a failure during DATA into the reply: the device's own
 // fault (too big, bad line endings, NUL) is permanent; the relay's (disk
 // full, write error) is temporary.
-func (ss *session) dataError(log *slog.Logger, err error) error {
+func (ss *session) dataError(log func() *slog.Logger, err error) error {
 	if errors.Is(err, spool.ErrFull) {
-		log.Warn("spool full; device told to retry", "err", err)
+		log().Warn("spool full; device told to retry", "err", err)
 		return ss.refuse("storage_full", &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1},
 			Message: "relay storage is full; the message was not accepted, try again later"})
 	}
@@ -267,7 +280,7 @@ func (ss *session) dataError(log *slog.Logger, err error) error {
 		}
 		return ss.refuse(reason, reply)
 	}
-	log.Error("cannot spool message; device told to retry", "err", err)
+	log().Error("cannot spool message; device told to retry", "err", err)
 	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
 		Message: "relay could not store the message; try again later"}
 }

@@ -132,7 +132,7 @@ func (ss *session) mail(arg string) error {
 	}
 	ss.inTx, ss.from, ss.utf8, ss.body = true, from, utf8, body
 	ss.rcpts = ss.rcpts[:0]
-	ss.reply(250, smtp.EnhancedCode{2, 1, 0}, "sender <%s> OK", truncate(from, 256))
+	ss.replyText(250, smtp.EnhancedCode{2, 1, 0}, "sender <"+truncate(from, 256)+"> OK")
 	return nil
 }
 
@@ -168,6 +168,6 @@ func (ss *session) rcpt(arg string) error {
 		}
 	}
 	ss.rcpts = append(ss.rcpts, to)
-	ss.reply(250, smtp.EnhancedCode{2, 1, 5}, "recipient <%s> OK", truncate(to, 256))
+	ss.replyText(250, smtp.EnhancedCode{2, 1, 5}, "recipient <"+truncate(to, 256)+"> OK")
 	return nil
 }

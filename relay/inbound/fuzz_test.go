@@ -57,7 +57,21 @@ func (c *chunkReader) Read(p []byte) (int, error) {
 
 func readData(in string, sizes []byte, bufSize int) (body string, rest string, err error) {
 	br := bufio.NewReaderSize(&chunkReader{data: []byte(in), sizes: sizes}, 16)
+	return readDataFrom(br, newDataReader(br, 0), bufSize)
+}
+
+// readDataDirect is readData through a session's spillReader: reads into a
+// buf larger than the bufio.Reader's 16 bytes go straight into buf, and
+// what follows the end of data is handed back.
+func readDataDirect(in string, sizes []byte, bufSize int) (body string, rest string, err error) {
+	src := &spillReader{r: &chunkReader{data: []byte(in), sizes: sizes}}
+	br := bufio.NewReaderSize(src, 16)
 	d := newDataReader(br, 0)
+	d.in = src
+	return readDataFrom(br, d, bufSize)
+}
+
+func readDataFrom(br *bufio.Reader, d *dataReader, bufSize int) (body string, rest string, err error) {
 	var out bytes.Buffer
 	buf := make([]byte, bufSize)
 	for {
@@ -84,13 +98,22 @@ func TestDataReader(t *testing.T) {
 		{"a\r\n\x00.\r\n.\r\n", "a\r\n\x00.\r\n", ""}, // NUL is data
 		{"a\r\r\n.\r\n", "a\r\r\n", ""},
 	} {
-		body, rest, err := readData(tc.in, nil, 3)
-		if err != nil || body != tc.body || rest != tc.rest {
-			t.Errorf("%q: body %q rest %q err %v; want %q, %q", tc.in, body, rest, err, tc.body, tc.rest)
+		for _, r := range []struct {
+			name string
+			read func(string, []byte, int) (string, string, error)
+			buf  int
+		}{{"buffered", readData, 3}, {"direct", readDataDirect, 40}} {
+			body, rest, err := r.read(tc.in, nil, r.buf)
+			if err != nil || body != tc.body || rest != tc.rest {
+				t.Errorf("%s %q: body %q rest %q err %v; want %q, %q", r.name, tc.in, body, rest, err, tc.body, tc.rest)
+			}
 		}
 	}
 	if _, _, err := readData("a\r\nno end", nil, 10); !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Errorf("data without an end: %v, want io.ErrUnexpectedEOF", err)
+	}
+	if _, _, err := readDataDirect("a\r\nno end", nil, 40); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Errorf("direct: data without an end: %v, want io.ErrUnexpectedEOF", err)
 	}
 	br := bufio.NewReader(strings.NewReader(strings.Repeat("x", 100) + "\r\n.\r\nNOOP\r\n"))
 	d := newDataReader(br, 50)
@@ -105,6 +128,47 @@ func TestDataReader(t *testing.T) {
 	}
 }
 
+// TestDataReaderDirectSpill reads two messages pipelined in one stream
+// through one session input: what the first read took past its end of
+// data (the second's commands and dot-stuffed body) comes back in order.
+func TestDataReaderDirectSpill(t *testing.T) {
+	in := "a\r\n..b\r\n.\r\nMAIL FROM:<x@y>\r\nDATA\r\n..c\r\n.\r\nQUIT\r\n"
+	src := &spillReader{r: strings.NewReader(in)}
+	br := bufio.NewReaderSize(src, 16)
+	var got []string
+	for _, lines := range []int{2, 1} {
+		d := newDataReader(br, 0)
+		d.in = src
+		var out bytes.Buffer
+		buf := make([]byte, 200)
+		for {
+			n, err := d.Read(buf)
+			out.Write(buf[:n])
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		got = append(got, out.String())
+		for range lines {
+			line, err := readCommandLine(br, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, line)
+		}
+	}
+	want := []string{"a\r\n.b\r\n", "MAIL FROM:<x@y>", "DATA", ".c\r\n", "QUIT"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	if rest, _ := io.ReadAll(br); len(rest) != 0 {
+		t.Errorf("left over: %q", rest)
+	}
+}
+
 func FuzzDataReader(f *testing.F) {
 	for _, s := range []string{".\r\n", "a\r\n.\r\nMAIL", "..\r\n.\r\n", "\n.\n\r\n.\r\n", "\r.\r\n.\r\n", "\r\n.\r\r\n.\r\n", ".\r.\r\n.\r\n", "x\x00\r\n.\r\n"} {
 		f.Add(s, []byte{1, 2, 3}, uint8(3))
@@ -113,16 +177,18 @@ func FuzzDataReader(f *testing.F) {
 		f.Add("Subject: s\r\n\r\nbody"+p+"MAIL FROM:<a@b>\r\n.\r\nQUIT\r\n", []byte{5, 0, 9}, uint8(7))
 	}
 	f.Fuzz(func(t *testing.T, in string, sizes []byte, bufSize uint8) {
-		body, rest, err := readData(in, sizes, int(bufSize)%64+1)
 		wantBody, wantRest, ok := refData(in)
-		if !ok {
-			if !errors.Is(err, io.ErrUnexpectedEOF) {
-				t.Fatalf("%q: no end of data, got body %q err %v", in, body, err)
+		for _, read := range []func(string, []byte, int) (string, string, error){readData, readDataDirect} {
+			body, rest, err := read(in, sizes, int(bufSize)%64+1)
+			if !ok {
+				if !errors.Is(err, io.ErrUnexpectedEOF) {
+					t.Fatalf("%q: no end of data, got body %q err %v", in, body, err)
+				}
+				continue
 			}
-			return
-		}
-		if err != nil || body != wantBody || rest != wantRest {
-			t.Fatalf("%q:\n got  %q %q %v\n want %q %q", in, body, rest, err, wantBody, wantRest)
+			if err != nil || body != wantBody || rest != wantRest {
+				t.Fatalf("%q:\n got  %q %q %v\n want %q %q", in, body, rest, err, wantBody, wantRest)
+			}
 		}
 	})
 }

@@ -610,3 +610,39 @@ func TestShutdownClosesAtDeadline(t *testing.T) {
 		t.Errorf("%d spooled", n)
 	}
 }
+
+// What a client pipelines after the end of data (the next transaction, its
+// dot-stuffed body, QUIT) in the same write as the message is read as
+// commands and data in order: DATA may read past its end straight from the
+// connection and must hand the rest back.
+func TestPipelinedAfterEndOfData(t *testing.T) {
+	f, _ := startServer(t, nil)
+	r := dialRaw(t, f.addr)
+	r.cmd("EHLO printer", "250")
+	r.cmd("MAIL FROM:<p@plant.example>", "250")
+	r.cmd("RCPT TO:<a@example.com>", "250")
+	r.cmd("DATA", "354")
+	body := strings.Repeat("line of a scan\r\n", 600) // larger than the session's 4 KiB buffer
+	r.send("Subject: one\r\n\r\n" + body + ".\r\n" +
+		"MAIL FROM:<p@plant.example>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+	for _, want := range []string{"250 2.0.0 OK queued as ", "250", "250", "354"} {
+		r.expect(want)
+	}
+	r.send("Subject: two\r\n\r\n..stuffed\r\n.\r\nQUIT\r\n")
+	r.expect("250 2.0.0 OK queued as ")
+	r.expect("221")
+	list := f.sp.List()
+	if len(list) != 2 {
+		t.Fatalf("spooled %d messages, want 2", len(list))
+	}
+	got := []string{f.content(t, list[0].ID), f.content(t, list[1].ID)}
+	if strings.Contains(got[0], "Subject: two\r\n") {
+		got[0], got[1] = got[1], got[0]
+	}
+	if !strings.Contains(got[0], "Subject: one\r\n") || !strings.HasSuffix(got[0], "\r\n\r\n"+body) {
+		t.Errorf("first message %.80q...%q, want its body whole", got[0], got[0][max(0, len(got[0])-40):])
+	}
+	if !strings.Contains(got[1], "Subject: two\r\n") || !strings.HasSuffix(got[1], "\r\n\r\n.stuffed\r\n") {
+		t.Errorf("second message %q, want the dot-stuffing removed", got[1])
+	}
+}

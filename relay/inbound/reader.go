@@ -76,9 +76,15 @@ func readCommandLine(r *bufio.Reader, max int) (string, error) {
 // end of data the relay knows, CRLF "." CRLF. Every other byte (a bare CR or
 // LF, a NUL, a "." followed by a bare CR) goes through unchanged, so that
 // message.Prepare judges it by the relay's own line-ending policy. It works
-// on the bufio.Reader's buffer a run at a time, not byte by byte.
+// on the bufio.Reader's buffer a run at a time, not byte by byte, or (given
+// the session's input, in) straight on what it reads into the caller's p.
 type dataReader struct {
-	r      *bufio.Reader
+	r *bufio.Reader
+	// in, when set, is r's source: a read into a p larger than r's buffer,
+	// r's buffer empty, goes straight from the connection into p (one
+	// read and one copy fewer per buffer of data), and what the client
+	// sent after the end of data is handed back to in for r to read next.
+	in     *spillReader
 	st     dataState
 	prevCR bool  // in stMid: the last byte passed on was a CR
 	n      int64 // bytes passed on
@@ -110,6 +116,9 @@ func (d *dataReader) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	if d.in != nil && d.r.Buffered() == 0 && len(p) > d.r.Size() {
+		return d.readDirect(p)
+	}
 	if d.r.Buffered() == 0 {
 		if _, err := d.r.Peek(1); err != nil {
 			if err == io.EOF {
@@ -129,6 +138,68 @@ func (d *dataReader) Read(p []byte) (int, error) {
 	}
 	return n, nil
 }
+
+// readDirect reads into p[1:] (r's buffer is empty and p is larger, so
+// bufio.Reader reads straight from its source) and removes the dot-stuffing
+// in place: scan's output never overtakes its input, which starts one byte
+// further on for the CR a "." CR held from the previous read may give.
+// Bytes after the end of data go back to d.in, ahead of the connection.
+func (d *dataReader) readDirect(p []byte) (int, error) {
+	m, err := d.r.Read(p[1:])
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	if m == 0 {
+		if err != nil {
+			d.err = err
+		}
+		return 0, err
+	}
+	in := p[1 : 1+m]
+	n, used := d.scan(p, in)
+	if used < len(in) {
+		d.in.unread(in[used:])
+	}
+	if err != nil && !d.done {
+		d.err = err // after the data that came with it
+	}
+	d.n += int64(n)
+	if d.max > 0 && d.n > d.max {
+		d.err = errDataTooLarge
+		return 0, d.err
+	}
+	return n, nil
+}
+
+// spillReader is a session's input: the bytes a DATA reader read past the
+// end of data, then r (the connection).
+type spillReader struct {
+	pending []byte
+	r       io.Reader
+}
+
+func (s *spillReader) Read(p []byte) (int, error) {
+	if len(s.pending) > 0 {
+		n := copy(p, s.pending)
+		s.pending = s.pending[n:]
+		if len(s.pending) == 0 {
+			s.pending = nil // keep no buffer once it is read
+		}
+		return n, nil
+	}
+	return s.r.Read(p)
+}
+
+// unread puts b ahead of what is still pending.
+func (s *spillReader) unread(b []byte) {
+	s.pending = append(append([]byte(nil), b...), s.pending...)
+}
+
+// hasLine reports whether a whole line is pending.
+func (s *spillReader) hasLine() bool { return bytes.IndexByte(s.pending, '\n') >= 0 }
+
+// drop forgets what is pending (plaintext pipelined into STARTTLS).
+func (s *spillReader) drop() { s.pending = nil }
 
 // scan copies from in to p, removing dot-stuffing, until p is full, in is
 // used up or the end of data is found. It returns the bytes written to p
@@ -165,15 +236,16 @@ func (d *dataReader) scan(p, in []byte) (n, used int) {
 		case stMid:
 			m := min(len(b), len(p)-n)
 			i := bytes.IndexByte(b[:m], '\n')
+			// Look at b before copying: in readDirect p and in overlap.
 			if i < 0 {
+				d.prevCR = b[m-1] == '\r'
 				copy(p[n:], b[:m])
 				n += m
 				used += m
-				d.prevCR = b[m-1] == '\r'
 				continue
 			}
-			copy(p[n:], b[:i+1])
 			crlf := i > 0 && b[i-1] == '\r' || i == 0 && d.prevCR
+			copy(p[n:], b[:i+1])
 			n += i + 1
 			used += i + 1
 			if crlf {

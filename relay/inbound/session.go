@@ -26,8 +26,9 @@ type session struct {
 	srv  *Server
 	o    *Options // as when the session started
 	raw  net.Conn
-	conn net.Conn // raw, or the TLS connection after STARTTLS
-	r    *bufio.Reader
+	conn net.Conn      // raw, or the TLS connection after STARTTLS
+	r    *bufio.Reader // reads in
+	in   spillReader   // connReader, after what DATA read past its end
 	w    *bufio.Writer
 	log  *slog.Logger
 
@@ -64,6 +65,8 @@ type session struct {
 	body  string
 	rcpts []string
 	bdat  *bdatTx
+
+	out []byte // scratch for formatting a reply
 }
 
 // newSession is a session not yet started: its buffers and logger come
@@ -98,37 +101,59 @@ func formatReply(b []byte, err error) []byte {
 	if !errors.As(err, &se) {
 		se = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: err.Error()}
 	}
-	enh := se.EnhancedCode
+	return appendReply(b, se.Code, se.EnhancedCode, se.Message)
+}
+
+// appendReply is formatReply of an SMTPError's fields, without making one:
+// every reply of every message comes here.
+func appendReply(b []byte, code int, enh smtp.EnhancedCode, msg string) []byte {
 	if enh == smtp.EnhancedCodeNotSet {
 		enh = smtp.NoEnhancedCode
-		if c := se.Code / 100; c == 2 || c == 4 || c == 5 {
+		if c := code / 100; c == 2 || c == 4 || c == 5 {
 			enh = smtp.EnhancedCode{c, 0, 0}
 		}
 	}
-	lines := strings.Split(strings.ReplaceAll(se.Message, "\r", ""), "\n")
-	for i, l := range lines {
+	if strings.IndexByte(msg, '\r') >= 0 {
+		msg = strings.ReplaceAll(msg, "\r", "")
+	}
+	for {
+		l, rest, more := strings.Cut(msg, "\n")
 		sep := byte(' ')
-		if i < len(lines)-1 {
+		if more {
 			sep = '-'
 		}
-		b = strconv.AppendInt(b, int64(se.Code), 10)
+		b = strconv.AppendInt(b, int64(code), 10)
 		b = append(b, sep)
 		if enh != smtp.NoEnhancedCode {
-			b = fmt.Appendf(b, "%d.%d.%d ", enh[0], enh[1], enh[2])
+			b = strconv.AppendInt(b, int64(enh[0]), 10)
+			b = append(b, '.')
+			b = strconv.AppendInt(b, int64(enh[1]), 10)
+			b = append(b, '.')
+			b = strconv.AppendInt(b, int64(enh[2]), 10)
+			b = append(b, ' ')
 		}
 		b = append(b, l...)
 		b = append(b, '\r', '\n')
+		if !more {
+			return b
+		}
+		msg = rest
 	}
-	return b
 }
 
 func (ss *session) reply(code int, enh smtp.EnhancedCode, format string, a ...any) {
-	ss.replyErr(&smtp.SMTPError{Code: code, EnhancedCode: enh, Message: fmt.Sprintf(format, a...)})
+	ss.replyText(code, enh, fmt.Sprintf(format, a...))
+}
+
+// replyText writes a reply through the session's own scratch buffer.
+func (ss *session) replyText(code int, enh smtp.EnhancedCode, msg string) {
+	ss.out = appendReply(ss.out[:0], code, enh, msg)
+	ss.w.Write(ss.out)
 }
 
 func (ss *session) replyErr(err error) {
-	var buf [256]byte
-	ss.w.Write(formatReply(buf[:0], err))
+	ss.out = formatReply(ss.out[:0], err)
+	ss.w.Write(ss.out)
 }
 
 func (ss *session) refuse(reason string, err error) error {
@@ -165,7 +190,8 @@ func deviceName(p Policy, ip netip.Addr, acct *policy.Account, helo string) stri
 // serve runs the dialogue until QUIT, a limit, or the client goes.
 func (ss *session) serve() {
 	ss.log = ss.o.Logger.With("listener", ss.o.Name, "client_ip", ss.ip.String())
-	ss.r = bufio.NewReaderSize(connReader{ss}, 4096)
+	ss.in.r = connReader{ss}
+	ss.r = bufio.NewReaderSize(&ss.in, 4096)
 	ss.w = bufio.NewWriterSize(connWriter{ss}, 1024)
 	defer func() {
 		ss.finish()
@@ -236,7 +262,7 @@ func (ss *session) boundary() error {
 // commands (between, not in an AUTH exchange) and outside a transaction the
 // session is idle: Shutdown and a full listener may tell it to go.
 func (ss *session) readCommand(between bool) (string, error) {
-	if buf, _ := ss.r.Peek(ss.r.Buffered()); bytes.IndexByte(buf, '\n') < 0 {
+	if buf, _ := ss.r.Peek(ss.r.Buffered()); bytes.IndexByte(buf, '\n') < 0 && !ss.in.hasLine() {
 		if err := ss.w.Flush(); err != nil {
 			return "", err
 		}

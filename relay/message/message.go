@@ -464,13 +464,18 @@ func (w *countWriter) reset(dst io.Writer) {
 func (w *countWriter) write(b []byte) {
 	if len(w.buf)+len(b) > cap(w.buf) {
 		w.flush()
-		if len(b) > cap(w.buf) {
-			w.emit(b)
-			return
-		}
+	}
+	if len(w.buf) == 0 && len(b) >= directWrite {
+		// A large run of body lines with nothing buffered before it goes
+		// to dst as it is, without a copy into buf first.
+		w.emit(b)
+		return
 	}
 	w.buf = append(w.buf, b...)
 }
+
+// directWrite is the smallest write countWriter passes on unbuffered.
+const directWrite = 4 << 10
 
 func (w *countWriter) writeString(s string) {
 	if len(w.buf)+len(s) > cap(w.buf) {

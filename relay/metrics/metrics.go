@@ -10,6 +10,7 @@ package metrics
 import (
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -100,9 +101,13 @@ type Metrics struct {
 	refusedTotal  atomic.Uint64          // the sum of refused's series: Refused
 	deliveries    *prometheus.CounterVec // upstream, result
 	tlsSeen       *prometheus.CounterVec // listener, device, version, cipher
-	up            upstreamMetrics
-	tokens        map[bool]prometheus.Counter
-	creds         credentials
+	// The children Observe counts on, by their raw label values: a map
+	// lookup instead of WithLabelValues' hashing on every event.
+	tlsChildren      ChildCache[tlsKey, prometheus.Counter]
+	deliveryChildren ChildCache[deliveryKey, prometheus.Counter]
+	up               upstreamMetrics
+	tokens           map[bool]prometheus.Counter
+	creds            credentials
 }
 
 // New registers the relay's metrics, plus Go runtime and process metrics, on
@@ -229,10 +234,48 @@ func (m *Metrics) Observe(e trace.Event) {
 		if version == "" {
 			version, cipher = "none", ""
 		}
-		m.tlsSeen.WithLabelValues(e.Listener, DeviceLabel(e.Device), version, cipher).Inc()
+		m.tlsChildren.Get(tlsKey{e.Listener, e.Device, version, cipher}, func(k tlsKey) prometheus.Counter {
+			return m.tlsSeen.WithLabelValues(k.listener, DeviceLabel(k.device), k.version, k.cipher)
+		}).Inc()
 		return
 	}
-	m.deliveries.WithLabelValues(UpstreamKind(e.Upstream), string(e.Kind)).Add(float64(len(e.To)))
+	m.deliveryChildren.Get(deliveryKey{e.Upstream, e.Kind}, func(k deliveryKey) prometheus.Counter {
+		return m.deliveries.WithLabelValues(UpstreamKind(k.upstream), string(k.kind))
+	}).Add(float64(len(e.To)))
+}
+
+type tlsKey struct{ listener, device, version, cipher string }
+
+type deliveryKey struct {
+	upstream string
+	kind     trace.Kind
+}
+
+// ChildCache keeps a metric vec's children by key. The keys are label
+// values from the configuration (listeners, devices, upstreams) and the
+// few TLS versions and ciphers, so it stays small; nothing deletes a
+// child of the vecs it is used for, so a kept child is never stale.
+type ChildCache[K comparable, V any] struct {
+	mu sync.RWMutex
+	m  map[K]V
+}
+
+// Get is k's child, made by child the first time.
+func (c *ChildCache[K, V]) Get(k K, child func(K) V) V {
+	c.mu.RLock()
+	v, ok := c.m[k]
+	c.mu.RUnlock()
+	if ok {
+		return v
+	}
+	v = child(k)
+	c.mu.Lock()
+	if c.m == nil {
+		c.m = make(map[K]V)
+	}
+	c.m[k] = v
+	c.mu.Unlock()
+	return v
 }
 
 // UpstreamKind is the kind in an upstream's trace name ("m365-oauth

@@ -64,6 +64,9 @@ type instrumented struct {
 	m     upstreamMetrics
 	kind  func() string
 	clock func() time.Time
+	// attempts are attempt's children by kind: a map lookup instead of
+	// WithLabelValues' hashing on every delivery.
+	attempts ChildCache[string, prometheus.Observer]
 }
 
 func (u *instrumented) Deliver(ctx context.Context, msg *upstream.Message) ([]upstream.RcptResult, error) {
@@ -74,7 +77,7 @@ func (u *instrumented) Deliver(ctx context.Context, msg *upstream.Message) ([]up
 		u.m.paced.WithLabelValues(kind).Inc()
 		return results, err
 	}
-	u.m.attempt.WithLabelValues(kind).Observe(time.Since(start).Seconds())
+	u.attempts.Get(kind, func(k string) prometheus.Observer { return u.m.attempt.WithLabelValues(k) }).Observe(time.Since(start).Seconds())
 	u.m.allowance.add(u.clock(), len(msg.To))
 	throttled := Throttling(err)
 	for _, r := range results {

@@ -34,6 +34,11 @@ func EscapeText(s string) string { return escape(s, true) }
 
 func escape(s string, text bool) string {
 	i := 0
+	// Printable ASCII needs nothing and is most of what comes here:
+	// skip it a byte at a time before decoding runes.
+	for i < len(s) && s[i] >= 0x20 && s[i] < 0x7f {
+		i++
+	}
 	for i < len(s) {
 		r, n := utf8.DecodeRuneInString(s[i:])
 		if needs(r, n) && !(text && (r == '\n' || r == '\t')) {

@@ -154,6 +154,16 @@ func appendString(b []byte, s string) []byte {
 	}
 	b = append(b, '"')
 	for i := 0; i < len(s); {
+		// A run of bytes that need no escaping goes in one append.
+		j := i
+		for j < len(s) && s[j] >= 0x20 && s[j] < 0x7f && s[j] != '"' && s[j] != '\\' {
+			j++
+		}
+		if j > i {
+			b = append(b, s[i:j]...)
+			i = j
+			continue
+		}
 		c := s[i]
 		if c < utf8.RuneSelf {
 			switch {

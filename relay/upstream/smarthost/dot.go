@@ -21,6 +21,16 @@ func newDotWriter(w *bufio.Writer) dotWriter { return dotWriter{w: w, bol: true}
 
 func (d *dotWriter) Write(p []byte) (int, error) {
 	for i := 0; i < len(p); {
+		if d.bol && !d.cr {
+			// Whole CRLF lines that need nothing done go in one write.
+			if n := cleanLines(p[i:]); n > 0 {
+				if _, err := d.w.Write(p[i : i+n]); err != nil {
+					return i, err
+				}
+				i += n
+				continue
+			}
+		}
 		c := p[i]
 		if d.cr {
 			d.cr = false
@@ -65,6 +75,21 @@ func (d *dotWriter) Write(p []byte) (int, error) {
 		i += j
 	}
 	return len(p), nil
+}
+
+// cleanLines is the length of the longest start of p made of whole lines
+// that end in CRLF, hold no other CR or LF and do not start with ".":
+// what Write would pass on unchanged.
+func cleanLines(p []byte) int {
+	n := 0
+	for n < len(p) && p[n] != '.' {
+		j := bytes.IndexByte(p[n:], '\n')
+		if j < 1 || p[n+j-1] != '\r' || bytes.IndexByte(p[n:n+j-1], '\r') >= 0 {
+			break
+		}
+		n += j + 1
+	}
+	return n
 }
 
 // Close ends the data: a final line ending if the body lacked one, then

@@ -11,7 +11,7 @@ func stuff(in string, chunk int) string {
 	var out bytes.Buffer
 	bw := bufio.NewWriter(&out)
 	d := newDotWriter(bw)
-	var buf [3]byte
+	var buf [64]byte
 	if chunk > len(buf) {
 		chunk = len(buf)
 	}
@@ -32,9 +32,11 @@ func TestDotWriter(t *testing.T) {
 		{"a\r.\rb\r", "a\r\n..\r\nb\r\n.\r\n"},
 		{"a\r\r\n", "a\r\n\r\n.\r\n"},
 		{"..x", "...x\r\n.\r\n"},
+		{"a\r\nb\r\n\r\n.c\r\nd\r\n", "a\r\nb\r\n\r\n..c\r\nd\r\n.\r\n"},
+		{"a\r\nb\rc\r\nd\ne\r\n", "a\r\nb\r\nc\r\nd\r\ne\r\n.\r\n"},
 	}
 	for _, tt := range tests {
-		for _, chunk := range []int{1, 2, 3} {
+		for _, chunk := range []int{1, 2, 3, 64} {
 			if got := stuff(tt.in, chunk); got != tt.want {
 				t.Errorf("stuff(%q, chunk %d): got %q, want %q", tt.in, chunk, got, tt.want)
 			}
@@ -52,7 +54,7 @@ func FuzzDotWriter(f *testing.F) {
 		if chunk < 1 {
 			chunk = 1
 		}
-		out := stuff(in, chunk%3+1)
+		out := stuff(in, []int{1, 2, 3, 64}[chunk%4])
 		if i := strings.Index(out, "\r\n.\r\n"); i >= 0 && i != len(out)-5 {
 			t.Fatalf("early end of data at %d in %q", i, out)
 		}
