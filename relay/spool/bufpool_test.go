@@ -82,3 +82,43 @@ func TestWriteFrames(t *testing.T) {
 		f.Close()
 	}
 }
+
+// frameInPlace encodes a message's record around its content, byte for
+// byte what encodeMessage writes, in the room before the content; an
+// envelope whose head does not fit the room is left to encodeMessage.
+func TestFrameInPlace(t *testing.T) {
+	many := make([]Rcpt, 40)
+	for i := range many {
+		many[i] = Rcpt{Addr: strings.Repeat("r", 20) + "@example.com"}
+	}
+	for _, tc := range []struct {
+		name   string
+		env    Envelope
+		data   string
+		placed bool
+	}{
+		{"one recipient", Envelope{From: "a@b", To: []Rcpt{{Addr: "c@d"}}, Subject: "hello", Received: time.Unix(1700000000, 5)}, "hi\r\n", true},
+		{"empty content", Envelope{From: "a@b", To: []Rcpt{{Addr: "c@d"}}}, "", true},
+		{"a device and a class", Envelope{From: "a@b", To: []Rcpt{{Addr: "c@d"}}, Device: "printer", Class: "scan", FromReceived: "x"}, strings.Repeat("z", 70000), true},
+		{"40 recipients: no room", Envelope{From: "a@b", To: many}, "hi\r\n", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			buf := append(make([]byte, contentRoom), tc.data...)
+			m := messageRec{ID: "Q1", Env: tc.env, Data: buf[contentRoom:], Size: int64(len(tc.data))}
+			want := encodeMessage(nil, &m)
+			got := frameInPlace(buf, contentRoom, &m)
+			if (got != nil) != tc.placed {
+				t.Fatalf("placed %v, want %v", got != nil, tc.placed)
+			}
+			if got == nil {
+				return
+			}
+			if !bytes.Equal(got[frameHeader:], want) {
+				t.Errorf("record in place differs from encodeMessage's:\n got %q\nwant %q", got[frameHeader:min(len(got), 80)], want[:min(len(want), 80-frameHeader)])
+			}
+			if &got[len(got)-1] != &buf[len(buf)-1] && len(tc.data) > 0 {
+				t.Errorf("the record is not built around the content (copied)")
+			}
+		})
+	}
+}

@@ -183,7 +183,10 @@ func (w *writer) rotate() error {
 // inflight count stays raised for the caller to drop once the message is
 // adopted.
 func (w *writer) appendMessage(m *messageRec) (*segment, int64, error) {
-	rec := encodeMessage(newRecord(recordSize(m)), m)
+	rec := m.framed
+	if rec == nil {
+		rec = encodeMessage(newRecord(recordSize(m)), m)
+	}
 	head := int64(len(rec) - len(m.Data)) // the frame before the content
 	b, g, off, err := w.appendFrame(rec, false, nil)
 	if err != nil {
