@@ -122,3 +122,33 @@ func TestFrameInPlace(t *testing.T) {
 		})
 	}
 }
+
+// A new message's content buffer is sized from the recent messages, so
+// that it is not grown by copying: at least the pool's smallest, at most
+// InlineMax.
+func TestSizeHint(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		sizes     int64 // each of 100 messages
+		inlineMax int
+		wantMin   int
+		wantMax   int
+	}{
+		{"none yet", 0, 256 << 10, 16 << 10, 16 << 10},
+		{"4 KiB messages", 4 << 10, 256 << 10, 16 << 10, 16 << 10},
+		{"64 KiB messages and their headers", 66 << 10, 256 << 10, 66 << 10, 80 << 10},
+		{"1 MiB messages", 1 << 20, 256 << 10, 256 << 10, 256 << 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &Spool{opts: Options{InlineMax: tc.inlineMax}}
+			for range 100 {
+				if tc.sizes > 0 {
+					s.noteSize(tc.sizes)
+				}
+			}
+			if got := s.sizeHint(); got < tc.wantMin || got > tc.wantMax {
+				t.Errorf("sizeHint = %d, want %d to %d", got, tc.wantMin, tc.wantMax)
+			}
+		})
+	}
+}

@@ -46,7 +46,7 @@ func (m *Message) ID() string { return m.id }
 func (m *Message) Write(p []byte) (int, error) {
 	if m.tmp == nil && m.n+int64(len(p)) <= int64(m.s.opts.InlineMax) {
 		if m.buf == nil {
-			m.buf = contentBufs.get(contentRoom + max(len(p), 64<<10))[:contentRoom]
+			m.buf = contentBufs.get(contentRoom + max(len(p), m.s.sizeHint()))[:contentRoom]
 		}
 		m.buf = append(m.buf, p...)
 		m.n += int64(len(p))
@@ -79,6 +79,22 @@ func (m *Message) Write(p []byte) (int, error) {
 // for the record's frame header and head (ID, envelope, the content's
 // length): a few hundred bytes for a message with a handful of recipients.
 const contentRoom = 512
+
+// sizeHint is the room a new message's content gets at first: the recent
+// messages' size and an eighth, at least the content pool's smallest
+// (16 KiB) and at most InlineMax. A message larger than that grows its
+// buffer (a copy); one smaller wastes the rest while it is in flight.
+func (s *Spool) sizeHint() int {
+	h := s.typical.Load()
+	return int(min(max(h+h/8, int64(contentBufs.min)), int64(s.opts.InlineMax)))
+}
+
+// noteSize moves the recent messages' size towards n (an eighth of the
+// way: a single odd message moves it little).
+func (s *Spool) noteSize(n int64) {
+	t := s.typical.Load()
+	s.typical.CompareAndSwap(t, t+(n-t)/8) // a lost race loses one sample
+}
 
 // content is the content collected in memory.
 func (m *Message) content() []byte {
@@ -135,6 +151,7 @@ func (m *Message) Commit(env Envelope) (string, error) {
 		}
 		rec.File = id
 	} else {
+		s.noteSize(m.n)
 		rec.Data = m.content()
 		if rec.framed = frameInPlace(m.buf, contentRoom, &rec); rec.framed != nil {
 			m.buf = nil // the writer owns it now and pools it once written
