@@ -197,6 +197,15 @@ func encodeMessageHead(b []byte, m *messageRec) []byte {
 	return b
 }
 
+// record is m's record to append: the one framed in place around its
+// content, or else a copy encoded into a pooled buffer.
+func (m *messageRec) record() []byte {
+	if m.framed != nil {
+		return m.framed
+	}
+	return encodeMessage(newRecord(recordSize(m)), m)
+}
+
 // frameInPlace encodes m, whose Data is buf[room:], into the room before
 // it and returns the record (frameHeader bytes of room, then its body)
 // as a slice of buf, so that a message's content is not copied into a
