@@ -184,7 +184,7 @@ func startAdmin(ctx context.Context, o Options, run *app, creds *secrets.Store, 
 	nctx, cancel := context.WithCancel(ctx)
 	a.ctx = nctx
 	a.node = node.Start(nctx, node.Options{Dir: dir.Tailnet(), Hostname: t.Site, AuthKey: key, ControlURL: t.ControlURL,
-		Tags: t.Tags, Port: t.Port, Handler: h, Store: t.Store, Ephemeral: t.Ephemeral, Logger: log})
+		Tags: t.Tags, Port: t.Port, Handler: h, Store: t.Store, Ephemeral: t.Ephemeral, Logger: log, Up: o.TailnetUp})
 	if t.Node != nil {
 		t.Node(a.node)
 	}

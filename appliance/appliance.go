@@ -61,6 +61,9 @@ type Options struct {
 	Discovery *Discovery
 	// Ready, when set, is called once the listeners are bound.
 	Ready func(smtp []net.Addr, http net.Addr)
+	// TailnetUp, when set, is called each time the tailnet node has come
+	// up (node.Options.Up).
+	TailnetUp func()
 	// Reload, when set, asks for the configuration and the secrets to be
 	// read again and applied without a restart (relayd sends on SIGHUP).
 	Reload <-chan struct{}

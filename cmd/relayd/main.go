@@ -39,6 +39,7 @@ import (
 
 	"github.com/siterelay/siterelay/appliance"
 	"github.com/siterelay/siterelay/appliance/buildinfo"
+	"github.com/siterelay/siterelay/appliance/exepages"
 	"github.com/siterelay/siterelay/appliance/logring"
 	"github.com/siterelay/siterelay/relay/layout"
 	"github.com/siterelay/siterelay/relay/policy"
@@ -104,7 +105,9 @@ func main() {
 		if http != nil {
 			o.Logger.Info("status page listening", "url", "http://"+http.String()+"/", "metrics", "http://"+http.String()+"/metrics")
 		}
+		releaseStartPages(o.Logger, "relay listening")
 	}
+	o.TailnetUp = func() { releaseStartPages(o.Logger, "tailnet up") }
 	if appliance.OnGokrazy() {
 		o.Box = true
 		o.Console = boxConsole{}
@@ -130,6 +133,19 @@ func main() {
 	o.Reload = reload
 	err := appliance.Run(ctx, o)
 	os.Exit(stopped(o, err, context.Cause(ctx)))
+}
+
+// releaseStartPages gives back the executable's pages that the start (the
+// packages' initialisers, building the relay or the tailnet node) touched
+// and the work does not use: without it they stay in relayd's resident
+// size, some 20 MiB of a 40 MiB budget (exepages).
+func releaseStartPages(log *slog.Logger, after string) {
+	r, err := exepages.Release()
+	if err != nil {
+		log.Info("start-up pages kept", "after", after, "reason", err.Error())
+		return
+	}
+	log.Info("start-up pages released", "after", after, "mappings", r.Mappings, "resident_kib", r.Bytes>>10)
 }
 
 // stopped writes how this run ends as the log's last record (the next run

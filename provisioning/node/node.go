@@ -58,6 +58,10 @@ type Options struct {
 	// 10 minutes. Default 15 s.
 	Retry  time.Duration
 	Logger *slog.Logger
+	// Up, when set, is called each time the node has come up (after a
+	// join or a rejoin), when tsnet's one-off start code has run: relayd
+	// gives back the executable's pages that code touched (exepages).
+	Up func()
 }
 
 // ReadHeaderTimeout bounds how long a request's header may take to arrive
@@ -239,6 +243,9 @@ func (n *Node) once(ctx context.Context) error {
 	n.state, n.srv, n.lc = s, srv, lc
 	n.mu.Unlock()
 	n.log.Info("tailnet up; admin API on the tailnet", "name", s.Name, "ips", s.IPs, "port", n.o.Port)
+	if n.o.Up != nil {
+		n.o.Up()
+	}
 	// The header must arrive in ReadHeaderTimeout; the body's time is
 	// set per request (server.Guard: the role is known first, and a
 	// firmware image gets longer than a JSON body). No ReadTimeout here:

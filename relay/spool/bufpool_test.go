@@ -82,3 +82,73 @@ func TestWriteFrames(t *testing.T) {
 		f.Close()
 	}
 }
+
+// frameInPlace encodes a message's record around its content, byte for
+// byte what encodeMessage writes, in the room before the content; an
+// envelope whose head does not fit the room is left to encodeMessage.
+func TestFrameInPlace(t *testing.T) {
+	many := make([]Rcpt, 40)
+	for i := range many {
+		many[i] = Rcpt{Addr: strings.Repeat("r", 20) + "@example.com"}
+	}
+	for _, tc := range []struct {
+		name   string
+		env    Envelope
+		data   string
+		placed bool
+	}{
+		{"one recipient", Envelope{From: "a@b", To: []Rcpt{{Addr: "c@d"}}, Subject: "hello", Received: time.Unix(1700000000, 5)}, "hi\r\n", true},
+		{"empty content", Envelope{From: "a@b", To: []Rcpt{{Addr: "c@d"}}}, "", true},
+		{"a device and a class", Envelope{From: "a@b", To: []Rcpt{{Addr: "c@d"}}, Device: "printer", Class: "scan", FromReceived: "x"}, strings.Repeat("z", 70000), true},
+		{"40 recipients: no room", Envelope{From: "a@b", To: many}, "hi\r\n", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			buf := append(make([]byte, contentRoom), tc.data...)
+			m := messageRec{ID: "Q1", Env: tc.env, Data: buf[contentRoom:], Size: int64(len(tc.data))}
+			want := encodeMessage(nil, &m)
+			got := frameInPlace(buf, contentRoom, &m)
+			if (got != nil) != tc.placed {
+				t.Fatalf("placed %v, want %v", got != nil, tc.placed)
+			}
+			if got == nil {
+				return
+			}
+			if !bytes.Equal(got[frameHeader:], want) {
+				t.Errorf("record in place differs from encodeMessage's:\n got %q\nwant %q", got[frameHeader:min(len(got), 80)], want[:min(len(want), 80-frameHeader)])
+			}
+			if &got[len(got)-1] != &buf[len(buf)-1] && len(tc.data) > 0 {
+				t.Errorf("the record is not built around the content (copied)")
+			}
+		})
+	}
+}
+
+// A new message's content buffer is sized from the recent messages, so
+// that it is not grown by copying: at least the pool's smallest, at most
+// InlineMax.
+func TestSizeHint(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		sizes     int64 // each of 100 messages
+		inlineMax int
+		wantMin   int
+		wantMax   int
+	}{
+		{"none yet", 0, 256 << 10, 16 << 10, 16 << 10},
+		{"4 KiB messages", 4 << 10, 256 << 10, 16 << 10, 16 << 10},
+		{"64 KiB messages and their headers", 66 << 10, 256 << 10, 66 << 10, 80 << 10},
+		{"1 MiB messages", 1 << 20, 256 << 10, 256 << 10, 256 << 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &Spool{opts: Options{InlineMax: tc.inlineMax}}
+			for range 100 {
+				if tc.sizes > 0 {
+					s.noteSize(tc.sizes)
+				}
+			}
+			if got := s.sizeHint(); got < tc.wantMin || got > tc.wantMax {
+				t.Errorf("sizeHint = %d, want %d to %d", got, tc.wantMin, tc.wantMax)
+			}
+		})
+	}
+}

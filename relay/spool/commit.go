@@ -30,8 +30,11 @@ func (s *Spool) NewMessage() *Message {
 // Message collects one message's content: in memory while it is small,
 // in a temporary file once it grows past InlineMax.
 type Message struct {
-	s   *Spool
-	id  string
+	s  *Spool
+	id string
+	// buf is contentRoom bytes of room for the record's frame and head,
+	// then the content: the record is encoded around the content
+	// (frameInPlace) rather than copied.
 	buf []byte
 	tmp *os.File
 	n   int64
@@ -41,16 +44,16 @@ type Message struct {
 func (m *Message) ID() string { return m.id }
 
 func (m *Message) Write(p []byte) (int, error) {
-	if m.tmp == nil && len(m.buf)+len(p) <= m.s.opts.InlineMax {
+	if m.tmp == nil && m.n+int64(len(p)) <= int64(m.s.opts.InlineMax) {
 		if m.buf == nil {
-			m.buf = contentBufs.get(max(len(p), 64<<10))
+			m.buf = contentBufs.get(contentRoom + max(len(p), m.s.sizeHint()))[:contentRoom]
 		}
 		m.buf = append(m.buf, p...)
 		m.n += int64(len(p))
 		return len(p), nil
 	}
 	if m.tmp == nil {
-		if err := m.s.checkRoom(int64(len(m.buf) + len(p))); err != nil {
+		if err := m.s.checkRoom(m.n + int64(len(p))); err != nil {
 			return 0, err
 		}
 		f, err := os.CreateTemp(m.s.msgDir, "tmp-*")
@@ -58,7 +61,7 @@ func (m *Message) Write(p []byte) (int, error) {
 			return 0, fmt.Errorf("spooling a large message: %w", err)
 		}
 		m.tmp = f
-		if _, err := f.Write(m.buf); err != nil {
+		if _, err := f.Write(m.content()); err != nil {
 			return 0, fmt.Errorf("spooling a large message: %w", mapNoSpace(err))
 		}
 		contentBufs.put(m.buf)
@@ -70,6 +73,35 @@ func (m *Message) Write(p []byte) (int, error) {
 		return n, fmt.Errorf("spooling a large message: %w", mapNoSpace(err))
 	}
 	return n, nil
+}
+
+// contentRoom is the room kept before a message's content in its buffer
+// for the record's frame header and head (ID, envelope, the content's
+// length): a few hundred bytes for a message with a handful of recipients.
+const contentRoom = 512
+
+// sizeHint is the room a new message's content gets at first: the recent
+// messages' size and an eighth, at least the content pool's smallest
+// (16 KiB) and at most InlineMax. A message larger than that grows its
+// buffer (a copy); one smaller wastes the rest while it is in flight.
+func (s *Spool) sizeHint() int {
+	h := s.typical.Load()
+	return int(min(max(h+h/8, int64(contentBufs.min)), int64(s.opts.InlineMax)))
+}
+
+// noteSize moves the recent messages' size towards n (an eighth of the
+// way: a single odd message moves it little).
+func (s *Spool) noteSize(n int64) {
+	t := s.typical.Load()
+	s.typical.CompareAndSwap(t, t+(n-t)/8) // a lost race loses one sample
+}
+
+// content is the content collected in memory.
+func (m *Message) content() []byte {
+	if m.buf == nil {
+		return nil
+	}
+	return m.buf[contentRoom:]
 }
 
 // Size is the number of content bytes written so far.
@@ -119,7 +151,11 @@ func (m *Message) Commit(env Envelope) (string, error) {
 		}
 		rec.File = id
 	} else {
-		rec.Data = m.buf
+		s.noteSize(m.n)
+		rec.Data = m.content()
+		if rec.framed = frameInPlace(m.buf, contentRoom, &rec); rec.framed != nil {
+			m.buf = nil // the writer owns it now and pools it once written
+		}
 	}
 	seg, off, err := s.w.appendMessage(&rec)
 	if err != nil {

@@ -111,13 +111,20 @@ func (s *Spool) copyForward(g *segment) ([]move, error) {
 			continue
 		}
 		rec := messageRec{ID: e.id, Env: e.env, File: e.file, Size: e.size}
+		var buf []byte // read into the room a record is framed in, as a commit's
 		if e.file == "" {
-			rec.Data = make([]byte, e.size)
+			buf = contentBufs.get(contentRoom + int(e.size))[:contentRoom+int(e.size)]
+			rec.Data = buf[contentRoom:]
 			if _, err := g.f.ReadAt(rec.Data, e.off); err != nil {
+				contentBufs.put(buf)
 				return moves, fmt.Errorf("copying %s forward: %w", e.id, err)
 			}
+			rec.framed = frameInPlace(buf, contentRoom, &rec)
 		}
 		seg, off, err := s.w.appendCopy(&rec)
+		if rec.framed == nil {
+			contentBufs.put(buf) // encoded as a copy: buf is free
+		}
 		if err != nil {
 			return moves, err
 		}

@@ -98,6 +98,9 @@ type messageRec struct {
 	Data []byte
 	File string
 	Size int64
+	// framed, when set, is the record already encoded around Data
+	// (frameInPlace): the writer takes it as it is, without a copy.
+	framed []byte
 }
 
 type updateRec struct {
@@ -146,6 +149,12 @@ func recordSize(m *messageRec) int {
 }
 
 func encodeMessage(b []byte, m *messageRec) []byte {
+	return append(encodeMessageHead(b, m), m.Data...)
+}
+
+// encodeMessageHead is encodeMessage without Data's bytes: all of the
+// record that comes before them.
+func encodeMessageHead(b []byte, m *messageRec) []byte {
 	b = append(b, recMessage)
 	b = appendString(b, m.ID)
 	b = binary.AppendVarint(b, m.Env.Received.UnixNano())
@@ -183,9 +192,36 @@ func encodeMessage(b []byte, m *messageRec) []byte {
 		b = binary.AppendUvarint(b, uint64(m.Size))
 	} else {
 		b = append(b, 0)
-		b = appendBytes(b, m.Data)
+		b = binary.AppendUvarint(b, uint64(len(m.Data)))
 	}
 	return b
+}
+
+// record is m's record to append: the one framed in place around its
+// content, or else a copy encoded into a pooled buffer.
+func (m *messageRec) record() []byte {
+	if m.framed != nil {
+		return m.framed
+	}
+	return encodeMessage(newRecord(recordSize(m)), m)
+}
+
+// frameInPlace encodes m, whose Data is buf[room:], into the room before
+// it and returns the record (frameHeader bytes of room, then its body)
+// as a slice of buf, so that a message's content is not copied into a
+// record of its own (with 50 sessions of 64 KiB messages those copies
+// were a third of the heap). It returns nil when the room is too small
+// for the record's head (an envelope with many recipients): the caller
+// encodes a copy as before.
+func frameInPlace(buf []byte, room int, m *messageRec) []byte {
+	var scratch [contentRoom]byte
+	head := encodeMessageHead(scratch[:0], m)
+	start := room - frameHeader - len(head)
+	if start < 0 || len(buf)-room != len(m.Data) {
+		return nil
+	}
+	copy(buf[start+frameHeader:], head)
+	return buf[start:]
 }
 
 func encodeUpdate(b []byte, u *updateRec) []byte {

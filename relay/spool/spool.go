@@ -121,6 +121,11 @@ type Spool struct {
 
 	w writer // the group-committing appender
 
+	// typical is the recent messages' size (a moving average), so that a
+	// message's content buffer is made once at its size rather than grown
+	// by copying (sizeHint).
+	typical atomic.Int64
+
 	freeMu    sync.Mutex
 	freeAt    time.Time
 	freeBytes int64

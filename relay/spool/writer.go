@@ -176,7 +176,7 @@ func (w *writer) rotate() error {
 // inflight count stays raised for the caller to drop once the message is
 // adopted.
 func (w *writer) appendMessage(m *messageRec) (*segment, int64, error) {
-	rec := encodeMessage(newRecord(recordSize(m)), m)
+	rec := m.record()
 	head := int64(len(rec) - len(m.Data)) // the frame before the content
 	b, g, off, err := w.appendFrame(rec, false, nil)
 	if err != nil {
@@ -193,7 +193,7 @@ func (w *writer) appendMessage(m *messageRec) (*segment, int64, error) {
 // appendCopy appends a compaction copy without waiting; compaction syncs
 // before it removes the old segment.
 func (w *writer) appendCopy(m *messageRec) (*segment, int64, error) {
-	rec := encodeMessage(newRecord(recordSize(m)), m)
+	rec := m.record()
 	head := int64(len(rec) - len(m.Data))
 	_, g, off, err := w.appendFrame(rec, false, nil)
 	if err != nil {
