@@ -152,3 +152,37 @@ func TestSizeHint(t *testing.T) {
 		})
 	}
 }
+
+// The writer pools the whole buffer a record lies in: for a record framed
+// in place that is the message's content buffer from its start, so the
+// next message gets it back at the capacity it asks for (pooling the
+// frame itself lost the room before it, and every buffer was made anew).
+func TestPooledIsTheWholeBuffer(t *testing.T) {
+	const size = 4096
+	buf := make([]byte, contentRoom+size, contentRoom+16<<10)
+	framedRec := messageRec{ID: "A", Env: Envelope{From: "a@b", To: []Rcpt{{Addr: "c@d"}}}, Data: buf[contentRoom:], Size: size}
+	framedRec.framed = frameInPlace(buf, contentRoom, &framedRec)
+	if framedRec.framed == nil {
+		t.Fatal("frameInPlace refused a small envelope")
+	}
+	copyRec := messageRec{ID: "B", Data: []byte("hi\r\n"), Size: 4}
+	rec := copyRec.record()
+	tests := []struct {
+		name    string
+		m       *messageRec
+		rec     []byte
+		wantCap int
+	}{
+		{"framed in place", &framedRec, framedRec.framed, cap(buf)},
+		{"encoded copy", &copyRec, rec, cap(rec)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			end := func(b []byte) *byte { return &b[:cap(b)][cap(b)-1] }
+			got := tt.m.pooled(tt.rec)
+			if cap(got) != tt.wantCap || end(got) != end(tt.rec) {
+				t.Errorf("pooled: cap %d, want %d, and the same memory as the record", cap(got), tt.wantCap)
+			}
+		})
+	}
+}

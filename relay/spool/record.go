@@ -100,7 +100,8 @@ type messageRec struct {
 	Size int64
 	// framed, when set, is the record already encoded around Data
 	// (frameInPlace): the writer takes it as it is, without a copy.
-	framed []byte
+	// buf is the whole pooled buffer framed lies in.
+	framed, buf []byte
 }
 
 type updateRec struct {
@@ -206,6 +207,15 @@ func (m *messageRec) record() []byte {
 	return encodeMessage(newRecord(recordSize(m)), m)
 }
 
+// pooled is the buffer rec (m's record) lies in, for the writer to pool
+// once it is written: framed's buffer, or rec itself (newRecord's).
+func (m *messageRec) pooled(rec []byte) []byte {
+	if m.framed != nil {
+		return m.buf
+	}
+	return rec
+}
+
 // frameInPlace encodes m, whose Data is buf[room:], into the room before
 // it and returns the record (frameHeader bytes of room, then its body)
 // as a slice of buf, so that a message's content is not copied into a
@@ -221,6 +231,7 @@ func frameInPlace(buf []byte, room int, m *messageRec) []byte {
 		return nil
 	}
 	copy(buf[start+frameHeader:], head)
+	m.buf = buf
 	return buf[start:]
 }
 

@@ -489,7 +489,7 @@ func TestBookkeepingDoesNotWakeTheWriter(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var w writer
 			w.init(&Spool{opts: Options{SegmentBytes: 1 << 20}, needSpare: make(chan struct{}, 1)}, &segment{})
-			if _, _, _, err := w.appendFrame(framed([]byte("x")), tt.lazy, nil); err != nil {
+			if _, _, _, err := w.appendFrame(framed([]byte("x")), nil, tt.lazy, nil); err != nil {
 				t.Fatal(err)
 			}
 			if got := [2]int{len(w.kick), len(w.lazy)}; got != [2]int{tt.wantKick, tt.want} {

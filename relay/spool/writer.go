@@ -47,6 +47,11 @@ type chunk struct {
 	seg    *segment
 	off    int64
 	frames [][]byte
+	// pooled are the buffers the frames lie in that go back to
+	// contentBufs once written: a frame framed in place starts inside its
+	// buffer, and pooling the frame itself would lose the room before it
+	// (the next message's buffer would then be too small and made anew).
+	pooled [][]byte
 }
 
 type batch struct {
@@ -82,7 +87,7 @@ func (w *writer) init(s *Spool, seg *segment) {
 
 // append adds one record and returns the batch that will make it durable.
 func (w *writer) append(body []byte) (*batch, error) {
-	b, _, _, err := w.appendFrame(framed(body), false, nil)
+	b, _, _, err := w.appendFrame(framed(body), nil, false, nil)
 	return b, err
 }
 
@@ -95,7 +100,7 @@ func (w *writer) appendLazy(body []byte) (*batch, error) {
 // appendLazyThen is appendLazy with after (when not nil) run once the
 // record is durable.
 func (w *writer) appendLazyThen(body []byte, after func()) (*batch, error) {
-	b, _, _, err := w.appendFrame(framed(body), true, after)
+	b, _, _, err := w.appendFrame(framed(body), nil, true, after)
 	return b, err
 }
 
@@ -114,7 +119,7 @@ func framed(body []byte) []byte {
 // body; the writer owns it from here) to the current batch and wakes the
 // writer: at once, or (lazy) within LazyFlush unless another record wakes
 // it first.
-func (w *writer) appendFrame(rec []byte, lazy bool, after func()) (*batch, *segment, int64, error) {
+func (w *writer) appendFrame(rec, pooled []byte, lazy bool, after func()) (*batch, *segment, int64, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.cur == nil {
@@ -131,10 +136,13 @@ func (w *writer) appendFrame(rec []byte, lazy bool, after func()) (*batch, *segm
 	body := rec[frameHeader:]
 	binary.LittleEndian.PutUint32(rec, uint32(len(body)))
 	binary.LittleEndian.PutUint32(rec[4:], checksum(g.seq, body))
-	if k := len(w.pend); k > 0 && w.pend[k-1].seg == g {
-		w.pend[k-1].frames = append(w.pend[k-1].frames, rec)
-	} else {
-		w.pend = append(w.pend, chunk{seg: g, off: off, frames: [][]byte{rec}})
+	if k := len(w.pend); k == 0 || w.pend[k-1].seg != g {
+		w.pend = append(w.pend, chunk{seg: g, off: off})
+	}
+	c := &w.pend[len(w.pend)-1]
+	c.frames = append(c.frames, rec)
+	if pooled != nil {
+		c.pooled = append(c.pooled, pooled)
 	}
 	if after != nil {
 		w.cur.after = append(w.cur.after, after)
@@ -178,7 +186,7 @@ func (w *writer) rotate() error {
 func (w *writer) appendMessage(m *messageRec) (*segment, int64, error) {
 	rec := m.record()
 	head := int64(len(rec) - len(m.Data)) // the frame before the content
-	b, g, off, err := w.appendFrame(rec, false, nil)
+	b, g, off, err := w.appendFrame(rec, m.pooled(rec), false, nil)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -195,7 +203,7 @@ func (w *writer) appendMessage(m *messageRec) (*segment, int64, error) {
 func (w *writer) appendCopy(m *messageRec) (*segment, int64, error) {
 	rec := m.record()
 	head := int64(len(rec) - len(m.Data))
-	_, g, off, err := w.appendFrame(rec, false, nil)
+	_, g, off, err := w.appendFrame(rec, m.pooled(rec), false, nil)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -270,10 +278,8 @@ func (w *writer) run() {
 			hold = w.s.opts.gatherHold
 		}
 		for _, c := range chunks {
-			for _, f := range c.frames {
-				if w.filler == nil || &f[0] != &w.filler[0] {
-					contentBufs.put(f) // written: the next records reuse them
-				}
+			for _, buf := range c.pooled {
+				contentBufs.put(buf) // written: the next records reuse them
 			}
 		}
 		if b.err != nil {
