@@ -198,7 +198,7 @@ func printTable(w io.Writer, cells []cell, rows []row, rounds int) {
 		if r.Name == "direct" {
 			dev = "-\t-\t-" // the sink writes nothing: the shared disk's figures would be other writers'
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%s\t%s\t%s\t%s\t%s\t%.2f\t%s\t%.1f\t%.1f\t%s\t%d\t%.2f\t\n",
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%s\t%s\t%s\t%s\t%s\t%.3f\t%s\t%.1f\t%.1f\t%s\t%d\t%.2f\t\n",
 			lead, r.AcceptRate, r.E2ERate, lim, share, vs, fmtDur(r.P50), fmtDur(r.P99), r.CPUmsPerMsg,
 			rss, r.PeakPSSMiB, r.PeakAnonMiB, dev, r.PeakProcs, r.HarnessCPUmsPerMsg)
 	}
