@@ -40,6 +40,7 @@ import (
 	"github.com/siterelay/siterelay/appliance"
 	"github.com/siterelay/siterelay/appliance/buildinfo"
 	"github.com/siterelay/siterelay/appliance/exepages"
+	"github.com/siterelay/siterelay/appliance/heaplimit"
 	"github.com/siterelay/siterelay/appliance/logring"
 	"github.com/siterelay/siterelay/relay/layout"
 	"github.com/siterelay/siterelay/relay/policy"
@@ -97,6 +98,11 @@ func main() {
 	o.Log = logring.New(logring.DefaultSize)
 	o.Logger = slog.New(logring.Handler(o.Log, slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl, ReplaceAttr: logring.Escape}), lvl))
 	slog.SetDefault(o.Logger)
+	if heaplimit.Start() {
+		o.Logger.Info("memory limit following the live heap", "floor_mib", heaplimit.Floor>>20)
+	} else {
+		o.Logger.Info("memory limit from GOMEMLIMIT", "GOMEMLIMIT", os.Getenv("GOMEMLIMIT"))
+	}
 	o.Console = os.Stderr
 	o.Ready = func(smtp []net.Addr, http net.Addr) {
 		for _, a := range smtp {
