@@ -1,84 +1,21 @@
 package appliance
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/siterelay/siterelay/provisioning/api"
 	"github.com/siterelay/siterelay/provisioning/provtest"
 	"github.com/siterelay/siterelay/relay"
 	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/forward/forwardtest"
 	"github.com/siterelay/siterelay/relay/relaytest"
 )
-
-// syslogCollector is a syslog server on loopback (octet-counted frames)
-// keeping every message it receives.
-type syslogCollector struct {
-	l   net.Listener
-	mu  sync.Mutex
-	got []string
-}
-
-func newSyslogCollector(t *testing.T) *syslogCollector {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &syslogCollector{l: l}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			conn, err := l.Accept()
-			if err != nil {
-				return
-			}
-			t.Cleanup(func() { conn.Close() })
-			go func() {
-				br := bufio.NewReader(conn)
-				for {
-					n, err := br.ReadString(' ')
-					if err != nil {
-						return
-					}
-					size, err := strconv.Atoi(strings.TrimSpace(n))
-					if err != nil {
-						t.Errorf("bad frame length %q", n)
-						return
-					}
-					b := make([]byte, size)
-					if _, err := io.ReadFull(br, b); err != nil {
-						return
-					}
-					c.mu.Lock()
-					c.got = append(c.got, string(b))
-					c.mu.Unlock()
-				}
-			}()
-		}
-	}()
-	return c
-}
-
-// stream is the messages of one stream (MSGID) received so far.
-func (c *syslogCollector) stream(name string) []string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var out []string
-	for _, m := range c.got {
-		if strings.Contains(m, " "+name+" [siterelay@32473") {
-			out = append(out, m)
-		}
-	}
-	return out
-}
 
 // TestAuditStreamForwarded: with forward.syslog naming the audit stream,
 // every audit entry goes to the collector as it is written, in order, with
@@ -86,10 +23,10 @@ func (c *syslogCollector) stream(name string) []string {
 // never goes out, and the audit entries of the first boot are not lost to
 // the relay starting after the admin side.
 func TestAuditStreamForwarded(t *testing.T) {
-	col := newSyslogCollector(t)
+	col := forwardtest.New(t)
 	tn := provtest.New(t)
 	cfg := strings.TrimSuffix(fmt.Sprintf(captureConfig, "plant-a", "outbox"), "}") +
-		fmt.Sprintf(`,"forward":{"syslog":{"address":%q,"streams":["audit"],"facility":"auth"}}}`, col.l.Addr().String())
+		fmt.Sprintf(`,"forward":{"syslog":{"address":%q,"streams":["audit"],"facility":"auth"}}}`, col.Addr())
 	startBox(t, tn, "plant-a", cfg)
 	grantAll(t, tn, api.Admin)
 	rc := newRelayctl(t, tn)
@@ -100,14 +37,14 @@ func TestAuditStreamForwarded(t *testing.T) {
 
 	var msgs []string
 	relaytest.Eventually(t, "the audit entries at the collector", func() bool {
-		msgs = col.stream("audit")
+		msgs = col.Stream("audit")
 		return len(msgs) >= 4 && strings.Contains(msgs[len(msgs)-1], `outcome="not_found"`)
 	})
 	all := strings.Join(msgs, "\n")
-	if strings.Contains(all, secret) || strings.Contains(strings.Join(col.stream(""), "\n"), secret) {
+	if strings.Contains(all, secret) || strings.Contains(strings.Join(col.Stream(""), "\n"), secret) {
 		t.Fatalf("the secret went out:\n%s", all)
 	}
-	if n := len(col.stream("trace")) + len(col.stream("logs")); n != 0 {
+	if n := len(col.Stream("trace")) + len(col.Stream("logs")); n != 0 {
 		t.Errorf("%d messages of streams not configured went out", n)
 	}
 	// The last four: the credential put (started, ok), the retry (started,
@@ -141,14 +78,14 @@ func TestAuditStreamForwarded(t *testing.T) {
 	if err := json.Unmarshal([]byte(rc.ok("", cmd("-json", "status")...)), &st); err != nil {
 		t.Fatal(err)
 	}
-	if f := st.Forward; f == nil || f.Address != col.l.Addr().String() || f.State != "connected" || f.DroppedTotal() != 0 {
+	if f := st.Forward; f == nil || f.Address != col.Addr() || f.State != "connected" || f.DroppedTotal() != 0 {
 		t.Errorf("status forward %+v, want connected to the collector, nothing dropped", f)
 	}
-	if out := rc.ok("", cmd("status")...); !strings.Contains(out, col.l.Addr().String()+" connected, ") || !strings.Contains(out, "none dropped") {
+	if out := rc.ok("", cmd("status")...); !strings.Contains(out, col.Addr()+" connected, ") || !strings.Contains(out, "none dropped") {
 		t.Errorf("relayctl status lacks the syslog line:\n%s", out)
 	}
 	// And relayctl doctor checks the collector on the box.
-	if _, out, _ := rc.run("", cmd("doctor")...); !strings.Contains(out, "syslog collector "+col.l.Addr().String()) || !strings.Contains(out, "takes connections over TCP") {
+	if _, out, _ := rc.run("", cmd("doctor")...); !strings.Contains(out, "syslog collector "+col.Addr()) || !strings.Contains(out, "takes connections over TCP") {
 		t.Errorf("relayctl doctor lacks the collector's check:\n%s", out)
 	}
 }

@@ -1,62 +1,22 @@
 package relay
 
 import (
-	"bufio"
-	"io"
-	"net"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/siterelay/siterelay/relay/config"
+	"github.com/siterelay/siterelay/relay/forward/forwardtest"
 	"github.com/siterelay/siterelay/relay/relaytest"
 )
 
 // TestForwardSyslogCarriesTraceAndLogs: a relay with forward.syslog sends
 // its trace events and log lines to the collector, and status shows it.
 func TestForwardSyslogCarriesTraceAndLogs(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	var mu sync.Mutex
-	var got []string
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			t.Cleanup(func() { c.Close() })
-			go func() {
-				br := bufio.NewReader(c)
-				for {
-					n, err := br.ReadString(' ')
-					if err != nil {
-						return
-					}
-					size, _ := strconv.Atoi(strings.TrimSpace(n))
-					b := make([]byte, size)
-					if _, err := io.ReadFull(br, b); err != nil {
-						return
-					}
-					mu.Lock()
-					got = append(got, string(b))
-					mu.Unlock()
-				}
-			}()
-		}
-	}()
-	messages := func() string {
-		mu.Lock()
-		defer mu.Unlock()
-		return strings.Join(got, "\n")
-	}
+	col := forwardtest.New(t)
+	messages := func() string { return strings.Join(col.Messages(), "\n") }
 
 	cfg := config.Default()
-	cfg.Forward.Syslog = &config.Syslog{Address: l.Addr().String(), Facility: "mail"}
+	cfg.Forward.Syslog = &config.Syslog{Address: col.Addr(), Facility: "mail"}
 	cfg.SetDefaults()
 	if errs := cfg.Validate(); len(errs) > 0 {
 		t.Fatal(errs)
@@ -85,7 +45,7 @@ func TestForwardSyslogCarriesTraceAndLogs(t *testing.T) {
 		t.Errorf("the subject went out:\n%s", m)
 	}
 	st := r.Status().Forward
-	if st == nil || st.Address != l.Addr().String() || st.Dropped["trace"] != 0 {
+	if st == nil || st.Address != col.Addr() || st.Dropped["trace"] != 0 {
 		t.Errorf("status forward = %+v, want the collector's address and nothing dropped", st)
 	}
 }

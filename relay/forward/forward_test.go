@@ -1,18 +1,16 @@
 package forward
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/siterelay/siterelay/relay/forward/forwardtest"
 	"github.com/siterelay/siterelay/relay/relaytest"
 	"github.com/siterelay/siterelay/relay/trace"
 )
@@ -56,85 +54,6 @@ func TestFormat(t *testing.T) {
 			}
 		})
 	}
-}
-
-// collector is a syslog server on loopback that can be stopped and started
-// again on the same port.
-type collector struct {
-	t    *testing.T
-	addr string
-	mu   sync.Mutex
-	l    net.Listener
-	conn []net.Conn
-	got  []string
-}
-
-func newCollector(t *testing.T) *collector {
-	c := &collector{t: t, addr: "127.0.0.1:0"}
-	c.start()
-	c.addr = c.l.Addr().String()
-	t.Cleanup(c.stop)
-	return c
-}
-
-func (c *collector) start() {
-	l, err := net.Listen("tcp", c.addr)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	c.mu.Lock()
-	c.l = l
-	c.mu.Unlock()
-	go func() {
-		for {
-			conn, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.mu.Lock()
-			c.conn = append(c.conn, conn)
-			c.mu.Unlock()
-			go c.read(conn)
-		}
-	}()
-}
-
-func (c *collector) read(conn net.Conn) {
-	br := bufio.NewReader(conn)
-	for {
-		n, err := br.ReadString(' ')
-		if err != nil {
-			return
-		}
-		l, err := strconv.Atoi(strings.TrimSuffix(n, " "))
-		if err != nil {
-			c.t.Errorf("bad frame length %q", n)
-			return
-		}
-		b := make([]byte, l)
-		if _, err := io.ReadFull(br, b); err != nil {
-			return
-		}
-		c.mu.Lock()
-		c.got = append(c.got, string(b))
-		c.mu.Unlock()
-	}
-}
-
-func (c *collector) stop() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.l.Close()
-	for _, conn := range c.conn {
-		conn.Close()
-	}
-	c.conn = nil
-}
-
-func (c *collector) messages() []string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]string(nil), c.got...)
 }
 
 // queueIDs are the queue ids of the trace messages received, in order.
@@ -196,21 +115,21 @@ func wantIDs(n int) []string {
 }
 
 func TestCollectorRestartLosesNothing(t *testing.T) {
-	c := newCollector(t)
-	h := run(t, t.TempDir(), &Target{Address: c.addr, Facility: 16, AppName: "siterelay", Hostname: "h", Streams: Streams, MaxBytes: 1 << 20})
+	c := forwardtest.New(t)
+	h := run(t, t.TempDir(), &Target{Address: c.Addr(), Facility: 16, AppName: "siterelay", Hostname: "h", Streams: Streams, MaxBytes: 1 << 20})
 	h.sendN(0, 100)
-	relaytest.Eventually(t, "the first 100 arrive", func() bool { return len(c.messages()) == 100 })
-	c.stop()
+	relaytest.Eventually(t, "the first 100 arrive", func() bool { return len(c.Messages()) == 100 })
+	c.Stop()
 	h.sendN(100, 100)
 	<-h.waiting // the sender saw the collector gone and waits to retry
 	if s := h.f.Stats(); s.Connected || s.State != StateBuffering || s.LastError == "" {
 		t.Errorf("stats %+v while the collector is down: want buffering, the error named", s)
 	}
 	h.sendN(200, 100)
-	c.start()
+	c.Start()
 	h.retry <- t0
-	relaytest.Eventually(t, "all 300 arrive", func() bool { return len(c.messages()) >= 300 })
-	if got, want := strings.Join(queueIDs(c.messages()), " "), strings.Join(wantIDs(300), " "); got != want {
+	relaytest.Eventually(t, "all 300 arrive", func() bool { return len(c.Messages()) >= 300 })
+	if got, want := strings.Join(queueIDs(c.Messages()), " "), strings.Join(wantIDs(300), " "); got != want {
 		t.Errorf("got %s\nwant %s", got, want)
 	}
 	relaytest.Eventually(t, "the buffer emptied", func() bool { return h.f.Stats().BufferedBytes == 0 })
@@ -238,23 +157,23 @@ func TestBufferFullDropsAndCounts(t *testing.T) {
 	h.stop()
 
 	// The buffer outlives the relay: a new forwarder sends what was kept.
-	c := newCollector(t)
-	h2 := run(t, dir, &Target{Address: c.addr, Facility: 16, AppName: "a", Hostname: "h", Streams: []string{StreamTrace}, MaxBytes: 1 << 20})
-	relaytest.Eventually(t, "the 3 kept arrive", func() bool { return len(c.messages()) == 3 })
-	if got, want := strings.Join(queueIDs(c.messages()), " "), strings.Join(wantIDs(3), " "); got != want {
+	c := forwardtest.New(t)
+	h2 := run(t, dir, &Target{Address: c.Addr(), Facility: 16, AppName: "a", Hostname: "h", Streams: []string{StreamTrace}, MaxBytes: 1 << 20})
+	relaytest.Eventually(t, "the 3 kept arrive", func() bool { return len(c.Messages()) == 3 })
+	if got, want := strings.Join(queueIDs(c.Messages()), " "), strings.Join(wantIDs(3), " "); got != want {
 		t.Errorf("got %s, want %s", got, want)
 	}
 	_ = h2
 }
 
 func TestLogHandler(t *testing.T) {
-	c := newCollector(t)
-	h := run(t, t.TempDir(), &Target{Address: c.addr, Facility: 16, AppName: "a", Hostname: "h", Streams: []string{StreamLogs}, MaxBytes: 1 << 20})
+	c := forwardtest.New(t)
+	h := run(t, t.TempDir(), &Target{Address: c.Addr(), Facility: 16, AppName: "a", Hostname: "h", Streams: []string{StreamLogs}, MaxBytes: 1 << 20})
 	var out relaytest.Buffer
 	log := slog.New(NewHandler(slog.NewTextHandler(&out, nil), h.f)).With("queue_id", "q1").WithGroup("up")
 	log.Warn("upstream slow", "ms", 900)
-	relaytest.Eventually(t, "the line arrives", func() bool { return len(c.messages()) == 1 })
-	got := c.messages()[0]
+	relaytest.Eventually(t, "the line arrives", func() bool { return len(c.Messages()) == 1 })
+	got := c.Messages()[0]
 	for _, want := range []string{"<132>1 ", ` logs [siterelay@32473 level="WARN" queue_id="q1" up.ms="900"] upstream slow`} {
 		if !strings.Contains(got, want) {
 			t.Errorf("got %s, want it to contain %s", got, want)
