@@ -261,15 +261,22 @@ func (ss *session) boundary() error {
 // waiting, then reads the next command line within CommandTimeout. Between
 // commands (between, not in an AUTH exchange) and outside a transaction the
 // session is idle: Shutdown and a full listener may tell it to go.
+//
+// The session is marked idle before the replies are flushed: a client that
+// has read them may rely on the session being displaceable (a full listener
+// then finds it), so the mark must not trail the bytes.
 func (ss *session) readCommand(between bool) (string, error) {
-	if buf, _ := ss.r.Peek(ss.r.Buffered()); bytes.IndexByte(buf, '\n') < 0 && !ss.in.hasLine() {
-		if err := ss.w.Flush(); err != nil {
-			return "", err
-		}
-	}
 	idle := between && !ss.inTx
 	if idle {
 		ss.setWaiting(true)
+	}
+	if buf, _ := ss.r.Peek(ss.r.Buffered()); bytes.IndexByte(buf, '\n') < 0 && !ss.in.hasLine() {
+		if err := ss.w.Flush(); err != nil {
+			if idle {
+				ss.setWaiting(false)
+			}
+			return "", err
+		}
 	}
 	ss.lineEnd = time.Now().Add(ss.o.CommandTimeout)
 	line, err := readCommandLine(ss.r, ss.o.MaxLineLength)
