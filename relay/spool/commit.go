@@ -136,6 +136,7 @@ func (m *Message) Commit(env Envelope) (string, error) {
 	id := m.id
 	rec := messageRec{ID: id, Env: env, Size: m.n}
 	rec.Env.To = slices.Clone(env.To)
+	rec.Env.intern()
 	if m.tmp != nil {
 		if err := m.tmp.Sync(); err != nil {
 			return "", fmt.Errorf("syncing message content: %w", mapNoSpace(err))

@@ -132,6 +132,7 @@ func (s *Spool) replay(g *segment) (int64, error) {
 			if old, ok := s.entries[id]; ok {
 				s.forget(old) // superseded by a copy made by compaction
 			}
+			m.Env.intern()
 			e := &entry{id: id, env: m.Env, seg: g, file: m.File, size: m.Size}
 			if m.File == "" {
 				e.off = off + frameHeader + n - int64(len(m.Data))
@@ -140,7 +141,7 @@ func (s *Spool) replay(g *segment) (int64, error) {
 		case recUpdate:
 			if e, ok := s.entries[id]; ok && u.Index < len(e.env.To) {
 				e.env.To[u.Index].State = u.State
-				e.env.To[u.Index].Reply = u.Reply
+				e.env.To[u.Index].Reply = intern(u.Reply)
 			}
 		case recDone:
 			if e, ok := s.entries[id]; ok {

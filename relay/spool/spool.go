@@ -248,7 +248,7 @@ func (s *Spool) Update(id string, index int, st State, reply string) error {
 		return fmt.Errorf("recipient %d of %s: out of range", index, id)
 	}
 	e.env.To[index].State = st
-	e.env.To[index].Reply = reply
+	e.env.To[index].Reply = intern(reply)
 	_, err := s.w.appendLazy(encodeUpdate(nil, &updateRec{ID: id, Index: index, State: st, Reply: reply}))
 	return err
 }
