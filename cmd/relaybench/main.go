@@ -182,16 +182,9 @@ func run(ctx context.Context, o options) error {
 			}
 		}
 	}
-	sinkBin := "" // the builtin
-	if o.SinkBin != "" {
-		explicit := o.SinkBin
-		if !strings.Contains(explicit, "/") {
-			explicit = "" // a name: looked up
-		}
-		var err error
-		if sinkBin, err = findBin(explicit, filepath.Base(o.SinkBin)); err != nil {
-			return fmt.Errorf("-sink: %w (Debian package postfix; `make bench` installs it through .ci/install)", err)
-		}
+	sinkBin, err := sinkBinary(o.SinkBin)
+	if err != nil {
+		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
@@ -530,6 +523,23 @@ func findBin(explicit, name string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("%s not found", name)
+}
+
+// sinkBinary is -sink's smtp-sink: "" for the builtin sink, a path as
+// given, a name looked up as findBin does.
+func sinkBinary(flag string) (string, error) {
+	if flag == "" {
+		return "", nil
+	}
+	explicit := flag
+	if !strings.Contains(flag, "/") {
+		explicit = ""
+	}
+	bin, err := findBin(explicit, flag)
+	if err != nil {
+		return "", fmt.Errorf("-sink: %w (Debian package postfix; `make bench` installs it through .ci/install)", err)
+	}
+	return bin, nil
 }
 
 // moduleDir is the directory of the go.mod that holds ./cmd/relayd.
