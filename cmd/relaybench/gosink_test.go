@@ -136,16 +136,13 @@ func startGoSink(t *testing.T, cfg *tls.Config) (*goSink, *sinkProc) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := newGoSink(l, cfg)
 	pr, pw := io.Pipe()
-	done := make(chan struct{})
+	s := newGoSink(l, cfg, pw)
 	p := &sinkProc{addr: l.Addr().String(), done: make(chan struct{})}
 	go s.serve()
-	go s.report(pw, done)
 	go p.read(pr)
 	t.Cleanup(func() {
 		s.close()
-		close(done)
 		pw.Close()
 		<-p.done
 	})

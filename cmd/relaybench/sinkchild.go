@@ -98,16 +98,11 @@ func runSink(certFile, keyFile string) error {
 	if err != nil {
 		return fmt.Errorf("listening: %w", err)
 	}
-	s := newGoSink(l, cfg)
 	if _, err := fmt.Printf("listening %s\n", l.Addr()); err != nil {
 		return err
 	}
-	errc := make(chan error, 2)
-	go func() { errc <- s.report(os.Stdout, nil) }()
-	go func() { errc <- s.serve() }()
-	err = <-errc
-	if err == nil {
-		err = errors.New("stopped")
+	if err := newGoSink(l, cfg, os.Stdout).serve(); err != nil {
+		return err
 	}
-	return err
+	return errors.New("stopped")
 }
