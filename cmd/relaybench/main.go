@@ -1,6 +1,7 @@
 // Command relaybench is the harness behind `make bench`: it sends N
 // messages of SIZE bytes with K recipients over C concurrent SMTP sessions
-// through relayd to Postfix's smtp-sink, then does the same through a
+// through relayd to a sink (its own, gosink.go; Postfix's smtp-sink with
+// -sink), then does the same through a
 // private Postfix instance configured as a plain relay, under the same
 // condition, and prints both in one table with the condition's limit, each
 // relay's share of it and the project's targets met or not.
@@ -122,7 +123,7 @@ func parseFlags(fs *flag.FlagSet, args []string, probe func() host) (options, er
 	fs.StringVar(&o.Dir, "dir", os.TempDir(), "where the temporary spool and queue go (must be a real disk: fsync is what is measured)")
 	fs.BoolVar(&o.Keep, "keep", false, "keep the temporary directory (logs, spool) and print its path")
 	fs.StringVar(&o.RelaydBin, "relayd", "", "a relayd binary to use instead of building ./cmd/relayd")
-	fs.StringVar(&o.SinkBin, "sink", "", "Postfix's smtp-sink binary to use as the sink, e.g. /usr/sbin/smtp-sink (a name without a slash is looked up in PATH and /usr/sbin); default: the harness's own sink, which takes a tenth of smtp-sink's CPU a message (docs/bench.md)")
+	fs.StringVar(&o.SinkBin, "sink", "", "Postfix's smtp-sink binary to use as the sink, e.g. /usr/sbin/smtp-sink (a name without a slash is looked up in PATH and /usr/sbin); default: the harness's own sink, a child process whose CPU is the table's sink column (docs/bench.md, The sink)")
 	fs.DurationVar(&o.SampleEvery, "sample", 500*time.Millisecond, "memory sampling interval")
 	fs.BoolVar(&o.AllowTmpfs, "allow-tmpfs", false, "allow -dir on tmpfs (fsync is then free: figures mean nothing for durability)")
 	fs.BoolVar(&one.StateDev, "state-dev", false, "put each relay's state (spool, queue) on its own ext4 file system on a loop device, made and removed by the run (root)")
