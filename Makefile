@@ -61,7 +61,7 @@ fuzz:
 integration:
 	$(GO) test -tags integration -count=1 -timeout 30m ./...
 
-## bench: relayd and a private Postfix 3.7 relay side by side into smtp-sink, one table for the box's
+## bench: relayd and a private Postfix 3.7 relay side by side into the harness's sink, one table for the box's
 ## conditions (plain 4 KiB × 10, plain 64 KiB × 50 × 5 recipients, SD card + TLS, TLS 1.2) with the
 ## limit, each relay's share and the targets met or not (about 2 minutes, 4 on a busy machine; Postfix and the own devices
 ## need root; see docs/bench.md). One condition alone: e.g. BENCH_ARGS="-n 5000 -c 10 -size 4096 -state-dev";

@@ -167,28 +167,79 @@ func TestMatrixCells(t *testing.T) {
 	}
 }
 
-// One cell's run through the real smtp-sink (the direct target: no relay),
+// One cell's run straight into each sink (the direct target: no relay),
 // with several recipients: every message arrives once and the figures are
-// filled in. Skipped where Postfix's smtp-sink is not installed.
+// filled in, the sink's CPU among them. The builtin runs as this test
+// binary with serveSinkArg (TestMain); smtp-sink is skipped where Postfix
+// is not installed.
 func TestMeasureDirectSink(t *testing.T) {
-	sinkBin, err := findBin("", "smtp-sink")
+	p, err := makePKI(t.TempDir())
 	if err != nil {
-		t.Skip(err)
+		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	dir := t.TempDir()
-	c := cell{N: 60, C: 3, Size: 2048, Rcpt: 3, Cond: condition{UpstreamKind: "smtp"}, Targets: []string{"direct"}}
-	o := options{Dir: dir, SampleEvery: 100 * time.Millisecond}
-	r := measure(ctx, o, c, "direct", sinkBin, dir, func(string) (target, error) { return nil, nil })
-	if r.Err != nil {
-		t.Fatal(r.Err)
+	tests := []struct {
+		name      string
+		smtpSink  bool
+		clientTLS string
+	}{
+		{"builtin", false, ""},
+		{"builtin, STARTTLS 1.3", false, "1.3"},
+		{"smtp-sink", true, ""},
+		{"smtp-sink behind the TLS front, 1.2", true, "1.2"},
 	}
-	if r.SinkCount != c.N || r.N != c.N || r.E2ERate <= 0 || r.AcceptRate <= 0 || r.P99 < r.P50 || r.PeakProcs != 1 {
-		t.Errorf("got sink count %d of %d, rates %v/%v, p50 %v p99 %v, procs %d; want every message once and the figures filled in",
-			r.SinkCount, c.N, r.AcceptRate, r.E2ERate, r.P50, r.P99, r.PeakProcs)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sinkBin := ""
+			if tt.smtpSink {
+				if sinkBin, err = findBin("", "smtp-sink"); err != nil {
+					t.Skip(err)
+				}
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			dir := t.TempDir()
+			c := cell{N: 60, C: 3, Size: 2048, Rcpt: 3, Cond: condition{UpstreamKind: "smtp", ClientTLS: tt.clientTLS}, Targets: []string{"direct"}}
+			if tt.clientTLS != "" {
+				c.Cond.PKI = p
+			}
+			o := options{Dir: dir, SampleEvery: 100 * time.Millisecond}
+			r := measure(ctx, o, c, "direct", sinkBin, dir, func(string) (target, error) { return nil, nil })
+			if r.Err != nil {
+				t.Fatal(r.Err)
+			}
+			if r.SinkCount != c.N || r.N != c.N || r.E2ERate <= 0 || r.AcceptRate <= 0 || r.P99 < r.P50 || r.PeakProcs != 1 || r.SinkCPUmsPerMsg != r.CPUmsPerMsg {
+				t.Errorf("got sink count %d of %d, rates %v/%v, p50 %v p99 %v, procs %d, CPU %v and the sink's %v; want every message once, the figures filled in and the sink's CPU the direct row's",
+					r.SinkCount, c.N, r.AcceptRate, r.E2ERate, r.P50, r.P99, r.PeakProcs, r.CPUmsPerMsg, r.SinkCPUmsPerMsg)
+			}
+			want := "in plain, out plain"
+			if tt.clientTLS != "" {
+				want = "in TLS" + tt.clientTLS + ", out plain"
+			}
+			if r.Cond != want {
+				t.Errorf("condition %q, want %q", r.Cond, want)
+			}
+		})
 	}
-	if want := "in plain, out plain"; r.Cond != want {
-		t.Errorf("condition %q, want %q", r.Cond, want)
+}
+
+func TestSinkBinary(t *testing.T) {
+	tests := []struct {
+		flag, want, err string
+	}{
+		{flag: "", want: ""}, // the builtin
+		{flag: "/opt/postfix/smtp-sink", want: "/opt/postfix/smtp-sink"},
+		{flag: "relaybench-no-such-sink", err: "relaybench-no-such-sink not found"},
+	}
+	for _, tt := range tests {
+		got, err := sinkBinary(tt.flag)
+		if tt.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("sinkBinary(%q): err %v, want one containing %q", tt.flag, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("sinkBinary(%q) = %q, %v; want %q", tt.flag, got, err, tt.want)
+		}
 	}
 }

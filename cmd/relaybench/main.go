@@ -1,6 +1,7 @@
 // Command relaybench is the harness behind `make bench`: it sends N
 // messages of SIZE bytes with K recipients over C concurrent SMTP sessions
-// through relayd to Postfix's smtp-sink, then does the same through a
+// through relayd to a sink (its own, gosink.go; Postfix's smtp-sink with
+// -sink), then does the same through a
 // private Postfix instance configured as a plain relay, under the same
 // condition, and prints both in one table with the condition's limit, each
 // relay's share of it and the project's targets met or not.
@@ -52,7 +53,7 @@ type options struct {
 // device: TLS from the devices, TLS to the upstream, relayd's upstream kind.
 type condition struct {
 	ClientTLS    string // "", "1.2" or "1.3": every load session STARTTLS with that version
-	UpstreamTLS  bool   // the sink behind a STARTTLS front; both relays must use it
+	UpstreamTLS  bool   // the sink requires STARTTLS; both relays must use it
 	UpstreamKind string // relayd's: "smtp", or "m365-connector" (paced, with its state file)
 	// FsyncDelay, when not 0, runs each relay under strace with its sync
 	// calls delayed by this (syncdelay.go): an SD card's flush latency.
@@ -82,6 +83,9 @@ func (c condition) String() string {
 func main() {
 	if len(os.Args) > 2 && os.Args[1] == pinnedExecArg {
 		execPinned(os.Args[2:]) // a relay's start under the tracer (syncdelay.go)
+	}
+	if len(os.Args) > 1 && os.Args[1] == serveSinkArg {
+		serveSink(os.Args[2:]) // the builtin sink's child process (sinkchild.go)
 	}
 	o, err := parseFlags(flag.CommandLine, os.Args[1:], probeHost)
 	if err != nil {
@@ -119,7 +123,7 @@ func parseFlags(fs *flag.FlagSet, args []string, probe func() host) (options, er
 	fs.StringVar(&o.Dir, "dir", os.TempDir(), "where the temporary spool and queue go (must be a real disk: fsync is what is measured)")
 	fs.BoolVar(&o.Keep, "keep", false, "keep the temporary directory (logs, spool) and print its path")
 	fs.StringVar(&o.RelaydBin, "relayd", "", "a relayd binary to use instead of building ./cmd/relayd")
-	fs.StringVar(&o.SinkBin, "sink", "", "smtp-sink binary (default: from PATH or /usr/sbin)")
+	fs.StringVar(&o.SinkBin, "sink", "", "Postfix's smtp-sink binary to use as the sink, e.g. /usr/sbin/smtp-sink (a name without a slash is looked up in PATH and /usr/sbin); default: the harness's own sink, a child process whose CPU is the table's sink column (docs/bench.md, The sink)")
 	fs.DurationVar(&o.SampleEvery, "sample", 500*time.Millisecond, "memory sampling interval")
 	fs.BoolVar(&o.AllowTmpfs, "allow-tmpfs", false, "allow -dir on tmpfs (fsync is then free: figures mean nothing for durability)")
 	fs.BoolVar(&one.StateDev, "state-dev", false, "put each relay's state (spool, queue) on its own ext4 file system on a loop device, made and removed by the run (root)")
@@ -127,7 +131,7 @@ func parseFlags(fs *flag.FlagSet, args []string, probe func() host) (options, er
 	fs.DurationVar(&one.FlushDelay, "flush-delay", 0, "with -state-dev: a device-mapper delay target between the loop device and ext4, delaying writes and flushes by this (an SD card: 20ms); needs dmsetup and a kernel with dm-delay")
 	fs.DurationVar(&one.Cond.FsyncDelay, "fsync-delay", 0, "run each relay under strace with every fsync, fdatasync and syncfs delayed by this (an SD card: 20ms), in all its processes; needs strace, no kernel module")
 	fs.StringVar(&one.Cond.ClientTLS, "client-tls", "", "STARTTLS from the load generator's devices with this TLS version: 1.2 or 1.3 (both relays get the run's own certificate)")
-	fs.BoolVar(&one.Cond.UpstreamTLS, "upstream-tls", false, "TLS to the upstream: the sink behind a STARTTLS front (in the harness), which both relays must use and verify")
+	fs.BoolVar(&one.Cond.UpstreamTLS, "upstream-tls", false, "TLS to the upstream: the sink offers and requires STARTTLS with the run's certificate (smtp-sink, with -sink: through a STARTTLS front in the harness), which both relays must use and verify")
 	fs.StringVar(&one.Cond.UpstreamKind, "upstream-kind", "smtp", "relayd's upstream kind: smtp, or m365-connector (the Microsoft 365 MX kind, paced with its state file; implies -upstream-tls)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -179,9 +183,9 @@ func run(ctx context.Context, o options) error {
 			}
 		}
 	}
-	sinkBin, err := findBin(o.SinkBin, "smtp-sink")
+	sinkBin, err := sinkBinary(o.SinkBin)
 	if err != nil {
-		return fmt.Errorf("%w (Debian package postfix; `make bench` installs it through .ci/install)", err)
+		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
@@ -345,9 +349,11 @@ type result struct {
 	// -fsync-delay, from the tracer's log), else nil.
 	Syncs     map[string]int
 	SinkCount int
-	// HarnessCPUmsPerMsg is this process's own CPU (the load generator
-	// and the sampler): on two cores it competes with the relay.
+	// HarnessCPUmsPerMsg is this process's own CPU (the load generator,
+	// the sampler, smtp-sink's TLS front): on two cores it competes with
+	// the relay. SinkCPUmsPerMsg is the sink process's.
 	HarnessCPUmsPerMsg float64
+	SinkCPUmsPerMsg    float64
 	Elapsed, Accept    time.Duration
 }
 
@@ -357,42 +363,29 @@ type result struct {
 // own -state-dev).
 func measure(ctx context.Context, o options, c cell, name, sinkBin, devDir string, start func(string) (target, error)) (r result) {
 	r = result{Name: name, N: c.N, Cond: c.condString()}
-	sk, err := startSink(ctx, sinkBin)
-	for try := 1; err != nil && try < 3 && ctx.Err() == nil; try++ {
-		sk, err = startSink(ctx, sinkBin) // the free port may have been taken meanwhile
+	// The sink speaks STARTTLS where the relays' upstream is TLS, and for
+	// `direct` where the devices' sessions are.
+	var certs *pki
+	if name != "direct" && c.Cond.UpstreamTLS || name == "direct" && c.Cond.ClientTLS != "" {
+		certs = c.Cond.PKI
 	}
+	sk, err := startSink(ctx, sinkBin, certs)
 	if err != nil {
 		r.Err = err
 		return r
 	}
 	defer sk.Stop()
-	upAddr := sk.addr
-	var front *tlsFront
-	if c.Cond.UpstreamTLS || (name == "direct" && c.Cond.ClientTLS != "") {
-		if front, err = startTLSFront(sk.addr, c.Cond.PKI); err != nil {
-			r.Err = fmt.Errorf("the sink's TLS front: %w", err)
-			return r
-		}
-		defer front.Stop()
-		upAddr = front.Addr()
-	}
-	t, err := start(upAddr)
+	t, err := start(sk.Addr())
 	if err != nil {
 		r.Err = err
 		return r
 	}
-	loadAddr := ""
 	if t == nil {
 		t = sk // "direct": the load goes straight to the sink, the harness's own ceiling
-		if front != nil && c.Cond.ClientTLS != "" {
-			loadAddr = front.Addr() // through the front: the ceiling with TLS
-		}
 	} else {
 		defer t.Stop()
 	}
-	if loadAddr == "" {
-		loadAddr = t.Addr()
-	}
+	loadAddr := t.Addr()
 
 	before, err := treeUsage(t.Root())
 	if err != nil {
@@ -419,6 +412,11 @@ func measure(ctx context.Context, o options, c cell, name, sinkBin, devDir strin
 		}
 	}
 	selfBefore, _ := selfCPUTicks()
+	sinkBefore, err := treeUsage(sk.Root())
+	if err != nil {
+		r.Err = fmt.Errorf("reading the sink's counters before: %w", err)
+		return r
+	}
 	smp := startSampler(t.Root(), o.SampleEvery)
 	defer smp.stop()
 
@@ -437,7 +435,7 @@ func measure(ctx context.Context, o options, c cell, name, sinkBin, devDir strin
 	select {
 	case end = <-e2e:
 	case <-sk.Done():
-		r.Err = fmt.Errorf("smtp-sink exited after %d of %d messages: %s %s", sk.Count(), c.N, sk.exitStatus(), sk.stderr.String())
+		r.Err = fmt.Errorf("the sink exited after %d of %d messages: %s", sk.Count(), c.N, sk.Failure())
 		return r
 	case <-ctx.Done():
 		r.Err = fmt.Errorf("the sink got %d of %d messages before %v", sk.Count(), c.N, context.Cause(ctx))
@@ -461,9 +459,15 @@ func measure(ctx context.Context, o options, c cell, name, sinkBin, devDir strin
 		r.Err = fmt.Errorf("reading counters after: %w", err)
 		return r
 	}
+	sinkAfter, err := treeUsage(sk.Root())
+	if err != nil {
+		r.Err = fmt.Errorf("reading the sink's counters after: %w", err)
+		return r
+	}
 	peak := smp.stop()
 	selfAfter, _ := selfCPUTicks()
 	r.HarnessCPUmsPerMsg = float64(selfAfter-selfBefore) * 1000 / clockTicks / float64(c.N)
+	r.SinkCPUmsPerMsg = float64(sinkAfter.CPUTicks-sinkBefore.CPUTicks) * 1000 / clockTicks / float64(c.N)
 
 	r.Elapsed, r.Accept = end.Sub(lr.Start), lr.LastAccept.Sub(lr.Start)
 	r.AcceptRate = float64(c.N) / r.Accept.Seconds()
@@ -520,6 +524,23 @@ func findBin(explicit, name string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("%s not found", name)
+}
+
+// sinkBinary is -sink's smtp-sink: "" for the builtin sink, a path as
+// given, a name looked up as findBin does.
+func sinkBinary(flag string) (string, error) {
+	if flag == "" {
+		return "", nil
+	}
+	explicit := flag
+	if !strings.Contains(flag, "/") {
+		explicit = ""
+	}
+	bin, err := findBin(explicit, flag)
+	if err != nil {
+		return "", fmt.Errorf("-sink: %w (Debian package postfix; `make bench` installs it through .ci/install)", err)
+	}
+	return bin, nil
 }
 
 // moduleDir is the directory of the go.mod that holds ./cmd/relayd.

@@ -107,20 +107,22 @@ func TestTreeUsageSelf(t *testing.T) {
 
 func TestSinkCounter(t *testing.T) {
 	tests := []struct {
-		in     string
-		want   int
-		wantOK bool
+		in       string
+		want     int
+		wantMono int64
+		wantOK   bool
 	}{
-		{"sess=5 quit=5 mesg=17", 17, true},
-		{"sess=0 quit=0 mesg=1", 1, true},
-		{"sess=3 quit=3", 0, false},
-		{"mesg=x", 0, false},
-		{"", 0, false},
+		{"sess=5 quit=5 mesg=17", 17, 0, true},
+		{"sess=0 quit=0 mesg=1", 1, 0, true},
+		{"sess=2 quit=1 mesg=7 rcpt=35 mono=123456789", 7, 123456789, true}, // the builtin's
+		{"sess=3 quit=3", 0, 0, false},
+		{"mesg=x", 0, 0, false},
+		{"", 0, 0, false},
 	}
 	for _, tt := range tests {
-		got, ok := parseSinkCounter([]byte(tt.in))
-		if got != tt.want || ok != tt.wantOK {
-			t.Errorf("parseSinkCounter(%q) = %d, %v; want %d, %v", tt.in, got, ok, tt.want, tt.wantOK)
+		got, mono, ok := parseSinkCounter([]byte(tt.in))
+		if got != tt.want || mono != tt.wantMono || ok != tt.wantOK {
+			t.Errorf("parseSinkCounter(%q) = %d, %d, %v; want %d, %d, %v", tt.in, got, mono, ok, tt.want, tt.wantMono, tt.wantOK)
 		}
 	}
 	// smtp-sink separates updates with CR; the last one wins.
@@ -128,7 +130,7 @@ func TestSinkCounter(t *testing.T) {
 	sc.Split(splitCRLF)
 	last := 0
 	for sc.Scan() {
-		if n, ok := parseSinkCounter(sc.Bytes()); ok {
+		if n, _, ok := parseSinkCounter(sc.Bytes()); ok {
 			last = n
 		}
 	}

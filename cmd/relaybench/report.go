@@ -75,6 +75,7 @@ func aggregate(rs []result) []row {
 		w.DevWritesPerMsg = med(func(r result) float64 { return r.DevWritesPerMsg })
 		w.DevFlushesPerMsg = med(func(r result) float64 { return r.DevFlushesPerMsg })
 		w.HarnessCPUmsPerMsg = med(func(r result) float64 { return r.HarnessCPUmsPerMsg })
+		w.SinkCPUmsPerMsg = med(func(r result) float64 { return r.SinkCPUmsPerMsg })
 		w.RSSIsHWM = true
 		for _, r := range ok {
 			w.PeakRSSMiB = max(w.PeakRSSMiB, r.PeakRSSMiB)
@@ -162,17 +163,17 @@ func report(w io.Writer, cells []cell, rs []result, rounds int) {
 // printTable writes one row per (cell, relay).
 func printTable(w io.Writer, cells []cell, rows []row, rounds int) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "cell\tcondition\trelay\taccepted msg/s\tend-to-end msg/s\tlimit msg/s\tshare\trelayd÷postfix\tp50 accept\tp99 accept\tCPU-ms/msg\tpeak RSS MiB\tpeak PSS MiB\tpeak anon MiB\tdev B/msg\tdev writes/msg\tdev flushes/msg\tprocs\tgen CPU-ms/msg\t")
+	fmt.Fprintln(tw, "cell\tcondition\trelay\taccepted msg/s\tend-to-end msg/s\tlimit msg/s\tshare\trelayd÷postfix\tp50 accept\tp99 accept\tCPU-ms/msg\tpeak RSS MiB\tpeak PSS MiB\tpeak anon MiB\tdev B/msg\tdev writes/msg\tdev flushes/msg\tprocs\tgen CPU-ms/msg\tsink CPU-ms/msg\t")
 	hwm := true
 	for _, r := range rows {
 		c := cells[r.Cell]
 		lead := fmt.Sprintf("%s\t%s\t%s", strings.TrimSpace(c.Name+" "+c.load()), c.condString(), r.Name)
 		switch {
 		case r.Skipped != "":
-			fmt.Fprintf(tw, "%s\tskipped\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n", lead)
+			fmt.Fprintf(tw, "%s\tskipped\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n", lead)
 			continue
 		case r.Err != nil:
-			fmt.Fprintf(tw, "%s\tFAILED\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n", lead)
+			fmt.Fprintf(tw, "%s\tFAILED\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n", lead)
 			continue
 		}
 		lim, share, vs := "", "", ""
@@ -198,9 +199,9 @@ func printTable(w io.Writer, cells []cell, rows []row, rounds int) {
 		if r.Name == "direct" {
 			dev = "-\t-\t-" // the sink writes nothing: the shared disk's figures would be other writers'
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%s\t%s\t%s\t%s\t%s\t%.3f\t%s\t%.1f\t%.1f\t%s\t%d\t%.2f\t\n",
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%s\t%s\t%s\t%s\t%s\t%.3f\t%s\t%.1f\t%.1f\t%s\t%d\t%.2f\t%.3f\t\n",
 			lead, r.AcceptRate, r.E2ERate, lim, share, vs, fmtDur(r.P50), fmtDur(r.P99), r.CPUmsPerMsg,
-			rss, r.PeakPSSMiB, r.PeakAnonMiB, dev, r.PeakProcs, r.HarnessCPUmsPerMsg)
+			rss, r.PeakPSSMiB, r.PeakAnonMiB, dev, r.PeakProcs, r.HarnessCPUmsPerMsg, r.SinkCPUmsPerMsg)
 	}
 	tw.Flush()
 	if rounds > 1 {

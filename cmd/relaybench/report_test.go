@@ -153,7 +153,7 @@ func TestPrintTable(t *testing.T) {
 		line int
 		want []string
 	}{
-		{0, []string{"cell", "limit msg/s", "share", "relayd÷postfix", "dev flushes/msg"}},
+		{0, []string{"cell", "limit msg/s", "share", "relayd÷postfix", "dev flushes/msg", "gen CPU-ms/msg", "sink CPU-ms/msg"}},
 		{1, []string{"plain 4 KiB × 10", "in plain, out plain, own device", "relayd", "3000", "12000 (harness)", "25%", "5.00x", "2 ms", "9 ms", "0.41", "31.2", "0.25"}},
 		{2, []string{"postfix", "600", "12000 (harness)", "5%", "460.0*", "n/a"}},
 		{4, []string{"SD card + TLS 4 KiB × 10", "fsync +20ms", "relayd", "400", "500 (10÷20ms)", "80%"}},

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -15,11 +16,48 @@ import (
 	"time"
 )
 
-// sink is Postfix's smtp-sink, which throws messages away and, with -c,
-// prints "sess=N quit=N mesg=N" on stdout (flushed, CR-separated) each time
-// a session ends or a message's final dot arrives. Counting those lines is
-// how the harness knows exactly when the last message got through.
-type sink struct {
+// mailSink is the server both relays deliver to, and `direct` loads: it
+// throws messages away and counts them, and the count is how the harness
+// knows exactly when the last message got through. There are two: the
+// builtin (relaybench itself as a child process, serveSink; the default)
+// and Postfix's smtp-sink (-sink PATH), behind the harness's STARTTLS
+// front when TLS is wanted. Either is a process of its own, whose CPU the
+// table shows as the sink's.
+type mailSink interface {
+	// Addr, Root, LogBytes and Stop make the sink a target of its own:
+	// the harness's ceiling, measured with -targets direct. Addr is where
+	// to deliver (the front, for smtp-sink with TLS); Root the process
+	// whose CPU is the sink's.
+	target
+	// Count is the number of messages received so far.
+	Count() int
+	// When returns a channel that gets the time the count reached n.
+	When(n int) <-chan time.Time
+	// Done is closed when the sink's process has exited (its output ended).
+	Done() <-chan struct{}
+	// Failure reaps an exited sink and says how it ended, with its stderr.
+	Failure() string
+}
+
+// startSink starts the run's sink: the builtin when bin is "", else
+// smtp-sink at bin. With certs, the sink offers STARTTLS with the run's
+// certificate and refuses mail without it.
+func startSink(ctx context.Context, bin string, certs *pki) (mailSink, error) {
+	if bin == "" {
+		return startBuiltinSink(ctx, certs)
+	}
+	sk, err := startSMTPSink(ctx, bin, certs)
+	for try := 1; err != nil && try < 3 && ctx.Err() == nil; try++ {
+		sk, err = startSMTPSink(ctx, bin, certs) // the free port may have been taken meanwhile
+	}
+	return sk, err
+}
+
+// sinkProc is a sink's process and its counter lines on stdout:
+// "sess=N quit=N mesg=N" (CR- or LF-separated), written each time a
+// session ends or a message's final dot arrives; the builtin adds the
+// moment the message was counted (mono=NS).
+type sinkProc struct {
 	addr string
 	cmd  *exec.Cmd
 
@@ -31,7 +69,6 @@ type sink struct {
 	stderr   bytes.Buffer
 
 	stopOnce sync.Once
-	waitErr  error
 }
 
 type sinkWaiter struct {
@@ -39,16 +76,98 @@ type sinkWaiter struct {
 	ch chan time.Time
 }
 
-// startSink runs smtp-sink on a free loopback port and waits until it
+func newSinkProc(cmd *exec.Cmd) *sinkProc {
+	p := &sinkProc{cmd: cmd, done: make(chan struct{}), released: make(chan struct{})}
+	cmd.Stderr = &p.stderr
+	return p
+}
+
+// read follows the counter lines until stdout ends.
+func (p *sinkProc) read(r io.Reader) {
+	defer close(p.done)
+	sc := bufio.NewScanner(r)
+	sc.Split(splitCRLF)
+	for sc.Scan() {
+		n, mono, ok := parseSinkCounter(sc.Bytes())
+		if !ok {
+			continue
+		}
+		now := time.Now()
+		if mono != 0 {
+			// The builtin's moment of counting, on this process's clock.
+			now = now.Add(-time.Duration(monoNow() - mono))
+		}
+		p.mu.Lock()
+		p.count = n
+		kept := p.waiters[:0]
+		for _, w := range p.waiters {
+			if n >= w.n {
+				w.ch <- now
+			} else {
+				kept = append(kept, w)
+			}
+		}
+		p.waiters = kept
+		p.mu.Unlock()
+	}
+}
+
+func (p *sinkProc) Count() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.count
+}
+
+func (p *sinkProc) When(n int) <-chan time.Time {
+	ch := make(chan time.Time, 1)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.count >= n {
+		ch <- time.Now()
+		return ch
+	}
+	p.waiters = append(p.waiters, sinkWaiter{n, ch})
+	return ch
+}
+
+func (p *sinkProc) Addr() string          { return p.addr }
+func (p *sinkProc) Root() int             { return p.cmd.Process.Pid }
+func (p *sinkProc) LogBytes() int64       { return 0 }
+func (p *sinkProc) Done() <-chan struct{} { return p.done }
+
+func (p *sinkProc) Stop() {
+	p.stopOnce.Do(func() {
+		if p.cmd.Process != nil {
+			p.cmd.Process.Kill()
+			p.cmd.Wait()
+		}
+		close(p.released)
+	})
+}
+
+func (p *sinkProc) Failure() string {
+	p.Stop() // it has exited already: this only reaps it
+	return fmt.Sprintf("%v %s", p.cmd.ProcessState, p.stderr.String())
+}
+
+// smtpSink is Postfix's smtp-sink, started with -c so that it prints the
+// counter lines (flushed). It cannot speak TLS: with certificates a
+// tlsFront answers STARTTLS before it, and Addr is the front's.
+type smtpSink struct {
+	*sinkProc
+	front *tlsFront
+}
+
+// startSMTPSink runs smtp-sink on a free loopback port and waits until it
 // answers with its banner.
-func startSink(ctx context.Context, bin string) (*sink, error) {
+func startSMTPSink(ctx context.Context, bin string, certs *pki) (*smtpSink, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	s := &sink{addr: addr, done: make(chan struct{}), released: make(chan struct{})}
-	s.cmd = exec.Command(bin, "-c", addr, "256")
+	s := &smtpSink{sinkProc: newSinkProc(exec.Command(bin, "-c", addr, "256"))}
+	s.addr = addr
 	if os.Geteuid() == 0 {
 		// As root, smtp-sink insists on -u and then changes user itself,
 		// which clears the parent-death signal; starting it as nobody
@@ -59,7 +178,6 @@ func startSink(ctx context.Context, bin string) (*sink, error) {
 		}
 		s.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	}
-	s.cmd.Stderr = &s.stderr
 	out, err := s.cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -72,77 +190,27 @@ func startSink(ctx context.Context, bin string) (*sink, error) {
 		s.Stop()
 		return nil, fmt.Errorf("smtp-sink on %s: %w (stderr: %q)", addr, err, s.stderr.String())
 	}
+	if certs != nil {
+		if s.front, err = startTLSFront(addr, certs); err != nil {
+			s.Stop()
+			return nil, fmt.Errorf("the sink's TLS front: %w", err)
+		}
+	}
 	return s, nil
 }
 
-func (s *sink) read(r interface{ Read([]byte) (int, error) }) {
-	defer close(s.done)
-	sc := bufio.NewScanner(r)
-	sc.Split(splitCRLF)
-	for sc.Scan() {
-		n, ok := parseSinkCounter(sc.Bytes())
-		if !ok {
-			continue
-		}
-		now := time.Now()
-		s.mu.Lock()
-		s.count = n
-		kept := s.waiters[:0]
-		for _, w := range s.waiters {
-			if n >= w.n {
-				w.ch <- now
-			} else {
-				kept = append(kept, w)
-			}
-		}
-		s.waiters = kept
-		s.mu.Unlock()
+func (s *smtpSink) Addr() string {
+	if s.front != nil {
+		return s.front.Addr()
 	}
+	return s.addr
 }
 
-// Count is the number of messages received so far.
-func (s *sink) Count() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.count
-}
-
-// When returns a channel that gets the time the count reached n.
-func (s *sink) When(n int) <-chan time.Time {
-	ch := make(chan time.Time, 1)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.count >= n {
-		ch <- time.Now()
-		return ch
+func (s *smtpSink) Stop() {
+	if s.front != nil {
+		s.front.Stop()
 	}
-	s.waiters = append(s.waiters, sinkWaiter{n, ch})
-	return ch
-}
-
-// Addr, Root and LogBytes make the sink a target of its own: the
-// harness's ceiling, measured with -targets direct.
-func (s *sink) Addr() string    { return s.addr }
-func (s *sink) Root() int       { return s.cmd.Process.Pid }
-func (s *sink) LogBytes() int64 { return 0 }
-
-// Done is closed when smtp-sink's output ends (it exited).
-func (s *sink) Done() <-chan struct{} { return s.done }
-
-func (s *sink) Stop() {
-	s.stopOnce.Do(func() {
-		if s.cmd.Process != nil {
-			s.cmd.Process.Kill()
-			s.waitErr = s.cmd.Wait()
-		}
-		close(s.released)
-	})
-}
-
-// exitStatus reaps an exited sink and says how it ended.
-func (s *sink) exitStatus() string {
-	s.Stop() // it has exited already: this only reaps it
-	return fmt.Sprint(s.cmd.ProcessState)
+	s.sinkProc.Stop()
 }
 
 func nobody() (*syscall.Credential, error) {
@@ -158,15 +226,22 @@ func nobody() (*syscall.Credential, error) {
 	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}, nil
 }
 
-// parseSinkCounter finds mesg=N in one counter line.
-func parseSinkCounter(line []byte) (int, bool) {
+// parseSinkCounter finds mesg=N in one counter line, and mono=NS where
+// the builtin gives it (0 when not).
+func parseSinkCounter(line []byte) (n int, mono int64, ok bool) {
 	for f := range bytes.FieldsSeq(line) {
-		if v, ok := bytes.CutPrefix(f, []byte("mesg=")); ok {
-			n, err := strconv.Atoi(string(v))
-			return n, err == nil
+		if v, found := bytes.CutPrefix(f, []byte("mesg=")); found {
+			var err error
+			n, err = strconv.Atoi(string(v))
+			if err != nil {
+				return 0, 0, false
+			}
+			ok = true
+		} else if v, found := bytes.CutPrefix(f, []byte("mono=")); found {
+			mono, _ = strconv.ParseInt(string(v), 10, 64)
 		}
 	}
-	return 0, false
+	return n, mono, ok
 }
 
 // splitCRLF splits at CR or LF.

@@ -22,6 +22,9 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 2 && os.Args[1] == pinnedExecArg {
 		execPinned(os.Args[2:])
 	}
+	if len(os.Args) > 1 && os.Args[1] == serveSinkArg {
+		serveSink(os.Args[2:]) // the builtin sink, started by measure (sinkchild.go)
+	}
 	switch os.Getenv(syncHelperEnv) {
 	case "parent":
 		syncHelper(true)
