@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"io"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -241,5 +243,68 @@ func TestSinkBinary(t *testing.T) {
 		if err != nil || got != tt.want {
 			t.Errorf("sinkBinary(%q) = %q, %v; want %q", tt.flag, got, err, tt.want)
 		}
+	}
+}
+
+// The matrix's plain 4 KiB cell runs into smtp-sink, the others into the
+// builtin sink; -sink puts every cell into smtp-sink; without smtp-sink
+// the 4 KiB cell falls back to the builtin with a note.
+func TestChooseSinks(t *testing.T) {
+	found := func(name string) (string, error) {
+		if name == "" {
+			return "", nil
+		}
+		return "/usr/sbin/" + path.Base(name), nil
+	}
+	missing := func(name string) (string, error) {
+		if name == "" {
+			return "", nil
+		}
+		return "", errors.New("smtp-sink not found")
+	}
+	tests := []struct {
+		name      string
+		flag      string
+		find      func(string) (string, error)
+		want      []string // each cell's condition column
+		wantNotes int
+	}{
+		{"default", "", found, []string{
+			"in plain, out plain, own device, smtp-sink",
+			"in plain, out plain, own device",
+			"in TLS1.3, out TLS, own device +20ms",
+			"in TLS1.2, out TLS, own device",
+		}, 0},
+		{"-sink", "/opt/smtp-sink", found, []string{
+			"in plain, out plain, own device, smtp-sink",
+			"in plain, out plain, own device, smtp-sink",
+			"in TLS1.3, out TLS, own device +20ms, smtp-sink",
+			"in TLS1.2, out TLS, own device, smtp-sink",
+		}, 0},
+		{"no smtp-sink", "", missing, []string{
+			"in plain, out plain, own device",
+			"in plain, out plain, own device",
+			"in TLS1.3, out TLS, own device +20ms",
+			"in TLS1.2, out TLS, own device",
+		}, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cells, _ := matrixCells(host{DMDelay: true}, []string{"relayd", "postfix"})
+			notes, err := chooseSinks(cells, tt.flag, tt.find)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, c := range cells {
+				got = append(got, c.condString())
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("conditions:\n got %q\nwant %q", got, tt.want)
+			}
+			if len(notes) != tt.wantNotes {
+				t.Errorf("notes %q, want %d", notes, tt.wantNotes)
+			}
+		})
 	}
 }

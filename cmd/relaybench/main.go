@@ -183,10 +183,11 @@ func run(ctx context.Context, o options) error {
 			}
 		}
 	}
-	sinkBin, err := sinkBinary(o.SinkBin)
+	notes, err := chooseSinks(o.Cells, o.SinkBin, sinkBinary)
 	if err != nil {
 		return err
 	}
+	o.Notes = append(o.Notes, notes...)
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
 
@@ -293,7 +294,7 @@ cells:
 					}
 				}
 				start := starter(c, name)
-				r := measure(ctx, o, c, name, sinkBin, dir, func(sinkAddr string) (target, error) { return start(dir, sinkAddr) })
+				r := measure(ctx, o, c, name, c.Sink, dir, func(sinkAddr string) (target, error) { return start(dir, sinkAddr) })
 				if dev != nil {
 					if err := dev.Close(); err != nil {
 						fmt.Printf("%s: removing the state device: %v\n", name, err)
@@ -524,6 +525,30 @@ func findBin(explicit, name string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("%s not found", name)
+}
+
+// chooseSinks sets each cell's Sink: -sink's smtp-sink (flag) in every
+// cell, else smtp-sink (found by find) in the cells that ask for it. A
+// cell whose smtp-sink is missing keeps the builtin sink, with a note.
+func chooseSinks(cells []cell, flag string, find func(string) (string, error)) (notes []string, err error) {
+	bin, err := find(flag)
+	if err != nil {
+		return nil, err
+	}
+	for i, c := range cells {
+		switch {
+		case bin != "":
+			cells[i].Sink = bin
+		case c.SmtpSink:
+			b, err := find("smtp-sink")
+			if err != nil {
+				notes = append(notes, fmt.Sprintf("%s: the builtin sink instead of smtp-sink: %v", strings.TrimSpace(c.Name+" "+c.load()), err))
+				continue
+			}
+			cells[i].Sink = b
+		}
+	}
+	return notes, nil
 }
 
 // sinkBinary is -sink's smtp-sink: "" for the builtin sink, a path as
