@@ -110,7 +110,7 @@ const sdDelay = 20 * time.Millisecond
 // 4 KiB, ~230–460 at 64 KiB × 50, 35–40 end to end with TLS under the SD
 // card's delay (so that cell's n is small: about 30 s of Postfix).
 const (
-	matrixNSmall = 10000
+	matrixNSmall = 30000
 	matrixNLarge = 6000
 	matrixNSD    = 1000
 	matrixNTLS   = 5000

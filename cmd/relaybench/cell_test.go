@@ -75,13 +75,13 @@ func TestParseFlags(t *testing.T) {
 		{[]string{"-upstream-kind", "m365-connector"},
 			want{cells: []string{"4 KiB × 10 | in plain, out TLS, relayd m365-connector | 5000 | relayd,postfix"}, timeout: 10 * time.Minute, rounds: 1}},
 		{[]string{"-matrix", "-rounds", "3"}, want{cells: []string{
-			"plain 4 KiB × 10 | in plain, out plain, own device | 10000 | relayd,postfix,direct",
+			"plain 4 KiB × 10 | in plain, out plain, own device | 30000 | relayd,postfix,direct",
 			"plain 64 KiB × 50 × 5 rcpt | in plain, out plain, own device | 6000 | relayd,postfix,direct",
 			"SD card + TLS 4 KiB × 10 | in TLS1.3, out TLS, fsync +20ms, own device | 1000 | relayd,postfix",
 			"TLS 1.2 4 KiB × 10 | in TLS1.2, out TLS, own device | 5000 | relayd,postfix,direct",
 		}, timeout: matrixTimeout, rounds: 3}},
 		{[]string{"-matrix", "-timeout", "1h", "-targets", "relayd"}, want{cells: []string{
-			"plain 4 KiB × 10 | in plain, out plain, own device | 10000 | relayd,direct",
+			"plain 4 KiB × 10 | in plain, out plain, own device | 30000 | relayd,direct",
 			"plain 64 KiB × 50 × 5 rcpt | in plain, out plain, own device | 6000 | relayd,direct",
 			"SD card + TLS 4 KiB × 10 | in TLS1.3, out TLS, fsync +20ms, own device | 1000 | relayd",
 			"TLS 1.2 4 KiB × 10 | in TLS1.2, out TLS, own device | 5000 | relayd,direct",

@@ -280,25 +280,18 @@ cells:
 				if _, ok := unusable[name]; ok {
 					continue
 				}
-				dir := filepath.Join(tmp, fmt.Sprintf("%d-%s-%d", ci, name, round))
-				if err := os.Mkdir(dir, 0o755); err != nil {
-					return err
-				}
 				fmt.Printf("  %s: round %d of %d\n", name, round, o.Rounds)
-				var dev *stateDev
-				if c.StateDev && name != "direct" {
+				var r result
+				for try := 1; ; try++ {
 					var err error
-					dev, err = setupStateDev(ctx, fmt.Sprintf("relaybench-%d-%d-%s-%d", os.Getpid(), ci, name, round), dir, o.StateDevMiB, c.FlushDelay)
+					r, err = measureOnce(ctx, o, c, ci, name, round, try, tmp, starter(c, name))
 					if err != nil {
-						return fmt.Errorf("%s: the state device: %w", name, err)
+						return err
 					}
-				}
-				start := starter(c, name)
-				r := measure(ctx, o, c, name, c.Sink, dir, func(sinkAddr string) (target, error) { return start(dir, sinkAddr) })
-				if dev != nil {
-					if err := dev.Close(); err != nil {
-						fmt.Printf("%s: removing the state device: %v\n", name, err)
+					if r.Err != nil || r.StealPct <= maxStealPct || try == maxTries {
+						break
 					}
+					fmt.Printf("  %s: the hypervisor took %.1f%% of the CPU during the run: measuring again\n", name, r.StealPct)
 				}
 				r.Cell, r.Round = ci, round
 				if r.Err != nil {
@@ -321,6 +314,40 @@ cells:
 		return fmt.Errorf("failed: %s", strings.Join(failed, ", "))
 	}
 	return nil
+}
+
+// A run during which the hypervisor took more than maxStealPct of the
+// machine's CPU measured the host, not the relay (on the 2-core build VM a
+// 7 s run with 3.7 s stolen fell from 4,000 to 2,700 msg/s): it is made
+// again, at most maxTries times in all, and the table shows the steal of
+// the run it keeps.
+const (
+	maxStealPct = 5
+	maxTries    = 3
+)
+
+// measureOnce measures one relay once in a directory and on a state
+// device of its own.
+func measureOnce(ctx context.Context, o options, c cell, ci int, name string, round, try int, tmp string, start func(dir, sinkAddr string) (target, error)) (result, error) {
+	dir := filepath.Join(tmp, fmt.Sprintf("%d-%s-%d-%d", ci, name, round, try))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return result{}, err
+	}
+	var dev *stateDev
+	if c.StateDev && name != "direct" {
+		var err error
+		dev, err = setupStateDev(ctx, fmt.Sprintf("relaybench-%d-%d-%s-%d-%d", os.Getpid(), ci, name, round, try), dir, o.StateDevMiB, c.FlushDelay)
+		if err != nil {
+			return result{}, fmt.Errorf("%s: the state device: %w", name, err)
+		}
+	}
+	r := measure(ctx, o, c, name, c.Sink, dir, func(sinkAddr string) (target, error) { return start(dir, sinkAddr) })
+	if dev != nil {
+		if err := dev.Close(); err != nil {
+			fmt.Printf("%s: removing the state device: %v\n", name, err)
+		}
+	}
+	return r, nil
 }
 
 // result is one relay's figures.
@@ -355,7 +382,10 @@ type result struct {
 	// the relay. SinkCPUmsPerMsg is the sink process's.
 	HarnessCPUmsPerMsg float64
 	SinkCPUmsPerMsg    float64
-	Elapsed, Accept    time.Duration
+	// StealPct is the share of the machine's CPU the hypervisor took
+	// during the load (a virtual machine's steal time).
+	StealPct        float64
+	Elapsed, Accept time.Duration
 }
 
 // measure runs the load through one relay started by start and reads its
@@ -413,6 +443,7 @@ func measure(ctx context.Context, o options, c cell, name, sinkBin, devDir strin
 		}
 	}
 	selfBefore, _ := selfCPUTicks()
+	machBefore, _ := machineTicks()
 	sinkBefore, err := treeUsage(sk.Root())
 	if err != nil {
 		r.Err = fmt.Errorf("reading the sink's counters before: %w", err)
@@ -467,6 +498,9 @@ func measure(ctx context.Context, o options, c cell, name, sinkBin, devDir strin
 	}
 	peak := smp.stop()
 	selfAfter, _ := selfCPUTicks()
+	if machAfter, err := machineTicks(); err == nil {
+		r.StealPct = stealPct(machBefore, machAfter)
+	}
 	r.HarnessCPUmsPerMsg = float64(selfAfter-selfBefore) * 1000 / clockTicks / float64(c.N)
 	r.SinkCPUmsPerMsg = float64(sinkAfter.CPUTicks-sinkBefore.CPUTicks) * 1000 / clockTicks / float64(c.N)
 

@@ -282,3 +282,48 @@ func parseDeviceStat(stat string) (devStat, error) {
 	}
 	return d, nil
 }
+
+// cpuTicks are the machine's CPU time counters (/proc/stat's "cpu" line):
+// all of them summed, and steal, the time the hypervisor gave this
+// virtual machine's CPUs to someone else.
+type cpuTicks struct{ Total, Steal uint64 }
+
+// stealPct is the share of the machine's CPU time stolen between a and b.
+func stealPct(a, b cpuTicks) float64 {
+	if b.Total <= a.Total {
+		return 0
+	}
+	return 100 * float64(b.Steal-a.Steal) / float64(b.Total-a.Total)
+}
+
+// parseCPUTicks reads the first line of /proc/stat: "cpu" and the user,
+// nice, system, idle, iowait, irq, softirq, steal (8th), guest and
+// guest_nice columns. guest time is already counted in user, so the total
+// is the first eight; a kernel that stops at fewer has no steal.
+func parseCPUTicks(b []byte) (cpuTicks, error) {
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 5 || f[0] != "cpu" {
+		return cpuTicks{}, fmt.Errorf("/proc/stat: first line %q, want the cpu counters", line)
+	}
+	var t cpuTicks
+	for i, s := range f[1:min(len(f), 9)] {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return cpuTicks{}, fmt.Errorf("/proc/stat: cpu column %d: %w", i+1, err)
+		}
+		t.Total += v
+		if i == 7 {
+			t.Steal = v
+		}
+	}
+	return t, nil
+}
+
+func machineTicks() (cpuTicks, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return cpuTicks{}, err
+	}
+	return parseCPUTicks(b)
+}

@@ -228,3 +228,49 @@ func TestParseDeviceStat(t *testing.T) {
 		}
 	}
 }
+
+func TestParseCPUTicks(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want cpuTicks
+		err  string
+	}{
+		{"with guest", "cpu  868716 25613 386276 838996 24300 0 45631 25777 7 9\ncpu0 1 2 3 4\n", cpuTicks{Total: 868716 + 25613 + 386276 + 838996 + 24300 + 45631 + 25777, Steal: 25777}, ""},
+		{"old kernel, no steal", "cpu  10 20 30 40\n", cpuTicks{Total: 100}, ""},
+		{"not the cpu line", "intr 1 2 3 4 5\n", cpuTicks{}, "want the cpu counters"},
+		{"bad number", "cpu  10 x 30 40\n", cpuTicks{}, "cpu column 2"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseCPUTicks([]byte(tt.in))
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("err = %v, want one containing %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tt.want {
+				t.Errorf("got %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestStealPct(t *testing.T) {
+	tests := []struct {
+		a, b cpuTicks
+		want float64
+	}{
+		{cpuTicks{Total: 1000, Steal: 10}, cpuTicks{Total: 1200, Steal: 30}, 10},
+		{cpuTicks{Total: 1000, Steal: 10}, cpuTicks{Total: 1000, Steal: 10}, 0}, // no time passed
+	}
+	for _, tt := range tests {
+		if got := stealPct(tt.a, tt.b); got != tt.want {
+			t.Errorf("stealPct(%+v, %+v) = %v, want %v", tt.a, tt.b, got, tt.want)
+		}
+	}
+}

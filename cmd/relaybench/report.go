@@ -76,6 +76,7 @@ func aggregate(rs []result) []row {
 		w.DevFlushesPerMsg = med(func(r result) float64 { return r.DevFlushesPerMsg })
 		w.HarnessCPUmsPerMsg = med(func(r result) float64 { return r.HarnessCPUmsPerMsg })
 		w.SinkCPUmsPerMsg = med(func(r result) float64 { return r.SinkCPUmsPerMsg })
+		w.StealPct = med(func(r result) float64 { return r.StealPct })
 		w.RSSIsHWM = true
 		for _, r := range ok {
 			w.PeakRSSMiB = max(w.PeakRSSMiB, r.PeakRSSMiB)
@@ -170,10 +171,10 @@ func printTable(w io.Writer, cells []cell, rows []row, rounds int) {
 		lead := fmt.Sprintf("%s\t%s\t%s", strings.TrimSpace(c.Name+" "+c.load()), c.condString(), r.Name)
 		switch {
 		case r.Skipped != "":
-			fmt.Fprintf(tw, "%s\tskipped\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n", lead)
+			fmt.Fprintf(tw, "%s\tskipped\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n", lead)
 			continue
 		case r.Err != nil:
-			fmt.Fprintf(tw, "%s\tFAILED\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n", lead)
+			fmt.Fprintf(tw, "%s\tFAILED\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n", lead)
 			continue
 		}
 		lim, share, vs := "", "", ""
@@ -199,9 +200,9 @@ func printTable(w io.Writer, cells []cell, rows []row, rounds int) {
 		if r.Name == "direct" {
 			dev = "-\t-\t-" // the sink writes nothing: the shared disk's figures would be other writers'
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%s\t%s\t%s\t%s\t%s\t%.3f\t%s\t%.1f\t%.1f\t%s\t%d\t%.2f\t%.3f\t\n",
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%s\t%s\t%s\t%s\t%s\t%.3f\t%s\t%.1f\t%.1f\t%s\t%d\t%.2f\t%.3f\t%.1f\t\n",
 			lead, r.AcceptRate, r.E2ERate, lim, share, vs, fmtDur(r.P50), fmtDur(r.P99), r.CPUmsPerMsg,
-			rss, r.PeakPSSMiB, r.PeakAnonMiB, dev, r.PeakProcs, r.HarnessCPUmsPerMsg, r.SinkCPUmsPerMsg)
+			rss, r.PeakPSSMiB, r.PeakAnonMiB, dev, r.PeakProcs, r.HarnessCPUmsPerMsg, r.SinkCPUmsPerMsg, r.StealPct)
 	}
 	tw.Flush()
 	if rounds > 1 {
@@ -211,6 +212,7 @@ func printTable(w io.Writer, cells []cell, rows []row, rounds int) {
 		fmt.Fprintln(w, "* sum of VmRSS over the instance's processes, sampled (shared pages counted in each); PSS is the fair sum")
 	}
 	fmt.Fprintln(w, "limit: sessions ÷ flush delay where the cell has one, else the harness's own ceiling (load straight into the sink, `direct`); share: end to end ÷ limit")
+	fmt.Fprintf(w, "steal: the machine's CPU the hypervisor took during the run; a run with more than %d%% is made again (at most %d times in all)\n", maxStealPct, maxTries)
 }
 
 // printRounds lists each relay's end-to-end rate in every round, so that
