@@ -42,6 +42,7 @@ import (
 	"github.com/siterelay/siterelay/appliance/exepages"
 	"github.com/siterelay/siterelay/appliance/heaplimit"
 	"github.com/siterelay/siterelay/appliance/logring"
+	"github.com/siterelay/siterelay/appliance/procs"
 	"github.com/siterelay/siterelay/relay/layout"
 	"github.com/siterelay/siterelay/relay/policy"
 	"github.com/siterelay/siterelay/relay/upstream"
@@ -98,6 +99,11 @@ func main() {
 	o.Log = logring.New(logring.DefaultSize)
 	o.Logger = slog.New(logring.Handler(o.Log, slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl, ReplaceAttr: logring.Escape}), lvl))
 	slog.SetDefault(o.Logger)
+	if n, set := procs.Start(); set {
+		o.Logger.Info("scheduler: one P more than the CPUs, for the spool's flushes", "gomaxprocs", n)
+	} else {
+		o.Logger.Info("scheduler from GOMAXPROCS", "gomaxprocs", n)
+	}
 	if heaplimit.Start() {
 		o.Logger.Info("memory limit following the live heap", "floor_mib", heaplimit.Floor>>20)
 	} else {
