@@ -33,9 +33,8 @@ type goSink struct {
 	out    io.Writer // where the counter lines go (nil: nowhere)
 	line   []byte
 	outErr error // the first failed write of a counter line
-	wg     sync.WaitGroup
-	conns  map[net.Conn]struct{}
-	closed bool
+
+	conns connSet
 }
 
 // sinkName is the host name in the builtin sink's greeting and EHLO reply.
@@ -44,7 +43,7 @@ const sinkName = "sink.bench.localhost"
 // newGoSink makes a sink that serves l (with STARTTLS when cfg is not nil)
 // and writes its counter lines to out.
 func newGoSink(l net.Listener, cfg *tls.Config, out io.Writer) *goSink {
-	return &goSink{l: l, tls: cfg, out: out, conns: map[net.Conn]struct{}{}}
+	return &goSink{l: l, tls: cfg, out: out}
 }
 
 // serve accepts connections until the listener is closed (or a counter
@@ -63,37 +62,14 @@ func (s *goSink) serve() error {
 			}
 			return fmt.Errorf("sink: accepting: %w", err)
 		}
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
-			c.Close()
+		if !s.conns.serve(c, s.session) {
 			return nil
 		}
-		s.conns[c] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
-		go func() {
-			defer s.wg.Done()
-			s.session(c)
-			s.mu.Lock()
-			delete(s.conns, c)
-			s.mu.Unlock()
-			c.Close()
-		}()
 	}
 }
 
 // close stops accepting, ends every session and waits for them.
-func (s *goSink) close() {
-	s.mu.Lock()
-	s.closed = true
-	for c := range s.conns {
-		c.Close()
-	}
-	s.mu.Unlock()
-	s.l.Close()
-	s.wg.Wait()
-}
+func (s *goSink) close() { s.conns.close(s.l) }
 
 // monoNow is CLOCK_MONOTONIC in ns, the clock Go's own monotonic readings
 // use on Linux: one clock for the whole machine, so the parent can place

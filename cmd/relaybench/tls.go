@@ -17,7 +17,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -97,13 +96,10 @@ var tlsVersions = map[string]uint16{"1.2": tls.VersionTLS12, "1.3": tls.VersionT
 // it reach the sink over the TLS session. Both relays deliver through it
 // (the upstream's TLS for both), and its CPU is the harness's.
 type tlsFront struct {
-	l      net.Listener
-	sink   string
-	cfg    *tls.Config
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	closed bool
+	l     net.Listener
+	sink  string
+	cfg   *tls.Config
+	conns connSet
 }
 
 func startTLSFront(sinkAddr string, p *pki) (*tlsFront, error) {
@@ -111,26 +107,15 @@ func startTLSFront(sinkAddr string, p *pki) (*tlsFront, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &tlsFront{l: l, sink: sinkAddr, cfg: &tls.Config{Certificates: []tls.Certificate{p.Cert}, MinVersion: tls.VersionTLS12},
-		conns: map[net.Conn]struct{}{}}
-	f.wg.Add(1)
+	f := &tlsFront{l: l, sink: sinkAddr, cfg: &tls.Config{Certificates: []tls.Certificate{p.Cert}, MinVersion: tls.VersionTLS12}}
+	f.conns.wg.Add(1)
 	go func() {
-		defer f.wg.Done()
+		defer f.conns.wg.Done()
 		for {
 			c, err := l.Accept()
-			if err != nil {
+			if err != nil || !f.conns.serve(c, f.serve) {
 				return
 			}
-			if !f.track(c) {
-				c.Close()
-				return
-			}
-			f.wg.Add(1)
-			go func() {
-				defer f.wg.Done()
-				defer f.untrack(c)
-				f.serve(c)
-			}()
 		}
 	}()
 	return f, nil
@@ -138,34 +123,8 @@ func startTLSFront(sinkAddr string, p *pki) (*tlsFront, error) {
 
 func (f *tlsFront) Addr() string { return f.l.Addr().String() }
 
-func (f *tlsFront) track(c net.Conn) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.closed {
-		return false
-	}
-	f.conns[c] = struct{}{}
-	return true
-}
-
-func (f *tlsFront) untrack(c net.Conn) {
-	f.mu.Lock()
-	delete(f.conns, c)
-	f.mu.Unlock()
-	c.Close()
-}
-
 // Stop closes the listener and every connection and waits for them.
-func (f *tlsFront) Stop() {
-	f.mu.Lock()
-	f.closed = true
-	for c := range f.conns {
-		c.Close()
-	}
-	f.mu.Unlock()
-	f.l.Close()
-	f.wg.Wait()
-}
+func (f *tlsFront) Stop() { f.conns.close(f.l) }
 
 // serve runs one connection's clear-text part, then the proxy.
 func (f *tlsFront) serve(c net.Conn) {
