@@ -5,9 +5,10 @@ import "unique"
 // The queue's envelopes repeat themselves: a site's few devices send from
 // the same addresses to the same recipients, and while the upstream is
 // down every recipient holds the same reply. Interning those strings keeps
-// each once, not once per queued message, so a queue of 100,000 messages
-// (spool.max_messages) costs the Pi a few tens of megabytes rather than a
-// hundred or more. unique's map is weak: a string no envelope uses any
+// each once, not once per queued message: 20,000 queued messages with five
+// recipients each, the upstream down, took 23.8 MB of Go heap instead of
+// 30.2 (0.8 KiB a message, so some 80 MB for a full default queue of
+// 100,000, spool.max_messages). unique's map is weak: a string no envelope uses any
 // more is collected with it. Strings that are each message's own (its
 // Message-ID, its Subject) are left alone: interning them would only add
 // the map's entry.
