@@ -72,20 +72,28 @@ func readDataDirect(in string, sizes []byte, bufSize int) (body string, rest str
 }
 
 func readDataFrom(br *bufio.Reader, d *dataReader, bufSize int) (body string, rest string, err error) {
+	body, err = readBody(d, bufSize)
+	if err != nil {
+		return body, "", err
+	}
+	r, _ := io.ReadAll(br)
+	return body, string(r), nil
+}
+
+// readBody reads d to its end of data in reads of bufSize bytes.
+func readBody(d *dataReader, bufSize int) (string, error) {
 	var out bytes.Buffer
 	buf := make([]byte, bufSize)
 	for {
 		n, err := d.Read(buf)
 		out.Write(buf[:n])
 		if err == io.EOF {
-			break
+			return out.String(), nil
 		}
 		if err != nil {
-			return out.String(), "", err
+			return out.String(), err
 		}
 	}
-	r, _ := io.ReadAll(br)
-	return out.String(), string(r), nil
 }
 
 func TestDataReader(t *testing.T) {
@@ -139,19 +147,11 @@ func TestDataReaderDirectSpill(t *testing.T) {
 	for _, lines := range []int{2, 1} {
 		d := newDataReader(br, 0)
 		d.in = src
-		var out bytes.Buffer
-		buf := make([]byte, 200)
-		for {
-			n, err := d.Read(buf)
-			out.Write(buf[:n])
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
+		body, err := readBody(d, 200)
+		if err != nil {
+			t.Fatal(err)
 		}
-		got = append(got, out.String())
+		got = append(got, body)
 		for range lines {
 			line, err := readCommandLine(br, 100)
 			if err != nil {
